@@ -1,0 +1,93 @@
+//! smtpd.conf: lexer, parser and the model. The contract is man/smtpd.conf.5.
+
+mod lexer;
+pub mod model;
+mod parser;
+
+pub use model::*;
+pub use parser::KEYWORDS;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// A configuration error, shown as `FILE:LINE: message`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file.
+    pub file: String,
+    /// The 1-based line, 0 when the error is about the file as a whole.
+    pub line: usize,
+    /// What is wrong.
+    pub msg: String,
+}
+
+impl ConfigError {
+    /// An error at `file:line`.
+    pub fn at(file: &str, line: usize, msg: impl Into<String>) -> Self {
+        ConfigError {
+            file: file.to_string(),
+            line,
+            msg: msg.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}: {}", self.file, self.msg)
+        } else {
+            write!(f, "{}:{}: {}", self.file, self.line, self.msg)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The configuration used when a normal user starts smtpd without `-f`: loopback port
+/// 2525, spool and mailboxes under the current directory.
+pub const DEVELOPMENT: &str = r#"# built-in development configuration
+queue path "spool"
+listen on 127.0.0.1 port 2525
+action "local" maildir "mail/%{user.username}"
+match from local for local action "local"
+"#;
+
+/// Reads and parses `path`; `-D name=value` macros in `macros` win over the file's.
+pub fn load(path: &Path, macros: &HashMap<String, String>) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::at(&path.display().to_string(), 0, e.to_string()))?;
+    parse(&text, path, macros)
+}
+
+/// Parses configuration text as if read from `path` (used for relative paths and errors).
+pub fn parse(
+    text: &str,
+    path: &Path,
+    macros: &HashMap<String, String>,
+) -> Result<Config, ConfigError> {
+    parser::Parser::new(path, macros.clone()).run(text)
+}
+
+/// The server name: the first line of /etc/mail/mailname, else the host name.
+pub fn default_hostname() -> String {
+    if let Ok(s) = std::fs::read_to_string("/etc/mail/mailname") {
+        if let Some(l) = s.lines().next().map(str::trim).filter(|l| !l.is_empty()) {
+            return l.to_string();
+        }
+    }
+    crate::sys::hostname().unwrap_or_else(|| "localhost".to_string())
+}
+
+/// Resolves `p` against the directory of the configuration file.
+pub(crate) fn relative_to(conf: &Path, p: &str) -> PathBuf {
+    let p = Path::new(p);
+    if p.is_absolute() {
+        return p.to_path_buf();
+    }
+    match conf.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.join(p),
+        _ => p.to_path_buf(),
+    }
+}

@@ -1,0 +1,215 @@
+//! The configuration as the daemon uses it. Built by the parser, read-only afterwards.
+
+use crate::table::Table;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The whole configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was read from.
+    pub path: PathBuf,
+    /// The server's name: greeting, Received headers, `for local`.
+    pub hostname: String,
+    /// The spool.
+    pub queue: QueueConfig,
+    /// Limits of the SMTP server.
+    pub smtp: SmtpConfig,
+    /// Where to accept connections.
+    pub listeners: Vec<Listener>,
+    /// Tables, indexed by [`TableId`].
+    pub tables: Vec<Table>,
+    /// Actions, indexed by [`ActionId`].
+    pub actions: Vec<Action>,
+    /// Rules, in order; the first that matches decides.
+    pub rules: Vec<Rule>,
+}
+
+/// The spool settings.
+#[derive(Debug, Clone)]
+pub struct QueueConfig {
+    /// Root of the spool (`queue path`).
+    pub path: PathBuf,
+    /// How long a message may stay (`queue ttl`), default 4 days.
+    pub ttl: Duration,
+}
+
+/// SMTP server limits (`smtp ...`).
+#[derive(Debug, Clone)]
+pub struct SmtpConfig {
+    /// `smtp max-message-size`, default 35 MiB.
+    pub max_message_size: u64,
+    /// `smtp limit max-rcpt`: recipients per transaction, default 1000.
+    pub max_rcpt: usize,
+    /// `smtp limit max-mails`: transactions per session, default 100.
+    pub max_mails: usize,
+    /// `smtp limit max-command-line`: octets of a command line with CR LF, default 512.
+    pub max_command_line: usize,
+    /// `smtp limit max-text-line`: octets of a text line with CR LF, default 1000.
+    pub max_text_line: usize,
+    /// `smtp limit max-sessions`: sessions at once; 0 means derived from the fd limit.
+    pub max_sessions: usize,
+    /// `smtp limit max-sessions-per-address`: sessions at once from one address; 0 is none.
+    pub max_sessions_per_address: usize,
+    /// `smtp limit max-errors`: failed commands before the session is closed, default 20.
+    pub max_errors: usize,
+    /// `smtp limit max-hops`: Received headers refused from this count on, default 50.
+    pub max_hops: usize,
+    /// `smtp timeout`: idle time before a session is closed, default 300 s.
+    pub timeout: Duration,
+    /// `smtp sub-addr-delim`, default `+`.
+    pub sub_addr_delim: char,
+}
+
+impl Default for SmtpConfig {
+    fn default() -> Self {
+        SmtpConfig {
+            max_message_size: 35 * 1024 * 1024,
+            max_rcpt: 1000,
+            max_mails: 100,
+            max_command_line: 512,
+            max_text_line: 1000,
+            max_sessions: 0,
+            max_sessions_per_address: 0,
+            max_errors: 20,
+            max_hops: 50,
+            timeout: Duration::from_secs(300),
+            sub_addr_delim: '+',
+        }
+    }
+}
+
+/// One `listen on` statement, resolved to socket addresses.
+#[derive(Debug, Clone)]
+pub struct Listener {
+    /// The addresses to bind.
+    pub addrs: Vec<SocketAddr>,
+    /// Name in greeting and Received headers, else [`Config::hostname`].
+    pub hostname: Option<String>,
+    /// `tag`, matched by `match tag`.
+    pub tag: Option<String>,
+}
+
+/// Index into [`Config::tables`].
+pub type TableId = usize;
+/// Index into [`Config::actions`].
+pub type ActionId = usize;
+
+/// An `action` statement.
+#[derive(Debug, Clone)]
+pub struct Action {
+    /// Its name.
+    pub name: String,
+    /// How mail is delivered.
+    pub method: Method,
+    /// `alias <table>`.
+    pub alias: Option<TableId>,
+    /// `virtual <table>`.
+    pub virtual_: Option<TableId>,
+    /// `userbase <table>`.
+    pub userbase: Option<TableId>,
+    /// `user NAME`: deliver as this user.
+    pub user: Option<String>,
+    /// `ttl`: expiry of this action's envelopes.
+    pub ttl: Option<Duration>,
+}
+
+/// Delivery method of an action.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Method {
+    /// `maildir [PATH] [junk]`.
+    Maildir {
+        /// The maildir, `~/Maildir` when absent.
+        path: Option<String>,
+        /// Move junk mail to the `.Junk` folder.
+        junk: bool,
+    },
+    /// `mbox`.
+    Mbox,
+    /// `mda "COMMAND"`.
+    Mda(String),
+    /// `lmtp DEST [rcpt-to]`.
+    Lmtp {
+        /// `host:port` or a socket path.
+        dest: String,
+        /// Use the recipient address, not the user name, in RCPT TO.
+        rcpt_to: bool,
+    },
+    /// `expand-only`: aliases only, no mailbox.
+    ExpandOnly,
+    /// `forward-only`: `.forward` files only.
+    ForwardOnly,
+    /// `relay [host URL]`.
+    Relay {
+        /// The smarthost, else the MX of the domain.
+        host: Option<String>,
+    },
+}
+
+impl Method {
+    /// Whether this method delivers on this host (needs a known local user).
+    pub fn is_local(&self) -> bool {
+        !matches!(self, Method::Relay { .. })
+    }
+}
+
+/// A value or a table, as in `src 127.0.0.1` or `src <trusted>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Matcher {
+    /// A literal.
+    Value(String),
+    /// A table.
+    Table(TableId),
+}
+
+/// One condition of a `match` rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cond {
+    /// `from any`.
+    FromAny,
+    /// `from local`: loopback or local socket.
+    FromLocal,
+    /// `from socket`: the local socket only.
+    FromSocket,
+    /// `from src ADDR|<t>` (addresses or networks).
+    FromSrc(Matcher),
+    /// `from mail-from ADDR|<t>`.
+    FromMailFrom(Matcher),
+    /// `for any`.
+    ForAny,
+    /// `for local`: the server's own names.
+    ForLocal,
+    /// `for domain DOMAIN|<t>`.
+    ForDomain(Matcher),
+    /// `for rcpt-to ADDR|<t>`.
+    ForRcptTo(Matcher),
+    /// `mail-from ADDR|<t>`.
+    MailFrom(Matcher),
+    /// `rcpt-to ADDR|<t>`.
+    RcptTo(Matcher),
+    /// `helo NAME|<t>`.
+    Helo(Matcher),
+    /// `tag TAG|<t>`.
+    Tag(Matcher),
+}
+
+/// What a rule decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Deliver with this action.
+    Action(ActionId),
+    /// Refuse the recipient.
+    Reject,
+}
+
+/// A `match` statement.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    /// Conditions, each possibly negated; all must hold.
+    pub conds: Vec<(bool, Cond)>,
+    /// The decision when they do.
+    pub decision: Decision,
+    /// Line in the configuration, for logs.
+    pub line: usize,
+}

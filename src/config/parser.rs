@@ -1,0 +1,750 @@
+//! The smtpd.conf grammar (OpenSMTPD's `listen`/`table`/`action`/`match` form).
+//!
+//! Every keyword accepted here is listed in [`KEYWORDS`] and documented in
+//! man/smtpd.conf.5; a test keeps the two in step.
+
+use super::lexer::{expand, lex, Tok, Token};
+use super::model::*;
+use super::{relative_to, ConfigError};
+use crate::table::Table;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Every keyword the parser accepts.
+pub const KEYWORDS: &[&str] = &[
+    "include", "table", "file", "listen", "on", "inet4", "inet6", "port", "hostname", "tag",
+    "action", "maildir", "junk", "mbox", "mda", "lmtp", "rcpt-to", "expand-only", "forward-only",
+    "relay", "host", "alias", "virtual", "userbase", "user", "ttl", "match", "from", "for", "any",
+    "local", "socket", "src", "mail-from", "domain", "helo", "reject", "queue", "path", "smtp",
+    "max-message-size", "limit", "max-rcpt", "max-mails", "max-command-line", "max-text-line",
+    "max-sessions", "max-sessions-per-address", "max-errors", "max-hops", "timeout",
+    "sub-addr-delim",
+];
+
+const MAX_INCLUDE_DEPTH: usize = 8;
+
+pub(super) struct Parser {
+    path: PathBuf,
+    macros: HashMap<String, String>,
+    /// Macros given with -D: the file may not redefine them.
+    fixed: Vec<String>,
+    cfg: Config,
+    table_names: HashMap<String, TableId>,
+    action_names: HashMap<String, ActionId>,
+    queue_path: Option<PathBuf>,
+    depth: usize,
+}
+
+/// A cursor over one statement's tokens.
+struct Stmt<'a> {
+    toks: &'a [Token],
+    pos: usize,
+}
+
+impl<'a> Stmt<'a> {
+    fn line(&self) -> usize {
+        self.toks
+            .get(self.pos.min(self.toks.len().saturating_sub(1)))
+            .map_or(0, |t| t.line)
+    }
+    fn file(&self) -> &str {
+        self.toks.first().map_or("", |t| &t.file)
+    }
+    fn err(&self, msg: impl Into<String>) -> ConfigError {
+        ConfigError::at(self.file(), self.line(), msg)
+    }
+    fn peek(&self) -> Option<&'a Tok> {
+        self.toks.get(self.pos).map(|t| &t.tok)
+    }
+    fn peek_word(&self) -> Option<&'a str> {
+        match self.peek() {
+            Some(Tok::Word { text, quoted: false }) => Some(text),
+            _ => None,
+        }
+    }
+    fn at_end(&self) -> bool {
+        self.pos >= self.toks.len()
+    }
+    /// Takes the next token if it is the unquoted keyword `kw`.
+    fn eat(&mut self, kw: &str) -> bool {
+        if self.peek_word() == Some(kw) {
+            self.pos += 1;
+            true
+        } else {
+            false
+        }
+    }
+    fn eat_punct(&mut self, c: char) -> bool {
+        if self.peek() == Some(&Tok::Punct(c)) {
+            self.pos += 1;
+            true
+        } else {
+            false
+        }
+    }
+    fn expect_punct(&mut self, c: char) -> Result<(), ConfigError> {
+        if self.eat_punct(c) {
+            Ok(())
+        } else {
+            Err(self.err(format!("expected '{c}'")))
+        }
+    }
+    fn expect(&mut self, kw: &str) -> Result<(), ConfigError> {
+        if self.eat(kw) {
+            Ok(())
+        } else {
+            Err(self.err(format!("expected '{kw}'")))
+        }
+    }
+    /// Any word or string.
+    fn value(&mut self, what: &str) -> Result<String, ConfigError> {
+        match self.peek() {
+            Some(Tok::Word { text, .. }) => {
+                self.pos += 1;
+                Ok(text.clone())
+            }
+            _ => Err(self.err(format!("{what} expected"))),
+        }
+    }
+    fn done(&self) -> Result<(), ConfigError> {
+        match self.peek() {
+            None => Ok(()),
+            Some(Tok::Word { text, .. }) => Err(self.err(format!("unexpected '{text}'"))),
+            Some(Tok::Punct(c)) => Err(self.err(format!("unexpected '{c}'"))),
+            Some(Tok::Newline) => Ok(()),
+        }
+    }
+}
+
+fn parse_size(s: &str) -> Option<u64> {
+    let (num, mult) = match s.as_bytes().last()? {
+        b'k' | b'K' => (&s[..s.len() - 1], 1u64 << 10),
+        b'm' | b'M' => (&s[..s.len() - 1], 1 << 20),
+        b'g' | b'G' => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    num.parse::<u64>().ok()?.checked_mul(mult)
+}
+
+fn parse_duration(s: &str) -> Option<Duration> {
+    let (num, mult) = match s.as_bytes().last()? {
+        b's' => (&s[..s.len() - 1], 1),
+        b'm' => (&s[..s.len() - 1], 60),
+        b'h' => (&s[..s.len() - 1], 3600),
+        b'd' => (&s[..s.len() - 1], 86400),
+        _ => (s, 1),
+    };
+    Some(Duration::from_secs(num.parse::<u64>().ok()?.checked_mul(mult)?))
+}
+
+impl Parser {
+    pub(super) fn new(path: &Path, macros: HashMap<String, String>) -> Self {
+        let fixed = macros.keys().cloned().collect();
+        Parser {
+            path: path.to_path_buf(),
+            macros,
+            fixed,
+            cfg: Config {
+                path: path.to_path_buf(),
+                hostname: super::default_hostname(),
+                queue: QueueConfig {
+                    path: PathBuf::from("/var/spool/smtpd"),
+                    ttl: Duration::from_secs(4 * 86400),
+                },
+                smtp: SmtpConfig::default(),
+                listeners: Vec::new(),
+                tables: Vec::new(),
+                actions: Vec::new(),
+                rules: Vec::new(),
+            },
+            table_names: HashMap::new(),
+            action_names: HashMap::new(),
+            queue_path: None,
+            depth: 0,
+        }
+    }
+
+    pub(super) fn run(mut self, text: &str) -> Result<Config, ConfigError> {
+        let path = self.path.clone();
+        self.file(text, &path)?;
+        if let Some(p) = self.queue_path.take() {
+            self.cfg.queue.path = p;
+        }
+        if self.cfg.listeners.is_empty() {
+            return Err(ConfigError::at(
+                &path.display().to_string(),
+                0,
+                "no listener: add a 'listen on' line",
+            ));
+        }
+        Ok(self.cfg)
+    }
+
+    fn file(&mut self, text: &str, path: &Path) -> Result<(), ConfigError> {
+        let toks = lex(text, path)?;
+        let mut start = 0;
+        for (i, t) in toks.iter().enumerate() {
+            if t.tok == Tok::Newline {
+                if i > start {
+                    self.statement(&toks[start..i])?;
+                }
+                start = i + 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn statement(&mut self, toks: &[Token]) -> Result<(), ConfigError> {
+        let expanded = expand(toks, &self.macros)?;
+        let toks = &expanded[..];
+        let mut st = Stmt { toks, pos: 0 };
+        // A macro definition: NAME = VALUE.
+        if toks.len() >= 2 && toks[1].tok == Tok::Punct('=') {
+            let name = match &toks[0].tok {
+                Tok::Word { text, quoted: false } => text.clone(),
+                _ => return Err(st.err("macro name expected")),
+            };
+            if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                return Err(st.err(format!("invalid macro name '{name}'")));
+            }
+            st.pos = 2;
+            let value = st.value("macro value")?;
+            st.done()?;
+            if !self.fixed.contains(&name) {
+                self.macros.insert(name, value);
+            }
+            return Ok(());
+        }
+        let kw = st.value("keyword")?;
+        match kw.as_str() {
+            "include" => self.include(&mut st),
+            "table" => self.table(&mut st),
+            "listen" => self.listen(&mut st),
+            "action" => self.action(&mut st),
+            "match" => self.rule(&mut st),
+            "queue" => self.queue(&mut st),
+            "smtp" => self.smtp(&mut st),
+            other => Err(st.err(format!("unknown keyword '{other}'"))),
+        }
+    }
+
+    fn include(&mut self, st: &mut Stmt) -> Result<(), ConfigError> {
+        let p = st.value("file name")?;
+        st.done()?;
+        if self.depth >= MAX_INCLUDE_DEPTH {
+            return Err(st.err("includes nested too deeply"));
+        }
+        let path = relative_to(&self.path, &p);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| st.err(format!("{}: {e}", path.display())))?;
+        self.depth += 1;
+        let r = self.file(&text, &path);
+        self.depth -= 1;
+        r
+    }
+
+    fn table(&mut self, st: &mut Stmt) -> Result<(), ConfigError> {
+        let name = st.value("table name")?;
+        if self.table_names.contains_key(&name) {
+            return Err(st.err(format!("table '{name}' defined twice")));
+        }
+        let table = if st.eat_punct('{') {
+            Table::new(&name, Self::inline_entries(st)?)
+        } else {
+            let src = st.value("table source")?;
+            let file = match src.split_once(':') {
+                Some(("file", p)) => p.to_string(),
+                Some((kind, _)) if !kind.contains('/') => {
+                    return Err(st.err(format!("unsupported table type '{kind}'")))
+                }
+                _ => src,
+            };
+            let path = relative_to(&self.path, &file);
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| st.err(format!("table '{name}': {}: {e}", path.display())))?;
+            Table::parse(&name, &text).map_err(|(line, msg)| {
+                ConfigError::at(&path.display().to_string(), line, msg)
+            })?
+        };
+        st.done()?;
+        self.table_names.insert(name, self.cfg.tables.len());
+        self.cfg.tables.push(table);
+        Ok(())
+    }
+
+    /// `{ a, b = c }` after the `{`: the entries of an inline table.
+    fn inline_entries(st: &mut Stmt) -> Result<Vec<(String, String)>, ConfigError> {
+        let mut pairs = Vec::new();
+        loop {
+            if st.eat_punct('}') {
+                break;
+            }
+            let key = st.value("table entry")?;
+            let value = if st.eat_punct('=') {
+                st.value("table value")?
+            } else {
+                String::new()
+            };
+            pairs.push((key, value));
+            if !st.eat_punct(',') {
+                st.expect_punct('}')?;
+                break;
+            }
+        }
+        Ok(pairs)
+    }
+
+    /// `<name>` or an anonymous inline table `{ ... }`.
+    fn table_ref(&mut self, st: &mut Stmt) -> Result<TableId, ConfigError> {
+        if st.eat_punct('{') {
+            let pairs = Self::inline_entries(st)?;
+            self.cfg.tables.push(Table::new("(inline)", pairs));
+            return Ok(self.cfg.tables.len() - 1);
+        }
+        st.expect_punct('<')?;
+        let name = st.value("table name")?;
+        st.expect_punct('>')?;
+        self.table_names
+            .get(&name)
+            .copied()
+            .ok_or_else(|| st.err(format!("undefined table '{name}'")))
+    }
+
+    fn matcher(&mut self, st: &mut Stmt) -> Result<Matcher, ConfigError> {
+        if matches!(st.peek(), Some(Tok::Punct('<' | '{'))) {
+            Ok(Matcher::Table(self.table_ref(st)?))
+        } else {
+            Ok(Matcher::Value(st.value("value or <table>")?))
+        }
+    }
+
+    fn listen(&mut self, st: &mut Stmt) -> Result<(), ConfigError> {
+        st.expect("on")?;
+        let what = st.value("address or interface")?;
+        let mut family: Option<bool> = None; // Some(true) = inet4 only
+        let mut port = 25u16;
+        let mut hostname = None;
+        let mut tag = None;
+        while !st.at_end() {
+            if st.eat("inet4") {
+                family = Some(true);
+            } else if st.eat("inet6") {
+                family = Some(false);
+            } else if st.eat("port") {
+                let p = st.value("port number")?;
+                port = p
+                    .parse()
+                    .ok()
+                    .filter(|&p| p > 0)
+                    .ok_or_else(|| st.err(format!("invalid port '{p}'")))?;
+            } else if st.eat("hostname") {
+                let h = st.value("host name")?;
+                if !crate::smtp::command::valid_domain(&h) {
+                    return Err(st.err(format!("invalid host name '{h}'")));
+                }
+                hostname = Some(h);
+            } else if st.eat("tag") {
+                tag = Some(st.value("tag")?);
+            } else {
+                st.done()?;
+                break;
+            }
+        }
+        let ips = resolve_listen(&what).map_err(|m| st.err(m))?;
+        let addrs: Vec<SocketAddr> = ips
+            .into_iter()
+            .filter(|ip| match family {
+                Some(true) => ip.is_ipv4(),
+                Some(false) => ip.is_ipv6(),
+                None => true,
+            })
+            .map(|ip| SocketAddr::new(ip, port))
+            .collect();
+        if addrs.is_empty() {
+            return Err(st.err(format!("no address of the requested family for '{what}'")));
+        }
+        self.cfg.listeners.push(Listener {
+            addrs,
+            hostname,
+            tag,
+        });
+        Ok(())
+    }
+
+    fn action(&mut self, st: &mut Stmt) -> Result<(), ConfigError> {
+        let name = st.value("action name")?;
+        if self.action_names.contains_key(&name) {
+            return Err(st.err(format!("action '{name}' defined twice")));
+        }
+        let method = if st.eat("maildir") {
+            let path = match st.peek() {
+                Some(Tok::Word { text, quoted: true }) => {
+                    st.pos += 1;
+                    Some(text.clone())
+                }
+                _ => None,
+            };
+            Method::Maildir {
+                path,
+                junk: st.eat("junk"),
+            }
+        } else if st.eat("mbox") {
+            Method::Mbox
+        } else if st.eat("mda") {
+            Method::Mda(st.value("command")?)
+        } else if st.eat("lmtp") {
+            let dest = st.value("LMTP destination")?;
+            Method::Lmtp {
+                dest,
+                rcpt_to: st.eat("rcpt-to"),
+            }
+        } else if st.eat("expand-only") {
+            Method::ExpandOnly
+        } else if st.eat("forward-only") {
+            Method::ForwardOnly
+        } else if st.eat("relay") {
+            let host = if st.eat("host") {
+                Some(st.value("relay host")?)
+            } else {
+                None
+            };
+            Method::Relay { host }
+        } else {
+            return Err(st.err("delivery method expected: maildir, mbox, mda, lmtp, expand-only, forward-only or relay"));
+        };
+        let mut action = Action {
+            name: name.clone(),
+            method,
+            alias: None,
+            virtual_: None,
+            userbase: None,
+            user: None,
+            ttl: None,
+        };
+        let local = action.method.is_local();
+        while !st.at_end() {
+            if local && st.eat("alias") {
+                action.alias = Some(self.table_ref(st)?);
+            } else if local && st.eat("virtual") {
+                action.virtual_ = Some(self.table_ref(st)?);
+            } else if local && st.eat("userbase") {
+                action.userbase = Some(self.table_ref(st)?);
+            } else if local && st.eat("user") {
+                action.user = Some(st.value("user name")?);
+            } else if st.eat("ttl") {
+                let v = st.value("duration")?;
+                action.ttl =
+                    Some(parse_duration(&v).ok_or_else(|| st.err(format!("invalid duration '{v}'")))?);
+            } else {
+                st.done()?;
+                break;
+            }
+        }
+        if action.alias.is_some() && action.virtual_.is_some() {
+            return Err(st.err("'alias' and 'virtual' cannot both be used"));
+        }
+        self.action_names.insert(name, self.cfg.actions.len());
+        self.cfg.actions.push(action);
+        Ok(())
+    }
+
+    fn rule(&mut self, st: &mut Stmt) -> Result<(), ConfigError> {
+        let line = st.line();
+        let mut conds: Vec<(bool, Cond)> = Vec::new();
+        let (mut has_from, mut has_for) = (false, false);
+        let decision = loop {
+            if st.at_end() {
+                return Err(st.err("'action NAME' or 'reject' expected"));
+            }
+            if st.eat("action") {
+                let name = st.value("action name")?;
+                let id = *self
+                    .action_names
+                    .get(&name)
+                    .ok_or_else(|| st.err(format!("undefined action '{name}'")))?;
+                break Decision::Action(id);
+            }
+            if st.eat("reject") {
+                break Decision::Reject;
+            }
+            let neg = st.eat_punct('!');
+            let cond = if st.eat("from") {
+                if has_from {
+                    return Err(st.err("'from' given twice"));
+                }
+                has_from = true;
+                if st.eat("any") {
+                    Cond::FromAny
+                } else if st.eat("local") {
+                    Cond::FromLocal
+                } else if st.eat("socket") {
+                    Cond::FromSocket
+                } else if st.eat("src") {
+                    let m = self.matcher(st)?;
+                    if let Matcher::Value(v) = &m {
+                        if !valid_net(v) {
+                            return Err(st.err(format!("invalid address or network '{v}'")));
+                        }
+                    }
+                    Cond::FromSrc(m)
+                } else if st.eat("mail-from") {
+                    Cond::FromMailFrom(self.matcher(st)?)
+                } else {
+                    return Err(st.err("after 'from': any, local, socket, src or mail-from"));
+                }
+            } else if st.eat("for") {
+                if has_for {
+                    return Err(st.err("'for' given twice"));
+                }
+                has_for = true;
+                if st.eat("any") {
+                    Cond::ForAny
+                } else if st.eat("local") {
+                    Cond::ForLocal
+                } else if st.eat("domain") {
+                    Cond::ForDomain(self.matcher(st)?)
+                } else if st.eat("rcpt-to") {
+                    Cond::ForRcptTo(self.matcher(st)?)
+                } else {
+                    return Err(st.err("after 'for': any, local, domain or rcpt-to"));
+                }
+            } else if st.eat("mail-from") {
+                Cond::MailFrom(self.matcher(st)?)
+            } else if st.eat("rcpt-to") {
+                Cond::RcptTo(self.matcher(st)?)
+            } else if st.eat("helo") {
+                Cond::Helo(self.matcher(st)?)
+            } else if st.eat("tag") {
+                Cond::Tag(self.matcher(st)?)
+            } else {
+                let what = st.value("condition").unwrap_or_default();
+                return Err(st.err(format!("unknown match condition '{what}'")));
+            };
+            conds.push((neg, cond));
+        };
+        st.done()?;
+        // OpenSMTPD's defaults: from local, for local.
+        if !has_from {
+            conds.insert(0, (false, Cond::FromLocal));
+        }
+        if !has_for {
+            conds.push((false, Cond::ForLocal));
+        }
+        self.cfg.rules.push(Rule {
+            conds,
+            decision,
+            line,
+        });
+        Ok(())
+    }
+
+    fn queue(&mut self, st: &mut Stmt) -> Result<(), ConfigError> {
+        if st.eat("path") {
+            let p = st.value("directory")?;
+            self.queue_path = Some(relative_to(&self.path, &p));
+        } else if st.eat("ttl") {
+            let v = st.value("duration")?;
+            self.cfg.queue.ttl =
+                parse_duration(&v).ok_or_else(|| st.err(format!("invalid duration '{v}'")))?;
+        } else {
+            return Err(st.err("after 'queue': path or ttl"));
+        }
+        st.done()
+    }
+
+    fn smtp(&mut self, st: &mut Stmt) -> Result<(), ConfigError> {
+        let s = &mut self.cfg.smtp;
+        if st.eat("max-message-size") {
+            let v = st.value("size")?;
+            s.max_message_size = parse_size(&v)
+                .filter(|&n| n > 0)
+                .ok_or_else(|| st.err(format!("invalid size '{v}'")))?;
+        } else if st.eat("timeout") {
+            let v = st.value("duration")?;
+            s.timeout = parse_duration(&v)
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| st.err(format!("invalid duration '{v}'")))?;
+        } else if st.eat("sub-addr-delim") {
+            let v = st.value("character")?;
+            let mut c = v.chars();
+            s.sub_addr_delim = match (c.next(), c.next()) {
+                (Some(ch), None) if ch.is_ascii_graphic() && ch != '@' => ch,
+                _ => return Err(st.err(format!("invalid delimiter '{v}'"))),
+            };
+        } else if st.eat("limit") {
+            if st.at_end() {
+                return Err(st.err("limit name expected"));
+            }
+            while !st.at_end() {
+                let name = st.value("limit name")?;
+                let v = st.value("number")?;
+                let n: usize = v
+                    .parse()
+                    .map_err(|_| st.err(format!("invalid number '{v}'")))?;
+                let (slot, min): (&mut usize, usize) = match name.as_str() {
+                    "max-rcpt" => (&mut s.max_rcpt, 1),
+                    "max-mails" => (&mut s.max_mails, 1),
+                    "max-command-line" => (&mut s.max_command_line, 512),
+                    "max-text-line" => (&mut s.max_text_line, 1000),
+                    "max-sessions" => (&mut s.max_sessions, 1),
+                    "max-sessions-per-address" => (&mut s.max_sessions_per_address, 1),
+                    "max-errors" => (&mut s.max_errors, 1),
+                    "max-hops" => (&mut s.max_hops, 1),
+                    other => return Err(st.err(format!("unknown limit '{other}'"))),
+                };
+                if n < min || n > 1 << 30 {
+                    return Err(st.err(format!("{name}: {n} is out of range (at least {min})")));
+                }
+                *slot = n;
+            }
+        } else {
+            return Err(st.err(
+                "after 'smtp': max-message-size, limit, timeout or sub-addr-delim",
+            ));
+        }
+        st.done()
+    }
+}
+
+fn valid_net(v: &str) -> bool {
+    let (addr, bits) = match v.split_once('/') {
+        Some((a, b)) => (a, Some(b)),
+        None => (v, None),
+    };
+    match addr.parse::<IpAddr>() {
+        Ok(ip) => bits.is_none_or(|b| {
+            b.parse::<u32>()
+                .is_ok_and(|b| b <= if ip.is_ipv4() { 32 } else { 128 })
+        }),
+        Err(_) => false,
+    }
+}
+
+/// The addresses of `listen on WHAT`: an IP, `localhost`, `all`/`any`, an interface name,
+/// or a host name from /etc/hosts-backed resolution.
+fn resolve_listen(what: &str) -> Result<Vec<IpAddr>, String> {
+    if let Ok(ip) = what.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+        return Ok(vec![ip]);
+    }
+    match what {
+        "localhost" => return Ok(vec![IpAddr::from([127, 0, 0, 1]), "::1".parse().map_err(|_| "::1")?]),
+        "all" | "any" => {
+            return Ok(vec![
+                IpAddr::from([0, 0, 0, 0]),
+                IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 0]),
+            ])
+        }
+        _ => {}
+    }
+    let ifaddrs = crate::sys::interface_addrs(what);
+    if !ifaddrs.is_empty() {
+        return Ok(ifaddrs);
+    }
+    use std::net::ToSocketAddrs;
+    match (what, 0u16).to_socket_addrs() {
+        Ok(it) => {
+            let v: Vec<IpAddr> = it.map(|a| a.ip()).collect();
+            if v.is_empty() {
+                Err(format!("'{what}': no such address, interface or host"))
+            } else {
+                Ok(v)
+            }
+        }
+        Err(_) => Err(format!("'{what}': no such address, interface or host")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::parse;
+    use super::*;
+
+    fn conf(text: &str) -> Result<Config, String> {
+        parse(text, Path::new("/etc/smtpd.conf"), &HashMap::new()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn full_example() {
+        let c = conf(
+            r#"
+            lan = "127.0.0.1"
+            table users { "bob@example.org" = bob, "@example.net" = alice }
+            table nets { 127.0.0.0/8, ::1 }
+            listen on $lan port 2525 hostname mx.example.org tag IN
+            listen on ::1 inet6 port 2525
+            queue path "/tmp/spool"
+            queue ttl 2d
+            smtp max-message-size 10M
+            smtp limit max-rcpt 50 max-mails 10
+            smtp timeout 30s
+            action "local" maildir "/var/mail/%{user.username}" junk alias <nets> ttl 1h
+            action "virt" mbox virtual <users>
+            action "out" relay host "smtp://[192.0.2.1]:25"
+            match from any for domain "example.org" action "virt"
+            match !from src <nets> for any reject
+            match from local for any action "out"
+            match for local action local
+            "#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.listeners.len(), 2);
+        assert_eq!(c.listeners[0].addrs[0].to_string(), "127.0.0.1:2525");
+        assert_eq!(c.listeners[0].tag.as_deref(), Some("IN"));
+        assert_eq!(c.queue.path, PathBuf::from("/tmp/spool"));
+        assert_eq!(c.queue.ttl, Duration::from_secs(2 * 86400));
+        assert_eq!(c.smtp.max_message_size, 10 << 20);
+        assert_eq!((c.smtp.max_rcpt, c.smtp.max_mails), (50, 10));
+        assert_eq!(c.smtp.timeout, Duration::from_secs(30));
+        assert_eq!(c.actions.len(), 3);
+        assert!(matches!(c.actions[0].method, Method::Maildir { junk: true, .. }));
+        assert_eq!(c.rules.len(), 4);
+        assert_eq!(c.rules[1].conds[0], (true, Cond::FromSrc(Matcher::Table(1))));
+        assert_eq!(c.rules[1].decision, Decision::Reject);
+        assert_eq!(c.rules[3].conds, [(false, Cond::FromLocal), (false, Cond::ForLocal)]);
+    }
+
+    #[test]
+    fn errors_name_file_and_line() {
+        let cases = [
+            ("listen on 127.0.0.1\nbogus\n", "/etc/smtpd.conf:2: unknown keyword 'bogus'"),
+            ("listen on 127.0.0.1 port 0", "/etc/smtpd.conf:1: invalid port '0'"),
+            ("listen on 127.0.0.1\nmatch for any action nope", "/etc/smtpd.conf:2: undefined action 'nope'"),
+            ("listen on 127.0.0.1\naction a mbox alias <t>", "/etc/smtpd.conf:2: undefined table 't'"),
+            ("listen on 127.0.0.1\n\nsmtp limit max-rcpt 0", "/etc/smtpd.conf:3: max-rcpt: 0 is out of range (at least 1)"),
+            ("listen on 127.0.0.1\nsmtp limit max-command-line 100", "/etc/smtpd.conf:2: max-command-line: 100 is out of range (at least 512)"),
+            ("listen on 127.0.0.1\nmatch from src 300.1.1.1 reject", "/etc/smtpd.conf:2: invalid address or network '300.1.1.1'"),
+            ("action a mbox", "/etc/smtpd.conf: no listener: add a 'listen on' line"),
+            ("listen on 127.0.0.1 port 25 bogus", "/etc/smtpd.conf:1: unexpected 'bogus'"),
+            ("listen on 127.0.0.1\nmatch from any", "/etc/smtpd.conf:2: 'action NAME' or 'reject' expected"),
+        ];
+        for (text, want) in cases {
+            assert_eq!(conf(text).err().as_deref(), Some(want), "{text}");
+        }
+    }
+
+    #[test]
+    fn command_line_macros_win() {
+        let mut m = HashMap::new();
+        m.insert("p".to_string(), "2600".to_string());
+        let c = parse("p = 25\nlisten on 127.0.0.1 port $p", Path::new("x"), &m)
+            .map_err(|e| e.to_string());
+        assert_eq!(c.map(|c| c.listeners[0].addrs[0].port()), Ok(2600));
+    }
+
+    #[test]
+    fn development_default_parses() {
+        let c = parse(super::super::DEVELOPMENT, Path::new("./built-in"), &HashMap::new());
+        assert!(c.is_ok(), "{c:?}");
+    }
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(parse_size("35M"), Some(35 << 20));
+        assert_eq!(parse_size("512"), Some(512));
+        assert_eq!(parse_size("x"), None);
+        assert_eq!(parse_duration("4d"), Some(Duration::from_secs(345600)));
+        assert_eq!(parse_duration("90"), Some(Duration::from_secs(90)));
+    }
+}

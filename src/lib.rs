@@ -1,0 +1,17 @@
+//! smtpd: an SMTP daemon in the spirit of OpenSMTPD.
+//!
+//! The binary is a thin layer over this library so that tests and fuzz targets reach
+//! the same code. The architecture is described in ARCHITECTURE.md.
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod config;
+pub mod event_loop;
+pub mod linebuf;
+pub mod logger;
+pub mod queue;
+pub mod ruleset;
+pub mod smtp;
+pub mod sys;
+pub mod table;

@@ -1,0 +1,55 @@
+//! Logging: env_logger on stderr in the foreground, syslog (mail facility) as a daemon.
+
+use log::{Level, LevelFilter, Log, Metadata, Record};
+
+/// Verbosity from the count of `-v` flags: info, debug, then trace.
+pub fn level(verbose: usize) -> LevelFilter {
+    match verbose {
+        0 => LevelFilter::Info,
+        1 => LevelFilter::Debug,
+        _ => LevelFilter::Trace,
+    }
+}
+
+/// Logs to stderr; `RUST_LOG` overrides the level given by `-v`.
+pub fn init_stderr(verbose: usize) {
+    let mut b = env_logger::Builder::new();
+    b.filter_level(level(verbose));
+    if let Ok(spec) = std::env::var("RUST_LOG") {
+        b.parse_filters(&spec);
+    }
+    b.format_target(false);
+    let _ = b.try_init();
+}
+
+struct Syslog {
+    level: LevelFilter,
+}
+
+impl Log for Syslog {
+    fn enabled(&self, m: &Metadata) -> bool {
+        m.level() <= self.level
+    }
+    fn log(&self, r: &Record) {
+        if !self.enabled(r.metadata()) {
+            return;
+        }
+        let prio = match r.level() {
+            Level::Error => libc::LOG_ERR,
+            Level::Warn => libc::LOG_WARNING,
+            Level::Info => libc::LOG_INFO,
+            Level::Debug | Level::Trace => libc::LOG_DEBUG,
+        };
+        crate::sys::syslog(prio, &r.args().to_string());
+    }
+    fn flush(&self) {}
+}
+
+/// Logs to syslog with the mail facility.
+pub fn init_syslog(verbose: usize) {
+    crate::sys::openlog(c"smtpd");
+    let l = level(verbose);
+    if log::set_boxed_logger(Box::new(Syslog { level: l })).is_ok() {
+        log::set_max_level(l);
+    }
+}

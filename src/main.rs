@@ -1,0 +1,129 @@
+//! smtpd: flags, start-up and the choice of configuration. No logic lives here.
+
+use smtpd::config::{self, Config};
+use smtpd::event_loop::{bind_listeners, Server};
+use smtpd::queue::spool::Spool;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+const DEFAULT_CONFIG: &str = "/etc/smtpd.conf";
+
+fn usage(prog: &str, opts: &getopts::Options) -> String {
+    opts.usage(&format!("usage: {prog} [-dFhnv] [-D macro=value] [-f file]"))
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    let prog = args
+        .first()
+        .and_then(|a| Path::new(a).file_name())
+        .map_or("smtpd".to_string(), |n| n.to_string_lossy().into_owned());
+    let mut opts = getopts::Options::new();
+    opts.optflag("d", "", "stay in the foreground and log to stderr");
+    opts.optflag("F", "", "stay in the foreground and log to syslog");
+    opts.optflag("n", "", "check the configuration and exit");
+    opts.optflagmulti("v", "", "more verbose logging (repeatable)");
+    opts.optopt("f", "", "configuration file", "FILE");
+    opts.optmulti("D", "", "define a macro", "NAME=VALUE");
+    opts.optflag("h", "", "show this help");
+    let m = match opts.parse(&args[1..]) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("{prog}: {e}\n{}", usage(&prog, &opts));
+            return ExitCode::FAILURE;
+        }
+    };
+    if m.opt_present("h") {
+        print!("{}", usage(&prog, &opts));
+        return ExitCode::SUCCESS;
+    }
+    if !m.free.is_empty() {
+        eprintln!("{prog}: unexpected argument '{}'\n{}", m.free[0], usage(&prog, &opts));
+        return ExitCode::FAILURE;
+    }
+    let mut macros = HashMap::new();
+    for d in m.opt_strs("D") {
+        match d.split_once('=') {
+            Some((k, v)) if !k.is_empty() => {
+                macros.insert(k.to_string(), v.to_string());
+            }
+            _ => {
+                eprintln!("{prog}: -D {d}: expected NAME=VALUE");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let verbose = m.opt_count("v");
+    let cfg = match load_config(m.opt_str("f"), &macros) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if m.opt_present("n") {
+        println!("configuration OK");
+        return ExitCode::SUCCESS;
+    }
+    let foreground = m.opt_present("d") || m.opt_present("F");
+    if m.opt_present("d") {
+        smtpd::logger::init_stderr(verbose);
+    } else {
+        smtpd::logger::init_syslog(verbose);
+    }
+    match start(cfg, foreground) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("smtpd: {e}");
+            if !m.opt_present("d") {
+                eprintln!("{prog}: {e}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `-f FILE`; without it /etc/smtpd.conf for root, the built-in development
+/// configuration for anyone else.
+fn load_config(
+    file: Option<String>,
+    macros: &HashMap<String, String>,
+) -> Result<Config, config::ConfigError> {
+    let mut cfg = match file {
+        Some(f) => config::load(Path::new(&f), macros)?,
+        None if smtpd::sys::geteuid() == 0 => config::load(Path::new(DEFAULT_CONFIG), macros)?,
+        None => {
+            let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+            config::parse(config::DEVELOPMENT, &cwd.join("(built-in)"), macros)?
+        }
+    };
+    if cfg.queue.path.is_relative() {
+        if let Ok(cwd) = std::env::current_dir() {
+            cfg.queue.path = cwd.join(&cfg.queue.path);
+        }
+    }
+    Ok(cfg)
+}
+
+fn start(cfg: Config, foreground: bool) -> std::io::Result<()> {
+    let (spool, cleaned) = Spool::open(&cfg.queue.path)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("queue {}: {e}", cfg.queue.path.display())))?;
+    if cleaned > 0 {
+        log::info!("queue: removed {cleaned} incomplete message(s) from incoming/");
+    }
+    log::info!(
+        "smtpd {} starting: config={} queue={} hostname={}",
+        env!("CARGO_PKG_VERSION"),
+        cfg.path.display(),
+        cfg.queue.path.display(),
+        cfg.hostname
+    );
+    let listeners = bind_listeners(&cfg)?;
+    if !foreground {
+        smtpd::sys::daemonize()?;
+    }
+    let mut server = Server::new(Arc::new(cfg), spool, listeners)?;
+    server.run()
+}

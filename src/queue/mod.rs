@@ -1,0 +1,4 @@
+//! The queue: envelopes and the on-disk spool.
+
+pub mod envelope;
+pub mod spool;

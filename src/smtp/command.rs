@@ -1,0 +1,574 @@
+//! SMTP command parsing (RFC 5321 §4.1, RFC 1870, RFC 6152, RFC 3461).
+//!
+//! The parser borrows the line and never allocates for a valid command except for the
+//! mailbox it returns. It fails closed: anything that is not a well-formed path is an
+//! error, never a guess (the CVE-2020-7247 lesson).
+
+use super::reply::Reply;
+
+/// A parsed command line. Verbs are matched case-insensitively.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Command<'a> {
+    /// `HELO domain`.
+    Helo(&'a str),
+    /// `EHLO domain`.
+    Ehlo(&'a str),
+    /// `MAIL FROM:<path> [params]`.
+    Mail(Mailbox, MailParams),
+    /// `RCPT TO:<path> [params]`.
+    Rcpt(Mailbox, RcptParams),
+    /// `DATA`.
+    Data,
+    /// `RSET`.
+    Rset,
+    /// `NOOP [string]`.
+    Noop,
+    /// `QUIT`.
+    Quit,
+    /// `HELP [topic]`.
+    Help,
+    /// `VRFY string`.
+    Vrfy,
+    /// `EXPN string`.
+    Expn,
+}
+
+/// An envelope address: `local@domain`, or empty for the null reverse-path `<>`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Mailbox {
+    /// The local part as sent (quoted strings keep their quotes).
+    pub local: String,
+    /// The domain, lower-cased; empty only for the null path.
+    pub domain: String,
+}
+
+impl Mailbox {
+    /// Whether this is the null reverse-path `<>`.
+    pub fn is_null(&self) -> bool {
+        self.local.is_empty() && self.domain.is_empty()
+    }
+}
+
+impl std::fmt::Display for Mailbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.is_null() {
+            Ok(())
+        } else {
+            write!(f, "{}@{}", self.local, self.domain)
+        }
+    }
+}
+
+/// `BODY=` (RFC 6152).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Body {
+    /// No BODY parameter, or `BODY=7BIT`.
+    #[default]
+    SevenBit,
+    /// `BODY=8BITMIME`.
+    EightBitMime,
+}
+
+/// `RET=` (RFC 3461 §4.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ret {
+    /// Return the full message in a DSN.
+    Full,
+    /// Return only the headers.
+    Hdrs,
+}
+
+/// Parameters of MAIL FROM.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MailParams {
+    /// `SIZE=` (RFC 1870).
+    pub size: Option<u64>,
+    /// `BODY=`.
+    pub body: Body,
+    /// `RET=`.
+    pub ret: Option<Ret>,
+    /// `ENVID=`, still xtext-encoded.
+    pub envid: Option<String>,
+}
+
+/// `NOTIFY=` bits (RFC 3461 §4.1).
+pub mod notify {
+    /// `NOTIFY=SUCCESS`.
+    pub const SUCCESS: u8 = 1;
+    /// `NOTIFY=FAILURE`.
+    pub const FAILURE: u8 = 2;
+    /// `NOTIFY=DELAY`.
+    pub const DELAY: u8 = 4;
+    /// `NOTIFY=NEVER`.
+    pub const NEVER: u8 = 8;
+}
+
+/// Parameters of RCPT TO.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RcptParams {
+    /// `NOTIFY=` as [`notify`] bits; 0 when absent.
+    pub notify: u8,
+    /// `ORCPT=` as `addr-type;xtext`.
+    pub orcpt: Option<String>,
+}
+
+/// Why a line is not a valid command; each maps to one reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParseError {
+    /// Unknown verb.
+    Unknown,
+    /// HELO/EHLO without a valid domain.
+    HeloSyntax,
+    /// MAIL without `FROM:<...>`.
+    MailSyntax,
+    /// RCPT without `TO:<...>`.
+    RcptSyntax,
+    /// The reverse-path does not parse.
+    BadSender,
+    /// The forward-path does not parse.
+    BadRcpt,
+    /// An argument where none is allowed.
+    NoArgs,
+    /// An unknown or malformed ESMTP parameter.
+    BadParam(String),
+}
+
+impl ParseError {
+    /// The reply for this error.
+    pub fn reply(&self) -> Reply {
+        match self {
+            ParseError::Unknown => Reply::UNKNOWN_COMMAND,
+            ParseError::HeloSyntax => Reply::HELO_SYNTAX,
+            ParseError::MailSyntax => Reply::MAIL_SYNTAX,
+            ParseError::RcptSyntax => Reply::RCPT_SYNTAX,
+            ParseError::BadSender => Reply::BAD_SENDER,
+            ParseError::BadRcpt => Reply::BAD_RCPT,
+            ParseError::NoArgs => Reply::NO_ARGS,
+            ParseError::BadParam(p) => Reply::new(555, "5.5.4", format!("Unsupported option: {p}")),
+        }
+    }
+}
+
+/// RFC 5321 §4.5.3.1 size limits.
+const MAX_LOCAL: usize = 64;
+const MAX_DOMAIN: usize = 255;
+const MAX_PATH: usize = 256;
+
+impl<'a> Command<'a> {
+    /// Parses one command line (CR LF already stripped, no bare CR/LF/NUL).
+    pub fn parse(line: &'a [u8]) -> Result<Command<'a>, ParseError> {
+        let line = std::str::from_utf8(line).map_err(|_| ParseError::Unknown)?;
+        let (verb, rest) = match line.find(' ') {
+            Some(i) => (&line[..i], &line[i + 1..]),
+            None => (line, ""),
+        };
+        let is = |v: &str| verb.eq_ignore_ascii_case(v);
+        if is("HELO") || is("EHLO") {
+            let domain = rest.trim_matches(' ');
+            if !valid_helo(domain) {
+                return Err(ParseError::HeloSyntax);
+            }
+            return Ok(if is("HELO") {
+                Command::Helo(domain)
+            } else {
+                Command::Ehlo(domain)
+            });
+        }
+        if is("MAIL") {
+            let (path, params) = split_path(rest, "FROM:").ok_or(ParseError::MailSyntax)?;
+            let mbox = parse_path(path, true).ok_or(ParseError::BadSender)?;
+            return Ok(Command::Mail(mbox, parse_mail_params(params)?));
+        }
+        if is("RCPT") {
+            let (path, params) = split_path(rest, "TO:").ok_or(ParseError::RcptSyntax)?;
+            let mbox = parse_path(path, false).ok_or(ParseError::BadRcpt)?;
+            return Ok(Command::Rcpt(mbox, parse_rcpt_params(params)?));
+        }
+        let no_args = |c: Command<'a>| {
+            if rest.trim_matches(' ').is_empty() {
+                Ok(c)
+            } else {
+                Err(ParseError::NoArgs)
+            }
+        };
+        if is("DATA") {
+            return no_args(Command::Data);
+        }
+        if is("RSET") {
+            return no_args(Command::Rset);
+        }
+        if is("QUIT") {
+            return no_args(Command::Quit);
+        }
+        if is("NOOP") {
+            return Ok(Command::Noop);
+        }
+        if is("HELP") {
+            return Ok(Command::Help);
+        }
+        if is("VRFY") {
+            return Ok(Command::Vrfy);
+        }
+        if is("EXPN") {
+            return Ok(Command::Expn);
+        }
+        Err(ParseError::Unknown)
+    }
+}
+
+/// A HELO argument: a domain or an address literal, printable, no spaces.
+fn valid_helo(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_DOMAIN
+        && s.bytes().all(|b| b.is_ascii_graphic())
+        && !s.contains(['<', '>', '(', ')', '\\', '"'])
+}
+
+/// Splits `FROM:<path> params` into the path (with brackets) and the parameter string.
+/// Spaces after the colon are tolerated, as most servers do.
+fn split_path<'a>(rest: &'a str, keyword: &str) -> Option<(&'a str, &'a str)> {
+    if rest.len() < keyword.len() || !rest[..keyword.len()].eq_ignore_ascii_case(keyword) {
+        return None;
+    }
+    let rest = rest[keyword.len()..].trim_start_matches(' ');
+    if !rest.starts_with('<') {
+        return None;
+    }
+    let end = path_end(rest)?;
+    let (path, params) = rest.split_at(end + 1);
+    if !params.is_empty() && !params.starts_with(' ') {
+        return None;
+    }
+    Some((path, params.trim_matches(' ')))
+}
+
+/// Index of the `>` closing the path, skipping quoted strings.
+fn path_end(s: &str) -> Option<usize> {
+    let b = s.as_bytes();
+    let mut i = 1;
+    let mut quoted = false;
+    while i < b.len() {
+        match b[i] {
+            b'\\' if quoted => i += 1,
+            b'"' => quoted = !quoted,
+            b'>' if !quoted => return Some(i),
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Parses `<...>`; `null_ok` allows `<>`. Source routes (`<@a,@b:x@y>`) are dropped
+/// as RFC 5321 §C asks. `<postmaster>` alone is accepted for RCPT (§4.5.1).
+fn parse_path(path: &str, null_ok: bool) -> Option<Mailbox> {
+    if path.len() > MAX_PATH {
+        return None;
+    }
+    let inner = &path[1..path.len() - 1];
+    if inner.is_empty() {
+        return null_ok.then(Mailbox::default);
+    }
+    let inner = if inner.starts_with('@') {
+        let colon = inner.find(':')?;
+        let route = &inner[..colon];
+        if !route.split(',').all(|h| h.len() > 1 && h.starts_with('@') && valid_domain(&h[1..])) {
+            return None;
+        }
+        &inner[colon + 1..]
+    } else {
+        inner
+    };
+    if !null_ok && inner.eq_ignore_ascii_case("postmaster") {
+        return Some(Mailbox {
+            local: "postmaster".into(),
+            domain: String::new(),
+        });
+    }
+    let at = inner.rfind('@')?;
+    let (local, domain) = (&inner[..at], &inner[at + 1..]);
+    if !valid_local(local) || !valid_domain(domain) {
+        return None;
+    }
+    Some(Mailbox {
+        local: local.to_string(),
+        domain: domain.to_ascii_lowercase(),
+    })
+}
+
+/// RFC 5321 §4.1.2 `atext` plus `.`.
+fn is_atext(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-/=?^_`{|}~".contains(&b)
+}
+
+/// Dot-string or quoted-string, at most 64 octets.
+pub fn valid_local(s: &str) -> bool {
+    if s.is_empty() || s.len() > MAX_LOCAL {
+        return false;
+    }
+    let b = s.as_bytes();
+    if b[0] == b'"' {
+        if b.len() < 2 || b[b.len() - 1] != b'"' {
+            return false;
+        }
+        let mut i = 1;
+        while i < b.len() - 1 {
+            match b[i] {
+                b'\\' => {
+                    if i + 1 >= b.len() - 1 || !(32..=126).contains(&b[i + 1]) {
+                        return false;
+                    }
+                    i += 2;
+                    continue;
+                }
+                b'"' => return false,
+                32..=126 => {}
+                _ => return false,
+            }
+            i += 1;
+        }
+        return true;
+    }
+    s.split('.').all(|atom| !atom.is_empty() && atom.bytes().all(is_atext))
+}
+
+/// A domain name (letters, digits, hyphens, dots) or an address literal, at most 255.
+pub fn valid_domain(s: &str) -> bool {
+    if s.is_empty() || s.len() > MAX_DOMAIN {
+        return false;
+    }
+    if let Some(lit) = s.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+        if let Some(v6) = lit.strip_prefix("IPv6:") {
+            return v6.parse::<std::net::Ipv6Addr>().is_ok();
+        }
+        return lit.parse::<std::net::Ipv4Addr>().is_ok();
+    }
+    s.split('.').all(|label| {
+        !label.is_empty()
+            && label.len() <= 63
+            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+    })
+}
+
+/// `xtext` (RFC 3461 §4): printable ASCII except `+` and `=`, or `+XX` hex escapes.
+fn valid_xtext(s: &str) -> bool {
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => {
+                let hex = |j: usize| {
+                    b.get(j)
+                        .is_some_and(|c| c.is_ascii_digit() || (b'A'..=b'F').contains(c))
+                };
+                if !(hex(i + 1) && hex(i + 2)) {
+                    return false;
+                }
+                i += 3;
+                continue;
+            }
+            b'=' => return false,
+            33..=126 => {}
+            _ => return false,
+        }
+        i += 1;
+    }
+    true
+}
+
+fn params(s: &str) -> impl Iterator<Item = (&str, Option<&str>)> {
+    s.split(' ').filter(|p| !p.is_empty()).map(|p| match p.find('=') {
+        Some(i) => (&p[..i], Some(&p[i + 1..])),
+        None => (p, None),
+    })
+}
+
+fn bad(key: &str) -> ParseError {
+    ParseError::BadParam(key.chars().take(32).collect())
+}
+
+fn parse_mail_params(s: &str) -> Result<MailParams, ParseError> {
+    let mut p = MailParams::default();
+    let (mut seen_size, mut seen_body) = (false, false);
+    for (key, val) in params(s) {
+        let k = |n: &str| key.eq_ignore_ascii_case(n);
+        match val {
+            Some(v) if k("SIZE") && !seen_size => {
+                seen_size = true;
+                if v.is_empty() || v.len() > 20 || !v.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(bad(key));
+                }
+                p.size = Some(v.parse().unwrap_or(u64::MAX));
+            }
+            Some(v) if k("BODY") && !seen_body => {
+                seen_body = true;
+                p.body = if v.eq_ignore_ascii_case("7BIT") {
+                    Body::SevenBit
+                } else if v.eq_ignore_ascii_case("8BITMIME") {
+                    Body::EightBitMime
+                } else {
+                    return Err(bad(key));
+                };
+            }
+            Some(v) if k("RET") && p.ret.is_none() => {
+                p.ret = Some(if v.eq_ignore_ascii_case("FULL") {
+                    Ret::Full
+                } else if v.eq_ignore_ascii_case("HDRS") {
+                    Ret::Hdrs
+                } else {
+                    return Err(bad(key));
+                });
+            }
+            Some(v) if k("ENVID") && p.envid.is_none() => {
+                if v.is_empty() || v.len() > 100 || !valid_xtext(v) {
+                    return Err(bad(key));
+                }
+                p.envid = Some(v.to_string());
+            }
+            // AUTH= (RFC 4954 §5) is legal from any client; without AUTH it carries no
+            // weight and is ignored, as OpenSMTPD and Postfix do.
+            Some(v) if k("AUTH") && (v == "<>" || valid_xtext(v)) => {}
+            _ => return Err(bad(key)),
+        }
+    }
+    Ok(p)
+}
+
+fn parse_rcpt_params(s: &str) -> Result<RcptParams, ParseError> {
+    let mut p = RcptParams::default();
+    for (key, val) in params(s) {
+        let k = |n: &str| key.eq_ignore_ascii_case(n);
+        match val {
+            Some(v) if k("NOTIFY") && p.notify == 0 => {
+                for item in v.split(',') {
+                    let bit = match item.to_ascii_uppercase().as_str() {
+                        "SUCCESS" => notify::SUCCESS,
+                        "FAILURE" => notify::FAILURE,
+                        "DELAY" => notify::DELAY,
+                        "NEVER" => notify::NEVER,
+                        _ => return Err(bad(key)),
+                    };
+                    if p.notify & bit != 0 {
+                        return Err(bad(key));
+                    }
+                    p.notify |= bit;
+                }
+                // NEVER excludes the others (RFC 3461 §4.1).
+                if p.notify & notify::NEVER != 0 && p.notify != notify::NEVER {
+                    return Err(bad(key));
+                }
+            }
+            Some(v) if k("ORCPT") && p.orcpt.is_none() => {
+                let (kind, addr) = v.split_once(';').ok_or_else(|| bad(key))?;
+                if kind.is_empty()
+                    || !kind.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    || addr.is_empty()
+                    || addr.len() > 500
+                    || !valid_xtext(addr)
+                {
+                    return Err(bad(key));
+                }
+                p.orcpt = Some(v.to_string());
+            }
+            _ => return Err(bad(key)),
+        }
+    }
+    Ok(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mb(l: &str, d: &str) -> Mailbox {
+        Mailbox {
+            local: l.into(),
+            domain: d.into(),
+        }
+    }
+
+    #[test]
+    fn verbs() {
+        assert_eq!(Command::parse(b"ehlo client.example"), Ok(Command::Ehlo("client.example")));
+        assert_eq!(Command::parse(b"HELO [192.0.2.1]"), Ok(Command::Helo("[192.0.2.1]")));
+        assert_eq!(Command::parse(b"EHLO"), Err(ParseError::HeloSyntax));
+        assert_eq!(Command::parse(b"EHLO  "), Err(ParseError::HeloSyntax));
+        assert_eq!(Command::parse(b"DATA"), Ok(Command::Data));
+        assert_eq!(Command::parse(b"DATA x"), Err(ParseError::NoArgs));
+        assert_eq!(Command::parse(b"NOOP hello"), Ok(Command::Noop));
+        assert_eq!(Command::parse(b"vrfy root"), Ok(Command::Vrfy));
+        assert_eq!(Command::parse(b"WIZ"), Err(ParseError::Unknown));
+        assert_eq!(Command::parse(b"\xff\xfe"), Err(ParseError::Unknown));
+    }
+
+    #[test]
+    fn mail_paths() {
+        let ok = |l: &[u8]| match Command::parse(l) {
+            Ok(Command::Mail(m, p)) => (m, p),
+            other => panic!("{:?}: {other:?}", String::from_utf8_lossy(l)),
+        };
+        assert_eq!(ok(b"MAIL FROM:<a@Example.ORG>").0, mb("a", "example.org"));
+        assert_eq!(ok(b"mail from: <a@b.c>").0, mb("a", "b.c"));
+        assert!(ok(b"MAIL FROM:<>").0.is_null());
+        assert_eq!(ok(b"MAIL FROM:<@r1,@r2:x@y.z>").0, mb("x", "y.z"));
+        assert_eq!(ok(b"MAIL FROM:<\"a b\"@c.d>").0, mb("\"a b\"", "c.d"));
+        let (_, p) = ok(b"MAIL FROM:<a@b.c> SIZE=1000 BODY=8BITMIME RET=HDRS ENVID=x+2By");
+        assert_eq!(p.size, Some(1000));
+        assert_eq!(p.body, Body::EightBitMime);
+        assert_eq!(p.ret, Some(Ret::Hdrs));
+        assert_eq!(p.envid.as_deref(), Some("x+2By"));
+    }
+
+    #[test]
+    fn bad_mail() {
+        for (line, err) in [
+            (&b"MAIL <a@b.c>"[..], ParseError::MailSyntax),
+            (b"MAIL FROM:a@b.c", ParseError::MailSyntax),
+            (b"MAIL FROM:<a@b.c", ParseError::MailSyntax),
+            (b"MAIL FROM:<a@b.c>x", ParseError::MailSyntax),
+            (b"MAIL FROM:<;cmd;>", ParseError::BadSender),
+            (b"MAIL FROM:<a>", ParseError::BadSender),
+            (b"MAIL FROM:<@>", ParseError::BadSender),
+            (b"MAIL FROM:<a@>", ParseError::BadSender),
+            (b"MAIL FROM:<@a>", ParseError::BadSender),
+            (b"MAIL FROM:<a..b@c.d>", ParseError::BadSender),
+            (b"MAIL FROM:<a@b..c>", ParseError::BadSender),
+            (b"MAIL FROM:<a@-b.c>", ParseError::BadSender),
+            (b"MAIL FROM:<a b@c.d>", ParseError::BadSender),
+            (b"MAIL FROM:<a@b.c> SMTPUTF8", ParseError::BadParam("SMTPUTF8".into())),
+            (b"MAIL FROM:<a@b.c> SIZE=x", ParseError::BadParam("SIZE".into())),
+            (b"MAIL FROM:<a@b.c> BODY=BINARYMIME", ParseError::BadParam("BODY".into())),
+            (b"MAIL FROM:<a@b.c> ENVID=a=b", ParseError::BadParam("ENVID".into())),
+        ] {
+            assert_eq!(Command::parse(line), Err(err), "{}", String::from_utf8_lossy(line));
+        }
+        let long = format!("MAIL FROM:<{}@b.c>", "a".repeat(65));
+        assert_eq!(Command::parse(long.as_bytes()), Err(ParseError::BadSender));
+    }
+
+    #[test]
+    fn rcpt() {
+        match Command::parse(b"RCPT TO:<u@d.e> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;u@d.e") {
+            Ok(Command::Rcpt(m, p)) => {
+                assert_eq!(m, mb("u", "d.e"));
+                assert_eq!(p.notify, notify::SUCCESS | notify::FAILURE);
+                assert_eq!(p.orcpt.as_deref(), Some("rfc822;u@d.e"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(Command::parse(b"RCPT TO:<>"), Err(ParseError::BadRcpt));
+        assert!(matches!(Command::parse(b"RCPT TO:<Postmaster>"), Ok(Command::Rcpt(m, _)) if m.local == "postmaster"));
+        assert_eq!(
+            Command::parse(b"RCPT TO:<u@d.e> NOTIFY=NEVER,DELAY"),
+            Err(ParseError::BadParam("NOTIFY".into()))
+        );
+        assert_eq!(
+            Command::parse(b"RCPT TO:<u@d.e> FOO=1"),
+            Err(ParseError::BadParam("FOO".into()))
+        );
+        assert!(Command::parse(b"RCPT TO:<u@[IPv6:::1]>").is_ok());
+        assert!(Command::parse(b"RCPT TO:<u@[300.1.1.1]>").is_err());
+    }
+}

@@ -1,0 +1,488 @@
+//! The socket glue of an SMTP session: moves bytes between the socket, the line
+//! buffer, the [`Session`] and the spool. The only SMTP code that does I/O.
+
+use super::reply::Reply;
+use super::session::{Action, DataLine, Policy, Session, State};
+use crate::config::Config;
+use crate::linebuf::{Line, LineBuf};
+use crate::queue::envelope::Envelope;
+use crate::queue::spool::{is_no_space, Committer, Spool};
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::net::IpAddr;
+use std::time::Instant;
+
+/// Size of each connection's input buffer.
+const INBUF: usize = 16 * 1024;
+/// Message bytes gathered before one write(2).
+const MSG_CHUNK: usize = 64 * 1024;
+/// Unsent reply bytes above which no more input is taken.
+const OUT_HIGH: usize = 64 * 1024;
+
+/// Why a session ended, for the `disconnected` log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// The client said QUIT.
+    Quit,
+    /// The client closed the connection.
+    Disconnect,
+    /// Too many errors or another protocol limit.
+    Limit,
+    /// The session timed out.
+    Timeout,
+    /// The daemon is stopping.
+    Shutdown,
+    /// A socket error.
+    Error,
+}
+
+impl Reason {
+    /// The word used in logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Quit => "quit",
+            Reason::Disconnect => "disconnect",
+            Reason::Limit => "limit",
+            Reason::Timeout => "timeout",
+            Reason::Shutdown => "shutdown",
+            Reason::Error => "error",
+        }
+    }
+}
+
+/// What the connection needs from the server while it runs.
+pub struct Ctx<'a> {
+    /// The configuration.
+    pub cfg: &'a Config,
+    /// The spool.
+    pub spool: &'a Spool,
+    /// The sync thread.
+    pub committer: &'a Committer,
+    /// The recipient policy.
+    pub policy: &'a mut dyn Policy,
+    /// This connection's slab key.
+    pub key: usize,
+}
+
+struct MsgWriter {
+    id: u32,
+    file: File,
+    buf: Vec<u8>,
+    failed: bool,
+}
+
+/// One client connection.
+pub struct Conn {
+    /// The socket.
+    pub sock: mio::net::TcpStream,
+    /// Generation, to tell this connection from an earlier one in the same slot.
+    pub gen: u64,
+    /// The client's address (for per-address limits).
+    pub peer: IpAddr,
+    /// When the session times out unless input arrives.
+    pub deadline: Instant,
+    session: Session,
+    inbuf: LineBuf,
+    out: Vec<u8>,
+    out_pos: usize,
+    msg: Option<MsgWriter>,
+    actions: Vec<Action>,
+    readable: bool,
+    writable: bool,
+    eof: bool,
+    closing: Option<Reason>,
+}
+
+/// Logs client bytes safely.
+fn esc(b: &[u8]) -> String {
+    b.escape_ascii().to_string().replace('"', "\\\"")
+}
+
+impl Conn {
+    /// Wraps an accepted socket; the session's greeting is queued.
+    pub fn new(
+        sock: mio::net::TcpStream,
+        gen: u64,
+        peer: IpAddr,
+        session: Session,
+        actions: Vec<Action>,
+        deadline: Instant,
+    ) -> Conn {
+        let mut c = Conn {
+            sock,
+            gen,
+            peer,
+            deadline,
+            session,
+            inbuf: LineBuf::new(INBUF),
+            out: Vec::new(),
+            out_pos: 0,
+            msg: None,
+            actions: Vec::new(),
+            readable: false,
+            writable: false,
+            eof: false,
+            closing: None,
+        };
+        for a in actions {
+            if let Action::Reply(r) = a {
+                r.render(&mut c.out);
+            }
+        }
+        c
+    }
+
+    /// The session id.
+    pub fn id(&self) -> u64 {
+        self.session.id
+    }
+
+    /// Whether the connection is done and can be removed.
+    pub fn finished(&self) -> Option<Reason> {
+        match self.closing {
+            Some(r) if self.out_pos >= self.out.len() => Some(r),
+            _ => None,
+        }
+    }
+
+    /// Whether a commit is in flight.
+    pub fn committing(&self) -> bool {
+        self.session.state() == State::Commit
+    }
+
+    /// Records readiness from the poller.
+    pub fn ready(&mut self, readable: bool, writable: bool) {
+        self.readable |= readable;
+        self.writable |= writable;
+    }
+
+    /// Moves bytes until nothing more can be done without new readiness.
+    pub fn pump(&mut self, ctx: &mut Ctx, now: Instant) {
+        loop {
+            let mut progress = self.process(ctx);
+            self.flush();
+            if self.closing.is_some() {
+                return;
+            }
+            if self.readable && !self.eof && self.session.wants_input() && self.out.len() - self.out_pos < OUT_HIGH {
+                match self.sock.read(self.inbuf.space()) {
+                    Ok(0) => {
+                        self.eof = true;
+                    }
+                    Ok(n) => {
+                        self.inbuf.filled(n);
+                        self.deadline = now + ctx.cfg.smtp.timeout;
+                        progress = true;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.readable = false,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => progress = true,
+                    Err(e) => {
+                        log::debug!("{:016x} smtp read error: {e}", self.id());
+                        self.abort(ctx, Reason::Error);
+                        return;
+                    }
+                }
+            }
+            if self.eof && self.session.wants_input() {
+                // The client left; a message it did not finish is dropped.
+                self.abort(ctx, Reason::Disconnect);
+                return;
+            }
+            if !progress {
+                return;
+            }
+        }
+    }
+
+    /// Closes at once without a reply (EOF, socket error).
+    fn abort(&mut self, ctx: &mut Ctx, reason: Reason) {
+        if let Some(m) = self.msg.take() {
+            ctx.spool.discard(m.id);
+        }
+        self.out_pos = self.out.len();
+        self.closing = Some(reason);
+    }
+
+    /// Ends the session with a final reply (timeout, shutdown).
+    pub fn close_with(&mut self, ctx: &mut Ctx, reply: Reply, reason: Reason) {
+        if self.closing.is_some() {
+            return;
+        }
+        self.closing = Some(reason);
+        self.session.close(reply, &mut self.actions);
+        self.run_actions(ctx, None);
+        self.flush();
+    }
+
+    /// Feeds buffered lines to the session; true if any was consumed.
+    fn process(&mut self, ctx: &mut Ctx) -> bool {
+        let mut progress = false;
+        while self.session.wants_input() && self.closing.is_none() && self.out.len() - self.out_pos < OUT_HIGH {
+            if self.session.in_data() {
+                let max = ctx.cfg.smtp.max_text_line - 2;
+                match self.inbuf.next_line(max) {
+                    Line::Partial => break,
+                    Line::TooLong => self.session.on_data_too_long(),
+                    Line::Complete { bytes, bare } => match self.session.on_data_line(bytes, bare) {
+                        DataLine::Store(b) => {
+                            if let Some(m) = self.msg.as_mut() {
+                                if !m.failed {
+                                    m.buf.extend_from_slice(b);
+                                    m.buf.push(b'\n');
+                                    if m.buf.len() >= MSG_CHUNK {
+                                        write_chunk(m, &mut self.session);
+                                    }
+                                }
+                            }
+                        }
+                        DataLine::Drop => {}
+                        DataLine::End => {
+                            let pipelined = self.inbuf.pending() > 0;
+                            self.session.on_data_end(pipelined, &mut self.actions);
+                            self.run_actions(ctx, Some(b"."));
+                        }
+                    },
+                }
+            } else {
+                let max = ctx.cfg.smtp.max_command_line - 2;
+                match self.inbuf.next_line(max) {
+                    Line::Partial => break,
+                    Line::TooLong => {
+                        self.session.on_bad_line(Reply::LINE_TOO_LONG, &mut self.actions);
+                        self.run_actions(ctx, Some(b"(line too long)"));
+                    }
+                    Line::Complete { bytes, bare } => {
+                        log::trace!(target: "smtpd::smtp", "{:016x} smtp <<< {}", self.session.id, esc(bytes));
+                        if bare {
+                            self.session.on_bad_line(Reply::BARE_NEWLINE_COMMAND, &mut self.actions);
+                        } else {
+                            self.session.on_line(bytes, ctx.policy, &mut self.actions);
+                        }
+                        // The line is logged with failed replies; copy it only then.
+                        if self.actions.iter().any(|a| matches!(a, Action::Reply(r) if r.is_error())) {
+                            let line = bytes.to_vec();
+                            self.run_actions(ctx, Some(&line));
+                        } else {
+                            self.run_actions(ctx, None);
+                        }
+                    }
+                }
+            }
+            progress = true;
+        }
+        progress
+    }
+
+    /// Carries out the session's actions.
+    fn run_actions(&mut self, ctx: &mut Ctx, line: Option<&[u8]>) {
+        let mut i = 0;
+        let mut last_code = 0;
+        while i < self.actions.len() {
+            let action = std::mem::replace(&mut self.actions[i], Action::Close);
+            i += 1;
+            match action {
+                Action::Reply(r) => {
+                    last_code = r.code;
+                    if let (true, Some(line)) = (r.is_error(), line) {
+                        log::info!(
+                            "{:016x} smtp failed-command command=\"{}\" result=\"{}\"",
+                            self.session.id,
+                            esc(line),
+                            r.summary()
+                        );
+                    }
+                    let start = self.out.len();
+                    r.render(&mut self.out);
+                    log::trace!(target: "smtpd::smtp", "{:016x} smtp >>> {}", self.session.id, esc(&self.out[start..]));
+                }
+                Action::OpenMessage => {
+                    let r = match ctx.spool.create_message() {
+                        Ok((id, file)) => {
+                            self.msg = Some(MsgWriter {
+                                id,
+                                file,
+                                buf: Vec::with_capacity(MSG_CHUNK + 1024),
+                                failed: false,
+                            });
+                            Ok(id)
+                        }
+                        Err(e) => {
+                            log::warn!("{:016x} smtp cannot create message: {e}", self.session.id);
+                            Err(if is_no_space(&e) { Reply::NO_STORAGE } else { Reply::LOCAL_ERROR })
+                        }
+                    };
+                    let ok = r.is_ok();
+                    self.session.on_opened(r, &mut self.actions);
+                    if ok {
+                        let header = self.session.received_header(&crate::sys::now_rfc5322());
+                        if let Some(m) = self.msg.as_mut() {
+                            m.buf.extend_from_slice(header.as_bytes());
+                        }
+                    }
+                }
+                Action::Commit => self.commit(ctx),
+                Action::Discard => {
+                    if let Some(m) = self.msg.take() {
+                        ctx.spool.discard(m.id);
+                    }
+                }
+                Action::Close => {
+                    let reason = if last_code == 221 {
+                        Reason::Quit
+                    } else {
+                        Reason::Limit
+                    };
+                    self.closing.get_or_insert(reason);
+                }
+            }
+        }
+        self.actions.clear();
+    }
+
+    /// Writes the envelopes and hands the message to the sync thread.
+    fn commit(&mut self, ctx: &mut Ctx) {
+        let Some(mut m) = self.msg.take() else {
+            self.session.on_committed(Err(Reply::LOCAL_ERROR), &mut self.actions);
+            return;
+        };
+        if !m.buf.is_empty() {
+            write_chunk(&mut m, &mut self.session);
+        }
+        let failed = m.failed;
+        let job = if failed {
+            Err(io::Error::from_raw_os_error(libc::ENOSPC))
+        } else {
+            let envs = self.envelopes(ctx.cfg, m.id);
+            ctx.spool.prepare_commit(m.id, m.file, &envs)
+        };
+        match job {
+            Ok(job) => {
+                if !ctx.committer.submit((ctx.key, self.gen), job) {
+                    ctx.spool.discard(m.id);
+                    self.session.on_committed(Err(Reply::LOCAL_ERROR), &mut self.actions);
+                }
+            }
+            Err(e) => {
+                ctx.spool.discard(m.id);
+                let r = if is_no_space(&e) { Reply::NO_STORAGE } else { Reply::LOCAL_ERROR };
+                if !failed {
+                    log::warn!("{:016x} smtp cannot write envelopes: {e}", self.session.id);
+                }
+                self.session.on_committed(Err(r), &mut self.actions);
+            }
+        }
+    }
+
+    fn envelopes(&self, cfg: &Config, msgid: u32) -> Vec<Envelope> {
+        let Some(tx) = self.session.tx() else {
+            return Vec::new();
+        };
+        let ctime = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let client = self.session.client();
+        let mut used = Vec::with_capacity(tx.rcpts.len());
+        tx.rcpts
+            .iter()
+            .map(|r| {
+                // Envelope ids are unique within the message.
+                let mut evpid;
+                loop {
+                    evpid = (u64::from(msgid) << 32) | u64::from(crate::sys::random_u64() as u32);
+                    if evpid as u32 != 0 && !used.contains(&evpid) {
+                        break;
+                    }
+                }
+                used.push(evpid);
+                Envelope {
+                    evpid,
+                    ctime,
+                    sender: tx.sender.to_string(),
+                    rcpt: r.addr.to_string(),
+                    dest: r.dest.clone(),
+                    action: cfg.actions.get(r.action).map(|a| a.name.clone()).unwrap_or_default(),
+                    tag: client.tag.clone().unwrap_or_default(),
+                    helo: self.session.helo().to_string(),
+                    client: client.addr.map_or_else(|| "local".into(), |a| a.to_string()),
+                    hostname: client.server_name.clone(),
+                    body_8bit: Session::is_8bit(tx),
+                    dsn_notify: Session::notify_of(r),
+                    dsn_ret: match tx.params.ret {
+                        Some(super::command::Ret::Full) => "FULL".into(),
+                        Some(super::command::Ret::Hdrs) => "HDRS".into(),
+                        None => String::new(),
+                    },
+                    dsn_envid: tx.params.envid.clone().unwrap_or_default(),
+                    dsn_orcpt: r.params.orcpt.clone().unwrap_or_default(),
+                    ..Envelope::default()
+                }
+            })
+            .collect()
+    }
+
+    /// The sync thread finished this connection's commit.
+    pub fn on_committed(&mut self, ctx: &mut Ctx, msgid: u32, r: io::Result<()>, now: Instant) {
+        let r = match r {
+            Ok(()) => {
+                if let Some(tx) = self.session.tx() {
+                    log::info!(
+                        "{:016x} smtp message msgid={msgid:08x} size={} nrcpt={} proto={} from=<{}>",
+                        self.session.id,
+                        tx.size,
+                        tx.rcpts.len(),
+                        if self.session.esmtp() { "ESMTP" } else { "SMTP" },
+                        tx.sender
+                    );
+                }
+                Ok(())
+            }
+            Err(e) => {
+                log::warn!("{:016x} smtp commit of {msgid:08x} failed: {e}", self.session.id);
+                Err(if is_no_space(&e) { Reply::NO_STORAGE } else { Reply::LOCAL_ERROR })
+            }
+        };
+        self.session.on_committed(r, &mut self.actions);
+        self.run_actions(ctx, None);
+        self.pump(ctx, now);
+    }
+
+    /// Writes pending output until the socket would block.
+    fn flush(&mut self) {
+        while self.out_pos < self.out.len() {
+            match self.sock.write(&self.out[self.out_pos..]) {
+                Ok(0) => break,
+                Ok(n) => self.out_pos += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.writable = false;
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    // The client is gone; nothing more can be said to it.
+                    self.out_pos = self.out.len();
+                    self.eof = true;
+                    break;
+                }
+            }
+        }
+        if self.out_pos >= self.out.len() {
+            self.out.clear();
+            self.out_pos = 0;
+        }
+    }
+
+    /// Drops an open message when the connection is removed.
+    pub fn release(&mut self, spool: &Spool) {
+        if let Some(m) = self.msg.take() {
+            spool.discard(m.id);
+        }
+    }
+}
+
+fn write_chunk(m: &mut MsgWriter, session: &mut Session) {
+    if let Err(e) = m.file.write_all(&m.buf) {
+        m.failed = true;
+        session.on_write_error(is_no_space(&e));
+    }
+    m.buf.clear();
+}

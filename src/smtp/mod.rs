@@ -1,0 +1,6 @@
+//! The SMTP server: command parsing, replies, the session machine and its socket glue.
+
+pub mod command;
+pub mod conn;
+pub mod reply;
+pub mod session;

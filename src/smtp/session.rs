@@ -1,0 +1,833 @@
+//! The SMTP server session: a pure state machine (no sockets, no clock, no files).
+//!
+//! ```text
+//!  Connected --EHLO/HELO--> Ready --MAIL--> Mail --RCPT*--> Mail --DATA--> Data
+//!      ^                      ^  ^                                           |
+//!      |                      |  '---------- reply to "." (250 or error) ---+-- Commit
+//!      '---- (EHLO again) ----'                                              (fsync)
+//!  any --QUIT / limit / timeout--> Quit
+//! ```
+//!
+//! The glue (`smtp::conn`) feeds command lines to [`Session::on_line`], data lines to
+//! [`Session::on_data_line`], and answers the [`Action`]s it gets: it writes replies,
+//! opens and commits spool files, and closes the connection. While [`Session::wants_input`]
+//! is false (a commit in flight), the glue keeps further pipelined lines buffered: RFC
+//! 2920 pipelining needs nothing more.
+
+use super::command::{notify, Body, Command, MailParams, Mailbox, ParseError, RcptParams};
+use super::reply::Reply;
+use crate::config::ActionId;
+use std::net::IpAddr;
+
+/// What the glue must do, in order.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Send this reply.
+    Reply(Reply),
+    /// Open a message file in the spool, then call [`Session::on_opened`].
+    OpenMessage,
+    /// Write the envelopes and commit the open message, then call [`Session::on_committed`].
+    Commit,
+    /// Remove the open message (the transaction failed).
+    Discard,
+    /// Close the connection once the output is flushed.
+    Close,
+}
+
+/// Where the session stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Greeting sent; HELO/EHLO expected.
+    Connected,
+    /// Identified; no transaction.
+    Ready,
+    /// MAIL accepted; collecting recipients.
+    Mail,
+    /// After 354: data lines until ".".
+    Data,
+    /// The message is being made durable; no input is read.
+    Commit,
+    /// Closing.
+    Quit,
+}
+
+/// A recipient accepted by the ruleset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rcpt {
+    /// The address as given in RCPT TO.
+    pub addr: Mailbox,
+    /// RCPT parameters.
+    pub params: RcptParams,
+    /// The action that will deliver it.
+    pub action: ActionId,
+    /// The resolved destination (user name or address).
+    pub dest: String,
+}
+
+/// The open transaction.
+#[derive(Debug, Clone, Default)]
+pub struct Tx {
+    /// MAIL FROM.
+    pub sender: Mailbox,
+    /// MAIL parameters.
+    pub params: MailParams,
+    /// Accepted recipients.
+    pub rcpts: Vec<Rcpt>,
+    /// The spool's id for the message, once opened.
+    pub msgid: Option<u32>,
+    /// Octets of content as transmitted (CR LF counted as two).
+    pub size: u64,
+    /// The first reason the message will be refused at ".".
+    fail: Option<Reply>,
+    /// Still in the header section.
+    in_headers: bool,
+    /// Received headers seen.
+    hops: usize,
+}
+
+/// Facts about the client, fixed at connect time.
+#[derive(Debug, Clone)]
+pub struct Client {
+    /// The client's address; `None` for the local socket.
+    pub addr: Option<IpAddr>,
+    /// Loopback or local socket (`from local`).
+    pub local: bool,
+    /// Our name on this listener.
+    pub server_name: String,
+    /// The listener's tag.
+    pub tag: Option<String>,
+}
+
+/// The context a recipient is matched in.
+#[derive(Debug)]
+pub struct MatchCtx<'a> {
+    /// The client.
+    pub client: &'a Client,
+    /// The HELO/EHLO name.
+    pub helo: &'a str,
+    /// MAIL FROM.
+    pub sender: &'a Mailbox,
+}
+
+/// What the session asks of the rest of the daemon, synchronously.
+pub trait Policy {
+    /// Whether the spool can take a message of `size` octets (SIZE= or 0).
+    fn has_space(&mut self, size: u64) -> bool;
+    /// Matches the recipient against the ruleset and resolves it; a refusal is a reply.
+    fn resolve(&mut self, ctx: &MatchCtx, rcpt: &Mailbox) -> Result<(ActionId, String), Reply>;
+}
+
+/// Limits the session enforces (from `smtp ...`).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Maximum content size.
+    pub max_message_size: u64,
+    /// Recipients per transaction.
+    pub max_rcpt: usize,
+    /// Transactions per session.
+    pub max_mails: usize,
+    /// Failed commands before 421.
+    pub max_errors: usize,
+    /// Received headers refused from this count on.
+    pub max_hops: usize,
+}
+
+/// What [`Session::on_data_line`] decided for one line.
+#[derive(Debug, PartialEq, Eq)]
+pub enum DataLine<'a> {
+    /// Store these bytes (dot-unstuffed) followed by a line end.
+    Store(&'a [u8]),
+    /// Drop the line: the message is already refused.
+    Drop,
+    /// The lone "."; [`Session::on_data_end`] must be called.
+    End,
+}
+
+/// One SMTP server session.
+#[derive(Debug)]
+pub struct Session {
+    /// Session id, for logs.
+    pub id: u64,
+    state: State,
+    client: Client,
+    limits: Limits,
+    helo: String,
+    esmtp: bool,
+    tx: Option<Tx>,
+    mails: usize,
+    errors: usize,
+}
+
+impl Session {
+    /// Starts a session; the greeting is the first action.
+    pub fn new(id: u64, client: Client, limits: Limits, out: &mut Vec<Action>) -> Self {
+        out.push(Action::Reply(Reply::new(
+            220,
+            "",
+            format!("{} ESMTP smtpd", client.server_name),
+        )));
+        Session {
+            id,
+            state: State::Connected,
+            client,
+            limits,
+            helo: String::new(),
+            esmtp: false,
+            tx: None,
+            mails: 0,
+            errors: 0,
+        }
+    }
+
+    /// The current state.
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// Whether the glue may feed the next line.
+    pub fn wants_input(&self) -> bool {
+        !matches!(self.state, State::Commit | State::Quit)
+    }
+
+    /// Whether lines are message content (use [`Session::on_data_line`]).
+    pub fn in_data(&self) -> bool {
+        self.state == State::Data
+    }
+
+    /// Whether the client said EHLO (and so was offered PIPELINING).
+    pub fn esmtp(&self) -> bool {
+        self.esmtp
+    }
+
+    /// The HELO/EHLO name.
+    pub fn helo(&self) -> &str {
+        &self.helo
+    }
+
+    /// The client.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The open transaction, if any.
+    pub fn tx(&self) -> Option<&Tx> {
+        self.tx.as_ref()
+    }
+
+    fn enter(&mut self, to: State) {
+        log::debug!(target: "smtpd::smtp", "{:016x} smtp state {:?} -> {:?}", self.id, self.state, to);
+        self.state = to;
+    }
+
+    /// Counts a failed command; past the limit the session ends with 421.
+    fn fail(&mut self, reply: Reply, out: &mut Vec<Action>) {
+        out.push(Action::Reply(reply));
+        self.errors += 1;
+        if self.errors >= self.limits.max_errors {
+            self.close(Reply::TOO_MANY_ERRORS, out);
+        }
+    }
+
+    /// Ends the session with `reply` (from any state but Commit, which discards nothing
+    /// already promised: the glue only calls this on timeouts and shutdown).
+    pub fn close(&mut self, reply: Reply, out: &mut Vec<Action>) {
+        if self.state == State::Quit {
+            return;
+        }
+        if self.tx.as_ref().is_some_and(|t| t.msgid.is_some()) && self.state != State::Commit {
+            out.push(Action::Discard);
+        }
+        out.push(Action::Reply(reply));
+        out.push(Action::Close);
+        self.enter(State::Quit);
+    }
+
+    /// A command line that was too long, or held a bare CR/LF or NUL.
+    pub fn on_bad_line(&mut self, reply: Reply, out: &mut Vec<Action>) {
+        debug_assert!(self.wants_input());
+        self.fail(reply, out);
+    }
+
+    /// Feeds one command line (CR LF stripped, checked for bare CR/LF and NUL).
+    pub fn on_line(&mut self, line: &[u8], policy: &mut dyn Policy, out: &mut Vec<Action>) {
+        debug_assert!(self.wants_input() && !self.in_data());
+        if memchr::memchr(0, line).is_some() {
+            return self.fail(Reply::NUL_COMMAND, out);
+        }
+        let cmd = match Command::parse(line) {
+            Ok(c) => c,
+            Err(e) => return self.fail(e.reply(), out),
+        };
+        match cmd {
+            Command::Helo(name) => self.greet(name, false, out),
+            Command::Ehlo(name) => self.greet(name, true, out),
+            Command::Mail(sender, params) => self.mail(sender, params, policy, out),
+            Command::Rcpt(addr, params) => self.rcpt(addr, params, policy, out),
+            Command::Data => self.data(out),
+            Command::Rset => {
+                if self.state == State::Mail {
+                    self.tx = None;
+                    self.enter(State::Ready);
+                }
+                out.push(Action::Reply(Reply::OK));
+            }
+            Command::Noop => out.push(Action::Reply(Reply::OK)),
+            Command::Quit => {
+                self.tx = None;
+                out.push(Action::Reply(Reply::BYE));
+                out.push(Action::Close);
+                self.enter(State::Quit);
+            }
+            Command::Help => out.push(Action::Reply(Reply::new(
+                214,
+                "2.0.0",
+                "This is smtpd\nCommands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT HELP\nEnd of HELP info",
+            ))),
+            Command::Vrfy | Command::Expn => self.fail(Reply::NOT_IMPLEMENTED, out),
+        }
+    }
+
+    fn greet(&mut self, name: &str, esmtp: bool, out: &mut Vec<Action>) {
+        // RFC 5321 §4.1.4: HELO/EHLO resets any transaction.
+        self.tx = None;
+        self.helo = name.to_string();
+        self.esmtp = esmtp;
+        let addr = self
+            .client
+            .addr
+            .map_or_else(|| "local".to_string(), |a| format!("[{a}]"));
+        let mut text = format!(
+            "{} Hello {} {}, pleased to meet you",
+            self.client.server_name, name, addr
+        );
+        if esmtp {
+            text.push_str(&format!(
+                "\n8BITMIME\nENHANCEDSTATUSCODES\nSIZE {}\nDSN\nPIPELINING\nHELP",
+                self.limits.max_message_size
+            ));
+        }
+        out.push(Action::Reply(Reply::new(250, "", text)));
+        self.enter(State::Ready);
+    }
+
+    fn mail(
+        &mut self,
+        sender: Mailbox,
+        params: MailParams,
+        policy: &mut dyn Policy,
+        out: &mut Vec<Action>,
+    ) {
+        match self.state {
+            State::Connected => return self.fail(Reply::NEED_HELO, out),
+            State::Mail => return self.fail(Reply::NESTED_MAIL, out),
+            _ => {}
+        }
+        if self.mails >= self.limits.max_mails {
+            return self.fail(Reply::TOO_MANY_MAILS, out);
+        }
+        let size = params.size.unwrap_or(0);
+        if size > self.limits.max_message_size {
+            return self.fail(Reply::TOO_BIG, out);
+        }
+        if !self.esmtp && params != MailParams::default() {
+            // Parameters need EHLO (RFC 5321 §4.1.1.11).
+            return self.fail(ParseError::BadParam("parameters need EHLO".into()).reply(), out);
+        }
+        if !policy.has_space(size) {
+            return self.fail(Reply::NO_STORAGE, out);
+        }
+        self.tx = Some(Tx {
+            sender,
+            params,
+            in_headers: true,
+            ..Tx::default()
+        });
+        out.push(Action::Reply(Reply::MAIL_OK));
+        self.enter(State::Mail);
+    }
+
+    fn rcpt(
+        &mut self,
+        addr: Mailbox,
+        params: RcptParams,
+        policy: &mut dyn Policy,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(tx) = self.tx.as_mut().filter(|_| self.state == State::Mail) else {
+            let r = if self.state == State::Connected {
+                Reply::NEED_HELO
+            } else {
+                Reply::NEED_MAIL
+            };
+            return self.fail(r, out);
+        };
+        if !self.esmtp && params != RcptParams::default() {
+            return self.fail(ParseError::BadParam("parameters need EHLO".into()).reply(), out);
+        }
+        if tx.rcpts.len() >= self.limits.max_rcpt {
+            // Not counted as an error: clients with long lists retry in a new transaction.
+            out.push(Action::Reply(Reply::TOO_MANY_RCPT));
+            return;
+        }
+        let ctx = MatchCtx {
+            client: &self.client,
+            helo: &self.helo,
+            sender: &tx.sender,
+        };
+        match policy.resolve(&ctx, &addr) {
+            Ok((action, dest)) => {
+                tx.rcpts.push(Rcpt {
+                    addr,
+                    params,
+                    action,
+                    dest,
+                });
+                out.push(Action::Reply(Reply::RCPT_OK));
+            }
+            Err(reply) => self.fail(reply, out),
+        }
+    }
+
+    fn data(&mut self, out: &mut Vec<Action>) {
+        match self.state {
+            State::Connected => return self.fail(Reply::NEED_HELO, out),
+            State::Ready => return self.fail(Reply::NEED_MAIL, out),
+            _ => {}
+        }
+        if self.tx.as_ref().is_none_or(|t| t.rcpts.is_empty()) {
+            return self.fail(Reply::NEED_RCPT, out);
+        }
+        out.push(Action::OpenMessage);
+    }
+
+    /// The answer to [`Action::OpenMessage`]: the message id, or why it failed.
+    pub fn on_opened(&mut self, r: Result<u32, Reply>, out: &mut Vec<Action>) {
+        let Some(tx) = self.tx.as_mut() else {
+            debug_assert!(false, "open without transaction");
+            return;
+        };
+        match r {
+            Ok(msgid) => {
+                tx.msgid = Some(msgid);
+                out.push(Action::Reply(Reply::START_DATA));
+                self.enter(State::Data);
+            }
+            Err(reply) => {
+                self.tx = None;
+                self.enter(State::Ready);
+                self.fail(reply, out);
+            }
+        }
+    }
+
+    /// The Received header for the open message (RFC 5321 §4.4), with `date` formatted
+    /// by the caller, lines ending in LF.
+    pub fn received_header(&self, date: &str) -> String {
+        let Some(tx) = &self.tx else {
+            return String::new();
+        };
+        let from = match self.client.addr {
+            Some(ip) => format!("{} (unknown [{}])", self.helo, ip),
+            None => format!("{} (local)", self.helo),
+        };
+        let proto = if self.esmtp { "ESMTP" } else { "SMTP" };
+        let mut h = format!(
+            "Received: from {from}\n\tby {} (smtpd) with {proto} id {:08x}",
+            self.client.server_name,
+            tx.msgid.unwrap_or(0)
+        );
+        // Name the recipient only when there is one, so a Bcc is not disclosed.
+        if let [only] = tx.rcpts.as_slice() {
+            h.push_str(&format!("\n\tfor <{}>", only.addr));
+        }
+        h.push_str(&format!(";\n\t{date}\n"));
+        h
+    }
+
+    /// Feeds one line of content (CR LF stripped). `bare` is the line buffer's report of
+    /// a bare CR or LF inside the line.
+    pub fn on_data_line<'a>(&mut self, line: &'a [u8], bare: bool) -> DataLine<'a> {
+        debug_assert!(self.in_data());
+        if line == b"." {
+            return DataLine::End;
+        }
+        let Some(tx) = self.tx.as_mut() else {
+            return DataLine::Drop;
+        };
+        // RFC 5321 §4.5.2: drop one leading dot.
+        let line = line.strip_prefix(b".").unwrap_or(line);
+        tx.size += line.len() as u64 + 2;
+        if tx.fail.is_some() {
+            return DataLine::Drop;
+        }
+        if bare {
+            tx.fail = Some(Reply::BARE_NEWLINE_DATA);
+            return DataLine::Drop;
+        }
+        if memchr::memchr(0, line).is_some() {
+            tx.fail = Some(Reply::NUL_DATA);
+            return DataLine::Drop;
+        }
+        if tx.size > self.limits.max_message_size {
+            tx.fail = Some(Reply::TOO_BIG);
+            return DataLine::Drop;
+        }
+        if tx.in_headers {
+            if line.is_empty() {
+                tx.in_headers = false;
+            } else if line.len() >= 9 && line[..9].eq_ignore_ascii_case(b"received:") {
+                tx.hops += 1;
+                if tx.hops >= self.limits.max_hops {
+                    tx.fail = Some(Reply::LOOP);
+                    return DataLine::Drop;
+                }
+            }
+        }
+        DataLine::Store(line)
+    }
+
+    /// A content line over the text line limit: the message will be refused.
+    pub fn on_data_too_long(&mut self) {
+        if let Some(tx) = self.tx.as_mut() {
+            tx.fail.get_or_insert(Reply::DATA_LINE_TOO_LONG);
+        }
+    }
+
+    /// A write to the message file failed (`no_space` for ENOSPC/EDQUOT).
+    pub fn on_write_error(&mut self, no_space: bool) {
+        if let Some(tx) = self.tx.as_mut() {
+            tx.fail.get_or_insert(if no_space {
+                Reply::NO_STORAGE
+            } else {
+                Reply::LOCAL_ERROR
+            });
+        }
+    }
+
+    /// The end of data was seen. `pipelined` tells that the client sent more bytes after
+    /// the final "." without having been offered PIPELINING.
+    pub fn on_data_end(&mut self, pipelined: bool, out: &mut Vec<Action>) {
+        debug_assert!(self.in_data());
+        let fail = self.tx.as_mut().and_then(|t| t.fail.take());
+        if pipelined && !self.esmtp {
+            out.push(Action::Discard);
+            self.tx = None;
+            return self.close(Reply::UNAUTH_PIPELINING, out);
+        }
+        match fail {
+            Some(reply) => {
+                out.push(Action::Discard);
+                self.tx = None;
+                self.enter(State::Ready);
+                self.fail(reply, out);
+            }
+            None => {
+                out.push(Action::Commit);
+                self.enter(State::Commit);
+            }
+        }
+    }
+
+    /// The answer to [`Action::Commit`]: the message is durable, or why not.
+    pub fn on_committed(&mut self, r: Result<(), Reply>, out: &mut Vec<Action>) {
+        if self.state != State::Commit {
+            return;
+        }
+        let tx = self.tx.take();
+        self.enter(State::Ready);
+        match r {
+            Ok(()) => {
+                self.mails += 1;
+                let id = tx.and_then(|t| t.msgid).unwrap_or(0);
+                out.push(Action::Reply(Reply::new(
+                    250,
+                    "2.0.0",
+                    format!("{id:08x} Message accepted for delivery"),
+                )));
+            }
+            Err(reply) => self.fail(reply, out),
+        }
+    }
+
+    /// DSN NOTIFY value to store for a recipient (0 = default).
+    pub fn notify_of(r: &Rcpt) -> u8 {
+        r.params.notify & (notify::SUCCESS | notify::FAILURE | notify::DELAY | notify::NEVER)
+    }
+
+    /// Whether the client declared 8-bit content.
+    pub fn is_8bit(tx: &Tx) -> bool {
+        tx.params.body == Body::EightBitMime
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct TestPolicy {
+        space: bool,
+    }
+
+    impl Policy for TestPolicy {
+        fn has_space(&mut self, _size: u64) -> bool {
+            self.space
+        }
+        fn resolve(&mut self, ctx: &MatchCtx, rcpt: &Mailbox) -> Result<(ActionId, String), Reply> {
+            match (rcpt.local.as_str(), rcpt.domain.as_str()) {
+                (_, "elsewhere.example") if !ctx.client.local => Err(Reply::NO_RULE),
+                ("nobody", _) => Err(Reply::UNKNOWN_USER),
+                (u, _) => Ok((0, u.to_string())),
+            }
+        }
+    }
+
+    struct Dialog {
+        s: Session,
+        p: TestPolicy,
+        out: Vec<Action>,
+        stored: Vec<Vec<u8>>,
+    }
+
+    fn limits() -> Limits {
+        Limits {
+            max_message_size: 1000,
+            max_rcpt: 3,
+            max_mails: 2,
+            max_errors: 10,
+            max_hops: 3,
+        }
+    }
+
+    impl Dialog {
+        fn new() -> Self {
+            let mut out = Vec::new();
+            let client = Client {
+                addr: Some(IpAddr::from([192, 0, 2, 7])),
+                local: false,
+                server_name: "mx.example.org".into(),
+                tag: None,
+            };
+            let s = Session::new(7, client, limits(), &mut out);
+            let mut d = Dialog {
+                s,
+                p: TestPolicy { space: true },
+                out,
+                stored: Vec::new(),
+            };
+            d.expect("220 mx.example.org ESMTP");
+            d
+        }
+
+        /// Feeds a line the way the glue would and answers the glue's actions.
+        fn client(&mut self, line: &str) -> &mut Self {
+            if self.s.in_data() {
+                match self.s.on_data_line(line.as_bytes(), false) {
+                    DataLine::Store(b) => self.stored.push(b.to_vec()),
+                    DataLine::Drop => {}
+                    DataLine::End => self.s.on_data_end(false, &mut self.out),
+                }
+            } else {
+                self.s.on_line(line.as_bytes(), &mut self.p, &mut self.out);
+            }
+            self.glue();
+            self
+        }
+
+        fn glue(&mut self) {
+            let mut i = 0;
+            while i < self.out.len() {
+                match self.out[i] {
+                    Action::OpenMessage => {
+                        self.out.remove(i);
+                        let mut more = Vec::new();
+                        self.s.on_opened(Ok(0xabcd), &mut more);
+                        self.out.splice(i..i, more);
+                    }
+                    Action::Commit => {
+                        self.out.remove(i);
+                        let mut more = Vec::new();
+                        self.s.on_committed(Ok(()), &mut more);
+                        self.out.splice(i..i, more);
+                    }
+                    _ => i += 1,
+                }
+            }
+        }
+
+        /// Takes the first pending reply and checks that it starts with `prefix`.
+        fn expect(&mut self, prefix: &str) -> &mut Self {
+            let pos = self.out.iter().position(|a| matches!(a, Action::Reply(_)));
+            let Some(Action::Reply(r)) = pos.map(|p| self.out.remove(p)) else {
+                panic!("no reply, wanted {prefix}; actions {:?}", self.out);
+            };
+            let mut wire = Vec::new();
+            r.render(&mut wire);
+            let wire = String::from_utf8_lossy(&wire).into_owned();
+            assert!(wire.starts_with(prefix), "got {wire:?}, wanted {prefix:?}");
+            self
+        }
+
+        fn expect_close(&mut self) -> &mut Self {
+            assert!(self.out.contains(&Action::Close), "{:?}", self.out);
+            self
+        }
+    }
+
+    #[test]
+    fn full_transaction() {
+        let mut d = Dialog::new();
+        d.client("EHLO client.example").expect("250-mx.example.org Hello client.example [192.0.2.7]");
+        d.client("MAIL FROM:<a@example.org> SIZE=100").expect("250 2.1.0");
+        d.client("RCPT TO:<bob@example.org> NOTIFY=NEVER").expect("250 2.1.5");
+        d.client("DATA").expect("354 ");
+        d.client("Subject: hi").client("").client("..dot").client(".");
+        d.expect("250 2.0.0 0000abcd Message accepted");
+        assert_eq!(d.stored, [&b"Subject: hi"[..], b"", b".dot"]);
+        d.client("QUIT").expect("221 2.0.0").expect_close();
+    }
+
+    #[test]
+    fn ehlo_advertises_extensions() {
+        let mut out = Vec::new();
+        let mut d = Dialog::new();
+        d.client("EHLO c");
+        if let Some(Action::Reply(r)) = d.out.first() {
+            r.render(&mut out);
+        }
+        let text = String::from_utf8_lossy(&out);
+        for ext in ["8BITMIME", "ENHANCEDSTATUSCODES", "SIZE 1000", "DSN", "PIPELINING", "HELP"] {
+            assert!(text.contains(&format!("250-{ext}\r\n")) || text.contains(&format!("250 {ext}\r\n")), "{ext}: {text}");
+        }
+    }
+
+    #[test]
+    fn sequence_errors() {
+        let mut d = Dialog::new();
+        d.client("MAIL FROM:<a@b.c>").expect("503 5.5.1");
+        d.client("HELO c").expect("250 mx.example.org");
+        d.client("RCPT TO:<a@b.c>").expect("503 5.5.1 Error: need MAIL");
+        d.client("DATA").expect("503 5.5.1 Error: need MAIL");
+        d.client("MAIL FROM:<a@b.c>").expect("250");
+        d.client("MAIL FROM:<a@b.c>").expect("503 5.5.1 Error: nested");
+        d.client("DATA").expect("503 5.5.1 Error: need RCPT");
+        d.client("RSET").expect("250 2.0.0");
+        d.client("RCPT TO:<a@b.c>").expect("503");
+    }
+
+    #[test]
+    fn helo_sessions_take_no_parameters() {
+        let mut d = Dialog::new();
+        d.client("HELO c").expect("250");
+        d.client("MAIL FROM:<a@b.c> BODY=8BITMIME").expect("555 5.5.4");
+    }
+
+    #[test]
+    fn recipients_refused_by_policy() {
+        let mut d = Dialog::new();
+        d.client("EHLO c").expect("250");
+        d.client("MAIL FROM:<a@b.c>").expect("250");
+        d.client("RCPT TO:<x@elsewhere.example>").expect("550 5.7.1");
+        d.client("RCPT TO:<nobody@example.org>").expect("550 5.1.1");
+    }
+
+    #[test]
+    fn limits_are_enforced() {
+        let mut d = Dialog::new();
+        d.client("EHLO c").expect("250");
+        d.client("MAIL FROM:<a@b.c> SIZE=1001").expect("552 5.3.4");
+        d.client("MAIL FROM:<a@b.c>").expect("250");
+        for _ in 0..3 {
+            d.client("RCPT TO:<u@b.c>").expect("250");
+        }
+        d.client("RCPT TO:<u@b.c>").expect("452 4.5.3");
+        d.client("DATA").expect("354");
+        d.client(&"x".repeat(600)).client(&"y".repeat(600)).client(".");
+        d.expect("552 5.3.4");
+        // max-mails 2: two accepted transactions, then 452.
+        for _ in 0..2 {
+            d.client("MAIL FROM:<a@b.c>").expect("250");
+            d.client("RCPT TO:<u@b.c>").expect("250");
+            d.client("DATA").expect("354").client("hi").client(".").expect("250 2.0.0");
+        }
+        d.client("MAIL FROM:<a@b.c>").expect("452 4.5.3");
+    }
+
+    #[test]
+    fn too_many_errors_close_the_session() {
+        let mut d = Dialog::new();
+        for _ in 0..9 {
+            d.client("BOGUS").expect("500 5.5.2");
+        }
+        d.client("BOGUS").expect("500 5.5.2").expect("421 4.7.0").expect_close();
+    }
+
+    #[test]
+    fn mail_loop_is_refused() {
+        let mut d = Dialog::new();
+        d.client("EHLO c").expect("250");
+        d.client("MAIL FROM:<a@b.c>").expect("250");
+        d.client("RCPT TO:<u@b.c>").expect("250");
+        d.client("DATA").expect("354");
+        for _ in 0..3 {
+            d.client("Received: from x");
+        }
+        d.client("").client(".").expect("554 5.4.6");
+        assert!(d.out.is_empty() || !d.out.contains(&Action::Commit));
+    }
+
+    #[test]
+    fn bare_newline_and_nul_in_content_are_refused() {
+        for (line, bare, want) in [("a\nb", true, "550 5.5.2"), ("a\0b", false, "550 5.6.0")] {
+            let mut d = Dialog::new();
+            d.client("EHLO c").expect("250");
+            d.client("MAIL FROM:<a@b.c>").expect("250");
+            d.client("RCPT TO:<u@b.c>").expect("250");
+            d.client("DATA").expect("354");
+            assert_eq!(d.s.on_data_line(line.as_bytes(), bare), DataLine::Drop);
+            d.client(".").expect(want);
+            assert!(d.out.contains(&Action::Discard));
+        }
+    }
+
+    #[test]
+    fn nul_in_command() {
+        let mut d = Dialog::new();
+        d.client("EHLO c\0x").expect("500 5.5.2 NUL");
+    }
+
+    #[test]
+    fn no_storage_at_mail() {
+        let mut d = Dialog::new();
+        d.p.space = false;
+        d.client("EHLO c").expect("250");
+        d.client("MAIL FROM:<a@b.c>").expect("452 4.3.1");
+    }
+
+    #[test]
+    fn unauthorised_pipelining_after_dot_closes() {
+        let mut d = Dialog::new();
+        d.client("HELO c").expect("250");
+        d.client("MAIL FROM:<a@b.c>").expect("250");
+        d.client("RCPT TO:<u@b.c>").expect("250");
+        d.client("DATA").expect("354");
+        assert_eq!(d.s.on_data_line(b".", false), DataLine::End);
+        d.s.on_data_end(true, &mut d.out);
+        d.expect("554 5.5.0").expect_close();
+        assert!(!d.out.contains(&Action::Commit));
+    }
+
+    #[test]
+    fn received_header() {
+        let mut d = Dialog::new();
+        d.client("EHLO c.example").expect("250");
+        d.client("MAIL FROM:<a@b.c>").expect("250");
+        d.client("RCPT TO:<u@b.c>").expect("250");
+        d.s.on_line(b"DATA", &mut d.p, &mut d.out);
+        d.out.clear();
+        d.s.on_opened(Ok(0x1234), &mut d.out);
+        assert_eq!(
+            d.s.received_header("Thu, 1 Jan 1970 00:00:00 +0000"),
+            "Received: from c.example (unknown [192.0.2.7])\n\tby mx.example.org (smtpd) with ESMTP id 00001234\n\tfor <u@b.c>;\n\tThu, 1 Jan 1970 00:00:00 +0000\n"
+        );
+    }
+}

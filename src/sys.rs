@@ -1,0 +1,374 @@
+//! Every direct libc call of the daemon, each behind a safe function.
+#![allow(unsafe_code)]
+
+use std::ffi::{CStr, CString};
+use std::io;
+use std::net::IpAddr;
+use std::os::fd::RawFd;
+use std::path::Path;
+use std::sync::atomic::{AtomicI32, Ordering};
+
+/// The host name from gethostname(2).
+pub fn hostname() -> Option<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates on success
+    // when the name fits, and we search for the NUL within the buffer.
+    let r = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if r != 0 {
+        return None;
+    }
+    let end = buf.iter().position(|&b| b == 0)?;
+    let s = std::str::from_utf8(&buf[..end]).ok()?;
+    (!s.is_empty()).then(|| s.to_string())
+}
+
+/// The addresses of the network interface `name` (empty when there is none).
+pub fn interface_addrs(name: &str) -> Vec<IpAddr> {
+    let mut out = Vec::new();
+    let mut ifap: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills ifap with a list we free below with freeifaddrs.
+    if unsafe { libc::getifaddrs(&mut ifap) } != 0 {
+        return out;
+    }
+    let mut p = ifap;
+    while !p.is_null() {
+        // SAFETY: p walks the list returned by getifaddrs; entries stay valid until
+        // freeifaddrs. ifa_name is a NUL-terminated string; ifa_addr may be NULL.
+        unsafe {
+            let ifa = &*p;
+            if !ifa.ifa_addr.is_null() && CStr::from_ptr(ifa.ifa_name).to_bytes() == name.as_bytes() {
+                match i32::from((*ifa.ifa_addr).sa_family) {
+                    libc::AF_INET => {
+                        let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+                        out.push(IpAddr::from(u32::from_be(sin.sin_addr.s_addr).to_be_bytes()));
+                    }
+                    libc::AF_INET6 => {
+                        let sin6 = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
+                        out.push(IpAddr::from(sin6.sin6_addr.s6_addr));
+                    }
+                    _ => {}
+                }
+            }
+            p = ifa.ifa_next;
+        }
+    }
+    // SAFETY: ifap came from getifaddrs and is freed once.
+    unsafe { libc::freeifaddrs(ifap) };
+    out
+}
+
+/// A user account from the password database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Passwd {
+    /// Login name.
+    pub name: String,
+    /// User id.
+    pub uid: u32,
+    /// Primary group id.
+    pub gid: u32,
+    /// Home directory.
+    pub dir: String,
+}
+
+/// Looks a user up with getpwnam_r(3).
+pub fn getpwnam(name: &str) -> Option<Passwd> {
+    let cname = CString::new(name).ok()?;
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: passwd is plain data, zero is a valid bit pattern for it.
+    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut result: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call; the strings in pw point into buf,
+    // which outlives their use below.
+    let r = unsafe {
+        libc::getpwnam_r(cname.as_ptr(), &mut pw, buf.as_mut_ptr().cast(), buf.len(), &mut result)
+    };
+    if r != 0 || result.is_null() {
+        return None;
+    }
+    // SAFETY: on success pw_name and pw_dir are NUL-terminated strings inside buf.
+    let (n, d) = unsafe { (CStr::from_ptr(pw.pw_name), CStr::from_ptr(pw.pw_dir)) };
+    Some(Passwd {
+        name: n.to_string_lossy().into_owned(),
+        uid: pw.pw_uid,
+        gid: pw.pw_gid,
+        dir: d.to_string_lossy().into_owned(),
+    })
+}
+
+/// The effective user id.
+pub fn geteuid() -> u32 {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// Fills `buf` with random bytes from getrandom(2).
+pub fn random_bytes(buf: &mut [u8]) {
+    let mut done = 0;
+    while done < buf.len() {
+        // SAFETY: the pointer and length describe the unfilled tail of buf.
+        let r = unsafe { libc::getrandom(buf[done..].as_mut_ptr().cast(), buf.len() - done, 0) };
+        if r > 0 {
+            done += r as usize;
+        } else if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            // getrandom only fails on ancient kernels; fall back to the clock and pid.
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
+                ^ u64::from(std::process::id()).rotate_left(32);
+            for (i, b) in buf[done..].iter_mut().enumerate() {
+                *b = (t >> ((i % 8) * 8)) as u8 ^ (i as u8).wrapping_mul(151);
+            }
+            return;
+        }
+    }
+}
+
+/// A random u64.
+pub fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    random_bytes(&mut b);
+    u64::from_ne_bytes(b)
+}
+
+/// Free bytes and the total size of the filesystem holding `path`, for unprivileged users.
+pub fn disk_space(path: &Path) -> io::Result<(u64, u64)> {
+    let c = CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: statvfs is plain data; zero is a valid bit pattern.
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: c is a valid C string and s a valid out pointer.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let frsize = s.f_frsize as u64;
+    Ok((s.f_bavail as u64 * frsize, s.f_blocks as u64 * frsize))
+}
+
+/// Raises the soft limit of open files to the hard limit; returns the new soft limit.
+pub fn raise_nofile() -> u64 {
+    // SAFETY: rlimit is plain data, and the calls get valid pointers.
+    unsafe {
+        let mut rl: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) != 0 {
+            return 1024;
+        }
+        if rl.rlim_cur < rl.rlim_max {
+            let want = libc::rlimit {
+                rlim_cur: rl.rlim_max,
+                rlim_max: rl.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
+                rl.rlim_cur = rl.rlim_max;
+            }
+        }
+        rl.rlim_cur as u64
+    }
+}
+
+/// Write end of the signal self-pipe (-1 until [`signal_pipe`] ran).
+static SIGNAL_FD: AtomicI32 = AtomicI32::new(-1);
+
+extern "C" fn on_signal(sig: libc::c_int) {
+    let fd = SIGNAL_FD.load(Ordering::Relaxed);
+    if fd >= 0 {
+        let b = sig as u8;
+        // SAFETY: write(2) is async-signal-safe; fd is our non-blocking pipe. A full pipe
+        // drops the byte, which is fine: one pending byte per signal kind is enough.
+        unsafe { libc::write(fd, (&b as *const u8).cast(), 1) };
+    }
+}
+
+/// Installs handlers for SIGTERM, SIGINT, SIGHUP and SIGCHLD that write the signal
+/// number to a pipe, and ignores SIGPIPE. Returns the pipe's non-blocking read end.
+pub fn signal_pipe() -> io::Result<RawFd> {
+    let mut fds = [0; 2];
+    // SAFETY: fds is a valid array of two ints.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    SIGNAL_FD.store(fds[1], Ordering::Relaxed);
+    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGCHLD] {
+        // SAFETY: sigaction is plain data; the handler only calls write(2).
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_signal as *const () as usize;
+            sa.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut sa.sa_mask);
+            if libc::sigaction(sig, &sa, std::ptr::null_mut()) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+    }
+    // SAFETY: setting a signal to SIG_IGN is always safe.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    Ok(fds[0])
+}
+
+/// Reads pending signal numbers from the self-pipe.
+pub fn read_signals(fd: RawFd, out: &mut Vec<i32>) {
+    let mut buf = [0u8; 64];
+    loop {
+        // SAFETY: buf is valid for its length; fd is our pipe's read end.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        if n <= 0 {
+            return;
+        }
+        out.extend(buf[..n as usize].iter().map(|&b| i32::from(b)));
+    }
+}
+
+/// Detaches from the terminal: fork (the parent exits), setsid, stdio to /dev/null.
+pub fn daemonize() -> io::Result<()> {
+    // SAFETY: called before any thread is started; the parent exits at once.
+    match unsafe { libc::fork() } {
+        -1 => return Err(io::Error::last_os_error()),
+        0 => {}
+        _ => std::process::exit(0),
+    }
+    // SAFETY: setsid has no memory effects.
+    if unsafe { libc::setsid() } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let null = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null")?;
+    use std::os::fd::AsRawFd;
+    for fd in 0..3 {
+        // SAFETY: both descriptors are open; dup2 replaces stdio.
+        if unsafe { libc::dup2(null.as_raw_fd(), fd) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Opens the syslog connection with the mail facility.
+pub fn openlog(ident: &'static CStr) {
+    // SAFETY: ident is 'static, as openlog keeps the pointer.
+    unsafe { libc::openlog(ident.as_ptr(), libc::LOG_PID | libc::LOG_NDELAY, libc::LOG_MAIL) };
+}
+
+/// Sends one message to syslog at `priority`.
+pub fn syslog(priority: libc::c_int, msg: &str) {
+    let Ok(c) = CString::new(msg.replace('\0', "\\0")) else {
+        return;
+    };
+    // SAFETY: the format is a constant "%s" and c a valid C string.
+    unsafe { libc::syslog(priority, c"%s".as_ptr(), c.as_ptr()) };
+}
+
+
+/// A non-blocking listening TCP socket with SO_REUSEADDR, and IPV6_V6ONLY for IPv6 so
+/// that `::` and `0.0.0.0` can both be bound.
+pub fn listen_tcp(addr: std::net::SocketAddr, backlog: i32) -> io::Result<std::net::TcpListener> {
+    use std::os::fd::FromRawFd;
+    let (family, v6) = match addr {
+        std::net::SocketAddr::V4(_) => (libc::AF_INET, false),
+        std::net::SocketAddr::V6(_) => (libc::AF_INET6, true),
+    };
+    // SAFETY: plain socket(2) call; the fd is owned by the TcpListener made below, or
+    // closed by it when an error drops it.
+    let fd = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh socket nobody else owns.
+    let listener = unsafe { std::net::TcpListener::from_raw_fd(fd) };
+    let one: libc::c_int = 1;
+    let setopt = |level, name| {
+        // SAFETY: the option value points to a c_int that lives across the call.
+        let r = unsafe {
+            libc::setsockopt(fd, level, name, (&one as *const libc::c_int).cast(), std::mem::size_of::<libc::c_int>() as libc::socklen_t)
+        };
+        if r != 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+    };
+    setopt(libc::SOL_SOCKET, libc::SO_REUSEADDR)?;
+    if v6 {
+        setopt(libc::IPPROTO_IPV6, libc::IPV6_V6ONLY)?;
+    }
+    // SAFETY: sockaddr_storage is plain data large enough for either family.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match addr {
+        std::net::SocketAddr::V4(a) => {
+            // SAFETY: sockaddr_in fits in sockaddr_storage and has its alignment.
+            let sin = unsafe { &mut *(&mut ss as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            sin.sin_family = libc::AF_INET as libc::sa_family_t;
+            sin.sin_port = a.port().to_be();
+            sin.sin_addr.s_addr = u32::from(*a.ip()).to_be();
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        std::net::SocketAddr::V6(a) => {
+            // SAFETY: sockaddr_in6 fits in sockaddr_storage and has its alignment.
+            let sin6 = unsafe { &mut *(&mut ss as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            sin6.sin6_port = a.port().to_be();
+            sin6.sin6_addr.s6_addr = a.ip().octets();
+            sin6.sin6_scope_id = a.scope_id();
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    // SAFETY: ss holds a valid address of `len` bytes.
+    if unsafe { libc::bind(fd, (&ss as *const libc::sockaddr_storage).cast(), len as libc::socklen_t) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: listen(2) on our socket.
+    if unsafe { libc::listen(fd, backlog) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(listener)
+}
+
+/// Seconds and nanoseconds since the epoch, and the local offset, as for a Date header.
+pub fn now_rfc5322() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    rfc5322_date(now)
+}
+
+/// Formats a Unix time as an RFC 5322 date in UTC.
+pub fn rfc5322_date(t: i64) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let days = t.div_euclid(86400);
+    let secs = t.rem_euclid(86400);
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{}, {} {} {} {:02}:{:02}:{:02} +0000",
+        DAYS[days.rem_euclid(7) as usize],
+        d,
+        MONTHS[(m - 1) as usize],
+        y,
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates() {
+        assert_eq!(rfc5322_date(0), "Thu, 1 Jan 1970 00:00:00 +0000");
+        assert_eq!(rfc5322_date(1_795_693_180), "Thu, 26 Nov 2026 11:39:40 +0000");
+        assert_eq!(rfc5322_date(951_782_400), "Tue, 29 Feb 2000 00:00:00 +0000");
+    }
+
+    #[test]
+    fn loopback_interface_and_root_user() {
+        assert!(interface_addrs("lo").contains(&IpAddr::from([127, 0, 0, 1])));
+        assert_eq!(getpwnam("root").map(|p| p.uid), Some(0));
+        assert_eq!(getpwnam("no-such-user-here"), None);
+    }
+}
