@@ -1,5 +1,7 @@
 //! smtpd.conf: lexer, parser and the model. The contract is man/smtpd.conf.5.
 
+#[cfg(test)]
+mod contract;
 mod lexer;
 pub mod model;
 mod parser;
