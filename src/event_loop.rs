@@ -1,60 +1,54 @@
-//! The one mio loop: listeners, SMTP connections, signals, the commit waker, timers.
+//! The one mio loop: listeners, SMTP sessions, the control socket, the parent channel,
+//! signals, the commit waker, timers and the scheduler.
 //!
-//! Every token above [`FIRST_SLOT`] indexes the slab of endpoints. Handlers tolerate
+//! Every token from [`FIRST_SLOT`] on indexes the slab of endpoints. Handlers tolerate
 //! spurious and stale events; endpoints are removed only between event batches.
 
 use crate::config::Config;
+use crate::control::{self, Agent, Command as Ctl, Target};
+use crate::delivery::Queue;
 use crate::queue::spool::{Committer, Spool};
-use crate::ruleset;
-use crate::smtp::command::Mailbox;
 use crate::smtp::conn::{Conn, Ctx, Reason};
 use crate::smtp::reply::Reply;
-use crate::smtp::session::{Client, Limits, MatchCtx, Policy, Session};
-use mio::net::TcpListener;
+use crate::smtp::session::{Client, Limits, Session};
+use crate::stream::Stream;
+use mio::net::{TcpListener, UnixListener, UnixStream};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::net::IpAddr;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const SIGNAL: Token = Token(0);
 const WAKER: Token = Token(1);
+const PARENT: Token = Token(2);
+const CONTROL: Token = Token(3);
 /// Tokens below this are reserved.
 const FIRST_SLOT: usize = 16;
 /// How long a stopping daemon waits for commits in flight.
 const STOP_GRACE: Duration = Duration::from_secs(10);
-/// Fraction of the spool's filesystem kept free (as OpenSMTPD: 5%).
-const MIN_FREE_PERCENT: u64 = 5;
+/// Longest control command line.
+const CONTROL_LINE: usize = 1024;
+
+/// A control socket client.
+struct ControlConn {
+    sock: UnixStream,
+    uid: u32,
+    inbuf: Vec<u8>,
+    out: Vec<u8>,
+    monitor: bool,
+    done: bool,
+}
 
 enum Entry {
     Listener { sock: TcpListener, idx: usize },
     Smtp(Box<Conn>),
-}
-
-/// The recipient policy backed by the configuration and the spool's free space.
-struct ConfigPolicy<'a> {
-    cfg: &'a Config,
-    spool: &'a Spool,
-}
-
-impl Policy for ConfigPolicy<'_> {
-    fn has_space(&mut self, size: u64) -> bool {
-        match crate::sys::disk_space(self.spool.root()) {
-            Ok((free, total)) => free >= size.saturating_add(total / 100 * MIN_FREE_PERCENT),
-            Err(e) => {
-                log::warn!("queue: statvfs failed: {e}");
-                true
-            }
-        }
-    }
-    fn resolve(&mut self, ctx: &MatchCtx, rcpt: &Mailbox) -> Result<(usize, String), Reply> {
-        ruleset::resolve(self.cfg, ctx, rcpt)
-    }
+    Control(Box<ControlConn>),
 }
 
 /// The daemon's engine.
@@ -64,6 +58,8 @@ pub struct Server {
     slab: Slab<Entry>,
     spool: Spool,
     committer: Committer,
+    queue: Queue,
+    control: Option<UnixListener>,
     _waker: Arc<Waker>,
     signal_fd: RawFd,
     timers: BinaryHeap<Reverse<(Instant, usize, u64)>>,
@@ -72,17 +68,25 @@ pub struct Server {
     max_sessions: usize,
     next_gen: u64,
     stopping: Option<Instant>,
+    paused_smtp: bool,
     closing: Vec<usize>,
     signals: Vec<i32>,
+    next_monitor: Instant,
 }
 
+/// Internal commits (bounces) use this slab key.
+const INTERNAL: usize = usize::MAX;
+
 impl Server {
-    /// Prepares the loop over listeners bound by [`bind_listeners`]; starts the sync
-    /// thread (call it after daemonizing: threads do not survive fork).
+    /// Prepares the loop over listeners bound by [`bind_listeners`], the control socket
+    /// and the parent channel; starts the sync thread (call it after forking: threads do
+    /// not survive fork) and reads the queue back from the spool.
     pub fn new(
         cfg: Arc<Config>,
         spool: Spool,
         listeners: Vec<(std::net::TcpListener, usize)>,
+        control: Option<std::os::unix::net::UnixListener>,
+        parent: Option<OwnedFd>,
     ) -> io::Result<Server> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
@@ -101,6 +105,21 @@ impl Server {
                     .register(sock, Token(key + FIRST_SLOT), Interest::READABLE)?;
             }
         }
+        let control = match control {
+            Some(l) => {
+                l.set_nonblocking(true)?;
+                let mut l = UnixListener::from_std(l);
+                poll.registry()
+                    .register(&mut l, CONTROL, Interest::READABLE)?;
+                Some(l)
+            }
+            None => None,
+        };
+        let queue = Queue::new(spool.clone(), parent);
+        if let Some(fd) = queue.parent_fd() {
+            poll.registry()
+                .register(&mut SourceFd(&fd), PARENT, Interest::READABLE)?;
+        }
         let nofile = crate::sys::raise_nofile();
         let max_sessions = if cfg.smtp.max_sessions > 0 {
             cfg.smtp.max_sessions
@@ -108,12 +127,14 @@ impl Server {
             // Each session may hold a socket and a message file.
             (nofile.saturating_sub(64) / 2).max(16) as usize
         };
-        Ok(Server {
+        let mut server = Server {
             cfg,
             poll,
             slab,
             spool,
             committer,
+            queue,
+            control,
             _waker: waker,
             signal_fd: -1,
             timers: BinaryHeap::new(),
@@ -122,17 +143,26 @@ impl Server {
             max_sessions,
             next_gen: 1,
             stopping: None,
+            paused_smtp: false,
             closing: Vec::new(),
             signals: Vec::new(),
-        })
+            next_monitor: Instant::now(),
+        };
+        let n = server.queue.load(&server.cfg)?;
+        if n > 0 {
+            log::info!("queue: {n} envelope(s) read back from the spool");
+        }
+        Ok(server)
     }
 
     /// Runs until SIGTERM or SIGINT and the sessions in flight are done.
     pub fn run(&mut self) -> io::Result<()> {
         self.signal_fd = crate::sys::signal_pipe()?;
-        self.poll
-            .registry()
-            .register(&mut SourceFd(&self.signal_fd), SIGNAL, Interest::READABLE)?;
+        self.poll.registry().register(
+            &mut SourceFd(&self.signal_fd),
+            SIGNAL,
+            Interest::READABLE,
+        )?;
         let mut events = Events::with_capacity(512);
         loop {
             let now = Instant::now();
@@ -141,13 +171,25 @@ impl Server {
                     break;
                 }
             }
-            let timeout = self
+            if self.stopping.is_none() {
+                self.queue.run(&self.cfg);
+                self.submit_internal();
+            }
+            let mut timeout = self
                 .timers
                 .peek()
                 .map(|Reverse((t, _, _))| t.saturating_duration_since(now))
-                .map(|d| d.min(Duration::from_secs(1)))
-                .or(Some(Duration::from_secs(1)));
-            match self.poll.poll(&mut events, timeout) {
+                .unwrap_or(Duration::from_secs(1))
+                .min(Duration::from_secs(1));
+            if let Some(due) = self.queue.next_due() {
+                let wall = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                if due <= wall {
+                    timeout = timeout.min(Duration::from_millis(100));
+                }
+            }
+            match self.poll.poll(&mut events, Some(timeout)) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 r => r?,
             }
@@ -156,15 +198,26 @@ impl Server {
                 match ev.token() {
                     SIGNAL => self.on_signal(),
                     WAKER => self.on_commits(now),
-                    Token(t) if t >= FIRST_SLOT => {
-                        self.dispatch(t - FIRST_SLOT, ev.is_readable() || ev.is_read_closed(), ev.is_writable() || ev.is_write_closed(), now)
+                    PARENT => {
+                        if !self.queue.on_parent(&self.cfg) {
+                            log::error!("smtpd: lost the parent process, stopping");
+                            self.stop();
+                        }
                     }
+                    CONTROL => self.accept_control(),
+                    Token(t) if t >= FIRST_SLOT => self.dispatch(
+                        t - FIRST_SLOT,
+                        ev.is_readable() || ev.is_read_closed(),
+                        ev.is_writable() || ev.is_write_closed(),
+                        now,
+                    ),
                     t => log::warn!("event on unused reserved token {t:?}"),
                 }
             }
             // Commits may finish between a wake and the poll; take them every turn.
             self.on_commits(now);
             self.expire_timers(now);
+            self.monitor(now);
             self.reap();
         }
         log::info!("smtpd exiting");
@@ -188,30 +241,39 @@ impl Server {
     /// Stops accepting, ends idle sessions with 421, lets commits in flight finish.
     fn stop(&mut self) {
         self.stopping = Some(Instant::now() + STOP_GRACE);
+        if let Some(mut l) = self.control.take() {
+            let _ = self.poll.registry().deregister(&mut l);
+        }
         let keys: Vec<usize> = self.slab.iter().map(|(k, _)| k).collect();
         for key in keys {
-            match self.slab.get_mut(key) {
+            let Server {
+                slab,
+                poll,
+                closing,
+                cfg,
+                spool,
+                committer,
+                ..
+            } = self;
+            match slab.get_mut(key) {
                 Some(Entry::Listener { sock, .. }) => {
-                    let _ = self.poll.registry().deregister(sock);
-                    self.slab.remove(key);
+                    let _ = poll.registry().deregister(sock);
+                    slab.remove(key);
                 }
-                Some(Entry::Smtp(conn)) => {
-                    if !conn.committing() {
-                        let mut policy = ConfigPolicy { cfg: &self.cfg, spool: &self.spool };
-                        let mut ctx = Ctx {
-                            cfg: &self.cfg,
-                            spool: &self.spool,
-                            committer: &self.committer,
-                            policy: &mut policy,
-                            key,
-                        };
-                        conn.close_with(&mut ctx, Reply::SHUTDOWN, Reason::Shutdown);
-                        if conn.finished().is_some() {
-                            self.closing.push(key);
-                        }
+                Some(Entry::Smtp(conn)) if !conn.committing() => {
+                    let mut ctx = Ctx {
+                        cfg,
+                        spool,
+                        committer,
+                        key,
+                    };
+                    conn.close_with(&mut ctx, Reply::SHUTDOWN, Reason::Shutdown);
+                    if conn.finished().is_some() {
+                        closing.push(key);
                     }
                 }
-                None => {}
+                Some(Entry::Control(_)) => closing.push(key),
+                _ => {}
             }
         }
         self.reap();
@@ -220,30 +282,94 @@ impl Server {
     fn dispatch(&mut self, key: usize, readable: bool, writable: bool, now: Instant) {
         match self.slab.get_mut(key) {
             Some(Entry::Listener { .. }) => self.accept(key, now),
-            Some(Entry::Smtp(conn)) => {
-                conn.ready(readable, writable);
-                let mut policy = ConfigPolicy { cfg: &self.cfg, spool: &self.spool };
-                let mut ctx = Ctx {
-                    cfg: &self.cfg,
-                    spool: &self.spool,
-                    committer: &self.committer,
-                    policy: &mut policy,
-                    key,
-                };
-                conn.pump(&mut ctx, now);
-                if conn.finished().is_some() {
-                    self.closing.push(key);
+            Some(Entry::Smtp(_)) => {
+                let Server {
+                    slab,
+                    closing,
+                    cfg,
+                    spool,
+                    committer,
+                    ..
+                } = self;
+                if let Some(Entry::Smtp(conn)) = slab.get_mut(key) {
+                    conn.ready(readable, writable);
+                    let mut ctx = Ctx {
+                        cfg,
+                        spool,
+                        committer,
+                        key,
+                    };
+                    conn.pump(&mut ctx, now);
+                    if conn.finished().is_some() {
+                        closing.push(key);
+                    }
                 }
             }
+            Some(Entry::Control(_)) => self.control_io(key, now),
             None => {}
         }
     }
 
+    fn new_session(
+        &mut self,
+        stream: Stream,
+        ip: Option<IpAddr>,
+        lidx: Option<usize>,
+        now: Instant,
+    ) -> Option<usize> {
+        let listener = lidx.and_then(|i| self.cfg.listeners.get(i));
+        let client = Client {
+            addr: ip,
+            local: ip.is_none_or(|ip| ip.is_loopback()),
+            server_name: listener
+                .and_then(|l| l.hostname.clone())
+                .unwrap_or_else(|| self.cfg.hostname.clone()),
+            tag: listener.and_then(|l| l.tag.clone()),
+        };
+        let limits = Limits {
+            max_message_size: self.cfg.smtp.max_message_size,
+            max_rcpt: self.cfg.smtp.max_rcpt,
+            max_mails: self.cfg.smtp.max_mails,
+            max_errors: self.cfg.smtp.max_errors,
+            max_hops: self.cfg.smtp.max_hops,
+        };
+        let id = crate::sys::random_u64();
+        let mut actions = Vec::new();
+        let session = Session::new(id, client, limits, &mut actions);
+        let gen = self.next_gen;
+        self.next_gen += 1;
+        let deadline = now + self.cfg.smtp.timeout;
+        let max_line = self
+            .cfg
+            .smtp
+            .max_text_line
+            .max(self.cfg.smtp.max_command_line);
+        let conn = Conn::new(stream, gen, ip, session, actions, deadline, max_line);
+        let key = self.slab.insert(Entry::Smtp(Box::new(conn)));
+        if let Some(Entry::Smtp(conn)) = self.slab.get_mut(key) {
+            if let Err(e) = self.poll.registry().register(
+                &mut conn.sock,
+                Token(key + FIRST_SLOT),
+                Interest::READABLE | Interest::WRITABLE,
+            ) {
+                log::warn!("smtpd cannot register a connection: {e}");
+                self.slab.remove(key);
+                return None;
+            }
+        }
+        self.sessions += 1;
+        if let Some(ip) = ip {
+            *self.per_addr.entry(ip).or_insert(0) += 1;
+        }
+        self.timers.push(Reverse((deadline, key, gen)));
+        Some(key)
+    }
+
     fn accept(&mut self, key: usize, now: Instant) {
         loop {
-            let (sock, idx) = match self.slab.get(key) {
+            let (stream, peer, lidx) = match self.slab.get(key) {
                 Some(Entry::Listener { sock, idx }) => match sock.accept() {
-                    Ok((s, addr)) => ((s, addr), *idx),
+                    Ok((s, addr)) => (s, addr, *idx),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) => {
@@ -254,7 +380,7 @@ impl Server {
                 },
                 _ => return,
             };
-            let ((mut stream, peer), lidx) = (sock, idx);
+            let mut stream = stream;
             let ip = canonical(peer.ip());
             if self.sessions >= self.max_sessions {
                 refuse(&mut stream, &Reply::TOO_MANY_SESSIONS);
@@ -269,71 +395,386 @@ impl Server {
                 continue;
             }
             let _ = stream.set_nodelay(true);
-            let listener = &self.cfg.listeners[lidx];
-            let client = Client {
-                addr: Some(ip),
-                local: ip.is_loopback(),
-                server_name: listener.hostname.clone().unwrap_or_else(|| self.cfg.hostname.clone()),
-                tag: listener.tag.clone(),
-            };
-            let limits = Limits {
-                max_message_size: self.cfg.smtp.max_message_size,
-                max_rcpt: self.cfg.smtp.max_rcpt,
-                max_mails: self.cfg.smtp.max_mails,
-                max_errors: self.cfg.smtp.max_errors,
-                max_hops: self.cfg.smtp.max_hops,
-            };
-            let id = crate::sys::random_u64();
-            let mut actions = Vec::new();
-            let session = Session::new(id, client, limits, &mut actions);
-            let gen = self.next_gen;
-            self.next_gen += 1;
-            let deadline = now + self.cfg.smtp.timeout;
-            let conn = Conn::new(stream, gen, ip, session, actions, deadline);
-            let ckey = self.slab.insert(Entry::Smtp(Box::new(conn)));
-            if let Some(Entry::Smtp(conn)) = self.slab.get_mut(ckey) {
-                if let Err(e) = self.poll.registry().register(
-                    &mut conn.sock,
-                    Token(ckey + FIRST_SLOT),
-                    Interest::READABLE | Interest::WRITABLE,
-                ) {
-                    log::warn!("smtpd cannot register a connection: {e}");
-                    self.slab.remove(ckey);
-                    continue;
+            if let Some(k) = self.new_session(Stream::Tcp(stream), Some(ip), Some(lidx), now) {
+                if let Some(Entry::Smtp(c)) = self.slab.get(k) {
+                    log::info!(
+                        "{:016x} smtp connected address={ip} port={}",
+                        c.id(),
+                        peer.port()
+                    );
                 }
             }
-            self.sessions += 1;
-            *self.per_addr.entry(ip).or_insert(0) += 1;
-            self.timers.push(Reverse((deadline, ckey, gen)));
-            log::info!("{id:016x} smtp connected address={ip} port={}", peer.port());
             // The greeting goes out when the socket reports writable.
+        }
+    }
+
+    fn accept_control(&mut self) {
+        loop {
+            let Some(l) = self.control.as_ref() else {
+                return;
+            };
+            let sock = match l.accept() {
+                Ok((s, _)) => s,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    log::warn!("control: accept failed: {e}");
+                    return;
+                }
+            };
+            let Ok(uid) = crate::sys::peer_uid(sock.as_raw_fd()) else {
+                continue;
+            };
+            let key = self.slab.insert(Entry::Control(Box::new(ControlConn {
+                sock,
+                uid,
+                inbuf: Vec::new(),
+                out: Vec::new(),
+                monitor: false,
+                done: false,
+            })));
+            if let Some(Entry::Control(c)) = self.slab.get_mut(key) {
+                if self
+                    .poll
+                    .registry()
+                    .register(
+                        &mut c.sock,
+                        Token(key + FIRST_SLOT),
+                        Interest::READABLE | Interest::WRITABLE,
+                    )
+                    .is_err()
+                {
+                    self.slab.remove(key);
+                }
+            }
+        }
+    }
+
+    fn control_io(&mut self, key: usize, now: Instant) {
+        let Some(Entry::Control(c)) = self.slab.get_mut(key) else {
+            return;
+        };
+        // Read the command line.
+        let mut line = None;
+        if !c.monitor && !c.done {
+            let mut buf = [0u8; 512];
+            loop {
+                match c.sock.read(&mut buf) {
+                    Ok(0) => {
+                        c.done = true;
+                        break;
+                    }
+                    Ok(n) => c.inbuf.extend_from_slice(&buf[..n]),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => {
+                        c.done = true;
+                        break;
+                    }
+                }
+                if c.inbuf.len() > CONTROL_LINE {
+                    break;
+                }
+            }
+            if let Some(i) = memchr::memchr(b'\n', &c.inbuf) {
+                line = Some(
+                    String::from_utf8_lossy(&c.inbuf[..i])
+                        .trim_end_matches('\r')
+                        .to_string(),
+                );
+                c.inbuf.drain(..=i);
+                c.done = true;
+            } else if c.inbuf.len() > CONTROL_LINE {
+                c.out.extend_from_slice(b"error: command too long\n");
+                c.done = true;
+            }
+        } else if c.monitor {
+            // A monitoring client that goes away is noticed by a read of 0.
+            let mut buf = [0u8; 64];
+            if let Ok(0) = c.sock.read(&mut buf) {
+                c.monitor = false;
+                c.out.clear();
+            }
+        }
+        if let Some(line) = line {
+            let uid = c.uid;
+            let privileged = uid == 0 || uid == crate::sys::geteuid();
+            match control::parse(&line) {
+                Ok(Ctl::Smtp) => return self.control_to_smtp(key, now),
+                Ok(cmd) if privileged => {
+                    let (text, monitor) = self.control_command(cmd);
+                    if let Some(Entry::Control(c)) = self.slab.get_mut(key) {
+                        c.out.extend_from_slice(text.as_bytes());
+                        c.monitor = monitor;
+                    }
+                }
+                Ok(_) => {
+                    if let Some(Entry::Control(c)) = self.slab.get_mut(key) {
+                        c.out.extend_from_slice(b"error: permission denied\n");
+                    }
+                }
+                Err(e) => {
+                    if let Some(Entry::Control(c)) = self.slab.get_mut(key) {
+                        c.out.extend_from_slice(format!("error: {e}\n").as_bytes());
+                    }
+                }
+            }
+        }
+        let Some(Entry::Control(c)) = self.slab.get_mut(key) else {
+            return;
+        };
+        while !c.out.is_empty() {
+            match c.sock.write(&c.out) {
+                Ok(0) => break,
+                Ok(n) => {
+                    c.out.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    c.out.clear();
+                    c.monitor = false;
+                    c.done = true;
+                    break;
+                }
+            }
+        }
+        if c.done && !c.monitor && c.out.is_empty() {
+            self.closing.push(key);
+        }
+    }
+
+    /// Turns a control connection that said `smtp` into an SMTP session.
+    fn control_to_smtp(&mut self, key: usize, now: Instant) {
+        let Some(Entry::Control(c)) = self.slab.try_remove(key) else {
+            return;
+        };
+        let mut c = *c;
+        let _ = self.poll.registry().deregister(&mut c.sock);
+        if !c.inbuf.is_empty() {
+            // The client must wait for the greeting.
+            return;
+        }
+        if let Some(k) = self.new_session(Stream::Unix(c.sock), None, None, now) {
+            if let Some(Entry::Smtp(conn)) = self.slab.get(k) {
+                log::info!(
+                    "{:016x} smtp connected address=local uid={}",
+                    conn.id(),
+                    c.uid
+                );
+            }
+            self.dispatch(k, false, true, now);
+        }
+    }
+
+    fn targets(&self, t: Target) -> Vec<u64> {
+        self.queue
+            .sched
+            .ids()
+            .into_iter()
+            .filter(|&id| t.matches(id))
+            .collect()
+    }
+
+    /// Runs a privileged control command; returns its output and whether the client
+    /// becomes a monitor.
+    fn control_command(&mut self, cmd: Ctl) -> (String, bool) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        match cmd {
+            Ctl::ShowQueue => {
+                let mut out = String::new();
+                for id in self.queue.sched.ids() {
+                    let state = match self.queue.sched.get(id).map(|e| e.state) {
+                        Some(crate::queue::scheduler::RunState::Inflight) => "inflight",
+                        Some(crate::queue::scheduler::RunState::Held) => "held",
+                        _ => "pending",
+                    };
+                    if let Ok(e) = self.spool.load_envelope(id) {
+                        out.push_str(&control::queue_line(&e, state));
+                        out.push('\n');
+                    }
+                }
+                (out, false)
+            }
+            Ctl::ShowEnvelope(id) => match self.spool.load_envelope(id) {
+                Ok(e) => (e.encode(), false),
+                Err(e) => (format!("error: {id:016x}: {e}\n"), false),
+            },
+            Ctl::ShowMessage(m) => match self.spool.open_message(m) {
+                Ok(mut f) => {
+                    let mut s = String::new();
+                    match f.read_to_string(&mut s) {
+                        Ok(_) => (s, false),
+                        Err(e) => (format!("error: {m:08x}: {e}\n"), false),
+                    }
+                }
+                Err(e) => (format!("error: {m:08x}: {e}\n"), false),
+            },
+            Ctl::ShowStats => (self.stats_text(), false),
+            Ctl::Schedule(t) => {
+                let ids = self.targets(t);
+                let n = self.queue.sched.schedule(&ids, now);
+                (format!("{n} envelope(s) scheduled\n"), false)
+            }
+            Ctl::Remove(t) => {
+                let ids = self.targets(t);
+                let n = self.queue.remove_by_hand(&ids);
+                log::info!("control: {n} envelope(s) removed");
+                (format!("{n} envelope(s) removed\n"), false)
+            }
+            Ctl::Pause(a) | Ctl::Resume(a) => {
+                let pause = matches!(cmd, Ctl::Pause(_));
+                match a {
+                    Agent::Mda => self.queue.paused_mda = pause,
+                    Agent::Mta => self.queue.paused_mta = pause,
+                    Agent::Smtp => self.pause_smtp(pause),
+                }
+                let word = if pause { "paused" } else { "resumed" };
+                log::info!("control: {a:?} {word}");
+                (format!("{a:?} {word}\n").to_lowercase(), false)
+            }
+            Ctl::Log(verbose) => {
+                log::set_max_level(if verbose {
+                    log::LevelFilter::Debug
+                } else {
+                    log::LevelFilter::Info
+                });
+                (
+                    format!("log {}\n", if verbose { "verbose" } else { "brief" }),
+                    false,
+                )
+            }
+            Ctl::Monitor => (self.monitor_line(), true),
+            Ctl::Smtp => (String::new(), false),
+        }
+    }
+
+    fn pause_smtp(&mut self, pause: bool) {
+        if self.paused_smtp == pause {
+            return;
+        }
+        self.paused_smtp = pause;
+        for (key, e) in self.slab.iter_mut() {
+            if let Entry::Listener { sock, .. } = e {
+                let r = if pause {
+                    self.poll.registry().deregister(sock)
+                } else {
+                    self.poll
+                        .registry()
+                        .register(sock, Token(key + FIRST_SLOT), Interest::READABLE)
+                };
+                if let Err(err) = r {
+                    log::warn!("control: listener: {err}");
+                }
+            }
+        }
+    }
+
+    fn stats_text(&self) -> String {
+        let s = &self.queue.stats;
+        format!(
+            "smtp.sessions={}\nqueue.envelopes={}\nqueue.inflight={}\nmda.delivered={}\nmda.tempfail={}\nmda.permfail={}\nqueue.expired={}\nqueue.bounces={}\nqueue.removed={}\npaused.mda={}\npaused.mta={}\npaused.smtp={}\n",
+            self.sessions,
+            self.queue.sched.len(),
+            self.queue.sched.inflight(),
+            s.delivered,
+            s.tempfail,
+            s.permfail,
+            s.expired,
+            s.bounces,
+            s.removed,
+            self.queue.paused_mda,
+            self.queue.paused_mta,
+            self.paused_smtp
+        )
+    }
+
+    fn monitor_line(&self) -> String {
+        let s = &self.queue.stats;
+        format!(
+            "sessions={} queue={} inflight={} delivered={} tempfail={} permfail={} expired={} bounces={}\n",
+            self.sessions,
+            self.queue.sched.len(),
+            self.queue.sched.inflight(),
+            s.delivered,
+            s.tempfail,
+            s.permfail,
+            s.expired,
+            s.bounces
+        )
+    }
+
+    /// Sends a line a second to monitoring clients.
+    fn monitor(&mut self, now: Instant) {
+        if now < self.next_monitor {
+            return;
+        }
+        self.next_monitor = now + Duration::from_secs(1);
+        let line = self.monitor_line();
+        let keys: Vec<usize> = self
+            .slab
+            .iter()
+            .filter_map(|(k, e)| matches!(e, Entry::Control(c) if c.monitor).then_some(k))
+            .collect();
+        for key in keys {
+            if let Some(Entry::Control(c)) = self.slab.get_mut(key) {
+                c.out.extend_from_slice(line.as_bytes());
+            }
+            self.control_io(key, now);
+        }
+    }
+
+    /// Hands the daemon's own messages (bounces) to the sync thread.
+    fn submit_internal(&mut self) {
+        for job in self.queue.jobs.drain(..) {
+            if !self.committer.submit((INTERNAL, 0), job) {
+                log::warn!("queue: the commit thread is gone");
+            }
         }
     }
 
     fn on_commits(&mut self, now: Instant) {
         for done in self.committer.take_done() {
+            if done.result.is_ok() {
+                self.queue.add_committed(&self.cfg, &done.envs);
+            }
             let (key, gen) = done.key;
-            match self.slab.get_mut(key) {
+            let Server {
+                slab,
+                closing,
+                cfg,
+                spool,
+                committer,
+                stopping,
+                ..
+            } = self;
+            match slab.get_mut(key) {
                 Some(Entry::Smtp(conn)) if conn.gen == gen => {
-                    let mut policy = ConfigPolicy { cfg: &self.cfg, spool: &self.spool };
                     let mut ctx = Ctx {
-                        cfg: &self.cfg,
-                        spool: &self.spool,
-                        committer: &self.committer,
-                        policy: &mut policy,
+                        cfg,
+                        spool,
+                        committer,
                         key,
                     };
                     conn.on_committed(&mut ctx, done.msgid, done.result, now);
-                    if self.stopping.is_some() {
+                    if stopping.is_some() {
                         conn.close_with(&mut ctx, Reply::SHUTDOWN, Reason::Shutdown);
                     }
                     if conn.finished().is_some() {
-                        self.closing.push(key);
+                        closing.push(key);
                     }
                 }
                 _ => match done.result {
-                    Ok(()) => log::info!("smtp message msgid={:08x} committed after its client left", done.msgid),
-                    Err(e) => log::warn!("smtp commit of {:08x} failed after its client left: {e}", done.msgid),
+                    Ok(()) if key == INTERNAL => {
+                        log::debug!("queue: message {:08x} queued", done.msgid)
+                    }
+                    Ok(()) => log::info!(
+                        "smtp message msgid={:08x} committed after its client left",
+                        done.msgid
+                    ),
+                    Err(e) => log::warn!("queue: commit of {:08x} failed: {e}", done.msgid),
                 },
             }
         }
@@ -345,7 +786,16 @@ impl Server {
                 break;
             }
             self.timers.pop();
-            let Some(Entry::Smtp(conn)) = self.slab.get_mut(key) else {
+            let Server {
+                slab,
+                closing,
+                cfg,
+                spool,
+                committer,
+                timers,
+                ..
+            } = self;
+            let Some(Entry::Smtp(conn)) = slab.get_mut(key) else {
                 continue;
             };
             if conn.gen != gen {
@@ -353,42 +803,48 @@ impl Server {
             }
             if conn.deadline > now || conn.committing() {
                 let next = conn.deadline.max(now + Duration::from_secs(1));
-                self.timers.push(Reverse((next, key, gen)));
+                timers.push(Reverse((next, key, gen)));
                 continue;
             }
-            let mut policy = ConfigPolicy { cfg: &self.cfg, spool: &self.spool };
             let mut ctx = Ctx {
-                cfg: &self.cfg,
-                spool: &self.spool,
-                committer: &self.committer,
-                policy: &mut policy,
+                cfg,
+                spool,
+                committer,
                 key,
             };
             conn.close_with(&mut ctx, Reply::TIMEOUT, Reason::Timeout);
             // A client that does not read its 421 is not waited for.
-            self.closing.push(key);
+            closing.push(key);
         }
     }
 
     fn reap(&mut self) {
         for key in std::mem::take(&mut self.closing) {
-            let Some(Entry::Smtp(conn)) = self.slab.get_mut(key) else {
-                continue;
-            };
-            let reason = conn.finished().unwrap_or(Reason::Timeout);
-            let _ = self.poll.registry().deregister(&mut conn.sock);
-            conn.release(&self.spool);
-            let _ = conn.sock.flush();
-            let (id, ip) = (conn.id(), conn.peer);
-            self.slab.remove(key);
-            self.sessions -= 1;
-            if let Some(n) = self.per_addr.get_mut(&ip) {
-                *n -= 1;
-                if *n == 0 {
-                    self.per_addr.remove(&ip);
+            match self.slab.get_mut(key) {
+                Some(Entry::Smtp(conn)) => {
+                    let reason = conn.finished().unwrap_or(Reason::Timeout);
+                    let _ = self.poll.registry().deregister(&mut conn.sock);
+                    conn.release(&self.spool);
+                    let _ = conn.sock.flush();
+                    let (id, ip) = (conn.id(), conn.peer);
+                    self.slab.remove(key);
+                    self.sessions -= 1;
+                    if let Some(ip) = ip {
+                        if let Some(n) = self.per_addr.get_mut(&ip) {
+                            *n -= 1;
+                            if *n == 0 {
+                                self.per_addr.remove(&ip);
+                            }
+                        }
+                    }
+                    log::info!("{id:016x} smtp disconnected reason={}", reason.as_str());
                 }
+                Some(Entry::Control(c)) => {
+                    let _ = self.poll.registry().deregister(&mut c.sock);
+                    self.slab.remove(key);
+                }
+                _ => {}
             }
-            log::info!("{id:016x} smtp disconnected reason={}", reason.as_str());
         }
     }
 }
@@ -421,4 +877,22 @@ pub fn bind_listeners(cfg: &Config) -> io::Result<Vec<(std::net::TcpListener, us
         }
     }
     Ok(out)
+}
+
+/// Creates the control socket in the spool (mode 0666: anyone may submit mail; the
+/// daemon checks the peer's uid before it obeys a command).
+pub fn bind_control(spool_root: &std::path::Path) -> io::Result<std::os::unix::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = control::socket_path(spool_root);
+    if std::os::unix::net::UnixStream::connect(&path).is_ok() {
+        return Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            format!("{}: another smtpd is running on this spool", path.display()),
+        ));
+    }
+    let _ = std::fs::remove_file(&path);
+    let l = std::os::unix::net::UnixListener::bind(&path)
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))?;
+    Ok(l)
 }

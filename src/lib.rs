@@ -7,11 +7,17 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod config;
+pub mod control;
+pub mod delivery;
 pub mod event_loop;
+pub mod expand;
 pub mod linebuf;
 pub mod logger;
+pub mod mda;
+pub mod privsep;
 pub mod queue;
 pub mod ruleset;
 pub mod smtp;
+pub mod stream;
 pub mod sys;
 pub mod table;

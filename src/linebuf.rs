@@ -215,20 +215,30 @@ mod tests {
     fn too_long_line_is_skipped_for_every_split_offset() {
         let input = b"0123456789ABCDEF\r\nok\r\n";
         for chunk in 1..input.len() {
-            assert_eq!(lines(input, 12, 8, chunk), ["<long>", "ok"], "chunk {chunk}");
+            assert_eq!(
+                lines(input, 12, 8, chunk),
+                ["<long>", "ok"],
+                "chunk {chunk}"
+            );
         }
     }
 
     #[test]
     fn line_of_exactly_max_is_accepted() {
-        assert_eq!(lines(b"12345678\r\n123456789\r\n", 32, 8, 32), ["12345678", "<long>"]);
+        assert_eq!(
+            lines(b"12345678\r\n123456789\r\n", 32, 8, 32),
+            ["12345678", "<long>"]
+        );
     }
 
     #[test]
     fn cr_split_from_its_lf_at_the_limit() {
         // 8 bytes then CR at the buffer's end, LF in the next read.
         for chunk in 1..12 {
-            assert_eq!(lines(b"12345678\r\nab\r\n", 10, 8, chunk), ["12345678", "ab"]);
+            assert_eq!(
+                lines(b"12345678\r\nab\r\n", 10, 8, chunk),
+                ["12345678", "ab"]
+            );
         }
     }
 }

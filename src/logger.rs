@@ -14,12 +14,17 @@ pub fn level(verbose: usize) -> LevelFilter {
 /// Logs to stderr; `RUST_LOG` overrides the level given by `-v`.
 pub fn init_stderr(verbose: usize) {
     let mut b = env_logger::Builder::new();
-    b.filter_level(level(verbose));
-    if let Ok(spec) = std::env::var("RUST_LOG") {
-        b.parse_filters(&spec);
+    // The logger passes everything; the global maximum (changed at run time by
+    // `smtpctl log`) decides.
+    b.filter_level(LevelFilter::Trace);
+    let spec = std::env::var("RUST_LOG").ok();
+    if let Some(spec) = &spec {
+        b.parse_filters(spec);
     }
     b.format_target(false);
-    let _ = b.try_init();
+    if b.try_init().is_ok() && spec.is_none() {
+        log::set_max_level(level(verbose));
+    }
 }
 
 struct Syslog {

@@ -1,7 +1,7 @@
 //! smtpd: flags, start-up and the choice of configuration. No logic lives here.
 
 use smtpd::config::{self, Config};
-use smtpd::event_loop::{bind_listeners, Server};
+use smtpd::event_loop::{bind_control, bind_listeners, Server};
 use smtpd::queue::spool::Spool;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -9,9 +9,13 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 const DEFAULT_CONFIG: &str = "/etc/smtpd.conf";
+/// The name the built-in configuration goes by in messages.
+const BUILT_IN: &str = "(built-in development configuration)";
 
 fn usage(prog: &str, opts: &getopts::Options) -> String {
-    opts.usage(&format!("usage: {prog} [-dFhnv] [-D macro=value] [-f file]"))
+    opts.usage(&format!(
+        "usage: {prog} [-dFhnv] [-D macro=value] [-f file]"
+    ))
 }
 
 fn main() -> ExitCode {
@@ -40,7 +44,11 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     if !m.free.is_empty() {
-        eprintln!("{prog}: unexpected argument '{}'\n{}", m.free[0], usage(&prog, &opts));
+        eprintln!(
+            "{prog}: unexpected argument '{}'\n{}",
+            m.free[0],
+            usage(&prog, &opts)
+        );
         return ExitCode::FAILURE;
     }
     let mut macros = HashMap::new();
@@ -85,18 +93,20 @@ fn main() -> ExitCode {
     }
 }
 
-/// `-f FILE`; without it /etc/smtpd.conf for root, the built-in development
-/// configuration for anyone else.
+/// `-f FILE`; without it /etc/smtpd.conf, and when that does not exist the built-in
+/// development configuration (loopback port 2525, spool under the current directory).
 fn load_config(
     file: Option<String>,
     macros: &HashMap<String, String>,
 ) -> Result<Config, config::ConfigError> {
     let mut cfg = match file {
         Some(f) => config::load(Path::new(&f), macros)?,
-        None if smtpd::sys::geteuid() == 0 => config::load(Path::new(DEFAULT_CONFIG), macros)?,
+        None if Path::new(DEFAULT_CONFIG).exists() => {
+            config::load(Path::new(DEFAULT_CONFIG), macros)?
+        }
         None => {
             let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
-            config::parse(config::DEVELOPMENT, &cwd.join("(built-in)"), macros)?
+            config::parse(config::DEVELOPMENT, &cwd.join(BUILT_IN), macros)?
         }
     };
     if cfg.queue.path.is_relative() {
@@ -108,8 +118,9 @@ fn load_config(
 }
 
 fn start(cfg: Config, foreground: bool) -> std::io::Result<()> {
-    let (spool, cleaned) = Spool::open(&cfg.queue.path)
-        .map_err(|e| std::io::Error::new(e.kind(), format!("queue {}: {e}", cfg.queue.path.display())))?;
+    let (spool, cleaned) = Spool::open(&cfg.queue.path).map_err(|e| {
+        std::io::Error::new(e.kind(), format!("queue {}: {e}", cfg.queue.path.display()))
+    })?;
     if cleaned > 0 {
         log::info!("queue: removed {cleaned} incomplete message(s) from incoming/");
     }
@@ -120,10 +131,59 @@ fn start(cfg: Config, foreground: bool) -> std::io::Result<()> {
         cfg.queue.path.display(),
         cfg.hostname
     );
+    if cfg.path.ends_with(BUILT_IN) {
+        log::warn!(
+            "smtpd: no {DEFAULT_CONFIG} and no -f: using the built-in development configuration"
+        );
+    }
+    // As root, the engine runs as the unprivileged user and owns the spool.
+    let engine_user = if smtpd::sys::geteuid() == 0 {
+        let pw = smtpd::sys::getpwnam(config::UNPRIVILEGED_USER).ok_or_else(|| {
+            std::io::Error::other(format!(
+                "user {0} does not exist: create it, e.g. useradd -r -d /var/empty -s /usr/sbin/nologin {0}",
+                config::UNPRIVILEGED_USER
+            ))
+        })?;
+        spool.chown_tree(pw.uid, pw.gid)?;
+        Some(pw)
+    } else {
+        None
+    };
     let listeners = bind_listeners(&cfg)?;
+    let control = bind_control(spool.root())?;
     if !foreground {
         smtpd::sys::daemonize()?;
     }
-    let mut server = Server::new(Arc::new(cfg), spool, listeners)?;
-    server.run()
+    let (engine_end, parent_end) = smtpd::sys::seqpacket_pair()?;
+    match smtpd::sys::fork()? {
+        None => {
+            smtpd::sys::die_with_parent();
+            drop(parent_end);
+            if let Some(pw) = &engine_user {
+                smtpd::sys::drop_privileges(pw.uid, pw.gid)?;
+                log::info!("smtpd engine running as {}", pw.name);
+            }
+            let cfg = Arc::new(cfg);
+            let r = Server::new(cfg, spool, listeners, Some(control), Some(engine_end))
+                .and_then(|mut s| s.run());
+            if let Err(e) = &r {
+                log::error!("smtpd: {e}");
+            }
+            smtpd::sys::exit_now(i32::from(r.is_err()));
+        }
+        Some(engine) => {
+            // The engine owns the sockets; the parent only delivers.
+            drop(listeners);
+            drop(control);
+            drop(engine_end);
+            let code = smtpd::privsep::parent_loop(parent_end, engine)?;
+            let _ = std::fs::remove_file(smtpd::control::socket_path(&cfg.queue.path));
+            if code != 0 {
+                return Err(std::io::Error::other(format!(
+                    "engine exited with status {code}"
+                )));
+            }
+            Ok(())
+        }
+    }
 }

@@ -4,7 +4,7 @@
 use std::ffi::{CStr, CString};
 use std::io;
 use std::net::IpAddr;
-use std::os::fd::RawFd;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicI32, Ordering};
 
@@ -36,15 +36,22 @@ pub fn interface_addrs(name: &str) -> Vec<IpAddr> {
         // freeifaddrs. ifa_name is a NUL-terminated string; ifa_addr may be NULL.
         unsafe {
             let ifa = &*p;
-            if !ifa.ifa_addr.is_null() && CStr::from_ptr(ifa.ifa_name).to_bytes() == name.as_bytes() {
+            if !ifa.ifa_addr.is_null() && CStr::from_ptr(ifa.ifa_name).to_bytes() == name.as_bytes()
+            {
                 match i32::from((*ifa.ifa_addr).sa_family) {
                     libc::AF_INET => {
                         let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
-                        out.push(IpAddr::from(u32::from_be(sin.sin_addr.s_addr).to_be_bytes()));
+                        out.push(IpAddr::from(
+                            u32::from_be(sin.sin_addr.s_addr).to_be_bytes(),
+                        ));
                     }
                     libc::AF_INET6 => {
                         let sin6 = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
-                        out.push(IpAddr::from(sin6.sin6_addr.s6_addr));
+                        let ip = std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+                        // Link-local addresses need a scope: not listened on.
+                        if ip.segments()[0] & 0xffc0 != 0xfe80 {
+                            out.push(IpAddr::V6(ip));
+                        }
                     }
                     _ => {}
                 }
@@ -80,7 +87,13 @@ pub fn getpwnam(name: &str) -> Option<Passwd> {
     // SAFETY: every pointer is valid for the call; the strings in pw point into buf,
     // which outlives their use below.
     let r = unsafe {
-        libc::getpwnam_r(cname.as_ptr(), &mut pw, buf.as_mut_ptr().cast(), buf.len(), &mut result)
+        libc::getpwnam_r(
+            cname.as_ptr(),
+            &mut pw,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            &mut result,
+        )
     };
     if r != 0 || result.is_null() {
         return None;
@@ -93,6 +106,33 @@ pub fn getpwnam(name: &str) -> Option<Passwd> {
         gid: pw.pw_gid,
         dir: d.to_string_lossy().into_owned(),
     })
+}
+
+/// The name of the effective user, from the password database.
+pub fn getpwuid_name() -> Option<String> {
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: passwd is plain data, zero is a valid bit pattern for it.
+    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut result: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call; pw's strings point into buf.
+    let r = unsafe {
+        libc::getpwuid_r(
+            libc::geteuid(),
+            &mut pw,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            &mut result,
+        )
+    };
+    if r != 0 || result.is_null() {
+        return None;
+    }
+    // SAFETY: on success pw_name is a NUL-terminated string inside buf.
+    Some(
+        unsafe { CStr::from_ptr(pw.pw_name) }
+            .to_string_lossy()
+            .into_owned(),
+    )
 }
 
 /// The effective user id.
@@ -229,7 +269,10 @@ pub fn daemonize() -> io::Result<()> {
     if unsafe { libc::setsid() } < 0 {
         return Err(io::Error::last_os_error());
     }
-    let null = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null")?;
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")?;
     use std::os::fd::AsRawFd;
     for fd in 0..3 {
         // SAFETY: both descriptors are open; dup2 replaces stdio.
@@ -243,7 +286,13 @@ pub fn daemonize() -> io::Result<()> {
 /// Opens the syslog connection with the mail facility.
 pub fn openlog(ident: &'static CStr) {
     // SAFETY: ident is 'static, as openlog keeps the pointer.
-    unsafe { libc::openlog(ident.as_ptr(), libc::LOG_PID | libc::LOG_NDELAY, libc::LOG_MAIL) };
+    unsafe {
+        libc::openlog(
+            ident.as_ptr(),
+            libc::LOG_PID | libc::LOG_NDELAY,
+            libc::LOG_MAIL,
+        )
+    };
 }
 
 /// Sends one message to syslog at `priority`.
@@ -255,7 +304,6 @@ pub fn syslog(priority: libc::c_int, msg: &str) {
     unsafe { libc::syslog(priority, c"%s".as_ptr(), c.as_ptr()) };
 }
 
-
 /// A non-blocking listening TCP socket with SO_REUSEADDR, and IPV6_V6ONLY for IPv6 so
 /// that `::` and `0.0.0.0` can both be bound.
 pub fn listen_tcp(addr: std::net::SocketAddr, backlog: i32) -> io::Result<std::net::TcpListener> {
@@ -266,7 +314,13 @@ pub fn listen_tcp(addr: std::net::SocketAddr, backlog: i32) -> io::Result<std::n
     };
     // SAFETY: plain socket(2) call; the fd is owned by the TcpListener made below, or
     // closed by it when an error drops it.
-    let fd = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0) };
+    let fd = unsafe {
+        libc::socket(
+            family,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -276,9 +330,19 @@ pub fn listen_tcp(addr: std::net::SocketAddr, backlog: i32) -> io::Result<std::n
     let setopt = |level, name| {
         // SAFETY: the option value points to a c_int that lives across the call.
         let r = unsafe {
-            libc::setsockopt(fd, level, name, (&one as *const libc::c_int).cast(), std::mem::size_of::<libc::c_int>() as libc::socklen_t)
+            libc::setsockopt(
+                fd,
+                level,
+                name,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
         };
-        if r != 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+        if r != 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
     };
     setopt(libc::SOL_SOCKET, libc::SO_REUSEADDR)?;
     if v6 {
@@ -289,7 +353,9 @@ pub fn listen_tcp(addr: std::net::SocketAddr, backlog: i32) -> io::Result<std::n
     let len = match addr {
         std::net::SocketAddr::V4(a) => {
             // SAFETY: sockaddr_in fits in sockaddr_storage and has its alignment.
-            let sin = unsafe { &mut *(&mut ss as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            let sin = unsafe {
+                &mut *(&mut ss as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>()
+            };
             sin.sin_family = libc::AF_INET as libc::sa_family_t;
             sin.sin_port = a.port().to_be();
             sin.sin_addr.s_addr = u32::from(*a.ip()).to_be();
@@ -297,7 +363,9 @@ pub fn listen_tcp(addr: std::net::SocketAddr, backlog: i32) -> io::Result<std::n
         }
         std::net::SocketAddr::V6(a) => {
             // SAFETY: sockaddr_in6 fits in sockaddr_storage and has its alignment.
-            let sin6 = unsafe { &mut *(&mut ss as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            let sin6 = unsafe {
+                &mut *(&mut ss as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>()
+            };
             sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
             sin6.sin6_port = a.port().to_be();
             sin6.sin6_addr.s6_addr = a.ip().octets();
@@ -306,7 +374,14 @@ pub fn listen_tcp(addr: std::net::SocketAddr, backlog: i32) -> io::Result<std::n
         }
     };
     // SAFETY: ss holds a valid address of `len` bytes.
-    if unsafe { libc::bind(fd, (&ss as *const libc::sockaddr_storage).cast(), len as libc::socklen_t) } != 0 {
+    if unsafe {
+        libc::bind(
+            fd,
+            (&ss as *const libc::sockaddr_storage).cast(),
+            len as libc::socklen_t,
+        )
+    } != 0
+    {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: listen(2) on our socket.
@@ -354,6 +429,245 @@ pub fn rfc5322_date(t: i64) -> String {
     )
 }
 
+/// A connected pair of non-blocking, close-on-exec `SOCK_SEQPACKET` unix sockets:
+/// message boundaries are kept, and descriptors can be passed.
+pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: fds is a valid array of two ints.
+    let r = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors are fresh and owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Sends one message, with an optional descriptor (SCM_RIGHTS).
+pub fn send_msg(sock: RawFd, data: &[u8], fd: Option<RawFd>) -> io::Result<()> {
+    let mut iov = libc::iovec {
+        iov_base: data.as_ptr() as *mut libc::c_void,
+        iov_len: data.len(),
+    };
+    // Room for one descriptor, aligned for cmsghdr.
+    let mut cbuf = [0u64; 4];
+    // SAFETY: msghdr is plain data; every pointer set below stays valid for the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if let Some(fd) = fd {
+        // SAFETY: CMSG_SPACE is a pure computation.
+        let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
+        msg.msg_control = cbuf.as_mut_ptr().cast();
+        msg.msg_controllen = space;
+        // SAFETY: the control buffer is large enough for one header and one fd, as
+        // computed by CMSG_SPACE; CMSG_FIRSTHDR points into it.
+        unsafe {
+            let c = libc::CMSG_FIRSTHDR(&msg);
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_RIGHTS;
+            (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as usize;
+            std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<RawFd>(), fd);
+        }
+    }
+    loop {
+        // SAFETY: msg describes valid buffers.
+        let n = unsafe { libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL) };
+        if n >= 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// Receives one message into `buf`; returns its length (0 at EOF) and a passed
+/// descriptor, if any.
+pub fn recv_msg(sock: RawFd, buf: &mut [u8]) -> io::Result<(usize, Option<OwnedFd>)> {
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let mut cbuf = [0u64; 8];
+    // SAFETY: msghdr is plain data; the pointers stay valid for the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&cbuf);
+    // SAFETY: msg describes valid buffers.
+    let n = unsafe { libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut fd = None;
+    // SAFETY: the kernel filled the control buffer; the CMSG macros walk it within
+    // msg_controllen. A passed descriptor is ours to own from here on.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                let raw = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<RawFd>());
+                if fd.is_none() {
+                    fd = Some(OwnedFd::from_raw_fd(raw));
+                } else {
+                    libc::close(raw);
+                }
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    if msg.msg_flags & libc::MSG_TRUNC != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "message truncated",
+        ));
+    }
+    Ok((n as usize, fd))
+}
+
+/// fork(2). In the child, returns `Ok(None)`; in the parent the child's pid.
+pub fn fork() -> io::Result<Option<i32>> {
+    // SAFETY: callers fork only from a single-threaded process, or exec/exit in the
+    // child without touching locks taken by other threads.
+    match unsafe { libc::fork() } {
+        -1 => Err(io::Error::last_os_error()),
+        0 => Ok(None),
+        pid => Ok(Some(pid)),
+    }
+}
+
+/// Asks the kernel to SIGKILL this process when its parent dies (Linux).
+pub fn die_with_parent() {
+    // SAFETY: prctl with PR_SET_PDEATHSIG takes a signal number and has no memory effects.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+}
+
+/// Switches to `uid`/`gid` for good, with `gid` as the only group. No-op for the
+/// current ids when not root.
+pub fn drop_privileges(uid: u32, gid: u32) -> io::Result<()> {
+    // SAFETY: plain id-changing syscalls; results are checked.
+    unsafe {
+        if libc::geteuid() == 0 {
+            if libc::setgroups(1, &gid) != 0
+                || libc::setresgid(gid, gid, gid) != 0
+                || libc::setresuid(uid, uid, uid) != 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            // Paranoia: regaining root must fail.
+            if uid != 0 && libc::setuid(0) == 0 {
+                return Err(io::Error::other(
+                    "could regain root after dropping privileges",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The status of a child that exited, without blocking: `(pid, status)`.
+pub fn reap_child() -> Option<(i32, i32)> {
+    let mut status = 0;
+    // SAFETY: waitpid with a valid out pointer.
+    let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+    (pid > 0).then_some((pid, status))
+}
+
+/// Exit code of a wait status, or 128+signal when killed.
+pub fn exit_code(status: i32) -> i32 {
+    if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else if libc::WIFSIGNALED(status) {
+        128 + libc::WTERMSIG(status)
+    } else {
+        255
+    }
+}
+
+/// Sends `sig` to process `pid`.
+pub fn kill(pid: i32, sig: i32) {
+    // SAFETY: kill(2) has no memory effects.
+    unsafe { libc::kill(pid, sig) };
+}
+
+/// Ends the process at once without running destructors or atexit handlers (for
+/// forked children).
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit never returns and is safe in a forked child.
+    unsafe { libc::_exit(code) }
+}
+
+/// The uid of the peer of a connected unix socket.
+pub fn peer_uid(fd: RawFd) -> io::Result<u32> {
+    // SAFETY: ucred is plain data; getsockopt writes at most len bytes into it.
+    unsafe {
+        let mut cred: libc::ucred = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+        if libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        ) != 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(cred.uid)
+    }
+}
+
+/// Changes the owner of a path (not following a final symlink).
+pub fn lchown(path: &Path, uid: u32, gid: u32) -> io::Result<()> {
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid))
+}
+
+/// Sets the process umask.
+pub fn set_umask(mask: u32) {
+    // SAFETY: umask has no memory effects.
+    unsafe { libc::umask(mask as libc::mode_t) };
+}
+
+/// Restores default dispositions for the signals the daemon handles (in children).
+pub fn reset_signals() {
+    for sig in [
+        libc::SIGTERM,
+        libc::SIGINT,
+        libc::SIGHUP,
+        libc::SIGCHLD,
+        libc::SIGPIPE,
+    ] {
+        // SAFETY: setting SIG_DFL is always safe.
+        unsafe { libc::signal(sig, libc::SIG_DFL) };
+    }
+}
+
+/// poll(2) on `fds` for up to `timeout_ms` (-1: no limit); EINTR counts as a timeout.
+pub fn poll(fds: &mut [libc::pollfd], timeout_ms: i32) -> io::Result<usize> {
+    // SAFETY: fds is a valid slice of pollfd for its length.
+    let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::Interrupted {
+            for f in fds.iter_mut() {
+                f.revents = 0;
+            }
+            return Ok(0);
+        }
+        return Err(e);
+    }
+    Ok(n as usize)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -361,7 +675,10 @@ mod tests {
     #[test]
     fn dates() {
         assert_eq!(rfc5322_date(0), "Thu, 1 Jan 1970 00:00:00 +0000");
-        assert_eq!(rfc5322_date(1_795_693_180), "Thu, 26 Nov 2026 11:39:40 +0000");
+        assert_eq!(
+            rfc5322_date(1_795_693_180),
+            "Thu, 26 Nov 2026 11:39:40 +0000"
+        );
         assert_eq!(rfc5322_date(951_782_400), "Tue, 29 Feb 2000 00:00:00 +0000");
     }
 

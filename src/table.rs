@@ -55,14 +55,15 @@ impl Table {
             if line.is_empty() {
                 continue;
             }
-            let (key, value) = match line.find([' ', '\t', ':']) {
-                None => (line, ""),
-                Some(at) => {
-                    let key = &line[..at];
-                    let rest = line[at..].trim_start();
-                    let rest = rest.strip_prefix(':').map(str::trim_start).unwrap_or(rest);
-                    (key, rest)
-                }
+            // `key value`, `key: value`, or `key:value` unless the key is an address or
+            // network (IPv6 holds colons).
+            let (key, value) = match line.find([' ', '\t']) {
+                Some(at) => (line[..at].trim_end_matches(':'), line[at..].trim_start()),
+                None if is_net(line) => (line, ""),
+                None => match line.split_once(':') {
+                    Some((k, v)) => (k, v.trim_start()),
+                    None => (line, ""),
+                },
             };
             if key.is_empty() {
                 return Err((i + 1, "empty key".into()));
@@ -104,6 +105,13 @@ impl Table {
     pub fn matches_ip(&self, ip: IpAddr) -> bool {
         self.keys().any(|k| ip_matches(k, ip))
     }
+}
+
+/// Whether `s` is an IP address or `address/prefix`.
+fn is_net(s: &str) -> bool {
+    s.split('/')
+        .next()
+        .is_some_and(|a| a.parse::<IpAddr>().is_ok())
 }
 
 /// `pattern` is a domain or `*.domain`; case-insensitive.
@@ -167,7 +175,7 @@ mod tests {
     fn file_formats() {
         let t = Table::parse(
             "t",
-            "# c\nroot: admin, ops\n  more\nUser bob\nlisted\n\npostmaster:root\n",
+            "# c\nroot: admin, ops\n  more\nUser bob\nlisted\n\npostmaster:root\n::1\n2001:db8::/32\n",
         )
         .unwrap_or_default();
         assert_eq!(t.get("root"), Some("admin, ops, more"));
@@ -175,6 +183,7 @@ mod tests {
         assert_eq!(t.get("listed"), Some(""));
         assert_eq!(t.get("postmaster"), Some("root"));
         assert!(!t.contains("nobody"));
+        assert!(t.contains("::1") && t.contains("2001:db8::/32"));
     }
 
     #[test]

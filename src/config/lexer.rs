@@ -146,16 +146,19 @@ pub fn expand(toks: &[Token], macros: &HashMap<String, String>) -> Result<Vec<To
     let mut out = Vec::with_capacity(toks.len());
     for t in toks {
         let name = match &t.tok {
-            Tok::Word { text, quoted: false } => text.strip_prefix('$'),
+            Tok::Word {
+                text,
+                quoted: false,
+            } => text.strip_prefix('$'),
             _ => None,
         };
         let Some(name) = name else {
             out.push(t.clone());
             continue;
         };
-        let value = macros
-            .get(name)
-            .ok_or_else(|| ConfigError::at(&t.file, t.line, format!("macro '{name}' not defined")))?;
+        let value = macros.get(name).ok_or_else(|| {
+            ConfigError::at(&t.file, t.line, format!("macro '{name}' not defined"))
+        })?;
         // A macro's value is read again as tokens, without further expansion.
         for mut v in lex(value, Path::new(&*t.file))? {
             if v.tok != Tok::Newline {
@@ -198,10 +201,32 @@ mod tests {
     fn tokens() {
         assert_eq!(
             words("listen on $lan # c\ntable t { a, b }\n"),
-            ["listen", "on", "127.0.0.1", "port", "25", "NL", "table", "t", "{", "a", ",", "b", "}", "NL", "NL"]
+            [
+                "listen",
+                "on",
+                "127.0.0.1",
+                "port",
+                "25",
+                "NL",
+                "table",
+                "t",
+                "{",
+                "a",
+                ",",
+                "b",
+                "}",
+                "NL",
+                "NL"
+            ]
         );
-        assert_eq!(words("a \"b \\\" c\" \\\n d"), ["a", "\"b \" c\"", "d", "NL"]);
-        assert_eq!(words("match !from src <t>"), ["match", "!", "from", "src", "<", "t", ">", "NL"]);
+        assert_eq!(
+            words("a \"b \\\" c\" \\\n d"),
+            ["a", "\"b \" c\"", "d", "NL"]
+        );
+        assert_eq!(
+            words("match !from src <t>"),
+            ["match", "!", "from", "src", "<", "t", ">", "NL"]
+        );
         assert_eq!(words("x $nope"), ["t.conf:1: macro 'nope' not defined"]);
         assert_eq!(words("\n\"open"), ["t.conf:2: unterminated quoted string"]);
     }

@@ -47,6 +47,9 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// The account the engine runs as when smtpd is started as root.
+pub const UNPRIVILEGED_USER: &str = "_smtpd";
+
 /// The configuration used when a normal user starts smtpd without `-f`: loopback port
 /// 2525, spool and mailboxes under the current directory.
 pub const DEVELOPMENT: &str = r#"# built-in development configuration

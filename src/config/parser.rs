@@ -14,16 +14,64 @@ use std::time::Duration;
 
 /// Every keyword the parser accepts.
 pub const KEYWORDS: &[&str] = &[
-    "include", "table", "file", "listen", "on", "inet4", "inet6", "port", "hostname", "tag",
-    "action", "maildir", "junk", "mbox", "mda", "lmtp", "rcpt-to", "expand-only", "forward-only",
-    "relay", "host", "alias", "virtual", "userbase", "user", "ttl", "match", "from", "for", "any",
-    "local", "socket", "src", "mail-from", "domain", "helo", "reject", "queue", "path", "smtp",
-    "max-message-size", "limit", "max-rcpt", "max-mails", "max-command-line", "max-text-line",
-    "max-sessions", "max-sessions-per-address", "max-errors", "max-hops", "timeout",
+    "include",
+    "table",
+    "file",
+    "listen",
+    "on",
+    "inet4",
+    "inet6",
+    "port",
+    "hostname",
+    "tag",
+    "action",
+    "maildir",
+    "junk",
+    "mbox",
+    "mda",
+    "lmtp",
+    "rcpt-to",
+    "expand-only",
+    "forward-only",
+    "relay",
+    "host",
+    "alias",
+    "virtual",
+    "userbase",
+    "user",
+    "ttl",
+    "match",
+    "from",
+    "for",
+    "any",
+    "local",
+    "socket",
+    "src",
+    "mail-from",
+    "domain",
+    "helo",
+    "reject",
+    "queue",
+    "path",
+    "smtp",
+    "max-message-size",
+    "limit",
+    "max-rcpt",
+    "max-mails",
+    "max-command-line",
+    "max-text-line",
+    "max-sessions",
+    "max-sessions-per-address",
+    "max-errors",
+    "max-hops",
+    "timeout",
     "sub-addr-delim",
 ];
 
 const MAX_INCLUDE_DEPTH: usize = 8;
+
+/// Words that follow a delivery method as options.
+const ACTION_OPTIONS: &[&str] = &["junk", "alias", "virtual", "userbase", "user", "ttl"];
 
 pub(super) struct Parser {
     path: PathBuf,
@@ -35,6 +83,8 @@ pub(super) struct Parser {
     action_names: HashMap<String, ActionId>,
     queue_path: Option<PathBuf>,
     depth: usize,
+    /// The file being read (relative paths in it are resolved against its directory).
+    current: PathBuf,
 }
 
 /// A cursor over one statement's tokens.
@@ -60,7 +110,10 @@ impl<'a> Stmt<'a> {
     }
     fn peek_word(&self) -> Option<&'a str> {
         match self.peek() {
-            Some(Tok::Word { text, quoted: false }) => Some(text),
+            Some(Tok::Word {
+                text,
+                quoted: false,
+            }) => Some(text),
             _ => None,
         }
     }
@@ -136,7 +189,9 @@ fn parse_duration(s: &str) -> Option<Duration> {
         b'd' => (&s[..s.len() - 1], 86400),
         _ => (s, 1),
     };
-    Some(Duration::from_secs(num.parse::<u64>().ok()?.checked_mul(mult)?))
+    Some(Duration::from_secs(
+        num.parse::<u64>().ok()?.checked_mul(mult)?,
+    ))
 }
 
 impl Parser {
@@ -163,6 +218,7 @@ impl Parser {
             action_names: HashMap::new(),
             queue_path: None,
             depth: 0,
+            current: path.to_path_buf(),
         }
     }
 
@@ -203,7 +259,10 @@ impl Parser {
         // A macro definition: NAME = VALUE.
         if toks.len() >= 2 && toks[1].tok == Tok::Punct('=') {
             let name = match &toks[0].tok {
-                Tok::Word { text, quoted: false } => text.clone(),
+                Tok::Word {
+                    text,
+                    quoted: false,
+                } => text.clone(),
                 _ => return Err(st.err("macro name expected")),
             };
             if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
@@ -236,11 +295,13 @@ impl Parser {
         if self.depth >= MAX_INCLUDE_DEPTH {
             return Err(st.err("includes nested too deeply"));
         }
-        let path = relative_to(&self.path, &p);
+        let path = relative_to(&self.current, &p);
         let text = std::fs::read_to_string(&path)
             .map_err(|e| st.err(format!("{}: {e}", path.display())))?;
         self.depth += 1;
+        let outer = std::mem::replace(&mut self.current, path.clone());
         let r = self.file(&text, &path);
+        self.current = outer;
         self.depth -= 1;
         r
     }
@@ -261,12 +322,11 @@ impl Parser {
                 }
                 _ => src,
             };
-            let path = relative_to(&self.path, &file);
+            let path = relative_to(&self.current, &file);
             let text = std::fs::read_to_string(&path)
                 .map_err(|e| st.err(format!("table '{name}': {}: {e}", path.display())))?;
-            Table::parse(&name, &text).map_err(|(line, msg)| {
-                ConfigError::at(&path.display().to_string(), line, msg)
-            })?
+            Table::parse(&name, &text)
+                .map_err(|(line, msg)| ConfigError::at(&path.display().to_string(), line, msg))?
         };
         st.done()?;
         self.table_names.insert(name, self.cfg.tables.len());
@@ -379,8 +439,11 @@ impl Parser {
             return Err(st.err(format!("action '{name}' defined twice")));
         }
         let method = if st.eat("maildir") {
+            // The path is optional: any word that is not an option keyword.
             let path = match st.peek() {
-                Some(Tok::Word { text, quoted: true }) => {
+                Some(Tok::Word { text, quoted })
+                    if *quoted || !ACTION_OPTIONS.contains(&text.as_str()) =>
+                {
                     st.pos += 1;
                     Some(text.clone())
                 }
@@ -435,8 +498,9 @@ impl Parser {
                 action.user = Some(st.value("user name")?);
             } else if st.eat("ttl") {
                 let v = st.value("duration")?;
-                action.ttl =
-                    Some(parse_duration(&v).ok_or_else(|| st.err(format!("invalid duration '{v}'")))?);
+                action.ttl = Some(
+                    parse_duration(&v).ok_or_else(|| st.err(format!("invalid duration '{v}'")))?,
+                );
             } else {
                 st.done()?;
                 break;
@@ -543,7 +607,7 @@ impl Parser {
     fn queue(&mut self, st: &mut Stmt) -> Result<(), ConfigError> {
         if st.eat("path") {
             let p = st.value("directory")?;
-            self.queue_path = Some(relative_to(&self.path, &p));
+            self.queue_path = Some(relative_to(&self.current, &p));
         } else if st.eat("ttl") {
             let v = st.value("duration")?;
             self.cfg.queue.ttl =
@@ -600,9 +664,7 @@ impl Parser {
                 *slot = n;
             }
         } else {
-            return Err(st.err(
-                "after 'smtp': max-message-size, limit, timeout or sub-addr-delim",
-            ));
+            return Err(st.err("after 'smtp': max-message-size, limit, timeout or sub-addr-delim"));
         }
         st.done()
     }
@@ -625,11 +687,20 @@ fn valid_net(v: &str) -> bool {
 /// The addresses of `listen on WHAT`: an IP, `localhost`, `all`/`any`, an interface name,
 /// or a host name from /etc/hosts-backed resolution.
 fn resolve_listen(what: &str) -> Result<Vec<IpAddr>, String> {
-    if let Ok(ip) = what.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+    if let Ok(ip) = what
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<IpAddr>()
+    {
         return Ok(vec![ip]);
     }
     match what {
-        "localhost" => return Ok(vec![IpAddr::from([127, 0, 0, 1]), "::1".parse().map_err(|_| "::1")?]),
+        "localhost" => {
+            return Ok(vec![
+                IpAddr::from([127, 0, 0, 1]),
+                "::1".parse().map_err(|_| "::1")?,
+            ])
+        }
         "all" | "any" => {
             return Ok(vec![
                 IpAddr::from([0, 0, 0, 0]),
@@ -698,26 +769,65 @@ mod tests {
         assert_eq!((c.smtp.max_rcpt, c.smtp.max_mails), (50, 10));
         assert_eq!(c.smtp.timeout, Duration::from_secs(30));
         assert_eq!(c.actions.len(), 3);
-        assert!(matches!(c.actions[0].method, Method::Maildir { junk: true, .. }));
+        assert!(matches!(
+            c.actions[0].method,
+            Method::Maildir { junk: true, .. }
+        ));
         assert_eq!(c.rules.len(), 4);
-        assert_eq!(c.rules[1].conds[0], (true, Cond::FromSrc(Matcher::Table(1))));
+        assert_eq!(
+            c.rules[1].conds[0],
+            (true, Cond::FromSrc(Matcher::Table(1)))
+        );
         assert_eq!(c.rules[1].decision, Decision::Reject);
-        assert_eq!(c.rules[3].conds, [(false, Cond::FromLocal), (false, Cond::ForLocal)]);
+        assert_eq!(
+            c.rules[3].conds,
+            [(false, Cond::FromLocal), (false, Cond::ForLocal)]
+        );
     }
 
     #[test]
     fn errors_name_file_and_line() {
         let cases = [
-            ("listen on 127.0.0.1\nbogus\n", "/etc/smtpd.conf:2: unknown keyword 'bogus'"),
-            ("listen on 127.0.0.1 port 0", "/etc/smtpd.conf:1: invalid port '0'"),
-            ("listen on 127.0.0.1\nmatch for any action nope", "/etc/smtpd.conf:2: undefined action 'nope'"),
-            ("listen on 127.0.0.1\naction a mbox alias <t>", "/etc/smtpd.conf:2: undefined table 't'"),
-            ("listen on 127.0.0.1\n\nsmtp limit max-rcpt 0", "/etc/smtpd.conf:3: max-rcpt: 0 is out of range (at least 1)"),
-            ("listen on 127.0.0.1\nsmtp limit max-command-line 100", "/etc/smtpd.conf:2: max-command-line: 100 is out of range (at least 512)"),
-            ("listen on 127.0.0.1\nmatch from src 300.1.1.1 reject", "/etc/smtpd.conf:2: invalid address or network '300.1.1.1'"),
-            ("action a mbox", "/etc/smtpd.conf: no listener: add a 'listen on' line"),
-            ("listen on 127.0.0.1 port 25 bogus", "/etc/smtpd.conf:1: unexpected 'bogus'"),
-            ("listen on 127.0.0.1\nmatch from any", "/etc/smtpd.conf:2: 'action NAME' or 'reject' expected"),
+            (
+                "listen on 127.0.0.1\nbogus\n",
+                "/etc/smtpd.conf:2: unknown keyword 'bogus'",
+            ),
+            (
+                "listen on 127.0.0.1 port 0",
+                "/etc/smtpd.conf:1: invalid port '0'",
+            ),
+            (
+                "listen on 127.0.0.1\nmatch for any action nope",
+                "/etc/smtpd.conf:2: undefined action 'nope'",
+            ),
+            (
+                "listen on 127.0.0.1\naction a mbox alias <t>",
+                "/etc/smtpd.conf:2: undefined table 't'",
+            ),
+            (
+                "listen on 127.0.0.1\n\nsmtp limit max-rcpt 0",
+                "/etc/smtpd.conf:3: max-rcpt: 0 is out of range (at least 1)",
+            ),
+            (
+                "listen on 127.0.0.1\nsmtp limit max-command-line 100",
+                "/etc/smtpd.conf:2: max-command-line: 100 is out of range (at least 512)",
+            ),
+            (
+                "listen on 127.0.0.1\nmatch from src 300.1.1.1 reject",
+                "/etc/smtpd.conf:2: invalid address or network '300.1.1.1'",
+            ),
+            (
+                "action a mbox",
+                "/etc/smtpd.conf: no listener: add a 'listen on' line",
+            ),
+            (
+                "listen on 127.0.0.1 port 25 bogus",
+                "/etc/smtpd.conf:1: unexpected 'bogus'",
+            ),
+            (
+                "listen on 127.0.0.1\nmatch from any",
+                "/etc/smtpd.conf:2: 'action NAME' or 'reject' expected",
+            ),
         ];
         for (text, want) in cases {
             assert_eq!(conf(text).err().as_deref(), Some(want), "{text}");
@@ -735,7 +845,11 @@ mod tests {
 
     #[test]
     fn development_default_parses() {
-        let c = parse(super::super::DEVELOPMENT, Path::new("./built-in"), &HashMap::new());
+        let c = parse(
+            super::super::DEVELOPMENT,
+            Path::new("./built-in"),
+            &HashMap::new(),
+        );
         assert!(c.is_ok(), "{c:?}");
     }
 

@@ -59,6 +59,16 @@ pub struct Envelope {
     pub errorline: String,
 }
 
+/// A fresh envelope id for message `msgid`, distinct from those in `taken`.
+pub fn new_evpid(msgid: u32, taken: &[u64]) -> u64 {
+    loop {
+        let id = (u64::from(msgid) << 32) | u64::from(crate::sys::random_u64() as u32);
+        if id as u32 != 0 && !taken.contains(&id) {
+            return id;
+        }
+    }
+}
+
 impl Envelope {
     /// The message id this envelope belongs to.
     pub fn msgid(&self) -> u32 {
@@ -106,7 +116,9 @@ impl Envelope {
         let mut e = Envelope::default();
         let mut seen = 0u32;
         for line in lines {
-            let (k, v) = line.split_once(' ').ok_or_else(|| format!("bad line {line:?}"))?;
+            let (k, v) = line
+                .split_once(' ')
+                .ok_or_else(|| format!("bad line {line:?}"))?;
             let v = unescape(v).ok_or_else(|| format!("bad value for {k}"))?;
             let num = |v: &str| v.parse::<u64>().map_err(|_| format!("bad number for {k}"));
             let bit = match k {

@@ -1,4 +1,6 @@
 //! The queue: envelopes and the on-disk spool.
 
+pub mod bounce;
 pub mod envelope;
+pub mod scheduler;
 pub mod spool;

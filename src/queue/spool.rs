@@ -51,6 +51,8 @@ impl Spool {
     /// Returns the spool and how many incomplete messages were removed.
     pub fn open(root: &Path) -> io::Result<(Spool, usize)> {
         fs::create_dir_all(root)?;
+        // Traversable by all (the control socket lives here), listable by none.
+        fs::set_permissions(root, std::os::unix::fs::PermissionsExt::from_mode(0o711))?;
         for d in DIRS {
             mkdir(&root.join(d), 0o700)?;
         }
@@ -80,6 +82,31 @@ impl Spool {
             },
             cleaned,
         ))
+    }
+
+    /// Gives the whole spool to `uid:gid` (the engine's user when started as root).
+    pub fn chown_tree(&self, uid: u32, gid: u32) -> io::Result<()> {
+        fn walk(p: &Path, uid: u32, gid: u32) -> io::Result<()> {
+            use std::os::unix::fs::MetadataExt;
+            let md = fs::symlink_metadata(p)?;
+            if md.uid() != uid || md.gid() != gid {
+                std::os::unix::fs::lchown(p, Some(uid), Some(gid))?;
+            }
+            if md.is_dir() {
+                for ent in fs::read_dir(p)? {
+                    walk(&ent?.path(), uid, gid)?;
+                }
+            }
+            Ok(())
+        }
+        walk(&self.root, uid, gid)
+    }
+
+    /// A spool at `root` that is only read (smtpctl with the daemon down).
+    pub fn at(root: &Path) -> Spool {
+        Spool {
+            root: root.to_path_buf(),
+        }
     }
 
     /// The spool's root.
@@ -128,7 +155,12 @@ impl Spool {
     }
 
     /// Writes the envelopes of an incoming message and returns the commit job.
-    pub fn prepare_commit(&self, msgid: u32, data: File, envs: &[Envelope]) -> io::Result<CommitJob> {
+    pub fn prepare_commit(
+        &self,
+        msgid: u32,
+        data: File,
+        envs: &[Envelope],
+    ) -> io::Result<CommitJob> {
         let dir = self.incoming(msgid);
         let mut files = Vec::with_capacity(envs.len() + 1);
         files.push(data);
@@ -146,6 +178,7 @@ impl Spool {
             files,
             from: dir,
             to: self.message_dir(msgid),
+            envs: envs.to_vec(),
         })
     }
 
@@ -157,6 +190,88 @@ impl Spool {
                 log::warn!("queue: cannot remove {}: {e}", dir.display());
             }
         }
+    }
+
+    fn envelope_path(&self, evpid: u64) -> PathBuf {
+        self.message_dir((evpid >> 32) as u32)
+            .join(format!("{evpid:016x}"))
+    }
+
+    /// Reads a committed envelope.
+    pub fn load_envelope(&self, evpid: u64) -> io::Result<Envelope> {
+        let data = fs::read(self.envelope_path(evpid))?;
+        Envelope::decode(&data).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    }
+
+    /// Rewrites a committed envelope (retry count, last error) atomically.
+    pub fn update_envelope(&self, env: &Envelope) -> io::Result<()> {
+        let path = self.envelope_path(env.evpid);
+        let tmp = path.with_extension("tmp");
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(env.encode().as_bytes())?;
+        f.sync_data()?;
+        fs::rename(&tmp, &path)
+    }
+
+    /// Opens a committed message for reading.
+    pub fn open_message(&self, msgid: u32) -> io::Result<File> {
+        File::open(self.message_dir(msgid).join("message"))
+    }
+
+    /// Removes a delivered (or bounced) envelope; the message goes with its last one.
+    /// Returns whether the message went too.
+    pub fn remove_envelope(&self, evpid: u64) -> io::Result<bool> {
+        let path = self.envelope_path(evpid);
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        let dir = self.message_dir((evpid >> 32) as u32);
+        let last = fs::read_dir(&dir)?.filter_map(Result::ok).all(|e| {
+            e.file_name() == "message" || e.file_name().to_string_lossy().ends_with(".tmp")
+        });
+        if last {
+            // Rename first, so a crash never leaves a message without its directory entry
+            // half-removed in queue/.
+            let purge = self
+                .root
+                .join("purge")
+                .join(dir.file_name().unwrap_or_default());
+            fs::rename(&dir, &purge)?;
+            fs::remove_dir_all(&purge)?;
+        }
+        Ok(last)
+    }
+
+    /// Moves a message whose envelope cannot be read to corrupt/.
+    pub fn quarantine_corrupt(&self, msgid: u32) -> io::Result<()> {
+        let dir = self.message_dir(msgid);
+        fs::rename(&dir, self.root.join("corrupt").join(format!("{msgid:08x}")))
+    }
+
+    /// Every committed envelope id with its message id, read from the directory tree
+    /// (no file content is read).
+    pub fn envelope_ids(&self) -> io::Result<Vec<u64>> {
+        let mut out = Vec::new();
+        for msgid in self.committed()? {
+            for ent in fs::read_dir(self.message_dir(msgid))? {
+                let name = ent?.file_name();
+                let Some(name) = name.to_str() else { continue };
+                if name.len() == 16 {
+                    if let Ok(id) = u64::from_str_radix(name, 16) {
+                        if (id >> 32) as u32 == msgid {
+                            out.push(id);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Every committed message id, for start-up and tests.
@@ -183,6 +298,7 @@ pub struct CommitJob {
     files: Vec<File>,
     from: PathBuf,
     to: PathBuf,
+    envs: Vec<Envelope>,
 }
 
 /// The outcome of a commit, returned to the loop with the caller's `key`.
@@ -194,6 +310,8 @@ pub struct CommitDone {
     pub msgid: u32,
     /// Success, or the error (the message was removed).
     pub result: io::Result<()>,
+    /// The envelopes committed, for the scheduler.
+    pub envs: Vec<Envelope>,
 }
 
 /// The sync thread's handle.
@@ -232,7 +350,10 @@ impl Committer {
 
     /// Takes the finished commits.
     pub fn take_done(&self) -> Vec<CommitDone> {
-        self.done.lock().map(|mut d| std::mem::take(&mut *d)).unwrap_or_default()
+        self.done
+            .lock()
+            .map(|mut d| std::mem::take(&mut *d))
+            .unwrap_or_default()
     }
 }
 
@@ -269,7 +390,10 @@ fn commit_batch(batch: Vec<((usize, u64), CommitJob)>) -> Vec<CommitDone> {
         .into_iter()
         .zip(results)
         .map(|((key, job), mut result)| {
-            if let Some((_, kind)) = bucket_err.iter().find(|(b, _)| Some(b.as_path()) == job.to.parent()) {
+            if let Some((_, kind)) = bucket_err
+                .iter()
+                .find(|(b, _)| Some(b.as_path()) == job.to.parent())
+            {
                 // The rename may not be durable: refuse the message and take it back.
                 result = Err(io::Error::from(*kind));
                 let _ = fs::remove_dir_all(&job.to);
@@ -281,6 +405,7 @@ fn commit_batch(batch: Vec<((usize, u64), CommitJob)>) -> Vec<CommitDone> {
                 key,
                 msgid: job.msgid,
                 result,
+                envs: job.envs,
             }
         })
         .collect()
@@ -297,13 +422,16 @@ mod tests {
         let (spool, cleaned) = Spool::open(&dir).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(cleaned, 0);
         let (id, mut f) = spool.create_message().unwrap_or_else(|e| panic!("{e}"));
-        f.write_all(b"Subject: x\n\nbody\n").unwrap_or_else(|e| panic!("{e}"));
+        f.write_all(b"Subject: x\n\nbody\n")
+            .unwrap_or_else(|e| panic!("{e}"));
         let env = Envelope {
             evpid: (u64::from(id) << 32) | 1,
             rcpt: "a@b".into(),
             ..Envelope::default()
         };
-        let job = spool.prepare_commit(id, f, &[env]).unwrap_or_else(|e| panic!("{e}"));
+        let job = spool
+            .prepare_commit(id, f, &[env])
+            .unwrap_or_else(|e| panic!("{e}"));
         let done = commit_batch(vec![((1, 2), job)]);
         assert!(done[0].result.is_ok());
         assert_eq!(spool.committed().ok(), Some(vec![id]));

@@ -272,7 +272,10 @@ fn parse_path(path: &str, null_ok: bool) -> Option<Mailbox> {
     let inner = if inner.starts_with('@') {
         let colon = inner.find(':')?;
         let route = &inner[..colon];
-        if !route.split(',').all(|h| h.len() > 1 && h.starts_with('@') && valid_domain(&h[1..])) {
+        if !route
+            .split(',')
+            .all(|h| h.len() > 1 && h.starts_with('@') && valid_domain(&h[1..]))
+        {
             return None;
         }
         &inner[colon + 1..]
@@ -329,7 +332,8 @@ pub fn valid_local(s: &str) -> bool {
         }
         return true;
     }
-    s.split('.').all(|atom| !atom.is_empty() && atom.bytes().all(is_atext))
+    s.split('.')
+        .all(|atom| !atom.is_empty() && atom.bytes().all(is_atext))
 }
 
 /// A domain name (letters, digits, hyphens, dots) or an address literal, at most 255.
@@ -346,7 +350,9 @@ pub fn valid_domain(s: &str) -> bool {
     s.split('.').all(|label| {
         !label.is_empty()
             && label.len() <= 63
-            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
             && !label.starts_with('-')
             && !label.ends_with('-')
     })
@@ -379,10 +385,12 @@ fn valid_xtext(s: &str) -> bool {
 }
 
 fn params(s: &str) -> impl Iterator<Item = (&str, Option<&str>)> {
-    s.split(' ').filter(|p| !p.is_empty()).map(|p| match p.find('=') {
-        Some(i) => (&p[..i], Some(&p[i + 1..])),
-        None => (p, None),
-    })
+    s.split(' ')
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.find('=') {
+            Some(i) => (&p[..i], Some(&p[i + 1..])),
+            None => (p, None),
+        })
 }
 
 fn bad(key: &str) -> ParseError {
@@ -491,8 +499,14 @@ mod tests {
 
     #[test]
     fn verbs() {
-        assert_eq!(Command::parse(b"ehlo client.example"), Ok(Command::Ehlo("client.example")));
-        assert_eq!(Command::parse(b"HELO [192.0.2.1]"), Ok(Command::Helo("[192.0.2.1]")));
+        assert_eq!(
+            Command::parse(b"ehlo client.example"),
+            Ok(Command::Ehlo("client.example"))
+        );
+        assert_eq!(
+            Command::parse(b"HELO [192.0.2.1]"),
+            Ok(Command::Helo("[192.0.2.1]"))
+        );
         assert_eq!(Command::parse(b"EHLO"), Err(ParseError::HeloSyntax));
         assert_eq!(Command::parse(b"EHLO  "), Err(ParseError::HeloSyntax));
         assert_eq!(Command::parse(b"DATA"), Ok(Command::Data));
@@ -537,12 +551,29 @@ mod tests {
             (b"MAIL FROM:<a@b..c>", ParseError::BadSender),
             (b"MAIL FROM:<a@-b.c>", ParseError::BadSender),
             (b"MAIL FROM:<a b@c.d>", ParseError::BadSender),
-            (b"MAIL FROM:<a@b.c> SMTPUTF8", ParseError::BadParam("SMTPUTF8".into())),
-            (b"MAIL FROM:<a@b.c> SIZE=x", ParseError::BadParam("SIZE".into())),
-            (b"MAIL FROM:<a@b.c> BODY=BINARYMIME", ParseError::BadParam("BODY".into())),
-            (b"MAIL FROM:<a@b.c> ENVID=a=b", ParseError::BadParam("ENVID".into())),
+            (
+                b"MAIL FROM:<a@b.c> SMTPUTF8",
+                ParseError::BadParam("SMTPUTF8".into()),
+            ),
+            (
+                b"MAIL FROM:<a@b.c> SIZE=x",
+                ParseError::BadParam("SIZE".into()),
+            ),
+            (
+                b"MAIL FROM:<a@b.c> BODY=BINARYMIME",
+                ParseError::BadParam("BODY".into()),
+            ),
+            (
+                b"MAIL FROM:<a@b.c> ENVID=a=b",
+                ParseError::BadParam("ENVID".into()),
+            ),
         ] {
-            assert_eq!(Command::parse(line), Err(err), "{}", String::from_utf8_lossy(line));
+            assert_eq!(
+                Command::parse(line),
+                Err(err),
+                "{}",
+                String::from_utf8_lossy(line)
+            );
         }
         let long = format!("MAIL FROM:<{}@b.c>", "a".repeat(65));
         assert_eq!(Command::parse(long.as_bytes()), Err(ParseError::BadSender));
@@ -559,7 +590,9 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(Command::parse(b"RCPT TO:<>"), Err(ParseError::BadRcpt));
-        assert!(matches!(Command::parse(b"RCPT TO:<Postmaster>"), Ok(Command::Rcpt(m, _)) if m.local == "postmaster"));
+        assert!(
+            matches!(Command::parse(b"RCPT TO:<Postmaster>"), Ok(Command::Rcpt(m, _)) if m.local == "postmaster")
+        );
         assert_eq!(
             Command::parse(b"RCPT TO:<u@d.e> NOTIFY=NEVER,DELAY"),
             Err(ParseError::BadParam("NOTIFY".into()))

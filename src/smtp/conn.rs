@@ -2,17 +2,18 @@
 //! buffer, the [`Session`] and the spool. The only SMTP code that does I/O.
 
 use super::reply::Reply;
-use super::session::{Action, DataLine, Policy, Session, State};
+use super::session::{Action, DataLine, Session, State};
 use crate::config::Config;
 use crate::linebuf::{Line, LineBuf};
 use crate::queue::envelope::Envelope;
 use crate::queue::spool::{is_no_space, Committer, Spool};
+use crate::ruleset::RulesetPolicy;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::IpAddr;
 use std::time::Instant;
 
-/// Size of each connection's input buffer.
+/// Size of each connection's input buffer, unless the line limits need more.
 const INBUF: usize = 16 * 1024;
 /// Message bytes gathered before one write(2).
 const MSG_CHUNK: usize = 64 * 1024;
@@ -58,8 +59,6 @@ pub struct Ctx<'a> {
     pub spool: &'a Spool,
     /// The sync thread.
     pub committer: &'a Committer,
-    /// The recipient policy.
-    pub policy: &'a mut dyn Policy,
     /// This connection's slab key.
     pub key: usize,
 }
@@ -74,11 +73,11 @@ struct MsgWriter {
 /// One client connection.
 pub struct Conn {
     /// The socket.
-    pub sock: mio::net::TcpStream,
+    pub sock: crate::stream::Stream,
     /// Generation, to tell this connection from an earlier one in the same slot.
     pub gen: u64,
-    /// The client's address (for per-address limits).
-    pub peer: IpAddr,
+    /// The client's address (for per-address limits); `None` on the local socket.
+    pub peer: Option<IpAddr>,
     /// When the session times out unless input arrives.
     pub deadline: Instant,
     session: Session,
@@ -95,18 +94,19 @@ pub struct Conn {
 
 /// Logs client bytes safely.
 fn esc(b: &[u8]) -> String {
-    b.escape_ascii().to_string().replace('"', "\\\"")
+    b.escape_ascii().to_string()
 }
 
 impl Conn {
     /// Wraps an accepted socket; the session's greeting is queued.
     pub fn new(
-        sock: mio::net::TcpStream,
+        sock: crate::stream::Stream,
         gen: u64,
-        peer: IpAddr,
+        peer: Option<IpAddr>,
         session: Session,
         actions: Vec<Action>,
         deadline: Instant,
+        max_line: usize,
     ) -> Conn {
         let mut c = Conn {
             sock,
@@ -114,7 +114,7 @@ impl Conn {
             peer,
             deadline,
             session,
-            inbuf: LineBuf::new(INBUF),
+            inbuf: LineBuf::new(INBUF.max(max_line + 2)),
             out: Vec::new(),
             out_pos: 0,
             msg: None,
@@ -164,7 +164,11 @@ impl Conn {
             if self.closing.is_some() {
                 return;
             }
-            if self.readable && !self.eof && self.session.wants_input() && self.out.len() - self.out_pos < OUT_HIGH {
+            if self.readable
+                && !self.eof
+                && self.session.wants_input()
+                && self.out.len() - self.out_pos < OUT_HIGH
+            {
                 match self.sock.read(self.inbuf.space()) {
                     Ok(0) => {
                         self.eof = true;
@@ -194,13 +198,17 @@ impl Conn {
         }
     }
 
-    /// Closes at once without a reply (EOF, socket error).
+    /// Closes without a reply of its own (EOF, socket error). Replies already queued
+    /// still go out on EOF: a client that half-closed after QUIT-less input reads them.
     fn abort(&mut self, ctx: &mut Ctx, reason: Reason) {
         if let Some(m) = self.msg.take() {
             ctx.spool.discard(m.id);
         }
-        self.out_pos = self.out.len();
+        if reason == Reason::Error {
+            self.out_pos = self.out.len();
+        }
         self.closing = Some(reason);
+        self.flush();
     }
 
     /// Ends the session with a final reply (timeout, shutdown).
@@ -217,49 +225,64 @@ impl Conn {
     /// Feeds buffered lines to the session; true if any was consumed.
     fn process(&mut self, ctx: &mut Ctx) -> bool {
         let mut progress = false;
-        while self.session.wants_input() && self.closing.is_none() && self.out.len() - self.out_pos < OUT_HIGH {
+        while self.session.wants_input()
+            && self.closing.is_none()
+            && self.out.len() - self.out_pos < OUT_HIGH
+        {
             if self.session.in_data() {
                 let max = ctx.cfg.smtp.max_text_line - 2;
                 match self.inbuf.next_line(max) {
                     Line::Partial => break,
                     Line::TooLong => self.session.on_data_too_long(),
-                    Line::Complete { bytes, bare } => match self.session.on_data_line(bytes, bare) {
-                        DataLine::Store(b) => {
-                            if let Some(m) = self.msg.as_mut() {
-                                if !m.failed {
-                                    m.buf.extend_from_slice(b);
-                                    m.buf.push(b'\n');
-                                    if m.buf.len() >= MSG_CHUNK {
-                                        write_chunk(m, &mut self.session);
+                    Line::Complete { bytes, bare } => {
+                        match self.session.on_data_line(bytes, bare) {
+                            DataLine::Store(b) => {
+                                if let Some(m) = self.msg.as_mut() {
+                                    if !m.failed {
+                                        m.buf.extend_from_slice(b);
+                                        m.buf.push(b'\n');
+                                        if m.buf.len() >= MSG_CHUNK {
+                                            write_chunk(m, &mut self.session);
+                                        }
                                     }
                                 }
                             }
+                            DataLine::Drop => {}
+                            DataLine::End => {
+                                let pipelined = self.inbuf.pending() > 0;
+                                self.session.on_data_end(pipelined, &mut self.actions);
+                                self.run_actions(ctx, Some(b"."));
+                            }
                         }
-                        DataLine::Drop => {}
-                        DataLine::End => {
-                            let pipelined = self.inbuf.pending() > 0;
-                            self.session.on_data_end(pipelined, &mut self.actions);
-                            self.run_actions(ctx, Some(b"."));
-                        }
-                    },
+                    }
                 }
             } else {
                 let max = ctx.cfg.smtp.max_command_line - 2;
                 match self.inbuf.next_line(max) {
                     Line::Partial => break,
                     Line::TooLong => {
-                        self.session.on_bad_line(Reply::LINE_TOO_LONG, &mut self.actions);
+                        self.session
+                            .on_bad_line(Reply::LINE_TOO_LONG, &mut self.actions);
                         self.run_actions(ctx, Some(b"(line too long)"));
                     }
                     Line::Complete { bytes, bare } => {
                         log::trace!(target: "smtpd::smtp", "{:016x} smtp <<< {}", self.session.id, esc(bytes));
                         if bare {
-                            self.session.on_bad_line(Reply::BARE_NEWLINE_COMMAND, &mut self.actions);
+                            self.session
+                                .on_bad_line(Reply::BARE_NEWLINE_COMMAND, &mut self.actions);
                         } else {
-                            self.session.on_line(bytes, ctx.policy, &mut self.actions);
+                            let mut policy = RulesetPolicy {
+                                cfg: ctx.cfg,
+                                spool_root: ctx.spool.root(),
+                            };
+                            self.session.on_line(bytes, &mut policy, &mut self.actions);
                         }
                         // The line is logged with failed replies; copy it only then.
-                        if self.actions.iter().any(|a| matches!(a, Action::Reply(r) if r.is_error())) {
+                        if self
+                            .actions
+                            .iter()
+                            .any(|a| matches!(a, Action::Reply(r) if r.is_error()))
+                        {
                             let line = bytes.to_vec();
                             self.run_actions(ctx, Some(&line));
                         } else {
@@ -308,7 +331,11 @@ impl Conn {
                         }
                         Err(e) => {
                             log::warn!("{:016x} smtp cannot create message: {e}", self.session.id);
-                            Err(if is_no_space(&e) { Reply::NO_STORAGE } else { Reply::LOCAL_ERROR })
+                            Err(if is_no_space(&e) {
+                                Reply::NO_STORAGE
+                            } else {
+                                Reply::LOCAL_ERROR
+                            })
                         }
                     };
                     let ok = r.is_ok();
@@ -342,7 +369,8 @@ impl Conn {
     /// Writes the envelopes and hands the message to the sync thread.
     fn commit(&mut self, ctx: &mut Ctx) {
         let Some(mut m) = self.msg.take() else {
-            self.session.on_committed(Err(Reply::LOCAL_ERROR), &mut self.actions);
+            self.session
+                .on_committed(Err(Reply::LOCAL_ERROR), &mut self.actions);
             return;
         };
         if !m.buf.is_empty() {
@@ -359,12 +387,17 @@ impl Conn {
             Ok(job) => {
                 if !ctx.committer.submit((ctx.key, self.gen), job) {
                     ctx.spool.discard(m.id);
-                    self.session.on_committed(Err(Reply::LOCAL_ERROR), &mut self.actions);
+                    self.session
+                        .on_committed(Err(Reply::LOCAL_ERROR), &mut self.actions);
                 }
             }
             Err(e) => {
                 ctx.spool.discard(m.id);
-                let r = if is_no_space(&e) { Reply::NO_STORAGE } else { Reply::LOCAL_ERROR };
+                let r = if is_no_space(&e) {
+                    Reply::NO_STORAGE
+                } else {
+                    Reply::LOCAL_ERROR
+                };
                 if !failed {
                     log::warn!("{:016x} smtp cannot write envelopes: {e}", self.session.id);
                 }
@@ -381,29 +414,27 @@ impl Conn {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         let client = self.session.client();
-        let mut used = Vec::with_capacity(tx.rcpts.len());
-        tx.rcpts
-            .iter()
-            .map(|r| {
-                // Envelope ids are unique within the message.
-                let mut evpid;
-                loop {
-                    evpid = (u64::from(msgid) << 32) | u64::from(crate::sys::random_u64() as u32);
-                    if evpid as u32 != 0 && !used.contains(&evpid) {
-                        break;
-                    }
-                }
-                used.push(evpid);
-                Envelope {
+        let mut out: Vec<Envelope> = Vec::with_capacity(tx.rcpts.len());
+        for r in &tx.rcpts {
+            for d in &r.deliveries {
+                let taken: Vec<u64> = out.iter().map(|e| e.evpid).collect();
+                let evpid = crate::queue::envelope::new_evpid(msgid, &taken);
+                out.push(Envelope {
                     evpid,
                     ctime,
                     sender: tx.sender.to_string(),
                     rcpt: r.addr.to_string(),
-                    dest: r.dest.clone(),
-                    action: cfg.actions.get(r.action).map(|a| a.name.clone()).unwrap_or_default(),
+                    dest: d.dest.encode(),
+                    action: cfg
+                        .actions
+                        .get(d.action)
+                        .map(|a| a.name.clone())
+                        .unwrap_or_default(),
                     tag: client.tag.clone().unwrap_or_default(),
                     helo: self.session.helo().to_string(),
-                    client: client.addr.map_or_else(|| "local".into(), |a| a.to_string()),
+                    client: client
+                        .addr
+                        .map_or_else(|| "local".into(), |a| a.to_string()),
                     hostname: client.server_name.clone(),
                     body_8bit: Session::is_8bit(tx),
                     dsn_notify: Session::notify_of(r),
@@ -415,9 +446,10 @@ impl Conn {
                     dsn_envid: tx.params.envid.clone().unwrap_or_default(),
                     dsn_orcpt: r.params.orcpt.clone().unwrap_or_default(),
                     ..Envelope::default()
-                }
-            })
-            .collect()
+                });
+            }
+        }
+        out
     }
 
     /// The sync thread finished this connection's commit.
@@ -437,8 +469,15 @@ impl Conn {
                 Ok(())
             }
             Err(e) => {
-                log::warn!("{:016x} smtp commit of {msgid:08x} failed: {e}", self.session.id);
-                Err(if is_no_space(&e) { Reply::NO_STORAGE } else { Reply::LOCAL_ERROR })
+                log::warn!(
+                    "{:016x} smtp commit of {msgid:08x} failed: {e}",
+                    self.session.id
+                );
+                Err(if is_no_space(&e) {
+                    Reply::NO_STORAGE
+                } else {
+                    Reply::LOCAL_ERROR
+                })
             }
         };
         self.session.on_committed(r, &mut self.actions);

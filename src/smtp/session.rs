@@ -16,7 +16,7 @@
 
 use super::command::{notify, Body, Command, MailParams, Mailbox, ParseError, RcptParams};
 use super::reply::Reply;
-use crate::config::ActionId;
+use crate::expand::Delivery;
 use std::net::IpAddr;
 
 /// What the glue must do, in order.
@@ -58,10 +58,8 @@ pub struct Rcpt {
     pub addr: Mailbox,
     /// RCPT parameters.
     pub params: RcptParams,
-    /// The action that will deliver it.
-    pub action: ActionId,
-    /// The resolved destination (user name or address).
-    pub dest: String,
+    /// What it expands to: one envelope each.
+    pub deliveries: Vec<Delivery>,
 }
 
 /// The open transaction.
@@ -113,8 +111,8 @@ pub struct MatchCtx<'a> {
 pub trait Policy {
     /// Whether the spool can take a message of `size` octets (SIZE= or 0).
     fn has_space(&mut self, size: u64) -> bool;
-    /// Matches the recipient against the ruleset and resolves it; a refusal is a reply.
-    fn resolve(&mut self, ctx: &MatchCtx, rcpt: &Mailbox) -> Result<(ActionId, String), Reply>;
+    /// Matches the recipient against the ruleset and expands it; a refusal is a reply.
+    fn resolve(&mut self, ctx: &MatchCtx, rcpt: &Mailbox) -> Result<Vec<Delivery>, Reply>;
 }
 
 /// Limits the session enforces (from `smtp ...`).
@@ -331,7 +329,10 @@ impl Session {
         }
         if !self.esmtp && params != MailParams::default() {
             // Parameters need EHLO (RFC 5321 §4.1.1.11).
-            return self.fail(ParseError::BadParam("parameters need EHLO".into()).reply(), out);
+            return self.fail(
+                ParseError::BadParam("parameters need EHLO".into()).reply(),
+                out,
+            );
         }
         if !policy.has_space(size) {
             return self.fail(Reply::NO_STORAGE, out);
@@ -362,7 +363,10 @@ impl Session {
             return self.fail(r, out);
         };
         if !self.esmtp && params != RcptParams::default() {
-            return self.fail(ParseError::BadParam("parameters need EHLO".into()).reply(), out);
+            return self.fail(
+                ParseError::BadParam("parameters need EHLO".into()).reply(),
+                out,
+            );
         }
         if tx.rcpts.len() >= self.limits.max_rcpt {
             // Not counted as an error: clients with long lists retry in a new transaction.
@@ -375,12 +379,11 @@ impl Session {
             sender: &tx.sender,
         };
         match policy.resolve(&ctx, &addr) {
-            Ok((action, dest)) => {
+            Ok(deliveries) => {
                 tx.rcpts.push(Rcpt {
                     addr,
                     params,
-                    action,
-                    dest,
+                    deliveries,
                 });
                 out.push(Action::Reply(Reply::RCPT_OK));
             }
@@ -572,11 +575,14 @@ mod tests {
         fn has_space(&mut self, _size: u64) -> bool {
             self.space
         }
-        fn resolve(&mut self, ctx: &MatchCtx, rcpt: &Mailbox) -> Result<(ActionId, String), Reply> {
+        fn resolve(&mut self, ctx: &MatchCtx, rcpt: &Mailbox) -> Result<Vec<Delivery>, Reply> {
             match (rcpt.local.as_str(), rcpt.domain.as_str()) {
                 (_, "elsewhere.example") if !ctx.client.local => Err(Reply::NO_RULE),
                 ("nobody", _) => Err(Reply::UNKNOWN_USER),
-                (u, _) => Ok((0, u.to_string())),
+                (u, _) => Ok(vec![Delivery {
+                    action: 0,
+                    dest: crate::expand::Dest::User(u.to_string()),
+                }]),
             }
         }
     }
@@ -676,11 +682,17 @@ mod tests {
     #[test]
     fn full_transaction() {
         let mut d = Dialog::new();
-        d.client("EHLO client.example").expect("250-mx.example.org Hello client.example [192.0.2.7]");
-        d.client("MAIL FROM:<a@example.org> SIZE=100").expect("250 2.1.0");
-        d.client("RCPT TO:<bob@example.org> NOTIFY=NEVER").expect("250 2.1.5");
+        d.client("EHLO client.example")
+            .expect("250-mx.example.org Hello client.example [192.0.2.7]");
+        d.client("MAIL FROM:<a@example.org> SIZE=100")
+            .expect("250 2.1.0");
+        d.client("RCPT TO:<bob@example.org> NOTIFY=NEVER")
+            .expect("250 2.1.5");
         d.client("DATA").expect("354 ");
-        d.client("Subject: hi").client("").client("..dot").client(".");
+        d.client("Subject: hi")
+            .client("")
+            .client("..dot")
+            .client(".");
         d.expect("250 2.0.0 0000abcd Message accepted");
         assert_eq!(d.stored, [&b"Subject: hi"[..], b"", b".dot"]);
         d.client("QUIT").expect("221 2.0.0").expect_close();
@@ -695,8 +707,19 @@ mod tests {
             r.render(&mut out);
         }
         let text = String::from_utf8_lossy(&out);
-        for ext in ["8BITMIME", "ENHANCEDSTATUSCODES", "SIZE 1000", "DSN", "PIPELINING", "HELP"] {
-            assert!(text.contains(&format!("250-{ext}\r\n")) || text.contains(&format!("250 {ext}\r\n")), "{ext}: {text}");
+        for ext in [
+            "8BITMIME",
+            "ENHANCEDSTATUSCODES",
+            "SIZE 1000",
+            "DSN",
+            "PIPELINING",
+            "HELP",
+        ] {
+            assert!(
+                text.contains(&format!("250-{ext}\r\n"))
+                    || text.contains(&format!("250 {ext}\r\n")),
+                "{ext}: {text}"
+            );
         }
     }
 
@@ -705,10 +728,12 @@ mod tests {
         let mut d = Dialog::new();
         d.client("MAIL FROM:<a@b.c>").expect("503 5.5.1");
         d.client("HELO c").expect("250 mx.example.org");
-        d.client("RCPT TO:<a@b.c>").expect("503 5.5.1 Error: need MAIL");
+        d.client("RCPT TO:<a@b.c>")
+            .expect("503 5.5.1 Error: need MAIL");
         d.client("DATA").expect("503 5.5.1 Error: need MAIL");
         d.client("MAIL FROM:<a@b.c>").expect("250");
-        d.client("MAIL FROM:<a@b.c>").expect("503 5.5.1 Error: nested");
+        d.client("MAIL FROM:<a@b.c>")
+            .expect("503 5.5.1 Error: nested");
         d.client("DATA").expect("503 5.5.1 Error: need RCPT");
         d.client("RSET").expect("250 2.0.0");
         d.client("RCPT TO:<a@b.c>").expect("503");
@@ -718,7 +743,8 @@ mod tests {
     fn helo_sessions_take_no_parameters() {
         let mut d = Dialog::new();
         d.client("HELO c").expect("250");
-        d.client("MAIL FROM:<a@b.c> BODY=8BITMIME").expect("555 5.5.4");
+        d.client("MAIL FROM:<a@b.c> BODY=8BITMIME")
+            .expect("555 5.5.4");
     }
 
     #[test]
@@ -726,7 +752,8 @@ mod tests {
         let mut d = Dialog::new();
         d.client("EHLO c").expect("250");
         d.client("MAIL FROM:<a@b.c>").expect("250");
-        d.client("RCPT TO:<x@elsewhere.example>").expect("550 5.7.1");
+        d.client("RCPT TO:<x@elsewhere.example>")
+            .expect("550 5.7.1");
         d.client("RCPT TO:<nobody@example.org>").expect("550 5.1.1");
     }
 
@@ -741,13 +768,19 @@ mod tests {
         }
         d.client("RCPT TO:<u@b.c>").expect("452 4.5.3");
         d.client("DATA").expect("354");
-        d.client(&"x".repeat(600)).client(&"y".repeat(600)).client(".");
+        d.client(&"x".repeat(600))
+            .client(&"y".repeat(600))
+            .client(".");
         d.expect("552 5.3.4");
         // max-mails 2: two accepted transactions, then 452.
         for _ in 0..2 {
             d.client("MAIL FROM:<a@b.c>").expect("250");
             d.client("RCPT TO:<u@b.c>").expect("250");
-            d.client("DATA").expect("354").client("hi").client(".").expect("250 2.0.0");
+            d.client("DATA")
+                .expect("354")
+                .client("hi")
+                .client(".")
+                .expect("250 2.0.0");
         }
         d.client("MAIL FROM:<a@b.c>").expect("452 4.5.3");
     }
@@ -758,7 +791,10 @@ mod tests {
         for _ in 0..9 {
             d.client("BOGUS").expect("500 5.5.2");
         }
-        d.client("BOGUS").expect("500 5.5.2").expect("421 4.7.0").expect_close();
+        d.client("BOGUS")
+            .expect("500 5.5.2")
+            .expect("421 4.7.0")
+            .expect_close();
     }
 
     #[test]

@@ -1,0 +1,488 @@
+//! Privilege separation: the parent process and its delivery children.
+//!
+//! ```text
+//! smtpd (parent, keeps root when started as root)
+//!   |-- engine (the mio loop, as _smtpd): network, queue, scheduler
+//!   `-- one child per local delivery, switched to the recipient's user
+//! ```
+//! The engine asks the parent for a delivery with a [`DeliverReq`] and the message's
+//! open descriptor (SCM_RIGHTS) over a `SOCK_SEQPACKET` pair; the parent forks a child
+//! that becomes the user before it touches a mailbox, and answers with a [`DeliverRes`].
+//! The engine never holds root, and a child never sees another user's data.
+
+use crate::mda::format::{expand_command, expand_path, FormatCtx};
+use crate::mda::{self, Outcome};
+use crate::sys;
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, Read, Seek};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::Path;
+use std::time::Duration;
+
+/// Largest message on the parent channel.
+pub const MAX_MSG: usize = 16 * 1024;
+/// How long an mda command may run.
+const MDA_TIMEOUT: Duration = Duration::from_secs(600);
+/// Exit codes of a delivery child.
+const EXIT_OK: i32 = 0;
+const EXIT_TEMP: i32 = 75;
+const EXIT_PERM: i32 = 69;
+
+/// How a local delivery is made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LocalKind {
+    /// Into a maildir (the action's path format, or `~/Maildir`).
+    Maildir {
+        /// Path format.
+        path: Option<String>,
+        /// Junk folder for `X-Spam: Yes`.
+        junk: bool,
+    },
+    /// Into the user's mbox under /var/mail.
+    Mbox,
+    /// Through the action's mda command format.
+    Mda(String),
+    /// Appended to a file named by an alias.
+    File(String),
+    /// Piped to a command named by an alias.
+    Pipe(String),
+}
+
+/// A delivery request from the engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliverReq {
+    /// Request id, echoed in the result.
+    pub id: u64,
+    /// How.
+    pub kind: LocalKind,
+    /// The account the delivery runs as.
+    pub user: String,
+    /// MAIL FROM, empty for `<>`.
+    pub sender: String,
+    /// The original RCPT TO.
+    pub rcpt: String,
+    /// The address being delivered, after expansion.
+    pub dest: String,
+    /// `smtp sub-addr-delim`.
+    pub subaddr_delim: char,
+}
+
+/// A delivery result from the parent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliverRes {
+    /// The request's id.
+    pub id: u64,
+    /// What happened.
+    pub outcome: Outcome,
+}
+
+fn put(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u32).to_be_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn bytes(&mut self, n: usize) -> Option<&[u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Some(a)
+    }
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_be_bytes(self.bytes(8)?.try_into().ok()?))
+    }
+    fn string(&mut self) -> Option<String> {
+        let n = u32::from_be_bytes(self.bytes(4)?.try_into().ok()?) as usize;
+        String::from_utf8(self.bytes(n)?.to_vec()).ok()
+    }
+}
+
+impl DeliverReq {
+    /// Wire form: `'D' id kind arg junk user sender rcpt dest delim`.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![b'D'];
+        out.extend_from_slice(&self.id.to_be_bytes());
+        let (kind, arg, junk) = match &self.kind {
+            LocalKind::Maildir { path, junk } => ("maildir", path.as_deref().unwrap_or(""), *junk),
+            LocalKind::Mbox => ("mbox", "", false),
+            LocalKind::Mda(c) => ("mda", c.as_str(), false),
+            LocalKind::File(p) => ("file", p.as_str(), false),
+            LocalKind::Pipe(c) => ("pipe", c.as_str(), false),
+        };
+        for s in [
+            kind,
+            arg,
+            if junk { "1" } else { "0" },
+            &self.user,
+            &self.sender,
+            &self.rcpt,
+            &self.dest,
+        ] {
+            put(&mut out, s);
+        }
+        put(&mut out, &self.subaddr_delim.to_string());
+        out
+    }
+
+    /// Parses the wire form.
+    pub fn decode(b: &[u8]) -> Option<DeliverReq> {
+        let (&t, rest) = b.split_first()?;
+        if t != b'D' {
+            return None;
+        }
+        let mut r = Reader(rest);
+        let id = r.u64()?;
+        let kind = r.string()?;
+        let arg = r.string()?;
+        let junk = r.string()? == "1";
+        let user = r.string()?;
+        let sender = r.string()?;
+        let rcpt = r.string()?;
+        let dest = r.string()?;
+        let subaddr_delim = r.string()?.chars().next()?;
+        if !r.0.is_empty() || user.is_empty() {
+            return None;
+        }
+        let kind = match kind.as_str() {
+            "maildir" => LocalKind::Maildir {
+                path: (!arg.is_empty()).then_some(arg),
+                junk,
+            },
+            "mbox" => LocalKind::Mbox,
+            "mda" => LocalKind::Mda(arg),
+            "file" => LocalKind::File(arg),
+            "pipe" => LocalKind::Pipe(arg),
+            _ => return None,
+        };
+        Some(DeliverReq {
+            id,
+            kind,
+            user,
+            sender,
+            rcpt,
+            dest,
+            subaddr_delim,
+        })
+    }
+}
+
+impl DeliverRes {
+    /// Wire form: `'R' id code text`.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![b'R'];
+        out.extend_from_slice(&self.id.to_be_bytes());
+        let (code, text) = match &self.outcome {
+            Outcome::Ok => ("ok", ""),
+            Outcome::TempFail(t) => ("temp", t.as_str()),
+            Outcome::PermFail(t) => ("perm", t.as_str()),
+        };
+        put(&mut out, code);
+        put(&mut out, text);
+        out
+    }
+
+    /// Parses the wire form.
+    pub fn decode(b: &[u8]) -> Option<DeliverRes> {
+        let (&t, rest) = b.split_first()?;
+        if t != b'R' {
+            return None;
+        }
+        let mut r = Reader(rest);
+        let id = r.u64()?;
+        let code = r.string()?;
+        let text = r.string()?;
+        let outcome = match code.as_str() {
+            "ok" => Outcome::Ok,
+            "temp" => Outcome::TempFail(text),
+            "perm" => Outcome::PermFail(text),
+            _ => return None,
+        };
+        Some(DeliverRes { id, outcome })
+    }
+}
+
+/// The environment of mda and pipe commands (OpenSMTPD's variable names).
+fn command_env(req: &DeliverReq, home: &str) -> Vec<(String, String)> {
+    let clean = |s: &str| -> String {
+        s.chars()
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect()
+    };
+    let (local, domain) = req.dest.rsplit_once('@').unwrap_or((req.dest.as_str(), ""));
+    let extension = local.split_once(req.subaddr_delim).map_or("", |(_, e)| e);
+    vec![
+        ("PATH".into(), "/usr/bin:/bin:/usr/sbin:/sbin".into()),
+        ("HOME".into(), clean(home)),
+        ("USER".into(), clean(&req.user)),
+        ("LOGNAME".into(), clean(&req.user)),
+        ("SHELL".into(), "/bin/sh".into()),
+        ("SENDER".into(), clean(&req.sender)),
+        ("RECIPIENT".into(), clean(&req.dest)),
+        ("ORIGINAL_RECIPIENT".into(), clean(&req.rcpt)),
+        ("LOCAL".into(), clean(local)),
+        ("DOMAIN".into(), clean(domain)),
+        ("EXTENSION".into(), clean(extension)),
+    ]
+}
+
+/// Where a user's mbox lives.
+pub fn mbox_path(user: &str) -> String {
+    format!("/var/mail/{user}")
+}
+
+/// Runs in the forked child: become the user, deliver, report.
+fn deliver_child(req: &DeliverReq, msg: OwnedFd) -> Outcome {
+    let Some(pw) = sys::getpwnam(&req.user) else {
+        return Outcome::PermFail(format!("unknown user {}", req.user));
+    };
+    if sys::geteuid() == 0 && req.kind == LocalKind::Mbox {
+        // /var/mail is not writable by users: create the mbox as root, owned by the user.
+        let path = mbox_path(&pw.name);
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+        {
+            Ok(_) => {
+                if let Err(e) = sys::lchown(Path::new(&path), pw.uid, pw.gid) {
+                    return Outcome::TempFail(format!("cannot chown {path}: {e}"));
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Outcome::TempFail(format!("cannot create {path}: {e}")),
+        }
+    }
+    sys::set_umask(0o077);
+    if let Err(e) = sys::drop_privileges(pw.uid, pw.gid) {
+        return Outcome::TempFail(format!("cannot switch to user {}: {e}", pw.name));
+    }
+    let _ = std::env::set_current_dir(&pw.dir);
+    let mut file = File::from(msg);
+    if let Err(e) = file.rewind() {
+        return Outcome::TempFail(format!("message: {e}"));
+    }
+    let ctx = FormatCtx {
+        sender: req.sender.clone(),
+        rcpt: req.rcpt.clone(),
+        dest: req.dest.clone(),
+        user: pw.name.clone(),
+        home: pw.dir.clone(),
+        subaddr_delim: req.subaddr_delim,
+    };
+    let msg: &mut dyn Read = &mut file;
+    match &req.kind {
+        LocalKind::Maildir { path, junk } => {
+            match expand_path(path.as_deref().unwrap_or("~/Maildir"), &ctx) {
+                Ok(p) => mda::maildir::deliver(Path::new(&p), *junk, msg),
+                Err(e) => Outcome::PermFail(format!("maildir path: {e}")),
+            }
+        }
+        LocalKind::Mbox => mda::mbox::deliver(Path::new(&mbox_path(&pw.name)), &req.sender, msg),
+        LocalKind::File(p) => mda::mbox::deliver(Path::new(p), &req.sender, msg),
+        LocalKind::Mda(fmt) => match expand_command(fmt, &ctx) {
+            Ok((script, args)) => {
+                mda::command::run(&script, &args, &command_env(req, &pw.dir), msg, MDA_TIMEOUT)
+            }
+            Err(e) => Outcome::PermFail(format!("mda command: {e}")),
+        },
+        LocalKind::Pipe(cmd) => {
+            mda::command::run(cmd, &[], &command_env(req, &pw.dir), msg, MDA_TIMEOUT)
+        }
+    }
+}
+
+/// Forks a delivery child; returns its pid and the read end of its result pipe.
+fn spawn_delivery(req: &DeliverReq, msg: OwnedFd) -> io::Result<(i32, File)> {
+    let (rd, wr) = std::io::pipe()?;
+    match sys::fork()? {
+        None => {
+            drop(rd);
+            sys::reset_signals();
+            let outcome = deliver_child(req, msg);
+            let res = DeliverRes {
+                id: req.id,
+                outcome,
+            };
+            let code = match res.outcome {
+                Outcome::Ok => EXIT_OK,
+                Outcome::TempFail(_) => EXIT_TEMP,
+                Outcome::PermFail(_) => EXIT_PERM,
+            };
+            let mut wr = wr;
+            let _ = std::io::Write::write_all(&mut wr, &res.encode());
+            drop(wr);
+            sys::exit_now(code);
+        }
+        Some(pid) => {
+            drop(wr);
+            Ok((pid, File::from(OwnedFd::from(rd))))
+        }
+    }
+}
+
+/// Reads a finished child's result, or makes one from its exit status.
+fn child_result(id: u64, mut pipe: File, status: i32) -> DeliverRes {
+    let mut buf = Vec::new();
+    let _ = (&mut pipe).take(MAX_MSG as u64).read_to_end(&mut buf);
+    if let Some(res) = DeliverRes::decode(&buf).filter(|r| r.id == id) {
+        return res;
+    }
+    let code = sys::exit_code(status);
+    DeliverRes {
+        id,
+        outcome: Outcome::TempFail(format!("delivery process ended with status {code}")),
+    }
+}
+
+/// The parent's loop: serves delivery requests until the engine exits; returns the
+/// engine's exit code.
+pub fn parent_loop(chan: OwnedFd, engine: i32) -> io::Result<i32> {
+    let sig = sys::signal_pipe()?;
+    let fd = chan.as_raw_fd();
+    let mut children: HashMap<i32, (u64, File)> = HashMap::new();
+    let mut buf = vec![0u8; MAX_MSG];
+    let mut signals = Vec::new();
+    let mut engine_status = None;
+    let mut fds = [
+        libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: sig,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    loop {
+        if let Some(code) = engine_status {
+            // Let deliveries in flight finish; their results have nowhere to go.
+            for (pid, _) in children.drain() {
+                log::debug!("parent: delivery child {pid} left running at exit");
+            }
+            return Ok(code);
+        }
+        sys::poll(&mut fds, -1)?;
+        if fds[1].revents != 0 {
+            sys::read_signals(sig, &mut signals);
+            for s in signals.drain(..) {
+                match s {
+                    libc::SIGTERM | libc::SIGINT | libc::SIGHUP => sys::kill(engine, s),
+                    _ => {}
+                }
+            }
+            while let Some((pid, status)) = sys::reap_child() {
+                if pid == engine {
+                    engine_status = Some(sys::exit_code(status));
+                } else if let Some((id, pipe)) = children.remove(&pid) {
+                    let res = child_result(id, pipe, status);
+                    if let Err(e) = sys::send_msg(fd, &res.encode(), None) {
+                        log::warn!("parent: cannot report delivery {id}: {e}");
+                    }
+                }
+            }
+        }
+        if fds[0].revents != 0 {
+            loop {
+                match sys::recv_msg(fd, &mut buf) {
+                    Ok((0, _)) => {
+                        // The engine is gone; its exit status follows with SIGCHLD.
+                        fds[0].fd = -1;
+                        break;
+                    }
+                    Ok((n, msgfd)) => handle_request(&buf[..n], msgfd, fd, &mut children),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        log::warn!("parent: engine channel: {e}");
+                        fds[0].fd = -1;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn handle_request(
+    msg: &[u8],
+    msgfd: Option<OwnedFd>,
+    chan: RawFd,
+    children: &mut HashMap<i32, (u64, File)>,
+) {
+    let (Some(req), Some(msgfd)) = (DeliverReq::decode(msg), msgfd) else {
+        log::warn!("parent: malformed request from the engine ignored");
+        return;
+    };
+    match spawn_delivery(&req, msgfd) {
+        Ok((pid, pipe)) => {
+            children.insert(pid, (req.id, pipe));
+        }
+        Err(e) => {
+            let res = DeliverRes {
+                id: req.id,
+                outcome: Outcome::TempFail(format!("cannot fork: {e}")),
+            };
+            let _ = sys::send_msg(chan, &res.encode(), None);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_and_result_round_trip() {
+        for kind in [
+            LocalKind::Maildir {
+                path: Some("~/Mail/%{rcpt.user}".into()),
+                junk: true,
+            },
+            LocalKind::Maildir {
+                path: None,
+                junk: false,
+            },
+            LocalKind::Mbox,
+            LocalKind::Mda("procmail -f %{sender}".into()),
+            LocalKind::File("/tmp/x".into()),
+            LocalKind::Pipe("cat".into()),
+        ] {
+            let r = DeliverReq {
+                id: 42,
+                kind,
+                user: "bob".into(),
+                sender: "a@b.c".into(),
+                rcpt: "bob+x@b.c".into(),
+                dest: "bob".into(),
+                subaddr_delim: '+',
+            };
+            assert_eq!(DeliverReq::decode(&r.encode()), Some(r));
+        }
+        let enc = DeliverReq {
+            id: 1,
+            kind: LocalKind::Mbox,
+            user: "u".into(),
+            sender: String::new(),
+            rcpt: String::new(),
+            dest: String::new(),
+            subaddr_delim: '+',
+        }
+        .encode();
+        assert_eq!(DeliverReq::decode(&enc[..enc.len() - 1]), None);
+        for o in [
+            Outcome::Ok,
+            Outcome::TempFail("t".into()),
+            Outcome::PermFail("p".into()),
+        ] {
+            let r = DeliverRes { id: 9, outcome: o };
+            assert_eq!(DeliverRes::decode(&r.encode()), Some(r));
+        }
+    }
+}

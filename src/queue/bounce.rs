@@ -1,0 +1,1215 @@
+//! Delivery status notifications (RFC 3464), also known as bounces.
+//!
+//! [`render`] builds a complete `multipart/report` message (RFC 6522) from facts the
+//! caller gathered: what happened to each recipient, the dates to print and the ids to
+//! use. Nothing here reads a clock or touches the spool; the only input read is the
+//! original message, from any [`BufRead`].
+//!
+//! The report has three parts:
+//!
+//! 1. a `text/plain` explanation for humans;
+//! 2. a `message/delivery-status` part for programs: a per-message block, then one
+//!    block per recipient;
+//! 3. the original message as `message/rfc822`, or only its header section as
+//!    `text/rfc822-headers` when the sender asked for headers (`RET=HDRS`) or the
+//!    message is larger than the caller's limit.
+//!
+//! Everything taken from the envelope comes from a remote client, so no value may end
+//! a header line: control characters become spaces in header fields, and in the
+//! delivery-status part (which must stay 7-bit) anything outside printable ASCII is
+//! written as a `+XX` escape (addresses) or a `?` (free text). Output lines end with a
+//! bare LF, like the spool.
+
+use std::io::{self, BufRead, Read};
+
+use super::envelope::Envelope;
+
+/// Longest value, in bytes, that a generated field or text line may carry. Longer
+/// values are cut, which keeps every generated line far below the 998-octet limit.
+const MAX_VALUE: usize = 900;
+
+/// Generated header lines are folded at spaces to stay within this width when possible.
+const FOLD_WIDTH: usize = 78;
+
+/// What a notification reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DsnKind {
+    /// Delivery failed for good; the message is given up on.
+    Failed,
+    /// Delivery has not succeeded yet and is still being retried.
+    Delayed,
+    /// Delivery succeeded (a NOTIFY=SUCCESS report).
+    Delivered,
+}
+
+impl DsnKind {
+    /// The value of the `Action:` field for this kind.
+    pub fn action(self) -> &'static str {
+        match self {
+            DsnKind::Failed => "failed",
+            DsnKind::Delayed => "delayed",
+            DsnKind::Delivered => "delivered",
+        }
+    }
+
+    /// The `Subject:` of a notification of this kind.
+    pub fn subject(self) -> &'static str {
+        match self {
+            DsnKind::Failed => "Undelivered Mail Returned to Sender",
+            DsnKind::Delayed => "Delayed Mail (still being retried)",
+            DsnKind::Delivered => "Successful Mail Delivery Report",
+        }
+    }
+
+    /// The status used when a recipient's own status is missing or malformed.
+    fn default_status(self) -> &'static str {
+        match self {
+            DsnKind::Failed => "5.0.0",
+            DsnKind::Delayed => "4.0.0",
+            DsnKind::Delivered => "2.0.0",
+        }
+    }
+}
+
+/// What to report about one recipient.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RcptReport {
+    /// The recipient as given in RCPT TO.
+    pub rcpt: String,
+    /// The DSN ORCPT parameter as received (`type;xtext`), or empty. It is printed
+    /// with its xtext decoded, as RFC 3461 section 6.3 asks.
+    pub orcpt: String,
+    /// Enhanced status code (RFC 3463), e.g. `5.1.1`; see [`status_of`].
+    pub status: String,
+    /// `type; text`, e.g. `smtp; 550 5.1.1 mailbox unknown`, or empty; see
+    /// [`diagnostic_of`]. A value without a type gets one.
+    pub diagnostic: String,
+    /// Date of the last delivery attempt (RFC 5322 format), or empty.
+    pub last_attempt: String,
+    /// For delayed reports: the date after which retries stop (RFC 5322 format).
+    pub will_retry_until: Option<String>,
+}
+
+impl RcptReport {
+    /// Builds the report for one envelope from its recipient, ORCPT and last error.
+    ///
+    /// `will_retry_until` is kept only for [`DsnKind::Delayed`].
+    pub fn from_envelope(
+        env: &Envelope,
+        kind: DsnKind,
+        last_attempt: &str,
+        will_retry_until: Option<&str>,
+    ) -> RcptReport {
+        let status = match kind {
+            DsnKind::Failed => status_of(&env.errorline, true),
+            DsnKind::Delayed => status_of(&env.errorline, false),
+            DsnKind::Delivered => {
+                let s = status_of(&env.errorline, false);
+                if s.starts_with('2') {
+                    s
+                } else {
+                    "2.0.0".to_string()
+                }
+            }
+        };
+        RcptReport {
+            rcpt: env.rcpt.clone(),
+            orcpt: env.dsn_orcpt.clone(),
+            status,
+            diagnostic: diagnostic_of(&env.errorline),
+            last_attempt: last_attempt.to_string(),
+            will_retry_until: match kind {
+                DsnKind::Delayed => will_retry_until.map(str::to_string),
+                _ => None,
+            },
+        }
+    }
+}
+
+/// Everything needed to write one notification.
+#[derive(Debug, Clone)]
+pub struct Dsn<'a> {
+    /// What is being reported.
+    pub kind: DsnKind,
+    /// Our host name, for `Reporting-MTA: dns; ...`.
+    pub reporting_mta: &'a str,
+    /// Domain of the `From: MAILER-DAEMON@...` address.
+    pub from_host: &'a str,
+    /// The original envelope sender, who receives the report. Must not be empty:
+    /// nothing is ever reported to the null sender.
+    pub to: &'a str,
+    /// The `Date:` of the report (RFC 5322 format).
+    pub date: &'a str,
+    /// The `Message-ID:` of the report, without angle brackets.
+    pub message_id: &'a str,
+    /// The MIME boundary to use. It is adjusted if it is unusable or if it occurs in
+    /// the content.
+    pub boundary: &'a str,
+    /// The DSN ENVID parameter as received (xtext), or empty.
+    pub envid: &'a str,
+    /// When the original message arrived (RFC 5322 format), or empty.
+    pub arrival_date: &'a str,
+    /// Return the whole message rather than its header section; see [`return_full`].
+    pub ret_full: bool,
+    /// The recipients reported on; at least one.
+    pub rcpts: &'a [RcptReport],
+}
+
+/// Whether a notification of `kind` should carry the whole original message, given
+/// the envelope's DSN RET value (`FULL`, `HDRS` or empty).
+///
+/// Only failures return the content, and only when the sender did not ask for headers.
+/// Delay and success reports carry the headers alone.
+pub fn return_full(kind: DsnKind, dsn_ret: &str) -> bool {
+    kind == DsnKind::Failed && !dsn_ret.eq_ignore_ascii_case("HDRS")
+}
+
+/// The enhanced status code (RFC 3463) for an error line.
+///
+/// `550 5.1.1 mailbox unknown` gives `5.1.1`, as does `550-5.1.1 ...` or
+/// `5.1.1 ...`. When the reply code and the enhanced code disagree on the class,
+/// the reply code wins (`550 4.2.2` gives `5.2.2`). A reply code without an enhanced
+/// code gives `X.0.0` for its class. A line with no code at all (a local error text)
+/// gives `5.0.0` when `permanent`, else `4.0.0`.
+pub fn status_of(errorline: &str, permanent: bool) -> String {
+    let line = errorline.trim_start();
+    let (basic, rest) = match reply_code(line) {
+        Some(class) => (Some(class), line[3..].trim_start_matches([' ', '\t', '-'])),
+        None => (None, line),
+    };
+    let token = rest.split_ascii_whitespace().next().unwrap_or("");
+    if let Some((class, subject, detail)) = parse_enhanced(token) {
+        let class = basic.unwrap_or(class);
+        return format!("{}.{subject}.{detail}", class as char);
+    }
+    match basic {
+        Some(class) => format!("{}.0.0", class as char),
+        None if permanent => "5.0.0".to_string(),
+        None => "4.0.0".to_string(),
+    }
+}
+
+/// The `Diagnostic-Code` value for an error line: `smtp; ...` for an SMTP reply,
+/// `x-unix; ...` for anything else (a local error), empty for an empty line.
+pub fn diagnostic_of(errorline: &str) -> String {
+    let line = errorline.trim();
+    if line.is_empty() {
+        String::new()
+    } else if reply_code(line).is_some() {
+        format!("smtp; {line}")
+    } else {
+        format!("x-unix; {line}")
+    }
+}
+
+/// Renders the notification described by `dsn` as a complete message with LF line
+/// ends.
+///
+/// `original` is the spooled message (LF line ends, dot-unstuffed). It is returned in
+/// full when `dsn.ret_full` is set and it is at most `max_body` bytes long; otherwise
+/// only its header section (up to the first empty line) is returned. When any part
+/// holds 8-bit data the result says `Content-Transfer-Encoding: 8bit`; the caller can
+/// check `is_ascii()` on the result to choose BODY=8BITMIME.
+///
+/// Fails with `InvalidInput` when `dsn.to` is empty or `dsn.rcpts` is, and with the
+/// reader's error when reading fails.
+pub fn render(dsn: &Dsn, original: &mut dyn BufRead, max_body: usize) -> io::Result<Vec<u8>> {
+    if dsn.to.trim().is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "no delivery report is sent to the null sender",
+        ));
+    }
+    if dsn.rcpts.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "a delivery report needs at least one recipient",
+        ));
+    }
+    let (returned, full) = read_original(original, dsn.ret_full, max_body)?;
+    let returned_mode = match (full, dsn.ret_full) {
+        (true, _) => Returned::Full,
+        (false, true) => Returned::HeadersTooLarge,
+        (false, false) => Returned::Headers,
+    };
+
+    let text = human_text(dsn, returned_mode);
+    let status = delivery_status(dsn);
+
+    let mut third_head = String::new();
+    if full {
+        push_field(&mut third_head, "Content-Type", "message/rfc822");
+        push_field(&mut third_head, "Content-Description", "Original message");
+    } else {
+        push_field(&mut third_head, "Content-Type", "text/rfc822-headers");
+        push_field(
+            &mut third_head,
+            "Content-Description",
+            "Original message headers",
+        );
+    }
+    if !returned.is_ascii() {
+        push_field(&mut third_head, "Content-Transfer-Encoding", "8bit");
+    }
+
+    let boundary = pick_boundary(
+        dsn.boundary,
+        &[text.as_bytes(), status.as_bytes(), &returned],
+    );
+
+    let mut head = String::new();
+    let from = format!(
+        "Mail Delivery System <MAILER-DAEMON@{}>",
+        clean_host(dsn.from_host)
+    );
+    push_field(&mut head, "From", &from);
+    push_field(&mut head, "To", &format!("<{}>", clean_text(dsn.to.trim())));
+    push_field(&mut head, "Subject", dsn.kind.subject());
+    push_field(&mut head, "Date", &clean_text(dsn.date));
+    push_field(
+        &mut head,
+        "Message-ID",
+        &format!("<{}>", clean_msgid(dsn.message_id)),
+    );
+    push_field(&mut head, "Auto-Submitted", "auto-replied");
+    push_field(&mut head, "MIME-Version", "1.0");
+    push_field(
+        &mut head,
+        "Content-Type",
+        &format!("multipart/report; report-type=delivery-status; boundary=\"{boundary}\""),
+    );
+    let eight_bit = !text.is_ascii() || !returned.is_ascii();
+    if eight_bit {
+        push_field(&mut head, "Content-Transfer-Encoding", "8bit");
+    }
+    head.push('\n');
+    head.push_str("This is a MIME-formatted delivery status notification.\n");
+
+    let mut out = Vec::with_capacity(head.len() + text.len() + status.len() + returned.len() + 512);
+    out.extend_from_slice(head.as_bytes());
+
+    // Part 1: for humans.
+    open_part(&mut out, &boundary);
+    let mut part = String::new();
+    let charset = if text.is_ascii() { "us-ascii" } else { "utf-8" };
+    push_field(
+        &mut part,
+        "Content-Type",
+        &format!("text/plain; charset={charset}"),
+    );
+    push_field(&mut part, "Content-Description", "Notification");
+    if !text.is_ascii() {
+        push_field(&mut part, "Content-Transfer-Encoding", "8bit");
+    }
+    part.push('\n');
+    part.push_str(&text);
+    out.extend_from_slice(part.as_bytes());
+
+    // Part 2: for programs.
+    open_part(&mut out, &boundary);
+    let mut part = String::new();
+    push_field(&mut part, "Content-Type", "message/delivery-status");
+    push_field(&mut part, "Content-Description", "Delivery report");
+    part.push('\n');
+    part.push_str(&status);
+    out.extend_from_slice(part.as_bytes());
+
+    // Part 3: what was sent.
+    open_part(&mut out, &boundary);
+    out.extend_from_slice(third_head.as_bytes());
+    out.push(b'\n');
+    out.extend_from_slice(&returned);
+    if returned.last().is_some_and(|&b| b != b'\n') {
+        out.push(b'\n');
+    }
+
+    // The line end before a delimiter belongs to the delimiter, hence the extra one.
+    out.extend_from_slice(format!("\n--{boundary}--\n").as_bytes());
+    Ok(out)
+}
+
+/// How much of the original is attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Returned {
+    /// The whole message.
+    Full,
+    /// The header section, because the sender asked for no more.
+    Headers,
+    /// The header section, because the message was too large to return.
+    HeadersTooLarge,
+}
+
+/// Reads what is to be returned of the original; the flag says whether it is all of it.
+fn read_original(
+    rd: &mut dyn BufRead,
+    want_full: bool,
+    max_body: usize,
+) -> io::Result<(Vec<u8>, bool)> {
+    let mut buf = Vec::new();
+    if want_full {
+        let limit = u64::try_from(max_body)
+            .unwrap_or(u64::MAX)
+            .saturating_add(1);
+        Read::take(&mut *rd, limit).read_to_end(&mut buf)?;
+        if buf.len() <= max_body {
+            return Ok((buf, true));
+        }
+    }
+    // Cut at the first empty line, reading more if it has not been seen yet.
+    let mut from = 0;
+    loop {
+        if let Some(end) = header_end(&buf, from) {
+            buf.truncate(end);
+            break;
+        }
+        from = buf.len().saturating_sub(1);
+        if rd.read_until(b'\n', &mut buf)? == 0 {
+            break;
+        }
+    }
+    Ok((buf, false))
+}
+
+/// Length of the header section in `buf` (last header line end included, empty line
+/// excluded), searching for the empty line from `from` on.
+fn header_end(buf: &[u8], from: usize) -> Option<usize> {
+    if buf.first() == Some(&b'\n') {
+        return Some(0);
+    }
+    memchr::memmem::find(buf.get(from..)?, b"\n\n").map(|p| from + p + 1)
+}
+
+/// The explanation for humans.
+fn human_text(dsn: &Dsn, returned: Returned) -> String {
+    let mut t = String::new();
+    t.push_str("This report was generated by the mail system at ");
+    t.push_str(&clean_host(dsn.reporting_mta));
+    t.push_str(".\n\n");
+    let intro = match dsn.kind {
+        DsnKind::Failed => {
+            "Your message could not be delivered to the recipients listed below.\n\
+             The mail system has given up and will make no further attempts.\n"
+        }
+        DsnKind::Delayed => {
+            "Your message has not reached the recipients listed below yet.\n\
+             Delivery is still being retried, so there is no need to send it again.\n\
+             You will get another report if the mail system finally gives up.\n"
+        }
+        DsnKind::Delivered => {
+            "Your message was delivered to the recipients listed below, as you\n\
+             asked to be told.\n"
+        }
+    };
+    t.push_str(intro);
+    for r in dsn.rcpts {
+        t.push('\n');
+        t.push_str("  <");
+        t.push_str(&clean_text(&r.rcpt));
+        t.push_str(">\n");
+        let diag = clean_text(strip_diag_type(r.diagnostic.trim()));
+        let status = status_or_default(&r.status, dsn.kind);
+        if diag.is_empty() {
+            t.push_str(&format!("      status {status}\n"));
+        } else {
+            t.push_str(&format!("      status {status}: {diag}\n"));
+        }
+        if dsn.kind == DsnKind::Delayed {
+            if let Some(until) = r
+                .will_retry_until
+                .as_deref()
+                .filter(|s| !s.trim().is_empty())
+            {
+                t.push_str(&format!(
+                    "      retries continue until {}\n",
+                    clean_text(until)
+                ));
+            }
+        }
+    }
+    t.push('\n');
+    t.push_str(match returned {
+        Returned::Full => "A machine-readable report follows, then a copy of your message.\n",
+        Returned::Headers => {
+            "A machine-readable report follows, then the headers of your message.\n"
+        }
+        Returned::HeadersTooLarge => {
+            "A machine-readable report follows, then the headers of your message;\n\
+             the message itself was too large to be sent back in full.\n"
+        }
+    });
+    t
+}
+
+/// The body of the `message/delivery-status` part.
+fn delivery_status(dsn: &Dsn) -> String {
+    let mut s = String::new();
+    push_field(
+        &mut s,
+        "Reporting-MTA",
+        &format!("dns; {}", clean_host(dsn.reporting_mta)),
+    );
+    if !dsn.envid.is_empty() {
+        push_field(
+            &mut s,
+            "Original-Envelope-Id",
+            &ds_escape(&xtext_decode(dsn.envid)),
+        );
+    }
+    if !dsn.arrival_date.trim().is_empty() {
+        push_field(&mut s, "Arrival-Date", &ds_text(dsn.arrival_date));
+    }
+    for r in dsn.rcpts {
+        s.push('\n');
+        if !r.orcpt.is_empty() {
+            let (kind, value) = match r.orcpt.split_once(';') {
+                Some((k, v)) if is_type_name(k.trim()) => (k.trim(), v),
+                _ => ("rfc822", r.orcpt.as_str()),
+            };
+            push_field(
+                &mut s,
+                "Original-Recipient",
+                &format!("{kind};{}", ds_escape(&xtext_decode(value.trim()))),
+            );
+        }
+        push_field(
+            &mut s,
+            "Final-Recipient",
+            &format!("rfc822; {}", ds_escape(r.rcpt.as_bytes())),
+        );
+        push_field(&mut s, "Action", dsn.kind.action());
+        push_field(&mut s, "Status", &status_or_default(&r.status, dsn.kind));
+        let diag = r.diagnostic.trim();
+        if !diag.is_empty() {
+            let diag = if has_diag_type(diag) {
+                diag.to_string()
+            } else {
+                diagnostic_of(diag)
+            };
+            push_field(&mut s, "Diagnostic-Code", &ds_text(&diag));
+        }
+        if !r.last_attempt.trim().is_empty() {
+            push_field(&mut s, "Last-Attempt-Date", &ds_text(&r.last_attempt));
+        }
+        if dsn.kind == DsnKind::Delayed {
+            if let Some(until) = r
+                .will_retry_until
+                .as_deref()
+                .filter(|s| !s.trim().is_empty())
+            {
+                push_field(&mut s, "Will-Retry-Until", &ds_text(until));
+            }
+        }
+    }
+    s
+}
+
+/// Starts a body part: the delimiter line, preceded by the line end it owns.
+fn open_part(out: &mut Vec<u8>, boundary: &str) {
+    out.extend_from_slice(format!("\n--{boundary}\n").as_bytes());
+}
+
+/// A boundary derived from `wanted` that starts no line of any part.
+fn pick_boundary(wanted: &str, parts: &[&[u8]]) -> String {
+    // RFC 2046 boundary characters, without the space, and room for a suffix.
+    let mut base: String = wanted
+        .chars()
+        .filter(|&c| c.is_ascii_alphanumeric() || "'()+_,-./:=?".contains(c))
+        .take(60)
+        .collect();
+    if base.is_empty() {
+        base.push_str("dsn-report-boundary");
+    }
+    let mut candidate = base.clone();
+    let mut n: u64 = 0;
+    while parts.iter().any(|p| starts_a_line(p, &candidate)) {
+        n += 1;
+        candidate = format!("{base}={n}");
+    }
+    candidate
+}
+
+/// Whether some line of `data` starts with `--boundary`.
+fn starts_a_line(data: &[u8], boundary: &str) -> bool {
+    let delim = format!("--{boundary}");
+    data.starts_with(delim.as_bytes())
+        || memchr::memmem::find(data, format!("\n{delim}").as_bytes()).is_some()
+}
+
+/// Appends `name: value` and a line end, folding at spaces when the line gets long.
+/// `value` must hold no control characters.
+fn push_field(out: &mut String, name: &str, value: &str) {
+    out.push_str(name);
+    out.push(':');
+    let mut col = name.len() + 1;
+    let mut first = true;
+    for word in value.split(' ') {
+        if first {
+            first = false;
+            out.push(' ');
+            col += 1;
+        } else if !word.is_empty() && col + 1 + word.len() > FOLD_WIDTH && col > name.len() + 2 {
+            out.push_str("\n ");
+            col = 1;
+        } else {
+            out.push(' ');
+            col += 1;
+        }
+        out.push_str(word);
+        col += word.len();
+    }
+    out.push('\n');
+}
+
+/// Cuts `s` to at most [`MAX_VALUE`] bytes, on a character boundary.
+fn cap(s: &str) -> &str {
+    if s.len() <= MAX_VALUE {
+        return s;
+    }
+    let mut end = MAX_VALUE;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Header-safe text: control characters and line separators become spaces, the
+/// ends are trimmed and the length is capped. UTF-8 is kept (RFC 6532).
+fn clean_text(s: &str) -> String {
+    let cleaned: String = s
+        .chars()
+        .map(|c| {
+            if c.is_control() || c == '\u{2028}' || c == '\u{2029}' {
+                ' '
+            } else {
+                c
+            }
+        })
+        .collect();
+    cap(cleaned.trim()).to_string()
+}
+
+/// A host name for generated fields: only characters a host name or address literal
+/// may hold.
+fn clean_host(s: &str) -> String {
+    let h: String = s
+        .chars()
+        .filter(|&c| c.is_ascii_alphanumeric() || ".-_:[]".contains(c))
+        .collect();
+    if h.is_empty() {
+        "localhost".to_string()
+    } else {
+        cap(&h).to_string()
+    }
+}
+
+/// A message id without brackets, spaces or controls.
+fn clean_msgid(s: &str) -> String {
+    let id: String = s
+        .chars()
+        .filter(|&c| c.is_ascii_graphic() && c != '<' && c != '>')
+        .collect();
+    cap(&id).to_string()
+}
+
+/// Free text for the delivery-status part: 7-bit, no controls.
+fn ds_text(s: &str) -> String {
+    let t: String = s
+        .chars()
+        .map(|c| match c {
+            ' '..='~' => c,
+            c if c.is_control() => ' ',
+            _ => '?',
+        })
+        .collect();
+    cap(t.trim()).to_string()
+}
+
+/// An address or id for the delivery-status part: bytes outside printable ASCII
+/// (space included) are written `+XX`.
+fn ds_escape(b: &[u8]) -> String {
+    let mut s = String::with_capacity(b.len());
+    for &c in b {
+        if (b' '..=b'~').contains(&c) {
+            s.push(c as char);
+        } else {
+            s.push_str(&format!("+{c:02X}"));
+        }
+    }
+    cap(s.trim()).to_string()
+}
+
+/// Decodes xtext (RFC 3461 section 4); a `+` not followed by two hex digits is kept.
+fn xtext_decode(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'+' {
+            let hex = b
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok());
+            if let Some(v) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    out
+}
+
+/// A 2xx-5xx reply code at the start of `line`, followed by a space, a dash or the
+/// end: returns its class digit.
+fn reply_code(line: &str) -> Option<u8> {
+    let b = line.as_bytes();
+    let ok = b.len() >= 3
+        && matches!(b[0], b'2'..=b'5')
+        && b[1].is_ascii_digit()
+        && b[2].is_ascii_digit()
+        && b.get(3).is_none_or(|c| matches!(c, b' ' | b'\t' | b'-'));
+    if ok {
+        b.first().copied()
+    } else {
+        None
+    }
+}
+
+/// Parses `class.subject.detail`, returning the class digit and the two numbers.
+fn parse_enhanced(token: &str) -> Option<(u8, u16, u16)> {
+    let mut it = token.split('.');
+    let class = it.next()?;
+    let subject = it.next()?;
+    let detail = it.next()?;
+    if it.next().is_some() {
+        return None;
+    }
+    let class = match class.as_bytes() {
+        [c @ (b'2' | b'4' | b'5')] => *c,
+        _ => return None,
+    };
+    let num = |s: &str| {
+        if (1..=3).contains(&s.len()) && s.bytes().all(|c| c.is_ascii_digit()) {
+            s.parse::<u16>().ok()
+        } else {
+            None
+        }
+    };
+    Some((class, num(subject)?, num(detail)?))
+}
+
+/// `status` if it is a well-formed enhanced code, else the default for `kind`.
+fn status_or_default(status: &str, kind: DsnKind) -> String {
+    match parse_enhanced(status.trim()) {
+        Some((class, subject, detail)) => format!("{}.{subject}.{detail}", class as char),
+        None => kind.default_status().to_string(),
+    }
+}
+
+/// Whether `s` is an address or diagnostic type name (`rfc822`, `smtp`, `x-unix`).
+fn is_type_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 32 && s.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
+}
+
+/// Whether a diagnostic already starts with `type;`.
+fn has_diag_type(diag: &str) -> bool {
+    diag.split_once(';')
+        .is_some_and(|(t, _)| is_type_name(t.trim()))
+}
+
+/// The text of a diagnostic without its `type;` prefix.
+fn strip_diag_type(diag: &str) -> &str {
+    match diag.split_once(';') {
+        Some((t, rest)) if is_type_name(t.trim()) => rest.trim_start(),
+        _ => diag,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+    use std::process::Command;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    const PYTHON: &str = "/usr/bin/python3";
+
+    const ORIGINAL: &str = "Received: from client.example.org (client.example.org [192.0.2.1])\n\
+        \tby mx.example.net with ESMTP id 1a2b3c4d\n\
+        From: Alice <alice@example.org>\n\
+        To: bob@example.net\n\
+        Subject: lunch on friday\n\
+        Message-ID: <m1@example.org>\n\
+        \n\
+        Shall we meet at noon?\n\
+        Faked-Header: this is body text\n\
+        \n\
+        -- \n\
+        Alice\n";
+
+    fn report(rcpt: &str, status: &str, diag: &str) -> RcptReport {
+        RcptReport {
+            rcpt: rcpt.to_string(),
+            orcpt: String::new(),
+            status: status.to_string(),
+            diagnostic: diag.to_string(),
+            last_attempt: "Tue, 14 Nov 2023 22:13:20 +0000".to_string(),
+            will_retry_until: None,
+        }
+    }
+
+    fn dsn<'a>(kind: DsnKind, rcpts: &'a [RcptReport], ret_full: bool) -> Dsn<'a> {
+        Dsn {
+            kind,
+            reporting_mta: "mx.example.net",
+            from_host: "mx.example.net",
+            to: "alice@example.org",
+            date: "Wed, 15 Nov 2023 10:00:00 +0000",
+            message_id: "dsn.1a2b3c4d@mx.example.net",
+            boundary: "1a2b3c4d/mx.example.net",
+            envid: "",
+            arrival_date: "Tue, 14 Nov 2023 22:13:20 +0000",
+            ret_full,
+            rcpts,
+        }
+    }
+
+    fn run(d: &Dsn, original: &str, max_body: usize) -> String {
+        let mut rd = original.as_bytes();
+        let out = render(d, &mut rd, max_body).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    /// Structure checks shared by every Python run; `blocks` holds the parsed
+    /// delivery-status blocks, `third` the third part.
+    const PRELUDE: &str = r#"
+import sys, email, email.policy
+raw = open(sys.argv[1], 'rb').read()
+assert b'\r' not in raw, 'CR in output'
+m = email.message_from_bytes(raw, policy=email.policy.default)
+assert m.is_multipart(), 'not multipart'
+assert m.get_content_type() == 'multipart/report', m.get_content_type()
+assert m.get_param('report-type') == 'delivery-status', m.get_param('report-type')
+assert m['Auto-Submitted'] == 'auto-replied'
+assert m['MIME-Version'] == '1.0'
+assert str(m['From']).endswith('<MAILER-DAEMON@mx.example.net>'), m['From']
+parts = m.get_payload()
+assert len(parts) == 3, len(parts)
+assert parts[0].get_content_type() == 'text/plain', parts[0].get_content_type()
+assert parts[1].get_content_type() == 'message/delivery-status', parts[1].get_content_type()
+blocks = parts[1].get_payload()
+assert len(blocks) >= 2, blocks
+assert blocks[0]['Reporting-MTA'].startswith('dns; mx.example.net'), blocks[0]['Reporting-MTA']
+for b in blocks[1:]:
+    assert b['Final-Recipient'].startswith('rfc822; '), b['Final-Recipient']
+    assert b['Action'] in ('failed', 'delayed', 'delivered'), b['Action']
+    assert len(b['Status'].split('.')) == 3, b['Status']
+third = parts[2]
+for p in m.walk():
+    assert not p.defects, (p.get_content_type(), p.defects)
+"#;
+
+    /// Parses `msg` with Python's email package and runs `checks` after [`PRELUDE`].
+    /// Skipped when Python is not installed.
+    fn python_check(msg: &str, checks: &str) {
+        if !Path::new(PYTHON).exists() {
+            eprintln!("{PYTHON} missing: skipping the MIME structure check");
+            return;
+        }
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "smtpd-bounce-test-{}-{}.eml",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::write(&path, msg).unwrap();
+        let script = format!("{PRELUDE}\n{checks}");
+        let res = Command::new(PYTHON)
+            .arg("-c")
+            .arg(&script)
+            .arg(&path)
+            .output()
+            .unwrap();
+        let _ = std::fs::remove_file(&path);
+        assert!(
+            res.status.success(),
+            "python check failed:\n{}\n--- message ---\n{msg}",
+            String::from_utf8_lossy(&res.stderr)
+        );
+    }
+
+    fn lines_ok(msg: &str) {
+        assert!(msg.ends_with('\n'));
+        for line in msg.lines() {
+            assert!(line.len() <= 998, "long line {line:?}");
+        }
+    }
+
+    #[test]
+    fn status_codes() {
+        assert_eq!(status_of("550 5.1.1 mailbox unknown", true), "5.1.1");
+        assert_eq!(status_of("550-5.1.1 mailbox unknown", true), "5.1.1");
+        assert_eq!(status_of("  452 4.2.2 over quota", true), "4.2.2");
+        assert_eq!(status_of("5.7.1 refused", false), "5.7.1");
+        assert_eq!(status_of("550 4.2.2 confused server", false), "5.2.2");
+        assert_eq!(status_of("550 5.01.010 padded", true), "5.1.10");
+        assert_eq!(status_of("554 no enhanced code", false), "5.0.0");
+        assert_eq!(status_of("421 closing", true), "4.0.0");
+        assert_eq!(status_of("250", true), "2.0.0");
+        assert_eq!(status_of("250 2.0.0 Ok", true), "2.0.0");
+        assert_eq!(status_of("mda exited with status 75", false), "4.0.0");
+        assert_eq!(status_of("mda exited with status 75", true), "5.0.0");
+        assert_eq!(status_of("", true), "5.0.0");
+        assert_eq!(status_of("", false), "4.0.0");
+        // Not codes.
+        assert_eq!(status_of("5500 5.1.1 x", true), "5.0.0");
+        assert_eq!(status_of("550 5.1 x", false), "5.0.0");
+        assert_eq!(status_of("550 3.1.1 x", false), "5.0.0");
+        assert_eq!(status_of("550 5.1.1234 x", false), "5.0.0");
+        assert_eq!(status_of("650 5.1.1 x", false), "4.0.0");
+    }
+
+    #[test]
+    fn diagnostics_and_helpers() {
+        assert_eq!(diagnostic_of(""), "");
+        assert_eq!(
+            diagnostic_of("550 5.1.1 mailbox unknown"),
+            "smtp; 550 5.1.1 mailbox unknown"
+        );
+        assert_eq!(diagnostic_of("no such user"), "x-unix; no such user");
+        assert!(return_full(DsnKind::Failed, "FULL"));
+        assert!(return_full(DsnKind::Failed, ""));
+        assert!(!return_full(DsnKind::Failed, "hdrs"));
+        assert!(!return_full(DsnKind::Delayed, "FULL"));
+        assert!(!return_full(DsnKind::Delivered, ""));
+        assert_eq!(xtext_decode("a+2Bb+3D+zz+4"), b"a+b=+zz+4");
+        assert_eq!(status_or_default("garbage", DsnKind::Delayed), "4.0.0");
+    }
+
+    #[test]
+    fn report_from_envelope() {
+        let env = Envelope {
+            rcpt: "bob@example.net".into(),
+            dsn_orcpt: "rfc822;bob+40example.net".into(),
+            errorline: "550 5.1.1 mailbox unknown".into(),
+            ..Envelope::default()
+        };
+        let r = RcptReport::from_envelope(&env, DsnKind::Failed, "d1", Some("d2"));
+        assert_eq!(r.status, "5.1.1");
+        assert_eq!(r.diagnostic, "smtp; 550 5.1.1 mailbox unknown");
+        assert_eq!(r.orcpt, "rfc822;bob+40example.net");
+        assert_eq!(r.will_retry_until, None);
+        let env = Envelope {
+            errorline: "connection timed out".into(),
+            ..env
+        };
+        let r = RcptReport::from_envelope(&env, DsnKind::Delayed, "d1", Some("d2"));
+        assert_eq!(r.status, "4.0.0");
+        assert_eq!(r.diagnostic, "x-unix; connection timed out");
+        assert_eq!(r.will_retry_until.as_deref(), Some("d2"));
+        let r = RcptReport::from_envelope(&env, DsnKind::Delivered, "d1", None);
+        assert_eq!(r.status, "2.0.0");
+    }
+
+    #[test]
+    fn failed_full() {
+        let mut r1 = report(
+            "bob@example.net",
+            "5.1.1",
+            "smtp; 550 5.1.1 <bob@example.net>: mailbox unknown",
+        );
+        r1.orcpt = "rfc822;Bob+2BTag@example.net".into();
+        let r2 = report("carol@example.net", "5.2.2", "452 4.2.2 over quota");
+        let rcpts = [r1, r2];
+        let mut d = dsn(DsnKind::Failed, &rcpts, true);
+        d.envid = "QQ+2B314159";
+        let msg = run(&d, ORIGINAL, 1 << 20);
+        lines_ok(&msg);
+        assert!(msg.starts_with("From: Mail Delivery System <MAILER-DAEMON@mx.example.net>\n"));
+        assert!(msg.contains("\nTo: <alice@example.org>\n"));
+        assert!(msg.contains("\nSubject: Undelivered Mail Returned to Sender\n"));
+        assert!(msg.contains("\nMessage-ID: <dsn.1a2b3c4d@mx.example.net>\n"));
+        assert!(msg.contains("\nOriginal-Envelope-Id: QQ+314159\n"));
+        assert!(msg.contains("\nOriginal-Recipient: rfc822;Bob+Tag@example.net\n"));
+        assert!(msg.contains("\nDiagnostic-Code: smtp; 452 4.2.2 over quota\n"));
+        assert!(msg.contains("\nShall we meet at noon?\n"));
+        assert!(msg.contains("  <carol@example.net>\n      status 5.2.2: 452 4.2.2 over quota\n"));
+        python_check(
+            &msg,
+            r#"
+assert m['Subject'] == 'Undelivered Mail Returned to Sender'
+assert m['To'].addresses[0].addr_spec == 'alice@example.org', m['To']
+assert blocks[0]['Original-Envelope-Id'] == 'QQ+314159'
+assert blocks[0]['Arrival-Date'] == 'Tue, 14 Nov 2023 22:13:20 +0000'
+assert len(blocks) == 3, len(blocks)
+b = blocks[1]
+assert b['Original-Recipient'] == 'rfc822;Bob+Tag@example.net', b['Original-Recipient']
+assert b['Final-Recipient'] == 'rfc822; bob@example.net'
+assert b['Action'] == 'failed'
+assert b['Status'] == '5.1.1'
+assert b['Diagnostic-Code'] == 'smtp; 550 5.1.1 <bob@example.net>: mailbox unknown', b['Diagnostic-Code']
+assert b['Last-Attempt-Date'] == 'Tue, 14 Nov 2023 22:13:20 +0000'
+assert b['Will-Retry-Until'] is None
+c = blocks[2]
+assert c['Final-Recipient'] == 'rfc822; carol@example.net'
+assert c['Original-Recipient'] is None
+assert c['Status'] == '5.2.2'
+assert third.get_content_type() == 'message/rfc822', third.get_content_type()
+inner = third.get_payload()[0]
+assert inner['Subject'] == 'lunch on friday'
+assert 'Shall we meet at noon?' in inner.get_content()
+text = parts[0].get_content()
+assert 'bob@example.net' in text and 'carol@example.net' in text
+"#,
+        );
+    }
+
+    #[test]
+    fn delayed_headers_only() {
+        let mut r = report("bob@example.net", "4.4.1", "x-unix; connection refused");
+        r.will_retry_until = Some("Fri, 17 Nov 2023 22:13:20 +0000".into());
+        let rcpts = [r];
+        let d = dsn(DsnKind::Delayed, &rcpts, false);
+        let msg = run(&d, ORIGINAL, 1 << 20);
+        lines_ok(&msg);
+        assert!(msg.contains("\nSubject: Delayed Mail (still being retried)\n"));
+        assert!(msg.contains("\nWill-Retry-Until: Fri, 17 Nov 2023 22:13:20 +0000\n"));
+        assert!(!msg.contains("Original-Envelope-Id"));
+        assert!(!msg.contains("noon"));
+        python_check(
+            &msg,
+            r#"
+assert m['Subject'] == 'Delayed Mail (still being retried)'
+assert len(blocks) == 2
+b = blocks[1]
+assert b['Action'] == 'delayed'
+assert b['Status'] == '4.4.1'
+assert b['Will-Retry-Until'] == 'Fri, 17 Nov 2023 22:13:20 +0000'
+assert b['Diagnostic-Code'] == 'x-unix; connection refused'
+assert third.get_content_type() == 'text/rfc822-headers', third.get_content_type()
+h = third.get_content()
+assert 'Subject: lunch on friday' in h
+assert 'noon' not in h and 'Faked-Header' not in h
+"#,
+        );
+    }
+
+    #[test]
+    fn delivered() {
+        let mut r = report("bob@example.net", "2.0.0", "");
+        r.will_retry_until = Some("ignored for this kind".into());
+        let rcpts = [r];
+        let d = dsn(DsnKind::Delivered, &rcpts, false);
+        let msg = run(&d, ORIGINAL, 1 << 20);
+        lines_ok(&msg);
+        assert!(!msg.contains("Will-Retry-Until"));
+        assert!(!msg.contains("Diagnostic-Code"));
+        python_check(
+            &msg,
+            r#"
+assert m['Subject'] == 'Successful Mail Delivery Report'
+b = blocks[1]
+assert b['Action'] == 'delivered'
+assert b['Status'] == '2.0.0'
+assert b['Diagnostic-Code'] is None
+assert third.get_content_type() == 'text/rfc822-headers'
+"#,
+        );
+    }
+
+    #[test]
+    fn header_injection() {
+        let mut r = report(
+            "bob@example.net\r\nX-Injected: 1",
+            "5.1.1\nX-Status: 9",
+            "smtp; 550 5.1.1 gone\r\nX-Diag: 2",
+        );
+        r.orcpt = "rfc822;bob+0D+0AX-Orcpt:+201".into();
+        r.last_attempt = "today\nX-Date: 3".into();
+        r.will_retry_until = Some("later\nX-Until: 4".into());
+        let rcpts = [r];
+        let mut d = dsn(DsnKind::Delayed, &rcpts, true);
+        d.to = "alice@example.org\nBcc: x@example.com";
+        d.envid = "id+0A+0AX-Envid:+201";
+        d.date = "now\r\nX-Top: 5";
+        d.message_id = "id@host>\nX-Msgid: 6";
+        d.from_host = "mx\n.example.net";
+        d.reporting_mta = "mx.example.net\nX-Mta: 7";
+        d.arrival_date = "then\n\nX-Arrival: 8";
+        let msg = run(&d, ORIGINAL, 1 << 20);
+        lines_ok(&msg);
+        for line in msg.lines() {
+            let l = line.to_ascii_lowercase();
+            assert!(
+                !l.starts_with("bcc:") && !l.starts_with("x-"),
+                "injected line {line:?}"
+            );
+        }
+        assert!(msg.contains("\nTo: <alice@example.org Bcc: x@example.com>\n"));
+        assert!(msg.contains("\nOriginal-Recipient: rfc822;bob+0D+0AX-Orcpt: 1\n"));
+        assert!(msg.contains("\nFinal-Recipient: rfc822; bob@example.net+0D+0AX-Injected: 1\n"));
+        // A malformed status falls back to the default for the kind.
+        assert!(msg.contains("\nStatus: 4.0.0\n"));
+        python_check(
+            &msg,
+            r#"
+assert m['Bcc'] is None
+assert m['X-Top'] is None and m['X-Msgid'] is None
+assert len(blocks) == 2, len(blocks)
+for b in blocks:
+    for k in b.keys():
+        assert not k.lower().startswith('x-'), k
+"#,
+        );
+    }
+
+    #[test]
+    fn hdrs_cuts_at_first_empty_line() {
+        let rcpts = [report("bob@example.net", "5.1.1", "")];
+        let d = dsn(DsnKind::Failed, &rcpts, false);
+        let msg = run(&d, ORIGINAL, 1 << 20);
+        let head_end = ORIGINAL.find("\n\n").unwrap() + 1;
+        let expected = format!(
+            "Content-Type: text/rfc822-headers\nContent-Description: Original message headers\n\n{}\n--",
+            &ORIGINAL[..head_end]
+        );
+        assert!(msg.contains(&expected), "{msg}");
+        assert!(!msg.contains("noon") && !msg.contains("Faked-Header"));
+
+        // The same cut through the reader directly, including its edge cases.
+        let cut = |s: &str, full: bool, max: usize| {
+            let mut rd = s.as_bytes();
+            let (v, all) = read_original(&mut rd, full, max).unwrap();
+            (String::from_utf8(v).unwrap(), all)
+        };
+        assert_eq!(
+            cut("A: 1\nB: 2\n\nbody\n", false, 100),
+            ("A: 1\nB: 2\n".into(), false)
+        );
+        assert_eq!(
+            cut("A: 1\nB: 2\n", false, 100),
+            ("A: 1\nB: 2\n".into(), false)
+        );
+        assert_eq!(cut("A: 1\nB: 2", false, 100), ("A: 1\nB: 2".into(), false));
+        assert_eq!(cut("\nbody\n", false, 100), (String::new(), false));
+        assert_eq!(cut("", false, 100), (String::new(), false));
+        // Over the limit: the blank line lies beyond what was read at first.
+        assert_eq!(
+            cut("A: 1\nB: 2\n\nbody\n", true, 3),
+            ("A: 1\nB: 2\n".into(), false)
+        );
+        assert_eq!(
+            cut("A: 1\nB: 2\n\nbody\n", true, 9),
+            ("A: 1\nB: 2\n".into(), false)
+        );
+        assert_eq!(
+            cut("A: 1\nB: 2\n\nbody\n", true, 10),
+            ("A: 1\nB: 2\n".into(), false)
+        );
+        assert_eq!(
+            cut("A: 1\nB: 2\n\nbody\n", true, 11),
+            ("A: 1\nB: 2\n".into(), false)
+        );
+        assert_eq!(
+            cut("A: 1\nB: 2\n\nbody\n", true, 15),
+            ("A: 1\nB: 2\n".into(), false)
+        );
+        assert_eq!(
+            cut("A: 1\nB: 2\n\nbody\n", true, 16),
+            ("A: 1\nB: 2\n\nbody\n".into(), true)
+        );
+    }
+
+    #[test]
+    fn max_body_fallback() {
+        let rcpts = [report("bob@example.net", "5.1.1", "smtp; 550 5.1.1 gone")];
+        let d = dsn(DsnKind::Failed, &rcpts, true);
+
+        let msg = run(&d, ORIGINAL, ORIGINAL.len());
+        assert!(msg.contains("Content-Type: message/rfc822\n"));
+        assert!(msg.contains("noon"));
+
+        let msg = run(&d, ORIGINAL, ORIGINAL.len() - 1);
+        lines_ok(&msg);
+        assert!(msg.contains("Content-Type: text/rfc822-headers\n"));
+        assert!(msg.contains("too large"));
+        assert!(!msg.contains("noon"));
+        python_check(
+            &msg,
+            r#"
+assert third.get_content_type() == 'text/rfc822-headers'
+h = third.get_content()
+assert 'Message-ID: <m1@example.org>' in h and 'noon' not in h
+assert 'too large' in parts[0].get_content()
+"#,
+        );
+
+        let msg = run(&d, ORIGINAL, 0);
+        assert!(msg.contains("Content-Type: text/rfc822-headers\n"));
+        assert!(msg.contains("Subject: lunch on friday\n"));
+    }
+
+    #[test]
+    fn boundary_collision_and_8bit() {
+        let original = "Received: from x by y\nSubject: caf\u{e9}\n\n--b\n--b=1 also\nend\n";
+        let rcpts = [report("j\u{f6}rg@example.net", "5.1.1", "")];
+        let mut d = dsn(DsnKind::Failed, &rcpts, true);
+        d.boundary = "b";
+        let msg = run(&d, original, 1 << 20);
+        assert!(msg.contains("boundary=\"b=2\""), "{msg}");
+        assert!(msg.contains("\nContent-Transfer-Encoding: 8bit\n"));
+        assert!(msg.contains("\nFinal-Recipient: rfc822; j+C3+B6rg@example.net\n"));
+        assert!(msg.contains("text/plain; charset=utf-8"));
+        python_check(
+            &msg,
+            r#"
+assert third.get_content_type() == 'message/rfc822'
+body = third.get_payload()[0].get_payload()
+assert '--b\n--b=1 also\nend' in body, repr(body)
+"#,
+        );
+
+        // An unusable boundary is replaced.
+        let rcpts = [report("bob@example.net", "5.1.1", "")];
+        let mut d = dsn(DsnKind::Failed, &rcpts, false);
+        d.boundary = "\"\n";
+        let msg = run(&d, ORIGINAL, 1 << 20);
+        assert!(msg.contains("boundary=\"dsn-report-boundary\""));
+        assert!(msg.is_ascii());
+        assert!(!msg.contains("Content-Transfer-Encoding"));
+    }
+
+    #[test]
+    fn long_values_are_folded() {
+        let long = format!("smtp; 550 5.7.1 {}", "policy rejection text ".repeat(60));
+        let rcpts = [report("bob@example.net", "5.7.1", &long)];
+        let d = dsn(DsnKind::Failed, &rcpts, false);
+        let msg = run(&d, ORIGINAL, 1 << 20);
+        lines_ok(&msg);
+        let ds_start = msg.find("Content-Type: message/delivery-status").unwrap();
+        let ds_end = msg[ds_start..].find("\n--").unwrap() + ds_start;
+        for line in msg[ds_start..ds_end].lines() {
+            assert!(line.len() <= FOLD_WIDTH, "{line:?}");
+        }
+        python_check(
+            &msg,
+            r#"
+d = blocks[1]['Diagnostic-Code']
+assert d.startswith('smtp; 550 5.7.1 policy rejection text'), d
+"#,
+        );
+    }
+
+    #[test]
+    fn refuses_null_sender_and_no_recipients() {
+        let rcpts = [report("bob@example.net", "5.1.1", "")];
+        let mut d = dsn(DsnKind::Failed, &rcpts, true);
+        d.to = "";
+        let err = render(&d, &mut ORIGINAL.as_bytes(), 1 << 20).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        let d = dsn(DsnKind::Failed, &[], true);
+        let err = render(&d, &mut ORIGINAL.as_bytes(), 1 << 20).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+    }
+}
