@@ -7,6 +7,8 @@
 use crate::config::{Action, Config, Method};
 use crate::expand::{expand, Dest};
 use crate::mda::Outcome;
+use crate::mta::client::Proto;
+use crate::mta::conn::Target;
 use crate::privsep::{DeliverReq, DeliverRes, LocalKind, MAX_MSG};
 use crate::queue::bounce::{self, Dsn, DsnKind, RcptReport};
 use crate::queue::envelope::{new_evpid, Envelope};
@@ -58,6 +60,21 @@ pub struct Queue {
     next_req: u64,
     /// Messages made by the daemon (bounces), waiting to be committed.
     pub jobs: Vec<CommitJob>,
+    /// Deliveries for an SMTP/LMTP client, waiting to be connected by the loop.
+    pub mta_jobs: Vec<MtaJob>,
+}
+
+/// An envelope to hand to an outgoing SMTP or LMTP session.
+#[derive(Debug)]
+pub struct MtaJob {
+    /// Where to connect.
+    pub target: Target,
+    /// SMTP or LMTP.
+    pub proto: Proto,
+    /// The address given in RCPT TO.
+    pub rcpt: String,
+    /// The envelope.
+    pub env: Envelope,
 }
 
 fn now_secs() -> u64 {
@@ -84,6 +101,7 @@ impl Queue {
             inflight: HashMap::new(),
             next_req: 1,
             jobs: Vec::new(),
+            mta_jobs: Vec::new(),
         }
     }
 
@@ -228,13 +246,26 @@ impl Queue {
                     now,
                 );
             }
-            (Dest::User(_), Method::Lmtp { .. })
-            | (Dest::Relay(_), _)
-            | (Dest::User(_), Method::Relay { .. }) => {
+            (Dest::User(u), Method::Lmtp { dest, rcpt_to }) => {
+                let rcpt = if *rcpt_to {
+                    env.rcpt.clone()
+                } else {
+                    u.clone()
+                };
+                let dest = dest.clone();
+                return self.mta_job(cfg, env, &dest, 24, Proto::Lmtp, rcpt, now);
+            }
+            (Dest::Relay(addr), Method::Relay { host: Some(h) }) => {
+                let (rcpt, h) = (addr.clone(), h.clone());
+                return self.mta_job(cfg, env, &h, 25, Proto::Smtp, rcpt, now);
+            }
+            (Dest::Relay(_), _) | (Dest::User(_), Method::Relay { .. }) => {
                 return self.finish(
                     cfg,
                     env,
-                    Outcome::TempFail("no agent for this destination in this version".into()),
+                    Outcome::TempFail(
+                        "relaying needs 'relay host': MX lookups are not available".into(),
+                    ),
                     now,
                 );
             }
@@ -260,11 +291,18 @@ impl Queue {
         };
         let id = self.next_req;
         self.next_req += 1;
-        let dest_addr = match &dest {
-            Dest::User(u) => match env.rcpt.rsplit_once('@') {
-                Some((_, d)) => format!("{u}@{d}"),
-                None => u.clone(),
-            },
+        // The address delivered: the recipient itself when it names this user (so a
+        // sub-address survives), else the user at the recipient's domain.
+        let dest_addr = match (&dest, env.rcpt.rsplit_once('@')) {
+            (Dest::User(u), Some((l, d))) => {
+                let base = crate::ruleset::strip_subaddress(l, cfg.smtp.sub_addr_delim);
+                if base.eq_ignore_ascii_case(u) {
+                    env.rcpt.clone()
+                } else {
+                    format!("{u}@{d}")
+                }
+            }
+            (Dest::User(u), None) => u.clone(),
             _ => env.rcpt.clone(),
         };
         let req = DeliverReq {
@@ -285,6 +323,33 @@ impl Queue {
             );
         }
         self.inflight.insert(id, env);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn mta_job(
+        &mut self,
+        cfg: &Config,
+        env: Envelope,
+        dest: &str,
+        port: u16,
+        proto: Proto,
+        rcpt: String,
+        now: u64,
+    ) {
+        match Target::parse(dest, port) {
+            Ok((target, p)) => self.mta_jobs.push(MtaJob {
+                target,
+                proto: p.unwrap_or(proto),
+                rcpt,
+                env,
+            }),
+            Err(e) => self.finish(
+                cfg,
+                env,
+                Outcome::PermFail(format!("destination {dest:?}: {e}")),
+                now,
+            ),
+        }
     }
 
     /// Reads results from the parent.

@@ -6,7 +6,10 @@
 
 use crate::config::Config;
 use crate::control::{self, Agent, Command as Ctl, Target};
-use crate::delivery::Queue;
+use crate::delivery::{MtaJob, Queue};
+use crate::mda::Outcome;
+use crate::mta::client::Client as MtaClient;
+use crate::mta::conn::MtaConn;
 use crate::queue::spool::{Committer, Spool};
 use crate::smtp::conn::{Conn, Ctx, Reason};
 use crate::smtp::reply::Reply;
@@ -49,7 +52,11 @@ enum Entry {
     Listener { sock: TcpListener, idx: usize },
     Smtp(Box<Conn>),
     Control(Box<ControlConn>),
+    Mta(Box<MtaConn>),
 }
+
+/// Idle time after which an outgoing session is given up.
+const MTA_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The daemon's engine.
 pub struct Server {
@@ -174,6 +181,7 @@ impl Server {
             if self.stopping.is_none() {
                 self.queue.run(&self.cfg);
                 self.submit_internal();
+                self.start_mta_jobs(now);
             }
             let mut timeout = self
                 .timers
@@ -306,7 +314,72 @@ impl Server {
                 }
             }
             Some(Entry::Control(_)) => self.control_io(key, now),
+            Some(Entry::Mta(conn)) => {
+                conn.pump(now, MTA_TIMEOUT);
+                if conn.finished() {
+                    self.finish_mta(key);
+                }
+            }
             None => {}
+        }
+    }
+
+    /// Opens outgoing sessions for the envelopes the queue handed over.
+    fn start_mta_jobs(&mut self, now: Instant) {
+        for job in std::mem::take(&mut self.queue.mta_jobs) {
+            let MtaJob {
+                target,
+                proto,
+                rcpt,
+                env,
+            } = job;
+            let started = self
+                .spool
+                .open_message(env.msgid())
+                .and_then(|f| Ok((f, target.connect()?)));
+            let (file, mut sock) = match started {
+                Ok(x) => x,
+                Err(e) => {
+                    let why = format!("cannot connect to {target:?}: {e}");
+                    self.queue
+                        .finish(&self.cfg, env, Outcome::TempFail(why), unix_now());
+                    continue;
+                }
+            };
+            let client = MtaClient::new(proto, &self.cfg.hostname, &env.sender, vec![rcpt]);
+            let gen = self.next_gen;
+            self.next_gen += 1;
+            let deadline = now + MTA_TIMEOUT;
+            let key = self.slab.vacant_key();
+            if let Err(e) = self.poll.registry().register(
+                &mut sock,
+                Token(key + FIRST_SLOT),
+                Interest::READABLE | Interest::WRITABLE,
+            ) {
+                self.queue.finish(
+                    &self.cfg,
+                    env,
+                    Outcome::TempFail(format!("cannot register: {e}")),
+                    unix_now(),
+                );
+                continue;
+            }
+            let conn = MtaConn::new(sock, gen, deadline, client, file, vec![env]);
+            self.slab.insert(Entry::Mta(Box::new(conn)));
+            self.timers.push(Reverse((deadline, key, gen)));
+        }
+    }
+
+    /// Applies the outcomes of a finished outgoing session and drops it.
+    fn finish_mta(&mut self, key: usize) {
+        let Some(Entry::Mta(mut conn)) = self.slab.try_remove(key) else {
+            return;
+        };
+        let _ = self.poll.registry().deregister(&mut conn.sock);
+        let outcomes = conn.outcomes();
+        let now = unix_now();
+        for (env, outcome) in std::mem::take(&mut conn.envs).into_iter().zip(outcomes) {
+            self.queue.finish(&self.cfg, env, outcome, now);
         }
     }
 
@@ -847,6 +920,12 @@ impl Server {
             }
         }
     }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// IPv4-mapped IPv6 addresses are shown and counted as IPv4.

@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod client;
 pub mod config;
 pub mod control;
 pub mod delivery;
@@ -14,10 +15,12 @@ pub mod expand;
 pub mod linebuf;
 pub mod logger;
 pub mod mda;
+pub mod mta;
 pub mod privsep;
 pub mod queue;
 pub mod ruleset;
 pub mod smtp;
 pub mod stream;
+pub mod submit;
 pub mod sys;
 pub mod table;

@@ -1,5 +1,6 @@
 //! smtpd: flags, start-up and the choice of configuration. No logic lives here.
 
+use smtpd::client;
 use smtpd::config::{self, Config};
 use smtpd::event_loop::{bind_control, bind_listeners, Server};
 use smtpd::queue::spool::Spool;
@@ -24,6 +25,20 @@ fn main() -> ExitCode {
         .first()
         .and_then(|a| Path::new(a).file_name())
         .map_or("smtpd".to_string(), |n| n.to_string_lossy().into_owned());
+    // One binary, several personalities, chosen by name (or `smtpd ctl|sendmail ...`).
+    let code = match (prog.as_str(), args.get(1).map(String::as_str)) {
+        ("smtpctl", _) => Some(client::smtpctl(&prog, &args[1..])),
+        ("mailq", _) => Some(client::smtpctl(&prog, &["show".into(), "queue".into()])),
+        ("sendmail" | "send-mail", _) => Some(client::sendmail(&prog, &args[1..])),
+        ("newaliases", _) => Some(client::newaliases(&prog, &args[1..])),
+        (_, Some("ctl")) => Some(client::smtpctl("smtpctl", &args[2..])),
+        (_, Some("sendmail")) => Some(client::sendmail("sendmail", &args[2..])),
+        (_, Some("newaliases")) => Some(client::newaliases("newaliases", &args[2..])),
+        _ => None,
+    };
+    if let Some(code) = code {
+        return ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
     let mut opts = getopts::Options::new();
     opts.optflag("d", "", "stay in the foreground and log to stderr");
     opts.optflag("F", "", "stay in the foreground and log to syslog");
@@ -145,6 +160,13 @@ fn start(cfg: Config, foreground: bool) -> std::io::Result<()> {
             ))
         })?;
         spool.chown_tree(pw.uid, pw.gid)?;
+        // offline/ is writable by the group of a setgid sendmail, when it exists.
+        if let Some(gid) = smtpd::sys::getgrnam(config::OFFLINE_GROUP) {
+            use std::os::unix::fs::PermissionsExt;
+            let offline = spool.root().join("offline");
+            smtpd::sys::lchown(&offline, 0, gid)?;
+            std::fs::set_permissions(&offline, std::fs::Permissions::from_mode(0o1770))?;
+        }
         Some(pw)
     } else {
         None
@@ -176,6 +198,11 @@ fn start(cfg: Config, foreground: bool) -> std::io::Result<()> {
             drop(listeners);
             drop(control);
             drop(engine_end);
+            let socket = smtpd::control::socket_path(spool.root());
+            let n = smtpd::submit::flush_offline(&spool, &socket);
+            if n > 0 {
+                log::info!("offline: {n} message(s) submitted");
+            }
             let code = smtpd::privsep::parent_loop(parent_end, engine)?;
             let _ = std::fs::remove_file(smtpd::control::socket_path(&cfg.queue.path));
             if code != 0 {

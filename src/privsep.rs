@@ -206,30 +206,6 @@ impl DeliverRes {
     }
 }
 
-/// The environment of mda and pipe commands (OpenSMTPD's variable names).
-fn command_env(req: &DeliverReq, home: &str) -> Vec<(String, String)> {
-    let clean = |s: &str| -> String {
-        s.chars()
-            .map(|c| if c.is_control() { '?' } else { c })
-            .collect()
-    };
-    let (local, domain) = req.dest.rsplit_once('@').unwrap_or((req.dest.as_str(), ""));
-    let extension = local.split_once(req.subaddr_delim).map_or("", |(_, e)| e);
-    vec![
-        ("PATH".into(), "/usr/bin:/bin:/usr/sbin:/sbin".into()),
-        ("HOME".into(), clean(home)),
-        ("USER".into(), clean(&req.user)),
-        ("LOGNAME".into(), clean(&req.user)),
-        ("SHELL".into(), "/bin/sh".into()),
-        ("SENDER".into(), clean(&req.sender)),
-        ("RECIPIENT".into(), clean(&req.dest)),
-        ("ORIGINAL_RECIPIENT".into(), clean(&req.rcpt)),
-        ("LOCAL".into(), clean(local)),
-        ("DOMAIN".into(), clean(domain)),
-        ("EXTENSION".into(), clean(extension)),
-    ]
-}
-
 /// Where a user's mbox lives.
 pub fn mbox_path(user: &str) -> String {
     format!("/var/mail/{user}")
@@ -274,7 +250,14 @@ fn deliver_child(req: &DeliverReq, msg: OwnedFd) -> Outcome {
         home: pw.dir.clone(),
         subaddr_delim: req.subaddr_delim,
     };
-    let msg: &mut dyn Read = &mut file;
+    // Local deliveries record the envelope in the message (RFC 5322 §3.6.7 trace).
+    let trace = format!(
+        "Return-Path: <{}>\nDelivered-To: {}\n",
+        req.sender.replace(['\r', '\n'], ""),
+        req.dest.replace(['\r', '\n'], "")
+    );
+    let mut chained = trace.as_bytes().chain(&mut file);
+    let msg: &mut dyn Read = &mut chained;
     match &req.kind {
         LocalKind::Maildir { path, junk } => {
             match expand_path(path.as_deref().unwrap_or("~/Maildir"), &ctx) {
@@ -285,13 +268,17 @@ fn deliver_child(req: &DeliverReq, msg: OwnedFd) -> Outcome {
         LocalKind::Mbox => mda::mbox::deliver(Path::new(&mbox_path(&pw.name)), &req.sender, msg),
         LocalKind::File(p) => mda::mbox::deliver(Path::new(p), &req.sender, msg),
         LocalKind::Mda(fmt) => match expand_command(fmt, &ctx) {
-            Ok((script, args)) => {
-                mda::command::run(&script, &args, &command_env(req, &pw.dir), msg, MDA_TIMEOUT)
-            }
+            Ok((script, args)) => mda::command::run(
+                &script,
+                &args,
+                &mda::command::mda_env(&ctx),
+                msg,
+                MDA_TIMEOUT,
+            ),
             Err(e) => Outcome::PermFail(format!("mda command: {e}")),
         },
         LocalKind::Pipe(cmd) => {
-            mda::command::run(cmd, &[], &command_env(req, &pw.dir), msg, MDA_TIMEOUT)
+            mda::command::run(cmd, &[], &mda::command::mda_env(&ctx), msg, MDA_TIMEOUT)
         }
     }
 }

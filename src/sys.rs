@@ -135,6 +135,26 @@ pub fn getpwuid_name() -> Option<String> {
     )
 }
 
+/// The id of group `name`.
+pub fn getgrnam(name: &str) -> Option<u32> {
+    let cname = CString::new(name).ok()?;
+    let mut buf = vec![0u8; 16384];
+    // SAFETY: group is plain data; zero is a valid bit pattern.
+    let mut gr: libc::group = unsafe { std::mem::zeroed() };
+    let mut result: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call.
+    let r = unsafe {
+        libc::getgrnam_r(
+            cname.as_ptr(),
+            &mut gr,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            &mut result,
+        )
+    };
+    (r == 0 && !result.is_null()).then_some(gr.gr_gid)
+}
+
 /// The effective user id.
 pub fn geteuid() -> u32 {
     // SAFETY: geteuid cannot fail.
@@ -580,6 +600,62 @@ pub fn reap_child() -> Option<(i32, i32)> {
     // SAFETY: waitpid with a valid out pointer.
     let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
     (pid > 0).then_some((pid, status))
+}
+
+/// Waits for child `pid`; returns its exit code (128+signal when killed).
+pub fn wait_pid(pid: i32) -> io::Result<i32> {
+    let mut status = 0;
+    loop {
+        // SAFETY: waitpid with a valid out pointer.
+        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if r == pid {
+            return Ok(exit_code(status));
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// Whether the process runs with a group it was given by a setgid bit.
+pub fn is_setgid() -> bool {
+    // SAFETY: getgid/getegid cannot fail.
+    unsafe { libc::getgid() != libc::getegid() }
+}
+
+/// Sets the effective group back to the real one, keeping the setgid group in the
+/// saved set; returns it when the process was setgid.
+pub fn suspend_setgid() -> Option<u32> {
+    if !is_setgid() {
+        return None;
+    }
+    // SAFETY: plain id syscalls.
+    unsafe {
+        let egid = libc::getegid();
+        if libc::setegid(libc::getgid()) != 0 {
+            return None;
+        }
+        Some(egid)
+    }
+}
+
+/// Takes the setgid group back after [`suspend_setgid`].
+pub fn resume_setgid(gid: u32) {
+    // SAFETY: plain id syscall; it only succeeds for the saved group.
+    unsafe { libc::setegid(gid) };
+}
+
+/// Gives up the setgid group for good.
+pub fn drop_setgid() -> io::Result<()> {
+    // SAFETY: plain id-changing syscalls; results are checked.
+    unsafe {
+        let gid = libc::getgid();
+        if libc::setresgid(gid, gid, gid) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// Exit code of a wait status, or 128+signal when killed.

@@ -50,6 +50,9 @@ impl std::error::Error for ConfigError {}
 /// The account the engine runs as when smtpd is started as root.
 pub const UNPRIVILEGED_USER: &str = "_smtpd";
 
+/// The group that may write the offline queue (the group of a setgid `sendmail`).
+pub const OFFLINE_GROUP: &str = "_smtpq";
+
 /// The configuration used when a normal user starts smtpd without `-f`: loopback port
 /// 2525, spool and mailboxes under the current directory.
 pub const DEVELOPMENT: &str = r#"# built-in development configuration
@@ -73,6 +76,14 @@ pub fn parse(
     macros: &HashMap<String, String>,
 ) -> Result<Config, ConfigError> {
     parser::Parser::new(path, macros.clone()).run(text)
+}
+
+/// The spool named by a configuration's `queue path`, found without reading its
+/// tables (for `smtpctl` and `sendmail`, which may not be able to read them).
+pub fn queue_path_of(path: &Path) -> Result<PathBuf, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::at(&path.display().to_string(), 0, e.to_string()))?;
+    Ok(parser::queue_path_only(&text, path))
 }
 
 /// The server name: the first line of /etc/mail/mailname, else the host name.

@@ -670,6 +670,37 @@ impl Parser {
     }
 }
 
+/// The `queue path` of a configuration text (the default when none is given or the
+/// text does not lex). Macros defined before the statement are expanded.
+pub(super) fn queue_path_only(text: &str, path: &Path) -> PathBuf {
+    let default = PathBuf::from("/var/spool/smtpd");
+    let Ok(toks) = lex(text, path) else {
+        return default;
+    };
+    let mut macros = HashMap::new();
+    let mut found = None;
+    for stmt in toks.split(|t| t.tok == Tok::Newline) {
+        let word = |i: usize| match stmt.get(i).map(|t| &t.tok) {
+            Some(Tok::Word { text, .. }) => Some(text.clone()),
+            _ => None,
+        };
+        if stmt.len() == 3 && stmt[1].tok == Tok::Punct('=') {
+            if let (Some(k), Some(v)) = (word(0), word(2)) {
+                macros.insert(k, v);
+            }
+            continue;
+        }
+        if word(0).as_deref() == Some("queue") && word(1).as_deref() == Some("path") {
+            if let Ok(exp) = expand(stmt, &macros) {
+                if let Some(Tok::Word { text, .. }) = exp.get(2).map(|t| &t.tok) {
+                    found = Some(relative_to(path, text));
+                }
+            }
+        }
+    }
+    found.unwrap_or(default)
+}
+
 fn valid_net(v: &str) -> bool {
     let (addr, bits) = match v.split_once('/') {
         Some((a, b)) => (a, Some(b)),

@@ -3,10 +3,10 @@
 //! These functions run in a delivery child, already switched to the recipient's user;
 //! they take the message as a reader and return an [`Outcome`].
 
+pub mod command;
 pub mod format;
 pub mod maildir;
 pub mod mbox;
-pub mod command;
 
 /// The result of one delivery attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,0 +1,4 @@
+//! Outgoing sessions: LMTP to a local server, SMTP to a relay host.
+
+pub mod client;
+pub mod conn;

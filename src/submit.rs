@@ -1,0 +1,470 @@
+//! Local submission: `sendmail` and the offline queue.
+//!
+//! `sendmail` speaks SMTP to the daemon over the control socket (the session is "from
+//! local"). When the daemon is down it leaves the message in `QUEUE/offline/`, a
+//! directory only the daemon's group may write to (the binary is installed setgid
+//! `_smtpq`, and keeps that group only to create the file); the daemon submits those
+//! files at start, each as the user who owns it.
+
+use crate::queue::spool::Spool;
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+/// First line of an offline file.
+const OFFLINE_MAGIC: &str = "smtpd-offline 1";
+/// Largest message accepted on standard input.
+const MAX_INPUT: u64 = 64 * 1024 * 1024;
+
+/// An envelope and a message to submit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Submission {
+    /// MAIL FROM.
+    pub sender: String,
+    /// RCPT TO, one each.
+    pub rcpts: Vec<String>,
+    /// The message, LF line ends.
+    pub message: Vec<u8>,
+}
+
+fn read_reply(r: &mut BufReader<UnixStream>) -> io::Result<(u16, String)> {
+    let mut text = String::new();
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line)? == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the daemon closed the connection",
+            ));
+        }
+        let code = line
+            .get(..3)
+            .and_then(|c| c.parse::<u16>().ok())
+            .ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidData, format!("bad reply {line:?}"))
+            })?;
+        text.push_str(line.trim_end());
+        if line.as_bytes().get(3) != Some(&b'-') {
+            return Ok((code, text));
+        }
+        text.push(' ');
+    }
+}
+
+fn command(
+    w: &mut UnixStream,
+    r: &mut BufReader<UnixStream>,
+    cmd: &str,
+    want: u16,
+) -> io::Result<()> {
+    w.write_all(cmd.as_bytes())?;
+    w.write_all(b"\r\n")?;
+    let (code, text) = read_reply(r)?;
+    if code != want {
+        return Err(io::Error::other(format!("{cmd}: {text}")));
+    }
+    Ok(())
+}
+
+/// Converts LF text into SMTP content: CR LF line ends, dot-stuffing, lone CRs dropped.
+pub fn to_smtp(message: &[u8]) -> Result<Vec<u8>, String> {
+    let mut out = Vec::with_capacity(message.len() + message.len() / 32 + 8);
+    for line in message.split(|&b| b == b'\n') {
+        let line: Vec<u8> = line.iter().copied().filter(|&b| b != b'\r').collect();
+        if line.len() > 998 {
+            return Err("a line is longer than 998 characters".into());
+        }
+        if line.first() == Some(&b'.') {
+            out.push(b'.');
+        }
+        out.extend_from_slice(&line);
+        out.extend_from_slice(b"\r\n");
+    }
+    // The split yields an empty last piece after a final LF: drop its CR LF.
+    if message.ends_with(b"\n") {
+        out.truncate(out.len() - 2);
+    }
+    out.extend_from_slice(b".\r\n");
+    Ok(out)
+}
+
+/// Submits over the control socket; returns the daemon's final reply text.
+pub fn submit(socket: &Path, s: &Submission) -> io::Result<String> {
+    let content = to_smtp(&s.message).map_err(io::Error::other)?;
+    let mut w = UnixStream::connect(socket)?;
+    w.set_read_timeout(Some(Duration::from_secs(300)))?;
+    let mut r = BufReader::new(w.try_clone()?);
+    w.write_all(b"smtp\n")?;
+    let (code, text) = read_reply(&mut r)?;
+    if code != 220 {
+        return Err(io::Error::other(text));
+    }
+    command(&mut w, &mut r, "EHLO localhost", 250)?;
+    command(&mut w, &mut r, &format!("MAIL FROM:<{}>", s.sender), 250)?;
+    for rc in &s.rcpts {
+        command(&mut w, &mut r, &format!("RCPT TO:<{rc}>"), 250)?;
+    }
+    command(&mut w, &mut r, "DATA", 354)?;
+    w.write_all(&content)?;
+    let (code, text) = read_reply(&mut r)?;
+    let _ = command(&mut w, &mut r, "QUIT", 221);
+    if code != 250 {
+        return Err(io::Error::other(text));
+    }
+    Ok(text)
+}
+
+fn esc(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_graphic() && b != b'%' {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+fn unesc(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            out.push(u8::from_str_radix(std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The offline file form of a submission.
+pub fn encode_offline(s: &Submission) -> Vec<u8> {
+    let mut out = format!("{OFFLINE_MAGIC}\nsender {}\n", esc(&s.sender)).into_bytes();
+    for r in &s.rcpts {
+        out.extend_from_slice(format!("rcpt {}\n", esc(r)).as_bytes());
+    }
+    out.push(b'\n');
+    out.extend_from_slice(&s.message);
+    out
+}
+
+/// Parses an offline file.
+pub fn decode_offline(data: &[u8]) -> Option<Submission> {
+    let mut rest = data;
+    let mut next_line = || -> Option<String> {
+        let i = memchr::memchr(b'\n', rest)?;
+        let l = std::str::from_utf8(&rest[..i]).ok()?.to_string();
+        rest = &rest[i + 1..];
+        Some(l)
+    };
+    if next_line()? != OFFLINE_MAGIC {
+        return None;
+    }
+    let sender = unesc(next_line()?.strip_prefix("sender ")?)?;
+    let mut rcpts = Vec::new();
+    loop {
+        let l = next_line()?;
+        if l.is_empty() {
+            break;
+        }
+        rcpts.push(unesc(l.strip_prefix("rcpt ")?)?);
+    }
+    if rcpts.is_empty() {
+        return None;
+    }
+    Some(Submission {
+        sender,
+        rcpts,
+        message: rest.to_vec(),
+    })
+}
+
+/// Leaves a submission in `offline/` for the daemon to enqueue at start.
+pub fn write_offline(spool_root: &Path, s: &Submission) -> io::Result<std::path::PathBuf> {
+    let dir = spool_root.join("offline");
+    loop {
+        let name = format!("{:016x}", crate::sys::random_u64());
+        let path = dir.join(name);
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .mode(0o660)
+            .open(&path)
+        {
+            Ok(mut f) => {
+                f.write_all(&encode_offline(s))?;
+                f.sync_all()?;
+                return Ok(path);
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Reads standard input up to [`MAX_INPUT`]; with `dot_ends` a line of a single `.`
+/// ends the message (sendmail without `-i`).
+pub fn read_message(input: &mut dyn Read, dot_ends: bool) -> io::Result<Vec<u8>> {
+    let mut data = Vec::new();
+    input.take(MAX_INPUT + 1).read_to_end(&mut data)?;
+    if data.len() as u64 > MAX_INPUT {
+        return Err(io::Error::other("message too large"));
+    }
+    if dot_ends {
+        let mut pos = 0;
+        for line in data.split_inclusive(|&b| b == b'\n') {
+            if line == b".\n" || line == b".\r\n" || line == b"." {
+                data.truncate(pos);
+                break;
+            }
+            pos += line.len();
+        }
+    }
+    if !data.is_empty() && !data.ends_with(b"\n") {
+        data.push(b'\n');
+    }
+    Ok(data)
+}
+
+/// The header section's fields (name, unfolded value), in order.
+pub fn headers(message: &[u8]) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for line in message.split(|&b| b == b'\n') {
+        let line = String::from_utf8_lossy(line);
+        let line = line.trim_end_matches('\r');
+        if line.is_empty() {
+            break;
+        }
+        if line.starts_with([' ', '\t']) {
+            if let Some(last) = out.last_mut() {
+                last.1.push(' ');
+                last.1.push_str(line.trim());
+            }
+            continue;
+        }
+        if let Some((n, v)) = line.split_once(':') {
+            out.push((n.trim().to_string(), v.trim().to_string()));
+        }
+    }
+    out
+}
+
+/// Addresses in an address-list header value (`a@b, "N" <c@d>`), simply parsed.
+pub fn addresses(value: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut depth = 0;
+    let mut quoted = false;
+    let mut cur = String::new();
+    for c in value.chars().chain(std::iter::once(',')) {
+        match c {
+            '"' => quoted = !quoted,
+            '(' if !quoted => depth += 1,
+            ')' if !quoted && depth > 0 => depth -= 1,
+            ',' if !quoted && depth == 0 => {
+                let item = cur.trim();
+                let addr = match (item.rfind('<'), item.rfind('>')) {
+                    (Some(a), Some(b)) if a < b => &item[a + 1..b],
+                    _ => item,
+                };
+                if addr.contains('@') || (!addr.is_empty() && !addr.contains(' ')) {
+                    out.push(addr.trim().to_string());
+                }
+                cur.clear();
+                continue;
+            }
+            _ => {}
+        }
+        if depth == 0 || c == ')' {
+            cur.push(c);
+        }
+    }
+    out
+}
+
+/// Removes `Bcc:` lines (and their continuations) from the header section (`-t`).
+pub fn strip_bcc(message: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(message.len());
+    let mut in_headers = true;
+    let mut skipping = false;
+    for line in message.split_inclusive(|&b| b == b'\n') {
+        if in_headers {
+            if line == b"\n" || line == b"\r\n" {
+                in_headers = false;
+            } else if line.starts_with(b" ") || line.starts_with(b"\t") {
+                if skipping {
+                    continue;
+                }
+            } else {
+                skipping = line.len() >= 4 && line[..4].eq_ignore_ascii_case(b"bcc:");
+                if skipping {
+                    continue;
+                }
+            }
+        }
+        out.extend_from_slice(line);
+    }
+    out
+}
+
+/// Adds `From:`, `Date:` and `Message-ID:` when the message lacks them, as local
+/// submission programs traditionally do.
+pub fn complete_headers(message: &[u8], from: &str, hostname: &str) -> Vec<u8> {
+    let h = headers(message);
+    let has = |n: &str| h.iter().any(|(k, _)| k.eq_ignore_ascii_case(n));
+    let mut top = String::new();
+    if !has("From") {
+        top.push_str(&format!("From: {from}\n"));
+    }
+    if !has("Date") {
+        top.push_str(&format!("Date: {}\n", crate::sys::now_rfc5322()));
+    }
+    if !has("Message-ID") {
+        top.push_str(&format!(
+            "Message-ID: <{:016x}@{hostname}>\n",
+            crate::sys::random_u64()
+        ));
+    }
+    let mut out = top.into_bytes();
+    // A message that starts with its body (no header section) gets an empty line.
+    if h.is_empty() && !message.starts_with(b"\n") {
+        out.push(b'\n');
+    }
+    out.extend_from_slice(message);
+    out
+}
+
+/// Submits every file of `offline/`, each as its owner; used by the parent at start.
+/// Returns how many were submitted.
+pub fn flush_offline(spool: &Spool, socket: &Path) -> usize {
+    use std::os::unix::fs::MetadataExt;
+    let dir = spool.root().join("offline");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return 0;
+    };
+    let mut n = 0;
+    for ent in entries.flatten() {
+        let path = ent.path();
+        let f = match OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+        {
+            Ok(f) => f,
+            Err(e) => {
+                log::warn!("offline: {}: {e}", path.display());
+                continue;
+            }
+        };
+        let Ok(md) = f.metadata() else { continue };
+        if !md.is_file() || md.nlink() != 1 {
+            log::warn!("offline: {}: not a plain file, removed", path.display());
+            let _ = std::fs::remove_file(&path);
+            continue;
+        }
+        match submit_as(f, md.uid(), md.gid(), socket) {
+            Ok(()) => {
+                n += 1;
+                let _ = std::fs::remove_file(&path);
+            }
+            Err(e) => log::warn!("offline: {}: {e}", path.display()),
+        }
+    }
+    n
+}
+
+/// Submits an open offline file in a child running as `uid`, so that the daemon sees
+/// the submitting user, never root, on the control socket.
+fn submit_as(mut f: File, uid: u32, gid: u32, socket: &Path) -> io::Result<()> {
+    let mut data = Vec::new();
+    (&mut f).take(MAX_INPUT + 4096).read_to_end(&mut data)?;
+    let sub = decode_offline(&data)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "malformed offline file"))?;
+    match crate::sys::fork()? {
+        None => {
+            let code =
+                match crate::sys::drop_privileges(uid, gid).and_then(|()| submit(socket, &sub)) {
+                    Ok(_) => 0,
+                    Err(e) => {
+                        log::warn!("offline: submission failed: {e}");
+                        1
+                    }
+                };
+            crate::sys::exit_now(code);
+        }
+        Some(pid) => {
+            let status = crate::sys::wait_pid(pid)?;
+            if status == 0 {
+                Ok(())
+            } else {
+                Err(io::Error::other(format!(
+                    "submission process exited with {status}"
+                )))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smtp_conversion() {
+        assert_eq!(
+            to_smtp(b"a\n.b\n\n.\n").ok(),
+            Some(b"a\r\n..b\r\n\r\n..\r\n.\r\n".to_vec())
+        );
+        assert_eq!(
+            to_smtp(b"no newline").ok(),
+            Some(b"no newline\r\n.\r\n".to_vec())
+        );
+        assert_eq!(
+            to_smtp(b"cr\r\nlf\n").ok(),
+            Some(b"cr\r\nlf\r\n.\r\n".to_vec())
+        );
+        assert!(to_smtp(&[b'x'; 999]).is_err());
+    }
+
+    #[test]
+    fn offline_round_trip() {
+        let s = Submission {
+            sender: "a b@c".into(),
+            rcpts: vec!["x@y".into(), "%z".into()],
+            message: b"Subject: x\n\nbody\n".to_vec(),
+        };
+        assert_eq!(decode_offline(&encode_offline(&s)), Some(s));
+        assert_eq!(decode_offline(b"junk\n"), None);
+    }
+
+    #[test]
+    fn header_helpers() {
+        let m = b"To: a@b.c, \"X, Y\" <d@e.f>\nBcc: h@i.j,\n k@l.m\nSubject: s\n\nBcc: body\n";
+        let h = headers(m);
+        assert_eq!(addresses(&h[0].1), ["a@b.c", "d@e.f"]);
+        assert_eq!(addresses(&h[1].1), ["h@i.j", "k@l.m"]);
+        assert_eq!(
+            strip_bcc(m),
+            b"To: a@b.c, \"X, Y\" <d@e.f>\nSubject: s\n\nBcc: body\n".to_vec()
+        );
+        let done = complete_headers(b"Subject: s\n\nx\n", "u@h", "h");
+        let h = headers(&done);
+        assert!(h.iter().any(|(k, _)| k == "From") && h.iter().any(|(k, _)| k == "Message-ID"));
+        assert_eq!(
+            read_message(&mut &b"a\n.\nb\n"[..], true).ok(),
+            Some(b"a\n".to_vec())
+        );
+        assert_eq!(
+            read_message(&mut &b"a\n.\nb"[..], false).ok(),
+            Some(b"a\n.\nb\n".to_vec())
+        );
+    }
+}
