@@ -209,14 +209,18 @@ impl Queue {
             let why = format!("bad destination {:?}", env.dest);
             return self.finish(cfg, env, Outcome::PermFail(why), now);
         };
+        let override_user = (!env.user.is_empty()).then(|| env.user.clone());
         let default_user = || {
-            action.user.clone().unwrap_or_else(|| {
-                if crate::sys::geteuid() == 0 {
-                    crate::config::UNPRIVILEGED_USER.to_string()
-                } else {
-                    crate::sys::getpwuid_name().unwrap_or_default()
-                }
-            })
+            override_user
+                .clone()
+                .or_else(|| action.user.clone())
+                .unwrap_or_else(|| {
+                    if crate::sys::geteuid() == 0 {
+                        crate::config::UNPRIVILEGED_USER.to_string()
+                    } else {
+                        crate::sys::getpwuid_name().unwrap_or_default()
+                    }
+                })
         };
         let (kind, user) = match (&dest, &action.method) {
             (Dest::User(u), Method::Maildir { path, junk }) => (
@@ -236,7 +240,8 @@ impl Queue {
             ),
             (Dest::File(p), _) => (LocalKind::File(p.clone()), default_user()),
             (Dest::Pipe(c), _) => (LocalKind::Pipe(c.clone()), default_user()),
-            (Dest::User(_), Method::ExpandOnly | Method::ForwardOnly) => {
+            (Dest::User(u), Method::ForwardOnly) => (LocalKind::ForwardOnly, u.clone()),
+            (Dest::User(_), Method::ExpandOnly) => {
                 return self.finish(
                     cfg,
                     env,
@@ -305,6 +310,7 @@ impl Queue {
             (Dest::User(u), None) => u.clone(),
             _ => env.rcpt.clone(),
         };
+        let forward = matches!(dest, Dest::User(_)) && !env.no_forward;
         let req = DeliverReq {
             id,
             kind,
@@ -313,6 +319,7 @@ impl Queue {
             rcpt: env.rcpt.clone(),
             dest: dest_addr,
             subaddr_delim: cfg.smtp.sub_addr_delim,
+            forward,
         };
         if let Err(e) = crate::sys::send_msg(chan, &req.encode(), Some(file.as_raw_fd())) {
             return self.finish(
@@ -387,6 +394,7 @@ impl Queue {
     pub fn finish(&mut self, cfg: &Config, mut env: Envelope, outcome: Outcome, now: u64) {
         let evpid = env.evpid;
         match outcome {
+            Outcome::Forward(items) => self.forward(cfg, env, items, now),
             Outcome::Ok => {
                 self.stats.delivered += 1;
                 log::info!(
@@ -452,6 +460,136 @@ impl Queue {
                 self.remove(evpid);
             }
         }
+    }
+
+    /// Replaces an envelope by the destinations of its user's `.forward`.
+    fn forward(&mut self, cfg: &Config, env: Envelope, items: Vec<String>, now: u64) {
+        let owner = match Dest::decode(&env.dest) {
+            Some(Dest::User(u)) => u,
+            _ => {
+                return self.finish(
+                    cfg,
+                    env,
+                    Outcome::PermFail("forward from a non-user destination".into()),
+                    now,
+                )
+            }
+        };
+        let client = Client {
+            addr: None,
+            local: true,
+            server_name: env.hostname.clone(),
+            tag: None,
+        };
+        let sender = match env.sender.rsplit_once('@') {
+            Some((l, d)) => Mailbox {
+                local: l.into(),
+                domain: d.into(),
+            },
+            None => Mailbox::default(),
+        };
+        let ctx = MatchCtx {
+            client: &client,
+            helo: &env.helo,
+            sender: &sender,
+        };
+        let Some(action_id) = cfg.actions.iter().position(|a| a.name == env.action) else {
+            return self.finish(cfg, env, Outcome::TempFail("action gone".into()), now);
+        };
+        let mut new: Vec<Envelope> = Vec::new();
+        let push =
+            |dest: Dest, action: usize, user: &str, no_forward: bool, new: &mut Vec<Envelope>| {
+                let taken: Vec<u64> = new
+                    .iter()
+                    .map(|e| e.evpid)
+                    .chain(std::iter::once(env.evpid))
+                    .collect();
+                new.push(Envelope {
+                    evpid: new_evpid(env.msgid(), &taken),
+                    dest: dest.encode(),
+                    action: cfg.actions[action].name.clone(),
+                    user: user.to_string(),
+                    no_forward,
+                    retry: 0,
+                    last_try: 0,
+                    errorline: String::new(),
+                    ..env.clone()
+                });
+            };
+        for item in &items {
+            if let Some(name) = item.strip_prefix('\\') {
+                push(
+                    Dest::User(name.to_ascii_lowercase()),
+                    action_id,
+                    "",
+                    true,
+                    &mut new,
+                );
+            } else if let Some(cmd) = item.strip_prefix('|') {
+                push(
+                    Dest::Pipe(cmd.trim().to_string()),
+                    action_id,
+                    &owner,
+                    false,
+                    &mut new,
+                );
+            } else if item.starts_with('/') {
+                push(Dest::File(item.clone()), action_id, &owner, false, &mut new);
+            } else {
+                let m = match item.rsplit_once('@') {
+                    Some((l, d)) => Mailbox {
+                        local: l.into(),
+                        domain: d.to_ascii_lowercase(),
+                    },
+                    None if item.eq_ignore_ascii_case(&owner) => {
+                        push(Dest::User(owner.clone()), action_id, "", true, &mut new);
+                        continue;
+                    }
+                    None => Mailbox {
+                        local: item.clone(),
+                        domain: "localhost".into(),
+                    },
+                };
+                match expand(cfg, &ctx, &m) {
+                    Ok(ds) => {
+                        for d in ds {
+                            let loops = d.dest == Dest::User(owner.clone());
+                            push(d.dest, d.action, "", loops, &mut new);
+                        }
+                    }
+                    Err(r) => log::warn!(
+                        "{:016x} .forward of {owner}: {item}: {}",
+                        env.evpid,
+                        r.summary()
+                    ),
+                }
+            }
+        }
+        if new.is_empty() {
+            return self.finish(
+                cfg,
+                env,
+                Outcome::PermFail(format!(
+                    "the .forward of {owner} names no usable destination"
+                )),
+                now,
+            );
+        }
+        if let Err(e) = self.spool.add_envelopes(env.msgid(), &new) {
+            return self.finish(
+                cfg,
+                env,
+                Outcome::TempFail(format!("cannot expand .forward: {e}")),
+                now,
+            );
+        }
+        log::info!(
+            "{:016x} forward of {owner} to {} destination(s)",
+            env.evpid,
+            new.len()
+        );
+        self.remove(env.evpid);
+        self.add_committed(cfg, &new);
     }
 
     fn remove(&mut self, evpid: u64) {

@@ -47,6 +47,8 @@ pub enum LocalKind {
     File(String),
     /// Piped to a command named by an alias.
     Pipe(String),
+    /// Only through the user's `.forward` (`forward-only` actions).
+    ForwardOnly,
 }
 
 /// A delivery request from the engine.
@@ -66,6 +68,8 @@ pub struct DeliverReq {
     pub dest: String,
     /// `smtp sub-addr-delim`.
     pub subaddr_delim: char,
+    /// Read the user's `~/.forward` first.
+    pub forward: bool,
 }
 
 /// A delivery result from the parent.
@@ -113,6 +117,7 @@ impl DeliverReq {
             LocalKind::Mda(c) => ("mda", c.as_str(), false),
             LocalKind::File(p) => ("file", p.as_str(), false),
             LocalKind::Pipe(c) => ("pipe", c.as_str(), false),
+            LocalKind::ForwardOnly => ("forward-only", "", false),
         };
         for s in [
             kind,
@@ -126,6 +131,7 @@ impl DeliverReq {
             put(&mut out, s);
         }
         put(&mut out, &self.subaddr_delim.to_string());
+        put(&mut out, if self.forward { "1" } else { "0" });
         out
     }
 
@@ -145,6 +151,7 @@ impl DeliverReq {
         let rcpt = r.string()?;
         let dest = r.string()?;
         let subaddr_delim = r.string()?.chars().next()?;
+        let forward = r.string()? == "1";
         if !r.0.is_empty() || user.is_empty() {
             return None;
         }
@@ -157,6 +164,7 @@ impl DeliverReq {
             "mda" => LocalKind::Mda(arg),
             "file" => LocalKind::File(arg),
             "pipe" => LocalKind::Pipe(arg),
+            "forward-only" => LocalKind::ForwardOnly,
             _ => return None,
         };
         Some(DeliverReq {
@@ -167,6 +175,7 @@ impl DeliverReq {
             rcpt,
             dest,
             subaddr_delim,
+            forward,
         })
     }
 }
@@ -176,10 +185,15 @@ impl DeliverRes {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = vec![b'R'];
         out.extend_from_slice(&self.id.to_be_bytes());
+        let joined;
         let (code, text) = match &self.outcome {
             Outcome::Ok => ("ok", ""),
             Outcome::TempFail(t) => ("temp", t.as_str()),
             Outcome::PermFail(t) => ("perm", t.as_str()),
+            Outcome::Forward(items) => {
+                joined = items.join("\n");
+                ("forward", joined.as_str())
+            }
         };
         put(&mut out, code);
         put(&mut out, text);
@@ -200,6 +214,7 @@ impl DeliverRes {
             "ok" => Outcome::Ok,
             "temp" => Outcome::TempFail(text),
             "perm" => Outcome::PermFail(text),
+            "forward" => Outcome::Forward(text.split('\n').map(str::to_string).collect()),
             _ => return None,
         };
         Some(DeliverRes { id, outcome })
@@ -238,6 +253,16 @@ fn deliver_child(req: &DeliverReq, msg: OwnedFd) -> Outcome {
         return Outcome::TempFail(format!("cannot switch to user {}: {e}", pw.name));
     }
     let _ = std::env::set_current_dir(&pw.dir);
+    if req.forward || req.kind == LocalKind::ForwardOnly {
+        match read_forward(&pw) {
+            Ok(Some(items)) => return Outcome::Forward(items),
+            Ok(None) if req.kind == LocalKind::ForwardOnly => {
+                return Outcome::PermFail("no usable .forward file (forward-only)".into())
+            }
+            Ok(None) => {}
+            Err(e) => return Outcome::TempFail(e),
+        }
+    }
     let mut file = File::from(msg);
     if let Err(e) = file.rewind() {
         return Outcome::TempFail(format!("message: {e}"));
@@ -277,10 +302,50 @@ fn deliver_child(req: &DeliverReq, msg: OwnedFd) -> Outcome {
             ),
             Err(e) => Outcome::PermFail(format!("mda command: {e}")),
         },
+        LocalKind::ForwardOnly => Outcome::PermFail("no usable .forward file".into()),
         LocalKind::Pipe(cmd) => {
             mda::command::run(cmd, &[], &mda::command::mda_env(&ctx), msg, MDA_TIMEOUT)
         }
     }
+}
+
+/// Reads `~/.forward` as the user: `None` when absent or empty. A file that others
+/// could have written is ignored, as mail.local and OpenSMTPD do.
+fn read_forward(pw: &sys::Passwd) -> Result<Option<Vec<String>>, String> {
+    use std::os::unix::fs::MetadataExt;
+    let path = Path::new(&pw.dir).join(".forward");
+    let f = match File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => return Ok(None),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    let md = f.metadata().map_err(|e| e.to_string())?;
+    if !md.is_file() || (md.uid() != pw.uid && md.uid() != 0) || md.mode() & 0o022 != 0 {
+        log::warn!("{}: unsafe owner or mode, ignored", path.display());
+        return Ok(None);
+    }
+    let mut text = String::new();
+    f.take(64 * 1024)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let items: Vec<String> = text
+        .lines()
+        .map(|l| l.trim())
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .flat_map(|l| {
+            // Quoted commands may hold commas; otherwise items are comma-separated.
+            if l.starts_with("\"|") || l.starts_with('|') {
+                vec![l.trim_matches('"').to_string()]
+            } else {
+                l.split(',')
+                    .map(|i| i.trim().to_string())
+                    .filter(|i| !i.is_empty())
+                    .collect()
+            }
+        })
+        .collect();
+    Ok((!items.is_empty()).then_some(items))
 }
 
 /// Forks a delivery child; returns its pid and the read end of its result pipe.
@@ -296,7 +361,7 @@ fn spawn_delivery(req: &DeliverReq, msg: OwnedFd) -> io::Result<(i32, File)> {
                 outcome,
             };
             let code = match res.outcome {
-                Outcome::Ok => EXIT_OK,
+                Outcome::Ok | Outcome::Forward(_) => EXIT_OK,
                 Outcome::TempFail(_) => EXIT_TEMP,
                 Outcome::PermFail(_) => EXIT_PERM,
             };
@@ -449,6 +514,7 @@ mod tests {
                 rcpt: "bob+x@b.c".into(),
                 dest: "bob".into(),
                 subaddr_delim: '+',
+                forward: true,
             };
             assert_eq!(DeliverReq::decode(&r.encode()), Some(r));
         }
@@ -460,6 +526,7 @@ mod tests {
             rcpt: String::new(),
             dest: String::new(),
             subaddr_delim: '+',
+            forward: false,
         }
         .encode();
         assert_eq!(DeliverReq::decode(&enc[..enc.len() - 1]), None);

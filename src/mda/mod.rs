@@ -17,4 +17,6 @@ pub enum Outcome {
     TempFail(String),
     /// Failed for good; bounce. The text says why.
     PermFail(String),
+    /// Not delivered: the user's `~/.forward` names these destinations instead.
+    Forward(Vec<String>),
 }

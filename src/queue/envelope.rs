@@ -57,6 +57,11 @@ pub struct Envelope {
     pub last_try: u64,
     /// The last error, empty for none.
     pub errorline: String,
+    /// The account to deliver as, overriding the action's (set for destinations
+    /// taken from a user's `.forward`); empty for none.
+    pub user: String,
+    /// Deliver to the mailbox without reading `.forward` (it led here).
+    pub no_forward: bool,
 }
 
 /// A fresh envelope id for message `msgid`, distinct from those in `taken`.
@@ -102,6 +107,8 @@ impl Envelope {
         put("retry", &self.retry.to_string());
         put("last-try", &self.last_try.to_string());
         put("errorline", &self.errorline);
+        put("user", &self.user);
+        put("no-forward", if self.no_forward { "1" } else { "0" });
         s
     }
 
@@ -201,6 +208,18 @@ impl Envelope {
                     e.errorline = v;
                     17
                 }
+                "user" => {
+                    e.user = v;
+                    18
+                }
+                "no-forward" => {
+                    e.no_forward = match v.as_str() {
+                        "0" => false,
+                        "1" => true,
+                        _ => return Err("bad no-forward".into()),
+                    };
+                    19
+                }
                 other => return Err(format!("unknown key {other:?}")),
             };
             if seen & (1 << bit) != 0 {
@@ -208,7 +227,7 @@ impl Envelope {
             }
             seen |= 1 << bit;
         }
-        if seen != (1 << 18) - 1 {
+        if seen != (1 << 20) - 1 {
             return Err("missing keys".into());
         }
         if e.rcpt.is_empty() || e.evpid == 0 {

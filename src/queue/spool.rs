@@ -218,6 +218,25 @@ impl Spool {
         fs::rename(&tmp, &path)
     }
 
+    /// Adds envelopes to a committed message (expansion of a `.forward`), durably.
+    pub fn add_envelopes(&self, msgid: u32, envs: &[Envelope]) -> io::Result<()> {
+        let dir = self.message_dir(msgid);
+        for e in envs {
+            let path = dir.join(format!("{:016x}", e.evpid));
+            let tmp = path.with_extension("tmp");
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.write_all(e.encode().as_bytes())?;
+            f.sync_data()?;
+            fs::rename(&tmp, &path)?;
+        }
+        fsync_dir(&dir)
+    }
+
     /// Opens a committed message for reading.
     pub fn open_message(&self, msgid: u32) -> io::Result<File> {
         File::open(self.message_dir(msgid).join("message"))
