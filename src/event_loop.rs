@@ -724,6 +724,17 @@ impl Server {
         }
     }
 
+    /// Pauses an agent at start (`-P mda|mta|smtp`).
+    pub fn pause(&mut self, agent: &str) {
+        match agent {
+            "mda" => self.queue.paused_mda = true,
+            "mta" => self.queue.paused_mta = true,
+            "smtp" => self.pause_smtp(true),
+            _ => {}
+        }
+        log::info!("smtpd: {agent} paused at start");
+    }
+
     fn pause_smtp(&mut self, pause: bool) {
         if self.paused_smtp == pause {
             return;

@@ -15,7 +15,7 @@ const BUILT_IN: &str = "(built-in development configuration)";
 
 fn usage(prog: &str, opts: &getopts::Options) -> String {
     opts.usage(&format!(
-        "usage: {prog} [-dFhnv] [-D macro=value] [-f file]"
+        "usage: {prog} [-dFhnv] [-D macro=value] [-f file] [-P mda|mta|smtp]"
     ))
 }
 
@@ -46,6 +46,12 @@ fn main() -> ExitCode {
     opts.optflagmulti("v", "", "more verbose logging (repeatable)");
     opts.optopt("f", "", "configuration file", "FILE");
     opts.optmulti("D", "", "define a macro", "NAME=VALUE");
+    opts.optmulti(
+        "P",
+        "",
+        "start with an agent paused (mda, mta or smtp)",
+        "AGENT",
+    );
     opts.optflag("h", "", "show this help");
     let m = match opts.parse(&args[1..]) {
         Ok(m) => m,
@@ -90,13 +96,23 @@ fn main() -> ExitCode {
         println!("configuration OK");
         return ExitCode::SUCCESS;
     }
+    let mut paused = Vec::new();
+    for p in m.opt_strs("P") {
+        match p.as_str() {
+            "mda" | "mta" | "smtp" => paused.push(p),
+            _ => {
+                eprintln!("{prog}: -P {p}: expected mda, mta or smtp");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     let foreground = m.opt_present("d") || m.opt_present("F");
     if m.opt_present("d") {
         smtpd::logger::init_stderr(verbose);
     } else {
         smtpd::logger::init_syslog(verbose);
     }
-    match start(cfg, foreground) {
+    match start(cfg, foreground, &paused) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("smtpd: {e}");
@@ -132,7 +148,7 @@ fn load_config(
     Ok(cfg)
 }
 
-fn start(cfg: Config, foreground: bool) -> std::io::Result<()> {
+fn start(cfg: Config, foreground: bool, paused: &[String]) -> std::io::Result<()> {
     let (spool, cleaned) = Spool::open(&cfg.queue.path).map_err(|e| {
         std::io::Error::new(e.kind(), format!("queue {}: {e}", cfg.queue.path.display()))
     })?;
@@ -186,8 +202,14 @@ fn start(cfg: Config, foreground: bool) -> std::io::Result<()> {
                 log::info!("smtpd engine running as {}", pw.name);
             }
             let cfg = Arc::new(cfg);
-            let r = Server::new(cfg, spool, listeners, Some(control), Some(engine_end))
-                .and_then(|mut s| s.run());
+            let r = Server::new(cfg, spool, listeners, Some(control), Some(engine_end)).and_then(
+                |mut s| {
+                    for p in paused {
+                        s.pause(p);
+                    }
+                    s.run()
+                },
+            );
             if let Err(e) = &r {
                 log::error!("smtpd: {e}");
             }

@@ -1,17 +1,8 @@
-//! The smtpd filter protocol.
-//!
-//! This crate will hold the one codec of the compact binary filter protocol, shared by
-//! the daemon and by filters written in Rust. For now it holds the protocol constants
-//! the daemon and filters agree on.
+//! The smtpd filter protocol: the one codec shared by the daemon and by filters written
+//! in Rust. The protocol is specified in smtpd-filters(7).
 #![deny(missing_docs)]
+#![deny(unsafe_code)]
 
-/// Version of the filter protocol spoken by this crate.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub mod codec;
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn version_is_one() {
-        assert_eq!(super::PROTOCOL_VERSION, 1);
-    }
-}
+pub use codec::{Decoder, Frame, WireError, VERSION as PROTOCOL_VERSION};
