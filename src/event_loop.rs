@@ -408,7 +408,7 @@ impl Server {
         };
         let id = crate::sys::random_u64();
         let mut actions = Vec::new();
-        let session = Session::new(id, client, limits, &mut actions);
+        let session = Session::new(id, client, limits, 0, &mut actions);
         let gen = self.next_gen;
         self.next_gen += 1;
         let deadline = now + self.cfg.smtp.timeout;

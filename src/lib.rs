@@ -12,6 +12,7 @@ pub mod control;
 pub mod delivery;
 pub mod event_loop;
 pub mod expand;
+pub mod filter;
 pub mod linebuf;
 pub mod logger;
 pub mod mda;

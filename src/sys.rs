@@ -744,6 +744,82 @@ pub fn poll(fds: &mut [libc::pollfd], timeout_ms: i32) -> io::Result<usize> {
     Ok(n as usize)
 }
 
+/// A connected pair of close-on-exec `SOCK_STREAM` unix sockets (blocking).
+pub fn stream_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: fds is a valid array of two ints.
+    let r = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors are fresh and owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Sets O_NONBLOCK on a descriptor.
+pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl on a descriptor we own; flags are read then written back.
+    unsafe {
+        let fl = libc::fcntl(fd, libc::F_GETFL);
+        if fl < 0 || libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// dup2(2): makes `target` a copy of `fd` (without close-on-exec).
+pub fn dup_onto(fd: RawFd, target: RawFd) -> io::Result<()> {
+    // SAFETY: both are descriptor numbers; dup2 has no memory effects.
+    if unsafe { libc::dup2(fd, target) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Starts a new session (detaches from the controlling terminal's signals).
+pub fn setsid() {
+    // SAFETY: setsid has no memory effects; failure (already a leader) is harmless.
+    unsafe { libc::setsid() };
+}
+
+/// chroot(2) into `dir`, then chdir("/").
+pub fn chroot(dir: &Path) -> io::Result<()> {
+    let c = CString::new(dir.as_os_str().as_encoded_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: c is a valid C string; chdir gets a static one.
+    unsafe {
+        if libc::chroot(c.as_ptr()) != 0 || libc::chdir(c"/".as_ptr()) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Replaces the process with `/bin/sh -c SCRIPT`; returns only on failure.
+pub fn exec_shell(script: &str) -> io::Error {
+    let Ok(s) = CString::new(script) else {
+        return io::Error::from(io::ErrorKind::InvalidInput);
+    };
+    let argv = [c"sh".as_ptr(), c"-c".as_ptr(), s.as_ptr(), std::ptr::null()];
+    // SAFETY: argv is a NULL-terminated array of valid C strings that outlive the call.
+    unsafe { libc::execv(c"/bin/sh".as_ptr(), argv.as_ptr()) };
+    io::Error::last_os_error()
+}
+
+/// The effective group id.
+pub fn getegid() -> u32 {
+    // SAFETY: getegid cannot fail.
+    unsafe { libc::getegid() }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

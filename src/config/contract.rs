@@ -1,10 +1,14 @@
-//! Tests that keep man/smtpd.conf.5 and smtpd.conf.sample in step with the parser.
+//! Tests that keep the manual pages and smtpd.conf.sample in step with the code.
 //!
 //! man/smtpd.conf.5 is the contract of the configuration language. These tests check
 //! that every keyword of [`super::KEYWORDS`] is documented there as a keyword, that the
 //! defaults and minimums the page states are the parser's, that its examples parse, and
-//! that smtpd.conf.sample parses. man/smtpd.8 must show the built-in development
-//! configuration as it is.
+//! that smtpd.conf.sample parses; that the delivery settings the examples and the
+//! sample use (relay and LMTP destinations, format specifiers) are ones delivery
+//! accepts, and that the page's mda example expands as it says. man/smtpd.8 must show
+//! the built-in development configuration as it is. man/smtpctl.8 must document every
+//! command word of [`crate::control::parse`], every option of the client programs and
+//! every counter of `show stats` and `monitor`.
 
 use super::{parse, Config, SmtpConfig, DEVELOPMENT, KEYWORDS};
 use std::collections::{HashMap, HashSet};
@@ -287,4 +291,302 @@ fn development_config_is_documented() {
         shown.iter().any(|s| s.contains(&want)),
         "man/smtpd.8 must show the built-in configuration:\n{want}"
     );
+}
+
+// ---------------------------------------------------------------- delivery settings
+
+/// The configurations the pages and the sample show: the EXAMPLES of
+/// man/smtpd.conf.5 (with a stand-in for the aliases file) and smtpd.conf.sample.
+fn shown_configs() -> Vec<(String, Config)> {
+    let page = conf_5();
+    let mut out = Vec::new();
+    for (title, text) in displays(&page) {
+        if title != "EXAMPLES" || !text.contains("listen on") {
+            continue;
+        }
+        let text = text.replace(
+            "table aliases file:/etc/mail/aliases",
+            "table aliases { root = alice }",
+        );
+        let c = parse(&text, Path::new("/etc/smtpd.conf"), &HashMap::new())
+            .unwrap_or_else(|e| panic!("{e} in EXAMPLES:\n{text}"));
+        out.push(("man/smtpd.conf.5 EXAMPLES".to_string(), c));
+    }
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("smtpd.conf.sample");
+    let c =
+        parse(&read("smtpd.conf.sample"), &path, &HashMap::new()).unwrap_or_else(|e| panic!("{e}"));
+    out.push(("smtpd.conf.sample".to_string(), c));
+    out
+}
+
+fn format_ctx() -> crate::mda::format::FormatCtx {
+    crate::mda::format::FormatCtx {
+        sender: "alice@example.org".into(),
+        rcpt: "Bob+lists@Example.net".into(),
+        dest: "bob@example.net".into(),
+        user: "bob".into(),
+        home: "/home/bob".into(),
+        subaddr_delim: '+',
+    }
+}
+
+#[test]
+fn shown_delivery_settings_are_usable() {
+    use crate::config::Method;
+    use crate::mda::format::{expand_command, expand_path};
+    use crate::mta::conn::Target;
+    let ctx = format_ctx();
+    let mut relays = 0;
+    for (origin, c) in shown_configs() {
+        for a in &c.actions {
+            let what = format!("{origin}: action {:?}", a.name);
+            match &a.method {
+                Method::Maildir { path: Some(p), .. } => {
+                    let out = expand_path(p, &ctx).unwrap_or_else(|e| panic!("{what}: {e}"));
+                    assert!(!out.contains("%{"), "{what}: {out}");
+                }
+                Method::Mda(cmd) => {
+                    expand_command(cmd, &ctx).unwrap_or_else(|e| panic!("{what}: {e}"));
+                }
+                Method::Lmtp { dest, .. } => {
+                    Target::parse(dest, 24).unwrap_or_else(|e| panic!("{what}: {e}"));
+                }
+                Method::Relay { host: Some(h) } => {
+                    Target::parse(h, 25).unwrap_or_else(|e| panic!("{what}: {e}"));
+                    relays += 1;
+                }
+                // Without a host every delivery fails: mail exchangers are not looked up.
+                Method::Relay { host: None } => panic!("{what}: relay without host"),
+                _ => {}
+            }
+        }
+    }
+    assert!(
+        relays >= 2,
+        "the examples and the sample should show smarthosts"
+    );
+}
+
+/// The mda example of man/smtpd.conf.5 runs the script the page says it runs.
+#[test]
+fn documented_mda_example_expands_as_stated() {
+    use crate::config::Method;
+    let page = conf_5();
+    let (_, text) = displays(&page)
+        .into_iter()
+        .find(|(t, _)| t == "The mda command")
+        .unwrap_or_else(|| panic!("no display in `The mda command`"));
+    let c = conf(text.trim()).unwrap_or_else(|e| panic!("{e}: {text}"));
+    let Some(Method::Mda(cmd)) = c.actions.first().map(|a| &a.method) else {
+        panic!("the display is not an mda action: {text}");
+    };
+    let (script, args) =
+        crate::mda::format::expand_command(cmd, &format_ctx()).unwrap_or_else(|e| panic!("{e}"));
+    let stated = page
+        .split(".Ed\n.Pp\nruns\n.Ql ")
+        .nth(1)
+        .and_then(|rest| rest.lines().next())
+        .map(unescape)
+        .unwrap_or_else(|| panic!("no `runs` line after the mda example"));
+    assert_eq!(script, stated);
+    assert_eq!(args, ["alice@example.org", "bob"]);
+}
+
+/// Local programs (sendmail: the control socket, `EHLO localhost`) and bounces (a
+/// local client with the null sender and the server name as HELO) can reach remote
+/// recipients with the sample configuration.
+#[test]
+fn sample_lets_local_mail_and_bounces_out() {
+    use crate::smtp::command::Mailbox;
+    use crate::smtp::session::{Client, MatchCtx};
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("smtpd.conf.sample");
+    let c =
+        parse(&read("smtpd.conf.sample"), &path, &HashMap::new()).unwrap_or_else(|e| panic!("{e}"));
+    let client = Client {
+        addr: None,
+        local: true,
+        server_name: "mx.example.org".into(),
+        tag: None,
+    };
+    let remote = Mailbox {
+        local: "carol".into(),
+        domain: "elsewhere.example".into(),
+    };
+    let user = Mailbox {
+        local: "alice".into(),
+        domain: "example.org".into(),
+    };
+    let null = Mailbox::default();
+    for (helo, sender) in [("localhost", &user), ("mx.example.org", &null)] {
+        let ctx = MatchCtx {
+            client: &client,
+            helo,
+            sender,
+        };
+        let d = crate::ruleset::decide(&c, &ctx, &remote);
+        assert!(
+            matches!(d, Some(super::Decision::Action(_))),
+            "HELO {helo}, sender <{sender}>: {d:?}"
+        );
+    }
+}
+
+// ------------------------------------------------------------------- smtpctl(8)
+
+fn smtpctl_8() -> String {
+    read("man/smtpctl.8")
+}
+
+/// The string literals of the first `&[...]` array after each `marker` in `src`.
+fn arrays_after(src: &str, marker: &str) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    for (at, _) in src.match_indices(marker) {
+        let rest = &src[at..];
+        let Some(open) = rest.find("&[") else {
+            continue;
+        };
+        let Some(close) = rest[open..].find(']') else {
+            continue;
+        };
+        let list: Vec<String> = rest[open..open + close]
+            .split('"')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_string)
+            .collect();
+        out.push(list);
+    }
+    out
+}
+
+/// The words given as arguments of the mdoc macro `name` (`Fl`, `Li`, ...).
+fn macro_words(page: &str, name: &str) -> HashSet<String> {
+    let mut out = HashSet::new();
+    for line in page.lines().filter_map(|l| l.strip_prefix('.')) {
+        let mut current = "";
+        for word in line.split_whitespace() {
+            if is_macro(word) {
+                current = word;
+            } else if current == name {
+                out.insert(unescape(word));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn every_control_verb_is_documented() {
+    let src = read("src/control.rs");
+    let verbs = arrays_after(&src, "let verb = pick(")
+        .into_iter()
+        .next()
+        .unwrap_or_default();
+    assert!(
+        verbs.contains(&"show".to_string()) && verbs.len() >= 5,
+        "cannot find the verbs of control::parse in src/control.rs: {verbs:?}"
+    );
+    // The list read from the source is the parser's: each verb is accepted...
+    for v in &verbs {
+        if let Err(e) = crate::control::parse(v) {
+            assert!(
+                !e.starts_with("unknown word") && !e.starts_with("ambiguous word"),
+                "{v}: {e}"
+            );
+        }
+    }
+    // ...and no other: every prefix the parser resolves belongs to a verb of the list.
+    let letters = 'a'..='z';
+    let prefixes = letters.clone().map(String::from).chain(
+        letters
+            .clone()
+            .flat_map(|a| letters.clone().map(move |b| format!("{a}{b}"))),
+    );
+    for p in prefixes {
+        match crate::control::parse(&p) {
+            Err(e) if e.starts_with("unknown word") || e.starts_with("ambiguous word") => {}
+            _ => assert!(
+                verbs.iter().any(|v| v.starts_with(&p)),
+                "control::parse accepts {p:?}, which starts no verb of {verbs:?}"
+            ),
+        }
+    }
+    let page = smtpctl_8();
+    let items: HashSet<String> = page
+        .lines()
+        .filter_map(|l| l.strip_prefix(".It Cm "))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(unescape)
+        .collect();
+    let missing: Vec<&String> = verbs.iter().filter(|v| !items.contains(*v)).collect();
+    assert!(
+        missing.is_empty(),
+        "verbs of control::parse without an `.It Cm VERB` item in man/smtpctl.8: {missing:?}"
+    );
+    // The words that follow a verb (show queue, pause mta, log verbose...).
+    let keywords = documented_keywords(&page);
+    let words: Vec<String> = arrays_after(&src, "pick(")
+        .into_iter()
+        .skip(1)
+        .flatten()
+        .collect();
+    assert!(
+        words.len() >= 6,
+        "cannot find the argument words in src/control.rs"
+    );
+    let missing: Vec<&String> = words.iter().filter(|w| !keywords.contains(*w)).collect();
+    assert!(
+        missing.is_empty(),
+        "command words of control::parse not documented with Cm in man/smtpctl.8: {missing:?}"
+    );
+}
+
+#[test]
+fn every_client_option_is_documented() {
+    let src = read("src/client.rs");
+    let mut flags = Vec::new();
+    for (at, _) in src.match_indices("opts.opt") {
+        let rest = &src[at..];
+        let flag = rest.split('"').nth(1).unwrap_or_default();
+        flags.push(flag.to_string());
+    }
+    assert!(
+        flags.len() >= 10 && flags.iter().all(|f| f.len() == 1),
+        "cannot find the options in src/client.rs: {flags:?}"
+    );
+    let documented = macro_words(&smtpctl_8(), "Fl");
+    let missing: Vec<&String> = flags
+        .iter()
+        .filter(|f| !documented.iter().any(|d| d.starts_with(f.as_str())))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "options of src/client.rs not documented with Fl in man/smtpctl.8: {missing:?}"
+    );
+}
+
+#[test]
+fn show_stats_and_monitor_keys_are_documented() {
+    let src = read("src/event_loop.rs");
+    let literals = macro_words(&smtpctl_8(), "Li");
+    // `show stats` keys are list items (`.It Li KEY`), `monitor` keys are shown as
+    // `Li KEY= Ns Ar n`.
+    for (func, suffix) in [("fn stats_text", ""), ("fn monitor_line", "=")] {
+        let at = src
+            .find(func)
+            .unwrap_or_else(|| panic!("no {func} in src/event_loop.rs"));
+        let format = src[at..].split('"').nth(1).unwrap_or_default();
+        let keys: Vec<&str> = format
+            .split("\\n")
+            .flat_map(|l| l.split(' '))
+            .filter_map(|kv| kv.split_once('=').map(|(k, _)| k))
+            .collect();
+        assert!(keys.len() >= 5, "{func}: no keys in {format:?}");
+        for k in keys {
+            assert!(
+                literals.contains(&format!("{k}{suffix}")),
+                "{func}: key {k} is not documented with Li in man/smtpctl.8"
+            );
+        }
+    }
 }

@@ -259,6 +259,16 @@ fn path_end(s: &str) -> Option<usize> {
     None
 }
 
+/// Parses an address given without brackets (a filter's rewrite); `null_ok` allows
+/// the empty address.
+pub fn parse_address(addr: &str, null_ok: bool) -> Option<Mailbox> {
+    let a = addr.trim().trim_start_matches('<').trim_end_matches('>');
+    if a.contains(['<', '>', ' ']) {
+        return None;
+    }
+    parse_path(&format!("<{a}>"), null_ok)
+}
+
 /// Parses `<...>`; `null_ok` allows `<>`. Source routes (`<@a,@b:x@y>`) are dropped
 /// as RFC 5321 §C asks. `<postmaster>` alone is accepted for RCPT (§4.5.1).
 fn parse_path(path: &str, null_ok: bool) -> Option<Mailbox> {

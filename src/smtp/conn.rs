@@ -90,6 +90,7 @@ pub struct Conn {
     writable: bool,
     eof: bool,
     closing: Option<Reason>,
+    filter_query: Option<super::session::FilterQuery>,
 }
 
 /// Logs client bytes safely.
@@ -123,6 +124,7 @@ impl Conn {
             writable: false,
             eof: false,
             closing: None,
+            filter_query: None,
         };
         for a in actions {
             if let Action::Reply(r) = a {
@@ -353,6 +355,7 @@ impl Conn {
                         ctx.spool.discard(m.id);
                     }
                 }
+                Action::Filter(q) => self.filter_query = Some(q),
                 Action::Close => {
                     let reason = if last_code == 221 {
                         Reason::Quit
@@ -450,6 +453,28 @@ impl Conn {
             }
         }
         out
+    }
+
+    /// A filter query the session made, for the server to route through the chain.
+    pub fn take_filter_query(&mut self) -> Option<super::session::FilterQuery> {
+        self.filter_query.take()
+    }
+
+    /// The chain's verdict on the last query.
+    pub fn on_filter_verdict(
+        &mut self,
+        ctx: &mut Ctx,
+        v: super::session::FilterVerdict,
+        now: Instant,
+    ) {
+        let mut policy = RulesetPolicy {
+            cfg: ctx.cfg,
+            spool_root: ctx.spool.root(),
+        };
+        self.session
+            .on_filter_result(v, &mut policy, &mut self.actions);
+        self.run_actions(ctx, Some(b"(filtered command)"));
+        self.pump(ctx, now);
     }
 
     /// The sync thread finished this connection's commit.

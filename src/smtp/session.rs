@@ -32,6 +32,79 @@ pub enum Action {
     Discard,
     /// Close the connection once the output is flushed.
     Close,
+    /// Run the filter chain for this phase, then call [`Session::on_filter_result`].
+    Filter(FilterQuery),
+}
+
+/// An SMTP phase a filter chain may see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// The connection, before the greeting.
+    Connect,
+    /// HELO.
+    Helo,
+    /// EHLO.
+    Ehlo,
+    /// MAIL FROM.
+    Mail,
+    /// RCPT TO.
+    Rcpt,
+    /// DATA, before the 354.
+    Data,
+    /// The final ".", before the commit.
+    Eom,
+}
+
+impl Phase {
+    /// The event bit of this phase in the filter protocol.
+    pub fn event(self) -> u32 {
+        use smtpd_filter::codec::event;
+        match self {
+            Phase::Connect => event::CONNECT,
+            Phase::Helo => event::HELO,
+            Phase::Ehlo => event::EHLO,
+            Phase::Mail => event::MAIL,
+            Phase::Rcpt => event::RCPT,
+            Phase::Data => event::DATA,
+            Phase::Eom => event::EOM,
+        }
+    }
+}
+
+/// What a filter chain is asked about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FilterQuery {
+    /// The phase.
+    pub phase: Phase,
+    /// Its parameter: the HELO name, the address, or empty.
+    pub param: String,
+}
+
+/// What a filter chain decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FilterVerdict {
+    /// Go on, maybe with a rewritten parameter, maybe marking the message as junk.
+    Proceed {
+        /// The new parameter (HELO name or address), if rewritten.
+        rewrite: Option<String>,
+        /// Mark the transaction as spam.
+        junk: bool,
+    },
+    /// Refuse the command with this reply.
+    Reject(Reply),
+    /// Reply and close the connection.
+    Disconnect(Reply),
+}
+
+/// A command waiting for its filter verdict.
+#[derive(Debug, Clone)]
+enum Pending {
+    Connect,
+    Helo { name: String, esmtp: bool },
+    Mail { sender: Mailbox, params: MailParams },
+    Rcpt { addr: Mailbox, params: RcptParams },
+    Data,
+    Eom,
 }
 
 /// Where the session stands.
@@ -81,6 +154,8 @@ pub struct Tx {
     in_headers: bool,
     /// Received headers seen.
     hops: usize,
+    /// A filter marked the transaction as spam.
+    pub junk: bool,
 }
 
 /// Facts about the client, fixed at connect time.
@@ -154,17 +229,18 @@ pub struct Session {
     tx: Option<Tx>,
     mails: usize,
     errors: usize,
+    /// Events (filter protocol bits) the session's filter chain wants to decide.
+    hooks: u32,
+    pending: Option<Pending>,
+    /// A filter marked the session as spam (applies to its transactions).
+    junk: bool,
 }
 
 impl Session {
-    /// Starts a session; the greeting is the first action.
-    pub fn new(id: u64, client: Client, limits: Limits, out: &mut Vec<Action>) -> Self {
-        out.push(Action::Reply(Reply::new(
-            220,
-            "",
-            format!("{} ESMTP smtpd", client.server_name),
-        )));
-        Session {
+    /// Starts a session whose filter chain decides the `hooks` events (0 for none);
+    /// the greeting, or the connect filter query, is the first action.
+    pub fn new(id: u64, client: Client, limits: Limits, hooks: u32, out: &mut Vec<Action>) -> Self {
+        let mut s = Session {
             id,
             state: State::Connected,
             client,
@@ -174,6 +250,99 @@ impl Session {
             tx: None,
             mails: 0,
             errors: 0,
+            hooks,
+            pending: None,
+            junk: false,
+        };
+        if !s.ask(Phase::Connect, String::new(), Pending::Connect, out) {
+            s.banner(out);
+        }
+        s
+    }
+
+    fn banner(&self, out: &mut Vec<Action>) {
+        out.push(Action::Reply(Reply::new(
+            220,
+            "",
+            format!("{} ESMTP smtpd", self.client.server_name),
+        )));
+    }
+
+    /// Asks the filter chain about `phase` when it wants to decide it; true if asked.
+    fn ask(
+        &mut self,
+        phase: Phase,
+        param: String,
+        pending: Pending,
+        out: &mut Vec<Action>,
+    ) -> bool {
+        if self.hooks & phase.event() == 0 {
+            return false;
+        }
+        self.pending = Some(pending);
+        out.push(Action::Filter(FilterQuery { phase, param }));
+        true
+    }
+
+    /// The filter chain's verdict on the pending command.
+    pub fn on_filter_result(
+        &mut self,
+        v: FilterVerdict,
+        policy: &mut dyn Policy,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(p) = self.pending.take() else {
+            debug_assert!(false, "filter verdict without a pending command");
+            return;
+        };
+        let (rewrite, junk) = match v {
+            FilterVerdict::Proceed { rewrite, junk } => (rewrite, junk),
+            FilterVerdict::Disconnect(r) => return self.close(r, out),
+            FilterVerdict::Reject(r) => {
+                // A 421 always ends the session, as RFC 5321 §3.8 means it.
+                if r.code == 421 || matches!(p, Pending::Connect) {
+                    return self.close(r, out);
+                }
+                if matches!(p, Pending::Eom) {
+                    out.push(Action::Discard);
+                    self.tx = None;
+                    self.enter(State::Ready);
+                }
+                return self.fail(r, out);
+            }
+        };
+        // Junk before MAIL marks the session, after it the transaction.
+        if junk && !matches!(p, Pending::Mail { .. }) {
+            match self.tx.as_mut() {
+                Some(tx) => tx.junk = true,
+                None => self.junk = true,
+            }
+        }
+        match p {
+            Pending::Connect => self.banner(out),
+            Pending::Helo { name, esmtp } => {
+                let name = rewrite.unwrap_or(name);
+                self.greet_proceed(&name, esmtp, out)
+            }
+            Pending::Mail { sender, params } => match rewrite {
+                None => self.mail_proceed(sender, params, junk, out),
+                Some(r) => match super::command::parse_address(&r, true) {
+                    Some(m) => self.mail_proceed(m, params, junk, out),
+                    None => self.fail(Reply::BAD_SENDER, out),
+                },
+            },
+            Pending::Rcpt { addr, params } => match rewrite {
+                None => self.rcpt_proceed(addr, params, policy, out),
+                Some(r) => match super::command::parse_address(&r, false) {
+                    Some(m) => self.rcpt_proceed(m, params, policy, out),
+                    None => self.fail(Reply::BAD_RCPT, out),
+                },
+            },
+            Pending::Data => out.push(Action::OpenMessage),
+            Pending::Eom => {
+                out.push(Action::Commit);
+                self.enter(State::Commit);
+            }
         }
     }
 
@@ -184,7 +353,7 @@ impl Session {
 
     /// Whether the glue may feed the next line.
     pub fn wants_input(&self) -> bool {
-        !matches!(self.state, State::Commit | State::Quit)
+        self.pending.is_none() && !matches!(self.state, State::Commit | State::Quit)
     }
 
     /// Whether lines are message content (use [`Session::on_data_line`]).
@@ -286,6 +455,17 @@ impl Session {
     }
 
     fn greet(&mut self, name: &str, esmtp: bool, out: &mut Vec<Action>) {
+        let phase = if esmtp { Phase::Ehlo } else { Phase::Helo };
+        let pending = Pending::Helo {
+            name: name.to_string(),
+            esmtp,
+        };
+        if !self.ask(phase, name.to_string(), pending, out) {
+            self.greet_proceed(name, esmtp, out);
+        }
+    }
+
+    fn greet_proceed(&mut self, name: &str, esmtp: bool, out: &mut Vec<Action>) {
         // RFC 5321 §4.1.4: HELO/EHLO resets any transaction.
         self.tx = None;
         self.helo = name.to_string();
@@ -337,10 +517,28 @@ impl Session {
         if !policy.has_space(size) {
             return self.fail(Reply::NO_STORAGE, out);
         }
+        let param = sender.to_string();
+        let pending = Pending::Mail {
+            sender: sender.clone(),
+            params: params.clone(),
+        };
+        if !self.ask(Phase::Mail, param, pending, out) {
+            self.mail_proceed(sender, params, false, out);
+        }
+    }
+
+    fn mail_proceed(
+        &mut self,
+        sender: Mailbox,
+        params: MailParams,
+        junk: bool,
+        out: &mut Vec<Action>,
+    ) {
         self.tx = Some(Tx {
             sender,
             params,
             in_headers: true,
+            junk: junk || self.junk,
             ..Tx::default()
         });
         out.push(Action::Reply(Reply::MAIL_OK));
@@ -373,6 +571,26 @@ impl Session {
             out.push(Action::Reply(Reply::TOO_MANY_RCPT));
             return;
         }
+        let param = addr.to_string();
+        let pending = Pending::Rcpt {
+            addr: addr.clone(),
+            params: params.clone(),
+        };
+        if !self.ask(Phase::Rcpt, param, pending, out) {
+            self.rcpt_proceed(addr, params, policy, out);
+        }
+    }
+
+    fn rcpt_proceed(
+        &mut self,
+        addr: Mailbox,
+        params: RcptParams,
+        policy: &mut dyn Policy,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(tx) = self.tx.as_mut() else {
+            return self.fail(Reply::NEED_MAIL, out);
+        };
         let ctx = MatchCtx {
             client: &self.client,
             helo: &self.helo,
@@ -400,7 +618,9 @@ impl Session {
         if self.tx.as_ref().is_none_or(|t| t.rcpts.is_empty()) {
             return self.fail(Reply::NEED_RCPT, out);
         }
-        out.push(Action::OpenMessage);
+        if !self.ask(Phase::Data, String::new(), Pending::Data, out) {
+            out.push(Action::OpenMessage);
+        }
     }
 
     /// The answer to [`Action::OpenMessage`]: the message id, or why it failed.
@@ -525,8 +745,11 @@ impl Session {
                 self.fail(reply, out);
             }
             None => {
-                out.push(Action::Commit);
-                self.enter(State::Commit);
+                let size = self.tx.as_ref().map_or(0, |t| t.size).to_string();
+                if !self.ask(Phase::Eom, size, Pending::Eom, out) {
+                    out.push(Action::Commit);
+                    self.enter(State::Commit);
+                }
             }
         }
     }
@@ -613,7 +836,7 @@ mod tests {
                 server_name: "mx.example.org".into(),
                 tag: None,
             };
-            let s = Session::new(7, client, limits(), &mut out);
+            let s = Session::new(7, client, limits(), 0, &mut out);
             let mut d = Dialog {
                 s,
                 p: TestPolicy { space: true },
@@ -850,6 +1073,83 @@ mod tests {
         d.s.on_data_end(true, &mut d.out);
         d.expect("554 5.5.0").expect_close();
         assert!(!d.out.contains(&Action::Commit));
+    }
+
+    #[test]
+    fn filter_phases_reject_rewrite_and_disconnect() {
+        use smtpd_filter::codec::event;
+        let mut out = Vec::new();
+        let client = Client {
+            addr: Some(IpAddr::from([192, 0, 2, 7])),
+            local: false,
+            server_name: "mx".into(),
+            tag: None,
+        };
+        let hooks = event::CONNECT | event::MAIL | event::RCPT | event::EOM;
+        let mut s = Session::new(1, client, limits(), hooks, &mut out);
+        let mut p = TestPolicy { space: true };
+        // Connect waits for the chain; no greeting yet, no input taken.
+        assert_eq!(
+            out,
+            [Action::Filter(FilterQuery {
+                phase: Phase::Connect,
+                param: String::new()
+            })]
+        );
+        assert!(!s.wants_input());
+        out.clear();
+        s.on_filter_result(
+            FilterVerdict::Proceed {
+                rewrite: None,
+                junk: false,
+            },
+            &mut p,
+            &mut out,
+        );
+        assert!(matches!(&out[0], Action::Reply(r) if r.code == 220));
+        out.clear();
+        s.on_line(b"EHLO c", &mut p, &mut out);
+        out.clear();
+        s.on_line(b"MAIL FROM:<a@b.c>", &mut p, &mut out);
+        assert_eq!(
+            out,
+            [Action::Filter(FilterQuery {
+                phase: Phase::Mail,
+                param: "a@b.c".into()
+            })]
+        );
+        out.clear();
+        // Rewritten sender, checked again.
+        s.on_filter_result(
+            FilterVerdict::Proceed {
+                rewrite: Some("x@y.z".into()),
+                junk: true,
+            },
+            &mut p,
+            &mut out,
+        );
+        assert_eq!(s.tx().map(|t| t.sender.to_string()), Some("x@y.z".into()));
+        assert!(s.tx().is_some_and(|t| t.junk));
+        out.clear();
+        s.on_line(b"RCPT TO:<u@b.c>", &mut p, &mut out);
+        out.clear();
+        s.on_filter_result(
+            FilterVerdict::Reject(Reply::new(550, "5.7.1", "not you")),
+            &mut p,
+            &mut out,
+        );
+        assert!(matches!(&out[0], Action::Reply(r) if r.code == 550 && r.text == "not you"));
+        assert!(s.wants_input());
+        out.clear();
+        s.on_line(b"RCPT TO:<u@b.c>", &mut p, &mut out);
+        out.clear();
+        s.on_filter_result(
+            FilterVerdict::Disconnect(Reply::new(421, "4.7.0", "bye")),
+            &mut p,
+            &mut out,
+        );
+        assert!(out.contains(&Action::Close));
+        assert_eq!(s.state(), State::Quit);
     }
 
     #[test]
