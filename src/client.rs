@@ -28,6 +28,7 @@ fn spool_root(file: Option<&str>) -> Result<PathBuf, String> {
 
 /// `smtpctl [-f FILE] COMMAND...` (also `smtpd ctl ...`).
 pub fn smtpctl(prog: &str, args: &[String]) -> i32 {
+    let _ = crate::sys::drop_setgid();
     let mut opts = getopts::Options::new();
     opts.optopt("f", "", "configuration file (to find the spool)", "FILE");
     opts.parsing_style(getopts::ParsingStyle::StopAtFirstFree);
@@ -224,8 +225,10 @@ pub fn sendmail(prog: &str, args: &[String]) -> i32 {
         Err(e) => {
             let _ = crate::sys::drop_setgid();
             eprintln!("{prog}: {e}");
-            // A refusal by the daemon is permanent; anything else may pass later.
-            if e.to_string().contains(": 5") {
+            // A refusal by the daemon (5xx) or a line the protocol cannot carry is
+            // permanent; anything else may pass later.
+            let t = e.to_string();
+            if t.starts_with('5') || t.contains(": 5") || t.contains("longer than 998") {
                 65
             } else {
                 75
@@ -280,6 +283,7 @@ fn smtp_on_stdio(prog: &str, sock: &Path) -> i32 {
 
 /// `newaliases [-f FILE]`: checks the configuration and its alias tables.
 pub fn newaliases(prog: &str, args: &[String]) -> i32 {
+    let _ = crate::sys::drop_setgid();
     let file = match args {
         [f, path] if f == "-f" => PathBuf::from(path),
         [] => PathBuf::from(DEFAULT_CONFIG),

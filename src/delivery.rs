@@ -240,6 +240,16 @@ impl Queue {
             ),
             (Dest::File(p), _) => (LocalKind::File(p.clone()), default_user()),
             (Dest::Pipe(c), _) => (LocalKind::Pipe(c.clone()), default_user()),
+            (Dest::User(_), Method::ForwardOnly) if env.no_forward => {
+                return self.finish(
+                    cfg,
+                    env,
+                    Outcome::PermFail(
+                        "forwarding loop: the .forward leads back to its user".into(),
+                    ),
+                    now,
+                );
+            }
             (Dest::User(u), Method::ForwardOnly) => (LocalKind::ForwardOnly, u.clone()),
             (Dest::User(_), Method::ExpandOnly) => {
                 return self.finish(
@@ -359,8 +369,17 @@ impl Queue {
         }
     }
 
-    /// Reads results from the parent.
-    pub fn on_parent(&mut self, cfg: &Config) -> bool {
+    /// Sends a message to the parent (filter kill requests).
+    pub fn ask_parent(&self, msg: &[u8]) {
+        if let Some(fd) = self.parent.as_ref().map(|p| p.as_raw_fd()) {
+            if let Err(e) = crate::sys::send_msg(fd, msg, None) {
+                log::warn!("queue: cannot reach the parent: {e}");
+            }
+        }
+    }
+
+    /// Reads results from the parent; filter sockets it hands over go to `handed`.
+    pub fn on_parent(&mut self, cfg: &Config, handed: &mut Vec<(usize, OwnedFd)>) -> bool {
         let Some(fd) = self.parent.as_ref().map(|p| p.as_raw_fd()) else {
             return false;
         };
@@ -371,6 +390,12 @@ impl Queue {
                     log::error!("queue: the parent process is gone");
                     self.parent = None;
                     return false;
+                }
+                Ok((n, Some(fd))) if buf.first() == Some(&b'F') => {
+                    match crate::privsep::decode_filter_id(&buf[..n]) {
+                        Some(id) => handed.push((id, fd)),
+                        None => log::warn!("queue: malformed filter handover ignored"),
+                    }
                 }
                 Ok((n, _)) => match DeliverRes::decode(&buf[..n]) {
                     Some(res) => {
@@ -439,10 +464,8 @@ impl Queue {
                             env.sender,
                             env.rcpt
                         );
-                        env.errorline = format!("expired after {} attempts: {text}", env.retry);
-                        if !env.errorline.contains("4.4.7") {
-                            env.errorline = format!("554 5.4.7 {}", env.errorline);
-                        }
+                        env.errorline =
+                            format!("554 5.4.7 expired after {} attempts: {text}", env.retry);
                         self.bounce(cfg, &env, DsnKind::Failed, now);
                         self.remove(evpid);
                     }

@@ -33,7 +33,8 @@ struct Syslog {
 
 impl Log for Syslog {
     fn enabled(&self, m: &Metadata) -> bool {
-        m.level() <= self.level
+        // The global maximum follows `smtpctl log brief|verbose`.
+        m.level() <= log::max_level() && self.level >= LevelFilter::Error
     }
     fn log(&self, r: &Record) {
         if !self.enabled(r.metadata()) {

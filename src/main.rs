@@ -192,24 +192,65 @@ fn start(cfg: Config, foreground: bool, paused: &[String]) -> std::io::Result<()
     if !foreground {
         smtpd::sys::daemonize()?;
     }
+    // Filters start once, here, before the engine: it inherits their sockets.
+    let mut filters = Vec::new();
+    let mut filter_fds = Vec::new();
+    for (id, f) in cfg.filters.iter().enumerate() {
+        if let config::FilterKind::Proc {
+            command,
+            user,
+            group,
+            chroot,
+            ..
+        } = &f.kind
+        {
+            let spec = smtpd::filter::supervisor::ProcSpec {
+                id,
+                name: f.name.clone(),
+                command: command.clone(),
+                user: user.clone(),
+                group: group.clone(),
+                chroot: chroot.clone(),
+            };
+            let (pid, engine_fd, err) = smtpd::filter::supervisor::spawn(&spec)?;
+            log::info!("filter {} started, pid {pid}", f.name);
+            filter_fds.push((id, engine_fd));
+            filters.push(smtpd::filter::supervisor::Running {
+                spec,
+                pid: Some(pid),
+                stderr: Some(std::fs::File::from(err)),
+                restarts: 0,
+                restart_at: None,
+                errbuf: Vec::new(),
+            });
+        }
+    }
     let (engine_end, parent_end) = smtpd::sys::seqpacket_pair()?;
     match smtpd::sys::fork()? {
         None => {
-            smtpd::sys::die_with_parent();
             drop(parent_end);
             if let Some(pw) = &engine_user {
                 smtpd::sys::drop_privileges(pw.uid, pw.gid)?;
                 log::info!("smtpd engine running as {}", pw.name);
             }
+            // After the switch of user: the kernel clears this setting when ids change.
+            smtpd::sys::die_with_parent();
             let cfg = Arc::new(cfg);
-            let r = Server::new(cfg, spool, listeners, Some(control), Some(engine_end)).and_then(
-                |mut s| {
-                    for p in paused {
-                        s.pause(p);
-                    }
-                    s.run()
-                },
-            );
+            drop(filters);
+            let r = Server::new(
+                cfg,
+                spool,
+                listeners,
+                Some(control),
+                Some(engine_end),
+                filter_fds,
+            )
+            .and_then(|mut s| {
+                for p in paused {
+                    s.pause(p);
+                }
+                s.run()
+            });
             if let Err(e) = &r {
                 log::error!("smtpd: {e}");
             }
@@ -220,12 +261,13 @@ fn start(cfg: Config, foreground: bool, paused: &[String]) -> std::io::Result<()
             drop(listeners);
             drop(control);
             drop(engine_end);
+            drop(filter_fds);
             let socket = smtpd::control::socket_path(spool.root());
             let n = smtpd::submit::flush_offline(&spool, &socket);
             if n > 0 {
                 log::info!("offline: {n} message(s) submitted");
             }
-            let code = smtpd::privsep::parent_loop(parent_end, engine)?;
+            let code = smtpd::privsep::parent_loop(parent_end, engine, filters)?;
             let _ = std::fs::remove_file(smtpd::control::socket_path(&cfg.queue.path));
             if code != 0 {
                 return Err(std::io::Error::other(format!(

@@ -10,6 +10,7 @@
 //! that becomes the user before it touches a mailbox, and answers with a [`DeliverRes`].
 //! The engine never holds root, and a child never sees another user's data.
 
+use crate::filter::supervisor::{self, Running};
 use crate::mda::format::{expand_command, expand_path, FormatCtx};
 use crate::mda::{self, Outcome};
 use crate::sys;
@@ -19,7 +20,7 @@ use std::io::{self, Read, Seek};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Largest message on the parent channel.
 pub const MAX_MSG: usize = 16 * 1024;
@@ -393,36 +394,82 @@ fn child_result(id: u64, mut pipe: File, status: i32) -> DeliverRes {
     }
 }
 
-/// The parent's loop: serves delivery requests until the engine exits; returns the
-/// engine's exit code.
-pub fn parent_loop(chan: OwnedFd, engine: i32) -> io::Result<i32> {
+/// Parent -> engine: a (re)started filter's socket follows. `'F' id`.
+pub fn encode_filter_fd(id: usize) -> Vec<u8> {
+    let mut v = vec![b'F'];
+    v.extend_from_slice(&(id as u64).to_be_bytes());
+    v
+}
+
+/// Engine -> parent: kill this filter (it hung or spoke garbage). `'K' id`.
+pub fn encode_filter_kill(id: usize) -> Vec<u8> {
+    let mut v = vec![b'K'];
+    v.extend_from_slice(&(id as u64).to_be_bytes());
+    v
+}
+
+/// The filter id of an `'F'` or `'K'` message.
+pub fn decode_filter_id(b: &[u8]) -> Option<usize> {
+    let id: [u8; 8] = b.get(1..9)?.try_into().ok()?;
+    (b.len() == 9).then(|| u64::from_be_bytes(id) as usize)
+}
+
+/// The parent's loop: serves delivery requests and keeps the filters running until the
+/// engine exits; returns the engine's exit code.
+pub fn parent_loop(chan: OwnedFd, engine: i32, mut filters: Vec<Running>) -> io::Result<i32> {
     let sig = sys::signal_pipe()?;
     let fd = chan.as_raw_fd();
     let mut children: HashMap<i32, (u64, File)> = HashMap::new();
     let mut buf = vec![0u8; MAX_MSG];
     let mut signals = Vec::new();
     let mut engine_status = None;
-    let mut fds = [
-        libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        },
-        libc::pollfd {
-            fd: sig,
-            events: libc::POLLIN,
-            revents: 0,
-        },
-    ];
+    let mut chan_open = true;
     loop {
         if let Some(code) = engine_status {
             // Let deliveries in flight finish; their results have nowhere to go.
             for (pid, _) in children.drain() {
                 log::debug!("parent: delivery child {pid} left running at exit");
             }
+            for f in &filters {
+                if let Some(pid) = f.pid {
+                    sys::kill(pid, libc::SIGTERM);
+                }
+            }
             return Ok(code);
         }
-        sys::poll(&mut fds, -1)?;
+        let mut fds = vec![
+            libc::pollfd {
+                fd: if chan_open { fd } else { -1 },
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: sig,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        for f in &filters {
+            let efd = f.stderr.as_ref().map_or(-1, |e| e.as_raw_fd());
+            fds.push(libc::pollfd {
+                fd: efd,
+                events: libc::POLLIN,
+                revents: 0,
+            });
+        }
+        let now = Instant::now();
+        let timeout = filters
+            .iter()
+            .filter_map(|f| f.restart_at)
+            .map(|t| t.saturating_duration_since(now).as_millis().min(60_000) as i32)
+            .min()
+            .unwrap_or(-1);
+        sys::poll(&mut fds, timeout)?;
+        for (i, f) in filters.iter_mut().enumerate() {
+            if fds[2 + i].revents != 0 {
+                supervisor::drain_stderr(f);
+            }
+        }
         if fds[1].revents != 0 {
             sys::read_signals(sig, &mut signals);
             for s in signals.drain(..) {
@@ -439,23 +486,79 @@ pub fn parent_loop(chan: OwnedFd, engine: i32) -> io::Result<i32> {
                     if let Err(e) = sys::send_msg(fd, &res.encode(), None) {
                         log::warn!("parent: cannot report delivery {id}: {e}");
                     }
+                } else if let Some(f) = filters.iter_mut().find(|f| f.pid == Some(pid)) {
+                    supervisor::drain_stderr(f);
+                    let delay = supervisor::backoff(f.restarts);
+                    log::warn!(
+                        "filter {} exited with status {}, restarting in {}s",
+                        f.spec.name,
+                        sys::exit_code(status),
+                        delay.as_secs()
+                    );
+                    f.pid = None;
+                    f.restarts += 1;
+                    f.restart_at = Some(Instant::now() + delay);
                 }
             }
         }
-        if fds[0].revents != 0 {
+        let now = Instant::now();
+        for f in filters.iter_mut() {
+            if f.restart_at.is_some_and(|t| t <= now) && engine_status.is_none() {
+                match supervisor::spawn(&f.spec) {
+                    Ok((pid, engine_end, err)) => {
+                        f.pid = Some(pid);
+                        f.stderr = Some(File::from(err));
+                        f.restart_at = None;
+                        log::info!("filter {} restarted, pid {pid}", f.spec.name);
+                        if let Err(e) = sys::send_msg(
+                            fd,
+                            &encode_filter_fd(f.spec.id),
+                            Some(engine_end.as_raw_fd()),
+                        ) {
+                            log::warn!(
+                                "parent: cannot hand filter {} to the engine: {e}",
+                                f.spec.name
+                            );
+                        }
+                    }
+                    Err(e) => {
+                        log::warn!("filter {}: cannot restart: {e}", f.spec.name);
+                        f.restarts += 1;
+                        f.restart_at = Some(now + supervisor::backoff(f.restarts));
+                    }
+                }
+            }
+        }
+        if chan_open && fds[0].revents != 0 {
             loop {
                 match sys::recv_msg(fd, &mut buf) {
                     Ok((0, _)) => {
                         // The engine is gone; its exit status follows with SIGCHLD.
-                        fds[0].fd = -1;
+                        chan_open = false;
                         break;
                     }
-                    Ok((n, msgfd)) => handle_request(&buf[..n], msgfd, fd, &mut children),
+                    Ok((n, msgfd)) => {
+                        if buf.first() == Some(&b'K') {
+                            if let Some(f) = decode_filter_id(&buf[..n])
+                                .and_then(|id| filters.iter().find(|f| f.spec.id == id))
+                            {
+                                if let Some(pid) = f.pid {
+                                    log::warn!(
+                                        "filter {}: killed at the engine's request",
+                                        f.spec.name
+                                    );
+                                    sys::kill(pid, libc::SIGKILL);
+                                }
+                            }
+                        } else {
+                            handle_request(&buf[..n], msgfd, fd, &mut children)
+                        }
+                    }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => {
                         log::warn!("parent: engine channel: {e}");
-                        fds[0].fd = -1;
+                        chan_open = false;
                         break;
                     }
                 }

@@ -24,6 +24,94 @@ pub struct Config {
     pub actions: Vec<Action>,
     /// Rules, in order; the first that matches decides.
     pub rules: Vec<Rule>,
+    /// Filters, indexed by [`FilterId`].
+    pub filters: Vec<FilterDef>,
+    /// The filter of local submissions (`listen on socket filter NAME`).
+    pub socket_filter: Option<FilterId>,
+}
+
+/// Index into [`Config::filters`].
+pub type FilterId = usize;
+
+/// A `filter` statement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FilterDef {
+    /// Its name.
+    pub name: String,
+    /// What it is.
+    pub kind: FilterKind,
+}
+
+/// The kinds of filter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FilterKind {
+    /// `proc-exec "COMMAND" [user U] [group G] [chroot DIR] [timeout D]`.
+    Proc {
+        /// The command line.
+        command: String,
+        /// Account to run as.
+        user: Option<String>,
+        /// Group to run as.
+        group: Option<String>,
+        /// Directory to chroot into.
+        chroot: Option<PathBuf>,
+        /// How long an answer may take.
+        timeout: Duration,
+    },
+    /// `chain { A, B }`: these filters in order.
+    Chain(Vec<FilterId>),
+    /// `phase PHASE match [!]CHECK ... DECISION`, run inside the daemon.
+    Builtin(Builtin),
+}
+
+/// A filter run inside the daemon.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Builtin {
+    /// The phase it decides (an event bit of the filter protocol).
+    pub phase: u32,
+    /// Checks, each possibly negated; all must hold for the decision to apply.
+    pub checks: Vec<(bool, Check)>,
+    /// What happens when they hold.
+    pub decision: BuiltinDecision,
+}
+
+/// A check of a built-in filter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Check {
+    /// `src ADDR|<t>`: the client address.
+    Src(Matcher),
+    /// `helo NAME|<t>`: the HELO/EHLO name.
+    Helo(Matcher),
+    /// `mail-from ADDR|<t>`: the sender.
+    MailFrom(Matcher),
+    /// `rcpt-to ADDR|<t>`: the recipient.
+    RcptTo(Matcher),
+}
+
+/// The decision of a built-in filter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BuiltinDecision {
+    /// Skip the rest of the chain for this phase.
+    Bypass,
+    /// Mark as spam.
+    Junk,
+    /// Refuse with this reply text ("550 5.7.1 text").
+    Reject(String),
+    /// Reply and close.
+    Disconnect(String),
+    /// Replace the parameter.
+    Rewrite(String),
+}
+
+impl Config {
+    /// The filters a chain head stands for, in order (chains flattened).
+    pub fn filter_chain(&self, head: FilterId) -> Vec<FilterId> {
+        match self.filters.get(head).map(|f| &f.kind) {
+            Some(FilterKind::Chain(ids)) => ids.clone(),
+            Some(_) => vec![head],
+            None => Vec::new(),
+        }
+    }
 }
 
 /// The spool settings.
@@ -89,6 +177,8 @@ pub struct Listener {
     pub hostname: Option<String>,
     /// `tag`, matched by `match tag`.
     pub tag: Option<String>,
+    /// `filter NAME`: the chain its sessions go through.
+    pub filter: Option<FilterId>,
 }
 
 /// Index into [`Config::tables`].

@@ -66,6 +66,30 @@ pub const KEYWORDS: &[&str] = &[
     "max-hops",
     "timeout",
     "sub-addr-delim",
+    "filter",
+    "proc-exec",
+    "group",
+    "chroot",
+    "chain",
+    "phase",
+    "connect",
+    "ehlo",
+    "data",
+    "commit",
+    "bypass",
+    "disconnect",
+    "rewrite",
+];
+
+/// Phases a built-in filter may decide, with their protocol event bits.
+const PHASES: &[(&str, u32)] = &[
+    ("connect", smtpd_filter::codec::event::CONNECT),
+    ("helo", smtpd_filter::codec::event::HELO),
+    ("ehlo", smtpd_filter::codec::event::EHLO),
+    ("mail-from", smtpd_filter::codec::event::MAIL),
+    ("rcpt-to", smtpd_filter::codec::event::RCPT),
+    ("data", smtpd_filter::codec::event::DATA),
+    ("commit", smtpd_filter::codec::event::EOM),
 ];
 
 const MAX_INCLUDE_DEPTH: usize = 8;
@@ -81,6 +105,7 @@ pub(super) struct Parser {
     cfg: Config,
     table_names: HashMap<String, TableId>,
     action_names: HashMap<String, ActionId>,
+    filter_names: HashMap<String, FilterId>,
     queue_path: Option<PathBuf>,
     depth: usize,
     /// The file being read (relative paths in it are resolved against its directory).
@@ -213,9 +238,12 @@ impl Parser {
                 tables: Vec::new(),
                 actions: Vec::new(),
                 rules: Vec::new(),
+                filters: Vec::new(),
+                socket_filter: None,
             },
             table_names: HashMap::new(),
             action_names: HashMap::new(),
+            filter_names: HashMap::new(),
             queue_path: None,
             depth: 0,
             current: path.to_path_buf(),
@@ -285,6 +313,7 @@ impl Parser {
             "match" => self.rule(&mut st),
             "queue" => self.queue(&mut st),
             "smtp" => self.smtp(&mut st),
+            "filter" => self.filter(&mut st),
             other => Err(st.err(format!("unknown keyword '{other}'"))),
         }
     }
@@ -380,13 +409,50 @@ impl Parser {
         }
     }
 
+    /// `filter NAME` or `filter { A, B }` after `listen on`: the chain head.
+    fn filter_ref(&mut self, st: &mut Stmt) -> Result<FilterId, ConfigError> {
+        if st.eat_punct('{') {
+            let mut ids = Vec::new();
+            for (name, _) in Self::inline_entries(st)? {
+                ids.push(self.named_filter(st, &name)?);
+            }
+            let id = self.cfg.filters.len();
+            self.cfg.filters.push(FilterDef {
+                name: format!("(chain {id})"),
+                kind: FilterKind::Chain(ids),
+            });
+            return Ok(id);
+        }
+        let name = st.value("filter name")?;
+        self.named_filter(st, &name)
+    }
+
+    fn named_filter(&self, st: &Stmt, name: &str) -> Result<FilterId, ConfigError> {
+        self.filter_names
+            .get(name)
+            .copied()
+            .ok_or_else(|| st.err(format!("undefined filter '{name}'")))
+    }
+
     fn listen(&mut self, st: &mut Stmt) -> Result<(), ConfigError> {
         st.expect("on")?;
+        if st.eat("socket") {
+            while !st.at_end() {
+                if st.eat("filter") {
+                    self.cfg.socket_filter = Some(self.filter_ref(st)?);
+                } else {
+                    st.done()?;
+                    break;
+                }
+            }
+            return Ok(());
+        }
         let what = st.value("address or interface")?;
         let mut family: Option<bool> = None; // Some(true) = inet4 only
         let mut port = 25u16;
         let mut hostname = None;
         let mut tag = None;
+        let mut filter = None;
         while !st.at_end() {
             if st.eat("inet4") {
                 family = Some(true);
@@ -407,6 +473,8 @@ impl Parser {
                 hostname = Some(h);
             } else if st.eat("tag") {
                 tag = Some(st.value("tag")?);
+            } else if st.eat("filter") {
+                filter = Some(self.filter_ref(st)?);
             } else {
                 st.done()?;
                 break;
@@ -429,6 +497,7 @@ impl Parser {
             addrs,
             hostname,
             tag,
+            filter,
         });
         Ok(())
     }
@@ -445,7 +514,13 @@ impl Parser {
                     if *quoted || !ACTION_OPTIONS.contains(&text.as_str()) =>
                 {
                     st.pos += 1;
-                    Some(text.clone())
+                    // A relative path is relative to the configuration file, like every
+                    // other path in it; `~` and format specifiers stay as written.
+                    if text.starts_with(['/', '~', '%']) {
+                        Some(text.clone())
+                    } else {
+                        Some(relative_to(&self.current, text).display().to_string())
+                    }
                 }
                 _ => None,
             };
@@ -604,6 +679,122 @@ impl Parser {
         Ok(())
     }
 
+    fn filter(&mut self, st: &mut Stmt) -> Result<(), ConfigError> {
+        let name = st.value("filter name")?;
+        if self.filter_names.contains_key(&name) {
+            return Err(st.err(format!("filter '{name}' defined twice")));
+        }
+        let kind = if st.eat("proc-exec") {
+            let command = st.value("command")?;
+            let (mut user, mut group, mut chroot) = (None, None, None);
+            let mut timeout = Duration::from_secs(30);
+            while !st.at_end() {
+                if st.eat("user") {
+                    user = Some(st.value("user name")?);
+                } else if st.eat("group") {
+                    group = Some(st.value("group name")?);
+                } else if st.eat("chroot") {
+                    let d = st.value("directory")?;
+                    chroot = Some(relative_to(&self.current, &d));
+                } else if st.eat("timeout") {
+                    let v = st.value("duration")?;
+                    timeout = parse_duration(&v)
+                        .filter(|d| !d.is_zero())
+                        .ok_or_else(|| st.err(format!("invalid duration '{v}'")))?;
+                } else {
+                    st.done()?;
+                    break;
+                }
+            }
+            FilterKind::Proc {
+                command,
+                user,
+                group,
+                chroot,
+                timeout,
+            }
+        } else if st.eat("chain") {
+            st.expect_punct('{')?;
+            let mut ids = Vec::new();
+            for (n, _) in Self::inline_entries(st)? {
+                let id = self.named_filter(st, &n)?;
+                if matches!(self.cfg.filters[id].kind, FilterKind::Chain(_)) {
+                    return Err(st.err(format!(
+                        "chain '{name}': '{n}' is a chain; chains do not nest"
+                    )));
+                }
+                if ids.contains(&id) {
+                    return Err(st.err(format!("chain '{name}': '{n}' appears twice")));
+                }
+                ids.push(id);
+            }
+            if ids.is_empty() {
+                return Err(st.err(format!("chain '{name}' is empty")));
+            }
+            st.done()?;
+            FilterKind::Chain(ids)
+        } else if st.eat("phase") {
+            let p = st.value("phase")?;
+            let phase = PHASES
+                .iter()
+                .find(|(n, _)| *n == p)
+                .map(|(_, bit)| *bit)
+                .ok_or_else(|| st.err(format!("unknown phase '{p}'")))?;
+            st.expect("match")?;
+            let mut checks = Vec::new();
+            let decision = loop {
+                let neg = st.eat_punct('!');
+                let check = if st.eat("src") {
+                    Check::Src(self.matcher(st)?)
+                } else if st.eat("helo") {
+                    Check::Helo(self.matcher(st)?)
+                } else if st.eat("mail-from") {
+                    Check::MailFrom(self.matcher(st)?)
+                } else if st.eat("rcpt-to") {
+                    Check::RcptTo(self.matcher(st)?)
+                } else if neg {
+                    return Err(st.err("a check must follow '!'"));
+                } else {
+                    let d = st.value("decision")?;
+                    break match d.as_str() {
+                        "bypass" => BuiltinDecision::Bypass,
+                        "junk" => BuiltinDecision::Junk,
+                        "reject" | "disconnect" | "rewrite" => {
+                            let arg = st.value("argument")?;
+                            match d.as_str() {
+                                "reject" => BuiltinDecision::Reject(reply_text(st, &arg)?),
+                                "disconnect" => BuiltinDecision::Disconnect(reply_text(st, &arg)?),
+                                _ => BuiltinDecision::Rewrite(arg),
+                            }
+                        }
+                        other => return Err(st.err(format!("unknown decision '{other}'"))),
+                    };
+                };
+                checks.push((neg, check));
+            };
+            st.done()?;
+            if checks.is_empty() {
+                return Err(st.err("a built-in filter needs at least one check"));
+            }
+            if matches!(decision, BuiltinDecision::Rewrite(_))
+                && !matches!(p.as_str(), "helo" | "ehlo" | "mail-from" | "rcpt-to")
+            {
+                return Err(st.err(format!("rewrite is not possible in phase '{p}'")));
+            }
+            FilterKind::Builtin(Builtin {
+                phase,
+                checks,
+                decision,
+            })
+        } else {
+            return Err(st.err("filter kind expected: proc-exec, chain or phase"));
+        };
+        self.filter_names
+            .insert(name.clone(), self.cfg.filters.len());
+        self.cfg.filters.push(FilterDef { name, kind });
+        Ok(())
+    }
+
     fn queue(&mut self, st: &mut Stmt) -> Result<(), ConfigError> {
         if st.eat("path") {
             let p = st.value("directory")?;
@@ -699,6 +890,22 @@ pub(super) fn queue_path_only(text: &str, path: &Path) -> PathBuf {
         }
     }
     found.unwrap_or(default)
+}
+
+/// A reply given in the configuration: `CODE [ESC] text` with a 4xx or 5xx code.
+fn reply_text(st: &Stmt, s: &str) -> Result<String, ConfigError> {
+    let ok = s.len() > 4
+        && s.as_bytes()[..3].iter().all(u8::is_ascii_digit)
+        && matches!(s.as_bytes()[0], b'4' | b'5')
+        && s.as_bytes()[3] == b' '
+        && s.bytes().all(|b| (32..127).contains(&b));
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(st.err(format!(
+            "invalid reply \"{s}\": expected a 4xx or 5xx code and text"
+        )))
+    }
 }
 
 fn valid_net(v: &str) -> bool {

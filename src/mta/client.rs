@@ -224,6 +224,9 @@ impl Client {
             State::Rcpt(i) => {
                 if matches!(r.code, 250 | 251) {
                     self.accepted.push(i);
+                } else if r.code < 400 {
+                    self.results[i] =
+                        Some(Outcome::TempFail(format!("unexpected reply {}", r.line())));
                 } else {
                     self.results[i] = Some(r.outcome());
                 }

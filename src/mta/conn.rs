@@ -29,11 +29,11 @@ impl Target {
     /// Parses an LMTP destination (`host:port`, `[addr]:port`, `/path`) or a relay URL
     /// (`smtp://host[:port]`, `lmtp://host[:port]`); `default_port` when none is given.
     pub fn parse(s: &str, default_port: u16) -> Result<(Target, Option<Proto>), String> {
-        let (proto, rest) = match s.split_once("://") {
-            Some(("smtp", r)) => (Some(Proto::Smtp), r),
-            Some(("lmtp", r)) => (Some(Proto::Lmtp), r),
+        let (proto, rest, default_port) = match s.split_once("://") {
+            Some(("smtp", r)) => (Some(Proto::Smtp), r, 25),
+            Some(("lmtp", r)) => (Some(Proto::Lmtp), r, 24),
             Some((p, _)) => return Err(format!("unsupported protocol {p:?}")),
-            None => (None, s),
+            None => (None, s, default_port),
         };
         if rest.starts_with('/') {
             return Ok((Target::Unix(rest.to_string()), proto));

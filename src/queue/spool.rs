@@ -92,7 +92,8 @@ impl Spool {
             if md.uid() != uid || md.gid() != gid {
                 std::os::unix::fs::lchown(p, Some(uid), Some(gid))?;
             }
-            if md.is_dir() {
+            // offline/ files keep their owners: each is submitted as the user who wrote it.
+            if md.is_dir() && p.file_name().is_none_or(|n| n != "offline") {
                 for ent in fs::read_dir(p)? {
                     walk(&ent?.path(), uid, gid)?;
                 }

@@ -91,7 +91,23 @@ pub struct Conn {
     eof: bool,
     closing: Option<Reason>,
     filter_query: Option<super::session::FilterQuery>,
+    /// The filters this session goes through, in order.
+    pub chain: Vec<usize>,
+    /// The filters the message's lines go through, in order (set at DATA).
+    pub data_chain: Vec<usize>,
+    /// Lines waiting to be sent to the first data filter.
+    data_batch: Vec<Vec<u8>>,
+    data_batch_bytes: usize,
+    /// The final dot was seen (with the pipelining flag); the chain's end is awaited.
+    data_end: Option<bool>,
+    /// The end marker was handed to the server.
+    data_end_sent: bool,
+    /// Bytes of filtered content stored.
+    filtered_bytes: u64,
 }
+
+/// Lines gathered before they are sent to a filter.
+const BATCH_LINES: usize = 256;
 
 /// Logs client bytes safely.
 fn esc(b: &[u8]) -> String {
@@ -125,6 +141,13 @@ impl Conn {
             eof: false,
             closing: None,
             filter_query: None,
+            chain: Vec::new(),
+            data_chain: Vec::new(),
+            data_batch: Vec::new(),
+            data_batch_bytes: 0,
+            data_end: None,
+            data_end_sent: false,
+            filtered_bytes: 0,
         };
         for a in actions {
             if let Action::Reply(r) = a {
@@ -137,6 +160,21 @@ impl Conn {
     /// The session id.
     pub fn id(&self) -> u64 {
         self.session.id
+    }
+
+    /// Puts bytes already read from the socket into the input buffer.
+    pub fn prefeed(&mut self, data: &[u8]) {
+        let mut rest = data;
+        while !rest.is_empty() {
+            let space = self.inbuf.space();
+            if space.is_empty() {
+                break;
+            }
+            let n = space.len().min(rest.len());
+            space[..n].copy_from_slice(&rest[..n]);
+            self.inbuf.filled(n);
+            rest = &rest[n..];
+        }
     }
 
     /// Whether the connection is done and can be removed.
@@ -228,6 +266,8 @@ impl Conn {
     fn process(&mut self, ctx: &mut Ctx) -> bool {
         let mut progress = false;
         while self.session.wants_input()
+            && self.data_end.is_none()
+            && self.data_batch.len() < BATCH_LINES * 16
             && self.closing.is_none()
             && self.out.len() - self.out_pos < OUT_HIGH
         {
@@ -238,6 +278,10 @@ impl Conn {
                     Line::TooLong => self.session.on_data_too_long(),
                     Line::Complete { bytes, bare } => {
                         match self.session.on_data_line(bytes, bare) {
+                            DataLine::Store(b) if !self.data_chain.is_empty() => {
+                                self.data_batch_bytes += b.len();
+                                self.data_batch.push(b.to_vec());
+                            }
                             DataLine::Store(b) => {
                                 if let Some(m) = self.msg.as_mut() {
                                     if !m.failed {
@@ -250,6 +294,10 @@ impl Conn {
                                 }
                             }
                             DataLine::Drop => {}
+                            DataLine::End if !self.data_chain.is_empty() => {
+                                // The chain's own end decides; input waits until then.
+                                self.data_end = Some(self.inbuf.pending() > 0);
+                            }
                             DataLine::End => {
                                 let pipelined = self.inbuf.pending() > 0;
                                 self.session.on_data_end(pipelined, &mut self.actions);
@@ -453,6 +501,90 @@ impl Conn {
             }
         }
         out
+    }
+
+    /// Lines for the first data filter, and whether the end marker follows them.
+    pub fn take_data_batch(&mut self) -> Option<(Vec<Vec<u8>>, bool)> {
+        let end = self.data_end.is_some() && !self.data_end_sent;
+        if self.data_batch.is_empty() && !end {
+            return None;
+        }
+        self.data_end_sent |= end;
+        self.data_batch_bytes = 0;
+        Some((std::mem::take(&mut self.data_batch), end))
+    }
+
+    /// Stores lines that came out of the last data filter.
+    pub fn store_filtered(&mut self, lines: &[Vec<u8>], max_size: u64) {
+        let Some(m) = self.msg.as_mut() else { return };
+        for l in lines {
+            self.filtered_bytes += l.len() as u64 + 2;
+            if m.failed {
+                continue;
+            }
+            if self.filtered_bytes > max_size {
+                self.session.on_filter_overflow();
+                m.failed = true;
+                continue;
+            }
+            m.buf.extend_from_slice(l);
+            m.buf.push(b'\n');
+            if m.buf.len() >= MSG_CHUNK {
+                write_chunk(m, &mut self.session);
+            }
+        }
+    }
+
+    /// The last data filter ended its output: the message is complete.
+    pub fn on_filtered_end(&mut self, ctx: &mut Ctx, now: Instant) {
+        let Some(pipelined) = self.data_end.take() else {
+            return;
+        };
+        self.data_end_sent = false;
+        self.data_chain.clear();
+        self.filtered_bytes = 0;
+        self.session.on_data_end(pipelined, &mut self.actions);
+        self.run_actions(ctx, Some(b"."));
+        self.pump(ctx, now);
+    }
+
+    /// A data filter failed: the message is refused when its end comes.
+    pub fn on_data_filter_failed(&mut self, ctx: &mut Ctx, now: Instant) {
+        self.session.on_write_error(false);
+        self.data_batch.clear();
+        if self.data_end.is_some() {
+            self.on_filtered_end(ctx, now);
+        } else {
+            // Lines still to come are dropped by the failed transaction.
+            self.data_chain.clear();
+        }
+    }
+
+    /// What built-in filters check: client address, HELO name, sender.
+    pub fn facts(&self) -> (Option<IpAddr>, String, String) {
+        let sender = self
+            .session
+            .tx()
+            .map(|t| t.sender.to_string())
+            .unwrap_or_default();
+        (
+            self.session.client().addr,
+            self.session.helo().to_string(),
+            sender,
+        )
+    }
+
+    /// Local and remote addresses as text (`ip:port`, or `local` for the socket).
+    pub fn addresses(&self) -> (String, String) {
+        match &self.sock {
+            crate::stream::Stream::Tcp(s) => (
+                s.local_addr()
+                    .map_or_else(|_| "unknown".into(), |a| a.to_string()),
+                s.peer_addr()
+                    .map_or_else(|_| "unknown".into(), |a| a.to_string()),
+            ),
+            crate::stream::Stream::Unix(_) => ("local".into(), "local".into()),
+        }
     }
 
     /// A filter query the session made, for the server to route through the chain.

@@ -716,6 +716,13 @@ impl Session {
         }
     }
 
+    /// The filters' output grew past the size limit.
+    pub fn on_filter_overflow(&mut self) {
+        if let Some(tx) = self.tx.as_mut() {
+            tx.fail.get_or_insert(Reply::TOO_BIG);
+        }
+    }
+
     /// A write to the message file failed (`no_space` for ENOSPC/EDQUOT).
     pub fn on_write_error(&mut self, no_space: bool) {
         if let Some(tx) = self.tx.as_mut() {

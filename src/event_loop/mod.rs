@@ -5,7 +5,6 @@
 //! spurious and stale events; endpoints are removed only between event batches.
 
 use crate::config::Config;
-use crate::control::{self, Agent, Command as Ctl, Target};
 use crate::delivery::{MtaJob, Queue};
 use crate::mda::Outcome;
 use crate::mta::client::Client as MtaClient;
@@ -21,11 +20,14 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::IpAddr;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+mod ctl;
+mod filters;
 
 const SIGNAL: Token = Token(0);
 const WAKER: Token = Token(1);
@@ -53,6 +55,7 @@ enum Entry {
     Smtp(Box<Conn>),
     Control(Box<ControlConn>),
     Mta(Box<MtaConn>),
+    Filter(Box<crate::filter::pipe::FilterPipe>),
 }
 
 /// Idle time after which an outgoing session is given up.
@@ -79,6 +82,12 @@ pub struct Server {
     closing: Vec<usize>,
     signals: Vec<i32>,
     next_monitor: Instant,
+    /// Slab key of each filter process's pipe, by filter id.
+    pipes: Vec<Option<usize>>,
+    /// Chain runs in progress, by session id.
+    chains: HashMap<u64, filters::ChainRun>,
+    /// Slab key and generation of each SMTP session, by session id.
+    session_keys: HashMap<u64, (usize, u64)>,
 }
 
 /// Internal commits (bounces) use this slab key.
@@ -94,6 +103,7 @@ impl Server {
         listeners: Vec<(std::net::TcpListener, usize)>,
         control: Option<std::os::unix::net::UnixListener>,
         parent: Option<OwnedFd>,
+        filter_fds: Vec<(usize, OwnedFd)>,
     ) -> io::Result<Server> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
@@ -154,7 +164,11 @@ impl Server {
             closing: Vec::new(),
             signals: Vec::new(),
             next_monitor: Instant::now(),
+            pipes: Vec::new(),
+            chains: HashMap::new(),
+            session_keys: HashMap::new(),
         };
+        server.add_filters(filter_fds)?;
         let n = server.queue.load(&server.cfg)?;
         if n > 0 {
             log::info!("queue: {n} envelope(s) read back from the spool");
@@ -207,9 +221,15 @@ impl Server {
                     SIGNAL => self.on_signal(),
                     WAKER => self.on_commits(now),
                     PARENT => {
-                        if !self.queue.on_parent(&self.cfg) {
+                        let mut handed = Vec::new();
+                        if !self.queue.on_parent(&self.cfg, &mut handed) {
                             log::error!("smtpd: lost the parent process, stopping");
                             self.stop();
+                        }
+                        for (id, fd) in handed {
+                            if let Err(e) = self.attach_filter(id, fd) {
+                                log::warn!("filter {id}: cannot attach: {e}");
+                            }
                         }
                     }
                     CONTROL => self.accept_control(),
@@ -225,6 +245,7 @@ impl Server {
             // Commits may finish between a wake and the poll; take them every turn.
             self.on_commits(now);
             self.expire_timers(now);
+            self.filter_deadlines(now);
             self.monitor(now);
             self.reap();
         }
@@ -312,7 +333,9 @@ impl Server {
                         closing.push(key);
                     }
                 }
+                self.after_conn(key, now);
             }
+            Some(Entry::Filter(_)) => self.filter_io(key, now),
             Some(Entry::Control(_)) => self.control_io(key, now),
             Some(Entry::Mta(conn)) => {
                 conn.pump(now, MTA_TIMEOUT);
@@ -406,9 +429,14 @@ impl Server {
             max_errors: self.cfg.smtp.max_errors,
             max_hops: self.cfg.smtp.max_hops,
         };
+        let head = match listener {
+            Some(l) => l.filter,
+            None => self.cfg.socket_filter,
+        };
+        let (chain, hooks) = self.chain_hooks(head);
         let id = crate::sys::random_u64();
         let mut actions = Vec::new();
-        let session = Session::new(id, client, limits, 0, &mut actions);
+        let session = Session::new(id, client, limits, hooks, &mut actions);
         let gen = self.next_gen;
         self.next_gen += 1;
         let deadline = now + self.cfg.smtp.timeout;
@@ -417,7 +445,8 @@ impl Server {
             .smtp
             .max_text_line
             .max(self.cfg.smtp.max_command_line);
-        let conn = Conn::new(stream, gen, ip, session, actions, deadline, max_line);
+        let mut conn = Conn::new(stream, gen, ip, session, actions, deadline, max_line);
+        conn.chain = chain;
         let key = self.slab.insert(Entry::Smtp(Box::new(conn)));
         if let Some(Entry::Smtp(conn)) = self.slab.get_mut(key) {
             if let Err(e) = self.poll.registry().register(
@@ -431,6 +460,7 @@ impl Server {
             }
         }
         self.sessions += 1;
+        self.session_keys.insert(id, (key, gen));
         if let Some(ip) = ip {
             *self.per_addr.entry(ip).or_insert(0) += 1;
         }
@@ -481,335 +511,6 @@ impl Server {
         }
     }
 
-    fn accept_control(&mut self) {
-        loop {
-            let Some(l) = self.control.as_ref() else {
-                return;
-            };
-            let sock = match l.accept() {
-                Ok((s, _)) => s,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    log::warn!("control: accept failed: {e}");
-                    return;
-                }
-            };
-            let Ok(uid) = crate::sys::peer_uid(sock.as_raw_fd()) else {
-                continue;
-            };
-            let key = self.slab.insert(Entry::Control(Box::new(ControlConn {
-                sock,
-                uid,
-                inbuf: Vec::new(),
-                out: Vec::new(),
-                monitor: false,
-                done: false,
-            })));
-            if let Some(Entry::Control(c)) = self.slab.get_mut(key) {
-                if self
-                    .poll
-                    .registry()
-                    .register(
-                        &mut c.sock,
-                        Token(key + FIRST_SLOT),
-                        Interest::READABLE | Interest::WRITABLE,
-                    )
-                    .is_err()
-                {
-                    self.slab.remove(key);
-                }
-            }
-        }
-    }
-
-    fn control_io(&mut self, key: usize, now: Instant) {
-        let Some(Entry::Control(c)) = self.slab.get_mut(key) else {
-            return;
-        };
-        // Read the command line.
-        let mut line = None;
-        if !c.monitor && !c.done {
-            let mut buf = [0u8; 512];
-            loop {
-                match c.sock.read(&mut buf) {
-                    Ok(0) => {
-                        c.done = true;
-                        break;
-                    }
-                    Ok(n) => c.inbuf.extend_from_slice(&buf[..n]),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(_) => {
-                        c.done = true;
-                        break;
-                    }
-                }
-                if c.inbuf.len() > CONTROL_LINE {
-                    break;
-                }
-            }
-            if let Some(i) = memchr::memchr(b'\n', &c.inbuf) {
-                line = Some(
-                    String::from_utf8_lossy(&c.inbuf[..i])
-                        .trim_end_matches('\r')
-                        .to_string(),
-                );
-                c.inbuf.drain(..=i);
-                c.done = true;
-            } else if c.inbuf.len() > CONTROL_LINE {
-                c.out.extend_from_slice(b"error: command too long\n");
-                c.done = true;
-            }
-        } else if c.monitor {
-            // A monitoring client that goes away is noticed by a read of 0.
-            let mut buf = [0u8; 64];
-            if let Ok(0) = c.sock.read(&mut buf) {
-                c.monitor = false;
-                c.out.clear();
-            }
-        }
-        if let Some(line) = line {
-            let uid = c.uid;
-            let privileged = uid == 0 || uid == crate::sys::geteuid();
-            match control::parse(&line) {
-                Ok(Ctl::Smtp) => return self.control_to_smtp(key, now),
-                Ok(cmd) if privileged => {
-                    let (text, monitor) = self.control_command(cmd);
-                    if let Some(Entry::Control(c)) = self.slab.get_mut(key) {
-                        c.out.extend_from_slice(text.as_bytes());
-                        c.monitor = monitor;
-                    }
-                }
-                Ok(_) => {
-                    if let Some(Entry::Control(c)) = self.slab.get_mut(key) {
-                        c.out.extend_from_slice(b"error: permission denied\n");
-                    }
-                }
-                Err(e) => {
-                    if let Some(Entry::Control(c)) = self.slab.get_mut(key) {
-                        c.out.extend_from_slice(format!("error: {e}\n").as_bytes());
-                    }
-                }
-            }
-        }
-        let Some(Entry::Control(c)) = self.slab.get_mut(key) else {
-            return;
-        };
-        while !c.out.is_empty() {
-            match c.sock.write(&c.out) {
-                Ok(0) => break,
-                Ok(n) => {
-                    c.out.drain(..n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => {
-                    c.out.clear();
-                    c.monitor = false;
-                    c.done = true;
-                    break;
-                }
-            }
-        }
-        if c.done && !c.monitor && c.out.is_empty() {
-            self.closing.push(key);
-        }
-    }
-
-    /// Turns a control connection that said `smtp` into an SMTP session.
-    fn control_to_smtp(&mut self, key: usize, now: Instant) {
-        let Some(Entry::Control(c)) = self.slab.try_remove(key) else {
-            return;
-        };
-        let mut c = *c;
-        let _ = self.poll.registry().deregister(&mut c.sock);
-        if !c.inbuf.is_empty() {
-            // The client must wait for the greeting.
-            return;
-        }
-        if let Some(k) = self.new_session(Stream::Unix(c.sock), None, None, now) {
-            if let Some(Entry::Smtp(conn)) = self.slab.get(k) {
-                log::info!(
-                    "{:016x} smtp connected address=local uid={}",
-                    conn.id(),
-                    c.uid
-                );
-            }
-            self.dispatch(k, false, true, now);
-        }
-    }
-
-    fn targets(&self, t: Target) -> Vec<u64> {
-        self.queue
-            .sched
-            .ids()
-            .into_iter()
-            .filter(|&id| t.matches(id))
-            .collect()
-    }
-
-    /// Runs a privileged control command; returns its output and whether the client
-    /// becomes a monitor.
-    fn control_command(&mut self, cmd: Ctl) -> (String, bool) {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        match cmd {
-            Ctl::ShowQueue => {
-                let mut out = String::new();
-                for id in self.queue.sched.ids() {
-                    let state = match self.queue.sched.get(id).map(|e| e.state) {
-                        Some(crate::queue::scheduler::RunState::Inflight) => "inflight",
-                        Some(crate::queue::scheduler::RunState::Held) => "held",
-                        _ => "pending",
-                    };
-                    if let Ok(e) = self.spool.load_envelope(id) {
-                        out.push_str(&control::queue_line(&e, state));
-                        out.push('\n');
-                    }
-                }
-                (out, false)
-            }
-            Ctl::ShowEnvelope(id) => match self.spool.load_envelope(id) {
-                Ok(e) => (e.encode(), false),
-                Err(e) => (format!("error: {id:016x}: {e}\n"), false),
-            },
-            Ctl::ShowMessage(m) => match self.spool.open_message(m) {
-                Ok(mut f) => {
-                    let mut s = String::new();
-                    match f.read_to_string(&mut s) {
-                        Ok(_) => (s, false),
-                        Err(e) => (format!("error: {m:08x}: {e}\n"), false),
-                    }
-                }
-                Err(e) => (format!("error: {m:08x}: {e}\n"), false),
-            },
-            Ctl::ShowStats => (self.stats_text(), false),
-            Ctl::Schedule(t) => {
-                let ids = self.targets(t);
-                let n = self.queue.sched.schedule(&ids, now);
-                (format!("{n} envelope(s) scheduled\n"), false)
-            }
-            Ctl::Remove(t) => {
-                let ids = self.targets(t);
-                let n = self.queue.remove_by_hand(&ids);
-                log::info!("control: {n} envelope(s) removed");
-                (format!("{n} envelope(s) removed\n"), false)
-            }
-            Ctl::Pause(a) | Ctl::Resume(a) => {
-                let pause = matches!(cmd, Ctl::Pause(_));
-                match a {
-                    Agent::Mda => self.queue.paused_mda = pause,
-                    Agent::Mta => self.queue.paused_mta = pause,
-                    Agent::Smtp => self.pause_smtp(pause),
-                }
-                let word = if pause { "paused" } else { "resumed" };
-                log::info!("control: {a:?} {word}");
-                (format!("{a:?} {word}\n").to_lowercase(), false)
-            }
-            Ctl::Log(verbose) => {
-                log::set_max_level(if verbose {
-                    log::LevelFilter::Debug
-                } else {
-                    log::LevelFilter::Info
-                });
-                (
-                    format!("log {}\n", if verbose { "verbose" } else { "brief" }),
-                    false,
-                )
-            }
-            Ctl::Monitor => (self.monitor_line(), true),
-            Ctl::Smtp => (String::new(), false),
-        }
-    }
-
-    /// Pauses an agent at start (`-P mda|mta|smtp`).
-    pub fn pause(&mut self, agent: &str) {
-        match agent {
-            "mda" => self.queue.paused_mda = true,
-            "mta" => self.queue.paused_mta = true,
-            "smtp" => self.pause_smtp(true),
-            _ => {}
-        }
-        log::info!("smtpd: {agent} paused at start");
-    }
-
-    fn pause_smtp(&mut self, pause: bool) {
-        if self.paused_smtp == pause {
-            return;
-        }
-        self.paused_smtp = pause;
-        for (key, e) in self.slab.iter_mut() {
-            if let Entry::Listener { sock, .. } = e {
-                let r = if pause {
-                    self.poll.registry().deregister(sock)
-                } else {
-                    self.poll
-                        .registry()
-                        .register(sock, Token(key + FIRST_SLOT), Interest::READABLE)
-                };
-                if let Err(err) = r {
-                    log::warn!("control: listener: {err}");
-                }
-            }
-        }
-    }
-
-    fn stats_text(&self) -> String {
-        let s = &self.queue.stats;
-        format!(
-            "smtp.sessions={}\nqueue.envelopes={}\nqueue.inflight={}\nmda.delivered={}\nmda.tempfail={}\nmda.permfail={}\nqueue.expired={}\nqueue.bounces={}\nqueue.removed={}\npaused.mda={}\npaused.mta={}\npaused.smtp={}\n",
-            self.sessions,
-            self.queue.sched.len(),
-            self.queue.sched.inflight(),
-            s.delivered,
-            s.tempfail,
-            s.permfail,
-            s.expired,
-            s.bounces,
-            s.removed,
-            self.queue.paused_mda,
-            self.queue.paused_mta,
-            self.paused_smtp
-        )
-    }
-
-    fn monitor_line(&self) -> String {
-        let s = &self.queue.stats;
-        format!(
-            "sessions={} queue={} inflight={} delivered={} tempfail={} permfail={} expired={} bounces={}\n",
-            self.sessions,
-            self.queue.sched.len(),
-            self.queue.sched.inflight(),
-            s.delivered,
-            s.tempfail,
-            s.permfail,
-            s.expired,
-            s.bounces
-        )
-    }
-
-    /// Sends a line a second to monitoring clients.
-    fn monitor(&mut self, now: Instant) {
-        if now < self.next_monitor {
-            return;
-        }
-        self.next_monitor = now + Duration::from_secs(1);
-        let line = self.monitor_line();
-        let keys: Vec<usize> = self
-            .slab
-            .iter()
-            .filter_map(|(k, e)| matches!(e, Entry::Control(c) if c.monitor).then_some(k))
-            .collect();
-        for key in keys {
-            if let Some(Entry::Control(c)) = self.slab.get_mut(key) {
-                c.out.extend_from_slice(line.as_bytes());
-            }
-            self.control_io(key, now);
-        }
-    }
-
     /// Hands the daemon's own messages (bounces) to the sync thread.
     fn submit_internal(&mut self) {
         for job in self.queue.jobs.drain(..) {
@@ -823,6 +524,10 @@ impl Server {
         for done in self.committer.take_done() {
             if done.result.is_ok() {
                 self.queue.add_committed(&self.cfg, &done.envs);
+                if done.key.0 != INTERNAL {
+                    let id = format!("{:08x}", done.msgid);
+                    self.report(done.key.0, &smtpd_filter::Frame::Commit(id.as_bytes()));
+                }
             }
             let (key, gen) = done.key;
             let Server {
@@ -904,6 +609,12 @@ impl Server {
 
     fn reap(&mut self) {
         for key in std::mem::take(&mut self.closing) {
+            if let Some(Entry::Smtp(conn)) = self.slab.get(key) {
+                let id = conn.id();
+                self.chains.remove(&id);
+                self.session_keys.remove(&id);
+                self.report(key, &smtpd_filter::Frame::Disconnect);
+            }
             match self.slab.get_mut(key) {
                 Some(Entry::Smtp(conn)) => {
                     let reason = conn.finished().unwrap_or(Reason::Timeout);
@@ -973,7 +684,7 @@ pub fn bind_listeners(cfg: &Config) -> io::Result<Vec<(std::net::TcpListener, us
 /// daemon checks the peer's uid before it obeys a command).
 pub fn bind_control(spool_root: &std::path::Path) -> io::Result<std::os::unix::net::UnixListener> {
     use std::os::unix::fs::PermissionsExt;
-    let path = control::socket_path(spool_root);
+    let path = crate::control::socket_path(spool_root);
     if std::os::unix::net::UnixStream::connect(&path).is_ok() {
         return Err(io::Error::new(
             io::ErrorKind::AddrInUse,

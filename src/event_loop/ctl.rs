@@ -1,0 +1,343 @@
+//! The control socket side of the loop: `smtpctl` commands, monitoring clients, and
+//! local submissions that turn into SMTP sessions.
+
+use super::{ControlConn, Entry, Server, CONTROL_LINE, FIRST_SLOT};
+use crate::control::{self, Agent, Command as Ctl, Target};
+use crate::stream::Stream;
+use mio::{Interest, Token};
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+impl Server {
+    pub(super) fn accept_control(&mut self) {
+        loop {
+            let Some(l) = self.control.as_ref() else {
+                return;
+            };
+            let sock = match l.accept() {
+                Ok((s, _)) => s,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    log::warn!("control: accept failed: {e}");
+                    return;
+                }
+            };
+            let Ok(uid) = crate::sys::peer_uid(sock.as_raw_fd()) else {
+                continue;
+            };
+            let key = self.slab.insert(Entry::Control(Box::new(ControlConn {
+                sock,
+                uid,
+                inbuf: Vec::new(),
+                out: Vec::new(),
+                monitor: false,
+                done: false,
+            })));
+            if let Some(Entry::Control(c)) = self.slab.get_mut(key) {
+                if self
+                    .poll
+                    .registry()
+                    .register(
+                        &mut c.sock,
+                        Token(key + FIRST_SLOT),
+                        Interest::READABLE | Interest::WRITABLE,
+                    )
+                    .is_err()
+                {
+                    self.slab.remove(key);
+                }
+            }
+        }
+    }
+
+    pub(super) fn control_io(&mut self, key: usize, now: Instant) {
+        let Some(Entry::Control(c)) = self.slab.get_mut(key) else {
+            return;
+        };
+        // Read the command line.
+        let mut line = None;
+        if !c.monitor && !c.done {
+            let mut buf = [0u8; 512];
+            loop {
+                match c.sock.read(&mut buf) {
+                    Ok(0) => {
+                        c.done = true;
+                        break;
+                    }
+                    Ok(n) => c.inbuf.extend_from_slice(&buf[..n]),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => {
+                        c.done = true;
+                        break;
+                    }
+                }
+                if c.inbuf.len() > CONTROL_LINE {
+                    break;
+                }
+            }
+            if let Some(i) = memchr::memchr(b'\n', &c.inbuf) {
+                line = Some(
+                    String::from_utf8_lossy(&c.inbuf[..i])
+                        .trim_end_matches('\r')
+                        .to_string(),
+                );
+                c.inbuf.drain(..=i);
+                c.done = true;
+            } else if c.inbuf.len() > CONTROL_LINE {
+                c.out.extend_from_slice(b"error: command too long\n");
+                c.done = true;
+            }
+        } else if c.monitor {
+            // A monitoring client that goes away is noticed by a read of 0.
+            let mut buf = [0u8; 64];
+            if let Ok(0) = c.sock.read(&mut buf) {
+                c.monitor = false;
+                c.out.clear();
+            }
+        }
+        if let Some(line) = line {
+            let uid = c.uid;
+            let privileged = uid == 0 || uid == crate::sys::geteuid();
+            match control::parse(&line) {
+                Ok(Ctl::Smtp) => return self.control_to_smtp(key, now),
+                Ok(cmd) if privileged => {
+                    let (text, monitor) = self.control_command(cmd);
+                    if let Some(Entry::Control(c)) = self.slab.get_mut(key) {
+                        c.out.extend_from_slice(text.as_bytes());
+                        c.monitor = monitor;
+                    }
+                }
+                Ok(_) => {
+                    if let Some(Entry::Control(c)) = self.slab.get_mut(key) {
+                        c.out.extend_from_slice(b"error: permission denied\n");
+                    }
+                }
+                Err(e) => {
+                    if let Some(Entry::Control(c)) = self.slab.get_mut(key) {
+                        c.out.extend_from_slice(format!("error: {e}\n").as_bytes());
+                    }
+                }
+            }
+        }
+        let Some(Entry::Control(c)) = self.slab.get_mut(key) else {
+            return;
+        };
+        while !c.out.is_empty() {
+            match c.sock.write(&c.out) {
+                Ok(0) => break,
+                Ok(n) => {
+                    c.out.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    c.out.clear();
+                    c.monitor = false;
+                    c.done = true;
+                    break;
+                }
+            }
+        }
+        if c.done && !c.monitor && c.out.is_empty() {
+            self.closing.push(key);
+        }
+    }
+
+    /// Turns a control connection that said `smtp` into an SMTP session.
+    fn control_to_smtp(&mut self, key: usize, now: Instant) {
+        let Some(Entry::Control(c)) = self.slab.try_remove(key) else {
+            return;
+        };
+        let mut c = *c;
+        let _ = self.poll.registry().deregister(&mut c.sock);
+        let early = std::mem::take(&mut c.inbuf);
+        if let Some(k) = self.new_session(Stream::Unix(c.sock), None, None, now) {
+            if let Some(Entry::Smtp(conn)) = self.slab.get_mut(k) {
+                // Bytes that came with the `smtp` line (a client that did not wait for
+                // the greeting, like `sendmail -bs` fed by a pipe) are the session's input.
+                conn.prefeed(&early);
+            }
+            if let Some(Entry::Smtp(conn)) = self.slab.get(k) {
+                log::info!(
+                    "{:016x} smtp connected address=local uid={}",
+                    conn.id(),
+                    c.uid
+                );
+            }
+            self.dispatch(k, false, true, now);
+        }
+    }
+
+    fn targets(&self, t: Target) -> Vec<u64> {
+        self.queue
+            .sched
+            .ids()
+            .into_iter()
+            .filter(|&id| t.matches(id))
+            .collect()
+    }
+
+    /// Runs a privileged control command; returns its output and whether the client
+    /// becomes a monitor.
+    fn control_command(&mut self, cmd: Ctl) -> (String, bool) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        match cmd {
+            Ctl::ShowQueue => {
+                let mut out = String::new();
+                for id in self.queue.sched.ids() {
+                    let state = match self.queue.sched.get(id).map(|e| e.state) {
+                        Some(crate::queue::scheduler::RunState::Inflight) => "inflight",
+                        Some(crate::queue::scheduler::RunState::Held) => "held",
+                        _ => "pending",
+                    };
+                    if let Ok(e) = self.spool.load_envelope(id) {
+                        out.push_str(&control::queue_line(&e, state));
+                        out.push('\n');
+                    }
+                }
+                (out, false)
+            }
+            Ctl::ShowEnvelope(id) => match self.spool.load_envelope(id) {
+                Ok(e) => (e.encode(), false),
+                Err(e) => (format!("error: {id:016x}: {e}\n"), false),
+            },
+            Ctl::ShowMessage(m) => match self.spool.open_message(m) {
+                Ok(mut f) => {
+                    let mut b = Vec::new();
+                    match f.read_to_end(&mut b) {
+                        Ok(_) => (String::from_utf8_lossy(&b).into_owned(), false),
+                        Err(e) => (format!("error: {m:08x}: {e}\n"), false),
+                    }
+                }
+                Err(e) => (format!("error: {m:08x}: {e}\n"), false),
+            },
+            Ctl::ShowStats => (self.stats_text(), false),
+            Ctl::Schedule(t) => {
+                let ids = self.targets(t);
+                let n = self.queue.sched.schedule(&ids, now);
+                (format!("{n} envelope(s) scheduled\n"), false)
+            }
+            Ctl::Remove(t) => {
+                let ids = self.targets(t);
+                let n = self.queue.remove_by_hand(&ids);
+                log::info!("control: {n} envelope(s) removed");
+                (format!("{n} envelope(s) removed\n"), false)
+            }
+            Ctl::Pause(a) | Ctl::Resume(a) => {
+                let pause = matches!(cmd, Ctl::Pause(_));
+                match a {
+                    Agent::Mda => self.queue.paused_mda = pause,
+                    Agent::Mta => self.queue.paused_mta = pause,
+                    Agent::Smtp => self.pause_smtp(pause),
+                }
+                let word = if pause { "paused" } else { "resumed" };
+                log::info!("control: {a:?} {word}");
+                (format!("{a:?} {word}\n").to_lowercase(), false)
+            }
+            Ctl::Log(verbose) => {
+                log::set_max_level(if verbose {
+                    log::LevelFilter::Debug
+                } else {
+                    log::LevelFilter::Info
+                });
+                (
+                    format!("log {}\n", if verbose { "verbose" } else { "brief" }),
+                    false,
+                )
+            }
+            Ctl::Monitor => (self.monitor_line(), true),
+            Ctl::Smtp => (String::new(), false),
+        }
+    }
+
+    /// Pauses an agent at start (`-P mda|mta|smtp`).
+    pub fn pause(&mut self, agent: &str) {
+        match agent {
+            "mda" => self.queue.paused_mda = true,
+            "mta" => self.queue.paused_mta = true,
+            "smtp" => self.pause_smtp(true),
+            _ => {}
+        }
+        log::info!("smtpd: {agent} paused at start");
+    }
+
+    fn pause_smtp(&mut self, pause: bool) {
+        if self.paused_smtp == pause {
+            return;
+        }
+        self.paused_smtp = pause;
+        for (key, e) in self.slab.iter_mut() {
+            if let Entry::Listener { sock, .. } = e {
+                let r = if pause {
+                    self.poll.registry().deregister(sock)
+                } else {
+                    self.poll
+                        .registry()
+                        .register(sock, Token(key + FIRST_SLOT), Interest::READABLE)
+                };
+                if let Err(err) = r {
+                    log::warn!("control: listener: {err}");
+                }
+            }
+        }
+    }
+
+    fn stats_text(&self) -> String {
+        let s = &self.queue.stats;
+        format!(
+            "smtp.sessions={}\nqueue.envelopes={}\nqueue.inflight={}\nmda.delivered={}\nmda.tempfail={}\nmda.permfail={}\nqueue.expired={}\nqueue.bounces={}\nqueue.removed={}\npaused.mda={}\npaused.mta={}\npaused.smtp={}\n",
+            self.sessions,
+            self.queue.sched.len(),
+            self.queue.sched.inflight(),
+            s.delivered,
+            s.tempfail,
+            s.permfail,
+            s.expired,
+            s.bounces,
+            s.removed,
+            self.queue.paused_mda,
+            self.queue.paused_mta,
+            self.paused_smtp
+        )
+    }
+
+    fn monitor_line(&self) -> String {
+        let s = &self.queue.stats;
+        format!(
+            "sessions={} queue={} inflight={} delivered={} tempfail={} permfail={} expired={} bounces={}\n",
+            self.sessions,
+            self.queue.sched.len(),
+            self.queue.sched.inflight(),
+            s.delivered,
+            s.tempfail,
+            s.permfail,
+            s.expired,
+            s.bounces
+        )
+    }
+
+    /// Sends a line a second to monitoring clients.
+    pub(super) fn monitor(&mut self, now: Instant) {
+        if now < self.next_monitor {
+            return;
+        }
+        self.next_monitor = now + Duration::from_secs(1);
+        let line = self.monitor_line();
+        let keys: Vec<usize> = self
+            .slab
+            .iter()
+            .filter_map(|(k, e)| matches!(e, Entry::Control(c) if c.monitor).then_some(k))
+            .collect();
+        for key in keys {
+            if let Some(Entry::Control(c)) = self.slab.get_mut(key) {
+                c.out.extend_from_slice(line.as_bytes());
+            }
+            self.control_io(key, now);
+        }
+    }
+}

@@ -1,0 +1,765 @@
+//! Filter chains in the loop: a session's query goes through each filter of its chain
+//! in order; the first refusal wins; a filter that is down or late fails the sessions
+//! waiting on it (fail closed) and is restarted by the parent.
+
+use super::{Entry, Server, FIRST_SLOT};
+use crate::config::{BuiltinDecision, Check, FilterKind, Matcher};
+use crate::filter::pipe::{Answer, FilterPipe, PipeState};
+use crate::smtp::conn::Ctx;
+use crate::smtp::reply::Reply;
+use crate::smtp::session::{FilterQuery, FilterVerdict, Phase};
+use crate::table::{address_matches, domain_matches, ip_matches};
+use mio::{Interest, Token};
+use smtpd_filter::codec::{event, Frame};
+use std::os::fd::OwnedFd;
+use std::time::Instant;
+
+/// A session's progress through its chain for one query.
+#[derive(Debug)]
+pub(super) struct ChainRun {
+    key: usize,
+    gen: u64,
+    chain: Vec<usize>,
+    pos: usize,
+    phase: Phase,
+    param: String,
+    rewrite: Option<String>,
+    junk: bool,
+}
+
+/// Facts about a session that built-in filters check.
+struct Facts {
+    addr: Option<std::net::IpAddr>,
+    helo: String,
+    sender: String,
+}
+
+impl Server {
+    /// Registers the filters' sockets handed over by the parent at start.
+    pub(super) fn add_filters(&mut self, fds: Vec<(usize, OwnedFd)>) -> std::io::Result<()> {
+        self.pipes = vec![None; self.cfg.filters.len()];
+        for (id, fd) in fds {
+            self.attach_filter(id, fd)?;
+        }
+        Ok(())
+    }
+
+    /// Takes a (re)started filter's socket.
+    pub(super) fn attach_filter(&mut self, id: usize, fd: OwnedFd) -> std::io::Result<()> {
+        let (name, timeout) = match self.cfg.filters.get(id).map(|f| (&f.name, &f.kind)) {
+            Some((n, FilterKind::Proc { timeout, .. })) => (n.clone(), *timeout),
+            _ => return Ok(()),
+        };
+        let key = match self.pipes.get(id).copied().flatten() {
+            Some(key) => {
+                if let Some(Entry::Filter(p)) = self.slab.get_mut(key) {
+                    if let Some(s) = p.sock.as_mut() {
+                        let _ = self.poll.registry().deregister(s);
+                    }
+                    p.replace(fd)?;
+                }
+                key
+            }
+            None => {
+                let p = FilterPipe::new(id, &name, Some(fd), timeout)?;
+                let key = self.slab.insert(Entry::Filter(Box::new(p)));
+                self.pipes[id] = Some(key);
+                key
+            }
+        };
+        if let Some(Entry::Filter(p)) = self.slab.get_mut(key) {
+            if let Some(s) = p.sock.as_mut() {
+                self.poll.registry().register(
+                    s,
+                    Token(key + FIRST_SLOT),
+                    Interest::READABLE | Interest::WRITABLE,
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Events a listener's chain may want to decide (every answerable one when the
+    /// chain has a filter process, whose registration is not known in advance).
+    pub(super) fn chain_hooks(&self, head: Option<usize>) -> (Vec<usize>, u32) {
+        let Some(head) = head else {
+            return (Vec::new(), 0);
+        };
+        let chain = self.cfg.filter_chain(head);
+        let mut hooks = 0;
+        for &id in &chain {
+            match &self.cfg.filters[id].kind {
+                FilterKind::Proc { .. } => hooks |= event::ANSWERED,
+                FilterKind::Builtin(b) => hooks |= b.phase,
+                FilterKind::Chain(_) => {}
+            }
+        }
+        (chain, hooks)
+    }
+
+    /// Starts the chain for a query a session just made.
+    pub(super) fn start_chain(&mut self, key: usize, q: FilterQuery, now: Instant) {
+        let Some(Entry::Smtp(conn)) = self.slab.get(key) else {
+            return;
+        };
+        let (sid, gen, chain) = (conn.id(), conn.gen, conn.chain.clone());
+        self.chains.insert(
+            sid,
+            ChainRun {
+                key,
+                gen,
+                chain,
+                pos: 0,
+                phase: q.phase,
+                param: q.param,
+                rewrite: None,
+                junk: false,
+            },
+        );
+        self.advance(sid, now);
+    }
+
+    fn facts(&self, key: usize) -> Facts {
+        match self.slab.get(key) {
+            Some(Entry::Smtp(c)) => {
+                let (addr, helo, sender) = c.facts();
+                Facts { addr, helo, sender }
+            }
+            _ => Facts {
+                addr: None,
+                helo: String::new(),
+                sender: String::new(),
+            },
+        }
+    }
+
+    /// Moves a chain run forward until it waits on a filter process or ends.
+    fn advance(&mut self, sid: u64, now: Instant) {
+        loop {
+            let Some(run) = self.chains.get(&sid) else {
+                return;
+            };
+            let ev = run.phase.event();
+            let Some(&fid) = run.chain.get(run.pos) else {
+                let run = self.chains.remove(&sid);
+                if let Some(run) = run {
+                    if run.phase == Phase::Data {
+                        // The message's lines go through the filters that asked for them.
+                        let data_chain: Vec<usize> = run
+                            .chain
+                            .iter()
+                            .copied()
+                            .filter(|&f| {
+                                self.pipe(f).is_some_and(|p| {
+                                    p.hooks().is_some_and(|h| h & event::DATA_LINES != 0)
+                                })
+                            })
+                            .collect();
+                        if let Some(Entry::Smtp(c)) = self.slab.get_mut(run.key) {
+                            c.data_chain = data_chain;
+                        }
+                    }
+                    let v = FilterVerdict::Proceed {
+                        rewrite: run.rewrite,
+                        junk: run.junk,
+                    };
+                    self.deliver_verdict(run.key, run.gen, v, now);
+                }
+                return;
+            };
+            match self.cfg.filters.get(fid).map(|f| f.kind.clone()) {
+                Some(FilterKind::Builtin(b)) => {
+                    let mut decided = None;
+                    if b.phase == ev {
+                        let facts = self.facts(run.key);
+                        let holds = b
+                            .checks
+                            .iter()
+                            .all(|(neg, c)| self.check(c, &facts, &run.param) != *neg);
+                        if holds {
+                            decided = Some(b.decision.clone());
+                        }
+                    }
+                    let Some(run) = self.chains.get_mut(&sid) else {
+                        return;
+                    };
+                    run.pos += 1;
+                    match decided {
+                        None => {}
+                        Some(BuiltinDecision::Bypass) => run.pos = run.chain.len(),
+                        Some(BuiltinDecision::Junk) => run.junk = true,
+                        Some(BuiltinDecision::Rewrite(v)) => {
+                            run.param = v.clone();
+                            run.rewrite = Some(v);
+                        }
+                        Some(BuiltinDecision::Reject(t)) => {
+                            return self.end_chain(
+                                sid,
+                                FilterVerdict::Reject(config_reply(&t)),
+                                now,
+                            )
+                        }
+                        Some(BuiltinDecision::Disconnect(t)) => {
+                            return self.end_chain(
+                                sid,
+                                FilterVerdict::Disconnect(config_reply(&t)),
+                                now,
+                            )
+                        }
+                    }
+                }
+                Some(FilterKind::Proc { .. }) => {
+                    let pipe_key = self.pipes.get(fid).copied().flatten();
+                    let state = match pipe_key.and_then(|k| self.slab.get(k)) {
+                        Some(Entry::Filter(p)) => p.state,
+                        _ => PipeState::Dead,
+                    };
+                    match state {
+                        PipeState::Ready { hooks, .. } if hooks & ev == 0 => {
+                            if let Some(run) = self.chains.get_mut(&sid) {
+                                run.pos += 1;
+                            }
+                        }
+                        PipeState::Ready { .. } => {
+                            let frame_owned = self.event_frame(sid);
+                            if let (Some(k), Some(f)) = (pipe_key, frame_owned) {
+                                if let Some(Entry::Filter(p)) = self.slab.get_mut(k) {
+                                    p.ask(sid, &f.as_frame(), now);
+                                }
+                            }
+                            return;
+                        }
+                        PipeState::Handshake => {
+                            // Not registered yet: wait for it, within its deadline.
+                            if let Some(Entry::Filter(p)) =
+                                pipe_key.and_then(|k| self.slab.get_mut(k))
+                            {
+                                p.waiting.insert(sid, now + p.timeout);
+                            }
+                            return;
+                        }
+                        PipeState::Dead => {
+                            let name = self.cfg.filters[fid].name.clone();
+                            log::warn!(
+                                "{sid:016x} filter {name} is not running: failing the command"
+                            );
+                            let v = unavailable(self.chains.get(&sid).map(|r| r.phase));
+                            return self.end_chain(sid, v, now);
+                        }
+                    }
+                }
+                _ => {
+                    if let Some(run) = self.chains.get_mut(&sid) {
+                        run.pos += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    fn check(&self, c: &Check, f: &Facts, param: &str) -> bool {
+        let m = |m: &Matcher, test: &dyn Fn(&str) -> bool| match m {
+            Matcher::Value(v) => test(v),
+            Matcher::Table(t) => self.cfg.tables[*t].keys().any(test),
+        };
+        let split = |a: &str| -> (String, String) {
+            match a.rsplit_once('@') {
+                Some((l, d)) => (l.to_string(), d.to_string()),
+                None => (a.to_string(), String::new()),
+            }
+        };
+        match c {
+            Check::Src(x) => f.addr.is_some_and(|ip| m(x, &|p| ip_matches(p, ip))),
+            Check::Helo(x) => m(x, &|p| domain_matches(p, &f.helo)),
+            Check::MailFrom(x) => {
+                let (l, d) = split(&f.sender);
+                m(x, &|p| address_matches(p, &l, &d))
+            }
+            Check::RcptTo(x) => {
+                let (l, d) = split(param);
+                m(x, &|p| address_matches(p, &l, &d))
+            }
+        }
+    }
+
+    /// The protocol event for a run's current query.
+    fn event_frame(&self, sid: u64) -> Option<OwnedEvent> {
+        let run = self.chains.get(&sid)?;
+        Some(match run.phase {
+            Phase::Connect => {
+                let (local, remote) = match self.slab.get(run.key) {
+                    Some(Entry::Smtp(c)) => c.addresses(),
+                    _ => (String::new(), String::new()),
+                };
+                OwnedEvent::Connect(local, remote, String::new())
+            }
+            Phase::Helo => OwnedEvent::Helo(run.param.clone()),
+            Phase::Ehlo => OwnedEvent::Ehlo(run.param.clone()),
+            Phase::Mail => OwnedEvent::Mail(run.param.clone()),
+            Phase::Rcpt => OwnedEvent::Rcpt(run.param.clone()),
+            Phase::Data => OwnedEvent::Data,
+            Phase::Eom => OwnedEvent::Eom(run.param.parse().unwrap_or(0)),
+        })
+    }
+
+    fn end_chain(&mut self, sid: u64, v: FilterVerdict, now: Instant) {
+        if let Some(run) = self.chains.remove(&sid) {
+            self.deliver_verdict(run.key, run.gen, v, now);
+        }
+    }
+
+    fn deliver_verdict(&mut self, key: usize, gen: u64, v: FilterVerdict, now: Instant) {
+        let Server {
+            slab,
+            closing,
+            cfg,
+            spool,
+            committer,
+            ..
+        } = self;
+        if let Some(Entry::Smtp(conn)) = slab.get_mut(key) {
+            if conn.gen == gen {
+                let mut ctx = Ctx {
+                    cfg,
+                    spool,
+                    committer,
+                    key,
+                };
+                conn.on_filter_verdict(&mut ctx, v, now);
+                if conn.finished().is_some() {
+                    closing.push(key);
+                }
+            }
+        }
+        self.after_conn(key, now);
+    }
+
+    fn pipe(&self, fid: usize) -> Option<&FilterPipe> {
+        match self
+            .pipes
+            .get(fid)
+            .copied()
+            .flatten()
+            .and_then(|k| self.slab.get(k))
+        {
+            Some(Entry::Filter(p)) => Some(p),
+            _ => None,
+        }
+    }
+
+    fn pipe_mut(&mut self, fid: usize) -> Option<&mut FilterPipe> {
+        match self
+            .pipes
+            .get(fid)
+            .copied()
+            .flatten()
+            .and_then(|k| self.slab.get_mut(k))
+        {
+            Some(Entry::Filter(p)) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// Starts a chain when the session made a new query, and sends the message lines
+    /// it gathered to its first data filter.
+    pub(super) fn after_conn(&mut self, key: usize, now: Instant) {
+        let (q, batch, sid, first) = match self.slab.get_mut(key) {
+            Some(Entry::Smtp(c)) => (
+                c.take_filter_query(),
+                c.take_data_batch(),
+                c.id(),
+                c.data_chain.first().copied(),
+            ),
+            _ => return,
+        };
+        if let (Some((lines, end)), Some(fid)) = (batch, first) {
+            self.send_lines(fid, sid, &lines, end, now);
+        }
+        if let Some(q) = q {
+            self.start_chain(key, q, now);
+        }
+    }
+
+    /// Sends lines (and the end marker) of a session's message to a data filter.
+    fn send_lines(&mut self, fid: usize, sid: u64, lines: &[Vec<u8>], end: bool, now: Instant) {
+        let Some(p) = self.pipe_mut(fid) else {
+            return self.data_failed(sid, now);
+        };
+        if p.hooks().is_none() {
+            return self.data_failed(sid, now);
+        }
+        for chunk in lines.chunks(1024) {
+            let refs: Vec<&[u8]> = chunk.iter().map(|l| l.as_slice()).collect();
+            p.send(sid, &Frame::DataLines(refs));
+        }
+        if end {
+            p.ask(sid, &Frame::DataEnd, now);
+        }
+    }
+
+    /// A session's data filter failed: its message will be refused.
+    fn data_failed(&mut self, sid: u64, now: Instant) {
+        let Some(&(key, gen)) = self.session_keys.get(&sid) else {
+            return;
+        };
+        let Server {
+            slab,
+            closing,
+            cfg,
+            spool,
+            committer,
+            ..
+        } = self;
+        if let Some(Entry::Smtp(conn)) = slab.get_mut(key) {
+            if conn.gen == gen {
+                let mut ctx = Ctx {
+                    cfg,
+                    spool,
+                    committer,
+                    key,
+                };
+                conn.on_data_filter_failed(&mut ctx, now);
+                if conn.finished().is_some() {
+                    closing.push(key);
+                }
+            }
+        }
+        self.after_conn(key, now);
+    }
+
+    /// Lines (or the end) from data filter `fid`: on to the next one, or to the spool.
+    fn on_data_answer(&mut self, fid: usize, sid: u64, lines: Option<Vec<Vec<u8>>>, now: Instant) {
+        let Some(&(key, gen)) = self.session_keys.get(&sid) else {
+            return;
+        };
+        let next = match self.slab.get(key) {
+            Some(Entry::Smtp(c)) if c.gen == gen => {
+                match c.data_chain.iter().position(|&f| f == fid) {
+                    Some(i) => c.data_chain.get(i + 1).copied(),
+                    None => return, // the message already failed
+                }
+            }
+            _ => return,
+        };
+        if let Some(lines) = &lines {
+            if lines
+                .iter()
+                .any(|l| l.len() > 998 || l.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0))
+            {
+                return self.filter_failed(
+                    fid,
+                    "sent a message line with CR, LF, NUL or over 998 octets",
+                    now,
+                );
+            }
+        }
+        match (next, lines) {
+            (Some(n), Some(lines)) => self.send_lines(n, sid, &lines, false, now),
+            (Some(n), None) => self.send_lines(n, sid, &[], true, now),
+            (None, lines) => {
+                let Server {
+                    slab,
+                    closing,
+                    cfg,
+                    spool,
+                    committer,
+                    ..
+                } = self;
+                if let Some(Entry::Smtp(conn)) = slab.get_mut(key) {
+                    let mut ctx = Ctx {
+                        cfg,
+                        spool,
+                        committer,
+                        key,
+                    };
+                    match lines {
+                        Some(l) => conn.store_filtered(&l, cfg.smtp.max_message_size),
+                        None => conn.on_filtered_end(&mut ctx, now),
+                    }
+                    if conn.finished().is_some() {
+                        closing.push(key);
+                    }
+                }
+                self.after_conn(key, now);
+            }
+        }
+    }
+
+    /// Events on a filter's socket.
+    pub(super) fn filter_io(&mut self, key: usize, now: Instant) {
+        let mut answers = Vec::new();
+        let (fid, result, became_ready) = match self.slab.get_mut(key) {
+            Some(Entry::Filter(p)) => {
+                let was = p.state;
+                let _ = p.flush();
+                let r = p.read(&mut answers);
+                let ready =
+                    was == PipeState::Handshake && matches!(p.state, PipeState::Ready { .. });
+                (p.id, r, ready)
+            }
+            _ => return,
+        };
+        for (sid, answer) in answers {
+            self.on_answer(fid, sid, answer, now);
+        }
+        if became_ready {
+            // Sessions that waited for the registration go on.
+            let waiting: Vec<u64> = match self.slab.get_mut(key) {
+                Some(Entry::Filter(p)) => p.waiting.drain().map(|(s, _)| s).collect(),
+                _ => Vec::new(),
+            };
+            for sid in waiting {
+                self.advance(sid, now);
+            }
+        }
+        if let Err(e) = result {
+            self.filter_failed(fid, &e, now);
+        }
+    }
+
+    fn on_answer(&mut self, fid: usize, sid: u64, a: Answer, now: Instant) {
+        match a {
+            Answer::DataLines(lines) => return self.on_data_answer(fid, sid, Some(lines), now),
+            Answer::DataEnd => {
+                if let Some(p) = self.pipe_mut(fid) {
+                    p.waiting.remove(&sid);
+                }
+                return self.on_data_answer(fid, sid, None, now);
+            }
+            _ => {}
+        }
+        if let Some(p) = self.pipe_mut(fid) {
+            p.waiting.remove(&sid);
+        }
+        let Some(run) = self.chains.get_mut(&sid) else {
+            return; // the session left meanwhile
+        };
+        if run.chain.get(run.pos) != Some(&fid) {
+            let why = format!("answered session {sid:016x} out of turn");
+            return self.filter_failed(fid, &why, now);
+        }
+        let phase = run.phase;
+        match a {
+            Answer::Proceed => run.pos += 1,
+            Answer::Junk => {
+                run.junk = true;
+                run.pos += 1;
+            }
+            Answer::Rewrite(v) => {
+                if !matches!(phase, Phase::Helo | Phase::Ehlo | Phase::Mail | Phase::Rcpt)
+                    || v.is_empty()
+                    || v.len() > 255
+                    || v.bytes().any(|b| b.is_ascii_control())
+                {
+                    return self.filter_failed(fid, "invalid rewrite", now);
+                }
+                run.param = v.clone();
+                run.rewrite = Some(v);
+                run.pos += 1;
+            }
+            Answer::Reject(code, text) => {
+                let v = match filter_reply(code, &text) {
+                    Some(r) => FilterVerdict::Reject(r),
+                    None => {
+                        let name = &self.cfg.filters[fid].name;
+                        log::warn!("{sid:016x} filter {name} sent an invalid reply {code} {text:?}: 421 instead");
+                        FilterVerdict::Disconnect(Reply::new(
+                            421,
+                            "4.3.0",
+                            "Internal error, closing connection",
+                        ))
+                    }
+                };
+                return self.end_chain(sid, v, now);
+            }
+            Answer::Tempfail(text) => {
+                let clean: String = text.chars().filter(|c| !c.is_control()).take(200).collect();
+                let text = if clean.is_empty() {
+                    "Temporary failure, try again later".to_string()
+                } else {
+                    clean
+                };
+                let v = if phase == Phase::Connect {
+                    FilterVerdict::Disconnect(Reply::new(421, "4.7.0", text))
+                } else {
+                    FilterVerdict::Reject(Reply::new(451, "4.7.0", text))
+                };
+                return self.end_chain(sid, v, now);
+            }
+            Answer::Disconnect(code, text) => {
+                let r = filter_reply(code, &text).unwrap_or_else(|| {
+                    Reply::new(421, "4.3.0", "Internal error, closing connection")
+                });
+                return self.end_chain(sid, FilterVerdict::Disconnect(r), now);
+            }
+            Answer::DataLines(_) | Answer::DataEnd | Answer::Edit(_) | Answer::Discard => {
+                return self.filter_failed(fid, "answer out of place", now);
+            }
+        }
+        self.advance(sid, now);
+    }
+
+    /// A filter died, spoke garbage or was late: the sessions waiting on it fail, and
+    /// the parent restarts it.
+    pub(super) fn filter_failed(&mut self, fid: usize, why: &str, now: Instant) {
+        let name = self
+            .cfg
+            .filters
+            .get(fid)
+            .map(|f| f.name.clone())
+            .unwrap_or_default();
+        log::warn!("filter {name}: {why}; failing its sessions and restarting it");
+        let waiting = match self
+            .pipes
+            .get(fid)
+            .copied()
+            .flatten()
+            .and_then(|k| self.slab.get_mut(k))
+        {
+            Some(Entry::Filter(p)) => {
+                if let Some(s) = p.sock.as_mut() {
+                    let _ = self.poll.registry().deregister(s);
+                }
+                p.kill()
+            }
+            _ => Vec::new(),
+        };
+        self.queue
+            .ask_parent(&crate::privsep::encode_filter_kill(fid));
+        // Sessions of this filter that are mid-chain elsewhere are caught when their
+        // chain reaches it (it is dead now).
+        let mut sids: Vec<u64> = waiting;
+        sids.extend(
+            self.chains
+                .iter()
+                .filter(|(_, r)| r.chain.get(r.pos) == Some(&fid))
+                .map(|(s, _)| *s),
+        );
+        sids.sort_unstable();
+        sids.dedup();
+        for sid in sids {
+            if self.chains.contains_key(&sid) {
+                let v = unavailable(self.chains.get(&sid).map(|r| r.phase));
+                self.end_chain(sid, v, now);
+            } else {
+                self.data_failed(sid, now);
+            }
+        }
+        // Messages whose lines go through this filter fail too.
+        let in_data: Vec<u64> = self
+            .slab
+            .iter()
+            .filter_map(|(_, e)| match e {
+                Entry::Smtp(c) if c.data_chain.contains(&fid) => Some(c.id()),
+                _ => None,
+            })
+            .collect();
+        for sid in in_data {
+            self.data_failed(sid, now);
+        }
+    }
+
+    /// Fails the sessions a filter has not answered in time.
+    pub(super) fn filter_deadlines(&mut self, now: Instant) {
+        let late: Vec<usize> = self
+            .slab
+            .iter()
+            .filter_map(|(_, e)| match e {
+                Entry::Filter(p) if p.overdue(now) => Some(p.id),
+                _ => None,
+            })
+            .collect();
+        for fid in late {
+            self.filter_failed(fid, "did not answer in time", now);
+        }
+    }
+
+    /// Tells the filters of a session's chain that observe it about an event.
+    pub(super) fn report(&mut self, key: usize, f: &Frame) {
+        let (sid, chain) = match self.slab.get(key) {
+            Some(Entry::Smtp(c)) => (c.id(), c.chain.clone()),
+            _ => return,
+        };
+        let ev = smtpd_filter::codec::kind_of(f).1;
+        for fid in chain {
+            if let Some(Entry::Filter(p)) = self
+                .pipes
+                .get(fid)
+                .copied()
+                .flatten()
+                .and_then(|k| self.slab.get_mut(k))
+            {
+                if p.wants(ev) {
+                    p.send(sid, f);
+                }
+            }
+        }
+    }
+}
+
+/// An event frame with owned strings.
+enum OwnedEvent {
+    Connect(String, String, String),
+    Helo(String),
+    Ehlo(String),
+    Mail(String),
+    Rcpt(String),
+    Data,
+    Eom(u64),
+}
+
+impl OwnedEvent {
+    fn as_frame(&self) -> Frame<'_> {
+        match self {
+            OwnedEvent::Connect(l, r, h) => Frame::Connect {
+                local: l.as_bytes(),
+                remote: r.as_bytes(),
+                hostname: h.as_bytes(),
+            },
+            OwnedEvent::Helo(s) => Frame::Helo(s.as_bytes()),
+            OwnedEvent::Ehlo(s) => Frame::Ehlo(s.as_bytes()),
+            OwnedEvent::Mail(s) => Frame::Mail(s.as_bytes()),
+            OwnedEvent::Rcpt(s) => Frame::Rcpt(s.as_bytes()),
+            OwnedEvent::Data => Frame::Data,
+            OwnedEvent::Eom(n) => Frame::Eom(*n),
+        }
+    }
+}
+
+/// The verdict when a filter is down: the session ends before it is identified, else
+/// the command is deferred.
+fn unavailable(phase: Option<Phase>) -> FilterVerdict {
+    match phase {
+        Some(Phase::Connect | Phase::Helo | Phase::Ehlo) | None => {
+            FilterVerdict::Disconnect(Reply::new(
+                421,
+                "4.3.0",
+                "Service temporarily unavailable, closing connection",
+            ))
+        }
+        Some(_) => FilterVerdict::Reject(Reply::new(
+            451,
+            "4.3.0",
+            "Temporary failure in a filter, try again later",
+        )),
+    }
+}
+
+/// A filter's reply: a 4xx or 5xx code and printable text; else None.
+fn filter_reply(code: u16, text: &str) -> Option<Reply> {
+    if !(400..=599).contains(&code) || text.len() > 400 || text.chars().any(|c| c.is_control()) {
+        return None;
+    }
+    let text = if text.is_empty() {
+        "Rejected by filter".to_string()
+    } else {
+        text.to_string()
+    };
+    Some(Reply::new(code, "", text))
+}
+
+/// A reply written in smtpd.conf (`"550 5.7.1 text"`), checked by the parser.
+fn config_reply(s: &str) -> Reply {
+    let code = s.get(..3).and_then(|c| c.parse().ok()).unwrap_or(550);
+    Reply::new(code, "", s.get(4..).unwrap_or("").to_string())
+}
