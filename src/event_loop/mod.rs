@@ -547,7 +547,10 @@ impl Server {
                         committer,
                         key,
                     };
-                    conn.on_committed(&mut ctx, done.msgid, done.result, now);
+                    if conn.on_committed(&mut ctx, done.msgid, done.result, now) {
+                        let ids: Vec<u64> = done.envs.iter().map(|e| e.evpid).collect();
+                        self.queue.remove_by_hand(&ids);
+                    }
                     if stopping.is_some() {
                         conn.close_with(&mut ctx, Reply::SHUTDOWN, Reason::Shutdown);
                     }

@@ -227,10 +227,13 @@ fn valid_helo(s: &str) -> bool {
 /// Splits `FROM:<path> params` into the path (with brackets) and the parameter string.
 /// Spaces after the colon are tolerated, as most servers do.
 fn split_path<'a>(rest: &'a str, keyword: &str) -> Option<(&'a str, &'a str)> {
-    if rest.len() < keyword.len() || !rest[..keyword.len()].eq_ignore_ascii_case(keyword) {
+    // Compare bytes: the line may hold multi-byte characters right after the verb.
+    let head = rest.as_bytes().get(..keyword.len())?;
+    if !head.eq_ignore_ascii_case(keyword.as_bytes()) {
         return None;
     }
-    let rest = rest[keyword.len()..].trim_start_matches(' ');
+    // The keyword is ASCII, so its end is a character boundary.
+    let rest = rest.get(keyword.len()..)?.trim_start_matches(' ');
     if !rest.starts_with('<') {
         return None;
     }
@@ -352,8 +355,9 @@ pub fn valid_domain(s: &str) -> bool {
         return false;
     }
     if let Some(lit) = s.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
-        if let Some(v6) = lit.strip_prefix("IPv6:") {
-            return v6.parse::<std::net::Ipv6Addr>().is_ok();
+        // RFC 5321 §4.1.3: the tag is case-insensitive.
+        if lit.len() > 5 && lit.as_bytes()[..5].eq_ignore_ascii_case(b"IPv6:") {
+            return lit[5..].parse::<std::net::Ipv6Addr>().is_ok();
         }
         return lit.parse::<std::net::Ipv4Addr>().is_ok();
     }
@@ -612,6 +616,18 @@ mod tests {
             Err(ParseError::BadParam("FOO".into()))
         );
         assert!(Command::parse(b"RCPT TO:<u@[IPv6:::1]>").is_ok());
+        assert!(
+            matches!(Command::parse(b"RCPT TO:<u@[IPv6:::1]>"), Ok(Command::Rcpt(m, _)) if valid_domain(&m.domain))
+        );
+        // A multi-byte character right after the verb (found by fuzzing).
+        assert_eq!(
+            Command::parse("MAIL FROM\u{e9}".as_bytes()),
+            Err(ParseError::MailSyntax)
+        );
+        assert_eq!(
+            Command::parse("RCPT TO\u{e9}:<u@b.c>".as_bytes()),
+            Err(ParseError::RcptSyntax)
+        );
         assert!(Command::parse(b"RCPT TO:<u@[300.1.1.1]>").is_err());
     }
 }

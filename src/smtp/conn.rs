@@ -272,10 +272,15 @@ impl Conn {
             && self.out.len() - self.out_pos < OUT_HIGH
         {
             if self.session.in_data() {
+                // RFC 5321 §4.5.3.1.6: the limit does not count a stuffed dot, so the
+                // wire line may be one octet longer when it starts with one.
                 let max = ctx.cfg.smtp.max_text_line - 2;
-                match self.inbuf.next_line(max) {
+                match self.inbuf.next_line(max + 1) {
                     Line::Partial => break,
                     Line::TooLong => self.session.on_data_too_long(),
+                    Line::Complete { bytes, .. } if bytes.len() > max && bytes[0] != b'.' => {
+                        self.session.on_data_too_long()
+                    }
                     Line::Complete { bytes, bare } => {
                         match self.session.on_data_line(bytes, bare) {
                             DataLine::Store(b) if !self.data_chain.is_empty() => {
@@ -610,7 +615,27 @@ impl Conn {
     }
 
     /// The sync thread finished this connection's commit.
-    pub fn on_committed(&mut self, ctx: &mut Ctx, msgid: u32, r: io::Result<()>, now: Instant) {
+    /// Returns true when the message must be withdrawn: a client that was not offered
+    /// PIPELINING sent more before it got its reply (the message was committed but is
+    /// refused).
+    pub fn on_committed(
+        &mut self,
+        ctx: &mut Ctx,
+        msgid: u32,
+        r: io::Result<()>,
+        now: Instant,
+    ) -> bool {
+        if r.is_ok() && !self.session.esmtp() && self.sent_early() {
+            log::info!(
+                "{:016x} smtp message msgid={msgid:08x} withdrawn: input before the reply without PIPELINING",
+                self.session.id
+            );
+            self.session
+                .close(Reply::UNAUTH_PIPELINING, &mut self.actions);
+            self.run_actions(ctx, None);
+            self.flush();
+            return true;
+        }
         let r = match r {
             Ok(()) => {
                 if let Some(tx) = self.session.tx() {
@@ -640,6 +665,21 @@ impl Conn {
         self.session.on_committed(r, &mut self.actions);
         self.run_actions(ctx, None);
         self.pump(ctx, now);
+        false
+    }
+
+    /// Whether the client sent bytes that are waiting (in the buffer or the socket).
+    fn sent_early(&mut self) -> bool {
+        if self.inbuf.pending() > 0 {
+            return true;
+        }
+        match self.sock.read(self.inbuf.space()) {
+            Ok(n) if n > 0 => {
+                self.inbuf.filled(n);
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Writes pending output until the socket would block.

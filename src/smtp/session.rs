@@ -478,6 +478,10 @@ impl Session {
             "{} Hello {} {}, pleased to meet you",
             self.client.server_name, name, addr
         );
+        // RFC 5321 §4.5.3.1.5: a reply line is at most 512 octets with its code and CR LF.
+        if text.len() > 500 {
+            text = format!("{} Hello", self.client.server_name);
+        }
         if esmtp {
             text.push_str(&format!(
                 "\n8BITMIME\nENHANCEDSTATUSCODES\nSIZE {}\nDSN\nPIPELINING\nHELP",
