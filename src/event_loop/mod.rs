@@ -465,6 +465,7 @@ impl Server {
             *self.per_addr.entry(ip).or_insert(0) += 1;
         }
         self.timers.push(Reverse((deadline, key, gen)));
+        self.after_conn(key, now);
         Some(key)
     }
 

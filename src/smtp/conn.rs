@@ -150,8 +150,11 @@ impl Conn {
             filtered_bytes: 0,
         };
         for a in actions {
-            if let Action::Reply(r) = a {
-                r.render(&mut c.out);
+            match a {
+                Action::Reply(r) => r.render(&mut c.out),
+                // The connect phase of a filter chain comes before the greeting.
+                Action::Filter(q) => c.filter_query = Some(q),
+                _ => {}
             }
         }
         c

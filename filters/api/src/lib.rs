@@ -4,5 +4,7 @@
 #![deny(unsafe_code)]
 
 pub mod codec;
+pub mod filter;
 
 pub use codec::{Decoder, Frame, WireError, VERSION as PROTOCOL_VERSION};
+pub use filter::{Connect, Ctx, Decision, Filter};

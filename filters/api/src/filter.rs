@@ -1,0 +1,446 @@
+//! The Rust glue: register the callbacks you want, then [`Filter::run`].
+//!
+//! ```no_run
+//! use smtpd_filter::{Decision, Filter};
+//! Filter::new("no-spammer")
+//!     .on_mail(|_ctx, sender| {
+//!         if sender.ends_with("@spammer.example") {
+//!             Decision::Reject(550, "5.7.1 go away".into())
+//!         } else {
+//!             Decision::Proceed
+//!         }
+//!     })
+//!     .run()
+//!     .expect("filter protocol");
+//! ```
+//! Callbacks get a [`Ctx`] whose `session` keys the filter's own per-session state.
+//! Answers are given in order, one per event, so a callback must not block for long:
+//! the daemon gives the filter a deadline.
+
+use crate::codec::{self, event, Decoder, Frame};
+use std::io::{self, Read, Write};
+
+/// A filter's answer to an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Go on.
+    Proceed,
+    /// Refuse with a 4xx or 5xx code and text (the text may start with an enhanced
+    /// status code, e.g. `"5.7.1 not wanted"`).
+    Reject(u16, String),
+    /// Refuse for now (451, or 421 before the greeting).
+    Tempfail(String),
+    /// Reply with a 4xx or 5xx code and text, then close the connection.
+    Disconnect(u16, String),
+    /// Go on and mark the message as spam.
+    Junk,
+    /// Go on with this value instead (HELO name or address).
+    Rewrite(String),
+    /// At end of message only: accept the message and drop it.
+    Discard,
+}
+
+/// The session an event belongs to, and the edits made at end of message.
+#[derive(Debug)]
+pub struct Ctx {
+    /// The daemon's session id.
+    pub session: u64,
+    edits: Vec<Edit>,
+}
+
+#[derive(Debug)]
+enum Edit {
+    AddHeader(String, String),
+    InsertHeader(u32, String, String),
+    ChangeHeader(u32, String, String),
+    ReplaceBody(Vec<u8>),
+    AddRcpt(String),
+    DelRcpt(String),
+    ChangeFrom(String),
+    Quarantine(String),
+}
+
+impl Ctx {
+    /// At end of message: append a header.
+    pub fn add_header(&mut self, name: &str, value: &str) {
+        self.edits.push(Edit::AddHeader(name.into(), value.into()));
+    }
+    /// At end of message: insert a header at `index` (0 = first).
+    pub fn insert_header(&mut self, index: u32, name: &str, value: &str) {
+        self.edits
+            .push(Edit::InsertHeader(index, name.into(), value.into()));
+    }
+    /// At end of message: change the `index`-th (1-based) header called `name`; an
+    /// empty value deletes it.
+    pub fn change_header(&mut self, index: u32, name: &str, value: &str) {
+        self.edits
+            .push(Edit::ChangeHeader(index, name.into(), value.into()));
+    }
+    /// At end of message: replace the body (lines ending in LF or CR LF).
+    pub fn replace_body(&mut self, body: &[u8]) {
+        self.edits.push(Edit::ReplaceBody(body.to_vec()));
+    }
+    /// At end of message: add a recipient.
+    pub fn add_rcpt(&mut self, addr: &str) {
+        self.edits.push(Edit::AddRcpt(addr.into()));
+    }
+    /// At end of message: remove a recipient.
+    pub fn del_rcpt(&mut self, addr: &str) {
+        self.edits.push(Edit::DelRcpt(addr.into()));
+    }
+    /// At end of message: change the sender.
+    pub fn change_from(&mut self, addr: &str) {
+        self.edits.push(Edit::ChangeFrom(addr.into()));
+    }
+    /// At end of message: hold the message in the queue.
+    pub fn quarantine(&mut self, reason: &str) {
+        self.edits.push(Edit::Quarantine(reason.into()));
+    }
+}
+
+/// What a connection event tells.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Connect {
+    /// Our address (`ip:port`, or `local`).
+    pub local: String,
+    /// The client's address.
+    pub remote: String,
+    /// The client's host name, or empty.
+    pub hostname: String,
+}
+
+type StrAnswer = Box<dyn FnMut(&mut Ctx, &str) -> Decision>;
+type ConnectAnswer = Box<dyn FnMut(&mut Ctx, &Connect) -> Decision>;
+type SizeAnswer = Box<dyn FnMut(&mut Ctx, u64) -> Decision>;
+type Notice = Box<dyn FnMut(&mut Ctx, &str)>;
+type Plain = Box<dyn FnMut(&mut Ctx)>;
+type PlainAnswer = Box<dyn FnMut(&mut Ctx) -> Decision>;
+type LineFn = Box<dyn FnMut(&mut Ctx, &[u8], &mut Vec<Vec<u8>>)>;
+type EndFn = Box<dyn FnMut(&mut Ctx, &mut Vec<Vec<u8>>)>;
+
+/// A filter under construction: callbacks, then [`Filter::run`].
+#[derive(Default)]
+pub struct Filter {
+    name: String,
+    connect: Option<ConnectAnswer>,
+    helo: Option<StrAnswer>,
+    ehlo: Option<StrAnswer>,
+    mail: Option<StrAnswer>,
+    rcpt: Option<StrAnswer>,
+    data: Option<PlainAnswer>,
+    data_line: Option<LineFn>,
+    data_end: Option<EndFn>,
+    eom: Option<SizeAnswer>,
+    commit: Option<Notice>,
+    rollback: Option<Plain>,
+    disconnect: Option<Plain>,
+}
+
+macro_rules! setter {
+    ($(#[$doc:meta])* $name:ident, $field:ident, $arg:ty) => {
+        $(#[$doc])*
+        pub fn $name(mut self, f: impl FnMut(&mut Ctx, $arg) -> Decision + 'static) -> Self {
+            self.$field = Some(Box::new(f));
+            self
+        }
+    };
+}
+
+impl Filter {
+    /// A filter that calls itself `name` in the daemon's logs.
+    pub fn new(name: &str) -> Self {
+        Filter {
+            name: name.to_string(),
+            ..Filter::default()
+        }
+    }
+
+    /// Called for each new session, before the greeting.
+    pub fn on_connect(mut self, f: impl FnMut(&mut Ctx, &Connect) -> Decision + 'static) -> Self {
+        self.connect = Some(Box::new(f));
+        self
+    }
+
+    setter!(
+        /// Called for HELO, with its name.
+        on_helo, helo, &str
+    );
+    setter!(
+        /// Called for EHLO, with its name.
+        on_ehlo, ehlo, &str
+    );
+    setter!(
+        /// Called for MAIL FROM, with the address (empty for `<>`).
+        on_mail, mail, &str
+    );
+    setter!(
+        /// Called for RCPT TO, with the address.
+        on_rcpt, rcpt, &str
+    );
+
+    /// Called for DATA, before the 354.
+    pub fn on_data(mut self, f: impl FnMut(&mut Ctx) -> Decision + 'static) -> Self {
+        self.data = Some(Box::new(f));
+        self
+    }
+
+    /// Called for each line of the message (dot-unstuffed, no line end); push the
+    /// lines to keep or add to `out` (leave it empty to drop the line).
+    pub fn on_data_line(
+        mut self,
+        f: impl FnMut(&mut Ctx, &[u8], &mut Vec<Vec<u8>>) + 'static,
+    ) -> Self {
+        self.data_line = Some(Box::new(f));
+        self
+    }
+
+    /// Called after the last line; lines pushed to `out` are appended to the message.
+    pub fn on_data_end(mut self, f: impl FnMut(&mut Ctx, &mut Vec<Vec<u8>>) + 'static) -> Self {
+        self.data_end = Some(Box::new(f));
+        self
+    }
+
+    /// Called at the end of the message, with its size; edits made through the
+    /// [`Ctx`] apply if the decision lets the message through.
+    pub fn on_eom(mut self, f: impl FnMut(&mut Ctx, u64) -> Decision + 'static) -> Self {
+        self.eom = Some(Box::new(f));
+        self
+    }
+
+    /// Told when a message was committed, with its id.
+    pub fn on_commit(mut self, f: impl FnMut(&mut Ctx, &str) + 'static) -> Self {
+        self.commit = Some(Box::new(f));
+        self
+    }
+
+    /// Told when a transaction was abandoned.
+    pub fn on_rollback(mut self, f: impl FnMut(&mut Ctx) + 'static) -> Self {
+        self.rollback = Some(Box::new(f));
+        self
+    }
+
+    /// Told when a session ended.
+    pub fn on_disconnect(mut self, f: impl FnMut(&mut Ctx) + 'static) -> Self {
+        self.disconnect = Some(Box::new(f));
+        self
+    }
+
+    fn hooks(&self) -> (u32, u32) {
+        let mut h = 0;
+        let mut r = 0;
+        let set = |on: bool, bit: u32, dst: &mut u32| {
+            if on {
+                *dst |= bit;
+            }
+        };
+        set(self.connect.is_some(), event::CONNECT, &mut h);
+        set(self.helo.is_some(), event::HELO, &mut h);
+        set(self.ehlo.is_some(), event::EHLO, &mut h);
+        set(self.mail.is_some(), event::MAIL, &mut h);
+        set(self.rcpt.is_some(), event::RCPT, &mut h);
+        set(self.data.is_some(), event::DATA, &mut h);
+        set(
+            self.data_line.is_some() || self.data_end.is_some(),
+            event::DATA_LINES,
+            &mut h,
+        );
+        set(self.eom.is_some(), event::EOM, &mut h);
+        set(self.commit.is_some(), event::COMMIT, &mut r);
+        set(self.rollback.is_some(), event::ROLLBACK, &mut r);
+        set(self.disconnect.is_some(), event::DISCONNECT, &mut r);
+        (h, r)
+    }
+
+    /// Speaks the protocol on standard input and output until the daemon closes it.
+    pub fn run(self) -> io::Result<()> {
+        self.run_on(io::stdin().lock(), io::stdout().lock())
+    }
+
+    /// Speaks the protocol on any reader and writer (for tests).
+    pub fn run_on(mut self, mut r: impl Read, mut w: impl Write) -> io::Result<()> {
+        let (hooks, reports) = self.hooks();
+        let mut out = Vec::new();
+        codec::encode(
+            0,
+            &Frame::Register {
+                version: codec::VERSION,
+                hooks,
+                reports,
+                name: self.name.as_bytes(),
+            },
+            &mut out,
+        );
+        w.write_all(&out)?;
+        w.flush()?;
+        let mut dec = Decoder::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut ready = false;
+        loop {
+            let n = r.read(&mut buf)?;
+            if n == 0 {
+                return Ok(());
+            }
+            dec.feed(&buf[..n]);
+            out.clear();
+            loop {
+                let (sid, frame) = match dec.next_frame() {
+                    Ok(Some(f)) => f,
+                    Ok(None) => break,
+                    Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+                };
+                if !ready {
+                    match frame {
+                        Frame::Ready { .. } => {
+                            ready = true;
+                            continue;
+                        }
+                        Frame::Refused(why) => {
+                            return Err(io::Error::other(format!(
+                                "refused by the daemon: {}",
+                                String::from_utf8_lossy(why)
+                            )))
+                        }
+                        _ => {
+                            return Err(io::Error::new(
+                                io::ErrorKind::InvalidData,
+                                "event before READY",
+                            ))
+                        }
+                    }
+                }
+                self.dispatch(sid, frame, &mut out);
+            }
+            w.write_all(&out)?;
+            w.flush()?;
+        }
+    }
+
+    fn dispatch(&mut self, sid: u64, frame: Frame<'_>, out: &mut Vec<u8>) {
+        let mut ctx = Ctx {
+            session: sid,
+            edits: Vec::new(),
+        };
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        let decision = match frame {
+            Frame::Connect {
+                local,
+                remote,
+                hostname,
+            } => {
+                let c = Connect {
+                    local: text(local),
+                    remote: text(remote),
+                    hostname: text(hostname),
+                };
+                self.connect.as_mut().map(|f| f(&mut ctx, &c))
+            }
+            Frame::Helo(s) => self.helo.as_mut().map(|f| f(&mut ctx, &text(s))),
+            Frame::Ehlo(s) => self.ehlo.as_mut().map(|f| f(&mut ctx, &text(s))),
+            Frame::Mail(s) => self.mail.as_mut().map(|f| f(&mut ctx, &text(s))),
+            Frame::Rcpt(s) => self.rcpt.as_mut().map(|f| f(&mut ctx, &text(s))),
+            Frame::Data => self.data.as_mut().map(|f| f(&mut ctx)),
+            Frame::DataLines(lines) => {
+                let mut kept: Vec<Vec<u8>> = Vec::with_capacity(lines.len());
+                for l in lines {
+                    match self.data_line.as_mut() {
+                        Some(f) => f(&mut ctx, l, &mut kept),
+                        None => kept.push(l.to_vec()),
+                    }
+                }
+                if !kept.is_empty() {
+                    for chunk in kept.chunks(1024) {
+                        let refs: Vec<&[u8]> = chunk.iter().map(|v| v.as_slice()).collect();
+                        codec::encode(sid, &Frame::DataLines(refs), out);
+                    }
+                }
+                return;
+            }
+            Frame::DataEnd => {
+                let mut extra = Vec::new();
+                if let Some(f) = self.data_end.as_mut() {
+                    f(&mut ctx, &mut extra);
+                }
+                if !extra.is_empty() {
+                    let refs: Vec<&[u8]> = extra.iter().map(|v| v.as_slice()).collect();
+                    codec::encode(sid, &Frame::DataLines(refs), out);
+                }
+                codec::encode(sid, &Frame::DataEnd, out);
+                return;
+            }
+            Frame::Eom(size) => self.eom.as_mut().map(|f| f(&mut ctx, size)),
+            Frame::Commit(id) => {
+                if let Some(f) = self.commit.as_mut() {
+                    f(&mut ctx, &text(id));
+                }
+                return;
+            }
+            Frame::Rollback => {
+                if let Some(f) = self.rollback.as_mut() {
+                    f(&mut ctx);
+                }
+                return;
+            }
+            Frame::Disconnect => {
+                if let Some(f) = self.disconnect.as_mut() {
+                    f(&mut ctx);
+                }
+                return;
+            }
+            _ => return,
+        };
+        for e in &ctx.edits {
+            let f = match e {
+                Edit::AddHeader(n, v) => Frame::AddHeader {
+                    name: n.as_bytes(),
+                    value: v.as_bytes(),
+                },
+                Edit::InsertHeader(i, n, v) => Frame::InsertHeader {
+                    index: *i,
+                    name: n.as_bytes(),
+                    value: v.as_bytes(),
+                },
+                Edit::ChangeHeader(i, n, v) => Frame::ChangeHeader {
+                    index: *i,
+                    name: n.as_bytes(),
+                    value: v.as_bytes(),
+                },
+                Edit::ReplaceBody(b) => Frame::ReplaceBody(b),
+                Edit::AddRcpt(a) => Frame::AddRcpt(a.as_bytes()),
+                Edit::DelRcpt(a) => Frame::DelRcpt(a.as_bytes()),
+                Edit::ChangeFrom(a) => Frame::ChangeFrom(a.as_bytes()),
+                Edit::Quarantine(r) => Frame::Quarantine(r.as_bytes()),
+            };
+            codec::encode(sid, &f, out);
+        }
+        let answer = match decision.unwrap_or(Decision::Proceed) {
+            Decision::Proceed => Frame::Proceed,
+            Decision::Reject(code, t) => {
+                return codec::encode(
+                    sid,
+                    &Frame::Reject {
+                        code,
+                        text: t.as_bytes(),
+                    },
+                    out,
+                )
+            }
+            Decision::Tempfail(t) => {
+                return codec::encode(sid, &Frame::Tempfail(t.as_bytes()), out)
+            }
+            Decision::Disconnect(code, t) => {
+                return codec::encode(
+                    sid,
+                    &Frame::DisconnectAnswer {
+                        code,
+                        text: t.as_bytes(),
+                    },
+                    out,
+                )
+            }
+            Decision::Junk => Frame::Junk,
+            Decision::Rewrite(v) => return codec::encode(sid, &Frame::Rewrite(v.as_bytes()), out),
+            Decision::Discard => Frame::Discard,
+        };
+        codec::encode(sid, &answer, out);
+    }
+}
