@@ -138,7 +138,11 @@ impl Queue {
                             ctime: env.ctime,
                             expire: env.ctime.saturating_add(ttl),
                             local,
-                            state: RunState::Pending,
+                            state: if env.held {
+                                RunState::Held
+                            } else {
+                                RunState::Pending
+                            },
                             warnings: 0,
                         },
                     );
@@ -165,6 +169,10 @@ impl Queue {
                 .as_secs();
             self.sched
                 .add_new(env.evpid, env.ctime, ttl, is_local(action), now);
+            if env.held {
+                log::info!("{:016x} held in the queue: {}", env.evpid, env.errorline);
+                self.sched.hold(env.evpid);
+            }
         }
     }
 

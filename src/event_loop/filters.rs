@@ -25,6 +25,8 @@ pub(super) struct ChainRun {
     param: String,
     rewrite: Option<String>,
     junk: bool,
+    /// End-of-message edits gathered from the chain, in order.
+    edits: Vec<crate::filter::pipe::Edit>,
 }
 
 /// Facts about a session that built-in filters check.
@@ -114,6 +116,7 @@ impl Server {
                 param: q.param,
                 rewrite: None,
                 junk: false,
+                edits: Vec::new(),
             },
         );
         self.advance(sid, now);
@@ -142,7 +145,40 @@ impl Server {
             let ev = run.phase.event();
             let Some(&fid) = run.chain.get(run.pos) else {
                 let run = self.chains.remove(&sid);
-                if let Some(run) = run {
+                if let Some(mut run) = run {
+                    if run.phase == Phase::Eom && !run.edits.is_empty() {
+                        let edits = std::mem::take(&mut run.edits);
+                        let r = {
+                            let Server {
+                                slab,
+                                cfg,
+                                spool,
+                                committer,
+                                ..
+                            } = &mut *self;
+                            match slab.get_mut(run.key) {
+                                Some(Entry::Smtp(c)) if c.gen == run.gen => {
+                                    let mut ctx = Ctx {
+                                        cfg,
+                                        spool,
+                                        committer,
+                                        key: run.key,
+                                    };
+                                    c.take_eom_edits(&mut ctx, edits)
+                                }
+                                _ => Ok(()),
+                            }
+                        };
+                        if let Err(e) = r {
+                            log::warn!("{sid:016x} filter edit refused: {e}");
+                            let v = FilterVerdict::Reject(Reply::new(
+                                451,
+                                "4.3.0",
+                                "Temporary failure in a filter, try again later",
+                            ));
+                            return self.deliver_verdict(run.key, run.gen, v, now);
+                        }
+                    }
                     if run.phase == Phase::Data {
                         // The message's lines go through the filters that asked for them.
                         let data_chain: Vec<usize> = run
@@ -175,7 +211,7 @@ impl Server {
                         let holds = b
                             .checks
                             .iter()
-                            .all(|(neg, c)| self.check(c, &facts, &run.param) != *neg);
+                            .all(|(neg, c)| self.check(c, &facts, run.phase, &run.param) != *neg);
                         if holds {
                             decided = Some(b.decision.clone());
                         }
@@ -257,7 +293,9 @@ impl Server {
         }
     }
 
-    fn check(&self, c: &Check, f: &Facts, param: &str) -> bool {
+    /// Whether a built-in check holds; `param` is the phase's own value (the sender
+    /// being given at MAIL, the recipient at RCPT).
+    fn check(&self, c: &Check, f: &Facts, phase: Phase, param: &str) -> bool {
         let m = |m: &Matcher, test: &dyn Fn(&str) -> bool| match m {
             Matcher::Value(v) => test(v),
             Matcher::Table(t) => self.cfg.tables[*t].keys().any(test),
@@ -270,12 +308,27 @@ impl Server {
         };
         match c {
             Check::Src(x) => f.addr.is_some_and(|ip| m(x, &|p| ip_matches(p, ip))),
-            Check::Helo(x) => m(x, &|p| domain_matches(p, &f.helo)),
+            Check::Helo(x) => {
+                let helo = if matches!(phase, Phase::Helo | Phase::Ehlo) {
+                    param
+                } else {
+                    &f.helo
+                };
+                m(x, &|p| domain_matches(p, helo))
+            }
             Check::MailFrom(x) => {
-                let (l, d) = split(&f.sender);
+                let sender = if phase == Phase::Mail {
+                    param
+                } else {
+                    &f.sender
+                };
+                let (l, d) = split(sender);
                 m(x, &|p| address_matches(p, &l, &d))
             }
             Check::RcptTo(x) => {
+                if phase != Phase::Rcpt {
+                    return false;
+                }
                 let (l, d) = split(param);
                 m(x, &|p| address_matches(p, &l, &d))
             }
@@ -591,6 +644,17 @@ impl Server {
                     Reply::new(421, "4.3.0", "Internal error, closing connection")
                 });
                 return self.end_chain(sid, FilterVerdict::Disconnect(r), now);
+            }
+            Answer::Edit(e) if phase == Phase::Eom => {
+                // Edits come before the filter's decision; it is still this one's turn.
+                run.edits.push(e);
+                if let Some(p) = self.pipe_mut(fid) {
+                    p.waiting.insert(sid, now + p.timeout);
+                }
+                return;
+            }
+            Answer::Discard if phase == Phase::Eom => {
+                return self.end_chain(sid, FilterVerdict::Discard, now);
             }
             Answer::DataLines(_) | Answer::DataEnd | Answer::Edit(_) | Answer::Discard => {
                 return self.filter_failed(fid, "answer out of place", now);

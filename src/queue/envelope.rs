@@ -62,6 +62,8 @@ pub struct Envelope {
     pub user: String,
     /// Deliver to the mailbox without reading `.forward` (it led here).
     pub no_forward: bool,
+    /// Held in the queue (quarantined by a filter) until scheduled by hand.
+    pub held: bool,
 }
 
 /// A fresh envelope id for message `msgid`, distinct from those in `taken`.
@@ -109,6 +111,7 @@ impl Envelope {
         put("errorline", &self.errorline);
         put("user", &self.user);
         put("no-forward", if self.no_forward { "1" } else { "0" });
+        put("held", if self.held { "1" } else { "0" });
         s
     }
 
@@ -220,6 +223,14 @@ impl Envelope {
                     };
                     19
                 }
+                "held" => {
+                    e.held = match v.as_str() {
+                        "0" => false,
+                        "1" => true,
+                        _ => return Err("bad held".into()),
+                    };
+                    20
+                }
                 other => return Err(format!("unknown key {other:?}")),
             };
             if seen & (1 << bit) != 0 {
@@ -227,7 +238,7 @@ impl Envelope {
             }
             seen |= 1 << bit;
         }
-        if seen != (1 << 20) - 1 {
+        if seen != (1 << 21) - 1 {
             return Err("missing keys".into());
         }
         if e.rcpt.is_empty() || e.evpid == 0 {

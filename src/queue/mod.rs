@@ -1,6 +1,7 @@
 //! The queue: envelopes and the on-disk spool.
 
 pub mod bounce;
+pub mod edit;
 pub mod envelope;
 pub mod scheduler;
 pub mod spool;

@@ -183,6 +183,27 @@ impl Spool {
         })
     }
 
+    /// Replaces an incoming message's data (end-of-message edits); returns the new file,
+    /// open for writing, for the commit to sync.
+    pub fn rewrite_incoming(&self, msgid: u32, data: &[u8]) -> io::Result<File> {
+        let dir = self.incoming(msgid);
+        let tmp = dir.join("message.new");
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(data)?;
+        fs::rename(&tmp, dir.join("message"))?;
+        Ok(f)
+    }
+
+    /// Reads an incoming message's data.
+    pub fn read_incoming(&self, msgid: u32) -> io::Result<Vec<u8>> {
+        fs::read(self.incoming(msgid).join("message"))
+    }
+
     /// Removes an incoming message (the transaction failed or the client left).
     pub fn discard(&self, msgid: u32) {
         let dir = self.incoming(msgid);

@@ -104,6 +104,8 @@ pub struct Conn {
     data_end_sent: bool,
     /// Bytes of filtered content stored.
     filtered_bytes: u64,
+    /// Header and body edits to make at commit.
+    pending_edits: Vec<crate::queue::edit::MessageEdit>,
 }
 
 /// Lines gathered before they are sent to a filter.
@@ -148,6 +150,7 @@ impl Conn {
             data_end: None,
             data_end_sent: false,
             filtered_bytes: 0,
+            pending_edits: Vec::new(),
         };
         for a in actions {
             match a {
@@ -435,11 +438,42 @@ impl Conn {
         if !m.buf.is_empty() {
             write_chunk(&mut m, &mut self.session);
         }
+        let junk = self.session.tx().is_some_and(|t| t.junk);
+        let edits = std::mem::take(&mut self.pending_edits);
+        if !m.failed && (junk || !edits.is_empty()) {
+            // Filters changed the message: write it again with the edits.
+            let rewritten = ctx
+                .spool
+                .read_incoming(m.id)
+                .map(|data| crate::queue::edit::apply(&data, &edits, junk))
+                .and_then(|data| ctx.spool.rewrite_incoming(m.id, &data));
+            match rewritten {
+                Ok(f) => m.file = f,
+                Err(e) => {
+                    log::warn!(
+                        "{:016x} smtp cannot apply filter edits: {e}",
+                        self.session.id
+                    );
+                    m.failed = true;
+                }
+            }
+        }
         let failed = m.failed;
         let job = if failed {
             Err(io::Error::from_raw_os_error(libc::ENOSPC))
         } else {
             let envs = self.envelopes(ctx.cfg, m.id);
+            if envs.is_empty() {
+                // Filters removed every recipient: accepted, and nothing to deliver.
+                log::info!(
+                    "{:016x} smtp message msgid={:08x} discarded: no recipient left",
+                    self.session.id,
+                    m.id
+                );
+                ctx.spool.discard(m.id);
+                self.session.on_committed(Ok(()), &mut self.actions);
+                return;
+            }
             ctx.spool.prepare_commit(m.id, m.file, &envs)
         };
         match job {
@@ -504,6 +538,12 @@ impl Conn {
                     },
                     dsn_envid: tx.params.envid.clone().unwrap_or_default(),
                     dsn_orcpt: r.params.orcpt.clone().unwrap_or_default(),
+                    held: tx.quarantine.is_some(),
+                    errorline: tx
+                        .quarantine
+                        .as_ref()
+                        .map(|q| format!("quarantined: {q}"))
+                        .unwrap_or_default(),
                     ..Envelope::default()
                 });
             }
@@ -566,6 +606,70 @@ impl Conn {
             // Lines still to come are dropped by the failed transaction.
             self.data_chain.clear();
         }
+    }
+
+    /// Takes the end-of-message edits of the filter chain. Recipient and sender edits
+    /// apply now; header and body edits at commit. A malformed edit is an error.
+    pub fn take_eom_edits(
+        &mut self,
+        ctx: &mut Ctx,
+        edits: Vec<crate::filter::pipe::Edit>,
+    ) -> Result<(), String> {
+        use crate::filter::pipe::Edit;
+        use crate::queue::edit::{clean_value, valid_name, MessageEdit};
+        let mut policy = RulesetPolicy {
+            cfg: ctx.cfg,
+            spool_root: ctx.spool.root(),
+        };
+        for e in edits {
+            match e {
+                Edit::AddHeader(n, v)
+                | Edit::InsertHeader(_, n, v)
+                | Edit::ChangeHeader(_, n, v)
+                    if !valid_name(&n) || (clean_value(&v).is_none()) =>
+                {
+                    return Err(format!("invalid header {n:?}"));
+                }
+                Edit::AddHeader(n, v) => self
+                    .pending_edits
+                    .push(MessageEdit::Add(n, clean_value(&v).unwrap_or_default())),
+                Edit::InsertHeader(i, n, v) => self.pending_edits.push(MessageEdit::Insert(
+                    i,
+                    n,
+                    clean_value(&v).unwrap_or_default(),
+                )),
+                Edit::ChangeHeader(i, n, v) => self.pending_edits.push(MessageEdit::Change(
+                    i,
+                    n,
+                    clean_value(&v).unwrap_or_default(),
+                )),
+                Edit::ReplaceBody(b) => {
+                    if b.iter().any(|&c| c == 0) {
+                        return Err("NUL in a replaced body".into());
+                    }
+                    self.pending_edits.push(MessageEdit::Body(b));
+                }
+                Edit::AddRcpt(a) => {
+                    let m = super::command::parse_address(&a, false)
+                        .ok_or_else(|| format!("invalid recipient {a:?}"))?;
+                    if let Err(r) = self.session.add_rcpt(m, &mut policy) {
+                        log::info!(
+                            "{:016x} filter recipient <{a}> refused: {}",
+                            self.session.id,
+                            r.summary()
+                        );
+                    }
+                }
+                Edit::DelRcpt(a) => self.session.del_rcpt(&a),
+                Edit::ChangeFrom(a) => {
+                    let m = super::command::parse_address(&a, true)
+                        .ok_or_else(|| format!("invalid sender {a:?}"))?;
+                    self.session.change_from(m);
+                }
+                Edit::Quarantine(r) => self.session.quarantine(&r),
+            }
+        }
+        Ok(())
     }
 
     /// What built-in filters check: client address, HELO name, sender.

@@ -94,6 +94,8 @@ pub enum FilterVerdict {
     Reject(Reply),
     /// Reply and close the connection.
     Disconnect(Reply),
+    /// At end of message: accept the message towards the client, and drop it.
+    Discard,
 }
 
 /// A command waiting for its filter verdict.
@@ -156,6 +158,8 @@ pub struct Tx {
     hops: usize,
     /// A filter marked the transaction as spam.
     pub junk: bool,
+    /// A filter quarantined the message: it is held in the queue, with this reason.
+    pub quarantine: Option<String>,
 }
 
 /// Facts about the client, fixed at connect time.
@@ -297,6 +301,20 @@ impl Session {
         };
         let (rewrite, junk) = match v {
             FilterVerdict::Proceed { rewrite, junk } => (rewrite, junk),
+            FilterVerdict::Discard if matches!(p, Pending::Eom) => {
+                // Accepted as far as the client knows; nothing is queued.
+                let id = self.tx.take().and_then(|t| t.msgid).unwrap_or(0);
+                out.push(Action::Discard);
+                out.push(Action::Reply(Reply::new(
+                    250,
+                    "2.0.0",
+                    format!("{id:08x} Message accepted for delivery"),
+                )));
+                self.mails += 1;
+                self.enter(State::Ready);
+                return;
+            }
+            FilterVerdict::Discard => (None, false),
             FilterVerdict::Disconnect(r) => return self.close(r, out),
             FilterVerdict::Reject(r) => {
                 // A 421 always ends the session, as RFC 5321 §3.8 means it.
@@ -717,6 +735,54 @@ impl Session {
     pub fn on_data_too_long(&mut self) {
         if let Some(tx) = self.tx.as_mut() {
             tx.fail.get_or_insert(Reply::DATA_LINE_TOO_LONG);
+        }
+    }
+
+    /// End-of-message edit: adds a recipient (matched and expanded like RCPT TO).
+    pub fn add_rcpt(&mut self, addr: Mailbox, policy: &mut dyn Policy) -> Result<(), Reply> {
+        let Some(tx) = self.tx.as_mut() else {
+            return Err(Reply::NEED_MAIL);
+        };
+        let ctx = MatchCtx {
+            client: &self.client,
+            helo: &self.helo,
+            sender: &tx.sender,
+        };
+        let deliveries = policy.resolve(&ctx, &addr)?;
+        tx.rcpts.push(Rcpt {
+            addr,
+            params: RcptParams::default(),
+            deliveries,
+        });
+        Ok(())
+    }
+
+    /// End-of-message edit: removes the recipients given as `addr`.
+    pub fn del_rcpt(&mut self, addr: &str) {
+        if let Some(tx) = self.tx.as_mut() {
+            let a = addr.trim_matches(['<', '>']);
+            tx.rcpts
+                .retain(|r| !r.addr.to_string().eq_ignore_ascii_case(a));
+        }
+    }
+
+    /// End-of-message edit: changes the sender.
+    pub fn change_from(&mut self, m: Mailbox) {
+        if let Some(tx) = self.tx.as_mut() {
+            tx.sender = m;
+        }
+    }
+
+    /// End-of-message edit: holds the message in the queue.
+    pub fn quarantine(&mut self, reason: &str) {
+        if let Some(tx) = self.tx.as_mut() {
+            tx.quarantine = Some(
+                reason
+                    .chars()
+                    .filter(|c| !c.is_control())
+                    .take(200)
+                    .collect(),
+            );
         }
     }
 
