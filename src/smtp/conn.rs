@@ -644,7 +644,7 @@ impl Conn {
                     clean_value(&v).unwrap_or_default(),
                 )),
                 Edit::ReplaceBody(b) => {
-                    if b.iter().any(|&c| c == 0) {
+                    if b.contains(&0) {
                         return Err("NUL in a replaced body".into());
                     }
                     self.pending_edits.push(MessageEdit::Body(b));
