@@ -25,10 +25,13 @@ pub enum Line<'a> {
     TooLong,
 }
 
-/// A fixed-size input buffer with a line splitter.
+/// A fixed-size input buffer with a line splitter. The memory is taken at the first
+/// read and can be given back while the buffer is empty ([`LineBuf::release`]), so an
+/// idle connection costs no buffer.
 #[derive(Debug)]
 pub struct LineBuf {
     buf: Box<[u8]>,
+    capacity: usize,
     start: usize,
     end: usize,
     /// Bytes before this offset are known to hold no line end.
@@ -43,7 +46,8 @@ impl LineBuf {
     /// Creates a buffer that holds at most `capacity` bytes.
     pub fn new(capacity: usize) -> Self {
         LineBuf {
-            buf: vec![0; capacity].into_boxed_slice(),
+            buf: Box::default(),
+            capacity,
             start: 0,
             end: 0,
             scanned: 0,
@@ -64,9 +68,22 @@ impl LineBuf {
         self.scanned = 0;
     }
 
+    /// Gives the memory back when nothing is buffered (an idle connection).
+    pub fn release(&mut self) {
+        if self.start == self.end && !self.skipping && !self.buf.is_empty() {
+            self.buf = Box::default();
+            self.start = 0;
+            self.end = 0;
+            self.scanned = 0;
+        }
+    }
+
     /// The free space to read into; call [`LineBuf::filled`] with the count read.
     /// Compacts first when the free tail is smaller than half the buffer.
     pub fn space(&mut self) -> &mut [u8] {
+        if self.buf.is_empty() {
+            self.buf = vec![0; self.capacity].into_boxed_slice();
+        }
         if self.start > 0 && (self.buf.len() - self.end) < self.buf.len() / 2 {
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
@@ -117,7 +134,7 @@ impl LineBuf {
         if len > 0 && self.buf[self.end - 1] == b'\r' {
             len -= 1;
         }
-        if len > max || self.end - self.start == self.buf.len() {
+        if len > max || self.end - self.start == self.capacity {
             self.skipping = true;
             self.skip_cr = false;
             self.skip_tail();

@@ -239,6 +239,13 @@ impl Conn {
                 return;
             }
             if !progress {
+                // Waiting for the client: an idle session keeps no input buffer.
+                if !self.session.in_data() && !self.readable {
+                    self.inbuf.release();
+                }
+                if self.out.is_empty() && self.out.capacity() > 4096 {
+                    self.out = Vec::new();
+                }
                 return;
             }
         }
