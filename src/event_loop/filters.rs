@@ -5,7 +5,7 @@
 use super::{Entry, Server, FIRST_SLOT};
 use crate::config::{BuiltinDecision, Check, FilterKind, Matcher};
 use crate::filter::pipe::{Answer, FilterPipe, PipeState};
-use crate::smtp::conn::Ctx;
+use crate::smtp::conn::{Ctx, Report};
 use crate::smtp::reply::Reply;
 use crate::smtp::session::{FilterQuery, FilterVerdict, Phase};
 use crate::table::{address_matches, domain_matches, ip_matches};
@@ -387,6 +387,20 @@ impl Server {
         self.after_conn(key, now);
     }
 
+    /// Whether filter `fid` may observe protocol lines or rollbacks (true while it has
+    /// not registered yet).
+    pub(super) fn filter_observes(&self, fid: usize) -> bool {
+        match self.cfg.filters.get(fid).map(|f| &f.kind) {
+            Some(FilterKind::Proc { .. }) => match self.pipe(fid).map(|p| p.state) {
+                Some(PipeState::Ready { reports, .. }) => {
+                    reports & (event::PROTOCOL | event::ROLLBACK) != 0
+                }
+                _ => true,
+            },
+            _ => false,
+        }
+    }
+
     fn pipe(&self, fid: usize) -> Option<&FilterPipe> {
         match self
             .pipes
@@ -416,15 +430,24 @@ impl Server {
     /// Starts a chain when the session made a new query, and sends the message lines
     /// it gathered to its first data filter.
     pub(super) fn after_conn(&mut self, key: usize, now: Instant) {
-        let (q, batch, sid, first) = match self.slab.get_mut(key) {
+        let (q, batch, sid, first, reports) = match self.slab.get_mut(key) {
             Some(Entry::Smtp(c)) => (
                 c.take_filter_query(),
                 c.take_data_batch(),
                 c.id(),
                 c.data_chain.first().copied(),
+                c.take_reports(),
             ),
             _ => return,
         };
+        for r in reports {
+            match r {
+                Report::Protocol(dir, line) => {
+                    self.report(key, &Frame::Protocol { dir, line: &line })
+                }
+                Report::Rollback => self.report(key, &Frame::Rollback),
+            }
+        }
         if let (Some((lines, end)), Some(fid)) = (batch, first) {
             self.send_lines(fid, sid, &lines, end, now);
         }

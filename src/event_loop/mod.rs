@@ -446,6 +446,9 @@ impl Server {
             .max_text_line
             .max(self.cfg.smtp.max_command_line);
         let mut conn = Conn::new(stream, gen, ip, session, actions, deadline, max_line);
+        // Protocol lines and rollbacks are gathered only when a filter of the chain may
+        // observe them (a filter process, whose registration may still come).
+        conn.observe = chain.iter().any(|&f| self.filter_observes(f));
         conn.chain = chain;
         let key = self.slab.insert(Entry::Smtp(Box::new(conn)));
         if let Some(Entry::Smtp(conn)) = self.slab.get_mut(key) {

@@ -106,6 +106,18 @@ pub struct Conn {
     filtered_bytes: u64,
     /// Header and body edits to make at commit.
     pending_edits: Vec<crate::queue::edit::MessageEdit>,
+    /// A filter of the chain observes protocol lines and rollbacks.
+    pub observe: bool,
+    reports: Vec<Report>,
+}
+
+/// An event for observing filters, gathered during a pump.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Report {
+    /// A command line (`<`) or reply (`>`).
+    Protocol(u8, Vec<u8>),
+    /// The transaction was abandoned.
+    Rollback,
 }
 
 /// Lines gathered before they are sent to a filter.
@@ -151,6 +163,8 @@ impl Conn {
             data_end_sent: false,
             filtered_bytes: 0,
             pending_edits: Vec::new(),
+            observe: false,
+            reports: Vec::new(),
         };
         for a in actions {
             match a {
@@ -343,7 +357,14 @@ impl Conn {
                                 cfg: ctx.cfg,
                                 spool_root: ctx.spool.root(),
                             };
+                            let had_tx = self.session.tx().is_some();
+                            if self.observe {
+                                self.reports.push(Report::Protocol(b'<', bytes.to_vec()));
+                            }
                             self.session.on_line(bytes, &mut policy, &mut self.actions);
+                            if had_tx && self.session.tx().is_none() && self.observe {
+                                self.reports.push(Report::Rollback);
+                            }
                         }
                         // The line is logged with failed replies; copy it only then.
                         if self
@@ -384,6 +405,12 @@ impl Conn {
                     }
                     let start = self.out.len();
                     r.render(&mut self.out);
+                    if self.observe {
+                        let text = self.out[start..]
+                            .strip_suffix(b"\r\n")
+                            .unwrap_or(&self.out[start..]);
+                        self.reports.push(Report::Protocol(b'>', text.to_vec()));
+                    }
                     log::trace!(target: "smtpd::smtp", "{:016x} smtp >>> {}", self.session.id, esc(&self.out[start..]));
                 }
                 Action::OpenMessage => {
@@ -419,6 +446,9 @@ impl Conn {
                 Action::Discard => {
                     if let Some(m) = self.msg.take() {
                         ctx.spool.discard(m.id);
+                    }
+                    if self.observe {
+                        self.reports.push(Report::Rollback);
                     }
                 }
                 Action::Filter(q) => self.filter_query = Some(q),
@@ -556,6 +586,11 @@ impl Conn {
             }
         }
         out
+    }
+
+    /// Events for observing filters since the last call.
+    pub fn take_reports(&mut self) -> Vec<Report> {
+        std::mem::take(&mut self.reports)
     }
 
     /// Lines for the first data filter, and whether the end marker follows them.
