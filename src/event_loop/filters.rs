@@ -746,6 +746,23 @@ impl Server {
         }
     }
 
+    /// Writes the frames queued for each filter during this loop turn.
+    pub(super) fn flush_pipes(&mut self, now: Instant) {
+        let mut failed = Vec::new();
+        for (_, e) in self.slab.iter_mut() {
+            if let Entry::Filter(p) = e {
+                if p.has_output() {
+                    if let Err(e) = p.flush() {
+                        failed.push((p.id, e.to_string()));
+                    }
+                }
+            }
+        }
+        for (fid, why) in failed {
+            self.filter_failed(fid, &format!("write: {why}"), now);
+        }
+    }
+
     /// Fails the sessions a filter has not answered in time.
     pub(super) fn filter_deadlines(&mut self, now: Instant) {
         let late: Vec<usize> = self

@@ -244,6 +244,7 @@ impl Server {
             }
             // Commits may finish between a wake and the poll; take them every turn.
             self.on_commits(now);
+            self.flush_pipes(now);
             self.expire_timers(now);
             self.filter_deadlines(now);
             self.monitor(now);

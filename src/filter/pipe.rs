@@ -161,10 +161,15 @@ impl FilterPipe {
         self.out.len() > OUT_HIGH
     }
 
-    /// Queues a frame for `session` and tries to send it.
+    /// Queues a frame for `session`; the loop writes every pipe's frames once per turn
+    /// ([`FilterPipe::flush`]), so a turn's events for a filter go in one write.
     pub fn send(&mut self, session: u64, f: &Frame) {
         codec::encode(session, f, &mut self.out);
-        let _ = self.flush();
+    }
+
+    /// Whether frames wait to be written.
+    pub fn has_output(&self) -> bool {
+        !self.out.is_empty()
     }
 
     /// Queues a frame that waits for an answer from the filter.
