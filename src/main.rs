@@ -222,6 +222,7 @@ fn start(cfg: Config, foreground: bool, paused: &[String]) -> std::io::Result<()
                 restarts: 0,
                 restart_at: None,
                 errbuf: Vec::new(),
+                started: std::time::Instant::now(),
             });
         }
     }

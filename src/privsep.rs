@@ -488,6 +488,10 @@ pub fn parent_loop(chan: OwnedFd, engine: i32, mut filters: Vec<Running>) -> io:
                     }
                 } else if let Some(f) = filters.iter_mut().find(|f| f.pid == Some(pid)) {
                     supervisor::drain_stderr(f);
+                    // A filter that ran for a while starts its back-off again from 1 s.
+                    if f.started.elapsed() > Duration::from_secs(60) {
+                        f.restarts = 0;
+                    }
                     let delay = supervisor::backoff(f.restarts);
                     log::warn!(
                         "filter {} exited with status {}, restarting in {}s",
@@ -507,6 +511,7 @@ pub fn parent_loop(chan: OwnedFd, engine: i32, mut filters: Vec<Running>) -> io:
                 match supervisor::spawn(&f.spec) {
                     Ok((pid, engine_end, err)) => {
                         f.pid = Some(pid);
+                        f.started = Instant::now();
                         f.stderr = Some(File::from(err));
                         f.restart_at = None;
                         log::info!("filter {} restarted, pid {pid}", f.spec.name);

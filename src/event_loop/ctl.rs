@@ -219,6 +219,17 @@ impl Server {
             Ctl::ShowStats => (self.stats_text(), false),
             Ctl::Schedule(t) => {
                 let ids = self.targets(t);
+                // A quarantined envelope released by hand stays released after a restart.
+                for &id in &ids {
+                    if let Ok(mut e) = self.spool.load_envelope(id) {
+                        if e.held {
+                            e.held = false;
+                            if let Err(err) = self.spool.update_envelope(&e) {
+                                log::warn!("control: cannot release {id:016x}: {err}");
+                            }
+                        }
+                    }
+                }
                 let n = self.queue.sched.schedule(&ids, now);
                 (format!("{n} envelope(s) scheduled\n"), false)
             }

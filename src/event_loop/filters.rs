@@ -464,8 +464,18 @@ impl Server {
         if p.hooks().is_none() {
             return self.data_failed(sid, now);
         }
-        for chunk in lines.chunks(1024) {
-            let refs: Vec<&[u8]> = chunk.iter().map(|l| l.as_slice()).collect();
+        // Frames stay well under the largest frame: at most 1024 lines or 256 KiB each.
+        let mut refs: Vec<&[u8]> = Vec::new();
+        let mut bytes = 0;
+        for l in lines {
+            if refs.len() == 1024 || bytes + l.len() > 256 * 1024 {
+                p.send(sid, &Frame::DataLines(std::mem::take(&mut refs)));
+                bytes = 0;
+            }
+            bytes += l.len() + 2;
+            refs.push(l);
+        }
+        if !refs.is_empty() {
             p.send(sid, &Frame::DataLines(refs));
         }
         if end {
@@ -517,11 +527,11 @@ impl Server {
             }
             _ => return,
         };
+        let max_line = self.cfg.smtp.max_text_line - 2;
         if let Some(lines) = &lines {
-            if lines
-                .iter()
-                .any(|l| l.len() > 998 || l.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0))
-            {
+            if lines.iter().any(|l| {
+                l.len() > max_line || l.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0)
+            }) {
                 return self.filter_failed(
                     fid,
                     "sent a message line with CR, LF, NUL or over 998 octets",

@@ -45,6 +45,8 @@ pub struct Running {
     pub restart_at: Option<Instant>,
     /// Partial stderr line.
     pub errbuf: Vec<u8>,
+    /// When it was last started.
+    pub started: Instant,
 }
 
 /// The delay before restart number `n`: 1 s, 2 s, 4 s ... at most 60 s.

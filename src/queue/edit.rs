@@ -139,18 +139,21 @@ pub fn apply(msg: &[u8], edits: &[MessageEdit], junk: bool) -> Vec<u8> {
                 }
             }
             MessageEdit::Body(b) => {
-                let b = String::from_utf8_lossy(b)
-                    .replace("\r\n", "\n")
-                    .into_bytes();
-                new_body.get_or_insert_with(Vec::new).extend_from_slice(&b);
+                // Bytes as given (any charset), CR LF turned into the spool's LF.
+                let body = new_body.get_or_insert_with(Vec::new);
+                let mut i = 0;
+                while i < b.len() {
+                    if !(b[i] == b'\r' && b.get(i + 1) == Some(&b'\n')) {
+                        body.push(b[i]);
+                    }
+                    i += 1;
+                }
             }
         }
     }
-    if junk
-        && !headers
-            .iter()
-            .any(|h| field_name(h).eq_ignore_ascii_case(b"X-Spam"))
-    {
+    if junk {
+        // The verdict replaces whatever X-Spam header the sender wrote.
+        headers.retain(|h| !field_name(h).eq_ignore_ascii_case(b"X-Spam"));
         headers.insert(0, render("X-Spam", "Yes"));
     }
     let mut out = Vec::with_capacity(msg.len() + 256);

@@ -657,12 +657,26 @@ impl Conn {
         ctx: &mut Ctx,
         edits: Vec<crate::filter::pipe::Edit>,
     ) -> Result<(), String> {
-        use crate::filter::pipe::Edit;
-        use crate::queue::edit::{clean_value, valid_name, MessageEdit};
         let mut policy = RulesetPolicy {
             cfg: ctx.cfg,
             spool_root: ctx.spool.root(),
         };
+        // Edits belong to this message only.
+        self.pending_edits.clear();
+        let r = self.apply_eom_edits(edits, &mut policy);
+        if r.is_err() {
+            self.pending_edits.clear();
+        }
+        r
+    }
+
+    fn apply_eom_edits(
+        &mut self,
+        edits: Vec<crate::filter::pipe::Edit>,
+        policy: &mut RulesetPolicy,
+    ) -> Result<(), String> {
+        use crate::filter::pipe::Edit;
+        use crate::queue::edit::{clean_value, valid_name, MessageEdit};
         for e in edits {
             match e {
                 Edit::AddHeader(n, v)
@@ -694,7 +708,7 @@ impl Conn {
                 Edit::AddRcpt(a) => {
                     let m = super::command::parse_address(&a, false)
                         .ok_or_else(|| format!("invalid recipient {a:?}"))?;
-                    if let Err(r) = self.session.add_rcpt(m, &mut policy) {
+                    if let Err(r) = self.session.add_rcpt(m, policy) {
                         log::info!(
                             "{:016x} filter recipient <{a}> refused: {}",
                             self.session.id,

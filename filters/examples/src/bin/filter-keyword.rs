@@ -9,7 +9,7 @@ fn main() -> std::io::Result<()> {
     let words: Vec<String> = std::env::args().skip(1).map(|w| w.to_lowercase()).collect();
     // Sessions whose current message matched.
     let hits: Rc<RefCell<HashSet<u64>>> = Rc::default();
-    let (h1, h2) = (hits.clone(), hits);
+    let (h1, h2, h3) = (hits.clone(), hits.clone(), hits);
     Filter::new("keyword")
         .on_data_line(move |c, l, out| {
             let line = String::from_utf8_lossy(l).to_lowercase();
@@ -24,6 +24,10 @@ fn main() -> std::io::Result<()> {
             } else {
                 Decision::Proceed
             }
+        })
+        // A message refused before its end never reaches EOM: forget it here.
+        .on_rollback(move |c| {
+            h3.borrow_mut().remove(&c.session);
         })
         .run()
 }

@@ -10,7 +10,7 @@ fn main() -> std::io::Result<()> {
     let to = args.next().unwrap_or_else(|| "color".into());
     // Sessions whose message is past its header section.
     let in_body: Rc<RefCell<HashSet<u64>>> = Rc::default();
-    let done = in_body.clone();
+    let (done, reset) = (in_body.clone(), in_body.clone());
     Filter::new("rewrite")
         .on_data_line(move |c, l, out| {
             let mut body = in_body.borrow_mut();
@@ -30,6 +30,9 @@ fn main() -> std::io::Result<()> {
         .on_eom(move |c, _| {
             done.borrow_mut().remove(&c.session);
             Decision::Proceed
+        })
+        .on_rollback(move |c| {
+            reset.borrow_mut().remove(&c.session);
         })
         .run()
 }
