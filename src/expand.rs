@@ -190,7 +190,8 @@ impl Expander<'_> {
             // RFC 5321 §4.5.1: postmaster always exists; without an alias it is root.
             return self.push(id, Dest::User("root".into()));
         }
-        if user_exists(cfg, action, name) {
+        // expand-only delivers only to what aliases name: a bare user has no mailbox.
+        if user_exists(cfg, action, name) && action.method != crate::config::Method::ExpandOnly {
             self.push(id, Dest::User(name.to_string()))
         } else {
             Err(unknown(rcpt))

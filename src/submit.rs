@@ -375,6 +375,10 @@ pub fn flush_offline(spool: &Spool, socket: &Path) -> usize {
                 n += 1;
                 let _ = std::fs::remove_file(&path);
             }
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                log::warn!("offline: {}: {e}; removed", path.display());
+                let _ = std::fs::remove_file(&path);
+            }
             Err(e) => log::warn!("offline: {}: {e}", path.display()),
         }
     }
@@ -395,7 +399,13 @@ fn submit_as(mut f: File, uid: u32, gid: u32, socket: &Path) -> io::Result<()> {
                     Ok(_) => 0,
                     Err(e) => {
                         log::warn!("offline: submission failed: {e}");
-                        1
+                        // A refusal (5xx) will not change: tell the parent to drop the file.
+                        let t = e.to_string();
+                        if t.starts_with('5') || t.contains(": 5") {
+                            2
+                        } else {
+                            1
+                        }
                     }
                 };
             crate::sys::exit_now(code);
@@ -404,6 +414,11 @@ fn submit_as(mut f: File, uid: u32, gid: u32, socket: &Path) -> io::Result<()> {
             let status = crate::sys::wait_pid(pid)?;
             if status == 0 {
                 Ok(())
+            } else if status == 2 {
+                Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    "refused by the daemon",
+                ))
             } else {
                 Err(io::Error::other(format!(
                     "submission process exited with {status}"

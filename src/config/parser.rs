@@ -561,6 +561,7 @@ impl Parser {
             user: None,
             ttl: None,
         };
+        check_method(&action.method).map_err(|m| st.err(format!("action '{name}': {m}")))?;
         let local = action.method.is_local();
         while !st.at_end() {
             if local && st.eat("alias") {
@@ -890,6 +891,28 @@ pub(super) fn queue_path_only(text: &str, path: &Path) -> PathBuf {
         }
     }
     found.unwrap_or(default)
+}
+
+/// Checks what a delivery method names, so that mistakes show at start, not as failed
+/// deliveries: relay and LMTP destinations, path and command formats.
+fn check_method(m: &Method) -> Result<(), String> {
+    use crate::mda::format::{expand_command, expand_path, FormatCtx};
+    use crate::mta::conn::Target;
+    let ctx = FormatCtx {
+        sender: "sender@example.org".into(),
+        rcpt: "rcpt@example.org".into(),
+        dest: "rcpt@example.org".into(),
+        user: "user".into(),
+        home: "/home/user".into(),
+        ..FormatCtx::default()
+    };
+    match m {
+        Method::Relay { host: Some(h) } => Target::parse(h, 25).map(|_| ()),
+        Method::Lmtp { dest, .. } => Target::parse(dest, 24).map(|_| ()),
+        Method::Mda(cmd) => expand_command(cmd, &ctx).map(|_| ()),
+        Method::Maildir { path: Some(p), .. } => expand_path(p, &ctx).map(|_| ()),
+        _ => Ok(()),
+    }
 }
 
 /// A reply given in the configuration: `CODE [ESC] text` with a 4xx or 5xx code.
