@@ -138,19 +138,20 @@ pub fn apply(msg: &[u8], edits: &[MessageEdit], junk: bool) -> Vec<u8> {
                     }
                 }
             }
-            MessageEdit::Body(b) => {
-                // Bytes as given (any charset), CR LF turned into the spool's LF.
-                let body = new_body.get_or_insert_with(Vec::new);
-                let mut i = 0;
-                while i < b.len() {
-                    if !(b[i] == b'\r' && b.get(i + 1) == Some(&b'\n')) {
-                        body.push(b[i]);
-                    }
-                    i += 1;
-                }
-            }
+            // Chunks are joined first: a CR LF may straddle two of them.
+            MessageEdit::Body(b) => new_body.get_or_insert_with(Vec::new).extend_from_slice(b),
         }
     }
+    // Bytes as given (any charset), CR LF turned into the spool's LF.
+    let new_body = new_body.map(|b| {
+        let mut out = Vec::with_capacity(b.len());
+        for (i, &c) in b.iter().enumerate() {
+            if !(c == b'\r' && b.get(i + 1) == Some(&b'\n')) {
+                out.push(c);
+            }
+        }
+        out
+    });
     if junk {
         // The verdict replaces whatever X-Spam header the sender wrote.
         headers.retain(|h| !field_name(h).eq_ignore_ascii_case(b"X-Spam"));

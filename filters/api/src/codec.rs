@@ -172,7 +172,7 @@ pub enum Frame<'a> {
     Rcpt(&'a [u8]),
     /// DATA.
     Data,
-    /// Message lines, still dot-stuffed, without line ends.
+    /// Message lines, dot-unstuffed, without line ends.
     DataLines(Vec<&'a [u8]>),
     /// No more lines.
     DataEnd,

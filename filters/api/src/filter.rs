@@ -404,7 +404,17 @@ impl Filter {
                     name: n.as_bytes(),
                     value: v.as_bytes(),
                 },
-                Edit::ReplaceBody(b) => Frame::ReplaceBody(b),
+                Edit::ReplaceBody(b) => {
+                    // A string holds at most 65535 bytes: a long body goes in chunks.
+                    let mut chunks = b.chunks(60_000).peekable();
+                    while let Some(c) = chunks.next() {
+                        if chunks.peek().is_none() {
+                            break;
+                        }
+                        codec::encode(sid, &Frame::ReplaceBody(c), out);
+                    }
+                    Frame::ReplaceBody(b.chunks(60_000).last().unwrap_or(&[]))
+                }
                 Edit::AddRcpt(a) => Frame::AddRcpt(a.as_bytes()),
                 Edit::DelRcpt(a) => Frame::DelRcpt(a.as_bytes()),
                 Edit::ChangeFrom(a) => Frame::ChangeFrom(a.as_bytes()),
