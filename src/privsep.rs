@@ -488,6 +488,12 @@ pub fn parent_loop(chan: OwnedFd, engine: i32, mut filters: Vec<Running>) -> io:
                     }
                 } else if let Some(f) = filters.iter_mut().find(|f| f.pid == Some(pid)) {
                     supervisor::drain_stderr(f);
+                    if engine_status.is_some() || !chan_open {
+                        // Stopping: the filter saw its pipe close.
+                        log::info!("filter {} exited", f.spec.name);
+                        f.pid = None;
+                        continue;
+                    }
                     // A filter that ran for a while starts its back-off again from 1 s.
                     if f.started.elapsed() > Duration::from_secs(60) {
                         f.restarts = 0;

@@ -53,6 +53,9 @@ impl std::fmt::Display for Mailbox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         if self.is_null() {
             Ok(())
+        } else if self.domain.is_empty() {
+            // <postmaster> without a domain (RFC 5321 §4.5.1).
+            write!(f, "{}", self.local)
         } else {
             write!(f, "{}@{}", self.local, self.domain)
         }

@@ -1,0 +1,180 @@
+/*
+ * filter_api.h: write smtpd filters in C.
+ *
+ * A filter is a program that smtpd starts (`filter NAME proc-exec "COMMAND"` in
+ * smtpd.conf) and talks to over its standard input and output, in the binary
+ * protocol of filters/api/src/codec.rs.  This library speaks that protocol: register
+ * callbacks for the events you want, then call filter_api_loop().
+ *
+ *	static int
+ *	on_mail(uint64_t id, struct mailaddr *a)
+ *	{
+ *		if (strcmp(a->domain, "spammer.example") == 0)
+ *			return filter_api_reject(id, 550, "5.7.1 go away"), 0;
+ *		return 1;
+ *	}
+ *
+ *	int
+ *	main(void)
+ *	{
+ *		log_init(-1);
+ *		filter_api_on_mail(on_mail);
+ *		return filter_api_loop() == 0 ? 0 : 1;
+ *	}
+ *
+ * See filters/c/README.md for the whole interface.  C99, libc only, single-threaded.
+ */
+#ifndef FILTER_API_H
+#define FILTER_API_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/types.h>
+#include <sys/socket.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__) || defined(__clang__)
+#define FILTER_API_PRINTF(f, a)	__attribute__((__format__(__printf__, f, a)))
+#define FILTER_API_DEAD		__attribute__((__noreturn__))
+#else
+#define FILTER_API_PRINTF(f, a)
+#define FILTER_API_DEAD
+#endif
+
+/* Version of the filter protocol this library speaks. */
+#define FILTER_API_PROTOCOL_VERSION	1
+
+/* Sizes of the text buffers handed to callbacks (NUL included). */
+#define SMTPD_MAXLOCALPARTSIZE		(255 + 1)
+#define SMTPD_MAXDOMAINPARTSIZE		(255 + 1)
+#define FILTER_API_MAXHOSTNAME		(255 + 1)
+#define FILTER_API_MAXADDRTEXT		(127 + 1)
+#define FILTER_API_MAXMSGID		(63 + 1)
+
+/* Longest message line the daemon takes back from a filter (RFC 5321 text line). */
+#define FILTER_API_MAXLINE		998
+
+/* An envelope address, split at its last '@' (both empty for the null sender <>). */
+struct mailaddr {
+	char	user[SMTPD_MAXLOCALPARTSIZE];
+	char	domain[SMTPD_MAXDOMAINPARTSIZE];
+};
+
+/* What a connect event tells. */
+struct filter_connect {
+	/* Parsed from "ip:port", "[v6]:port"; AF_UNIX for "local"; AF_UNSPEC else. */
+	struct sockaddr_storage	local;
+	struct sockaddr_storage	remote;
+	/* The client's resolved host name, or "". */
+	char			hostname[FILTER_API_MAXHOSTNAME];
+	/* The daemon's own text for both addresses (e.g. "127.0.0.1:25", "local"). */
+	char			local_text[FILTER_API_MAXADDRTEXT];
+	char			remote_text[FILTER_API_MAXADDRTEXT];
+};
+
+/* For filter_api_reject_code(), as in OpenSMTPD. */
+enum filter_status {
+	FILTER_OK,
+	FILTER_FAIL,
+	FILTER_CLOSE
+};
+
+/*
+ * Callbacks.  The ones returning int answer the event: 1 lets it through, 0 refuses
+ * it with "550 5.7.1 Rejected by filter" -- unless the callback already answered
+ * with one of the answer functions below, in which case the return value is ignored.
+ * Registering a callback again replaces the previous one; NULL removes it.
+ */
+void	filter_api_on_connect(int (*)(uint64_t, struct filter_connect *));
+void	filter_api_on_helo(int (*)(uint64_t, const char *));
+void	filter_api_on_ehlo(int (*)(uint64_t, const char *));
+void	filter_api_on_mail(int (*)(uint64_t, struct mailaddr *));
+void	filter_api_on_rcpt(int (*)(uint64_t, struct mailaddr *));
+void	filter_api_on_data(int (*)(uint64_t));
+void	filter_api_on_dataline(void (*)(uint64_t, const char *));
+void	filter_api_on_dataend(void (*)(uint64_t));
+void	filter_api_on_eom(int (*)(uint64_t, size_t));
+void	filter_api_on_commit(void (*)(uint64_t));
+void	filter_api_on_rollback(void (*)(uint64_t));
+void	filter_api_on_disconnect(void (*)(uint64_t));
+
+/* The name the filter registers under (default: the program's name). */
+void	filter_api_set_name(const char *);
+
+/*
+ * Registers, waits for the daemon's READY, then serves events until the daemon
+ * closes the connection: returns 0 then, -1 on a refusal, an I/O or protocol error
+ * (logged).
+ */
+int	filter_api_loop(void);
+
+/*
+ * Answers, from inside the callback of the event being answered (id = its session).
+ * Each returns 0, or -1 (and answers nothing) when called out of place, for another
+ * session, a second time, or with an invalid value.  Texts are cut at 400 bytes and
+ * control characters become spaces; a text may begin with an enhanced status code.
+ */
+int	filter_api_accept(uint64_t);
+int	filter_api_reject(uint64_t, uint32_t, const char *);
+int	filter_api_reject_code(uint64_t, enum filter_status, uint32_t, const char *);
+int	filter_api_tempfail(uint64_t, const char *);
+int	filter_api_disconnect(uint64_t, uint32_t, const char *);
+int	filter_api_junk(uint64_t);
+int	filter_api_rewrite(uint64_t, const char *);
+int	filter_api_discard(uint64_t);
+
+/* Message lines: pass a line on (from the dataline or dataend callback). */
+int	filter_api_writeln(uint64_t, const char *);
+
+/* End-of-message edits, from inside the eom callback; applied if the message passes. */
+int	filter_api_header_add(uint64_t, const char *, const char *);
+int	filter_api_header_insert(uint64_t, uint32_t, const char *, const char *);
+int	filter_api_header_change(uint64_t, uint32_t, const char *, const char *);
+int	filter_api_header_delete(uint64_t, uint32_t, const char *);
+int	filter_api_body_replace(uint64_t, const char *);
+int	filter_api_rcpt_add(uint64_t, const char *);
+int	filter_api_rcpt_del(uint64_t, const char *);
+int	filter_api_mailfrom_change(uint64_t, const char *);
+int	filter_api_quarantine(uint64_t, const char *);
+
+/*
+ * The parameter of the event being answered exactly as the daemon sent it (HELO or
+ * EHLO name, MAIL or RCPT address), else NULL.
+ */
+const char	*filter_api_param(uint64_t);
+
+/* The id of the message just committed (in the commit callback), else NULL. */
+const char	*filter_api_msgid(uint64_t);
+
+/* Per-session data, forgotten after the disconnect callback (which may free it). */
+int	 filter_api_session_set(uint64_t, void *);
+void	*filter_api_session_get(uint64_t);
+
+/* Helpers; both return a static buffer. */
+const char	*filter_api_sockaddr_to_text(const struct sockaddr *);
+const char	*filter_api_mailaddr_to_text(const struct mailaddr *);
+
+/* Logging to standard error, which smtpd logs as "filter NAME: LINE". */
+void	log_init(int);
+void	log_verbose(int);
+void	log_warn(const char *, ...) FILTER_API_PRINTF(1, 2);
+void	log_warnx(const char *, ...) FILTER_API_PRINTF(1, 2);
+void	log_info(const char *, ...) FILTER_API_PRINTF(1, 2);
+void	log_debug(const char *, ...) FILTER_API_PRINTF(1, 2);
+void	fatal(const char *, ...) FILTER_API_PRINTF(1, 2) FILTER_API_DEAD;
+void	fatalx(const char *, ...) FILTER_API_PRINTF(1, 2) FILTER_API_DEAD;
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* FILTER_API_H */
