@@ -463,7 +463,8 @@ pub fn parent_loop(chan: OwnedFd, engine: i32, mut filters: Vec<Running>) -> io:
             .filter_map(|f| f.restart_at)
             .map(|t| t.saturating_duration_since(now).as_millis().min(60_000) as i32)
             .min()
-            .unwrap_or(-1);
+            .unwrap_or(1000)
+            .min(1000);
         sys::poll(&mut fds, timeout)?;
         for (i, f) in filters.iter_mut().enumerate() {
             if fds[2 + i].revents != 0 {
@@ -478,37 +479,39 @@ pub fn parent_loop(chan: OwnedFd, engine: i32, mut filters: Vec<Running>) -> io:
                     _ => {}
                 }
             }
-            while let Some((pid, status)) = sys::reap_child() {
-                if pid == engine {
-                    engine_status = Some(sys::exit_code(status));
-                } else if let Some((id, pipe)) = children.remove(&pid) {
-                    let res = child_result(id, pipe, status);
-                    if let Err(e) = sys::send_msg(fd, &res.encode(), None) {
-                        log::warn!("parent: cannot report delivery {id}: {e}");
-                    }
-                } else if let Some(f) = filters.iter_mut().find(|f| f.pid == Some(pid)) {
-                    supervisor::drain_stderr(f);
-                    if engine_status.is_some() || !chan_open {
-                        // Stopping: the filter saw its pipe close.
-                        log::info!("filter {} exited", f.spec.name);
-                        f.pid = None;
-                        continue;
-                    }
-                    // A filter that ran for a while starts its back-off again from 1 s.
-                    if f.started.elapsed() > Duration::from_secs(60) {
-                        f.restarts = 0;
-                    }
-                    let delay = supervisor::backoff(f.restarts);
-                    log::warn!(
-                        "filter {} exited with status {}, restarting in {}s",
-                        f.spec.name,
-                        sys::exit_code(status),
-                        delay.as_secs()
-                    );
-                    f.pid = None;
-                    f.restarts += 1;
-                    f.restart_at = Some(Instant::now() + delay);
+        }
+        // Reaped every turn, not only on SIGCHLD: a child may exit before the handler
+        // was installed.
+        while let Some((pid, status)) = sys::reap_child() {
+            if pid == engine {
+                engine_status = Some(sys::exit_code(status));
+            } else if let Some((id, pipe)) = children.remove(&pid) {
+                let res = child_result(id, pipe, status);
+                if let Err(e) = sys::send_msg(fd, &res.encode(), None) {
+                    log::warn!("parent: cannot report delivery {id}: {e}");
                 }
+            } else if let Some(f) = filters.iter_mut().find(|f| f.pid == Some(pid)) {
+                supervisor::drain_stderr(f);
+                if engine_status.is_some() || !chan_open {
+                    // Stopping: the filter saw its pipe close.
+                    log::info!("filter {} exited", f.spec.name);
+                    f.pid = None;
+                    continue;
+                }
+                // A filter that ran for a while starts its back-off again from 1 s.
+                if f.started.elapsed() > Duration::from_secs(60) {
+                    f.restarts = 0;
+                }
+                let delay = supervisor::backoff(f.restarts);
+                log::warn!(
+                    "filter {} exited with status {}, restarting in {}s",
+                    f.spec.name,
+                    sys::exit_code(status),
+                    delay.as_secs()
+                );
+                f.pid = None;
+                f.restarts += 1;
+                f.restart_at = Some(Instant::now() + delay);
             }
         }
         let now = Instant::now();

@@ -674,6 +674,8 @@ impl Server {
             }
             Answer::Disconnect(code, text) => {
                 let r = filter_reply(code, &text).unwrap_or_else(|| {
+                    let name = &self.cfg.filters[fid].name;
+                    log::warn!("{sid:016x} filter {name} sent an invalid reply {code} {text:?}: 421 instead");
                     Reply::new(421, "4.3.0", "Internal error, closing connection")
                 });
                 return self.end_chain(sid, FilterVerdict::Disconnect(r), now);

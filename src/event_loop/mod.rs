@@ -335,6 +335,34 @@ impl Server {
                     }
                 }
                 self.after_conn(key, now);
+                // A session whose message lines went to a filter may have more input.
+                for _ in 0..64 {
+                    let Server {
+                        slab,
+                        closing,
+                        cfg,
+                        spool,
+                        committer,
+                        ..
+                    } = self;
+                    let Some(Entry::Smtp(conn)) = slab.get_mut(key) else {
+                        break;
+                    };
+                    if !conn.has_more() {
+                        break;
+                    }
+                    let mut ctx = Ctx {
+                        cfg,
+                        spool,
+                        committer,
+                        key,
+                    };
+                    conn.pump(&mut ctx, now);
+                    if conn.finished().is_some() {
+                        closing.push(key);
+                    }
+                    self.after_conn(key, now);
+                }
             }
             Some(Entry::Filter(_)) => self.filter_io(key, now),
             Some(Entry::Control(_)) => self.control_io(key, now),
@@ -526,6 +554,7 @@ impl Server {
     }
 
     fn on_commits(&mut self, now: Instant) {
+        let mut pending_after = Vec::new();
         for done in self.committer.take_done() {
             if done.result.is_ok() {
                 self.queue.add_committed(&self.cfg, &done.envs);
@@ -556,6 +585,8 @@ impl Server {
                         let ids: Vec<u64> = done.envs.iter().map(|e| e.evpid).collect();
                         self.queue.remove_by_hand(&ids);
                     }
+                    // Pipelined commands after the dot may need the filter chain.
+                    pending_after.push(key);
                     if stopping.is_some() {
                         conn.close_with(&mut ctx, Reply::SHUTDOWN, Reason::Shutdown);
                     }
@@ -574,6 +605,9 @@ impl Server {
                     Err(e) => log::warn!("queue: commit of {:08x} failed: {e}", done.msgid),
                 },
             }
+        }
+        for key in pending_after {
+            self.after_conn(key, now);
         }
     }
 

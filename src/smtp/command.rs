@@ -220,7 +220,7 @@ impl<'a> Command<'a> {
 }
 
 /// A HELO argument: a domain or an address literal, printable, no spaces.
-fn valid_helo(s: &str) -> bool {
+pub fn valid_helo(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= MAX_DOMAIN
         && s.bytes().all(|b| b.is_ascii_graphic())

@@ -108,6 +108,8 @@ pub struct Conn {
     pending_edits: Vec<crate::queue::edit::MessageEdit>,
     /// A filter of the chain observes protocol lines and rollbacks.
     pub observe: bool,
+    /// Lines were just sent to a filter: input held back may be taken now.
+    resume: bool,
     reports: Vec<Report>,
 }
 
@@ -164,6 +166,7 @@ impl Conn {
             filtered_bytes: 0,
             pending_edits: Vec::new(),
             observe: false,
+            resume: false,
             reports: Vec::new(),
         };
         for a in actions {
@@ -224,10 +227,14 @@ impl Conn {
             if self.closing.is_some() {
                 return;
             }
+            // Lines waiting for a filter hold the input back: once they are sent, the
+            // server pumps again (see `has_more`).
             if self.readable
                 && !self.eof
                 && self.session.wants_input()
                 && self.out.len() - self.out_pos < OUT_HIGH
+                && self.data_batch.len() < BATCH_LINES * 16
+                && !self.inbuf.space().is_empty()
             {
                 match self.sock.read(self.inbuf.space()) {
                     Ok(0) => {
@@ -588,6 +595,16 @@ impl Conn {
         out
     }
 
+    /// Whether input is waiting that a new pump would take: after the lines gathered
+    /// for a filter were sent away.
+    pub fn has_more(&mut self) -> bool {
+        std::mem::take(&mut self.resume)
+            && self.closing.is_none()
+            && self.data_end.is_none()
+            && self.session.wants_input()
+            && (self.readable || self.inbuf.pending() > 0)
+    }
+
     /// Events for observing filters since the last call.
     pub fn take_reports(&mut self) -> Vec<Report> {
         std::mem::take(&mut self.reports)
@@ -601,6 +618,7 @@ impl Conn {
         }
         self.data_end_sent |= end;
         self.data_batch_bytes = 0;
+        self.resume = true;
         Some((std::mem::take(&mut self.data_batch), end))
     }
 

@@ -340,7 +340,12 @@ impl Session {
             Pending::Connect => self.banner(out),
             Pending::Helo { name, esmtp } => {
                 let name = rewrite.unwrap_or(name);
-                self.greet_proceed(&name, esmtp, out)
+                // A rewritten name is checked as the client's own would be.
+                if super::command::valid_helo(&name) {
+                    self.greet_proceed(&name, esmtp, out)
+                } else {
+                    self.fail(Reply::HELO_SYNTAX, out)
+                }
             }
             Pending::Mail { sender, params } => match rewrite {
                 None => self.mail_proceed(sender, params, junk, out),
