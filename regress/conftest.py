@@ -8,6 +8,7 @@ in time.
 """
 
 import os
+import pwd
 import re
 import signal
 import socket
@@ -474,7 +475,8 @@ class Daemon:
     """One smtpd under test, in its own directory with its own spool."""
 
     def __init__(self, workdir, rules=DEFAULT_RULES, extra="", listen_host="127.0.0.1",
-                 hostname=HOSTNAME, queue=None, wrapper=None, name="smtpd"):
+                 hostname=HOSTNAME, queue=None, wrapper=None, name="smtpd", deliver=False,
+                 methods=(), mail_owner=None):
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
         allow_traversal(self.dir)
@@ -487,9 +489,22 @@ class Daemon:
         self.wrapper = wrapper  # callable(argv) -> argv, e.g. to run inside unshare
         # These tests look at what the SMTP side committed: keep the messages in the
         # queue by pausing delivery, when the daemon has a control socket (and delivery).
-        self.hold_delivery = True
+        # Delivery tests pass deliver=True (no -P); they may change it between starts.
+        self.hold_delivery = not deliver
+        # Local methods the write_config guard lets through ("mbox", "mda", "lmtp"),
+        # each with its own check (see _check_action).
+        self.methods = frozenset(methods)
         self.paused_at_start = False  # -P mda -P mta was given (no race at all)
         self.maildir = self.dir / "mail"
+        if mail_owner is not None:
+            # Deliveries run as the recipient (or the action's user): give them mail/.
+            self.maildir.mkdir(exist_ok=True)
+            if mail_owner == "*":
+                os.chmod(self.maildir, 0o1777)
+            else:
+                pw = pwd.getpwnam(mail_owner)
+                os.chown(self.maildir, pw.pw_uid, pw.pw_gid)
+                os.chmod(self.maildir, 0o700)
         self.ns_view = False  # the spool is only visible in the daemon's mount namespace
         self.conf = self.dir / (name + ".conf")
         self.logpath = self.dir / (name + ".log")
@@ -505,13 +520,30 @@ class Daemon:
         for m in re.finditer(r"^\s*action\s+\S+\s+(\S+)(?:\s+(\S+))?", body, re.M):
             method, arg = m.group(1), m.group(2) or ""
             if method in ("mbox", "mda", "lmtp"):
-                raise ValueError("test configurations must not use %r actions: %s" % (method, m.group(0)))
+                self._check_action(method, arg, body[m.start():body.find("\n", m.start())])
             if method == "maildir" and not arg.strip('"').startswith(str(self.dir)):
                 raise ValueError("maildir actions need a path under the test directory: %s" % m.group(0))
         self.conf.write_text(
             'queue path "%s"\nlisten on %s port %d hostname %s\n%s'
             % (self.queue, self.host, self.port, self.hostname, body)
         )
+
+    def _check_action(self, method, arg, line):
+        """mbox, mda and lmtp actions only where the test asked for them (methods=...):
+        an mbox action must carry a `userbase` (the test users: never root's mailbox),
+        an lmtp action must name a loopback address or a socket of the test directory."""
+        if method not in self.methods:
+            raise ValueError("test configurations must not use %r actions unless the daemon is "
+                             "made with methods=(%r,): %s" % (method, method, line))
+        if method == "mbox" and "userbase" not in line:
+            raise ValueError("an mbox action needs a userbase of test users: %s" % line)
+        if method == "lmtp":
+            dest = arg.strip('"')
+            if dest.startswith("lmtp://"):
+                dest = dest[len("lmtp://"):]
+            if not (dest.startswith("127.") or dest.startswith("[::1]")
+                    or dest.startswith(str(self.dir))):
+                raise ValueError("lmtp actions must stay on the loopback: %s" % line)
 
     def start(self, port=None, attempts=3):
         """Starts `smtpd -d -f CONF` and waits until the port accepts."""
@@ -715,6 +747,150 @@ class Daemon:
                 return msgs
             time.sleep(0.05)
 
+    # Delivery tests.
+    def run_tool(self, args, input=None, user=None, cwd=None, timeout=30, argv0=None, env=None):
+        """Runs `smtpd ARGS...` (or the binary `argv0`, e.g. a link named sendmail),
+        optionally as `user` (setpriv); returns the CompletedProcess (bytes)."""
+        argv = [str(argv0 or smtpd_bin())] + list(args)
+        if user is not None:
+            argv = as_user(user) + argv
+        if isinstance(input, str):
+            input = input.encode()
+        return subprocess.run(argv, input=input if input is not None else b"", capture_output=True,
+                              cwd=cwd or self.dir, timeout=timeout, env=env)
+
+    def smtpctl(self, *words, user=None, timeout=30):
+        """`smtpd ctl -f CONF WORDS...`: (exit code, stdout, stderr) as text."""
+        r = self.run_tool(["ctl", "-f", str(self.conf)] + list(words), user=user, timeout=timeout)
+        return r.returncode, r.stdout.decode(errors="replace"), r.stderr.decode(errors="replace")
+
+    def sendmail(self, args, message, user=None, timeout=30):
+        """`smtpd sendmail -C CONF ARGS...` with `message` on stdin."""
+        return self.run_tool(["sendmail", "-C", str(self.conf)] + list(args), input=message,
+                             user=user, timeout=timeout)
+
+    def queue_empty(self):
+        """No message left in queue/ (and no envelope file anywhere under it)."""
+        q = Path(self.spool_root()) / "queue"
+        return not q.is_dir() or not any(p.is_file() for p in q.rglob("*"))
+
+    def wait_queue_empty(self, timeout=10.0):
+        return wait_until(self.queue_empty, timeout)
+
+    def mailbox(self, name):
+        """Messages in the maildir mail/NAME/new/: [(path, bytes)] sorted by name."""
+        d = self.maildir / name / "new"
+        if not d.is_dir():
+            return []
+        return [(f, f.read_bytes()) for f in sorted(d.iterdir())]
+
+    def wait_mailbox(self, name, n=1, timeout=10.0):
+        """The messages of mail/NAME/new once there are at least n (bounded wait)."""
+        wait_until(lambda: len(self.mailbox(name)) >= n, timeout)
+        return self.mailbox(name)
+
+    def wait_log(self, pattern, timeout=10.0):
+        """The first match of the regex `pattern` in the log (bounded wait), else None."""
+        found = []
+
+        def look():
+            m = re.search(pattern, self.log())
+            if m:
+                found.append(m)
+            return bool(m)
+
+        wait_until(look, timeout)
+        return found[0] if found else None
+
+
+def wait_until(pred, timeout=10.0, interval=0.05):
+    """Calls pred until it returns a true value (returned) or `timeout` passes (False)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
+
+
+def as_user(name):
+    """argv prefix running a command as the user `name` (and its primary group only)."""
+    pw = pwd.getpwnam(name)
+    return ["setpriv", "--reuid=%d" % pw.pw_uid, "--regid=%d" % pw.pw_gid, "--clear-groups"]
+
+
+# Test users.  Created once (useradd -m) and kept: several sessions may run at once, so
+# they are never deleted; their /var/mail files are removed by the tests that make them.
+TEST_USERS = ("smtpdtest1", "smtpdtest2")
+
+
+def ensure_user(name):
+    """The passwd entry of the test user `name`, created when missing (root only)."""
+    assert name.startswith("smtpdtest"), name
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        pass
+    if os.geteuid() != 0:
+        pytest.skip("needs root to create the test user %s" % name)
+    r = subprocess.run(["useradd", "-m", "-s", "/bin/sh", name], capture_output=True, text=True,
+                       timeout=60)
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        pytest.fail("useradd %s failed: %s" % (name, r.stderr))
+
+
+@pytest.fixture
+def user1():
+    """The test user smtpdtest1 (passwd entry); its /var/mail file is removed after."""
+    pw = ensure_user("smtpdtest1")
+    yield pw
+    _remove_mbox(pw.pw_name)
+
+
+@pytest.fixture
+def user2():
+    pw = ensure_user("smtpdtest2")
+    yield pw
+    _remove_mbox(pw.pw_name)
+
+
+def _remove_mbox(name):
+    for p in ("/var/mail/" + name, "/var/mail/" + name + ".lock"):
+        try:
+            os.unlink(p)
+        except FileNotFoundError:
+            pass
+
+
+def needs_root():
+    if os.geteuid() != 0:
+        pytest.skip("needs root (smtpd delivers as other users only when started as root)")
+
+
+def parse_dsn(data):
+    """A delivery status notification: (message, [per-recipient field dicts], per-message
+    fields, returned part), checked to be multipart/report with message/delivery-status."""
+    import email
+    import email.policy
+
+    msg = email.message_from_bytes(data, policy=email.policy.compat32)
+    assert msg.get_content_type() == "multipart/report", msg.get_content_type()
+    assert msg.get_param("report-type") == "delivery-status", msg.get("Content-Type")
+    parts = msg.get_payload()
+    assert isinstance(parts, list) and len(parts) == 3, "want 3 parts, got %r" % (parts,)
+    assert parts[0].get_content_type() == "text/plain"
+    assert parts[1].get_content_type() == "message/delivery-status"
+    blocks = parts[1].get_payload()
+    assert isinstance(blocks, list) and len(blocks) >= 2, blocks
+    per_msg = dict(blocks[0].items())
+    per_rcpt = [dict(b.items()) for b in blocks[1:]]
+    assert parts[2].get_content_type() in ("message/rfc822", "text/rfc822-headers")
+    return msg, per_rcpt, per_msg, parts[2]
+
 
 class DaemonFactory:
     def __init__(self, tmp_path):
@@ -756,5 +932,50 @@ def binary():
     return smtpd_bin()
 
 
+# pytest makes /tmp/pytest-of-USER mode 0700 at the start of every session, which takes
+# away the search permission that allow_traversal gave: the engines (_smtpd) and the test
+# users of the daemons of another session running at the same time then lose their spool
+# and mail directories (EACCES).  So each session gets a base directory of its own in
+# /tmp, which no other session touches; it is removed at the end when every test passed.
+_session_base = {}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config):
+    if config.option.basetemp is None and not os.environ.get("PYTEST_DEBUG_TEMPROOT"):
+        # Directories kept by failed sessions go after a day.
+        import glob
+        import shutil
+
+        for old in glob.glob(os.path.join(tempfile.gettempdir(), "smtpd-regress-*")):
+            try:
+                if time.time() - os.lstat(old).st_mtime > 86400:
+                    shutil.rmtree(old, ignore_errors=True)
+            except OSError:
+                pass
+        base = tempfile.mkdtemp(prefix="smtpd-regress-")
+        config.option.basetemp = base
+        _session_base["dir"] = base
+
+
+def pytest_sessionfinish(session, exitstatus):
+    base = _session_base.pop("dir", None)
+    if base is None:
+        return
+    if exitstatus == 0 or not os.listdir(base):
+        import shutil
+
+        shutil.rmtree(base, ignore_errors=True)
+    else:
+        _session_base["kept"] = base
+
+
+def pytest_terminal_summary(terminalreporter):
+    kept = _session_base.pop("kept", None)
+    if kept:
+        terminalreporter.write_sep("-", "test directories (logs, spools) kept in %s" % kept)
+
+
 def pytest_report_header(config):
-    return "smtpd under test: %s" % (os.environ.get("SMTPD_BIN") or REPO / "target/debug/smtpd")
+    return ["smtpd under test: %s" % (os.environ.get("SMTPD_BIN") or REPO / "target/debug/smtpd"),
+            "test directories: %s" % (config.option.basetemp or "pytest default")]

@@ -133,7 +133,12 @@ pub fn sendmail(prog: &str, args: &[String]) -> i32 {
     match m.opt_str("b").as_deref() {
         Some("p") => {
             let _ = crate::sys::drop_setgid();
-            return smtpctl(prog, &["show".into(), "queue".into()]);
+            let mut a: Vec<String> = conf
+                .iter()
+                .flat_map(|c| ["-f".to_string(), c.clone()])
+                .collect();
+            a.extend(["show".to_string(), "queue".to_string()]);
+            return smtpctl(prog, &a);
         }
         Some("i") => {
             let _ = crate::sys::drop_setgid();

@@ -511,6 +511,7 @@ impl Queue {
             local: true,
             server_name: env.hostname.clone(),
             tag: None,
+            hostname: None,
         };
         let sender = match env.sender.rsplit_once('@') {
             Some((l, d)) => Mailbox {
@@ -699,6 +700,7 @@ impl Queue {
             local: true,
             server_name: env.hostname.clone(),
             tag: None,
+            hostname: None,
         };
         let null = Mailbox::default();
         let ctx = MatchCtx {

@@ -311,6 +311,7 @@ mod tests {
             local: false,
             server_name: "mx.example.org".into(),
             tag: None,
+            hostname: None,
         };
         let sender = Mailbox::default();
         let ctx = MatchCtx {

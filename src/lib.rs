@@ -10,6 +10,7 @@ pub mod client;
 pub mod config;
 pub mod control;
 pub mod delivery;
+pub mod dns;
 pub mod event_loop;
 pub mod expand;
 pub mod filter;

@@ -336,19 +336,35 @@ fn read_forward(pw: &sys::Passwd) -> Result<Option<Vec<String>>, String> {
         .lines()
         .map(|l| l.trim())
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .flat_map(|l| {
-            // Quoted commands may hold commas; otherwise items are comma-separated.
-            if l.starts_with("\"|") || l.starts_with('|') {
-                vec![l.trim_matches('"').to_string()]
-            } else {
-                l.split(',')
-                    .map(|i| i.trim().to_string())
-                    .filter(|i| !i.is_empty())
-                    .collect()
-            }
-        })
+        .flat_map(split_forward_line)
         .collect();
     Ok((!items.is_empty()).then_some(items))
+}
+
+/// The items of a `.forward` line: comma-separated, where a double-quoted item (a
+/// command with commas or spaces) keeps its commas and loses its quotes. An unquoted
+/// line that starts with `|` is one command.
+fn split_forward_line(l: &str) -> Vec<String> {
+    if l.starts_with('|') {
+        return vec![l.to_string()];
+    }
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    for c in l.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            ',' if !quoted => {
+                out.push(std::mem::take(&mut cur));
+            }
+            c => cur.push(c),
+        }
+    }
+    out.push(cur);
+    out.into_iter()
+        .map(|i| i.trim().to_string())
+        .filter(|i| !i.is_empty())
+        .collect()
 }
 
 /// Forks a delivery child; returns its pid and the read end of its result pipe.
@@ -608,6 +624,16 @@ fn handle_request(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forward_lines() {
+        assert_eq!(
+            split_forward_line("\\bob, \"|cat > /tmp/x, y\""),
+            ["\\bob", "|cat > /tmp/x, y"]
+        );
+        assert_eq!(split_forward_line("|procmail -a x"), ["|procmail -a x"]);
+        assert_eq!(split_forward_line("a@b, c@d,"), ["a@b", "c@d"]);
+    }
 
     #[test]
     fn request_and_result_round_trip() {

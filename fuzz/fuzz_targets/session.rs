@@ -435,6 +435,7 @@ fuzz_target!(|data: &[u8]| {
         local: flags & 4 != 0,
         server_name,
         tag: None,
+        hostname: None,
     };
     let chaos = flags & 0x40 != 0;
     let mut out = Vec::new();

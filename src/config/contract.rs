@@ -407,6 +407,7 @@ fn sample_lets_local_mail_and_bounces_out() {
         local: true,
         server_name: "mx.example.org".into(),
         tag: None,
+        hostname: None,
     };
     let remote = Mailbox {
         local: "carol".into(),

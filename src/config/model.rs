@@ -78,6 +78,10 @@ pub struct Builtin {
 /// A check of a built-in filter.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Check {
+    /// `rdns`: the client has a reverse DNS name; `rdns NAME|<t>`: it matches.
+    Rdns(Option<Matcher>),
+    /// `fcrdns`: the reverse name resolves back to the client's address.
+    Fcrdns,
     /// `src ADDR|<t>`: the client address.
     Src(Matcher),
     /// `helo NAME|<t>`: the HELO/EHLO name.
@@ -104,6 +108,18 @@ pub enum BuiltinDecision {
 }
 
 impl Config {
+    /// Whether a built-in filter checks the client's reverse DNS (the daemon then looks
+    /// it up when a client connects).
+    pub fn needs_rdns(&self) -> bool {
+        self.filters.iter().any(|f| match &f.kind {
+            FilterKind::Builtin(b) => b
+                .checks
+                .iter()
+                .any(|(_, c)| matches!(c, Check::Rdns(_) | Check::Fcrdns)),
+            _ => false,
+        })
+    }
+
     /// The filters a chain head stands for, in order (chains flattened).
     pub fn filter_chain(&self, head: FilterId) -> Vec<FilterId> {
         match self.filters.get(head).map(|f| &f.kind) {

@@ -79,6 +79,8 @@ pub const KEYWORDS: &[&str] = &[
     "bypass",
     "disconnect",
     "rewrite",
+    "rdns",
+    "fcrdns",
 ];
 
 /// Phases a built-in filter may decide, with their protocol event bits.
@@ -747,6 +749,14 @@ impl Parser {
                 let neg = st.eat_punct('!');
                 let check = if st.eat("src") {
                     Check::Src(self.matcher(st)?)
+                } else if st.eat("fcrdns") {
+                    Check::Fcrdns
+                } else if st.eat("rdns") {
+                    if matches!(st.peek(), Some(Tok::Punct('<' | '{'))) {
+                        Check::Rdns(Some(self.matcher(st)?))
+                    } else {
+                        Check::Rdns(None)
+                    }
                 } else if st.eat("helo") {
                     Check::Helo(self.matcher(st)?)
                 } else if st.eat("mail-from") {

@@ -34,6 +34,8 @@ struct Facts {
     addr: Option<std::net::IpAddr>,
     helo: String,
     sender: String,
+    hostname: Option<String>,
+    fcrdns: bool,
 }
 
 impl Server {
@@ -126,12 +128,20 @@ impl Server {
         match self.slab.get(key) {
             Some(Entry::Smtp(c)) => {
                 let (addr, helo, sender) = c.facts();
-                Facts { addr, helo, sender }
+                Facts {
+                    addr,
+                    helo,
+                    sender,
+                    hostname: c.hostname().map(str::to_string),
+                    fcrdns: c.fcrdns,
+                }
             }
             _ => Facts {
                 addr: None,
                 helo: String::new(),
                 sender: String::new(),
+                hostname: None,
+                fcrdns: false,
             },
         }
     }
@@ -307,6 +317,12 @@ impl Server {
             }
         };
         match c {
+            Check::Rdns(None) => f.hostname.is_some(),
+            Check::Rdns(Some(x)) => f
+                .hostname
+                .as_deref()
+                .is_some_and(|h| m(x, &|p| domain_matches(p, h))),
+            Check::Fcrdns => f.fcrdns,
             Check::Src(x) => f.addr.is_some_and(|ip| m(x, &|p| ip_matches(p, ip))),
             Check::Helo(x) => {
                 let helo = if matches!(phase, Phase::Helo | Phase::Ehlo) {
@@ -340,11 +356,14 @@ impl Server {
         let run = self.chains.get(&sid)?;
         Some(match run.phase {
             Phase::Connect => {
-                let (local, remote) = match self.slab.get(run.key) {
-                    Some(Entry::Smtp(c)) => c.addresses(),
-                    _ => (String::new(), String::new()),
+                let (local, remote, host) = match self.slab.get(run.key) {
+                    Some(Entry::Smtp(c)) => {
+                        let (l, r) = c.addresses();
+                        (l, r, c.hostname().unwrap_or("").to_string())
+                    }
+                    _ => (String::new(), String::new(), String::new()),
                 };
-                OwnedEvent::Connect(local, remote, String::new())
+                OwnedEvent::Connect(local, remote, host)
             }
             Phase::Helo => OwnedEvent::Helo(run.param.clone()),
             Phase::Ehlo => OwnedEvent::Ehlo(run.param.clone()),

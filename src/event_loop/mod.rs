@@ -28,11 +28,13 @@ use std::time::{Duration, Instant};
 
 mod ctl;
 mod filters;
+mod rdns;
 
 const SIGNAL: Token = Token(0);
 const WAKER: Token = Token(1);
 const PARENT: Token = Token(2);
 const CONTROL: Token = Token(3);
+const DNS: Token = Token(4);
 /// Tokens below this are reserved.
 const FIRST_SLOT: usize = 16;
 /// How long a stopping daemon waits for commits in flight.
@@ -88,6 +90,8 @@ pub struct Server {
     chains: HashMap<u64, filters::ChainRun>,
     /// Slab key and generation of each SMTP session, by session id.
     session_keys: HashMap<u64, (usize, u64)>,
+    /// Reverse DNS of clients, when the configuration checks it.
+    resolver: Option<rdns::Resolver>,
 }
 
 /// Internal commits (bounces) use this slab key.
@@ -167,7 +171,16 @@ impl Server {
             pipes: Vec::new(),
             chains: HashMap::new(),
             session_keys: HashMap::new(),
+            resolver: None,
         };
+        if server.cfg.needs_rdns() {
+            let mut r = rdns::Resolver::new()?;
+            server
+                .poll
+                .registry()
+                .register(&mut r.sock, DNS, Interest::READABLE)?;
+            server.resolver = Some(r);
+        }
         server.add_filters(filter_fds)?;
         let n = server.queue.load(&server.cfg)?;
         if n > 0 {
@@ -233,6 +246,7 @@ impl Server {
                         }
                     }
                     CONTROL => self.accept_control(),
+                    DNS => self.on_dns(now),
                     Token(t) if t >= FIRST_SLOT => self.dispatch(
                         t - FIRST_SLOT,
                         ev.is_readable() || ev.is_read_closed(),
@@ -245,6 +259,7 @@ impl Server {
             // Commits may finish between a wake and the poll; take them every turn.
             self.on_commits(now);
             self.flush_pipes(now);
+            self.dns_deadlines(now);
             self.expire_timers(now);
             self.filter_deadlines(now);
             self.monitor(now);
@@ -450,6 +465,7 @@ impl Server {
                 .and_then(|l| l.hostname.clone())
                 .unwrap_or_else(|| self.cfg.hostname.clone()),
             tag: listener.and_then(|l| l.tag.clone()),
+            hostname: None,
         };
         let limits = Limits {
             max_message_size: self.cfg.smtp.max_message_size,
@@ -479,6 +495,9 @@ impl Server {
         // observe them (a filter process, whose registration may still come).
         conn.observe = chain.iter().any(|&f| self.filter_observes(f));
         conn.chain = chain;
+        // The configuration checks the client's reverse DNS: look it up first.
+        let lookup = self.resolver.is_some() && ip.is_some();
+        conn.hold = lookup;
         let key = self.slab.insert(Entry::Smtp(Box::new(conn)));
         if let Some(Entry::Smtp(conn)) = self.slab.get_mut(key) {
             if let Err(e) = self.poll.registry().register(
@@ -497,6 +516,9 @@ impl Server {
             *self.per_addr.entry(ip).or_insert(0) += 1;
         }
         self.timers.push(Reverse((deadline, key, gen)));
+        if let (true, Some(ip)) = (lookup, ip) {
+            self.start_rdns(key, gen, ip, now);
+        }
         self.after_conn(key, now);
         Some(key)
     }

@@ -110,6 +110,10 @@ pub struct Conn {
     pub observe: bool,
     /// Lines were just sent to a filter: input held back may be taken now.
     resume: bool,
+    /// The session waits for its client's reverse DNS: nothing is sent or processed.
+    pub hold: bool,
+    /// The reverse name resolves back to the client's address.
+    pub fcrdns: bool,
     reports: Vec<Report>,
 }
 
@@ -167,6 +171,8 @@ impl Conn {
             pending_edits: Vec::new(),
             observe: false,
             resume: false,
+            hold: false,
+            fcrdns: false,
             reports: Vec::new(),
         };
         for a in actions {
@@ -299,6 +305,9 @@ impl Conn {
     /// Feeds buffered lines to the session; true if any was consumed.
     fn process(&mut self, ctx: &mut Ctx) -> bool {
         let mut progress = false;
+        if self.hold {
+            return false;
+        }
         while self.session.wants_input()
             && self.data_end.is_none()
             && self.data_batch.len() < BATCH_LINES * 16
@@ -554,6 +563,20 @@ impl Conn {
         let mut out: Vec<Envelope> = Vec::with_capacity(tx.rcpts.len());
         for r in &tx.rcpts {
             for d in &r.deliveries {
+                // The same recipient given twice gets one envelope per destination.
+                let dest = d.dest.encode();
+                let action = cfg
+                    .actions
+                    .get(d.action)
+                    .map(|a| a.name.as_str())
+                    .unwrap_or("");
+                let rcpt = r.addr.to_string();
+                if out
+                    .iter()
+                    .any(|e| e.dest == dest && e.action == action && e.rcpt == rcpt)
+                {
+                    continue;
+                }
                 let taken: Vec<u64> = out.iter().map(|e| e.evpid).collect();
                 let evpid = crate::queue::envelope::new_evpid(msgid, &taken);
                 out.push(Envelope {
@@ -775,7 +798,28 @@ impl Conn {
 
     /// A filter query the session made, for the server to route through the chain.
     pub fn take_filter_query(&mut self) -> Option<super::session::FilterQuery> {
+        if self.hold {
+            return None;
+        }
         self.filter_query.take()
+    }
+
+    /// The client's reverse DNS, once looked up.
+    pub fn set_rdns(&mut self, host: Option<String>, fcrdns: bool) {
+        self.fcrdns = fcrdns;
+        self.session.set_hostname(host);
+    }
+
+    /// The lookup is over: the greeting goes out and input is taken.
+    pub fn release_hold(&mut self, ctx: &mut Ctx, now: Instant) {
+        self.hold = false;
+        self.readable = true;
+        self.pump(ctx, now);
+    }
+
+    /// The client's reverse DNS name, if known.
+    pub fn hostname(&self) -> Option<&str> {
+        self.session.client().hostname.as_deref()
     }
 
     /// The chain's verdict on the last query.
@@ -865,6 +909,9 @@ impl Conn {
 
     /// Writes pending output until the socket would block.
     fn flush(&mut self) {
+        if self.hold {
+            return;
+        }
         while self.out_pos < self.out.len() {
             match self.sock.write(&self.out[self.out_pos..]) {
                 Ok(0) => break,

@@ -173,6 +173,8 @@ pub struct Client {
     pub server_name: String,
     /// The listener's tag.
     pub tag: Option<String>,
+    /// The client's reverse DNS name, when it was looked up and found.
+    pub hostname: Option<String>,
 }
 
 /// The context a recipient is matched in.
@@ -367,6 +369,11 @@ impl Session {
                 self.enter(State::Commit);
             }
         }
+    }
+
+    /// Records the client's reverse DNS name (looked up after the session started).
+    pub fn set_hostname(&mut self, h: Option<String>) {
+        self.client.hostname = h;
     }
 
     /// The current state.
@@ -677,7 +684,12 @@ impl Session {
             return String::new();
         };
         let from = match self.client.addr {
-            Some(ip) => format!("{} (unknown [{}])", self.helo, ip),
+            Some(ip) => format!(
+                "{} ({} [{}])",
+                self.helo,
+                self.client.hostname.as_deref().unwrap_or("unknown"),
+                ip
+            ),
             None => format!("{} (local)", self.helo),
         };
         let proto = if self.esmtp { "ESMTP" } else { "SMTP" };
@@ -917,6 +929,7 @@ mod tests {
                 local: false,
                 server_name: "mx.example.org".into(),
                 tag: None,
+                hostname: None,
             };
             let s = Session::new(7, client, limits(), 0, &mut out);
             let mut d = Dialog {
@@ -1166,6 +1179,7 @@ mod tests {
             local: false,
             server_name: "mx".into(),
             tag: None,
+            hostname: None,
         };
         let hooks = event::CONNECT | event::MAIL | event::RCPT | event::EOM;
         let mut s = Session::new(1, client, limits(), hooks, &mut out);
