@@ -583,3 +583,31 @@ def test_bounce_to_a_sender_no_rule_accepts_is_dropped(make_daemon, user1):
     assert d.wait_log(r"bounce to <someone@elsewhere.example> not queued"), d.log()[-2000:]
     assert d.wait_queue_empty(10)
     assert not list(d.maildir.glob("*/new/*"))
+
+
+def test_delay_warning_after_warn_interval(make_daemon, user1):
+    """`bounce warn-interval`: a message still retried after the interval gets one
+    delay notice (RFC 3464 Action: delayed), and no second one for the same interval."""
+    d = mk(make_daemon, actions='bounce warn-interval 1s\n'
+                                'action "slow" mda "echo 451 4.2.0 busy; exit 75" user smtpdtest1\n',
+           matches='match from any for domain "slow.test" action "slow"\n')
+    send(d, ["w@slow.test"], b"Subject: slow\r\n\r\nwait\r\n")
+    assert d.wait_log(r"result=TempFail"), d.log()[-2000:]
+    assert d.mailbox("sender") == []  # too early for a notice
+    time.sleep(1.2)
+    code, o, _ = d.smtpctl("schedule", "all")
+    assert code == 0, o
+    got = bounces(d)
+    msg, rcpts, _, _ = parse_dsn(got[0][1])
+    assert msg["Subject"] == "Delayed Mail (still being retried)"
+    assert rcpts[0]["Action"] == "delayed", rcpts
+    assert rcpts[0]["Status"].startswith("4."), rcpts
+    assert "Will-Retry-Until" in rcpts[0], rcpts
+    # Still queued: a delay notice is not a failure.
+    code, q, _ = d.smtpctl("show", "queue")
+    assert code == 0 and "w@slow.test" in q, q
+    time.sleep(1.2)
+    d.smtpctl("schedule", "all")
+    assert wait_until(lambda: d.log().count("result=TempFail") >= 3, 10), d.log()[-2000:]
+    time.sleep(1.0)
+    assert len(d.mailbox("sender")) == 1

@@ -24,8 +24,6 @@ use std::os::fd::{AsRawFd, OwnedFd};
 const MAX_INFLIGHT: usize = 50;
 /// Bytes of the original message returned in a bounce (RET=FULL).
 const BOUNCE_MAX_BODY: usize = 1024 * 1024;
-/// Delay warnings after these times in the queue (`bounce warn-interval`).
-const WARN_INTERVALS: [u64; 1] = [4 * 3600];
 
 /// Counters for `smtpctl show stats` and `monitor`.
 #[derive(Debug, Default, Clone)]
@@ -458,7 +456,13 @@ impl Queue {
                         if let Err(e) = self.spool.update_envelope(&env) {
                             log::warn!("queue: cannot update {evpid:016x}: {e}");
                         }
-                        if self.sched.needs_warning(evpid, now, &WARN_INTERVALS)
+                        let intervals: Vec<u64> = cfg
+                            .queue
+                            .warn_intervals
+                            .iter()
+                            .map(|d| d.as_secs())
+                            .collect();
+                        if self.sched.needs_warning(evpid, now, &intervals)
                             && notify_wants(&env, crate::smtp::command::notify::DELAY)
                         {
                             self.sched.warned(evpid);

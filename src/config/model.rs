@@ -137,6 +137,9 @@ pub struct QueueConfig {
     pub path: PathBuf,
     /// How long a message may stay (`queue ttl`), default 4 days.
     pub ttl: Duration,
+    /// After how long in the queue delay warnings are sent (`bounce warn-interval`),
+    /// default one at 4 hours; empty for none.
+    pub warn_intervals: Vec<Duration>,
 }
 
 /// SMTP server limits (`smtp ...`).

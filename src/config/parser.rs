@@ -81,6 +81,8 @@ pub const KEYWORDS: &[&str] = &[
     "rewrite",
     "rdns",
     "fcrdns",
+    "bounce",
+    "warn-interval",
 ];
 
 /// Phases a built-in filter may decide, with their protocol event bits.
@@ -234,6 +236,7 @@ impl Parser {
                 queue: QueueConfig {
                     path: PathBuf::from("/var/spool/smtpd"),
                     ttl: Duration::from_secs(4 * 86400),
+                    warn_intervals: vec![Duration::from_secs(4 * 3600)],
                 },
                 smtp: SmtpConfig::default(),
                 listeners: Vec::new(),
@@ -316,6 +319,7 @@ impl Parser {
             "queue" => self.queue(&mut st),
             "smtp" => self.smtp(&mut st),
             "filter" => self.filter(&mut st),
+            "bounce" => self.bounce(&mut st),
             other => Err(st.err(format!("unknown keyword '{other}'"))),
         }
     }
@@ -806,6 +810,31 @@ impl Parser {
         Ok(())
     }
 
+    /// `bounce warn-interval D[, D ...]`: up to four delays, increasing.
+    fn bounce(&mut self, st: &mut Stmt) -> Result<(), ConfigError> {
+        st.expect("warn-interval")?;
+        let mut v = Vec::new();
+        loop {
+            let d = st.value("duration")?;
+            let d = parse_duration(&d)
+                .filter(|x| !x.is_zero())
+                .ok_or_else(|| st.err(format!("invalid duration '{d}'")))?;
+            if v.last().is_some_and(|&l| d <= l) {
+                return Err(st.err("warn-interval delays must increase"));
+            }
+            v.push(d);
+            if !st.eat_punct(',') {
+                break;
+            }
+        }
+        if v.len() > 4 {
+            return Err(st.err("at most four warn-interval delays"));
+        }
+        st.done()?;
+        self.cfg.queue.warn_intervals = v;
+        Ok(())
+    }
+
     fn queue(&mut self, st: &mut Stmt) -> Result<(), ConfigError> {
         if st.eat("path") {
             let p = st.value("directory")?;
@@ -1018,6 +1047,7 @@ mod tests {
             listen on ::1 inet6 port 2525
             queue path "/tmp/spool"
             queue ttl 2d
+            bounce warn-interval 1h, 4h
             smtp max-message-size 10M
             smtp limit max-rcpt 50 max-mails 10
             smtp timeout 30s
@@ -1036,6 +1066,10 @@ mod tests {
         assert_eq!(c.listeners[0].tag.as_deref(), Some("IN"));
         assert_eq!(c.queue.path, PathBuf::from("/tmp/spool"));
         assert_eq!(c.queue.ttl, Duration::from_secs(2 * 86400));
+        assert_eq!(
+            c.queue.warn_intervals,
+            [Duration::from_secs(3600), Duration::from_secs(14400)]
+        );
         assert_eq!(c.smtp.max_message_size, 10 << 20);
         assert_eq!((c.smtp.max_rcpt, c.smtp.max_mails), (50, 10));
         assert_eq!(c.smtp.timeout, Duration::from_secs(30));
