@@ -325,3 +325,61 @@ def test_relay_over_smtp_and_pause_mta(make_daemon):
         assert got[0]["sender"] == SENDER
         assert ("id %s" % msgid).encode() in got[0]["data"]
         assert d.wait_queue_empty(10)
+
+
+AIOSMTPD_SERVER = r"""
+import asyncio, sys
+from aiosmtpd.controller import Controller
+from aiosmtpd.lmtp import LMTP
+
+class Handler:
+    async def handle_DATA(self, server, session, envelope):
+        with open(sys.argv[2], "ab") as f:
+            for r in envelope.rcpt_tos:
+                f.write(b"RCPT " + r.encode() + b"\n")
+            f.write(envelope.original_content or envelope.content)
+            f.write(b"\n--end--\n")
+        return "250 2.0.0 delivered"
+
+class LMTPController(Controller):
+    def factory(self):
+        return LMTP(self.handler)
+
+c = LMTPController(Handler(), hostname="127.0.0.1", port=int(sys.argv[1]))
+c.start()
+import time
+time.sleep(float(sys.argv[3]))
+c.stop()
+"""
+
+
+def test_lmtp_delivery_to_aiosmtpd(make_daemon, tmp_path):
+    """Delivery to a real LMTP server: Debian's aiosmtpd in LMTP mode."""
+    aiosmtpd = pytest.importorskip("aiosmtpd")
+    assert aiosmtpd  # the module is only needed by the server process
+    port = free_port()
+    out = tmp_path / "lmtp.out"
+    import subprocess
+    import sys as _sys
+    srv = subprocess.Popen([_sys.executable, "-c", AIOSMTPD_SERVER, str(port), str(out), "30"])
+    try:
+        assert wait_until(lambda: _port_open(port), 10), "aiosmtpd did not start"
+        d = mk(make_daemon, port)
+        msgid = send(d, ["Bob+Lists@lmtp.test"])
+        assert wait_until(lambda: out.exists() and b"--end--" in out.read_bytes(), 15), d.log()[-2000:]
+        assert d.wait_queue_empty(10), d.log()[-2000:]
+        data = out.read_bytes()
+        assert b"RCPT Bob+Lists@lmtp.test" in data, data[:300]
+        assert ("id %s" % msgid).encode() in data
+        assert re.search(r"mda delivery evpid=%s[0-9a-f]{8} .*result=Ok" % msgid, d.log())
+    finally:
+        srv.terminate()
+        srv.wait(10)
+
+
+def _port_open(port):
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
