@@ -5,7 +5,7 @@
 use super::{Entry, Server, FIRST_SLOT};
 use crate::config::{BuiltinDecision, Check, FilterKind, Matcher};
 use crate::filter::pipe::{Answer, FilterPipe, PipeState};
-use crate::smtp::conn::{Ctx, Report};
+use crate::smtp::conn::Report;
 use crate::smtp::reply::Reply;
 use crate::smtp::session::{FilterQuery, FilterVerdict, Phase};
 use crate::table::{address_matches, domain_matches, ip_matches};
@@ -158,27 +158,11 @@ impl Server {
                 if let Some(mut run) = run {
                     if run.phase == Phase::Eom && !run.edits.is_empty() {
                         let edits = std::mem::take(&mut run.edits);
-                        let r = {
-                            let Server {
-                                slab,
-                                cfg,
-                                spool,
-                                committer,
-                                ..
-                            } = &mut *self;
-                            match slab.get_mut(run.key) {
-                                Some(Entry::Smtp(c)) if c.gen == run.gen => {
-                                    let mut ctx = Ctx {
-                                        cfg,
-                                        spool,
-                                        committer,
-                                        key: run.key,
-                                    };
-                                    c.take_eom_edits(&mut ctx, edits)
-                                }
-                                _ => Ok(()),
-                            }
-                        };
+                        let r = self
+                            .with_conn(run.key, Some(run.gen), |c, ctx| {
+                                c.take_eom_edits(ctx, edits)
+                            })
+                            .unwrap_or(Ok(()));
                         if let Err(e) = r {
                             log::warn!("{sid:016x} filter edit refused: {e}");
                             let v = FilterVerdict::Reject(Reply::new(
@@ -381,28 +365,9 @@ impl Server {
     }
 
     fn deliver_verdict(&mut self, key: usize, gen: u64, v: FilterVerdict, now: Instant) {
-        let Server {
-            slab,
-            closing,
-            cfg,
-            spool,
-            committer,
-            ..
-        } = self;
-        if let Some(Entry::Smtp(conn)) = slab.get_mut(key) {
-            if conn.gen == gen {
-                let mut ctx = Ctx {
-                    cfg,
-                    spool,
-                    committer,
-                    key,
-                };
-                conn.on_filter_verdict(&mut ctx, v, now);
-                if conn.finished().is_some() {
-                    closing.push(key);
-                }
-            }
-        }
+        self.with_conn(key, Some(gen), |conn, ctx| {
+            conn.on_filter_verdict(ctx, v, now)
+        });
         self.after_conn(key, now);
     }
 
@@ -507,28 +472,9 @@ impl Server {
         let Some(&(key, gen)) = self.session_keys.get(&sid) else {
             return;
         };
-        let Server {
-            slab,
-            closing,
-            cfg,
-            spool,
-            committer,
-            ..
-        } = self;
-        if let Some(Entry::Smtp(conn)) = slab.get_mut(key) {
-            if conn.gen == gen {
-                let mut ctx = Ctx {
-                    cfg,
-                    spool,
-                    committer,
-                    key,
-                };
-                conn.on_data_filter_failed(&mut ctx, now);
-                if conn.finished().is_some() {
-                    closing.push(key);
-                }
-            }
-        }
+        self.with_conn(key, Some(gen), |conn, ctx| {
+            conn.on_data_filter_failed(ctx, now)
+        });
         self.after_conn(key, now);
     }
 
@@ -562,29 +508,11 @@ impl Server {
             (Some(n), Some(lines)) => self.send_lines(n, sid, &lines, false, now),
             (Some(n), None) => self.send_lines(n, sid, &[], true, now),
             (None, lines) => {
-                let Server {
-                    slab,
-                    closing,
-                    cfg,
-                    spool,
-                    committer,
-                    ..
-                } = self;
-                if let Some(Entry::Smtp(conn)) = slab.get_mut(key) {
-                    let mut ctx = Ctx {
-                        cfg,
-                        spool,
-                        committer,
-                        key,
-                    };
-                    match lines {
-                        Some(l) => conn.store_filtered(&l, cfg.smtp.max_message_size),
-                        None => conn.on_filtered_end(&mut ctx, now),
-                    }
-                    if conn.finished().is_some() {
-                        closing.push(key);
-                    }
-                }
+                let max = self.cfg.smtp.max_message_size;
+                self.with_conn(key, Some(gen), |conn, ctx| match lines {
+                    Some(l) => conn.store_filtered(&l, max),
+                    None => conn.on_filtered_end(ctx, now),
+                });
                 self.after_conn(key, now);
             }
         }

@@ -283,6 +283,42 @@ impl Server {
         }
     }
 
+    /// Runs `f` on SMTP session `key` (of generation `gen`, when given) with its context,
+    /// then queues the session for removal if it is done. `None` when there is no such
+    /// session.
+    fn with_conn<R>(
+        &mut self,
+        key: usize,
+        gen: Option<u64>,
+        f: impl FnOnce(&mut Conn, &mut Ctx) -> R,
+    ) -> Option<R> {
+        let Server {
+            slab,
+            closing,
+            cfg,
+            spool,
+            committer,
+            ..
+        } = self;
+        let Some(Entry::Smtp(conn)) = slab.get_mut(key) else {
+            return None;
+        };
+        if gen.is_some_and(|g| g != conn.gen) {
+            return None;
+        }
+        let mut ctx = Ctx {
+            cfg,
+            spool,
+            committer,
+            key,
+        };
+        let r = f(conn, &mut ctx);
+        if conn.finished().is_some() {
+            closing.push(key);
+        }
+        Some(r)
+    }
+
     /// Stops accepting, ends idle sessions with 421, lets commits in flight finish.
     fn stop(&mut self) {
         self.stopping = Some(Instant::now() + STOP_GRACE);
@@ -291,33 +327,17 @@ impl Server {
         }
         let keys: Vec<usize> = self.slab.iter().map(|(k, _)| k).collect();
         for key in keys {
-            let Server {
-                slab,
-                poll,
-                closing,
-                cfg,
-                spool,
-                committer,
-                ..
-            } = self;
-            match slab.get_mut(key) {
+            match self.slab.get_mut(key) {
                 Some(Entry::Listener { sock, .. }) => {
-                    let _ = poll.registry().deregister(sock);
-                    slab.remove(key);
+                    let _ = self.poll.registry().deregister(sock);
+                    self.slab.remove(key);
                 }
                 Some(Entry::Smtp(conn)) if !conn.committing() => {
-                    let mut ctx = Ctx {
-                        cfg,
-                        spool,
-                        committer,
-                        key,
-                    };
-                    conn.close_with(&mut ctx, Reply::SHUTDOWN, Reason::Shutdown);
-                    if conn.finished().is_some() {
-                        closing.push(key);
-                    }
+                    self.with_conn(key, None, |conn, ctx| {
+                        conn.close_with(ctx, Reply::SHUTDOWN, Reason::Shutdown)
+                    });
                 }
-                Some(Entry::Control(_)) => closing.push(key),
+                Some(Entry::Control(_)) => self.closing.push(key),
                 _ => {}
             }
         }
@@ -328,53 +348,22 @@ impl Server {
         match self.slab.get_mut(key) {
             Some(Entry::Listener { .. }) => self.accept(key, now),
             Some(Entry::Smtp(_)) => {
-                let Server {
-                    slab,
-                    closing,
-                    cfg,
-                    spool,
-                    committer,
-                    ..
-                } = self;
-                if let Some(Entry::Smtp(conn)) = slab.get_mut(key) {
+                self.with_conn(key, None, |conn, ctx| {
                     conn.ready(readable, writable);
-                    let mut ctx = Ctx {
-                        cfg,
-                        spool,
-                        committer,
-                        key,
-                    };
-                    conn.pump(&mut ctx, now);
-                    if conn.finished().is_some() {
-                        closing.push(key);
-                    }
-                }
+                    conn.pump(ctx, now);
+                });
                 self.after_conn(key, now);
                 // A session whose message lines went to a filter may have more input.
                 for _ in 0..64 {
-                    let Server {
-                        slab,
-                        closing,
-                        cfg,
-                        spool,
-                        committer,
-                        ..
-                    } = self;
-                    let Some(Entry::Smtp(conn)) = slab.get_mut(key) else {
+                    let more = self.with_conn(key, None, |conn, ctx| {
+                        let more = conn.has_more();
+                        if more {
+                            conn.pump(ctx, now);
+                        }
+                        more
+                    });
+                    if more != Some(true) {
                         break;
-                    };
-                    if !conn.has_more() {
-                        break;
-                    }
-                    let mut ctx = Ctx {
-                        cfg,
-                        spool,
-                        committer,
-                        key,
-                    };
-                    conn.pump(&mut ctx, now);
-                    if conn.finished().is_some() {
-                        closing.push(key);
                     }
                     self.after_conn(key, now);
                 }
@@ -578,45 +567,18 @@ impl Server {
     fn on_commits(&mut self, now: Instant) {
         let mut pending_after = Vec::new();
         for done in self.committer.take_done() {
+            let (key, gen) = done.key;
+            let ours = key != INTERNAL
+                && matches!(self.slab.get(key), Some(Entry::Smtp(c)) if c.gen == gen);
             if done.result.is_ok() {
                 self.queue.add_committed(&self.cfg, &done.envs);
-                if done.key.0 != INTERNAL {
+                if ours {
                     let id = format!("{:08x}", done.msgid);
-                    self.report(done.key.0, &smtpd_filter::Frame::Commit(id.as_bytes()));
+                    self.report(key, &smtpd_filter::Frame::Commit(id.as_bytes()));
                 }
             }
-            let (key, gen) = done.key;
-            let Server {
-                slab,
-                closing,
-                cfg,
-                spool,
-                committer,
-                stopping,
-                ..
-            } = self;
-            match slab.get_mut(key) {
-                Some(Entry::Smtp(conn)) if conn.gen == gen => {
-                    let mut ctx = Ctx {
-                        cfg,
-                        spool,
-                        committer,
-                        key,
-                    };
-                    if conn.on_committed(&mut ctx, done.msgid, done.result, now) {
-                        let ids: Vec<u64> = done.envs.iter().map(|e| e.evpid).collect();
-                        self.queue.remove_by_hand(&ids);
-                    }
-                    // Pipelined commands after the dot may need the filter chain.
-                    pending_after.push(key);
-                    if stopping.is_some() {
-                        conn.close_with(&mut ctx, Reply::SHUTDOWN, Reason::Shutdown);
-                    }
-                    if conn.finished().is_some() {
-                        closing.push(key);
-                    }
-                }
-                _ => match done.result {
+            if !ours {
+                match done.result {
                     Ok(()) if key == INTERNAL => {
                         log::debug!("queue: message {:08x} queued", done.msgid)
                     }
@@ -625,8 +587,24 @@ impl Server {
                         done.msgid
                     ),
                     Err(e) => log::warn!("queue: commit of {:08x} failed: {e}", done.msgid),
-                },
+                }
+                continue;
             }
+            let stopping = self.stopping.is_some();
+            let (msgid, result) = (done.msgid, done.result);
+            let revoke = self.with_conn(key, Some(gen), |conn, ctx| {
+                let revoke = conn.on_committed(ctx, msgid, result, now);
+                if stopping {
+                    conn.close_with(ctx, Reply::SHUTDOWN, Reason::Shutdown);
+                }
+                revoke
+            });
+            if revoke == Some(true) {
+                let ids: Vec<u64> = done.envs.iter().map(|e| e.evpid).collect();
+                self.queue.remove_by_hand(&ids);
+            }
+            // Pipelined commands after the dot may need the filter chain.
+            pending_after.push(key);
         }
         for key in pending_after {
             self.after_conn(key, now);
@@ -639,35 +617,25 @@ impl Server {
                 break;
             }
             self.timers.pop();
-            let Server {
-                slab,
-                closing,
-                cfg,
-                spool,
-                committer,
-                timers,
-                ..
-            } = self;
-            let Some(Entry::Smtp(conn)) = slab.get_mut(key) else {
-                continue;
+            let due = match self.slab.get(key) {
+                Some(Entry::Smtp(conn)) if conn.gen == gen => {
+                    if conn.deadline > now || conn.committing() {
+                        Some(conn.deadline.max(now + Duration::from_secs(1)))
+                    } else {
+                        None
+                    }
+                }
+                _ => continue,
             };
-            if conn.gen != gen {
+            if let Some(next) = due {
+                self.timers.push(Reverse((next, key, gen)));
                 continue;
             }
-            if conn.deadline > now || conn.committing() {
-                let next = conn.deadline.max(now + Duration::from_secs(1));
-                timers.push(Reverse((next, key, gen)));
-                continue;
-            }
-            let mut ctx = Ctx {
-                cfg,
-                spool,
-                committer,
-                key,
-            };
-            conn.close_with(&mut ctx, Reply::TIMEOUT, Reason::Timeout);
+            self.with_conn(key, Some(gen), |conn, ctx| {
+                conn.close_with(ctx, Reply::TIMEOUT, Reason::Timeout)
+            });
             // A client that does not read its 421 is not waited for.
-            closing.push(key);
+            self.closing.push(key);
         }
     }
 

@@ -2,9 +2,8 @@
 //! built-in filter): a PTR query at connect, then the name's addresses, before the
 //! session starts. Queries go over UDP to the nameservers of /etc/resolv.conf.
 
-use super::{Entry, Server};
+use super::Server;
 use crate::dns::{self, Answer, Qtype, Record};
-use crate::smtp::conn::Ctx;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -195,36 +194,16 @@ impl Server {
         fcrdns: bool,
         now: Instant,
     ) {
-        let Server {
-            slab,
-            closing,
-            cfg,
-            spool,
-            committer,
-            ..
-        } = self;
-        if let Some(Entry::Smtp(conn)) = slab.get_mut(key) {
-            if conn.gen != gen {
-                return;
-            }
+        self.with_conn(key, Some(gen), |conn, ctx| {
             log::info!(
                 "{:016x} smtp rdns host={} fcrdns={}",
                 conn.id(),
                 host.as_deref().unwrap_or("unknown"),
                 if fcrdns { "pass" } else { "fail" }
             );
-            let mut ctx = Ctx {
-                cfg,
-                spool,
-                committer,
-                key,
-            };
             conn.set_rdns(host, fcrdns);
-            conn.release_hold(&mut ctx, now);
-            if conn.finished().is_some() {
-                closing.push(key);
-            }
-        }
+            conn.release_hold(ctx, now);
+        });
         self.after_conn(key, now);
     }
 }
