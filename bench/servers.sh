@@ -1,0 +1,69 @@
+# bench/servers.sh - server definitions for the shared harness peers.sh.
+#
+# bench/run copies peers.sh into a temporary directory and this file into its servers.d/,
+# so that peers.sh starts, drives and stops these servers like its own (one at a time, in
+# a private mount namespace whose /etc/resolv.conf names 127.0.0.1 only, under setsid,
+# stopped by PID).  Not meant to be run by itself.
+#
+# Every server here differs from the harness's own in three ways only:
+#   - START first writes the PID of the server's session leader to DIR/server.pid
+#     (AUX likewise to DIR/aux.pid), so that bench/probe.py can add up the CPU time of
+#     the server's processes;
+#   - COUNT is bench/probe.py, which counts the Maildir, notes the CPU time and the
+#     moment the last message arrived, and keeps every message for the exactly-once check;
+#   - for ours, the configuration below.
+#
+# Needs in the environment (exported by bench/run): SMTPD_BIN FILTER_PASS FILTER_PY
+# PY_PASS PROBE SMTPD_PORT.
+
+# ---------------------------------------------------------------- smtpd (ours)
+bench_smtpd_conf() {  # DIR FILTER_DECLARATION LISTEN_SUFFIX
+  local d=$1
+  mkdir -p "$d/spool"
+  mk_maildir "$d/Maildir"
+  cat > "$d/smtpd.conf" <<EOF
+# smtpd under test (bench/run): same role as the OpenSMTPD and Postfix set-ups of peers.sh
+queue path "$d/spool"
+smtp limit max-mails 100000
+$2
+table vusers { "@$DOMAIN" = $BENCH_USER }
+listen on 127.0.0.1 port $SMTPD_PORT hostname mx.bench.local $3
+action "bench" maildir "$d/Maildir" virtual <vusers>
+match from any for domain "$DOMAIN" action "bench"
+EOF
+  PORT=$SMTPD_PORT
+  # run as root: the engine drops to _smtpd, each delivery runs as $BENCH_USER
+  START="echo \$\$ > $d/server.pid; exec $SMTPD_BIN -d -f $d/smtpd.conf"
+  COUNT="$PROBE count $d/Maildir"
+}
+srv_smtpd() { bench_smtpd_conf "$1" "" ""; }
+# The sandbox's hard limit of open files is 20000 and root may not raise it
+# (no CAP_SYS_RESOURCE): the default max-sessions, half the limit less 64 (a socket and a
+# message file per session), is then 9968.  An idle session holds one descriptor, so for
+# the 10000-session test the limit is set explicitly.
+srv_smtpd_c10k() { bench_smtpd_conf "$1" "smtp limit max-sessions 10500" ""; }
+srv_smtpd_filter_rust() {
+  bench_smtpd_conf "$1" "filter \"pass\" proc-exec \"$FILTER_PASS\"" 'filter "pass"'
+}
+srv_smtpd_filter_py() {
+  bench_smtpd_conf "$1" "filter \"pass\" proc-exec \"/usr/bin/python3 $FILTER_PY $PY_PASS\"" 'filter "pass"'
+}
+
+# ---------------------------------------------------------------- the peers, as peers.sh sets them up
+bench_wrap() {  # DIR: PID files and the probe as COUNT
+  START="echo \$\$ > $1/server.pid; $START"
+  if [ -n "$AUX" ]; then AUX="echo \$\$ > $1/aux.pid; $AUX"; fi
+  COUNT="$PROBE count $1/Maildir"
+}
+srv_osmtpd() { srv_opensmtpd "$1" && bench_wrap "$1"; }
+srv_osmtpd_filter() { srv_opensmtpd_filter "$1" && bench_wrap "$1"; }
+srv_pfx() { srv_postfix "$1" && bench_wrap "$1"; }
+srv_pfx_milter() { srv_postfix_milter "$1" && bench_wrap "$1"; }
+# Postfix runs one smtpd process per session; peers.sh allows 600 of them.  For the
+# 1000-session memory test allow 1100, or the last 400 connections wait in the backlog.
+srv_pfx_1100() {
+  srv_postfix "$1" || return 1
+  sed -i -E 's/^(127\.0\.0\.1:2527[[:space:]]+inet[[:space:]]+n[[:space:]]+-[[:space:]]+n[[:space:]]+-[[:space:]]+)600 /\11100 /' "$1/etc/master.cf"
+  grep -q ' 1100 smtpd' "$1/etc/master.cf" || { log "pfx-1100: could not raise maxproc"; return 1; }
+  bench_wrap "$1"
+}
