@@ -26,3 +26,5 @@ pub mod stream;
 pub mod submit;
 pub mod sys;
 pub mod table;
+#[cfg(test)]
+mod testutil;

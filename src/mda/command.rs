@@ -348,30 +348,8 @@ fn first_line(output: &[u8]) -> Option<String> {
 mod tests {
     use super::*;
     use std::fs;
-    use std::path::PathBuf;
-    use std::sync::atomic::AtomicU64;
 
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new(tag: &str) -> TempDir {
-            static N: AtomicU64 = AtomicU64::new(0);
-            let path = std::env::temp_dir().join(format!(
-                "smtpd-command-{tag}-{}-{}",
-                std::process::id(),
-                N.fetch_add(1, Ordering::Relaxed)
-            ));
-            let _ = fs::remove_dir_all(&path);
-            fs::create_dir_all(&path).unwrap();
-            TempDir(path)
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
+    use crate::testutil::TempDir;
 
     const MSG: &[u8] = b"Received: x\nSubject: hi\n\nbody\n";
     const SECOND: Duration = Duration::from_secs(1);
