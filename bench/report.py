@@ -437,7 +437,7 @@ def report(d, out):
     tbl = md_table(['measure (medians of %s runs)' % m.get('runs', '?'), 'smtpd', 'OpenSMTPD %s' % m.get('opensmtpd', ''),
                     'Postfix %s' % m.get('postfix', ''), 'smtpd / OpenSMTPD', 'smtpd / Postfix'], rows)
     tg = targets(D, frat)
-    ttbl = md_table(['target (issue)', 'measured', 'goal', 'verdict'], tg)
+    ttbl = md_table(['target', 'measured', 'goal', 'verdict'], tg)
     print(tbl)
     print()
     print(ttbl)
