@@ -42,6 +42,24 @@ fn mkdir(p: &Path, mode: u32) -> io::Result<()> {
     }
 }
 
+/// Writes `data` to `path` through a temporary file renamed over it (synced first when
+/// `sync`); returns the new file, still open for writing.
+fn replace_file(path: &Path, data: &[u8], sync: bool) -> io::Result<File> {
+    let tmp = path.with_extension("tmp");
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(data)?;
+    if sync {
+        f.sync_data()?;
+    }
+    fs::rename(&tmp, path)?;
+    Ok(f)
+}
+
 fn fsync_dir(p: &Path) -> io::Result<()> {
     File::open(p)?.sync_all()
 }
@@ -186,17 +204,8 @@ impl Spool {
     /// Replaces an incoming message's data (end-of-message edits); returns the new file,
     /// open for writing, for the commit to sync.
     pub fn rewrite_incoming(&self, msgid: u32, data: &[u8]) -> io::Result<File> {
-        let dir = self.incoming(msgid);
-        let tmp = dir.join("message.new");
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(data)?;
-        fs::rename(&tmp, dir.join("message"))?;
-        Ok(f)
+        // Not synced here: the commit syncs the returned file with the rest.
+        replace_file(&self.incoming(msgid).join("message"), data, false)
     }
 
     /// Reads an incoming message's data.
@@ -227,36 +236,20 @@ impl Spool {
 
     /// Rewrites a committed envelope (retry count, last error) atomically.
     pub fn update_envelope(&self, env: &Envelope) -> io::Result<()> {
-        let path = self.envelope_path(env.evpid);
-        let tmp = path.with_extension("tmp");
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(env.encode().as_bytes())?;
-        f.sync_data()?;
-        fs::rename(&tmp, &path)
+        replace_file(
+            &self.envelope_path(env.evpid),
+            env.encode().as_bytes(),
+            true,
+        )
+        .map(drop)
     }
 
     /// Adds envelopes to a committed message (expansion of a `.forward`), durably.
     pub fn add_envelopes(&self, msgid: u32, envs: &[Envelope]) -> io::Result<()> {
-        let dir = self.message_dir(msgid);
         for e in envs {
-            let path = dir.join(format!("{:016x}", e.evpid));
-            let tmp = path.with_extension("tmp");
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            f.write_all(e.encode().as_bytes())?;
-            f.sync_data()?;
-            fs::rename(&tmp, &path)?;
+            replace_file(&self.envelope_path(e.evpid), e.encode().as_bytes(), true)?;
         }
-        fsync_dir(&dir)
+        fsync_dir(&self.message_dir(msgid))
     }
 
     /// Opens a committed message for reading.
