@@ -352,11 +352,17 @@ def norm_dest(dest):
 
 
 class Message:
-    def __init__(self, msgid, path, data, envelopes):
+    def __init__(self, msgid, path, data, envelopes, raw_envelopes):
         self.msgid = msgid
-        self.path = path
-        self.data = data  # bytes as stored (LF line ends)
+        self.path = path  # the message file, QUEUE/queue/BB/MSGID
+        self.data = data  # the message as stored (LF line ends), without the envelopes
         self.envelopes = envelopes  # list of dicts
+        self.raw_envelopes = raw_envelopes  # each envelope's bytes as stored
+
+    @property
+    def env_path(self):
+        """Where the envelopes go once they change after the commit."""
+        return self.path.with_name(self.path.name + ".env")
 
     @property
     def text(self):
@@ -377,33 +383,56 @@ class Message:
         return "Message(%s, %d bytes, %d envelopes)" % (self.msgid, len(self.data), len(self.envelopes))
 
 
+TRAILER_RE = re.compile(rb"smtpd-queue 1 ([0-9a-f]{16}) ([0-9a-f]{8})\n\Z")
+
+
+def split_envelopes(block):
+    """The envelopes of a block (src/queue/spool.rs), each as its stored bytes."""
+    head = ENVELOPE_HEADER.encode() + b"\n"
+    assert block.startswith(head), block[:40]
+    parts = block[len(head):].split(b"\n" + head)
+    return [head + p + (b"" if p.endswith(b"\n") else b"\n") for p in parts]
+
+
+def parse_message_file(raw):
+    """(message bytes, envelope block) of a committed message file, checked strictly."""
+    m = TRAILER_RE.search(raw[-40:])
+    assert m, "no trailer: %r" % raw[-40:]
+    n, envlen = int(m.group(1), 16), int(m.group(2), 16)
+    assert n + envlen + 40 == len(raw), (n, envlen, len(raw))
+    return raw[:n], raw[n:n + envlen]
+
+
 def read_spool(queue):
-    """Every committed message under QUEUE/queue/BB/MSGID/."""
+    """Every committed message under QUEUE/queue/BB/MSGID (with MSGID.env when the
+    envelopes changed after the commit)."""
     queue = Path(queue)
     out = []
     qdir = queue / "queue"
     if not qdir.is_dir():
         return out
     for bucket in sorted(qdir.iterdir()):
-        for mdir in sorted(bucket.iterdir()):
-            msgid = mdir.name
-            assert re.fullmatch(r"[0-9a-f]{8}", msgid), mdir
+        for mfile in sorted(bucket.iterdir()):
+            if mfile.name.endswith(".env"):
+                assert (bucket / mfile.name[:-4]).exists() or not mfile.exists(), mfile
+                continue
+            msgid = mfile.name
+            assert re.fullmatch(r"[0-9a-f]{8}", msgid), mfile
             assert bucket.name == msgid[:2], "message %s in bucket %s" % (msgid, bucket.name)
             try:
-                data = (mdir / "message").read_bytes()
-                envs = []
-                for f in sorted(mdir.iterdir()):
-                    if f.name == "message":
-                        continue
-                    env = parse_envelope(f.read_bytes())
-                    assert env["evpid"] == f.name, "envelope file %s holds evpid %s" % (f.name, env["evpid"])
-                    assert env["evpid"][:8] == msgid, "evpid %s not in message %s" % (env["evpid"], msgid)
-                    envs.append(env)
+                data, block = parse_message_file(mfile.read_bytes())
+                envfile = bucket / (msgid + ".env")
+                if envfile.exists():
+                    block = envfile.read_bytes()
             except FileNotFoundError:
-                if mdir.exists():
+                if mfile.exists():
                     raise
                 continue  # delivered and removed while we were reading
-            out.append(Message(msgid, mdir, data, envs))
+            raw = split_envelopes(block)
+            envs = [parse_envelope(r) for r in raw]
+            for env in envs:
+                assert env["evpid"][:8] == msgid, "evpid %s not in message %s" % (env["evpid"], msgid)
+            out.append(Message(msgid, mfile, data, envs, raw))
     return out
 
 

@@ -85,7 +85,7 @@ def test_spool_owned_by_smtpd(daemon):
             assert stat.S_IMODE(s.st_mode) == want, (p, oct(s.st_mode))
             checked += 1
     assert checked >= 5
-    assert (msgs[0].path / "message").stat().st_uid == smtpd.pw_uid
+    assert msgs[0].path.stat().st_uid == smtpd.pw_uid
 
 
 def test_deliveries_run_as_the_recipient(make_daemon, user1, user2):

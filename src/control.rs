@@ -174,13 +174,15 @@ pub fn queue_line(e: &Envelope, state: &str) -> String {
 pub fn show_queue_offline(spool_root: &Path) -> io::Result<String> {
     let spool = Spool::at(spool_root);
     let mut out = String::new();
-    for evpid in spool.envelope_ids()? {
-        match spool.load_envelope(evpid) {
-            Ok(e) => {
-                out.push_str(&queue_line(&e, "offline"));
-                out.push('\n');
+    for (msgid, envs) in spool.load_all()? {
+        match envs {
+            Ok(envs) => {
+                for e in envs {
+                    out.push_str(&queue_line(&e, "offline"));
+                    out.push('\n');
+                }
             }
-            Err(err) => out.push_str(&format!("{evpid:016x}|corrupt: {err}\n")),
+            Err(err) => out.push_str(&format!("{msgid:08x}|corrupt: {err}\n")),
         }
     }
     Ok(out)

@@ -112,45 +112,46 @@ impl Queue {
     pub fn load(&mut self, cfg: &Config) -> std::io::Result<usize> {
         let now = now_secs();
         let mut n = 0;
-        for evpid in self.spool.envelope_ids()? {
-            match self.spool.load_envelope(evpid) {
-                Ok(env) => {
-                    let action = cfg.actions.iter().find(|a| a.name == env.action);
-                    let local = is_local(action);
-                    let ttl = action
-                        .and_then(|a| a.ttl)
-                        .unwrap_or(cfg.queue.ttl)
-                        .as_secs();
-                    let due = if env.retry == 0 {
-                        now
-                    } else {
-                        env.last_try
-                            .saturating_add(backoff(local, env.retry))
-                            .min(env.ctime.saturating_add(ttl))
-                    };
-                    self.sched.insert(
-                        evpid,
-                        Entry {
-                            due,
-                            retry: env.retry,
-                            ctime: env.ctime,
-                            expire: env.ctime.saturating_add(ttl),
-                            local,
-                            state: if env.held {
-                                RunState::Held
-                            } else {
-                                RunState::Pending
-                            },
-                            warnings: 0,
-                        },
-                    );
-                    n += 1;
-                }
+        for (msgid, envs) in self.spool.load_all()? {
+            let envs = match envs {
+                Ok(envs) => envs,
                 Err(e) => {
-                    let msgid = (evpid >> 32) as u32;
-                    log::warn!("queue: envelope {evpid:016x} unreadable ({e}): message {msgid:08x} moved to corrupt/");
+                    log::warn!("queue: message {msgid:08x} unreadable ({e}): moved to corrupt/");
                     let _ = self.spool.quarantine_corrupt(msgid);
+                    continue;
                 }
+            };
+            for env in envs {
+                let action = cfg.actions.iter().find(|a| a.name == env.action);
+                let local = is_local(action);
+                let ttl = action
+                    .and_then(|a| a.ttl)
+                    .unwrap_or(cfg.queue.ttl)
+                    .as_secs();
+                let due = if env.retry == 0 {
+                    now
+                } else {
+                    env.last_try
+                        .saturating_add(backoff(local, env.retry))
+                        .min(env.ctime.saturating_add(ttl))
+                };
+                self.sched.insert(
+                    env.evpid,
+                    Entry {
+                        due,
+                        retry: env.retry,
+                        ctime: env.ctime,
+                        expire: env.ctime.saturating_add(ttl),
+                        local,
+                        state: if env.held {
+                            RunState::Held
+                        } else {
+                            RunState::Pending
+                        },
+                        warnings: 0,
+                    },
+                );
+                n += 1;
             }
         }
         Ok(n)
@@ -291,7 +292,7 @@ impl Queue {
                 );
             }
         };
-        let file = match self.spool.open_message(env.msgid()) {
+        let (file, len) = match self.spool.open_message(env.msgid()) {
             Ok(f) => f,
             Err(e) => {
                 return self.finish(
@@ -336,6 +337,7 @@ impl Queue {
             dest: dest_addr,
             subaddr_delim: cfg.smtp.sub_addr_delim,
             forward,
+            len,
         };
         if let Err(e) = crate::sys::send_msg(chan, &req.encode(), Some(file.as_raw_fd())) {
             return self.finish(
@@ -739,8 +741,13 @@ impl Queue {
             ret_full: bounce::return_full(kind, &env.dsn_ret),
             rcpts: std::slice::from_ref(&report),
         };
-        let result = bounce::render(&dsn, &mut BufReader::new(original), BOUNCE_MAX_BODY)
-            .and_then(|bytes| file.write_all(&bytes));
+        let (original, len) = original;
+        let result = bounce::render(
+            &dsn,
+            &mut BufReader::new(std::io::Read::take(original, len)),
+            BOUNCE_MAX_BODY,
+        )
+        .and_then(|bytes| file.write_all(&bytes));
         if let Err(e) = result {
             self.spool.discard(msgid);
             return Err(e.to_string());

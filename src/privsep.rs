@@ -72,6 +72,9 @@ pub struct DeliverReq {
     pub subaddr_delim: char,
     /// Read the user's `~/.forward` first.
     pub forward: bool,
+    /// Length of the message at the start of the passed descriptor (what follows is
+    /// the spool's own data).
+    pub len: u64,
 }
 
 /// A delivery result from the parent.
@@ -109,10 +112,11 @@ impl Reader<'_> {
 }
 
 impl DeliverReq {
-    /// Wire form: `'D' id kind arg junk user sender rcpt dest delim`.
+    /// Wire form: `'D' id len kind arg junk user sender rcpt dest delim forward`.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = vec![b'D'];
         out.extend_from_slice(&self.id.to_be_bytes());
+        out.extend_from_slice(&self.len.to_be_bytes());
         let (kind, arg, junk) = match &self.kind {
             LocalKind::Maildir { path, junk } => ("maildir", path.as_deref().unwrap_or(""), *junk),
             LocalKind::Mbox => ("mbox", "", false),
@@ -145,6 +149,7 @@ impl DeliverReq {
         }
         let mut r = Reader(rest);
         let id = r.u64()?;
+        let len = r.u64()?;
         let kind = r.string()?;
         let arg = r.string()?;
         let junk = r.string()? == "1";
@@ -178,6 +183,7 @@ impl DeliverReq {
             dest,
             subaddr_delim,
             forward,
+            len,
         })
     }
 }
@@ -230,10 +236,22 @@ pub fn mbox_path(user: &str) -> String {
 
 /// Runs in the forked child: become the user, deliver, report.
 fn deliver_child(req: &DeliverReq, msg: OwnedFd) -> Outcome {
-    let Some(pw) = sys::getpwnam(&req.user) else {
-        return Outcome::PermFail(format!("unknown user {}", req.user));
+    match become_user(&req.user, req.kind == LocalKind::Mbox) {
+        Ok(pw) => match deliver_as(req, &pw, msg, false) {
+            Delivered::Done(o) => o,
+            Delivered::Staged(s) => finish_staged(vec![s]).pop().unwrap_or(Outcome::Ok),
+        },
+        Err(o) => o,
+    }
+}
+
+/// Switches this process to `user` for good (creating the user's mbox first, as root,
+/// when `mbox`), with umask 077 and the home directory as working directory.
+fn become_user(user: &str, mbox: bool) -> Result<sys::Passwd, Outcome> {
+    let Some(pw) = sys::getpwnam(user) else {
+        return Err(Outcome::PermFail(format!("unknown user {user}")));
     };
-    if sys::geteuid() == 0 && req.kind == LocalKind::Mbox {
+    if sys::geteuid() == 0 && mbox {
         // /var/mail is not writable by users: create the mbox as root, owned by the user.
         let path = mbox_path(&pw.name);
         match std::fs::OpenOptions::new()
@@ -244,31 +262,52 @@ fn deliver_child(req: &DeliverReq, msg: OwnedFd) -> Outcome {
         {
             Ok(_) => {
                 if let Err(e) = sys::lchown(Path::new(&path), pw.uid, pw.gid) {
-                    return Outcome::TempFail(format!("cannot chown {path}: {e}"));
+                    return Err(Outcome::TempFail(format!("cannot chown {path}: {e}")));
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Outcome::TempFail(format!("cannot create {path}: {e}")),
+            Err(e) => return Err(Outcome::TempFail(format!("cannot create {path}: {e}"))),
         }
     }
     sys::set_umask(0o077);
     if let Err(e) = sys::drop_privileges(pw.uid, pw.gid) {
-        return Outcome::TempFail(format!("cannot switch to user {}: {e}", pw.name));
+        return Err(Outcome::TempFail(format!(
+            "cannot switch to user {}: {e}",
+            pw.name
+        )));
     }
     let _ = std::env::set_current_dir(&pw.dir);
+    Ok(pw)
+}
+
+/// What [`deliver_as`] did.
+enum Delivered {
+    /// The delivery is over.
+    Done(Outcome),
+    /// (Batched maildir delivery) written into `tmp/`; the caller syncs and publishes.
+    Staged(mda::maildir::Staged),
+}
+
+/// Delivers one message as `pw` (this process already runs as that user). With
+/// `batch`, a maildir delivery stops once the message is in `tmp/`, unsynced: the
+/// caller finishes a whole batch at once ([`finish_staged`]).
+fn deliver_as(req: &DeliverReq, pw: &sys::Passwd, msg: OwnedFd, batch: bool) -> Delivered {
+    use Delivered::Done;
     if req.forward || req.kind == LocalKind::ForwardOnly {
-        match read_forward(&pw) {
-            Ok(Some(items)) => return Outcome::Forward(items),
+        match read_forward(pw) {
+            Ok(Some(items)) => return Done(Outcome::Forward(items)),
             Ok(None) if req.kind == LocalKind::ForwardOnly => {
-                return Outcome::PermFail("no usable .forward file (forward-only)".into())
+                return Done(Outcome::PermFail(
+                    "no usable .forward file (forward-only)".into(),
+                ))
             }
             Ok(None) => {}
-            Err(e) => return Outcome::TempFail(e),
+            Err(e) => return Done(Outcome::TempFail(e)),
         }
     }
     let mut file = File::from(msg);
     if let Err(e) = file.rewind() {
-        return Outcome::TempFail(format!("message: {e}"));
+        return Done(Outcome::TempFail(format!("message: {e}")));
     }
     let ctx = FormatCtx {
         sender: req.sender.clone(),
@@ -284,11 +323,17 @@ fn deliver_child(req: &DeliverReq, msg: OwnedFd) -> Outcome {
         req.sender.replace(['\r', '\n'], ""),
         req.dest.replace(['\r', '\n'], "")
     );
-    let mut chained = trace.as_bytes().chain(&mut file);
+    let mut chained = trace.as_bytes().chain((&mut file).take(req.len));
     let msg: &mut dyn Read = &mut chained;
-    match &req.kind {
+    let outcome = match &req.kind {
         LocalKind::Maildir { path, junk } => {
             match expand_path(path.as_deref().unwrap_or("~/Maildir"), &ctx) {
+                Ok(p) if batch => {
+                    return match mda::maildir::stage(Path::new(&p), *junk, msg) {
+                        Ok(staged) => Delivered::Staged(staged),
+                        Err(e) => Done(Outcome::TempFail(e)),
+                    }
+                }
                 Ok(p) => mda::maildir::deliver(Path::new(&p), *junk, msg),
                 Err(e) => Outcome::PermFail(format!("maildir path: {e}")),
             }
@@ -309,7 +354,81 @@ fn deliver_child(req: &DeliverReq, msg: OwnedFd) -> Outcome {
         LocalKind::Pipe(cmd) => {
             mda::command::run(cmd, &[], &mda::command::mda_env(&ctx), msg, MDA_TIMEOUT)
         }
+    };
+    Done(outcome)
+}
+
+/// Makes a batch of staged maildir deliveries durable and visible: sync the files,
+/// move them into `new/`, sync the directories. On Linux each sync is one syncfs(2) per
+/// file system for the whole batch; elsewhere, an fsync per file and per directory.
+/// Returns the outcome of each, in order.
+fn finish_staged(staged: Vec<mda::maildir::Staged>) -> Vec<Outcome> {
+    use std::os::unix::fs::MetadataExt;
+    use std::path::PathBuf;
+    /// One open directory per file system among `dirs`.
+    fn one_per_fs(dirs: &[PathBuf]) -> io::Result<Vec<File>> {
+        let mut out: Vec<(u64, File)> = Vec::new();
+        for d in dirs {
+            let f = File::open(d)?;
+            let dev = f.metadata()?.dev();
+            if !out.iter().any(|(x, _)| *x == dev) {
+                out.push((dev, f));
+            }
+        }
+        Ok(out.into_iter().map(|(_, f)| f).collect())
     }
+    fn sync_all(dirs: &[PathBuf], files: &[PathBuf]) -> Result<(), String> {
+        if sys::HAVE_SYNCFS {
+            for f in one_per_fs(dirs).map_err(|e| format!("maildir: {e}"))? {
+                sys::syncfs(f.as_raw_fd()).map_err(|e| format!("maildir: syncfs: {e}"))?;
+            }
+            return Ok(());
+        }
+        for p in files {
+            File::open(p)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| format!("maildir: fsync {}: {e}", p.display()))?;
+        }
+        for d in dirs {
+            mda::maildir::sync_new(d)?;
+        }
+        Ok(())
+    }
+    let tmp_files: Vec<PathBuf> = staged.iter().map(|s| s.tmp_path().to_path_buf()).collect();
+    let mut tmp_dirs: Vec<PathBuf> = tmp_files
+        .iter()
+        .filter_map(|p| p.parent().map(Path::to_path_buf))
+        .collect();
+    tmp_dirs.dedup();
+    if let Err(e) = sync_all(&tmp_dirs, &tmp_files) {
+        staged.into_iter().for_each(mda::maildir::Staged::abandon);
+        return tmp_files
+            .iter()
+            .map(|_| Outcome::TempFail(e.clone()))
+            .collect();
+    }
+    let published: Vec<Result<PathBuf, String>> = staged
+        .into_iter()
+        .map(mda::maildir::Staged::publish)
+        .collect();
+    let mut new_dirs: Vec<PathBuf> = published.iter().filter_map(|r| r.clone().ok()).collect();
+    new_dirs.sort();
+    new_dirs.dedup();
+    // A failure here leaves the messages visible but not durable: they count as not
+    // delivered, and a retry may duplicate them rather than lose them.
+    let synced = if sys::HAVE_SYNCFS {
+        sync_all(&new_dirs, &[])
+    } else {
+        new_dirs.iter().try_for_each(|d| mda::maildir::sync_new(d))
+    };
+    published
+        .into_iter()
+        .map(|r| match (r, &synced) {
+            (Ok(_), Ok(())) => Outcome::Ok,
+            (Ok(_), Err(e)) => Outcome::TempFail(e.clone()),
+            (Err(e), _) => Outcome::TempFail(e),
+        })
+        .collect()
 }
 
 /// Reads `~/.forward` as the user: `None` when absent or empty. A file that others
@@ -410,6 +529,168 @@ fn child_result(id: u64, mut pipe: File, status: i32) -> DeliverRes {
     }
 }
 
+/// How long a delivery worker may sit idle before the parent lets it go.
+const WORKER_IDLE: Duration = Duration::from_secs(10);
+/// How many requests a worker takes before it syncs and answers.
+const WORKER_BATCH: usize = 64;
+
+/// A long-lived delivery process for one user's maildir deliveries: forked once,
+/// switched to the user, then fed requests and message descriptors over its own
+/// `SOCK_SEQPACKET` pair. It takes every request waiting, delivers them, fsyncs each
+/// `new/` directory once for the batch, and answers; a burst of mail for one user costs
+/// one fork instead of one per message.
+struct Worker {
+    user: String,
+    pid: i32,
+    sock: OwnedFd,
+    /// Requests sent and not yet answered.
+    pending: Vec<u64>,
+    last: Instant,
+}
+
+/// Whether a request goes to a worker: maildir deliveries do (they run no command and
+/// need nothing of root); everything else gets a child of its own.
+fn worker_eligible(req: &DeliverReq) -> bool {
+    matches!(req.kind, LocalKind::Maildir { .. })
+}
+
+/// Forks a worker for `user`.
+fn spawn_worker(user: &str) -> io::Result<Worker> {
+    let (ours, theirs) = sys::seqpacket_pair()?;
+    match sys::fork()? {
+        None => {
+            drop(ours);
+            run_worker(user, theirs)
+        }
+        Some(pid) => {
+            log::debug!("parent: delivery worker for {user} started, pid {pid}");
+            Ok(Worker {
+                user: user.to_string(),
+                pid,
+                sock: ours,
+                pending: Vec::new(),
+                last: Instant::now(),
+            })
+        }
+    }
+}
+
+/// The worker's life: become the user, then serve batches until the parent closes the
+/// channel.
+fn run_worker(user: &str, sock: OwnedFd) -> ! {
+    sys::reset_signals();
+    sys::die_with_parent();
+    let fd = sock.as_raw_fd();
+    // Hold no end of the engine's or another worker's channel: the parent closing a
+    // channel must be seen as end of file by the process on the other side.
+    sys::close_fds_except(fd);
+    if sys::set_blocking(fd).is_err() {
+        sys::exit_now(EXIT_TEMP);
+    }
+    let pw = become_user(user, false);
+    let mut buf = vec![0u8; MAX_MSG];
+    loop {
+        let mut batch: Vec<(DeliverReq, OwnedFd)> = Vec::new();
+        let mut bad: Vec<u64> = Vec::new();
+        let mut wait = true;
+        while batch.len() < WORKER_BATCH {
+            let got = if wait {
+                sys::recv_msg(fd, &mut buf)
+            } else {
+                sys::recv_msg_nowait(fd, &mut buf)
+            };
+            match got {
+                Ok((0, _)) if wait => sys::exit_now(EXIT_OK),
+                Ok((n, Some(msgfd))) if n > 0 => match DeliverReq::decode(&buf[..n]) {
+                    Some(req) if req.user == user && worker_eligible(&req) => {
+                        batch.push((req, msgfd))
+                    }
+                    Some(req) => bad.push(req.id),
+                    None => {}
+                },
+                Ok((n, None)) if n > 0 => {
+                    if let Some(req) = DeliverReq::decode(&buf[..n]) {
+                        bad.push(req.id);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if wait && e.kind() != io::ErrorKind::WouldBlock => sys::exit_now(EXIT_TEMP),
+                _ => break,
+            }
+            wait = false;
+        }
+        let mut results: Vec<(u64, Option<Outcome>)> = bad
+            .into_iter()
+            .map(|id| {
+                let o = Outcome::TempFail("malformed request to the delivery worker".into());
+                (id, Some(o))
+            })
+            .collect();
+        let mut staged = Vec::new();
+        for (req, msgfd) in batch {
+            match &pw {
+                Ok(pw) => match deliver_as(&req, pw, msgfd, true) {
+                    Delivered::Done(o) => results.push((req.id, Some(o))),
+                    Delivered::Staged(s) => {
+                        staged.push(s);
+                        results.push((req.id, None));
+                    }
+                },
+                Err(o) => results.push((req.id, Some(o.clone()))),
+            }
+        }
+        let mut finished = finish_staged(staged).into_iter();
+        for (_, slot) in results.iter_mut().filter(|(_, o)| o.is_none()) {
+            *slot = finished.next();
+        }
+        for (id, outcome) in results {
+            let outcome =
+                outcome.unwrap_or_else(|| Outcome::TempFail("delivery lost in the batch".into()));
+            let res = DeliverRes { id, outcome };
+            if sys::send_msg(fd, &res.encode(), None).is_err() {
+                sys::exit_now(EXIT_TEMP);
+            }
+        }
+    }
+}
+
+/// Reads a worker's answers and passes them to the engine.
+fn drain_worker(w: &mut Worker, chan: RawFd, buf: &mut [u8]) -> io::Result<()> {
+    loop {
+        match sys::recv_msg(w.sock.as_raw_fd(), buf) {
+            Ok((0, _)) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok((n, _)) => {
+                let Some(res) = DeliverRes::decode(&buf[..n]) else {
+                    return Err(io::ErrorKind::InvalidData.into());
+                };
+                let Some(i) = w.pending.iter().position(|&id| id == res.id) else {
+                    return Err(io::ErrorKind::InvalidData.into());
+                };
+                w.pending.swap_remove(i);
+                w.last = Instant::now();
+                if let Err(e) = sys::send_msg(chan, &res.encode(), None) {
+                    log::warn!("parent: cannot report delivery {}: {e}", res.id);
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Gives up on a worker: its unanswered requests fail for now (the queue retries them),
+/// and closing its channel makes it exit.
+fn drop_worker(w: Worker, chan: RawFd, why: &str) {
+    for id in w.pending {
+        let res = DeliverRes {
+            id,
+            outcome: Outcome::TempFail(format!("delivery process {why}")),
+        };
+        let _ = sys::send_msg(chan, &res.encode(), None);
+    }
+}
+
 /// Parent -> engine: a (re)started filter's socket follows. `'F' id`.
 pub fn encode_filter_fd(id: usize) -> Vec<u8> {
     let mut v = vec![b'F'];
@@ -436,6 +717,7 @@ pub fn parent_loop(chan: OwnedFd, engine: i32, mut filters: Vec<Running>) -> io:
     let sig = sys::signal_pipe()?;
     let fd = chan.as_raw_fd();
     let mut children: HashMap<i32, (u64, File)> = HashMap::new();
+    let mut workers: Vec<Worker> = Vec::new();
     let mut buf = vec![0u8; MAX_MSG];
     let mut signals = Vec::new();
     let mut engine_status = None;
@@ -446,6 +728,8 @@ pub fn parent_loop(chan: OwnedFd, engine: i32, mut filters: Vec<Running>) -> io:
             for (pid, _) in children.drain() {
                 log::debug!("parent: delivery child {pid} left running at exit");
             }
+            // Closing the channels ends the workers.
+            workers.clear();
             for f in &filters {
                 if let Some(pid) = f.pid {
                     sys::kill(pid, libc::SIGTERM);
@@ -473,6 +757,14 @@ pub fn parent_loop(chan: OwnedFd, engine: i32, mut filters: Vec<Running>) -> io:
                 revents: 0,
             });
         }
+        let wbase = fds.len();
+        for w in &workers {
+            fds.push(libc::pollfd {
+                fd: w.sock.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            });
+        }
         let now = Instant::now();
         let timeout = filters
             .iter()
@@ -485,6 +777,38 @@ pub fn parent_loop(chan: OwnedFd, engine: i32, mut filters: Vec<Running>) -> io:
         for (i, f) in filters.iter_mut().enumerate() {
             if fds[2 + i].revents != 0 {
                 supervisor::drain_stderr(f);
+            }
+        }
+        // Answers first, then the idle ones go; a worker that failed is dropped.
+        let ready: Vec<i32> = workers
+            .iter()
+            .zip(&fds[wbase..])
+            .filter(|(_, p)| p.revents != 0)
+            .map(|(w, _)| w.pid)
+            .collect();
+        let mut i = 0;
+        while i < workers.len() {
+            let r = if ready.contains(&workers[i].pid) {
+                drain_worker(&mut workers[i], fd, &mut buf)
+            } else {
+                Ok(())
+            };
+            let idle = workers[i].pending.is_empty() && workers[i].last.elapsed() > WORKER_IDLE;
+            match r {
+                Err(e) => {
+                    let w = workers.swap_remove(i);
+                    log::warn!("parent: delivery worker {} for {}: {e}", w.pid, w.user);
+                    drop_worker(w, fd, "failed");
+                }
+                Ok(()) if idle => {
+                    let w = workers.swap_remove(i);
+                    log::debug!(
+                        "parent: delivery worker {} for {} idle, closed",
+                        w.pid,
+                        w.user
+                    );
+                }
+                Ok(()) => i += 1,
             }
         }
         if fds[1].revents != 0 {
@@ -506,6 +830,19 @@ pub fn parent_loop(chan: OwnedFd, engine: i32, mut filters: Vec<Running>) -> io:
                 if let Err(e) = sys::send_msg(fd, &res.encode(), None) {
                     log::warn!("parent: cannot report delivery {id}: {e}");
                 }
+            } else if let Some(i) = workers.iter().position(|w| w.pid == pid) {
+                let mut w = workers.swap_remove(i);
+                // What it answered before it died still counts.
+                let _ = drain_worker(&mut w, fd, &mut buf);
+                if !w.pending.is_empty() {
+                    log::warn!(
+                        "parent: delivery worker {pid} for {} ended with status {}",
+                        w.user,
+                        sys::exit_code(status)
+                    );
+                }
+                let why = format!("ended with status {}", sys::exit_code(status));
+                drop_worker(w, fd, &why);
             } else if let Some(f) = filters.iter_mut().find(|f| f.pid == Some(pid)) {
                 supervisor::drain_stderr(f);
                 if engine_status.is_some() || !chan_open {
@@ -581,7 +918,7 @@ pub fn parent_loop(chan: OwnedFd, engine: i32, mut filters: Vec<Running>) -> io:
                                 }
                             }
                         } else {
-                            handle_request(&buf[..n], msgfd, fd, &mut children)
+                            handle_request(&buf[..n], msgfd, fd, &mut children, &mut workers)
                         }
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -602,11 +939,44 @@ fn handle_request(
     msgfd: Option<OwnedFd>,
     chan: RawFd,
     children: &mut HashMap<i32, (u64, File)>,
+    workers: &mut Vec<Worker>,
 ) {
     let (Some(req), Some(msgfd)) = (DeliverReq::decode(msg), msgfd) else {
         log::warn!("parent: malformed request from the engine ignored");
         return;
     };
+    if worker_eligible(&req) {
+        let i = match workers.iter().position(|w| w.user == req.user) {
+            Some(i) => Some(i),
+            None => match spawn_worker(&req.user) {
+                Ok(w) => {
+                    workers.push(w);
+                    Some(workers.len() - 1)
+                }
+                Err(e) => {
+                    log::warn!("parent: cannot start a delivery worker: {e}");
+                    None
+                }
+            },
+        };
+        if let Some(i) = i {
+            let w = &mut workers[i];
+            match sys::send_msg(w.sock.as_raw_fd(), &req.encode(), Some(msgfd.as_raw_fd())) {
+                Ok(()) => {
+                    w.pending.push(req.id);
+                    w.last = Instant::now();
+                    return;
+                }
+                // Its queue is full: this one gets a child of its own.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => {
+                    let w = workers.swap_remove(i);
+                    log::warn!("parent: delivery worker {} for {}: {e}", w.pid, w.user);
+                    drop_worker(w, chan, "failed");
+                }
+            }
+        }
+    }
     match spawn_delivery(&req, msgfd) {
         Ok((pid, pipe)) => {
             children.insert(pid, (req.id, pipe));
@@ -660,6 +1030,7 @@ mod tests {
                 dest: "bob".into(),
                 subaddr_delim: '+',
                 forward: true,
+                len: 12345,
             };
             assert_eq!(DeliverReq::decode(&r.encode()), Some(r));
         }
@@ -672,6 +1043,7 @@ mod tests {
             dest: String::new(),
             subaddr_delim: '+',
             forward: false,
+            len: 0,
         }
         .encode();
         assert_eq!(DeliverReq::decode(&enc[..enc.len() - 1]), None);

@@ -512,6 +512,19 @@ pub fn send_msg(sock: RawFd, data: &[u8], fd: Option<RawFd>) -> io::Result<()> {
 /// Receives one message into `buf`; returns its length (0 at EOF) and a passed
 /// descriptor, if any.
 pub fn recv_msg(sock: RawFd, buf: &mut [u8]) -> io::Result<(usize, Option<OwnedFd>)> {
+    recv_msg_flags(sock, buf, 0)
+}
+
+/// Like [`recv_msg`], but never blocks, even on a blocking socket (`WouldBlock`).
+pub fn recv_msg_nowait(sock: RawFd, buf: &mut [u8]) -> io::Result<(usize, Option<OwnedFd>)> {
+    recv_msg_flags(sock, buf, libc::MSG_DONTWAIT)
+}
+
+fn recv_msg_flags(
+    sock: RawFd,
+    buf: &mut [u8],
+    flags: libc::c_int,
+) -> io::Result<(usize, Option<OwnedFd>)> {
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: buf.len(),
@@ -524,7 +537,7 @@ pub fn recv_msg(sock: RawFd, buf: &mut [u8]) -> io::Result<(usize, Option<OwnedF
     msg.msg_control = cbuf.as_mut_ptr().cast();
     msg.msg_controllen = std::mem::size_of_val(&cbuf);
     // SAFETY: msg describes valid buffers.
-    let n = unsafe { libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC) };
+    let n = unsafe { libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC | flags) };
     if n < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -773,6 +786,58 @@ pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// syncfs(2): writes out and flushes everything of the file system holding `fd`, in one
+/// call and one device flush (Linux; elsewhere, sync(2), which may return before the
+/// data is on disk, so the callers keep their per-file fsyncs there).
+#[cfg(target_os = "linux")]
+pub fn syncfs(fd: RawFd) -> io::Result<()> {
+    // SAFETY: syncfs takes a descriptor and has no memory effects.
+    if unsafe { libc::syncfs(fd) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Whether [`syncfs`] makes data durable on this system.
+pub const HAVE_SYNCFS: bool = cfg!(target_os = "linux");
+
+/// syncfs(2) stand-in where there is none: never called, as [`HAVE_SYNCFS`] is false.
+#[cfg(not(target_os = "linux"))]
+pub fn syncfs(_fd: RawFd) -> io::Result<()> {
+    Err(io::ErrorKind::Unsupported.into())
+}
+
+/// Clears O_NONBLOCK on a descriptor.
+pub fn set_blocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl on a descriptor we own; flags are read then written back.
+    unsafe {
+        let fl = libc::fcntl(fd, libc::F_GETFL);
+        if fl < 0 || libc::fcntl(fd, libc::F_SETFL, fl & !libc::O_NONBLOCK) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Closes every descriptor above 2 but `keep` (in a long-lived child, so that it holds
+/// no end of another process's channel). Reads `/proc/self/fd` where there is one,
+/// else closes up to the descriptor limit.
+pub fn close_fds_except(keep: RawFd) {
+    let open: Vec<RawFd> = match std::fs::read_dir("/proc/self/fd") {
+        Ok(dir) => dir
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect(),
+        Err(_) => (3..raise_nofile().min(65536) as RawFd).collect(),
+    };
+    for fd in open {
+        if fd > 2 && fd != keep {
+            // SAFETY: closing a descriptor number; the directory handle used to list
+            // them is already closed, and nothing else in this process uses the rest.
+            unsafe { libc::close(fd) };
+        }
+    }
 }
 
 /// dup2(2): makes `target` a copy of `fd` (without close-on-exec).

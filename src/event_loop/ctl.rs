@@ -207,9 +207,9 @@ impl Server {
                 Err(e) => (format!("error: {id:016x}: {e}\n"), false),
             },
             Ctl::ShowMessage(m) => match self.spool.open_message(m) {
-                Ok(mut f) => {
+                Ok((f, len)) => {
                     let mut b = Vec::new();
-                    match f.read_to_end(&mut b) {
+                    match f.take(len).read_to_end(&mut b) {
                         Ok(_) => (String::from_utf8_lossy(&b).into_owned(), false),
                         Err(e) => (format!("error: {m:08x}: {e}\n"), false),
                     }

@@ -392,7 +392,7 @@ impl Server {
             let started = self
                 .spool
                 .open_message(env.msgid())
-                .and_then(|f| Ok((f, target.connect()?)));
+                .and_then(|(f, len)| Ok((std::io::Read::take(f, len), target.connect()?)));
             let (file, mut sock) = match started {
                 Ok(x) => x,
                 Err(e) => {

@@ -47,12 +47,65 @@ static COUNTER: AtomicU64 = AtomicU64::new(0);
 /// documentation for how failures map to outcomes.
 pub fn deliver(maildir: &Path, junk: bool, msg: &mut dyn Read) -> Outcome {
     match deliver_inner(maildir, junk, msg) {
-        Ok(path) => {
-            log::debug!("maildir delivered path={}", path.display());
-            Outcome::Ok
-        }
+        Ok(_) => Outcome::Ok,
         Err(e) => Outcome::TempFail(e.to_string()),
     }
+}
+
+/// A message written into a maildir's `tmp/`, not yet moved into `new/`: the first
+/// step of a delivery split up so that a batch of deliveries shares its syncs. The
+/// caller makes the file durable (fsync, or one syncfs(2) for the batch), then calls
+/// [`Staged::publish`], then makes `new/` durable with [`sync_new`] (or syncfs).
+#[derive(Debug)]
+pub struct Staged {
+    tmp: PathBuf,
+    new_dir: PathBuf,
+}
+
+impl Staged {
+    /// The temporary file, on whose file system the caller may call syncfs.
+    pub fn tmp_path(&self) -> &Path {
+        &self.tmp
+    }
+
+    /// Renames the message into `new/`; returns that directory, to be synced. The
+    /// temporary file is removed on failure.
+    pub fn publish(self) -> Result<PathBuf, String> {
+        self.rename_into_new().map_err(|e| e.to_string())?;
+        Ok(self.new_dir)
+    }
+
+    /// Renames the message into `new/`; returns its final path.
+    fn rename_into_new(&self) -> Result<PathBuf, Failure> {
+        let name = self
+            .tmp
+            .file_name()
+            .map(|n| n.to_os_string())
+            .unwrap_or_default();
+        let dest = self.new_dir.join(name);
+        if let Err(e) = fs::rename(&self.tmp, &dest) {
+            let _ = fs::remove_file(&self.tmp);
+            return Err(fail("rename into", &self.new_dir)(e));
+        }
+        log::debug!("maildir delivered path={}", dest.display());
+        Ok(dest)
+    }
+
+    /// Gives up: removes the temporary file.
+    pub fn abandon(self) {
+        let _ = fs::remove_file(&self.tmp);
+    }
+}
+
+/// Writes `msg` into the maildir's `tmp/` (creating directories as [`deliver`] does),
+/// without syncing it.
+pub fn stage(maildir: &Path, junk: bool, msg: &mut dyn Read) -> Result<Staged, String> {
+    stage_inner(maildir, junk, msg, false).map_err(|e| e.to_string())
+}
+
+/// Makes the deliveries into a `new/` directory durable (see [`Staged`]).
+pub fn sync_new(dir: &Path) -> Result<(), String> {
+    sync_dir(dir).map_err(|e| e.to_string())
 }
 
 /// A failed step, with what it was doing and where.
@@ -84,6 +137,18 @@ fn fail<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Fai
 }
 
 fn deliver_inner(maildir: &Path, junk: bool, msg: &mut dyn Read) -> Result<PathBuf, Failure> {
+    let staged = stage_inner(maildir, junk, msg, true)?;
+    let dest = staged.rename_into_new()?;
+    sync_dir(&staged.new_dir)?;
+    Ok(dest)
+}
+
+fn stage_inner(
+    maildir: &Path,
+    junk: bool,
+    msg: &mut dyn Read,
+    sync: bool,
+) -> Result<Staged, Failure> {
     let head = read_head(msg).map_err(fail("reading message for", maildir))?;
     create_maildir(maildir)?;
     let folder = if junk && is_spam(&head) {
@@ -96,26 +161,19 @@ fn deliver_inner(maildir: &Path, junk: bool, msg: &mut dyn Read) -> Result<PathB
     };
 
     let (tmp, mut file) = create_tmp(&folder)?;
-    let written = write_message(&mut file, &head, msg, &tmp)
-        .and_then(|()| file.sync_all().map_err(fail("fsync", &tmp)));
+    let mut written = write_message(&mut file, &head, msg, &tmp);
+    if sync {
+        written = written.and_then(|()| file.sync_all().map_err(fail("fsync", &tmp)));
+    }
     drop(file);
     if let Err(e) = written {
         let _ = fs::remove_file(&tmp);
         return Err(e);
     }
-
-    let name = tmp
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
-    let new_dir = folder.join("new");
-    let dest = new_dir.join(name);
-    if let Err(e) = fs::rename(&tmp, &dest) {
-        let _ = fs::remove_file(&tmp);
-        return Err(fail("rename into", &new_dir)(e));
-    }
-    sync_dir(&new_dir)?;
-    Ok(dest)
+    Ok(Staged {
+        tmp,
+        new_dir: folder.join("new"),
+    })
 }
 
 /// Reads the start of the message, through the end of the header section when it fits

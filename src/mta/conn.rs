@@ -91,7 +91,7 @@ pub struct MtaConn {
     parser: ReplyParser,
     inbuf: LineBuf,
     out: Vec<u8>,
-    body: Option<BufReader<File>>,
+    body: Option<BufReader<io::Take<File>>>,
     line: Vec<u8>,
     error: Option<String>,
     closed: bool,
@@ -104,7 +104,7 @@ impl MtaConn {
         gen: u64,
         deadline: Instant,
         client: Client,
-        body: File,
+        body: io::Take<File>,
         envs: Vec<Envelope>,
     ) -> MtaConn {
         MtaConn {

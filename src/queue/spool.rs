@@ -1,22 +1,39 @@
 //! The spool on disk: the only code that creates, syncs and renames queue files.
 //!
 //! ```text
-//! QUEUE/incoming/MSGID/message     being received (removed at start: never acknowledged)
-//! QUEUE/incoming/MSGID/EVPID       its envelopes, written at the final "."
-//! QUEUE/queue/BB/MSGID/...         committed: BB is the high byte of MSGID in hex
-//! QUEUE/corrupt/                   what could not be read back
-//! QUEUE/offline/                   local submissions made while the daemon was down
-//! QUEUE/purge/                     removed messages, deleted later
+//! QUEUE/incoming/MSGID        being received (removed at start: never acknowledged)
+//! QUEUE/queue/BB/MSGID        committed: BB is the high byte of MSGID in hex
+//! QUEUE/queue/BB/MSGID.env    the message's envelopes, once they changed after commit
+//! QUEUE/corrupt/              what could not be read back
+//! QUEUE/offline/              local submissions made while the daemon was down
 //! ```
-//! A commit is: fdatasync every file of the message, fsync its directory, rename it
-//! into `queue/BB/`, fsync `queue/BB`. Only then is the message acknowledged. The
-//! syncing runs on one thread that takes every commit waiting, so a loop turn's
-//! messages share their fsync round (group commit).
+//! A message is one file: the message as received (LF line ends, our Received header
+//! first), then its envelopes, one per recipient, then a fixed-size trailer that gives
+//! both lengths:
+//!
+//! ```text
+//! MESSAGE  ENVELOPE...  "smtpd-queue 1 " LEN(16 hex) " " ENVLEN(8 hex) "\n"
+//! ```
+//! One file per message means one inode to create and one to remove: on ext4 without a
+//! journal, where a new inode is searched past every recently deleted one, that count
+//! is what the cost of a message grows with. A commit is: write the envelopes and
+//! trailer at the end of the file, make the file durable, rename it into `queue/BB/`,
+//! make that durable. Only then is the message acknowledged. The syncing runs on one
+//! thread that takes every commit waiting, so a loop turn's messages share their sync
+//! round (group commit).
+//!
+//! The envelopes change after the commit (a retry, one recipient of several delivered,
+//! a `.forward` expanded): the new set is written whole to `MSGID.env` (through a
+//! temporary, synced, renamed), which from then on takes precedence over the copy in
+//! the message file. The message goes with its last envelope: the message file is
+//! removed first, then `MSGID.env`; a `.env` left without its message by a crash is
+//! removed at the next start.
 
 use super::envelope::Envelope;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::io::{self, Seek, SeekFrom, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -28,7 +45,16 @@ pub struct Spool {
 }
 
 /// Subdirectories created by [`Spool::open`].
-const DIRS: [&str; 5] = ["incoming", "queue", "corrupt", "offline", "purge"];
+const DIRS: [&str; 4] = ["incoming", "queue", "corrupt", "offline"];
+
+/// The start of a message file's trailer; with the two lengths and the newline it is
+/// [`TRAILER_LEN`] bytes.
+const TRAILER_MAGIC: &str = "smtpd-queue 1 ";
+/// Length of the trailer: magic, 16 hex digits, a space, 8 hex digits, a newline.
+const TRAILER_LEN: usize = TRAILER_MAGIC.len() + 16 + 1 + 8 + 1;
+/// Largest envelope block read back (1000 recipients of a few hundred bytes each fit
+/// many times over).
+const MAX_ENVELOPES_LEN: usize = 64 * 1024 * 1024;
 
 /// Whether an error means the disk (or quota) is full.
 pub fn is_no_space(e: &io::Error) -> bool {
@@ -40,6 +66,10 @@ fn mkdir(p: &Path, mode: u32) -> io::Result<()> {
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
         r => r,
     }
+}
+
+fn invalid(what: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what)
 }
 
 /// Writes `data` to `path` through a temporary file renamed over it (synced first when
@@ -60,13 +90,91 @@ fn replace_file(path: &Path, data: &[u8], sync: bool) -> io::Result<File> {
     Ok(f)
 }
 
+/// The same error again (io::Error is not Clone), keeping its errno for [`is_no_space`].
+fn copy_err(e: &io::Error) -> io::Error {
+    match e.raw_os_error() {
+        Some(n) => io::Error::from_raw_os_error(n),
+        None => io::Error::from(e.kind()),
+    }
+}
+
 fn fsync_dir(p: &Path) -> io::Result<()> {
     File::open(p)?.sync_all()
 }
 
+/// The envelopes of a message, one after the other, as stored.
+fn encode_envelopes(envs: &[Envelope]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(envs.len() * 512);
+    for e in envs {
+        out.extend_from_slice(e.encode().as_bytes());
+    }
+    out
+}
+
+/// Splits a block of envelopes at each envelope's header line and parses each.
+fn decode_envelopes(block: &[u8]) -> io::Result<Vec<Envelope>> {
+    let header = Envelope::default().encode();
+    let header = header.split('\n').next().unwrap_or_default().as_bytes();
+    let mut starts: Vec<usize> = Vec::new();
+    let mut at = 0;
+    while at < block.len() {
+        let line_end = memchr::memchr(b'\n', &block[at..]).map_or(block.len(), |i| at + i + 1);
+        let line = &block[at..line_end];
+        if line.strip_suffix(b"\n").unwrap_or(line) == header {
+            starts.push(at);
+        }
+        at = line_end;
+    }
+    if starts.first() != Some(&0) {
+        return Err(invalid("envelopes: bad header".into()));
+    }
+    let mut out = Vec::with_capacity(starts.len());
+    for (i, &s) in starts.iter().enumerate() {
+        let e = starts.get(i + 1).copied().unwrap_or(block.len());
+        out.push(Envelope::decode(&block[s..e]).map_err(invalid)?);
+    }
+    Ok(out)
+}
+
+/// The trailer for a message of `len` bytes followed by `env_len` bytes of envelopes.
+fn trailer(len: u64, env_len: usize) -> String {
+    format!("{TRAILER_MAGIC}{len:016x} {env_len:08x}\n")
+}
+
+/// Reads a committed message file's trailer: (message length, envelope block length).
+fn read_trailer(f: &File) -> io::Result<(u64, usize)> {
+    let size = f.metadata()?.len();
+    if size < TRAILER_LEN as u64 {
+        return Err(invalid("message file: no trailer".into()));
+    }
+    let mut t = [0u8; TRAILER_LEN];
+    f.read_exact_at(&mut t, size - TRAILER_LEN as u64)?;
+    let parsed = std::str::from_utf8(&t)
+        .ok()
+        .and_then(|t| t.strip_prefix(TRAILER_MAGIC))
+        .and_then(|t| t.strip_suffix('\n'))
+        .and_then(|t| t.split_once(' '))
+        .and_then(|(a, b)| {
+            Some((
+                u64::from_str_radix(a, 16).ok()?,
+                usize::from_str_radix(b, 16).ok()?,
+            ))
+        });
+    match parsed {
+        Some((len, env_len))
+            if env_len <= MAX_ENVELOPES_LEN
+                && len.checked_add(env_len as u64 + TRAILER_LEN as u64) == Some(size) =>
+        {
+            Ok((len, env_len))
+        }
+        _ => Err(invalid("message file: bad trailer".into())),
+    }
+}
+
 impl Spool {
-    /// Opens (creating as needed) the spool at `root` and removes half-received messages.
-    /// Returns the spool and how many incomplete messages were removed.
+    /// Opens (creating as needed) the spool at `root` and removes half-received messages
+    /// (and envelope files left without their message). Returns the spool and how many
+    /// incomplete messages were removed.
     pub fn open(root: &Path) -> io::Result<(Spool, usize)> {
         fs::create_dir_all(root)?;
         // Traversable by all (the control socket lives here), listable by none.
@@ -90,16 +198,23 @@ impl Spool {
             }
             cleaned += 1;
         }
-        for ent in fs::read_dir(root.join("purge"))? {
-            let p = ent?.path();
-            let _ = fs::remove_dir_all(&p).or_else(|_| fs::remove_file(&p));
+        let spool = Spool {
+            root: root.to_path_buf(),
+        };
+        for b in fs::read_dir(&queue)? {
+            for ent in fs::read_dir(b?.path())? {
+                let p = ent?.path();
+                let orphan = match p.extension().and_then(|x| x.to_str()) {
+                    Some("env") => !p.with_extension("").exists(),
+                    Some("tmp") => true,
+                    _ => false,
+                };
+                if orphan {
+                    fs::remove_file(&p)?;
+                }
+            }
         }
-        Ok((
-            Spool {
-                root: root.to_path_buf(),
-            },
-            cleaned,
-        ))
+        Ok((spool, cleaned))
     }
 
     /// Gives the whole spool to `uid:gid` (the engine's user when started as root).
@@ -138,65 +253,54 @@ impl Spool {
     }
 
     /// Where a committed message lives.
-    pub fn message_dir(&self, msgid: u32) -> PathBuf {
+    pub fn message_path(&self, msgid: u32) -> PathBuf {
         self.root
             .join("queue")
             .join(format!("{:02x}", msgid >> 24))
             .join(format!("{msgid:08x}"))
     }
 
+    fn envelopes_path(&self, msgid: u32) -> PathBuf {
+        self.message_path(msgid).with_extension("env")
+    }
+
     /// Creates a new message with a fresh random id; returns the id and its data file.
     pub fn create_message(&self) -> io::Result<(u32, File)> {
         loop {
             let msgid = crate::sys::random_u64() as u32;
-            if msgid == 0 || self.message_dir(msgid).exists() {
+            if msgid == 0 || self.message_path(msgid).exists() {
                 continue;
-            }
-            let dir = self.incoming(msgid);
-            match fs::DirBuilder::new().mode(0o700).create(&dir) {
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(e),
-                Ok(()) => {}
             }
             let f = OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .mode(0o600)
-                .open(dir.join("message"));
-            return match f {
-                Ok(f) => Ok((msgid, f)),
-                Err(e) => {
-                    let _ = fs::remove_dir_all(&dir);
-                    Err(e)
-                }
-            };
+                .open(self.incoming(msgid));
+            match f {
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e),
+                Ok(f) => return Ok((msgid, f)),
+            }
         }
     }
 
-    /// Writes the envelopes of an incoming message and returns the commit job.
+    /// Writes the envelopes of an incoming message after it and returns the commit job.
     pub fn prepare_commit(
         &self,
         msgid: u32,
-        data: File,
+        mut data: File,
         envs: &[Envelope],
     ) -> io::Result<CommitJob> {
-        let dir = self.incoming(msgid);
-        let mut files = Vec::with_capacity(envs.len() + 1);
-        files.push(data);
-        for e in envs {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(dir.join(format!("{:016x}", e.evpid)))?;
-            f.write_all(e.encode().as_bytes())?;
-            files.push(f);
-        }
+        let len = data.seek(SeekFrom::End(0))?;
+        let mut tail = encode_envelopes(envs);
+        let env_len = tail.len();
+        tail.extend_from_slice(trailer(len, env_len).as_bytes());
+        data.write_all(&tail)?;
         Ok(CommitJob {
             msgid,
-            files,
-            from: dir,
-            to: self.message_dir(msgid),
+            file: data,
+            from: self.incoming(msgid),
+            to: self.message_path(msgid),
             envs: envs.to_vec(),
         })
     }
@@ -205,107 +309,145 @@ impl Spool {
     /// open for writing, for the commit to sync.
     pub fn rewrite_incoming(&self, msgid: u32, data: &[u8]) -> io::Result<File> {
         // Not synced here: the commit syncs the returned file with the rest.
-        replace_file(&self.incoming(msgid).join("message"), data, false)
+        replace_file(&self.incoming(msgid), data, false)
     }
 
     /// Reads an incoming message's data.
     pub fn read_incoming(&self, msgid: u32) -> io::Result<Vec<u8>> {
-        fs::read(self.incoming(msgid).join("message"))
+        fs::read(self.incoming(msgid))
     }
 
     /// Removes an incoming message (the transaction failed or the client left).
     pub fn discard(&self, msgid: u32) {
-        let dir = self.incoming(msgid);
-        if let Err(e) = fs::remove_dir_all(&dir) {
+        let path = self.incoming(msgid);
+        if let Err(e) = fs::remove_file(&path) {
             if e.kind() != io::ErrorKind::NotFound {
-                log::warn!("queue: cannot remove {}: {e}", dir.display());
+                log::warn!("queue: cannot remove {}: {e}", path.display());
             }
         }
     }
 
-    fn envelope_path(&self, evpid: u64) -> PathBuf {
-        self.message_dir((evpid >> 32) as u32)
-            .join(format!("{evpid:016x}"))
+    /// Every envelope of a committed message: from `MSGID.env` when there is one, else
+    /// from the message file.
+    pub fn load_envelopes(&self, msgid: u32) -> io::Result<Vec<Envelope>> {
+        let block = match fs::read(self.envelopes_path(msgid)) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let f = File::open(self.message_path(msgid))?;
+                let (len, env_len) = read_trailer(&f)?;
+                let mut b = vec![0u8; env_len];
+                f.read_exact_at(&mut b, len)?;
+                b
+            }
+            Err(e) => return Err(e),
+        };
+        let envs = decode_envelopes(&block)?;
+        if let Some(e) = envs.iter().find(|e| e.msgid() != msgid) {
+            return Err(invalid(format!(
+                "envelope {:016x} in message {msgid:08x}",
+                e.evpid
+            )));
+        }
+        Ok(envs)
     }
 
     /// Reads a committed envelope.
     pub fn load_envelope(&self, evpid: u64) -> io::Result<Envelope> {
-        let data = fs::read(self.envelope_path(evpid))?;
-        Envelope::decode(&data).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+        self.load_envelopes((evpid >> 32) as u32)?
+            .into_iter()
+            .find(|e| e.evpid == evpid)
+            .ok_or_else(|| io::ErrorKind::NotFound.into())
+    }
+
+    /// Replaces a message's envelopes, durably.
+    fn store_envelopes(&self, msgid: u32, envs: &[Envelope]) -> io::Result<()> {
+        replace_file(&self.envelopes_path(msgid), &encode_envelopes(envs), true).map(drop)
     }
 
     /// Rewrites a committed envelope (retry count, last error) atomically.
     pub fn update_envelope(&self, env: &Envelope) -> io::Result<()> {
-        replace_file(
-            &self.envelope_path(env.evpid),
-            env.encode().as_bytes(),
-            true,
-        )
-        .map(drop)
+        let msgid = env.msgid();
+        let mut envs = self.load_envelopes(msgid)?;
+        let slot = envs
+            .iter_mut()
+            .find(|e| e.evpid == env.evpid)
+            .ok_or(io::ErrorKind::NotFound)?;
+        *slot = env.clone();
+        self.store_envelopes(msgid, &envs)
     }
 
     /// Adds envelopes to a committed message (expansion of a `.forward`), durably.
-    pub fn add_envelopes(&self, msgid: u32, envs: &[Envelope]) -> io::Result<()> {
-        for e in envs {
-            replace_file(&self.envelope_path(e.evpid), e.encode().as_bytes(), true)?;
+    pub fn add_envelopes(&self, msgid: u32, add: &[Envelope]) -> io::Result<()> {
+        let mut envs = self.load_envelopes(msgid)?;
+        envs.extend_from_slice(add);
+        self.store_envelopes(msgid, &envs)?;
+        match self.message_path(msgid).parent() {
+            Some(bucket) => fsync_dir(bucket),
+            None => Ok(()),
         }
-        fsync_dir(&self.message_dir(msgid))
     }
 
-    /// Opens a committed message for reading.
-    pub fn open_message(&self, msgid: u32) -> io::Result<File> {
-        File::open(self.message_dir(msgid).join("message"))
+    /// Opens a committed message for reading: the file, at its start, and the length of
+    /// the message in it (what follows are the envelopes).
+    pub fn open_message(&self, msgid: u32) -> io::Result<(File, u64)> {
+        let f = File::open(self.message_path(msgid))?;
+        let (len, _) = read_trailer(&f)?;
+        Ok((f, len))
     }
 
     /// Removes a delivered (or bounced) envelope; the message goes with its last one.
     /// Returns whether the message went too.
     pub fn remove_envelope(&self, evpid: u64) -> io::Result<bool> {
-        let path = self.envelope_path(evpid);
-        match fs::remove_file(&path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-            _ => {}
+        let msgid = (evpid >> 32) as u32;
+        let mut envs = match self.load_envelopes(msgid) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(true),
+            r => r?,
+        };
+        envs.retain(|e| e.evpid != evpid);
+        if !envs.is_empty() {
+            self.store_envelopes(msgid, &envs)?;
+            return Ok(false);
         }
-        let dir = self.message_dir((evpid >> 32) as u32);
-        let last = fs::read_dir(&dir)?.filter_map(Result::ok).all(|e| {
-            e.file_name() == "message" || e.file_name().to_string_lossy().ends_with(".tmp")
-        });
-        if last {
-            // Rename first, so a crash never leaves a message without its directory entry
-            // half-removed in queue/.
-            let purge = self
-                .root
-                .join("purge")
-                .join(dir.file_name().unwrap_or_default());
-            fs::rename(&dir, &purge)?;
-            fs::remove_dir_all(&purge)?;
-        }
-        Ok(last)
-    }
-
-    /// Moves a message whose envelope cannot be read to corrupt/.
-    pub fn quarantine_corrupt(&self, msgid: u32) -> io::Result<()> {
-        let dir = self.message_dir(msgid);
-        fs::rename(&dir, self.root.join("corrupt").join(format!("{msgid:08x}")))
-    }
-
-    /// Every committed envelope id with its message id, read from the directory tree
-    /// (no file content is read).
-    pub fn envelope_ids(&self) -> io::Result<Vec<u64>> {
-        let mut out = Vec::new();
-        for msgid in self.committed()? {
-            for ent in fs::read_dir(self.message_dir(msgid))? {
-                let name = ent?.file_name();
-                let Some(name) = name.to_str() else { continue };
-                if name.len() == 16 {
-                    if let Ok(id) = u64::from_str_radix(name, 16) {
-                        if (id >> 32) as u32 == msgid {
-                            out.push(id);
-                        }
-                    }
-                }
+        // The message first: a crash in between leaves only a `.env`, removed at start.
+        for p in [self.message_path(msgid), self.envelopes_path(msgid)] {
+            match fs::remove_file(&p) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
             }
         }
+        Ok(true)
+    }
+
+    /// Moves a message whose envelopes cannot be read to corrupt/.
+    pub fn quarantine_corrupt(&self, msgid: u32) -> io::Result<()> {
+        let corrupt = self.root.join("corrupt");
+        let env = self.envelopes_path(msgid);
+        if env.exists() {
+            fs::rename(&env, corrupt.join(format!("{msgid:08x}.env")))?;
+        }
+        fs::rename(
+            self.message_path(msgid),
+            corrupt.join(format!("{msgid:08x}")),
+        )
+    }
+
+    /// Every committed envelope id with its message id.
+    pub fn envelope_ids(&self) -> io::Result<Vec<u64>> {
+        let mut out = Vec::new();
+        for (_, envs) in self.load_all()? {
+            out.extend(envs.iter().flatten().map(|e| e.evpid));
+        }
         Ok(out)
+    }
+
+    /// Every committed message with its envelopes (or why they cannot be read), in
+    /// message id order: for start-up and `show queue` with the daemon down.
+    pub fn load_all(&self) -> io::Result<Vec<(u32, io::Result<Vec<Envelope>>)>> {
+        Ok(self
+            .committed()?
+            .into_iter()
+            .map(|m| (m, self.load_envelopes(m)))
+            .collect())
     }
 
     /// Every committed message id, for start-up and tests.
@@ -314,7 +456,11 @@ impl Spool {
         for b in fs::read_dir(self.root.join("queue"))? {
             for m in fs::read_dir(b?.path())? {
                 let name = m?.file_name();
-                if let Some(id) = name.to_str().and_then(|n| u32::from_str_radix(n, 16).ok()) {
+                let id = name
+                    .to_str()
+                    .filter(|n| n.len() == 8)
+                    .and_then(|n| u32::from_str_radix(n, 16).ok());
+                if let Some(id) = id {
                     out.push(id);
                 }
             }
@@ -329,7 +475,7 @@ impl Spool {
 pub struct CommitJob {
     /// The message.
     pub msgid: u32,
-    files: Vec<File>,
+    file: File,
     from: PathBuf,
     to: PathBuf,
     envs: Vec<Envelope>,
@@ -391,18 +537,29 @@ impl Committer {
     }
 }
 
-/// Syncs a batch: all files, then all message directories, then renames, then each
-/// bucket directory once.
+/// Syncs a batch: all files, then renames, then the bucket directories. On Linux each of the two sync steps is one syncfs(2) of the spool's file
+/// system: one device flush for the whole batch instead of one per file (a fifth to a
+/// twentieth of the cost measured with 20 messages in flight). Elsewhere every file and
+/// directory is fsynced.
 fn commit_batch(batch: Vec<((usize, u64), CommitJob)>) -> Vec<CommitDone> {
-    let mut results: Vec<io::Result<()>> = batch
-        .iter()
-        .map(|(_, job)| {
-            for f in &job.files {
-                f.sync_data()?;
-            }
-            fsync_dir(&job.from)
-        })
-        .collect();
+    let fs_handle = if crate::sys::HAVE_SYNCFS {
+        batch
+            .first()
+            .and_then(|(_, job)| job.from.parent())
+            .and_then(|p| File::open(p).ok())
+    } else {
+        None
+    };
+    let mut results: Vec<io::Result<()>> = match &fs_handle {
+        Some(h) => {
+            let r = crate::sys::syncfs(h.as_raw_fd());
+            batch
+                .iter()
+                .map(|_| r.as_ref().map(|_| ()).map_err(copy_err))
+                .collect()
+        }
+        None => batch.iter().map(|(_, job)| job.file.sync_data()).collect(),
+    };
     let mut buckets: Vec<PathBuf> = Vec::new();
     for ((_, job), r) in batch.iter().zip(results.iter_mut()) {
         if r.is_ok() {
@@ -414,26 +571,35 @@ fn commit_batch(batch: Vec<((usize, u64), CommitJob)>) -> Vec<CommitDone> {
             }
         }
     }
-    let mut bucket_err: Vec<(PathBuf, io::ErrorKind)> = Vec::new();
-    for b in &buckets {
-        if let Err(e) = fsync_dir(b) {
-            bucket_err.push((b.clone(), e.kind()));
+    let mut bucket_err: Vec<(PathBuf, io::Error)> = Vec::new();
+    match &fs_handle {
+        Some(h) if !buckets.is_empty() => {
+            if let Err(e) = crate::sys::syncfs(h.as_raw_fd()) {
+                bucket_err.extend(buckets.iter().map(|b| (b.clone(), copy_err(&e))));
+            }
+        }
+        _ => {
+            for b in &buckets {
+                if let Err(e) = fsync_dir(b) {
+                    bucket_err.push((b.clone(), e));
+                }
+            }
         }
     }
     batch
         .into_iter()
         .zip(results)
         .map(|((key, job), mut result)| {
-            if let Some((_, kind)) = bucket_err
+            if let Some((_, e)) = bucket_err
                 .iter()
                 .find(|(b, _)| Some(b.as_path()) == job.to.parent())
             {
                 // The rename may not be durable: refuse the message and take it back.
-                result = Err(io::Error::from(*kind));
-                let _ = fs::remove_dir_all(&job.to);
+                result = Err(copy_err(e));
+                let _ = fs::remove_file(&job.to);
             }
             if result.is_err() {
-                let _ = fs::remove_dir_all(&job.from);
+                let _ = fs::remove_file(&job.from);
             }
             CommitDone {
                 key,
@@ -448,32 +614,76 @@ fn commit_batch(batch: Vec<((usize, u64), CommitJob)>) -> Vec<CommitDone> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
+
+    fn env(msgid: u32, n: u64, rcpt: &str) -> Envelope {
+        Envelope {
+            evpid: (u64::from(msgid) << 32) | n,
+            rcpt: rcpt.into(),
+            ..Envelope::default()
+        }
+    }
 
     #[test]
     fn create_commit_and_clean() {
-        let dir = std::env::temp_dir().join(format!("smtpd-spool-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
+        let tmp = crate::testutil::TempDir::new("spool");
+        let dir = tmp.0.clone();
         let (spool, cleaned) = Spool::open(&dir).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(cleaned, 0);
         let (id, mut f) = spool.create_message().unwrap_or_else(|e| panic!("{e}"));
         f.write_all(b"Subject: x\n\nbody\n")
             .unwrap_or_else(|e| panic!("{e}"));
-        let env = Envelope {
-            evpid: (u64::from(id) << 32) | 1,
-            rcpt: "a@b".into(),
-            ..Envelope::default()
-        };
+        let envs = [env(id, 1, "a@b"), env(id, 2, "c@d")];
         let job = spool
-            .prepare_commit(id, f, &[env])
+            .prepare_commit(id, f, &envs)
             .unwrap_or_else(|e| panic!("{e}"));
         let done = commit_batch(vec![((1, 2), job)]);
         assert!(done[0].result.is_ok());
         assert_eq!(spool.committed().ok(), Some(vec![id]));
-        assert!(spool.message_dir(id).join("message").exists());
+        // The message reads back without its envelopes, and the envelopes come back.
+        let (mut f, len) = spool.open_message(id).unwrap_or_else(|e| panic!("{e}"));
+        let mut text = String::new();
+        (&mut f)
+            .take(len)
+            .read_to_string(&mut text)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(text, "Subject: x\n\nbody\n");
+        assert_eq!(spool.load_envelopes(id).ok(), Some(envs.to_vec()));
+        // A change goes to MSGID.env; removing the envelopes one by one removes all.
+        let mut e2 = envs[1].clone();
+        e2.retry = 3;
+        spool.update_envelope(&e2).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(spool.load_envelope(e2.evpid).ok(), Some(e2.clone()));
+        assert!(!spool.remove_envelope(envs[0].evpid).unwrap_or(true));
+        assert_eq!(spool.envelope_ids().ok(), Some(vec![e2.evpid]));
+        assert!(spool.remove_envelope(e2.evpid).unwrap_or(false));
+        assert_eq!(spool.committed().ok(), Some(vec![]));
+        assert!(!spool.envelopes_path(id).exists());
         // A half-received message is removed at the next start.
         let (_id2, _f2) = spool.create_message().unwrap_or_else(|e| panic!("{e}"));
         let (_, cleaned) = Spool::open(&dir).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(cleaned, 1);
-        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn damaged_trailer_is_an_error() {
+        let tmp = crate::testutil::TempDir::new("spool-bad");
+        let (spool, _) = Spool::open(&tmp.0).unwrap_or_else(|e| panic!("{e}"));
+        let (id, mut f) = spool.create_message().unwrap_or_else(|e| panic!("{e}"));
+        f.write_all(b"x\n").unwrap_or_else(|e| panic!("{e}"));
+        let job = spool
+            .prepare_commit(id, f, &[env(id, 1, "a@b")])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(commit_batch(vec![((0, 0), job)])[0].result.is_ok());
+        let path = spool.message_path(id);
+        let mut data = fs::read(&path).unwrap_or_default();
+        data.pop();
+        fs::write(&path, &data).unwrap_or_else(|e| panic!("{e}"));
+        assert!(spool.load_envelopes(id).is_err());
+        assert!(spool.open_message(id).is_err());
+        spool
+            .quarantine_corrupt(id)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(spool.committed().ok(), Some(vec![]));
     }
 }
