@@ -563,7 +563,7 @@ fn spawn_worker(user: &str) -> io::Result<Worker> {
             run_worker(user, theirs)
         }
         Some(pid) => {
-            log::debug!("parent: delivery worker for {user} started, pid {pid}");
+            log::info!("parent: delivery worker for {user} started, pid {pid}");
             Ok(Worker {
                 user: user.to_string(),
                 pid,
