@@ -30,17 +30,18 @@
 //! removed first, then `MSGID.env`; a `.env` left without its message by a crash is
 //! removed at the next start.
 //!
-//! A removed message file is not unlinked but moved to `free/` and emptied, and the next
-//! new message takes it back (up to [`MAX_FREE`] files wait there): at a steady rate
-//! the spool then neither allocates nor frees an inode per message, which on ext4
-//! without a journal also keeps the maildirs' inode allocation from searching past
-//! thousands of recently deleted inodes. Emptying comes after the move; a file found
-//! empty in `queue/` at start was caught in between (a committed message file is never
-//! empty: it is synced with its trailer before it is renamed there) and goes to `free/`.
+//! A removed message file is not unlinked but moved to `free/`, and the next new message
+//! takes it back and writes over it (up to [`MAX_FREE`] files wait there): at a steady
+//! rate the spool then neither allocates nor frees an inode per message, nor its data
+//! blocks, which on ext4 without a journal also keeps the maildirs' inode allocation
+//! from searching past thousands of recently deleted inodes. A file over `FREE_KEEP`
+//! is emptied after the move; a file found empty in `queue/` at start was caught in
+//! between (a committed message file is never empty: it is synced with its trailer
+//! before it is renamed there) and goes to `free/`.
 
 use super::envelope::Envelope;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -58,8 +59,11 @@ pub struct Spool {
 /// Subdirectories created by [`Spool::open`].
 const DIRS: [&str; 5] = ["incoming", "queue", "corrupt", "offline", "free"];
 
-/// Most emptied message files kept in `free/`; more are unlinked.
+/// Most message files kept in `free/`; more are unlinked.
 pub const MAX_FREE: usize = 1024;
+/// A file kept in `free/` keeps its blocks up to this size (a new message overwrites
+/// them rather than freeing and allocating them again); a larger one is emptied.
+const FREE_KEEP: u64 = 64 * 1024;
 
 /// The start of a message file's trailer; with the two lengths and the newline it is
 /// [`TRAILER_LEN`] bytes.
@@ -287,16 +291,19 @@ impl Spool {
             .join("free")
             .join(format!("{:016x}", crate::sys::random_u64()));
         fs::rename(path, &to)?;
-        OpenOptions::new().write(true).open(&to)?.set_len(0)?;
+        if fs::metadata(&to)?.len() > FREE_KEEP {
+            OpenOptions::new().write(true).open(&to)?.set_len(0)?;
+        }
         free.push(to);
         Ok(())
     }
 
-    /// An emptied file from `free/`, renamed to `to` and opened for writing.
+    /// A file from `free/`, renamed to `to` and opened for writing at its start. What it
+    /// held is overwritten, and cut off at the commit ([`Spool::prepare_commit`]).
     fn reuse(&self, to: &Path) -> Option<File> {
         let from = self.free.lock().ok()?.pop()?;
         fs::rename(&from, to).ok()?;
-        match OpenOptions::new().write(true).truncate(true).open(to) {
+        match OpenOptions::new().write(true).open(to) {
             Ok(f) => Some(f),
             Err(_) => {
                 let _ = fs::remove_file(to);
@@ -354,17 +361,19 @@ impl Spool {
     }
 
     /// Writes the envelopes of an incoming message after it and returns the commit job.
+    /// The message ends where `data` stands: what a reused file held beyond is cut off.
     pub fn prepare_commit(
         &self,
         msgid: u32,
         mut data: File,
         envs: &[Envelope],
     ) -> io::Result<CommitJob> {
-        let len = data.seek(SeekFrom::End(0))?;
+        let len = data.stream_position()?;
         let mut tail = encode_envelopes(envs);
         let env_len = tail.len();
         tail.extend_from_slice(trailer(len, env_len).as_bytes());
         data.write_all(&tail)?;
+        data.set_len(len + tail.len() as u64)?;
         Ok(CommitJob {
             msgid,
             file: data,
@@ -381,9 +390,13 @@ impl Spool {
         replace_file(&self.incoming(msgid), data, false)
     }
 
-    /// Reads an incoming message's data.
-    pub fn read_incoming(&self, msgid: u32) -> io::Result<Vec<u8>> {
-        fs::read(self.incoming(msgid))
+    /// Reads the first `len` bytes of an incoming message: the data written so far.
+    pub fn read_incoming(&self, msgid: u32, len: u64) -> io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        File::open(self.incoming(msgid))?
+            .take(len)
+            .read_to_end(&mut out)?;
+        Ok(out)
     }
 
     /// Removes an incoming message (the transaction failed or the client left).
@@ -684,7 +697,6 @@ fn commit_batch(batch: Vec<((usize, u64), CommitJob)>) -> Vec<CommitDone> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Read;
 
     fn env(msgid: u32, n: u64, rcpt: &str) -> Envelope {
         Envelope {
@@ -733,6 +745,40 @@ mod tests {
         let (_id2, _f2) = spool.create_message().unwrap_or_else(|e| panic!("{e}"));
         let (_, cleaned) = Spool::open(&dir).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(cleaned, 1);
+    }
+
+    #[test]
+    fn a_reused_file_holds_only_the_new_message() {
+        use std::os::unix::fs::MetadataExt;
+        let tmp = crate::testutil::TempDir::new("spool-reuse");
+        let (spool, _) = Spool::open(&tmp.0).unwrap_or_else(|e| panic!("{e}"));
+        let commit = |body: &[u8]| {
+            let (id, mut f) = spool.create_message().unwrap_or_else(|e| panic!("{e}"));
+            f.write_all(body).unwrap_or_else(|e| panic!("{e}"));
+            let job = spool
+                .prepare_commit(id, f, &[env(id, 1, "a@b")])
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert!(commit_batch(vec![((0, 0), job)])[0].result.is_ok());
+            id
+        };
+        let first = commit(&[b'x'; 3000]);
+        let ino = fs::metadata(spool.message_path(first)).map_or(0, |m| m.ino());
+        assert!(spool
+            .remove_envelope(env(first, 1, "").evpid)
+            .unwrap_or(false));
+        let second = commit(b"short\n");
+        let path = spool.message_path(second);
+        assert_eq!(fs::metadata(&path).map_or(1, |m| m.ino()), ino);
+        let (f, len) = spool.open_message(second).unwrap_or_else(|e| panic!("{e}"));
+        let mut text = String::new();
+        f.take(len)
+            .read_to_string(&mut text)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(text, "short\n");
+        assert_eq!(
+            spool.load_envelopes(second).ok(),
+            Some(vec![env(second, 1, "a@b")])
+        );
     }
 
     #[test]

@@ -68,6 +68,8 @@ struct MsgWriter {
     file: File,
     buf: Vec<u8>,
     failed: bool,
+    /// Bytes written to the file so far (a reused spool file may hold more).
+    written: u64,
 }
 
 /// One client connection.
@@ -437,6 +439,7 @@ impl Conn {
                                 file,
                                 buf: Vec::with_capacity(MSG_CHUNK + 1024),
                                 failed: false,
+                                written: 0,
                             });
                             Ok(id)
                         }
@@ -497,7 +500,7 @@ impl Conn {
             // Filters changed the message: write it again with the edits.
             let rewritten = ctx
                 .spool
-                .read_incoming(m.id)
+                .read_incoming(m.id, m.written)
                 .map(|data| crate::queue::edit::apply(&data, &edits, junk))
                 .and_then(|data| ctx.spool.rewrite_incoming(m.id, &data));
             match rewritten {
@@ -948,5 +951,6 @@ fn write_chunk(m: &mut MsgWriter, session: &mut Session) {
         m.failed = true;
         session.on_write_error(is_no_space(&e));
     }
+    m.written += m.buf.len() as u64;
     m.buf.clear();
 }
