@@ -4,7 +4,7 @@
 
 use super::{Entry, Server, FIRST_SLOT};
 use crate::config::{BuiltinDecision, Check, FilterKind, Matcher};
-use crate::filter::pipe::{Answer, FilterPipe, PipeState};
+use crate::filter::pipe::{Answer, FilterPipe, Lines, PipeState};
 use crate::smtp::conn::Report;
 use crate::smtp::reply::Reply;
 use crate::smtp::session::{FilterQuery, FilterVerdict, Phase};
@@ -441,7 +441,7 @@ impl Server {
     }
 
     /// Sends lines (and the end marker) of a session's message to a data filter.
-    fn send_lines(&mut self, fid: usize, sid: u64, lines: &[Vec<u8>], end: bool, now: Instant) {
+    fn send_lines(&mut self, fid: usize, sid: u64, lines: &Lines, end: bool, now: Instant) {
         let Some(p) = self.pipe_mut(fid) else {
             return self.data_failed(sid, now);
         };
@@ -451,7 +451,7 @@ impl Server {
         // Frames stay well under the largest frame: at most 1024 lines or 256 KiB each.
         let mut refs: Vec<&[u8]> = Vec::new();
         let mut bytes = 0;
-        for l in lines {
+        for l in lines.iter() {
             if refs.len() == 1024 || bytes + l.len() > 256 * 1024 {
                 p.send(sid, &Frame::DataLines(std::mem::take(&mut refs)));
                 bytes = 0;
@@ -479,7 +479,7 @@ impl Server {
     }
 
     /// Lines (or the end) from data filter `fid`: on to the next one, or to the spool.
-    fn on_data_answer(&mut self, fid: usize, sid: u64, lines: Option<Vec<Vec<u8>>>, now: Instant) {
+    fn on_data_answer(&mut self, fid: usize, sid: u64, lines: Option<Lines>, now: Instant) {
         let Some(&(key, gen)) = self.session_keys.get(&sid) else {
             return;
         };
@@ -494,9 +494,10 @@ impl Server {
         };
         let max_line = self.cfg.smtp.max_text_line - 2;
         if let Some(lines) = &lines {
-            if lines.iter().any(|l| {
-                l.len() > max_line || l.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0)
-            }) {
+            if lines
+                .iter()
+                .any(|l| l.len() > max_line || memchr::memchr3(b'\r', b'\n', 0, l).is_some())
+            {
                 return self.filter_failed(
                     fid,
                     "sent a message line with CR, LF, NUL or over 998 octets",
@@ -506,7 +507,7 @@ impl Server {
         }
         match (next, lines) {
             (Some(n), Some(lines)) => self.send_lines(n, sid, &lines, false, now),
-            (Some(n), None) => self.send_lines(n, sid, &[], true, now),
+            (Some(n), None) => self.send_lines(n, sid, &Lines::default(), true, now),
             (None, lines) => {
                 let max = self.cfg.smtp.max_message_size;
                 self.with_conn(key, Some(gen), |conn, ctx| match lines {

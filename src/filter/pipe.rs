@@ -47,13 +47,60 @@ pub enum Answer {
     /// Go on with this parameter.
     Rewrite(String),
     /// Output lines of the message.
-    DataLines(Vec<Vec<u8>>),
+    DataLines(Lines),
     /// End of the output lines.
     DataEnd,
     /// An end-of-message edit (kept as its frame kind and fields).
     Edit(Edit),
     /// Accept and drop the message.
     Discard,
+}
+
+/// A batch of message lines (without line ends) in one buffer: one allocation per
+/// batch, not per line.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Lines {
+    buf: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl Lines {
+    /// Appends a line.
+    pub fn push(&mut self, line: &[u8]) {
+        self.buf.extend_from_slice(line);
+        self.ends.push(self.buf.len());
+    }
+
+    /// Number of lines.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Whether there is no line.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Bytes of all lines, line ends not counted.
+    pub fn bytes(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// The lines, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        let mut start = 0;
+        self.ends.iter().map(move |&end| {
+            let l = &self.buf[start..end];
+            start = end;
+            l
+        })
+    }
+
+    /// Empties the batch, keeping its memory.
+    pub fn clear(&mut self) {
+        self.buf.clear();
+        self.ends.clear();
+    }
 }
 
 /// An end-of-message edit.
@@ -96,6 +143,8 @@ pub struct FilterPipe {
     /// How long an answer may take.
     pub timeout: Duration,
     dec: Decoder,
+    /// Read buffer, allocated at the first read.
+    rbuf: Vec<u8>,
     out: Vec<u8>,
 }
 
@@ -127,6 +176,7 @@ impl FilterPipe {
             waiting: HashMap::new(),
             timeout,
             dec: Decoder::new(),
+            rbuf: Vec::new(),
             out: Vec::new(),
         })
     }
@@ -206,15 +256,18 @@ impl FilterPipe {
         let Some(sock) = self.sock.as_mut() else {
             return Err("not running".into());
         };
-        let mut buf = [0u8; 16384];
+        if self.rbuf.is_empty() {
+            // A 64 KiB message comes back from a pass-through filter in one or two reads.
+            self.rbuf = vec![0u8; 64 * 1024];
+        }
         let mut eof = false;
         loop {
-            match sock.read(&mut buf) {
+            match sock.read(&mut self.rbuf) {
                 Ok(0) => {
                     eof = true;
                     break;
                 }
-                Ok(n) => self.dec.feed(&buf[..n]),
+                Ok(n) => self.dec.feed(&self.rbuf[..n]),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
@@ -283,7 +336,11 @@ impl FilterPipe {
                 (_, Frame::Junk) => Answer::Junk,
                 (_, Frame::Rewrite(v)) => Answer::Rewrite(text(v)),
                 (_, Frame::DataLines(lines)) => {
-                    Answer::DataLines(lines.iter().map(|l| l.to_vec()).collect())
+                    let mut out = Lines::default();
+                    for l in lines {
+                        out.push(l);
+                    }
+                    Answer::DataLines(out)
                 }
                 (_, Frame::DataEnd) => Answer::DataEnd,
                 (_, Frame::AddHeader { name, value }) => {

@@ -4,6 +4,7 @@
 use super::reply::Reply;
 use super::session::{Action, DataLine, Session, State};
 use crate::config::Config;
+use crate::filter::pipe::Lines;
 use crate::linebuf::{Line, LineBuf};
 use crate::queue::envelope::Envelope;
 use crate::queue::spool::{is_no_space, Committer, Spool};
@@ -98,7 +99,7 @@ pub struct Conn {
     /// The filters the message's lines go through, in order (set at DATA).
     pub data_chain: Vec<usize>,
     /// Lines waiting to be sent to the first data filter.
-    data_batch: Vec<Vec<u8>>,
+    data_batch: Lines,
     data_batch_bytes: usize,
     /// The final dot was seen (with the pipelining flag); the chain's end is awaited.
     data_end: Option<bool>,
@@ -165,7 +166,7 @@ impl Conn {
             filter_query: None,
             chain: Vec::new(),
             data_chain: Vec::new(),
-            data_batch: Vec::new(),
+            data_batch: Lines::default(),
             data_batch_bytes: 0,
             data_end: None,
             data_end_sent: false,
@@ -330,7 +331,7 @@ impl Conn {
                         match self.session.on_data_line(bytes, bare) {
                             DataLine::Store(b) if !self.data_chain.is_empty() => {
                                 self.data_batch_bytes += b.len();
-                                self.data_batch.push(b.to_vec());
+                                self.data_batch.push(b);
                             }
                             DataLine::Store(b) => {
                                 if let Some(m) = self.msg.as_mut() {
@@ -637,7 +638,7 @@ impl Conn {
     }
 
     /// Lines for the first data filter, and whether the end marker follows them.
-    pub fn take_data_batch(&mut self) -> Option<(Vec<Vec<u8>>, bool)> {
+    pub fn take_data_batch(&mut self) -> Option<(Lines, bool)> {
         let end = self.data_end.is_some() && !self.data_end_sent;
         if self.data_batch.is_empty() && !end {
             return None;
@@ -649,9 +650,9 @@ impl Conn {
     }
 
     /// Stores lines that came out of the last data filter.
-    pub fn store_filtered(&mut self, lines: &[Vec<u8>], max_size: u64) {
+    pub fn store_filtered(&mut self, lines: &Lines, max_size: u64) {
         let Some(m) = self.msg.as_mut() else { return };
-        for l in lines {
+        for l in lines.iter() {
             self.filtered_bytes += l.len() as u64 + 2;
             if m.failed {
                 continue;
