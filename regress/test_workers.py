@@ -147,3 +147,33 @@ def test_start_cleans_what_a_crash_left(make_daemon, user1):
     assert [m.msgid for m in d.messages()] == [keep]
     assert not list((Path(d.spool_root()) / "corrupt").iterdir())
     assert "corrupt" not in d.log()
+
+
+def test_idle_workers_exit(make_daemon, user1, user2):
+    """A worker per user; each exits once the parent let it go after 10 s of idleness
+    (a worker must hold no end of another worker's channel for that to work)."""
+    d = make_daemon(rules=RULES, mail_owner="smtpdtest1", deliver=True, start=False)
+    out = d.dir / "two"
+    out.mkdir(parents=True)
+    os.chown(out, user2.pw_uid, user2.pw_gid)
+    d.rules = """
+action "two" maildir "%s" user smtpdtest2
+match from any for domain "other.test" action "two"
+""" % out + RULES
+    d.start()
+    send_many(d, 1, "alice@example.test")
+    send_many(d, 1, "bob@other.test")
+    assert len(d.wait_mailbox("alice", 1)) == 1
+    assert wait_until(lambda: (out / "new").is_dir() and len(list((out / "new").iterdir())) == 1, 10)
+    pids = [int(p) for p in re.findall(r"delivery worker for smtpdtest[12] started, pid (\d+)",
+                                       d.log())]
+    assert len(pids) == 2, d.log()[-2000:]
+
+    def gone(pid):
+        try:
+            with open("/proc/%d/stat" % pid) as f:
+                return f.read().split(") ")[1].startswith("Z")
+        except OSError:
+            return True
+
+    assert wait_until(lambda: all(gone(p) for p in pids), 20), d.log()[-2000:]

@@ -554,12 +554,17 @@ fn worker_eligible(req: &DeliverReq) -> bool {
     matches!(req.kind, LocalKind::Maildir { .. })
 }
 
-/// Forks a worker for `user`.
-fn spawn_worker(user: &str) -> io::Result<Worker> {
+/// Forks a worker for `user`. The child closes `others`: the parent's end of the
+/// engine's channel and of the other workers' channels, so that a channel the parent
+/// closes is seen as end of file by the one process on its other side.
+fn spawn_worker(user: &str, others: &[RawFd]) -> io::Result<Worker> {
     let (ours, theirs) = sys::seqpacket_pair()?;
     match sys::fork()? {
         None => {
             drop(ours);
+            for &fd in others {
+                sys::close(fd);
+            }
             run_worker(user, theirs)
         }
         Some(pid) => {
@@ -581,9 +586,6 @@ fn run_worker(user: &str, sock: OwnedFd) -> ! {
     sys::reset_signals();
     sys::die_with_parent();
     let fd = sock.as_raw_fd();
-    // Hold no end of the engine's or another worker's channel: the parent closing a
-    // channel must be seen as end of file by the process on the other side.
-    sys::close_fds_except(fd);
     if sys::set_blocking(fd).is_err() {
         sys::exit_now(EXIT_TEMP);
     }
@@ -948,7 +950,11 @@ fn handle_request(
     if worker_eligible(&req) {
         let i = match workers.iter().position(|w| w.user == req.user) {
             Some(i) => Some(i),
-            None => match spawn_worker(&req.user) {
+            None => match spawn_worker(&req.user, &{
+                let mut others: Vec<RawFd> = workers.iter().map(|w| w.sock.as_raw_fd()).collect();
+                others.push(chan);
+                others
+            }) {
                 Ok(w) => {
                     workers.push(w);
                     Some(workers.len() - 1)

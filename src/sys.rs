@@ -821,23 +821,12 @@ pub fn set_blocking(fd: RawFd) -> io::Result<()> {
     Ok(())
 }
 
-/// Closes every descriptor above 2 but `keep` (in a long-lived child, so that it holds
-/// no end of another process's channel). Reads `/proc/self/fd` where there is one,
-/// else closes up to the descriptor limit.
-pub fn close_fds_except(keep: RawFd) {
-    let open: Vec<RawFd> = match std::fs::read_dir("/proc/self/fd") {
-        Ok(dir) => dir
-            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-            .collect(),
-        Err(_) => (3..raise_nofile().min(65536) as RawFd).collect(),
-    };
-    for fd in open {
-        if fd > 2 && fd != keep {
-            // SAFETY: closing a descriptor number; the directory handle used to list
-            // them is already closed, and nothing else in this process uses the rest.
-            unsafe { libc::close(fd) };
-        }
-    }
+/// close(2) of a descriptor this process will not use again (in a forked child, the
+/// parent's ends of other channels).
+pub fn close(fd: RawFd) {
+    // SAFETY: closing a descriptor number; the caller owns no Rust handle that is used
+    // on this descriptor afterwards in this process.
+    unsafe { libc::close(fd) };
 }
 
 /// dup2(2): makes `target` a copy of `fd` (without close-on-exec).

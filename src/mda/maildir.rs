@@ -40,8 +40,8 @@ static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// Delivers `msg` into the maildir at `maildir`.
 ///
-/// Missing directories (`maildir` itself, its parents, `tmp`, `new`, `cur`) are created
-/// with mode 0700; the message file gets mode 0600. With `junk`, a message whose header
+/// When `tmp` or `new` is missing, the maildir is made whole (`maildir` itself, its
+/// parents, `tmp`, `new`, `cur`, with mode 0700) and the step tried again; the message file gets mode 0600. With `junk`, a message whose header
 /// section carries `X-Spam: yes` (name and value compared without regard to case) goes
 /// to the Maildir++ folder `.Junk` instead, created as needed. See the module
 /// documentation for how failures map to outcomes.
@@ -83,7 +83,15 @@ impl Staged {
             .map(|n| n.to_os_string())
             .unwrap_or_default();
         let dest = self.new_dir.join(name);
-        if let Err(e) = fs::rename(&self.tmp, &dest) {
+        let mut renamed = fs::rename(&self.tmp, &dest);
+        if matches!(&renamed, Err(e) if e.kind() == io::ErrorKind::NotFound) {
+            // `new/` is missing (`tmp/` is there): make the maildir whole, once.
+            if let Some(folder) = self.new_dir.parent() {
+                create_maildir(folder)?;
+            }
+            renamed = fs::rename(&self.tmp, &dest);
+        }
+        if let Err(e) = renamed {
             let _ = fs::remove_file(&self.tmp);
             return Err(fail("rename into", &self.new_dir)(e));
         }
@@ -150,9 +158,9 @@ fn stage_inner(
     sync: bool,
 ) -> Result<Staged, Failure> {
     let head = read_head(msg).map_err(fail("reading message for", maildir))?;
-    create_maildir(maildir)?;
     let folder = if junk && is_spam(&head) {
         let folder = maildir.join(JUNK_FOLDER);
+        create_maildir(maildir)?;
         create_maildir(&folder)?;
         mark_folder(&folder)?;
         folder
@@ -160,7 +168,14 @@ fn stage_inner(
         maildir.to_path_buf()
     };
 
-    let (tmp, mut file) = create_tmp(&folder)?;
+    // The directories are made when they are missing, not checked at every delivery.
+    let (tmp, mut file) = match create_tmp(&folder) {
+        Err(f) if f.err.kind() == io::ErrorKind::NotFound => {
+            create_maildir(&folder)?;
+            create_tmp(&folder)?
+        }
+        r => r?,
+    };
     let mut written = write_message(&mut file, &head, msg, &tmp);
     if sync {
         written = written.and_then(|()| file.sync_all().map_err(fail("fsync", &tmp)));
@@ -388,6 +403,21 @@ mod tests {
             let mode = fs::metadata(md.join(sub)).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o700, "{sub}");
         }
+    }
+
+    #[test]
+    fn a_half_made_maildir_is_completed() {
+        let t = TempDir::new("half");
+        let md = t.0.join("Maildir");
+        fs::create_dir_all(md.join("tmp")).unwrap();
+        assert_eq!(deliver(&md, false, &mut &MSG[..]), Outcome::Ok);
+        assert_eq!(entries(&md.join("new")).len(), 1);
+        assert!(md.join("cur").is_dir());
+        // A batch delivery does the same when new/ went missing.
+        fs::remove_dir_all(md.join("new")).unwrap();
+        let staged = stage(&md, false, &mut &MSG[..]).unwrap();
+        assert_eq!(staged.publish().unwrap(), md.join("new"));
+        assert_eq!(entries(&md.join("new")).len(), 1);
     }
 
     #[test]

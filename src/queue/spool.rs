@@ -412,9 +412,16 @@ impl Spool {
     /// Every envelope of a committed message: from `MSGID.env` when there is one, else
     /// from the message file.
     pub fn load_envelopes(&self, msgid: u32) -> io::Result<Vec<Envelope>> {
+        self.load_envelopes_from(msgid).map(|(envs, _)| envs)
+    }
+
+    /// [`Spool::load_envelopes`], and whether they came from `MSGID.env`.
+    fn load_envelopes_from(&self, msgid: u32) -> io::Result<(Vec<Envelope>, bool)> {
+        let mut from_env = true;
         let block = match fs::read(self.envelopes_path(msgid)) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                from_env = false;
                 let f = File::open(self.message_path(msgid))?;
                 let (len, env_len) = read_trailer(&f)?;
                 let mut b = vec![0u8; env_len];
@@ -430,7 +437,7 @@ impl Spool {
                 e.evpid
             )));
         }
-        Ok(envs)
+        Ok((envs, from_env))
     }
 
     /// Reads a committed envelope.
@@ -481,7 +488,7 @@ impl Spool {
     /// Returns whether the message went too.
     pub fn remove_envelope(&self, evpid: u64) -> io::Result<bool> {
         let msgid = (evpid >> 32) as u32;
-        let mut envs = match self.load_envelopes(msgid) {
+        let (mut envs, from_env) = match self.load_envelopes_from(msgid) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(true),
             r => r?,
         };
@@ -494,6 +501,9 @@ impl Spool {
         match self.recycle(&self.message_path(msgid)) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
             _ => {}
+        }
+        if !from_env {
+            return Ok(true);
         }
         match fs::remove_file(self.envelopes_path(msgid)) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
