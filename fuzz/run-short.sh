@@ -33,7 +33,7 @@ fuzz_dir=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$fuzz_dir")
 cd "$root" || exit 2
 
-all_targets=(command session linebuf envelope)
+all_targets=(command session linebuf envelope spoolfile)
 targets=("$@")
 [ ${#targets[@]} -eq 0 ] && targets=("${all_targets[@]}")
 
@@ -93,7 +93,7 @@ for t in "${targets[@]}"; do
 	[ -d "$fuzz_dir/seeds/$t" ] && corpora+=("$fuzz_dir/seeds/$t")
 	args=(-max_total_time="$secs" -timeout=10 -print_final_stats=1)
 	case $t in
-	envelope) args+=(-dict="$fuzz_dir/dict/envelope.dict") ;;
+	envelope | spoolfile) args+=(-dict="$fuzz_dir/dict/envelope.dict") ;;
 	command | session) args+=(-dict="$fuzz_dir/dict/smtp.dict") ;;
 	esac
 	[ -n "${FUZZ_JOBS:-}" ] && args+=(-fork="$FUZZ_JOBS")

@@ -69,7 +69,7 @@ const FREE_KEEP: u64 = 64 * 1024;
 /// [`TRAILER_LEN`] bytes.
 const TRAILER_MAGIC: &str = "smtpd-queue 1 ";
 /// Length of the trailer: magic, 16 hex digits, a space, 8 hex digits, a newline.
-const TRAILER_LEN: usize = TRAILER_MAGIC.len() + 16 + 1 + 8 + 1;
+pub const TRAILER_LEN: usize = TRAILER_MAGIC.len() + 16 + 1 + 8 + 1;
 /// Largest envelope block read back (1000 recipients of a few hundred bytes each fit
 /// many times over).
 const MAX_ENVELOPES_LEN: usize = 64 * 1024 * 1024;
@@ -121,7 +121,7 @@ fn fsync_dir(p: &Path) -> io::Result<()> {
 }
 
 /// The envelopes of a message, one after the other, as stored.
-fn encode_envelopes(envs: &[Envelope]) -> Vec<u8> {
+pub fn encode_envelopes(envs: &[Envelope]) -> Vec<u8> {
     let mut out = Vec::with_capacity(envs.len() * 512);
     for e in envs {
         out.extend_from_slice(e.encode().as_bytes());
@@ -130,7 +130,7 @@ fn encode_envelopes(envs: &[Envelope]) -> Vec<u8> {
 }
 
 /// Splits a block of envelopes at each envelope's header line and parses each.
-fn decode_envelopes(block: &[u8]) -> io::Result<Vec<Envelope>> {
+pub fn decode_envelopes(block: &[u8]) -> io::Result<Vec<Envelope>> {
     let header = Envelope::default().encode();
     let header = header.split('\n').next().unwrap_or_default().as_bytes();
     let mut starts: Vec<usize> = Vec::new();
@@ -167,7 +167,13 @@ fn read_trailer(f: &File) -> io::Result<(u64, usize)> {
     }
     let mut t = [0u8; TRAILER_LEN];
     f.read_exact_at(&mut t, size - TRAILER_LEN as u64)?;
-    let parsed = std::str::from_utf8(&t)
+    parse_trailer(&t, size)
+}
+
+/// Parses the trailer `t` (the last [`TRAILER_LEN`] bytes) of a message file of `size`
+/// bytes: (message length, envelope block length), checked against the size.
+pub fn parse_trailer(t: &[u8], size: u64) -> io::Result<(u64, usize)> {
+    let parsed = std::str::from_utf8(t)
         .ok()
         .and_then(|t| t.strip_prefix(TRAILER_MAGIC))
         .and_then(|t| t.strip_suffix('\n'))
