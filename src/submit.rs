@@ -211,7 +211,7 @@ pub fn write_offline(spool_root: &Path, s: &Submission) -> io::Result<std::path:
     }
 }
 
-/// Reads standard input up to [`MAX_INPUT`]; with `dot_ends` a line of a single `.`
+/// Reads standard input up to `MAX_INPUT`; with `dot_ends` a line of a single `.`
 /// ends the message (sendmail without `-i`).
 pub fn read_message(input: &mut dyn Read, dot_ends: bool) -> io::Result<Vec<u8>> {
     let mut data = Vec::new();

@@ -1,7 +1,7 @@
 //! The one mio loop: listeners, SMTP sessions, the control socket, the parent channel,
 //! signals, the commit waker, timers and the scheduler.
 //!
-//! Every token from [`FIRST_SLOT`] on indexes the slab of endpoints. Handlers tolerate
+//! Every token from `FIRST_SLOT` on indexes the slab of endpoints. Handlers tolerate
 //! spurious and stale events; endpoints are removed only between event batches.
 
 use crate::config::Config;
