@@ -360,52 +360,43 @@ fn deliver_as(req: &DeliverReq, pw: &sys::Passwd, msg: OwnedFd, batch: bool) -> 
 
 /// Makes a batch of staged maildir deliveries durable and visible: sync the files,
 /// move them into `new/`, sync the directories. On Linux each sync is one syncfs(2) per
-/// file system for the whole batch; elsewhere, an fsync per file and per directory.
-/// Returns the outcome of each, in order.
-fn finish_staged(staged: Vec<mda::maildir::Staged>) -> Vec<Outcome> {
+/// file system for the whole batch, on the first file of the batch there (opened before
+/// any of the batch's writes to that file system, so that a write-back error of any of
+/// them is reported to it); elsewhere, an fsync per file and per directory. Returns the
+/// outcome of each, in order.
+fn finish_staged(mut staged: Vec<mda::maildir::Staged>) -> Vec<Outcome> {
     use std::os::unix::fs::MetadataExt;
     use std::path::PathBuf;
-    /// One open directory per file system among `dirs`.
-    fn one_per_fs(dirs: &[PathBuf]) -> io::Result<Vec<File>> {
-        let mut out: Vec<(u64, File)> = Vec::new();
-        for d in dirs {
-            let f = File::open(d)?;
-            let dev = f.metadata()?.dev();
-            if !out.iter().any(|(x, _)| *x == dev) {
-                out.push((dev, f));
-            }
+    let files: Vec<File> = staged.iter_mut().filter_map(|s| s.take_file()).collect();
+    let mut handles: Vec<(u64, &File)> = Vec::new();
+    let mut unknown = None;
+    for f in &files {
+        match f.metadata() {
+            Ok(md) if handles.iter().any(|(dev, _)| *dev == md.dev()) => {}
+            Ok(md) => handles.push((md.dev(), f)),
+            Err(e) => unknown = Some(format!("maildir: fstat: {e}")),
         }
-        Ok(out.into_iter().map(|(_, f)| f).collect())
     }
-    fn sync_all(dirs: &[PathBuf], files: &[PathBuf]) -> Result<(), String> {
-        if sys::HAVE_SYNCFS {
-            for f in one_per_fs(dirs).map_err(|e| format!("maildir: {e}"))? {
-                sys::syncfs(f.as_raw_fd()).map_err(|e| format!("maildir: syncfs: {e}"))?;
-            }
-            return Ok(());
-        }
-        for p in files {
-            File::open(p)
-                .and_then(|f| f.sync_all())
-                .map_err(|e| format!("maildir: fsync {}: {e}", p.display()))?;
-        }
-        for d in dirs {
-            mda::maildir::sync_new(d)?;
+    let syncfs_all = || -> Result<(), String> {
+        for (_, h) in &handles {
+            sys::syncfs(h.as_raw_fd()).map_err(|e| format!("maildir: syncfs: {e}"))?;
         }
         Ok(())
-    }
-    let tmp_files: Vec<PathBuf> = staged.iter().map(|s| s.tmp_path().to_path_buf()).collect();
-    let mut tmp_dirs: Vec<PathBuf> = tmp_files
-        .iter()
-        .filter_map(|p| p.parent().map(Path::to_path_buf))
-        .collect();
-    tmp_dirs.dedup();
-    if let Err(e) = sync_all(&tmp_dirs, &tmp_files) {
-        staged.into_iter().for_each(mda::maildir::Staged::abandon);
-        return tmp_files
+    };
+    let written = if let Some(e) = unknown {
+        Err(e)
+    } else if sys::HAVE_SYNCFS {
+        syncfs_all()
+    } else {
+        files
             .iter()
-            .map(|_| Outcome::TempFail(e.clone()))
-            .collect();
+            .try_for_each(|f| f.sync_all())
+            .map_err(|e| format!("maildir: fsync: {e}"))
+    };
+    if let Err(e) = written {
+        let n = staged.len();
+        staged.into_iter().for_each(mda::maildir::Staged::abandon);
+        return (0..n).map(|_| Outcome::TempFail(e.clone())).collect();
     }
     let published: Vec<Result<PathBuf, String>> = staged
         .into_iter()
@@ -417,7 +408,7 @@ fn finish_staged(staged: Vec<mda::maildir::Staged>) -> Vec<Outcome> {
     // A failure here leaves the messages visible but not durable: they count as not
     // delivered, and a retry may duplicate them rather than lose them.
     let synced = if sys::HAVE_SYNCFS {
-        sync_all(&new_dirs, &[])
+        syncfs_all()
     } else {
         new_dirs.iter().try_for_each(|d| mda::maildir::sync_new(d))
     };

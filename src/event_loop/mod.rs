@@ -112,7 +112,7 @@ impl Server {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let w = waker.clone();
-        let committer = Committer::start(move || {
+        let committer = Committer::start(&spool, move || {
             let _ = w.wake();
         })?;
         let mut slab = Slab::new();

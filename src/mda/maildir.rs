@@ -60,12 +60,15 @@ pub fn deliver(maildir: &Path, junk: bool, msg: &mut dyn Read) -> Outcome {
 pub struct Staged {
     tmp: PathBuf,
     new_dir: PathBuf,
+    /// The temporary file, still open: opened before it was written, it is the handle
+    /// on which syncfs(2) reports a write-back error of the batch.
+    file: Option<File>,
 }
 
 impl Staged {
-    /// The temporary file, on whose file system the caller may call syncfs.
-    pub fn tmp_path(&self) -> &Path {
-        &self.tmp
+    /// The temporary file, open for writing, for the caller to sync (once).
+    pub fn take_file(&mut self) -> Option<File> {
+        self.file.take()
     }
 
     /// Renames the message into `new/`; returns that directory, to be synced. The
@@ -180,14 +183,15 @@ fn stage_inner(
     if sync {
         written = written.and_then(|()| file.sync_all().map_err(fail("fsync", &tmp)));
     }
-    drop(file);
     if let Err(e) = written {
+        drop(file);
         let _ = fs::remove_file(&tmp);
         return Err(e);
     }
     Ok(Staged {
         tmp,
         new_dir: folder.join("new"),
+        file: (!sync).then_some(file),
     })
 }
 
