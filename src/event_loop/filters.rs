@@ -434,6 +434,9 @@ impl Server {
         }
         if let (Some((lines, end)), Some(fid)) = (batch, first) {
             self.send_lines(fid, sid, &lines, end, now);
+            if let Some(Entry::Smtp(c)) = self.slab.get_mut(key) {
+                c.return_data_batch(lines);
+            }
         }
         if let Some(q) = q {
             self.start_chain(key, q, now);

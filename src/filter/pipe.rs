@@ -56,19 +56,29 @@ pub enum Answer {
     Discard,
 }
 
-/// A batch of message lines (without line ends) in one buffer: one allocation per
-/// batch, not per line.
+/// A batch of message lines in one buffer, each followed by LF as in the spool: one
+/// allocation per batch, not per line, and stored with one copy.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Lines {
     buf: Vec<u8>,
+    /// Where each line ends, its LF not included.
     ends: Vec<usize>,
 }
 
 impl Lines {
-    /// Appends a line.
+    /// An empty batch with room for `lines` lines of `bytes` bytes in all.
+    pub fn with_capacity(lines: usize, bytes: usize) -> Lines {
+        Lines {
+            buf: Vec::with_capacity(bytes + lines),
+            ends: Vec::with_capacity(lines),
+        }
+    }
+
+    /// Appends a line (without its line end).
     pub fn push(&mut self, line: &[u8]) {
         self.buf.extend_from_slice(line);
         self.ends.push(self.buf.len());
+        self.buf.push(b'\n');
     }
 
     /// Number of lines.
@@ -81,19 +91,19 @@ impl Lines {
         self.ends.is_empty()
     }
 
-    /// Bytes of all lines, line ends not counted.
-    pub fn bytes(&self) -> usize {
-        self.buf.len()
-    }
-
-    /// The lines, in order.
+    /// The lines, in order, without their line ends.
     pub fn iter(&self) -> impl Iterator<Item = &[u8]> {
         let mut start = 0;
         self.ends.iter().map(move |&end| {
             let l = &self.buf[start..end];
-            start = end;
+            start = end + 1;
             l
         })
+    }
+
+    /// Every line, each followed by LF.
+    pub fn text(&self) -> &[u8] {
+        &self.buf
     }
 
     /// Empties the batch, keeping its memory.
@@ -336,7 +346,8 @@ impl FilterPipe {
                 (_, Frame::Junk) => Answer::Junk,
                 (_, Frame::Rewrite(v)) => Answer::Rewrite(text(v)),
                 (_, Frame::DataLines(lines)) => {
-                    let mut out = Lines::default();
+                    let bytes = lines.iter().map(|l| l.len()).sum();
+                    let mut out = Lines::with_capacity(lines.len(), bytes);
                     for l in lines {
                         out.push(l);
                     }

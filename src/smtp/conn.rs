@@ -649,24 +649,31 @@ impl Conn {
         Some((std::mem::take(&mut self.data_batch), end))
     }
 
+    /// Gives back a batch taken with [`Conn::take_data_batch`] once it was sent, so that
+    /// the next one reuses its memory.
+    pub fn return_data_batch(&mut self, mut lines: Lines) {
+        if self.data_batch.is_empty() {
+            lines.clear();
+            self.data_batch = lines;
+        }
+    }
+
     /// Stores lines that came out of the last data filter.
     pub fn store_filtered(&mut self, lines: &Lines, max_size: u64) {
         let Some(m) = self.msg.as_mut() else { return };
-        for l in lines.iter() {
-            self.filtered_bytes += l.len() as u64 + 2;
-            if m.failed {
-                continue;
-            }
-            if self.filtered_bytes > max_size {
-                self.session.on_filter_overflow();
-                m.failed = true;
-                continue;
-            }
-            m.buf.extend_from_slice(l);
-            m.buf.push(b'\n');
-            if m.buf.len() >= MSG_CHUNK {
-                write_chunk(m, &mut self.session);
-            }
+        // Counted as on the wire: each line with CR LF.
+        self.filtered_bytes += (lines.text().len() + lines.len()) as u64;
+        if m.failed {
+            return;
+        }
+        if self.filtered_bytes > max_size {
+            self.session.on_filter_overflow();
+            m.failed = true;
+            return;
+        }
+        m.buf.extend_from_slice(lines.text());
+        if m.buf.len() >= MSG_CHUNK {
+            write_chunk(m, &mut self.session);
         }
     }
 
