@@ -927,8 +927,15 @@ class DaemonFactory:
         self.daemons = []
 
     def __call__(self, rules=DEFAULT_RULES, extra="", start=True, **kw):
-        name = kw.pop("name", "smtpd%d" % len(self.daemons))
+        name = kw.pop("name", self.next_name())
         d = Daemon(self.tmp / name, rules=rules, extra=extra, name=name, **kw)
+        return self.add(d, start)
+
+    def next_name(self):
+        return "smtpd%d" % len(self.daemons)
+
+    def add(self, d, start=True):
+        """Keeps `d` for the cleanup, started unless `start` is false."""
         self.daemons.append(d)
         if start:
             d.start()

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (DEFAULT_RULES, REPO, accepted_id, data_of, needs_root, smtpd_bin,
-                      wait_until)
+from conftest import (DEFAULT_RULES, REPO, DaemonFactory, accepted_id, data_of, needs_root,
+                      smtpd_bin, wait_until)
 from filterlib import FilterDaemon
 
 PY = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
@@ -82,15 +82,14 @@ def fbin(fbase):
         os.environ.pop("SMTPD_BIN", None)
 
 
-class Factory:
+class Factory(DaemonFactory):
     """make(filters=..., listen_filter=..., rules=..., extra=..., deliver=...) -> a started
     FilterDaemon; py(NAME, SPEC, OPTIONS) -> the `filter NAME proc-exec` line of a Python
     filter whose spec is written into the test directory."""
 
     def __init__(self, tmp_path, fbin):
-        self.tmp = tmp_path
+        super().__init__(tmp_path)
         self.bin = fbin
-        self.daemons = []
         os.chmod(tmp_path, 0o755)
         # Marker files of "once" answers: written by the filters (as _smtpd or nobody).
         self.state = tmp_path / "state"
@@ -114,20 +113,10 @@ class Factory:
 
     def __call__(self, filters="", listen_filter=None, rules=DEFAULT_RULES, extra="", start=True,
                  **kw):
-        name = "smtpd%d" % len(self.daemons)
+        name = self.next_name()
         d = FilterDaemon(self.tmp / name, filters=filters, listen_filter=listen_filter,
                          rules=rules, extra=extra, name=name, **kw)
-        self.daemons.append(d)
-        if start:
-            d.start()
-        return d
-
-    def cleanup(self):
-        for d in self.daemons:
-            try:
-                d.stop(grace=10.0)
-            except Exception:  # noqa: BLE001 - teardown must go on
-                d._reap_hard()
+        return self.add(d, start)
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, Daemon, SMTPRaw, accepted_id, allow_traversal, wait_until
+from conftest import REPO, Daemon, DaemonFactory, SMTPRaw, accepted_id, allow_traversal, wait_until
 
 PY = "/usr/bin/python3"
 TESTMILTER = REPO / "regress" / "milter" / "testmilter.py"
@@ -135,12 +135,12 @@ class Proc:
         self.logf.close()
 
 
-class Env:
+class Env(DaemonFactory):
     """Per-test setup: the bridge copied where `_smtpd` can run it, milter processes,
     daemons; everything stopped at the end."""
 
     def __init__(self, tmp_path):
-        self.tmp = tmp_path
+        super().__init__(tmp_path)
         allow_traversal(tmp_path)
         bindir = tmp_path / "bin"
         bindir.mkdir(mode=0o755, exist_ok=True)
@@ -152,15 +152,11 @@ class Env:
         self.sockdir.mkdir(exist_ok=True)
         os.chmod(self.sockdir, 0o777)
         self.procs = []
-        self.daemons = []
         self.threads = []
 
     def daemon(self, bridge_args, name=None, **kw):
-        name = name or "smtpd%d" % len(self.daemons)
-        d = MilterDaemon(self.tmp / name, self.bridge, bridge_args, name=name, **kw)
-        self.daemons.append(d)
-        d.start()
-        return d
+        name = name or self.next_name()
+        return self.add(MilterDaemon(self.tmp / name, self.bridge, bridge_args, name=name, **kw))
 
     def wait_socket(self, path, proc, timeout=20.0):
         ok = wait_until(lambda: path.exists() or proc.proc.poll() is not None, timeout)
@@ -213,11 +209,7 @@ class Env:
         return "unix:%s" % sock
 
     def cleanup(self):
-        for d in self.daemons:
-            try:
-                d.stop(grace=10.0)
-            except Exception:  # noqa: BLE001 - teardown must go on
-                d._reap_hard()
+        super().cleanup()
         for p in self.procs:
             p.stop()
         for stop, t, srv, held in self.threads:

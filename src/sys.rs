@@ -778,10 +778,24 @@ pub fn stream_pair() -> io::Result<(OwnedFd, OwnedFd)> {
 
 /// Sets O_NONBLOCK on a descriptor.
 pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    set_o_nonblock(fd, true)
+}
+
+/// Clears O_NONBLOCK on a descriptor.
+pub fn set_blocking(fd: RawFd) -> io::Result<()> {
+    set_o_nonblock(fd, false)
+}
+
+fn set_o_nonblock(fd: RawFd, on: bool) -> io::Result<()> {
     // SAFETY: fcntl on a descriptor we own; flags are read then written back.
     unsafe {
         let fl = libc::fcntl(fd, libc::F_GETFL);
-        if fl < 0 || libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK) < 0 {
+        let want = if on {
+            fl | libc::O_NONBLOCK
+        } else {
+            fl & !libc::O_NONBLOCK
+        };
+        if fl < 0 || libc::fcntl(fd, libc::F_SETFL, want) < 0 {
             return Err(io::Error::last_os_error());
         }
     }
@@ -789,8 +803,8 @@ pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
 }
 
 /// syncfs(2): writes out and flushes everything of the file system holding `fd`, in one
-/// call and one device flush (Linux; elsewhere, sync(2), which may return before the
-/// data is on disk, so the callers keep their per-file fsyncs there).
+/// call and one device flush (Linux only: elsewhere the callers keep their per-file
+/// fsyncs, see [`HAVE_SYNCFS`]).
 #[cfg(target_os = "linux")]
 pub fn syncfs(fd: RawFd) -> io::Result<()> {
     // SAFETY: syncfs takes a descriptor and has no memory effects.
@@ -807,18 +821,6 @@ pub const HAVE_SYNCFS: bool = cfg!(target_os = "linux");
 #[cfg(not(target_os = "linux"))]
 pub fn syncfs(_fd: RawFd) -> io::Result<()> {
     Err(io::ErrorKind::Unsupported.into())
-}
-
-/// Clears O_NONBLOCK on a descriptor.
-pub fn set_blocking(fd: RawFd) -> io::Result<()> {
-    // SAFETY: fcntl on a descriptor we own; flags are read then written back.
-    unsafe {
-        let fl = libc::fcntl(fd, libc::F_GETFL);
-        if fl < 0 || libc::fcntl(fd, libc::F_SETFL, fl & !libc::O_NONBLOCK) < 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
 }
 
 /// close(2) of a descriptor this process will not use again (in a forked child, the
