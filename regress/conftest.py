@@ -895,6 +895,17 @@ def _remove_mbox(name):
             pass
 
 
+def smtpq_gid():
+    """The gid of the group _smtpq (of a setgid sendmail), created when missing."""
+    import grp
+
+    try:
+        return grp.getgrnam("_smtpq").gr_gid
+    except KeyError:
+        subprocess.run(["groupadd", "-r", "_smtpq"], capture_output=True, timeout=60)
+        return grp.getgrnam("_smtpq").gr_gid
+
+
 def needs_root():
     if os.geteuid() != 0:
         pytest.skip("needs root (smtpd delivers as other users only when started as root)")

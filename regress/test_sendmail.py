@@ -4,7 +4,6 @@ mailutils' mail(1) sending through our sendmail."""
 
 import email
 import email.utils
-import grp
 import os
 import re
 import shutil
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import needs_root, smtpd_bin, wait_until
+from conftest import needs_root, smtpd_bin, smtpq_gid, wait_until
 
 RULES = """
 action "mb" maildir "{MAILDIR}/%{dest.user:lowercase|strip}" user smtpdtest1
@@ -241,17 +240,9 @@ def test_newaliases(make_daemon, tmp_path):
     assert r.returncode == 64 and "usage:" in r.stderr, r
 
 
-def _ensure_smtpq():
-    try:
-        return grp.getgrnam("_smtpq").gr_gid
-    except KeyError:
-        subprocess.run(["groupadd", "-r", "_smtpq"], capture_output=True, timeout=60)
-        return grp.getgrnam("_smtpq").gr_gid
-
-
 def test_offline_queue(make_daemon, user1):
     no_etc_conf()
-    gid = _ensure_smtpq()  # before the first start: offline/ becomes root:_smtpq 1770
+    gid = smtpq_gid()  # before the first start: offline/ becomes root:_smtpq 1770
     d = make_daemon(rules=RULES, deliver=True, mail_owner="smtpdtest1")
     assert d.stop() == 0
     off = d.queue / "offline"

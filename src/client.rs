@@ -80,11 +80,11 @@ pub fn smtpctl(prog: &str, args: &[String]) -> i32 {
 }
 
 /// `sendmail [-t] [-i|-oi] [-f SENDER] [-F NAME] [-bs|-bp|-bi] [RCPT...]`.
-pub fn sendmail(prog: &str, args: &[String]) -> i32 {
-    // The setgid group (to write offline/) is set aside at once and taken back only to
-    // create that file.
-    let setgid = crate::sys::is_setgid();
-    let saved_gid = crate::sys::suspend_setgid();
+/// `offline_gid` is the setgid group the binary was started with, already set aside
+/// (effective group back to the real one): it is taken back only to create the offline
+/// file, and given up for good on every other path.
+pub fn sendmail(prog: &str, args: &[String], offline_gid: Option<u32>) -> i32 {
+    let setgid = offline_gid.is_some();
     let mut opts = getopts::Options::new();
     opts.optflag("t", "", "read recipients from the To, Cc and Bcc headers");
     opts.optflag("i", "", "a line of a single dot does not end the message");
@@ -211,10 +211,7 @@ pub fn sendmail(prog: &str, args: &[String]) -> i32 {
             0
         }
         Err(e) if is_unreachable(&e) => {
-            if let Some(g) = saved_gid {
-                crate::sys::resume_setgid(g);
-            }
-            let r = submit::write_offline(&root, &sub);
+            let r = submit::write_offline(&root, &sub, offline_gid);
             let _ = crate::sys::drop_setgid();
             match r {
                 Ok(_) => {

@@ -13,6 +13,15 @@ const DEFAULT_CONFIG: &str = "/etc/smtpd.conf";
 /// The name the built-in configuration goes by in messages.
 const BUILT_IN: &str = "(built-in development configuration)";
 
+/// The programs the binary can be, besides the daemon.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Personality {
+    Smtpctl,
+    Mailq,
+    Sendmail,
+    Newaliases,
+}
+
 fn usage(prog: &str, opts: &getopts::Options) -> String {
     opts.usage(&format!(
         "usage: {prog} [-dFhnv] [-D macro=value] [-f file] [-P mda|mta|smtp]"
@@ -25,17 +34,36 @@ fn main() -> ExitCode {
         .first()
         .and_then(|a| Path::new(a).file_name())
         .map_or("smtpd".to_string(), |n| n.to_string_lossy().into_owned());
-    // One binary, several personalities, chosen by name (or `smtpd ctl|sendmail ...`).
-    let code = match (prog.as_str(), args.get(1).map(String::as_str)) {
-        ("smtpctl", _) => Some(client::smtpctl(&prog, &args[1..])),
-        ("mailq", _) => Some(client::smtpctl(&prog, &["show".into(), "queue".into()])),
-        ("sendmail" | "send-mail", _) => Some(client::sendmail(&prog, &args[1..])),
-        ("newaliases", _) => Some(client::newaliases(&prog, &args[1..])),
-        (_, Some("ctl")) => Some(client::smtpctl("smtpctl", &args[2..])),
-        (_, Some("sendmail")) => Some(client::sendmail("sendmail", &args[2..])),
-        (_, Some("newaliases")) => Some(client::newaliases("newaliases", &args[2..])),
-        _ => None,
+    // One binary, several personalities, chosen by name (or `smtpd ctl|sendmail ...`):
+    // the personality, the name it goes by in messages, and where its arguments start.
+    let (personality, name, first) = match (prog.as_str(), args.get(1).map(String::as_str)) {
+        ("smtpctl", _) => (Some(Personality::Smtpctl), prog.as_str(), 1),
+        ("mailq", _) => (Some(Personality::Mailq), prog.as_str(), 1),
+        ("sendmail" | "send-mail", _) => (Some(Personality::Sendmail), prog.as_str(), 1),
+        ("newaliases", _) => (Some(Personality::Newaliases), prog.as_str(), 1),
+        (_, Some("ctl")) => (Some(Personality::Smtpctl), "smtpctl", 2),
+        (_, Some("sendmail")) => (Some(Personality::Sendmail), "sendmail", 2),
+        (_, Some("newaliases")) => (Some(Personality::Newaliases), "newaliases", 2),
+        _ => (None, prog.as_str(), 1),
     };
+    // Installed setgid (so that sendmail can write the offline queue), the binary gives
+    // the group up before it acts on its name or arguments, both chosen by the caller:
+    // sendmail keeps it set aside to create its offline file, and every other
+    // personality loses it for good.
+    let offline_gid = smtpd::sys::suspend_setgid();
+    if personality != Some(Personality::Sendmail) {
+        if let Err(e) = smtpd::sys::drop_setgid() {
+            eprintln!("{prog}: cannot give up the setgid group: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let rest = args.get(first..).unwrap_or_default();
+    let code = personality.map(|p| match p {
+        Personality::Smtpctl => client::smtpctl(name, rest),
+        Personality::Mailq => client::smtpctl(name, &["show".into(), "queue".into()]),
+        Personality::Sendmail => client::sendmail(name, rest, offline_gid),
+        Personality::Newaliases => client::newaliases(name, rest),
+    });
     if let Some(code) = code {
         return ExitCode::from(u8::try_from(code).unwrap_or(1));
     }

@@ -187,28 +187,41 @@ pub fn decode_offline(data: &[u8]) -> Option<Submission> {
     })
 }
 
-/// Leaves a submission in `offline/` for the daemon to enqueue at start.
-pub fn write_offline(spool_root: &Path, s: &Submission) -> io::Result<std::path::PathBuf> {
+/// Leaves a submission in `offline/` for the daemon to enqueue at start. The file is
+/// readable by its owner only (the daemon's parent reads it as root). With `setgid`
+/// (the group a setgid binary set aside), the group is taken back only for the
+/// creation of the file and given up for good before anything is written.
+pub fn write_offline(
+    spool_root: &Path,
+    s: &Submission,
+    setgid: Option<u32>,
+) -> io::Result<std::path::PathBuf> {
     let dir = spool_root.join("offline");
-    loop {
-        let name = format!("{:016x}", crate::sys::random_u64());
-        let path = dir.join(name);
-        match OpenOptions::new()
+    let (mut f, path) = loop {
+        let path = dir.join(format!("{:016x}", crate::sys::random_u64()));
+        let old_mask = crate::sys::set_umask(0o077);
+        if let Some(g) = setgid {
+            crate::sys::resume_setgid(g);
+        }
+        let r = OpenOptions::new()
             .write(true)
             .create_new(true)
             .custom_flags(libc::O_NOFOLLOW)
-            .mode(0o660)
-            .open(&path)
-        {
-            Ok(mut f) => {
-                f.write_all(&encode_offline(s))?;
-                f.sync_all()?;
-                return Ok(path);
-            }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            .mode(0o600)
+            .open(&path);
+        if setgid.is_some() {
+            crate::sys::drop_setgid()?;
+        }
+        crate::sys::set_umask(old_mask);
+        match r {
+            Ok(f) => break (f, path),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && setgid.is_none() => continue,
             Err(e) => return Err(e),
         }
-    }
+    };
+    f.write_all(&encode_offline(s))?;
+    f.sync_all()?;
+    Ok(path)
 }
 
 /// Reads standard input up to `MAX_INPUT`; with `dot_ends` a line of a single `.`
@@ -350,6 +363,7 @@ pub fn flush_offline(spool: &Spool, socket: &Path) -> usize {
     let Ok(entries) = std::fs::read_dir(&dir) else {
         return 0;
     };
+    let euid = crate::sys::geteuid();
     let mut n = 0;
     for ent in entries.flatten() {
         let path = ent.path();
@@ -365,6 +379,16 @@ pub fn flush_offline(spool: &Spool, socket: &Path) -> usize {
             }
         };
         let Ok(md) = f.metadata() else { continue };
+        // Only root submits as another user. A daemon started by a plain user (whose
+        // spool may lead to another's offline/) leaves other users' files alone.
+        if euid != 0 && md.uid() != euid {
+            log::warn!(
+                "offline: {}: owned by uid {}, not ours: left alone",
+                path.display(),
+                md.uid()
+            );
+            continue;
+        }
         if !md.is_file() || md.nlink() != 1 {
             log::warn!("offline: {}: not a plain file, removed", path.display());
             let _ = std::fs::remove_file(&path);

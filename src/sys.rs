@@ -720,10 +720,11 @@ pub fn lchown(path: &Path, uid: u32, gid: u32) -> io::Result<()> {
     std::os::unix::fs::lchown(path, Some(uid), Some(gid))
 }
 
-/// Sets the process umask.
-pub fn set_umask(mask: u32) {
+/// Sets the process umask; returns the previous one.
+#[allow(clippy::useless_conversion)] // mode_t is narrower than u32 on some systems
+pub fn set_umask(mask: u32) -> u32 {
     // SAFETY: umask has no memory effects.
-    unsafe { libc::umask(mask as libc::mode_t) };
+    u32::from(unsafe { libc::umask(mask as libc::mode_t) })
 }
 
 /// Restores default dispositions for the signals the daemon handles (in children).
