@@ -855,7 +855,7 @@ def as_user(name):
 TEST_USERS = ("smtpdtest1", "smtpdtest2")
 
 
-def ensure_user(name):
+def ensure_user(name, shell="/bin/sh"):
     """The passwd entry of the test user `name`, created when missing (root only)."""
     assert name.startswith("smtpdtest"), name
     try:
@@ -864,7 +864,7 @@ def ensure_user(name):
         pass
     if os.geteuid() != 0:
         pytest.skip("needs root to create the test user %s" % name)
-    r = subprocess.run(["useradd", "-m", "-s", "/bin/sh", name], capture_output=True, text=True,
+    r = subprocess.run(["useradd", "-m", "-s", shell, name], capture_output=True, text=True,
                        timeout=60)
     try:
         return pwd.getpwnam(name)

@@ -79,6 +79,21 @@ def bounces(d, who="sender", n=1, timeout=15.0):
 # ---------------------------------------------------------------------------
 
 
+def test_delivered_to_names_the_recipient_as_received(make_daemon, user1):
+    """Delivered-To names the address the client gave, not the account it maps to
+    (Postfix and OpenSMTPD do the same): a virtual mapping of Bob@Virt.test to the
+    account "mapped" gives Delivered-To: Bob@virt.test."""
+    d = mk(make_daemon,
+           actions='table virt { "bob@virt.test" = "mapped" }\n'
+                   'action "v" maildir "{MAILDIR}/%{dest.user}" user smtpdtest1 virtual <virt>\n',
+           matches='match from any for domain "virt.test" action "v"\n')
+    send(d, ["Bob@Virt.test"])
+    got = d.wait_mailbox("mapped", 1, 10)
+    assert got, d.log()[-2000:]
+    # (the domain, case-insensitive, is kept in lower case from RCPT on)
+    assert got[0][1].startswith(trace(SENDER, "Bob@virt.test")), got[0][1][:200]
+
+
 def test_maildir_delivery(make_daemon, user1):
     d = mk(make_daemon, deliver=False)  # held: read what was committed first
     msgid = send(d, ["alice@example.test", "Bob+Tag@example.test"],

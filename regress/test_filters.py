@@ -806,6 +806,26 @@ def test_large_message_through_data_filters(fx, chain):
     assert m.body() == stored(["Subject: big colour", ""] + [l.replace("colour", to) for l in body])
 
 
+@pytest.mark.parametrize("chain", ["rw", "{ rw, py }"])
+def test_long_lines_through_data_filters(fx, chain):
+    """Lines longer than RFC 5321 allows, and than the input buffer, reach the filters
+    whole and come back intact; a line longer than the protocol carries (65535 octets)
+    refuses its message, and the session goes on."""
+    d = fx(fx.ex("rw", "filter-rewrite", "colour color") + fx.py("py", {"lines": [["color", "COLOR"]]}),
+           chain)
+    long1 = "colour " + "x" * 5000
+    long2 = "y" * 65535
+    with d.client(timeout=60) as c:
+        c.ehlo()
+        r = transaction(c, "a@example.test", ["b@example.test"], ["Subject: too long", "", "z" * 65536])
+        assert r.is_(500, "5.5.2"), r
+        lines = ["Subject: long", "", long1, long2, "end"]
+        msgid = accepted_id(transaction(c, "a@example.test", ["b@example.test"], lines))
+    (m,) = check_spool(d, [msgid])
+    to = "COLOR" if "py" in chain else "color"
+    assert m.body() == stored(["Subject: long", "", long1.replace("colour", to), long2, "end"])
+
+
 def test_connlimit_counts_disconnects(fx):
     """filter-connlimit keeps a count per address from connect and disconnect events."""
     d = fx(fx.ex("cl", "filter-connlimit", "2"), "cl")
@@ -1344,9 +1364,10 @@ def test_socket_filter_sees_sendmail(fx):
     assert [e["rcpt"] for e in msgs[0].envelopes] == ["alice@example.test"]
     assert re.search(LOGPFX + r"filter sock: [0-9a-f]{16} connect local=local remote=local", d.log(),
                      re.M), d.log()[-3000:]
-    # A refusal by the socket's filter reaches sendmail: nothing is queued.
-    r = d.sendmail(["unwanted@example.test"], b"Subject: refused\n\nno\n")
-    assert r.returncode != 0, r
+    # A refusal by the socket's filter reaches sendmail; from <>, nothing is queued
+    # (no one to return it to) and the exit status says so (EX_NOUSER).
+    r = d.sendmail(["-f", "<>", "unwanted@example.test"], b"Subject: refused\n\nno\n")
+    assert r.returncode == 67, r
     assert b"not via socket" in r.stderr, r.stderr
     # TCP sessions of a listener without a filter do not go through it.
     with d.client() as c:

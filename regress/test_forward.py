@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import needs_root, parse_dsn, wait_until
+from conftest import ensure_user, needs_root, parse_dsn, wait_until
 
 SENDER = "sender@example.test"
 
@@ -102,12 +102,38 @@ def test_forward_to_another_address(make_daemon, fwd, user2):
     got = d.wait_mailbox("elsewhere", 1, 10)
     assert got and d.wait_queue_empty(10), d.log()[-2000:]
     assert ("id %s" % msgid).encode() in got[0][1]
-    # smtpd(8), Local deliveries: Delivered-To is the recipient as the client gave it when
-    # it names the user, else the user's name at the recipient's domain -- the recipient
-    # being smtpdtest2@localhost, as the client gave it.
-    assert got[0][1].startswith(b"Return-Path: <%s>\nDelivered-To: elsewhere@localhost\n"
+    # smtpd(8), Local deliveries: Delivered-To is the recipient as the client gave it,
+    # smtpdtest2@localhost, whatever forward file led elsewhere.
+    assert got[0][1].startswith(b"Return-Path: <%s>\nDelivered-To: smtpdtest2@localhost\n"
                                 % SENDER.encode()), got[0][1][:200]
     assert d.mailbox("smtpdtest2") == []
+
+
+def test_forward_command_of_account_without_login_shell_is_ignored(make_daemon):
+    """As Sendmail does: an account whose shell is not in /etc/shells (a system account
+    with nologin) runs no command through its .forward; the .forward is ignored, with a
+    log line, and the mail stays in the mailbox."""
+    needs_root()
+    nologin = "/usr/sbin/nologin"
+    pw = ensure_user("smtpdtest3", shell=nologin)
+    assert pw.pw_shell == nologin, pw
+    assert nologin not in Path("/etc/shells").read_text().split(), "nologin is a login shell here"
+    path = Path(pw.pw_dir) / ".forward"
+    d = make_daemon(rules=RULES, deliver=True, mail_owner="*")
+    out = d.dir / "out"
+    out.mkdir()
+    os.chown(out, pw.pw_uid, pw.pw_gid)
+    path.write_text('"|touch %s/ran"\n' % out)
+    os.chown(path, pw.pw_uid, pw.pw_gid)
+    try:
+        send(d, "smtpdtest3@localhost")
+        assert d.wait_mailbox("smtpdtest3", 1, 10), d.log()[-2000:]
+        assert d.wait_queue_empty(10)
+    finally:
+        path.unlink()
+    assert not (out / "ran").exists()
+    assert re.search(r"\.forward: a command or file for smtpdtest3, whose shell "
+                     r"\"/usr/sbin/nologin\" is not in /etc/shells: ignored", d.log()), d.log()[-2000:]
 
 
 def test_unsafe_forward_is_ignored(make_daemon, fwd, user2):

@@ -60,26 +60,51 @@ def test_text_line_1000_accepted(daemon):
     assert m.body() == b"Subject: long\n\n" + line + b"\n"
 
 
-def test_text_line_1001_refused(daemon):
+def test_long_text_lines_accepted_and_kept_intact(daemon):
+    """Real senders send lines over RFC 5321's 1000 octets (OpenSMTPD does not fold):
+    without a configured max-text-line they are accepted, up to the message size, and
+    stored intact, whatever the input buffer's size (a 200 kB line comes in pieces)."""
+    lines = [b"a" * 999, b"Subject-ish " + b"b" * 5000, b".." + b"c" * 70000, b"d" * 200000,
+             b"." * 3]
     with daemon.client() as c:
+        c.ehlo()
+        body = b"Subject: " + b"s" * 3000 + b"\r\n\r\n" + b"\r\n".join(lines) + b"\r\n"
+        msgid = accepted_id(_data(c, body))
+        # The session goes on.
+        msgid2 = accepted_id(_data(c, b"ok\r\n"))
+    msgs = {m.msgid: m for m in daemon.wait_messages(2)}
+    assert set(msgs) == {msgid, msgid2}
+    unstuffed = [line[1:] if line.startswith(b".") else line for line in lines]
+    assert msgs[msgid].body() == (b"Subject: " + b"s" * 3000 + b"\n\n"
+                                  + b"\n".join(unstuffed) + b"\n")
+
+
+@pytest.fixture
+def limited(make_daemon):
+    """A daemon with RFC 5321's text line limit set."""
+    return make_daemon(extra="smtp limit max-text-line 1000")
+
+
+def test_text_line_1001_refused_with_a_limit(limited):
+    with limited.client() as c:
         c.ehlo()
         r = _data(c, b"Subject: long\r\n\r\n" + b"a" * 999 + b"\r\nafter\r\n")
         assert r.is_(500, "5.5.2"), r
         # The session goes on.
         msgid = accepted_id(_data(c, b"ok\r\n"))
     time.sleep(0.2)
-    assert [m.msgid for m in daemon.messages()] == [msgid]
-    assert daemon.incoming() == []
+    assert [m.msgid for m in limited.messages()] == [msgid]
+    assert limited.incoming() == []
 
 
-def test_text_line_very_long_refused(daemon):
+def test_text_line_very_long_refused_with_a_limit(limited):
     """A 200 kB line (bigger than any buffer) is refused and the dot is still found."""
-    with daemon.client() as c:
+    with limited.client() as c:
         c.ehlo()
         r = _data(c, b"x" * 200000 + b"\r\nafter\r\n")
         assert r.is_(500, "5.5.2"), r
         c.expect("NOOP", 250, "2.0.0")
-    assert daemon.messages() == []
+    assert limited.messages() == []
 
 
 # --- message size --------------------------------------------------------------------------
@@ -283,23 +308,23 @@ def test_max_sessions_per_address(make_daemon):
 # --- more line-length edges ------------------------------------------------------------
 
 
-def test_stuffed_dot_not_counted_in_text_line(daemon):
+def test_stuffed_dot_not_counted_in_text_line(limited):
     """RFC 5321 4.5.3.1.6: 1000 octets incl. CR LF "not counting the leading dot
     duplicated for transparency".  A line of 998 octets that starts with a dot is sent
     as 999 + CR LF = 1001 octets and must be accepted."""
     line = b"." + b"d" * 997  # 998 octets as stored
-    with daemon.client() as c:
+    with limited.client() as c:
         c.ehlo()
         r = _data(c, b"Subject: dot\r\n\r\n." + line + b"\r\n")
         msgid = accepted_id(r)
-    (m,) = daemon.wait_messages(1)
+    (m,) = limited.wait_messages(1)
     assert m.msgid == msgid
     assert m.body() == b"Subject: dot\n\n" + line + b"\n"
 
 
-def test_stuffed_dot_line_over_limit_refused(daemon):
+def test_stuffed_dot_line_over_limit_refused(limited):
     """... while a stuffed line of 999 octets (1002 on the wire) is too long."""
-    with daemon.client() as c:
+    with limited.client() as c:
         c.ehlo()
         r = _data(c, b"Subject: dot\r\n\r\n.." + b"d" * 998 + b"\r\n")
         assert r.is_(500, "5.5.2"), r
@@ -328,19 +353,28 @@ def test_long_command_cr_lf_split_across_writes(daemon):
         assert rs[0].is_(500, "5.5.2") and rs[1].is_(250, "2.0.0"), rs
 
 
-def test_long_text_line_cr_lf_split_then_dot(daemon):
-    with daemon.client() as c:
-        c.ehlo()
-        c.expect("MAIL FROM:<a@origin.example>", 250, "2.1.0")
-        c.expect("RCPT TO:<bob@example.test>", 250, "2.1.5")
-        c.expect("DATA", 354)
-        c.send(b"t" * 3000 + b"\r")
-        time.sleep(0.2)
-        c.send(b"\n.\r\n")
-        r = c.reply()
-        assert r.is_(500, "5.5.2"), r
-        c.expect("NOOP", 250, "2.0.0")
-    assert daemon.messages() == []
+def test_long_text_line_cr_lf_split_then_dot(daemon, limited):
+    """A CR LF split across two reads still ends the line: with the limit the long line
+    is refused; without it the line is stored whole (16383 octets then a CR fill the
+    16 KiB input buffer, whose piece keeps the CR for the LF to come)."""
+    for d, n in ((limited, 3000), (daemon, 16383)):
+        with d.client() as c:
+            c.ehlo()
+            c.expect("MAIL FROM:<a@origin.example>", 250, "2.1.0")
+            c.expect("RCPT TO:<bob@example.test>", 250, "2.1.5")
+            c.expect("DATA", 354)
+            c.send(b"t" * n + b"\r")
+            time.sleep(0.2)
+            c.send(b"\n.\r\n")
+            r = c.reply()
+            if d is limited:
+                assert r.is_(500, "5.5.2"), r
+            else:
+                accepted_id(r)
+            c.expect("NOOP", 250, "2.0.0")
+    assert limited.messages() == []
+    (m,) = daemon.wait_messages(1)
+    assert m.body() == b"t" * 16383 + b"\n"
 
 
 def test_configured_line_limits(make_daemon):

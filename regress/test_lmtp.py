@@ -327,6 +327,46 @@ def test_relay_over_smtp_and_pause_mta(make_daemon):
         assert d.wait_queue_empty(10)
 
 
+def test_relay_ehlo_name_and_long_lines(make_daemon):
+    """The relay client says EHLO with the action's `helo` name, else a fully qualified
+    server name (never a bare host name); lines longer than RFC 5321 allows are folded
+    for the SMTP next hop and delivered intact over LMTP."""
+    with LMTPServer() as srv:
+        d = make_daemon(deliver=True, methods=("lmtp",), mail_owner="smtpdtest1",
+                        rules=rules(srv.port,
+                                    'action "out" relay host "smtp://127.0.0.1:%d"\n'
+                                    'action "named" relay host "smtp://127.0.0.1:%d" helo relay.example.org\n'
+                                    'match from any for domain "relay.test" action "out"\n'
+                                    'match from any for domain "named.test" action "named"\n'
+                                    % (srv.port, srv.port)))
+        subject = " ".join("word%d" % i for i in range(600))  # about 4.5 kB
+        long_body = "x" * 5000
+        words = " ".join(["lorem ipsum"] * 300)
+        body = ("Subject: %s\r\n\r\n%s\r\n%s\r\n.%s\r\n" % (subject, long_body, words, long_body)).encode()
+        send(d, ["a@relay.test", "b@named.test", "bob@lmtp.test"], body=body)
+        got = srv.wait_messages(3)
+        assert len(got) == 3 and d.wait_queue_empty(10), d.log()[-2000:]
+        by_verb = {}
+        for m in got:
+            by_verb.setdefault(m["verb"], []).append(m)
+        helos = sorted(m["helo"] for m in by_verb["EHLO"])
+        assert "relay.example.org" in helos, helos
+        default = [h for h in helos if h != "relay.example.org"][0]
+        assert "." in default, helos
+        # SMTP: every line fits, the header unfolds and the body rejoins to the original.
+        for m in by_verb["EHLO"]:
+            data = m["data"]
+            assert all(len(l) <= 998 for l in data.split(b"\r\n")), max(map(len, data.split(b"\r\n")))
+            head, _, rest = data.partition(b"\r\n\r\n")
+            assert ("Subject: " + subject).encode() in head.replace(b"\r\n ", b" ")
+            joined = rest.replace(b"\r\n", b"")
+            assert (long_body + words + "." + long_body).encode() in joined
+        # LMTP: intact.
+        (lm,) = by_verb["LHLO"]
+        assert ("\r\n%s\r\n%s\r\n.%s\r\n" % (long_body, words, long_body)).encode() in lm["data"]
+        assert ("Subject: %s\r\n" % subject).encode() in lm["data"]
+
+
 AIOSMTPD_SERVER = r"""
 import asyncio, sys
 from aiosmtpd.controller import Controller

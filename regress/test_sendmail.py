@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import needs_root, smtpd_bin, smtpq_gid, wait_until
+from conftest import needs_root, parse_dsn, smtpd_bin, smtpq_gid, wait_until
 
 RULES = """
 action "mb" maildir "{MAILDIR}/%{dest.user:lowercase|strip}" user smtpdtest1
@@ -171,6 +171,34 @@ def test_sendmail_bp_honours_C(make_daemon, tmp_path):
     assert r.returncode == 0 and r.stdout.decode() == want, r
 
 
+def test_sendmail_unknown_recipient_is_returned_not_fatal(d):
+    """One recipient the rules refuse does not stop the others (as with Postfix's
+    sendmail): the message goes to the valid ones, the sender gets it back in a DSN
+    for the refused one, and the exit status is 0."""
+    r = d.sendmail(["-t", "-f", "carol@example.test"],
+                   b"To: alice@example.test, someone@elsewhere.example\nCc: bob@example.test\n"
+                   b"Subject: partly\n\nhello\n")
+    assert r.returncode == 0, r
+    assert b"<someone@elsewhere.example>: 550" in r.stderr, r
+    assert b"returned to <carol@example.test>" in r.stderr, r
+    for box in ("alice", "bob"):
+        assert headers_of(one(d, box))["Subject"] == "partly"
+    dsn, rcpts, _, returned = parse_dsn(one(d, "carol"))
+    assert "<MAILER-DAEMON@" in dsn["From"], dsn["From"]
+    assert [f["Final-Recipient"] for f in rcpts] == ["rfc822; someone@elsewhere.example"], rcpts
+    assert rcpts[0]["Action"] == "failed" and rcpts[0]["Status"].startswith("5."), rcpts
+    assert b"hello" in returned.as_bytes(), returned
+    assert d.wait_queue_empty(10)
+    # Every recipient refused: only the report is queued; still 0.
+    r = d.sendmail(["-f", "carol@example.test", "nobody@elsewhere.example"], b"Subject: none\n\nx\n")
+    assert r.returncode == 0 and b"returned to <carol@example.test>" in r.stderr, r
+    assert d.wait_mailbox("carol", 2, 10)
+    # A long line is sent as it is.
+    r = d.sendmail(["alice@example.test"], b"Subject: long\n\n" + b"x" * 5000 + b"\n")
+    assert r.returncode == 0, r
+    assert b"\n" + b"x" * 5000 + b"\n" in d.wait_mailbox("alice", 2, 10)[1][1]
+
+
 def test_sendmail_errors(d):
     r = d.sendmail([], b"Subject: none\n\nx\n")
     assert r.returncode == 64 and b"no recipients" in r.stderr, r
@@ -178,16 +206,11 @@ def test_sendmail_errors(d):
     assert r.returncode == 64, r
     r = d.sendmail(["-Q"], b"x\n")
     assert r.returncode == 64, r
-    # A recipient the rules refuse: nothing is queued.
-    r = d.sendmail(["alice@example.test", "someone@elsewhere.example"], b"Subject: refused\n\nx\n")
-    assert r.returncode == 65, r
-    assert b"550" in r.stderr, r
+    # Every recipient refused and the sender <>: nobody to tell, EX_NOUSER.
+    r = d.sendmail(["-f", "<>", "someone@elsewhere.example"], b"Subject: refused\n\nx\n")
+    assert r.returncode == 67 and b"550" in r.stderr, r
     time.sleep(0.5)
-    assert d.mailbox("alice") == [] and d.queue_empty()
-    # A line longer than 998 characters: permanent, EX_DATAERR (src/client.rs; smtpctl(8)
-    # still lists it under 75).
-    r = d.sendmail(["alice@example.test"], b"Subject: long\n\n" + b"x" * 1200 + b"\n")
-    assert r.returncode == 65 and b"longer than 998" in r.stderr, r
+    assert d.queue_empty()
     # An unreadable configuration.
     r = d.run_tool(["sendmail", "-C", str(d.dir / "missing.conf"), "alice@example.test"], input=b"x\n")
     assert r.returncode == 78, r

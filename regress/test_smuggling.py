@@ -121,22 +121,43 @@ def test_bare_cr_lf_nul_in_content_refused(daemon, data, want):
     assert daemon.incoming() == []
 
 
-@pytest.mark.parametrize("line", [b"NOOP a\nb", b"NOOP a\rb", b"NOOP\r", b"\nNOOP", b"QUIT\n"])
-def test_bare_newline_in_command(daemon, line):
+@pytest.mark.parametrize("line,pieces", [(b"NOOP a\nb", 2), (b"NOOP a\rb", 1), (b"NOOP\r", 1),
+                                         (b"\nNOOP", 2), (b"QUIT\n", 2)])
+def test_bare_newline_in_command(daemon, line, pieces):
+    """Each piece of a line with a bare CR or LF is refused; none is carried out."""
     with daemon.client() as c:
         c.ehlo()
-        r = c.cmd(line)
-        assert r.is_(500, "5.5.2"), (line, r)
+        c.send(line + b"\r\n")
+        for r in c.replies(pieces):
+            assert r.is_(500, "5.5.2"), (line, r)
         c.expect("NOOP", 250, "2.0.0")
 
 
+def test_command_ended_by_bare_lf_is_answered_at_once(daemon):
+    """A client that ends its commands with LF alone gets a 500 for each at once, not
+    silence until the idle timeout; nothing it sent is carried out."""
+    with daemon.client() as c:
+        c.greeting()
+        c.send(b"EHLO client.example\n")
+        r = c.reply(timeout=5)
+        assert r.is_(500, "5.5.2"), r
+        c.send(b"MAIL FROM:<a@origin.example>\nRCPT TO:<bob@example.test>\n")
+        for r in c.replies(2, timeout=5):
+            assert r.is_(500, "5.5.2"), r
+        c.send(b"\r\n")  # ends the line that followed a bare LF: refused too
+        assert c.reply(timeout=5).is_(500, "5.5.2")
+        c.expect("EHLO client.example", 250)
+        c.expect("RCPT TO:<bob@example.test>", 503, "5.5.1")
+
+
 def test_bare_lf_does_not_split_commands(daemon):
-    """`MAIL ...\\nRCPT ...\\r\\n` is one bad line, not two commands."""
+    """`MAIL ...\\nRCPT ...\\r\\n`: both pieces are refused, neither is carried out."""
     with daemon.client() as c:
         c.ehlo()
         c.send(b"MAIL FROM:<a@origin.example>\nRCPT TO:<bob@example.test>\r\nNOOP\r\n")
-        rs = c.replies(2)
-        assert rs[0].is_(500, "5.5.2") and rs[1].is_(250, "2.0.0"), rs
+        rs = c.replies(3)
+        assert rs[0].is_(500, "5.5.2") and rs[1].is_(500, "5.5.2"), rs
+        assert rs[2].is_(250, "2.0.0"), rs
         c.expect("RCPT TO:<bob@example.test>", 503, "5.5.1")
 
 

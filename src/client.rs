@@ -206,9 +206,25 @@ pub fn sendmail(prog: &str, args: &[String], offline_gid: Option<u32>) -> i32 {
         message,
     };
     match submit::submit(&sock, &sub) {
-        Ok(_) => {
+        Ok(done) => {
             let _ = crate::sys::drop_setgid();
-            0
+            for (rcpt, why) in &done.refused {
+                eprintln!("{prog}: <{rcpt}>: {why}");
+            }
+            match submit::return_refused(&sock, &sub, &done, &host) {
+                Ok(()) if done.refused.is_empty() => 0,
+                Ok(()) => {
+                    eprintln!(
+                        "{prog}: the message was returned to <{}> for the refused recipients",
+                        sub.sender
+                    );
+                    0
+                }
+                Err(e) => {
+                    eprintln!("{prog}: {e}");
+                    67
+                }
+            }
         }
         Err(e) if is_unreachable(&e) => {
             let r = submit::write_offline(&root, &sub, offline_gid);
@@ -230,7 +246,7 @@ pub fn sendmail(prog: &str, args: &[String], offline_gid: Option<u32>) -> i32 {
             // A refusal by the daemon (5xx) or a line the protocol cannot carry is
             // permanent; anything else may pass later.
             let t = e.to_string();
-            if t.starts_with('5') || t.contains(": 5") || t.contains("longer than 998") {
+            if t.starts_with('5') || t.contains(": 5") {
                 65
             } else {
                 75

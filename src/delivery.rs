@@ -71,6 +71,8 @@ pub struct MtaJob {
     pub proto: Proto,
     /// The address given in RCPT TO.
     pub rcpt: String,
+    /// The name given in EHLO/LHLO.
+    pub helo: String,
     /// The envelope.
     pub env: Envelope,
 }
@@ -275,11 +277,19 @@ impl Queue {
                     u.clone()
                 };
                 let dest = dest.clone();
-                return self.mta_job(cfg, env, &dest, 24, Proto::Lmtp, rcpt, now);
+                let helo = cfg.hostname.clone();
+                return self.mta_job(cfg, env, &dest, 24, Proto::Lmtp, rcpt, helo, now);
             }
-            (Dest::Relay(addr), Method::Relay { host: Some(h) }) => {
+            (
+                Dest::Relay(addr),
+                Method::Relay {
+                    host: Some(h),
+                    helo,
+                },
+            ) => {
                 let (rcpt, h) = (addr.clone(), h.clone());
-                return self.mta_job(cfg, env, &h, 25, Proto::Smtp, rcpt, now);
+                let helo = helo.clone().unwrap_or_else(|| cfg.hostname.clone());
+                return self.mta_job(cfg, env, &h, 25, Proto::Smtp, rcpt, helo, now);
             }
             (Dest::Relay(_), _) | (Dest::User(_), Method::Relay { .. }) => {
                 return self.finish(
@@ -313,8 +323,9 @@ impl Queue {
         };
         let id = self.next_req;
         self.next_req += 1;
-        // The address delivered: the recipient itself when it names this user (so a
-        // sub-address survives), else the user at the recipient's domain.
+        // The address delivered, for the `%{dest}` formats: the recipient itself when
+        // it names this user (so a sub-address survives), else the user at the
+        // recipient's domain.
         let dest_addr = match (&dest, env.rcpt.rsplit_once('@')) {
             (Dest::User(u), Some((l, d))) => {
                 let base = crate::ruleset::strip_subaddress(l, cfg.smtp.sub_addr_delim);
@@ -359,6 +370,7 @@ impl Queue {
         port: u16,
         proto: Proto,
         rcpt: String,
+        helo: String,
         now: u64,
     ) {
         match Target::parse(dest, port) {
@@ -366,6 +378,7 @@ impl Queue {
                 target,
                 proto: p.unwrap_or(proto),
                 rcpt,
+                helo,
                 env,
             }),
             Err(e) => self.finish(

@@ -1,28 +1,59 @@
 //! Bounded input buffer that splits SMTP lines without copying them.
 //!
-//! A line ends only at CR LF (RFC 5321 §2.3.8). A bare LF or a lone CR is part of the
-//! line and is reported, never taken as a line end: this is what keeps
-//! `<LF>.<CR><LF>` and its cousins from ending a message early (SMTP smuggling).
+//! A line ends only at CR LF (RFC 5321 §2.3.8). A bare LF or a lone CR is never taken
+//! as the end of a good line: in message content it is part of the line and reported,
+//! which is what keeps `<LF>.<CR><LF>` and its cousins from ending a message early
+//! (SMTP smuggling). Three readers share the buffer:
 //!
-//! The buffer never grows. A line longer than the limit is reported once as
-//! [`Line::TooLong`]; its remaining bytes are discarded up to the next CR LF, so a
-//! client cannot make the daemon hold more than one buffer per connection.
+//! - [`LineBuf::next_line`]: CR LF ends a line; a bare LF or lone CR is part of it and
+//!   reported (replies read by the SMTP client).
+//! - [`LineBuf::next_command`]: the same, except that a bare LF also ends the line, as
+//!   a bad one, so that a client that ends its commands with LF alone is answered at
+//!   once instead of waiting for a CR LF that never comes. What follows a bare LF, up to
+//!   the next CR LF, is reported bad as well: a bare LF never turns one line into two
+//!   commands.
+//! - [`LineBuf::next_text`]: message content. A line longer than the buffer comes out
+//!   in pieces, so content lines have no length limit of their own while the memory
+//!   stays one buffer per connection.
+//!
+//! The buffer never grows. A command line longer than the limit is reported once as
+//! [`Line::TooLong`]; its remaining bytes are discarded up to its end, so a client
+//! cannot make the daemon hold more than one buffer per connection.
 
-/// What [`LineBuf::next_line`] found.
+/// What [`LineBuf::next_line`] and [`LineBuf::next_command`] found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Line<'a> {
     /// A whole line, CR LF stripped.
     Complete {
         /// The line's bytes, valid until the next call that changes the buffer.
         bytes: &'a [u8],
-        /// The line holds a bare LF or a lone CR (it is still one line).
+        /// The line holds a bare LF or a lone CR, or (commands) ended at a bare LF or
+        /// followed one.
         bare: bool,
     },
     /// No complete line yet: read more.
     Partial,
-    /// The line is longer than the limit. The rest of it, up to its CR LF, is skipped
+    /// The line is longer than the limit. The rest of it, up to its end, is skipped
     /// and will not be seen; the next call goes on with the line after it.
     TooLong,
+}
+
+/// What [`LineBuf::next_text`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Text<'a> {
+    /// Bytes of one content line (the whole line unless it is longer than the buffer).
+    Piece {
+        /// The bytes, CR LF stripped, valid until the next call that changes the buffer.
+        bytes: &'a [u8],
+        /// The piece starts its line: dot-stuffing and the final "." apply to it.
+        first: bool,
+        /// The piece ends its line (its CR LF was consumed).
+        last: bool,
+        /// The piece holds a bare LF or a lone CR.
+        bare: bool,
+    },
+    /// No line end and room left: read more.
+    Partial,
 }
 
 /// A fixed-size input buffer with a line splitter. The memory is taken at the first
@@ -40,19 +71,28 @@ pub struct LineBuf {
     skipping: bool,
     /// The skipped bytes ended with a CR whose LF may come in the next read.
     skip_cr: bool,
+    /// The line being skipped ends at a bare LF too (a command line).
+    skip_lf: bool,
+    /// A command line ended at a bare LF: the next one, up to its CR LF, is bad too.
+    tainted: bool,
+    /// A piece of a content line was handed out; the rest of the line follows.
+    in_line: bool,
 }
 
 impl LineBuf {
-    /// Creates a buffer that holds at most `capacity` bytes.
+    /// Creates a buffer that holds at most `capacity` bytes (at least 2).
     pub fn new(capacity: usize) -> Self {
         LineBuf {
             buf: Box::default(),
-            capacity,
+            capacity: capacity.max(2),
             start: 0,
             end: 0,
             scanned: 0,
             skipping: false,
             skip_cr: false,
+            skip_lf: false,
+            tainted: false,
+            in_line: false,
         }
     }
 
@@ -61,11 +101,16 @@ impl LineBuf {
         self.end - self.start
     }
 
-    /// Drops every pending byte (used after STARTTLS-like resets and on close).
+    /// Drops every pending byte and any line in progress (used after STARTTLS-like
+    /// resets and on close).
     pub fn clear(&mut self) {
         self.start = 0;
         self.end = 0;
         self.scanned = 0;
+        self.skipping = false;
+        self.skip_cr = false;
+        self.tainted = false;
+        self.in_line = false;
     }
 
     /// Gives the memory back when nothing is buffered (an idle connection).
@@ -99,8 +144,20 @@ impl LineBuf {
         self.end += n;
     }
 
-    /// Returns the next line of at most `max` bytes (CR LF excluded).
+    /// Returns the next line of at most `max` bytes (CR LF excluded); only CR LF ends
+    /// a line.
     pub fn next_line(&mut self, max: usize) -> Line<'_> {
+        self.split(max, false)
+    }
+
+    /// Returns the next command line of at most `max` bytes (CR LF excluded); a bare LF
+    /// ends a bad line (see the module documentation).
+    pub fn next_command(&mut self, max: usize) -> Line<'_> {
+        self.split(max, true)
+    }
+
+    fn split(&mut self, max: usize, lf_ends: bool) -> Line<'_> {
+        debug_assert!(!self.in_line, "a content line is in progress");
         if self.skipping && !self.skip_tail() {
             return Line::Partial;
         }
@@ -108,18 +165,20 @@ impl LineBuf {
         loop {
             let Some(i) = memchr::memchr(b'\n', &self.buf[from..self.end]) else {
                 self.scanned = self.end;
-                return self.partial(max);
+                return self.partial(max, lf_ends);
             };
             let nl = from + i;
-            if nl > self.start && self.buf[nl - 1] == b'\r' {
+            let crlf = nl > self.start && self.buf[nl - 1] == b'\r';
+            if crlf || lf_ends {
                 let start = self.start;
                 self.start = nl + 1;
                 self.scanned = self.start;
-                let bytes = &self.buf[start..nl - 1];
+                let tainted = std::mem::replace(&mut self.tainted, !crlf);
+                let bytes = &self.buf[start..if crlf { nl - 1 } else { nl }];
                 if bytes.len() > max {
                     return Line::TooLong;
                 }
-                let bare = memchr::memchr2(b'\r', b'\n', bytes).is_some();
+                let bare = !crlf || tainted || memchr::memchr2(b'\r', b'\n', bytes).is_some();
                 return Line::Complete { bytes, bare };
             }
             // A bare LF: part of the line, not its end.
@@ -127,8 +186,50 @@ impl LineBuf {
         }
     }
 
+    /// Returns the next piece of message content: a whole line, or, when a line does
+    /// not fit in the buffer, as much of it as the buffer holds.
+    pub fn next_text(&mut self) -> Text<'_> {
+        debug_assert!(!self.skipping, "a command line is being skipped");
+        let mut from = self.scanned.max(self.start);
+        let (stop, next, last) = loop {
+            match memchr::memchr(b'\n', &self.buf[from..self.end]) {
+                Some(i) if from + i > self.start && self.buf[from + i - 1] == b'\r' => {
+                    break (from + i - 1, from + i + 1, true);
+                }
+                // A bare LF: part of the line, not its end.
+                Some(i) => from += i + 1,
+                None => {
+                    self.scanned = self.end;
+                    if self.end - self.start < self.capacity {
+                        return Text::Partial;
+                    }
+                    // The buffer is full of one line: hand it out but for a final CR,
+                    // whose LF may come with the next read.
+                    let stop = if self.buf[self.end - 1] == b'\r' {
+                        self.end - 1
+                    } else {
+                        self.end
+                    };
+                    break (stop, stop, false);
+                }
+            }
+        };
+        let start = self.start;
+        self.start = next;
+        self.scanned = next;
+        let first = !std::mem::replace(&mut self.in_line, !last);
+        let bytes = &self.buf[start..stop];
+        let bare = memchr::memchr2(b'\r', b'\n', bytes).is_some();
+        Text::Piece {
+            bytes,
+            first,
+            last,
+            bare,
+        }
+    }
+
     /// Whether the bytes after the last line hold the start of another line.
-    fn partial(&mut self, max: usize) -> Line<'static> {
+    fn partial(&mut self, max: usize, lf_ends: bool) -> Line<'static> {
         // The line so far, minus a possible CR that a coming LF would turn into CR LF.
         let mut len = self.end - self.start;
         if len > 0 && self.buf[self.end - 1] == b'\r' {
@@ -137,22 +238,27 @@ impl LineBuf {
         if len > max || self.end - self.start == self.capacity {
             self.skipping = true;
             self.skip_cr = false;
+            self.skip_lf = lf_ends;
             self.skip_tail();
             return Line::TooLong;
         }
         Line::Partial
     }
 
-    /// Discards bytes up to and including the next CR LF; true once it was found.
+    /// Discards bytes up to and including the end of the line being skipped; true once
+    /// it was found.
     fn skip_tail(&mut self) -> bool {
         let data = &self.buf[self.start..self.end];
         let mut prev_cr = self.skip_cr;
         for (i, &b) in data.iter().enumerate() {
-            if b == b'\n' && prev_cr {
+            if b == b'\n' && (prev_cr || self.skip_lf) {
                 self.start += i + 1;
                 self.scanned = self.start;
                 self.skipping = false;
                 self.skip_cr = false;
+                if !prev_cr {
+                    self.tainted = true;
+                }
                 return true;
             }
             prev_cr = b == b'\r';
@@ -178,7 +284,9 @@ mod tests {
         n
     }
 
-    fn lines(input: &[u8], cap: usize, max: usize, chunk: usize) -> Vec<String> {
+    /// Lines as `next_line` (or, with `commands`, `next_command`) splits them, fed in
+    /// reads of `chunk` bytes ("!" marks a bad line).
+    fn split(input: &[u8], cap: usize, max: usize, chunk: usize, commands: bool) -> Vec<String> {
         let mut lb = LineBuf::new(cap);
         let mut out = Vec::new();
         let mut input = input;
@@ -186,7 +294,11 @@ mod tests {
             let n = feed(&mut lb, &input[..chunk.max(1).min(input.len())]);
             input = &input[n..];
             loop {
-                match lb.next_line(max) {
+                let line = match commands {
+                    true => lb.next_command(max),
+                    false => lb.next_line(max),
+                };
+                match line {
                     Line::Complete { bytes, bare } => out.push(format!(
                         "{}{}",
                         if bare { "!" } else { "" },
@@ -198,6 +310,14 @@ mod tests {
             }
         }
         out
+    }
+
+    fn lines(input: &[u8], cap: usize, max: usize, chunk: usize) -> Vec<String> {
+        split(input, cap, max, chunk, false)
+    }
+
+    fn commands(input: &[u8], cap: usize, max: usize, chunk: usize) -> Vec<String> {
+        split(input, cap, max, chunk, true)
     }
 
     #[test]
@@ -246,6 +366,89 @@ mod tests {
             lines(b"12345678\r\n123456789\r\n", 32, 8, 32),
             ["12345678", "<long>"]
         );
+    }
+
+    #[test]
+    fn a_bare_lf_ends_a_bad_command_and_taints_the_next() {
+        let input = b"EHLO a\r\nMAIL x\nRCPT y\r\nNOOP\r\nQUIT\n";
+        for chunk in 1..input.len() {
+            assert_eq!(
+                commands(input, 64, 32, chunk),
+                ["EHLO a", "!MAIL x", "!RCPT y", "NOOP", "!QUIT"],
+                "chunk {chunk}"
+            );
+        }
+        // A lone CR is still part of the line.
+        assert_eq!(commands(b"NOOP a\rb\r\n", 64, 32, 64), ["!NOOP a\rb"]);
+        // A too-long command ended by a bare LF: skipped to it, the next line is bad.
+        for chunk in 1..30 {
+            assert_eq!(
+                commands(b"0123456789ABCDEF\nx\r\nok\r\n", 12, 8, chunk),
+                ["<long>", "!x", "ok"],
+                "chunk {chunk}"
+            );
+        }
+    }
+
+    /// Content as `next_text` hands it out: whole lines, pieces joined, with the
+    /// first/last flags checked and "!" for a line with a bare CR or LF.
+    fn text(input: &[u8], cap: usize, chunk: usize) -> (Vec<String>, usize) {
+        let mut lb = LineBuf::new(cap);
+        let mut out = Vec::new();
+        let mut line = Vec::new();
+        let mut bad = false;
+        let mut pieces = 0;
+        for piece in input.chunks(chunk.max(1)) {
+            let mut rest = piece;
+            while !rest.is_empty() {
+                let n = feed(&mut lb, rest);
+                rest = &rest[n..];
+                while let Text::Piece {
+                    bytes,
+                    first,
+                    last,
+                    bare,
+                } = lb.next_text()
+                {
+                    assert_eq!(first, line.is_empty() && !bad && pieces == 0);
+                    assert!(bytes.len() <= cap);
+                    line.extend_from_slice(bytes);
+                    bad |= bare;
+                    pieces += 1;
+                    if last {
+                        out.push(format!(
+                            "{}{}",
+                            if bad { "!" } else { "" },
+                            String::from_utf8_lossy(&line)
+                        ));
+                        line.clear();
+                        bad = false;
+                        pieces = 0;
+                    }
+                }
+            }
+        }
+        assert!(line.is_empty(), "unfinished line");
+        (out, lb.pending())
+    }
+
+    #[test]
+    fn content_lines_longer_than_the_buffer_come_in_pieces() {
+        let long = "x".repeat(37) + "\r" + &"y".repeat(20);
+        let input = format!("short\r\n{long}\r\n.\r\n");
+        for chunk in 1..input.len() {
+            let (got, left) = text(input.as_bytes(), 16, chunk);
+            assert_eq!(got, ["short", &format!("!{long}"), "."], "chunk {chunk}");
+            assert_eq!(left, 0);
+        }
+        // A CR LF split across the buffer's end is still one line end.
+        for chunk in 1..40 {
+            let (got, _) = text(b"0123456789abcde\r\nnext\r\n", 16, chunk);
+            assert_eq!(got, ["0123456789abcde", "next"], "chunk {chunk}");
+        }
+        // Smuggling sequences stay inside their line.
+        let (got, _) = text(b"a\n.\nb\r\nx\n.\r\n", 16, 64);
+        assert_eq!(got, ["!a\n.\nb", "!x\n."]);
     }
 
     #[test]

@@ -317,11 +317,13 @@ fn deliver_as(req: &DeliverReq, pw: &sys::Passwd, msg: OwnedFd, batch: bool) -> 
         home: pw.dir.clone(),
         subaddr_delim: req.subaddr_delim,
     };
-    // Local deliveries record the envelope in the message (RFC 5322 §3.6.7 trace).
+    // Local deliveries record the envelope in the message (RFC 5322 §3.6.7 trace):
+    // the recipient as the client gave it, as Postfix and OpenSMTPD write it, whatever
+    // alias, virtual table or forward file led to this mailbox.
     let trace = format!(
         "Return-Path: <{}>\nDelivered-To: {}\n",
         req.sender.replace(['\r', '\n'], ""),
-        req.dest.replace(['\r', '\n'], "")
+        req.rcpt.replace(['\r', '\n'], "")
     );
     let mut chained = trace.as_bytes().chain((&mut file).take(req.len));
     let msg: &mut dyn Read = &mut chained;
@@ -448,7 +450,35 @@ fn read_forward(pw: &sys::Passwd) -> Result<Option<Vec<String>>, String> {
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .flat_map(split_forward_line)
         .collect();
+    // As Sendmail does: an account whose shell is not a login shell (a system account,
+    // /usr/sbin/nologin) runs no command and writes no file through its .forward.
+    let runs = |i: &String| i.starts_with('|') || i.starts_with('/');
+    if items.iter().any(runs) {
+        let shells = std::fs::read_to_string("/etc/shells").ok();
+        if !valid_shell(&pw.shell, shells.as_deref()) {
+            log::warn!(
+                "{}: a command or file for {}, whose shell {:?} is not in /etc/shells: ignored",
+                path.display(),
+                pw.name,
+                pw.shell
+            );
+            return Ok(None);
+        }
+    }
     Ok((!items.is_empty()).then_some(items))
+}
+
+/// Whether `shell` is a login shell: listed in the text of /etc/shells, or, without
+/// that file, one of getusershell(3)'s defaults. An empty shell is /bin/sh.
+fn valid_shell(shell: &str, etc_shells: Option<&str>) -> bool {
+    let shell = if shell.is_empty() { "/bin/sh" } else { shell };
+    match etc_shells {
+        Some(text) => text
+            .lines()
+            .map(str::trim)
+            .any(|l| !l.starts_with('#') && l == shell),
+        None => shell == "/bin/sh" || shell == "/bin/csh",
+    }
 }
 
 /// The items of a `.forward` line: comma-separated, where a double-quoted item (a
@@ -991,6 +1021,17 @@ fn handle_request(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn login_shells() {
+        let etc = "# /etc/shells\n/bin/sh\n/usr/bin/bash\n";
+        assert!(valid_shell("/usr/bin/bash", Some(etc)));
+        assert!(valid_shell("", Some(etc)));
+        assert!(!valid_shell("/usr/sbin/nologin", Some(etc)));
+        assert!(!valid_shell("# /etc/shells", Some(etc)));
+        assert!(valid_shell("/bin/csh", None));
+        assert!(!valid_shell("/bin/false", None));
+    }
 
     #[test]
     fn forward_lines() {

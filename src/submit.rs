@@ -70,17 +70,14 @@ fn command(
 }
 
 /// Converts LF text into SMTP content: CR LF line ends, dot-stuffing, lone CRs dropped.
-pub fn to_smtp(message: &[u8]) -> Result<Vec<u8>, String> {
+/// Lines are kept whole, however long: the daemon takes them as they are.
+pub fn to_smtp(message: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(message.len() + message.len() / 32 + 8);
     for line in message.split(|&b| b == b'\n') {
-        let line: Vec<u8> = line.iter().copied().filter(|&b| b != b'\r').collect();
-        if line.len() > 998 {
-            return Err("a line is longer than 998 characters".into());
-        }
         if line.first() == Some(&b'.') {
             out.push(b'.');
         }
-        out.extend_from_slice(&line);
+        out.extend(line.iter().copied().filter(|&b| b != b'\r'));
         out.extend_from_slice(b"\r\n");
     }
     // The split yields an empty last piece after a final LF: drop its CR LF.
@@ -88,12 +85,27 @@ pub fn to_smtp(message: &[u8]) -> Result<Vec<u8>, String> {
         out.truncate(out.len() - 2);
     }
     out.extend_from_slice(b".\r\n");
-    Ok(out)
+    out
 }
 
-/// Submits over the control socket; returns the daemon's final reply text.
-pub fn submit(socket: &Path, s: &Submission) -> io::Result<String> {
-    let content = to_smtp(&s.message).map_err(io::Error::other)?;
+/// What the daemon made of a submission.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Submitted {
+    /// The final reply of each transaction that carried the message (none when every
+    /// recipient was refused).
+    pub replies: Vec<String>,
+    /// The recipients refused for good, each with the daemon's reply.
+    pub refused: Vec<(String, String)>,
+}
+
+/// Submits over the control socket, as Postfix's sendmail does in effect: a recipient
+/// the daemon refuses for good (5xx) is left out and reported in
+/// [`Submitted::refused`], the others get the message. A recipient refused for now
+/// (4xx) fails the whole submission before any content is sent, so that it can be
+/// tried again as a whole, except "too many recipients" (452 4.5.3), which only moves
+/// the rest to a transaction of their own.
+pub fn submit(socket: &Path, s: &Submission) -> io::Result<Submitted> {
+    let content = to_smtp(&s.message);
     let mut w = UnixStream::connect(socket)?;
     w.set_read_timeout(Some(Duration::from_secs(300)))?;
     let mut r = BufReader::new(w.try_clone()?);
@@ -103,18 +115,115 @@ pub fn submit(socket: &Path, s: &Submission) -> io::Result<String> {
         return Err(io::Error::other(text));
     }
     command(&mut w, &mut r, "EHLO localhost", 250)?;
-    command(&mut w, &mut r, &format!("MAIL FROM:<{}>", s.sender), 250)?;
-    for rc in &s.rcpts {
-        command(&mut w, &mut r, &format!("RCPT TO:<{rc}>"), 250)?;
+    let mut done = Submitted::default();
+    let mut rest: &[String] = &s.rcpts;
+    while !rest.is_empty() {
+        command(&mut w, &mut r, &format!("MAIL FROM:<{}>", s.sender), 250)?;
+        let mut accepted = 0;
+        let mut next = rest.len();
+        for (i, rc) in rest.iter().enumerate() {
+            w.write_all(format!("RCPT TO:<{rc}>\r\n").as_bytes())?;
+            let (code, text) = read_reply(&mut r)?;
+            match code {
+                250 | 251 => accepted += 1,
+                452 if accepted > 0 && text.contains("4.5.3") => {
+                    next = i;
+                    break;
+                }
+                500..=599 => done.refused.push((rc.clone(), text)),
+                _ => {
+                    let _ = command(&mut w, &mut r, "RSET", 250);
+                    let _ = command(&mut w, &mut r, "QUIT", 221);
+                    return Err(io::Error::other(format!("RCPT TO:<{rc}>: {text}")));
+                }
+            }
+        }
+        rest = &rest[next..];
+        if accepted == 0 {
+            command(&mut w, &mut r, "RSET", 250)?;
+            continue;
+        }
+        command(&mut w, &mut r, "DATA", 354)?;
+        w.write_all(&content)?;
+        let (code, text) = read_reply(&mut r)?;
+        if code != 250 {
+            let _ = command(&mut w, &mut r, "QUIT", 221);
+            return Err(io::Error::other(text));
+        }
+        done.replies.push(text);
     }
-    command(&mut w, &mut r, "DATA", 354)?;
-    w.write_all(&content)?;
-    let (code, text) = read_reply(&mut r)?;
     let _ = command(&mut w, &mut r, "QUIT", 221);
-    if code != 250 {
-        return Err(io::Error::other(text));
+    Ok(done)
+}
+
+/// The delivery status notification (RFC 3464) that returns a message to its sender
+/// for the recipients the daemon refused, with the whole message attached.
+pub fn refusal_report(
+    s: &Submission,
+    refused: &[(String, String)],
+    host: &str,
+) -> io::Result<Vec<u8>> {
+    use crate::queue::bounce::{self, Dsn, DsnKind, RcptReport};
+    let date = crate::sys::now_rfc5322();
+    let rcpts: Vec<RcptReport> = refused
+        .iter()
+        .map(|(rcpt, reply)| RcptReport {
+            rcpt: rcpt.clone(),
+            status: bounce::status_of(reply, true),
+            diagnostic: bounce::diagnostic_of(reply),
+            last_attempt: date.clone(),
+            ..RcptReport::default()
+        })
+        .collect();
+    let token = crate::sys::random_u64();
+    let message_id = format!("{token:016x}.sendmail@{host}");
+    let boundary = format!("{token:016x}/{host}");
+    let dsn = Dsn {
+        kind: DsnKind::Failed,
+        reporting_mta: host,
+        from_host: host,
+        to: &s.sender,
+        date: &date,
+        message_id: &message_id,
+        boundary: &boundary,
+        envid: "",
+        arrival_date: &date,
+        ret_full: true,
+        rcpts: &rcpts,
+    };
+    bounce::render(&dsn, &mut &s.message[..], MAX_INPUT as usize)
+}
+
+/// Mails the refusals of `done` back to the sender of `s` as a delivery status
+/// notification submitted from the null sender. An error when there is no one to tell
+/// (the sender is `<>`) or the daemon did not take the report.
+pub fn return_refused(
+    socket: &Path,
+    s: &Submission,
+    done: &Submitted,
+    host: &str,
+) -> io::Result<()> {
+    if done.refused.is_empty() {
+        return Ok(());
     }
-    Ok(text)
+    if s.sender.is_empty() {
+        return Err(io::Error::other(
+            "the sender is <>: the refusals cannot be mailed back",
+        ));
+    }
+    let report = Submission {
+        sender: String::new(),
+        rcpts: vec![s.sender.clone()],
+        message: refusal_report(s, &done.refused, host)?,
+    };
+    let sent = submit(socket, &report)?;
+    match sent.refused.first() {
+        Some((_, why)) => Err(io::Error::other(format!(
+            "the report to <{}> was refused: {why}",
+            s.sender
+        ))),
+        None => Ok(()),
+    }
 }
 
 fn esc(s: &str) -> String {
@@ -418,9 +527,18 @@ fn submit_as(mut f: File, uid: u32, gid: u32, socket: &Path) -> io::Result<()> {
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "malformed offline file"))?;
     match crate::sys::fork()? {
         None => {
+            let host = crate::config::default_hostname();
             let code =
                 match crate::sys::drop_privileges(uid, gid).and_then(|()| submit(socket, &sub)) {
-                    Ok(_) => 0,
+                    Ok(done) => {
+                        for (rcpt, why) in &done.refused {
+                            log::warn!("offline: <{rcpt}> refused: {why}");
+                        }
+                        if let Err(e) = return_refused(socket, &sub, &done, &host) {
+                            log::warn!("offline: {e}");
+                        }
+                        0
+                    }
                     Err(e) => {
                         log::warn!("offline: submission failed: {e}");
                         // A refusal (5xx) will not change: tell the parent to drop the file.
@@ -459,18 +577,13 @@ mod tests {
     #[test]
     fn smtp_conversion() {
         assert_eq!(
-            to_smtp(b"a\n.b\n\n.\n").ok(),
-            Some(b"a\r\n..b\r\n\r\n..\r\n.\r\n".to_vec())
+            to_smtp(b"a\n.b\n\n.\n"),
+            b"a\r\n..b\r\n\r\n..\r\n.\r\n".to_vec()
         );
-        assert_eq!(
-            to_smtp(b"no newline").ok(),
-            Some(b"no newline\r\n.\r\n".to_vec())
-        );
-        assert_eq!(
-            to_smtp(b"cr\r\nlf\n").ok(),
-            Some(b"cr\r\nlf\r\n.\r\n".to_vec())
-        );
-        assert!(to_smtp(&[b'x'; 999]).is_err());
+        assert_eq!(to_smtp(b"no newline"), b"no newline\r\n.\r\n".to_vec());
+        assert_eq!(to_smtp(b"cr\r\nlf\n"), b"cr\r\nlf\r\n.\r\n".to_vec());
+        let long = [b'x'; 5000];
+        assert_eq!(to_smtp(&long), [&long[..], b"\r\n.\r\n"].concat());
     }
 
     #[test]

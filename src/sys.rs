@@ -75,6 +75,8 @@ pub struct Passwd {
     pub gid: u32,
     /// Home directory.
     pub dir: String,
+    /// Login shell.
+    pub shell: String,
 }
 
 /// Looks a user up with getpwnam_r(3).
@@ -98,13 +100,23 @@ pub fn getpwnam(name: &str) -> Option<Passwd> {
     if r != 0 || result.is_null() {
         return None;
     }
-    // SAFETY: on success pw_name and pw_dir are NUL-terminated strings inside buf.
+    // SAFETY: on success pw_name, pw_dir and pw_shell are NUL-terminated strings inside
+    // buf (pw_shell may be null on some systems: checked).
     let (n, d) = unsafe { (CStr::from_ptr(pw.pw_name), CStr::from_ptr(pw.pw_dir)) };
+    let shell = if pw.pw_shell.is_null() {
+        String::new()
+    } else {
+        // SAFETY: as above.
+        unsafe { CStr::from_ptr(pw.pw_shell) }
+            .to_string_lossy()
+            .into_owned()
+    };
     Some(Passwd {
         name: n.to_string_lossy().into_owned(),
         uid: pw.pw_uid,
         gid: pw.pw_gid,
         dir: d.to_string_lossy().into_owned(),
+        shell,
     })
 }
 

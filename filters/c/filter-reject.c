@@ -93,7 +93,7 @@ on_dataline(uint64_t id, const char *line)
 	}
 	strcpy(o, p);
 	m->replaced += (unsigned)n;
-	/* A line grown past 998 bytes cannot be sent: the library refuses the message. */
+	/* A line grown past 65535 bytes cannot be sent: the library refuses the message. */
 	filter_api_writeln(id, out);
 	free(out);
 }

@@ -900,7 +900,7 @@ emit_line(struct session *s, const char *line, size_t n)
 	const char	*why = NULL;
 
 	if (n > FILTER_API_MAXLINE)
-		why = "longer than 998 bytes";
+		why = "longer than 65535 bytes";
 	else if (memchr(line, '\r', n) != NULL || memchr(line, '\n', n) != NULL)
 		why = "with CR or LF";
 	else if (memchr(line, '\0', n) != NULL)

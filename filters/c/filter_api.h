@@ -61,7 +61,7 @@ extern "C" {
 #define FILTER_API_MAXMSGID		(63 + 1)
 
 /* Longest message line the daemon takes back from a filter (RFC 5321 text line). */
-#define FILTER_API_MAXLINE		998
+#define FILTER_API_MAXLINE		65535
 
 /* An envelope address, split at its last '@' (both empty for the null sender <>). */
 struct mailaddr {

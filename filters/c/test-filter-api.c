@@ -645,7 +645,7 @@ a_data(uint64_t id)
 static void
 a_dataline(uint64_t id, const char *line)
 {
-	char	buf[1200];
+	static char	buf[FILTER_API_MAXLINE + 2];
 
 	if (strcmp(line, "split") == 0)
 		filter_api_writeln(id, "a\r\nb\n");
@@ -655,13 +655,13 @@ a_dataline(uint64_t id, const char *line)
 		filter_api_writeln(id, line);
 		filter_api_writeln(id, line);
 	} else if (strcmp(line, "toolong") == 0) {
-		memset(buf, 'x', 999);
-		buf[999] = '\0';
+		memset(buf, 'x', FILTER_API_MAXLINE + 1);
+		buf[FILTER_API_MAXLINE + 1] = '\0';
 		if (filter_api_writeln(id, buf) != -1)
-			log_warnx("999-byte line taken");
+			log_warnx("65536-byte line taken");
 	} else if (strcmp(line, "max") == 0) {
-		memset(buf, 'x', 998);
-		buf[998] = '\0';
+		memset(buf, 'x', FILTER_API_MAXLINE);
+		buf[FILTER_API_MAXLINE] = '\0';
 		filter_api_writeln(id, buf);
 	} else if (strcmp(line, "cr") == 0) {
 		if (filter_api_writeln(id, "a\rb") != -1)
@@ -827,11 +827,11 @@ scenario_answers(size_t step)
 	e_lines(&in, s, "max");
 	e_begin(&out, K_DATA_LINES, s);
 	e_int(&out, 1, 2);
-	e_int(&out, 998, 2);
-	for (i = 0; i < 998; i++)
+	e_int(&out, FILTER_API_MAXLINE, 2);
+	for (i = 0; i < FILTER_API_MAXLINE; i++)
 		e_raw(&out, "x", 1);
 	e_end(&out);
-	exchange(&c, &in, &out, step, "998-byte line");
+	exchange(&c, &in, &out, step, "65535-byte line");
 	e_empty(&in, K_DATA_END, s);
 	e_lines(&out, s, "-- added at the end");
 	e_empty(&out, K_DATA_END, s);
@@ -897,7 +897,7 @@ scenario_answers(size_t step)
 	CHECK(strstr(err, "disconnect state\n") != NULL);
 	CHECK(strstr(err, "disconnect (none)\n") != NULL);
 	CHECK(strstr(err, "taken") == NULL);
-	CHECK(strstr(err, "a message line longer than 998 bytes cannot be passed on") != NULL);
+	CHECK(strstr(err, "a message line longer than 65535 bytes cannot be passed on") != NULL);
 	if (failures)
 		fprintf(stderr, "--- filter stderr:\n%s---\n", err);
 	free(in.b);

@@ -21,7 +21,7 @@ use constant {
     HEADER => 13,
     MAX_FRAME => 1 << 20,
     MAX_STR => 0xFFFF,
-    MAX_LINE => 998,
+    MAX_LINE => 65535,
 
     EV_CONNECT => 1 << 0, EV_HELO => 1 << 1, EV_EHLO => 1 << 2, EV_STARTTLS => 1 << 3,
     EV_AUTH => 1 << 4, EV_MAIL => 1 << 5, EV_RCPT => 1 << 6, EV_DATA => 1 << 7,

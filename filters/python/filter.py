@@ -38,7 +38,7 @@ VERSION = 1
 HEADER = 13
 MAX_FRAME = 1 << 20
 MAX_STR = 0xFFFF
-MAX_LINE = 998  # the daemon refuses longer message lines from a filter
+MAX_LINE = 65535  # the longest string of the protocol
 
 # Event bits (REGISTER hooks/reports).
 EV_CONNECT = 1 << 0
@@ -504,7 +504,7 @@ def quarantine(session, reason):
 
 def writeln(session, line):
     """During on_dataline/on_dataend: output a message line (no line end; a string with
-    LF in it is several lines).  Lines are dot-unstuffed, at most 998 bytes."""
+    LF in it is several lines).  Lines are dot-unstuffed, at most 65535 bytes."""
     b = _b(line)
     parts = b.split(b"\n") if b"\n" in b else [b]
     out = []

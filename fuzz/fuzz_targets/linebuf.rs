@@ -7,10 +7,16 @@
 //! stand for the next reference line and that line must really be too long (over the
 //! max in force, or too big for the buffer), and once the whole stream is read every
 //! CR LF-terminated line has been reported exactly once.
+//!
+//! When the high bit of the seed's last byte is set, the stream is read as message
+//! content with `next_text` instead: the pieces of each line, joined, must be the next
+//! reference line, only the first piece says `first` and only the last says `last`, no
+//! piece is larger than the buffer, and the bare flags together tell whether the line
+//! holds a CR or LF.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use smtpd::linebuf::{Line, LineBuf};
+use smtpd::linebuf::{Line, LineBuf, Text};
 
 struct Rng(u32);
 
@@ -58,6 +64,9 @@ fuzz_target!(|data: &[u8]| {
     let max_b = u16le(&data[4..6]) % (cap + 64);
     let mut rng = Rng(u32::from(u16::from_le_bytes([data[6], data[7]])) | 0x1_0000);
     let input = &data[8..];
+    if data[7] & 0x80 != 0 {
+        return content(input, cap, &mut rng);
+    }
 
     let (lines, tail) = reference(input);
     let min_max = max_a.min(max_b);
@@ -118,22 +127,7 @@ fuzz_target!(|data: &[u8]| {
         if pos == input.len() {
             break;
         }
-        // One read of 1..=cap bytes (often small, sometimes a whole buffer).
-        let want = match rng.next() % 4 {
-            0 => 1 + rng.next() as usize % 4,
-            1 => 1 + rng.next() as usize % 32,
-            _ => 1 + rng.next() as usize % cap,
-        };
-        let space = lb.space();
-        assert!(
-            !space.is_empty(),
-            "no space to read into, yet no line to take"
-        );
-        let n = space.len().min(want).min(input.len() - pos);
-        space[..n].copy_from_slice(&input[pos..pos + n]);
-        lb.filled(n);
-        pos += n;
-        assert!(lb.pending() <= cap);
+        pos += read(&mut lb, &input[pos..], cap, &mut rng);
     }
     // Everything was read and drained: every terminated line has been reported.
     assert_eq!(
@@ -142,3 +136,64 @@ fuzz_target!(|data: &[u8]| {
         "terminated lines not reported (cap {cap}, max {max_a}/{max_b})"
     );
 });
+
+/// One read of 1..=cap bytes (often small, sometimes a whole buffer); returns the count.
+fn read(lb: &mut LineBuf, input: &[u8], cap: usize, rng: &mut Rng) -> usize {
+    let want = match rng.next() % 4 {
+        0 => 1 + rng.next() as usize % 4,
+        1 => 1 + rng.next() as usize % 32,
+        _ => 1 + rng.next() as usize % cap,
+    };
+    let space = lb.space();
+    assert!(
+        !space.is_empty(),
+        "no space to read into, yet no line to take"
+    );
+    let n = space.len().min(want).min(input.len());
+    space[..n].copy_from_slice(&input[..n]);
+    lb.filled(n);
+    assert!(lb.pending() <= cap);
+    n
+}
+
+/// The stream read as message content with `next_text`.
+fn content(input: &[u8], cap: usize, rng: &mut Rng) {
+    let (lines, _) = reference(input);
+    let mut lb = LineBuf::new(cap);
+    let mut pos = 0;
+    let mut seen = 0;
+    let mut line = Vec::new();
+    let mut bad = false;
+    let mut in_line = false;
+    loop {
+        while let Text::Piece {
+            bytes,
+            first,
+            last,
+            bare,
+        } = lb.next_text()
+        {
+            assert!(bytes.len() <= cap, "piece larger than the buffer");
+            assert_eq!(first, !in_line, "first flag of a piece of line {seen}");
+            assert!(seen < lines.len(), "piece beyond the input's CR LFs");
+            line.extend_from_slice(bytes);
+            bad |= bare;
+            in_line = !last;
+            if last {
+                assert_eq!(line, lines[seen], "line {seen} differs from the reference");
+                let want_bare = line.iter().any(|&b| b == b'\r' || b == b'\n');
+                assert_eq!(bad, want_bare, "bare flags of line {seen}");
+                line.clear();
+                bad = false;
+                seen += 1;
+            } else {
+                assert!(!bytes.is_empty(), "empty piece that does not end its line");
+            }
+        }
+        if pos == input.len() {
+            break;
+        }
+        pos += read(&mut lb, &input[pos..], cap, rng);
+    }
+    assert_eq!(seen, lines.len(), "terminated lines not reported (cap {cap})");
+}

@@ -24,7 +24,7 @@
 use libfuzzer_sys::fuzz_target;
 use smtpd::config::Config;
 use smtpd::expand::{expand, Delivery, Dest};
-use smtpd::linebuf::{Line, LineBuf};
+use smtpd::linebuf::{Line, LineBuf, Text};
 use smtpd::smtp::command::{Command, Mailbox};
 use smtpd::smtp::reply::Reply;
 use smtpd::smtp::session::{FilterVerdict, Action, Client, DataLine, Limits, MatchCtx, Policy, Session, State};
@@ -153,6 +153,8 @@ struct Model {
     in_headers: bool,
     hops: usize,
     size: u64,
+    /// Octets of the content line in progress.
+    line_len: usize,
     /// The session said Close.
     closed: bool,
     /// A Commit is waiting for its answer (asynchronous commits).
@@ -386,15 +388,23 @@ impl Harness {
     }
 
     /// Tracks a content line the way RFC 5321 sees it (independently of the session).
-    fn saw_data_line(&mut self, line: &[u8], bare: bool) {
-        let line = line.strip_prefix(b".").unwrap_or(line);
-        self.m.size += line.len() as u64 + 2;
+    fn saw_data(&mut self, piece: &[u8], first: bool, last: bool, bare: bool) {
+        let piece = match first {
+            true => piece.strip_prefix(b".").unwrap_or(piece),
+            false => piece,
+        };
+        if first {
+            self.m.line_len = 0;
+        }
+        self.m.line_len += piece.len();
+        self.m.too_long |= self.m.line_len + 2 > MAX_TEXT + 2;
+        self.m.size += piece.len() as u64 + if last { 2 } else { 0 };
         self.m.bare |= bare;
-        self.m.nul |= line.contains(&0);
-        if self.m.in_headers && !bare {
-            if line.is_empty() {
+        self.m.nul |= piece.contains(&0);
+        if self.m.in_headers && !bare && first {
+            if last && piece.is_empty() {
                 self.m.in_headers = false;
-            } else if line.len() >= 9 && line[..9].eq_ignore_ascii_case(b"received:") {
+            } else if piece.len() >= 9 && piece[..9].eq_ignore_ascii_case(b"received:") {
                 self.m.hops += 1;
             }
         }
@@ -412,6 +422,7 @@ fuzz_target!(|data: &[u8]| {
         max_mails: 1 + usize::from(data[2] % 4),
         max_errors: 1 + usize::from(data[3] % 32),
         max_hops: 1 + usize::from(data[4] % 8),
+        max_text_line: MAX_TEXT + 2,
     };
     let seed = u32::from(u16::from_le_bytes([data[6], data[7]])) | 0x1_0000;
     let addr: Option<IpAddr> = match (flags >> 3) & 3 {
@@ -467,24 +478,27 @@ fuzz_target!(|data: &[u8]| {
         while h.s.wants_input() && !h.m.closed {
             let mut actions = Vec::new();
             if h.s.in_data() {
-                match lb.next_line(MAX_TEXT) {
-                    Line::Partial => break,
-                    Line::TooLong => {
-                        h.m.too_long = true;
-                        h.s.on_data_too_long();
-                    }
-                    Line::Complete { bytes, bare } => {
+                match lb.next_text() {
+                    Text::Partial => break,
+                    Text::Piece {
+                        bytes,
+                        first,
+                        last,
+                        bare,
+                    } => {
                         if trace() {
                             eprintln!(
-                                "C| {}{}",
+                                "C| {}{}{}",
                                 bytes.escape_ascii(),
-                                if bare { " (bare)" } else { "" }
+                                if bare { " (bare)" } else { "" },
+                                if last { "" } else { " (continued)" }
                             );
                         }
-                        if bytes != b"." {
-                            h.saw_data_line(bytes, bare);
+                        let end = first && last && bytes == b".";
+                        if !end {
+                            h.saw_data(bytes, first, last, bare);
                         }
-                        match h.s.on_data_line(bytes, bare) {
+                        match h.s.on_data(bytes, first, last, bare) {
                             DataLine::Store(b) => {
                                 assert!(!bare, "stored a line with a bare CR/LF");
                                 assert!(
@@ -498,7 +512,7 @@ fuzz_target!(|data: &[u8]| {
                             }
                             DataLine::Drop => {}
                             DataLine::End => {
-                                assert_eq!(bytes, b".", "End for a line that is not a lone dot");
+                                assert!(end, "End for a piece that is not a lone dot");
                                 let pipelined = lb.pending() > 0;
                                 let esmtp = h.s.esmtp();
                                 h.s.on_data_end(pipelined, &mut actions);
@@ -513,7 +527,7 @@ fuzz_target!(|data: &[u8]| {
                     }
                 }
             } else {
-                match lb.next_line(MAX_COMMAND) {
+                match lb.next_command(MAX_COMMAND) {
                     Line::Partial => break,
                     Line::TooLong => h.s.on_bad_line(Reply::LINE_TOO_LONG, &mut actions),
                     Line::Complete { bytes, bare } => {

@@ -86,14 +86,44 @@ pub fn queue_path_of(path: &Path) -> Result<PathBuf, ConfigError> {
     Ok(parser::queue_path_only(&text, path))
 }
 
-/// The server name: the first line of /etc/mail/mailname, else the host name.
+/// The server name: the first line of /etc/mail/mailname, else the host name made
+/// fully qualified (see [`qualify`]).
 pub fn default_hostname() -> String {
     if let Ok(s) = std::fs::read_to_string("/etc/mail/mailname") {
         if let Some(l) = s.lines().next().map(str::trim).filter(|l| !l.is_empty()) {
             return l.to_string();
         }
     }
-    crate::sys::hostname().unwrap_or_else(|| "localhost".to_string())
+    let name = crate::sys::hostname().unwrap_or_else(|| "localhost".to_string());
+    qualify(
+        &name,
+        &std::fs::read_to_string("/etc/hosts").unwrap_or_default(),
+    )
+}
+
+/// A host name as a fully qualified one: itself when it has a dot; else the canonical
+/// name of the `hosts` text line that lists it (its first name, by hosts(5)) when that
+/// one has a dot; else the name in the domain `localdomain`, as Postfix does. The
+/// name is what the server says in its greeting and in EHLO when it relays, where
+/// RFC 5321 §4.1.1.1 asks for a fully qualified name. No resolver is asked: at start
+/// the daemon must not depend on DNS.
+pub fn qualify(name: &str, hosts: &str) -> String {
+    if name.contains('.') {
+        return name.to_string();
+    }
+    for line in hosts.lines() {
+        let line = line.split('#').next().unwrap_or("");
+        let mut words = line.split_ascii_whitespace().skip(1);
+        let Some(canonical) = words.next() else {
+            continue;
+        };
+        let listed =
+            canonical.eq_ignore_ascii_case(name) || words.any(|w| w.eq_ignore_ascii_case(name));
+        if listed && canonical.contains('.') && crate::smtp::command::valid_domain(canonical) {
+            return canonical.to_ascii_lowercase();
+        }
+    }
+    format!("{name}.localdomain")
 }
 
 /// Resolves `p` against the directory of the configuration file.
@@ -105,5 +135,23 @@ pub(crate) fn relative_to(conf: &Path, p: &str) -> PathBuf {
     match conf.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir.join(p),
         _ => p.to_path_buf(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::qualify;
+
+    #[test]
+    fn host_names_are_made_fully_qualified() {
+        let hosts = "127.0.0.1 localhost\n# 10.0.0.1 vm.commented.example vm\n\
+                     127.0.1.1\tVM.Example.org vm\n";
+        assert_eq!(qualify("mx.example.net", hosts), "mx.example.net");
+        assert_eq!(qualify("vm", hosts), "vm.example.org");
+        assert_eq!(
+            qualify("vm", "127.0.0.1 localhost\n127.0.0.1 vm\n"),
+            "vm.localdomain"
+        );
+        assert_eq!(qualify("other", hosts), "other.localdomain");
     }
 }

@@ -153,7 +153,8 @@ pub struct SmtpConfig {
     pub max_mails: usize,
     /// `smtp limit max-command-line`: octets of a command line with CR LF, default 512.
     pub max_command_line: usize,
-    /// `smtp limit max-text-line`: octets of a text line with CR LF, default 1000.
+    /// `smtp limit max-text-line`: octets of a text line with CR LF; 0 (the default)
+    /// for no limit but the message size.
     pub max_text_line: usize,
     /// `smtp limit max-sessions`: sessions at once; 0 means derived from the fd limit.
     pub max_sessions: usize,
@@ -176,7 +177,7 @@ impl Default for SmtpConfig {
             max_rcpt: 1000,
             max_mails: 100,
             max_command_line: 512,
-            max_text_line: 1000,
+            max_text_line: 0,
             max_sessions: 0,
             max_sessions_per_address: 0,
             max_errors: 20,
@@ -249,10 +250,12 @@ pub enum Method {
     ExpandOnly,
     /// `forward-only`: `.forward` files only.
     ForwardOnly,
-    /// `relay [host URL]`.
+    /// `relay [host URL] [helo NAME]`.
     Relay {
         /// The smarthost, else the MX of the domain.
         host: Option<String>,
+        /// The name given in EHLO/HELO, else the server's name.
+        helo: Option<String>,
     },
 }
 

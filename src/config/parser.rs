@@ -554,7 +554,7 @@ impl Parser {
             } else {
                 None
             };
-            Method::Relay { host }
+            Method::Relay { host, helo: None }
         } else {
             return Err(st.err("delivery method expected: maildir, mbox, mda, lmtp, expand-only, forward-only or relay"));
         };
@@ -578,6 +578,14 @@ impl Parser {
                 action.userbase = Some(self.table_ref(st)?);
             } else if local && st.eat("user") {
                 action.user = Some(st.value("user name")?);
+            } else if !local && st.eat("helo") {
+                let name = st.value("host name")?;
+                if !crate::smtp::command::valid_domain(&name) {
+                    return Err(st.err(format!("helo: invalid host name '{name}'")));
+                }
+                if let Method::Relay { helo, .. } = &mut action.method {
+                    *helo = Some(name);
+                }
             } else if st.eat("ttl") {
                 let v = st.value("duration")?;
                 action.ttl = Some(
@@ -889,7 +897,9 @@ impl Parser {
                     "max-hops" => (&mut s.max_hops, 1),
                     other => return Err(st.err(format!("unknown limit '{other}'"))),
                 };
-                if n < min || n > 1 << 30 {
+                // 0 lifts the text line limit: lines as long as the message.
+                let off = n == 0 && name == "max-text-line";
+                if (n < min && !off) || n > 1 << 30 {
                     return Err(st.err(format!("{name}: {n} is out of range (at least {min})")));
                 }
                 *slot = n;
@@ -946,7 +956,7 @@ fn check_method(m: &Method) -> Result<(), String> {
         ..FormatCtx::default()
     };
     match m {
-        Method::Relay { host: Some(h) } => Target::parse(h, 25).map(|_| ()),
+        Method::Relay { host: Some(h), .. } => Target::parse(h, 25).map(|_| ()),
         Method::Lmtp { dest, .. } => Target::parse(dest, 24).map(|_| ()),
         Method::Mda(cmd) => expand_command(cmd, &ctx).map(|_| ()),
         Method::Maildir { path: Some(p), .. } => expand_path(p, &ctx).map(|_| ()),

@@ -495,7 +495,11 @@ impl Server {
             }
             _ => return,
         };
-        let max_line = self.cfg.smtp.max_text_line - 2;
+        // The text line limit, when one is set, holds for what the filters return too.
+        let max_line = match self.cfg.smtp.max_text_line {
+            0 => usize::MAX,
+            n => n - 2,
+        };
         if let Some(lines) = &lines {
             if lines
                 .iter()
@@ -503,7 +507,7 @@ impl Server {
             {
                 return self.filter_failed(
                     fid,
-                    "sent a message line with CR, LF, NUL or over 998 octets",
+                    "sent a message line with CR, LF, NUL or over the text line limit",
                     now,
                 );
             }

@@ -387,6 +387,7 @@ impl Server {
                 target,
                 proto,
                 rcpt,
+                helo,
                 env,
             } = job;
             let started = self
@@ -402,7 +403,7 @@ impl Server {
                     continue;
                 }
             };
-            let client = MtaClient::new(proto, &self.cfg.hostname, &env.sender, vec![rcpt]);
+            let client = MtaClient::new(proto, &helo, &env.sender, vec![rcpt]);
             let gen = self.next_gen;
             self.next_gen += 1;
             let deadline = now + MTA_TIMEOUT;
@@ -462,6 +463,7 @@ impl Server {
             max_mails: self.cfg.smtp.max_mails,
             max_errors: self.cfg.smtp.max_errors,
             max_hops: self.cfg.smtp.max_hops,
+            max_text_line: self.cfg.smtp.max_text_line,
         };
         let head = match listener {
             Some(l) => l.filter,
@@ -474,11 +476,7 @@ impl Server {
         let gen = self.next_gen;
         self.next_gen += 1;
         let deadline = now + self.cfg.smtp.timeout;
-        let max_line = self
-            .cfg
-            .smtp
-            .max_text_line
-            .max(self.cfg.smtp.max_command_line);
+        let max_line = self.cfg.smtp.max_command_line;
         let mut conn = Conn::new(stream, gen, ip, session, actions, deadline, max_line);
         // Protocol lines and rollbacks are gathered only when a filter of the chain may
         // observe them (a filter process, whose registration may still come).

@@ -173,6 +173,11 @@ impl Client {
         format!("RCPT TO:<{}>", self.rcpts[i])
     }
 
+    /// The protocol spoken.
+    pub fn proto(&self) -> Proto {
+        self.proto
+    }
+
     /// The body was sent with its final dot.
     pub fn body_sent(&mut self) {
         if self.state == State::Body {

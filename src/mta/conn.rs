@@ -2,6 +2,7 @@
 //! [`Client`] and streams the spooled message with CR LF line ends and dot-stuffing.
 
 use super::client::{Client, Proto, ReplyParser, Step};
+use super::wire::{Encoder, MAX_LINE};
 use crate::linebuf::{Line, LineBuf};
 use crate::mda::Outcome;
 use crate::queue::envelope::Envelope;
@@ -92,7 +93,7 @@ pub struct MtaConn {
     inbuf: LineBuf,
     out: Vec<u8>,
     body: Option<BufReader<io::Take<File>>>,
-    line: Vec<u8>,
+    encoder: Encoder,
     error: Option<String>,
     closed: bool,
 }
@@ -107,6 +108,11 @@ impl MtaConn {
         body: io::Take<File>,
         envs: Vec<Envelope>,
     ) -> MtaConn {
+        // Lines are folded for an SMTP server, kept intact for local LMTP.
+        let encoder = Encoder::new(match client.proto() {
+            Proto::Smtp => Some(MAX_LINE),
+            Proto::Lmtp => None,
+        });
         MtaConn {
             sock,
             gen,
@@ -117,7 +123,7 @@ impl MtaConn {
             inbuf: LineBuf::new(MAX_REPLY_LINE * 2),
             out: Vec::new(),
             body: Some(BufReader::new(body)),
-            line: Vec::new(),
+            encoder,
             error: None,
             closed: false,
         }
@@ -213,36 +219,32 @@ impl MtaConn {
         }
     }
 
-    /// Adds body lines to the output while it is below the high-water mark.
+    /// Adds message content to the output while it is below the high-water mark.
     fn fill_body(&mut self) -> bool {
         let Some(body) = self.body.as_mut() else {
             return false;
         };
         let mut progress = false;
         while self.out.len() < OUT_HIGH {
-            self.line.clear();
-            match body.read_until(b'\n', &mut self.line) {
-                Ok(0) => {
-                    self.out.extend_from_slice(b".\r\n");
+            let n = match body.fill_buf() {
+                Ok([]) => {
+                    self.encoder.finish(&mut self.out);
                     self.body = None;
                     self.client.body_sent();
                     return true;
                 }
-                Ok(_) => {
-                    let l = self.line.strip_suffix(b"\n").unwrap_or(&self.line);
-                    // RFC 5321 §4.5.2: a leading dot is doubled.
-                    if l.first() == Some(&b'.') {
-                        self.out.push(b'.');
-                    }
-                    self.out.extend_from_slice(l);
-                    self.out.extend_from_slice(b"\r\n");
-                    progress = true;
+                Ok(chunk) => {
+                    self.encoder.push(chunk, &mut self.out);
+                    chunk.len()
                 }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     self.abort(&format!("reading the message: {e}"));
                     return false;
                 }
-            }
+            };
+            body.consume(n);
+            progress = true;
         }
         progress
     }

@@ -2,3 +2,4 @@
 
 pub mod client;
 pub mod conn;
+pub mod wire;

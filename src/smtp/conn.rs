@@ -5,7 +5,7 @@ use super::reply::Reply;
 use super::session::{Action, DataLine, Session, State};
 use crate::config::Config;
 use crate::filter::pipe::Lines;
-use crate::linebuf::{Line, LineBuf};
+use crate::linebuf::{Line, LineBuf, Text};
 use crate::queue::envelope::Envelope;
 use crate::queue::spool::{is_no_space, Committer, Spool};
 use crate::ruleset::RulesetPolicy;
@@ -18,6 +18,8 @@ use std::time::Instant;
 const INBUF: usize = 16 * 1024;
 /// Message bytes gathered before one write(2).
 const MSG_CHUNK: usize = 64 * 1024;
+/// Longest content line a data filter is given (the protocol's string limit).
+const MAX_FILTER_LINE: usize = u16::MAX as usize;
 /// Unsent reply bytes above which no more input is taken.
 const OUT_HIGH: usize = 64 * 1024;
 
@@ -100,6 +102,8 @@ pub struct Conn {
     pub data_chain: Vec<usize>,
     /// Lines waiting to be sent to the first data filter.
     data_batch: Lines,
+    /// A content line longer than the input buffer, gathered for the data filters.
+    long_line: Vec<u8>,
     data_batch_bytes: usize,
     /// The final dot was seen (with the pipelining flag); the chain's end is awaited.
     data_end: Option<bool>,
@@ -167,6 +171,7 @@ impl Conn {
             chain: Vec::new(),
             data_chain: Vec::new(),
             data_batch: Lines::default(),
+            long_line: Vec::new(),
             data_batch_bytes: 0,
             data_end: None,
             data_end_sent: false,
@@ -318,48 +323,64 @@ impl Conn {
             && self.out.len() - self.out_pos < OUT_HIGH
         {
             if self.session.in_data() {
-                // RFC 5321 §4.5.3.1.6: the limit does not count a stuffed dot, so the
-                // wire line may be one octet longer when it starts with one.
-                let max = ctx.cfg.smtp.max_text_line - 2;
-                match self.inbuf.next_line(max + 1) {
-                    Line::Partial => break,
-                    Line::TooLong => self.session.on_data_too_long(),
-                    Line::Complete { bytes, .. } if bytes.len() > max && bytes[0] != b'.' => {
-                        self.session.on_data_too_long()
-                    }
-                    Line::Complete { bytes, bare } => {
-                        match self.session.on_data_line(bytes, bare) {
-                            DataLine::Store(b) if !self.data_chain.is_empty() => {
-                                self.data_batch_bytes += b.len();
-                                self.data_batch.push(b);
-                            }
-                            DataLine::Store(b) => {
-                                if let Some(m) = self.msg.as_mut() {
-                                    if !m.failed {
-                                        m.buf.extend_from_slice(b);
-                                        m.buf.push(b'\n');
-                                        if m.buf.len() >= MSG_CHUNK {
-                                            write_chunk(m, &mut self.session);
-                                        }
-                                    }
-                                }
-                            }
-                            DataLine::Drop => {}
-                            DataLine::End if !self.data_chain.is_empty() => {
-                                // The chain's own end decides; input waits until then.
-                                self.data_end = Some(self.inbuf.pending() > 0);
-                            }
-                            DataLine::End => {
-                                let pipelined = self.inbuf.pending() > 0;
-                                self.session.on_data_end(pipelined, &mut self.actions);
-                                self.run_actions(ctx, Some(b"."));
+                let (bytes, first, last, bare) = match self.inbuf.next_text() {
+                    Text::Partial => break,
+                    Text::Piece {
+                        bytes,
+                        first,
+                        last,
+                        bare,
+                    } => (bytes, first, last, bare),
+                };
+                match self.session.on_data(bytes, first, last, bare) {
+                    DataLine::Store(b) if !self.data_chain.is_empty() => {
+                        if first && last {
+                            self.data_batch_bytes += b.len();
+                            self.data_batch.push(b);
+                        } else if self.long_line.len() + b.len() > MAX_FILTER_LINE {
+                            // The filter protocol carries lines of up to 64 KiB.
+                            self.long_line = Vec::new();
+                            self.session.on_data_too_long();
+                        } else {
+                            self.long_line.extend_from_slice(b);
+                            if last {
+                                let line = std::mem::take(&mut self.long_line);
+                                self.data_batch_bytes += line.len();
+                                self.data_batch.push(&line);
                             }
                         }
+                    }
+                    DataLine::Store(b) => {
+                        if let Some(m) = self.msg.as_mut() {
+                            if !m.failed {
+                                m.buf.extend_from_slice(b);
+                                if last {
+                                    m.buf.push(b'\n');
+                                }
+                                if m.buf.len() >= MSG_CHUNK {
+                                    write_chunk(m, &mut self.session);
+                                }
+                            }
+                        }
+                    }
+                    DataLine::Drop => {
+                        if last {
+                            self.long_line = Vec::new();
+                        }
+                    }
+                    DataLine::End if !self.data_chain.is_empty() => {
+                        // The chain's own end decides; input waits until then.
+                        self.data_end = Some(self.inbuf.pending() > 0);
+                    }
+                    DataLine::End => {
+                        let pipelined = self.inbuf.pending() > 0;
+                        self.session.on_data_end(pipelined, &mut self.actions);
+                        self.run_actions(ctx, Some(b"."));
                     }
                 }
             } else {
                 let max = ctx.cfg.smtp.max_command_line - 2;
-                match self.inbuf.next_line(max) {
+                match self.inbuf.next_command(max) {
                     Line::Partial => break,
                     Line::TooLong => {
                         self.session
@@ -694,6 +715,7 @@ impl Conn {
     pub fn on_data_filter_failed(&mut self, ctx: &mut Ctx, now: Instant) {
         self.session.on_write_error(false);
         self.data_batch.clear();
+        self.long_line = Vec::new();
         if self.data_end.is_some() {
             self.on_filtered_end(ctx, now);
         } else {

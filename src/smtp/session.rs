@@ -9,7 +9,7 @@
 //! ```
 //!
 //! The glue (`smtp::conn`) feeds command lines to [`Session::on_line`], data lines to
-//! [`Session::on_data_line`], and answers the [`Action`]s it gets: it writes replies,
+//! [`Session::on_data`], and answers the [`Action`]s it gets: it writes replies,
 //! opens and commits spool files, and closes the connection. While [`Session::wants_input`]
 //! is false (a commit in flight), the glue keeps further pipelined lines buffered: RFC
 //! 2920 pipelining needs nothing more.
@@ -156,6 +156,8 @@ pub struct Tx {
     in_headers: bool,
     /// Received headers seen.
     hops: usize,
+    /// Octets of the content line in progress so far (unstuffed, no line end).
+    line_len: usize,
     /// A filter marked the transaction as spam.
     pub junk: bool,
     /// A filter quarantined the message: it is held in the queue, with this reason.
@@ -209,12 +211,15 @@ pub struct Limits {
     pub max_errors: usize,
     /// Received headers refused from this count on.
     pub max_hops: usize,
+    /// Octets in a content line, CR LF included; 0 for no limit but the size.
+    pub max_text_line: usize,
 }
 
-/// What [`Session::on_data_line`] decided for one line.
+/// What [`Session::on_data`] decided for a piece of content.
 #[derive(Debug, PartialEq, Eq)]
 pub enum DataLine<'a> {
-    /// Store these bytes (dot-unstuffed) followed by a line end.
+    /// Store these bytes (dot-unstuffed), followed by a line end when the piece ends
+    /// its line.
     Store(&'a [u8]),
     /// Drop the line: the message is already refused.
     Drop,
@@ -386,7 +391,7 @@ impl Session {
         self.pending.is_none() && !matches!(self.state, State::Commit | State::Quit)
     }
 
-    /// Whether lines are message content (use [`Session::on_data_line`]).
+    /// Whether lines are message content (use [`Session::on_data`]).
     pub fn in_data(&self) -> bool {
         self.state == State::Data
     }
@@ -706,19 +711,33 @@ impl Session {
         h
     }
 
-    /// Feeds one line of content (CR LF stripped). `bare` is the line buffer's report of
-    /// a bare CR or LF inside the line.
-    pub fn on_data_line<'a>(&mut self, line: &'a [u8], bare: bool) -> DataLine<'a> {
+    /// Feeds a piece of content, CR LF stripped: a whole line, or a part of a line
+    /// longer than the input buffer (`first`: the piece starts its line; `last`: it ends
+    /// it). `bare` is the line buffer's report of a bare CR or LF in the piece.
+    pub fn on_data<'a>(
+        &mut self,
+        bytes: &'a [u8],
+        first: bool,
+        last: bool,
+        bare: bool,
+    ) -> DataLine<'a> {
         debug_assert!(self.in_data());
-        if line == b"." {
+        if first && last && bytes == b"." {
             return DataLine::End;
         }
         let Some(tx) = self.tx.as_mut() else {
             return DataLine::Drop;
         };
         // RFC 5321 §4.5.2: drop one leading dot.
-        let line = line.strip_prefix(b".").unwrap_or(line);
-        tx.size += line.len() as u64 + 2;
+        let bytes = match first {
+            true => bytes.strip_prefix(b".").unwrap_or(bytes),
+            false => bytes,
+        };
+        tx.size += bytes.len() as u64 + if last { 2 } else { 0 };
+        if first {
+            tx.line_len = 0;
+        }
+        tx.line_len = tx.line_len.saturating_add(bytes.len());
         if tx.fail.is_some() {
             return DataLine::Drop;
         }
@@ -726,7 +745,7 @@ impl Session {
             tx.fail = Some(Reply::BARE_NEWLINE_DATA);
             return DataLine::Drop;
         }
-        if memchr::memchr(0, line).is_some() {
+        if memchr::memchr(0, bytes).is_some() {
             tx.fail = Some(Reply::NUL_DATA);
             return DataLine::Drop;
         }
@@ -734,10 +753,16 @@ impl Session {
             tx.fail = Some(Reply::TOO_BIG);
             return DataLine::Drop;
         }
-        if tx.in_headers {
-            if line.is_empty() {
+        // `smtp limit max-text-line` counts the line end.
+        let max_line = self.limits.max_text_line;
+        if max_line > 0 && tx.line_len.saturating_add(2) > max_line {
+            tx.fail = Some(Reply::DATA_LINE_TOO_LONG);
+            return DataLine::Drop;
+        }
+        if tx.in_headers && first {
+            if last && bytes.is_empty() {
                 tx.in_headers = false;
-            } else if line.len() >= 9 && line[..9].eq_ignore_ascii_case(b"received:") {
+            } else if bytes.len() >= 9 && bytes[..9].eq_ignore_ascii_case(b"received:") {
                 tx.hops += 1;
                 if tx.hops >= self.limits.max_hops {
                     tx.fail = Some(Reply::LOOP);
@@ -745,10 +770,11 @@ impl Session {
                 }
             }
         }
-        DataLine::Store(line)
+        DataLine::Store(bytes)
     }
 
-    /// A content line over the text line limit: the message will be refused.
+    /// A content line could not be carried whole (longer than the filters' protocol
+    /// allows): the message will be refused.
     pub fn on_data_too_long(&mut self) {
         if let Some(tx) = self.tx.as_mut() {
             tx.fail.get_or_insert(Reply::DATA_LINE_TOO_LONG);
@@ -918,6 +944,7 @@ mod tests {
             max_mails: 2,
             max_errors: 10,
             max_hops: 3,
+            max_text_line: 0,
         }
     }
 
@@ -945,7 +972,7 @@ mod tests {
         /// Feeds a line the way the glue would and answers the glue's actions.
         fn client(&mut self, line: &str) -> &mut Self {
             if self.s.in_data() {
-                match self.s.on_data_line(line.as_bytes(), false) {
+                match self.s.on_data(line.as_bytes(), true, true, false) {
                     DataLine::Store(b) => self.stored.push(b.to_vec()),
                     DataLine::Drop => {}
                     DataLine::End => self.s.on_data_end(false, &mut self.out),
@@ -1137,9 +1164,50 @@ mod tests {
             d.client("MAIL FROM:<a@b.c>").expect("250");
             d.client("RCPT TO:<u@b.c>").expect("250");
             d.client("DATA").expect("354");
-            assert_eq!(d.s.on_data_line(line.as_bytes(), bare), DataLine::Drop);
+            assert_eq!(
+                d.s.on_data(line.as_bytes(), true, true, bare),
+                DataLine::Drop
+            );
             d.client(".").expect(want);
             assert!(d.out.contains(&Action::Discard));
+        }
+    }
+
+    #[test]
+    fn a_long_line_in_pieces_is_stored_whole_and_unstuffed_once() {
+        let mut d = Dialog::new();
+        d.client("EHLO c").expect("250");
+        d.client("MAIL FROM:<a@b.c>").expect("250");
+        d.client("RCPT TO:<u@b.c>").expect("250");
+        d.client("DATA").expect("354");
+        let s = &mut d.s;
+        assert_eq!(
+            s.on_data(b"..a", true, false, false),
+            DataLine::Store(b".a")
+        );
+        // A later piece that starts with a dot keeps it, and "." there is no end.
+        assert_eq!(
+            s.on_data(b".b", false, false, false),
+            DataLine::Store(b".b")
+        );
+        assert_eq!(s.on_data(b".", false, true, false), DataLine::Store(b"."));
+        assert_eq!(s.tx().map(|t| t.size), Some(7));
+        d.client(".").expect("250");
+    }
+
+    #[test]
+    fn max_text_line_counts_every_piece() {
+        for (limit, want) in [(0, "250"), (12, "250"), (11, "500 5.5.2")] {
+            let mut d = Dialog::new();
+            d.s.limits.max_text_line = limit;
+            d.client("EHLO c").expect("250");
+            d.client("MAIL FROM:<a@b.c>").expect("250");
+            d.client("RCPT TO:<u@b.c>").expect("250");
+            d.client("DATA").expect("354");
+            // ten octets (with the stuffed dot: eleven on the wire) and CR LF
+            let _ = d.s.on_data(b"..abcd", true, false, false);
+            let _ = d.s.on_data(b"efghi", false, true, false);
+            d.client(".").expect(want);
         }
     }
 
@@ -1164,7 +1232,7 @@ mod tests {
         d.client("MAIL FROM:<a@b.c>").expect("250");
         d.client("RCPT TO:<u@b.c>").expect("250");
         d.client("DATA").expect("354");
-        assert_eq!(d.s.on_data_line(b".", false), DataLine::End);
+        assert_eq!(d.s.on_data(b".", true, true, false), DataLine::End);
         d.s.on_data_end(true, &mut d.out);
         d.expect("554 5.5.0").expect_close();
         assert!(!d.out.contains(&Action::Commit));
