@@ -12,6 +12,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod settings;
+
 /// Every keyword the parser accepts.
 pub const KEYWORDS: &[&str] = &[
     "include",
@@ -808,96 +810,6 @@ impl Parser {
             .insert(name.clone(), self.cfg.filters.len());
         self.cfg.filters.push(FilterDef { name, kind });
         Ok(())
-    }
-
-    /// `bounce warn-interval D[, D ...]`: up to four delays, increasing.
-    fn bounce(&mut self, st: &mut Stmt) -> Result<(), ConfigError> {
-        st.expect("warn-interval")?;
-        let mut v = Vec::new();
-        loop {
-            let d = st.value("duration")?;
-            let d = parse_duration(&d)
-                .filter(|x| !x.is_zero())
-                .ok_or_else(|| st.err(format!("invalid duration '{d}'")))?;
-            if v.last().is_some_and(|&l| d <= l) {
-                return Err(st.err("warn-interval delays must increase"));
-            }
-            v.push(d);
-            if !st.eat_punct(',') {
-                break;
-            }
-        }
-        if v.len() > 4 {
-            return Err(st.err("at most four warn-interval delays"));
-        }
-        st.done()?;
-        self.cfg.queue.warn_intervals = v;
-        Ok(())
-    }
-
-    fn queue(&mut self, st: &mut Stmt) -> Result<(), ConfigError> {
-        if st.eat("path") {
-            let p = st.value("directory")?;
-            self.queue_path = Some(relative_to(&self.current, &p));
-        } else if st.eat("ttl") {
-            let v = st.value("duration")?;
-            self.cfg.queue.ttl =
-                parse_duration(&v).ok_or_else(|| st.err(format!("invalid duration '{v}'")))?;
-        } else {
-            return Err(st.err("after 'queue': path or ttl"));
-        }
-        st.done()
-    }
-
-    fn smtp(&mut self, st: &mut Stmt) -> Result<(), ConfigError> {
-        let s = &mut self.cfg.smtp;
-        if st.eat("max-message-size") {
-            let v = st.value("size")?;
-            s.max_message_size = parse_size(&v)
-                .filter(|&n| n > 0)
-                .ok_or_else(|| st.err(format!("invalid size '{v}'")))?;
-        } else if st.eat("timeout") {
-            let v = st.value("duration")?;
-            s.timeout = parse_duration(&v)
-                .filter(|d| !d.is_zero())
-                .ok_or_else(|| st.err(format!("invalid duration '{v}'")))?;
-        } else if st.eat("sub-addr-delim") {
-            let v = st.value("character")?;
-            let mut c = v.chars();
-            s.sub_addr_delim = match (c.next(), c.next()) {
-                (Some(ch), None) if ch.is_ascii_graphic() && ch != '@' => ch,
-                _ => return Err(st.err(format!("invalid delimiter '{v}'"))),
-            };
-        } else if st.eat("limit") {
-            if st.at_end() {
-                return Err(st.err("limit name expected"));
-            }
-            while !st.at_end() {
-                let name = st.value("limit name")?;
-                let v = st.value("number")?;
-                let n: usize = v
-                    .parse()
-                    .map_err(|_| st.err(format!("invalid number '{v}'")))?;
-                let (slot, min): (&mut usize, usize) = match name.as_str() {
-                    "max-rcpt" => (&mut s.max_rcpt, 1),
-                    "max-mails" => (&mut s.max_mails, 1),
-                    "max-command-line" => (&mut s.max_command_line, 512),
-                    "max-text-line" => (&mut s.max_text_line, 1000),
-                    "max-sessions" => (&mut s.max_sessions, 1),
-                    "max-sessions-per-address" => (&mut s.max_sessions_per_address, 1),
-                    "max-errors" => (&mut s.max_errors, 1),
-                    "max-hops" => (&mut s.max_hops, 1),
-                    other => return Err(st.err(format!("unknown limit '{other}'"))),
-                };
-                if n < min || n > 1 << 30 {
-                    return Err(st.err(format!("{name}: {n} is out of range (at least {min})")));
-                }
-                *slot = n;
-            }
-        } else {
-            return Err(st.err("after 'smtp': max-message-size, limit, timeout or sub-addr-delim"));
-        }
-        st.done()
     }
 }
 

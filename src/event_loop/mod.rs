@@ -26,9 +26,12 @@ use std::os::fd::{OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod accept;
 mod ctl;
 mod filters;
 mod rdns;
+
+pub use accept::{bind_control, bind_listeners};
 
 const SIGNAL: Token = Token(0);
 const WAKER: Token = Token(1);
@@ -512,49 +515,6 @@ impl Server {
         Some(key)
     }
 
-    fn accept(&mut self, key: usize, now: Instant) {
-        loop {
-            let (stream, peer, lidx) = match self.slab.get(key) {
-                Some(Entry::Listener { sock, idx }) => match sock.accept() {
-                    Ok((s, addr)) => (s, addr, *idx),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        // EMFILE and friends: try again on the next event.
-                        log::warn!("smtpd accept failed: {e}");
-                        return;
-                    }
-                },
-                _ => return,
-            };
-            let mut stream = stream;
-            let ip = canonical(peer.ip());
-            if self.sessions >= self.max_sessions {
-                refuse(&mut stream, &Reply::TOO_MANY_SESSIONS);
-                log::info!("smtp refused address={ip} reason=max-sessions");
-                continue;
-            }
-            let limit = self.cfg.smtp.max_sessions_per_address;
-            let count = self.per_addr.get(&ip).copied().unwrap_or(0);
-            if limit > 0 && count >= limit {
-                refuse(&mut stream, &Reply::TOO_MANY_FROM_ADDRESS);
-                log::info!("smtp refused address={ip} reason=max-sessions-per-address");
-                continue;
-            }
-            let _ = stream.set_nodelay(true);
-            if let Some(k) = self.new_session(Stream::Tcp(stream), Some(ip), Some(lidx), now) {
-                if let Some(Entry::Smtp(c)) = self.slab.get(k) {
-                    log::info!(
-                        "{:016x} smtp connected address={ip} port={}",
-                        c.id(),
-                        peer.port()
-                    );
-                }
-            }
-            // The greeting goes out when the socket reports writable.
-        }
-    }
-
     /// Hands the daemon's own messages (bounces) to the sync thread.
     fn submit_internal(&mut self) {
         for job in self.queue.jobs.drain(..) {
@@ -680,52 +640,4 @@ fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-/// IPv4-mapped IPv6 addresses are shown and counted as IPv4.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
-}
-
-/// Best-effort 421 on a connection we will not serve.
-fn refuse(stream: &mut mio::net::TcpStream, reply: &Reply) {
-    let mut out = Vec::new();
-    reply.render(&mut out);
-    let _ = stream.write(&out);
-}
-
-/// Binds every listener of the configuration, with its index in `cfg.listeners`.
-/// Done before the daemon detaches so that errors reach the terminal.
-pub fn bind_listeners(cfg: &Config) -> io::Result<Vec<(std::net::TcpListener, usize)>> {
-    let mut out = Vec::new();
-    for (idx, l) in cfg.listeners.iter().enumerate() {
-        for addr in &l.addrs {
-            let sock = crate::sys::listen_tcp(*addr, 1024)
-                .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
-            log::info!("smtpd listening on {addr}");
-            out.push((sock, idx));
-        }
-    }
-    Ok(out)
-}
-
-/// Creates the control socket in the spool (mode 0666: anyone may submit mail; the
-/// daemon checks the peer's uid before it obeys a command).
-pub fn bind_control(spool_root: &std::path::Path) -> io::Result<std::os::unix::net::UnixListener> {
-    use std::os::unix::fs::PermissionsExt;
-    let path = crate::control::socket_path(spool_root);
-    if std::os::unix::net::UnixStream::connect(&path).is_ok() {
-        return Err(io::Error::new(
-            io::ErrorKind::AddrInUse,
-            format!("{}: another smtpd is running on this spool", path.display()),
-        ));
-    }
-    let _ = std::fs::remove_file(&path);
-    let l = std::os::unix::net::UnixListener::bind(&path)
-        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))?;
-    Ok(l)
 }
