@@ -146,6 +146,10 @@ const SETTINGS: &[(&str, &str)] = &[
         ".It Cm max-sessions-per-address",
         "smtp limit max-sessions-per-address",
     ),
+    (
+        ".It Cm max-connection-rate",
+        "smtp limit max-connection-rate",
+    ),
     (".It Cm max-errors", "smtp limit max-errors"),
     (".It Cm max-hops", "smtp limit max-hops"),
 ];
@@ -159,7 +163,7 @@ fn documented_defaults_and_minimums_hold() {
         let default =
             stated(&text, "default is").unwrap_or_else(|| panic!("{head}: no default stated"));
         if default == "0" {
-            // 0 stands for a computed value and cannot be written in the file.
+            // 0 stands for a computed value or for no limit: compare with the model's default.
             let field = stmt.rsplit(' ').next().unwrap_or("").replace('-', "_");
             let defaults = format!("{:?}", SmtpConfig::default());
             assert!(

@@ -157,8 +157,12 @@ pub struct SmtpConfig {
     pub max_text_line: usize,
     /// `smtp limit max-sessions`: sessions at once; 0 means derived from the fd limit.
     pub max_sessions: usize,
-    /// `smtp limit max-sessions-per-address`: sessions at once from one address; 0 is none.
+    /// `smtp limit max-sessions-per-address`: sessions at once from one address, default
+    /// 50; 0 is none.
     pub max_sessions_per_address: usize,
+    /// `smtp limit max-connection-rate`: connections a minute from one address; 0 (the
+    /// default) is none.
+    pub max_connection_rate: usize,
     /// `smtp limit max-errors`: failed commands before the session is closed, default 20.
     pub max_errors: usize,
     /// `smtp limit max-hops`: Received headers refused from this count on, default 50.
@@ -178,7 +182,8 @@ impl Default for SmtpConfig {
             max_command_line: 512,
             max_text_line: 1000,
             max_sessions: 0,
-            max_sessions_per_address: 0,
+            max_sessions_per_address: 50,
+            max_connection_rate: 0,
             max_errors: 20,
             max_hops: 50,
             timeout: Duration::from_secs(300),

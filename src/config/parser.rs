@@ -64,6 +64,7 @@ pub const KEYWORDS: &[&str] = &[
     "max-text-line",
     "max-sessions",
     "max-sessions-per-address",
+    "max-connection-rate",
     "max-errors",
     "max-hops",
     "timeout",
@@ -963,6 +964,7 @@ mod tests {
             smtp max-message-size 10M
             smtp limit max-rcpt 50 max-mails 10
             smtp timeout 30s
+            smtp limit max-sessions-per-address 0 max-connection-rate 600
             action "local" maildir "/var/mail/%{user.username}" junk alias <nets> ttl 1h
             action "virt" mbox virtual <users>
             action "out" relay host "smtp://[192.0.2.1]:25"
@@ -985,6 +987,10 @@ mod tests {
         assert_eq!(c.smtp.max_message_size, 10 << 20);
         assert_eq!((c.smtp.max_rcpt, c.smtp.max_mails), (50, 10));
         assert_eq!(c.smtp.timeout, Duration::from_secs(30));
+        assert_eq!(
+            (c.smtp.max_sessions_per_address, c.smtp.max_connection_rate),
+            (0, 600)
+        );
         assert_eq!(c.actions.len(), 3);
         assert!(matches!(
             c.actions[0].method,

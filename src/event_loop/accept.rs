@@ -1,5 +1,5 @@
-//! Listening and accepting: the SMTP listeners and their limits (sessions, sessions by
-//! address).
+//! Listening and accepting: the SMTP listeners' limits (sessions, sessions and new
+//! connections by address).
 
 use super::{Entry, Server};
 use crate::smtp::reply::Reply;
@@ -26,16 +26,21 @@ impl Server {
             };
             let mut stream = stream;
             let ip = canonical(peer.ip());
-            if self.sessions >= self.max_sessions {
-                refuse(&mut stream, &Reply::TOO_MANY_SESSIONS);
-                log::info!("smtp refused address={ip} reason=max-sessions");
-                continue;
-            }
-            let limit = self.cfg.smtp.max_sessions_per_address;
-            let count = self.per_addr.get(&ip).copied().unwrap_or(0);
-            if limit > 0 && count >= limit {
-                refuse(&mut stream, &Reply::TOO_MANY_FROM_ADDRESS);
-                log::info!("smtp refused address={ip} reason=max-sessions-per-address");
+            // Every connection counts toward the rate, refused ones included.
+            let rate_ok = self.rates.hit(ip, now);
+            let per_addr = self.cfg.smtp.max_sessions_per_address;
+            let refusal = if self.sessions >= self.max_sessions {
+                Some((Reply::TOO_MANY_SESSIONS, "max-sessions"))
+            } else if per_addr > 0 && self.per_addr.get(&ip).is_some_and(|&n| n >= per_addr) {
+                Some((Reply::TOO_MANY_FROM_ADDRESS, "max-sessions-per-address"))
+            } else if !rate_ok {
+                Some((Reply::CONNECTION_RATE, "max-connection-rate"))
+            } else {
+                None
+            };
+            if let Some((reply, reason)) = refusal {
+                refuse(&mut stream, &reply);
+                log::info!("smtp refused address={ip} reason={reason}");
                 continue;
             }
             let _ = stream.set_nodelay(true);

@@ -14,6 +14,7 @@ use crate::smtp::conn::{Conn, Ctx, Reason};
 use crate::smtp::reply::Reply;
 use crate::smtp::session::{Client, Limits, Session};
 use crate::stream::Stream;
+use limits::RateTable;
 use mio::net::{TcpListener, UnixListener, UnixStream};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -29,6 +30,7 @@ use std::time::{Duration, Instant};
 mod accept;
 mod ctl;
 mod filters;
+mod limits;
 mod rdns;
 
 pub use accept::{bind_control, bind_listeners};
@@ -79,6 +81,8 @@ pub struct Server {
     signal_fd: RawFd,
     timers: BinaryHeap<Reverse<(Instant, usize, u64)>>,
     per_addr: HashMap<IpAddr, usize>,
+    /// New connections by address, for `max-connection-rate`.
+    rates: RateTable,
     sessions: usize,
     max_sessions: usize,
     next_gen: u64,
@@ -152,6 +156,7 @@ impl Server {
             (nofile.saturating_sub(64) / 2).max(16) as usize
         };
         let mut server = Server {
+            rates: RateTable::new(cfg.smtp.max_connection_rate, limits::RATE_TABLE_MAX),
             cfg,
             poll,
             slab,
@@ -267,6 +272,7 @@ impl Server {
             self.filter_deadlines(now);
             self.monitor(now);
             self.reap();
+            self.rates.prune(now);
         }
         log::info!("smtpd exiting");
         Ok(())
