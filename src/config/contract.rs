@@ -112,7 +112,7 @@ fn conf(extra: &str) -> Result<Config, String> {
 
 /// The settings a configuration leaves to the parser's defaults.
 fn settings(c: &Config) -> String {
-    format!("{:?} {:?}", c.queue, c.smtp)
+    format!("{:?} {:?} {:?}", c.queue, c.smtp, c.control)
 }
 
 #[test]
@@ -152,6 +152,12 @@ const SETTINGS: &[(&str, &str)] = &[
     ),
     (".It Cm max-errors", "smtp limit max-errors"),
     (".It Cm max-hops", "smtp limit max-hops"),
+    (".It Ic control timeout", "control timeout"),
+    (".It Cm max-clients", "control limit max-clients"),
+    (
+        ".It Cm max-clients-per-user",
+        "control limit max-clients-per-user",
+    ),
 ];
 
 #[test]
@@ -192,16 +198,18 @@ fn documented_defaults_and_minimums_hold() {
         }
     }
     // The upper bound of every limit.
-    let text = item_text(&page, ".It Ic smtp limit");
-    let max: u64 = stated(&text, "at most")
-        .and_then(|m| m.parse().ok())
-        .unwrap_or_else(|| panic!("smtp limit: no maximum stated in {text:?}"));
-    for (head, stmt) in SETTINGS.iter().filter(|(_, s)| s.starts_with("smtp limit")) {
-        assert!(conf(&format!("{stmt} {max}")).is_ok(), "{head}: {max}");
-        assert!(
-            conf(&format!("{stmt} {}", max + 1)).is_err(),
-            "{head}: {max} + 1"
-        );
+    for statement in ["smtp limit", "control limit"] {
+        let text = item_text(&page, &format!(".It Ic {statement}"));
+        let max: u64 = stated(&text, "at most")
+            .and_then(|m| m.parse().ok())
+            .unwrap_or_else(|| panic!("{statement}: no maximum stated in {text:?}"));
+        for (head, stmt) in SETTINGS.iter().filter(|(_, s)| s.starts_with(statement)) {
+            assert!(conf(&format!("{stmt} {max}")).is_ok(), "{head}: {max}");
+            assert!(
+                conf(&format!("{stmt} {}", max + 1)).is_err(),
+                "{head}: {max} + 1"
+            );
+        }
     }
 }
 

@@ -16,6 +16,8 @@ pub struct Config {
     pub queue: QueueConfig,
     /// Limits of the SMTP server.
     pub smtp: SmtpConfig,
+    /// Limits of the control socket.
+    pub control: ControlConfig,
     /// Where to accept connections.
     pub listeners: Vec<Listener>,
     /// Tables, indexed by [`TableId`].
@@ -188,6 +190,29 @@ impl Default for SmtpConfig {
             max_hops: 50,
             timeout: Duration::from_secs(300),
             sub_addr_delim: '+',
+        }
+    }
+}
+
+/// Limits of the control socket (`control ...`).
+#[derive(Debug, Clone)]
+pub struct ControlConfig {
+    /// `control limit max-clients`: clients at once, local SMTP sessions included,
+    /// default 128.
+    pub max_clients: usize,
+    /// `control limit max-clients-per-user`: clients at once with one user id, default 32.
+    pub max_clients_per_user: usize,
+    /// `control timeout`: how long a client may take to send its command line, default
+    /// 10 s.
+    pub timeout: Duration,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig {
+            max_clients: 128,
+            max_clients_per_user: 32,
+            timeout: Duration::from_secs(10),
         }
     }
 }

@@ -86,6 +86,9 @@ pub const KEYWORDS: &[&str] = &[
     "fcrdns",
     "bounce",
     "warn-interval",
+    "control",
+    "max-clients",
+    "max-clients-per-user",
 ];
 
 /// Phases a built-in filter may decide, with their protocol event bits.
@@ -242,6 +245,7 @@ impl Parser {
                     warn_intervals: vec![Duration::from_secs(4 * 3600)],
                 },
                 smtp: SmtpConfig::default(),
+                control: ControlConfig::default(),
                 listeners: Vec::new(),
                 tables: Vec::new(),
                 actions: Vec::new(),
@@ -321,6 +325,7 @@ impl Parser {
             "match" => self.rule(&mut st),
             "queue" => self.queue(&mut st),
             "smtp" => self.smtp(&mut st),
+            "control" => self.control(&mut st),
             "filter" => self.filter(&mut st),
             "bounce" => self.bounce(&mut st),
             other => Err(st.err(format!("unknown keyword '{other}'"))),
@@ -965,6 +970,8 @@ mod tests {
             smtp limit max-rcpt 50 max-mails 10
             smtp timeout 30s
             smtp limit max-sessions-per-address 0 max-connection-rate 600
+            control limit max-clients 10 max-clients-per-user 3
+            control timeout 1m
             action "local" maildir "/var/mail/%{user.username}" junk alias <nets> ttl 1h
             action "virt" mbox virtual <users>
             action "out" relay host "smtp://[192.0.2.1]:25"
@@ -991,6 +998,11 @@ mod tests {
             (c.smtp.max_sessions_per_address, c.smtp.max_connection_rate),
             (0, 600)
         );
+        assert_eq!(
+            (c.control.max_clients, c.control.max_clients_per_user),
+            (10, 3)
+        );
+        assert_eq!(c.control.timeout, Duration::from_secs(60));
         assert_eq!(c.actions.len(), 3);
         assert!(matches!(
             c.actions[0].method,
@@ -1034,6 +1046,18 @@ mod tests {
             (
                 "listen on 127.0.0.1\nsmtp limit max-command-line 100",
                 "/etc/smtpd.conf:2: max-command-line: 100 is out of range (at least 512)",
+            ),
+            (
+                "listen on 127.0.0.1\ncontrol limit max-clients 0",
+                "/etc/smtpd.conf:2: max-clients: 0 is out of range (at least 1)",
+            ),
+            (
+                "listen on 127.0.0.1\ncontrol timeout 0s",
+                "/etc/smtpd.conf:2: invalid duration '0s'",
+            ),
+            (
+                "listen on 127.0.0.1\ncontrol bogus",
+                "/etc/smtpd.conf:2: after 'control': limit or timeout",
             ),
             (
                 "listen on 127.0.0.1\nmatch from src 300.1.1.1 reject",

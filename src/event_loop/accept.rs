@@ -29,7 +29,7 @@ impl Server {
             // Every connection counts toward the rate, refused ones included.
             let rate_ok = self.rates.hit(ip, now);
             let per_addr = self.cfg.smtp.max_sessions_per_address;
-            let refusal = if self.sessions >= self.max_sessions {
+            let refusal = if self.tcp_sessions >= self.max_sessions {
                 Some((Reply::TOO_MANY_SESSIONS, "max-sessions"))
             } else if per_addr > 0 && self.per_addr.get(&ip).is_some_and(|&n| n >= per_addr) {
                 Some((Reply::TOO_MANY_FROM_ADDRESS, "max-sessions-per-address"))

@@ -1,9 +1,74 @@
 //! The bookkeeping behind the engine's connection limits, without sockets or clock:
-//! new connections by address and minute.
+//! control clients by user, and new connections by address and minute.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
+
+/// Places that root and the engine's own user have beyond either control limit.
+pub(super) const PRIVILEGED_RESERVE: usize = 4;
+
+/// Why a control client is turned away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ControlRefusal {
+    /// `max-clients` clients are connected.
+    Total(usize),
+    /// `max-clients-per-user` clients of this user are connected.
+    PerUser(usize),
+}
+
+/// Control clients (local SMTP sessions included) by user id.
+#[derive(Debug)]
+pub(super) struct ControlSlots {
+    max_total: usize,
+    max_per_user: usize,
+    total: usize,
+    by_uid: HashMap<u32, usize>,
+}
+
+impl ControlSlots {
+    pub(super) fn new(max_total: usize, max_per_user: usize) -> Self {
+        ControlSlots {
+            max_total,
+            max_per_user,
+            total: 0,
+            by_uid: HashMap::new(),
+        }
+    }
+
+    /// Takes a place for a client of `uid`, if the limits allow it; a `privileged` user
+    /// may go [`PRIVILEGED_RESERVE`] past both.
+    pub(super) fn admit(&mut self, uid: u32, privileged: bool) -> Result<(), ControlRefusal> {
+        let extra = if privileged { PRIVILEGED_RESERVE } else { 0 };
+        if self.total >= self.max_total + extra {
+            return Err(ControlRefusal::Total(self.max_total));
+        }
+        let n = self.by_uid.entry(uid).or_insert(0);
+        if *n >= self.max_per_user + extra {
+            return Err(ControlRefusal::PerUser(self.max_per_user));
+        }
+        *n += 1;
+        self.total += 1;
+        Ok(())
+    }
+
+    /// Gives back the place of a client of `uid`.
+    pub(super) fn release(&mut self, uid: u32) {
+        if let Some(n) = self.by_uid.get_mut(&uid) {
+            *n -= 1;
+            self.total -= 1;
+            if *n == 0 {
+                self.by_uid.remove(&uid);
+            }
+        }
+    }
+
+    /// Clients connected.
+    #[cfg(test)]
+    pub(super) fn total(&self) -> usize {
+        self.total
+    }
+}
 
 /// Addresses [`RateTable`] keeps at most.
 pub(super) const RATE_TABLE_MAX: usize = 16384;
@@ -72,6 +137,43 @@ impl RateTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_slots_cap_each_user_and_all() {
+        let mut s = ControlSlots::new(5, 2);
+        assert_eq!(s.admit(1000, false), Ok(()));
+        assert_eq!(s.admit(1000, false), Ok(()));
+        assert_eq!(s.admit(1000, false), Err(ControlRefusal::PerUser(2)));
+        assert_eq!(s.admit(1001, false), Ok(()));
+        assert_eq!(s.admit(1001, false), Ok(()));
+        assert_eq!(s.admit(1002, false), Ok(()));
+        assert_eq!(s.total(), 5);
+        assert_eq!(s.admit(1003, false), Err(ControlRefusal::Total(5)));
+        // Root has its reserve past both limits, and no more.
+        for _ in 0..PRIVILEGED_RESERVE {
+            assert_eq!(s.admit(0, true), Ok(()));
+        }
+        assert_eq!(s.admit(0, true), Err(ControlRefusal::Total(5)));
+        s.release(1000);
+        assert_eq!(s.admit(1003, false), Err(ControlRefusal::Total(5)));
+        for _ in 0..PRIVILEGED_RESERVE {
+            s.release(0);
+        }
+        assert_eq!(s.admit(1003, false), Ok(()));
+        // A user without a place gives nothing back.
+        s.release(4242);
+        assert_eq!(s.total(), 5);
+    }
+
+    #[test]
+    fn privileged_user_reserve_applies_per_user_too() {
+        let mut s = ControlSlots::new(100, 1);
+        assert_eq!(s.admit(0, true), Ok(()));
+        for _ in 0..PRIVILEGED_RESERVE {
+            assert_eq!(s.admit(0, true), Ok(()));
+        }
+        assert_eq!(s.admit(0, true), Err(ControlRefusal::PerUser(1)));
+    }
 
     #[test]
     fn rate_counts_each_address_for_a_minute() {

@@ -14,7 +14,7 @@ use crate::smtp::conn::{Conn, Ctx, Reason};
 use crate::smtp::reply::Reply;
 use crate::smtp::session::{Client, Limits, Session};
 use crate::stream::Stream;
-use limits::RateTable;
+use limits::{ControlSlots, RateTable};
 use mio::net::{TcpListener, UnixListener, UnixStream};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -50,6 +50,8 @@ const CONTROL_LINE: usize = 1024;
 /// A control socket client.
 struct ControlConn {
     sock: UnixStream,
+    /// Generation, for its timer.
+    gen: u64,
     uid: u32,
     inbuf: Vec<u8>,
     out: Vec<u8>,
@@ -83,8 +85,13 @@ pub struct Server {
     per_addr: HashMap<IpAddr, usize>,
     /// New connections by address, for `max-connection-rate`.
     rates: RateTable,
+    /// SMTP sessions, local ones included.
     sessions: usize,
+    /// SMTP sessions on the listeners (what `max-sessions` limits).
+    tcp_sessions: usize,
     max_sessions: usize,
+    /// Control clients by user, local SMTP sessions included.
+    ctl_slots: ControlSlots,
     next_gen: u64,
     stopping: Option<Instant>,
     paused_smtp: bool,
@@ -157,6 +164,7 @@ impl Server {
         };
         let mut server = Server {
             rates: RateTable::new(cfg.smtp.max_connection_rate, limits::RATE_TABLE_MAX),
+            ctl_slots: ControlSlots::new(cfg.control.max_clients, cfg.control.max_clients_per_user),
             cfg,
             poll,
             slab,
@@ -169,6 +177,7 @@ impl Server {
             timers: BinaryHeap::new(),
             per_addr: HashMap::new(),
             sessions: 0,
+            tcp_sessions: 0,
             max_sessions,
             next_gen: 1,
             stopping: None,
@@ -253,7 +262,7 @@ impl Server {
                             }
                         }
                     }
-                    CONTROL => self.accept_control(),
+                    CONTROL => self.accept_control(now),
                     DNS => self.on_dns(now),
                     Token(t) if t >= FIRST_SLOT => self.dispatch(
                         t - FIRST_SLOT,
@@ -509,6 +518,9 @@ impl Server {
             }
         }
         self.sessions += 1;
+        if ip.is_some() {
+            self.tcp_sessions += 1;
+        }
         self.session_keys.insert(id, (key, gen));
         if let Some(ip) = ip {
             *self.per_addr.entry(ip).or_insert(0) += 1;
@@ -591,6 +603,10 @@ impl Server {
                         None
                     }
                 }
+                Some(Entry::Control(c)) if c.gen == gen => {
+                    self.control_timeout(key);
+                    continue;
+                }
                 _ => continue,
             };
             if let Some(next) = due {
@@ -619,10 +635,14 @@ impl Server {
                     let _ = self.poll.registry().deregister(&mut conn.sock);
                     conn.release(&self.spool);
                     let _ = conn.sock.flush();
-                    let (id, ip) = (conn.id(), conn.peer);
+                    let (id, ip, uid) = (conn.id(), conn.peer, conn.uid);
                     self.slab.remove(key);
                     self.sessions -= 1;
+                    if let Some(uid) = uid {
+                        self.ctl_slots.release(uid);
+                    }
                     if let Some(ip) = ip {
+                        self.tcp_sessions -= 1;
                         if let Some(n) = self.per_addr.get_mut(&ip) {
                             *n -= 1;
                             if *n == 0 {
@@ -634,7 +654,9 @@ impl Server {
                 }
                 Some(Entry::Control(c)) => {
                     let _ = self.poll.registry().deregister(&mut c.sock);
+                    let uid = c.uid;
                     self.slab.remove(key);
+                    self.ctl_slots.release(uid);
                 }
                 _ => {}
             }

@@ -81,6 +81,8 @@ pub struct Conn {
     pub gen: u64,
     /// The client's address (for per-address limits); `None` on the local socket.
     pub peer: Option<IpAddr>,
+    /// The user id of a client on the local socket (for the control socket's limits).
+    pub uid: Option<u32>,
     /// When the session times out unless input arrives.
     pub deadline: Instant,
     session: Session,
@@ -152,6 +154,7 @@ impl Conn {
             sock,
             gen,
             peer,
+            uid: None,
             deadline,
             session,
             inbuf: LineBuf::new(INBUF.max(max_line + 2)),

@@ -1,7 +1,8 @@
-//! The statements that set the daemon's global settings: `queue`, `bounce` and `smtp`.
+//! The statements that set the daemon's global settings: `queue`, `bounce`, `smtp` and
+//! `control`.
 
 use super::{parse_duration, parse_size, Parser, Stmt};
-use crate::config::model::SmtpConfig;
+use crate::config::model::{ControlConfig, SmtpConfig};
 use crate::config::ConfigError;
 
 /// Largest value of any `limit`.
@@ -19,6 +20,15 @@ fn smtp_limit<'a>(s: &'a mut SmtpConfig, name: &str) -> Option<(&'a mut usize, u
         "max-connection-rate" => (&mut s.max_connection_rate, 0),
         "max-errors" => (&mut s.max_errors, 1),
         "max-hops" => (&mut s.max_hops, 1),
+        _ => return None,
+    })
+}
+
+/// The field a `control limit` name sets, with its minimum.
+fn control_limit<'a>(c: &'a mut ControlConfig, name: &str) -> Option<(&'a mut usize, usize)> {
+    Some(match name {
+        "max-clients" => (&mut c.max_clients, 1),
+        "max-clients-per-user" => (&mut c.max_clients_per_user, 1),
         _ => return None,
     })
 }
@@ -114,6 +124,19 @@ impl Parser {
             limits(st, s, smtp_limit)?;
         } else {
             return Err(st.err("after 'smtp': max-message-size, limit, timeout or sub-addr-delim"));
+        }
+        st.done()
+    }
+
+    /// `control limit NAME NUMBER ...` and `control timeout DURATION`.
+    pub(super) fn control(&mut self, st: &mut Stmt) -> Result<(), ConfigError> {
+        let c = &mut self.cfg.control;
+        if st.eat("timeout") {
+            c.timeout = duration(st)?;
+        } else if st.eat("limit") {
+            limits(st, c, control_limit)?;
+        } else {
+            return Err(st.err("after 'control': limit or timeout"));
         }
         st.done()
     }
