@@ -1,5 +1,5 @@
 """Nobody locks the others out: a local user flooding the control socket, silent control
-clients.
+clients, descriptors running out.
 
 The flood tests start the daemon under a low RLIMIT_NOFILE (prlimit), so that a few
 hundred connections are more than its descriptors; the connections are opened by a
@@ -7,6 +7,7 @@ helper running as a test user (setpriv), holding them until the test closes its 
 """
 
 import json
+import os
 import pwd
 import re
 import select
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import as_user, needs_root, wait_until
+from conftest import as_user, descendants, needs_root, wait_until
 
 # Opens N connections to a UNIX socket (optionally sending LINE on each), reads the first
 # line each gets within a quiet second, prints {"lines": [...], "silent": n, "failed": n}
@@ -256,3 +257,67 @@ def test_local_sessions_count_per_user_not_against_tcp(make_daemon):
     finally:
         h.close()
     assert wait_until(lambda: d.sendmail(["x@example.test"], MSG, user="smtpdtest1").returncode == 0, 5)
+
+
+def _engine(d):
+    """PID of the engine: the daemon's child that runs as _smtpd."""
+    uid = user_uid("_smtpd")
+    for pid in descendants(d.pid):
+        try:
+            status = Path("/proc/%d/status" % pid).read_text()
+        except OSError:
+            continue
+        m = re.search(r"^Uid:\s+(\d+)", status, re.M)
+        if m and int(m.group(1)) == uid:
+            return pid
+    pytest.fail("no engine process running as _smtpd")
+
+
+def _set_soft_nofile(pid, soft):
+    """Sets the engine's soft RLIMIT_NOFILE, keeping its hard limit.  prlimit runs as
+    _smtpd: a process may set the limits of its own user's processes, whereas root needs
+    CAP_SYS_RESOURCE for another user's, which a container may not grant."""
+    hard = None
+    for line in Path("/proc/%d/limits" % pid).read_text().splitlines():
+        if line.startswith("Max open files"):
+            hard = int(line.split()[4])
+    r = subprocess.run(as_user("_smtpd") + ["prlimit", "--pid", str(pid), "--nofile=%d:%d" % (soft, hard)],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    return hard
+
+
+def test_accept_resumes_after_descriptors_run_out(make_daemon):
+    """accept(2) fails with EMFILE (the engine's limit lowered under it): clients wait in
+    the backlog and are served once descriptors are back, with no new connection to
+    wake the listener."""
+    d = make_daemon()
+    engine = _engine(d)
+    fds = len(os.listdir("/proc/%d/fd" % engine))
+    hard = _set_soft_nofile(engine, fds + 2)
+    greeted, waiting = [], []
+    try:
+        for _ in range(20):
+            c = d.client()
+            try:
+                r = c.reply(timeout=1.5)
+            except socket.timeout:
+                waiting.append(c)
+                if len(waiting) == 3:
+                    break
+                continue
+            assert r.code == 220, r
+            greeted.append(c)
+        assert len(waiting) == 3, "the engine never ran out of descriptors"
+        assert d.wait_log(r"accept failed: Too many open files", 5)
+        for c in greeted:
+            c.expect("QUIT", 221)
+            c.close()
+        _set_soft_nofile(engine, hard)
+        # No new connection: the waiting ones are served all the same.
+        for c in waiting:
+            assert c.reply(timeout=5).code == 220
+            c.expect("QUIT", 221)
+    finally:
+        for c in greeted + waiting:
+            c.close()

@@ -1,25 +1,121 @@
 //! Listening and accepting: the SMTP listeners' limits (sessions, sessions and new
-//! connections by address).
+//! connections by address), the descriptor budget shared with the control socket, and
+//! the pause after a failed accept.
+//!
+//! The listeners are edge-triggered: a listener left with connections in its backlog
+//! gets no new event for them. Whenever accepting stops early (descriptors short, or
+//! accept(2) failed), the loop revisits every listener itself once it may go on.
 
+use super::limits::{FD_RESERVE, FD_RESERVE_PRIVILEGED};
 use super::{Entry, Server};
 use crate::smtp::reply::Reply;
 use crate::stream::Stream;
 use std::io::{self, Write};
 use std::net::IpAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// How long accepting stops after accept(2) failed (out of descriptors, most often).
+const ACCEPT_PAUSE: Duration = Duration::from_secs(1);
+/// Descriptors a new SMTP session needs: its socket, and the message file it will
+/// open when its client sends a message.
+pub(super) const SESSION_FDS: usize = 2;
 
 impl Server {
+    /// Descriptors the endpoints hold: one for each (listener, session, control
+    /// client, outgoing session, filter pipe), plus the message files of outgoing
+    /// sessions and of the sessions receiving or committing a message.
+    pub(super) fn fds_held(&self) -> usize {
+        self.slab.len() + self.msg_files + self.mta_conns
+    }
+
+    /// Once a second: recounts the sessions that hold a message file (a count kept up
+    /// to date as sessions change, corrected here should it drift) and forgets the
+    /// addresses whose minute of `max-connection-rate` is over.
+    pub(super) fn recount(&mut self, now: Instant) {
+        if now < self.next_recount {
+            return;
+        }
+        self.next_recount = now + Duration::from_secs(1);
+        self.msg_files = self
+            .slab
+            .iter()
+            .filter(|(_, e)| matches!(e, Entry::Smtp(c) if c.holds_file()))
+            .count();
+        self.rates.prune(now);
+    }
+
+    /// Whether accepting may go on: not paused, and `need` descriptors to spare
+    /// beyond `reserve`.
+    fn may_accept(&mut self, need: usize, reserve: usize) -> bool {
+        if self.accept_paused.is_some() {
+            return false;
+        }
+        self.fds.room(self.fds_held(), need, reserve)
+    }
+
+    /// Deals with a failed accept(2); true when accepting must stop for now.
+    pub(super) fn accept_failed(&mut self, what: &str, e: &io::Error, now: Instant) -> bool {
+        match e.kind() {
+            io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted => false,
+            _ => {
+                // EMFILE, ENFILE, ENOBUFS...: try again in a moment, every listener.
+                log::warn!(
+                    "{what}: accept failed: {e}; accepting again in {}s",
+                    ACCEPT_PAUSE.as_secs()
+                );
+                self.accept_paused = Some(now + ACCEPT_PAUSE);
+                true
+            }
+        }
+    }
+
+    /// When accepting paused or ran short of descriptors, revisits the listeners once
+    /// it may go on.
+    pub(super) fn resume_accepting(&mut self, now: Instant) {
+        if let Some(t) = self.accept_paused {
+            if now < t {
+                return;
+            }
+            self.accept_paused = None;
+            self.starved_tcp = true;
+            self.starved_control = true;
+        }
+        let held = self.fds_held();
+        if self.starved_tcp && self.fds.room(held, SESSION_FDS, FD_RESERVE) {
+            self.starved_tcp = false;
+            if !self.paused_smtp && self.stopping.is_none() {
+                let keys: Vec<usize> = self
+                    .slab
+                    .iter()
+                    .filter_map(|(k, e)| matches!(e, Entry::Listener { .. }).then_some(k))
+                    .collect();
+                for key in keys {
+                    self.accept(key, now);
+                }
+            }
+        }
+        let held = self.fds_held();
+        if self.starved_control && self.fds.room(held, 1, FD_RESERVE_PRIVILEGED) {
+            self.starved_control = false;
+            self.accept_control(now);
+        }
+    }
+
     pub(super) fn accept(&mut self, key: usize, now: Instant) {
         loop {
+            if !self.may_accept(SESSION_FDS, FD_RESERVE) {
+                self.starved_tcp = true;
+                return;
+            }
             let (stream, peer, lidx) = match self.slab.get(key) {
                 Some(Entry::Listener { sock, idx }) => match sock.accept() {
                     Ok((s, addr)) => (s, addr, *idx),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) => {
-                        // EMFILE and friends: try again on the next event.
-                        log::warn!("smtpd accept failed: {e}");
-                        return;
+                        if self.accept_failed("smtpd", &e, now) {
+                            return;
+                        }
+                        continue;
                     }
                 },
                 _ => return,

@@ -1,7 +1,7 @@
 //! The control socket side of the loop: `smtpctl` commands, monitoring clients, and
 //! local submissions that turn into SMTP sessions.
 
-use super::limits::ControlRefusal;
+use super::limits::{ControlRefusal, FD_RESERVE, FD_RESERVE_PRIVILEGED};
 use super::{ControlConn, Entry, Server, CONTROL_LINE, FIRST_SLOT};
 use crate::control::{self, Agent, Command as Ctl, Target};
 use crate::stream::Stream;
@@ -29,32 +29,51 @@ fn refuse(mut sock: UnixStream, line: &str) {
 impl Server {
     pub(super) fn accept_control(&mut self, now: Instant) {
         loop {
+            // Room for a privileged client; others need the whole reserve (below).
+            if self.accept_paused.is_some()
+                || !self.fds.room(self.fds_held(), 1, FD_RESERVE_PRIVILEGED)
+            {
+                self.starved_control = true;
+                return;
+            }
             let Some(l) = self.control.as_ref() else {
                 return;
             };
             let sock = match l.accept() {
                 Ok((s, _)) => s,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    log::warn!("control: accept failed: {e}");
-                    return;
+                    if self.accept_failed("control", &e, now) {
+                        return;
+                    }
+                    continue;
                 }
             };
             let Ok(uid) = crate::sys::peer_uid(sock.as_raw_fd()) else {
                 continue;
             };
-            let refusal = match self.ctl_slots.admit(uid, is_privileged(uid)) {
-                Ok(()) => None,
-                Err(ControlRefusal::Total(n)) => Some(("max-clients", n)),
-                Err(ControlRefusal::PerUser(n)) => Some(("max-clients-per-user", n)),
+            let privileged = is_privileged(uid);
+            let refusal = if !privileged && !self.fds.room(self.fds_held(), 1, FD_RESERVE) {
+                Some((
+                    "descriptors",
+                    "the daemon is short of file descriptors, try again later".to_string(),
+                ))
+            } else {
+                match self.ctl_slots.admit(uid, privileged) {
+                    Ok(()) => None,
+                    Err(ControlRefusal::Total(n)) => Some((
+                        "max-clients",
+                        format!("too many control connections (max-clients {n})"),
+                    )),
+                    Err(ControlRefusal::PerUser(n)) => Some((
+                        "max-clients-per-user",
+                        format!("too many control connections (max-clients-per-user {n})"),
+                    )),
+                }
             };
-            if let Some((reason, n)) = refusal {
+            if let Some((reason, text)) = refusal {
                 log::info!("control refused uid={uid} reason={reason}");
-                refuse(
-                    sock,
-                    &format!("error: too many control connections ({reason} {n})\n"),
-                );
+                refuse(sock, &format!("error: {text}\n"));
                 continue;
             }
             let gen = self.next_gen;

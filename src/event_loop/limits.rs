@@ -1,5 +1,5 @@
 //! The bookkeeping behind the engine's connection limits, without sockets or clock:
-//! control clients by user, and new connections by address and minute.
+//! control clients by user, new connections by address and minute, and descriptors.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -134,6 +134,30 @@ impl RateTable {
     }
 }
 
+/// Descriptors kept free for what is opened for a moment: a message handed to the
+/// parent for delivery, a message or envelope read for `smtpctl`, a refused connection.
+pub(super) const FD_RESERVE: usize = 32;
+/// The part of [`FD_RESERVE`] only root's and the engine's own control clients may use.
+pub(super) const FD_RESERVE_PRIVILEGED: usize = 8;
+
+/// The descriptor limit and what the engine holds, counted as the engine opens and
+/// closes things; what it held at start is measured once.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct FdBudget {
+    /// RLIMIT_NOFILE, read at start.
+    pub(super) limit: usize,
+    /// Descriptors open at start that no endpoint accounts for.
+    pub(super) base: usize,
+}
+
+impl FdBudget {
+    /// Whether `need` more descriptors fit while `held` are held by endpoints and
+    /// `reserve` stay free.
+    pub(super) fn room(&self, held: usize, need: usize, reserve: usize) -> bool {
+        self.base + held + need + reserve <= self.limit
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -235,5 +259,16 @@ mod tests {
         assert_eq!(r.len(), 2);
         r.prune(ms(61_000));
         assert_eq!(r.len(), 1);
+    }
+
+    #[test]
+    fn budget_keeps_the_reserve() {
+        let b = FdBudget {
+            limit: 100,
+            base: 20,
+        };
+        assert!(b.room(40, 8, FD_RESERVE));
+        assert!(!b.room(41, 8, FD_RESERVE));
+        assert!(b.room(65, 2, FD_RESERVE_PRIVILEGED));
     }
 }

@@ -14,7 +14,7 @@ use crate::smtp::conn::{Conn, Ctx, Reason};
 use crate::smtp::reply::Reply;
 use crate::smtp::session::{Client, Limits, Session};
 use crate::stream::Stream;
-use limits::{ControlSlots, RateTable};
+use limits::{ControlSlots, FdBudget, RateTable};
 use mio::net::{TcpListener, UnixListener, UnixStream};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -92,6 +92,22 @@ pub struct Server {
     max_sessions: usize,
     /// Control clients by user, local SMTP sessions included.
     ctl_slots: ControlSlots,
+    /// Outgoing sessions (each holds a message file).
+    mta_conns: usize,
+    /// SMTP sessions that hold a message file (counted as they change; recounted
+    /// every second).
+    msg_files: usize,
+    /// When `msg_files` is recounted next.
+    next_recount: Instant,
+    /// The descriptor limit and what was open at start.
+    fds: FdBudget,
+    /// Accepting stopped after a failed accept(2), until then.
+    accept_paused: Option<Instant>,
+    /// A listener stopped accepting for want of descriptors: revisit it when some are
+    /// free.
+    starved_tcp: bool,
+    /// Likewise for the control socket.
+    starved_control: bool,
     next_gen: u64,
     stopping: Option<Instant>,
     paused_smtp: bool,
@@ -179,6 +195,16 @@ impl Server {
             sessions: 0,
             tcp_sessions: 0,
             max_sessions,
+            mta_conns: 0,
+            msg_files: 0,
+            next_recount: Instant::now(),
+            fds: FdBudget {
+                limit: usize::try_from(nofile).unwrap_or(usize::MAX),
+                base: 0,
+            },
+            accept_paused: None,
+            starved_tcp: false,
+            starved_control: false,
             next_gen: 1,
             stopping: None,
             paused_smtp: false,
@@ -214,6 +240,9 @@ impl Server {
             SIGNAL,
             Interest::READABLE,
         )?;
+        // What is open now and is no endpoint's: the poll, the waker, the spool, the
+        // parent channel, the signal pipe, the resolver, standard streams.
+        self.fds.base = crate::sys::open_fds(self.fds.limit as u64).saturating_sub(self.slab.len());
         let mut events = Events::with_capacity(512);
         loop {
             let now = Instant::now();
@@ -240,6 +269,9 @@ impl Server {
                 if due <= wall {
                     timeout = timeout.min(Duration::from_millis(100));
                 }
+            }
+            if let Some(t) = self.accept_paused {
+                timeout = timeout.min(t.saturating_duration_since(now));
             }
             match self.poll.poll(&mut events, Some(timeout)) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -281,7 +313,8 @@ impl Server {
             self.filter_deadlines(now);
             self.monitor(now);
             self.reap();
-            self.rates.prune(now);
+            self.resume_accepting(now);
+            self.recount(now);
         }
         log::info!("smtpd exiting");
         Ok(())
@@ -316,6 +349,7 @@ impl Server {
             cfg,
             spool,
             committer,
+            msg_files,
             ..
         } = self;
         let Some(Entry::Smtp(conn)) = slab.get_mut(key) else {
@@ -330,7 +364,13 @@ impl Server {
             committer,
             key,
         };
+        let had_file = conn.holds_file();
         let r = f(conn, &mut ctx);
+        match (had_file, conn.holds_file()) {
+            (false, true) => *msg_files += 1,
+            (true, false) => *msg_files = msg_files.saturating_sub(1),
+            _ => {}
+        }
         if conn.finished().is_some() {
             closing.push(key);
         }
@@ -440,6 +480,7 @@ impl Server {
             }
             let conn = MtaConn::new(sock, gen, deadline, client, file, vec![env]);
             self.slab.insert(Entry::Mta(Box::new(conn)));
+            self.mta_conns += 1;
             self.timers.push(Reverse((deadline, key, gen)));
         }
     }
@@ -449,6 +490,7 @@ impl Server {
         let Some(Entry::Mta(mut conn)) = self.slab.try_remove(key) else {
             return;
         };
+        self.mta_conns -= 1;
         let _ = self.poll.registry().deregister(&mut conn.sock);
         let outcomes = conn.outcomes();
         let now = unix_now();
@@ -633,6 +675,9 @@ impl Server {
                 Some(Entry::Smtp(conn)) => {
                     let reason = conn.finished().unwrap_or(Reason::Timeout);
                     let _ = self.poll.registry().deregister(&mut conn.sock);
+                    if conn.holds_file() {
+                        self.msg_files = self.msg_files.saturating_sub(1);
+                    }
                     conn.release(&self.spool);
                     let _ = conn.sock.flush();
                     let (id, ip, uid) = (conn.id(), conn.peer, conn.uid);

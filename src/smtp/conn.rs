@@ -225,6 +225,12 @@ impl Conn {
         self.session.state() == State::Commit
     }
 
+    /// Whether a message file of this session is open: being written, or with the
+    /// commit thread.
+    pub fn holds_file(&self) -> bool {
+        self.msg.is_some() || self.committing()
+    }
+
     /// Records readiness from the poller.
     pub fn ready(&mut self, readable: bool, writable: bool) {
         self.readable |= readable;
