@@ -476,7 +476,8 @@ def report(d, out):
     L.append('## Set-ups\n')
     L.append('- **smtpd**: `target/release/smtpd -d -f smtpd.conf`, started as root (parent keeps root, engine '
              'runs as `_smtpd`, each delivery as `benchmail`), configuration:\n')
-    L.append('```\nqueue path "DIR/spool"\nsmtp limit max-mails 100000\ntable vusers { "@bench.test" = benchmail }\n'
+    L.append('```\nqueue path "DIR/spool"\nsmtp limit max-mails 100000\nsmtp limit max-sessions-per-address 0\n'
+             'table vusers { "@bench.test" = benchmail }\n'
              'listen on 127.0.0.1 port 2529 hostname mx.bench.local\naction "bench" maildir "DIR/Maildir" virtual <vusers>\n'
              'match from any for domain "bench.test" action "bench"\n```\n')
     L.append('  With a filter: `filter "pass" proc-exec "target/release/filter-pass"` (or '

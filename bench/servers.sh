@@ -25,6 +25,8 @@ bench_smtpd_conf() {  # DIR FILTER_DECLARATION LISTEN_SUFFIX
 # smtpd under test (bench/run): same role as the OpenSMTPD and Postfix set-ups of peers.sh
 queue path "$d/spool"
 smtp limit max-mails 100000
+# every client of the benchmark is 127.0.0.1: no per-address limit (default 50)
+smtp limit max-sessions-per-address 0
 $2
 table vusers { "@$DOMAIN" = $BENCH_USER }
 listen on 127.0.0.1 port $SMTPD_PORT hostname mx.bench.local $3

@@ -305,6 +305,66 @@ def test_max_sessions_per_address(make_daemon):
         a.close()
 
 
+def _open_sessions(d, n, source):
+    """n sessions from `source`, each greeted; the caller closes them."""
+    held = []
+    try:
+        for _ in range(n):
+            held.append(d.client(source=source))
+            held[-1].greeting()
+    except BaseException:
+        for c in held:
+            c.close()
+        raise
+    return held
+
+
+def _refused_per_address(d, source):
+    """A connection from `source` gets 421 4.7.0 and is closed."""
+    with d.client(source=source) as c:
+        r = c.reply()
+        assert r.is_(421, "4.7.0"), r
+        assert c.wait_closed(5)
+
+
+def test_max_sessions_per_address_default_50(daemon):
+    """Without a setting, one address gets 50 sessions; the 51st is refused, others
+    still get in."""
+    held = _open_sessions(daemon, 50, "127.0.0.1")
+    try:
+        _refused_per_address(daemon, "127.0.0.1")
+        assert daemon.wait_log(r"smtp refused address=127\.0\.0\.1 reason=max-sessions-per-address", 5)
+        with daemon.client(source="127.0.0.2") as c:
+            c.greeting()
+        held[0].expect("EHLO a.test", 250)
+    finally:
+        for c in held:
+            c.close()
+
+
+def test_max_sessions_per_address_0_is_no_limit(make_daemon):
+    d = make_daemon(extra="smtp limit max-sessions-per-address 0")
+    for c in _open_sessions(d, 60, "127.0.0.1"):
+        c.close()
+
+
+def test_max_connection_rate(make_daemon):
+    """New connections a minute from one address, refused ones included; another
+    address has its own count.  (127.0.0.3: the start-up probe came from 127.0.0.1.)"""
+    d = make_daemon(extra="smtp limit max-connection-rate 5")
+    for _ in range(5):
+        with d.client(source="127.0.0.3") as c:
+            c.greeting()
+            c.expect("QUIT", 221, "2.0.0")
+            assert c.wait_closed(5)
+    # No session open: it is the rate that refuses.
+    _refused_per_address(d, "127.0.0.3")
+    _refused_per_address(d, "127.0.0.3")
+    assert d.wait_log(r"smtp refused address=127\.0\.0\.3 reason=max-connection-rate", 5)
+    with d.client(source="127.0.0.4") as c:
+        c.greeting()
+
+
 # --- more line-length edges ------------------------------------------------------------
 
 

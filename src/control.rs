@@ -197,8 +197,7 @@ pub fn socket_path(spool_root: &Path) -> PathBuf {
 /// with `error:` makes the result an error.
 pub fn request(socket: &Path, line: &str, out: &mut dyn Write) -> io::Result<bool> {
     let mut s = UnixStream::connect(socket)?;
-    s.write_all(line.as_bytes())?;
-    s.write_all(b"\n")?;
+    send_command(&mut s, line)?;
     let mut r = BufReader::new(s);
     let mut ok = true;
     let mut first = true;
@@ -216,6 +215,19 @@ pub fn request(socket: &Path, line: &str, out: &mut dyn Write) -> io::Result<boo
         out.flush()?;
     }
     Ok(ok)
+}
+
+/// Sends a command line. A daemon that turned the connection away has written its one
+/// line and closed the connection: the write then fails with EPIPE, and the line is
+/// still there to be read.
+pub fn send_command(s: &mut UnixStream, line: &str) -> io::Result<()> {
+    let sent = s
+        .write_all(line.as_bytes())
+        .and_then(|()| s.write_all(b"\n"));
+    match sent {
+        Err(e) if e.kind() != io::ErrorKind::BrokenPipe => Err(e),
+        _ => Ok(()),
+    }
 }
 
 /// Reads at most `max` bytes of a command line from a blocking reader (for tests).

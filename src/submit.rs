@@ -40,6 +40,13 @@ fn read_reply(r: &mut BufReader<UnixStream>) -> io::Result<(u16, String)> {
                 "the daemon closed the connection",
             ));
         }
+        // The control socket turned the client away before SMTP started.
+        if let Some(why) = line.strip_prefix("error: ") {
+            return Err(io::Error::other(format!(
+                "the daemon refused: {}",
+                why.trim_end()
+            )));
+        }
         let code = line
             .get(..3)
             .and_then(|c| c.parse::<u16>().ok())
@@ -109,7 +116,7 @@ pub fn submit(socket: &Path, s: &Submission) -> io::Result<Submitted> {
     let mut w = UnixStream::connect(socket)?;
     w.set_read_timeout(Some(Duration::from_secs(300)))?;
     let mut r = BufReader::new(w.try_clone()?);
-    w.write_all(b"smtp\n")?;
+    crate::control::send_command(&mut w, "smtp")?;
     let (code, text) = read_reply(&mut r)?;
     if code != 220 {
         return Err(io::Error::other(text));

@@ -112,7 +112,7 @@ fn conf(extra: &str) -> Result<Config, String> {
 
 /// The settings a configuration leaves to the parser's defaults.
 fn settings(c: &Config) -> String {
-    format!("{:?} {:?}", c.queue, c.smtp)
+    format!("{:?} {:?} {:?}", c.queue, c.smtp, c.control)
 }
 
 #[test]
@@ -146,8 +146,18 @@ const SETTINGS: &[(&str, &str)] = &[
         ".It Cm max-sessions-per-address",
         "smtp limit max-sessions-per-address",
     ),
+    (
+        ".It Cm max-connection-rate",
+        "smtp limit max-connection-rate",
+    ),
     (".It Cm max-errors", "smtp limit max-errors"),
     (".It Cm max-hops", "smtp limit max-hops"),
+    (".It Ic control timeout", "control timeout"),
+    (".It Cm max-clients", "control limit max-clients"),
+    (
+        ".It Cm max-clients-per-user",
+        "control limit max-clients-per-user",
+    ),
 ];
 
 #[test]
@@ -159,7 +169,7 @@ fn documented_defaults_and_minimums_hold() {
         let default =
             stated(&text, "default is").unwrap_or_else(|| panic!("{head}: no default stated"));
         if default == "0" {
-            // 0 stands for a computed value and cannot be written in the file.
+            // 0 stands for a computed value or for no limit: compare with the model's default.
             let field = stmt.rsplit(' ').next().unwrap_or("").replace('-', "_");
             let defaults = format!("{:?}", SmtpConfig::default());
             assert!(
@@ -188,16 +198,18 @@ fn documented_defaults_and_minimums_hold() {
         }
     }
     // The upper bound of every limit.
-    let text = item_text(&page, ".It Ic smtp limit");
-    let max: u64 = stated(&text, "at most")
-        .and_then(|m| m.parse().ok())
-        .unwrap_or_else(|| panic!("smtp limit: no maximum stated in {text:?}"));
-    for (head, stmt) in SETTINGS.iter().filter(|(_, s)| s.starts_with("smtp limit")) {
-        assert!(conf(&format!("{stmt} {max}")).is_ok(), "{head}: {max}");
-        assert!(
-            conf(&format!("{stmt} {}", max + 1)).is_err(),
-            "{head}: {max} + 1"
-        );
+    for statement in ["smtp limit", "control limit"] {
+        let text = item_text(&page, &format!(".It Ic {statement}"));
+        let max: u64 = stated(&text, "at most")
+            .and_then(|m| m.parse().ok())
+            .unwrap_or_else(|| panic!("{statement}: no maximum stated in {text:?}"));
+        for (head, stmt) in SETTINGS.iter().filter(|(_, s)| s.starts_with(statement)) {
+            assert!(conf(&format!("{stmt} {max}")).is_ok(), "{head}: {max}");
+            assert!(
+                conf(&format!("{stmt} {}", max + 1)).is_err(),
+                "{head}: {max} + 1"
+            );
+        }
     }
 }
 

@@ -16,6 +16,8 @@ pub struct Config {
     pub queue: QueueConfig,
     /// Limits of the SMTP server.
     pub smtp: SmtpConfig,
+    /// Limits of the control socket.
+    pub control: ControlConfig,
     /// Where to accept connections.
     pub listeners: Vec<Listener>,
     /// Tables, indexed by [`TableId`].
@@ -158,8 +160,12 @@ pub struct SmtpConfig {
     pub max_text_line: usize,
     /// `smtp limit max-sessions`: sessions at once; 0 means derived from the fd limit.
     pub max_sessions: usize,
-    /// `smtp limit max-sessions-per-address`: sessions at once from one address; 0 is none.
+    /// `smtp limit max-sessions-per-address`: sessions at once from one address, default
+    /// 50; 0 is none.
     pub max_sessions_per_address: usize,
+    /// `smtp limit max-connection-rate`: connections a minute from one address; 0 (the
+    /// default) is none.
+    pub max_connection_rate: usize,
     /// `smtp limit max-errors`: failed commands before the session is closed, default 20.
     pub max_errors: usize,
     /// `smtp limit max-hops`: Received headers refused from this count on, default 50.
@@ -179,11 +185,35 @@ impl Default for SmtpConfig {
             max_command_line: 512,
             max_text_line: 0,
             max_sessions: 0,
-            max_sessions_per_address: 0,
+            max_sessions_per_address: 50,
+            max_connection_rate: 0,
             max_errors: 20,
             max_hops: 50,
             timeout: Duration::from_secs(300),
             sub_addr_delim: '+',
+        }
+    }
+}
+
+/// Limits of the control socket (`control ...`).
+#[derive(Debug, Clone)]
+pub struct ControlConfig {
+    /// `control limit max-clients`: clients at once, local SMTP sessions included,
+    /// default 128.
+    pub max_clients: usize,
+    /// `control limit max-clients-per-user`: clients at once with one user id, default 32.
+    pub max_clients_per_user: usize,
+    /// `control timeout`: how long a client may take to send its command line, default
+    /// 10 s.
+    pub timeout: Duration,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig {
+            max_clients: 128,
+            max_clients_per_user: 32,
+            timeout: Duration::from_secs(10),
         }
     }
 }

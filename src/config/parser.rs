@@ -12,6 +12,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod settings;
+
 /// Every keyword the parser accepts.
 pub const KEYWORDS: &[&str] = &[
     "include",
@@ -62,6 +64,7 @@ pub const KEYWORDS: &[&str] = &[
     "max-text-line",
     "max-sessions",
     "max-sessions-per-address",
+    "max-connection-rate",
     "max-errors",
     "max-hops",
     "timeout",
@@ -83,6 +86,9 @@ pub const KEYWORDS: &[&str] = &[
     "fcrdns",
     "bounce",
     "warn-interval",
+    "control",
+    "max-clients",
+    "max-clients-per-user",
 ];
 
 /// Phases a built-in filter may decide, with their protocol event bits.
@@ -239,6 +245,7 @@ impl Parser {
                     warn_intervals: vec![Duration::from_secs(4 * 3600)],
                 },
                 smtp: SmtpConfig::default(),
+                control: ControlConfig::default(),
                 listeners: Vec::new(),
                 tables: Vec::new(),
                 actions: Vec::new(),
@@ -318,6 +325,7 @@ impl Parser {
             "match" => self.rule(&mut st),
             "queue" => self.queue(&mut st),
             "smtp" => self.smtp(&mut st),
+            "control" => self.control(&mut st),
             "filter" => self.filter(&mut st),
             "bounce" => self.bounce(&mut st),
             other => Err(st.err(format!("unknown keyword '{other}'"))),
@@ -817,98 +825,6 @@ impl Parser {
         self.cfg.filters.push(FilterDef { name, kind });
         Ok(())
     }
-
-    /// `bounce warn-interval D[, D ...]`: up to four delays, increasing.
-    fn bounce(&mut self, st: &mut Stmt) -> Result<(), ConfigError> {
-        st.expect("warn-interval")?;
-        let mut v = Vec::new();
-        loop {
-            let d = st.value("duration")?;
-            let d = parse_duration(&d)
-                .filter(|x| !x.is_zero())
-                .ok_or_else(|| st.err(format!("invalid duration '{d}'")))?;
-            if v.last().is_some_and(|&l| d <= l) {
-                return Err(st.err("warn-interval delays must increase"));
-            }
-            v.push(d);
-            if !st.eat_punct(',') {
-                break;
-            }
-        }
-        if v.len() > 4 {
-            return Err(st.err("at most four warn-interval delays"));
-        }
-        st.done()?;
-        self.cfg.queue.warn_intervals = v;
-        Ok(())
-    }
-
-    fn queue(&mut self, st: &mut Stmt) -> Result<(), ConfigError> {
-        if st.eat("path") {
-            let p = st.value("directory")?;
-            self.queue_path = Some(relative_to(&self.current, &p));
-        } else if st.eat("ttl") {
-            let v = st.value("duration")?;
-            self.cfg.queue.ttl =
-                parse_duration(&v).ok_or_else(|| st.err(format!("invalid duration '{v}'")))?;
-        } else {
-            return Err(st.err("after 'queue': path or ttl"));
-        }
-        st.done()
-    }
-
-    fn smtp(&mut self, st: &mut Stmt) -> Result<(), ConfigError> {
-        let s = &mut self.cfg.smtp;
-        if st.eat("max-message-size") {
-            let v = st.value("size")?;
-            s.max_message_size = parse_size(&v)
-                .filter(|&n| n > 0)
-                .ok_or_else(|| st.err(format!("invalid size '{v}'")))?;
-        } else if st.eat("timeout") {
-            let v = st.value("duration")?;
-            s.timeout = parse_duration(&v)
-                .filter(|d| !d.is_zero())
-                .ok_or_else(|| st.err(format!("invalid duration '{v}'")))?;
-        } else if st.eat("sub-addr-delim") {
-            let v = st.value("character")?;
-            let mut c = v.chars();
-            s.sub_addr_delim = match (c.next(), c.next()) {
-                (Some(ch), None) if ch.is_ascii_graphic() && ch != '@' => ch,
-                _ => return Err(st.err(format!("invalid delimiter '{v}'"))),
-            };
-        } else if st.eat("limit") {
-            if st.at_end() {
-                return Err(st.err("limit name expected"));
-            }
-            while !st.at_end() {
-                let name = st.value("limit name")?;
-                let v = st.value("number")?;
-                let n: usize = v
-                    .parse()
-                    .map_err(|_| st.err(format!("invalid number '{v}'")))?;
-                let (slot, min): (&mut usize, usize) = match name.as_str() {
-                    "max-rcpt" => (&mut s.max_rcpt, 1),
-                    "max-mails" => (&mut s.max_mails, 1),
-                    "max-command-line" => (&mut s.max_command_line, 512),
-                    "max-text-line" => (&mut s.max_text_line, 1000),
-                    "max-sessions" => (&mut s.max_sessions, 1),
-                    "max-sessions-per-address" => (&mut s.max_sessions_per_address, 1),
-                    "max-errors" => (&mut s.max_errors, 1),
-                    "max-hops" => (&mut s.max_hops, 1),
-                    other => return Err(st.err(format!("unknown limit '{other}'"))),
-                };
-                // 0 lifts the text line limit: lines as long as the message.
-                let off = n == 0 && name == "max-text-line";
-                if (n < min && !off) || n > 1 << 30 {
-                    return Err(st.err(format!("{name}: {n} is out of range (at least {min})")));
-                }
-                *slot = n;
-            }
-        } else {
-            return Err(st.err("after 'smtp': max-message-size, limit, timeout or sub-addr-delim"));
-        }
-        st.done()
-    }
 }
 
 /// The `queue path` of a configuration text (the default when none is given or the
@@ -1061,6 +977,9 @@ mod tests {
             smtp max-message-size 10M
             smtp limit max-rcpt 50 max-mails 10
             smtp timeout 30s
+            smtp limit max-sessions-per-address 0 max-connection-rate 600
+            control limit max-clients 10 max-clients-per-user 3
+            control timeout 1m
             action "local" maildir "/var/mail/%{user.username}" junk alias <nets> ttl 1h
             action "virt" mbox virtual <users>
             action "out" relay host "smtp://[192.0.2.1]:25"
@@ -1083,6 +1002,15 @@ mod tests {
         assert_eq!(c.smtp.max_message_size, 10 << 20);
         assert_eq!((c.smtp.max_rcpt, c.smtp.max_mails), (50, 10));
         assert_eq!(c.smtp.timeout, Duration::from_secs(30));
+        assert_eq!(
+            (c.smtp.max_sessions_per_address, c.smtp.max_connection_rate),
+            (0, 600)
+        );
+        assert_eq!(
+            (c.control.max_clients, c.control.max_clients_per_user),
+            (10, 3)
+        );
+        assert_eq!(c.control.timeout, Duration::from_secs(60));
         assert_eq!(c.actions.len(), 3);
         assert!(matches!(
             c.actions[0].method,
@@ -1126,6 +1054,18 @@ mod tests {
             (
                 "listen on 127.0.0.1\nsmtp limit max-command-line 100",
                 "/etc/smtpd.conf:2: max-command-line: 100 is out of range (at least 512)",
+            ),
+            (
+                "listen on 127.0.0.1\ncontrol limit max-clients 0",
+                "/etc/smtpd.conf:2: max-clients: 0 is out of range (at least 1)",
+            ),
+            (
+                "listen on 127.0.0.1\ncontrol timeout 0s",
+                "/etc/smtpd.conf:2: invalid duration '0s'",
+            ),
+            (
+                "listen on 127.0.0.1\ncontrol bogus",
+                "/etc/smtpd.conf:2: after 'control': limit or timeout",
             ),
             (
                 "listen on 127.0.0.1\nmatch from src 300.1.1.1 reject",

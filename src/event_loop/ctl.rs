@@ -1,34 +1,86 @@
 //! The control socket side of the loop: `smtpctl` commands, monitoring clients, and
 //! local submissions that turn into SMTP sessions.
 
+use super::limits::{ControlRefusal, FD_RESERVE, FD_RESERVE_PRIVILEGED};
 use super::{ControlConn, Entry, Server, CONTROL_LINE, FIRST_SLOT};
 use crate::control::{self, Agent, Command as Ctl, Target};
 use crate::stream::Stream;
+use mio::net::UnixStream;
 use mio::{Interest, Token};
+use std::cmp::Reverse;
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
+/// Whether a client of this user id may run commands: root and the engine's own user.
+fn is_privileged(uid: u32) -> bool {
+    uid == 0 || uid == crate::sys::geteuid()
+}
+
+/// Turns away a control client: one line, then the connection is closed. What the
+/// client already sent is read first, so that the close does not reset the connection
+/// before the client has read the line.
+fn refuse(mut sock: UnixStream, line: &str) {
+    let _ = sock.write(line.as_bytes());
+    let mut buf = [0u8; CONTROL_LINE];
+    let _ = sock.read(&mut buf);
+}
+
 impl Server {
-    pub(super) fn accept_control(&mut self) {
+    pub(super) fn accept_control(&mut self, now: Instant) {
         loop {
+            // Room for a privileged client; others need the whole reserve (below).
+            if self.accept_paused.is_some()
+                || !self.fds.room(self.fds_held(), 1, FD_RESERVE_PRIVILEGED)
+            {
+                self.starved_control = true;
+                return;
+            }
             let Some(l) = self.control.as_ref() else {
                 return;
             };
             let sock = match l.accept() {
                 Ok((s, _)) => s,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    log::warn!("control: accept failed: {e}");
-                    return;
+                    if self.accept_failed("control", &e, now) {
+                        return;
+                    }
+                    continue;
                 }
             };
             let Ok(uid) = crate::sys::peer_uid(sock.as_raw_fd()) else {
                 continue;
             };
+            let privileged = is_privileged(uid);
+            let refusal = if !privileged && !self.fds.room(self.fds_held(), 1, FD_RESERVE) {
+                Some((
+                    "descriptors",
+                    "the daemon is short of file descriptors, try again later".to_string(),
+                ))
+            } else {
+                match self.ctl_slots.admit(uid, privileged) {
+                    Ok(()) => None,
+                    Err(ControlRefusal::Total(n)) => Some((
+                        "max-clients",
+                        format!("too many control connections (max-clients {n})"),
+                    )),
+                    Err(ControlRefusal::PerUser(n)) => Some((
+                        "max-clients-per-user",
+                        format!("too many control connections (max-clients-per-user {n})"),
+                    )),
+                }
+            };
+            if let Some((reason, text)) = refusal {
+                log::info!("control refused uid={uid} reason={reason}");
+                refuse(sock, &format!("error: {text}\n"));
+                continue;
+            }
+            let gen = self.next_gen;
+            self.next_gen += 1;
             let key = self.slab.insert(Entry::Control(Box::new(ControlConn {
                 sock,
+                gen,
                 uid,
                 inbuf: Vec::new(),
                 out: Vec::new(),
@@ -47,9 +99,32 @@ impl Server {
                     .is_err()
                 {
                     self.slab.remove(key);
+                    self.ctl_slots.release(uid);
+                    continue;
                 }
             }
+            let deadline = now + self.cfg.control.timeout;
+            self.timers.push(Reverse((deadline, key, gen)));
         }
+    }
+
+    /// Closes a client that has not sent its command line in time; monitoring clients
+    /// and clients being answered are left alone.
+    pub(super) fn control_timeout(&mut self, key: usize) {
+        let Some(Entry::Control(c)) = self.slab.get_mut(key) else {
+            return;
+        };
+        if c.done || c.monitor {
+            return;
+        }
+        let line = format!(
+            "error: no command within {}s\n",
+            self.cfg.control.timeout.as_secs()
+        );
+        // A client that sent nothing has nothing queued: the line fits its socket.
+        let _ = c.sock.write(line.as_bytes());
+        c.done = true;
+        self.closing.push(key);
     }
 
     pub(super) fn control_io(&mut self, key: usize, now: Instant) {
@@ -99,8 +174,7 @@ impl Server {
             }
         }
         if let Some(line) = line {
-            let uid = c.uid;
-            let privileged = uid == 0 || uid == crate::sys::geteuid();
+            let privileged = is_privileged(c.uid);
             match control::parse(&line) {
                 Ok(Ctl::Smtp) => return self.control_to_smtp(key, now),
                 Ok(cmd) if privileged => {
@@ -154,21 +228,23 @@ impl Server {
         let mut c = *c;
         let _ = self.poll.registry().deregister(&mut c.sock);
         let early = std::mem::take(&mut c.inbuf);
-        if let Some(k) = self.new_session(Stream::Unix(c.sock), None, None, now) {
-            if let Some(Entry::Smtp(conn)) = self.slab.get_mut(k) {
-                // Bytes that came with the `smtp` line (a client that did not wait for
-                // the greeting, like `sendmail -bs` fed by a pipe) are the session's input.
-                conn.prefeed(&early);
-            }
-            if let Some(Entry::Smtp(conn)) = self.slab.get(k) {
-                log::info!(
-                    "{:016x} smtp connected address=local uid={}",
-                    conn.id(),
-                    c.uid
-                );
-            }
-            self.dispatch(k, false, true, now);
+        let Some(k) = self.new_session(Stream::Unix(c.sock), None, None, now) else {
+            self.ctl_slots.release(c.uid);
+            return;
+        };
+        if let Some(Entry::Smtp(conn)) = self.slab.get_mut(k) {
+            // The session keeps its user's control place until it ends.
+            conn.uid = Some(c.uid);
+            // Bytes that came with the `smtp` line (a client that did not wait for the
+            // greeting, like `sendmail -bs` fed by a pipe) are the session's input.
+            conn.prefeed(&early);
+            log::info!(
+                "{:016x} smtp connected address=local uid={}",
+                conn.id(),
+                c.uid
+            );
         }
+        self.dispatch(k, false, true, now);
     }
 
     fn targets(&self, t: Target) -> Vec<u64> {

@@ -14,6 +14,7 @@ use crate::smtp::conn::{Conn, Ctx, Reason};
 use crate::smtp::reply::Reply;
 use crate::smtp::session::{Client, Limits, Session};
 use crate::stream::Stream;
+use limits::{ControlSlots, FdBudget, RateTable};
 use mio::net::{TcpListener, UnixListener, UnixStream};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -26,9 +27,13 @@ use std::os::fd::{OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod accept;
 mod ctl;
 mod filters;
+mod limits;
 mod rdns;
+
+pub use accept::{bind_control, bind_listeners};
 
 const SIGNAL: Token = Token(0);
 const WAKER: Token = Token(1);
@@ -45,6 +50,8 @@ const CONTROL_LINE: usize = 1024;
 /// A control socket client.
 struct ControlConn {
     sock: UnixStream,
+    /// Generation, for its timer.
+    gen: u64,
     uid: u32,
     inbuf: Vec<u8>,
     out: Vec<u8>,
@@ -76,8 +83,31 @@ pub struct Server {
     signal_fd: RawFd,
     timers: BinaryHeap<Reverse<(Instant, usize, u64)>>,
     per_addr: HashMap<IpAddr, usize>,
+    /// New connections by address, for `max-connection-rate`.
+    rates: RateTable,
+    /// SMTP sessions, local ones included.
     sessions: usize,
+    /// SMTP sessions on the listeners (what `max-sessions` limits).
+    tcp_sessions: usize,
     max_sessions: usize,
+    /// Control clients by user, local SMTP sessions included.
+    ctl_slots: ControlSlots,
+    /// Outgoing sessions (each holds a message file).
+    mta_conns: usize,
+    /// SMTP sessions that hold a message file (counted as they change; recounted
+    /// every second).
+    msg_files: usize,
+    /// When `msg_files` is recounted next.
+    next_recount: Instant,
+    /// The descriptor limit and what was open at start.
+    fds: FdBudget,
+    /// Accepting stopped after a failed accept(2), until then.
+    accept_paused: Option<Instant>,
+    /// A listener stopped accepting for want of descriptors: revisit it when some are
+    /// free.
+    starved_tcp: bool,
+    /// Likewise for the control socket.
+    starved_control: bool,
     next_gen: u64,
     stopping: Option<Instant>,
     paused_smtp: bool,
@@ -149,6 +179,8 @@ impl Server {
             (nofile.saturating_sub(64) / 2).max(16) as usize
         };
         let mut server = Server {
+            rates: RateTable::new(cfg.smtp.max_connection_rate, limits::RATE_TABLE_MAX),
+            ctl_slots: ControlSlots::new(cfg.control.max_clients, cfg.control.max_clients_per_user),
             cfg,
             poll,
             slab,
@@ -161,7 +193,18 @@ impl Server {
             timers: BinaryHeap::new(),
             per_addr: HashMap::new(),
             sessions: 0,
+            tcp_sessions: 0,
             max_sessions,
+            mta_conns: 0,
+            msg_files: 0,
+            next_recount: Instant::now(),
+            fds: FdBudget {
+                limit: usize::try_from(nofile).unwrap_or(usize::MAX),
+                base: 0,
+            },
+            accept_paused: None,
+            starved_tcp: false,
+            starved_control: false,
             next_gen: 1,
             stopping: None,
             paused_smtp: false,
@@ -197,6 +240,9 @@ impl Server {
             SIGNAL,
             Interest::READABLE,
         )?;
+        // What is open now and is no endpoint's: the poll, the waker, the spool, the
+        // parent channel, the signal pipe, the resolver, standard streams.
+        self.fds.base = crate::sys::open_fds(self.fds.limit as u64).saturating_sub(self.slab.len());
         let mut events = Events::with_capacity(512);
         loop {
             let now = Instant::now();
@@ -224,6 +270,9 @@ impl Server {
                     timeout = timeout.min(Duration::from_millis(100));
                 }
             }
+            if let Some(t) = self.accept_paused {
+                timeout = timeout.min(t.saturating_duration_since(now));
+            }
             match self.poll.poll(&mut events, Some(timeout)) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 r => r?,
@@ -245,7 +294,7 @@ impl Server {
                             }
                         }
                     }
-                    CONTROL => self.accept_control(),
+                    CONTROL => self.accept_control(now),
                     DNS => self.on_dns(now),
                     Token(t) if t >= FIRST_SLOT => self.dispatch(
                         t - FIRST_SLOT,
@@ -264,6 +313,8 @@ impl Server {
             self.filter_deadlines(now);
             self.monitor(now);
             self.reap();
+            self.resume_accepting(now);
+            self.recount(now);
         }
         log::info!("smtpd exiting");
         Ok(())
@@ -298,6 +349,7 @@ impl Server {
             cfg,
             spool,
             committer,
+            msg_files,
             ..
         } = self;
         let Some(Entry::Smtp(conn)) = slab.get_mut(key) else {
@@ -312,7 +364,13 @@ impl Server {
             committer,
             key,
         };
+        let had_file = conn.holds_file();
         let r = f(conn, &mut ctx);
+        match (had_file, conn.holds_file()) {
+            (false, true) => *msg_files += 1,
+            (true, false) => *msg_files = msg_files.saturating_sub(1),
+            _ => {}
+        }
         if conn.finished().is_some() {
             closing.push(key);
         }
@@ -423,6 +481,7 @@ impl Server {
             }
             let conn = MtaConn::new(sock, gen, deadline, client, file, vec![env]);
             self.slab.insert(Entry::Mta(Box::new(conn)));
+            self.mta_conns += 1;
             self.timers.push(Reverse((deadline, key, gen)));
         }
     }
@@ -432,6 +491,7 @@ impl Server {
         let Some(Entry::Mta(mut conn)) = self.slab.try_remove(key) else {
             return;
         };
+        self.mta_conns -= 1;
         let _ = self.poll.registry().deregister(&mut conn.sock);
         let outcomes = conn.outcomes();
         let now = unix_now();
@@ -498,6 +558,9 @@ impl Server {
             }
         }
         self.sessions += 1;
+        if ip.is_some() {
+            self.tcp_sessions += 1;
+        }
         self.session_keys.insert(id, (key, gen));
         if let Some(ip) = ip {
             *self.per_addr.entry(ip).or_insert(0) += 1;
@@ -508,49 +571,6 @@ impl Server {
         }
         self.after_conn(key, now);
         Some(key)
-    }
-
-    fn accept(&mut self, key: usize, now: Instant) {
-        loop {
-            let (stream, peer, lidx) = match self.slab.get(key) {
-                Some(Entry::Listener { sock, idx }) => match sock.accept() {
-                    Ok((s, addr)) => (s, addr, *idx),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        // EMFILE and friends: try again on the next event.
-                        log::warn!("smtpd accept failed: {e}");
-                        return;
-                    }
-                },
-                _ => return,
-            };
-            let mut stream = stream;
-            let ip = canonical(peer.ip());
-            if self.sessions >= self.max_sessions {
-                refuse(&mut stream, &Reply::TOO_MANY_SESSIONS);
-                log::info!("smtp refused address={ip} reason=max-sessions");
-                continue;
-            }
-            let limit = self.cfg.smtp.max_sessions_per_address;
-            let count = self.per_addr.get(&ip).copied().unwrap_or(0);
-            if limit > 0 && count >= limit {
-                refuse(&mut stream, &Reply::TOO_MANY_FROM_ADDRESS);
-                log::info!("smtp refused address={ip} reason=max-sessions-per-address");
-                continue;
-            }
-            let _ = stream.set_nodelay(true);
-            if let Some(k) = self.new_session(Stream::Tcp(stream), Some(ip), Some(lidx), now) {
-                if let Some(Entry::Smtp(c)) = self.slab.get(k) {
-                    log::info!(
-                        "{:016x} smtp connected address={ip} port={}",
-                        c.id(),
-                        peer.port()
-                    );
-                }
-            }
-            // The greeting goes out when the socket reports writable.
-        }
     }
 
     /// Hands the daemon's own messages (bounces) to the sync thread.
@@ -623,6 +643,10 @@ impl Server {
                         None
                     }
                 }
+                Some(Entry::Control(c)) if c.gen == gen => {
+                    self.control_timeout(key);
+                    continue;
+                }
                 _ => continue,
             };
             if let Some(next) = due {
@@ -649,12 +673,19 @@ impl Server {
                 Some(Entry::Smtp(conn)) => {
                     let reason = conn.finished().unwrap_or(Reason::Timeout);
                     let _ = self.poll.registry().deregister(&mut conn.sock);
+                    if conn.holds_file() {
+                        self.msg_files = self.msg_files.saturating_sub(1);
+                    }
                     conn.release(&self.spool);
                     let _ = conn.sock.flush();
-                    let (id, ip) = (conn.id(), conn.peer);
+                    let (id, ip, uid) = (conn.id(), conn.peer, conn.uid);
                     self.slab.remove(key);
                     self.sessions -= 1;
+                    if let Some(uid) = uid {
+                        self.ctl_slots.release(uid);
+                    }
                     if let Some(ip) = ip {
+                        self.tcp_sessions -= 1;
                         if let Some(n) = self.per_addr.get_mut(&ip) {
                             *n -= 1;
                             if *n == 0 {
@@ -666,7 +697,9 @@ impl Server {
                 }
                 Some(Entry::Control(c)) => {
                     let _ = self.poll.registry().deregister(&mut c.sock);
+                    let uid = c.uid;
                     self.slab.remove(key);
+                    self.ctl_slots.release(uid);
                 }
                 _ => {}
             }
@@ -678,52 +711,4 @@ fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-/// IPv4-mapped IPv6 addresses are shown and counted as IPv4.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
-}
-
-/// Best-effort 421 on a connection we will not serve.
-fn refuse(stream: &mut mio::net::TcpStream, reply: &Reply) {
-    let mut out = Vec::new();
-    reply.render(&mut out);
-    let _ = stream.write(&out);
-}
-
-/// Binds every listener of the configuration, with its index in `cfg.listeners`.
-/// Done before the daemon detaches so that errors reach the terminal.
-pub fn bind_listeners(cfg: &Config) -> io::Result<Vec<(std::net::TcpListener, usize)>> {
-    let mut out = Vec::new();
-    for (idx, l) in cfg.listeners.iter().enumerate() {
-        for addr in &l.addrs {
-            let sock = crate::sys::listen_tcp(*addr, 1024)
-                .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
-            log::info!("smtpd listening on {addr}");
-            out.push((sock, idx));
-        }
-    }
-    Ok(out)
-}
-
-/// Creates the control socket in the spool (mode 0666: anyone may submit mail; the
-/// daemon checks the peer's uid before it obeys a command).
-pub fn bind_control(spool_root: &std::path::Path) -> io::Result<std::os::unix::net::UnixListener> {
-    use std::os::unix::fs::PermissionsExt;
-    let path = crate::control::socket_path(spool_root);
-    if std::os::unix::net::UnixStream::connect(&path).is_ok() {
-        return Err(io::Error::new(
-            io::ErrorKind::AddrInUse,
-            format!("{}: another smtpd is running on this spool", path.display()),
-        ));
-    }
-    let _ = std::fs::remove_file(&path);
-    let l = std::os::unix::net::UnixListener::bind(&path)
-        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))?;
-    Ok(l)
 }

@@ -83,6 +83,8 @@ pub struct Conn {
     pub gen: u64,
     /// The client's address (for per-address limits); `None` on the local socket.
     pub peer: Option<IpAddr>,
+    /// The user id of a client on the local socket (for the control socket's limits).
+    pub uid: Option<u32>,
     /// When the session times out unless input arrives.
     pub deadline: Instant,
     session: Session,
@@ -156,6 +158,7 @@ impl Conn {
             sock,
             gen,
             peer,
+            uid: None,
             deadline,
             session,
             inbuf: LineBuf::new(INBUF.max(max_line + 2)),
@@ -225,6 +228,12 @@ impl Conn {
     /// Whether a commit is in flight.
     pub fn committing(&self) -> bool {
         self.session.state() == State::Commit
+    }
+
+    /// Whether a message file of this session is open: being written, or with the
+    /// commit thread.
+    pub fn holds_file(&self) -> bool {
+        self.msg.is_some() || self.committing()
     }
 
     /// Records readiness from the poller.

@@ -99,6 +99,8 @@ impl Reply {
         TOO_MANY_SESSIONS = 421, "4.3.2", "Too many connections, try again later";
         /// `max-sessions-per-address` reached.
         TOO_MANY_FROM_ADDRESS = 421, "4.7.0", "Too many connections from your address";
+        /// `max-connection-rate` reached.
+        CONNECTION_RATE = 421, "4.7.0", "Too many connections from your address this minute";
         /// Pipelined input where PIPELINING was not offered (HELO sessions).
         UNAUTH_PIPELINING = 554, "5.5.0", "Improper use of SMTP command pipelining";
     }

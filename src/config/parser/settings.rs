@@ -1,0 +1,145 @@
+//! The statements that set the daemon's global settings: `queue`, `bounce`, `smtp` and
+//! `control`.
+
+use super::{parse_duration, parse_size, Parser, Stmt};
+use crate::config::model::{ControlConfig, SmtpConfig};
+use crate::config::ConfigError;
+
+/// Largest value of any `limit`.
+const LIMIT_MAX: usize = 1 << 30;
+
+/// The field a `smtp limit` name sets, with its minimum.
+fn smtp_limit<'a>(s: &'a mut SmtpConfig, name: &str) -> Option<(&'a mut usize, usize)> {
+    Some(match name {
+        "max-rcpt" => (&mut s.max_rcpt, 1),
+        "max-mails" => (&mut s.max_mails, 1),
+        "max-command-line" => (&mut s.max_command_line, 512),
+        "max-text-line" => (&mut s.max_text_line, 1000),
+        "max-sessions" => (&mut s.max_sessions, 1),
+        "max-sessions-per-address" => (&mut s.max_sessions_per_address, 0),
+        "max-connection-rate" => (&mut s.max_connection_rate, 0),
+        "max-errors" => (&mut s.max_errors, 1),
+        "max-hops" => (&mut s.max_hops, 1),
+        _ => return None,
+    })
+}
+
+/// The field a `control limit` name sets, with its minimum.
+fn control_limit<'a>(c: &'a mut ControlConfig, name: &str) -> Option<(&'a mut usize, usize)> {
+    Some(match name {
+        "max-clients" => (&mut c.max_clients, 1),
+        "max-clients-per-user" => (&mut c.max_clients_per_user, 1),
+        _ => return None,
+    })
+}
+
+/// Reads the `NAME NUMBER ...` pairs that follow `limit` into `target`.
+fn limits<T>(
+    st: &mut Stmt,
+    target: &mut T,
+    field: impl for<'a> Fn(&'a mut T, &str) -> Option<(&'a mut usize, usize)>,
+) -> Result<(), ConfigError> {
+    if st.at_end() {
+        return Err(st.err("limit name expected"));
+    }
+    while !st.at_end() {
+        let name = st.value("limit name")?;
+        let v = st.value("number")?;
+        let n: usize = v
+            .parse()
+            .map_err(|_| st.err(format!("invalid number '{v}'")))?;
+        let Some((slot, min)) = field(target, &name) else {
+            return Err(st.err(format!("unknown limit '{name}'")));
+        };
+        // 0 lifts the text line limit: lines as long as the message.
+        let off = n == 0 && name == "max-text-line";
+        if (n < min && !off) || n > LIMIT_MAX {
+            return Err(st.err(format!("{name}: {n} is out of range (at least {min})")));
+        }
+        *slot = n;
+    }
+    Ok(())
+}
+
+/// A duration of at least a second.
+fn duration(st: &mut Stmt) -> Result<std::time::Duration, ConfigError> {
+    let v = st.value("duration")?;
+    parse_duration(&v)
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| st.err(format!("invalid duration '{v}'")))
+}
+
+impl Parser {
+    /// `bounce warn-interval D[, D ...]`: up to four delays, increasing.
+    pub(super) fn bounce(&mut self, st: &mut Stmt) -> Result<(), ConfigError> {
+        st.expect("warn-interval")?;
+        let mut v = Vec::new();
+        loop {
+            let d = duration(st)?;
+            if v.last().is_some_and(|&l| d <= l) {
+                return Err(st.err("warn-interval delays must increase"));
+            }
+            v.push(d);
+            if !st.eat_punct(',') {
+                break;
+            }
+        }
+        if v.len() > 4 {
+            return Err(st.err("at most four warn-interval delays"));
+        }
+        st.done()?;
+        self.cfg.queue.warn_intervals = v;
+        Ok(())
+    }
+
+    pub(super) fn queue(&mut self, st: &mut Stmt) -> Result<(), ConfigError> {
+        if st.eat("path") {
+            let p = st.value("directory")?;
+            self.queue_path = Some(super::relative_to(&self.current, &p));
+        } else if st.eat("ttl") {
+            let v = st.value("duration")?;
+            self.cfg.queue.ttl =
+                parse_duration(&v).ok_or_else(|| st.err(format!("invalid duration '{v}'")))?;
+        } else {
+            return Err(st.err("after 'queue': path or ttl"));
+        }
+        st.done()
+    }
+
+    pub(super) fn smtp(&mut self, st: &mut Stmt) -> Result<(), ConfigError> {
+        let s = &mut self.cfg.smtp;
+        if st.eat("max-message-size") {
+            let v = st.value("size")?;
+            s.max_message_size = parse_size(&v)
+                .filter(|&n| n > 0)
+                .ok_or_else(|| st.err(format!("invalid size '{v}'")))?;
+        } else if st.eat("timeout") {
+            s.timeout = duration(st)?;
+        } else if st.eat("sub-addr-delim") {
+            let v = st.value("character")?;
+            let mut c = v.chars();
+            s.sub_addr_delim = match (c.next(), c.next()) {
+                (Some(ch), None) if ch.is_ascii_graphic() && ch != '@' => ch,
+                _ => return Err(st.err(format!("invalid delimiter '{v}'"))),
+            };
+        } else if st.eat("limit") {
+            limits(st, s, smtp_limit)?;
+        } else {
+            return Err(st.err("after 'smtp': max-message-size, limit, timeout or sub-addr-delim"));
+        }
+        st.done()
+    }
+
+    /// `control limit NAME NUMBER ...` and `control timeout DURATION`.
+    pub(super) fn control(&mut self, st: &mut Stmt) -> Result<(), ConfigError> {
+        let c = &mut self.cfg.control;
+        if st.eat("timeout") {
+            c.timeout = duration(st)?;
+        } else if st.eat("limit") {
+            limits(st, c, control_limit)?;
+        } else {
+            return Err(st.err("after 'control': limit or timeout"));
+        }
+        st.done()
+    }
+}
