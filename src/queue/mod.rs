@@ -3,5 +3,6 @@
 pub mod bounce;
 pub mod edit;
 pub mod envelope;
+pub mod free;
 pub mod scheduler;
 pub mod spool;

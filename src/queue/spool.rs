@@ -37,9 +37,13 @@
 //! from searching past thousands of recently deleted inodes. A file over `FREE_KEEP`
 //! is emptied after the move; a file found empty in `queue/` at start was caught in
 //! between (a committed message file is never empty: it is synced with its trailer
-//! before it is renamed there) and goes to `free/`.
+//! before it is renamed there) and goes to `free/`. What the kept files hold is given
+//! back as soon as space runs short (`super::free`): every write here that fails for
+//! lack of space empties them and is tried once more.
 
 use super::envelope::Envelope;
+pub use super::free::MAX_FREE;
+use super::free::{enough_space, FreeList, FREE_KEEP};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, Write};
 use std::os::fd::AsRawFd;
@@ -52,18 +56,12 @@ use std::sync::{Arc, Mutex};
 #[derive(Debug, Clone)]
 pub struct Spool {
     root: PathBuf,
-    /// Empty files in `free/`, ready to become new messages.
-    free: Arc<Mutex<Vec<PathBuf>>>,
+    /// The files in `free/`, ready to become new messages.
+    free: Arc<Mutex<FreeList>>,
 }
 
 /// Subdirectories created by [`Spool::open`].
 const DIRS: [&str; 5] = ["incoming", "queue", "corrupt", "offline", "free"];
-
-/// Most message files kept in `free/`; more are unlinked.
-pub const MAX_FREE: usize = 1024;
-/// A file kept in `free/` keeps its blocks up to this size (a new message overwrites
-/// them rather than freeing and allocating them again); a larger one is emptied.
-const FREE_KEEP: u64 = 64 * 1024;
 
 /// The start of a message file's trailer; with the two lengths and the newline it is
 /// [`TRAILER_LEN`] bytes.
@@ -91,21 +89,27 @@ fn invalid(what: String) -> io::Error {
 }
 
 /// Writes `data` to `path` through a temporary file renamed over it (synced first when
-/// `sync`); returns the new file, still open for writing.
+/// `sync`); returns the new file, still open for writing. The temporary is removed when
+/// a step fails, so that a failure (ENOSPC) keeps no space.
 fn replace_file(path: &Path, data: &[u8], sync: bool) -> io::Result<File> {
     let tmp = path.with_extension("tmp");
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(data)?;
-    if sync {
-        f.sync_data()?;
-    }
-    fs::rename(&tmp, path)?;
-    Ok(f)
+    let write = || {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(data)?;
+        if sync {
+            f.sync_data()?;
+        }
+        fs::rename(&tmp, path)?;
+        Ok(f)
+    };
+    write().inspect_err(|_| {
+        let _ = fs::remove_file(&tmp);
+    })
 }
 
 /// The same error again (io::Error is not Clone), keeping its errno for [`is_no_space`].
@@ -241,13 +245,14 @@ impl Spool {
                 }
             }
         }
-        let mut free = Vec::new();
+        let mut free = FreeList::default();
         for ent in fs::read_dir(root.join("free"))? {
-            let p = ent?.path();
-            if free.len() < MAX_FREE {
-                free.push(p);
-            } else {
+            let ent = ent?;
+            let p = ent.path();
+            if free.is_full() {
                 fs::remove_file(&p)?;
+            } else {
+                free.push(p, ent.metadata()?.len());
             }
         }
         if let Ok(mut f) = spool.free.lock() {
@@ -289,7 +294,7 @@ impl Spool {
         let Ok(mut free) = self.free.lock() else {
             return fs::remove_file(path);
         };
-        if free.len() >= MAX_FREE {
+        if free.is_full() {
             return fs::remove_file(path);
         }
         let to = self
@@ -297,11 +302,69 @@ impl Spool {
             .join("free")
             .join(format!("{:016x}", crate::sys::random_u64()));
         fs::rename(path, &to)?;
-        if fs::metadata(&to)?.len() > FREE_KEEP {
+        let mut len = fs::metadata(&to)?.len();
+        if len > FREE_KEEP {
             OpenOptions::new().write(true).open(&to)?.set_len(0)?;
+            len = 0;
         }
-        free.push(to);
+        free.push(to, len);
         Ok(())
+    }
+
+    /// Empties the files of `free/`, giving their blocks back to the file system (their
+    /// inodes stay for new messages); returns the bytes given back. Called when space
+    /// runs short.
+    pub fn release_free(&self) -> u64 {
+        let Ok(mut free) = self.free.lock() else {
+            return 0;
+        };
+        if free.held() == 0 {
+            return 0;
+        }
+        let r = free.release();
+        log::warn!(
+            "queue: spool short of space: emptied {} file(s) of free/, {} bytes given back",
+            r.files,
+            r.bytes
+        );
+        r.bytes
+    }
+
+    /// Runs `op`; when it fails for lack of space and `free/` gave blocks back, runs it
+    /// once more.
+    fn retry_short<T>(&self, mut op: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+        match op() {
+            Err(e) if is_no_space(&e) && self.release_free() > 0 => op(),
+            r => r,
+        }
+    }
+
+    /// Whether the spool's file system can take a message of `size` bytes (SIZE= or 0)
+    /// and keep its reserve; when it cannot, `free/` gives its blocks back first. A
+    /// failed statvfs(2) answers yes: the writes will tell.
+    pub fn has_space(&self, size: u64) -> bool {
+        let check = || match crate::sys::disk_space(&self.root) {
+            Ok((avail, total)) => enough_space(avail, total, size),
+            Err(e) => {
+                log::warn!("queue: statvfs failed: {e}");
+                true
+            }
+        };
+        check() || (self.release_free() > 0 && check())
+    }
+
+    /// Appends `data` to a message being written, at offset `at` (where the file stands).
+    /// When it fails for lack of space and `free/` gave blocks back, it is written again
+    /// from `at`.
+    pub fn write_data(&self, f: &mut File, at: u64, data: &[u8]) -> io::Result<()> {
+        let mut again = false;
+        self.retry_short(|| {
+            if again {
+                f.seek(io::SeekFrom::Start(at))?;
+            }
+            again = true;
+            f.write_all(data)
+        })
     }
 
     /// A file from `free/`, renamed to `to` and opened for writing at its start. What it
@@ -353,11 +416,13 @@ impl Spool {
             if let Some(f) = self.reuse(&path) {
                 return Ok((msgid, f));
             }
-            let f = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(path);
+            let f = self.retry_short(|| {
+                OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&path)
+            });
             match f {
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
                 Err(e) => return Err(e),
@@ -378,7 +443,7 @@ impl Spool {
         let mut tail = encode_envelopes(envs);
         let env_len = tail.len();
         tail.extend_from_slice(trailer(len, env_len).as_bytes());
-        data.write_all(&tail)?;
+        self.write_data(&mut data, len, &tail)?;
         data.set_len(len + tail.len() as u64)?;
         Ok(CommitJob {
             msgid,
@@ -393,7 +458,7 @@ impl Spool {
     /// open for writing, for the commit to sync.
     pub fn rewrite_incoming(&self, msgid: u32, data: &[u8]) -> io::Result<File> {
         // Not synced here: the commit syncs the returned file with the rest.
-        replace_file(&self.incoming(msgid), data, false)
+        self.retry_short(|| replace_file(&self.incoming(msgid), data, false))
     }
 
     /// Reads the first `len` bytes of an incoming message: the data written so far.
@@ -456,7 +521,9 @@ impl Spool {
 
     /// Replaces a message's envelopes, durably.
     fn store_envelopes(&self, msgid: u32, envs: &[Envelope]) -> io::Result<()> {
-        replace_file(&self.envelopes_path(msgid), &encode_envelopes(envs), true).map(drop)
+        let data = encode_envelopes(envs);
+        self.retry_short(|| replace_file(&self.envelopes_path(msgid), &data, true))
+            .map(drop)
     }
 
     /// Rewrites a committed envelope (retry count, last error) atomically.
@@ -791,6 +858,44 @@ mod tests {
             spool.load_envelopes(second).ok(),
             Some(vec![env(second, 1, "a@b")])
         );
+    }
+
+    #[test]
+    fn kept_blocks_are_given_back_when_space_is_short() {
+        let tmp = crate::testutil::TempDir::new("spool-release");
+        let (spool, _) = Spool::open(&tmp.0).unwrap_or_else(|e| panic!("{e}"));
+        let (id, mut f) = spool.create_message().unwrap_or_else(|e| panic!("{e}"));
+        spool
+            .write_data(&mut f, 0, &[b'x'; 3000])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let job = spool
+            .prepare_commit(id, f, &[env(id, 1, "a@b")])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(commit_batch(vec![((0, 0), job)], None)[0].result.is_ok());
+        let size = fs::metadata(spool.message_path(id)).map_or(0, |m| m.len());
+        assert!(spool.remove_envelope(env(id, 1, "").evpid).unwrap_or(false));
+        // The file waits in free/ with its blocks, until space runs short.
+        let kept: Vec<PathBuf> = fs::read_dir(tmp.0.join("free"))
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        assert_eq!(kept.len(), 1);
+        assert_eq!(fs::metadata(&kept[0]).map_or(0, |m| m.len()), size);
+        assert_eq!(spool.release_free(), size);
+        assert_eq!(fs::metadata(&kept[0]).map_or(1, |m| m.len()), 0);
+        assert_eq!(spool.release_free(), 0);
+        // The emptied file is still there for the next message.
+        let (_, _f) = spool.create_message().unwrap_or_else(|e| panic!("{e}"));
+        assert!(!kept[0].exists());
+    }
+
+    #[test]
+    fn a_failed_replace_leaves_no_temporary() {
+        let tmp = crate::testutil::TempDir::new("spool-replace");
+        // The rename fails: a non-empty directory has the file's name.
+        let path = tmp.0.join("00000001.env");
+        fs::create_dir_all(path.join("x")).unwrap_or_else(|e| panic!("{e}"));
+        assert!(replace_file(&path, b"data", true).is_err());
+        assert!(!tmp.0.join("00000001.tmp").exists());
     }
 
     #[test]
