@@ -7,10 +7,11 @@
 //! before the spool says it is full. Their inodes stay, to be reused. So an empty queue
 //! never keeps mail out, whatever `free/` held when the disk filled up.
 
-use std::fs::OpenOptions;
-use std::io;
+use super::spool::{is_no_space, Spool};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Seek, Write};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Most message files kept in `free/`; more are unlinked.
 pub const MAX_FREE: usize = 1024;
@@ -106,6 +107,101 @@ impl FreeList {
             }
         });
         out
+    }
+}
+
+impl Spool {
+    /// Moves a message file that is done with to `free/` and empties it, or unlinks it
+    /// when `free/` is full.
+    pub(super) fn recycle(&self, path: &Path) -> io::Result<()> {
+        let Ok(mut free) = self.free.lock() else {
+            return fs::remove_file(path);
+        };
+        if free.is_full() {
+            return fs::remove_file(path);
+        }
+        let to = self
+            .root()
+            .join("free")
+            .join(format!("{:016x}", crate::sys::random_u64()));
+        fs::rename(path, &to)?;
+        let mut len = fs::metadata(&to)?.len();
+        if len > FREE_KEEP {
+            OpenOptions::new().write(true).open(&to)?.set_len(0)?;
+            len = 0;
+        }
+        free.push(to, len);
+        Ok(())
+    }
+
+    /// Empties the files of `free/`, giving their blocks back to the file system (their
+    /// inodes stay for new messages); returns the bytes given back. Called when space
+    /// runs short.
+    pub fn release_free(&self) -> u64 {
+        let Ok(mut free) = self.free.lock() else {
+            return 0;
+        };
+        if free.held() == 0 {
+            return 0;
+        }
+        let r = free.release();
+        log::warn!(
+            "queue: spool short of space: emptied {} file(s) of free/, {} bytes given back",
+            r.files,
+            r.bytes
+        );
+        r.bytes
+    }
+
+    /// Runs `op`; when it fails for lack of space and `free/` gave blocks back, runs it
+    /// once more.
+    pub(super) fn retry_short<T>(&self, mut op: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+        match op() {
+            Err(e) if is_no_space(&e) && self.release_free() > 0 => op(),
+            r => r,
+        }
+    }
+
+    /// Whether the spool's file system can take a message of `size` bytes (SIZE= or 0)
+    /// and keep its reserve; when it cannot, `free/` gives its blocks back first. A
+    /// failed statvfs(2) answers yes: the writes will tell.
+    pub fn has_space(&self, size: u64) -> bool {
+        let check = || match crate::sys::disk_space(self.root()) {
+            Ok((avail, total)) => enough_space(avail, total, size),
+            Err(e) => {
+                log::warn!("queue: statvfs failed: {e}");
+                true
+            }
+        };
+        check() || (self.release_free() > 0 && check())
+    }
+
+    /// Appends `data` to a message being written, at offset `at` (where the file stands).
+    /// When it fails for lack of space and `free/` gave blocks back, it is written again
+    /// from `at`.
+    pub fn write_data(&self, f: &mut File, at: u64, data: &[u8]) -> io::Result<()> {
+        let mut again = false;
+        self.retry_short(|| {
+            if again {
+                f.seek(io::SeekFrom::Start(at))?;
+            }
+            again = true;
+            f.write_all(data)
+        })
+    }
+
+    /// A file from `free/`, renamed to `to` and opened for writing at its start. What it
+    /// held is overwritten, and cut off at the commit ([`Spool::prepare_commit`]).
+    pub(super) fn reuse(&self, to: &Path) -> Option<File> {
+        let from = self.free.lock().ok()?.pop()?;
+        fs::rename(&from, to).ok()?;
+        match OpenOptions::new().write(true).open(to) {
+            Ok(f) => Some(f),
+            Err(_) => {
+                let _ = fs::remove_file(to);
+                None
+            }
+        }
     }
 }
 
