@@ -1,10 +1,13 @@
 """Start-up with an untidy spool: whatever is found where the daemon does not expect it
 (a file where a bucket directory should be, a directory, symbolic link or FIFO where a
 file should be, a name the spool never uses) is moved to corrupt/ with a warning naming
-it, and the daemon starts, accepts and delivers mail."""
+it, and the daemon starts, accepts and delivers mail.  A second daemon on a spool in
+use leaves it alone."""
 
 import os
 import re
+
+import pytest
 
 from conftest import accepted_id, needs_root
 
@@ -112,3 +115,26 @@ def test_stray_entries_go_to_corrupt(make_daemon, user1):
     assert d.stop() == 0
     assert log.count("moved to") == d.log().count("moved to")
 
+
+def test_second_daemon_leaves_the_spool_alone(make_daemon):
+    """A daemon started on a spool in use exits without touching it: the first one's
+    message being received stays in incoming/ and is accepted."""
+    d = make_daemon()
+    with d.client() as c:
+        c.ehlo()
+        c.expect("MAIL FROM:<a@origin.example>", 250, "2.1.0")
+        c.expect("RCPT TO:<bob@example.test>", 250, "2.1.5")
+        c.expect("DATA", 354)
+        c.send(b"Subject: during\r\n\r\n")
+        receiving = d.incoming()
+        assert len(receiving) == 1
+        (d.queue / "stray").write_bytes(b"x\n")
+        second = make_daemon(queue=d.queue, start=False)
+        with pytest.raises(RuntimeError):
+            second.start(attempts=1)
+        assert "another smtpd is running on this spool" in second.log()
+        assert d.incoming() == receiving
+        assert (d.queue / "stray").exists()
+        c.send(b"body\r\n.\r\n")
+        msgid = accepted_id(c.reply())
+    assert [m.msgid for m in d.messages()] == [msgid]
