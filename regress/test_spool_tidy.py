@@ -1,15 +1,16 @@
 """Start-up with an untidy spool: whatever is found where the daemon does not expect it
 (a file where a bucket directory should be, a directory, symbolic link or FIFO where a
 file should be, a name the spool never uses) is moved to corrupt/ with a warning naming
-it, and the daemon starts, accepts and delivers mail.  A second daemon on a spool in
-use leaves it alone."""
+it, and the daemon starts, accepts and delivers mail.  A directory of the spool that
+the daemon cannot read gets its mode back.  A second daemon on a spool in use leaves it
+alone."""
 
 import os
 import re
 
 import pytest
 
-from conftest import accepted_id, needs_root
+from conftest import accepted_id, as_user, needs_root
 
 # Everything @example.test is delivered, as smtpdtest1, into mail/LOCALPART.
 RULES = """
@@ -137,4 +138,25 @@ def test_second_daemon_leaves_the_spool_alone(make_daemon):
         assert (d.queue / "stray").exists()
         c.send(b"body\r\n.\r\n")
         msgid = accepted_id(c.reply())
+    assert [m.msgid for m in d.messages()] == [msgid]
+
+
+def test_unreadable_directories_are_made_readable(make_daemon, user1):
+    """A daemon that is not root cannot read a bucket or free/ of mode 000: it gives each
+    its mode back, with a warning, then starts and accepts mail."""
+    needs_root()  # to run the daemon as the test user
+    d = make_daemon(start=False, wrapper=lambda argv: as_user("smtpdtest1") + argv)
+    d.queue.mkdir()
+    os.chown(d.queue, user1.pw_uid, user1.pw_gid)
+    d.start()
+    assert d.stop() == 0
+    for rel in ("queue/3c", "free"):
+        os.chmod(d.queue / rel, 0)
+    d.start()
+    log = d.log()
+    for rel in ("queue/3c", "free"):
+        p = d.queue / rel
+        assert re.search(re.escape(str(p)) + r": could not be read \(.*\); mode set to 0700", log), log
+        assert (p.stat().st_mode & 0o777) == 0o700
+    msgid = send(d, "fine")
     assert [m.msgid for m in d.messages()] == [msgid]

@@ -13,17 +13,18 @@
 //! free/        16 hex digits                 (files)
 //! ```
 //! Anything else (a file where a directory is expected, a directory, symbolic link, FIFO
-//! or socket where a file is, a name the daemon never makes, a directory it cannot
-//! read) is moved to `corrupt/` under a name of its own, with a warning that names it,
-//! and the daemon goes on without it. An entry that cannot even be moved is left where
-//! it is, with a warning, and skipped. `offline/` is read by the parent, which checks
+//! or socket where a file is, a name the daemon never makes) is moved to `corrupt/`
+//! under a name of its own, with a warning that names it, and the daemon goes on without
+//! it. An entry that cannot even be moved is left where it is, with a warning, and
+//! skipped. One of these directories that cannot be read gets mode 0700 back when the
+//! daemon owns it, else is set aside and made again. `offline/` is read by the parent, which checks
 //! each file as it submits it (`submit.rs`).
 
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, FileType};
 use std::io;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// The spool's subdirectories.
@@ -246,9 +247,9 @@ impl<'a> Tidy<'a> {
             t.ensure_dir(&root.join(d))?;
         }
         t.root_entries()?;
-        t.incoming()?;
+        t.incoming();
         t.queue()?;
-        t.free(max_free)?;
+        t.free(max_free);
         Ok(t.found)
     }
 
@@ -313,6 +314,32 @@ impl<'a> Tidy<'a> {
         Ok(out)
     }
 
+    /// The entries of `dir`, one of the spool's directories. One that cannot be read gets
+    /// its mode back (0700) when the daemon owns it; else it is set aside and made again,
+    /// empty, so that the daemon can work.
+    fn entries_or_renew(&mut self, dir: &Path) -> Vec<(PathBuf, OsString, Kind)> {
+        let e = match Self::entries(dir) {
+            Ok(entries) => return entries,
+            Err(e) => e,
+        };
+        if fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).is_ok() {
+            if let Ok(entries) = Self::entries(dir) {
+                log::warn!(
+                    "queue: {}: could not be read ({e}); mode set to 0700",
+                    dir.display()
+                );
+                return entries;
+            }
+        }
+        let why = format!("a directory that cannot be read ({e})");
+        if self.quarantine(dir, &why) {
+            if let Err(e) = mkdir(dir, 0o700) {
+                log::warn!("queue: {}: {e}", dir.display());
+            }
+        }
+        Vec::new()
+    }
+
     fn root_entries(&mut self) -> io::Result<()> {
         for (path, name, kind) in Self::entries(self.root)? {
             let wanted = match name.to_str().unwrap_or("") {
@@ -330,8 +357,8 @@ impl<'a> Tidy<'a> {
         Ok(())
     }
 
-    fn incoming(&mut self) -> io::Result<()> {
-        for (path, name, kind) in Self::entries(&self.root.join("incoming"))? {
+    fn incoming(&mut self) {
+        for (path, name, kind) in self.entries_or_renew(&self.root.join("incoming")) {
             let name = name.to_str().unwrap_or("");
             let tmp = name.strip_suffix(".tmp");
             let named = parse_msgid(tmp.unwrap_or(name)).is_some();
@@ -345,12 +372,11 @@ impl<'a> Tidy<'a> {
                 Err(e) => log::warn!("queue: cannot remove {}: {e}", path.display()),
             }
         }
-        Ok(())
     }
 
     fn queue(&mut self) -> io::Result<()> {
         let queue = self.root.join("queue");
-        for (path, name, kind) in Self::entries(&queue)? {
+        for (path, name, kind) in self.entries_or_renew(&queue) {
             let named = name.to_str().and_then(parse_bucket).is_some();
             if !named || kind != Kind::Dir {
                 self.quarantine(&path, &why(kind, named, Kind::Dir));
@@ -372,19 +398,7 @@ impl<'a> Tidy<'a> {
 
     fn bucket(&mut self, queue: &Path, b: u8) {
         let dir = queue.join(format!("{b:02x}"));
-        let entries = match Self::entries(&dir) {
-            Ok(e) => e,
-            Err(e) => {
-                // Set it aside and start a new one, so that its messages' ids work.
-                let why = format!("a directory that cannot be read ({e})");
-                if self.quarantine(&dir, &why) {
-                    if let Err(e) = mkdir(&dir, 0o700) {
-                        log::warn!("queue: {}: {e}", dir.display());
-                    }
-                }
-                return;
-            }
-        };
+        let entries = self.entries_or_renew(&dir);
         let mut messages = Vec::new();
         let mut envelopes = Vec::new();
         for (path, name, kind) in entries {
@@ -402,8 +416,9 @@ impl<'a> Tidy<'a> {
             }
         }
         // A `.env` left without its message by a crash between their removals.
+        messages.sort_unstable_by_key(|(id, _)| *id);
         for (id, path) in envelopes {
-            if !messages.iter().any(|(m, _)| *m == id) {
+            if messages.binary_search_by_key(&id, |(m, _)| *m).is_err() {
                 if let Err(e) = fs::remove_file(&path) {
                     log::warn!("queue: cannot remove {}: {e}", path.display());
                 }
@@ -416,8 +431,8 @@ impl<'a> Tidy<'a> {
         }
     }
 
-    fn free(&mut self, max_free: usize) -> io::Result<()> {
-        for (path, name, kind) in Self::entries(&self.root.join("free"))? {
+    fn free(&mut self, max_free: usize) {
+        for (path, name, kind) in self.entries_or_renew(&self.root.join("free")) {
             let named = name.to_str().and_then(|n| parse_hex(n, 16)).is_some();
             if kind != Kind::File || !named {
                 self.quarantine(&path, &why(kind, named, Kind::File));
@@ -434,7 +449,6 @@ impl<'a> Tidy<'a> {
                 Err(e) => log::warn!("queue: {}: {e}", path.display()),
             }
         }
-        Ok(())
     }
 }
 
