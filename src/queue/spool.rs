@@ -719,14 +719,7 @@ pub(super) mod tests {
 
     #[test]
     fn damaged_trailer_is_an_error() {
-        let tmp = crate::testutil::TempDir::new("spool-bad");
-        let (spool, _) = Spool::open(&tmp.0).unwrap_or_else(|e| panic!("{e}"));
-        let (id, mut f) = spool.create_message().unwrap_or_else(|e| panic!("{e}"));
-        f.write_all(b"x\n").unwrap_or_else(|e| panic!("{e}"));
-        let job = spool
-            .prepare_commit(id, f, &[env(id, 1, "a@b")])
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert!(commit_batch(vec![((0, 0), job)], None)[0].result.is_ok());
+        let (_tmp, spool, id) = spool_with_message("spool-bad");
         let path = spool.message_path(id);
         let mut data = fs::read(&path).unwrap_or_default();
         data.pop();
