@@ -151,6 +151,9 @@ def test_spool_filled_then_drained_accepts_again(make_daemon, tmp_path, user1):
     # The queue is empty: a new message is accepted, and another after it.
     with d.client() as c:
         c.ehlo()
+        # More than free/ could give back: refused, and free/ keeps its files whole.
+        c.expect("MAIL FROM:<a@origin.example> SIZE=3000000", 452, "4.3.1")
+        assert "short of space" not in d.log()
         first = accepted_id(_send(c, b"Subject: after\r\n\r\nafter\r\n"))
         second = accepted_id(_send(c, body))
     assert d.wait_mailbox("bob", len(ids) + 2, timeout=20)

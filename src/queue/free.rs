@@ -163,17 +163,25 @@ impl Spool {
     }
 
     /// Whether the spool's file system can take a message of `size` bytes (SIZE= or 0)
-    /// and keep its reserve; when it cannot, `free/` gives its blocks back first. A
-    /// failed statvfs(2) answers yes: the writes will tell.
+    /// and keep its reserve; when it cannot, but could with what `free/` holds, `free/`
+    /// gives its blocks back first. A failed statvfs(2) answers yes: the writes will
+    /// tell.
     pub fn has_space(&self, size: u64) -> bool {
-        let check = || match crate::sys::disk_space(self.root()) {
-            Ok((avail, total)) => enough_space(avail, total, size),
-            Err(e) => {
-                log::warn!("queue: statvfs failed: {e}");
-                true
-            }
+        let space = || {
+            crate::sys::disk_space(self.root())
+                .inspect_err(|e| log::warn!("queue: statvfs failed: {e}"))
         };
-        check() || (self.release_free() > 0 && check())
+        let Ok((avail, total)) = space() else {
+            return true;
+        };
+        if enough_space(avail, total, size) {
+            return true;
+        }
+        let held = self.free.lock().map_or(0, |f| f.held());
+        held > 0
+            && enough_space(avail.saturating_add(held), total, size)
+            && self.release_free() > 0
+            && space().is_ok_and(|(avail, total)| enough_space(avail, total, size))
     }
 
     /// Appends `data` to a message being written, at offset `at` (where the file stands).
