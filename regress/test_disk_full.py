@@ -8,7 +8,9 @@ that namespace; the test reads it through /proc/PID/root/QUEUE.
 import os
 import shutil
 import subprocess
+import re
 import time
+from pathlib import Path
 
 import pytest
 
@@ -27,8 +29,8 @@ def _can_unshare():
     return None
 
 
-@pytest.fixture
-def full(make_daemon, tmp_path):
+def _tmpfs_daemon(make_daemon, tmp_path, **kw):
+    """A daemon whose spool is a private 2 MiB tmpfs."""
     why = _can_unshare()
     if why:
         pytest.skip(why)
@@ -40,7 +42,7 @@ def full(make_daemon, tmp_path):
             queue, " ".join("'%s'" % a for a in argv))
         return ["unshare", "-m", "--propagation", "private", "sh", "-c", cmd]
 
-    d = make_daemon(queue=queue, wrapper=wrap, start=False)
+    d = make_daemon(queue=queue, wrapper=wrap, start=False, **kw)
     # Read the spool as the daemon sees it: /proc/PID/root/QUEUE.
     d.ns_view = True
     d.start()
@@ -48,6 +50,11 @@ def full(make_daemon, tmp_path):
     # Outside the namespace the directory is still empty: the tmpfs is private.
     assert list(queue.iterdir()) == []
     return d
+
+
+@pytest.fixture
+def full(make_daemon, tmp_path):
+    return _tmpfs_daemon(make_daemon, tmp_path)
 
 
 def _send(c, body):
@@ -102,3 +109,80 @@ def test_disk_full_new_session_after_failure(full):
         c.ehlo()
         msgid = accepted_id(_send(c, b"Subject: fine\r\n\r\nfine\r\n"))
     assert [m.msgid for m in read_spool(d.spool_root())] == [msgid]
+
+
+# Everything @example.test is delivered, as smtpdtest1, into mail/LOCALPART: outside the
+# tmpfs, so that delivering empties the spool.
+DELIVER_RULES = """
+action "mb" maildir "{MAILDIR}/%{dest.user:lowercase|strip}" user smtpdtest1
+match from any for domain "example.test" action "mb"
+"""
+
+
+def _free_files(d):
+    return sorted((Path(d.spool_root()) / "free").iterdir())
+
+
+def test_spool_filled_then_drained_accepts_again(make_daemon, tmp_path, user1):
+    """Messages of 50 KB fill the spool until MAIL gets 452; once they are all delivered
+    their files wait in free/ for new messages, keeping their blocks: that space must
+    not keep new mail out of an empty queue."""
+    d = _tmpfs_daemon(make_daemon, tmp_path, rules=DELIVER_RULES, mail_owner="smtpdtest1")
+    body = b"Subject: fill\r\n\r\n" + (b"f" * 98 + b"\r\n") * 500
+    ids = []
+    with d.client() as c:
+        c.ehlo()
+        for _ in range(100):  # 2 MiB hold about 40 of them
+            r = c.cmd("MAIL FROM:<a@origin.example>")
+            if r.code == 452:
+                break
+            assert r.is_(250, "2.1.0"), r
+            c.expect("RCPT TO:<bob@example.test>", 250, "2.1.5")
+            c.expect("DATA", 354)
+            c.send(body + b".\r\n")
+            ids.append(accepted_id(c.reply(timeout=20)))
+        assert r.is_(452, "4.3.1"), r
+    assert len(ids) > 10
+    assert d.ctl("resume mda").strip() == "mda resumed"
+    assert len(d.wait_mailbox("bob", len(ids), timeout=60)) == len(ids), d.log()[-3000:]
+    assert d.wait_queue_empty(10), d.messages()
+    # The delivered files wait in free/ (all of them: fewer than 1024).
+    assert len(_free_files(d)) == len(ids)
+    # The queue is empty: a new message is accepted, and another after it.
+    with d.client() as c:
+        c.ehlo()
+        # More than free/ could give back: refused, and free/ keeps its files whole.
+        c.expect("MAIL FROM:<a@origin.example> SIZE=3000000", 452, "4.3.1")
+        assert "short of space" not in d.log()
+        first = accepted_id(_send(c, b"Subject: after\r\n\r\nafter\r\n"))
+        second = accepted_id(_send(c, body))
+    assert d.wait_mailbox("bob", len(ids) + 2, timeout=20)
+    assert {first, second} <= set(d.delivered())
+    assert re.search(r"queue: spool short of space: emptied \d+ file\(s\) of free/", d.log()), \
+        d.log()[-3000:]
+    assert d.stop() == 0
+
+
+def test_write_short_of_space_uses_free_blocks(make_daemon, tmp_path, user1):
+    """free/ holds 1.25 MB of delivered messages' blocks, the file system has room for
+    MAIL but not for a 1.2 MB message: the write that fails with ENOSPC gets the kept
+    blocks back and goes on, and the message is accepted."""
+    d = _tmpfs_daemon(make_daemon, tmp_path, rules=DELIVER_RULES, mail_owner="smtpdtest1")
+    body = b"Subject: fill\r\n\r\n" + (b"f" * 98 + b"\r\n") * 500
+    with d.client() as c:
+        c.ehlo()
+        ids = [accepted_id(_send(c, body)) for _ in range(25)]
+    assert d.ctl("resume mda").strip() == "mda resumed"
+    assert len(d.wait_mailbox("bob", len(ids), timeout=60)) == len(ids), d.log()[-3000:]
+    assert d.wait_queue_empty(10), d.messages()
+    assert len(_free_files(d)) == len(ids)
+    assert "short of space" not in d.log()
+    big = b"Subject: big\r\n\r\n" + (b"b" * 998 + b"\r\n") * 1200
+    with d.client() as c:
+        c.ehlo()
+        msgid = accepted_id(_send(c, big))
+    assert d.wait_log(r"queue: spool short of space: emptied \d+ file\(s\) of free/")
+    got = d.wait_mailbox("bob", len(ids) + 1, timeout=20)
+    assert len(got) == len(ids) + 1
+    assert d.delivered()[msgid].endswith(b"Subject: big\n\n" + (b"b" * 998 + b"\n") * 1200)
+    assert d.stop() == 0

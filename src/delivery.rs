@@ -17,7 +17,7 @@ use crate::queue::spool::{CommitJob, Spool};
 use crate::smtp::command::Mailbox;
 use crate::smtp::session::{Client, MatchCtx};
 use std::collections::HashMap;
-use std::io::{BufReader, Write};
+use std::io::BufReader;
 use std::os::fd::{AsRawFd, OwnedFd};
 
 /// Local deliveries in flight at most.
@@ -760,7 +760,7 @@ impl Queue {
             &mut BufReader::new(std::io::Read::take(original, len)),
             BOUNCE_MAX_BODY,
         )
-        .and_then(|bytes| file.write_all(&bytes));
+        .and_then(|bytes| self.spool.write_data(&mut file, 0, &bytes));
         if let Err(e) = result {
             self.spool.discard(msgid);
             return Err(e.to_string());

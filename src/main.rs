@@ -2,7 +2,7 @@
 
 use smtpd::client;
 use smtpd::config::{self, Config};
-use smtpd::event_loop::{bind_control, bind_listeners, Server};
+use smtpd::event_loop::{bind_control, bind_listeners, refuse_if_running, Server};
 use smtpd::queue::spool::Spool;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -177,6 +177,9 @@ fn load_config(
 }
 
 fn start(cfg: Config, foreground: bool, paused: &[String]) -> std::io::Result<()> {
+    // Before the spool is opened: opening it tidies it, which a running daemon's
+    // messages in incoming/ must not undergo.
+    refuse_if_running(&cfg.queue.path)?;
     let (spool, cleaned) = Spool::open(&cfg.queue.path).map_err(|e| {
         std::io::Error::new(e.kind(), format!("queue {}: {e}", cfg.queue.path.display()))
     })?;

@@ -5,6 +5,7 @@
 
 use crate::config::{Cond, Config, Decision, Matcher};
 use crate::expand::Delivery;
+use crate::queue::spool::Spool;
 use crate::smtp::command::Mailbox;
 use crate::smtp::reply::Reply;
 use crate::smtp::session::{MatchCtx, Policy};
@@ -86,26 +87,17 @@ pub fn strip_subaddress(local: &str, delim: char) -> &str {
     }
 }
 
-/// Fraction of the spool's filesystem kept free, as OpenSMTPD does.
-const MIN_FREE_PERCENT: u64 = 5;
-
 /// The session [`Policy`] of the daemon: this ruleset, and the spool's free space.
 pub struct RulesetPolicy<'a> {
     /// The configuration.
     pub cfg: &'a Config,
-    /// The spool's root, for statvfs.
-    pub spool_root: &'a std::path::Path,
+    /// The spool, for its free space.
+    pub spool: &'a Spool,
 }
 
 impl Policy for RulesetPolicy<'_> {
     fn has_space(&mut self, size: u64) -> bool {
-        match crate::sys::disk_space(self.spool_root) {
-            Ok((free, total)) => free >= size.saturating_add(total / 100 * MIN_FREE_PERCENT),
-            Err(e) => {
-                log::warn!("queue: statvfs failed: {e}");
-                true
-            }
-        }
+        self.spool.has_space(size)
     }
     fn resolve(&mut self, ctx: &MatchCtx, rcpt: &Mailbox) -> Result<Vec<Delivery>, Reply> {
         crate::expand::expand(self.cfg, ctx, rcpt)

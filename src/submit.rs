@@ -472,7 +472,9 @@ pub fn complete_headers(message: &[u8], from: &str, hostname: &str) -> Vec<u8> {
 }
 
 /// Submits every file of `offline/`, each as its owner; used by the parent at start.
-/// Returns how many were submitted.
+/// Returns how many were submitted. What is not an offline submission (a directory,
+/// symbolic link, FIFO or socket, a file that cannot be decoded) is moved to corrupt/
+/// with a warning; a file with other links is removed.
 pub fn flush_offline(spool: &Spool, socket: &Path) -> usize {
     use std::os::unix::fs::MetadataExt;
     let dir = spool.root().join("offline");
@@ -480,17 +482,28 @@ pub fn flush_offline(spool: &Spool, socket: &Path) -> usize {
         return 0;
     };
     let euid = crate::sys::geteuid();
+    let not_a_file = |path: &Path, ft: std::fs::FileType| {
+        let kind = crate::queue::tidy::Kind::of(ft);
+        spool.quarantine(
+            path,
+            &format!("{} where a file is expected", kind.article()),
+        );
+    };
     let mut n = 0;
     for ent in entries.flatten() {
         let path = ent.path();
+        // Neither followed (O_NOFOLLOW) nor waited on (O_NONBLOCK: a FIFO).
         let f = match OpenOptions::new()
             .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
             .open(&path)
         {
             Ok(f) => f,
             Err(e) => {
-                log::warn!("offline: {}: {e}", path.display());
+                match std::fs::symlink_metadata(&path) {
+                    Ok(md) if !md.is_file() => not_a_file(&path, md.file_type()),
+                    _ => log::warn!("offline: {}: {e}", path.display()),
+                }
                 continue;
             }
         };
@@ -505,8 +518,15 @@ pub fn flush_offline(spool: &Spool, socket: &Path) -> usize {
             );
             continue;
         }
-        if !md.is_file() || md.nlink() != 1 {
-            log::warn!("offline: {}: not a plain file, removed", path.display());
+        if !md.is_file() {
+            not_a_file(&path, md.file_type());
+            continue;
+        }
+        if md.nlink() != 1 {
+            log::warn!(
+                "offline: {}: a file with other links, removed",
+                path.display()
+            );
             let _ = std::fs::remove_file(&path);
             continue;
         }
@@ -518,6 +538,9 @@ pub fn flush_offline(spool: &Spool, socket: &Path) -> usize {
             Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
                 log::warn!("offline: {}: {e}; removed", path.display());
                 let _ = std::fs::remove_file(&path);
+            }
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                spool.quarantine(&path, &format!("not an offline submission ({e})"));
             }
             Err(e) => log::warn!("offline: {}: {e}", path.display()),
         }

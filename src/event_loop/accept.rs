@@ -186,10 +186,10 @@ pub fn bind_listeners(
     Ok(out)
 }
 
-/// Creates the control socket in the spool (mode 0666: anyone may submit mail; the
-/// daemon checks the peer's uid before it obeys a command).
-pub fn bind_control(spool_root: &std::path::Path) -> io::Result<std::os::unix::net::UnixListener> {
-    use std::os::unix::fs::PermissionsExt;
+/// Fails when a daemon answers on the control socket of the spool at `spool_root`: the
+/// spool is in use, and start-up must not touch it (it removes `incoming/` and moves
+/// what it does not expect).
+pub fn refuse_if_running(spool_root: &std::path::Path) -> io::Result<()> {
     let path = crate::control::socket_path(spool_root);
     if std::os::unix::net::UnixStream::connect(&path).is_ok() {
         return Err(io::Error::new(
@@ -197,6 +197,15 @@ pub fn bind_control(spool_root: &std::path::Path) -> io::Result<std::os::unix::n
             format!("{}: another smtpd is running on this spool", path.display()),
         ));
     }
+    Ok(())
+}
+
+/// Creates the control socket in the spool (mode 0666: anyone may submit mail; the
+/// daemon checks the peer's uid before it obeys a command).
+pub fn bind_control(spool_root: &std::path::Path) -> io::Result<std::os::unix::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    refuse_if_running(spool_root)?;
+    let path = crate::control::socket_path(spool_root);
     let _ = std::fs::remove_file(&path);
     let l = std::os::unix::net::UnixListener::bind(&path)
         .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;

@@ -518,7 +518,7 @@ impl Server {
             (None, lines) => {
                 let max = self.cfg.smtp.max_message_size;
                 self.with_conn(key, Some(gen), |conn, ctx| match lines {
-                    Some(l) => conn.store_filtered(&l, max),
+                    Some(l) => conn.store_filtered(ctx.spool, &l, max),
                     None => conn.on_filtered_end(ctx, now),
                 });
                 self.after_conn(key, now);

@@ -33,7 +33,7 @@ mod filters;
 mod limits;
 mod rdns;
 
-pub use accept::{bind_control, bind_listeners};
+pub use accept::{bind_control, bind_listeners, refuse_if_running};
 
 const SIGNAL: Token = Token(0);
 const WAKER: Token = Token(1);

@@ -1,7 +1,10 @@
 //! The queue: envelopes and the on-disk spool.
 
 pub mod bounce;
+pub mod commit;
 pub mod edit;
 pub mod envelope;
+pub mod free;
 pub mod scheduler;
 pub mod spool;
+pub mod tidy;

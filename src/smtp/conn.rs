@@ -367,7 +367,7 @@ impl Conn {
                                     m.buf.push(b'\n');
                                 }
                                 if m.buf.len() >= MSG_CHUNK {
-                                    write_chunk(m, &mut self.session);
+                                    write_chunk(ctx.spool, m, &mut self.session);
                                 }
                             }
                         }
@@ -404,7 +404,7 @@ impl Conn {
                         } else {
                             let mut policy = RulesetPolicy {
                                 cfg: ctx.cfg,
-                                spool_root: ctx.spool.root(),
+                                spool: ctx.spool,
                             };
                             let had_tx = self.session.tx().is_some();
                             if self.observe {
@@ -476,11 +476,7 @@ impl Conn {
                         }
                         Err(e) => {
                             log::warn!("{:016x} smtp cannot create message: {e}", self.session.id);
-                            Err(if is_no_space(&e) {
-                                Reply::NO_STORAGE
-                            } else {
-                                Reply::LOCAL_ERROR
-                            })
+                            Err(storage_reply(ctx.spool, &e))
                         }
                     };
                     let ok = r.is_ok();
@@ -523,7 +519,7 @@ impl Conn {
             return;
         };
         if !m.buf.is_empty() {
-            write_chunk(&mut m, &mut self.session);
+            write_chunk(ctx.spool, &mut m, &mut self.session);
         }
         let junk = self.session.tx().is_some_and(|t| t.junk);
         let edits = std::mem::take(&mut self.pending_edits);
@@ -573,11 +569,7 @@ impl Conn {
             }
             Err(e) => {
                 ctx.spool.discard(m.id);
-                let r = if is_no_space(&e) {
-                    Reply::NO_STORAGE
-                } else {
-                    Reply::LOCAL_ERROR
-                };
+                let r = storage_reply(ctx.spool, &e);
                 if !failed {
                     log::warn!("{:016x} smtp cannot write envelopes: {e}", self.session.id);
                 }
@@ -689,7 +681,7 @@ impl Conn {
     }
 
     /// Stores lines that came out of the last data filter.
-    pub fn store_filtered(&mut self, lines: &Lines, max_size: u64) {
+    pub fn store_filtered(&mut self, spool: &Spool, lines: &Lines, max_size: u64) {
         let Some(m) = self.msg.as_mut() else { return };
         // Counted as on the wire: each line with CR LF.
         self.filtered_bytes += (lines.text().len() + lines.len()) as u64;
@@ -703,7 +695,7 @@ impl Conn {
         }
         m.buf.extend_from_slice(lines.text());
         if m.buf.len() >= MSG_CHUNK {
-            write_chunk(m, &mut self.session);
+            write_chunk(spool, m, &mut self.session);
         }
     }
 
@@ -742,7 +734,7 @@ impl Conn {
     ) -> Result<(), String> {
         let mut policy = RulesetPolicy {
             cfg: ctx.cfg,
-            spool_root: ctx.spool.root(),
+            spool: ctx.spool,
         };
         // Edits belong to this message only.
         self.pending_edits.clear();
@@ -873,7 +865,7 @@ impl Conn {
     ) {
         let mut policy = RulesetPolicy {
             cfg: ctx.cfg,
-            spool_root: ctx.spool.root(),
+            spool: ctx.spool,
         };
         self.session
             .on_filter_result(v, &mut policy, &mut self.actions);
@@ -922,11 +914,7 @@ impl Conn {
                     "{:016x} smtp commit of {msgid:08x} failed: {e}",
                     self.session.id
                 );
-                Err(if is_no_space(&e) {
-                    Reply::NO_STORAGE
-                } else {
-                    Reply::LOCAL_ERROR
-                })
+                Err(storage_reply(ctx.spool, &e))
             }
         };
         self.session.on_committed(r, &mut self.actions);
@@ -985,8 +973,19 @@ impl Conn {
     }
 }
 
-fn write_chunk(m: &mut MsgWriter, session: &mut Session) {
-    if let Err(e) = m.file.write_all(&m.buf) {
+/// The reply to a spool failure: 452 for lack of space (after `free/` gave its blocks
+/// back, so that the client's next attempt finds them), 451 otherwise.
+fn storage_reply(spool: &Spool, e: &io::Error) -> Reply {
+    if is_no_space(e) {
+        spool.release_free();
+        Reply::NO_STORAGE
+    } else {
+        Reply::LOCAL_ERROR
+    }
+}
+
+fn write_chunk(spool: &Spool, m: &mut MsgWriter, session: &mut Session) {
+    if let Err(e) = spool.write_data(&mut m.file, m.written, &m.buf) {
         m.failed = true;
         session.on_write_error(is_no_space(&e));
     }
