@@ -522,11 +522,15 @@ impl Server {
         }
     }
 
-    /// Events on a filter's socket.
+    /// Events on a filter's socket, or input left from its last turn: reads a bounded
+    /// amount, at most once per loop turn, and keeps the pipe in the backlog while
+    /// input is left.
     pub(super) fn filter_io(&mut self, key: usize, now: Instant) {
         let mut answers = Vec::new();
+        let turn = self.turn;
         let (fid, result, became_ready) = match self.slab.get_mut(key) {
-            Some(Entry::Filter(p)) => {
+            Some(Entry::Filter(p)) if p.read_turn != turn && p.sock.is_some() => {
+                p.read_turn = turn;
                 let was = p.state;
                 let _ = p.flush();
                 let r = p.read(&mut answers);
@@ -536,7 +540,14 @@ impl Server {
             }
             _ => return,
         };
+        if result == Ok(true) {
+            self.pipe_backlog.push(key);
+        }
         for (sid, answer) in answers {
+            if self.pipe(fid).is_none_or(|p| p.sock.is_none()) {
+                // Failed by an earlier answer of the batch: the rest means nothing.
+                break;
+            }
             self.on_answer(fid, sid, answer, now);
         }
         if became_ready {

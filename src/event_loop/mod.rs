@@ -86,6 +86,11 @@ pub struct Server {
     next_monitor: Instant,
     /// Slab key of each filter process's pipe, by filter id.
     pipes: Vec<Option<usize>>,
+    /// Loop turns so far: a filter pipe is read at most once per turn.
+    turn: u64,
+    /// Filter pipes with input left after their last read (a read takes a bounded
+    /// amount): they are read again next turn, with no readiness event to wait for.
+    pipe_backlog: Vec<usize>,
     /// Chain runs in progress, by session id.
     chains: HashMap<u64, filters::ChainRun>,
     /// Slab key and generation of each SMTP session, by session id.
@@ -169,6 +174,8 @@ impl Server {
             signals: Vec::new(),
             next_monitor: Instant::now(),
             pipes: Vec::new(),
+            turn: 0,
+            pipe_backlog: Vec::new(),
             chains: HashMap::new(),
             session_keys: HashMap::new(),
             resolver: None,
@@ -224,11 +231,16 @@ impl Server {
                     timeout = timeout.min(Duration::from_millis(100));
                 }
             }
+            if !self.pipe_backlog.is_empty() {
+                timeout = Duration::ZERO;
+            }
             match self.poll.poll(&mut events, Some(timeout)) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 r => r?,
             }
             let now = Instant::now();
+            self.turn += 1;
+            let backlog = std::mem::take(&mut self.pipe_backlog);
             for ev in events.iter() {
                 match ev.token() {
                     SIGNAL => self.on_signal(),
@@ -255,6 +267,10 @@ impl Server {
                     ),
                     t => log::warn!("event on unused reserved token {t:?}"),
                 }
+            }
+            // Filters that had more to say than one turn takes, and no new event.
+            for key in backlog {
+                self.filter_io(key, now);
             }
             // Commits may finish between a wake and the poll; take them every turn.
             self.on_commits(now);

@@ -14,6 +14,13 @@ use std::time::{Duration, Instant};
 
 /// Unsent bytes to a filter above which sessions stop feeding it data lines.
 pub const OUT_HIGH: usize = 256 * 1024;
+/// Bytes read from one filter in one turn of the loop: the rest waits for the next
+/// turn, so that a filter that writes without end cannot hold the loop.
+pub const READ_PER_TURN: usize = 256 * 1024;
+/// Frames taken from one filter in one turn of the loop.
+pub const FRAMES_PER_TURN: usize = 1024;
+/// Bytes asked for by each read.
+const READ_CHUNK: usize = 64 * 1024;
 
 /// Where the pipe stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,7 +159,11 @@ pub struct FilterPipe {
     pub waiting: HashMap<u64, Instant>,
     /// How long an answer may take.
     pub timeout: Duration,
+    /// The loop turn of the last read (see [`FilterPipe::read`]).
+    pub read_turn: u64,
     dec: Decoder,
+    /// The filter closed its end; the frames before it are still taken.
+    eof: bool,
     /// Read buffer, allocated at the first read.
     rbuf: Vec<u8>,
     out: Vec<u8>,
@@ -185,7 +196,9 @@ impl FilterPipe {
             sock,
             waiting: HashMap::new(),
             timeout,
+            read_turn: 0,
             dec: Decoder::new(),
+            eof: false,
             rbuf: Vec::new(),
             out: Vec::new(),
         })
@@ -198,6 +211,7 @@ impl FilterPipe {
         self.sock = Some(mio::net::UnixStream::from_std(s));
         self.state = PipeState::Handshake;
         self.dec = Decoder::new();
+        self.eof = false;
         self.out.clear();
         self.waiting.clear();
         Ok(())
@@ -260,25 +274,43 @@ impl FilterPipe {
         Ok(())
     }
 
-    /// Reads and decodes what the filter sent. Answers come back per session; a
-    /// protocol error or EOF marks the pipe dead and is returned as the error.
-    pub fn read(&mut self, out: &mut Vec<(u64, Answer)>) -> Result<(), String> {
-        let Some(sock) = self.sock.as_mut() else {
-            return Err("not running".into());
-        };
+    /// Reads and decodes what the filter sent, at most [`READ_PER_TURN`] bytes and
+    /// [`FRAMES_PER_TURN`] frames: answers come back per session. `Ok(true)`: input may
+    /// be left (in the socket or decoded), for which no new readiness event will come;
+    /// the loop calls again on its next turn. The decoder never holds more than one
+    /// partial frame and one read. A protocol error or EOF marks the pipe dead and is
+    /// returned as the error.
+    pub fn read(&mut self, out: &mut Vec<(u64, Answer)>) -> Result<bool, String> {
         if self.rbuf.is_empty() {
             // A 64 KiB message comes back from a pass-through filter in one or two reads.
-            self.rbuf = vec![0u8; 64 * 1024];
+            self.rbuf = vec![0u8; READ_CHUNK];
         }
-        let mut eof = false;
+        let mut frames = 0;
+        let mut read = 0;
         loop {
-            match sock.read(&mut self.rbuf) {
-                Ok(0) => {
-                    eof = true;
-                    break;
+            frames += self.decode(FRAMES_PER_TURN - frames, out)?;
+            if frames >= FRAMES_PER_TURN {
+                return Ok(true);
+            }
+            // No whole frame is left in the decoder.
+            if self.eof {
+                self.state = PipeState::Dead;
+                return Err("the filter closed its end".into());
+            }
+            if read >= READ_PER_TURN {
+                return Ok(true);
+            }
+            let Some(sock) = self.sock.as_mut() else {
+                return Err("not running".into());
+            };
+            let room = (READ_PER_TURN - read).min(READ_CHUNK);
+            match sock.read(&mut self.rbuf[..room]) {
+                Ok(0) => self.eof = true,
+                Ok(n) => {
+                    self.dec.feed(&self.rbuf[..n]);
+                    read += n;
                 }
-                Ok(n) => self.dec.feed(&self.rbuf[..n]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     self.state = PipeState::Dead;
@@ -286,7 +318,12 @@ impl FilterPipe {
                 }
             }
         }
-        loop {
+    }
+
+    /// Takes at most `max` whole frames from the decoder; returns how many.
+    fn decode(&mut self, max: usize, out: &mut Vec<(u64, Answer)>) -> Result<usize, String> {
+        let mut n = 0;
+        while n < max {
             let frame = match self.dec.next_frame() {
                 Ok(Some(f)) => f,
                 Ok(None) => break,
@@ -296,6 +333,7 @@ impl FilterPipe {
                 }
             };
             let (session, f) = frame;
+            n += 1;
             let answer = match (self.state, f) {
                 (
                     PipeState::Handshake,
@@ -379,11 +417,7 @@ impl FilterPipe {
             };
             out.push((session, answer));
         }
-        if eof {
-            self.state = PipeState::Dead;
-            return Err("the filter closed its end".into());
-        }
-        Ok(())
+        Ok(n)
     }
 
     /// Sessions whose answer is overdue.
@@ -397,5 +431,104 @@ impl FilterPipe {
         self.sock = None;
         self.out.clear();
         self.waiting.drain().map(|(s, _)| s).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixStream;
+
+    fn pair() -> (FilterPipe, UnixStream) {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let p = FilterPipe::new(0, "t", Some(OwnedFd::from(ours)), Duration::from_secs(30));
+        (p.unwrap(), theirs)
+    }
+
+    fn register() -> Vec<u8> {
+        let mut w = Vec::new();
+        let f = Frame::Register {
+            version: codec::VERSION,
+            hooks: event::ANSWERED | event::DATA_LINES,
+            reports: 0,
+            name: b"t",
+        };
+        codec::encode(0, &f, &mut w);
+        w
+    }
+
+    /// Frames of every size: many small answers and large line batches.
+    fn flood() -> (Vec<u8>, usize) {
+        let line = [b'x'; 998];
+        let mut w = Vec::new();
+        let mut n = 0;
+        while w.len() < 3 << 20 {
+            codec::encode(n as u64, &Frame::Proceed, &mut w);
+            if n % 100 == 0 {
+                codec::encode(n as u64, &Frame::DataLines(vec![&line[..]; 1000]), &mut w);
+                n += 1;
+            }
+            n += 1;
+        }
+        (w, n)
+    }
+
+    #[test]
+    fn a_flood_is_taken_a_bounded_amount_at_a_time() {
+        let (mut p, mut theirs) = pair();
+        let (wire, frames) = flood();
+        let writer = std::thread::spawn(move || {
+            theirs.write_all(&register()).unwrap();
+            theirs.write_all(&wire).unwrap();
+            theirs
+        });
+        let mut got = 0;
+        let mut turns = 0;
+        while got < frames && turns < 100_000 {
+            turns += 1;
+            let mut out = Vec::new();
+            let before = p.dec.pending();
+            let more = p.read(&mut out).unwrap();
+            assert!(out.len() <= FRAMES_PER_TURN);
+            assert!(p.dec.pending() <= codec::MAX_FRAME + READ_CHUNK);
+            assert!(p.dec.pending() <= before + READ_PER_TURN);
+            got += out.len();
+            if !more {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        assert_eq!(got, frames);
+        assert!(matches!(p.state, PipeState::Ready { .. }));
+        // Everything was taken: nothing is left, and the next read waits.
+        let theirs = writer.join().unwrap();
+        assert_eq!(p.read(&mut Vec::new()), Ok(false));
+        drop(theirs);
+        assert_eq!(
+            p.read(&mut Vec::new()),
+            Err("the filter closed its end".into())
+        );
+        assert_eq!(p.state, PipeState::Dead);
+    }
+
+    #[test]
+    fn frames_before_the_end_are_taken_first() {
+        let (mut p, mut theirs) = pair();
+        let mut wire = register();
+        for s in 0..FRAMES_PER_TURN as u64 + 10 {
+            codec::encode(s + 1, &Frame::Proceed, &mut wire);
+        }
+        theirs.write_all(&wire).unwrap();
+        drop(theirs);
+        let mut out = Vec::new();
+        assert_eq!(p.read(&mut out), Ok(true));
+        // The REGISTER counts as a frame of the turn.
+        assert_eq!(out.len(), FRAMES_PER_TURN - 1);
+        out.clear();
+        assert_eq!(p.read(&mut out), Err("the filter closed its end".into()));
+        assert_eq!(out.len(), 11);
+        assert_eq!(
+            out.last(),
+            Some(&(FRAMES_PER_TURN as u64 + 10, Answer::Proceed))
+        );
     }
 }
