@@ -4,7 +4,7 @@
 
 use super::{Entry, Server, FIRST_SLOT};
 use crate::config::{BuiltinDecision, Check, FilterKind, Matcher};
-use crate::filter::pipe::{Answer, FilterPipe, Lines, PipeState};
+use crate::filter::pipe::{Answer, FilterPipe, Fit, Lines, PipeState};
 use crate::smtp::conn::Report;
 use crate::smtp::reply::Reply;
 use crate::smtp::session::{FilterQuery, FilterVerdict, Phase};
@@ -185,6 +185,11 @@ impl Server {
                                 })
                             })
                             .collect();
+                        for &f in &data_chain {
+                            if let Some(p) = self.pipe_mut(f) {
+                                p.start_lines(sid);
+                            }
+                        }
                         if let Some(Entry::Smtp(c)) = self.slab.get_mut(run.key) {
                             c.data_chain = data_chain;
                         }
@@ -456,17 +461,17 @@ impl Server {
         let mut bytes = 0;
         for l in lines.iter() {
             if refs.len() == 1024 || bytes + l.len() > 256 * 1024 {
-                p.send(sid, &Frame::DataLines(std::mem::take(&mut refs)));
+                p.pass_lines(sid, &Frame::DataLines(std::mem::take(&mut refs)));
                 bytes = 0;
             }
             bytes += l.len() + 2;
             refs.push(l);
         }
         if !refs.is_empty() {
-            p.send(sid, &Frame::DataLines(refs));
+            p.pass_lines(sid, &Frame::DataLines(refs));
         }
         if end {
-            p.ask(sid, &Frame::DataEnd, now);
+            p.ask_end(sid, now);
         }
     }
 
@@ -483,6 +488,13 @@ impl Server {
 
     /// Lines (or the end) from data filter `fid`: on to the next one, or to the spool.
     fn on_data_answer(&mut self, fid: usize, sid: u64, lines: Option<Lines>, now: Instant) {
+        // Beyond twice what a message may hold the filter is in a loop (a message that
+        // merely grew past the limit is refused with 552 by `store_filtered`).
+        let cap = self.cfg.smtp.max_message_size.saturating_mul(2);
+        if self.pipe(fid).is_some_and(|p| p.returned(sid) > cap) {
+            let why = format!("returned more than {cap} octets for one message");
+            return self.filter_failed(fid, &why, now);
+        }
         let Some(&(key, gen)) = self.session_keys.get(&sid) else {
             return;
         };
@@ -533,7 +545,7 @@ impl Server {
                 p.read_turn = turn;
                 let was = p.state;
                 let _ = p.flush();
-                let r = p.read(&mut answers);
+                let r = p.read(now, &mut answers);
                 let ready =
                     was == PipeState::Handshake && matches!(p.state, PipeState::Ready { .. });
                 (p.id, r, ready)
@@ -566,18 +578,27 @@ impl Server {
     }
 
     fn on_answer(&mut self, fid: usize, sid: u64, a: Answer, now: Instant) {
+        let Some(p) = self.pipe_mut(fid) else {
+            return;
+        };
+        match p.settle(sid, &a, now) {
+            Fit::Asked => {}
+            Fit::Gone => return,
+            Fit::Unrequested => {
+                if let Some(n) = p.unrequested(now) {
+                    let why = format!(
+                        "sent {n} answers nobody asked for within {} s (the last for session {sid:016x})",
+                        p.unrequested_window().as_secs()
+                    );
+                    self.filter_failed(fid, &why, now);
+                }
+                return;
+            }
+        }
         match a {
             Answer::DataLines(lines) => return self.on_data_answer(fid, sid, Some(lines), now),
-            Answer::DataEnd => {
-                if let Some(p) = self.pipe_mut(fid) {
-                    p.waiting.remove(&sid);
-                }
-                return self.on_data_answer(fid, sid, None, now);
-            }
+            Answer::DataEnd => return self.on_data_answer(fid, sid, None, now),
             _ => {}
-        }
-        if let Some(p) = self.pipe_mut(fid) {
-            p.waiting.remove(&sid);
         }
         let Some(run) = self.chains.get_mut(&sid) else {
             return; // the session left meanwhile
@@ -643,11 +664,9 @@ impl Server {
                 return self.end_chain(sid, FilterVerdict::Disconnect(r), now);
             }
             Answer::Edit(e) if phase == Phase::Eom => {
-                // Edits come before the filter's decision; it is still this one's turn.
+                // Edits come before the filter's decision; it is still this one's turn
+                // (the pipe still waits, with a new deadline).
                 run.edits.push(e);
-                if let Some(p) = self.pipe_mut(fid) {
-                    p.waiting.insert(sid, now + p.timeout);
-                }
                 return;
             }
             Answer::Discard if phase == Phase::Eom => {
@@ -741,14 +760,30 @@ impl Server {
     pub(super) fn filter_deadlines(&mut self, now: Instant) {
         let late: Vec<usize> = self
             .slab
-            .iter()
+            .iter_mut()
             .filter_map(|(_, e)| match e {
-                Entry::Filter(p) if p.overdue(now) => Some(p.id),
+                Entry::Filter(p) => {
+                    p.prune_gone(now);
+                    p.overdue(now).then_some(p.id)
+                }
                 _ => None,
             })
             .collect();
         for fid in late {
             self.filter_failed(fid, "did not answer in time", now);
+        }
+    }
+
+    /// A session ends: its filters stop waiting for lines of its message.
+    pub(super) fn filters_session_left(&mut self, key: usize, now: Instant) {
+        let (sid, chain) = match self.slab.get(key) {
+            Some(Entry::Smtp(c)) => (c.id(), c.chain.clone()),
+            _ => return,
+        };
+        for fid in chain {
+            if let Some(p) = self.pipe_mut(fid) {
+                p.session_left(sid, now);
+            }
         }
     }
 

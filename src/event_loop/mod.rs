@@ -662,6 +662,7 @@ impl Server {
                 self.chains.remove(&id);
                 self.session_keys.remove(&id);
                 self.report(key, &smtpd_filter::Frame::Disconnect);
+                self.filters_session_left(key, Instant::now());
             }
             match self.slab.get_mut(key) {
                 Some(Entry::Smtp(conn)) => {

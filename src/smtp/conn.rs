@@ -692,7 +692,7 @@ impl Conn {
 
     /// A data filter failed: the message is refused when its end comes.
     pub fn on_data_filter_failed(&mut self, ctx: &mut Ctx, now: Instant) {
-        self.session.on_write_error(false);
+        self.session.on_filter_failed();
         self.data_batch.clear();
         if self.data_end.is_some() {
             self.on_filtered_end(ctx, now);
