@@ -27,6 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod ctl;
+mod filter_pipes;
 mod filters;
 mod rdns;
 
