@@ -10,6 +10,7 @@ The flooding filter (regress/filterlib.py, answer "flood") serves a second liste
 
 import os
 import re
+import threading
 import time
 from pathlib import Path
 
@@ -167,5 +168,47 @@ def test_flood_of_log_lines(fx, frames):
     logged = len(re.findall(LOGPFX + r"filter fl: flooding the log$", d.log(), re.M))
     assert 0 < logged <= 1000, logged
     assert re.search(LOGPFX + r"filter fl: \d+ log lines dropped", d.log(), re.M), d.log()[-3000:]
+    check_restarted_and_passing(d, old, accepted)
+    check_spool(d, accepted)
+
+
+def test_filter_that_stops_reading(fx):
+    """A data filter that stops reading in the middle of a large message: the engine
+    stops taking the client's lines instead of queueing them for the filter, and fails
+    the filter once it has taken nothing for its timeout; the message gets 451."""
+    spec = {"answers": {"data-line": {"do": "hang", "when": "TRIGGER"}}}
+    d = flood_daemon(fx, spec, options="timeout 3s", extra="smtp max-message-size 200M\n")
+    engine = engine_pid(d)
+    old = filter_pid(d, "fl")
+    accepted = []
+    stalled = LOGPFX + r"filter fl: did not read what it was sent for 3 s"
+    line = b"y" * 998 + b"\r\n"
+    with SMTPRaw(d.port, host=FLOODED, timeout=30) as victim:
+        victim.ehlo()
+        victim.expect("MAIL FROM:<a@example.test>", 250)
+        victim.expect("RCPT TO:<b@example.test>", 250)
+        victim.expect("DATA", 354)
+        sent = {}
+
+        def send_message():
+            try:
+                victim.send(b"Subject: stall\r\n\r\nTRIGGER\r\n")
+                for _ in range(100):
+                    victim.send(line * 1000)  # 1 MB
+                victim.send(b".\r\n")
+                sent["ok"] = True
+            except OSError as e:
+                sent["error"] = e
+
+        t = threading.Thread(target=send_message, daemon=True)
+        t.start()
+        top = serve_during_flood(d, engine, accepted,
+                                 lambda: re.search(stalled, d.log(), re.M) and not t.is_alive())
+        assert top < RSS_LIMIT_KB, "engine RSS reached %d KiB while the filter did not read" % top
+        assert d.wait_log(stalled, 5), d.log()[-3000:]
+        t.join(20)
+        assert sent.get("ok"), sent
+        r = victim.reply()
+        assert r.is_(451, "4.3.0"), r
     check_restarted_and_passing(d, old, accepted)
     check_spool(d, accepted)

@@ -5,7 +5,7 @@
 use super::filters::unavailable;
 use super::{Entry, Server, FIRST_SLOT};
 use crate::config::FilterKind;
-use crate::filter::pipe::{FilterPipe, PipeState};
+use crate::filter::pipe::{FilterPipe, PipeState, OUT_MAX};
 use mio::{Interest, Token};
 use smtpd_filter::codec::Frame;
 use std::os::fd::OwnedFd;
@@ -186,37 +186,85 @@ impl Server {
     }
 
     /// Writes the frames queued for each filter during this loop turn.
+    /// A filter that lets more than [`OUT_MAX`] wait is failed: it does not read.
+    /// Sessions held back by a filter that took its input go on.
     pub(super) fn flush_pipes(&mut self, now: Instant) {
         let mut failed = Vec::new();
         for (_, e) in self.slab.iter_mut() {
             if let Entry::Filter(p) = e {
                 if p.has_output() {
                     if let Err(e) = p.flush() {
-                        failed.push((p.id, e.to_string()));
+                        failed.push((p.id, format!("write: {e}")));
+                    } else if p.unsent() > OUT_MAX {
+                        let n = p.unsent();
+                        failed.push((
+                            p.id,
+                            format!("did not read what it was sent: {n} octets waiting"),
+                        ));
                     }
                 }
             }
         }
         for (fid, why) in failed {
-            self.filter_failed(fid, &format!("write: {why}"), now);
+            self.filter_failed(fid, &why, now);
+        }
+        self.release_held(now);
+    }
+
+    /// Whether the data chain of the session at `key` has a backed-up filter: the
+    /// session holds its lines (and stops reading) until it drains.
+    pub(super) fn data_chain_congested(&self, key: usize) -> bool {
+        match self.slab.get(key) {
+            Some(Entry::Smtp(c)) => c
+                .data_chain
+                .iter()
+                .any(|&f| self.pipe(f).is_some_and(|p| p.congested())),
+            _ => false,
         }
     }
 
-    /// Fails the sessions a filter has not answered in time.
+    /// Sessions held back by a backed-up filter go on once it drained (or failed,
+    /// which empties their data chain).
+    fn release_held(&mut self, now: Instant) {
+        for (key, gen) in std::mem::take(&mut self.held) {
+            if !matches!(self.slab.get(key), Some(Entry::Smtp(c)) if c.gen == gen) {
+                continue;
+            }
+            if self.data_chain_congested(key) {
+                self.held.push((key, gen));
+                continue;
+            }
+            // Its lines go out, and it reads again: it stopped without having seen
+            // the end of its input, for which no readiness event will come.
+            self.after_conn(key, now);
+            self.with_conn(key, Some(gen), |conn, ctx| conn.pump(ctx, now));
+            self.after_conn(key, now);
+            self.pump_more(key, now);
+        }
+    }
+
+    /// Fails the filters that did not answer, or did not read, in time.
     pub(super) fn filter_deadlines(&mut self, now: Instant) {
-        let late: Vec<usize> = self
+        let late: Vec<(usize, String)> = self
             .slab
             .iter_mut()
             .filter_map(|(_, e)| match e {
                 Entry::Filter(p) => {
                     p.prune_gone(now);
-                    p.overdue(now).then_some(p.id)
+                    if p.overdue(now) {
+                        Some((p.id, "did not answer in time".to_string()))
+                    } else if p.write_stalled(now) {
+                        let t = p.timeout.as_secs_f64();
+                        Some((p.id, format!("did not read what it was sent for {t} s")))
+                    } else {
+                        None
+                    }
                 }
                 _ => None,
             })
             .collect();
-        for fid in late {
-            self.filter_failed(fid, "did not answer in time", now);
+        for (fid, why) in late {
+            self.filter_failed(fid, &why, now);
         }
     }
 

@@ -4,7 +4,7 @@
 
 use super::{Entry, Server};
 use crate::config::{BuiltinDecision, Check, FilterKind, Matcher};
-use crate::filter::pipe::{Answer, Fit, Lines, PipeState};
+use crate::filter::pipe::{Answer, Fit, Lines, PipeState, OUT_DATA_MAX};
 use crate::smtp::conn::Report;
 use crate::smtp::reply::Reply;
 use crate::smtp::session::{FilterQuery, FilterVerdict, Phase};
@@ -359,16 +359,22 @@ impl Server {
     /// Starts a chain when the session made a new query, and sends the message lines
     /// it gathered to its first data filter.
     pub(super) fn after_conn(&mut self, key: usize, now: Instant) {
-        let (q, batch, sid, first, reports) = match self.slab.get_mut(key) {
+        let congested = self.data_chain_congested(key);
+        let (q, batch, sid, gen, first, reports) = match self.slab.get_mut(key) {
             Some(Entry::Smtp(c)) => (
                 c.take_filter_query(),
-                c.take_data_batch(),
+                if congested { None } else { c.take_data_batch() },
                 c.id(),
+                c.gen,
                 c.data_chain.first().copied(),
                 c.take_reports(),
             ),
             _ => return,
         };
+        if congested && !self.held.contains(&(key, gen)) {
+            // Its lines wait (and it stops reading) until the filter drains.
+            self.held.push((key, gen));
+        }
         for r in reports {
             match r {
                 Report::Protocol(dir, line) => {
@@ -461,7 +467,18 @@ impl Server {
             }
         }
         match (next, lines) {
-            (Some(n), Some(lines)) => self.send_lines(n, sid, &lines, false, now),
+            (Some(n), Some(lines)) => {
+                // The next filter does not keep up: the message fails rather than
+                // queue without bound (the client is held back by the first filter
+                // only).
+                let behind = self.pipe(n).map_or(0, |p| p.unsent());
+                if behind > OUT_DATA_MAX {
+                    let name = &self.cfg.filters[n].name;
+                    log::warn!("{sid:016x} filter {name} has {behind} octets it has not read: message refused");
+                    return self.data_failed(sid, now);
+                }
+                self.send_lines(n, sid, &lines, false, now)
+            }
             (Some(n), None) => self.send_lines(n, sid, &Lines::default(), true, now),
             (None, lines) => {
                 let max = self.cfg.smtp.max_message_size;

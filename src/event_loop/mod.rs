@@ -92,6 +92,9 @@ pub struct Server {
     /// Filter pipes with input left after their last read (a read takes a bounded
     /// amount): they are read again next turn, with no readiness event to wait for.
     pipe_backlog: Vec<usize>,
+    /// SMTP sessions (slab key, generation) whose message lines wait for a backed-up
+    /// data filter; they read again once it drained.
+    held: Vec<(usize, u64)>,
     /// Chain runs in progress, by session id.
     chains: HashMap<u64, filters::ChainRun>,
     /// Slab key and generation of each SMTP session, by session id.
@@ -177,6 +180,7 @@ impl Server {
             pipes: Vec::new(),
             turn: 0,
             pipe_backlog: Vec::new(),
+            held: Vec::new(),
             chains: HashMap::new(),
             session_keys: HashMap::new(),
             resolver: None,
@@ -370,20 +374,7 @@ impl Server {
                     conn.pump(ctx, now);
                 });
                 self.after_conn(key, now);
-                // A session whose message lines went to a filter may have more input.
-                for _ in 0..64 {
-                    let more = self.with_conn(key, None, |conn, ctx| {
-                        let more = conn.has_more();
-                        if more {
-                            conn.pump(ctx, now);
-                        }
-                        more
-                    });
-                    if more != Some(true) {
-                        break;
-                    }
-                    self.after_conn(key, now);
-                }
+                self.pump_more(key, now);
             }
             Some(Entry::Filter(_)) => self.filter_io(key, now),
             Some(Entry::Control(_)) => self.control_io(key, now),
@@ -394,6 +385,24 @@ impl Server {
                 }
             }
             None => {}
+        }
+    }
+
+    /// A session whose message lines went to a filter may have more input, for which
+    /// no readiness event will come: it goes on (a bounded number of rounds).
+    fn pump_more(&mut self, key: usize, now: Instant) {
+        for _ in 0..64 {
+            let more = self.with_conn(key, None, |conn, ctx| {
+                let more = conn.has_more();
+                if more {
+                    conn.pump(ctx, now);
+                }
+                more
+            });
+            if more != Some(true) {
+                break;
+            }
+            self.after_conn(key, now);
         }
     }
 

@@ -16,6 +16,11 @@ use std::time::{Duration, Instant};
 
 /// Unsent bytes to a filter above which sessions stop feeding it data lines.
 pub const OUT_HIGH: usize = 256 * 1024;
+/// Unsent bytes to a filter above which lines that another filter returned are not
+/// passed on to it (their message fails).
+pub const OUT_DATA_MAX: usize = 8 << 20;
+/// Unsent bytes to a filter above which it is taken for hung: it does not read.
+pub const OUT_MAX: usize = 16 << 20;
 /// Bytes read from one filter in one turn of the loop: the rest waits for the next
 /// turn, so that a filter that writes without end cannot hold the loop.
 pub const READ_PER_TURN: usize = 256 * 1024;
@@ -111,6 +116,8 @@ pub struct FilterPipe {
     /// Read buffer, allocated at the first read.
     rbuf: Vec<u8>,
     out: Vec<u8>,
+    /// Since when `out` waits without the filter taking any of it.
+    stalled: Instant,
 }
 
 impl FilterPipe {
@@ -150,6 +157,7 @@ impl FilterPipe {
             eof: false,
             rbuf: Vec::new(),
             out: Vec::new(),
+            stalled: Instant::now(),
         })
     }
 
@@ -183,9 +191,23 @@ impl FilterPipe {
         self.out.len() > OUT_HIGH
     }
 
+    /// Bytes queued for the filter and not written yet.
+    pub fn unsent(&self) -> usize {
+        self.out.len()
+    }
+
+    /// Whether output has waited for the filter's timeout without the filter taking
+    /// any of it: it does not read.
+    pub fn write_stalled(&self, now: Instant) -> bool {
+        !self.out.is_empty() && now.saturating_duration_since(self.stalled) >= self.timeout
+    }
+
     /// Queues a frame for `session`; the loop writes every pipe's frames once per turn
     /// ([`FilterPipe::flush`]), so a turn's events for a filter go in one write.
     pub fn send(&mut self, session: u64, f: &Frame) {
+        if self.out.is_empty() {
+            self.stalled = Instant::now();
+        }
         codec::encode(session, f, &mut self.out);
     }
 
@@ -338,6 +360,7 @@ impl FilterPipe {
                 Ok(0) => break,
                 Ok(n) => {
                     self.out.drain(..n);
+                    self.stalled = Instant::now();
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -678,6 +701,38 @@ mod tests {
         assert_eq!(p.unrequested(now), Some(UNREQUESTED_MAX + 1));
         // A new window.
         assert_eq!(p.unrequested(now + UNREQUESTED_WINDOW), None);
+    }
+
+    #[test]
+    fn a_filter_that_takes_nothing_for_its_timeout_is_stalled() {
+        let (mut p, mut theirs) = pair();
+        let t = Instant::now();
+        p.send(1, &Frame::Data);
+        assert!(!p.write_stalled(t));
+        assert!(p.write_stalled(t + Duration::from_secs(31)));
+        p.flush().unwrap();
+        assert!(!p.write_stalled(t + Duration::from_secs(31)));
+        // Fill the socket until it takes no more.
+        let line = [b'x'; 998];
+        for _ in 0..1000 {
+            p.send(1, &Frame::DataLines(vec![&line[..]; 100]));
+            p.flush().unwrap();
+            if p.unsent() > 0 {
+                break;
+            }
+        }
+        let stuck = p.unsent();
+        assert!(stuck > 0);
+        p.flush().unwrap();
+        assert_eq!(p.unsent(), stuck);
+        let later = Instant::now() + Duration::from_secs(31);
+        assert!(p.write_stalled(later));
+        // The filter reads: the wait starts again from the last write.
+        let mut buf = vec![0u8; 256 * 1024];
+        let _ = theirs.read(&mut buf).unwrap();
+        p.flush().unwrap();
+        assert!(p.unsent() < stuck);
+        assert!(!p.write_stalled(Instant::now() + Duration::from_secs(29)));
     }
 
     #[test]
