@@ -2,7 +2,8 @@
 a filter writing frames without end, for sessions the daemon never asked about or for
 a message it is filtering, must neither slow down the daemon's other listeners nor
 make the engine's memory grow; it is treated as speaking garbage: the sessions waiting
-on it fail closed and it is restarted.
+on it fail closed and it is restarted.  Likewise for a filter that stops reading what
+it is sent, and log lines without end are counted rather than logged.
 
 The flooding filter (regress/filterlib.py, answer "flood") serves a second listener,
 127.0.0.2 on the daemon's port; the daemon's own listener, 127.0.0.1, has no filter.
@@ -41,9 +42,12 @@ class FloodDaemon(FilterDaemon):
 
 
 def flood_daemon(fx, spec, options="", extra=""):
+    """A started FloodDaemon whose filter `fl` runs `spec`; with its engine's pid and its
+    filter's pid."""
     d = FloodDaemon(fx.tmp / fx.next_name(), filters=fx.py("fl", spec, options), extra=extra,
                     name=fx.next_name())
-    return fx.add(d)
+    fx.add(d)
+    return d, engine_pid(d), filter_pid(d, "fl")
 
 
 def engine_pid(d):
@@ -85,6 +89,15 @@ def serve_during_flood(d, engine, accepted, stop):
     return top
 
 
+def ride_out(d, engine, accepted, line, also=lambda: True, wait=5):
+    """Mail through the unfiltered listener until the log has `line` (and `also()`
+    holds); the engine's RSS stays under the limit all along, and the line comes."""
+    top = serve_during_flood(d, engine, accepted,
+                             lambda: re.search(line, d.log(), re.M) and also())
+    assert top < RSS_LIMIT_KB, "engine RSS reached %d KiB" % top
+    assert d.wait_log(line, wait), d.log()[-3000:]
+
+
 def flood_spec(fx, phase, frames, session="unknown"):
     """A filter that floods (once) at `phase` instead of answering, and adds
     X-Passed: py to the messages it lets through."""
@@ -109,14 +122,10 @@ def test_flood_of_unknown_sessions_at_connect(fx, frames):
     """Answers for sessions nobody asked about, without end: the unfiltered listener
     keeps accepting mail, the engine stays small, the session waiting on the filter gets
     421 and the filter is restarted for its protocol error (not for its deadline)."""
-    d = flood_daemon(fx, flood_spec(fx, "connect", frames))
-    engine = engine_pid(d)
-    old = filter_pid(d, "fl")
+    d, engine, old = flood_daemon(fx, flood_spec(fx, "connect", frames))
     accepted = []
     with SMTPRaw(d.port, host=FLOODED, timeout=15) as victim:
-        top = serve_during_flood(d, engine, accepted, lambda: re.search(FLOOD_LINE, d.log(), re.M))
-        assert top < RSS_LIMIT_KB, "engine RSS reached %d KiB during the flood" % top
-        assert d.wait_log(FLOOD_LINE, 5), d.log()[-3000:]
+        ride_out(d, engine, accepted, FLOOD_LINE)
         r = victim.reply()
         assert r.lines == ["421 4.3.0 Service temporarily unavailable, closing connection"], r
     check_restarted_and_passing(d, old, accepted)
@@ -128,9 +137,7 @@ def test_flood_of_lines_for_a_message(fx):
     """Message lines without end for a message being filtered: the message fails closed
     (451), the engine stays small, the filter is restarted."""
     spec = flood_spec(fx, "data-line", ["data-lines"], session="self")
-    d = flood_daemon(fx, spec, extra="smtp max-message-size 1M\n")
-    engine = engine_pid(d)
-    old = filter_pid(d, "fl")
+    d, engine, old = flood_daemon(fx, spec, extra="smtp max-message-size 1M\n")
     accepted = []
     dropped = LOGPFX + r"filter fl: returned more than \d+ octets for one message"
     with SMTPRaw(d.port, host=FLOODED, timeout=15) as victim:
@@ -139,9 +146,7 @@ def test_flood_of_lines_for_a_message(fx):
         victim.expect("RCPT TO:<b@example.test>", 250)
         victim.expect("DATA", 354)
         victim.send(data_of(["Subject: flood", "", "TRIGGER"]) + b".\r\n")
-        top = serve_during_flood(d, engine, accepted, lambda: re.search(dropped, d.log(), re.M))
-        assert top < RSS_LIMIT_KB, "engine RSS reached %d KiB during the flood" % top
-        assert d.wait_log(dropped, 5), d.log()[-3000:]
+        ride_out(d, engine, accepted, dropped)
         r = victim.reply()
         assert r.is_(451, "4.3.0"), r
     check_restarted_and_passing(d, old, accepted)
@@ -154,15 +159,11 @@ def test_flood_of_log_lines(fx, frames):
     number of them (the rest are counted in a line of their own), the engine stays small
     and serves the other listener; the filter, which does not answer, is restarted at
     its deadline."""
-    d = flood_daemon(fx, flood_spec(fx, "connect", frames), options="timeout 3s")
-    engine = engine_pid(d)
-    old = filter_pid(d, "fl")
+    d, engine, old = flood_daemon(fx, flood_spec(fx, "connect", frames), options="timeout 3s")
     accepted = []
     late = LOGPFX + r"filter fl: did not answer in time"
     with SMTPRaw(d.port, host=FLOODED, timeout=15) as victim:
-        top = serve_during_flood(d, engine, accepted, lambda: re.search(late, d.log(), re.M))
-        assert top < RSS_LIMIT_KB, "engine RSS reached %d KiB during the flood" % top
-        assert d.wait_log(late, 10), d.log()[-3000:]
+        ride_out(d, engine, accepted, late, wait=10)
         r = victim.reply()
         assert r.lines == ["421 4.3.0 Service temporarily unavailable, closing connection"], r
     logged = len(re.findall(LOGPFX + r"filter fl: flooding the log$", d.log(), re.M))
@@ -177,9 +178,8 @@ def test_filter_that_stops_reading(fx):
     stops taking the client's lines instead of queueing them for the filter, and fails
     the filter once it has taken nothing for its timeout; the message gets 451."""
     spec = {"answers": {"data-line": {"do": "hang", "when": "TRIGGER"}}}
-    d = flood_daemon(fx, spec, options="timeout 3s", extra="smtp max-message-size 200M\n")
-    engine = engine_pid(d)
-    old = filter_pid(d, "fl")
+    d, engine, old = flood_daemon(fx, spec, options="timeout 3s",
+                                  extra="smtp max-message-size 200M\n")
     accepted = []
     stalled = LOGPFX + r"filter fl: did not read what it was sent for 3 s"
     line = b"y" * 998 + b"\r\n"
@@ -202,10 +202,7 @@ def test_filter_that_stops_reading(fx):
 
         t = threading.Thread(target=send_message, daemon=True)
         t.start()
-        top = serve_during_flood(d, engine, accepted,
-                                 lambda: re.search(stalled, d.log(), re.M) and not t.is_alive())
-        assert top < RSS_LIMIT_KB, "engine RSS reached %d KiB while the filter did not read" % top
-        assert d.wait_log(stalled, 5), d.log()[-3000:]
+        ride_out(d, engine, accepted, stalled, also=lambda: not t.is_alive())
         t.join(20)
         assert sent.get("ok"), sent
         r = victim.reply()
