@@ -56,6 +56,7 @@ impl Server {
         Ok(())
     }
 
+    /// The pipe of filter process `fid`.
     pub(super) fn pipe(&self, fid: usize) -> Option<&FilterPipe> {
         match self
             .pipes
@@ -69,6 +70,7 @@ impl Server {
         }
     }
 
+    /// The pipe of filter process `fid`, to change.
     pub(super) fn pipe_mut(&mut self, fid: usize) -> Option<&mut FilterPipe> {
         match self
             .pipes
@@ -103,12 +105,16 @@ impl Server {
         if result == Ok(true) {
             self.pipe_backlog.push(key);
         }
+        let running = |s: &Server| s.pipe(fid).is_some_and(|p| p.sock.is_some());
         for (sid, answer) in answers {
-            if self.pipe(fid).is_none_or(|p| p.sock.is_none()) {
+            if !running(self) {
                 // Failed by an earlier answer of the batch: the rest means nothing.
-                break;
+                return;
             }
             self.on_answer(fid, sid, answer, now);
+        }
+        if !running(self) {
+            return;
         }
         if became_ready {
             // Sessions that waited for the registration go on.

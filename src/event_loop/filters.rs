@@ -469,8 +469,8 @@ impl Server {
         match (next, lines) {
             (Some(n), Some(lines)) => {
                 // The next filter does not keep up: the message fails rather than
-                // queue without bound (the client is held back by the first filter
-                // only).
+                // queue without bound. (The client is held back while a filter of the
+                // chain is backed up, but a filter may return a whole message at once.)
                 let behind = self.pipe(n).map_or(0, |p| p.unsent());
                 if behind > OUT_DATA_MAX {
                     let name = &self.cfg.filters[n].name;
@@ -491,6 +491,8 @@ impl Server {
         }
     }
 
+    /// An answer of filter `fid` for session `sid`: ignored (and counted) when nobody
+    /// asked for it, else taken by the session's chain or message.
     pub(super) fn on_answer(&mut self, fid: usize, sid: u64, a: Answer, now: Instant) {
         let Some(p) = self.pipe_mut(fid) else {
             return;

@@ -1,10 +1,15 @@
 //! The engine's end of one filter process: handshake, framing, and who waits for it.
 //!
 //! ```text
-//! Handshake --REGISTER ok--> Ready --EOF / garbage / timeout--> Dead
-//!     '--------- bad REGISTER ------------------------------------^
+//! Handshake --REGISTER ok--> Ready --EOF / garbage / timeout / flood / stall--> Dead
+//!     '--------- bad REGISTER ----------------------------------------------------^
 //! ```
 //! A dead pipe is replaced when the parent hands over the restarted filter's socket.
+//!
+//! What a filter costs the engine is bounded: a read takes at most [`READ_PER_TURN`]
+//! bytes and [`FRAMES_PER_TURN`] frames, LOG frames are logged at most [`LOG_MAX`] per
+//! [`LOG_WINDOW`], and the pipe knows what it asked the filter
+//! ([`FilterPipe::settle`]), so that answers nobody asked for are counted.
 
 pub use super::answer::{Answer, Edit, Lines};
 use super::limit::{Allowance, LogLimit};
