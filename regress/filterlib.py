@@ -36,7 +36,8 @@ The spec of the filter program (every key optional):
 
     ANSWER = {"do": "proceed" | "reject" | "tempfail" | "disconnect" | "junk" |
                     "rewrite" | "discard" | "crash" | "garbage" | "hang" |
-                    "bad-kind" | "edit" (an edit, then proceed) | "empty-rewrite",
+                    "bad-kind" | "edit" (an edit, then proceed) | "empty-rewrite" |
+                    "flood" (see below),
               "code": 550, "text": "5.7.1 ...", "value": "...",
               "when": REGEX,       # only when the parameter (or, at eom, the message's
                                    # text) matches; else proceed
@@ -46,6 +47,12 @@ The spec of the filter program (every key optional):
            ["add-rcpt", ADDR] | ["del-rcpt", ADDR] | ["change-from", ADDR] |
            ["quarantine", REASON]
            with an optional trailing {"when": REGEX} object.
+
+A "flood" answer does not answer the event: the filter writes the frames of "frames"
+(default ["proceed"]; also "data-lines", "data-end", "log") without end, as fast as the
+socket takes them and without reading, for sessions nobody asked about ("session":
+"unknown", the default) or for the session of the event ("session": "self"); with
+"frames": ["stderr"] it writes lines on its standard error instead.
 
 Every event is also written on standard error (`SESSION EVENT ARG`), which the
 daemon logs as `filter NAME: ...`.
@@ -288,12 +295,40 @@ class SpecFilter:
             # Stay alive: the daemon must notice the garbage itself.
             time.sleep(120)
             os._exit(0)
+        elif do == "flood":
+            self.flood(session, a)
         elif do == "hang":
             self.log(session, "hanging")
             time.sleep(120)
             os._exit(0)
         else:
             raise ValueError("unknown answer %r" % do)
+
+    def flood(self, session, a):
+        """Writes frames nobody asked for until the daemon kills the filter: the same
+        megabyte of frames over and over (message lines as long as allowed, and as many
+        as a frame holds)."""
+        self.flush()
+        self.log(session, "flooding")
+        line = b"x" * 998
+        one = {"proceed": lambda s: frame(PROCEED, s),
+               "data-lines": lambda s: frame(DATA_LINES, s, lines_payload([line] * 1000)),
+               "data-end": lambda s: frame(DATA_END, s),
+               "log": lambda s: frame(LOG, 0, s16("flooding the log"))}
+        fd, chunk = 1, bytearray()
+        if a.get("frames") == ["stderr"]:
+            fd, chunk = 2, b"flooding the log\n" * 60000
+        kinds = [one[k] for k in a.get("frames", ["proceed"]) if k != "stderr"]
+        n = 0
+        while kinds and len(chunk) < 1 << 20:
+            s = session if a.get("session") == "self" else 0x5EED000000000000 + n
+            chunk += kinds[n % len(kinds)](s)
+            n += 1
+        view = memoryview(bytes(chunk))
+        while True:
+            off = 0
+            while off < len(view):
+                off += os.write(fd, view[off:])
 
     def edits(self, session):
         text = b"\n".join(self.msg.get(session, [])).decode("utf-8", "replace")

@@ -246,15 +246,7 @@ fn start(cfg: Config, foreground: bool, paused: &[String]) -> std::io::Result<()
             let (pid, engine_fd, err) = smtpd::filter::supervisor::spawn(&spec)?;
             log::info!("filter {} started, pid {pid}", f.name);
             filter_fds.push((id, engine_fd));
-            filters.push(smtpd::filter::supervisor::Running {
-                spec,
-                pid: Some(pid),
-                stderr: Some(std::fs::File::from(err)),
-                restarts: 0,
-                restart_at: None,
-                errbuf: Vec::new(),
-                started: std::time::Instant::now(),
-            });
+            filters.push(smtpd::filter::supervisor::Running::new(spec, pid, err));
         }
     }
     let (engine_end, parent_end) = smtpd::sys::seqpacket_pair()?;

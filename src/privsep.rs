@@ -868,6 +868,7 @@ pub fn parent_loop(chan: OwnedFd, engine: i32, mut filters: Vec<Running>) -> io:
                 drop_worker(w, fd, &why);
             } else if let Some(f) = filters.iter_mut().find(|f| f.pid == Some(pid)) {
                 supervisor::drain_stderr(f);
+                supervisor::report_dropped(f);
                 if engine_status.is_some() || !chan_open {
                     // Stopping: the filter saw its pipe close.
                     log::info!("filter {} exited", f.spec.name);

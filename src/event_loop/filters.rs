@@ -2,16 +2,14 @@
 //! in order; the first refusal wins; a filter that is down or late fails the sessions
 //! waiting on it (fail closed) and is restarted by the parent.
 
-use super::{Entry, Server, FIRST_SLOT};
+use super::{Entry, Server};
 use crate::config::{BuiltinDecision, Check, FilterKind, Matcher};
-use crate::filter::pipe::{Answer, FilterPipe, Lines, PipeState};
+use crate::filter::pipe::{Answer, Fit, Lines, PipeState, OUT_DATA_MAX};
 use crate::smtp::conn::Report;
 use crate::smtp::reply::Reply;
 use crate::smtp::session::{FilterQuery, FilterVerdict, Phase};
 use crate::table::{address_matches, domain_matches, ip_matches};
-use mio::{Interest, Token};
 use smtpd_filter::codec::{event, Frame};
-use std::os::fd::OwnedFd;
 use std::time::Instant;
 
 /// A session's progress through its chain for one query.
@@ -29,6 +27,18 @@ pub(super) struct ChainRun {
     edits: Vec<crate::filter::pipe::Edit>,
 }
 
+impl ChainRun {
+    /// Whether the run waits on filter `fid`.
+    pub(super) fn waits_on(&self, fid: usize) -> bool {
+        self.chain.get(self.pos) == Some(&fid)
+    }
+
+    /// The phase of the query.
+    pub(super) fn phase(&self) -> Phase {
+        self.phase
+    }
+}
+
 /// Facts about a session that built-in filters check.
 struct Facts {
     addr: Option<std::net::IpAddr>,
@@ -39,50 +49,6 @@ struct Facts {
 }
 
 impl Server {
-    /// Registers the filters' sockets handed over by the parent at start.
-    pub(super) fn add_filters(&mut self, fds: Vec<(usize, OwnedFd)>) -> std::io::Result<()> {
-        self.pipes = vec![None; self.cfg.filters.len()];
-        for (id, fd) in fds {
-            self.attach_filter(id, fd)?;
-        }
-        Ok(())
-    }
-
-    /// Takes a (re)started filter's socket.
-    pub(super) fn attach_filter(&mut self, id: usize, fd: OwnedFd) -> std::io::Result<()> {
-        let (name, timeout) = match self.cfg.filters.get(id).map(|f| (&f.name, &f.kind)) {
-            Some((n, FilterKind::Proc { timeout, .. })) => (n.clone(), *timeout),
-            _ => return Ok(()),
-        };
-        let key = match self.pipes.get(id).copied().flatten() {
-            Some(key) => {
-                if let Some(Entry::Filter(p)) = self.slab.get_mut(key) {
-                    if let Some(s) = p.sock.as_mut() {
-                        let _ = self.poll.registry().deregister(s);
-                    }
-                    p.replace(fd)?;
-                }
-                key
-            }
-            None => {
-                let p = FilterPipe::new(id, &name, Some(fd), timeout)?;
-                let key = self.slab.insert(Entry::Filter(Box::new(p)));
-                self.pipes[id] = Some(key);
-                key
-            }
-        };
-        if let Some(Entry::Filter(p)) = self.slab.get_mut(key) {
-            if let Some(s) = p.sock.as_mut() {
-                self.poll.registry().register(
-                    s,
-                    Token(key + FIRST_SLOT),
-                    Interest::READABLE | Interest::WRITABLE,
-                )?;
-            }
-        }
-        Ok(())
-    }
-
     /// Events a listener's chain may want to decide (every answerable one when the
     /// chain has a filter process, whose registration is not known in advance).
     pub(super) fn chain_hooks(&self, head: Option<usize>) -> (Vec<usize>, u32) {
@@ -147,7 +113,7 @@ impl Server {
     }
 
     /// Moves a chain run forward until it waits on a filter process or ends.
-    fn advance(&mut self, sid: u64, now: Instant) {
+    pub(super) fn advance(&mut self, sid: u64, now: Instant) {
         loop {
             let Some(run) = self.chains.get(&sid) else {
                 return;
@@ -185,6 +151,11 @@ impl Server {
                                 })
                             })
                             .collect();
+                        for &f in &data_chain {
+                            if let Some(p) = self.pipe_mut(f) {
+                                p.start_lines(sid);
+                            }
+                        }
                         if let Some(Entry::Smtp(c)) = self.slab.get_mut(run.key) {
                             c.data_chain = data_chain;
                         }
@@ -358,7 +329,7 @@ impl Server {
         })
     }
 
-    fn end_chain(&mut self, sid: u64, v: FilterVerdict, now: Instant) {
+    pub(super) fn end_chain(&mut self, sid: u64, v: FilterVerdict, now: Instant) {
         if let Some(run) = self.chains.remove(&sid) {
             self.deliver_verdict(run.key, run.gen, v, now);
         }
@@ -385,45 +356,25 @@ impl Server {
         }
     }
 
-    fn pipe(&self, fid: usize) -> Option<&FilterPipe> {
-        match self
-            .pipes
-            .get(fid)
-            .copied()
-            .flatten()
-            .and_then(|k| self.slab.get(k))
-        {
-            Some(Entry::Filter(p)) => Some(p),
-            _ => None,
-        }
-    }
-
-    fn pipe_mut(&mut self, fid: usize) -> Option<&mut FilterPipe> {
-        match self
-            .pipes
-            .get(fid)
-            .copied()
-            .flatten()
-            .and_then(|k| self.slab.get_mut(k))
-        {
-            Some(Entry::Filter(p)) => Some(p),
-            _ => None,
-        }
-    }
-
     /// Starts a chain when the session made a new query, and sends the message lines
     /// it gathered to its first data filter.
     pub(super) fn after_conn(&mut self, key: usize, now: Instant) {
-        let (q, batch, sid, first, reports) = match self.slab.get_mut(key) {
+        let congested = self.data_chain_congested(key);
+        let (q, batch, sid, gen, first, reports) = match self.slab.get_mut(key) {
             Some(Entry::Smtp(c)) => (
                 c.take_filter_query(),
-                c.take_data_batch(),
+                if congested { None } else { c.take_data_batch() },
                 c.id(),
+                c.gen,
                 c.data_chain.first().copied(),
                 c.take_reports(),
             ),
             _ => return,
         };
+        if congested && !self.held.contains(&(key, gen)) {
+            // Its lines wait (and it stops reading) until the filter drains.
+            self.held.push((key, gen));
+        }
         for r in reports {
             match r {
                 Report::Protocol(dir, line) => {
@@ -456,22 +407,22 @@ impl Server {
         let mut bytes = 0;
         for l in lines.iter() {
             if refs.len() == 1024 || bytes + l.len() > 256 * 1024 {
-                p.send(sid, &Frame::DataLines(std::mem::take(&mut refs)));
+                p.pass_lines(sid, &Frame::DataLines(std::mem::take(&mut refs)));
                 bytes = 0;
             }
             bytes += l.len() + 2;
             refs.push(l);
         }
         if !refs.is_empty() {
-            p.send(sid, &Frame::DataLines(refs));
+            p.pass_lines(sid, &Frame::DataLines(refs));
         }
         if end {
-            p.ask(sid, &Frame::DataEnd, now);
+            p.ask_end(sid, now);
         }
     }
 
     /// A session's data filter failed: its message will be refused.
-    fn data_failed(&mut self, sid: u64, now: Instant) {
+    pub(super) fn data_failed(&mut self, sid: u64, now: Instant) {
         let Some(&(key, gen)) = self.session_keys.get(&sid) else {
             return;
         };
@@ -483,6 +434,13 @@ impl Server {
 
     /// Lines (or the end) from data filter `fid`: on to the next one, or to the spool.
     fn on_data_answer(&mut self, fid: usize, sid: u64, lines: Option<Lines>, now: Instant) {
+        // Beyond twice what a message may hold the filter is in a loop (a message that
+        // merely grew past the limit is refused with 552 by `store_filtered`).
+        let cap = self.cfg.smtp.max_message_size.saturating_mul(2);
+        if self.pipe(fid).is_some_and(|p| p.returned(sid) > cap) {
+            let why = format!("returned more than {cap} octets for one message");
+            return self.filter_failed(fid, &why, now);
+        }
         let Some(&(key, gen)) = self.session_keys.get(&sid) else {
             return;
         };
@@ -513,7 +471,18 @@ impl Server {
             }
         }
         match (next, lines) {
-            (Some(n), Some(lines)) => self.send_lines(n, sid, &lines, false, now),
+            (Some(n), Some(lines)) => {
+                // The next filter does not keep up: the message fails rather than
+                // queue without bound. (The client is held back while a filter of the
+                // chain is backed up, but a filter may return a whole message at once.)
+                let behind = self.pipe(n).map_or(0, |p| p.unsent());
+                if behind > OUT_DATA_MAX {
+                    let name = &self.cfg.filters[n].name;
+                    log::warn!("{sid:016x} filter {name} has {behind} octets it has not read: message refused");
+                    return self.data_failed(sid, now);
+                }
+                self.send_lines(n, sid, &lines, false, now)
+            }
             (Some(n), None) => self.send_lines(n, sid, &Lines::default(), true, now),
             (None, lines) => {
                 let max = self.cfg.smtp.max_message_size;
@@ -526,51 +495,30 @@ impl Server {
         }
     }
 
-    /// Events on a filter's socket.
-    pub(super) fn filter_io(&mut self, key: usize, now: Instant) {
-        let mut answers = Vec::new();
-        let (fid, result, became_ready) = match self.slab.get_mut(key) {
-            Some(Entry::Filter(p)) => {
-                let was = p.state;
-                let _ = p.flush();
-                let r = p.read(&mut answers);
-                let ready =
-                    was == PipeState::Handshake && matches!(p.state, PipeState::Ready { .. });
-                (p.id, r, ready)
-            }
-            _ => return,
+    /// An answer of filter `fid` for session `sid`: ignored (and counted) when nobody
+    /// asked for it, else taken by the session's chain or message.
+    pub(super) fn on_answer(&mut self, fid: usize, sid: u64, a: Answer, now: Instant) {
+        let Some(p) = self.pipe_mut(fid) else {
+            return;
         };
-        for (sid, answer) in answers {
-            self.on_answer(fid, sid, answer, now);
-        }
-        if became_ready {
-            // Sessions that waited for the registration go on.
-            let waiting: Vec<u64> = match self.slab.get_mut(key) {
-                Some(Entry::Filter(p)) => p.waiting.drain().map(|(s, _)| s).collect(),
-                _ => Vec::new(),
-            };
-            for sid in waiting {
-                self.advance(sid, now);
+        match p.settle(sid, &a, now) {
+            Fit::Asked => {}
+            Fit::Gone => return,
+            Fit::Unrequested => {
+                if let Some(n) = p.unrequested(now) {
+                    let why = format!(
+                        "sent {n} answers nobody asked for within {} s (the last for session {sid:016x})",
+                        p.unrequested_window().as_secs()
+                    );
+                    self.filter_failed(fid, &why, now);
+                }
+                return;
             }
         }
-        if let Err(e) = result {
-            self.filter_failed(fid, &e, now);
-        }
-    }
-
-    fn on_answer(&mut self, fid: usize, sid: u64, a: Answer, now: Instant) {
         match a {
             Answer::DataLines(lines) => return self.on_data_answer(fid, sid, Some(lines), now),
-            Answer::DataEnd => {
-                if let Some(p) = self.pipe_mut(fid) {
-                    p.waiting.remove(&sid);
-                }
-                return self.on_data_answer(fid, sid, None, now);
-            }
+            Answer::DataEnd => return self.on_data_answer(fid, sid, None, now),
             _ => {}
-        }
-        if let Some(p) = self.pipe_mut(fid) {
-            p.waiting.remove(&sid);
         }
         let Some(run) = self.chains.get_mut(&sid) else {
             return; // the session left meanwhile
@@ -636,11 +584,9 @@ impl Server {
                 return self.end_chain(sid, FilterVerdict::Disconnect(r), now);
             }
             Answer::Edit(e) if phase == Phase::Eom => {
-                // Edits come before the filter's decision; it is still this one's turn.
+                // Edits come before the filter's decision; it is still this one's turn
+                // (the pipe still waits, with a new deadline).
                 run.edits.push(e);
-                if let Some(p) = self.pipe_mut(fid) {
-                    p.waiting.insert(sid, now + p.timeout);
-                }
                 return;
             }
             Answer::Discard if phase == Phase::Eom => {
@@ -651,120 +597,6 @@ impl Server {
             }
         }
         self.advance(sid, now);
-    }
-
-    /// A filter died, spoke garbage or was late: the sessions waiting on it fail, and
-    /// the parent restarts it.
-    pub(super) fn filter_failed(&mut self, fid: usize, why: &str, now: Instant) {
-        let name = self
-            .cfg
-            .filters
-            .get(fid)
-            .map(|f| f.name.clone())
-            .unwrap_or_default();
-        log::warn!("filter {name}: {why}; failing its sessions and restarting it");
-        let waiting = match self
-            .pipes
-            .get(fid)
-            .copied()
-            .flatten()
-            .and_then(|k| self.slab.get_mut(k))
-        {
-            Some(Entry::Filter(p)) => {
-                if let Some(s) = p.sock.as_mut() {
-                    let _ = self.poll.registry().deregister(s);
-                }
-                p.kill()
-            }
-            _ => Vec::new(),
-        };
-        self.queue
-            .ask_parent(&crate::privsep::encode_filter_kill(fid));
-        // Sessions of this filter that are mid-chain elsewhere are caught when their
-        // chain reaches it (it is dead now).
-        let mut sids: Vec<u64> = waiting;
-        sids.extend(
-            self.chains
-                .iter()
-                .filter(|(_, r)| r.chain.get(r.pos) == Some(&fid))
-                .map(|(s, _)| *s),
-        );
-        sids.sort_unstable();
-        sids.dedup();
-        for sid in sids {
-            if self.chains.contains_key(&sid) {
-                let v = unavailable(self.chains.get(&sid).map(|r| r.phase));
-                self.end_chain(sid, v, now);
-            } else {
-                self.data_failed(sid, now);
-            }
-        }
-        // Messages whose lines go through this filter fail too.
-        let in_data: Vec<u64> = self
-            .slab
-            .iter()
-            .filter_map(|(_, e)| match e {
-                Entry::Smtp(c) if c.data_chain.contains(&fid) => Some(c.id()),
-                _ => None,
-            })
-            .collect();
-        for sid in in_data {
-            self.data_failed(sid, now);
-        }
-    }
-
-    /// Writes the frames queued for each filter during this loop turn.
-    pub(super) fn flush_pipes(&mut self, now: Instant) {
-        let mut failed = Vec::new();
-        for (_, e) in self.slab.iter_mut() {
-            if let Entry::Filter(p) = e {
-                if p.has_output() {
-                    if let Err(e) = p.flush() {
-                        failed.push((p.id, e.to_string()));
-                    }
-                }
-            }
-        }
-        for (fid, why) in failed {
-            self.filter_failed(fid, &format!("write: {why}"), now);
-        }
-    }
-
-    /// Fails the sessions a filter has not answered in time.
-    pub(super) fn filter_deadlines(&mut self, now: Instant) {
-        let late: Vec<usize> = self
-            .slab
-            .iter()
-            .filter_map(|(_, e)| match e {
-                Entry::Filter(p) if p.overdue(now) => Some(p.id),
-                _ => None,
-            })
-            .collect();
-        for fid in late {
-            self.filter_failed(fid, "did not answer in time", now);
-        }
-    }
-
-    /// Tells the filters of a session's chain that observe it about an event.
-    pub(super) fn report(&mut self, key: usize, f: &Frame) {
-        let (sid, chain) = match self.slab.get(key) {
-            Some(Entry::Smtp(c)) => (c.id(), c.chain.clone()),
-            _ => return,
-        };
-        let ev = smtpd_filter::codec::kind_of(f).1;
-        for fid in chain {
-            if let Some(Entry::Filter(p)) = self
-                .pipes
-                .get(fid)
-                .copied()
-                .flatten()
-                .and_then(|k| self.slab.get_mut(k))
-            {
-                if p.wants(ev) {
-                    p.send(sid, f);
-                }
-            }
-        }
     }
 }
 
@@ -799,7 +631,7 @@ impl OwnedEvent {
 
 /// The verdict when a filter is down: the session ends before it is identified, else
 /// the command is deferred.
-fn unavailable(phase: Option<Phase>) -> FilterVerdict {
+pub(super) fn unavailable(phase: Option<Phase>) -> FilterVerdict {
     match phase {
         Some(Phase::Connect | Phase::Helo | Phase::Ehlo) | None => {
             FilterVerdict::Disconnect(Reply::new(

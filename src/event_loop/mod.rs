@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 
 mod accept;
 mod ctl;
+mod filter_pipes;
 mod filters;
 mod limits;
 mod rdns;
@@ -116,6 +117,14 @@ pub struct Server {
     next_monitor: Instant,
     /// Slab key of each filter process's pipe, by filter id.
     pipes: Vec<Option<usize>>,
+    /// Loop turns so far: a filter pipe is read at most once per turn.
+    turn: u64,
+    /// Filter pipes with input left after their last read (a read takes a bounded
+    /// amount): they are read again next turn, with no readiness event to wait for.
+    pipe_backlog: Vec<usize>,
+    /// SMTP sessions (slab key, generation) whose message lines wait for a backed-up
+    /// data filter; they read again once it drained.
+    held: Vec<(usize, u64)>,
     /// Chain runs in progress, by session id.
     chains: HashMap<u64, filters::ChainRun>,
     /// Slab key and generation of each SMTP session, by session id.
@@ -212,6 +221,9 @@ impl Server {
             signals: Vec::new(),
             next_monitor: Instant::now(),
             pipes: Vec::new(),
+            turn: 0,
+            pipe_backlog: Vec::new(),
+            held: Vec::new(),
             chains: HashMap::new(),
             session_keys: HashMap::new(),
             resolver: None,
@@ -273,11 +285,16 @@ impl Server {
             if let Some(t) = self.accept_paused {
                 timeout = timeout.min(t.saturating_duration_since(now));
             }
+            if !self.pipe_backlog.is_empty() {
+                timeout = Duration::ZERO;
+            }
             match self.poll.poll(&mut events, Some(timeout)) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 r => r?,
             }
             let now = Instant::now();
+            self.turn += 1;
+            let backlog = std::mem::take(&mut self.pipe_backlog);
             for ev in events.iter() {
                 match ev.token() {
                     SIGNAL => self.on_signal(),
@@ -304,6 +321,10 @@ impl Server {
                     ),
                     t => log::warn!("event on unused reserved token {t:?}"),
                 }
+            }
+            // Filters that had more to say than one turn takes, and no new event.
+            for key in backlog {
+                self.filter_io(key, now);
             }
             // Commits may finish between a wake and the poll; take them every turn.
             self.on_commits(now);
@@ -411,20 +432,7 @@ impl Server {
                     conn.pump(ctx, now);
                 });
                 self.after_conn(key, now);
-                // A session whose message lines went to a filter may have more input.
-                for _ in 0..64 {
-                    let more = self.with_conn(key, None, |conn, ctx| {
-                        let more = conn.has_more();
-                        if more {
-                            conn.pump(ctx, now);
-                        }
-                        more
-                    });
-                    if more != Some(true) {
-                        break;
-                    }
-                    self.after_conn(key, now);
-                }
+                self.pump_more(key, now);
             }
             Some(Entry::Filter(_)) => self.filter_io(key, now),
             Some(Entry::Control(_)) => self.control_io(key, now),
@@ -435,6 +443,24 @@ impl Server {
                 }
             }
             None => {}
+        }
+    }
+
+    /// A session whose message lines went to a filter may have more input, for which
+    /// no readiness event will come: it goes on (a bounded number of rounds).
+    fn pump_more(&mut self, key: usize, now: Instant) {
+        for _ in 0..64 {
+            let more = self.with_conn(key, None, |conn, ctx| {
+                let more = conn.has_more();
+                if more {
+                    conn.pump(ctx, now);
+                }
+                more
+            });
+            if more != Some(true) {
+                break;
+            }
+            self.after_conn(key, now);
         }
     }
 
@@ -668,6 +694,7 @@ impl Server {
                 self.chains.remove(&id);
                 self.session_keys.remove(&id);
                 self.report(key, &smtpd_filter::Frame::Disconnect);
+                self.filters_session_left(key, Instant::now());
             }
             match self.slab.get_mut(key) {
                 Some(Entry::Smtp(conn)) => {

@@ -1,5 +1,7 @@
 //! Filters: standalone programs started once with the daemon that see every SMTP phase
 //! through the binary protocol of smtpd-filters(7) (codec in `filters/api`).
 
+pub mod answer;
+pub mod limit;
 pub mod pipe;
 pub mod supervisor;

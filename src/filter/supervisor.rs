@@ -7,6 +7,8 @@
 //! exits the parent starts it again after a growing delay, and hands the engine the new
 //! descriptor.
 
+use super::limit::LogLimit;
+use super::pipe::{LOG_MAX, LOG_WINDOW};
 use crate::sys;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -47,7 +49,29 @@ pub struct Running {
     pub errbuf: Vec<u8>,
     /// When it was last started.
     pub started: Instant,
+    /// Lines of its standard error logged per window.
+    pub logs: LogLimit,
 }
+
+impl Running {
+    /// A filter process just started.
+    pub fn new(spec: ProcSpec, pid: i32, stderr: OwnedFd) -> Running {
+        Running {
+            spec,
+            pid: Some(pid),
+            stderr: Some(std::fs::File::from(stderr)),
+            restarts: 0,
+            restart_at: None,
+            errbuf: Vec::new(),
+            started: Instant::now(),
+            logs: LogLimit::new(LOG_MAX, LOG_WINDOW),
+        }
+    }
+}
+
+/// Bytes of a filter's standard error read per call of [`drain_stderr`]: the parent's
+/// poll(2) is level-triggered and comes back for the rest.
+pub const STDERR_PER_CALL: usize = 64 * 1024;
 
 /// The delay before restart number `n`: 1 s, 2 s, 4 s ... at most 60 s.
 pub fn backoff(n: u32) -> Duration {
@@ -120,38 +144,96 @@ fn child(spec: &ProcSpec, sock: OwnedFd, err: OwnedFd, uid: u32, gid: u32) -> io
     Err(sys::exec_shell(&script))
 }
 
-/// Reads what a filter wrote to its standard error and logs each full line.
+/// Reads what a filter wrote to its standard error, at most [`STDERR_PER_CALL`] bytes,
+/// and logs each full line (a line longer than 4096 bytes in pieces), at most
+/// [`LOG_MAX`] per [`LOG_WINDOW`]; the others are counted.
 pub fn drain_stderr(r: &mut Running) {
     let Some(f) = r.stderr.as_ref() else { return };
     let mut buf = [0u8; 4096];
-    loop {
+    let mut read = 0;
+    while read < STDERR_PER_CALL {
         match io::Read::read(&mut &*f, &mut buf) {
             Ok(0) => {
                 r.stderr = None;
                 break;
             }
-            Ok(n) => r.errbuf.extend_from_slice(&buf[..n]),
+            Ok(n) => {
+                read += n;
+                r.errbuf.extend_from_slice(&buf[..n]);
+                log_lines(&r.spec.name, &mut r.logs, &mut r.errbuf, Instant::now());
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(_) => break,
         }
     }
-    while let Some(i) = memchr::memchr(b'\n', &r.errbuf) {
-        let line: Vec<u8> = r.errbuf.drain(..=i).collect();
-        log::warn!(
-            "filter {}: {}",
-            r.spec.name,
-            line[..line.len() - 1].escape_ascii()
-        );
+}
+
+/// Logs how many lines of a filter that exited were dropped, if any.
+pub fn report_dropped(r: &mut Running) {
+    let dropped = r.logs.take_dropped();
+    if dropped > 0 {
+        log::info!("filter {}: {dropped} log lines dropped", r.spec.name);
     }
-    if r.errbuf.len() > 4096 {
-        log::warn!("filter {}: {}", r.spec.name, r.errbuf.escape_ascii());
-        r.errbuf.clear();
+}
+
+/// Logs the full lines of `buf` (taken off it), and a piece of a line that grew too
+/// long.
+fn log_lines(name: &str, logs: &mut LogLimit, buf: &mut Vec<u8>, now: Instant) {
+    let mut start = 0;
+    while let Some(i) = memchr::memchr(b'\n', &buf[start..]) {
+        log_line(name, logs, &buf[start..start + i], now);
+        start += i + 1;
+    }
+    buf.drain(..start);
+    if buf.len() > 4096 {
+        log_line(name, logs, buf, now);
+        buf.clear();
+    }
+}
+
+fn log_line(name: &str, logs: &mut LogLimit, line: &[u8], now: Instant) {
+    let (admit, dropped) = logs.admit(now);
+    if dropped > 0 {
+        log::info!("filter {name}: {dropped} log lines dropped");
+    }
+    if admit {
+        log::warn!("filter {name}: {}", line.escape_ascii());
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stderr_is_read_a_bounded_amount_at_a_time() {
+        let (ours, mut theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let spec = ProcSpec {
+            id: 0,
+            name: "t".into(),
+            command: String::new(),
+            user: None,
+            group: None,
+            chroot: None,
+        };
+        let mut r = Running::new(spec, 1, OwnedFd::from(ours));
+        // More than one call takes, then a line without end longer than a piece.
+        let mut text = b"a line of the filter\n".repeat(5000);
+        text.extend_from_slice(&[b'x'; 10_000]);
+        io::Write::write_all(&mut theirs, &text).unwrap();
+        drain_stderr(&mut r);
+        assert!(r.errbuf.len() <= 4096);
+        let mut left = 0;
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = io::Read::read(&mut r.stderr.as_ref().unwrap(), &mut buf) {
+            left += n;
+        }
+        assert!(left >= text.len() - STDERR_PER_CALL - 4096, "{left}");
+        drop(theirs);
+        drain_stderr(&mut r);
+        assert!(r.stderr.is_none());
+    }
 
     #[test]
     fn backoff_grows_and_caps() {

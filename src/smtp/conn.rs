@@ -137,6 +137,10 @@ pub enum Report {
 
 /// Lines gathered before they are sent to a filter.
 const BATCH_LINES: usize = 256;
+/// Lines a session gathers for its data filters, at most, before it stops reading:
+/// in count, and in bytes.
+const BATCH_MAX_LINES: usize = BATCH_LINES * 16;
+const BATCH_MAX_BYTES: usize = 256 * 1024;
 
 /// Logs client bytes safely.
 fn esc(b: &[u8]) -> String {
@@ -256,7 +260,7 @@ impl Conn {
                 && !self.eof
                 && self.session.wants_input()
                 && self.out.len() - self.out_pos < OUT_HIGH
-                && self.data_batch.len() < BATCH_LINES * 16
+                && !self.batch_full()
                 && !self.inbuf.space().is_empty()
             {
                 match self.sock.read(self.inbuf.space()) {
@@ -327,7 +331,7 @@ impl Conn {
         }
         while self.session.wants_input()
             && self.data_end.is_none()
-            && self.data_batch.len() < BATCH_LINES * 16
+            && !self.batch_full()
             && self.closing.is_none()
             && self.out.len() - self.out_pos < OUT_HIGH
         {
@@ -659,6 +663,12 @@ impl Conn {
         std::mem::take(&mut self.reports)
     }
 
+    /// Whether the lines gathered for the data filters fill the batch: the session
+    /// reads no more until they are taken.
+    fn batch_full(&self) -> bool {
+        self.data_batch.len() >= BATCH_MAX_LINES || self.data_batch_bytes >= BATCH_MAX_BYTES
+    }
+
     /// Lines for the first data filter, and whether the end marker follows them.
     pub fn take_data_batch(&mut self) -> Option<(Lines, bool)> {
         let end = self.data_end.is_some() && !self.data_end_sent;
@@ -714,9 +724,10 @@ impl Conn {
 
     /// A data filter failed: the message is refused when its end comes.
     pub fn on_data_filter_failed(&mut self, ctx: &mut Ctx, now: Instant) {
-        self.session.on_write_error(false);
+        self.session.on_filter_failed();
         self.data_batch.clear();
         self.long_line = Vec::new();
+        self.data_batch_bytes = 0;
         if self.data_end.is_some() {
             self.on_filtered_end(ctx, now);
         } else {

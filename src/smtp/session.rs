@@ -836,6 +836,15 @@ impl Session {
         }
     }
 
+    /// A data filter failed: the message's lines are lost, which is temporary
+    /// whatever else went wrong with it (a message the failed filter made too big, for
+    /// one).
+    pub fn on_filter_failed(&mut self) {
+        if let Some(tx) = self.tx.as_mut() {
+            tx.fail = Some(Reply::LOCAL_ERROR);
+        }
+    }
+
     /// A write to the message file failed (`no_space` for ENOSPC/EDQUOT).
     pub fn on_write_error(&mut self, no_space: bool) {
         if let Some(tx) = self.tx.as_mut() {
@@ -1209,6 +1218,20 @@ mod tests {
             let _ = d.s.on_data(b"efghi", false, true, false);
             d.client(".").expect(want);
         }
+    }
+
+    #[test]
+    fn a_failed_data_filter_makes_any_failure_temporary() {
+        let mut d = Dialog::new();
+        d.client("EHLO c").expect("250");
+        d.client("MAIL FROM:<a@b.c>").expect("250");
+        d.client("RCPT TO:<u@b.c>").expect("250");
+        d.client("DATA").expect("354");
+        // The filter made the message too big, then was killed for it.
+        d.s.on_filter_overflow();
+        d.s.on_filter_failed();
+        d.client(".").expect("451 4.3.0");
+        assert!(!d.out.contains(&Action::Commit));
     }
 
     #[test]

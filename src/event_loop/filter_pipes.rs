@@ -1,0 +1,311 @@
+//! Filter pipes in the loop: attaching a (re)started filter's socket, reading what it
+//! sent a bounded amount per turn, writing what it is sent, its deadlines, and failing
+//! it (its sessions fail closed, the parent restarts it).
+
+use super::filters::unavailable;
+use super::{Entry, Server, FIRST_SLOT};
+use crate::config::FilterKind;
+use crate::filter::pipe::{FilterPipe, PipeState, OUT_MAX};
+use mio::{Interest, Token};
+use smtpd_filter::codec::Frame;
+use std::os::fd::OwnedFd;
+use std::time::Instant;
+
+impl Server {
+    /// Registers the filters' sockets handed over by the parent at start.
+    pub(super) fn add_filters(&mut self, fds: Vec<(usize, OwnedFd)>) -> std::io::Result<()> {
+        self.pipes = vec![None; self.cfg.filters.len()];
+        for (id, fd) in fds {
+            self.attach_filter(id, fd)?;
+        }
+        Ok(())
+    }
+
+    /// Takes a (re)started filter's socket.
+    pub(super) fn attach_filter(&mut self, id: usize, fd: OwnedFd) -> std::io::Result<()> {
+        let (name, timeout) = match self.cfg.filters.get(id).map(|f| (&f.name, &f.kind)) {
+            Some((n, FilterKind::Proc { timeout, .. })) => (n.clone(), *timeout),
+            _ => return Ok(()),
+        };
+        let key = match self.pipes.get(id).copied().flatten() {
+            Some(key) => {
+                if let Some(Entry::Filter(p)) = self.slab.get_mut(key) {
+                    if let Some(s) = p.sock.as_mut() {
+                        let _ = self.poll.registry().deregister(s);
+                    }
+                    p.replace(fd)?;
+                }
+                key
+            }
+            None => {
+                let p = FilterPipe::new(id, &name, Some(fd), timeout)?;
+                let key = self.slab.insert(Entry::Filter(Box::new(p)));
+                self.pipes[id] = Some(key);
+                key
+            }
+        };
+        if let Some(Entry::Filter(p)) = self.slab.get_mut(key) {
+            if let Some(s) = p.sock.as_mut() {
+                self.poll.registry().register(
+                    s,
+                    Token(key + FIRST_SLOT),
+                    Interest::READABLE | Interest::WRITABLE,
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The pipe of filter process `fid`.
+    pub(super) fn pipe(&self, fid: usize) -> Option<&FilterPipe> {
+        match self
+            .pipes
+            .get(fid)
+            .copied()
+            .flatten()
+            .and_then(|k| self.slab.get(k))
+        {
+            Some(Entry::Filter(p)) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// The pipe of filter process `fid`, to change.
+    pub(super) fn pipe_mut(&mut self, fid: usize) -> Option<&mut FilterPipe> {
+        match self
+            .pipes
+            .get(fid)
+            .copied()
+            .flatten()
+            .and_then(|k| self.slab.get_mut(k))
+        {
+            Some(Entry::Filter(p)) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// Events on a filter's socket, or input left from its last turn: reads a bounded
+    /// amount, at most once per loop turn, and keeps the pipe in the backlog while
+    /// input is left.
+    pub(super) fn filter_io(&mut self, key: usize, now: Instant) {
+        let mut answers = Vec::new();
+        let turn = self.turn;
+        let (fid, result, became_ready) = match self.slab.get_mut(key) {
+            Some(Entry::Filter(p)) if p.read_turn != turn && p.sock.is_some() => {
+                p.read_turn = turn;
+                let was = p.state;
+                let _ = p.flush();
+                let r = p.read(now, &mut answers);
+                let ready =
+                    was == PipeState::Handshake && matches!(p.state, PipeState::Ready { .. });
+                (p.id, r, ready)
+            }
+            _ => return,
+        };
+        if result == Ok(true) {
+            self.pipe_backlog.push(key);
+        }
+        let running = |s: &Server| s.pipe(fid).is_some_and(|p| p.sock.is_some());
+        for (sid, answer) in answers {
+            if !running(self) {
+                // Failed by an earlier answer of the batch: the rest means nothing.
+                return;
+            }
+            self.on_answer(fid, sid, answer, now);
+        }
+        if !running(self) {
+            return;
+        }
+        if became_ready {
+            // Sessions that waited for the registration go on.
+            let waiting: Vec<u64> = match self.slab.get_mut(key) {
+                Some(Entry::Filter(p)) => p.waiting.drain().map(|(s, _)| s).collect(),
+                _ => Vec::new(),
+            };
+            for sid in waiting {
+                self.advance(sid, now);
+            }
+        }
+        if let Err(e) = result {
+            self.filter_failed(fid, &e, now);
+        }
+    }
+
+    /// A filter died, spoke garbage or was late: the sessions waiting on it fail, and
+    /// the parent restarts it.
+    pub(super) fn filter_failed(&mut self, fid: usize, why: &str, now: Instant) {
+        let name = self
+            .cfg
+            .filters
+            .get(fid)
+            .map(|f| f.name.clone())
+            .unwrap_or_default();
+        log::warn!("filter {name}: {why}; failing its sessions and restarting it");
+        let waiting = match self
+            .pipes
+            .get(fid)
+            .copied()
+            .flatten()
+            .and_then(|k| self.slab.get_mut(k))
+        {
+            Some(Entry::Filter(p)) => {
+                if let Some(s) = p.sock.as_mut() {
+                    let _ = self.poll.registry().deregister(s);
+                }
+                p.kill()
+            }
+            _ => Vec::new(),
+        };
+        self.queue
+            .ask_parent(&crate::privsep::encode_filter_kill(fid));
+        // Sessions of this filter that are mid-chain elsewhere are caught when their
+        // chain reaches it (it is dead now).
+        let mut sids: Vec<u64> = waiting;
+        sids.extend(
+            self.chains
+                .iter()
+                .filter(|(_, r)| r.waits_on(fid))
+                .map(|(s, _)| *s),
+        );
+        sids.sort_unstable();
+        sids.dedup();
+        for sid in sids {
+            if self.chains.contains_key(&sid) {
+                let v = unavailable(self.chains.get(&sid).map(|r| r.phase()));
+                self.end_chain(sid, v, now);
+            } else {
+                self.data_failed(sid, now);
+            }
+        }
+        // Messages whose lines go through this filter fail too.
+        let in_data: Vec<u64> = self
+            .slab
+            .iter()
+            .filter_map(|(_, e)| match e {
+                Entry::Smtp(c) if c.data_chain.contains(&fid) => Some(c.id()),
+                _ => None,
+            })
+            .collect();
+        for sid in in_data {
+            self.data_failed(sid, now);
+        }
+    }
+
+    /// Writes the frames queued for each filter during this loop turn.
+    /// A filter that lets more than [`OUT_MAX`] wait is failed: it does not read.
+    /// Sessions held back by a filter that took its input go on.
+    pub(super) fn flush_pipes(&mut self, now: Instant) {
+        let mut failed = Vec::new();
+        for (_, e) in self.slab.iter_mut() {
+            if let Entry::Filter(p) = e {
+                if p.has_output() {
+                    if let Err(e) = p.flush() {
+                        failed.push((p.id, format!("write: {e}")));
+                    } else if p.unsent() > OUT_MAX {
+                        let n = p.unsent();
+                        failed.push((
+                            p.id,
+                            format!("did not read what it was sent: {n} octets waiting"),
+                        ));
+                    }
+                }
+            }
+        }
+        for (fid, why) in failed {
+            self.filter_failed(fid, &why, now);
+        }
+        self.release_held(now);
+    }
+
+    /// Whether the data chain of the session at `key` has a backed-up filter: the
+    /// session holds its lines (and stops reading) until it drains.
+    pub(super) fn data_chain_congested(&self, key: usize) -> bool {
+        match self.slab.get(key) {
+            Some(Entry::Smtp(c)) => c
+                .data_chain
+                .iter()
+                .any(|&f| self.pipe(f).is_some_and(|p| p.congested())),
+            _ => false,
+        }
+    }
+
+    /// Sessions held back by a backed-up filter go on once it drained (or failed,
+    /// which empties their data chain).
+    fn release_held(&mut self, now: Instant) {
+        for (key, gen) in std::mem::take(&mut self.held) {
+            if !matches!(self.slab.get(key), Some(Entry::Smtp(c)) if c.gen == gen) {
+                continue;
+            }
+            if self.data_chain_congested(key) {
+                self.held.push((key, gen));
+                continue;
+            }
+            // Its lines go out, and it reads again: it stopped without having seen
+            // the end of its input, for which no readiness event will come.
+            self.after_conn(key, now);
+            self.with_conn(key, Some(gen), |conn, ctx| conn.pump(ctx, now));
+            self.after_conn(key, now);
+            self.pump_more(key, now);
+        }
+    }
+
+    /// Fails the filters that did not answer, or did not read, in time.
+    pub(super) fn filter_deadlines(&mut self, now: Instant) {
+        let late: Vec<(usize, String)> = self
+            .slab
+            .iter_mut()
+            .filter_map(|(_, e)| match e {
+                Entry::Filter(p) => {
+                    p.prune_gone(now);
+                    if p.overdue(now) {
+                        Some((p.id, "did not answer in time".to_string()))
+                    } else if p.write_stalled(now) {
+                        let t = p.timeout.as_secs_f64();
+                        Some((p.id, format!("did not read what it was sent for {t} s")))
+                    } else {
+                        None
+                    }
+                }
+                _ => None,
+            })
+            .collect();
+        for (fid, why) in late {
+            self.filter_failed(fid, &why, now);
+        }
+    }
+
+    /// A session ends: its filters stop waiting for lines of its message.
+    pub(super) fn filters_session_left(&mut self, key: usize, now: Instant) {
+        let (sid, chain) = match self.slab.get(key) {
+            Some(Entry::Smtp(c)) => (c.id(), c.chain.clone()),
+            _ => return,
+        };
+        for fid in chain {
+            if let Some(p) = self.pipe_mut(fid) {
+                p.session_left(sid, now);
+            }
+        }
+    }
+
+    /// Tells the filters of a session's chain that observe it about an event.
+    pub(super) fn report(&mut self, key: usize, f: &Frame) {
+        let (sid, chain) = match self.slab.get(key) {
+            Some(Entry::Smtp(c)) => (c.id(), c.chain.clone()),
+            _ => return,
+        };
+        let ev = smtpd_filter::codec::kind_of(f).1;
+        for fid in chain {
+            if let Some(Entry::Filter(p)) = self
+                .pipes
+                .get(fid)
+                .copied()
+                .flatten()
+                .and_then(|k| self.slab.get_mut(k))
+            {
+                if p.wants(ev) {
+                    p.send(sid, f);
+                }
+            }
+        }
+    }
+}
