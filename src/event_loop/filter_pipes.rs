@@ -2,9 +2,9 @@
 //! sent a bounded amount per turn, writing what it is sent, its deadlines, and failing
 //! it (its sessions fail closed, the parent restarts it).
 
-use super::filters::unavailable;
 use super::{Entry, Server, FIRST_SLOT};
 use crate::config::FilterKind;
+use crate::filter::chain::Step;
 use crate::filter::pipe::{FilterPipe, PipeState, OUT_MAX};
 use mio::{Interest, Token};
 use smtpd_filter::codec::Frame;
@@ -123,7 +123,7 @@ impl Server {
                 _ => Vec::new(),
             };
             for sid in waiting {
-                self.advance(sid, now);
+                self.resume_chain(sid, now);
             }
         }
         if let Err(e) = result {
@@ -158,25 +158,24 @@ impl Server {
         };
         self.queue
             .ask_parent(&crate::privsep::encode_filter_kill(fid));
-        // Sessions of this filter that are mid-chain elsewhere are caught when their
-        // chain reaches it (it is dead now).
-        let mut sids: Vec<u64> = waiting;
-        sids.extend(
-            self.chains
-                .iter()
-                .filter(|(_, r)| r.waits_on(fid))
-                .map(|(s, _)| *s),
-        );
+        // The runs waiting on it end, failed closed; sessions of this filter that are
+        // mid-chain elsewhere are caught when their chain reaches it (it is dead now).
+        // What else waited on it was the end of a message's lines.
+        let mut steps = Vec::new();
+        self.chains.fail_filter(fid, &mut steps);
+        let mut sids = waiting;
         sids.sort_unstable();
         sids.dedup();
         for sid in sids {
-            if self.chains.contains_key(&sid) {
-                let v = unavailable(self.chains.get(&sid).map(|r| r.phase()));
-                self.end_chain(sid, v, now);
-            } else {
+            if !self.chains.running(sid)
+                && !steps
+                    .iter()
+                    .any(|s| matches!(s, Step::Done(d) if d.sid == sid))
+            {
                 self.data_failed(sid, now);
             }
         }
+        self.run_steps(steps, now);
         // Messages whose lines go through this filter fail too.
         let in_data: Vec<u64> = self
             .slab

@@ -1,51 +1,30 @@
-//! Filter chains in the loop: a session's query goes through each filter of its chain
-//! in order; the first refusal wins; a filter that is down or late fails the sessions
-//! waiting on it (fail closed) and is restarted by the parent.
+//! Filter chains in the loop: the routing around the pure chain machine
+//! ([`crate::filter::chain`]). A session's query starts a run; the machine's steps are
+//! carried out here, in a work list rather than by recursion: questions go to filter
+//! pipes, verdicts to sessions, whose next query (a pipelined command) starts the next
+//! run. Message lines go from the session through each data filter to the spool.
 
 use super::{Entry, Server};
-use crate::config::{BuiltinDecision, Check, FilterKind, Matcher};
+use crate::config::FilterKind;
+use crate::filter::chain::{Decided, Facts, FilterId, ProcState, Step, View};
 use crate::filter::pipe::{Answer, Fit, Lines, PipeState, OUT_DATA_MAX};
 use crate::smtp::conn::Report;
 use crate::smtp::reply::Reply;
 use crate::smtp::session::{FilterQuery, FilterVerdict, Phase};
-use crate::table::{address_matches, domain_matches, ip_matches};
 use smtpd_filter::codec::{event, Frame};
+use std::collections::VecDeque;
 use std::time::Instant;
 
-/// A session's progress through its chain for one query.
-#[derive(Debug)]
-pub(super) struct ChainRun {
-    key: usize,
-    gen: u64,
-    chain: Vec<usize>,
-    pos: usize,
-    phase: Phase,
-    param: String,
-    rewrite: Option<String>,
-    junk: bool,
-    /// End-of-message edits gathered from the chain, in order.
-    edits: Vec<crate::filter::pipe::Edit>,
-}
-
-impl ChainRun {
-    /// Whether the run waits on filter `fid`.
-    pub(super) fn waits_on(&self, fid: usize) -> bool {
-        self.chain.get(self.pos) == Some(&fid)
+/// How the chain machine sees filter process `fid`, from its pipe.
+fn proc_state(pipes: &[Option<usize>], slab: &slab::Slab<Entry>, fid: FilterId) -> ProcState {
+    match pipes.get(fid).copied().flatten().and_then(|k| slab.get(k)) {
+        Some(Entry::Filter(p)) => match p.state {
+            PipeState::Ready { hooks, .. } => ProcState::Ready { hooks },
+            PipeState::Handshake => ProcState::Registering,
+            PipeState::Dead => ProcState::Down,
+        },
+        _ => ProcState::Down,
     }
-
-    /// The phase of the query.
-    pub(super) fn phase(&self) -> Phase {
-        self.phase
-    }
-}
-
-/// Facts about a session that built-in filters check.
-struct Facts {
-    addr: Option<std::net::IpAddr>,
-    helo: String,
-    sender: String,
-    hostname: Option<String>,
-    fcrdns: bool,
 }
 
 impl Server {
@@ -67,279 +46,140 @@ impl Server {
         (chain, hooks)
     }
 
-    /// Starts the chain for a query a session just made.
+    /// What the chain needs to know of the session at `key` for a query of `phase`
+    /// (the addresses only for CONNECT, which sends them).
+    fn facts(&self, key: usize, phase: Phase) -> Facts {
+        let Some(Entry::Smtp(c)) = self.slab.get(key) else {
+            return Facts::default();
+        };
+        let (addr, helo, sender) = c.facts();
+        let (local, remote) = match phase {
+            Phase::Connect => c.addresses(),
+            _ => (String::new(), String::new()),
+        };
+        Facts {
+            addr,
+            local,
+            remote,
+            hostname: c.hostname().map(str::to_string),
+            fcrdns: c.fcrdns,
+            helo,
+            sender,
+        }
+    }
+
+    /// Starts the chain for a query the session at `key` just made, and carries out
+    /// what follows.
     pub(super) fn start_chain(&mut self, key: usize, q: FilterQuery, now: Instant) {
+        let mut steps = Vec::new();
+        self.start_run(key, q, &mut steps);
+        self.run_steps(steps, now);
+    }
+
+    /// Starts a run of the session at `key`'s chain; its first steps go to `steps`.
+    fn start_run(&mut self, key: usize, q: FilterQuery, steps: &mut Vec<Step>) {
         let Some(Entry::Smtp(conn)) = self.slab.get(key) else {
             return;
         };
-        let (sid, gen, chain) = (conn.id(), conn.gen, conn.chain.clone());
-        self.chains.insert(
+        let (sid, chain) = (conn.id(), conn.chain.clone());
+        let facts = self.facts(key, q.phase);
+        let Server {
+            chains,
+            cfg,
+            pipes,
+            slab,
+            ..
+        } = self;
+        let state = |f| proc_state(pipes, slab, f);
+        let view = View { cfg, state: &state };
+        chains.start(sid, chain, q, facts, &view, steps);
+    }
+
+    /// Goes on with session `sid`'s run after the filter it waited for registered.
+    pub(super) fn resume_chain(&mut self, sid: u64, now: Instant) {
+        let mut steps = Vec::new();
+        let Server {
+            chains,
+            cfg,
+            pipes,
+            slab,
+            ..
+        } = self;
+        let state = |f| proc_state(pipes, slab, f);
+        chains.resume(sid, &View { cfg, state: &state }, &mut steps);
+        self.run_steps(steps, now);
+    }
+
+    /// Carries out the chain machine's steps, and those they lead to, in order.
+    pub(super) fn run_steps(&mut self, steps: Vec<Step>, now: Instant) {
+        let mut todo: VecDeque<Step> = steps.into();
+        while let Some(step) = todo.pop_front() {
+            match step {
+                Step::Ask { fid, sid, event } => {
+                    if let Some(p) = self.pipe_mut(fid) {
+                        p.ask(sid, &event.frame(), now);
+                    }
+                }
+                Step::AwaitRegistration { fid, sid } => {
+                    if let Some(p) = self.pipe_mut(fid) {
+                        let deadline = now + p.timeout;
+                        p.waiting.insert(sid, deadline);
+                    }
+                }
+                Step::Fail { fid, why } => self.filter_failed(fid, &why, now),
+                Step::Done(d) => {
+                    let Some(&(key, gen)) = self.session_keys.get(&d.sid) else {
+                        continue;
+                    };
+                    self.conclude(key, gen, d, now);
+                    // The session's next query (a pipelined command) starts the next
+                    // run here, not by recursion.
+                    if let Some(q) = self.conn_outputs(key, now) {
+                        let mut more = Vec::new();
+                        self.start_run(key, q, &mut more);
+                        todo.extend(more);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Hands the chain's verdict to the session: the end-of-message edits applied
+    /// first (a failure to apply them defers the message), the data chain set up
+    /// after DATA.
+    fn conclude(&mut self, key: usize, gen: u64, d: Decided, now: Instant) {
+        let Decided {
             sid,
-            ChainRun {
-                key,
-                gen,
-                chain,
-                pos: 0,
-                phase: q.phase,
-                param: q.param,
-                rewrite: None,
-                junk: false,
-                edits: Vec::new(),
-            },
-        );
-        self.advance(sid, now);
-    }
-
-    fn facts(&self, key: usize) -> Facts {
-        match self.slab.get(key) {
-            Some(Entry::Smtp(c)) => {
-                let (addr, helo, sender) = c.facts();
-                Facts {
-                    addr,
-                    helo,
-                    sender,
-                    hostname: c.hostname().map(str::to_string),
-                    fcrdns: c.fcrdns,
-                }
-            }
-            _ => Facts {
-                addr: None,
-                helo: String::new(),
-                sender: String::new(),
-                hostname: None,
-                fcrdns: false,
-            },
-        }
-    }
-
-    /// Moves a chain run forward until it waits on a filter process or ends.
-    pub(super) fn advance(&mut self, sid: u64, now: Instant) {
-        loop {
-            let Some(run) = self.chains.get(&sid) else {
-                return;
-            };
-            let ev = run.phase.event();
-            let Some(&fid) = run.chain.get(run.pos) else {
-                let run = self.chains.remove(&sid);
-                if let Some(mut run) = run {
-                    if run.phase == Phase::Eom && !run.edits.is_empty() {
-                        let edits = std::mem::take(&mut run.edits);
-                        let r = self
-                            .with_conn(run.key, Some(run.gen), |c, ctx| {
-                                c.take_eom_edits(ctx, edits)
-                            })
-                            .unwrap_or(Ok(()));
-                        if let Err(e) = r {
-                            log::warn!("{sid:016x} filter edit refused: {e}");
-                            let v = FilterVerdict::Reject(Reply::new(
-                                451,
-                                "4.3.0",
-                                "Temporary failure in a filter, try again later",
-                            ));
-                            return self.deliver_verdict(run.key, run.gen, v, now);
-                        }
-                    }
-                    if run.phase == Phase::Data {
-                        // The message's lines go through the filters that asked for them.
-                        let data_chain: Vec<usize> = run
-                            .chain
-                            .iter()
-                            .copied()
-                            .filter(|&f| {
-                                self.pipe(f).is_some_and(|p| {
-                                    p.hooks().is_some_and(|h| h & event::DATA_LINES != 0)
-                                })
-                            })
-                            .collect();
-                        for &f in &data_chain {
-                            if let Some(p) = self.pipe_mut(f) {
-                                p.start_lines(sid);
-                            }
-                        }
-                        if let Some(Entry::Smtp(c)) = self.slab.get_mut(run.key) {
-                            c.data_chain = data_chain;
-                        }
-                    }
-                    let v = FilterVerdict::Proceed {
-                        rewrite: run.rewrite,
-                        junk: run.junk,
-                    };
-                    self.deliver_verdict(run.key, run.gen, v, now);
-                }
-                return;
-            };
-            match self.cfg.filters.get(fid).map(|f| f.kind.clone()) {
-                Some(FilterKind::Builtin(b)) => {
-                    let mut decided = None;
-                    if b.phase == ev {
-                        let facts = self.facts(run.key);
-                        let holds = b
-                            .checks
-                            .iter()
-                            .all(|(neg, c)| self.check(c, &facts, run.phase, &run.param) != *neg);
-                        if holds {
-                            decided = Some(b.decision.clone());
-                        }
-                    }
-                    let Some(run) = self.chains.get_mut(&sid) else {
-                        return;
-                    };
-                    run.pos += 1;
-                    match decided {
-                        None => {}
-                        Some(BuiltinDecision::Bypass) => run.pos = run.chain.len(),
-                        Some(BuiltinDecision::Junk) => run.junk = true,
-                        Some(BuiltinDecision::Rewrite(v)) => {
-                            run.param = v.clone();
-                            run.rewrite = Some(v);
-                        }
-                        Some(BuiltinDecision::Reject(t)) => {
-                            return self.end_chain(
-                                sid,
-                                FilterVerdict::Reject(config_reply(&t)),
-                                now,
-                            )
-                        }
-                        Some(BuiltinDecision::Disconnect(t)) => {
-                            return self.end_chain(
-                                sid,
-                                FilterVerdict::Disconnect(config_reply(&t)),
-                                now,
-                            )
-                        }
-                    }
-                }
-                Some(FilterKind::Proc { .. }) => {
-                    let pipe_key = self.pipes.get(fid).copied().flatten();
-                    let state = match pipe_key.and_then(|k| self.slab.get(k)) {
-                        Some(Entry::Filter(p)) => p.state,
-                        _ => PipeState::Dead,
-                    };
-                    match state {
-                        PipeState::Ready { hooks, .. } if hooks & ev == 0 => {
-                            if let Some(run) = self.chains.get_mut(&sid) {
-                                run.pos += 1;
-                            }
-                        }
-                        PipeState::Ready { .. } => {
-                            let frame_owned = self.event_frame(sid);
-                            if let (Some(k), Some(f)) = (pipe_key, frame_owned) {
-                                if let Some(Entry::Filter(p)) = self.slab.get_mut(k) {
-                                    p.ask(sid, &f.as_frame(), now);
-                                }
-                            }
-                            return;
-                        }
-                        PipeState::Handshake => {
-                            // Not registered yet: wait for it, within its deadline.
-                            if let Some(Entry::Filter(p)) =
-                                pipe_key.and_then(|k| self.slab.get_mut(k))
-                            {
-                                p.waiting.insert(sid, now + p.timeout);
-                            }
-                            return;
-                        }
-                        PipeState::Dead => {
-                            let name = self.cfg.filters[fid].name.clone();
-                            log::warn!(
-                                "{sid:016x} filter {name} is not running: failing the command"
-                            );
-                            let v = unavailable(self.chains.get(&sid).map(|r| r.phase));
-                            return self.end_chain(sid, v, now);
-                        }
-                    }
-                }
-                _ => {
-                    if let Some(run) = self.chains.get_mut(&sid) {
-                        run.pos += 1;
-                    }
-                }
+            mut verdict,
+            edits,
+            data_chain,
+        } = d;
+        if !edits.is_empty() {
+            let r = self
+                .with_conn(key, Some(gen), |c, ctx| c.take_eom_edits(ctx, edits))
+                .unwrap_or(Ok(()));
+            if let Err(e) = r {
+                log::warn!("{sid:016x} filter edit refused: {e}");
+                verdict = FilterVerdict::Reject(Reply::new(
+                    451,
+                    "4.3.0",
+                    "Temporary failure in a filter, try again later",
+                ));
             }
         }
-    }
-
-    /// Whether a built-in check holds; `param` is the phase's own value (the sender
-    /// being given at MAIL, the recipient at RCPT).
-    fn check(&self, c: &Check, f: &Facts, phase: Phase, param: &str) -> bool {
-        let m = |m: &Matcher, test: &dyn Fn(&str) -> bool| match m {
-            Matcher::Value(v) => test(v),
-            Matcher::Table(t) => self.cfg.tables[*t].keys().any(test),
-        };
-        let split = |a: &str| -> (String, String) {
-            match a.rsplit_once('@') {
-                Some((l, d)) => (l.to_string(), d.to_string()),
-                None => (a.to_string(), String::new()),
-            }
-        };
-        match c {
-            Check::Rdns(None) => f.hostname.is_some(),
-            Check::Rdns(Some(x)) => f
-                .hostname
-                .as_deref()
-                .is_some_and(|h| m(x, &|p| domain_matches(p, h))),
-            Check::Fcrdns => f.fcrdns,
-            Check::Src(x) => f.addr.is_some_and(|ip| m(x, &|p| ip_matches(p, ip))),
-            Check::Helo(x) => {
-                let helo = if matches!(phase, Phase::Helo | Phase::Ehlo) {
-                    param
-                } else {
-                    &f.helo
-                };
-                m(x, &|p| domain_matches(p, helo))
-            }
-            Check::MailFrom(x) => {
-                let sender = if phase == Phase::Mail {
-                    param
-                } else {
-                    &f.sender
-                };
-                let (l, d) = split(sender);
-                m(x, &|p| address_matches(p, &l, &d))
-            }
-            Check::RcptTo(x) => {
-                if phase != Phase::Rcpt {
-                    return false;
+        if !data_chain.is_empty() {
+            for &f in &data_chain {
+                if let Some(p) = self.pipe_mut(f) {
+                    p.start_lines(sid);
                 }
-                let (l, d) = split(param);
-                m(x, &|p| address_matches(p, &l, &d))
+            }
+            if let Some(Entry::Smtp(c)) = self.slab.get_mut(key) {
+                c.data_chain = data_chain;
             }
         }
-    }
-
-    /// The protocol event for a run's current query.
-    fn event_frame(&self, sid: u64) -> Option<OwnedEvent> {
-        let run = self.chains.get(&sid)?;
-        Some(match run.phase {
-            Phase::Connect => {
-                let (local, remote, host) = match self.slab.get(run.key) {
-                    Some(Entry::Smtp(c)) => {
-                        let (l, r) = c.addresses();
-                        (l, r, c.hostname().unwrap_or("").to_string())
-                    }
-                    _ => (String::new(), String::new(), String::new()),
-                };
-                OwnedEvent::Connect(local, remote, host)
-            }
-            Phase::Helo => OwnedEvent::Helo(run.param.clone()),
-            Phase::Ehlo => OwnedEvent::Ehlo(run.param.clone()),
-            Phase::Mail => OwnedEvent::Mail(run.param.clone()),
-            Phase::Rcpt => OwnedEvent::Rcpt(run.param.clone()),
-            Phase::Data => OwnedEvent::Data,
-            Phase::Eom => OwnedEvent::Eom(run.param.parse().unwrap_or(0)),
-        })
-    }
-
-    pub(super) fn end_chain(&mut self, sid: u64, v: FilterVerdict, now: Instant) {
-        if let Some(run) = self.chains.remove(&sid) {
-            self.deliver_verdict(run.key, run.gen, v, now);
-        }
-    }
-
-    fn deliver_verdict(&mut self, key: usize, gen: u64, v: FilterVerdict, now: Instant) {
         self.with_conn(key, Some(gen), |conn, ctx| {
-            conn.on_filter_verdict(ctx, v, now)
+            conn.on_filter_verdict(ctx, verdict, now)
         });
-        self.after_conn(key, now);
     }
 
     /// Whether filter `fid` may observe protocol lines or rollbacks (true while it has
@@ -359,6 +199,14 @@ impl Server {
     /// Starts a chain when the session made a new query, and sends the message lines
     /// it gathered to its first data filter.
     pub(super) fn after_conn(&mut self, key: usize, now: Instant) {
+        if let Some(q) = self.conn_outputs(key, now) {
+            self.start_chain(key, q, now);
+        }
+    }
+
+    /// Sends what the session at `key` produced for its filters (reports, message
+    /// lines); returns the query it made, if any, for the caller to run.
+    fn conn_outputs(&mut self, key: usize, now: Instant) -> Option<FilterQuery> {
         let congested = self.data_chain_congested(key);
         let (q, batch, sid, gen, first, reports) = match self.slab.get_mut(key) {
             Some(Entry::Smtp(c)) => (
@@ -369,7 +217,7 @@ impl Server {
                 c.data_chain.first().copied(),
                 c.take_reports(),
             ),
-            _ => return,
+            _ => return None,
         };
         if congested && !self.held.contains(&(key, gen)) {
             // Its lines wait (and it stops reading) until the filter drains.
@@ -389,9 +237,7 @@ impl Server {
                 c.return_data_batch(lines);
             }
         }
-        if let Some(q) = q {
-            self.start_chain(key, q, now);
-        }
+        q
     }
 
     /// Sends lines (and the end marker) of a session's message to a data filter.
@@ -515,154 +361,23 @@ impl Server {
                 return;
             }
         }
+        let mut steps = Vec::new();
+        let Server {
+            chains,
+            cfg,
+            pipes,
+            slab,
+            ..
+        } = self;
+        let state = |f| proc_state(pipes, slab, f);
         match a {
             Answer::DataLines(lines) => return self.on_data_answer(fid, sid, Some(lines), now),
             Answer::DataEnd => return self.on_data_answer(fid, sid, None, now),
-            _ => {}
-        }
-        let Some(run) = self.chains.get_mut(&sid) else {
-            return; // the session left meanwhile
-        };
-        if run.chain.get(run.pos) != Some(&fid) {
-            let why = format!("answered session {sid:016x} out of turn");
-            return self.filter_failed(fid, &why, now);
-        }
-        let phase = run.phase;
-        match a {
-            Answer::Proceed => run.pos += 1,
-            Answer::Junk => {
-                run.junk = true;
-                run.pos += 1;
-            }
-            Answer::Rewrite(v) => {
-                if !matches!(phase, Phase::Helo | Phase::Ehlo | Phase::Mail | Phase::Rcpt)
-                    || v.is_empty()
-                    || v.len() > 255
-                    || v.bytes().any(|b| b.is_ascii_control())
-                {
-                    return self.filter_failed(fid, "invalid rewrite", now);
-                }
-                run.param = v.clone();
-                run.rewrite = Some(v);
-                run.pos += 1;
-            }
-            Answer::Reject(code, text) => {
-                let v = match filter_reply(code, &text) {
-                    Some(r) => FilterVerdict::Reject(r),
-                    None => {
-                        let name = &self.cfg.filters[fid].name;
-                        log::warn!("{sid:016x} filter {name} sent an invalid reply {code} {text:?}: 421 instead");
-                        FilterVerdict::Disconnect(Reply::new(
-                            421,
-                            "4.3.0",
-                            "Internal error, closing connection",
-                        ))
-                    }
-                };
-                return self.end_chain(sid, v, now);
-            }
-            Answer::Tempfail(text) => {
-                let clean: String = text.chars().filter(|c| !c.is_control()).take(200).collect();
-                let text = if clean.is_empty() {
-                    "Temporary failure, try again later".to_string()
-                } else {
-                    clean
-                };
-                let v = if phase == Phase::Connect {
-                    FilterVerdict::Disconnect(Reply::new(421, "4.7.0", text))
-                } else {
-                    FilterVerdict::Reject(Reply::new(451, "4.7.0", text))
-                };
-                return self.end_chain(sid, v, now);
-            }
-            Answer::Disconnect(code, text) => {
-                let r = filter_reply(code, &text).unwrap_or_else(|| {
-                    let name = &self.cfg.filters[fid].name;
-                    log::warn!("{sid:016x} filter {name} sent an invalid reply {code} {text:?}: 421 instead");
-                    Reply::new(421, "4.3.0", "Internal error, closing connection")
-                });
-                return self.end_chain(sid, FilterVerdict::Disconnect(r), now);
-            }
-            Answer::Edit(e) if phase == Phase::Eom => {
-                // Edits come before the filter's decision; it is still this one's turn
-                // (the pipe still waits, with a new deadline).
-                run.edits.push(e);
-                return;
-            }
-            Answer::Discard if phase == Phase::Eom => {
-                return self.end_chain(sid, FilterVerdict::Discard, now);
-            }
-            Answer::DataLines(_) | Answer::DataEnd | Answer::Edit(_) | Answer::Discard => {
-                return self.filter_failed(fid, "answer out of place", now);
+            Answer::Edit(e) => chains.on_edit(fid, sid, e, &mut steps),
+            Answer::Decision(d) => {
+                chains.on_decision(fid, sid, d, &View { cfg, state: &state }, &mut steps)
             }
         }
-        self.advance(sid, now);
+        self.run_steps(steps, now);
     }
-}
-
-/// An event frame with owned strings.
-enum OwnedEvent {
-    Connect(String, String, String),
-    Helo(String),
-    Ehlo(String),
-    Mail(String),
-    Rcpt(String),
-    Data,
-    Eom(u64),
-}
-
-impl OwnedEvent {
-    fn as_frame(&self) -> Frame<'_> {
-        match self {
-            OwnedEvent::Connect(l, r, h) => Frame::Connect {
-                local: l.as_bytes(),
-                remote: r.as_bytes(),
-                hostname: h.as_bytes(),
-            },
-            OwnedEvent::Helo(s) => Frame::Helo(s.as_bytes()),
-            OwnedEvent::Ehlo(s) => Frame::Ehlo(s.as_bytes()),
-            OwnedEvent::Mail(s) => Frame::Mail(s.as_bytes()),
-            OwnedEvent::Rcpt(s) => Frame::Rcpt(s.as_bytes()),
-            OwnedEvent::Data => Frame::Data,
-            OwnedEvent::Eom(n) => Frame::Eom(*n),
-        }
-    }
-}
-
-/// The verdict when a filter is down: the session ends before it is identified, else
-/// the command is deferred.
-pub(super) fn unavailable(phase: Option<Phase>) -> FilterVerdict {
-    match phase {
-        Some(Phase::Connect | Phase::Helo | Phase::Ehlo) | None => {
-            FilterVerdict::Disconnect(Reply::new(
-                421,
-                "4.3.0",
-                "Service temporarily unavailable, closing connection",
-            ))
-        }
-        Some(_) => FilterVerdict::Reject(Reply::new(
-            451,
-            "4.3.0",
-            "Temporary failure in a filter, try again later",
-        )),
-    }
-}
-
-/// A filter's reply: a 4xx or 5xx code and printable text; else None.
-fn filter_reply(code: u16, text: &str) -> Option<Reply> {
-    if !(400..=599).contains(&code) || text.len() > 400 || text.chars().any(|c| c.is_control()) {
-        return None;
-    }
-    let text = if text.is_empty() {
-        "Rejected by filter".to_string()
-    } else {
-        text.to_string()
-    };
-    Some(Reply::new(code, "", text))
-}
-
-/// A reply written in smtpd.conf (`"550 5.7.1 text"`), checked by the parser.
-fn config_reply(s: &str) -> Reply {
-    let code = s.get(..3).and_then(|c| c.parse().ok()).unwrap_or(550);
-    Reply::new(code, "", s.get(4..).unwrap_or("").to_string())
 }

@@ -126,7 +126,7 @@ pub struct Server {
     /// data filter; they read again once it drained.
     held: Vec<(usize, u64)>,
     /// Chain runs in progress, by session id.
-    chains: HashMap<u64, filters::ChainRun>,
+    chains: crate::filter::chain::Chains,
     /// Slab key and generation of each SMTP session, by session id.
     session_keys: HashMap<u64, (usize, u64)>,
     /// Reverse DNS of clients, when the configuration checks it.
@@ -224,7 +224,7 @@ impl Server {
             turn: 0,
             pipe_backlog: Vec::new(),
             held: Vec::new(),
-            chains: HashMap::new(),
+            chains: crate::filter::chain::Chains::new(),
             session_keys: HashMap::new(),
             resolver: None,
         };
@@ -691,7 +691,7 @@ impl Server {
         for key in std::mem::take(&mut self.closing) {
             if let Some(Entry::Smtp(conn)) = self.slab.get(key) {
                 let id = conn.id();
-                self.chains.remove(&id);
+                self.chains.end(id);
                 self.session_keys.remove(&id);
                 self.report(key, &smtpd_filter::Frame::Disconnect);
                 self.filters_session_left(key, Instant::now());

@@ -1,28 +1,20 @@
-//! What a filter sends back, owned: answers, message lines and end-of-message edits.
+//! What a filter sends back, owned: a decision, an end-of-message edit, message lines.
+//! Decisions and edits are the protocol's own owned types, shared with the Rust glue
+//! ([`smtpd_filter::Decision`], [`smtpd_filter::Edit`]).
+
+pub use smtpd_filter::{Decision, Edit};
 
 /// An owned answer from a filter for one session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Answer {
-    /// Go on.
-    Proceed,
-    /// Refuse with this code and text.
-    Reject(u16, String),
-    /// Refuse for now.
-    Tempfail(String),
-    /// Reply and close.
-    Disconnect(u16, String),
-    /// Go on, mark as spam.
-    Junk,
-    /// Go on with this parameter.
-    Rewrite(String),
+    /// A decision about the event the filter was asked about.
+    Decision(Decision),
+    /// An end-of-message edit, before the decision.
+    Edit(Edit),
     /// Output lines of the message.
     DataLines(Lines),
     /// End of the output lines.
     DataEnd,
-    /// An end-of-message edit (kept as its frame kind and fields).
-    Edit(Edit),
-    /// Accept and drop the message.
-    Discard,
 }
 
 /// A batch of message lines in one buffer, each followed by LF as in the spool: one
@@ -80,25 +72,4 @@ impl Lines {
         self.buf.clear();
         self.ends.clear();
     }
-}
-
-/// An end-of-message edit.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Edit {
-    /// Append a header.
-    AddHeader(String, String),
-    /// Insert a header at an index.
-    InsertHeader(u32, String, String),
-    /// Change (empty value: delete) the n-th header of a name.
-    ChangeHeader(u32, String, String),
-    /// A chunk of the replacement body.
-    ReplaceBody(Vec<u8>),
-    /// Add a recipient.
-    AddRcpt(String),
-    /// Remove a recipient.
-    DelRcpt(String),
-    /// Change the sender.
-    ChangeFrom(String),
-    /// Hold the message.
-    Quarantine(String),
 }

@@ -2,6 +2,7 @@
 //! through the binary protocol of smtpd-filters(7) (codec in `filters/api`).
 
 pub mod answer;
+pub mod chain;
 pub mod limit;
 pub mod pipe;
 pub mod supervisor;

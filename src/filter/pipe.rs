@@ -11,7 +11,7 @@
 //! [`LOG_WINDOW`], and the pipe knows what it asked the filter
 //! ([`FilterPipe::settle`]), so that answers nobody asked for are counted.
 
-pub use super::answer::{Answer, Edit, Lines};
+pub use super::answer::{Answer, Decision, Edit, Lines};
 use super::limit::{Allowance, LogLimit};
 use smtpd_filter::codec::{self, event, Decoder, Frame};
 use std::collections::{HashMap, VecDeque};
@@ -74,10 +74,6 @@ pub enum Fit {
     Gone,
     /// Nobody asked for it.
     Unrequested,
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
 }
 
 /// A message whose lines a filter passes.
@@ -492,12 +488,6 @@ impl FilterPipe {
                     }
                     continue;
                 }
-                (_, Frame::Proceed) => Answer::Proceed,
-                (_, Frame::Reject { code, text: t }) => Answer::Reject(code, text(t)),
-                (_, Frame::Tempfail(t)) => Answer::Tempfail(text(t)),
-                (_, Frame::DisconnectAnswer { code, text: t }) => Answer::Disconnect(code, text(t)),
-                (_, Frame::Junk) => Answer::Junk,
-                (_, Frame::Rewrite(v)) => Answer::Rewrite(text(v)),
                 (_, Frame::DataLines(lines)) => {
                     let bytes = lines.iter().map(|l| l.len()).sum();
                     let mut out = Lines::with_capacity(lines.len(), bytes);
@@ -507,27 +497,18 @@ impl FilterPipe {
                     Answer::DataLines(out)
                 }
                 (_, Frame::DataEnd) => Answer::DataEnd,
-                (_, Frame::AddHeader { name, value }) => {
-                    Answer::Edit(Edit::AddHeader(text(name), text(value)))
-                }
-                (_, Frame::InsertHeader { index, name, value }) => {
-                    Answer::Edit(Edit::InsertHeader(index, text(name), text(value)))
-                }
-                (_, Frame::ChangeHeader { index, name, value }) => {
-                    Answer::Edit(Edit::ChangeHeader(index, text(name), text(value)))
-                }
-                (_, Frame::ReplaceBody(b)) => Answer::Edit(Edit::ReplaceBody(b.to_vec())),
-                (_, Frame::AddRcpt(a)) => Answer::Edit(Edit::AddRcpt(text(a))),
-                (_, Frame::DelRcpt(a)) => Answer::Edit(Edit::DelRcpt(text(a))),
-                (_, Frame::ChangeFrom(a)) => Answer::Edit(Edit::ChangeFrom(text(a))),
-                (_, Frame::Quarantine(r)) => Answer::Edit(Edit::Quarantine(text(r))),
-                (_, Frame::Discard) => Answer::Discard,
-                (_, other) => {
-                    self.state = PipeState::Dead;
-                    return Err(format!(
-                        "unexpected frame kind 0x{:02x}",
-                        codec::kind_of(&other).0
-                    ));
+                (_, f) => {
+                    if let Some(d) = Decision::from_frame(&f) {
+                        Answer::Decision(d)
+                    } else if let Some(e) = Edit::from_frame(&f) {
+                        Answer::Edit(e)
+                    } else {
+                        self.state = PipeState::Dead;
+                        return Err(format!(
+                            "unexpected frame kind 0x{:02x}",
+                            codec::kind_of(&f).0
+                        ));
+                    }
                 }
             };
             out.push((session, answer));
@@ -609,19 +590,34 @@ mod tests {
     fn decisions_answer_pending_questions_only() {
         let now = Instant::now();
         let mut p = idle();
-        assert_eq!(p.settle(7, &Answer::Proceed, now), Fit::Unrequested);
+        assert_eq!(
+            p.settle(7, &Answer::Decision(Decision::Proceed), now),
+            Fit::Unrequested
+        );
         p.ask(7, &Frame::Mail(b"a@b"), now);
-        assert_eq!(p.settle(8, &Answer::Proceed, now), Fit::Unrequested);
-        assert_eq!(p.settle(7, &Answer::Junk, now), Fit::Asked);
+        assert_eq!(
+            p.settle(8, &Answer::Decision(Decision::Proceed), now),
+            Fit::Unrequested
+        );
+        assert_eq!(
+            p.settle(7, &Answer::Decision(Decision::Junk), now),
+            Fit::Asked
+        );
         // A second decision for the same question.
-        assert_eq!(p.settle(7, &Answer::Proceed, now), Fit::Unrequested);
+        assert_eq!(
+            p.settle(7, &Answer::Decision(Decision::Proceed), now),
+            Fit::Unrequested
+        );
         // Edits come before the decision and start its deadline again.
         p.ask(7, &Frame::Eom(10), now);
         let later = now + Duration::from_secs(20);
         assert_eq!(p.settle(7, &edit(), later), Fit::Asked);
         assert!(!p.overdue(now + Duration::from_secs(40)));
         assert!(p.overdue(later + Duration::from_secs(30)));
-        assert_eq!(p.settle(7, &Answer::Discard, later), Fit::Asked);
+        assert_eq!(
+            p.settle(7, &Answer::Decision(Decision::Discard), later),
+            Fit::Asked
+        );
         assert_eq!(p.settle(7, &edit(), later), Fit::Unrequested);
         assert!(p.waiting.is_empty());
     }
@@ -640,7 +636,10 @@ mod tests {
         assert_eq!(p.settle(5, &Answer::DataEnd, now), Fit::Unrequested);
         p.ask_end(5, now);
         // While the end is awaited, a decision answers nothing.
-        assert_eq!(p.settle(5, &Answer::Proceed, now), Fit::Unrequested);
+        assert_eq!(
+            p.settle(5, &Answer::Decision(Decision::Proceed), now),
+            Fit::Unrequested
+        );
         assert_eq!(p.settle(5, &lines(1), now), Fit::Asked);
         assert_eq!(p.returned(5), 36);
         assert_eq!(p.settle(5, &Answer::DataEnd, now), Fit::Asked);
@@ -662,13 +661,19 @@ mod tests {
         // Left while a decision was pending: the wait outlives the session.
         p.ask(1, &Frame::Rcpt(b"a@b"), now);
         p.session_left(1, now);
-        assert_eq!(p.settle(1, &Answer::Proceed, now), Fit::Asked);
+        assert_eq!(
+            p.settle(1, &Answer::Decision(Decision::Proceed), now),
+            Fit::Asked
+        );
         // Left in the middle of its lines: they are dropped for a while.
         p.pass_lines(2, &Frame::DataLines(vec![b"x"]));
         p.session_left(2, now);
         assert_eq!(p.settle(2, &lines(1), now), Fit::Gone);
         assert_eq!(p.settle(2, &Answer::DataEnd, now), Fit::Gone);
-        assert_eq!(p.settle(2, &Answer::Proceed, now), Fit::Unrequested);
+        assert_eq!(
+            p.settle(2, &Answer::Decision(Decision::Proceed), now),
+            Fit::Unrequested
+        );
         p.prune_gone(now + GONE_FOR - Duration::from_secs(1));
         assert_eq!(p.settle(2, &lines(1), now), Fit::Gone);
         p.prune_gone(now + GONE_FOR);
@@ -798,7 +803,10 @@ mod tests {
         assert_eq!(out.len(), 11);
         assert_eq!(
             out.last(),
-            Some(&(FRAMES_PER_TURN as u64 + 10, Answer::Proceed))
+            Some(&(
+                FRAMES_PER_TURN as u64 + 10,
+                Answer::Decision(Decision::Proceed)
+            ))
         );
     }
 }

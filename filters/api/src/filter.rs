@@ -18,27 +18,8 @@
 //! the daemon gives the filter a deadline.
 
 use crate::codec::{self, event, Decoder, Frame};
+use crate::verdict::{Decision, Edit};
 use std::io::{self, Read, Write};
-
-/// A filter's answer to an event.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
-    /// Go on.
-    Proceed,
-    /// Refuse with a 4xx or 5xx code and text (the text may start with an enhanced
-    /// status code, e.g. `"5.7.1 not wanted"`).
-    Reject(u16, String),
-    /// Refuse for now (451, or 421 before the greeting).
-    Tempfail(String),
-    /// Reply with a 4xx or 5xx code and text, then close the connection.
-    Disconnect(u16, String),
-    /// Go on and mark the message as spam.
-    Junk,
-    /// Go on with this value instead (HELO name or address).
-    Rewrite(String),
-    /// At end of message only: accept the message and drop it.
-    Discard,
-}
 
 /// The session an event belongs to, and the edits made at end of message.
 #[derive(Debug)]
@@ -46,18 +27,6 @@ pub struct Ctx {
     /// The daemon's session id.
     pub session: u64,
     edits: Vec<Edit>,
-}
-
-#[derive(Debug)]
-enum Edit {
-    AddHeader(String, String),
-    InsertHeader(u32, String, String),
-    ChangeHeader(u32, String, String),
-    ReplaceBody(Vec<u8>),
-    AddRcpt(String),
-    DelRcpt(String),
-    ChangeFrom(String),
-    Quarantine(String),
 }
 
 impl Ctx {
@@ -389,68 +358,9 @@ impl Filter {
             _ => return,
         };
         for e in &ctx.edits {
-            let f = match e {
-                Edit::AddHeader(n, v) => Frame::AddHeader {
-                    name: n.as_bytes(),
-                    value: v.as_bytes(),
-                },
-                Edit::InsertHeader(i, n, v) => Frame::InsertHeader {
-                    index: *i,
-                    name: n.as_bytes(),
-                    value: v.as_bytes(),
-                },
-                Edit::ChangeHeader(i, n, v) => Frame::ChangeHeader {
-                    index: *i,
-                    name: n.as_bytes(),
-                    value: v.as_bytes(),
-                },
-                Edit::ReplaceBody(b) => {
-                    // A string holds at most 65535 bytes: a long body goes in chunks.
-                    let mut chunks = b.chunks(60_000).peekable();
-                    while let Some(c) = chunks.next() {
-                        if chunks.peek().is_none() {
-                            break;
-                        }
-                        codec::encode(sid, &Frame::ReplaceBody(c), out);
-                    }
-                    Frame::ReplaceBody(b.chunks(60_000).last().unwrap_or(&[]))
-                }
-                Edit::AddRcpt(a) => Frame::AddRcpt(a.as_bytes()),
-                Edit::DelRcpt(a) => Frame::DelRcpt(a.as_bytes()),
-                Edit::ChangeFrom(a) => Frame::ChangeFrom(a.as_bytes()),
-                Edit::Quarantine(r) => Frame::Quarantine(r.as_bytes()),
-            };
-            codec::encode(sid, &f, out);
+            e.encode(sid, out);
         }
-        let answer = match decision.unwrap_or(Decision::Proceed) {
-            Decision::Proceed => Frame::Proceed,
-            Decision::Reject(code, t) => {
-                return codec::encode(
-                    sid,
-                    &Frame::Reject {
-                        code,
-                        text: t.as_bytes(),
-                    },
-                    out,
-                )
-            }
-            Decision::Tempfail(t) => {
-                return codec::encode(sid, &Frame::Tempfail(t.as_bytes()), out)
-            }
-            Decision::Disconnect(code, t) => {
-                return codec::encode(
-                    sid,
-                    &Frame::DisconnectAnswer {
-                        code,
-                        text: t.as_bytes(),
-                    },
-                    out,
-                )
-            }
-            Decision::Junk => Frame::Junk,
-            Decision::Rewrite(v) => return codec::encode(sid, &Frame::Rewrite(v.as_bytes()), out),
-            Decision::Discard => Frame::Discard,
-        };
-        codec::encode(sid, &answer, out);
+        let decision = decision.unwrap_or(Decision::Proceed);
+        codec::encode(sid, &decision.frame(), out);
     }
 }

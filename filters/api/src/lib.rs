@@ -5,6 +5,8 @@
 
 pub mod codec;
 pub mod filter;
+pub mod verdict;
 
 pub use codec::{Decoder, Frame, WireError, VERSION as PROTOCOL_VERSION};
-pub use filter::{Connect, Ctx, Decision, Filter};
+pub use filter::{Connect, Ctx, Filter};
+pub use verdict::{Decision, Edit};

@@ -2,6 +2,7 @@
 //! in CR LF chunks; and the milters' modifications turned into our end-of-message edits.
 
 use crate::milter::{Mod, MAX_CHUNK};
+use smtpd_filter::Edit;
 use std::collections::HashMap;
 
 /// One piece of the header section.
@@ -185,25 +186,10 @@ pub fn strip_addr(a: &[u8]) -> Vec<u8> {
     a.to_vec()
 }
 
-/// One of our end-of-message edits (frames ADD_HEADER ... QUARANTINE).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Edit {
-    /// Append a header.
-    AddHeader(Vec<u8>, Vec<u8>),
-    /// Insert a header at an index.
-    InsertHeader(u32, Vec<u8>, Vec<u8>),
-    /// Change (empty value: delete) the n-th header of a name.
-    ChangeHeader(u32, Vec<u8>, Vec<u8>),
-    /// A chunk of the new body.
-    ReplaceBody(Vec<u8>),
-    /// Add a recipient.
-    AddRcpt(Vec<u8>),
-    /// Remove a recipient.
-    DelRcpt(Vec<u8>),
-    /// Change the sender.
-    ChangeFrom(Vec<u8>),
-    /// Hold the message.
-    Quarantine(Vec<u8>),
+/// Bytes from a milter as the text of an edit (the daemon takes text; invalid UTF-8
+/// becomes U+FFFD, as the daemon would make it).
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
 }
 
 /// Splits a replacement body into chunks that fit a frame string: line ends become LF,
@@ -270,13 +256,13 @@ pub fn edits_of(
             Mod::AddHeader(n, v) => {
                 if let Some(v) = header(&n, &v, log) {
                     *counts.entry(n.to_ascii_lowercase()).or_default() += 1;
-                    out.push(Edit::AddHeader(n, v));
+                    out.push(Edit::AddHeader(text(&n), text(&v)));
                 }
             }
             Mod::InsHeader(i, n, v) => {
                 if let Some(v) = header(&n, &v, log) {
                     *counts.entry(n.to_ascii_lowercase()).or_default() += 1;
-                    out.push(Edit::InsertHeader(i, n, v));
+                    out.push(Edit::InsertHeader(i, text(&n), text(&v)));
                 }
             }
             Mod::ChgHeader(i, n, v) => {
@@ -287,14 +273,14 @@ pub fn edits_of(
                         log.push(format!("invalid header name {} dropped", n.escape_ascii()));
                     } else if i <= have {
                         counts.insert(n.to_ascii_lowercase(), have - 1);
-                        out.push(Edit::ChangeHeader(i, n, Vec::new()));
+                        out.push(Edit::ChangeHeader(i, text(&n), String::new()));
                     }
                 } else if let Some(v) = header(&n, &v, log) {
                     if i > have {
                         counts.insert(n.to_ascii_lowercase(), have + 1);
-                        out.push(Edit::AddHeader(n, v));
+                        out.push(Edit::AddHeader(text(&n), text(&v)));
                     } else {
-                        out.push(Edit::ChangeHeader(i, n, v));
+                        out.push(Edit::ChangeHeader(i, text(&n), text(&v)));
                     }
                 }
             }
@@ -309,9 +295,9 @@ pub fn edits_of(
                         args.escape_ascii().to_string()
                     ));
                 }
-                out.push(Edit::AddRcpt(strip_addr(&a)));
+                out.push(Edit::AddRcpt(text(&strip_addr(&a))));
             }
-            Mod::DelRcpt(a) => out.push(Edit::DelRcpt(strip_addr(&a))),
+            Mod::DelRcpt(a) => out.push(Edit::DelRcpt(text(&strip_addr(&a)))),
             Mod::ChgFrom(a, args) => {
                 if !args.is_empty() {
                     log.push(format!(
@@ -319,14 +305,14 @@ pub fn edits_of(
                         args.escape_ascii().to_string()
                     ));
                 }
-                out.push(Edit::ChangeFrom(strip_addr(&a)));
+                out.push(Edit::ChangeFrom(text(&strip_addr(&a))));
             }
             Mod::Quarantine(r) => {
                 let r: Vec<u8> = r.into_iter().filter(|&b| b >= 32 && b != 127).collect();
                 out.push(Edit::Quarantine(if r.is_empty() {
-                    b"quarantined by a milter".to_vec()
+                    "quarantined by a milter".to_string()
                 } else {
-                    r
+                    text(&r)
                 }));
             }
         }
@@ -504,16 +490,16 @@ mod tests {
         assert_eq!(
             edits,
             vec![
-                Edit::AddHeader(b("X-A"), b("1")),
-                Edit::InsertHeader(0, b("DKIM-Signature"), b("v=1;\n\tb=x")),
-                Edit::ChangeHeader(1, b("Subject"), b("new")),
-                Edit::AddHeader(b("X-Missing"), b("added")),
+                Edit::AddHeader("X-A".into(), "1".into()),
+                Edit::InsertHeader(0, "DKIM-Signature".into(), "v=1;\n\tb=x".into()),
+                Edit::ChangeHeader(1, "Subject".into(), "new".into()),
+                Edit::AddHeader("X-Missing".into(), "added".into()),
                 Edit::ReplaceBody(b("new\nbody\n")),
-                Edit::AddRcpt(b("new@example.test")),
-                Edit::DelRcpt(b("old@example.test")),
-                Edit::ChangeFrom(b("s@example.test")),
-                Edit::Quarantine(b("why")),
-                Edit::ChangeHeader(1, b("Subject"), vec![]),
+                Edit::AddRcpt("new@example.test".into()),
+                Edit::DelRcpt("old@example.test".into()),
+                Edit::ChangeFrom("s@example.test".into()),
+                Edit::Quarantine("why".into()),
+                Edit::ChangeHeader(1, "Subject".into(), String::new()),
             ]
         );
         assert_eq!(log.len(), 2, "{log:?}");

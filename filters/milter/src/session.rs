@@ -8,10 +8,11 @@
 //! for the end of the message.
 
 use crate::conn::{Event, MacroSet, MilterConn, Step, Target};
-use crate::message::{self, Chunker, Edit, Part, Splitter};
+use crate::message::{self, Chunker, Part, Splitter};
 use crate::milter::{self, cmd, proto, Family, Reply};
 use mio::{Registry, Token};
-use smtpd_filter::codec::{self, Frame};
+use smtpd_filter::codec;
+use smtpd_filter::{Decision, Edit};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -114,19 +115,6 @@ impl Phase {
     }
 }
 
-/// An answer to the daemon.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
-    /// Go on.
-    Proceed,
-    /// Refuse with a code and text.
-    Reject(u16, String),
-    /// Reply and close.
-    Disconnect(u16, String),
-    /// Accept and drop the message (end of message only).
-    Discard,
-}
-
 /// How long the bridge takes at most to answer the daemon, which waits `daemon` before
 /// it gives up on the filter (and kills it, failing every session): a margin less.
 pub fn answer_within(daemon: Duration) -> Duration {
@@ -134,30 +122,30 @@ pub fn answer_within(daemon: Duration) -> Duration {
 }
 
 /// The answer a milter's reply stands for (`Proceed` for continue and accept).
-pub fn verdict_of(r: &Reply) -> Verdict {
+pub fn verdict_of(r: &Reply) -> Decision {
     match r {
-        Reply::Continue | Reply::Accept | Reply::Skip => Verdict::Proceed,
-        Reply::Discard => Verdict::Discard,
-        Reply::Reject => Verdict::Reject(550, "5.7.1 Command rejected".into()),
+        Reply::Continue | Reply::Accept | Reply::Skip => Decision::Proceed,
+        Reply::Discard => Decision::Discard,
+        Reply::Reject => Decision::Reject(550, "5.7.1 Command rejected".into()),
         Reply::Tempfail => {
-            Verdict::Reject(451, "4.7.1 Service unavailable - try again later".into())
+            Decision::Reject(451, "4.7.1 Service unavailable - try again later".into())
         }
-        Reply::Code(421, t) => Verdict::Disconnect(421, t.clone()),
-        Reply::Code(c, t) => Verdict::Reject(*c, t.clone()),
+        Reply::Code(421, t) => Decision::Disconnect(421, t.clone()),
+        Reply::Code(c, t) => Decision::Reject(*c, t.clone()),
         Reply::Shutdown | Reply::ConnFail => {
-            Verdict::Disconnect(421, "4.7.0 Service unavailable, closing connection".into())
+            Decision::Disconnect(421, "4.7.0 Service unavailable, closing connection".into())
         }
     }
 }
 
 /// The answer when a milter failed, by the default action.
-pub fn default_verdict(d: DefaultAction) -> Verdict {
+pub fn default_verdict(d: DefaultAction) -> Decision {
     match d {
-        DefaultAction::Accept => Verdict::Proceed,
+        DefaultAction::Accept => Decision::Proceed,
         DefaultAction::Tempfail => {
-            Verdict::Reject(451, "4.3.0 Mail filter unavailable, try again later".into())
+            Decision::Reject(451, "4.3.0 Mail filter unavailable, try again later".into())
         }
-        DefaultAction::Reject => Verdict::Reject(550, "5.7.1 Command rejected".into()),
+        DefaultAction::Reject => Decision::Reject(550, "5.7.1 Command rejected".into()),
     }
 }
 
@@ -250,7 +238,7 @@ pub struct Session {
     agents: Vec<Agent>,
     question: Option<Question>,
     discard: bool,
-    verdict: Option<Verdict>,
+    verdict: Option<Decision>,
     in_data: bool,
     splitter: Splitter,
     chunker: Chunker,
@@ -490,8 +478,8 @@ impl Session {
             let phase = q.phase;
             if self.discard {
                 match phase {
-                    Phase::Rcpt | Phase::Data => return self.answer(Verdict::Proceed, ctx),
-                    Phase::Eom => return self.answer(Verdict::Discard, ctx),
+                    Phase::Rcpt | Phase::Data => return self.answer(Decision::Proceed, ctx),
+                    Phase::Eom => return self.answer(Decision::Discard, ctx),
                     _ => {}
                 }
             }
@@ -502,7 +490,7 @@ impl Session {
             }
             let i = q.idx;
             let Some(a) = self.agents.get(i) else {
-                return self.answer(Verdict::Proceed, ctx);
+                return self.answer(Decision::Proceed, ctx);
             };
             match a.state {
                 State::Accepted => q.idx += 1,
@@ -541,12 +529,12 @@ impl Session {
     }
 
     /// Sends the answer to the daemon and forgets the question.
-    fn answer(&mut self, v: Verdict, ctx: &mut Ctx) {
+    fn answer(&mut self, v: Decision, ctx: &mut Ctx) {
         let Some(q) = self.question.take() else {
             return;
         };
         let sid = self.sid;
-        if q.phase == Phase::Eom && v == Verdict::Proceed && !q.edits.is_empty() {
+        if q.phase == Phase::Eom && v == Decision::Proceed && !q.edits.is_empty() {
             eprintln!(
                 "{sid:016x} milter: {} change(s) to the message",
                 q.edits.len()
@@ -555,52 +543,33 @@ impl Session {
         let out = &mut *ctx.out;
         // A 4xx at connect ends the session: say 421.
         let v = match (q.phase, v) {
-            (Phase::Connect, Verdict::Reject(c, t)) if c < 500 => Verdict::Disconnect(421, t),
+            (Phase::Connect, Decision::Reject(c, t)) if c < 500 => Decision::Disconnect(421, t),
             (Phase::Eom, v) => v,
-            (_, Verdict::Discard) => Verdict::Proceed,
+            (_, Decision::Discard) => Decision::Proceed,
             (_, v) => v,
         };
         match &v {
-            Verdict::Proceed => {}
-            Verdict::Reject(c, t) => eprintln!("{sid:016x} milter: {}: {c} {t}", q.phase.name()),
-            Verdict::Disconnect(c, t) => {
+            Decision::Reject(c, t) => eprintln!("{sid:016x} milter: {}: {c} {t}", q.phase.name()),
+            Decision::Disconnect(c, t) => {
                 eprintln!("{sid:016x} milter: {}: {c} {t} (closing)", q.phase.name())
             }
-            Verdict::Discard => eprintln!("{sid:016x} milter: message discarded"),
+            Decision::Discard => eprintln!("{sid:016x} milter: message discarded"),
+            _ => {}
         }
-        match &v {
-            Verdict::Proceed => {
-                if q.phase == Phase::Eom {
-                    for e in &q.edits {
-                        codec::encode(sid, &edit_frame(e), out);
-                    }
-                }
-                codec::encode(sid, &Frame::Proceed, out);
-                if q.phase == Phase::Data {
-                    self.in_data = true;
-                    self.splitter = Splitter::new();
-                    self.chunker.clear();
-                    self.counts.clear();
+        if v == Decision::Proceed {
+            if q.phase == Phase::Eom {
+                for e in &q.edits {
+                    e.encode(sid, out);
                 }
             }
-            Verdict::Reject(code, text) => codec::encode(
-                sid,
-                &Frame::Reject {
-                    code: *code,
-                    text: text.as_bytes(),
-                },
-                out,
-            ),
-            Verdict::Disconnect(code, text) => codec::encode(
-                sid,
-                &Frame::DisconnectAnswer {
-                    code: *code,
-                    text: text.as_bytes(),
-                },
-                out,
-            ),
-            Verdict::Discard => codec::encode(sid, &Frame::Discard, out),
+            if q.phase == Phase::Data {
+                self.in_data = true;
+                self.splitter = Splitter::new();
+                self.chunker.clear();
+                self.counts.clear();
+            }
         }
+        codec::encode(sid, &v.frame(), out);
     }
 
     /// Sends what milter `i` has queued and handles what that produced.
@@ -739,11 +708,11 @@ impl Session {
                     self.close_agent(i, true, ctx);
                     self.advance(ctx, now);
                 }
-                Phase::Eom => self.answer(Verdict::Discard, ctx),
+                Phase::Eom => self.answer(Decision::Discard, ctx),
                 _ => {
                     eprintln!("{label}: the message will be discarded");
                     self.discard = true;
-                    self.answer(Verdict::Proceed, ctx);
+                    self.answer(Decision::Proceed, ctx);
                 }
             },
             r => self.answer(verdict_of(&r), ctx),
@@ -951,65 +920,43 @@ impl Session {
     }
 }
 
-/// The frame of an edit.
-pub fn edit_frame(e: &Edit) -> Frame<'_> {
-    match e {
-        Edit::AddHeader(n, v) => Frame::AddHeader { name: n, value: v },
-        Edit::InsertHeader(i, n, v) => Frame::InsertHeader {
-            index: *i,
-            name: n,
-            value: v,
-        },
-        Edit::ChangeHeader(i, n, v) => Frame::ChangeHeader {
-            index: *i,
-            name: n,
-            value: v,
-        },
-        Edit::ReplaceBody(b) => Frame::ReplaceBody(b),
-        Edit::AddRcpt(a) => Frame::AddRcpt(a),
-        Edit::DelRcpt(a) => Frame::DelRcpt(a),
-        Edit::ChangeFrom(a) => Frame::ChangeFrom(a),
-        Edit::Quarantine(r) => Frame::Quarantine(r),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn replies_map_to_answers() {
-        assert_eq!(verdict_of(&Reply::Continue), Verdict::Proceed);
-        assert_eq!(verdict_of(&Reply::Accept), Verdict::Proceed);
+        assert_eq!(verdict_of(&Reply::Continue), Decision::Proceed);
+        assert_eq!(verdict_of(&Reply::Accept), Decision::Proceed);
         assert_eq!(
             verdict_of(&Reply::Reject),
-            Verdict::Reject(550, "5.7.1 Command rejected".into())
+            Decision::Reject(550, "5.7.1 Command rejected".into())
         );
         assert_eq!(
             verdict_of(&Reply::Tempfail),
-            Verdict::Reject(451, "4.7.1 Service unavailable - try again later".into())
+            Decision::Reject(451, "4.7.1 Service unavailable - try again later".into())
         );
         assert_eq!(
             verdict_of(&Reply::Code(421, "4.7.0 bye".into())),
-            Verdict::Disconnect(421, "4.7.0 bye".into())
+            Decision::Disconnect(421, "4.7.0 bye".into())
         );
         assert_eq!(
             verdict_of(&Reply::Code(554, "5.7.1 no".into())),
-            Verdict::Reject(554, "5.7.1 no".into())
+            Decision::Reject(554, "5.7.1 no".into())
         );
         assert!(matches!(
             verdict_of(&Reply::Shutdown),
-            Verdict::Disconnect(421, _)
+            Decision::Disconnect(421, _)
         ));
-        assert_eq!(verdict_of(&Reply::Discard), Verdict::Discard);
-        assert_eq!(default_verdict(DefaultAction::Accept), Verdict::Proceed);
+        assert_eq!(verdict_of(&Reply::Discard), Decision::Discard);
+        assert_eq!(default_verdict(DefaultAction::Accept), Decision::Proceed);
         assert!(matches!(
             default_verdict(DefaultAction::Tempfail),
-            Verdict::Reject(451, t) if t.starts_with("4.3.0")
+            Decision::Reject(451, t) if t.starts_with("4.3.0")
         ));
         assert!(matches!(
             default_verdict(DefaultAction::Reject),
-            Verdict::Reject(550, t) if t.starts_with("5.7.1")
+            Decision::Reject(550, t) if t.starts_with("5.7.1")
         ));
     }
 
