@@ -6,7 +6,7 @@
 
 use super::{Entry, Server};
 use crate::config::FilterKind;
-use crate::filter::chain::{Decided, Facts, FilterId, ProcState, Step, View};
+use crate::filter::chain::{Chains, Decided, Facts, FilterId, ProcState, Step, View};
 use crate::filter::pipe::{Answer, Fit, Lines, PipeState, OUT_DATA_MAX};
 use crate::smtp::conn::Report;
 use crate::smtp::reply::Reply;
@@ -83,6 +83,11 @@ impl Server {
         };
         let (sid, chain) = (conn.id(), conn.chain.clone());
         let facts = self.facts(key, q.phase);
+        self.with_chains(|chains, view| chains.start(sid, chain, q, facts, view, steps));
+    }
+
+    /// Runs `f` on the chain machine with its view of the configuration and pipes.
+    fn with_chains<R>(&mut self, f: impl FnOnce(&mut Chains, &View) -> R) -> R {
         let Server {
             chains,
             cfg,
@@ -90,23 +95,14 @@ impl Server {
             slab,
             ..
         } = self;
-        let state = |f| proc_state(pipes, slab, f);
-        let view = View { cfg, state: &state };
-        chains.start(sid, chain, q, facts, &view, steps);
+        let state = |fid| proc_state(pipes, slab, fid);
+        f(chains, &View { cfg, state: &state })
     }
 
     /// Goes on with session `sid`'s run after the filter it waited for registered.
     pub(super) fn resume_chain(&mut self, sid: u64, now: Instant) {
         let mut steps = Vec::new();
-        let Server {
-            chains,
-            cfg,
-            pipes,
-            slab,
-            ..
-        } = self;
-        let state = |f| proc_state(pipes, slab, f);
-        chains.resume(sid, &View { cfg, state: &state }, &mut steps);
+        self.with_chains(|chains, view| chains.resume(sid, view, &mut steps));
         self.run_steps(steps, now);
     }
 
@@ -362,20 +358,12 @@ impl Server {
             }
         }
         let mut steps = Vec::new();
-        let Server {
-            chains,
-            cfg,
-            pipes,
-            slab,
-            ..
-        } = self;
-        let state = |f| proc_state(pipes, slab, f);
         match a {
             Answer::DataLines(lines) => return self.on_data_answer(fid, sid, Some(lines), now),
             Answer::DataEnd => return self.on_data_answer(fid, sid, None, now),
-            Answer::Edit(e) => chains.on_edit(fid, sid, e, &mut steps),
+            Answer::Edit(e) => self.chains.on_edit(fid, sid, e, &mut steps),
             Answer::Decision(d) => {
-                chains.on_decision(fid, sid, d, &View { cfg, state: &state }, &mut steps)
+                self.with_chains(|chains, view| chains.on_decision(fid, sid, d, view, &mut steps))
             }
         }
         self.run_steps(steps, now);

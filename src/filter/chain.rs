@@ -209,13 +209,9 @@ fn config_reply(s: &str) -> Reply {
     Reply::new(code, "", s.get(4..).unwrap_or("").to_string())
 }
 
-/// What a filter gets instead of an invalid reply of its own.
-fn invalid_reply() -> FilterVerdict {
-    FilterVerdict::Disconnect(Reply::new(
-        421,
-        "4.3.0",
-        "Internal error, closing connection",
-    ))
+/// What the client gets instead of a filter's invalid reply (the session is closed).
+fn invalid_reply() -> Reply {
+    Reply::new(421, "4.3.0", "Internal error, closing connection")
 }
 
 impl Chains {
@@ -283,19 +279,28 @@ impl Chains {
     /// An end-of-message edit from filter `fid` for session `sid`: kept for the end of
     /// the chain; it is still that filter's turn.
     pub fn on_edit(&mut self, fid: FilterId, sid: u64, e: Edit, out: &mut Vec<Step>) {
-        let Some(run) = self.runs.get_mut(&sid) else {
-            return; // the session left meanwhile
+        let Some(run) = self.turn_of(fid, sid, out) else {
+            return;
         };
-        if run.chain.get(run.pos) != Some(&fid) {
-            return out.push(fail(
-                fid,
-                format!("answered session {sid:016x} out of turn"),
-            ));
-        }
         if run.phase != Phase::Eom {
             return out.push(fail(fid, "answer out of place".into()));
         }
         run.edits.push(e);
+    }
+
+    /// The run of session `sid` when it is filter `fid`'s turn. `None` when the session
+    /// left meanwhile (a late answer is nothing), or, with a [`Step::Fail`], when it is
+    /// another filter's turn.
+    fn turn_of(&mut self, fid: FilterId, sid: u64, out: &mut Vec<Step>) -> Option<&mut Run> {
+        let run = self.runs.get_mut(&sid)?;
+        if run.chain.get(run.pos) != Some(&fid) {
+            out.push(fail(
+                fid,
+                format!("answered session {sid:016x} out of turn"),
+            ));
+            return None;
+        }
+        Some(run)
     }
 
     /// A decision of filter `fid` for session `sid`.
@@ -307,17 +312,17 @@ impl Chains {
         view: &View,
         out: &mut Vec<Step>,
     ) {
-        let Some(run) = self.runs.get_mut(&sid) else {
-            return; // the session left meanwhile
+        let Some(run) = self.turn_of(fid, sid, out) else {
+            return;
         };
-        if run.chain.get(run.pos) != Some(&fid) {
-            return out.push(fail(
-                fid,
-                format!("answered session {sid:016x} out of turn"),
-            ));
-        }
         let phase = run.phase;
-        let name = || view.cfg.filters.get(fid).map_or("?", |f| f.name.as_str());
+        let name = view.cfg.filters.get(fid).map_or("?", |f| f.name.as_str());
+        let invalid = |code, text: &str| {
+            log::warn!(
+                "{sid:016x} filter {name} sent an invalid reply {code} {text:?}: 421 instead"
+            );
+            FilterVerdict::Disconnect(invalid_reply())
+        };
         let verdict = match d {
             Decision::Proceed => None,
             Decision::Junk => {
@@ -336,16 +341,11 @@ impl Chains {
                 run.rewrite = Some(v);
                 None
             }
-            Decision::Reject(code, text) => Some(match filter_reply(code, &text) {
-                Some(r) => FilterVerdict::Reject(r),
-                None => {
-                    log::warn!(
-                        "{sid:016x} filter {} sent an invalid reply {code} {text:?}: 421 instead",
-                        name()
-                    );
-                    invalid_reply()
-                }
-            }),
+            // An invalid reply closes the session, whatever the filter meant.
+            Decision::Reject(code, text) => Some(
+                filter_reply(code, &text)
+                    .map_or_else(|| invalid(code, &text), FilterVerdict::Reject),
+            ),
             Decision::Tempfail(text) => {
                 let clean: String = text.chars().filter(|c| !c.is_control()).take(200).collect();
                 let text = match clean.is_empty() {
@@ -357,16 +357,10 @@ impl Chains {
                     _ => FilterVerdict::Reject(Reply::new(451, "4.7.0", text)),
                 })
             }
-            Decision::Disconnect(code, text) => Some(match filter_reply(code, &text) {
-                Some(r) => FilterVerdict::Disconnect(r),
-                None => {
-                    log::warn!(
-                        "{sid:016x} filter {} sent an invalid reply {code} {text:?}: 421 instead",
-                        name()
-                    );
-                    invalid_reply()
-                }
-            }),
+            Decision::Disconnect(code, text) => Some(
+                filter_reply(code, &text)
+                    .map_or_else(|| invalid(code, &text), FilterVerdict::Disconnect),
+            ),
             Decision::Discard if phase == Phase::Eom => Some(FilterVerdict::Discard),
             Decision::Discard => return out.push(fail(fid, "answer out of place".into())),
         };

@@ -245,7 +245,8 @@ fn an_invalid_reply_becomes_421() {
         let mut d = Dialog::new(&["a"]);
         d.query(Phase::Mail, "s@x.test");
         let _ = d.step();
-        let (edits, _) = d.decide("a", decision).expect_verdict(invalid_reply());
+        let want = FilterVerdict::Disconnect(invalid_reply());
+        let (edits, _) = d.decide("a", decision).expect_verdict(want);
         assert!(edits.is_empty());
     }
 }
