@@ -13,7 +13,6 @@
 #                                 none if the address-sanitizer build fails); none
 #                                 runs about 5x more inputs per second (the crate is
 #                                 safe Rust but for FFI in sys.rs, which ASan guards)
-#   SMTPD_FUZZ_SKIP_KNOWN=1       step around known, reported bugs (fuzz_targets/known.rs)
 #   FUZZ_JOBS=N                   libFuzzer -fork=N (default: one process per target)
 #
 # Only a stable toolchain is needed: RUSTC_BOOTSTRAP=1 lets it take cargo-fuzz's -Z
@@ -33,7 +32,7 @@ fuzz_dir=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$fuzz_dir")
 cd "$root" || exit 2
 
-all_targets=(command session linebuf envelope spoolfile)
+all_targets=(command session linebuf envelope spoolfile filtercodec milter)
 targets=("$@")
 [ ${#targets[@]} -eq 0 ] && targets=("${all_targets[@]}")
 

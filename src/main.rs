@@ -177,6 +177,9 @@ fn load_config(
 }
 
 fn start(cfg: Config, foreground: bool, paused: &[String]) -> std::io::Result<()> {
+    // A bug is logged where the admin looks, with its place in the code; the engine
+    // then ends only the session it happened in.
+    std::panic::set_hook(Box::new(|info| log::error!("smtpd: bug: {info}")));
     // Before the spool is opened: opening it tidies it, which a running daemon's
     // messages in incoming/ must not undergo.
     refuse_if_running(&cfg.queue.path)?;

@@ -33,7 +33,6 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::sync::OnceLock;
 
-mod known;
 
 /// `max-command-line` and `max-text-line` defaults, less the CR LF, as `Conn` uses them.
 const MAX_COMMAND: usize = 512 - 2;
@@ -431,7 +430,7 @@ fuzz_target!(|data: &[u8]| {
         2 => Some(IpAddr::from([127, 0, 0, 1])),
         _ => None,
     };
-    let long_name = flags & 0x20 != 0 && !(known::skip() && known::K3_LONG_SERVER_NAME);
+    let long_name = flags & 0x20 != 0;
     let server_name = if long_name {
         // A 253-octet host name: the longest a DNS name can be.
         let mut n = "a".repeat(62);
@@ -540,8 +539,6 @@ fuzz_target!(|data: &[u8]| {
                         }
                         if bare {
                             h.s.on_bad_line(Reply::BARE_NEWLINE_COMMAND, &mut actions);
-                        } else if known::skip() && known::k1_split_path_panic(bytes) {
-                            return;
                         } else {
                             h.s.on_line(bytes, &mut h.policy, &mut actions);
                             // A HELO/EHLO that was accepted ends any transaction.

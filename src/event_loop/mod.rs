@@ -24,6 +24,7 @@ use std::collections::{BinaryHeap, HashMap};
 use std::io::{self, Write};
 use std::net::IpAddr;
 use std::os::fd::{OwnedFd, RawFd};
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -386,7 +387,18 @@ impl Server {
             key,
         };
         let had_file = conn.holds_file();
-        let r = f(conn, &mut ctx);
+        // A bug in the session's handling ends that session, not the daemon.
+        let r = match std::panic::catch_unwind(AssertUnwindSafe(|| f(&mut *conn, &mut ctx))) {
+            Ok(r) => Some(r),
+            Err(_) => {
+                log::error!(
+                    "{:016x} smtp internal error: the session is closed",
+                    conn.id()
+                );
+                conn.on_bug(spool);
+                None
+            }
+        };
         match (had_file, conn.holds_file()) {
             (false, true) => *msg_files += 1,
             (true, false) => *msg_files = msg_files.saturating_sub(1),
@@ -395,7 +407,7 @@ impl Server {
         if conn.finished().is_some() {
             closing.push(key);
         }
-        Some(r)
+        r
     }
 
     /// Stops accepting, ends idle sessions with 421, lets commits in flight finish.
@@ -423,7 +435,49 @@ impl Server {
         self.reap();
     }
 
+    /// Handles events of endpoint `key`. A bug (a panic) in its handling stays with
+    /// that endpoint: a session is closed with a 421, a filter is failed and restarted,
+    /// an outgoing session's envelopes are retried later, a control client is dropped.
     fn dispatch(&mut self, key: usize, readable: bool, writable: bool, now: Instant) {
+        let caught = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            self.dispatch_unguarded(key, readable, writable, now)
+        }));
+        if caught.is_err() {
+            self.contain_bug(key, now);
+        }
+    }
+
+    /// After a caught panic in the handling of endpoint `key`: ends what it was doing.
+    fn contain_bug(&mut self, key: usize, now: Instant) {
+        match self.slab.get_mut(key) {
+            Some(Entry::Smtp(conn)) => {
+                log::error!(
+                    "{:016x} smtp internal error: the session is closed",
+                    conn.id()
+                );
+                self.chains.end(conn.id());
+                conn.on_bug(&self.spool);
+                self.closing.push(key);
+            }
+            Some(Entry::Filter(p)) => {
+                let fid = p.id;
+                self.filter_failed(fid, "internal error while handling it", now);
+            }
+            Some(Entry::Mta(conn)) => {
+                log::error!("mta internal error: the session is abandoned");
+                conn.abort("internal error");
+                self.finish_mta(key);
+            }
+            Some(Entry::Control(_)) => {
+                log::error!("control internal error: the client is dropped");
+                self.closing.push(key);
+            }
+            Some(Entry::Listener { .. }) => log::error!("smtpd internal error while accepting"),
+            None => {}
+        }
+    }
+
+    fn dispatch_unguarded(&mut self, key: usize, readable: bool, writable: bool, now: Instant) {
         match self.slab.get_mut(key) {
             Some(Entry::Listener { .. }) => self.accept(key, now),
             Some(Entry::Smtp(_)) => {

@@ -38,6 +38,8 @@ pub enum Reason {
     Shutdown,
     /// A socket error.
     Error,
+    /// A bug in the daemon's handling of the session (a caught panic).
+    Internal,
 }
 
 impl Reason {
@@ -50,6 +52,7 @@ impl Reason {
             Reason::Timeout => "timeout",
             Reason::Shutdown => "shutdown",
             Reason::Error => "error",
+            Reason::Internal => "internal-error",
         }
     }
 }
@@ -312,6 +315,18 @@ impl Conn {
         self.flush();
     }
 
+    /// Ends the session after a bug in its handling (a caught panic): whatever it was
+    /// doing is dropped, the client gets a 421 and the connection is closed. Touches
+    /// only plain fields, since the session's own state may be inconsistent.
+    pub fn on_bug(&mut self, spool: &Spool) {
+        self.release(spool);
+        self.out.clear();
+        self.out_pos = 0;
+        Reply::new(421, "4.3.0", "Internal error, closing connection").render(&mut self.out);
+        self.closing = Some(Reason::Internal);
+        self.flush();
+    }
+
     /// Ends the session with a final reply (timeout, shutdown).
     pub fn close_with(&mut self, ctx: &mut Ctx, reply: Reply, reason: Reason) {
         if self.closing.is_some() {
@@ -402,6 +417,10 @@ impl Conn {
                     }
                     Line::Complete { bytes, bare } => {
                         log::trace!(target: "smtpd::smtp", "{:016x} smtp <<< {}", self.session.id, esc(bytes));
+                        #[cfg(debug_assertions)]
+                        if regress_panic(bytes) {
+                            panic!("a session panics on request of the regress suite");
+                        }
                         if bare {
                             self.session
                                 .on_bad_line(Reply::BARE_NEWLINE_COMMAND, &mut self.actions);
@@ -982,6 +1001,17 @@ impl Conn {
             spool.discard(m.id);
         }
     }
+}
+
+/// Debug builds only: whether `line` is the command named by `SMTPD_REGRESS_PANIC`, on
+/// which the regress suite has a session panic to prove that the panic stays with it.
+#[cfg(debug_assertions)]
+fn regress_panic(line: &[u8]) -> bool {
+    use std::os::unix::ffi::OsStringExt;
+    static WORD: std::sync::OnceLock<Option<Vec<u8>>> = std::sync::OnceLock::new();
+    WORD.get_or_init(|| std::env::var_os("SMTPD_REGRESS_PANIC").map(|v| v.into_vec()))
+        .as_deref()
+        == Some(line)
 }
 
 /// The reply to a spool failure: 452 for lack of space (after `free/` gave its blocks

@@ -7,12 +7,8 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
-mod conn;
-mod message;
-mod milter;
-mod session;
-
-use conn::Target;
+use filter_milter::conn::Target;
+use filter_milter::session;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token};
 use session::{Config, Ctx, DefaultAction, Phase, Session};
