@@ -26,5 +26,6 @@ pub mod stream;
 pub mod submit;
 pub mod sys;
 pub mod table;
+pub mod timer;
 #[cfg(test)]
 mod testutil;
