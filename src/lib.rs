@@ -16,6 +16,7 @@ pub mod expand;
 pub mod filter;
 pub mod linebuf;
 pub mod logger;
+pub mod lookup;
 pub mod mda;
 pub mod mta;
 pub mod privsep;

@@ -125,9 +125,7 @@ impl Server {
                     if run.phase == Phase::Eom && !run.edits.is_empty() {
                         let edits = std::mem::take(&mut run.edits);
                         let r = self
-                            .with_conn(run.key, Some(run.gen), |c, ctx| {
-                                c.take_eom_edits(ctx, edits)
-                            })
+                            .with_conn(run.key, Some(run.gen), |c, _| c.take_eom_edits(edits))
                             .unwrap_or(Ok(()));
                         if let Err(e) = r {
                             log::warn!("{sid:016x} filter edit refused: {e}");

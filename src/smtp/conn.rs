@@ -8,7 +8,6 @@ use crate::filter::pipe::Lines;
 use crate::linebuf::{Line, LineBuf, Text};
 use crate::queue::envelope::Envelope;
 use crate::queue::spool::{is_no_space, Committer, Spool};
-use crate::ruleset::RulesetPolicy;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::IpAddr;
@@ -62,6 +61,8 @@ pub struct Ctx<'a> {
     pub spool: &'a Spool,
     /// The sync thread.
     pub committer: &'a Committer,
+    /// The lookup threads.
+    pub lookups: &'a crate::lookup::Lookups,
     /// This connection's slab key.
     pub key: usize,
 }
@@ -115,6 +116,8 @@ pub struct Conn {
     filtered_bytes: u64,
     /// Header and body edits to make at commit.
     pending_edits: Vec<crate::queue::edit::MessageEdit>,
+    /// The command line whose lookup is in flight, for the log of a failure.
+    lookup_line: Option<Vec<u8>>,
     /// A filter of the chain observes protocol lines and rollbacks.
     pub observe: bool,
     /// Lines were just sent to a filter: input held back may be taken now.
@@ -184,6 +187,7 @@ impl Conn {
             data_end_sent: false,
             filtered_bytes: 0,
             pending_edits: Vec::new(),
+            lookup_line: None,
             observe: false,
             resume: false,
             hold: false,
@@ -406,25 +410,22 @@ impl Conn {
                             self.session
                                 .on_bad_line(Reply::BARE_NEWLINE_COMMAND, &mut self.actions);
                         } else {
-                            let mut policy = RulesetPolicy {
-                                cfg: ctx.cfg,
-                                spool: ctx.spool,
-                            };
                             let had_tx = self.session.tx().is_some();
                             if self.observe {
                                 self.reports.push(Report::Protocol(b'<', bytes.to_vec()));
                             }
-                            self.session.on_line(bytes, &mut policy, &mut self.actions);
+                            self.session.on_line(bytes, &mut self.actions);
                             if had_tx && self.session.tx().is_none() && self.observe {
                                 self.reports.push(Report::Rollback);
                             }
                         }
-                        // The line is logged with failed replies; copy it only then.
-                        if self
-                            .actions
-                            .iter()
-                            .any(|a| matches!(a, Action::Reply(r) if r.is_error()))
-                        {
+                        // The line is logged with failed replies, which may come with a
+                        // lookup's answer; copy it only then.
+                        if self.actions.iter().any(|a| match a {
+                            Action::Reply(r) => r.is_error(),
+                            Action::Lookup(_) => true,
+                            _ => false,
+                        }) {
                             let line = bytes.to_vec();
                             self.run_actions(ctx, Some(&line));
                         } else {
@@ -502,6 +503,15 @@ impl Conn {
                     }
                 }
                 Action::Filter(q) => self.filter_query = Some(q),
+                Action::Lookup(l) => {
+                    self.lookup_line = line.map(<[u8]>::to_vec);
+                    let unanswered = l.unanswered();
+                    let job = crate::lookup::Job::Session(l);
+                    if !ctx.lookups.submit((ctx.key, self.gen), job) {
+                        log::warn!("{:016x} smtp no lookup thread", self.session.id);
+                        self.session.on_lookup(unanswered, &mut self.actions);
+                    }
+                }
                 Action::Close => {
                     let reason = if last_code == 221 {
                         Reason::Quit
@@ -736,33 +746,18 @@ impl Conn {
         }
     }
 
-    /// Takes the end-of-message edits of the filter chain. Recipient and sender edits
-    /// apply now; header and body edits at commit. A malformed edit is an error.
-    pub fn take_eom_edits(
-        &mut self,
-        ctx: &mut Ctx,
-        edits: Vec<crate::filter::pipe::Edit>,
-    ) -> Result<(), String> {
-        let mut policy = RulesetPolicy {
-            cfg: ctx.cfg,
-            spool: ctx.spool,
-        };
-        // Edits belong to this message only.
-        self.pending_edits.clear();
-        let r = self.apply_eom_edits(edits, &mut policy);
-        if r.is_err() {
-            self.pending_edits.clear();
-        }
-        r
-    }
-
-    fn apply_eom_edits(
-        &mut self,
-        edits: Vec<crate::filter::pipe::Edit>,
-        policy: &mut RulesetPolicy,
-    ) -> Result<(), String> {
+    /// Takes the end-of-message edits of the filter chain. Envelope edits go to the
+    /// session, which applies them once the chain lets the message through (an added
+    /// recipient is looked up first); header and body edits apply at commit. A
+    /// malformed edit is an error, and none applies.
+    pub fn take_eom_edits(&mut self, edits: Vec<crate::filter::pipe::Edit>) -> Result<(), String> {
+        use super::session::EnvelopeEdit;
         use crate::filter::pipe::Edit;
         use crate::queue::edit::{clean_value, valid_name, MessageEdit};
+        // Edits belong to this message only.
+        self.pending_edits.clear();
+        let mut message = Vec::new();
+        let mut envelope = Vec::new();
         for e in edits {
             match e {
                 Edit::AddHeader(n, v)
@@ -772,15 +767,15 @@ impl Conn {
                 {
                     return Err(format!("invalid header {n:?}"));
                 }
-                Edit::AddHeader(n, v) => self
-                    .pending_edits
-                    .push(MessageEdit::Add(n, clean_value(&v).unwrap_or_default())),
-                Edit::InsertHeader(i, n, v) => self.pending_edits.push(MessageEdit::Insert(
+                Edit::AddHeader(n, v) => {
+                    message.push(MessageEdit::Add(n, clean_value(&v).unwrap_or_default()))
+                }
+                Edit::InsertHeader(i, n, v) => message.push(MessageEdit::Insert(
                     i,
                     n,
                     clean_value(&v).unwrap_or_default(),
                 )),
-                Edit::ChangeHeader(i, n, v) => self.pending_edits.push(MessageEdit::Change(
+                Edit::ChangeHeader(i, n, v) => message.push(MessageEdit::Change(
                     i,
                     n,
                     clean_value(&v).unwrap_or_default(),
@@ -789,28 +784,24 @@ impl Conn {
                     if b.contains(&0) {
                         return Err("NUL in a replaced body".into());
                     }
-                    self.pending_edits.push(MessageEdit::Body(b));
+                    message.push(MessageEdit::Body(b));
                 }
                 Edit::AddRcpt(a) => {
                     let m = super::command::parse_address(&a, false)
                         .ok_or_else(|| format!("invalid recipient {a:?}"))?;
-                    if let Err(r) = self.session.add_rcpt(m, policy) {
-                        log::info!(
-                            "{:016x} filter recipient <{a}> refused: {}",
-                            self.session.id,
-                            r.summary()
-                        );
-                    }
+                    envelope.push(EnvelopeEdit::AddRcpt(m));
                 }
-                Edit::DelRcpt(a) => self.session.del_rcpt(&a),
+                Edit::DelRcpt(a) => envelope.push(EnvelopeEdit::DelRcpt(a)),
                 Edit::ChangeFrom(a) => {
                     let m = super::command::parse_address(&a, true)
                         .ok_or_else(|| format!("invalid sender {a:?}"))?;
-                    self.session.change_from(m);
+                    envelope.push(EnvelopeEdit::ChangeFrom(m));
                 }
-                Edit::Quarantine(r) => self.session.quarantine(&r),
+                Edit::Quarantine(r) => envelope.push(EnvelopeEdit::Quarantine(r)),
             }
         }
+        self.pending_edits = message;
+        self.session.set_envelope_edits(envelope);
         Ok(())
     }
 
@@ -874,13 +865,16 @@ impl Conn {
         v: super::session::FilterVerdict,
         now: Instant,
     ) {
-        let mut policy = RulesetPolicy {
-            cfg: ctx.cfg,
-            spool: ctx.spool,
-        };
-        self.session
-            .on_filter_result(v, &mut policy, &mut self.actions);
+        self.session.on_filter_result(v, &mut self.actions);
         self.run_actions(ctx, Some(b"(filtered command)"));
+        self.pump(ctx, now);
+    }
+
+    /// A lookup thread's answer to this session's question.
+    pub fn on_lookup(&mut self, ctx: &mut Ctx, answer: super::session::LookupAnswer, now: Instant) {
+        let line = self.lookup_line.take();
+        self.session.on_lookup(answer, &mut self.actions);
+        self.run_actions(ctx, line.as_deref());
         self.pump(ctx, now);
     }
 
