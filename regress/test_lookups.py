@@ -1,9 +1,9 @@
-"""Slow lookups hold only the session that waits for them.
+"""Slow lookups and spool work hold only the session that waits for them.
 
 A shim preloaded into the daemon (LD_PRELOAD; smtpd is not setuid, so glibc honours
 it) makes getpwnam(3)/getpwnam_r(3) take five seconds for one user name, as an NSS
-backend (LDAP, sssd) that stalls would.  Meanwhile a second client must be served at
-once.
+backend (LDAP, sssd) that stalls would, or makes the creation of a rewritten incoming
+message file take as long.  Meanwhile a second client must be served at once.
 """
 
 import os
@@ -15,19 +15,22 @@ import time
 import pytest
 
 from conftest import accepted_id, allow_traversal, data_of
+from filterlib import FilterDaemon
 
 STALL = 5
 
 SHIM_C = r"""
 #define _GNU_SOURCE
 #include <dlfcn.h>
+#include <fcntl.h>
 #include <pwd.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
-/* Marks that a stall began, then sleeps. */
+/* Marks that a stall began (mkdir: not interposed here), then sleeps. */
 static void stall(void)
 {
     const char *mark = getenv("SMTPD_TEST_STALL_MARK");
@@ -60,6 +63,41 @@ int getpwnam_r(const char *name, struct passwd *pw, char *buf, size_t len,
     if (stalled_user(name))
         stall();
     return real(name, pw, buf, len, res);
+}
+
+/* A temporary file in incoming/: an incoming message being rewritten. */
+static int stalled_path(const char *path)
+{
+    size_t n = path ? strlen(path) : 0;
+    return getenv("SMTPD_TEST_STALL_REWRITE") && strstr(path, "/incoming/") &&
+           n > 4 && strcmp(path + n - 4, ".tmp") == 0;
+}
+
+static int open_with(const char *sym, const char *path, int flags, va_list ap)
+{
+    int (*real)(const char *, int, ...) = (int (*)(const char *, int, ...))dlsym(RTLD_NEXT, sym);
+    mode_t mode = (flags & (O_CREAT | O_TMPFILE)) ? (mode_t)va_arg(ap, int) : 0;
+    if (stalled_path(path))
+        stall();
+    return real(path, flags, mode);
+}
+
+int open(const char *path, int flags, ...)
+{
+    va_list ap;
+    va_start(ap, flags);
+    int r = open_with("open", path, flags, ap);
+    va_end(ap);
+    return r;
+}
+
+int open64(const char *path, int flags, ...)
+{
+    va_list ap;
+    va_start(ap, flags);
+    int r = open_with("open64", path, flags, ap);
+    va_end(ap);
+    return r;
 }
 """ % {"stall": STALL}
 
@@ -146,3 +184,29 @@ def test_stalled_user_lookup_holds_only_its_session(make_daemon, shim, tmp_path)
     assert sorted(e["rcpt"] for e in msgs[slow_id].envelopes) == [
         "nobody@mx.test.example", "root@mx.test.example"]
     assert [e["rcpt"] for e in msgs[fast_id].envelopes] == ["root@mx.test.example"]
+
+
+def test_rewrite_of_an_edited_message_holds_only_its_session(make_daemon, shim, tmp_path):
+    mark = mark_dir(tmp_path)
+    # The junk verdict adds X-Spam: Yes, an end-of-message header edit.
+    d = FilterDaemon(make_daemon.tmp / "edits",
+                     filters='filter jk phase commit match mail-from "slow@example.test" junk',
+                     listen_filter="jk",
+                     wrapper=stalling(shim, mark, SMTPD_TEST_STALL_REWRITE="1"))
+    make_daemon.add(d)
+    with d.client(timeout=STALL * 3) as slow, d.client() as fast:
+        slow.ehlo()
+        slow.expect("MAIL FROM:<slow@example.test>", 250, "2.1.0")
+        slow.expect("RCPT TO:<a@example.test>", 250, "2.1.5")
+        slow.expect("DATA", 354)
+        slow.send(data_of(["Subject: edited", "", "body"]) + b".\r\n")
+        wait_for(mark, STALL)
+        t0 = time.monotonic()
+        fast_id = quick_transaction(fast, "fast@example.test", "b@example.test")
+        elapsed = time.monotonic() - t0
+        assert elapsed < 1.0, "the other session took %.2f s" % elapsed
+        assert unanswered(slow), slow.buf
+        slow_id = accepted_id(slow.reply())
+    msgs = {m.msgid: m for m in d.wait_messages(2)}
+    assert msgs[slow_id].body().startswith(b"X-Spam: Yes\nSubject: edited\n"), msgs[slow_id].data
+    assert b"X-Spam" not in msgs[fast_id].data

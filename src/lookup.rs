@@ -6,6 +6,7 @@
 //!   ^                                      | expand a recipient: ruleset, tables, getpwnam,
 //!   |                                      |   :include: files
 //!   |                                      | the spool's free space (statvfs)
+//!   |                                      | an edited message rewritten (`queue::rewrite`)
 //!   '-- take_done() <-- done list <-- wake '
 //! ```
 //!
@@ -18,8 +19,10 @@
 //! the same `mio::Waker`; an answer whose session is gone is dropped by the loop.
 
 use crate::config::Config;
+use crate::queue::edit::MessageEdit;
 use crate::queue::spool::Spool;
 use crate::smtp::session::{Lookup, LookupAnswer};
+use std::fs::File;
 use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
@@ -36,6 +39,21 @@ pub type Key = (usize, u64);
 pub enum Job {
     /// A session's question.
     Session(Lookup),
+    /// End-of-message edits to apply to an incoming message.
+    Edit(EditJob),
+}
+
+/// An incoming message to rewrite with its end-of-message edits.
+#[derive(Debug)]
+pub struct EditJob {
+    /// The message.
+    pub msgid: u32,
+    /// Its length as written so far.
+    pub len: u64,
+    /// The header and body edits, in order.
+    pub edits: Vec<MessageEdit>,
+    /// Add `X-Spam: Yes`.
+    pub junk: bool,
 }
 
 /// The outcome of a [`Job`].
@@ -43,6 +61,13 @@ pub enum Job {
 pub enum Answer {
     /// For [`crate::smtp::session::Session::on_lookup`].
     Session(LookupAnswer),
+    /// The rewritten message, open for writing at its end, or why it failed.
+    Edited {
+        /// The message.
+        msgid: u32,
+        /// The new file.
+        result: io::Result<File>,
+    },
 }
 
 /// A finished job.
@@ -59,6 +84,10 @@ impl Job {
     fn failed(&self) -> Answer {
         match self {
             Job::Session(l) => Answer::Session(l.unanswered()),
+            Job::Edit(e) => Answer::Edited {
+                msgid: e.msgid,
+                result: Err(io::Error::other("the lookup worker failed")),
+            },
         }
     }
 }
@@ -72,6 +101,10 @@ pub fn serve(cfg: &Config, spool: &Spool, job: Job) -> Answer {
         Job::Session(Lookup::Rcpt(q)) => Answer::Session(LookupAnswer::Rcpt(
             crate::expand::expand(cfg, &q.ctx(), &q.rcpt),
         )),
+        Job::Edit(e) => Answer::Edited {
+            msgid: e.msgid,
+            result: spool.edit_incoming(e.msgid, e.len, &e.edits, e.junk),
+        },
     }
 }
 

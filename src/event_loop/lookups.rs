@@ -6,7 +6,7 @@ use std::time::Instant;
 
 impl Server {
     /// Hands finished lookups to their sessions; an answer for a session that is gone
-    /// is dropped.
+    /// is dropped (a rewritten message with it).
     pub(super) fn on_lookups(&mut self, now: Instant) {
         for done in self.lookups.take_done() {
             let (key, gen) = done.key;
@@ -18,6 +18,16 @@ impl Server {
                         // The answer may let a filter query or pipelined commands on.
                         self.after_conn(key, now);
                     }
+                }
+                Answer::Edited { msgid, result } => {
+                    let taken = self.with_conn(key, Some(gen), |conn, ctx| {
+                        conn.on_edited(ctx, msgid, result, now)
+                    });
+                    if taken != Some(true) {
+                        log::info!("queue: message {msgid:08x} dropped: its session is gone");
+                        self.spool.discard(msgid);
+                    }
+                    self.after_conn(key, now);
                 }
             }
         }

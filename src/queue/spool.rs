@@ -329,22 +329,6 @@ impl Spool {
         })
     }
 
-    /// Replaces an incoming message's data (end-of-message edits); returns the new file,
-    /// open for writing, for the commit to sync.
-    pub fn rewrite_incoming(&self, msgid: u32, data: &[u8]) -> io::Result<File> {
-        // Not synced here: the commit syncs the returned file with the rest.
-        self.retry_short(|| replace_file(&self.incoming(msgid), data, false))
-    }
-
-    /// Reads the first `len` bytes of an incoming message: the data written so far.
-    pub fn read_incoming(&self, msgid: u32, len: u64) -> io::Result<Vec<u8>> {
-        let mut out = Vec::new();
-        File::open(self.incoming(msgid))?
-            .take(len)
-            .read_to_end(&mut out)?;
-        Ok(out)
-    }
-
     /// Removes an incoming message (the transaction failed or the client left).
     pub fn discard(&self, msgid: u32) {
         let path = self.incoming(msgid);

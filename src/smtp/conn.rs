@@ -118,6 +118,9 @@ pub struct Conn {
     pending_edits: Vec<crate::queue::edit::MessageEdit>,
     /// The command line whose lookup is in flight, for the log of a failure.
     lookup_line: Option<Vec<u8>>,
+    /// The message being rewritten with its edits by a lookup thread (before the
+    /// commit).
+    editing: Option<u32>,
     /// A filter of the chain observes protocol lines and rollbacks.
     pub observe: bool,
     /// Lines were just sent to a filter: input held back may be taken now.
@@ -188,6 +191,7 @@ impl Conn {
             filtered_bytes: 0,
             pending_edits: Vec::new(),
             lookup_line: None,
+            editing: None,
             observe: false,
             resume: false,
             hold: false,
@@ -525,7 +529,8 @@ impl Conn {
         self.actions.clear();
     }
 
-    /// Writes the envelopes and hands the message to the sync thread.
+    /// Writes what is left of the message, has it rewritten when filters edited it,
+    /// then writes the envelopes and hands it to the sync thread.
     fn commit(&mut self, ctx: &mut Ctx) {
         let Some(mut m) = self.msg.take() else {
             self.session
@@ -538,51 +543,86 @@ impl Conn {
         let junk = self.session.tx().is_some_and(|t| t.junk);
         let edits = std::mem::take(&mut self.pending_edits);
         if !m.failed && (junk || !edits.is_empty()) {
-            // Filters changed the message: write it again with the edits.
-            let rewritten = ctx
-                .spool
-                .read_incoming(m.id, m.written)
-                .map(|data| crate::queue::edit::apply(&data, &edits, junk))
-                .and_then(|data| ctx.spool.rewrite_incoming(m.id, &data));
-            match rewritten {
-                Ok(f) => m.file = f,
-                Err(e) => {
-                    log::warn!(
-                        "{:016x} smtp cannot apply filter edits: {e}",
-                        self.session.id
-                    );
-                    m.failed = true;
-                }
-            }
-        }
-        let failed = m.failed;
-        let job = if failed {
-            Err(io::Error::from_raw_os_error(libc::ENOSPC))
-        } else {
-            let envs = self.envelopes(ctx.cfg, m.id);
-            if envs.is_empty() {
-                // Filters removed every recipient: accepted, and nothing to deliver.
-                log::info!(
-                    "{:016x} smtp message msgid={:08x} discarded: no recipient left",
-                    self.session.id,
-                    m.id
-                );
-                ctx.spool.discard(m.id);
-                self.session.on_committed(Ok(()), &mut self.actions);
+            // Filters changed the message: a lookup thread writes it again with the
+            // edits (`queue::rewrite`), and the commit goes on in `on_edited`.
+            let job = crate::lookup::Job::Edit(crate::lookup::EditJob {
+                msgid: m.id,
+                len: m.written,
+                edits,
+                junk,
+            });
+            if ctx.lookups.submit((ctx.key, self.gen), job) {
+                self.editing = Some(m.id);
                 return;
             }
-            ctx.spool.prepare_commit(m.id, m.file, &envs)
+            log::warn!(
+                "{:016x} smtp cannot apply filter edits: no lookup thread",
+                self.session.id
+            );
+            m.failed = true;
+        }
+        let file = (!m.failed).then_some(m.file);
+        self.submit_commit(ctx, m.id, file);
+    }
+
+    /// A lookup thread rewrote this session's message with the filters' edits: the
+    /// commit goes on. False when the message is not this session's (it is gone).
+    pub fn on_edited(
+        &mut self,
+        ctx: &mut Ctx,
+        msgid: u32,
+        result: io::Result<File>,
+        now: Instant,
+    ) -> bool {
+        if self.editing != Some(msgid) {
+            return false;
+        }
+        self.editing = None;
+        let file = result
+            .inspect_err(|e| {
+                log::warn!(
+                    "{:016x} smtp cannot apply filter edits: {e}",
+                    self.session.id
+                )
+            })
+            .ok();
+        self.submit_commit(ctx, msgid, file);
+        self.run_actions(ctx, None);
+        self.pump(ctx, now);
+        true
+    }
+
+    /// Writes the envelopes after message `id` and hands it to the sync thread;
+    /// `None` when writing the message failed.
+    fn submit_commit(&mut self, ctx: &mut Ctx, id: u32, file: Option<File>) {
+        let failed = file.is_none();
+        let job = match file {
+            None => Err(io::Error::from_raw_os_error(libc::ENOSPC)),
+            Some(file) => {
+                let envs = self.envelopes(ctx.cfg, id);
+                if envs.is_empty() {
+                    // Filters removed every recipient: accepted, and nothing to deliver.
+                    log::info!(
+                        "{:016x} smtp message msgid={id:08x} discarded: no recipient left",
+                        self.session.id,
+                    );
+                    ctx.spool.discard(id);
+                    self.session.on_committed(Ok(()), &mut self.actions);
+                    return;
+                }
+                ctx.spool.prepare_commit(id, file, &envs)
+            }
         };
         match job {
             Ok(job) => {
                 if !ctx.committer.submit((ctx.key, self.gen), job) {
-                    ctx.spool.discard(m.id);
+                    ctx.spool.discard(id);
                     self.session
                         .on_committed(Err(Reply::LOCAL_ERROR), &mut self.actions);
                 }
             }
             Err(e) => {
-                ctx.spool.discard(m.id);
+                ctx.spool.discard(id);
                 let r = storage_reply(ctx.spool, &e);
                 if !failed {
                     log::warn!("{:016x} smtp cannot write envelopes: {e}", self.session.id);
