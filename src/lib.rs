@@ -16,6 +16,7 @@ pub mod expand;
 pub mod filter;
 pub mod linebuf;
 pub mod logger;
+pub mod lookup;
 pub mod mda;
 pub mod mta;
 pub mod privsep;
@@ -26,6 +27,6 @@ pub mod stream;
 pub mod submit;
 pub mod sys;
 pub mod table;
-pub mod timer;
 #[cfg(test)]
 mod testutil;
+pub mod timer;

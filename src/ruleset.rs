@@ -4,11 +4,8 @@
 //! recipient then expands to is `expand.rs`'s business.
 
 use crate::config::{Cond, Config, Decision, Matcher};
-use crate::expand::Delivery;
-use crate::queue::spool::Spool;
 use crate::smtp::command::Mailbox;
-use crate::smtp::reply::Reply;
-use crate::smtp::session::{MatchCtx, Policy};
+use crate::smtp::session::MatchCtx;
 use crate::table::{address_matches, domain_matches, ip_matches};
 
 /// Local names: the server's host names and `localhost`.
@@ -84,23 +81,6 @@ pub fn strip_subaddress(local: &str, delim: char) -> &str {
     match local.find(delim) {
         Some(i) if i > 0 => &local[..i],
         _ => local,
-    }
-}
-
-/// The session [`Policy`] of the daemon: this ruleset, and the spool's free space.
-pub struct RulesetPolicy<'a> {
-    /// The configuration.
-    pub cfg: &'a Config,
-    /// The spool, for its free space.
-    pub spool: &'a Spool,
-}
-
-impl Policy for RulesetPolicy<'_> {
-    fn has_space(&mut self, size: u64) -> bool {
-        self.spool.has_space(size)
-    }
-    fn resolve(&mut self, ctx: &MatchCtx, rcpt: &Mailbox) -> Result<Vec<Delivery>, Reply> {
-        crate::expand::expand(self.cfg, ctx, rcpt)
     }
 }
 

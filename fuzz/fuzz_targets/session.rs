@@ -10,11 +10,12 @@
 //! | 3 | max-errors (1..=32) |
 //! | 4 | max-hops (1..=8) |
 //! | 5 | max-message-size (from a table) |
-//! | 6-7 | seed of the deterministic choices: read sizes, policy answers, spool results |
+//! | 6-7 | seed of the deterministic choices: read sizes, lookup answers, spool results |
 //!
 //! The stream goes through `LineBuf` in chunks, and lines are routed exactly as
 //! `Conn::process` routes them; `Action`s are carried out in order as `Conn::run_actions`
-//! does. The checks: no panic; every reply renders to well-formed lines of at most 512
+//! does, lookups answered at once (the lookup threads' answers, sometimes after the
+//! session was closed meanwhile). The checks: no panic; every reply renders to well-formed lines of at most 512
 //! octets; nothing follows `Close` and no input is taken after it; a commit happens
 //! only for an opened message with at least one accepted recipient since the last MAIL,
 //! and never for content that held a bare CR/LF, a NUL, an over-long line, too many
@@ -25,9 +26,12 @@ use libfuzzer_sys::fuzz_target;
 use smtpd::config::Config;
 use smtpd::expand::{expand, Delivery, Dest};
 use smtpd::linebuf::{Line, LineBuf, Text};
-use smtpd::smtp::command::{Command, Mailbox};
+use smtpd::smtp::command::Command;
 use smtpd::smtp::reply::Reply;
-use smtpd::smtp::session::{FilterVerdict, Action, Client, DataLine, Limits, MatchCtx, Policy, Session, State};
+use smtpd::smtp::session::{
+    Action, Client, DataLine, FilterVerdict, Limits, Lookup, LookupAnswer, RcptQuery, Session,
+    State,
+};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::Path;
@@ -58,7 +62,7 @@ impl Rng {
     }
 }
 
-/// The recipient policy: deterministic answers from the seed, or (`real`) the daemon's
+/// The lookup threads' answers: deterministic from the seed, or (`real`) the daemon's
 /// own ruleset and alias expansion over [`CONF`].
 struct MockPolicy {
     rng: Rng,
@@ -95,14 +99,15 @@ fn real_config() -> &'static Config {
     })
 }
 
-impl Policy for MockPolicy {
-    fn has_space(&mut self, _size: u64) -> bool {
+impl MockPolicy {
+    fn has_space(&mut self) -> bool {
         !self.rng.one_in(8)
     }
 
-    fn resolve(&mut self, ctx: &MatchCtx, rcpt: &Mailbox) -> Result<Vec<Delivery>, Reply> {
+    fn resolve(&mut self, q: &RcptQuery) -> Result<Vec<Delivery>, Reply> {
+        let (ctx, rcpt) = (q.ctx(), &q.rcpt);
         if let Some(cfg) = self.real {
-            let r = expand(cfg, ctx, rcpt);
+            let r = expand(cfg, &ctx, rcpt);
             if let Ok(d) = &r {
                 assert!(!d.is_empty(), "expand accepted {rcpt} with no delivery");
             }
@@ -167,6 +172,8 @@ struct Harness {
     limits: Limits,
     m: Model,
     async_commits: bool,
+    /// Timeouts and write errors happen.
+    chaos: bool,
     next_msgid: u32,
 }
 
@@ -285,7 +292,28 @@ impl Harness {
                     if trace() {
                         eprintln!("   filter {q:?} -> {v:?}");
                     }
-                    self.s.on_filter_result(v, &mut self.policy, &mut actions);
+                    self.s.on_filter_result(v, &mut actions);
+                }
+                Action::Lookup(l) => {
+                    assert!(!self.s.wants_input(), "lookup, yet the session wants input");
+                    let a = match &l {
+                        Lookup::Space(_) => LookupAnswer::Space(self.policy.has_space()),
+                        Lookup::Rcpt(q) => LookupAnswer::Rcpt(self.policy.resolve(q)),
+                    };
+                    if trace() {
+                        eprintln!("   lookup {l:?} -> {a:?}");
+                    }
+                    if self.chaos && self.rng.one_in(16) {
+                        // A timeout while the lookup is in flight: its answer is dropped.
+                        let mut closing = Vec::new();
+                        self.s.close(Reply::TIMEOUT, &mut closing);
+                        let n = closing.len();
+                        self.s.on_lookup(a, &mut closing);
+                        assert_eq!(closing.len(), n, "a closed session answered a lookup");
+                        actions.extend(closing);
+                    } else {
+                        self.s.on_lookup(a, &mut actions);
+                    }
                 }
                 Action::Close => {
                     self.m.closed = true;
@@ -463,6 +491,7 @@ fuzz_target!(|data: &[u8]| {
         limits,
         m: Model::default(),
         async_commits: flags & 0x80 != 0,
+        chaos,
         next_msgid: 0,
     };
     h.run(out);
@@ -540,7 +569,7 @@ fuzz_target!(|data: &[u8]| {
                         if bare {
                             h.s.on_bad_line(Reply::BARE_NEWLINE_COMMAND, &mut actions);
                         } else {
-                            h.s.on_line(bytes, &mut h.policy, &mut actions);
+                            h.s.on_line(bytes, &mut actions);
                             // A HELO/EHLO that was accepted ends any transaction.
                             if matches!(
                                 Command::parse(bytes),

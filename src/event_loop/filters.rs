@@ -152,7 +152,7 @@ impl Server {
         } = d;
         if !edits.is_empty() {
             let r = self
-                .with_conn(key, Some(gen), |c, ctx| c.take_eom_edits(ctx, edits))
+                .with_conn(key, Some(gen), |c, _| c.take_eom_edits(edits))
                 .unwrap_or(Ok(()));
             if let Err(e) = r {
                 log::warn!("{sid:016x} filter edit refused: {e}");

@@ -1,5 +1,5 @@
 //! The one mio loop: listeners, SMTP sessions, the control socket, the parent channel,
-//! signals, the commit waker, timers and the scheduler.
+//! signals, the waker of the commit and lookup threads, timers and the scheduler.
 //!
 //! Every token from `FIRST_SLOT` on indexes the slab of endpoints. Handlers tolerate
 //! spurious and stale events; endpoints are removed only between event batches.
@@ -33,6 +33,7 @@ mod ctl;
 mod filter_pipes;
 mod filters;
 mod limits;
+mod lookups;
 mod rdns;
 
 pub use accept::{bind_control, bind_listeners, refuse_if_running};
@@ -79,6 +80,8 @@ pub struct Server {
     slab: Slab<Entry>,
     spool: Spool,
     committer: Committer,
+    /// The lookup threads: recipient expansion, the spool's room, message rewrites.
+    lookups: crate::lookup::Lookups,
     queue: Queue,
     control: Option<UnixListener>,
     _waker: Arc<Waker>,
@@ -155,6 +158,11 @@ impl Server {
         let committer = Committer::start(&spool, move || {
             let _ = w.wake();
         })?;
+        // One waker per poll: the lookup threads share it with the commit thread.
+        let w = waker.clone();
+        let lookups = crate::lookup::Lookups::start(cfg.clone(), spool.clone(), move || {
+            let _ = w.wake();
+        })?;
         let mut slab = Slab::new();
         for (sock, idx) in listeners {
             let key = slab.insert(Entry::Listener {
@@ -196,6 +204,7 @@ impl Server {
             slab,
             spool,
             committer,
+            lookups,
             queue,
             control,
             _waker: waker,
@@ -299,7 +308,10 @@ impl Server {
             for ev in events.iter() {
                 match ev.token() {
                     SIGNAL => self.on_signal(),
-                    WAKER => self.on_commits(now),
+                    WAKER => {
+                        self.on_commits(now);
+                        self.on_lookups(now);
+                    }
                     PARENT => {
                         let mut handed = Vec::new();
                         if !self.queue.on_parent(&self.cfg, &mut handed) {
@@ -327,8 +339,10 @@ impl Server {
             for key in backlog {
                 self.filter_io(key, now);
             }
-            // Commits may finish between a wake and the poll; take them every turn.
+            // Commits and lookups may finish between a wake and the poll; take them
+            // every turn.
             self.on_commits(now);
+            self.on_lookups(now);
             self.flush_pipes(now);
             self.dns_deadlines(now);
             self.expire_timers(now);
@@ -371,6 +385,7 @@ impl Server {
             cfg,
             spool,
             committer,
+            lookups,
             msg_files,
             ..
         } = self;
@@ -384,6 +399,7 @@ impl Server {
             cfg,
             spool,
             committer,
+            lookups,
             key,
         };
         let had_file = conn.holds_file();

@@ -5,6 +5,7 @@ pub mod commit;
 pub mod edit;
 pub mod envelope;
 pub mod free;
+pub mod rewrite;
 pub mod scheduler;
 pub mod spool;
 pub mod tidy;

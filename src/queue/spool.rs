@@ -85,12 +85,7 @@ fn invalid(what: String) -> io::Error {
 fn replace_file(path: &Path, data: &[u8], sync: bool) -> io::Result<File> {
     let tmp = path.with_extension("tmp");
     let write = || {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
+        let mut f = create_temporary(&tmp)?;
         f.write_all(data)?;
         if sync {
             f.sync_data()?;
@@ -101,6 +96,16 @@ fn replace_file(path: &Path, data: &[u8], sync: bool) -> io::Result<File> {
     write().inspect_err(|_| {
         let _ = fs::remove_file(&tmp);
     })
+}
+
+/// Creates (or empties) a temporary spool file, mode 0600, for writing.
+pub(super) fn create_temporary(tmp: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(tmp)
 }
 
 /// Opens a spool file for reading: a plain file only (a symbolic link is not followed,
@@ -256,7 +261,7 @@ impl Spool {
         &self.root
     }
 
-    fn incoming(&self, msgid: u32) -> PathBuf {
+    pub(super) fn incoming(&self, msgid: u32) -> PathBuf {
         self.root.join("incoming").join(format!("{msgid:08x}"))
     }
 
@@ -322,22 +327,6 @@ impl Spool {
             to: self.message_path(msgid),
             envs: envs.to_vec(),
         })
-    }
-
-    /// Replaces an incoming message's data (end-of-message edits); returns the new file,
-    /// open for writing, for the commit to sync.
-    pub fn rewrite_incoming(&self, msgid: u32, data: &[u8]) -> io::Result<File> {
-        // Not synced here: the commit syncs the returned file with the rest.
-        self.retry_short(|| replace_file(&self.incoming(msgid), data, false))
-    }
-
-    /// Reads the first `len` bytes of an incoming message: the data written so far.
-    pub fn read_incoming(&self, msgid: u32, len: u64) -> io::Result<Vec<u8>> {
-        let mut out = Vec::new();
-        File::open(self.incoming(msgid))?
-            .take(len)
-            .read_to_end(&mut out)?;
-        Ok(out)
     }
 
     /// Removes an incoming message (the transaction failed or the client left).

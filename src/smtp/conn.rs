@@ -8,7 +8,6 @@ use crate::filter::pipe::Lines;
 use crate::linebuf::{Line, LineBuf, Text};
 use crate::queue::envelope::Envelope;
 use crate::queue::spool::{is_no_space, Committer, Spool};
-use crate::ruleset::RulesetPolicy;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::IpAddr;
@@ -65,6 +64,8 @@ pub struct Ctx<'a> {
     pub spool: &'a Spool,
     /// The sync thread.
     pub committer: &'a Committer,
+    /// The lookup threads.
+    pub lookups: &'a crate::lookup::Lookups,
     /// This connection's slab key.
     pub key: usize,
 }
@@ -118,6 +119,11 @@ pub struct Conn {
     filtered_bytes: u64,
     /// Header and body edits to make at commit.
     pending_edits: Vec<crate::queue::edit::MessageEdit>,
+    /// The command line whose lookup is in flight, for the log of a failure.
+    lookup_line: Option<Vec<u8>>,
+    /// The message being rewritten with its edits by a lookup thread (before the
+    /// commit).
+    editing: Option<u32>,
     /// A filter of the chain observes protocol lines and rollbacks.
     pub observe: bool,
     /// Lines were just sent to a filter: input held back may be taken now.
@@ -187,6 +193,8 @@ impl Conn {
             data_end_sent: false,
             filtered_bytes: 0,
             pending_edits: Vec::new(),
+            lookup_line: None,
+            editing: None,
             observe: false,
             resume: false,
             hold: false,
@@ -425,25 +433,22 @@ impl Conn {
                             self.session
                                 .on_bad_line(Reply::BARE_NEWLINE_COMMAND, &mut self.actions);
                         } else {
-                            let mut policy = RulesetPolicy {
-                                cfg: ctx.cfg,
-                                spool: ctx.spool,
-                            };
                             let had_tx = self.session.tx().is_some();
                             if self.observe {
                                 self.reports.push(Report::Protocol(b'<', bytes.to_vec()));
                             }
-                            self.session.on_line(bytes, &mut policy, &mut self.actions);
+                            self.session.on_line(bytes, &mut self.actions);
                             if had_tx && self.session.tx().is_none() && self.observe {
                                 self.reports.push(Report::Rollback);
                             }
                         }
-                        // The line is logged with failed replies; copy it only then.
-                        if self
-                            .actions
-                            .iter()
-                            .any(|a| matches!(a, Action::Reply(r) if r.is_error()))
-                        {
+                        // The line is logged with failed replies, which may come with a
+                        // lookup's answer; copy it only then.
+                        if self.actions.iter().any(|a| match a {
+                            Action::Reply(r) => r.is_error(),
+                            Action::Lookup(_) => true,
+                            _ => false,
+                        }) {
                             let line = bytes.to_vec();
                             self.run_actions(ctx, Some(&line));
                         } else {
@@ -521,6 +526,15 @@ impl Conn {
                     }
                 }
                 Action::Filter(q) => self.filter_query = Some(q),
+                Action::Lookup(l) => {
+                    self.lookup_line = line.map(<[u8]>::to_vec);
+                    let unanswered = l.unanswered();
+                    let job = crate::lookup::Job::Session(l);
+                    if !ctx.lookups.submit((ctx.key, self.gen), job) {
+                        log::warn!("{:016x} smtp no lookup thread", self.session.id);
+                        self.session.on_lookup(unanswered, &mut self.actions);
+                    }
+                }
                 Action::Close => {
                     let reason = if last_code == 221 {
                         Reason::Quit
@@ -534,7 +548,8 @@ impl Conn {
         self.actions.clear();
     }
 
-    /// Writes the envelopes and hands the message to the sync thread.
+    /// Writes what is left of the message, has it rewritten when filters edited it,
+    /// then writes the envelopes and hands it to the sync thread.
     fn commit(&mut self, ctx: &mut Ctx) {
         let Some(mut m) = self.msg.take() else {
             self.session
@@ -547,51 +562,86 @@ impl Conn {
         let junk = self.session.tx().is_some_and(|t| t.junk);
         let edits = std::mem::take(&mut self.pending_edits);
         if !m.failed && (junk || !edits.is_empty()) {
-            // Filters changed the message: write it again with the edits.
-            let rewritten = ctx
-                .spool
-                .read_incoming(m.id, m.written)
-                .map(|data| crate::queue::edit::apply(&data, &edits, junk))
-                .and_then(|data| ctx.spool.rewrite_incoming(m.id, &data));
-            match rewritten {
-                Ok(f) => m.file = f,
-                Err(e) => {
-                    log::warn!(
-                        "{:016x} smtp cannot apply filter edits: {e}",
-                        self.session.id
-                    );
-                    m.failed = true;
-                }
-            }
-        }
-        let failed = m.failed;
-        let job = if failed {
-            Err(io::Error::from_raw_os_error(libc::ENOSPC))
-        } else {
-            let envs = self.envelopes(ctx.cfg, m.id);
-            if envs.is_empty() {
-                // Filters removed every recipient: accepted, and nothing to deliver.
-                log::info!(
-                    "{:016x} smtp message msgid={:08x} discarded: no recipient left",
-                    self.session.id,
-                    m.id
-                );
-                ctx.spool.discard(m.id);
-                self.session.on_committed(Ok(()), &mut self.actions);
+            // Filters changed the message: a lookup thread writes it again with the
+            // edits (`queue::rewrite`), and the commit goes on in `on_edited`.
+            let job = crate::lookup::Job::Edit(crate::lookup::EditJob {
+                msgid: m.id,
+                len: m.written,
+                edits,
+                junk,
+            });
+            if ctx.lookups.submit((ctx.key, self.gen), job) {
+                self.editing = Some(m.id);
                 return;
             }
-            ctx.spool.prepare_commit(m.id, m.file, &envs)
+            log::warn!(
+                "{:016x} smtp cannot apply filter edits: no lookup thread",
+                self.session.id
+            );
+            m.failed = true;
+        }
+        let file = (!m.failed).then_some(m.file);
+        self.submit_commit(ctx, m.id, file);
+    }
+
+    /// A lookup thread rewrote this session's message with the filters' edits: the
+    /// commit goes on. False when the message is not this session's (it is gone).
+    pub fn on_edited(
+        &mut self,
+        ctx: &mut Ctx,
+        msgid: u32,
+        result: io::Result<File>,
+        now: Instant,
+    ) -> bool {
+        if self.editing != Some(msgid) {
+            return false;
+        }
+        self.editing = None;
+        let file = result
+            .inspect_err(|e| {
+                log::warn!(
+                    "{:016x} smtp cannot apply filter edits: {e}",
+                    self.session.id
+                )
+            })
+            .ok();
+        self.submit_commit(ctx, msgid, file);
+        self.run_actions(ctx, None);
+        self.pump(ctx, now);
+        true
+    }
+
+    /// Writes the envelopes after message `id` and hands it to the sync thread;
+    /// `None` when writing the message failed.
+    fn submit_commit(&mut self, ctx: &mut Ctx, id: u32, file: Option<File>) {
+        let failed = file.is_none();
+        let job = match file {
+            None => Err(io::Error::from_raw_os_error(libc::ENOSPC)),
+            Some(file) => {
+                let envs = self.envelopes(ctx.cfg, id);
+                if envs.is_empty() {
+                    // Filters removed every recipient: accepted, and nothing to deliver.
+                    log::info!(
+                        "{:016x} smtp message msgid={id:08x} discarded: no recipient left",
+                        self.session.id,
+                    );
+                    ctx.spool.discard(id);
+                    self.session.on_committed(Ok(()), &mut self.actions);
+                    return;
+                }
+                ctx.spool.prepare_commit(id, file, &envs)
+            }
         };
         match job {
             Ok(job) => {
                 if !ctx.committer.submit((ctx.key, self.gen), job) {
-                    ctx.spool.discard(m.id);
+                    ctx.spool.discard(id);
                     self.session
                         .on_committed(Err(Reply::LOCAL_ERROR), &mut self.actions);
                 }
             }
             Err(e) => {
-                ctx.spool.discard(m.id);
+                ctx.spool.discard(id);
                 let r = storage_reply(ctx.spool, &e);
                 if !failed {
                     log::warn!("{:016x} smtp cannot write envelopes: {e}", self.session.id);
@@ -755,33 +805,18 @@ impl Conn {
         }
     }
 
-    /// Takes the end-of-message edits of the filter chain. Recipient and sender edits
-    /// apply now; header and body edits at commit. A malformed edit is an error.
-    pub fn take_eom_edits(
-        &mut self,
-        ctx: &mut Ctx,
-        edits: Vec<crate::filter::pipe::Edit>,
-    ) -> Result<(), String> {
-        let mut policy = RulesetPolicy {
-            cfg: ctx.cfg,
-            spool: ctx.spool,
-        };
-        // Edits belong to this message only.
-        self.pending_edits.clear();
-        let r = self.apply_eom_edits(edits, &mut policy);
-        if r.is_err() {
-            self.pending_edits.clear();
-        }
-        r
-    }
-
-    fn apply_eom_edits(
-        &mut self,
-        edits: Vec<crate::filter::pipe::Edit>,
-        policy: &mut RulesetPolicy,
-    ) -> Result<(), String> {
+    /// Takes the end-of-message edits of the filter chain. Envelope edits go to the
+    /// session, which applies them once the chain lets the message through (an added
+    /// recipient is looked up first); header and body edits apply at commit. A
+    /// malformed edit is an error, and none applies.
+    pub fn take_eom_edits(&mut self, edits: Vec<crate::filter::pipe::Edit>) -> Result<(), String> {
+        use super::session::EnvelopeEdit;
         use crate::filter::pipe::Edit;
         use crate::queue::edit::{clean_value, valid_name, MessageEdit};
+        // Edits belong to this message only.
+        self.pending_edits.clear();
+        let mut message = Vec::new();
+        let mut envelope = Vec::new();
         for e in edits {
             match e {
                 Edit::AddHeader(n, v)
@@ -791,15 +826,15 @@ impl Conn {
                 {
                     return Err(format!("invalid header {n:?}"));
                 }
-                Edit::AddHeader(n, v) => self
-                    .pending_edits
-                    .push(MessageEdit::Add(n, clean_value(&v).unwrap_or_default())),
-                Edit::InsertHeader(i, n, v) => self.pending_edits.push(MessageEdit::Insert(
+                Edit::AddHeader(n, v) => {
+                    message.push(MessageEdit::Add(n, clean_value(&v).unwrap_or_default()))
+                }
+                Edit::InsertHeader(i, n, v) => message.push(MessageEdit::Insert(
                     i,
                     n,
                     clean_value(&v).unwrap_or_default(),
                 )),
-                Edit::ChangeHeader(i, n, v) => self.pending_edits.push(MessageEdit::Change(
+                Edit::ChangeHeader(i, n, v) => message.push(MessageEdit::Change(
                     i,
                     n,
                     clean_value(&v).unwrap_or_default(),
@@ -808,28 +843,24 @@ impl Conn {
                     if b.contains(&0) {
                         return Err("NUL in a replaced body".into());
                     }
-                    self.pending_edits.push(MessageEdit::Body(b));
+                    message.push(MessageEdit::Body(b));
                 }
                 Edit::AddRcpt(a) => {
                     let m = super::command::parse_address(&a, false)
                         .ok_or_else(|| format!("invalid recipient {a:?}"))?;
-                    if let Err(r) = self.session.add_rcpt(m, policy) {
-                        log::info!(
-                            "{:016x} filter recipient <{a}> refused: {}",
-                            self.session.id,
-                            r.summary()
-                        );
-                    }
+                    envelope.push(EnvelopeEdit::AddRcpt(m));
                 }
-                Edit::DelRcpt(a) => self.session.del_rcpt(&a),
+                Edit::DelRcpt(a) => envelope.push(EnvelopeEdit::DelRcpt(a)),
                 Edit::ChangeFrom(a) => {
                     let m = super::command::parse_address(&a, true)
                         .ok_or_else(|| format!("invalid sender {a:?}"))?;
-                    self.session.change_from(m);
+                    envelope.push(EnvelopeEdit::ChangeFrom(m));
                 }
-                Edit::Quarantine(r) => self.session.quarantine(&r),
+                Edit::Quarantine(r) => envelope.push(EnvelopeEdit::Quarantine(r)),
             }
         }
+        self.pending_edits = message;
+        self.session.set_envelope_edits(envelope);
         Ok(())
     }
 
@@ -893,13 +924,16 @@ impl Conn {
         v: super::session::FilterVerdict,
         now: Instant,
     ) {
-        let mut policy = RulesetPolicy {
-            cfg: ctx.cfg,
-            spool: ctx.spool,
-        };
-        self.session
-            .on_filter_result(v, &mut policy, &mut self.actions);
+        self.session.on_filter_result(v, &mut self.actions);
         self.run_actions(ctx, Some(b"(filtered command)"));
+        self.pump(ctx, now);
+    }
+
+    /// A lookup thread's answer to this session's question.
+    pub fn on_lookup(&mut self, ctx: &mut Ctx, answer: super::session::LookupAnswer, now: Instant) {
+        let line = self.lookup_line.take();
+        self.session.on_lookup(answer, &mut self.actions);
+        self.run_actions(ctx, line.as_deref());
         self.pump(ctx, now);
     }
 

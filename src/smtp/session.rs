@@ -10,14 +10,22 @@
 //!
 //! The glue (`smtp::conn`) feeds command lines to [`Session::on_line`], data lines to
 //! [`Session::on_data`], and answers the [`Action`]s it gets: it writes replies,
-//! opens and commits spool files, and closes the connection. While [`Session::wants_input`]
-//! is false (a commit in flight), the glue keeps further pipelined lines buffered: RFC
-//! 2920 pipelining needs nothing more.
+//! opens and commits spool files, and closes the connection. What may block (the
+//! spool's free space at MAIL, a recipient's expansion at RCPT or from a filter's
+//! edit) is asked with [`Action::Lookup`] and answered through [`Session::on_lookup`]
+//! (see `session/lookup.rs`). While [`Session::wants_input`] is false (a lookup, a
+//! filter query or a commit in flight), the glue keeps further pipelined lines
+//! buffered: RFC 2920 pipelining needs nothing more.
 
 use super::command::{notify, Body, Command, MailParams, Mailbox, ParseError, RcptParams};
 use super::reply::Reply;
 use crate::expand::Delivery;
+use std::collections::VecDeque;
 use std::net::IpAddr;
+
+mod lookup;
+
+pub use lookup::{EnvelopeEdit, Lookup, LookupAnswer, RcptQuery};
 
 /// What the glue must do, in order.
 #[derive(Debug, PartialEq, Eq)]
@@ -34,6 +42,8 @@ pub enum Action {
     Close,
     /// Run the filter chain for this phase, then call [`Session::on_filter_result`].
     Filter(FilterQuery),
+    /// Ask the lookup workers, then call [`Session::on_lookup`].
+    Lookup(Lookup),
 }
 
 /// An SMTP phase a filter chain may see.
@@ -98,15 +108,49 @@ pub enum FilterVerdict {
     Discard,
 }
 
-/// A command waiting for its filter verdict.
+/// A command waiting for its filter verdict or its lookup.
 #[derive(Debug, Clone)]
 enum Pending {
     Connect,
-    Helo { name: String, esmtp: bool },
-    Mail { sender: Mailbox, params: MailParams },
-    Rcpt { addr: Mailbox, params: RcptParams },
+    Helo {
+        name: String,
+        esmtp: bool,
+    },
+    Mail {
+        sender: Mailbox,
+        params: MailParams,
+    },
+    Rcpt {
+        addr: Mailbox,
+        params: RcptParams,
+    },
     Data,
     Eom,
+    /// MAIL waits for the spool's free space.
+    Space {
+        sender: Mailbox,
+        params: MailParams,
+    },
+    /// RCPT waits for the recipient's expansion.
+    Resolve {
+        addr: Mailbox,
+        params: RcptParams,
+    },
+    /// A recipient added by a filter at the end of the message waits for its
+    /// expansion; the rest of the edits wait in the transaction.
+    EomRcpt {
+        addr: Mailbox,
+    },
+}
+
+impl Pending {
+    /// Whether a lookup (rather than a filter verdict) is awaited.
+    fn is_lookup(&self) -> bool {
+        matches!(
+            self,
+            Pending::Space { .. } | Pending::Resolve { .. } | Pending::EomRcpt { .. }
+        )
+    }
 }
 
 /// Where the session stands.
@@ -162,10 +206,12 @@ pub struct Tx {
     pub junk: bool,
     /// A filter quarantined the message: it is held in the queue, with this reason.
     pub quarantine: Option<String>,
+    /// End-of-message envelope edits still to apply, in order.
+    edits: VecDeque<EnvelopeEdit>,
 }
 
 /// Facts about the client, fixed at connect time.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Client {
     /// The client's address; `None` for the local socket.
     pub addr: Option<IpAddr>,
@@ -188,14 +234,6 @@ pub struct MatchCtx<'a> {
     pub helo: &'a str,
     /// MAIL FROM.
     pub sender: &'a Mailbox,
-}
-
-/// What the session asks of the rest of the daemon, synchronously.
-pub trait Policy {
-    /// Whether the spool can take a message of `size` octets (SIZE= or 0).
-    fn has_space(&mut self, size: u64) -> bool;
-    /// Matches the recipient against the ruleset and expands it; a refusal is a reply.
-    fn resolve(&mut self, ctx: &MatchCtx, rcpt: &Mailbox) -> Result<Vec<Delivery>, Reply>;
 }
 
 /// Limits the session enforces (from `smtp ...`).
@@ -296,16 +334,16 @@ impl Session {
     }
 
     /// The filter chain's verdict on the pending command.
-    pub fn on_filter_result(
-        &mut self,
-        v: FilterVerdict,
-        policy: &mut dyn Policy,
-        out: &mut Vec<Action>,
-    ) {
+    pub fn on_filter_result(&mut self, v: FilterVerdict, out: &mut Vec<Action>) {
         let Some(p) = self.pending.take() else {
             debug_assert!(false, "filter verdict without a pending command");
             return;
         };
+        if p.is_lookup() {
+            debug_assert!(false, "filter verdict while a lookup is pending");
+            self.pending = Some(p);
+            return;
+        }
         let (rewrite, junk) = match v {
             FilterVerdict::Proceed { rewrite, junk } => (rewrite, junk),
             FilterVerdict::Discard if matches!(p, Pending::Eom) => {
@@ -362,17 +400,16 @@ impl Session {
                 },
             },
             Pending::Rcpt { addr, params } => match rewrite {
-                None => self.rcpt_proceed(addr, params, policy, out),
+                None => self.rcpt_proceed(addr, params, out),
                 Some(r) => match super::command::parse_address(&r, false) {
-                    Some(m) => self.rcpt_proceed(m, params, policy, out),
+                    Some(m) => self.rcpt_proceed(m, params, out),
                     None => self.fail(Reply::BAD_RCPT, out),
                 },
             },
             Pending::Data => out.push(Action::OpenMessage),
-            Pending::Eom => {
-                out.push(Action::Commit);
-                self.enter(State::Commit);
-            }
+            // The filters' envelope edits, then the commit.
+            Pending::Eom => self.eom_edits(out),
+            Pending::Space { .. } | Pending::Resolve { .. } | Pending::EomRcpt { .. } => {}
         }
     }
 
@@ -451,7 +488,7 @@ impl Session {
     }
 
     /// Feeds one command line (CR LF stripped, checked for bare CR/LF and NUL).
-    pub fn on_line(&mut self, line: &[u8], policy: &mut dyn Policy, out: &mut Vec<Action>) {
+    pub fn on_line(&mut self, line: &[u8], out: &mut Vec<Action>) {
         debug_assert!(self.wants_input() && !self.in_data());
         if memchr::memchr(0, line).is_some() {
             return self.fail(Reply::NUL_COMMAND, out);
@@ -463,8 +500,8 @@ impl Session {
         match cmd {
             Command::Helo(name) => self.greet(name, false, out),
             Command::Ehlo(name) => self.greet(name, true, out),
-            Command::Mail(sender, params) => self.mail(sender, params, policy, out),
-            Command::Rcpt(addr, params) => self.rcpt(addr, params, policy, out),
+            Command::Mail(sender, params) => self.mail(sender, params, out),
+            Command::Rcpt(addr, params) => self.rcpt(addr, params, out),
             Command::Data => self.data(out),
             Command::Rset => {
                 if self.state == State::Mail {
@@ -527,13 +564,7 @@ impl Session {
         self.enter(State::Ready);
     }
 
-    fn mail(
-        &mut self,
-        sender: Mailbox,
-        params: MailParams,
-        policy: &mut dyn Policy,
-        out: &mut Vec<Action>,
-    ) {
+    fn mail(&mut self, sender: Mailbox, params: MailParams, out: &mut Vec<Action>) {
         match self.state {
             State::Connected => return self.fail(Reply::NEED_HELO, out),
             State::Mail => return self.fail(Reply::NESTED_MAIL, out),
@@ -553,9 +584,13 @@ impl Session {
                 out,
             );
         }
-        if !policy.has_space(size) {
-            return self.fail(Reply::NO_STORAGE, out);
-        }
+        // The answer comes through `on_lookup`, then `mail_checked`.
+        self.pending = Some(Pending::Space { sender, params });
+        out.push(Action::Lookup(Lookup::Space(size)));
+    }
+
+    /// MAIL, once the spool said it has room.
+    fn mail_checked(&mut self, sender: Mailbox, params: MailParams, out: &mut Vec<Action>) {
         let param = sender.to_string();
         let pending = Pending::Mail {
             sender: sender.clone(),
@@ -584,13 +619,7 @@ impl Session {
         self.enter(State::Mail);
     }
 
-    fn rcpt(
-        &mut self,
-        addr: Mailbox,
-        params: RcptParams,
-        policy: &mut dyn Policy,
-        out: &mut Vec<Action>,
-    ) {
+    fn rcpt(&mut self, addr: Mailbox, params: RcptParams, out: &mut Vec<Action>) {
         let Some(tx) = self.tx.as_mut().filter(|_| self.state == State::Mail) else {
             let r = if self.state == State::Connected {
                 Reply::NEED_HELO
@@ -616,36 +645,17 @@ impl Session {
             params: params.clone(),
         };
         if !self.ask(Phase::Rcpt, param, pending, out) {
-            self.rcpt_proceed(addr, params, policy, out);
+            self.rcpt_proceed(addr, params, out);
         }
     }
 
-    fn rcpt_proceed(
-        &mut self,
-        addr: Mailbox,
-        params: RcptParams,
-        policy: &mut dyn Policy,
-        out: &mut Vec<Action>,
-    ) {
-        let Some(tx) = self.tx.as_mut() else {
+    /// Asks for the recipient's expansion; the answer comes through `on_lookup`.
+    fn rcpt_proceed(&mut self, addr: Mailbox, params: RcptParams, out: &mut Vec<Action>) {
+        let Some(q) = self.rcpt_query(&addr) else {
             return self.fail(Reply::NEED_MAIL, out);
         };
-        let ctx = MatchCtx {
-            client: &self.client,
-            helo: &self.helo,
-            sender: &tx.sender,
-        };
-        match policy.resolve(&ctx, &addr) {
-            Ok(deliveries) => {
-                tx.rcpts.push(Rcpt {
-                    addr,
-                    params,
-                    deliveries,
-                });
-                out.push(Action::Reply(Reply::RCPT_OK));
-            }
-            Err(reply) => self.fail(reply, out),
-        }
+        self.pending = Some(Pending::Resolve { addr, params });
+        out.push(Action::Lookup(Lookup::Rcpt(Box::new(q))));
     }
 
     fn data(&mut self, out: &mut Vec<Action>) {
@@ -781,54 +791,6 @@ impl Session {
         }
     }
 
-    /// End-of-message edit: adds a recipient (matched and expanded like RCPT TO).
-    pub fn add_rcpt(&mut self, addr: Mailbox, policy: &mut dyn Policy) -> Result<(), Reply> {
-        let Some(tx) = self.tx.as_mut() else {
-            return Err(Reply::NEED_MAIL);
-        };
-        let ctx = MatchCtx {
-            client: &self.client,
-            helo: &self.helo,
-            sender: &tx.sender,
-        };
-        let deliveries = policy.resolve(&ctx, &addr)?;
-        tx.rcpts.push(Rcpt {
-            addr,
-            params: RcptParams::default(),
-            deliveries,
-        });
-        Ok(())
-    }
-
-    /// End-of-message edit: removes the recipients given as `addr`.
-    pub fn del_rcpt(&mut self, addr: &str) {
-        if let Some(tx) = self.tx.as_mut() {
-            let a = addr.trim_matches(['<', '>']);
-            tx.rcpts
-                .retain(|r| !r.addr.to_string().eq_ignore_ascii_case(a));
-        }
-    }
-
-    /// End-of-message edit: changes the sender.
-    pub fn change_from(&mut self, m: Mailbox) {
-        if let Some(tx) = self.tx.as_mut() {
-            tx.sender = m;
-        }
-    }
-
-    /// End-of-message edit: holds the message in the queue.
-    pub fn quarantine(&mut self, reason: &str) {
-        if let Some(tx) = self.tx.as_mut() {
-            tx.quarantine = Some(
-                reason
-                    .chars()
-                    .filter(|c| !c.is_control())
-                    .take(200)
-                    .collect(),
-            );
-        }
-    }
-
     /// The filters' output grew past the size limit.
     pub fn on_filter_overflow(&mut self) {
         if let Some(tx) = self.tx.as_mut() {
@@ -919,34 +881,40 @@ impl Session {
 mod tests {
     use super::*;
 
-    struct TestPolicy {
-        space: bool,
-    }
-
-    impl Policy for TestPolicy {
-        fn has_space(&mut self, _size: u64) -> bool {
-            self.space
-        }
-        fn resolve(&mut self, ctx: &MatchCtx, rcpt: &Mailbox) -> Result<Vec<Delivery>, Reply> {
-            match (rcpt.local.as_str(), rcpt.domain.as_str()) {
-                (_, "elsewhere.example") if !ctx.client.local => Err(Reply::NO_RULE),
-                ("nobody", _) => Err(Reply::UNKNOWN_USER),
-                (u, _) => Ok(vec![Delivery {
-                    action: 0,
-                    dest: crate::expand::Dest::User(u.to_string()),
-                }]),
-            }
+    /// The answers of the test's lookup workers: anything @elsewhere.example is refused
+    /// to a remote client, "nobody" is unknown, every other recipient is a user.
+    pub(super) fn resolve(q: &RcptQuery) -> Result<Vec<Delivery>, Reply> {
+        match (q.rcpt.local.as_str(), q.rcpt.domain.as_str()) {
+            (_, "elsewhere.example") if !q.client.local => Err(Reply::NO_RULE),
+            ("nobody", _) => Err(Reply::UNKNOWN_USER),
+            (u, _) => Ok(vec![Delivery {
+                action: 0,
+                dest: crate::expand::Dest::User(u.to_string()),
+            }]),
         }
     }
 
-    struct Dialog {
-        s: Session,
-        p: TestPolicy,
-        out: Vec<Action>,
-        stored: Vec<Vec<u8>>,
+    /// A session driven the way `smtp::conn` drives it, with the spool and the lookup
+    /// workers answering at once (`auto`) or when the test says so.
+    pub(super) struct Dialog {
+        pub(super) s: Session,
+        pub(super) out: Vec<Action>,
+        pub(super) stored: Vec<Vec<u8>>,
+        /// The spool has room (the answer to `Lookup::Space`).
+        pub(super) space: bool,
+        /// Lookups are answered as they are asked; else they wait in `asked`.
+        pub(super) auto: bool,
+        /// Lookups asked and not answered yet.
+        pub(super) asked: Vec<Lookup>,
+        /// Filter queries asked and not answered yet.
+        pub(super) queries: Vec<FilterQuery>,
+        /// Lines sent and not yet taken by the session (pipelining).
+        pub(super) input: VecDeque<String>,
+        /// The recipients of the last message committed.
+        pub(super) committed: Vec<String>,
     }
 
-    fn limits() -> Limits {
+    pub(super) fn limits() -> Limits {
         Limits {
             max_message_size: 1000,
             max_rcpt: 3,
@@ -958,7 +926,12 @@ mod tests {
     }
 
     impl Dialog {
-        fn new() -> Self {
+        pub(super) fn new() -> Self {
+            Self::with_hooks(0)
+        }
+
+        /// A dialog whose filter chain decides the `hooks` events.
+        pub(super) fn with_hooks(hooks: u32) -> Self {
             let mut out = Vec::new();
             let client = Client {
                 addr: Some(IpAddr::from([192, 0, 2, 7])),
@@ -967,55 +940,104 @@ mod tests {
                 tag: None,
                 hostname: None,
             };
-            let s = Session::new(7, client, limits(), 0, &mut out);
+            let s = Session::new(7, client, limits(), hooks, &mut out);
             let mut d = Dialog {
                 s,
-                p: TestPolicy { space: true },
                 out,
                 stored: Vec::new(),
+                space: true,
+                auto: true,
+                asked: Vec::new(),
+                queries: Vec::new(),
+                input: VecDeque::new(),
+                committed: Vec::new(),
             };
-            d.expect("220 mx.example.org ESMTP");
+            d.glue();
+            if hooks == 0 {
+                d.expect("220 mx.example.org ESMTP");
+            }
             d
         }
 
-        /// Feeds a line the way the glue would and answers the glue's actions.
-        fn client(&mut self, line: &str) -> &mut Self {
-            if self.s.in_data() {
-                match self.s.on_data(line.as_bytes(), true, true, false) {
-                    DataLine::Store(b) => self.stored.push(b.to_vec()),
-                    DataLine::Drop => {}
-                    DataLine::End => self.s.on_data_end(false, &mut self.out),
+        /// Sends a line; the session takes it (and lines sent before it) when it
+        /// wants input, as the glue feeds a pipelined batch.
+        pub(super) fn client(&mut self, line: &str) -> &mut Self {
+            self.input.push_back(line.to_string());
+            self.feed();
+            self
+        }
+
+        fn feed(&mut self) {
+            while self.s.wants_input() {
+                let Some(line) = self.input.pop_front() else {
+                    return;
+                };
+                if self.s.in_data() {
+                    match self.s.on_data(line.as_bytes(), true, true, false) {
+                        DataLine::Store(b) => self.stored.push(b.to_vec()),
+                        DataLine::Drop => {}
+                        DataLine::End => self.s.on_data_end(false, &mut self.out),
+                    }
+                } else {
+                    self.s.on_line(line.as_bytes(), &mut self.out);
                 }
-            } else {
-                self.s.on_line(line.as_bytes(), &mut self.p, &mut self.out);
+                self.glue();
             }
+        }
+
+        /// The lookup workers' answer to the oldest lookup asked.
+        pub(super) fn lookup_answer(&mut self, a: LookupAnswer) -> &mut Self {
+            assert!(!self.asked.is_empty(), "no lookup was asked");
+            self.asked.remove(0);
+            self.s.on_lookup(a, &mut self.out);
             self.glue();
+            self.feed();
+            self
+        }
+
+        /// The filter chain's verdict on the oldest query.
+        pub(super) fn verdict(&mut self, v: FilterVerdict) -> &mut Self {
+            assert!(!self.queries.is_empty(), "no filter query was made");
+            self.queries.remove(0);
+            self.s.on_filter_result(v, &mut self.out);
+            self.glue();
+            self.feed();
             self
         }
 
         fn glue(&mut self) {
             let mut i = 0;
             while i < self.out.len() {
-                match self.out[i] {
-                    Action::OpenMessage => {
-                        self.out.remove(i);
-                        let mut more = Vec::new();
-                        self.s.on_opened(Ok(0xabcd), &mut more);
-                        self.out.splice(i..i, more);
-                    }
+                let mut more = Vec::new();
+                match &self.out[i] {
+                    Action::OpenMessage => self.s.on_opened(Ok(0xabcd), &mut more),
                     Action::Commit => {
-                        self.out.remove(i);
-                        let mut more = Vec::new();
-                        self.s.on_committed(Ok(()), &mut more);
-                        self.out.splice(i..i, more);
+                        self.committed = self.s.tx().map_or_else(Vec::new, |t| {
+                            t.rcpts.iter().map(|r| r.addr.to_string()).collect()
+                        });
+                        self.s.on_committed(Ok(()), &mut more)
                     }
-                    _ => i += 1,
+                    Action::Lookup(l) if self.auto => {
+                        let a = match l {
+                            Lookup::Space(_) => LookupAnswer::Space(self.space),
+                            Lookup::Rcpt(q) => LookupAnswer::Rcpt(resolve(q)),
+                        };
+                        self.s.on_lookup(a, &mut more)
+                    }
+                    Action::Lookup(l) => self.asked.push(l.clone()),
+                    Action::Filter(q) => self.queries.push(q.clone()),
+                    _ => {
+                        i += 1;
+                        continue;
+                    }
                 }
+                self.out.remove(i);
+                self.out.splice(i..i, more);
             }
         }
 
         /// Takes the first pending reply and checks that it starts with `prefix`.
-        fn expect(&mut self, prefix: &str) -> &mut Self {
+        pub(super) fn expect(&mut self, prefix: &str) -> &mut Self {
             let pos = self.out.iter().position(|a| matches!(a, Action::Reply(_)));
             let Some(Action::Reply(r)) = pos.map(|p| self.out.remove(p)) else {
                 panic!("no reply, wanted {prefix}; actions {:?}", self.out);
@@ -1027,7 +1049,17 @@ mod tests {
             self
         }
 
-        fn expect_close(&mut self) -> &mut Self {
+        /// Checks that no reply is pending.
+        pub(super) fn expect_nothing(&mut self) -> &mut Self {
+            assert!(
+                !self.out.iter().any(|a| matches!(a, Action::Reply(_))),
+                "{:?}",
+                self.out
+            );
+            self
+        }
+
+        pub(super) fn expect_close(&mut self) -> &mut Self {
             assert!(self.out.contains(&Action::Close), "{:?}", self.out);
             self
         }
@@ -1243,7 +1275,7 @@ mod tests {
     #[test]
     fn no_storage_at_mail() {
         let mut d = Dialog::new();
-        d.p.space = false;
+        d.space = false;
         d.client("EHLO c").expect("250");
         d.client("MAIL FROM:<a@b.c>").expect("452 4.3.1");
     }
@@ -1264,79 +1296,46 @@ mod tests {
     #[test]
     fn filter_phases_reject_rewrite_and_disconnect() {
         use smtpd_filter::codec::event;
-        let mut out = Vec::new();
-        let client = Client {
-            addr: Some(IpAddr::from([192, 0, 2, 7])),
-            local: false,
-            server_name: "mx".into(),
-            tag: None,
-            hostname: None,
-        };
         let hooks = event::CONNECT | event::MAIL | event::RCPT | event::EOM;
-        let mut s = Session::new(1, client, limits(), hooks, &mut out);
-        let mut p = TestPolicy { space: true };
+        let mut d = Dialog::with_hooks(hooks);
         // Connect waits for the chain; no greeting yet, no input taken.
-        assert_eq!(
-            out,
-            [Action::Filter(FilterQuery {
-                phase: Phase::Connect,
-                param: String::new()
-            })]
-        );
-        assert!(!s.wants_input());
-        out.clear();
-        s.on_filter_result(
-            FilterVerdict::Proceed {
-                rewrite: None,
-                junk: false,
-            },
-            &mut p,
-            &mut out,
-        );
-        assert!(matches!(&out[0], Action::Reply(r) if r.code == 220));
-        out.clear();
-        s.on_line(b"EHLO c", &mut p, &mut out);
-        out.clear();
-        s.on_line(b"MAIL FROM:<a@b.c>", &mut p, &mut out);
-        assert_eq!(
-            out,
-            [Action::Filter(FilterQuery {
-                phase: Phase::Mail,
-                param: "a@b.c".into()
-            })]
-        );
-        out.clear();
+        let connect = FilterQuery {
+            phase: Phase::Connect,
+            param: String::new(),
+        };
+        assert_eq!(d.queries, [connect]);
+        assert!(!d.s.wants_input());
+        d.expect_nothing();
+        d.verdict(FilterVerdict::Proceed {
+            rewrite: None,
+            junk: false,
+        })
+        .expect("220 mx.example.org");
+        d.client("EHLO c").expect("250");
+        // The spool's room is asked first, then the chain.
+        d.client("MAIL FROM:<a@b.c>").expect_nothing();
+        let mail = FilterQuery {
+            phase: Phase::Mail,
+            param: "a@b.c".into(),
+        };
+        assert_eq!(d.queries, [mail]);
         // Rewritten sender, checked again.
-        s.on_filter_result(
-            FilterVerdict::Proceed {
-                rewrite: Some("x@y.z".into()),
-                junk: true,
-            },
-            &mut p,
-            &mut out,
-        );
-        assert_eq!(s.tx().map(|t| t.sender.to_string()), Some("x@y.z".into()));
-        assert!(s.tx().is_some_and(|t| t.junk));
-        out.clear();
-        s.on_line(b"RCPT TO:<u@b.c>", &mut p, &mut out);
-        out.clear();
-        s.on_filter_result(
-            FilterVerdict::Reject(Reply::new(550, "5.7.1", "not you")),
-            &mut p,
-            &mut out,
-        );
-        assert!(matches!(&out[0], Action::Reply(r) if r.code == 550 && r.text == "not you"));
-        assert!(s.wants_input());
-        out.clear();
-        s.on_line(b"RCPT TO:<u@b.c>", &mut p, &mut out);
-        out.clear();
-        s.on_filter_result(
-            FilterVerdict::Disconnect(Reply::new(421, "4.7.0", "bye")),
-            &mut p,
-            &mut out,
-        );
-        assert!(out.contains(&Action::Close));
-        assert_eq!(s.state(), State::Quit);
+        d.verdict(FilterVerdict::Proceed {
+            rewrite: Some("x@y.z".into()),
+            junk: true,
+        })
+        .expect("250 2.1.0");
+        assert_eq!(d.s.tx().map(|t| t.sender.to_string()), Some("x@y.z".into()));
+        assert!(d.s.tx().is_some_and(|t| t.junk));
+        d.client("RCPT TO:<u@b.c>").expect_nothing();
+        d.verdict(FilterVerdict::Reject(Reply::new(550, "5.7.1", "not you")))
+            .expect("550 5.7.1 not you");
+        assert!(d.s.wants_input());
+        d.client("RCPT TO:<u@b.c>");
+        d.verdict(FilterVerdict::Disconnect(Reply::new(421, "4.7.0", "bye")))
+            .expect("421 4.7.0 bye")
+            .expect_close();
+        assert_eq!(d.s.state(), State::Quit);
     }
 
     #[test]
@@ -1345,7 +1344,7 @@ mod tests {
         d.client("EHLO c.example").expect("250");
         d.client("MAIL FROM:<a@b.c>").expect("250");
         d.client("RCPT TO:<u@b.c>").expect("250");
-        d.s.on_line(b"DATA", &mut d.p, &mut d.out);
+        d.s.on_line(b"DATA", &mut d.out);
         d.out.clear();
         d.s.on_opened(Ok(0x1234), &mut d.out);
         assert_eq!(

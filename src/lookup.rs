@@ -1,0 +1,351 @@
+//! The lookup workers: what an SMTP session waits for that may block runs here, on
+//! threads, never on the loop.
+//!
+//! ```text
+//!  loop --submit(key, Job)--> queue --> worker threads (started as needed, up to MAX_THREADS)
+//!   ^                                      | expand a recipient: ruleset, tables, getpwnam,
+//!   |                                      |   :include: files
+//!   |                                      | the spool's free space (statvfs)
+//!   |                                      | an edited message rewritten (`queue::rewrite`)
+//!   '-- take_done() <-- done list <-- wake '
+//! ```
+//!
+//! OpenSMTPD asks its lookup process; here the jobs are typed values handed between
+//! threads, so there is no codec. The password database may be LDAP or sssd behind
+//! NSS and stall for seconds: a stalled job holds its thread only. A job that finds no
+//! idle thread starts one more, so the next session's lookup is served at once; past
+//! `MAX_THREADS` jobs wait their turn. The answer comes back with the caller's key
+//! (slab key and generation, as with the commit thread) and the loop is woken through
+//! the same `mio::Waker`; an answer whose session is gone is dropped by the loop.
+
+use crate::config::Config;
+use crate::queue::edit::MessageEdit;
+use crate::queue::spool::Spool;
+use crate::smtp::session::{Lookup, LookupAnswer};
+use std::fs::File;
+use std::io;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::{mpsc, Arc, Mutex, PoisonError};
+
+/// Threads at most: as many lookups may stall at once before the next one waits.
+pub const MAX_THREADS: usize = 16;
+
+/// Who asked: the slab key and generation of the session.
+pub type Key = (usize, u64);
+
+/// Work for a lookup thread.
+#[derive(Debug)]
+pub enum Job {
+    /// A session's question.
+    Session(Lookup),
+    /// End-of-message edits to apply to an incoming message.
+    Edit(EditJob),
+}
+
+/// An incoming message to rewrite with its end-of-message edits.
+#[derive(Debug)]
+pub struct EditJob {
+    /// The message.
+    pub msgid: u32,
+    /// Its length as written so far.
+    pub len: u64,
+    /// The header and body edits, in order.
+    pub edits: Vec<MessageEdit>,
+    /// Add `X-Spam: Yes`.
+    pub junk: bool,
+}
+
+/// The outcome of a [`Job`].
+#[derive(Debug)]
+pub enum Answer {
+    /// For [`crate::smtp::session::Session::on_lookup`].
+    Session(LookupAnswer),
+    /// The rewritten message, open for writing at its end, or why it failed.
+    Edited {
+        /// The message.
+        msgid: u32,
+        /// The new file.
+        result: io::Result<File>,
+    },
+}
+
+/// A finished job.
+#[derive(Debug)]
+pub struct Done {
+    /// What the caller passed with the job.
+    pub key: Key,
+    /// Its outcome.
+    pub answer: Answer,
+}
+
+impl Job {
+    /// The answer when serving the job failed (a bug in it): a temporary failure.
+    fn failed(&self) -> Answer {
+        match self {
+            Job::Session(l) => Answer::Session(l.unanswered()),
+            Job::Edit(e) => Answer::Edited {
+                msgid: e.msgid,
+                result: Err(io::Error::other("the lookup worker failed")),
+            },
+        }
+    }
+}
+
+/// Serves a job the daemon's way: the ruleset and expansion over `cfg`, the spool.
+pub fn serve(cfg: &Config, spool: &Spool, job: Job) -> Answer {
+    match job {
+        Job::Session(Lookup::Space(size)) => {
+            Answer::Session(LookupAnswer::Space(spool.has_space(size)))
+        }
+        Job::Session(Lookup::Rcpt(q)) => Answer::Session(LookupAnswer::Rcpt(
+            crate::expand::expand(cfg, &q.ctx(), &q.rcpt),
+        )),
+        Job::Edit(e) => Answer::Edited {
+            msgid: e.msgid,
+            result: spool.edit_incoming(e.msgid, e.len, &e.edits, e.junk),
+        },
+    }
+}
+
+type Queued = (Key, Job);
+
+struct Shared {
+    rx: Mutex<mpsc::Receiver<Queued>>,
+    done: Mutex<Vec<Done>>,
+    serve: Box<dyn Fn(Job) -> Answer + Send + Sync>,
+    wake: Box<dyn Fn() + Send + Sync>,
+    /// Threads running.
+    threads: AtomicUsize,
+    /// Threads waiting for a job (from before they wait until they hold one).
+    idle: AtomicUsize,
+    /// Jobs submitted and not yet taken by a thread.
+    queued: AtomicUsize,
+    max: usize,
+}
+
+/// The lookup threads' handle, owned by the loop.
+pub struct Lookups {
+    tx: mpsc::Sender<Queued>,
+    shared: Arc<Shared>,
+}
+
+impl Lookups {
+    /// Starts the lookup threads of the daemon, serving jobs with [`serve`]; `wake` is
+    /// called after each answer.
+    pub fn start(
+        cfg: Arc<Config>,
+        spool: Spool,
+        wake: impl Fn() + Send + Sync + 'static,
+    ) -> io::Result<Lookups> {
+        Lookups::with(move |job| serve(&cfg, &spool, job), wake, MAX_THREADS)
+    }
+
+    /// Starts lookup threads that serve jobs with `serve`, at most `max` of them (at
+    /// least one).
+    pub fn with(
+        serve: impl Fn(Job) -> Answer + Send + Sync + 'static,
+        wake: impl Fn() + Send + Sync + 'static,
+        max: usize,
+    ) -> io::Result<Lookups> {
+        let (tx, rx) = mpsc::channel();
+        let shared = Arc::new(Shared {
+            rx: Mutex::new(rx),
+            done: Mutex::new(Vec::new()),
+            serve: Box::new(serve),
+            wake: Box::new(wake),
+            threads: AtomicUsize::new(0),
+            idle: AtomicUsize::new(0),
+            queued: AtomicUsize::new(0),
+            max: max.max(1),
+        });
+        // One thread from the start: a daemon that cannot start it does not start.
+        spawn(&shared)?;
+        Ok(Lookups { tx, shared })
+    }
+
+    /// Queues a job; `key` comes back in its [`Done`]. A thread is started when every
+    /// thread is busy (a stalled lookup holds its thread only). False when the job
+    /// cannot be served.
+    pub fn submit(&self, key: Key, job: Job) -> bool {
+        let s = &self.shared;
+        let queued = s.queued.fetch_add(1, SeqCst) + 1;
+        if self.tx.send((key, job)).is_err() {
+            s.queued.fetch_sub(1, SeqCst);
+            return false;
+        }
+        if queued > s.idle.load(SeqCst) && s.threads.load(SeqCst) < s.max {
+            if let Err(e) = spawn(s) {
+                // The threads there are serve it, later.
+                log::warn!("lookup: cannot start a thread: {e}");
+            }
+        }
+        s.threads.load(SeqCst) > 0
+    }
+
+    /// Takes the finished jobs.
+    pub fn take_done(&self) -> Vec<Done> {
+        let mut d = self
+            .shared
+            .done
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        std::mem::take(&mut *d)
+    }
+
+    /// Threads running.
+    pub fn threads(&self) -> usize {
+        self.shared.threads.load(SeqCst)
+    }
+}
+
+fn spawn(shared: &Arc<Shared>) -> io::Result<()> {
+    let s = shared.clone();
+    s.threads.fetch_add(1, SeqCst);
+    std::thread::Builder::new()
+        .name("lookup".into())
+        .spawn(move || work(&s))
+        .map(drop)
+        .inspect_err(|_| {
+            shared.threads.fetch_sub(1, SeqCst);
+        })
+}
+
+fn work(s: &Shared) {
+    loop {
+        s.idle.fetch_add(1, SeqCst);
+        let next = s.rx.lock().unwrap_or_else(PoisonError::into_inner).recv();
+        // Busy before the job leaves the count of queued ones: a submit in between
+        // starts a thread too many rather than one too few.
+        s.idle.fetch_sub(1, SeqCst);
+        let Ok((key, job)) = next else {
+            // The loop is gone.
+            s.threads.fetch_sub(1, SeqCst);
+            return;
+        };
+        s.queued.fetch_sub(1, SeqCst);
+        let fallback = job.failed();
+        let answer = catch_unwind(AssertUnwindSafe(|| (s.serve)(job))).unwrap_or_else(|_| {
+            log::error!("lookup: a job panicked");
+            fallback
+        });
+        s.done
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Done { key, answer });
+        (s.wake)();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::smtp::command::Mailbox;
+    use crate::smtp::reply::Reply;
+    use crate::smtp::session::{Client, RcptQuery};
+    use std::sync::mpsc::Receiver;
+    use std::time::Duration;
+
+    fn rcpt(local: &str) -> Job {
+        Job::Session(Lookup::Rcpt(Box::new(RcptQuery {
+            client: Client {
+                addr: None,
+                local: true,
+                server_name: "mx.example.org".into(),
+                tag: None,
+                hostname: None,
+            },
+            helo: "c".into(),
+            sender: Mailbox::default(),
+            rcpt: Mailbox {
+                local: local.into(),
+                domain: "example.org".into(),
+            },
+        })))
+    }
+
+    /// Lookups whose jobs for "stall" wait until `release` is sent to; every other
+    /// recipient is unknown. Wakes are counted on the returned receiver.
+    fn stalling(max: usize) -> (Lookups, mpsc::Sender<()>, Receiver<()>) {
+        let (release, held) = mpsc::channel::<()>();
+        let held = Mutex::new(held);
+        let (woke, wakes) = mpsc::channel::<()>();
+        let woke = Mutex::new(woke);
+        let l = Lookups::with(
+            move |job| {
+                if let Job::Session(Lookup::Rcpt(q)) = &job {
+                    if q.rcpt.local == "stall" {
+                        let _ = held.lock().map(|h| h.recv_timeout(Duration::from_secs(10)));
+                    }
+                    if q.rcpt.local == "panic" {
+                        panic!("a bug");
+                    }
+                }
+                Answer::Session(LookupAnswer::Rcpt(Err(Reply::UNKNOWN_USER)))
+            },
+            move || {
+                let _ = woke.lock().map(|w| w.send(()));
+            },
+            max,
+        )
+        .unwrap();
+        (l, release, wakes)
+    }
+
+    /// The keys answered after the next wake (bounded wait).
+    fn next_done(l: &Lookups, wakes: &Receiver<()>) -> Vec<Key> {
+        wakes.recv_timeout(Duration::from_secs(10)).unwrap();
+        l.take_done().into_iter().map(|d| d.key).collect()
+    }
+
+    #[test]
+    fn a_stalled_job_holds_only_its_thread() {
+        let (l, release, wakes) = stalling(4);
+        assert!(l.submit((1, 1), rcpt("stall")));
+        assert!(l.submit((2, 1), rcpt("quick")));
+        assert_eq!(next_done(&l, &wakes), [(2, 1)]);
+        assert!(l.submit((3, 1), rcpt("quick")));
+        assert_eq!(next_done(&l, &wakes), [(3, 1)]);
+        release.send(()).unwrap();
+        assert_eq!(next_done(&l, &wakes), [(1, 1)]);
+        assert!(l.threads() <= 4);
+    }
+
+    #[test]
+    fn threads_are_bounded_and_jobs_wait_for_one() {
+        let (l, release, wakes) = stalling(2);
+        assert!(l.submit((1, 1), rcpt("stall")));
+        assert!(l.submit((2, 1), rcpt("stall")));
+        assert!(l.submit((3, 1), rcpt("quick")));
+        assert_eq!(l.threads(), 2);
+        assert_eq!(wakes.recv_timeout(Duration::from_millis(100)).ok(), None);
+        release.send(()).unwrap();
+        let mut keys = next_done(&l, &wakes);
+        while keys.len() < 2 {
+            keys.extend(next_done(&l, &wakes));
+        }
+        assert!(keys.contains(&(3, 1)), "{keys:?}");
+        release.send(()).unwrap();
+        while keys.len() < 3 {
+            keys.extend(next_done(&l, &wakes));
+        }
+        keys.sort();
+        assert_eq!(keys, [(1, 1), (2, 1), (3, 1)]);
+    }
+
+    #[test]
+    fn a_panicking_job_is_answered_with_a_temporary_failure() {
+        let (l, _release, wakes) = stalling(1);
+        assert!(l.submit((5, 2), rcpt("panic")));
+        wakes.recv_timeout(Duration::from_secs(10)).unwrap();
+        let done = l.take_done();
+        assert!(matches!(
+            done.as_slice(),
+            [Done { key: (5, 2), answer: Answer::Session(LookupAnswer::Rcpt(Err(r))) }]
+                if r.code == 451
+        ));
+        // The thread goes on.
+        assert!(l.submit((6, 2), rcpt("quick")));
+        assert_eq!(next_done(&l, &wakes), [(6, 2)]);
+    }
+}
