@@ -28,3 +28,4 @@ pub mod sys;
 pub mod table;
 #[cfg(test)]
 mod testutil;
+pub mod worker;
