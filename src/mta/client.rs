@@ -8,8 +8,11 @@
 
 use crate::mda::Outcome;
 
+/// Recipients of one job at most (RFC 5321 §4.5.3.1.8: a server takes at least 100).
+pub const MAX_RCPT: usize = 100;
+
 /// SMTP (relay) or LMTP (RFC 2033).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Proto {
     /// SMTP with EHLO.
     Smtp,
@@ -85,6 +88,17 @@ impl ReplyParser {
         }
         Ok(Some(ServerReply { code, text }))
     }
+}
+
+/// One message to deliver to some of its recipients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Job {
+    /// The caller's id for it.
+    pub id: u64,
+    /// MAIL FROM, empty for `<>`.
+    pub sender: String,
+    /// The addresses given in RCPT TO.
+    pub rcpts: Vec<String>,
 }
 
 /// What the glue must do next.

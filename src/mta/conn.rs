@@ -18,7 +18,7 @@ const OUT_HIGH: usize = 64 * 1024;
 const MAX_REPLY_LINE: usize = 4096;
 
 /// Where to connect.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Target {
     /// A TCP host and port.
     Tcp(String, u16),
