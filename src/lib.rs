@@ -9,7 +9,6 @@
 pub mod client;
 pub mod config;
 pub mod control;
-pub mod delivery;
 pub mod dns;
 pub mod event_loop;
 pub mod expand;

@@ -8,6 +8,18 @@ use crate::queue::envelope::Envelope;
 use crate::smtp::command::Mailbox;
 use crate::smtp::session::{Client, MatchCtx};
 
+/// The client the daemon's own deliveries come from, for the rules: local, on
+/// `server_name`.
+pub fn local_client(server_name: &str) -> Client {
+    Client {
+        addr: None,
+        local: true,
+        server_name: server_name.to_string(),
+        tag: None,
+        hostname: None,
+    }
+}
+
 /// One destination of a forward file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewDest {
@@ -31,13 +43,7 @@ pub fn destinations(cfg: &Config, env: &Envelope, owner: &str, items: &[String])
     let Some(action) = cfg.actions.iter().find(|a| a.name == env.action) else {
         return Vec::new();
     };
-    let client = Client {
-        addr: None,
-        local: true,
-        server_name: env.hostname.clone(),
-        tag: None,
-        hostname: None,
-    };
+    let client = local_client(&env.hostname);
     let sender = match env.sender.rsplit_once('@') {
         Some((l, d)) => Mailbox {
             local: l.into(),

@@ -14,6 +14,7 @@ use super::bounce::DsnKind;
 use super::commit::{commit_batch, copy_err, CommitJob};
 use super::envelope::Envelope;
 use super::forward::{destinations, NewDest};
+use super::manager::{Delivery, EnvWrite, ForwardFile, Notice};
 use super::spool::{fsync_dir, Spool};
 use crate::config::Config;
 use crate::privsep::DeliverReq;
@@ -27,13 +28,9 @@ use std::sync::Arc;
 /// A job for the spool I/O thread.
 #[derive(Debug)]
 pub enum IoJob {
-    /// Open message `msgid` and send `req` with it to the parent.
-    Deliver {
-        /// The message.
-        msgid: u32,
-        /// The request; its `len` is set here.
-        req: DeliverReq,
-    },
+    /// Open the message and send the request (its `len` set here) with it to the
+    /// parent.
+    Deliver(Delivery),
     /// Open message `msgid` for `job` of outgoing session `session`.
     Open {
         /// The session.
@@ -43,35 +40,12 @@ pub enum IoJob {
         /// The message.
         msgid: u32,
     },
-    /// Replace the envelopes of `msgid` by `envs`, or remove the message when empty.
-    Write {
-        /// Given back.
-        id: u64,
-        /// The message.
-        msgid: u32,
-        /// Its whole envelope set.
-        envs: Vec<Envelope>,
-        /// Make the rename durable too.
-        durable: bool,
-    },
-    /// Write and commit a notification.
-    Bounce {
-        /// The envelope reported on.
-        env: Envelope,
-        /// Its kind.
-        kind: DsnKind,
-        /// The time it is dated.
-        now: u64,
-    },
+    /// Replace a message's envelopes, or remove the message when there are none.
+    Write(EnvWrite),
+    /// Write and commit a notification, dated at the time given (Unix seconds).
+    Bounce(Notice, u64),
     /// Look up the destinations of a forward file.
-    Expand {
-        /// The user's envelope.
-        env: Envelope,
-        /// The user.
-        owner: String,
-        /// The file's lines.
-        items: Vec<String>,
-    },
+    Expand(ForwardFile),
 }
 
 /// The completion of an [`IoJob`].
@@ -125,7 +99,7 @@ impl IoJob {
     pub fn fail(self, why: &str) -> IoDone {
         let why = why.to_string();
         match self {
-            IoJob::Deliver { req, .. } => IoDone::Handed {
+            IoJob::Deliver(Delivery { req, .. }) => IoDone::Handed {
                 id: req.id,
                 result: Err(why),
             },
@@ -134,17 +108,17 @@ impl IoJob {
                 job,
                 result: Err(why),
             },
-            IoJob::Write { id, .. } => IoDone::Written {
+            IoJob::Write(EnvWrite { id, .. }) => IoDone::Written {
                 id,
                 result: Err(why),
             },
-            IoJob::Bounce { env, kind, .. } => IoDone::Bounced {
+            IoJob::Bounce(Notice { env, kind }, _) => IoDone::Bounced {
                 evpid: env.evpid,
                 kind,
                 to: env.sender,
                 result: Err(why),
             },
-            IoJob::Expand { env, .. } => IoDone::Expanded {
+            IoJob::Expand(ForwardFile { env, .. }) => IoDone::Expanded {
                 evpid: env.evpid,
                 dests: Vec::new(),
             },
@@ -198,7 +172,7 @@ impl Ctx {
         let mut bounces: Vec<(u64, DsnKind, String, CommitJob)> = Vec::new();
         for job in batch {
             match job {
-                IoJob::Deliver { msgid, req } => done.push(IoDone::Handed {
+                IoJob::Deliver(Delivery { msgid, req }) => done.push(IoDone::Handed {
                     id: req.id,
                     result: self.deliver(msgid, req),
                 }),
@@ -214,11 +188,11 @@ impl Ctx {
                         .open_message(msgid)
                         .map_err(|e| format!("cannot open message: {e}")),
                 }),
-                IoJob::Expand { env, owner, items } => done.push(IoDone::Expanded {
+                IoJob::Expand(ForwardFile { env, owner, items }) => done.push(IoDone::Expanded {
                     evpid: env.evpid,
                     dests: destinations(&self.cfg, &env, &owner, &items),
                 }),
-                IoJob::Bounce { env, kind, now } => {
+                IoJob::Bounce(Notice { env, kind }, now) => {
                     match super::notice::make(&self.cfg, &self.spool, &env, kind, now) {
                         Ok(job) => bounces.push((env.evpid, kind, env.sender, job)),
                         Err(e) => done.push(IoDone::Bounced {
@@ -229,12 +203,12 @@ impl Ctx {
                         }),
                     }
                 }
-                IoJob::Write {
+                IoJob::Write(EnvWrite {
                     id,
                     msgid,
                     envs,
                     durable,
-                } => writes.push(self.stage(id, msgid, &envs, durable)),
+                }) => writes.push(self.stage(id, msgid, &envs, durable)),
             }
         }
         done.extend(self.install(writes));
@@ -381,18 +355,20 @@ mod tests {
                 job: 2,
                 msgid: id,
             },
-            IoJob::Bounce {
-                env: env.clone(),
-                kind: DsnKind::Failed,
-                now: 1_000_000,
-            },
-            IoJob::Write {
+            IoJob::Bounce(
+                Notice {
+                    env: env.clone(),
+                    kind: DsnKind::Failed,
+                },
+                1_000_000,
+            ),
+            IoJob::Write(EnvWrite {
                 id: 7,
                 msgid: id,
                 envs: Vec::new(),
                 durable: false,
-            },
-            IoJob::Deliver {
+            }),
+            IoJob::Deliver(Delivery {
                 msgid: id,
                 req: DeliverReq {
                     id: 9,
@@ -405,7 +381,7 @@ mod tests {
                     forward: false,
                     len: 0,
                 },
-            },
+            }),
         ]);
         let mut notice = None;
         for d in done {
@@ -448,12 +424,12 @@ mod tests {
         let mut envs = spool.load_envelopes(id).unwrap_or_default();
         envs[0].retry = 2;
         envs[0].errorline = "451 later".into();
-        let done = c.round(vec![IoJob::Write {
+        let done = c.round(vec![IoJob::Write(EnvWrite {
             id: 1,
             msgid: id,
             envs: envs.clone(),
             durable: true,
-        }]);
+        })]);
         assert!(matches!(
             done[..],
             [IoDone::Written {
@@ -465,11 +441,11 @@ mod tests {
         let tmp = spool.message_path(id).with_extension("tmp");
         assert!(!tmp.exists());
         // A job the thread cannot take fails with its own completion.
-        let failed = IoJob::Expand {
+        let failed = IoJob::Expand(ForwardFile {
             env: Envelope::default(),
             owner: "x".into(),
             items: Vec::new(),
-        }
+        })
         .fail("gone");
         assert!(matches!(failed, IoDone::Expanded { dests, .. } if dests.is_empty()));
     }

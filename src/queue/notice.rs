@@ -8,7 +8,7 @@ use super::spool::{CommitJob, Spool};
 use crate::config::Config;
 use crate::expand::expand;
 use crate::smtp::command::Mailbox;
-use crate::smtp::session::{Client, MatchCtx};
+use crate::smtp::session::MatchCtx;
 use std::io::BufReader;
 
 /// Bytes of the original message returned in a bounce (RET=FULL).
@@ -28,13 +28,7 @@ pub fn make(
         local: local.to_string(),
         domain: domain.to_ascii_lowercase(),
     };
-    let client = Client {
-        addr: None,
-        local: true,
-        server_name: env.hostname.clone(),
-        tag: None,
-        hostname: None,
-    };
+    let client = super::forward::local_client(&env.hostname);
     let null = Mailbox::default();
     let ctx = MatchCtx {
         client: &client,

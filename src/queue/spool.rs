@@ -79,28 +79,43 @@ fn invalid(what: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what)
 }
 
-/// Writes `data` to `path` through a temporary file renamed over it (synced first when
-/// `sync`); returns the new file, still open for writing. The temporary is removed when
-/// a step fails, so that a failure (ENOSPC) keeps no space.
-fn replace_file(path: &Path, data: &[u8], sync: bool) -> io::Result<File> {
-    let tmp = path.with_extension("tmp");
+/// Creates (or truncates) `path` with mode 0600 and writes `data` to it, not synced;
+/// the file is removed when the write fails, so that a failure (ENOSPC) keeps no space.
+fn write_new(path: &Path, data: &[u8]) -> io::Result<File> {
     let write = || {
         let mut f = OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
             .mode(0o600)
-            .open(&tmp)?;
+            .open(path)?;
         f.write_all(data)?;
-        if sync {
-            f.sync_data()?;
-        }
-        fs::rename(&tmp, path)?;
         Ok(f)
     };
     write().inspect_err(|_| {
-        let _ = fs::remove_file(&tmp);
+        let _ = fs::remove_file(path);
     })
+}
+
+/// Writes `data` to `path` through a temporary file renamed over it (synced first when
+/// `sync`); returns the new file, still open for writing. The temporary is removed when
+/// a step fails.
+fn replace_file(path: &Path, data: &[u8], sync: bool) -> io::Result<File> {
+    let tmp = path.with_extension("tmp");
+    let f = write_new(&tmp, data)?;
+    let install = || {
+        if sync {
+            f.sync_data()?;
+        }
+        fs::rename(&tmp, path)
+    };
+    match install() {
+        Ok(()) => Ok(f),
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
 }
 
 /// Opens a spool file for reading: a plain file only (a symbolic link is not followed,
@@ -400,29 +415,6 @@ impl Spool {
             .map(drop)
     }
 
-    /// Rewrites a committed envelope (retry count, last error) atomically.
-    pub fn update_envelope(&self, env: &Envelope) -> io::Result<()> {
-        let msgid = env.msgid();
-        let mut envs = self.load_envelopes(msgid)?;
-        let slot = envs
-            .iter_mut()
-            .find(|e| e.evpid == env.evpid)
-            .ok_or(io::ErrorKind::NotFound)?;
-        *slot = env.clone();
-        self.store_envelopes(msgid, &envs)
-    }
-
-    /// Adds envelopes to a committed message (expansion of a `.forward`), durably.
-    pub fn add_envelopes(&self, msgid: u32, add: &[Envelope]) -> io::Result<()> {
-        let mut envs = self.load_envelopes(msgid)?;
-        envs.extend_from_slice(add);
-        self.store_envelopes(msgid, &envs)?;
-        match self.message_path(msgid).parent() {
-            Some(bucket) => fsync_dir(bucket),
-            None => Ok(()),
-        }
-    }
-
     /// Opens a committed message for reading: the file, at its start, and the length of
     /// the message in it (what follows are the envelopes).
     pub fn open_message(&self, msgid: u32) -> io::Result<(File, u64)> {
@@ -471,21 +463,7 @@ impl Spool {
     pub fn stage_envelopes(&self, msgid: u32, envs: &[Envelope]) -> io::Result<File> {
         let data = encode_envelopes(envs);
         let tmp = self.envelopes_path(msgid).with_extension("tmp");
-        self.retry_short(|| {
-            let write = || {
-                let mut f = OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .mode(0o600)
-                    .open(&tmp)?;
-                f.write_all(&data)?;
-                Ok(f)
-            };
-            write().inspect_err(|_| {
-                let _ = fs::remove_file(&tmp);
-            })
-        })
+        self.retry_short(|| write_new(&tmp, &data))
     }
 
     /// Renames the envelopes staged by [`Spool::stage_envelopes`] over `MSGID.env`

@@ -69,17 +69,54 @@ pub struct Stats {
     pub removed: u64,
 }
 
+/// A local delivery to hand to the parent.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Delivery {
+    /// The message, to open and pass with the request.
+    pub msgid: u32,
+    /// The request; its `len` is the opener's to fill.
+    pub req: DeliverReq,
+}
+
+/// A message's whole envelope set to write; none removes the message.
+#[derive(Debug, PartialEq, Eq)]
+pub struct EnvWrite {
+    /// Given back in the completion ([`Manager::written`]).
+    pub id: u64,
+    /// The message.
+    pub msgid: u32,
+    /// Its envelopes.
+    pub envs: Vec<Envelope>,
+    /// The renaming must reach the disk before the completion.
+    pub durable: bool,
+}
+
+/// A notification to queue to the sender of an envelope.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Notice {
+    /// The envelope reported on, its last error set.
+    pub env: Envelope,
+    /// Failure, delay or success.
+    pub kind: DsnKind,
+}
+
+/// A user's forward file, whose destinations are to be looked up.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ForwardFile {
+    /// The user's envelope.
+    pub env: Envelope,
+    /// The user.
+    pub owner: String,
+    /// The lines of the file.
+    pub items: Vec<String>,
+}
+
 /// What the glue must do, in order.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Action {
-    /// Open message `msgid` and hand `req` (its `len` filled) with it to the parent;
-    /// answered by [`Manager::handed`], then [`Manager::local_result`].
-    Deliver {
-        /// The message.
-        msgid: u32,
-        /// The request.
-        req: DeliverReq,
-    },
+    /// Open the message and hand the request with it to the parent; answered by
+    /// [`Manager::handed`], then [`Manager::local_result`].
+    Deliver(Delivery),
     /// Start outgoing session `session` to `route`; it ends with
     /// [`Manager::session_closed`].
     Connect {
@@ -103,37 +140,12 @@ pub enum Action {
         /// The session.
         session: u64,
     },
-    /// Replace the envelopes of message `msgid` by `envs` (none: remove the message);
-    /// `durable` when the renaming must reach the disk before the completion
-    /// ([`Manager::written`]).
-    Write {
-        /// Given back in the completion.
-        id: u64,
-        /// The message.
-        msgid: u32,
-        /// Its whole envelope set.
-        envs: Vec<Envelope>,
-        /// Sync the directory too.
-        durable: bool,
-    },
-    /// Queue a notification of `kind` about `env` to its sender; answered by
-    /// [`Manager::bounced`].
-    Bounce {
-        /// The envelope reported on, its last error set.
-        env: Envelope,
-        /// Failure, delay or success.
-        kind: DsnKind,
-    },
-    /// Look up where the forward file `items` of user `owner` lead for `env`; answered
-    /// by [`Manager::expanded`].
-    Expand {
-        /// The envelope of the user.
-        env: Envelope,
-        /// The user.
-        owner: String,
-        /// The lines of the forward file.
-        items: Vec<String>,
-    },
+    /// Write a message's envelopes; answered by [`Manager::written`].
+    Write(EnvWrite),
+    /// Queue a notification; answered by [`Manager::bounced`].
+    Bounce(Notice),
+    /// Look up where a forward file leads; answered by [`Manager::expanded`].
+    Expand(ForwardFile),
     /// Log a line.
     Log(Level, String),
 }
@@ -409,10 +421,10 @@ impl Manager {
                     req.id = id;
                     self.local.insert(id, evpid);
                     self.set_state(evpid, State::Local(id));
-                    self.out.push(Action::Deliver {
+                    self.out.push(Action::Deliver(Delivery {
                         msgid: (evpid >> 32) as u32,
                         req,
-                    });
+                    }));
                 }
                 Plan::Mta(route, rcpt) => {
                     let msgid = slot.env.msgid();
@@ -595,7 +607,8 @@ impl Manager {
         }
         let env = slot.env.clone();
         self.set_state(evpid, State::Expanding);
-        self.out.push(Action::Expand { env, owner, items });
+        self.out
+            .push(Action::Expand(ForwardFile { env, owner, items }));
     }
 
     /// The destinations of a forward file: they replace the user's envelope, in one
@@ -695,7 +708,7 @@ impl Manager {
             let line = format!("{evpid:016x} bounce not sent: NOTIFY excludes it");
             return self.log(Level::Info, line);
         }
-        self.out.push(Action::Bounce { env, kind });
+        self.out.push(Action::Bounce(Notice { env, kind }));
     }
 
     /// The envelope is over: it leaves the schedule and its removal is written.

@@ -97,7 +97,7 @@ impl Dialog {
 
     fn deliveries(&mut self) -> Vec<DeliverReq> {
         self.expect("deliveries", |a| match a {
-            Action::Deliver { req, .. } => Some(req.clone()),
+            Action::Deliver(Delivery { req, .. }) => Some(req.clone()),
             _ => None,
         })
     }
@@ -105,9 +105,9 @@ impl Dialog {
     /// The writes asked for: (id, evpids written, durable).
     fn writes(&mut self) -> Vec<(u64, Vec<u64>, bool)> {
         self.expect("writes", |a| match a {
-            Action::Write {
+            Action::Write(EnvWrite {
                 id, envs, durable, ..
-            } => Some((*id, envs.iter().map(|e| e.evpid).collect(), *durable)),
+            }) => Some((*id, envs.iter().map(|e| e.evpid).collect(), *durable)),
             _ => None,
         })
     }
@@ -209,8 +209,10 @@ fn expiry_bounces_and_removes() {
     d.result(req.id, Outcome::TempFail("451 busy".into()));
     assert!(d.logs()[0].contains("result=Expired stat=\"451 busy\""));
     let bounces = d.expect("bounce", |a| match a {
-        Action::Bounce { env, kind } => Some((env.errorline.clone(), *kind)),
-        Action::Write { envs, .. } if envs.is_empty() => Some((String::new(), DsnKind::Failed)),
+        Action::Bounce(Notice { env, kind }) => Some((env.errorline.clone(), *kind)),
+        Action::Write(EnvWrite { envs, .. }) if envs.is_empty() => {
+            Some((String::new(), DsnKind::Failed))
+        }
         _ => None,
     });
     // The notification first (it reads the message), then the removal.
@@ -242,8 +244,8 @@ fn permfail_bounces_only_when_wanted() {
         .iter()
         .any(|l| l.ends_with("bounce not sent: NOTIFY excludes it")));
     let b = d.expect("bounce", |a| match a {
-        Action::Bounce { env, .. } => Some(env.evpid),
-        Action::Write { envs, .. } if envs.is_empty() => Some(0),
+        Action::Bounce(Notice { env, .. }) => Some(env.evpid),
+        Action::Write(EnvWrite { envs, .. }) if envs.is_empty() => Some(0),
         _ => None,
     });
     assert_eq!(b.iter().filter(|&&e| e == plain.evpid).count(), 1);
@@ -274,7 +276,7 @@ fn forward_items_become_new_envelopes_in_one_durable_write() {
         Outcome::Forward(vec!["bob".into(), "|/bin/true".into()]),
     );
     let asked = d.expect("expand", |a| match a {
-        Action::Expand { owner, items, .. } => Some((owner.clone(), items.len())),
+        Action::Expand(ForwardFile { owner, items, .. }) => Some((owner.clone(), items.len())),
         _ => None,
     });
     assert_eq!(asked, [("alice".to_string(), 2)]);
@@ -315,9 +317,7 @@ fn forward_items_become_new_envelopes_in_one_durable_write() {
     d.commit(std::slice::from_ref(&e2)).run();
     let req = d.deliveries().remove(0);
     d.result(req.id, Outcome::Forward(vec!["x".into()]));
-    d.expect("expand", |a| {
-        matches!(a, Action::Expand { .. }).then_some(())
-    });
+    d.expect("expand", |a| matches!(a, Action::Expand(_)).then_some(()));
     d.m.expanded(e2.evpid, Vec::new(), d.now);
     d.take();
     assert!(d.logs()[0]
@@ -371,8 +371,8 @@ fn a_message_and_route_make_one_job_and_messages_share_the_session() {
     d.m.job_done(jobs[0].1, o, d.now);
     d.take();
     let b = d.expect("bounce", |a| match a {
-        Action::Bounce { env, .. } => Some(env.rcpt.clone()),
-        Action::Write { .. } => Some(String::new()),
+        Action::Bounce(Notice { env, .. }) => Some(env.rcpt.clone()),
+        Action::Write(_) => Some(String::new()),
         _ => None,
     });
     assert_eq!(b, ["r3@relay.test", ""]);
@@ -382,7 +382,7 @@ fn a_message_and_route_make_one_job_and_messages_share_the_session() {
     d.take();
     let quit = d.expect("quit", |a| match a {
         Action::Quit { session } => Some(*session),
-        Action::Write { .. } => Some(0),
+        Action::Write(_) => Some(0),
         _ => None,
     });
     assert!(quit.contains(&connects[0]));

@@ -1,7 +1,7 @@
 //! The queue manager's writes: each message's envelope set goes to the spool I/O
 //! thread whole, one write in flight per message; changes made meanwhile wait for it.
 
-use super::{Action, Level, Manager, State};
+use super::{Action, EnvWrite, Level, Manager, State};
 
 /// A message's envelopes and its writes.
 #[derive(Debug, Default)]
@@ -76,12 +76,12 @@ impl Manager {
                     added,
                 },
             );
-            self.out.push(Action::Write {
+            self.out.push(Action::Write(EnvWrite {
                 id,
                 msgid,
                 envs,
                 durable,
-            });
+            }));
         }
     }
 
