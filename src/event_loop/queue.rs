@@ -234,12 +234,11 @@ impl Server {
             return;
         };
         let done = conn.take_done();
-        let finished = conn.finished();
         let now = unix_now();
-        for (job, outcomes) in done {
-            self.queue.job_done(job, outcomes, now);
-        }
-        if !finished {
+        if !conn.finished() {
+            for (job, outcomes) in done {
+                self.queue.job_done(job, outcomes, now);
+            }
             return;
         }
         let Some(Entry::Mta(mut conn)) = self.slab.try_remove(key) else {
@@ -254,6 +253,6 @@ impl Server {
             .error()
             .unwrap_or("the session ended before its jobs")
             .to_string();
-        self.queue.session_closed(conn.session, &why, now);
+        self.queue.session_closed(conn.session, done, &why, now);
     }
 }

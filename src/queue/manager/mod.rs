@@ -498,8 +498,20 @@ impl Manager {
         }
     }
 
-    /// Session `session` ended; its jobs not over failed temporarily with `why`.
-    pub fn session_closed(&mut self, session: u64, why: &str, now: u64) {
+    /// Session `session` ended: `done` are the jobs it finished last (with their
+    /// outcomes); the others failed temporarily with `why`.
+    pub fn session_closed(
+        &mut self,
+        session: u64,
+        done: Vec<(u64, Vec<Outcome>)>,
+        why: &str,
+        now: u64,
+    ) {
+        // No job goes to it any more.
+        self.mta.closing(session);
+        for (job, outcomes) in done {
+            self.job_done(job, outcomes, now);
+        }
         for rec in self.mta.closed(session, &mut self.next_id, &mut self.out) {
             for evpid in rec.evpids {
                 self.finish(evpid, Outcome::TempFail(why.to_string()), now);

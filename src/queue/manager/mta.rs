@@ -194,6 +194,13 @@ impl Sessions {
         Some(rec)
     }
 
+    /// Session `k` is ending: it takes no more jobs.
+    pub fn closing(&mut self, k: u64) {
+        if let Some(s) = self.sessions.get_mut(&k) {
+            s.closing = true;
+        }
+    }
+
     /// Session `k` ended: returns the jobs it had not finished (to fail), and gives the
     /// backlog the room it left.
     pub fn closed(&mut self, k: u64, next_id: &mut u64, out: &mut Vec<Action>) -> Vec<JobRec> {
@@ -227,4 +234,130 @@ fn take_id(next_id: &mut u64) -> u64 {
     let id = *next_id;
     *next_id += 1;
     id
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mta::client::Proto;
+    use crate::mta::conn::Target;
+
+    fn route(port: u16) -> Route {
+        Route {
+            action: "out".into(),
+            target: Target::Tcp("127.0.0.1".into(), port),
+            proto: Proto::Smtp,
+            helo: "me.example".into(),
+        }
+    }
+
+    fn connects(out: &[Action]) -> Vec<u64> {
+        out.iter()
+            .filter_map(|a| match a {
+                Action::Connect { session, .. } => Some(*session),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn sends(out: &[Action]) -> Vec<(u64, u64)> {
+        out.iter()
+            .filter_map(|a| match a {
+                Action::Send { session, job, .. } => Some((*session, job.id)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_busy_route_opens_more_sessions_up_to_its_bound() {
+        let (mut s, mut id, mut out) = (Sessions::default(), 1, Vec::new());
+        for m in 0..(QUEUE_PER_SESSION * MAX_ROUTE_SESSIONS + 5) as u32 {
+            s.add(
+                &route(25),
+                m,
+                "",
+                vec![(u64::from(m) << 32, "a@b".into())],
+                &mut id,
+                &mut out,
+            );
+        }
+        assert_eq!(connects(&out).len(), MAX_ROUTE_SESSIONS);
+        // Beyond, jobs go to the least busy session rather than wait.
+        assert_eq!(
+            sends(&out).len(),
+            QUEUE_PER_SESSION * MAX_ROUTE_SESSIONS + 5
+        );
+        assert!(s.backlog.is_empty());
+    }
+
+    #[test]
+    fn jobs_wait_for_a_session_and_an_ending_one_takes_none() {
+        let (mut s, mut id, mut out) = (Sessions::default(), 1, Vec::new());
+        for p in 0..MAX_SESSIONS as u16 {
+            s.add(
+                &route(1000 + p),
+                1,
+                "",
+                vec![(1, "a@b".into())],
+                &mut id,
+                &mut out,
+            );
+        }
+        assert_eq!(s.len(), MAX_SESSIONS);
+        out.clear();
+        // No room for a session of a new route: the job waits.
+        s.add(
+            &route(25),
+            2,
+            "",
+            vec![(2 << 32, "a@b".into())],
+            &mut id,
+            &mut out,
+        );
+        assert!(out.is_empty());
+        // A session ends: the waiting job gets a new one.
+        let first = session_of(&s, 1000);
+        s.closing(first);
+        assert_eq!(s.closed(first, &mut id, &mut out).len(), 1);
+        assert_eq!(connects(&out).len(), 1);
+        assert_eq!(sends(&out).len(), 1);
+    }
+
+    fn session_of(s: &Sessions, port: u16) -> u64 {
+        s.sessions
+            .iter()
+            .find(|(_, x)| x.route == route(port))
+            .map(|(&k, _)| k)
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn a_session_is_told_to_quit_when_its_route_has_nothing_left() {
+        let (mut s, mut id, mut out) = (Sessions::default(), 1, Vec::new());
+        s.add(
+            &route(25),
+            1,
+            "",
+            vec![(1, "a@b".into())],
+            &mut id,
+            &mut out,
+        );
+        s.add(
+            &route(25),
+            2,
+            "",
+            vec![(2, "c@d".into())],
+            &mut id,
+            &mut out,
+        );
+        let jobs = sends(&out);
+        assert_eq!(connects(&out).len(), 1);
+        out.clear();
+        assert!(s.done(jobs[0].1, &mut id, &mut out).is_some());
+        assert!(out.is_empty());
+        assert!(s.done(jobs[1].1, &mut id, &mut out).is_some());
+        assert!(matches!(out[..], [Action::Quit { session }] if session == jobs[0].0));
+        assert_eq!(s.envelopes(), 0);
+    }
 }
