@@ -6,8 +6,10 @@
 //! envelope writes of the round, staged into temporaries, made durable together
 //! (one syncfs(2) on Linux, as the commit thread does; fdatasync(2) each elsewhere),
 //! renamed into place (and the renames made durable when one of them must be); then the
-//! notifications are committed. So a notification is written before the removal of the
-//! envelope it reports on, and committed after it (see smtpd.8, Crashes and duplicates).
+//! notifications are committed: a notice of delay at once, a notice of failure or
+//! success with the write that removes its envelope, which may come in a later round.
+//! So such a notification is written before the removal of the envelope it reports on,
+//! and committed after it (see smtpd.8, Crashes and duplicates).
 //! Each job gets one completion ([`IoDone`]), handed to the loop through the waker.
 
 use super::bounce::DsnKind;
@@ -19,6 +21,7 @@ use super::spool::{fsync_dir, Spool};
 use crate::config::Config;
 use crate::privsep::DeliverReq;
 use crate::worker::Worker;
+use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -112,7 +115,7 @@ impl IoJob {
                 id,
                 result: Err(why),
             },
-            IoJob::Bounce(Notice { env, kind }, _) => IoDone::Bounced {
+            IoJob::Bounce(Notice { env, kind, .. }, _) => IoDone::Bounced {
                 evpid: env.evpid,
                 kind,
                 to: env.sender,
@@ -133,6 +136,17 @@ struct Ctx {
     parent: Option<Arc<OwnedFd>>,
     /// Opened before anything it covers is written (see `super::commit`).
     fs_handle: Option<File>,
+    /// Notices written, waiting for the write that removes their envelope, by
+    /// envelope.
+    held: HashMap<u64, Pending>,
+}
+
+/// A notice written into `incoming/`, to commit.
+struct Pending {
+    evpid: u64,
+    kind: DsnKind,
+    to: String,
+    job: CommitJob,
 }
 
 /// Starts the spool I/O thread; `wake` is called after each round.
@@ -152,6 +166,7 @@ pub fn start(
         cfg,
         parent,
         fs_handle,
+        held: HashMap::new(),
     };
     Worker::start("spool", wake, move |batch| ctx.round(batch))
 }
@@ -169,7 +184,7 @@ impl Ctx {
     fn round(&mut self, batch: Vec<IoJob>) -> Vec<IoDone> {
         let mut done = Vec::with_capacity(batch.len());
         let mut writes = Vec::new();
-        let mut bounces: Vec<(u64, DsnKind, String, CommitJob)> = Vec::new();
+        let mut notices: Vec<Pending> = Vec::new();
         for job in batch {
             match job {
                 IoJob::Deliver(Delivery { msgid, req }) => done.push(IoDone::Handed {
@@ -192,9 +207,21 @@ impl Ctx {
                     evpid: env.evpid,
                     dests: destinations(&self.cfg, &env, &owner, &items),
                 }),
-                IoJob::Bounce(Notice { env, kind }, now) => {
+                IoJob::Bounce(Notice { env, kind, hold }, now) => {
                     match super::notice::make(&self.cfg, &self.spool, &env, kind, now) {
-                        Ok(job) => bounces.push((env.evpid, kind, env.sender, job)),
+                        Ok(job) => {
+                            let p = Pending {
+                                evpid: env.evpid,
+                                kind,
+                                to: env.sender,
+                                job,
+                            };
+                            if hold {
+                                self.held.insert(p.evpid, p);
+                            } else {
+                                notices.push(p);
+                            }
+                        }
                         Err(e) => done.push(IoDone::Bounced {
                             evpid: env.evpid,
                             kind,
@@ -208,14 +235,19 @@ impl Ctx {
                     msgid,
                     envs,
                     durable,
-                }) => writes.push(self.stage(id, msgid, &envs, durable)),
+                    removed,
+                }) => {
+                    // The notices about the envelopes it removes follow it.
+                    notices.extend(removed.iter().filter_map(|e| self.held.remove(e)));
+                    writes.push(self.stage(id, msgid, &envs, durable));
+                }
             }
         }
         done.extend(self.install(writes));
-        if !bounces.is_empty() {
-            let (meta, jobs): (Vec<_>, Vec<_>) = bounces
+        if !notices.is_empty() {
+            let (meta, jobs): (Vec<_>, Vec<_>) = notices
                 .into_iter()
-                .map(|(evpid, kind, to, job)| ((evpid, kind, to), ((0, 0), job)))
+                .map(|p| ((p.evpid, p.kind, p.to), ((0, 0), p.job)))
                 .unzip();
             for ((evpid, kind, to), c) in meta
                 .into_iter()
@@ -339,16 +371,29 @@ mod tests {
             cfg: Arc::new(cfg),
             parent: None,
             fs_handle: None,
+            held: HashMap::new(),
         }
     }
 
     #[test]
-    fn a_round_notifies_before_it_removes() {
+    fn a_notice_is_committed_after_the_removal_of_its_envelope() {
         let (_tmp, spool, id) = spool_with_message("io-round");
         let mut c = ctx(&spool);
         let mut env = spool.load_envelopes(id).unwrap_or_default().remove(0);
         env.sender = "s@example.org".into();
         env.errorline = "550 5.1.1 no such user".into();
+        let deliver = DeliverReq {
+            id: 9,
+            kind: crate::privsep::LocalKind::Mbox,
+            user: "nobody".into(),
+            sender: String::new(),
+            rcpt: "a@b".into(),
+            dest: "a@b".into(),
+            subaddr_delim: '+',
+            forward: false,
+            len: 0,
+        };
+        // The notice is written (it reads the message) but waits for the removal.
         let done = c.round(vec![
             IoJob::Open {
                 session: 1,
@@ -359,56 +404,54 @@ mod tests {
                 Notice {
                     env: env.clone(),
                     kind: DsnKind::Failed,
+                    hold: true,
                 },
                 1_000_000,
             ),
-            IoJob::Write(EnvWrite {
-                id: 7,
-                msgid: id,
-                envs: Vec::new(),
-                durable: false,
-            }),
             IoJob::Deliver(Delivery {
                 msgid: id,
-                req: DeliverReq {
-                    id: 9,
-                    kind: crate::privsep::LocalKind::Mbox,
-                    user: "nobody".into(),
-                    sender: String::new(),
-                    rcpt: "a@b".into(),
-                    dest: "a@b".into(),
-                    subaddr_delim: '+',
-                    forward: false,
-                    len: 0,
-                },
+                req: deliver,
             }),
         ]);
-        let mut notice = None;
+        assert_eq!(done.len(), 2);
         for d in done {
             match d {
                 IoDone::Opened { job, result, .. } => {
                     assert_eq!(job, 2);
                     assert_eq!(result.map(|(_, len)| len).ok(), Some(2));
                 }
-                IoDone::Written { id, result } => assert_eq!((id, result), (7, Ok(()))),
-                IoDone::Bounced { evpid, result, .. } => {
-                    assert_eq!(evpid, env.evpid);
-                    let (m, envs) = result.unwrap_or_else(|e| panic!("{e}"));
-                    assert_eq!(envs.len(), 1);
-                    assert_eq!(envs[0].rcpt, "s@example.org");
-                    notice = Some(m);
-                }
                 IoDone::Handed { id, result } => {
                     assert_eq!(id, 9);
-                    assert!(result.is_err(), "opened after its removal, or no parent");
+                    assert_eq!(result, Err("no delivery process".to_string()));
                 }
-                IoDone::Expanded { .. } => panic!("not asked"),
+                other => panic!("unexpected {other:?}"),
             }
         }
-        // The original is gone; the notification is queued and returns it.
-        let Some(notice) = notice else {
-            panic!("no notification")
+        assert_eq!(spool.committed().ok(), Some(vec![id]));
+        // The removal, then the notice.
+        let done = c.round(vec![IoJob::Write(EnvWrite {
+            id: 7,
+            msgid: id,
+            envs: Vec::new(),
+            durable: false,
+            removed: vec![env.evpid],
+        })]);
+        assert!(matches!(
+            done[0],
+            IoDone::Written {
+                id: 7,
+                result: Ok(())
+            }
+        ));
+        let notice = match &done[1..] {
+            [IoDone::Bounced {
+                evpid,
+                result: Ok((m, envs)),
+                ..
+            }] if *evpid == env.evpid && envs[0].rcpt == "s@example.org" => *m,
+            other => panic!("unexpected {other:?}"),
         };
+        // The original is gone; the notification is queued and reports the failure.
         assert_eq!(spool.committed().ok(), Some(vec![notice]));
         let (f, len) = spool.open_message(notice).unwrap_or_else(|e| panic!("{e}"));
         let mut text = String::new();
@@ -429,6 +472,7 @@ mod tests {
             msgid: id,
             envs: envs.clone(),
             durable: true,
+            removed: Vec::new(),
         })]);
         assert!(matches!(
             done[..],

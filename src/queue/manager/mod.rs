@@ -89,6 +89,8 @@ pub struct EnvWrite {
     pub envs: Vec<Envelope>,
     /// The renaming must reach the disk before the completion.
     pub durable: bool,
+    /// The envelopes it removes (their notices are committed after it).
+    pub removed: Vec<u64>,
 }
 
 /// A notification to queue to the sender of an envelope.
@@ -98,6 +100,9 @@ pub struct Notice {
     pub env: Envelope,
     /// Failure, delay or success.
     pub kind: DsnKind,
+    /// Commit it only after the write that removes its envelope, which follows (else
+    /// at once).
+    pub hold: bool,
 }
 
 /// A user's forward file, whose destinations are to be looked up.
@@ -720,7 +725,10 @@ impl Manager {
             let line = format!("{evpid:016x} bounce not sent: NOTIFY excludes it");
             return self.log(Level::Info, line);
         }
-        self.out.push(Action::Bounce(Notice { env, kind }));
+        // A notice of failure or success reports an envelope whose removal follows: it
+        // is committed after that (smtpd.8, Crashes and duplicates).
+        let hold = !matches!(kind, DsnKind::Delayed);
+        self.out.push(Action::Bounce(Notice { env, kind, hold }));
     }
 
     /// The envelope is over: it leaves the schedule and its removal is written.

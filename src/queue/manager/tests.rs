@@ -209,7 +209,10 @@ fn expiry_bounces_and_removes() {
     d.result(req.id, Outcome::TempFail("451 busy".into()));
     assert!(d.logs()[0].contains("result=Expired stat=\"451 busy\""));
     let bounces = d.expect("bounce", |a| match a {
-        Action::Bounce(Notice { env, kind }) => Some((env.errorline.clone(), *kind)),
+        Action::Bounce(Notice { env, kind, hold }) => {
+            assert!(*hold);
+            Some((env.errorline.clone(), *kind))
+        }
         Action::Write(EnvWrite { envs, .. }) if envs.is_empty() => {
             Some((String::new(), DsnKind::Failed))
         }

@@ -68,6 +68,13 @@ impl Manager {
             m.writing = Some(id);
             m.dirty = false;
             m.durable = false;
+            self.out.push(Action::Write(EnvWrite {
+                id,
+                msgid,
+                envs,
+                durable,
+                removed: removed.clone(),
+            }));
             self.writes.insert(
                 id,
                 WriteRec {
@@ -76,12 +83,6 @@ impl Manager {
                     added,
                 },
             );
-            self.out.push(Action::Write(EnvWrite {
-                id,
-                msgid,
-                envs,
-                durable,
-            }));
         }
     }
 
