@@ -139,8 +139,12 @@ class LMTPServer:
                         break  # no verdict: the connection is closed
                     with self.lock:
                         self.messages.append(dict(cur))
-                    for r in cur["rcpts"]:
-                        say(self.data_reply.get(r.lower(), "250 2.0.0 <%s> delivered" % r))
+                    if cur["verb"] == "LHLO":
+                        # LMTP: one reply per accepted recipient (RFC 2033 4.2).
+                        for r in cur["rcpts"]:
+                            say(self.data_reply.get(r.lower(), "250 2.0.0 <%s> delivered" % r))
+                    else:
+                        say("250 2.0.0 message accepted")
                 elif verb == "RSET":
                     say("250 2.0.0 ok")
                 elif verb == "QUIT":
@@ -365,6 +369,76 @@ def test_relay_ehlo_name_and_long_lines(make_daemon):
         (lm,) = by_verb["LHLO"]
         assert ("\r\n%s\r\n%s\r\n.%s\r\n" % (long_body, words, long_body)).encode() in lm["data"]
         assert ("Subject: %s\r\n" % subject).encode() in lm["data"]
+
+
+def test_relay_batches_recipients_and_reuses_the_connection(make_daemon):
+    """A message with 5 recipients on a relay route, then 3 more messages to the same
+    route (held by `pause mta`, then released together): one connection, one MAIL per
+    message with all of its RCPTs, every recipient delivered once; the recipient the
+    server refuses among accepted ones is the only one bounced."""
+    refused = "r3@relay.test"
+    with LMTPServer(reject={refused: "550 5.1.1 <%s>: no such user here" % refused}) as srv:
+        d = make_daemon(deliver=True, methods=(), mail_owner="smtpdtest1",
+                        rules=('action "mb" maildir "{MAILDIR}/%%{dest.user:lowercase|strip}" user smtpdtest1\n'
+                               'action "out" relay host "smtp://127.0.0.1:%d"\n'
+                               'match from any for domain "relay.test" action "out"\n'
+                               'match from any for domain "example.test" action "mb"\n' % srv.port))
+        assert d.smtpctl("pause", "mta")[1].strip() == "mta paused"
+        first = ["r%d@relay.test" % i for i in range(1, 6)]
+        batches = [first, ["a@relay.test"], ["b@relay.test", "c@relay.test"], ["d@relay.test"]]
+        msgids = [send(d, rcpts) for rcpts in batches]
+        assert d.smtpctl("resume", "mta")[1].strip() == "mta resumed"
+        got = srv.wait_messages(4)
+        assert len(got) == 4, (srv.commands, d.log()[-3000:])
+        bounce = d.wait_mailbox("sender", 1, 15)
+        assert bounce and d.wait_queue_empty(10), d.log()[-3000:]
+        assert srv.conns == 1, srv.commands
+        verbs = [c.split(" ", 1)[0].split(":", 1)[0].upper() for c in srv.commands]
+        assert verbs.count("EHLO") == 1 and verbs.count("MAIL") == 4, srv.commands
+        assert verbs.count("DATA") == 4 and verbs.count("RSET") == 0, srv.commands
+        # Each MAIL is followed by every RCPT of its message, then DATA.
+        rcpts = [c[len("RCPT TO:<"):-1] for c in srv.commands if c.upper().startswith("RCPT")]
+        assert sorted(rcpts) == sorted(sum(batches, [])), rcpts
+        by_msgid = {}
+        for m in got:
+            mid = next(i for i in msgids if ("id %s" % i).encode() in m["data"])
+            by_msgid[mid] = m["rcpts"]
+        assert by_msgid == {msgids[0]: [r for r in first if r != refused],
+                            msgids[1]: batches[1], msgids[2]: batches[2], msgids[3]: batches[3]}, by_msgid
+        # Every accepted recipient delivered once, the refused one bounced alone.
+        log = d.log()
+        ok = re.findall(r"mda delivery evpid=[0-9a-f]{16} from=<%s> to=<([^>]*)> .*result=Ok" % SENDER, log)
+        assert sorted(ok) == sorted(r for r in sum(batches, []) if r != refused), log
+        _, reports, _, _ = parse_dsn(bounce[0][1])
+        assert [r["Final-Recipient"].replace(" ", "") for r in reports] == ["rfc822;" + refused]
+        assert reports[0]["Status"] == "5.1.1", reports
+        time.sleep(0.5)
+        assert len(srv.messages) == 4 and len(d.mailbox("sender")) == 1
+
+
+def test_lmtp_one_transaction_and_a_reply_per_recipient(make_daemon):
+    """LMTP: the recipients of a message go in one transaction; the server's reply for
+    each after the final dot decides each one: a 550 for one of them bounces it alone,
+    a 452 keeps it queued, the others are delivered."""
+    replies = {"carol@lmtp.test": "550 5.2.1 <carol@lmtp.test>: mailbox disabled",
+               "dave@lmtp.test": "452 4.2.2 <dave@lmtp.test>: mailbox full"}
+    with LMTPServer(data_reply=replies) as srv:
+        d = mk(make_daemon, srv.port, deliver=False)
+        rcpts = ["bob@lmtp.test", "carol@lmtp.test", "dave@lmtp.test"]
+        send(d, rcpts)
+        assert d.smtpctl("resume", "mda")[0] == 0
+        got = srv.wait_messages(1)
+        assert [m["rcpts"] for m in got] == [rcpts], (got, srv.commands)
+        assert srv.conns == 1
+        assert d.wait_log(r"result=TempFail retry-in=\d+s stat=\"452 4.2.2"), d.log()[-2000:]
+        bounce = d.wait_mailbox("sender", 1, 15)
+        assert bounce, d.log()[-3000:]
+        _, reports, _, _ = parse_dsn(bounce[0][1])
+        assert [r["Final-Recipient"].replace(" ", "") for r in reports] == ["rfc822;carol@lmtp.test"]
+        code, q, _ = d.smtpctl("show", "queue")
+        assert q.count("\n") == 1 and "dave@lmtp.test" in q, q
+        ok = re.findall(r"from=<%s> to=<([^>]*)> .*result=Ok" % SENDER, d.log())
+        assert ok == ["bob@lmtp.test"], d.log()
 
 
 AIOSMTPD_SERVER = r"""

@@ -9,7 +9,6 @@
 pub mod client;
 pub mod config;
 pub mod control;
-pub mod delivery;
 pub mod dns;
 pub mod event_loop;
 pub mod expand;
@@ -30,3 +29,4 @@ pub mod table;
 #[cfg(test)]
 mod testutil;
 pub mod timer;
+pub mod worker;

@@ -179,6 +179,7 @@ impl Server {
                 Ok(Ctl::Smtp) => return self.control_to_smtp(key, now),
                 Ok(cmd) if privileged => {
                     let (text, monitor) = self.control_command(cmd);
+                    self.queue_actions(now);
                     if let Some(Entry::Control(c)) = self.slab.get_mut(key) {
                         c.out.extend_from_slice(text.as_bytes());
                         c.monitor = monitor;
@@ -249,7 +250,6 @@ impl Server {
 
     fn targets(&self, t: Target) -> Vec<u64> {
         self.queue
-            .sched
             .ids()
             .into_iter()
             .filter(|&id| t.matches(id))
@@ -265,22 +265,15 @@ impl Server {
         match cmd {
             Ctl::ShowQueue => {
                 let mut out = String::new();
-                for id in self.queue.sched.ids() {
-                    let state = match self.queue.sched.get(id).map(|e| e.state) {
-                        Some(crate::queue::scheduler::RunState::Inflight) => "inflight",
-                        Some(crate::queue::scheduler::RunState::Held) => "held",
-                        _ => "pending",
-                    };
-                    if let Ok(e) = self.spool.load_envelope(id) {
-                        out.push_str(&control::queue_line(&e, state));
-                        out.push('\n');
-                    }
+                for (e, state) in self.queue.listing() {
+                    out.push_str(&control::queue_line(e, state));
+                    out.push('\n');
                 }
                 (out, false)
             }
-            Ctl::ShowEnvelope(id) => match self.spool.load_envelope(id) {
-                Ok(e) => (e.encode(), false),
-                Err(e) => (format!("error: {id:016x}: {e}\n"), false),
+            Ctl::ShowEnvelope(id) => match self.queue.envelope(id) {
+                Some(e) => (e.encode(), false),
+                None => (format!("error: {id:016x}: no such envelope\n"), false),
             },
             Ctl::ShowMessage(m) => match self.spool.open_message(m) {
                 Ok((f, len)) => {
@@ -296,17 +289,7 @@ impl Server {
             Ctl::Schedule(t) => {
                 let ids = self.targets(t);
                 // A quarantined envelope released by hand stays released after a restart.
-                for &id in &ids {
-                    if let Ok(mut e) = self.spool.load_envelope(id) {
-                        if e.held {
-                            e.held = false;
-                            if let Err(err) = self.spool.update_envelope(&e) {
-                                log::warn!("control: cannot release {id:016x}: {err}");
-                            }
-                        }
-                    }
-                }
-                let n = self.queue.sched.schedule(&ids, now);
+                let n = self.queue.schedule(&ids, now);
                 (format!("{n} envelope(s) scheduled\n"), false)
             }
             Ctl::Remove(t) => {
@@ -379,8 +362,8 @@ impl Server {
         format!(
             "smtp.sessions={}\nqueue.envelopes={}\nqueue.inflight={}\nmda.delivered={}\nmda.tempfail={}\nmda.permfail={}\nqueue.expired={}\nqueue.bounces={}\nqueue.removed={}\npaused.mda={}\npaused.mta={}\npaused.smtp={}\n",
             self.sessions,
-            self.queue.sched.len(),
-            self.queue.sched.inflight(),
+            self.queue.len(),
+            self.queue.inflight(),
             s.delivered,
             s.tempfail,
             s.permfail,
@@ -398,8 +381,8 @@ impl Server {
         format!(
             "sessions={} queue={} inflight={} delivered={} tempfail={} permfail={} expired={} bounces={}\n",
             self.sessions,
-            self.queue.sched.len(),
-            self.queue.sched.inflight(),
+            self.queue.len(),
+            self.queue.inflight(),
             s.delivered,
             s.tempfail,
             s.permfail,

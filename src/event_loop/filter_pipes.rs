@@ -156,8 +156,7 @@ impl Server {
             }
             _ => Vec::new(),
         };
-        self.queue
-            .ask_parent(&crate::privsep::encode_filter_kill(fid));
+        self.ask_parent(&crate::privsep::encode_filter_kill(fid));
         // The runs waiting on it end, failed closed; sessions of this filter that are
         // mid-chain elsewhere are caught when their chain reaches it (it is dead now).
         // What else waited on it was the end of a message's lines.

@@ -1,19 +1,20 @@
 //! The one mio loop: listeners, SMTP sessions, the control socket, the parent channel,
-//! signals, the waker of the commit and lookup threads, timers and the scheduler.
+//! signals, the waker of the commit, lookup, spool I/O and resolver threads, timers,
+//! and the queue manager's actions (`queue.rs`).
 //!
 //! Every token from `FIRST_SLOT` on indexes the slab of endpoints. Handlers tolerate
 //! spurious and stale events; endpoints are removed only between event batches.
 
 use crate::config::Config;
-use crate::delivery::{MtaJob, Queue};
-use crate::mda::Outcome;
-use crate::mta::client::Client as MtaClient;
 use crate::mta::conn::MtaConn;
+use crate::queue::io::{IoDone, IoJob};
+use crate::queue::manager::Manager;
 use crate::queue::spool::{Committer, Spool};
 use crate::smtp::conn::{Conn, Ctx, Reason};
 use crate::smtp::reply::Reply;
 use crate::smtp::session::{Client, Limits, Session};
 use crate::stream::Stream;
+use crate::worker::Worker;
 use limits::{ControlSlots, FdBudget, RateTable};
 use mio::net::{TcpListener, UnixListener, UnixStream};
 use mio::unix::SourceFd;
@@ -23,7 +24,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::io::{self, Write};
 use std::net::IpAddr;
-use std::os::fd::{OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,6 +35,7 @@ mod filter_pipes;
 mod filters;
 mod limits;
 mod lookups;
+mod queue;
 mod rdns;
 
 pub use accept::{bind_control, bind_listeners, refuse_if_running};
@@ -82,7 +84,17 @@ pub struct Server {
     committer: Committer,
     /// The lookup threads: recipient expansion, the spool's room, message rewrites.
     lookups: crate::lookup::Lookups,
-    queue: Queue,
+    /// The queue manager.
+    queue: Manager,
+    /// The spool I/O thread, which performs the queue manager's spool work.
+    io: Worker<IoJob, IoDone>,
+    /// The resolver thread: host names of outgoing sessions.
+    names: Worker<queue::Lookup, queue::LookupDone>,
+    /// The channel to the parent (shared with the spool I/O thread, which sends the
+    /// delivery requests).
+    parent: Option<Arc<OwnedFd>>,
+    /// Slab key of each outgoing session, by the queue manager's session id.
+    mta_keys: HashMap<u64, usize>,
     control: Option<UnixListener>,
     _waker: Arc<Waker>,
     signal_fd: RawFd,
@@ -137,9 +149,6 @@ pub struct Server {
     resolver: Option<rdns::Resolver>,
 }
 
-/// Internal commits (bounces) use this slab key.
-const INTERNAL: usize = usize::MAX;
-
 impl Server {
     /// Prepares the loop over listeners bound by [`bind_listeners`], the control socket
     /// and the parent channel; starts the sync thread (call it after forking: threads do
@@ -163,6 +172,24 @@ impl Server {
         let lookups = crate::lookup::Lookups::start(cfg.clone(), spool.clone(), move || {
             let _ = w.wake();
         })?;
+        let parent = parent.map(Arc::new);
+        let w = waker.clone();
+        let io = crate::queue::io::start(&spool, cfg.clone(), parent.clone(), move || {
+            let _ = w.wake();
+        })?;
+        let w = waker.clone();
+        let names = Worker::start(
+            "resolver",
+            move || {
+                let _ = w.wake();
+            },
+            |batch: Vec<queue::Lookup>| {
+                batch
+                    .into_iter()
+                    .map(|(session, host, port)| (session, crate::mta::conn::resolve(&host, port)))
+                    .collect()
+            },
+        )?;
         let mut slab = Slab::new();
         for (sock, idx) in listeners {
             let key = slab.insert(Entry::Listener {
@@ -184,11 +211,17 @@ impl Server {
             }
             None => None,
         };
-        let queue = Queue::new(spool.clone(), parent);
-        if let Some(fd) = queue.parent_fd() {
+        if let Some(fd) = parent.as_ref().map(|p| p.as_raw_fd()) {
             poll.registry()
                 .register(&mut SourceFd(&fd), PARENT, Interest::READABLE)?;
         }
+        // File and pipe destinations naming no user run as the engine's user.
+        let default_user = if crate::sys::geteuid() == 0 {
+            crate::config::UNPRIVILEGED_USER.to_string()
+        } else {
+            crate::sys::getpwuid_name().unwrap_or_default()
+        };
+        let queue = Manager::new(cfg.clone(), default_user);
         let nofile = crate::sys::raise_nofile();
         let max_sessions = if cfg.smtp.max_sessions > 0 {
             cfg.smtp.max_sessions
@@ -206,6 +239,10 @@ impl Server {
             committer,
             lookups,
             queue,
+            io,
+            names,
+            parent,
+            mta_keys: HashMap::new(),
             control,
             _waker: waker,
             signal_fd: -1,
@@ -247,11 +284,31 @@ impl Server {
             server.resolver = Some(r);
         }
         server.add_filters(filter_fds)?;
-        let n = server.queue.load(&server.cfg)?;
+        let n = server.load_queue()?;
         if n > 0 {
             log::info!("queue: {n} envelope(s) read back from the spool");
         }
         Ok(server)
+    }
+
+    /// Reads the queue back from the spool at start; a message whose envelopes cannot
+    /// be read goes to corrupt/.
+    fn load_queue(&mut self) -> io::Result<usize> {
+        let now = unix_now();
+        let mut n = 0;
+        for (msgid, envs) in self.spool.load_all()? {
+            match envs {
+                Ok(envs) => {
+                    n += envs.len();
+                    self.queue.load(envs, now);
+                }
+                Err(e) => {
+                    log::warn!("queue: message {msgid:08x} unreadable ({e}): moved to corrupt/");
+                    let _ = self.spool.quarantine_corrupt(msgid);
+                }
+            }
+        }
+        Ok(n)
     }
 
     /// Runs until SIGTERM or SIGINT and the sessions in flight are done.
@@ -269,15 +326,16 @@ impl Server {
         loop {
             let now = Instant::now();
             if let Some(t) = self.stopping {
-                if self.sessions == 0 || now >= t {
+                // What the queue manager wrote is on disk before the daemon exits.
+                let spool_idle = !self.queue.writing() && self.io.pending() == 0;
+                if (self.sessions == 0 && spool_idle) || now >= t {
                     break;
                 }
             }
             if self.stopping.is_none() {
-                self.queue.run(&self.cfg);
-                self.submit_internal();
-                self.start_mta_jobs(now);
+                self.queue.run(unix_now());
             }
+            self.queue_actions(now);
             let mut timeout = self
                 .timers
                 .peek()
@@ -285,10 +343,7 @@ impl Server {
                 .unwrap_or(Duration::from_secs(1))
                 .min(Duration::from_secs(1));
             if let Some(due) = self.queue.next_due() {
-                let wall = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs());
-                if due <= wall {
+                if due <= unix_now() {
                     timeout = timeout.min(Duration::from_millis(100));
                 }
             }
@@ -311,10 +366,13 @@ impl Server {
                     WAKER => {
                         self.on_commits(now);
                         self.on_lookups(now);
+                        self.on_io(now);
                     }
                     PARENT => {
                         let mut handed = Vec::new();
-                        if !self.queue.on_parent(&self.cfg, &mut handed) {
+                        let alive = self.on_parent(&mut handed);
+                        self.queue_actions(now);
+                        if !alive {
                             log::error!("smtpd: lost the parent process, stopping");
                             self.stop();
                         }
@@ -343,6 +401,7 @@ impl Server {
             // every turn.
             self.on_commits(now);
             self.on_lookups(now);
+            self.on_io(now);
             self.flush_pipes(now);
             self.dns_deadlines(now);
             self.expire_timers(now);
@@ -479,10 +538,10 @@ impl Server {
                 let fid = p.id;
                 self.filter_failed(fid, "internal error while handling it", now);
             }
-            Some(Entry::Mta(conn)) => {
+            Some(Entry::Mta(_)) => {
                 log::error!("mta internal error: the session is abandoned");
-                conn.abort("internal error");
-                self.finish_mta(key);
+                self.mta_abort(key, "internal error");
+                self.queue_actions(now);
             }
             Some(Entry::Control(_)) => {
                 log::error!("control internal error: the client is dropped");
@@ -508,9 +567,8 @@ impl Server {
             Some(Entry::Control(_)) => self.control_io(key, now),
             Some(Entry::Mta(conn)) => {
                 conn.pump(now, MTA_TIMEOUT);
-                if conn.finished() {
-                    self.finish_mta(key);
-                }
+                self.mta_after(key);
+                self.queue_actions(now);
             }
             None => {}
         }
@@ -531,68 +589,6 @@ impl Server {
                 break;
             }
             self.after_conn(key, now);
-        }
-    }
-
-    /// Opens outgoing sessions for the envelopes the queue handed over.
-    fn start_mta_jobs(&mut self, now: Instant) {
-        for job in std::mem::take(&mut self.queue.mta_jobs) {
-            let MtaJob {
-                target,
-                proto,
-                rcpt,
-                helo,
-                env,
-            } = job;
-            let started = self
-                .spool
-                .open_message(env.msgid())
-                .and_then(|(f, len)| Ok((std::io::Read::take(f, len), target.connect()?)));
-            let (file, mut sock) = match started {
-                Ok(x) => x,
-                Err(e) => {
-                    let why = format!("cannot connect to {target:?}: {e}");
-                    self.queue
-                        .finish(&self.cfg, env, Outcome::TempFail(why), unix_now());
-                    continue;
-                }
-            };
-            let client = MtaClient::new(proto, &helo, &env.sender, vec![rcpt]);
-            let gen = self.next_gen;
-            self.next_gen += 1;
-            let deadline = now + MTA_TIMEOUT;
-            let key = self.slab.vacant_key();
-            if let Err(e) = self.poll.registry().register(
-                &mut sock,
-                Token(key + FIRST_SLOT),
-                Interest::READABLE | Interest::WRITABLE,
-            ) {
-                self.queue.finish(
-                    &self.cfg,
-                    env,
-                    Outcome::TempFail(format!("cannot register: {e}")),
-                    unix_now(),
-                );
-                continue;
-            }
-            let conn = MtaConn::new(sock, gen, deadline, client, file, vec![env]);
-            self.slab.insert(Entry::Mta(Box::new(conn)));
-            self.mta_conns += 1;
-            self.timers.push(Reverse((deadline, key, gen)));
-        }
-    }
-
-    /// Applies the outcomes of a finished outgoing session and drops it.
-    fn finish_mta(&mut self, key: usize) {
-        let Some(Entry::Mta(mut conn)) = self.slab.try_remove(key) else {
-            return;
-        };
-        self.mta_conns -= 1;
-        let _ = self.poll.registry().deregister(&mut conn.sock);
-        let outcomes = conn.outcomes();
-        let now = unix_now();
-        for (env, outcome) in std::mem::take(&mut conn.envs).into_iter().zip(outcomes) {
-            self.queue.finish(&self.cfg, env, outcome, now);
         }
     }
 
@@ -669,23 +665,13 @@ impl Server {
         Some(key)
     }
 
-    /// Hands the daemon's own messages (bounces) to the sync thread.
-    fn submit_internal(&mut self) {
-        for job in self.queue.jobs.drain(..) {
-            if !self.committer.submit((INTERNAL, 0), job) {
-                log::warn!("queue: the commit thread is gone");
-            }
-        }
-    }
-
     fn on_commits(&mut self, now: Instant) {
         let mut pending_after = Vec::new();
         for done in self.committer.take_done() {
             let (key, gen) = done.key;
-            let ours = key != INTERNAL
-                && matches!(self.slab.get(key), Some(Entry::Smtp(c)) if c.gen == gen);
+            let ours = matches!(self.slab.get(key), Some(Entry::Smtp(c)) if c.gen == gen);
             if done.result.is_ok() {
-                self.queue.add_committed(&self.cfg, &done.envs);
+                self.queue.committed(&done.envs, unix_now());
                 if ours {
                     let id = format!("{:08x}", done.msgid);
                     self.report(key, &smtpd_filter::Frame::Commit(id.as_bytes()));
@@ -693,9 +679,6 @@ impl Server {
             }
             if !ours {
                 match done.result {
-                    Ok(()) if key == INTERNAL => {
-                        log::debug!("queue: message {:08x} queued", done.msgid)
-                    }
                     Ok(()) => log::info!(
                         "smtp message msgid={:08x} committed after its client left",
                         done.msgid
@@ -723,6 +706,7 @@ impl Server {
         for key in pending_after {
             self.after_conn(key, now);
         }
+        self.queue_actions(now);
     }
 
     fn expire_timers(&mut self, now: Instant) {

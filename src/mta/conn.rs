@@ -1,15 +1,21 @@
 //! The socket glue of an outgoing SMTP/LMTP session: connects, moves replies into the
-//! [`Client`] and streams the spooled message with CR LF line ends and dot-stuffing.
+//! [`Client`], streams each job's spooled message with CR LF line ends and
+//! dot-stuffing, and collects the jobs' outcomes for the queue manager.
+//!
+//! Nothing here waits: the connection is non-blocking, and a host name is resolved by a
+//! worker thread before [`Target::connect`] is called with its address.
 
-use super::client::{Client, Proto, ReplyParser, Step};
+use super::client::{Client, Job, Proto, ReplyParser, Step};
 use super::wire::{Encoder, MAX_LINE};
 use crate::linebuf::{Line, LineBuf};
 use crate::mda::Outcome;
-use crate::queue::envelope::Envelope;
+use crate::queue::manager::plan::Route;
 use crate::stream::Stream;
+use std::collections::HashMap;
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::os::unix::fs::FileExt;
 use std::time::Instant;
 
 /// Unsent bytes above which no more of the body is read.
@@ -18,7 +24,7 @@ const OUT_HIGH: usize = 64 * 1024;
 const MAX_REPLY_LINE: usize = 4096;
 
 /// Where to connect.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Target {
     /// A TCP host and port.
     Tcp(String, u16),
@@ -60,129 +66,194 @@ impl Target {
         Ok((Target::Tcp(host.to_string(), port), proto))
     }
 
-    /// Starts a non-blocking connection.
-    pub fn connect(&self) -> io::Result<Stream> {
+    /// The host name to resolve before connecting; `None` for a unix socket or an
+    /// address literal, which need no lookup.
+    pub fn host_to_resolve(&self) -> Option<(&str, u16)> {
+        match self {
+            Target::Tcp(h, port) if h.parse::<IpAddr>().is_err() => Some((h, *port)),
+            _ => None,
+        }
+    }
+
+    /// Starts a non-blocking connection: to the socket path, the address literal, or
+    /// `resolved` (the address found for a host name; an error when there is none).
+    pub fn connect(&self, resolved: Option<SocketAddr>) -> io::Result<Stream> {
         match self {
             Target::Unix(p) => Ok(Stream::Unix(mio::net::UnixStream::connect(p)?)),
             Target::Tcp(h, port) => {
-                let addr: SocketAddr =
-                    (h.as_str(), *port)
-                        .to_socket_addrs()?
-                        .next()
-                        .ok_or_else(|| {
-                            io::Error::new(io::ErrorKind::NotFound, format!("{h}: no address"))
-                        })?;
+                let addr = match h.parse::<IpAddr>() {
+                    Ok(ip) => SocketAddr::new(ip, *port),
+                    Err(_) => resolved.ok_or_else(|| {
+                        io::Error::new(io::ErrorKind::NotFound, format!("{h}: not resolved"))
+                    })?,
+                };
                 Ok(Stream::Tcp(mio::net::TcpStream::connect(addr)?))
             }
         }
     }
 }
 
-/// One outgoing connection delivering one message.
+/// Resolves a host name to its first address (the system resolver: /etc/hosts, DNS).
+/// It may block: the resolver thread calls it, never the loop.
+pub fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
+    (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("{host}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{host}: no address"))
+}
+
+/// A job's message, open in the spool: the file and the length of the message in it.
+struct Body {
+    file: File,
+    len: u64,
+}
+
+/// One outgoing connection carrying jobs.
 pub struct MtaConn {
-    /// The socket.
-    pub sock: Stream,
+    /// The socket, once the connection was started.
+    pub sock: Option<Stream>,
     /// Generation, as for SMTP sessions.
     pub gen: u64,
+    /// The queue manager's id of this session.
+    pub session: u64,
     /// When the session times out.
     pub deadline: Instant,
-    /// The envelopes delivered, in recipient order.
-    pub envs: Vec<Envelope>,
+    /// The server.
+    pub target: Target,
     client: Client,
     parser: ReplyParser,
     inbuf: LineBuf,
     out: Vec<u8>,
-    body: Option<BufReader<io::Take<File>>>,
+    bodies: HashMap<u64, Body>,
+    /// The job whose message is being sent, and how far.
+    sending: Option<(u64, u64)>,
     encoder: Encoder,
+    /// Read buffer for message content.
+    chunk: Vec<u8>,
     error: Option<String>,
     closed: bool,
+    done: Vec<(u64, Vec<Outcome>)>,
 }
 
 impl MtaConn {
-    /// Wraps a connection in progress.
-    pub fn new(
-        sock: Stream,
-        gen: u64,
-        deadline: Instant,
-        client: Client,
-        body: io::Take<File>,
-        envs: Vec<Envelope>,
-    ) -> MtaConn {
-        // Lines are folded for an SMTP server, kept intact for local LMTP.
-        let encoder = Encoder::new(match client.proto() {
-            Proto::Smtp => Some(MAX_LINE),
-            Proto::Lmtp => None,
-        });
+    /// A session to `route`'s server, not connected yet.
+    pub fn new(session: u64, gen: u64, route: Route, deadline: Instant) -> MtaConn {
         MtaConn {
-            sock,
+            sock: None,
             gen,
+            session,
             deadline,
-            envs,
-            client,
+            client: Client::new(route.proto, &route.helo),
+            target: route.target,
             parser: ReplyParser::default(),
             inbuf: LineBuf::new(MAX_REPLY_LINE * 2),
             out: Vec::new(),
-            body: Some(BufReader::new(body)),
-            encoder,
+            bodies: HashMap::new(),
+            sending: None,
+            encoder: Encoder::new(None),
+            chunk: Vec::new(),
             error: None,
             closed: false,
+            done: Vec::new(),
         }
     }
 
-    /// Whether the session is over (results can be taken).
+    /// Whether the session is over: its jobs' outcomes are all in [`MtaConn::take_done`].
     pub fn finished(&self) -> bool {
         self.closed
     }
 
-    /// The outcome of each envelope.
-    pub fn outcomes(&self) -> Vec<Outcome> {
-        let fallback = Outcome::TempFail(
-            self.error
-                .clone()
-                .unwrap_or_else(|| "connection closed before the end of the session".into()),
-        );
-        self.client.outcomes(&fallback)
+    /// Why the session ended early, if it did.
+    pub fn error(&self) -> Option<&str> {
+        self.error.as_deref()
     }
 
-    /// Gives up (timeout): every recipient without a verdict is deferred.
+    /// The jobs over since the last call, with one outcome per recipient.
+    pub fn take_done(&mut self) -> Vec<(u64, Vec<Outcome>)> {
+        std::mem::take(&mut self.done)
+    }
+
+    /// Adds a job; its message comes with [`MtaConn::body`].
+    pub fn push(&mut self, job: Job) {
+        let steps = self.client.push(job);
+        self.apply(steps);
+    }
+
+    /// The message of job `id`, opened (file and message length), or why it cannot be.
+    pub fn body(&mut self, id: u64, r: Result<(File, u64), String>) {
+        let r = r.map(|(file, len)| {
+            self.bodies.insert(id, Body { file, len });
+        });
+        let steps = self.client.ready(id, r);
+        self.apply(steps);
+    }
+
+    /// No more jobs will come: the session ends once those given are over.
+    pub fn quit(&mut self) {
+        let steps = self.client.quit();
+        self.apply(steps);
+    }
+
+    /// Gives up (connection failed, timeout): every recipient without a verdict is
+    /// deferred with `why`.
     pub fn abort(&mut self, why: &str) {
-        self.error.get_or_insert_with(|| why.to_string());
+        let why = self.error.get_or_insert_with(|| why.to_string()).clone();
+        let steps = self.client.lost(&why);
+        self.apply(steps);
         self.closed = true;
+    }
+
+    fn apply(&mut self, steps: Vec<Step>) {
+        for step in steps {
+            match step {
+                Step::Send(cmd) => {
+                    self.out.extend_from_slice(cmd.as_bytes());
+                    self.out.extend_from_slice(b"\r\n");
+                }
+                Step::SendBody(id) => {
+                    // Lines are folded for an SMTP server, kept intact for local LMTP.
+                    self.encoder = Encoder::new(match self.client.proto() {
+                        Proto::Smtp => Some(MAX_LINE),
+                        Proto::Lmtp => None,
+                    });
+                    self.sending = Some((id, 0));
+                }
+                Step::Done(id, outcomes) => {
+                    self.bodies.remove(&id);
+                    self.done.push((id, outcomes));
+                }
+                Step::Close => {
+                    let _ = self.flush();
+                    self.closed = true;
+                }
+            }
+        }
     }
 
     /// Moves bytes until the socket would block.
     pub fn pump(&mut self, now: Instant, timeout: std::time::Duration) {
         loop {
-            if self.closed {
+            if self.closed || self.sock.is_none() {
                 return;
             }
             let mut progress = false;
             // Replies.
             loop {
-                match self.inbuf.next_line(MAX_REPLY_LINE) {
+                let reply = match self.inbuf.next_line(MAX_REPLY_LINE) {
                     Line::Partial => break,
                     Line::TooLong => return self.abort("reply line too long"),
-                    Line::Complete { bytes, .. } => {
-                        progress = true;
-                        match self.parser.feed(bytes) {
-                            Err(e) => return self.abort(&e),
-                            Ok(None) => {}
-                            Ok(Some(reply)) => {
-                                for step in self.client.on_reply(&reply) {
-                                    match step {
-                                        Step::Send(cmd) => {
-                                            self.out.extend_from_slice(cmd.as_bytes());
-                                            self.out.extend_from_slice(b"\r\n");
-                                        }
-                                        Step::SendBody => {}
-                                        Step::Close => {
-                                            let _ = self.flush();
-                                            self.closed = true;
-                                            return;
-                                        }
-                                    }
-                                }
-                            }
+                    Line::Complete { bytes, .. } => self.parser.feed(bytes),
+                };
+                progress = true;
+                match reply {
+                    Err(e) => return self.abort(&e),
+                    Ok(None) => {}
+                    Ok(Some(reply)) => {
+                        let steps = self.client.on_reply(&reply);
+                        self.apply(steps);
+                        if self.closed {
+                            return;
                         }
                     }
                 }
@@ -190,19 +261,20 @@ impl MtaConn {
             // Body.
             if self.client.in_body() {
                 progress |= self.fill_body();
+                if self.closed {
+                    return;
+                }
             }
             match self.flush() {
                 Ok(p) => progress |= p,
                 Err(e) => return self.abort(&format!("write: {e}")),
             }
             // Read.
-            match self.sock.read(self.inbuf.space()) {
-                Ok(0) => {
-                    self.error
-                        .get_or_insert_with(|| "connection closed by the server".into());
-                    self.closed = true;
-                    return;
-                }
+            let Some(sock) = self.sock.as_mut() else {
+                return;
+            };
+            match sock.read(self.inbuf.space()) {
+                Ok(0) => return self.abort("connection closed by the server"),
                 Ok(n) => {
                     self.inbuf.filled(n);
                     self.deadline = now + timeout;
@@ -221,38 +293,51 @@ impl MtaConn {
 
     /// Adds message content to the output while it is below the high-water mark.
     fn fill_body(&mut self) -> bool {
-        let Some(body) = self.body.as_mut() else {
+        let Some((id, mut pos)) = self.sending else {
             return false;
         };
+        let Some(body) = self.bodies.get(&id) else {
+            self.abort("the message is not open");
+            return false;
+        };
+        self.chunk.resize(64 * 1024, 0);
         let mut progress = false;
         while self.out.len() < OUT_HIGH {
-            let n = match body.fill_buf() {
-                Ok([]) => {
-                    self.encoder.finish(&mut self.out);
-                    self.body = None;
-                    self.client.body_sent();
-                    return true;
+            let want = (body.len - pos).min(self.chunk.len() as u64) as usize;
+            if want == 0 {
+                self.encoder.finish(&mut self.out);
+                self.sending = None;
+                self.client.body_sent();
+                return true;
+            }
+            match body.file.read_at(&mut self.chunk[..want], pos) {
+                Ok(0) => {
+                    self.abort("reading the message: file shorter than its length");
+                    return false;
                 }
-                Ok(chunk) => {
-                    self.encoder.push(chunk, &mut self.out);
-                    chunk.len()
+                Ok(n) => {
+                    self.encoder.push(&self.chunk[..n], &mut self.out);
+                    pos += n as u64;
+                    progress = true;
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     self.abort(&format!("reading the message: {e}"));
                     return false;
                 }
-            };
-            body.consume(n);
-            progress = true;
+            }
         }
+        self.sending = Some((id, pos));
         progress
     }
 
     fn flush(&mut self) -> io::Result<bool> {
         let mut progress = false;
+        let Some(sock) = self.sock.as_mut() else {
+            return Ok(false);
+        };
         while !self.out.is_empty() {
-            match self.sock.write(&self.out) {
+            match sock.write(&self.out) {
                 Ok(0) => break,
                 Ok(n) => {
                     self.out.drain(..n);
@@ -295,6 +380,22 @@ mod tests {
             Ok((Target::Tcp("mx.example.org".into(), 24), Some(Proto::Lmtp)))
         );
         assert!(Target::parse("smtps://x", 25).is_err());
+        // Only a host name needs the resolver thread; an address or a path connects
+        // at once, with no lookup.
+        let name = |s: &str| Target::parse(s, 25).ok().map(|(t, _)| t);
+        assert_eq!(
+            name("lmtp://mx.example.org")
+                .as_ref()
+                .and_then(Target::host_to_resolve),
+            Some(("mx.example.org", 24))
+        );
+        for s in ["127.0.0.1:24", "[::1]:2525", "/run/lmtp"] {
+            assert_eq!(
+                name(s).as_ref().and_then(Target::host_to_resolve),
+                None,
+                "{s}"
+            );
+        }
         assert!(Target::parse(":25", 25).is_err());
     }
 }

@@ -11,7 +11,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
 /// The same error again (io::Error is not Clone), keeping its errno for [`super::spool::is_no_space`].
-fn copy_err(e: &io::Error) -> io::Error {
+pub(super) fn copy_err(e: &io::Error) -> io::Error {
     match e.raw_os_error() {
         Some(n) => io::Error::from_raw_os_error(n),
         None => io::Error::from(e.kind()),

@@ -53,6 +53,17 @@ pub enum AfterTempfail {
     Expired,
 }
 
+/// What [`Scheduler::take_due_by`] does with a due envelope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pick {
+    /// Take it: it is in flight from now.
+    Take,
+    /// Leave it due, and look at the next.
+    Skip,
+    /// Leave it and every other due envelope.
+    Stop,
+}
+
 /// The in-memory schedule.
 #[derive(Debug, Default)]
 pub struct Scheduler {
@@ -144,12 +155,25 @@ impl Scheduler {
     /// Takes up to `max` envelopes due at `now` (local ones only when `local`, relayed
     /// ones only when `remote`), marking them in flight.
     pub fn take_due(&mut self, now: u64, max: usize, local: bool, remote: bool) -> Vec<u64> {
+        let mut n = 0;
+        self.take_due_by(now, |_, e| {
+            if n == max {
+                Pick::Stop
+            } else if (e.local && !local) || (!e.local && !remote) {
+                Pick::Skip
+            } else {
+                n += 1;
+                Pick::Take
+            }
+        })
+    }
+
+    /// Takes the envelopes due at `now`, in order of due time, that `pick` takes,
+    /// marking them in flight.
+    pub fn take_due_by(&mut self, now: u64, mut pick: impl FnMut(u64, &Entry) -> Pick) -> Vec<u64> {
         let mut out = Vec::new();
         let mut skipped = Vec::new();
-        while out.len() < max {
-            let Some(&Reverse((due, evpid))) = self.heap.peek() else {
-                break;
-            };
+        while let Some(&Reverse((due, evpid))) = self.heap.peek() {
             if due > now {
                 break;
             }
@@ -160,9 +184,16 @@ impl Scheduler {
             if e.state != RunState::Pending || e.due != due {
                 continue;
             }
-            if (e.local && !local) || (!e.local && !remote) {
-                skipped.push(Reverse((due, evpid)));
-                continue;
+            match pick(evpid, e) {
+                Pick::Take => {}
+                Pick::Skip => {
+                    skipped.push(Reverse((due, evpid)));
+                    continue;
+                }
+                Pick::Stop => {
+                    skipped.push(Reverse((due, evpid)));
+                    break;
+                }
             }
             e.state = RunState::Inflight;
             self.inflight += 1;

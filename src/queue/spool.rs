@@ -79,22 +79,16 @@ fn invalid(what: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what)
 }
 
-/// Writes `data` to `path` through a temporary file renamed over it (synced first when
-/// `sync`); returns the new file, still open for writing. The temporary is removed when
-/// a step fails, so that a failure (ENOSPC) keeps no space.
-fn replace_file(path: &Path, data: &[u8], sync: bool) -> io::Result<File> {
-    let tmp = path.with_extension("tmp");
+/// Creates (or truncates) `path` with mode 0600 and writes `data` to it, not synced;
+/// the file is removed when the write fails, so that a failure (ENOSPC) keeps no space.
+fn write_new(path: &Path, data: &[u8]) -> io::Result<File> {
     let write = || {
-        let mut f = create_temporary(&tmp)?;
+        let mut f = create_temporary(path)?;
         f.write_all(data)?;
-        if sync {
-            f.sync_data()?;
-        }
-        fs::rename(&tmp, path)?;
         Ok(f)
     };
     write().inspect_err(|_| {
-        let _ = fs::remove_file(&tmp);
+        let _ = fs::remove_file(path);
     })
 }
 
@@ -106,6 +100,27 @@ pub(super) fn create_temporary(tmp: &Path) -> io::Result<File> {
         .truncate(true)
         .mode(0o600)
         .open(tmp)
+}
+
+/// Writes `data` to `path` through a temporary file renamed over it (synced first when
+/// `sync`); returns the new file, still open for writing. The temporary is removed when
+/// a step fails.
+fn replace_file(path: &Path, data: &[u8], sync: bool) -> io::Result<File> {
+    let tmp = path.with_extension("tmp");
+    let f = write_new(&tmp, data)?;
+    let install = || {
+        if sync {
+            f.sync_data()?;
+        }
+        fs::rename(&tmp, path)
+    };
+    match install() {
+        Ok(()) => Ok(f),
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
 }
 
 /// Opens a spool file for reading: a plain file only (a symbolic link is not followed,
@@ -389,29 +404,6 @@ impl Spool {
             .map(drop)
     }
 
-    /// Rewrites a committed envelope (retry count, last error) atomically.
-    pub fn update_envelope(&self, env: &Envelope) -> io::Result<()> {
-        let msgid = env.msgid();
-        let mut envs = self.load_envelopes(msgid)?;
-        let slot = envs
-            .iter_mut()
-            .find(|e| e.evpid == env.evpid)
-            .ok_or(io::ErrorKind::NotFound)?;
-        *slot = env.clone();
-        self.store_envelopes(msgid, &envs)
-    }
-
-    /// Adds envelopes to a committed message (expansion of a `.forward`), durably.
-    pub fn add_envelopes(&self, msgid: u32, add: &[Envelope]) -> io::Result<()> {
-        let mut envs = self.load_envelopes(msgid)?;
-        envs.extend_from_slice(add);
-        self.store_envelopes(msgid, &envs)?;
-        match self.message_path(msgid).parent() {
-            Some(bucket) => fsync_dir(bucket),
-            None => Ok(()),
-        }
-    }
-
     /// Opens a committed message for reading: the file, at its start, and the length of
     /// the message in it (what follows are the envelopes).
     pub fn open_message(&self, msgid: u32) -> io::Result<(File, u64)> {
@@ -433,18 +425,54 @@ impl Spool {
             self.store_envelopes(msgid, &envs)?;
             return Ok(false);
         }
-        // The message first: a crash in between leaves only a `.env`, removed at start.
+        self.remove_message(msgid, from_env).map(|()| true)
+    }
+
+    /// Removes a message whose last envelope is gone: the message file (to `free/`),
+    /// then `MSGID.env` when `env_file` says there may be one. The message goes first:
+    /// a crash in between leaves only a `.env`, removed at start. Not synced: a removal
+    /// lost in a crash delivers the message again.
+    pub fn remove_message(&self, msgid: u32, env_file: bool) -> io::Result<()> {
         match self.recycle(&self.message_path(msgid)) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
             _ => {}
         }
-        if !from_env {
-            return Ok(true);
+        if !env_file {
+            return Ok(());
         }
         match fs::remove_file(self.envelopes_path(msgid)) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(true),
+            _ => Ok(()),
         }
+    }
+
+    /// Writes a message's whole envelope set to a temporary beside `MSGID.env`, not
+    /// synced: the caller syncs it (with others), then calls
+    /// [`Spool::install_envelopes`]. The temporary is removed when the write fails.
+    pub fn stage_envelopes(&self, msgid: u32, envs: &[Envelope]) -> io::Result<File> {
+        let data = encode_envelopes(envs);
+        let tmp = self.envelopes_path(msgid).with_extension("tmp");
+        self.retry_short(|| write_new(&tmp, &data))
+    }
+
+    /// Renames the envelopes staged by [`Spool::stage_envelopes`] over `MSGID.env`
+    /// (the temporary is removed when that fails).
+    pub fn install_envelopes(&self, msgid: u32) -> io::Result<()> {
+        let path = self.envelopes_path(msgid);
+        let tmp = path.with_extension("tmp");
+        fs::rename(&tmp, &path).inspect_err(|_| {
+            let _ = fs::remove_file(&tmp);
+        })
+    }
+
+    /// Removes the envelopes staged by [`Spool::stage_envelopes`] (their write failed).
+    pub fn unstage_envelopes(&self, msgid: u32) {
+        let _ = fs::remove_file(self.envelopes_path(msgid).with_extension("tmp"));
+    }
+
+    /// The directory of a message's files.
+    pub fn bucket(&self, msgid: u32) -> PathBuf {
+        self.root.join("queue").join(format!("{:02x}", msgid >> 24))
     }
 
     /// Moves a message whose envelopes cannot be read to corrupt/ (as `MSGID` and
@@ -551,10 +579,17 @@ pub(super) mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(text, "Subject: x\n\nbody\n");
         assert_eq!(spool.load_envelopes(id).ok(), Some(envs.to_vec()));
-        // A change goes to MSGID.env; removing the envelopes one by one removes all.
+        // A change goes to MSGID.env, staged then installed; removing the envelopes one
+        // by one removes all.
         let mut e2 = envs[1].clone();
         e2.retry = 3;
-        spool.update_envelope(&e2).unwrap_or_else(|e| panic!("{e}"));
+        let changed = [envs[0].clone(), e2.clone()];
+        let staged = spool.stage_envelopes(id, &changed);
+        assert!(staged.is_ok());
+        assert_eq!(spool.load_envelope(e2.evpid).ok(), Some(envs[1].clone()));
+        spool
+            .install_envelopes(id)
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(spool.load_envelope(e2.evpid).ok(), Some(e2.clone()));
         assert!(!spool.remove_envelope(envs[0].evpid).unwrap_or(true));
         assert_eq!(spool.load_envelopes(id).ok(), Some(vec![e2.clone()]));

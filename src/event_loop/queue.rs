@@ -1,0 +1,258 @@
+//! The loop's side of the queue manager (`queue::manager`): performs its actions
+//! through the spool I/O thread, the parent channel, outgoing sessions and the
+//! resolver thread, and hands it their completions. Nothing is decided here.
+
+use super::{unix_now, Entry, Server, FIRST_SLOT, MTA_TIMEOUT};
+use crate::mta::conn::MtaConn;
+use crate::privsep::{DeliverRes, MAX_MSG};
+use crate::queue::io::{IoDone, IoJob};
+use crate::queue::manager::Action;
+use mio::{Interest, Token};
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::time::Instant;
+
+/// Rounds of actions and immediate completions taken in one go at most (each round
+/// comes from completions of the previous one; they end well before).
+const ROUNDS: usize = 16;
+
+/// A host name to resolve for an outgoing session: (session, host, port).
+pub(super) type Lookup = (u64, String, u16);
+/// Its answer.
+pub(super) type LookupDone = (u64, Result<SocketAddr, String>);
+
+impl Server {
+    /// Performs what the queue manager asked for, until it asks nothing more.
+    pub(super) fn queue_actions(&mut self, now: Instant) {
+        for _ in 0..ROUNDS {
+            let actions = self.queue.take_actions();
+            if actions.is_empty() {
+                return;
+            }
+            for a in actions {
+                self.queue_action(a, now);
+            }
+        }
+    }
+
+    fn queue_action(&mut self, a: Action, now: Instant) {
+        match a {
+            Action::Log(level, line) => log::log!(level, "{line}"),
+            Action::Deliver(d) => self.spool_job(IoJob::Deliver(d)),
+            Action::Write(w) => self.spool_job(IoJob::Write(w)),
+            Action::Bounce(n) => self.spool_job(IoJob::Bounce(n, unix_now())),
+            Action::Expand(f) => self.spool_job(IoJob::Expand(f)),
+            Action::Connect { session, route } => self.mta_start(session, route, now),
+            Action::Send {
+                session,
+                msgid,
+                job,
+            } => {
+                let Some(&key) = self.mta_keys.get(&session) else {
+                    return;
+                };
+                let id = job.id;
+                if let Some(Entry::Mta(conn)) = self.slab.get_mut(key) {
+                    conn.push(job);
+                }
+                self.spool_job(IoJob::Open {
+                    session,
+                    job: id,
+                    msgid,
+                });
+                self.mta_after(key);
+            }
+            Action::Quit { session } => {
+                let Some(&key) = self.mta_keys.get(&session) else {
+                    return;
+                };
+                if let Some(Entry::Mta(conn)) = self.slab.get_mut(key) {
+                    conn.quit();
+                    conn.pump(now, MTA_TIMEOUT);
+                }
+                self.mta_after(key);
+            }
+        }
+    }
+
+    /// Hands a job to the spool I/O thread (when it is gone, the job fails at once).
+    fn spool_job(&mut self, job: IoJob) {
+        if let Err(job) = self.io.submit(job) {
+            self.io_done(job.fail("the spool thread is gone"));
+        }
+    }
+
+    /// Takes the spool I/O thread's and the resolver's completions.
+    pub(super) fn on_io(&mut self, now: Instant) {
+        for done in self.io.take_done() {
+            self.io_done(done);
+        }
+        for (session, r) in self.names.take_done() {
+            if let Some(&key) = self.mta_keys.get(&session) {
+                match r {
+                    Ok(addr) => self.mta_connect(key, Some(addr), now),
+                    Err(e) => self.mta_abort(key, &format!("cannot resolve: {e}")),
+                }
+            }
+        }
+        self.queue_actions(now);
+    }
+
+    fn io_done(&mut self, done: IoDone) {
+        let now = unix_now();
+        match done {
+            IoDone::Handed { id, result } => self.queue.handed(id, result, now),
+            IoDone::Written { id, result } => self.queue.written(id, result, now),
+            IoDone::Expanded { evpid, dests } => self.queue.expanded(evpid, dests, now),
+            IoDone::Bounced {
+                evpid,
+                kind,
+                to,
+                result,
+            } => self.queue.bounced(evpid, kind, &to, result, now),
+            IoDone::Opened {
+                session,
+                job,
+                result,
+            } => {
+                let Some(&key) = self.mta_keys.get(&session) else {
+                    return;
+                };
+                if let Some(Entry::Mta(conn)) = self.slab.get_mut(key) {
+                    conn.body(job, result);
+                    conn.pump(Instant::now(), MTA_TIMEOUT);
+                }
+                self.mta_after(key);
+            }
+        }
+    }
+
+    /// Reads results and filter sockets from the parent; false when it is gone.
+    pub(super) fn on_parent(&mut self, handed: &mut Vec<(usize, OwnedFd)>) -> bool {
+        let Some(fd) = self.parent.as_ref().map(|p| p.as_raw_fd()) else {
+            return false;
+        };
+        let mut buf = vec![0u8; MAX_MSG];
+        loop {
+            match crate::sys::recv_msg(fd, &mut buf) {
+                Ok((0, _)) => {
+                    log::error!("queue: the parent process is gone");
+                    self.parent = None;
+                    return false;
+                }
+                Ok((n, Some(fd))) if buf.first() == Some(&b'F') => {
+                    match crate::privsep::decode_filter_id(&buf[..n]) {
+                        Some(id) => handed.push((id, fd)),
+                        None => log::warn!("queue: malformed filter handover ignored"),
+                    }
+                }
+                Ok((n, _)) => match DeliverRes::decode(&buf[..n]) {
+                    Some(res) => self.queue.local_result(res.id, res.outcome, unix_now()),
+                    None => log::warn!("queue: malformed result from the parent ignored"),
+                },
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    log::error!("queue: parent channel: {e}");
+                    return false;
+                }
+            }
+        }
+    }
+
+    /// Sends a message to the parent (filter kill requests).
+    pub(super) fn ask_parent(&self, msg: &[u8]) {
+        if let Some(fd) = self.parent.as_ref().map(|p| p.as_raw_fd()) {
+            if let Err(e) = crate::sys::send_msg(fd, msg, None) {
+                log::warn!("queue: cannot reach the parent: {e}");
+            }
+        }
+    }
+
+    /// Starts outgoing session `session`: a host name is resolved first, by the
+    /// resolver thread.
+    fn mta_start(&mut self, session: u64, route: crate::queue::manager::plan::Route, now: Instant) {
+        let gen = self.next_gen;
+        self.next_gen += 1;
+        let deadline = now + MTA_TIMEOUT;
+        let lookup = route
+            .target
+            .host_to_resolve()
+            .map(|(h, p)| (h.to_string(), p));
+        let conn = MtaConn::new(session, gen, route, deadline);
+        let key = self.slab.insert(Entry::Mta(Box::new(conn)));
+        self.mta_keys.insert(session, key);
+        self.mta_conns += 1;
+        match lookup {
+            Some((host, port)) => {
+                if self.names.submit((session, host, port)).is_err() {
+                    self.mta_abort(key, "the resolver thread is gone");
+                }
+            }
+            None => self.mta_connect(key, None, now),
+        }
+    }
+
+    /// Connects session `key` (to `addr` when its host name was resolved).
+    fn mta_connect(&mut self, key: usize, addr: Option<SocketAddr>, now: Instant) {
+        let Some(Entry::Mta(conn)) = self.slab.get_mut(key) else {
+            return;
+        };
+        let r = conn.target.connect(addr).and_then(|mut sock| {
+            self.poll.registry().register(
+                &mut sock,
+                Token(key + FIRST_SLOT),
+                Interest::READABLE | Interest::WRITABLE,
+            )?;
+            Ok(sock)
+        });
+        match r {
+            Ok(sock) => {
+                conn.sock = Some(sock);
+                conn.pump(now, MTA_TIMEOUT);
+                self.mta_after(key);
+            }
+            Err(e) => {
+                let why = format!("cannot connect to {:?}: {e}", conn.target);
+                self.mta_abort(key, &why);
+            }
+        }
+    }
+
+    /// Gives up session `key` with `why`.
+    pub(super) fn mta_abort(&mut self, key: usize, why: &str) {
+        if let Some(Entry::Mta(conn)) = self.slab.get_mut(key) {
+            conn.abort(why);
+        }
+        self.mta_after(key);
+    }
+
+    /// Hands the manager what session `key` finished, and drops the session when it is
+    /// over.
+    pub(super) fn mta_after(&mut self, key: usize) {
+        let Some(Entry::Mta(conn)) = self.slab.get_mut(key) else {
+            return;
+        };
+        let done = conn.take_done();
+        let now = unix_now();
+        if !conn.finished() {
+            for (job, outcomes) in done {
+                self.queue.job_done(job, outcomes, now);
+            }
+            return;
+        }
+        let Some(Entry::Mta(mut conn)) = self.slab.try_remove(key) else {
+            return;
+        };
+        self.mta_conns -= 1;
+        self.mta_keys.remove(&conn.session);
+        if let Some(sock) = conn.sock.as_mut() {
+            let _ = self.poll.registry().deregister(sock);
+        }
+        let why = conn
+            .error()
+            .unwrap_or("the session ended before its jobs")
+            .to_string();
+        self.queue.session_closed(conn.session, done, &why, now);
+    }
+}

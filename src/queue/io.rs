@@ -1,0 +1,496 @@
+//! The spool I/O thread: what the queue manager asks of the spool, done off the loop.
+//!
+//! It takes every job waiting as one round, in order: hands local deliveries to the
+//! parent (opening each message), opens messages for outgoing sessions, looks up the
+//! destinations of forward files, writes notifications into `incoming/`; then the
+//! envelope writes of the round, staged into temporaries, made durable together
+//! (one syncfs(2) on Linux, as the commit thread does; fdatasync(2) each elsewhere),
+//! renamed into place (and the renames made durable when one of them must be); then the
+//! notifications are committed: a notice of delay at once, a notice of failure or
+//! success with the write that removes its envelope, which may come in a later round.
+//! So such a notification is written before the removal of the envelope it reports on,
+//! and committed after it (see smtpd.8, Crashes and duplicates).
+//! Each job gets one completion ([`IoDone`]), handed to the loop through the waker.
+
+use super::bounce::DsnKind;
+use super::commit::{commit_batch, copy_err, CommitJob};
+use super::envelope::Envelope;
+use super::forward::{destinations, NewDest};
+use super::manager::{Delivery, EnvWrite, ForwardFile, Notice};
+use super::spool::{fsync_dir, Spool};
+use crate::config::Config;
+use crate::privsep::DeliverReq;
+use crate::worker::Worker;
+use std::collections::HashMap;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// A job for the spool I/O thread.
+#[derive(Debug)]
+pub enum IoJob {
+    /// Open the message and send the request (its `len` set here) with it to the
+    /// parent.
+    Deliver(Delivery),
+    /// Open message `msgid` for `job` of outgoing session `session`.
+    Open {
+        /// The session.
+        session: u64,
+        /// The job.
+        job: u64,
+        /// The message.
+        msgid: u32,
+    },
+    /// Replace a message's envelopes, or remove the message when there are none.
+    Write(EnvWrite),
+    /// Write and commit a notification, dated at the time given (Unix seconds).
+    Bounce(Notice, u64),
+    /// Look up the destinations of a forward file.
+    Expand(ForwardFile),
+}
+
+/// The completion of an [`IoJob`].
+#[derive(Debug)]
+pub enum IoDone {
+    /// A local delivery was sent to the parent, or why not.
+    Handed {
+        /// The request.
+        id: u64,
+        /// What happened.
+        result: Result<(), String>,
+    },
+    /// A message opened for a session: the file and the message's length in it.
+    Opened {
+        /// The session.
+        session: u64,
+        /// The job.
+        job: u64,
+        /// The file, or why not.
+        result: Result<(File, u64), String>,
+    },
+    /// Envelopes written.
+    Written {
+        /// The write.
+        id: u64,
+        /// What happened.
+        result: Result<(), String>,
+    },
+    /// A notification committed (its id and envelopes), or why not.
+    Bounced {
+        /// The envelope reported on.
+        evpid: u64,
+        /// Its kind.
+        kind: DsnKind,
+        /// The sender notified.
+        to: String,
+        /// The notification.
+        result: Result<(u32, Vec<Envelope>), String>,
+    },
+    /// The destinations of a forward file.
+    Expanded {
+        /// The user's envelope.
+        evpid: u64,
+        /// Where it leads.
+        dests: Vec<NewDest>,
+    },
+}
+
+impl IoJob {
+    /// The completion of this job when it cannot be done at all (the thread is gone).
+    pub fn fail(self, why: &str) -> IoDone {
+        let why = why.to_string();
+        match self {
+            IoJob::Deliver(Delivery { req, .. }) => IoDone::Handed {
+                id: req.id,
+                result: Err(why),
+            },
+            IoJob::Open { session, job, .. } => IoDone::Opened {
+                session,
+                job,
+                result: Err(why),
+            },
+            IoJob::Write(EnvWrite { id, .. }) => IoDone::Written {
+                id,
+                result: Err(why),
+            },
+            IoJob::Bounce(Notice { env, kind, .. }, _) => IoDone::Bounced {
+                evpid: env.evpid,
+                kind,
+                to: env.sender,
+                result: Err(why),
+            },
+            IoJob::Expand(ForwardFile { env, .. }) => IoDone::Expanded {
+                evpid: env.evpid,
+                dests: Vec::new(),
+            },
+        }
+    }
+}
+
+/// What the thread works with.
+struct Ctx {
+    spool: Spool,
+    cfg: Arc<Config>,
+    parent: Option<Arc<OwnedFd>>,
+    /// Opened before anything it covers is written (see `super::commit`).
+    fs_handle: Option<File>,
+    /// Notices written, waiting for the write that removes their envelope, by
+    /// envelope.
+    held: HashMap<u64, Pending>,
+}
+
+/// A notice written into `incoming/`, to commit.
+struct Pending {
+    evpid: u64,
+    kind: DsnKind,
+    to: String,
+    job: CommitJob,
+}
+
+/// Starts the spool I/O thread; `wake` is called after each round.
+pub fn start(
+    spool: &Spool,
+    cfg: Arc<Config>,
+    parent: Option<Arc<OwnedFd>>,
+    wake: impl Fn() + Send + 'static,
+) -> io::Result<Worker<IoJob, IoDone>> {
+    let fs_handle = if crate::sys::HAVE_SYNCFS {
+        Some(File::open(spool.root().join("queue"))?)
+    } else {
+        None
+    };
+    let mut ctx = Ctx {
+        spool: spool.clone(),
+        cfg,
+        parent,
+        fs_handle,
+        held: HashMap::new(),
+    };
+    Worker::start("spool", wake, move |batch| ctx.round(batch))
+}
+
+/// An envelope write of the round.
+struct Staged {
+    id: u64,
+    msgid: u32,
+    durable: bool,
+    file: Option<File>,
+    result: io::Result<()>,
+}
+
+impl Ctx {
+    fn round(&mut self, batch: Vec<IoJob>) -> Vec<IoDone> {
+        let mut done = Vec::with_capacity(batch.len());
+        let mut writes = Vec::new();
+        let mut notices: Vec<Pending> = Vec::new();
+        for job in batch {
+            match job {
+                IoJob::Deliver(Delivery { msgid, req }) => done.push(IoDone::Handed {
+                    id: req.id,
+                    result: self.deliver(msgid, req),
+                }),
+                IoJob::Open {
+                    session,
+                    job,
+                    msgid,
+                } => done.push(IoDone::Opened {
+                    session,
+                    job,
+                    result: self
+                        .spool
+                        .open_message(msgid)
+                        .map_err(|e| format!("cannot open message: {e}")),
+                }),
+                IoJob::Expand(ForwardFile { env, owner, items }) => done.push(IoDone::Expanded {
+                    evpid: env.evpid,
+                    dests: destinations(&self.cfg, &env, &owner, &items),
+                }),
+                IoJob::Bounce(Notice { env, kind, hold }, now) => {
+                    match super::notice::make(&self.cfg, &self.spool, &env, kind, now) {
+                        Ok(job) => {
+                            let p = Pending {
+                                evpid: env.evpid,
+                                kind,
+                                to: env.sender,
+                                job,
+                            };
+                            if hold {
+                                self.held.insert(p.evpid, p);
+                            } else {
+                                notices.push(p);
+                            }
+                        }
+                        Err(e) => done.push(IoDone::Bounced {
+                            evpid: env.evpid,
+                            kind,
+                            to: env.sender,
+                            result: Err(e),
+                        }),
+                    }
+                }
+                IoJob::Write(EnvWrite {
+                    id,
+                    msgid,
+                    envs,
+                    durable,
+                    removed,
+                }) => {
+                    // The notices about the envelopes it removes follow it.
+                    notices.extend(removed.iter().filter_map(|e| self.held.remove(e)));
+                    writes.push(self.stage(id, msgid, &envs, durable));
+                }
+            }
+        }
+        done.extend(self.install(writes));
+        if !notices.is_empty() {
+            let (meta, jobs): (Vec<_>, Vec<_>) = notices
+                .into_iter()
+                .map(|p| ((p.evpid, p.kind, p.to), ((0, 0), p.job)))
+                .unzip();
+            for ((evpid, kind, to), c) in meta
+                .into_iter()
+                .zip(commit_batch(jobs, self.fs_handle.as_ref()))
+            {
+                done.push(IoDone::Bounced {
+                    evpid,
+                    kind,
+                    to,
+                    result: c
+                        .result
+                        .map(|()| (c.msgid, c.envs))
+                        .map_err(|e| e.to_string()),
+                });
+            }
+        }
+        done
+    }
+
+    /// Opens the message and sends the request with its descriptor to the parent.
+    fn deliver(&self, msgid: u32, mut req: DeliverReq) -> Result<(), String> {
+        let (file, len) = self
+            .spool
+            .open_message(msgid)
+            .map_err(|e| format!("cannot open message: {e}"))?;
+        let Some(parent) = self.parent.as_ref() else {
+            return Err("no delivery process".into());
+        };
+        req.len = len;
+        crate::sys::send_msg(parent.as_raw_fd(), &req.encode(), Some(file.as_raw_fd()))
+            .map_err(|e| format!("cannot reach the delivery process: {e}"))
+    }
+
+    /// First step of an envelope write: a removal is done at once, a new set is written
+    /// to its temporary.
+    fn stage(&self, id: u64, msgid: u32, envs: &[Envelope], durable: bool) -> Staged {
+        let (file, result) = if envs.is_empty() {
+            (None, self.spool.remove_message(msgid, true))
+        } else {
+            match self.spool.stage_envelopes(msgid, envs) {
+                Ok(f) => (Some(f), Ok(())),
+                Err(e) => (None, Err(e)),
+            }
+        };
+        Staged {
+            id,
+            msgid,
+            durable,
+            file,
+            result,
+        }
+    }
+
+    /// The rest of the round's envelope writes: one sync of the temporaries, the renames,
+    /// and one sync of the renames when one must be durable.
+    fn install(&self, mut writes: Vec<Staged>) -> Vec<IoDone> {
+        let staged = writes.iter().any(|w| w.file.is_some());
+        if let (Some(h), true) = (self.fs_handle.as_ref(), staged) {
+            if let Err(e) = crate::sys::syncfs(h.as_raw_fd()) {
+                for w in writes.iter_mut().filter(|w| w.file.is_some()) {
+                    w.result = Err(copy_err(&e));
+                }
+            }
+        } else {
+            for w in writes.iter_mut() {
+                if let Some(f) = &w.file {
+                    w.result = f.sync_data();
+                }
+            }
+        }
+        let mut buckets: Vec<PathBuf> = Vec::new();
+        for w in writes.iter_mut().filter(|w| w.file.is_some()) {
+            w.result = match std::mem::replace(&mut w.result, Ok(())) {
+                Ok(()) => self.spool.install_envelopes(w.msgid),
+                Err(e) => {
+                    self.spool.unstage_envelopes(w.msgid);
+                    Err(e)
+                }
+            };
+            let bucket = self.spool.bucket(w.msgid);
+            if w.durable && w.result.is_ok() && !buckets.contains(&bucket) {
+                buckets.push(bucket);
+            }
+        }
+        if !buckets.is_empty() {
+            let r = match self.fs_handle.as_ref() {
+                Some(h) => crate::sys::syncfs(h.as_raw_fd()),
+                None => buckets.iter().try_for_each(|b| fsync_dir(b)),
+            };
+            if let Err(e) = r {
+                for w in writes.iter_mut().filter(|w| w.durable && w.file.is_some()) {
+                    w.result = Err(copy_err(&e));
+                }
+            }
+        }
+        writes
+            .into_iter()
+            .map(|w| IoDone::Written {
+                id: w.id,
+                result: w.result.map_err(|e| e.to_string()),
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::spool::tests::spool_with_message;
+    use std::collections::HashMap;
+    use std::path::Path;
+
+    fn ctx(spool: &Spool) -> Ctx {
+        let conf = "listen on 127.0.0.1 port 2525\n\
+                    action \"mb\" maildir user nobody\n\
+                    match from any for domain \"example.org\" action \"mb\"\n";
+        let cfg = crate::config::parse(conf, Path::new("t"), &HashMap::new())
+            .unwrap_or_else(|e| panic!("{e}"));
+        Ctx {
+            spool: spool.clone(),
+            cfg: Arc::new(cfg),
+            parent: None,
+            fs_handle: None,
+            held: HashMap::new(),
+        }
+    }
+
+    #[test]
+    fn a_notice_is_committed_after_the_removal_of_its_envelope() {
+        let (_tmp, spool, id) = spool_with_message("io-round");
+        let mut c = ctx(&spool);
+        let mut env = spool.load_envelopes(id).unwrap_or_default().remove(0);
+        env.sender = "s@example.org".into();
+        env.errorline = "550 5.1.1 no such user".into();
+        let deliver = DeliverReq {
+            id: 9,
+            kind: crate::privsep::LocalKind::Mbox,
+            user: "nobody".into(),
+            sender: String::new(),
+            rcpt: "a@b".into(),
+            dest: "a@b".into(),
+            subaddr_delim: '+',
+            forward: false,
+            len: 0,
+        };
+        // The notice is written (it reads the message) but waits for the removal.
+        let done = c.round(vec![
+            IoJob::Open {
+                session: 1,
+                job: 2,
+                msgid: id,
+            },
+            IoJob::Bounce(
+                Notice {
+                    env: env.clone(),
+                    kind: DsnKind::Failed,
+                    hold: true,
+                },
+                1_000_000,
+            ),
+            IoJob::Deliver(Delivery {
+                msgid: id,
+                req: deliver,
+            }),
+        ]);
+        assert_eq!(done.len(), 2);
+        for d in done {
+            match d {
+                IoDone::Opened { job, result, .. } => {
+                    assert_eq!(job, 2);
+                    assert_eq!(result.map(|(_, len)| len).ok(), Some(2));
+                }
+                IoDone::Handed { id, result } => {
+                    assert_eq!(id, 9);
+                    assert_eq!(result, Err("no delivery process".to_string()));
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(spool.committed().ok(), Some(vec![id]));
+        // The removal, then the notice.
+        let done = c.round(vec![IoJob::Write(EnvWrite {
+            id: 7,
+            msgid: id,
+            envs: Vec::new(),
+            durable: false,
+            removed: vec![env.evpid],
+        })]);
+        assert!(matches!(
+            done[0],
+            IoDone::Written {
+                id: 7,
+                result: Ok(())
+            }
+        ));
+        let notice = match &done[1..] {
+            [IoDone::Bounced {
+                evpid,
+                result: Ok((m, envs)),
+                ..
+            }] if *evpid == env.evpid && envs[0].rcpt == "s@example.org" => *m,
+            other => panic!("unexpected {other:?}"),
+        };
+        // The original is gone; the notification is queued and reports the failure.
+        assert_eq!(spool.committed().ok(), Some(vec![notice]));
+        let (f, len) = spool.open_message(notice).unwrap_or_else(|e| panic!("{e}"));
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::Read::take(f, len), &mut text)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(text.contains("550 5.1.1 no such user"), "{text}");
+    }
+
+    #[test]
+    fn envelope_sets_are_installed_whole() {
+        let (_tmp, spool, id) = spool_with_message("io-write");
+        let mut c = ctx(&spool);
+        let mut envs = spool.load_envelopes(id).unwrap_or_default();
+        envs[0].retry = 2;
+        envs[0].errorline = "451 later".into();
+        let done = c.round(vec![IoJob::Write(EnvWrite {
+            id: 1,
+            msgid: id,
+            envs: envs.clone(),
+            durable: true,
+            removed: Vec::new(),
+        })]);
+        assert!(matches!(
+            done[..],
+            [IoDone::Written {
+                id: 1,
+                result: Ok(())
+            }]
+        ));
+        assert_eq!(spool.load_envelopes(id).ok(), Some(envs));
+        let tmp = spool.message_path(id).with_extension("tmp");
+        assert!(!tmp.exists());
+        // A job the thread cannot take fails with its own completion.
+        let failed = IoJob::Expand(ForwardFile {
+            env: Envelope::default(),
+            owner: "x".into(),
+            items: Vec::new(),
+        })
+        .fail("gone");
+        assert!(matches!(failed, IoDone::Expanded { dests, .. } if dests.is_empty()));
+    }
+}
