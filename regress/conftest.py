@@ -416,6 +416,8 @@ def read_spool(queue):
             if mfile.name.endswith(".env"):
                 assert (bucket / mfile.name[:-4]).exists() or not mfile.exists(), mfile
                 continue
+            if mfile.name.endswith(".tmp"):
+                continue  # an envelope set being written, renamed into place next
             msgid = mfile.name
             assert re.fullmatch(r"[0-9a-f]{8}", msgid), mfile
             assert bucket.name == msgid[:2], "message %s in bucket %s" % (msgid, bucket.name)

@@ -28,22 +28,6 @@ impl Server {
         self.slab.len() + self.msg_files + self.mta_conns
     }
 
-    /// Once a second: recounts the sessions that hold a message file (a count kept up
-    /// to date as sessions change, corrected here should it drift) and forgets the
-    /// addresses whose minute of `max-connection-rate` is over.
-    pub(super) fn recount(&mut self, now: Instant) {
-        if now < self.next_recount {
-            return;
-        }
-        self.next_recount = now + Duration::from_secs(1);
-        self.msg_files = self
-            .slab
-            .iter()
-            .filter(|(_, e)| matches!(e, Entry::Smtp(c) if c.holds_file()))
-            .count();
-        self.rates.prune(now);
-    }
-
     /// Whether accepting may go on: not paused, and `need` descriptors to spare
     /// beyond `reserve`.
     fn may_accept(&mut self, need: usize, reserve: usize) -> bool {
@@ -64,6 +48,7 @@ impl Server {
                     ACCEPT_PAUSE.as_secs()
                 );
                 self.accept_paused = Some(now + ACCEPT_PAUSE);
+                self.timers.add(now + ACCEPT_PAUSE, super::Due::Accept);
                 true
             }
         }

@@ -7,10 +7,9 @@ use crate::control::{self, Agent, Command as Ctl, Target};
 use crate::stream::Stream;
 use mio::net::UnixStream;
 use mio::{Interest, Token};
-use std::cmp::Reverse;
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Whether a client of this user id may run commands: root and the engine's own user.
 fn is_privileged(uid: u32) -> bool {
@@ -104,7 +103,7 @@ impl Server {
                 }
             }
             let deadline = now + self.cfg.control.timeout;
-            self.timers.push(Reverse((deadline, key, gen)));
+            self.timers.add(deadline, super::Due::Endpoint { key, gen });
         }
     }
 
@@ -183,6 +182,9 @@ impl Server {
                     if let Some(Entry::Control(c)) = self.slab.get_mut(key) {
                         c.out.extend_from_slice(text.as_bytes());
                         c.monitor = monitor;
+                        if monitor {
+                            self.monitors.push((key, c.gen));
+                        }
                     }
                 }
                 Ok(_) => {
@@ -391,18 +393,15 @@ impl Server {
         )
     }
 
-    /// Sends a line a second to monitoring clients.
+    /// Sends the line of this second to the monitoring clients (those gone are
+    /// forgotten).
     pub(super) fn monitor(&mut self, now: Instant) {
-        if now < self.next_monitor {
-            return;
-        }
-        self.next_monitor = now + Duration::from_secs(1);
         let line = self.monitor_line();
-        let keys: Vec<usize> = self
-            .slab
-            .iter()
-            .filter_map(|(k, e)| matches!(e, Entry::Control(c) if c.monitor).then_some(k))
-            .collect();
+        let slab = &self.slab;
+        self.monitors.retain(
+            |&(k, gen)| matches!(slab.get(k), Some(Entry::Control(c)) if c.gen == gen && c.monitor),
+        );
+        let keys: Vec<usize> = self.monitors.iter().map(|&(k, _)| k).collect();
         for key in keys {
             if let Some(Entry::Control(c)) = self.slab.get_mut(key) {
                 c.out.extend_from_slice(line.as_bytes());

@@ -194,8 +194,8 @@ impl Server {
     /// Sessions held back by a filter that took its input go on.
     pub(super) fn flush_pipes(&mut self, now: Instant) {
         let mut failed = Vec::new();
-        for (_, e) in self.slab.iter_mut() {
-            if let Entry::Filter(p) = e {
+        for fid in 0..self.pipes.len() {
+            if let Some(p) = self.pipe_mut(fid) {
                 if p.has_output() {
                     if let Err(e) = p.flush() {
                         failed.push((p.id, format!("write: {e}")));
@@ -247,29 +247,40 @@ impl Server {
         }
     }
 
-    /// Fails the filters that did not answer, or did not read, in time.
-    pub(super) fn filter_deadlines(&mut self, now: Instant) {
-        let late: Vec<(usize, String)> = self
-            .slab
-            .iter_mut()
-            .filter_map(|(_, e)| match e {
-                Entry::Filter(p) => {
-                    p.prune_gone(now);
-                    if p.overdue(now) {
-                        Some((p.id, "did not answer in time".to_string()))
-                    } else if p.write_stalled(now) {
-                        let t = p.timeout.as_secs_f64();
-                        Some((p.id, format!("did not read what it was sent for {t} s")))
-                    } else {
-                        None
-                    }
-                }
-                _ => None,
-            })
-            .collect();
-        for (fid, why) in late {
-            self.filter_failed(fid, &why, now);
+    /// Arms a deadline for each filter pipe whose next deadline is earlier than the
+    /// one armed (filter processes are few: this touches no other endpoint).
+    pub(super) fn arm_filter_timers(&mut self) {
+        for fid in 0..self.pipes.len() {
+            let Some(p) = self.pipe_mut(fid) else {
+                continue;
+            };
+            let Some(at) = p.next_deadline() else {
+                continue;
+            };
+            if p.armed.is_none_or(|t| at < t) {
+                p.armed = Some(at);
+                self.timers.add(at, super::Due::Filter(fid));
+            }
         }
+    }
+
+    /// A deadline of filter `fid` came: it is failed if it did not answer, or did not
+    /// read, in time.
+    pub(super) fn filter_due(&mut self, fid: usize, now: Instant) {
+        let Some(p) = self.pipe_mut(fid) else {
+            return;
+        };
+        p.armed = None;
+        p.prune_gone(now);
+        let why = if p.overdue(now) {
+            "did not answer in time".to_string()
+        } else if p.write_stalled(now) {
+            let t = p.timeout.as_secs_f64();
+            format!("did not read what it was sent for {t} s")
+        } else {
+            return;
+        };
+        self.filter_failed(fid, &why, now);
     }
 
     /// A session ends: its filters stop waiting for lines of its message.

@@ -72,8 +72,9 @@ impl ControlSlots {
 
 /// Addresses [`RateTable`] keeps at most.
 pub(super) const RATE_TABLE_MAX: usize = 16384;
-/// The period of [`RateTable`]'s counts.
-const RATE_WINDOW: Duration = Duration::from_secs(60);
+/// The period of [`RateTable`]'s counts (also how often it is pruned while it holds
+/// addresses).
+pub(super) const RATE_WINDOW: Duration = Duration::from_secs(60);
 
 /// New connections by address in the current minute of each address.
 #[derive(Debug)]
@@ -125,6 +126,11 @@ impl RateTable {
         self.next_prune = Some(now + Duration::from_secs(1));
         self.counts
             .retain(|_, (start, _)| now.saturating_duration_since(*start) < RATE_WINDOW);
+    }
+
+    /// Whether no address is remembered (nothing to prune).
+    pub(super) fn is_empty(&self) -> bool {
+        self.counts.is_empty()
     }
 
     /// Addresses remembered.

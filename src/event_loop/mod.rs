@@ -14,14 +14,14 @@ use crate::smtp::conn::{Conn, Ctx, Reason};
 use crate::smtp::reply::Reply;
 use crate::smtp::session::{Client, Limits, Session};
 use crate::stream::Stream;
+use crate::timer::Timers;
 use crate::worker::Worker;
 use limits::{ControlSlots, FdBudget, RateTable};
 use mio::net::{TcpListener, UnixListener, UnixStream};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::HashMap;
 use std::io::{self, Write};
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -47,6 +47,8 @@ const CONTROL: Token = Token(3);
 const DNS: Token = Token(4);
 /// Tokens below this are reserved.
 const FIRST_SLOT: usize = 16;
+/// The longest the loop sleeps when no deadline is near.
+const IDLE_SLEEP: Duration = Duration::from_secs(3600);
 /// How long a stopping daemon waits for commits in flight.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 /// Longest control command line.
@@ -98,7 +100,18 @@ pub struct Server {
     control: Option<UnixListener>,
     _waker: Arc<Waker>,
     signal_fd: RawFd,
-    timers: BinaryHeap<Reverse<(Instant, usize, u64)>>,
+    /// Every deadline of the engine.
+    timers: Timers<Due>,
+    /// When the queue manager's next due envelope is armed in `timers`.
+    queue_armed: Option<Instant>,
+    /// When the earliest reverse DNS deadline is armed in `timers`.
+    dns_armed: Option<Instant>,
+    /// A monitor line is armed in `timers`.
+    monitor_armed: bool,
+    /// Control clients that monitor (slab key and generation; checked when used).
+    monitors: Vec<(usize, u64)>,
+    /// Pruning the connection-rate table is armed in `timers`.
+    prune_armed: bool,
     per_addr: HashMap<IpAddr, usize>,
     /// New connections by address, for `max-connection-rate`.
     rates: RateTable,
@@ -111,11 +124,8 @@ pub struct Server {
     ctl_slots: ControlSlots,
     /// Outgoing sessions (each holds a message file).
     mta_conns: usize,
-    /// SMTP sessions that hold a message file (counted as they change; recounted
-    /// every second).
+    /// SMTP sessions that hold a message file (counted as they change).
     msg_files: usize,
-    /// When `msg_files` is recounted next.
-    next_recount: Instant,
     /// The descriptor limit and what was open at start.
     fds: FdBudget,
     /// Accepting stopped after a failed accept(2), until then.
@@ -130,7 +140,6 @@ pub struct Server {
     paused_smtp: bool,
     closing: Vec<usize>,
     signals: Vec<i32>,
-    next_monitor: Instant,
     /// Slab key of each filter process's pipe, by filter id.
     pipes: Vec<Option<usize>>,
     /// Loop turns so far: a filter pipe is read at most once per turn.
@@ -147,6 +156,33 @@ pub struct Server {
     session_keys: HashMap<u64, (usize, u64)>,
     /// Reverse DNS of clients, when the configuration checks it.
     resolver: Option<rdns::Resolver>,
+}
+
+/// What a deadline of [`Server::timers`] is for. An entry is checked when it comes
+/// due: a stale one (its endpoint gone, or the deadline moved) does nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Due {
+    /// The idle timeout of an SMTP session or control client.
+    Endpoint {
+        /// Slab key.
+        key: usize,
+        /// Its generation.
+        gen: u64,
+    },
+    /// Filter process `fid`: an answer or a write it waits for.
+    Filter(usize),
+    /// A reverse DNS query.
+    Dns,
+    /// A line to monitoring clients.
+    Monitor,
+    /// The queue manager's next due envelope.
+    Queue,
+    /// Accepting resumes after a failed accept(2).
+    Accept,
+    /// Expired entries of the connection-rate table go.
+    Prune,
+    /// The grace of a stopping daemon is over.
+    Stop,
 }
 
 impl Server {
@@ -246,14 +282,13 @@ impl Server {
             control,
             _waker: waker,
             signal_fd: -1,
-            timers: BinaryHeap::new(),
+            timers: Timers::new(),
             per_addr: HashMap::new(),
             sessions: 0,
             tcp_sessions: 0,
             max_sessions,
             mta_conns: 0,
             msg_files: 0,
-            next_recount: Instant::now(),
             fds: FdBudget {
                 limit: usize::try_from(nofile).unwrap_or(usize::MAX),
                 base: 0,
@@ -266,7 +301,11 @@ impl Server {
             paused_smtp: false,
             closing: Vec::new(),
             signals: Vec::new(),
-            next_monitor: Instant::now(),
+            queue_armed: None,
+            dns_armed: None,
+            monitor_armed: false,
+            monitors: Vec::new(),
+            prune_armed: false,
             pipes: Vec::new(),
             turn: 0,
             pipe_backlog: Vec::new(),
@@ -336,23 +375,12 @@ impl Server {
                 self.queue.run(unix_now());
             }
             self.queue_actions(now);
-            let mut timeout = self
-                .timers
-                .peek()
-                .map(|Reverse((t, _, _))| t.saturating_duration_since(now))
-                .unwrap_or(Duration::from_secs(1))
-                .min(Duration::from_secs(1));
-            if let Some(due) = self.queue.next_due() {
-                if due <= unix_now() {
-                    timeout = timeout.min(Duration::from_millis(100));
-                }
-            }
-            if let Some(t) = self.accept_paused {
-                timeout = timeout.min(t.saturating_duration_since(now));
-            }
-            if !self.pipe_backlog.is_empty() {
-                timeout = Duration::ZERO;
-            }
+            self.arm_timers(now);
+            // Sleep until the next deadline; filters with input left go on at once.
+            let timeout = match self.pipe_backlog.is_empty() {
+                true => self.timers.sleep(now, IDLE_SLEEP),
+                false => Duration::ZERO,
+            };
             match self.poll.poll(&mut events, Some(timeout)) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 r => r?,
@@ -402,14 +430,14 @@ impl Server {
             self.on_commits(now);
             self.on_lookups(now);
             self.on_io(now);
-            self.flush_pipes(now);
-            self.dns_deadlines(now);
             self.expire_timers(now);
-            self.filter_deadlines(now);
-            self.monitor(now);
             self.reap();
-            self.resume_accepting(now);
-            self.recount(now);
+            // Last: what this turn gave the filters (DISCONNECT reports of the sessions
+            // just reaped too) goes out now, not at some later wake.
+            self.flush_pipes(now);
+            if self.starved_tcp || self.starved_control {
+                self.resume_accepting(now);
+            }
         }
         log::info!("smtpd exiting");
         Ok(())
@@ -487,7 +515,9 @@ impl Server {
 
     /// Stops accepting, ends idle sessions with 421, lets commits in flight finish.
     fn stop(&mut self) {
-        self.stopping = Some(Instant::now() + STOP_GRACE);
+        let grace = Instant::now() + STOP_GRACE;
+        self.stopping = Some(grace);
+        self.timers.add(grace, Due::Stop);
         if let Some(mut l) = self.control.take() {
             let _ = self.poll.registry().deregister(&mut l);
         }
@@ -657,7 +687,7 @@ impl Server {
         if let Some(ip) = ip {
             *self.per_addr.entry(ip).or_insert(0) += 1;
         }
-        self.timers.push(Reverse((deadline, key, gen)));
+        self.timers.add(deadline, Due::Endpoint { key, gen });
         if let (true, Some(ip)) = (lookup, ip) {
             self.start_rdns(key, gen, ip, now);
         }
@@ -709,36 +739,84 @@ impl Server {
         self.queue_actions(now);
     }
 
-    fn expire_timers(&mut self, now: Instant) {
-        while let Some(&Reverse((t, key, gen))) = self.timers.peek() {
-            if t > now {
-                break;
-            }
-            self.timers.pop();
-            let due = match self.slab.get(key) {
-                Some(Entry::Smtp(conn)) if conn.gen == gen => {
-                    if conn.deadline > now || conn.committing() {
-                        Some(conn.deadline.max(now + Duration::from_secs(1)))
-                    } else {
-                        None
-                    }
-                }
-                Some(Entry::Control(c)) if c.gen == gen => {
-                    self.control_timeout(key);
-                    continue;
-                }
-                _ => continue,
+    /// Arms the deadlines that follow from the state of things: the queue manager's
+    /// next due envelope, monitor lines, pruning of the connection-rate table.
+    fn arm_timers(&mut self, now: Instant) {
+        if let Some(due) = self.queue.next_due() {
+            // Envelopes due already wait for room (deliveries in flight): their
+            // completions wake the loop; look again every 100 ms all the same.
+            let at = match due.checked_sub(unix_now()) {
+                Some(s) if s > 0 => now + Duration::from_secs(s),
+                _ => now + Duration::from_millis(100),
             };
-            if let Some(next) = due {
-                self.timers.push(Reverse((next, key, gen)));
-                continue;
+            if self.queue_armed.is_none_or(|t| at < t) {
+                self.queue_armed = Some(at);
+                self.timers.add(at, Due::Queue);
             }
-            self.with_conn(key, Some(gen), |conn, ctx| {
-                conn.close_with(ctx, Reply::TIMEOUT, Reason::Timeout)
-            });
-            // A client that does not read its 421 is not waited for.
-            self.closing.push(key);
         }
+        if !self.monitor_armed && !self.monitors.is_empty() {
+            self.monitor_armed = true;
+            self.timers.add(now + Duration::from_secs(1), Due::Monitor);
+        }
+        self.arm_filter_timers();
+        if let Some(at) = self.next_dns_deadline() {
+            if self.dns_armed.is_none_or(|t| at < t) {
+                self.dns_armed = Some(at);
+                self.timers.add(at, Due::Dns);
+            }
+        }
+        if !self.prune_armed && !self.rates.is_empty() {
+            self.prune_armed = true;
+            self.timers.add(now + limits::RATE_WINDOW, Due::Prune);
+        }
+    }
+
+    /// Takes the deadlines that are due.
+    fn expire_timers(&mut self, now: Instant) {
+        while let Some(due) = self.timers.pop_due(now) {
+            match due {
+                Due::Endpoint { key, gen } => self.endpoint_due(key, gen, now),
+                Due::Filter(fid) => self.filter_due(fid, now),
+                Due::Dns => {
+                    self.dns_armed = None;
+                    self.dns_deadlines(now);
+                }
+                Due::Monitor => {
+                    self.monitor_armed = false;
+                    self.monitor(now);
+                }
+                Due::Queue => self.queue_armed = None,
+                Due::Accept => self.resume_accepting(now),
+                Due::Prune => {
+                    self.prune_armed = false;
+                    self.rates.prune(now);
+                }
+                Due::Stop => {}
+            }
+        }
+    }
+
+    /// The idle deadline of endpoint `key` (of generation `gen`) came.
+    fn endpoint_due(&mut self, key: usize, gen: u64, now: Instant) {
+        let later = match self.slab.get(key) {
+            Some(Entry::Smtp(conn)) if conn.gen == gen => {
+                if conn.deadline > now || conn.committing() {
+                    Some(conn.deadline.max(now + Duration::from_secs(1)))
+                } else {
+                    None
+                }
+            }
+            Some(Entry::Control(c)) if c.gen == gen => return self.control_timeout(key),
+            _ => return,
+        };
+        if let Some(next) = later {
+            return self.timers.add(next, Due::Endpoint { key, gen });
+        }
+        self.with_conn(key, Some(gen), |conn, ctx| {
+            conn.close_with(ctx, Reply::TIMEOUT, Reason::Timeout)
+        });
+        // A client that does not read its 421 is not waited for.
+        self.closing.push(key);
     }
 
     fn reap(&mut self) {

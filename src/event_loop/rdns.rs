@@ -155,6 +155,12 @@ impl Server {
         }
     }
 
+    /// The earliest deadline of the queries in flight.
+    pub(super) fn next_dns_deadline(&self) -> Option<Instant> {
+        let r = self.resolver.as_ref()?;
+        r.pending.values().map(|p| p.deadline).min()
+    }
+
     /// Queries past their deadline are sent again, or given up.
     pub(super) fn dns_deadlines(&mut self, now: Instant) {
         let Some(r) = self.resolver.as_mut() else {

@@ -119,6 +119,8 @@ pub struct FilterPipe {
     out: Vec<u8>,
     /// Since when `out` waits without the filter taking any of it.
     stalled: Instant,
+    /// The deadline armed for the pipe in the engine's timers, if any.
+    pub armed: Option<Instant>,
 }
 
 impl FilterPipe {
@@ -159,6 +161,7 @@ impl FilterPipe {
             rbuf: Vec::new(),
             out: Vec::new(),
             stalled: Instant::now(),
+            armed: None,
         })
     }
 
@@ -519,6 +522,16 @@ impl FilterPipe {
     /// Sessions whose answer is overdue.
     pub fn overdue(&self, now: Instant) -> bool {
         self.waiting.values().any(|&d| d <= now)
+    }
+
+    /// The earliest time something about the pipe must be looked at: an answer's
+    /// deadline, the deadline of frames the filter does not take, or the end of a left
+    /// session's grace.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let answer = self.waiting.values().min().copied();
+        let write = (!self.out.is_empty()).then(|| self.stalled + self.timeout);
+        let gone = self.gone_order.front().map(|&(_, until)| until);
+        [answer, write, gone].into_iter().flatten().min()
     }
 
     /// Marks the pipe dead and returns the sessions that were waiting on it.
