@@ -11,8 +11,7 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
-/// The control socket's name inside the spool.
-pub const SOCKET_NAME: &str = "smtpd.sock";
+pub use crate::queue::spool::SOCKET_NAME;
 
 /// A parsed control command.
 #[derive(Debug, Clone, PartialEq, Eq)]

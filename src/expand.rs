@@ -7,65 +7,17 @@
 //! addresses (matched against the ruleset again), `|command`, `/file` and
 //! `:include:/file`. Expansion is bounded in depth and size and ignores loops.
 
-use crate::config::{Action, ActionId, Config, Decision, Method};
+use crate::config::{ActionDef, ActionId, Config, Decision, Method};
+use crate::mail::address::{valid_domain, valid_local, Mailbox};
+use crate::mail::peer::MatchCtx;
+use crate::mail::reply::Reply;
+use crate::mail::{Delivery, Dest};
 use crate::ruleset::{decide, strip_subaddress};
-use crate::smtp::command::{valid_domain, valid_local, Mailbox};
-use crate::smtp::reply::Reply;
-use crate::smtp::session::MatchCtx;
 
 /// Nested table lookups followed at most.
 const MAX_DEPTH: usize = 10;
 /// Deliveries one recipient may expand to.
 const MAX_DELIVERIES: usize = 1000;
-
-/// One final destination.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Dest {
-    /// A local user's mailbox (method of the action).
-    User(String),
-    /// Append to a file, mbox style.
-    File(String),
-    /// Pipe the message to a command.
-    Pipe(String),
-    /// Relay to this address.
-    Relay(String),
-}
-
-impl Dest {
-    /// The stored form: `user:NAME`, `file:PATH`, `pipe:COMMAND`, `relay:ADDRESS`.
-    pub fn encode(&self) -> String {
-        match self {
-            Dest::User(u) => format!("user:{u}"),
-            Dest::File(f) => format!("file:{f}"),
-            Dest::Pipe(c) => format!("pipe:{c}"),
-            Dest::Relay(a) => format!("relay:{a}"),
-        }
-    }
-
-    /// Parses the stored form.
-    pub fn decode(s: &str) -> Option<Dest> {
-        let (kind, v) = s.split_once(':')?;
-        if v.is_empty() {
-            return None;
-        }
-        Some(match kind {
-            "user" => Dest::User(v.to_string()),
-            "file" => Dest::File(v.to_string()),
-            "pipe" => Dest::Pipe(v.to_string()),
-            "relay" => Dest::Relay(v.to_string()),
-            _ => return None,
-        })
-    }
-}
-
-/// A destination and the action that delivers it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Delivery {
-    /// The action.
-    pub action: ActionId,
-    /// Where to.
-    pub dest: Dest,
-}
 
 struct Expander<'a> {
     cfg: &'a Config,
@@ -83,7 +35,7 @@ fn unknown(rcpt: &Mailbox) -> Reply {
 }
 
 /// Whether `user` is known to `action`'s user base.
-fn user_exists(cfg: &Config, action: &Action, user: &str) -> bool {
+fn user_exists(cfg: &Config, action: &ActionDef, user: &str) -> bool {
     if let Some(t) = action.userbase {
         return cfg.tables[t].contains(user);
     }
@@ -298,7 +250,7 @@ pub fn delivers_to_mailbox(m: &Method) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::smtp::session::Client;
+    use crate::mail::peer::Peer;
     use std::collections::HashMap;
     use std::net::IpAddr;
     use std::path::Path;
@@ -306,7 +258,7 @@ mod tests {
     fn run(conf: &str, rcpt: &str) -> Result<Vec<String>, String> {
         let c = crate::config::parse(conf, Path::new("t"), &HashMap::new())
             .map_err(|e| e.to_string())?;
-        let client = Client {
+        let client = Peer {
             addr: Some(IpAddr::from([203, 0, 113, 5])),
             local: false,
             server_name: "mx.example.org".into(),

@@ -6,18 +6,20 @@
 #![warn(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
-pub mod client;
 pub mod config;
 pub mod control;
 pub mod dns;
 pub mod event_loop;
 pub mod expand;
 pub mod filter;
+pub mod format;
 pub mod linebuf;
 pub mod logger;
 pub mod lookup;
+pub mod mail;
 pub mod mda;
 pub mod mta;
+pub mod nexthop;
 pub mod privsep;
 pub mod queue;
 pub mod ruleset;
@@ -29,4 +31,5 @@ pub mod table;
 #[cfg(test)]
 mod testutil;
 pub mod timer;
+pub mod tools;
 pub mod worker;

@@ -19,14 +19,69 @@
 //! the same `mio::Waker`; an answer whose session is gone is dropped by the loop.
 
 use crate::config::Config;
+use crate::mail::delivery::Delivery;
+use crate::mail::{Mailbox, MatchCtx, Peer, Reply};
 use crate::queue::edit::MessageEdit;
 use crate::queue::spool::Spool;
-use crate::smtp::session::{Lookup, LookupAnswer};
 use std::fs::File;
 use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{mpsc, Arc, Mutex, PoisonError};
+
+/// A question for the lookup workers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    /// Whether the spool can take a message of this many octets (SIZE= or 0).
+    Space(u64),
+    /// Match a recipient against the ruleset and expand it.
+    Rcpt(Box<RcptQuery>),
+}
+
+/// A recipient to resolve, with the facts the ruleset matches on, owned so that the
+/// question can go to another thread.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RcptQuery {
+    /// The client.
+    pub client: Peer,
+    /// The HELO/EHLO name.
+    pub helo: String,
+    /// MAIL FROM.
+    pub sender: Mailbox,
+    /// The recipient.
+    pub rcpt: Mailbox,
+}
+
+impl Lookup {
+    /// The answer when no lookup thread can be asked: a temporary failure (for the
+    /// spool's room, as when statvfs(2) fails: the writes will tell).
+    pub fn unanswered(&self) -> LookupAnswer {
+        match self {
+            Lookup::Space(_) => LookupAnswer::Space(true),
+            Lookup::Rcpt(_) => LookupAnswer::Rcpt(Err(Reply::LOCAL_ERROR)),
+        }
+    }
+}
+
+impl RcptQuery {
+    /// The context the ruleset matches the recipient in.
+    pub fn ctx(&self) -> MatchCtx<'_> {
+        MatchCtx {
+            client: &self.client,
+            helo: &self.helo,
+            sender: &self.sender,
+        }
+    }
+}
+
+/// The lookup workers' answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LookupAnswer {
+    /// The spool has room.
+    Space(bool),
+    /// The recipient's deliveries, or the reply refusing it.
+    Rcpt(Result<Vec<Delivery>, Reply>),
+}
 
 /// Threads at most: as many lookups may stall at once before the next one waits.
 pub const MAX_THREADS: usize = 16;
@@ -59,7 +114,7 @@ pub struct EditJob {
 /// The outcome of a [`Job`].
 #[derive(Debug)]
 pub enum Answer {
-    /// For [`crate::smtp::session::Session::on_lookup`].
+    /// For the session that asked (`Session::on_lookup`).
     Session(LookupAnswer),
     /// The rewritten message, open for writing at its end, or why it failed.
     Edited {
@@ -240,15 +295,15 @@ fn work(s: &Shared) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::smtp::command::Mailbox;
-    use crate::smtp::reply::Reply;
-    use crate::smtp::session::{Client, RcptQuery};
+    use crate::mail::address::Mailbox;
+    use crate::mail::peer::Peer;
+    use crate::mail::reply::Reply;
     use std::sync::mpsc::Receiver;
     use std::time::Duration;
 
     fn rcpt(local: &str) -> Job {
         Job::Session(Lookup::Rcpt(Box::new(RcptQuery {
-            client: Client {
+            client: Peer {
                 addr: None,
                 local: true,
                 server_name: "mx.example.org".into(),

@@ -1,9 +1,9 @@
 //! smtpd: flags, start-up and the choice of configuration. No logic lives here.
 
-use smtpd::client;
 use smtpd::config::{self, Config};
 use smtpd::event_loop::{bind_control, bind_listeners, refuse_if_running, Server};
 use smtpd::queue::spool::Spool;
+use smtpd::tools;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -59,10 +59,10 @@ fn main() -> ExitCode {
     }
     let rest = args.get(first..).unwrap_or_default();
     let code = personality.map(|p| match p {
-        Personality::Smtpctl => client::smtpctl(name, rest),
-        Personality::Mailq => client::smtpctl(name, &["show".into(), "queue".into()]),
-        Personality::Sendmail => client::sendmail(name, rest, offline_gid),
-        Personality::Newaliases => client::newaliases(name, rest),
+        Personality::Smtpctl => tools::smtpctl(name, rest),
+        Personality::Mailq => tools::smtpctl(name, &["show".into(), "queue".into()]),
+        Personality::Sendmail => tools::sendmail(name, rest, offline_gid),
+        Personality::Newaliases => tools::newaliases(name, rest),
     });
     if let Some(code) = code {
         return ExitCode::from(u8::try_from(code).unwrap_or(1));

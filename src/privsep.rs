@@ -11,7 +11,7 @@
 //! The engine never holds root, and a child never sees another user's data.
 
 use crate::filter::supervisor::{self, Running};
-use crate::mda::format::{expand_command, expand_path, FormatCtx};
+use crate::format::{expand_command, expand_path, FormatCtx};
 use crate::mda::{self, Outcome};
 use crate::sys;
 use std::collections::HashMap;

@@ -4,8 +4,8 @@
 //! recipient then expands to is `expand.rs`'s business.
 
 use crate::config::{Cond, Config, Decision, Matcher};
-use crate::smtp::command::Mailbox;
-use crate::smtp::session::MatchCtx;
+use crate::mail::address::Mailbox;
+use crate::mail::peer::MatchCtx;
 use crate::table::{address_matches, domain_matches, ip_matches};
 
 /// Local names: the server's host names and `localhost`.

@@ -24,14 +24,15 @@
 
 use libfuzzer_sys::fuzz_target;
 use smtpd::config::Config;
-use smtpd::expand::{expand, Delivery, Dest};
+use smtpd::expand::expand;
+use smtpd::mail::delivery::{Delivery, Dest};
 use smtpd::linebuf::{Line, LineBuf, Text};
 use smtpd::smtp::command::Command;
-use smtpd::smtp::reply::Reply;
-use smtpd::smtp::session::{
-    Action, Client, DataLine, FilterVerdict, Limits, Lookup, LookupAnswer, RcptQuery, Session,
-    State,
-};
+use smtpd::mail::reply::Reply;
+use smtpd::filter::phase::FilterVerdict;
+use smtpd::lookup::{Lookup, LookupAnswer, RcptQuery};
+use smtpd::smtp::session::{Action, DataLine, Limits, Session, State};
+use smtpd::mail::peer::Peer;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::Path;
@@ -468,7 +469,7 @@ fuzz_target!(|data: &[u8]| {
     } else {
         "mx.example.org".to_string()
     };
-    let client = Client {
+    let client = Peer {
         addr,
         local: flags & 4 != 0,
         server_name,

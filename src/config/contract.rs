@@ -331,8 +331,8 @@ fn shown_configs() -> Vec<(String, Config)> {
     out
 }
 
-fn format_ctx() -> crate::mda::format::FormatCtx {
-    crate::mda::format::FormatCtx {
+fn format_ctx() -> crate::format::FormatCtx {
+    crate::format::FormatCtx {
         sender: "alice@example.org".into(),
         rcpt: "Bob+lists@Example.net".into(),
         dest: "bob@example.net".into(),
@@ -345,8 +345,8 @@ fn format_ctx() -> crate::mda::format::FormatCtx {
 #[test]
 fn shown_delivery_settings_are_usable() {
     use crate::config::Method;
-    use crate::mda::format::{expand_command, expand_path};
-    use crate::mta::conn::Target;
+    use crate::format::{expand_command, expand_path};
+    use crate::nexthop::Target;
     let ctx = format_ctx();
     let mut relays = 0;
     for (origin, c) in shown_configs() {
@@ -393,7 +393,7 @@ fn documented_mda_example_expands_as_stated() {
         panic!("the display is not an mda action: {text}");
     };
     let (script, args) =
-        crate::mda::format::expand_command(cmd, &format_ctx()).unwrap_or_else(|e| panic!("{e}"));
+        crate::format::expand_command(cmd, &format_ctx()).unwrap_or_else(|e| panic!("{e}"));
     let stated = page
         .split(".Ed\n.Pp\nruns\n.Ql ")
         .nth(1)
@@ -409,12 +409,12 @@ fn documented_mda_example_expands_as_stated() {
 /// recipients with the sample configuration.
 #[test]
 fn sample_lets_local_mail_and_bounces_out() {
-    use crate::smtp::command::Mailbox;
-    use crate::smtp::session::{Client, MatchCtx};
+    use crate::mail::address::Mailbox;
+    use crate::mail::peer::{MatchCtx, Peer};
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("smtpd.conf.sample");
     let c =
         parse(&read("smtpd.conf.sample"), &path, &HashMap::new()).unwrap_or_else(|e| panic!("{e}"));
-    let client = Client {
+    let client = Peer {
         addr: None,
         local: true,
         server_name: "mx.example.org".into(),

@@ -119,7 +119,7 @@ pub fn qualify(name: &str, hosts: &str) -> String {
         };
         let listed =
             canonical.eq_ignore_ascii_case(name) || words.any(|w| w.eq_ignore_ascii_case(name));
-        if listed && canonical.contains('.') && crate::smtp::command::valid_domain(canonical) {
+        if listed && canonical.contains('.') && crate::mail::address::valid_domain(canonical) {
             return canonical.to_ascii_lowercase();
         }
     }

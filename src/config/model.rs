@@ -23,7 +23,7 @@ pub struct Config {
     /// Tables, indexed by [`TableId`].
     pub tables: Vec<Table>,
     /// Actions, indexed by [`ActionId`].
-    pub actions: Vec<Action>,
+    pub actions: Vec<ActionDef>,
     /// Rules, in order; the first that matches decides.
     pub rules: Vec<Rule>,
     /// Filters, indexed by [`FilterId`].
@@ -234,11 +234,11 @@ pub struct Listener {
 /// Index into [`Config::tables`].
 pub type TableId = usize;
 /// Index into [`Config::actions`].
-pub type ActionId = usize;
+pub use crate::mail::delivery::ActionId;
 
 /// An `action` statement.
 #[derive(Debug, Clone)]
-pub struct Action {
+pub struct ActionDef {
     /// Its name.
     pub name: String,
     /// How mail is delivered.

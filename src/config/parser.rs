@@ -481,7 +481,7 @@ impl Parser {
                     .ok_or_else(|| st.err(format!("invalid port '{p}'")))?;
             } else if st.eat("hostname") {
                 let h = st.value("host name")?;
-                if !crate::smtp::command::valid_domain(&h) {
+                if !crate::mail::address::valid_domain(&h) {
                     return Err(st.err(format!("invalid host name '{h}'")));
                 }
                 hostname = Some(h);
@@ -566,7 +566,7 @@ impl Parser {
         } else {
             return Err(st.err("delivery method expected: maildir, mbox, mda, lmtp, expand-only, forward-only or relay"));
         };
-        let mut action = Action {
+        let mut action = ActionDef {
             name: name.clone(),
             method,
             alias: None,
@@ -588,7 +588,7 @@ impl Parser {
                 action.user = Some(st.value("user name")?);
             } else if !local && st.eat("helo") {
                 let name = st.value("host name")?;
-                if !crate::smtp::command::valid_domain(&name) {
+                if !crate::mail::address::valid_domain(&name) {
                     return Err(st.err(format!("helo: invalid host name '{name}'")));
                 }
                 if let Method::Relay { helo, .. } = &mut action.method {
@@ -861,8 +861,8 @@ pub(super) fn queue_path_only(text: &str, path: &Path) -> PathBuf {
 /// Checks what a delivery method names, so that mistakes show at start, not as failed
 /// deliveries: relay and LMTP destinations, path and command formats.
 fn check_method(m: &Method) -> Result<(), String> {
-    use crate::mda::format::{expand_command, expand_path, FormatCtx};
-    use crate::mta::conn::Target;
+    use crate::format::{expand_command, expand_path, FormatCtx};
+    use crate::nexthop::Target;
     let ctx = FormatCtx {
         sender: "sender@example.org".into(),
         rcpt: "rcpt@example.org".into(),

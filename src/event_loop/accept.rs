@@ -7,8 +7,8 @@
 //! accept(2) failed), the loop revisits every listener itself once it may go on.
 
 use super::limits::{FD_RESERVE, FD_RESERVE_PRIVILEGED};
-use super::{Entry, Server};
-use crate::smtp::reply::Reply;
+use super::{Endpoint, Server};
+use crate::mail::reply::Reply;
 use crate::stream::Stream;
 use std::io::{self, Write};
 use std::net::IpAddr;
@@ -72,7 +72,7 @@ impl Server {
                 let keys: Vec<usize> = self
                     .slab
                     .iter()
-                    .filter_map(|(k, e)| matches!(e, Entry::Listener { .. }).then_some(k))
+                    .filter_map(|(k, e)| matches!(e, Endpoint::Listener { .. }).then_some(k))
                     .collect();
                 for key in keys {
                     self.accept(key, now);
@@ -93,7 +93,7 @@ impl Server {
                 return;
             }
             let (stream, peer, lidx) = match self.slab.get(key) {
-                Some(Entry::Listener { sock, idx }) => match sock.accept() {
+                Some(Endpoint::Listener { sock, idx }) => match sock.accept() {
                     Ok((s, addr)) => (s, addr, *idx),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                     Err(e) => {
@@ -126,7 +126,7 @@ impl Server {
             }
             let _ = stream.set_nodelay(true);
             if let Some(k) = self.new_session(Stream::Tcp(stream), Some(ip), Some(lidx), now) {
-                if let Some(Entry::Smtp(c)) = self.slab.get(k) {
+                if let Some(Endpoint::Smtp(c)) = self.slab.get(k) {
                     log::info!(
                         "{:016x} smtp connected address={ip} port={}",
                         c.id(),

@@ -2,7 +2,7 @@
 //! local submissions that turn into SMTP sessions.
 
 use super::limits::{ControlRefusal, FD_RESERVE, FD_RESERVE_PRIVILEGED};
-use super::{ControlConn, Entry, Server, CONTROL_LINE, FIRST_SLOT};
+use super::{ControlConn, Endpoint, Server, CONTROL_LINE, FIRST_SLOT};
 use crate::control::{self, Agent, Command as Ctl, Target};
 use crate::stream::Stream;
 use mio::net::UnixStream;
@@ -77,7 +77,7 @@ impl Server {
             }
             let gen = self.next_gen;
             self.next_gen += 1;
-            let key = self.slab.insert(Entry::Control(Box::new(ControlConn {
+            let key = self.slab.insert(Endpoint::Control(Box::new(ControlConn {
                 sock,
                 gen,
                 uid,
@@ -86,7 +86,7 @@ impl Server {
                 monitor: false,
                 done: false,
             })));
-            if let Some(Entry::Control(c)) = self.slab.get_mut(key) {
+            if let Some(Endpoint::Control(c)) = self.slab.get_mut(key) {
                 if self
                     .poll
                     .registry()
@@ -110,7 +110,7 @@ impl Server {
     /// Closes a client that has not sent its command line in time; monitoring clients
     /// and clients being answered are left alone.
     pub(super) fn control_timeout(&mut self, key: usize) {
-        let Some(Entry::Control(c)) = self.slab.get_mut(key) else {
+        let Some(Endpoint::Control(c)) = self.slab.get_mut(key) else {
             return;
         };
         if c.done || c.monitor {
@@ -127,7 +127,7 @@ impl Server {
     }
 
     pub(super) fn control_io(&mut self, key: usize, now: Instant) {
-        let Some(Entry::Control(c)) = self.slab.get_mut(key) else {
+        let Some(Endpoint::Control(c)) = self.slab.get_mut(key) else {
             return;
         };
         // Read the command line.
@@ -179,7 +179,7 @@ impl Server {
                 Ok(cmd) if privileged => {
                     let (text, monitor) = self.control_command(cmd);
                     self.queue_actions(now);
-                    if let Some(Entry::Control(c)) = self.slab.get_mut(key) {
+                    if let Some(Endpoint::Control(c)) = self.slab.get_mut(key) {
                         c.out.extend_from_slice(text.as_bytes());
                         c.monitor = monitor;
                         if monitor {
@@ -188,18 +188,18 @@ impl Server {
                     }
                 }
                 Ok(_) => {
-                    if let Some(Entry::Control(c)) = self.slab.get_mut(key) {
+                    if let Some(Endpoint::Control(c)) = self.slab.get_mut(key) {
                         c.out.extend_from_slice(b"error: permission denied\n");
                     }
                 }
                 Err(e) => {
-                    if let Some(Entry::Control(c)) = self.slab.get_mut(key) {
+                    if let Some(Endpoint::Control(c)) = self.slab.get_mut(key) {
                         c.out.extend_from_slice(format!("error: {e}\n").as_bytes());
                     }
                 }
             }
         }
-        let Some(Entry::Control(c)) = self.slab.get_mut(key) else {
+        let Some(Endpoint::Control(c)) = self.slab.get_mut(key) else {
             return;
         };
         while !c.out.is_empty() {
@@ -225,7 +225,7 @@ impl Server {
 
     /// Turns a control connection that said `smtp` into an SMTP session.
     fn control_to_smtp(&mut self, key: usize, now: Instant) {
-        let Some(Entry::Control(c)) = self.slab.try_remove(key) else {
+        let Some(Endpoint::Control(c)) = self.slab.try_remove(key) else {
             return;
         };
         let mut c = *c;
@@ -235,7 +235,7 @@ impl Server {
             self.ctl_slots.release(c.uid);
             return;
         };
-        if let Some(Entry::Smtp(conn)) = self.slab.get_mut(k) {
+        if let Some(Endpoint::Smtp(conn)) = self.slab.get_mut(k) {
             // The session keeps its user's control place until it ends.
             conn.uid = Some(c.uid);
             // Bytes that came with the `smtp` line (a client that did not wait for the
@@ -344,7 +344,7 @@ impl Server {
         }
         self.paused_smtp = pause;
         for (key, e) in self.slab.iter_mut() {
-            if let Entry::Listener { sock, .. } = e {
+            if let Endpoint::Listener { sock, .. } = e {
                 let r = if pause {
                     self.poll.registry().deregister(sock)
                 } else {
@@ -399,11 +399,11 @@ impl Server {
         let line = self.monitor_line();
         let slab = &self.slab;
         self.monitors.retain(
-            |&(k, gen)| matches!(slab.get(k), Some(Entry::Control(c)) if c.gen == gen && c.monitor),
+            |&(k, gen)| matches!(slab.get(k), Some(Endpoint::Control(c)) if c.gen == gen && c.monitor),
         );
         let keys: Vec<usize> = self.monitors.iter().map(|&(k, _)| k).collect();
         for key in keys {
-            if let Some(Entry::Control(c)) = self.slab.get_mut(key) {
+            if let Some(Endpoint::Control(c)) = self.slab.get_mut(key) {
                 c.out.extend_from_slice(line.as_bytes());
             }
             self.control_io(key, now);

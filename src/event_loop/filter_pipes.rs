@@ -2,7 +2,7 @@
 //! sent a bounded amount per turn, writing what it is sent, its deadlines, and failing
 //! it (its sessions fail closed, the parent restarts it).
 
-use super::{Entry, Server, FIRST_SLOT};
+use super::{Endpoint, Server, FIRST_SLOT};
 use crate::config::FilterKind;
 use crate::filter::chain::Step;
 use crate::filter::pipe::{FilterPipe, PipeState, OUT_MAX};
@@ -29,7 +29,7 @@ impl Server {
         };
         let key = match self.pipes.get(id).copied().flatten() {
             Some(key) => {
-                if let Some(Entry::Filter(p)) = self.slab.get_mut(key) {
+                if let Some(Endpoint::Filter(p)) = self.slab.get_mut(key) {
                     if let Some(s) = p.sock.as_mut() {
                         let _ = self.poll.registry().deregister(s);
                     }
@@ -39,12 +39,12 @@ impl Server {
             }
             None => {
                 let p = FilterPipe::new(id, &name, Some(fd), timeout)?;
-                let key = self.slab.insert(Entry::Filter(Box::new(p)));
+                let key = self.slab.insert(Endpoint::Filter(Box::new(p)));
                 self.pipes[id] = Some(key);
                 key
             }
         };
-        if let Some(Entry::Filter(p)) = self.slab.get_mut(key) {
+        if let Some(Endpoint::Filter(p)) = self.slab.get_mut(key) {
             if let Some(s) = p.sock.as_mut() {
                 self.poll.registry().register(
                     s,
@@ -65,7 +65,7 @@ impl Server {
             .flatten()
             .and_then(|k| self.slab.get(k))
         {
-            Some(Entry::Filter(p)) => Some(p),
+            Some(Endpoint::Filter(p)) => Some(p),
             _ => None,
         }
     }
@@ -79,7 +79,7 @@ impl Server {
             .flatten()
             .and_then(|k| self.slab.get_mut(k))
         {
-            Some(Entry::Filter(p)) => Some(p),
+            Some(Endpoint::Filter(p)) => Some(p),
             _ => None,
         }
     }
@@ -91,7 +91,7 @@ impl Server {
         let mut answers = Vec::new();
         let turn = self.turn;
         let (fid, result, became_ready) = match self.slab.get_mut(key) {
-            Some(Entry::Filter(p)) if p.read_turn != turn && p.sock.is_some() => {
+            Some(Endpoint::Filter(p)) if p.read_turn != turn && p.sock.is_some() => {
                 p.read_turn = turn;
                 let was = p.state;
                 let _ = p.flush();
@@ -119,7 +119,7 @@ impl Server {
         if became_ready {
             // Sessions that waited for the registration go on.
             let waiting: Vec<u64> = match self.slab.get_mut(key) {
-                Some(Entry::Filter(p)) => p.waiting.drain().map(|(s, _)| s).collect(),
+                Some(Endpoint::Filter(p)) => p.waiting.drain().map(|(s, _)| s).collect(),
                 _ => Vec::new(),
             };
             for sid in waiting {
@@ -148,7 +148,7 @@ impl Server {
             .flatten()
             .and_then(|k| self.slab.get_mut(k))
         {
-            Some(Entry::Filter(p)) => {
+            Some(Endpoint::Filter(p)) => {
                 if let Some(s) = p.sock.as_mut() {
                     let _ = self.poll.registry().deregister(s);
                 }
@@ -180,7 +180,7 @@ impl Server {
             .slab
             .iter()
             .filter_map(|(_, e)| match e {
-                Entry::Smtp(c) if c.data_chain.contains(&fid) => Some(c.id()),
+                Endpoint::Smtp(c) if c.data_chain.contains(&fid) => Some(c.id()),
                 _ => None,
             })
             .collect();
@@ -219,7 +219,7 @@ impl Server {
     /// session holds its lines (and stops reading) until it drains.
     pub(super) fn data_chain_congested(&self, key: usize) -> bool {
         match self.slab.get(key) {
-            Some(Entry::Smtp(c)) => c
+            Some(Endpoint::Smtp(c)) => c
                 .data_chain
                 .iter()
                 .any(|&f| self.pipe(f).is_some_and(|p| p.congested())),
@@ -231,7 +231,7 @@ impl Server {
     /// which empties their data chain).
     fn release_held(&mut self, now: Instant) {
         for (key, gen) in std::mem::take(&mut self.held) {
-            if !matches!(self.slab.get(key), Some(Entry::Smtp(c)) if c.gen == gen) {
+            if !matches!(self.slab.get(key), Some(Endpoint::Smtp(c)) if c.gen == gen) {
                 continue;
             }
             if self.data_chain_congested(key) {
@@ -286,7 +286,7 @@ impl Server {
     /// A session ends: its filters stop waiting for lines of its message.
     pub(super) fn filters_session_left(&mut self, key: usize, now: Instant) {
         let (sid, chain) = match self.slab.get(key) {
-            Some(Entry::Smtp(c)) => (c.id(), c.chain.clone()),
+            Some(Endpoint::Smtp(c)) => (c.id(), c.chain.clone()),
             _ => return,
         };
         for fid in chain {
@@ -299,12 +299,12 @@ impl Server {
     /// Tells the filters of a session's chain that observe it about an event.
     pub(super) fn report(&mut self, key: usize, f: &Frame) {
         let (sid, chain) = match self.slab.get(key) {
-            Some(Entry::Smtp(c)) => (c.id(), c.chain.clone()),
+            Some(Endpoint::Smtp(c)) => (c.id(), c.chain.clone()),
             _ => return,
         };
         let ev = smtpd_filter::codec::kind_of(f).1;
         for fid in chain {
-            if let Some(Entry::Filter(p)) = self
+            if let Some(Endpoint::Filter(p)) = self
                 .pipes
                 .get(fid)
                 .copied()

@@ -4,21 +4,21 @@
 //! pipes, verdicts to sessions, whose next query (a pipelined command) starts the next
 //! run. Message lines go from the session through each data filter to the spool.
 
-use super::{Entry, Server};
+use super::{Endpoint, Server};
 use crate::config::FilterKind;
 use crate::filter::chain::{Chains, Decided, Facts, FilterId, ProcState, Step, View};
+use crate::filter::phase::{FilterQuery, FilterVerdict, Phase};
 use crate::filter::pipe::{Answer, Fit, Lines, PipeState, OUT_DATA_MAX};
+use crate::mail::reply::Reply;
 use crate::smtp::conn::Report;
-use crate::smtp::reply::Reply;
-use crate::smtp::session::{FilterQuery, FilterVerdict, Phase};
 use smtpd_filter::codec::{event, Frame};
 use std::collections::VecDeque;
 use std::time::Instant;
 
 /// How the chain machine sees filter process `fid`, from its pipe.
-fn proc_state(pipes: &[Option<usize>], slab: &slab::Slab<Entry>, fid: FilterId) -> ProcState {
+fn proc_state(pipes: &[Option<usize>], slab: &slab::Slab<Endpoint>, fid: FilterId) -> ProcState {
     match pipes.get(fid).copied().flatten().and_then(|k| slab.get(k)) {
-        Some(Entry::Filter(p)) => match p.state {
+        Some(Endpoint::Filter(p)) => match p.state {
             PipeState::Ready { hooks, .. } => ProcState::Ready { hooks },
             PipeState::Handshake => ProcState::Registering,
             PipeState::Dead => ProcState::Down,
@@ -49,7 +49,7 @@ impl Server {
     /// What the chain needs to know of the session at `key` for a query of `phase`
     /// (the addresses only for CONNECT, which sends them).
     fn facts(&self, key: usize, phase: Phase) -> Facts {
-        let Some(Entry::Smtp(c)) = self.slab.get(key) else {
+        let Some(Endpoint::Smtp(c)) = self.slab.get(key) else {
             return Facts::default();
         };
         let (addr, helo, sender) = c.facts();
@@ -78,7 +78,7 @@ impl Server {
 
     /// Starts a run of the session at `key`'s chain; its first steps go to `steps`.
     fn start_run(&mut self, key: usize, q: FilterQuery, steps: &mut Vec<Step>) {
-        let Some(Entry::Smtp(conn)) = self.slab.get(key) else {
+        let Some(Endpoint::Smtp(conn)) = self.slab.get(key) else {
             return;
         };
         let (sid, chain) = (conn.id(), conn.chain.clone());
@@ -169,7 +169,7 @@ impl Server {
                     p.start_lines(sid);
                 }
             }
-            if let Some(Entry::Smtp(c)) = self.slab.get_mut(key) {
+            if let Some(Endpoint::Smtp(c)) = self.slab.get_mut(key) {
                 c.data_chain = data_chain;
             }
         }
@@ -205,7 +205,7 @@ impl Server {
     fn conn_outputs(&mut self, key: usize, now: Instant) -> Option<FilterQuery> {
         let congested = self.data_chain_congested(key);
         let (q, batch, sid, gen, first, reports) = match self.slab.get_mut(key) {
-            Some(Entry::Smtp(c)) => (
+            Some(Endpoint::Smtp(c)) => (
                 c.take_filter_query(),
                 if congested { None } else { c.take_data_batch() },
                 c.id(),
@@ -229,7 +229,7 @@ impl Server {
         }
         if let (Some((lines, end)), Some(fid)) = (batch, first) {
             self.send_lines(fid, sid, &lines, end, now);
-            if let Some(Entry::Smtp(c)) = self.slab.get_mut(key) {
+            if let Some(Endpoint::Smtp(c)) = self.slab.get_mut(key) {
                 c.return_data_batch(lines);
             }
         }
@@ -287,7 +287,7 @@ impl Server {
             return;
         };
         let next = match self.slab.get(key) {
-            Some(Entry::Smtp(c)) if c.gen == gen => {
+            Some(Endpoint::Smtp(c)) if c.gen == gen => {
                 match c.data_chain.iter().position(|&f| f == fid) {
                     Some(i) => c.data_chain.get(i + 1).copied(),
                     None => return, // the message already failed

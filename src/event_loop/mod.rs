@@ -6,13 +6,14 @@
 //! spurious and stale events; endpoints are removed only between event batches.
 
 use crate::config::Config;
+use crate::mail::peer::Peer;
+use crate::mail::reply::Reply;
 use crate::mta::conn::MtaConn;
 use crate::queue::io::{IoDone, IoJob};
 use crate::queue::manager::Manager;
 use crate::queue::spool::{Committer, Spool};
 use crate::smtp::conn::{Conn, Ctx, Reason};
-use crate::smtp::reply::Reply;
-use crate::smtp::session::{Client, Limits, Session};
+use crate::smtp::session::{Limits, Session};
 use crate::stream::Stream;
 use crate::timer::Timers;
 use crate::worker::Worker;
@@ -66,7 +67,7 @@ struct ControlConn {
     done: bool,
 }
 
-enum Entry {
+enum Endpoint {
     Listener { sock: TcpListener, idx: usize },
     Smtp(Box<Conn>),
     Control(Box<ControlConn>),
@@ -81,7 +82,7 @@ const MTA_TIMEOUT: Duration = Duration::from_secs(300);
 pub struct Server {
     cfg: Arc<Config>,
     poll: Poll,
-    slab: Slab<Entry>,
+    slab: Slab<Endpoint>,
     spool: Spool,
     committer: Committer,
     /// The lookup threads: recipient expansion, the spool's room, message rewrites.
@@ -228,11 +229,11 @@ impl Server {
         )?;
         let mut slab = Slab::new();
         for (sock, idx) in listeners {
-            let key = slab.insert(Entry::Listener {
+            let key = slab.insert(Endpoint::Listener {
                 sock: TcpListener::from_std(sock),
                 idx,
             });
-            if let Some(Entry::Listener { sock, .. }) = slab.get_mut(key) {
+            if let Some(Endpoint::Listener { sock, .. }) = slab.get_mut(key) {
                 poll.registry()
                     .register(sock, Token(key + FIRST_SLOT), Interest::READABLE)?;
             }
@@ -476,7 +477,7 @@ impl Server {
             msg_files,
             ..
         } = self;
-        let Some(Entry::Smtp(conn)) = slab.get_mut(key) else {
+        let Some(Endpoint::Smtp(conn)) = slab.get_mut(key) else {
             return None;
         };
         if gen.is_some_and(|g| g != conn.gen) {
@@ -524,16 +525,16 @@ impl Server {
         let keys: Vec<usize> = self.slab.iter().map(|(k, _)| k).collect();
         for key in keys {
             match self.slab.get_mut(key) {
-                Some(Entry::Listener { sock, .. }) => {
+                Some(Endpoint::Listener { sock, .. }) => {
                     let _ = self.poll.registry().deregister(sock);
                     self.slab.remove(key);
                 }
-                Some(Entry::Smtp(conn)) if !conn.committing() => {
+                Some(Endpoint::Smtp(conn)) if !conn.committing() => {
                     self.with_conn(key, None, |conn, ctx| {
                         conn.close_with(ctx, Reply::SHUTDOWN, Reason::Shutdown)
                     });
                 }
-                Some(Entry::Control(_)) => self.closing.push(key),
+                Some(Endpoint::Control(_)) => self.closing.push(key),
                 _ => {}
             }
         }
@@ -555,7 +556,7 @@ impl Server {
     /// After a caught panic in the handling of endpoint `key`: ends what it was doing.
     fn contain_bug(&mut self, key: usize, now: Instant) {
         match self.slab.get_mut(key) {
-            Some(Entry::Smtp(conn)) => {
+            Some(Endpoint::Smtp(conn)) => {
                 log::error!(
                     "{:016x} smtp internal error: the session is closed",
                     conn.id()
@@ -564,28 +565,28 @@ impl Server {
                 conn.on_bug(&self.spool);
                 self.closing.push(key);
             }
-            Some(Entry::Filter(p)) => {
+            Some(Endpoint::Filter(p)) => {
                 let fid = p.id;
                 self.filter_failed(fid, "internal error while handling it", now);
             }
-            Some(Entry::Mta(_)) => {
+            Some(Endpoint::Mta(_)) => {
                 log::error!("mta internal error: the session is abandoned");
                 self.mta_abort(key, "internal error");
                 self.queue_actions(now);
             }
-            Some(Entry::Control(_)) => {
+            Some(Endpoint::Control(_)) => {
                 log::error!("control internal error: the client is dropped");
                 self.closing.push(key);
             }
-            Some(Entry::Listener { .. }) => log::error!("smtpd internal error while accepting"),
+            Some(Endpoint::Listener { .. }) => log::error!("smtpd internal error while accepting"),
             None => {}
         }
     }
 
     fn dispatch_unguarded(&mut self, key: usize, readable: bool, writable: bool, now: Instant) {
         match self.slab.get_mut(key) {
-            Some(Entry::Listener { .. }) => self.accept(key, now),
-            Some(Entry::Smtp(_)) => {
+            Some(Endpoint::Listener { .. }) => self.accept(key, now),
+            Some(Endpoint::Smtp(_)) => {
                 self.with_conn(key, None, |conn, ctx| {
                     conn.ready(readable, writable);
                     conn.pump(ctx, now);
@@ -593,9 +594,9 @@ impl Server {
                 self.after_conn(key, now);
                 self.pump_more(key, now);
             }
-            Some(Entry::Filter(_)) => self.filter_io(key, now),
-            Some(Entry::Control(_)) => self.control_io(key, now),
-            Some(Entry::Mta(conn)) => {
+            Some(Endpoint::Filter(_)) => self.filter_io(key, now),
+            Some(Endpoint::Control(_)) => self.control_io(key, now),
+            Some(Endpoint::Mta(conn)) => {
                 conn.pump(now, MTA_TIMEOUT);
                 self.mta_after(key);
                 self.queue_actions(now);
@@ -630,7 +631,7 @@ impl Server {
         now: Instant,
     ) -> Option<usize> {
         let listener = lidx.and_then(|i| self.cfg.listeners.get(i));
-        let client = Client {
+        let client = Peer {
             addr: ip,
             local: ip.is_none_or(|ip| ip.is_loopback()),
             server_name: listener
@@ -667,8 +668,8 @@ impl Server {
         // The configuration checks the client's reverse DNS: look it up first.
         let lookup = self.resolver.is_some() && ip.is_some();
         conn.hold = lookup;
-        let key = self.slab.insert(Entry::Smtp(Box::new(conn)));
-        if let Some(Entry::Smtp(conn)) = self.slab.get_mut(key) {
+        let key = self.slab.insert(Endpoint::Smtp(Box::new(conn)));
+        if let Some(Endpoint::Smtp(conn)) = self.slab.get_mut(key) {
             if let Err(e) = self.poll.registry().register(
                 &mut conn.sock,
                 Token(key + FIRST_SLOT),
@@ -699,7 +700,7 @@ impl Server {
         let mut pending_after = Vec::new();
         for done in self.committer.take_done() {
             let (key, gen) = done.key;
-            let ours = matches!(self.slab.get(key), Some(Entry::Smtp(c)) if c.gen == gen);
+            let ours = matches!(self.slab.get(key), Some(Endpoint::Smtp(c)) if c.gen == gen);
             if done.result.is_ok() {
                 self.queue.committed(&done.envs, unix_now());
                 if ours {
@@ -799,14 +800,14 @@ impl Server {
     /// The idle deadline of endpoint `key` (of generation `gen`) came.
     fn endpoint_due(&mut self, key: usize, gen: u64, now: Instant) {
         let later = match self.slab.get(key) {
-            Some(Entry::Smtp(conn)) if conn.gen == gen => {
+            Some(Endpoint::Smtp(conn)) if conn.gen == gen => {
                 if conn.deadline > now || conn.committing() {
                     Some(conn.deadline.max(now + Duration::from_secs(1)))
                 } else {
                     None
                 }
             }
-            Some(Entry::Control(c)) if c.gen == gen => return self.control_timeout(key),
+            Some(Endpoint::Control(c)) if c.gen == gen => return self.control_timeout(key),
             _ => return,
         };
         if let Some(next) = later {
@@ -821,7 +822,7 @@ impl Server {
 
     fn reap(&mut self) {
         for key in std::mem::take(&mut self.closing) {
-            if let Some(Entry::Smtp(conn)) = self.slab.get(key) {
+            if let Some(Endpoint::Smtp(conn)) = self.slab.get(key) {
                 let id = conn.id();
                 self.chains.end(id);
                 self.session_keys.remove(&id);
@@ -829,7 +830,7 @@ impl Server {
                 self.filters_session_left(key, Instant::now());
             }
             match self.slab.get_mut(key) {
-                Some(Entry::Smtp(conn)) => {
+                Some(Endpoint::Smtp(conn)) => {
                     let reason = conn.finished().unwrap_or(Reason::Timeout);
                     let _ = self.poll.registry().deregister(&mut conn.sock);
                     if conn.holds_file() {
@@ -854,7 +855,7 @@ impl Server {
                     }
                     log::info!("{id:016x} smtp disconnected reason={}", reason.as_str());
                 }
-                Some(Entry::Control(c)) => {
+                Some(Endpoint::Control(c)) => {
                     let _ = self.poll.registry().deregister(&mut c.sock);
                     let uid = c.uid;
                     self.slab.remove(key);

@@ -2,11 +2,11 @@
 //! through the spool I/O thread, the parent channel, outgoing sessions and the
 //! resolver thread, and hands it their completions. Nothing is decided here.
 
-use super::{unix_now, Entry, Server, FIRST_SLOT, MTA_TIMEOUT};
+use super::{unix_now, Endpoint, Server, FIRST_SLOT, MTA_TIMEOUT};
 use crate::mta::conn::MtaConn;
 use crate::privsep::{DeliverRes, MAX_MSG};
 use crate::queue::io::{IoDone, IoJob};
-use crate::queue::manager::Action;
+use crate::queue::manager::Effect;
 use mio::{Interest, Token};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -35,15 +35,15 @@ impl Server {
         }
     }
 
-    fn queue_action(&mut self, a: Action, now: Instant) {
+    fn queue_action(&mut self, a: Effect, now: Instant) {
         match a {
-            Action::Log(level, line) => log::log!(level, "{line}"),
-            Action::Deliver(d) => self.spool_job(IoJob::Deliver(d)),
-            Action::Write(w) => self.spool_job(IoJob::Write(w)),
-            Action::Bounce(n) => self.spool_job(IoJob::Bounce(n, unix_now())),
-            Action::Expand(f) => self.spool_job(IoJob::Expand(f)),
-            Action::Connect { session, route } => self.mta_start(session, route, now),
-            Action::Send {
+            Effect::Log(level, line) => log::log!(level, "{line}"),
+            Effect::Deliver(d) => self.spool_job(IoJob::Deliver(d)),
+            Effect::Write(w) => self.spool_job(IoJob::Write(w)),
+            Effect::Bounce(n) => self.spool_job(IoJob::Bounce(n, unix_now())),
+            Effect::Expand(f) => self.spool_job(IoJob::Expand(f)),
+            Effect::Connect { session, route } => self.mta_start(session, route, now),
+            Effect::Send {
                 session,
                 msgid,
                 job,
@@ -52,7 +52,7 @@ impl Server {
                     return;
                 };
                 let id = job.id;
-                if let Some(Entry::Mta(conn)) = self.slab.get_mut(key) {
+                if let Some(Endpoint::Mta(conn)) = self.slab.get_mut(key) {
                     conn.push(job);
                 }
                 self.spool_job(IoJob::Open {
@@ -62,11 +62,11 @@ impl Server {
                 });
                 self.mta_after(key);
             }
-            Action::Quit { session } => {
+            Effect::Quit { session } => {
                 let Some(&key) = self.mta_keys.get(&session) else {
                     return;
                 };
-                if let Some(Entry::Mta(conn)) = self.slab.get_mut(key) {
+                if let Some(Endpoint::Mta(conn)) = self.slab.get_mut(key) {
                     conn.quit();
                     conn.pump(now, MTA_TIMEOUT);
                 }
@@ -118,7 +118,7 @@ impl Server {
                 let Some(&key) = self.mta_keys.get(&session) else {
                     return;
                 };
-                if let Some(Entry::Mta(conn)) = self.slab.get_mut(key) {
+                if let Some(Endpoint::Mta(conn)) = self.slab.get_mut(key) {
                     conn.body(job, result);
                     conn.pump(Instant::now(), MTA_TIMEOUT);
                 }
@@ -171,7 +171,7 @@ impl Server {
 
     /// Starts outgoing session `session`: a host name is resolved first, by the
     /// resolver thread.
-    fn mta_start(&mut self, session: u64, route: crate::queue::manager::plan::Route, now: Instant) {
+    fn mta_start(&mut self, session: u64, route: crate::nexthop::Route, now: Instant) {
         let gen = self.next_gen;
         self.next_gen += 1;
         let deadline = now + MTA_TIMEOUT;
@@ -180,7 +180,7 @@ impl Server {
             .host_to_resolve()
             .map(|(h, p)| (h.to_string(), p));
         let conn = MtaConn::new(session, gen, route, deadline);
-        let key = self.slab.insert(Entry::Mta(Box::new(conn)));
+        let key = self.slab.insert(Endpoint::Mta(Box::new(conn)));
         self.mta_keys.insert(session, key);
         self.mta_conns += 1;
         match lookup {
@@ -195,10 +195,10 @@ impl Server {
 
     /// Connects session `key` (to `addr` when its host name was resolved).
     fn mta_connect(&mut self, key: usize, addr: Option<SocketAddr>, now: Instant) {
-        let Some(Entry::Mta(conn)) = self.slab.get_mut(key) else {
+        let Some(Endpoint::Mta(conn)) = self.slab.get_mut(key) else {
             return;
         };
-        let r = conn.target.connect(addr).and_then(|mut sock| {
+        let r = crate::mta::conn::connect(&conn.target, addr).and_then(|mut sock| {
             self.poll.registry().register(
                 &mut sock,
                 Token(key + FIRST_SLOT),
@@ -221,7 +221,7 @@ impl Server {
 
     /// Gives up session `key` with `why`.
     pub(super) fn mta_abort(&mut self, key: usize, why: &str) {
-        if let Some(Entry::Mta(conn)) = self.slab.get_mut(key) {
+        if let Some(Endpoint::Mta(conn)) = self.slab.get_mut(key) {
             conn.abort(why);
         }
         self.mta_after(key);
@@ -230,7 +230,7 @@ impl Server {
     /// Hands the manager what session `key` finished, and drops the session when it is
     /// over.
     pub(super) fn mta_after(&mut self, key: usize) {
-        let Some(Entry::Mta(conn)) = self.slab.get_mut(key) else {
+        let Some(Endpoint::Mta(conn)) = self.slab.get_mut(key) else {
             return;
         };
         let done = conn.take_done();
@@ -241,7 +241,7 @@ impl Server {
             }
             return;
         }
-        let Some(Entry::Mta(mut conn)) = self.slab.try_remove(key) else {
+        let Some(Endpoint::Mta(mut conn)) = self.slab.try_remove(key) else {
             return;
         };
         self.mta_conns -= 1;

@@ -1,6 +1,6 @@
 //! A session's filter chain, as a pure machine: queries and filter decisions in, the
-//! frames to send and the chain's verdicts out. No socket, no pipe, no clock: the loop
-//! ([`crate::event_loop`]) carries out the [`Step`]s and feeds back what the filters say.
+//! frames to send and the chain's verdicts out. No socket, no pipe, no clock: the
+//! engine's loop carries out the [`Step`]s and feeds back what the filters say.
 //!
 //! ```text
 //! start(query) --> next filter of the chain:
@@ -18,8 +18,8 @@
 
 use super::answer::{Decision, Edit};
 use crate::config::{BuiltinDecision, Check, Config, FilterKind, Matcher};
-use crate::smtp::reply::Reply;
-use crate::smtp::session::{FilterQuery, FilterVerdict, Phase};
+use crate::filter::phase::{FilterQuery, FilterVerdict, Phase};
+use crate::mail::reply::Reply;
 use crate::table::{address_matches, domain_matches, ip_matches};
 use smtpd_filter::codec::{event, Frame};
 use std::collections::HashMap;

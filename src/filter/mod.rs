@@ -4,5 +4,6 @@
 pub mod answer;
 pub mod chain;
 pub mod limit;
+pub mod phase;
 pub mod pipe;
 pub mod supervisor;

@@ -2,7 +2,7 @@
 //!
 //! The command runs as `/bin/sh -c SCRIPT smtpd-mda ARGS...`, in its own process group,
 //! with only the environment it is given. SCRIPT is the administrator's text with
-//! placeholders (see [`expand_command`](super::format::expand_command)); envelope data
+//! placeholders (see [`expand_command`](crate::format::expand_command)); envelope data
 //! reaches the command only through ARGS and the environment, never through the text
 //! the shell parses.
 //!
@@ -27,8 +27,8 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::format::FormatCtx;
 use super::Outcome;
+use crate::format::FormatCtx;
 
 /// `$0` of the shell running an mda command, as seen in `ps` and error messages.
 pub const ARGV0: &str = "smtpd-mda";
@@ -568,7 +568,7 @@ mod tests {
             ..FormatCtx::default()
         };
         let fmt = format!("printf '%s' %{{sender:raw}} > {}", out.display());
-        let (script, args) = super::super::format::expand_command(&fmt, &ctx).unwrap();
+        let (script, args) = crate::format::expand_command(&fmt, &ctx).unwrap();
         assert!(!script.contains("touch"));
         assert_eq!(
             run(&script, &args, &env(), &mut &MSG[..], 10 * SECOND),

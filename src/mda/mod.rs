@@ -4,7 +4,6 @@
 //! they take the message as a reader and return an [`Outcome`].
 
 pub mod command;
-pub mod format;
 pub mod maildir;
 pub mod mbox;
 

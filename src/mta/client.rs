@@ -22,19 +22,11 @@
 //! recipient, so a job ends.
 
 use crate::mda::Outcome;
+use crate::nexthop::Proto;
 use std::collections::VecDeque;
 
 /// Recipients of one job at most (RFC 5321 §4.5.3.1.8: a server takes at least 100).
 pub const MAX_RCPT: usize = 100;
-
-/// SMTP (relay) or LMTP (RFC 2033).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Proto {
-    /// SMTP with EHLO.
-    Smtp,
-    /// LMTP with LHLO.
-    Lmtp,
-}
 
 /// A server reply: its code and its text lines joined with a space.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -3,13 +3,13 @@
 //! dot-stuffing, and collects the jobs' outcomes for the queue manager.
 //!
 //! Nothing here waits: the connection is non-blocking, and a host name is resolved by a
-//! worker thread before [`Target::connect`] is called with its address.
+//! worker thread before [`connect`] is called with its address.
 
-use super::client::{Client, Job, Proto, ReplyParser, Step};
+use super::client::{Client, Job, ReplyParser, Step};
 use super::wire::{Encoder, MAX_LINE};
 use crate::linebuf::{Line, LineBuf};
 use crate::mda::Outcome;
-use crate::queue::manager::plan::Route;
+use crate::nexthop::{Proto, Route, Target};
 use crate::stream::Stream;
 use std::collections::HashMap;
 use std::fs::File;
@@ -23,72 +23,20 @@ const OUT_HIGH: usize = 64 * 1024;
 /// Longest reply line accepted.
 const MAX_REPLY_LINE: usize = 4096;
 
-/// Where to connect.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Target {
-    /// A TCP host and port.
-    Tcp(String, u16),
-    /// A unix socket path.
-    Unix(String),
-}
-
-impl Target {
-    /// Parses an LMTP destination (`host:port`, `[addr]:port`, `/path`) or a relay URL
-    /// (`smtp://host[:port]`, `lmtp://host[:port]`); `default_port` when none is given.
-    pub fn parse(s: &str, default_port: u16) -> Result<(Target, Option<Proto>), String> {
-        let (proto, rest, default_port) = match s.split_once("://") {
-            Some(("smtp", r)) => (Some(Proto::Smtp), r, 25),
-            Some(("lmtp", r)) => (Some(Proto::Lmtp), r, 24),
-            Some((p, _)) => return Err(format!("unsupported protocol {p:?}")),
-            None => (None, s, default_port),
-        };
-        if rest.starts_with('/') {
-            return Ok((Target::Unix(rest.to_string()), proto));
-        }
-        let (host, port) = if let Some(r) = rest.strip_prefix('[') {
-            let (h, after) = r.split_once(']').ok_or("unbalanced '['")?;
-            match after.strip_prefix(':') {
-                Some(p) => (h, p.parse().map_err(|_| format!("bad port {p:?}"))?),
-                None if after.is_empty() => (h, default_port),
-                None => return Err(format!("bad destination {s:?}")),
-            }
-        } else {
-            match rest.rsplit_once(':') {
-                Some((h, p)) if !h.contains(':') => {
-                    (h, p.parse().map_err(|_| format!("bad port {p:?}"))?)
-                }
-                _ => (rest, default_port),
-            }
-        };
-        if host.is_empty() {
-            return Err(format!("no host in {s:?}"));
-        }
-        Ok((Target::Tcp(host.to_string(), port), proto))
-    }
-
-    /// The host name to resolve before connecting; `None` for a unix socket or an
-    /// address literal, which need no lookup.
-    pub fn host_to_resolve(&self) -> Option<(&str, u16)> {
-        match self {
-            Target::Tcp(h, port) if h.parse::<IpAddr>().is_err() => Some((h, *port)),
-            _ => None,
-        }
-    }
-
-    /// Starts a non-blocking connection: to the socket path, the address literal, or
-    /// `resolved` (the address found for a host name; an error when there is none).
-    pub fn connect(&self, resolved: Option<SocketAddr>) -> io::Result<Stream> {
-        match self {
-            Target::Unix(p) => Ok(Stream::Unix(mio::net::UnixStream::connect(p)?)),
-            Target::Tcp(h, port) => {
-                let addr = match h.parse::<IpAddr>() {
-                    Ok(ip) => SocketAddr::new(ip, *port),
-                    Err(_) => resolved.ok_or_else(|| {
-                        io::Error::new(io::ErrorKind::NotFound, format!("{h}: not resolved"))
-                    })?,
-                };
-                Ok(Stream::Tcp(mio::net::TcpStream::connect(addr)?))
-            }
+/// Starts a non-blocking connection to `target`: to the socket path, the address
+/// literal, or `resolved` (the address found for a host name; an error when there is
+/// none).
+pub fn connect(target: &Target, resolved: Option<SocketAddr>) -> io::Result<Stream> {
+    match target {
+        Target::Unix(p) => Ok(Stream::Unix(mio::net::UnixStream::connect(p)?)),
+        Target::Tcp(h, port) => {
+            let addr = match h.parse::<IpAddr>() {
+                Ok(ip) => SocketAddr::new(ip, *port),
+                Err(_) => resolved.ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::NotFound, format!("{h}: not resolved"))
+                })?,
+            };
+            Ok(Stream::Tcp(mio::net::TcpStream::connect(addr)?))
         }
     }
 }

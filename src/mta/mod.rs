@@ -3,3 +3,5 @@
 pub mod client;
 pub mod conn;
 pub mod wire;
+
+//END

@@ -3,15 +3,16 @@
 //! I/O thread, never on the loop.
 
 use crate::config::Config;
-use crate::expand::{expand, Dest};
+use crate::expand::expand;
+use crate::mail::address::Mailbox;
+use crate::mail::delivery::Dest;
+use crate::mail::peer::{MatchCtx, Peer};
 use crate::queue::envelope::Envelope;
-use crate::smtp::command::Mailbox;
-use crate::smtp::session::{Client, MatchCtx};
 
 /// The client the daemon's own deliveries come from, for the rules: local, on
 /// `server_name`.
-pub fn local_client(server_name: &str) -> Client {
-    Client {
+pub fn local_client(server_name: &str) -> Peer {
+    Peer {
         addr: None,
         local: true,
         server_name: server_name.to_string(),

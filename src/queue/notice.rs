@@ -7,8 +7,8 @@ use super::envelope::{new_evpid, Envelope};
 use super::spool::{CommitJob, Spool};
 use crate::config::Config;
 use crate::expand::expand;
-use crate::smtp::command::Mailbox;
-use crate::smtp::session::MatchCtx;
+use crate::mail::address::Mailbox;
+use crate::mail::peer::MatchCtx;
 use std::io::BufReader;
 
 /// Bytes of the original message returned in a bounce (RET=FULL).

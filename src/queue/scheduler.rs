@@ -27,7 +27,7 @@ pub enum RunState {
 
 /// The scheduler's view of one envelope.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
+pub struct Scheduled {
     /// When it is next due.
     pub due: u64,
     /// Attempts so far.
@@ -67,7 +67,7 @@ pub enum Pick {
 /// The in-memory schedule.
 #[derive(Debug, Default)]
 pub struct Scheduler {
-    entries: HashMap<u64, Entry>,
+    entries: HashMap<u64, Scheduled>,
     heap: BinaryHeap<Reverse<(u64, u64)>>,
     inflight: usize,
 }
@@ -100,7 +100,7 @@ impl Scheduler {
     }
 
     /// The entry of an envelope.
-    pub fn get(&self, evpid: u64) -> Option<&Entry> {
+    pub fn get(&self, evpid: u64) -> Option<&Scheduled> {
         self.entries.get(&evpid)
     }
 
@@ -112,7 +112,7 @@ impl Scheduler {
     }
 
     /// Adds an envelope (new, or read back from the spool at start).
-    pub fn insert(&mut self, evpid: u64, entry: Entry) {
+    pub fn insert(&mut self, evpid: u64, entry: Scheduled) {
         if entry.state == RunState::Pending {
             self.heap.push(Reverse((entry.due, evpid)));
         }
@@ -127,7 +127,7 @@ impl Scheduler {
     pub fn add_new(&mut self, evpid: u64, ctime: u64, ttl: u64, local: bool, now: u64) {
         self.insert(
             evpid,
-            Entry {
+            Scheduled {
                 due: now,
                 retry: 0,
                 ctime,
@@ -170,7 +170,11 @@ impl Scheduler {
 
     /// Takes the envelopes due at `now`, in order of due time, that `pick` takes,
     /// marking them in flight.
-    pub fn take_due_by(&mut self, now: u64, mut pick: impl FnMut(u64, &Entry) -> Pick) -> Vec<u64> {
+    pub fn take_due_by(
+        &mut self,
+        now: u64,
+        mut pick: impl FnMut(u64, &Scheduled) -> Pick,
+    ) -> Vec<u64> {
         let mut out = Vec::new();
         let mut skipped = Vec::new();
         while let Some(&Reverse((due, evpid))) = self.heap.peek() {
@@ -204,7 +208,7 @@ impl Scheduler {
     }
 
     /// The envelope was delivered, bounced or removed: forget it.
-    pub fn remove(&mut self, evpid: u64) -> Option<Entry> {
+    pub fn remove(&mut self, evpid: u64) -> Option<Scheduled> {
         let e = self.entries.remove(&evpid)?;
         if e.state == RunState::Inflight {
             self.inflight -= 1;

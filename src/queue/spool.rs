@@ -70,6 +70,9 @@ pub const TRAILER_LEN: usize = TRAILER_MAGIC.len() + 16 + 1 + 8 + 1;
 /// many times over).
 const MAX_ENVELOPES_LEN: usize = 64 * 1024 * 1024;
 
+/// The control socket's name inside the spool.
+pub const SOCKET_NAME: &str = "smtpd.sock";
+
 /// Whether an error means the disk (or quota) is full.
 pub fn is_no_space(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))

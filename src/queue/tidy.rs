@@ -346,7 +346,7 @@ impl<'a> Tidy<'a> {
                 d if DIRS.contains(&d) => continue, // made directories above
                 "lost+found" => Some(Kind::Dir),
                 // The control socket; bound again at start.
-                crate::control::SOCKET_NAME => Some(Kind::Socket),
+                super::spool::SOCKET_NAME => Some(Kind::Socket),
                 _ => None,
             };
             if wanted != Some(kind) {

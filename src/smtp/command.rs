@@ -4,7 +4,9 @@
 //! mailbox it returns. It fails closed: anything that is not a well-formed path is an
 //! error, never a guess (the CVE-2020-7247 lesson).
 
-use super::reply::Reply;
+use crate::mail::address::{parse_path, valid_helo, valid_xtext, Mailbox};
+use crate::mail::params::{notify, Body, MailParams, RcptParams, Ret};
+use crate::mail::reply::Reply;
 
 /// A parsed command line. Verbs are matched case-insensitively.
 #[derive(Debug, PartialEq, Eq)]
@@ -31,88 +33,6 @@ pub enum Command<'a> {
     Vrfy,
     /// `EXPN string`.
     Expn,
-}
-
-/// An envelope address: `local@domain`, or empty for the null reverse-path `<>`.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Mailbox {
-    /// The local part as sent (quoted strings keep their quotes).
-    pub local: String,
-    /// The domain, lower-cased; empty only for the null path.
-    pub domain: String,
-}
-
-impl Mailbox {
-    /// Whether this is the null reverse-path `<>`.
-    pub fn is_null(&self) -> bool {
-        self.local.is_empty() && self.domain.is_empty()
-    }
-}
-
-impl std::fmt::Display for Mailbox {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.is_null() {
-            Ok(())
-        } else if self.domain.is_empty() {
-            // <postmaster> without a domain (RFC 5321 §4.5.1).
-            write!(f, "{}", self.local)
-        } else {
-            write!(f, "{}@{}", self.local, self.domain)
-        }
-    }
-}
-
-/// `BODY=` (RFC 6152).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Body {
-    /// No BODY parameter, or `BODY=7BIT`.
-    #[default]
-    SevenBit,
-    /// `BODY=8BITMIME`.
-    EightBitMime,
-}
-
-/// `RET=` (RFC 3461 §4.3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ret {
-    /// Return the full message in a DSN.
-    Full,
-    /// Return only the headers.
-    Hdrs,
-}
-
-/// Parameters of MAIL FROM.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct MailParams {
-    /// `SIZE=` (RFC 1870).
-    pub size: Option<u64>,
-    /// `BODY=`.
-    pub body: Body,
-    /// `RET=`.
-    pub ret: Option<Ret>,
-    /// `ENVID=`, still xtext-encoded.
-    pub envid: Option<String>,
-}
-
-/// `NOTIFY=` bits (RFC 3461 §4.1).
-pub mod notify {
-    /// `NOTIFY=SUCCESS`.
-    pub const SUCCESS: u8 = 1;
-    /// `NOTIFY=FAILURE`.
-    pub const FAILURE: u8 = 2;
-    /// `NOTIFY=DELAY`.
-    pub const DELAY: u8 = 4;
-    /// `NOTIFY=NEVER`.
-    pub const NEVER: u8 = 8;
-}
-
-/// Parameters of RCPT TO.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct RcptParams {
-    /// `NOTIFY=` as [`notify`] bits; 0 when absent.
-    pub notify: u8,
-    /// `ORCPT=` as `addr-type;xtext`.
-    pub orcpt: Option<String>,
 }
 
 /// Why a line is not a valid command; each maps to one reply.
@@ -151,11 +71,6 @@ impl ParseError {
         }
     }
 }
-
-/// RFC 5321 §4.5.3.1 size limits.
-const MAX_LOCAL: usize = 64;
-const MAX_DOMAIN: usize = 255;
-const MAX_PATH: usize = 256;
 
 impl<'a> Command<'a> {
     /// Parses one command line (CR LF already stripped, no bare CR/LF/NUL).
@@ -219,14 +134,6 @@ impl<'a> Command<'a> {
     }
 }
 
-/// A HELO argument: a domain or an address literal, printable, no spaces.
-pub fn valid_helo(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= MAX_DOMAIN
-        && s.bytes().all(|b| b.is_ascii_graphic())
-        && !s.contains(['<', '>', '(', ')', '\\', '"'])
-}
-
 /// Splits `FROM:<path> params` into the path (with brackets) and the parameter string.
 /// Spaces after the colon are tolerated, as most servers do.
 fn split_path<'a>(rest: &'a str, keyword: &str) -> Option<(&'a str, &'a str)> {
@@ -263,142 +170,6 @@ fn path_end(s: &str) -> Option<usize> {
         i += 1;
     }
     None
-}
-
-/// Parses an address given without brackets (a filter's rewrite); `null_ok` allows
-/// the empty address.
-pub fn parse_address(addr: &str, null_ok: bool) -> Option<Mailbox> {
-    let a = addr.trim().trim_start_matches('<').trim_end_matches('>');
-    if a.contains(['<', '>', ' ']) {
-        return None;
-    }
-    parse_path(&format!("<{a}>"), null_ok)
-}
-
-/// Parses `<...>`; `null_ok` allows `<>`. Source routes (`<@a,@b:x@y>`) are dropped
-/// as RFC 5321 §C asks. `<postmaster>` alone is accepted for RCPT (§4.5.1).
-fn parse_path(path: &str, null_ok: bool) -> Option<Mailbox> {
-    if path.len() > MAX_PATH {
-        return None;
-    }
-    let inner = &path[1..path.len() - 1];
-    if inner.is_empty() {
-        return null_ok.then(Mailbox::default);
-    }
-    let inner = if inner.starts_with('@') {
-        let colon = inner.find(':')?;
-        let route = &inner[..colon];
-        if !route
-            .split(',')
-            .all(|h| h.len() > 1 && h.starts_with('@') && valid_domain(&h[1..]))
-        {
-            return None;
-        }
-        &inner[colon + 1..]
-    } else {
-        inner
-    };
-    if !null_ok && inner.eq_ignore_ascii_case("postmaster") {
-        return Some(Mailbox {
-            local: "postmaster".into(),
-            domain: String::new(),
-        });
-    }
-    let at = inner.rfind('@')?;
-    let (local, domain) = (&inner[..at], &inner[at + 1..]);
-    if !valid_local(local) || !valid_domain(domain) {
-        return None;
-    }
-    Some(Mailbox {
-        local: local.to_string(),
-        domain: domain.to_ascii_lowercase(),
-    })
-}
-
-/// RFC 5321 §4.1.2 `atext` plus `.`.
-fn is_atext(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-/=?^_`{|}~".contains(&b)
-}
-
-/// Dot-string or quoted-string, at most 64 octets.
-pub fn valid_local(s: &str) -> bool {
-    if s.is_empty() || s.len() > MAX_LOCAL {
-        return false;
-    }
-    let b = s.as_bytes();
-    if b[0] == b'"' {
-        if b.len() < 2 || b[b.len() - 1] != b'"' {
-            return false;
-        }
-        let mut i = 1;
-        while i < b.len() - 1 {
-            match b[i] {
-                b'\\' => {
-                    if i + 1 >= b.len() - 1 || !(32..=126).contains(&b[i + 1]) {
-                        return false;
-                    }
-                    i += 2;
-                    continue;
-                }
-                b'"' => return false,
-                32..=126 => {}
-                _ => return false,
-            }
-            i += 1;
-        }
-        return true;
-    }
-    s.split('.')
-        .all(|atom| !atom.is_empty() && atom.bytes().all(is_atext))
-}
-
-/// A domain name (letters, digits, hyphens, dots) or an address literal, at most 255.
-pub fn valid_domain(s: &str) -> bool {
-    if s.is_empty() || s.len() > MAX_DOMAIN {
-        return false;
-    }
-    if let Some(lit) = s.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
-        // RFC 5321 §4.1.3: the tag is case-insensitive.
-        if lit.len() > 5 && lit.as_bytes()[..5].eq_ignore_ascii_case(b"IPv6:") {
-            return lit[5..].parse::<std::net::Ipv6Addr>().is_ok();
-        }
-        return lit.parse::<std::net::Ipv4Addr>().is_ok();
-    }
-    s.split('.').all(|label| {
-        !label.is_empty()
-            && label.len() <= 63
-            && label
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-            && !label.starts_with('-')
-            && !label.ends_with('-')
-    })
-}
-
-/// `xtext` (RFC 3461 §4): printable ASCII except `+` and `=`, or `+XX` hex escapes.
-fn valid_xtext(s: &str) -> bool {
-    let b = s.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => {
-                let hex = |j: usize| {
-                    b.get(j)
-                        .is_some_and(|c| c.is_ascii_digit() || (b'A'..=b'F').contains(c))
-                };
-                if !(hex(i + 1) && hex(i + 2)) {
-                    return false;
-                }
-                i += 3;
-                continue;
-            }
-            b'=' => return false,
-            33..=126 => {}
-            _ => return false,
-        }
-        i += 1;
-    }
-    true
 }
 
 fn params(s: &str) -> impl Iterator<Item = (&str, Option<&str>)> {
@@ -506,6 +277,7 @@ fn parse_rcpt_params(s: &str) -> Result<RcptParams, ParseError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mail::address::valid_domain;
 
     fn mb(l: &str, d: &str) -> Mailbox {
         Mailbox {

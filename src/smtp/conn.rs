@@ -1,11 +1,11 @@
 //! The socket glue of an SMTP session: moves bytes between the socket, the line
 //! buffer, the [`Session`] and the spool. The only SMTP code that does I/O.
 
-use super::reply::Reply;
 use super::session::{Action, DataLine, Session, State};
 use crate::config::Config;
 use crate::filter::pipe::Lines;
 use crate::linebuf::{Line, LineBuf, Text};
+use crate::mail::reply::Reply;
 use crate::queue::envelope::Envelope;
 use crate::queue::spool::{is_no_space, Committer, Spool};
 use std::fs::File;
@@ -101,7 +101,7 @@ pub struct Conn {
     writable: bool,
     eof: bool,
     closing: Option<Reason>,
-    filter_query: Option<super::session::FilterQuery>,
+    filter_query: Option<crate::filter::phase::FilterQuery>,
     /// The filters this session goes through, in order.
     pub chain: Vec<usize>,
     /// The filters the message's lines go through, in order (set at DATA).
@@ -698,8 +698,8 @@ impl Conn {
                     body_8bit: Session::is_8bit(tx),
                     dsn_notify: Session::notify_of(r),
                     dsn_ret: match tx.params.ret {
-                        Some(super::command::Ret::Full) => "FULL".into(),
-                        Some(super::command::Ret::Hdrs) => "HDRS".into(),
+                        Some(crate::mail::params::Ret::Full) => "FULL".into(),
+                        Some(crate::mail::params::Ret::Hdrs) => "HDRS".into(),
                         None => String::new(),
                     },
                     dsn_envid: tx.params.envid.clone().unwrap_or_default(),
@@ -846,13 +846,13 @@ impl Conn {
                     message.push(MessageEdit::Body(b));
                 }
                 Edit::AddRcpt(a) => {
-                    let m = super::command::parse_address(&a, false)
+                    let m = crate::mail::address::parse_address(&a, false)
                         .ok_or_else(|| format!("invalid recipient {a:?}"))?;
                     envelope.push(EnvelopeEdit::AddRcpt(m));
                 }
                 Edit::DelRcpt(a) => envelope.push(EnvelopeEdit::DelRcpt(a)),
                 Edit::ChangeFrom(a) => {
-                    let m = super::command::parse_address(&a, true)
+                    let m = crate::mail::address::parse_address(&a, true)
                         .ok_or_else(|| format!("invalid sender {a:?}"))?;
                     envelope.push(EnvelopeEdit::ChangeFrom(m));
                 }
@@ -892,7 +892,7 @@ impl Conn {
     }
 
     /// A filter query the session made, for the server to route through the chain.
-    pub fn take_filter_query(&mut self) -> Option<super::session::FilterQuery> {
+    pub fn take_filter_query(&mut self) -> Option<crate::filter::phase::FilterQuery> {
         if self.hold {
             return None;
         }
@@ -921,7 +921,7 @@ impl Conn {
     pub fn on_filter_verdict(
         &mut self,
         ctx: &mut Ctx,
-        v: super::session::FilterVerdict,
+        v: crate::filter::phase::FilterVerdict,
         now: Instant,
     ) {
         self.session.on_filter_result(v, &mut self.actions);
@@ -930,7 +930,7 @@ impl Conn {
     }
 
     /// A lookup thread's answer to this session's question.
-    pub fn on_lookup(&mut self, ctx: &mut Ctx, answer: super::session::LookupAnswer, now: Instant) {
+    pub fn on_lookup(&mut self, ctx: &mut Ctx, answer: crate::lookup::LookupAnswer, now: Instant) {
         let line = self.lookup_line.take();
         self.session.on_lookup(answer, &mut self.actions);
         self.run_actions(ctx, line.as_deref());

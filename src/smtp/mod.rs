@@ -2,5 +2,4 @@
 
 pub mod command;
 pub mod conn;
-pub mod reply;
 pub mod session;

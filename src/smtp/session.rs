@@ -17,15 +17,19 @@
 //! filter query or a commit in flight), the glue keeps further pipelined lines
 //! buffered: RFC 2920 pipelining needs nothing more.
 
-use super::command::{notify, Body, Command, MailParams, Mailbox, ParseError, RcptParams};
-use super::reply::Reply;
-use crate::expand::Delivery;
+use super::command::{Command, ParseError};
+use crate::filter::phase::{FilterQuery, FilterVerdict, Phase};
+use crate::mail::address::Mailbox;
+use crate::mail::delivery::Delivery;
+use crate::mail::params::{notify, Body, MailParams, RcptParams};
+use crate::mail::reply::Reply;
+use crate::mail::Peer;
 use std::collections::VecDeque;
-use std::net::IpAddr;
 
 mod lookup;
 
-pub use lookup::{EnvelopeEdit, Lookup, LookupAnswer, RcptQuery};
+use crate::lookup::Lookup;
+pub use lookup::EnvelopeEdit;
 
 /// What the glue must do, in order.
 #[derive(Debug, PartialEq, Eq)]
@@ -44,68 +48,6 @@ pub enum Action {
     Filter(FilterQuery),
     /// Ask the lookup workers, then call [`Session::on_lookup`].
     Lookup(Lookup),
-}
-
-/// An SMTP phase a filter chain may see.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
-    /// The connection, before the greeting.
-    Connect,
-    /// HELO.
-    Helo,
-    /// EHLO.
-    Ehlo,
-    /// MAIL FROM.
-    Mail,
-    /// RCPT TO.
-    Rcpt,
-    /// DATA, before the 354.
-    Data,
-    /// The final ".", before the commit.
-    Eom,
-}
-
-impl Phase {
-    /// The event bit of this phase in the filter protocol.
-    pub fn event(self) -> u32 {
-        use smtpd_filter::codec::event;
-        match self {
-            Phase::Connect => event::CONNECT,
-            Phase::Helo => event::HELO,
-            Phase::Ehlo => event::EHLO,
-            Phase::Mail => event::MAIL,
-            Phase::Rcpt => event::RCPT,
-            Phase::Data => event::DATA,
-            Phase::Eom => event::EOM,
-        }
-    }
-}
-
-/// What a filter chain is asked about.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FilterQuery {
-    /// The phase.
-    pub phase: Phase,
-    /// Its parameter: the HELO name, the address, or empty.
-    pub param: String,
-}
-
-/// What a filter chain decided.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FilterVerdict {
-    /// Go on, maybe with a rewritten parameter, maybe marking the message as junk.
-    Proceed {
-        /// The new parameter (HELO name or address), if rewritten.
-        rewrite: Option<String>,
-        /// Mark the transaction as spam.
-        junk: bool,
-    },
-    /// Refuse the command with this reply.
-    Reject(Reply),
-    /// Reply and close the connection.
-    Disconnect(Reply),
-    /// At end of message: accept the message towards the client, and drop it.
-    Discard,
 }
 
 /// A command waiting for its filter verdict or its lookup.
@@ -210,32 +152,6 @@ pub struct Tx {
     edits: VecDeque<EnvelopeEdit>,
 }
 
-/// Facts about the client, fixed at connect time.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Client {
-    /// The client's address; `None` for the local socket.
-    pub addr: Option<IpAddr>,
-    /// Loopback or local socket (`from local`).
-    pub local: bool,
-    /// Our name on this listener.
-    pub server_name: String,
-    /// The listener's tag.
-    pub tag: Option<String>,
-    /// The client's reverse DNS name, when it was looked up and found.
-    pub hostname: Option<String>,
-}
-
-/// The context a recipient is matched in.
-#[derive(Debug)]
-pub struct MatchCtx<'a> {
-    /// The client.
-    pub client: &'a Client,
-    /// The HELO/EHLO name.
-    pub helo: &'a str,
-    /// MAIL FROM.
-    pub sender: &'a Mailbox,
-}
-
 /// Limits the session enforces (from `smtp ...`).
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -271,7 +187,7 @@ pub struct Session {
     /// Session id, for logs.
     pub id: u64,
     state: State,
-    client: Client,
+    client: Peer,
     limits: Limits,
     helo: String,
     esmtp: bool,
@@ -288,7 +204,7 @@ pub struct Session {
 impl Session {
     /// Starts a session whose filter chain decides the `hooks` events (0 for none);
     /// the greeting, or the connect filter query, is the first action.
-    pub fn new(id: u64, client: Client, limits: Limits, hooks: u32, out: &mut Vec<Action>) -> Self {
+    pub fn new(id: u64, client: Peer, limits: Limits, hooks: u32, out: &mut Vec<Action>) -> Self {
         let mut s = Session {
             id,
             state: State::Connected,
@@ -386,7 +302,7 @@ impl Session {
             Pending::Helo { name, esmtp } => {
                 let name = rewrite.unwrap_or(name);
                 // A rewritten name is checked as the client's own would be.
-                if super::command::valid_helo(&name) {
+                if crate::mail::address::valid_helo(&name) {
                     self.greet_proceed(&name, esmtp, out)
                 } else {
                     self.fail(Reply::HELO_SYNTAX, out)
@@ -394,14 +310,14 @@ impl Session {
             }
             Pending::Mail { sender, params } => match rewrite {
                 None => self.mail_proceed(sender, params, junk, out),
-                Some(r) => match super::command::parse_address(&r, true) {
+                Some(r) => match crate::mail::address::parse_address(&r, true) {
                     Some(m) => self.mail_proceed(m, params, junk, out),
                     None => self.fail(Reply::BAD_SENDER, out),
                 },
             },
             Pending::Rcpt { addr, params } => match rewrite {
                 None => self.rcpt_proceed(addr, params, out),
-                Some(r) => match super::command::parse_address(&r, false) {
+                Some(r) => match crate::mail::address::parse_address(&r, false) {
                     Some(m) => self.rcpt_proceed(m, params, out),
                     None => self.fail(Reply::BAD_RCPT, out),
                 },
@@ -444,7 +360,7 @@ impl Session {
     }
 
     /// The client.
-    pub fn client(&self) -> &Client {
+    pub fn client(&self) -> &Peer {
         &self.client
     }
 
@@ -880,6 +796,7 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lookup::{LookupAnswer, RcptQuery};
 
     /// The answers of the test's lookup workers: anything @elsewhere.example is refused
     /// to a remote client, "nobody" is unknown, every other recipient is a user.
@@ -889,7 +806,7 @@ mod tests {
             ("nobody", _) => Err(Reply::UNKNOWN_USER),
             (u, _) => Ok(vec![Delivery {
                 action: 0,
-                dest: crate::expand::Dest::User(u.to_string()),
+                dest: crate::mail::delivery::Dest::User(u.to_string()),
             }]),
         }
     }
@@ -933,8 +850,8 @@ mod tests {
         /// A dialog whose filter chain decides the `hooks` events.
         pub(super) fn with_hooks(hooks: u32) -> Self {
             let mut out = Vec::new();
-            let client = Client {
-                addr: Some(IpAddr::from([192, 0, 2, 7])),
+            let client = Peer {
+                addr: Some(std::net::IpAddr::from([192, 0, 2, 7])),
                 local: false,
                 server_name: "mx.example.org".into(),
                 tag: None,

@@ -4,7 +4,7 @@
 //! committed ([`Manager::committed`]), the time ([`Manager::run`], Unix seconds passed
 //! in), delivery results (from the parent, from outgoing sessions), completions of the
 //! spool I/O thread (envelopes written, notifications queued, forward files expanded)
-//! and control commands. What must be done comes out as [`Action`]s, taken with
+//! and control commands. What must be done comes out as [`Effect`]s, taken with
 //! [`Manager::take_actions`]: hand a local delivery to the parent, open an outgoing
 //! session and give it jobs, write a message's envelopes, notify a sender, expand a
 //! forward file, log. No file, socket or clock here; `event_loop/queue.rs` performs the
@@ -33,16 +33,17 @@ mod tests;
 mod writes;
 
 use crate::config::Config;
+use crate::mail::params::notify;
 use crate::mda::Outcome;
 use crate::mta::client::Job;
+use crate::nexthop::Route;
 use crate::privsep::DeliverReq;
 use crate::queue::bounce::DsnKind;
 use crate::queue::envelope::{new_evpid, Envelope};
 use crate::queue::forward::NewDest;
-use crate::queue::scheduler::{backoff, AfterTempfail, Entry, Pick, RunState, Scheduler};
-use crate::smtp::command::notify;
+use crate::queue::scheduler::{backoff, AfterTempfail, Pick, RunState, Scheduled, Scheduler};
 use log::Level;
-use plan::{Plan, Route};
+use plan::Plan;
 use std::collections::HashMap;
 use std::sync::Arc;
 use writes::{Msg, WriteRec};
@@ -118,7 +119,7 @@ pub struct ForwardFile {
 
 /// What the glue must do, in order.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Action {
+pub enum Effect {
     /// Open the message and hand the request with it to the parent; answered by
     /// [`Manager::handed`], then [`Manager::local_result`].
     Deliver(Delivery),
@@ -201,7 +202,7 @@ pub struct Manager {
     writes: HashMap<u64, WriteRec>,
     mta: mta::Sessions,
     next_id: u64,
-    out: Vec<Action>,
+    out: Vec<Effect>,
     /// Counters.
     pub stats: Stats,
     /// `pause mda`: LMTP and local deliveries wait.
@@ -243,13 +244,13 @@ impl Manager {
 
     /// The actions to perform, in order.
     #[must_use]
-    pub fn take_actions(&mut self) -> Vec<Action> {
+    pub fn take_actions(&mut self) -> Vec<Effect> {
         self.flush_writes();
         std::mem::take(&mut self.out)
     }
 
     fn log(&mut self, level: Level, line: String) {
-        self.out.push(Action::Log(level, line));
+        self.out.push(Effect::Log(level, line));
     }
 
     fn id(&mut self) -> u64 {
@@ -331,7 +332,7 @@ impl Manager {
         let ttl = plan::ttl(&self.cfg, &env.action);
         self.sched.insert(
             env.evpid,
-            Entry {
+            Scheduled {
                 due,
                 retry: env.retry,
                 ctime: env.ctime,
@@ -426,7 +427,7 @@ impl Manager {
                     req.id = id;
                     self.local.insert(id, evpid);
                     self.set_state(evpid, State::Local(id));
-                    self.out.push(Action::Deliver(Delivery {
+                    self.out.push(Effect::Deliver(Delivery {
                         msgid: (evpid >> 32) as u32,
                         req,
                     }));
@@ -612,8 +613,8 @@ impl Manager {
         let Some(slot) = self.envs.get(&evpid) else {
             return;
         };
-        let owner = match crate::expand::Dest::decode(&slot.env.dest) {
-            Some(crate::expand::Dest::User(u)) => u,
+        let owner = match crate::mail::delivery::Dest::decode(&slot.env.dest) {
+            Some(crate::mail::delivery::Dest::User(u)) => u,
             _ => {
                 let o = Outcome::PermFail("forward from a non-user destination".into());
                 return self.finish(evpid, o, now);
@@ -625,7 +626,7 @@ impl Manager {
         let env = slot.env.clone();
         self.set_state(evpid, State::Expanding);
         self.out
-            .push(Action::Expand(ForwardFile { env, owner, items }));
+            .push(Effect::Expand(ForwardFile { env, owner, items }));
     }
 
     /// The destinations of a forward file: they replace the user's envelope, in one
@@ -728,7 +729,7 @@ impl Manager {
         // A notice of failure or success reports an envelope whose removal follows: it
         // is committed after that (smtpd.8, Crashes and duplicates).
         let hold = !matches!(kind, DsnKind::Delayed);
-        self.out.push(Action::Bounce(Notice { env, kind, hold }));
+        self.out.push(Effect::Bounce(Notice { env, kind, hold }));
     }
 
     /// The envelope is over: it leaves the schedule and its removal is written.

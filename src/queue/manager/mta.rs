@@ -9,9 +9,9 @@
 //! waits for a session to end. A session carries at most [`MAX_JOBS_PER_SESSION`] jobs;
 //! one with no job left and none waiting for its route is told to quit.
 
-use super::plan::Route;
-use super::Action;
+use super::Effect;
 use crate::mta::client::{Job, MAX_RCPT};
+use crate::nexthop::Route;
 use std::collections::{HashMap, VecDeque};
 
 /// Outgoing connections at once.
@@ -78,7 +78,7 @@ impl Sessions {
         sender: &str,
         rcpts: Vec<(u64, String)>,
         next_id: &mut u64,
-        out: &mut Vec<Action>,
+        out: &mut Vec<Effect>,
     ) -> Vec<(u64, u64)> {
         let mut placed = Vec::new();
         for chunk in rcpts.chunks(MAX_RCPT) {
@@ -106,7 +106,7 @@ impl Sessions {
     }
 
     /// Puts job `id` on a session, or in the backlog.
-    fn assign(&mut self, id: u64, next_id: &mut u64, out: &mut Vec<Action>) {
+    fn assign(&mut self, id: u64, next_id: &mut u64, out: &mut Vec<Effect>) {
         let Some(rec) = self.jobs.get(&id) else {
             return;
         };
@@ -136,7 +136,7 @@ impl Sessions {
                         closing: false,
                     },
                 );
-                out.push(Action::Connect {
+                out.push(Effect::Connect {
                     session: k,
                     route: rec.route.clone(),
                 });
@@ -151,7 +151,7 @@ impl Sessions {
             s.busy += 1;
             s.given += 1;
             rec.session = Some(session);
-            out.push(Action::Send {
+            out.push(Effect::Send {
                 session,
                 msgid: rec.msgid,
                 job: rec.job.clone(),
@@ -161,7 +161,7 @@ impl Sessions {
 
     /// Job `id` is over; returns it. Its session gets a waiting job of its route, or is
     /// told to quit when it has nothing left.
-    pub fn done(&mut self, id: u64, next_id: &mut u64, out: &mut Vec<Action>) -> Option<JobRec> {
+    pub fn done(&mut self, id: u64, next_id: &mut u64, out: &mut Vec<Effect>) -> Option<JobRec> {
         let rec = self.jobs.remove(&id)?;
         self.backlog.retain(|&j| j != id);
         self.envelopes = self.envelopes.saturating_sub(rec.evpids.len());
@@ -188,7 +188,7 @@ impl Sessions {
             }
             _ => {
                 s.closing = true;
-                out.push(Action::Quit { session: k });
+                out.push(Effect::Quit { session: k });
             }
         }
         Some(rec)
@@ -203,7 +203,7 @@ impl Sessions {
 
     /// Session `k` ended: returns the jobs it had not finished (to fail), and gives the
     /// backlog the room it left.
-    pub fn closed(&mut self, k: u64, next_id: &mut u64, out: &mut Vec<Action>) -> Vec<JobRec> {
+    pub fn closed(&mut self, k: u64, next_id: &mut u64, out: &mut Vec<Effect>) -> Vec<JobRec> {
         if self.sessions.remove(&k).is_none() {
             return Vec::new();
         }
@@ -239,8 +239,8 @@ fn take_id(next_id: &mut u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mta::client::Proto;
-    use crate::mta::conn::Target;
+    use crate::nexthop::Proto;
+    use crate::nexthop::Target;
 
     fn route(port: u16) -> Route {
         Route {
@@ -251,19 +251,19 @@ mod tests {
         }
     }
 
-    fn connects(out: &[Action]) -> Vec<u64> {
+    fn connects(out: &[Effect]) -> Vec<u64> {
         out.iter()
             .filter_map(|a| match a {
-                Action::Connect { session, .. } => Some(*session),
+                Effect::Connect { session, .. } => Some(*session),
                 _ => None,
             })
             .collect()
     }
 
-    fn sends(out: &[Action]) -> Vec<(u64, u64)> {
+    fn sends(out: &[Effect]) -> Vec<(u64, u64)> {
         out.iter()
             .filter_map(|a| match a {
-                Action::Send { session, job, .. } => Some((*session, job.id)),
+                Effect::Send { session, job, .. } => Some((*session, job.id)),
                 _ => None,
             })
             .collect()
@@ -357,7 +357,7 @@ mod tests {
         assert!(s.done(jobs[0].1, &mut id, &mut out).is_some());
         assert!(out.is_empty());
         assert!(s.done(jobs[1].1, &mut id, &mut out).is_some());
-        assert!(matches!(out[..], [Action::Quit { session }] if session == jobs[0].0));
+        assert!(matches!(out[..], [Effect::Quit { session }] if session == jobs[0].0));
         assert_eq!(s.envelopes(), 0);
     }
 }

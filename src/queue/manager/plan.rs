@@ -4,27 +4,13 @@
 //! destination cannot be delivered by it).
 
 use crate::config::{Config, Method};
-use crate::expand::Dest;
+use crate::mail::delivery::Dest;
 use crate::mda::Outcome;
-use crate::mta::client::Proto;
-use crate::mta::conn::Target;
+use crate::nexthop::Proto;
+use crate::nexthop::Route;
+use crate::nexthop::Target;
 use crate::privsep::{DeliverReq, LocalKind};
 use crate::queue::envelope::Envelope;
-
-/// Where the recipients of one outgoing connection go: the action, its server, the
-/// protocol and the name said in EHLO/LHLO. Envelopes of the same route share
-/// connections; those of one message on a route share transactions.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Route {
-    /// The action's name.
-    pub action: String,
-    /// The server.
-    pub target: Target,
-    /// SMTP or LMTP.
-    pub proto: Proto,
-    /// The name given in EHLO/LHLO.
-    pub helo: String,
-}
 
 /// What to do with a due envelope.
 #[derive(Debug, PartialEq, Eq)]

@@ -2,7 +2,7 @@
 //! their completions fed back. No spool, socket or clock.
 
 use super::*;
-use crate::expand::Dest;
+use crate::mail::delivery::Dest;
 use std::collections::HashMap as Map;
 use std::path::Path;
 
@@ -21,7 +21,7 @@ struct Dialog {
     m: Manager,
     now: u64,
     /// Actions not looked at yet.
-    pending: Vec<Action>,
+    pending: Vec<Effect>,
 }
 
 fn env(msgid: u32, n: u64, action: &str, dest: Dest) -> Envelope {
@@ -77,7 +77,7 @@ impl Dialog {
 
     /// Takes the pending actions matching `f`, checking none else is pending but log
     /// lines; returns them.
-    fn expect<T>(&mut self, what: &str, mut f: impl FnMut(&Action) -> Option<T>) -> Vec<T> {
+    fn expect<T>(&mut self, what: &str, mut f: impl FnMut(&Effect) -> Option<T>) -> Vec<T> {
         let mut got = Vec::new();
         let mut rest = Vec::new();
         for a in self.pending.drain(..) {
@@ -86,9 +86,9 @@ impl Dialog {
                 None => rest.push(a),
             }
         }
-        let unexpected: Vec<&Action> = rest
+        let unexpected: Vec<&Effect> = rest
             .iter()
-            .filter(|a| !matches!(a, Action::Log(..)))
+            .filter(|a| !matches!(a, Effect::Log(..)))
             .collect();
         assert!(unexpected.is_empty(), "{what}: unexpected {unexpected:#?}");
         self.pending = rest;
@@ -97,7 +97,7 @@ impl Dialog {
 
     fn deliveries(&mut self) -> Vec<DeliverReq> {
         self.expect("deliveries", |a| match a {
-            Action::Deliver(Delivery { req, .. }) => Some(req.clone()),
+            Effect::Deliver(Delivery { req, .. }) => Some(req.clone()),
             _ => None,
         })
     }
@@ -105,7 +105,7 @@ impl Dialog {
     /// The writes asked for: (id, evpids written, durable).
     fn writes(&mut self) -> Vec<(u64, Vec<u64>, bool)> {
         self.expect("writes", |a| match a {
-            Action::Write(EnvWrite {
+            Effect::Write(EnvWrite {
                 id, envs, durable, ..
             }) => Some((*id, envs.iter().map(|e| e.evpid).collect(), *durable)),
             _ => None,
@@ -126,7 +126,7 @@ impl Dialog {
     fn logs(&mut self) -> Vec<String> {
         let mut out = Vec::new();
         self.pending.retain(|a| match a {
-            Action::Log(_, l) => {
+            Effect::Log(_, l) => {
                 out.push(l.clone());
                 false
             }
@@ -209,11 +209,11 @@ fn expiry_bounces_and_removes() {
     d.result(req.id, Outcome::TempFail("451 busy".into()));
     assert!(d.logs()[0].contains("result=Expired stat=\"451 busy\""));
     let bounces = d.expect("bounce", |a| match a {
-        Action::Bounce(Notice { env, kind, hold }) => {
+        Effect::Bounce(Notice { env, kind, hold }) => {
             assert!(*hold);
             Some((env.errorline.clone(), *kind))
         }
-        Action::Write(EnvWrite { envs, .. }) if envs.is_empty() => {
+        Effect::Write(EnvWrite { envs, .. }) if envs.is_empty() => {
             Some((String::new(), DsnKind::Failed))
         }
         _ => None,
@@ -233,7 +233,7 @@ fn permfail_bounces_only_when_wanted() {
     let mut null = user(0x0d00_0001, 1, "bob");
     null.sender.clear();
     let mut never = user(0x0d00_0002, 1, "carol");
-    never.dsn_notify = crate::smtp::command::notify::NEVER;
+    never.dsn_notify = crate::mail::params::notify::NEVER;
     let plain = user(0x0d00_0003, 1, "dave");
     d.commit(&[null, never, plain.clone()]).run();
     for req in d.deliveries() {
@@ -247,8 +247,8 @@ fn permfail_bounces_only_when_wanted() {
         .iter()
         .any(|l| l.ends_with("bounce not sent: NOTIFY excludes it")));
     let b = d.expect("bounce", |a| match a {
-        Action::Bounce(Notice { env, .. }) => Some(env.evpid),
-        Action::Write(EnvWrite { envs, .. }) if envs.is_empty() => Some(0),
+        Effect::Bounce(Notice { env, .. }) => Some(env.evpid),
+        Effect::Write(EnvWrite { envs, .. }) if envs.is_empty() => Some(0),
         _ => None,
     });
     assert_eq!(b.iter().filter(|&&e| e == plain.evpid).count(), 1);
@@ -279,7 +279,7 @@ fn forward_items_become_new_envelopes_in_one_durable_write() {
         Outcome::Forward(vec!["bob".into(), "|/bin/true".into()]),
     );
     let asked = d.expect("expand", |a| match a {
-        Action::Expand(ForwardFile { owner, items, .. }) => Some((owner.clone(), items.len())),
+        Effect::Expand(ForwardFile { owner, items, .. }) => Some((owner.clone(), items.len())),
         _ => None,
     });
     assert_eq!(asked, [("alice".to_string(), 2)]);
@@ -320,7 +320,7 @@ fn forward_items_become_new_envelopes_in_one_durable_write() {
     d.commit(std::slice::from_ref(&e2)).run();
     let req = d.deliveries().remove(0);
     d.result(req.id, Outcome::Forward(vec!["x".into()]));
-    d.expect("expand", |a| matches!(a, Action::Expand(_)).then_some(()));
+    d.expect("expand", |a| matches!(a, Effect::Expand(_)).then_some(()));
     d.m.expanded(e2.evpid, Vec::new(), d.now);
     d.take();
     assert!(d.logs()[0]
@@ -334,14 +334,14 @@ type Sent = (u64, u64, u32, Vec<String>);
 fn sends(d: &mut Dialog) -> (Vec<u64>, Vec<Sent>) {
     let mut connects = Vec::new();
     let sends = d.expect("sessions", |a| match a {
-        Action::Connect { session, route } => {
+        Effect::Connect { session, route } => {
             if route.action == "out" {
                 assert_eq!(route.helo, "relay.example.org");
             }
             connects.push(*session);
             Some(None)
         }
-        Action::Send {
+        Effect::Send {
             session,
             msgid,
             job,
@@ -374,8 +374,8 @@ fn a_message_and_route_make_one_job_and_messages_share_the_session() {
     d.m.job_done(jobs[0].1, o, d.now);
     d.take();
     let b = d.expect("bounce", |a| match a {
-        Action::Bounce(Notice { env, .. }) => Some(env.rcpt.clone()),
-        Action::Write(_) => Some(String::new()),
+        Effect::Bounce(Notice { env, .. }) => Some(env.rcpt.clone()),
+        Effect::Write(_) => Some(String::new()),
         _ => None,
     });
     assert_eq!(b, ["r3@relay.test", ""]);
@@ -384,8 +384,8 @@ fn a_message_and_route_make_one_job_and_messages_share_the_session() {
     d.m.job_done(jobs[1].1, vec![Outcome::Ok], d.now);
     d.take();
     let quit = d.expect("quit", |a| match a {
-        Action::Quit { session } => Some(*session),
-        Action::Write(_) => Some(0),
+        Effect::Quit { session } => Some(*session),
+        Effect::Write(_) => Some(0),
         _ => None,
     });
     assert!(quit.contains(&connects[0]));

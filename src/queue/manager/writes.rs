@@ -1,7 +1,7 @@
 //! The queue manager's writes: each message's envelope set goes to the spool I/O
 //! thread whole, one write in flight per message; changes made meanwhile wait for it.
 
-use super::{Action, EnvWrite, Level, Manager, State};
+use super::{Effect, EnvWrite, Level, Manager, State};
 
 /// A message's envelopes and its writes.
 #[derive(Debug, Default)]
@@ -68,7 +68,7 @@ impl Manager {
             m.writing = Some(id);
             m.dirty = false;
             m.durable = false;
-            self.out.push(Action::Write(EnvWrite {
+            self.out.push(Effect::Write(EnvWrite {
                 id,
                 msgid,
                 envs,

@@ -17,64 +17,11 @@
 //! the envelope edits apply in order, each added recipient waits for its lookup, and
 //! the commit comes after the last edit.
 
-use super::{Action, Client, MatchCtx, Pending, Rcpt, Session, State};
-use crate::expand::Delivery;
-use crate::smtp::command::{Mailbox, RcptParams};
-use crate::smtp::reply::Reply;
-
-/// A question for the lookup workers.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Lookup {
-    /// Whether the spool can take a message of this many octets (SIZE= or 0).
-    Space(u64),
-    /// Match a recipient against the ruleset and expand it.
-    Rcpt(Box<RcptQuery>),
-}
-
-/// A recipient to resolve, with the facts the ruleset matches on, owned so that the
-/// question can go to another thread.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RcptQuery {
-    /// The client.
-    pub client: Client,
-    /// The HELO/EHLO name.
-    pub helo: String,
-    /// MAIL FROM.
-    pub sender: Mailbox,
-    /// The recipient.
-    pub rcpt: Mailbox,
-}
-
-impl Lookup {
-    /// The answer when no lookup thread can be asked: a temporary failure (for the
-    /// spool's room, as when statvfs(2) fails: the writes will tell).
-    pub fn unanswered(&self) -> LookupAnswer {
-        match self {
-            Lookup::Space(_) => LookupAnswer::Space(true),
-            Lookup::Rcpt(_) => LookupAnswer::Rcpt(Err(Reply::LOCAL_ERROR)),
-        }
-    }
-}
-
-impl RcptQuery {
-    /// The context the ruleset matches the recipient in.
-    pub fn ctx(&self) -> MatchCtx<'_> {
-        MatchCtx {
-            client: &self.client,
-            helo: &self.helo,
-            sender: &self.sender,
-        }
-    }
-}
-
-/// The lookup workers' answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LookupAnswer {
-    /// The spool has room.
-    Space(bool),
-    /// The recipient's deliveries, or the reply refusing it.
-    Rcpt(Result<Vec<Delivery>, Reply>),
-}
+use super::{Action, Pending, Rcpt, Session, State};
+use crate::lookup::{Lookup, LookupAnswer, RcptQuery};
+use crate::mail::address::Mailbox;
+use crate::mail::params::RcptParams;
+use crate::mail::reply::Reply;
 
 /// An end-of-message edit of the envelope, from a filter.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -224,9 +171,9 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::super::tests::{resolve, Dialog};
-    use super::super::{FilterVerdict, Phase};
     use super::*;
-    use crate::expand::Dest;
+    use crate::filter::phase::{FilterVerdict, Phase};
+    use crate::mail::{Delivery, Dest};
 
     fn mailbox(s: &str) -> Mailbox {
         let (local, domain) = s.split_once('@').unwrap();

@@ -1,4 +1,4 @@
-//! The client personalities of the binary: `smtpctl`, `mailq`, `sendmail`,
+//! The tool personalities of the binary: `smtpctl`, `mailq`, `sendmail`,
 //! `newaliases`. Each returns a process exit code.
 
 use crate::config;

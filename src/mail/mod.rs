@@ -1,0 +1,15 @@
+//! The nouns of mail, on the ground floor: envelope addresses and their syntax, ESMTP
+//! parameters, SMTP replies, the facts a recipient is matched against, and the
+//! destinations a recipient expands to. Every room above uses them; they use nothing
+//! but the standard library.
+
+pub mod address;
+pub mod delivery;
+pub mod params;
+pub mod peer;
+pub mod reply;
+
+pub use address::Mailbox;
+pub use delivery::{Delivery, Dest};
+pub use peer::{MatchCtx, Peer};
+pub use reply::Reply;
