@@ -21,7 +21,7 @@
 use crate::config::Config;
 use crate::mail::delivery::Delivery;
 use crate::mail::{Mailbox, MatchCtx, Peer, Reply};
-use crate::queue::edit::MessageEdit;
+use crate::queue::edit::Edit;
 use crate::queue::spool::Spool;
 use std::fs::File;
 use std::io;
@@ -106,7 +106,7 @@ pub struct EditJob {
     /// Its length as written so far.
     pub len: u64,
     /// The header and body edits, in order.
-    pub edits: Vec<MessageEdit>,
+    pub edits: Vec<Edit>,
     /// Add `X-Spam: Yes`.
     pub junk: bool,
 }

@@ -180,7 +180,7 @@ impl Server {
             .slab
             .iter()
             .filter_map(|(_, e)| match e {
-                Endpoint::Smtp(c) if c.data_chain.contains(&fid) => Some(c.id()),
+                Endpoint::Smtp(c) if c.filters.data_chain.contains(&fid) => Some(c.id()),
                 _ => None,
             })
             .collect();
@@ -220,6 +220,7 @@ impl Server {
     pub(super) fn data_chain_congested(&self, key: usize) -> bool {
         match self.slab.get(key) {
             Some(Endpoint::Smtp(c)) => c
+                .filters
                 .data_chain
                 .iter()
                 .any(|&f| self.pipe(f).is_some_and(|p| p.congested())),
@@ -286,7 +287,7 @@ impl Server {
     /// A session ends: its filters stop waiting for lines of its message.
     pub(super) fn filters_session_left(&mut self, key: usize, now: Instant) {
         let (sid, chain) = match self.slab.get(key) {
-            Some(Endpoint::Smtp(c)) => (c.id(), c.chain.clone()),
+            Some(Endpoint::Smtp(c)) => (c.id(), c.filters.chain.clone()),
             _ => return,
         };
         for fid in chain {
@@ -299,7 +300,7 @@ impl Server {
     /// Tells the filters of a session's chain that observe it about an event.
     pub(super) fn report(&mut self, key: usize, f: &Frame) {
         let (sid, chain) = match self.slab.get(key) {
-            Some(Endpoint::Smtp(c)) => (c.id(), c.chain.clone()),
+            Some(Endpoint::Smtp(c)) => (c.id(), c.filters.chain.clone()),
             _ => return,
         };
         let ev = smtpd_filter::codec::kind_of(f).1;

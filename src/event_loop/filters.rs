@@ -81,7 +81,7 @@ impl Server {
         let Some(Endpoint::Smtp(conn)) = self.slab.get(key) else {
             return;
         };
-        let (sid, chain) = (conn.id(), conn.chain.clone());
+        let (sid, chain) = (conn.id(), conn.filters.chain.clone());
         let facts = self.facts(key, q.phase);
         self.with_chains(|chains, view| chains.start(sid, chain, q, facts, view, steps));
     }
@@ -170,7 +170,7 @@ impl Server {
                 }
             }
             if let Some(Endpoint::Smtp(c)) = self.slab.get_mut(key) {
-                c.data_chain = data_chain;
+                c.filters.data_chain = data_chain;
             }
         }
         self.with_conn(key, Some(gen), |conn, ctx| {
@@ -207,11 +207,15 @@ impl Server {
         let (q, batch, sid, gen, first, reports) = match self.slab.get_mut(key) {
             Some(Endpoint::Smtp(c)) => (
                 c.take_filter_query(),
-                if congested { None } else { c.take_data_batch() },
+                if congested {
+                    None
+                } else {
+                    c.filters.take_batch()
+                },
                 c.id(),
                 c.gen,
-                c.data_chain.first().copied(),
-                c.take_reports(),
+                c.filters.data_chain.first().copied(),
+                c.filters.take_reports(),
             ),
             _ => return None,
         };
@@ -230,7 +234,7 @@ impl Server {
         if let (Some((lines, end)), Some(fid)) = (batch, first) {
             self.send_lines(fid, sid, &lines, end, now);
             if let Some(Endpoint::Smtp(c)) = self.slab.get_mut(key) {
-                c.return_data_batch(lines);
+                c.filters.return_batch(lines);
             }
         }
         q
@@ -288,8 +292,8 @@ impl Server {
         };
         let next = match self.slab.get(key) {
             Some(Endpoint::Smtp(c)) if c.gen == gen => {
-                match c.data_chain.iter().position(|&f| f == fid) {
-                    Some(i) => c.data_chain.get(i + 1).copied(),
+                match c.filters.data_chain.iter().position(|&f| f == fid) {
+                    Some(i) => c.filters.data_chain.get(i + 1).copied(),
                     None => return, // the message already failed
                 }
             }

@@ -663,8 +663,8 @@ impl Server {
         let mut conn = Conn::new(stream, gen, ip, session, actions, deadline, max_line);
         // Protocol lines and rollbacks are gathered only when a filter of the chain may
         // observe them (a filter process, whose registration may still come).
-        conn.observe = chain.iter().any(|&f| self.filter_observes(f));
-        conn.chain = chain;
+        conn.filters.observe = chain.iter().any(|&f| self.filter_observes(f));
+        conn.filters.chain = chain;
         // The configuration checks the client's reverse DNS: look it up first.
         let lookup = self.resolver.is_some() && ip.is_some();
         conn.hold = lookup;

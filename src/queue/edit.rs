@@ -5,19 +5,9 @@
 //! Header values may hold folds written with bare LF or CR LF; they are stored as LF
 //! followed by white space, like every other line of the spool.
 
-/// One edit of the message's header section or body.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum MessageEdit {
-    /// Append a header at the end of the header section.
-    Add(String, String),
-    /// Insert a header before the `index`-th (0 = first).
-    Insert(u32, String, String),
-    /// Replace the `index`-th (1-based, 0 taken as 1) header called `name`; an empty
-    /// value deletes it.
-    Change(u32, String, String),
-    /// Replace the whole body by this text.
-    Body(Vec<u8>),
-}
+/// The edits a filter makes: only header and body edits touch the spooled message
+/// (envelope edits are the session's).
+pub use smtpd_filter::Edit;
 
 /// Whether `name` may be a header field name (RFC 5322 §3.6.8: printable, no colon).
 pub fn valid_name(name: &str) -> bool {
@@ -111,18 +101,18 @@ fn render(name: &str, value: &str) -> Vec<u8> {
 
 /// Applies edits (in order) and, with `junk`, an `X-Spam: Yes` header; returns the new
 /// message.
-pub fn apply(msg: &[u8], edits: &[MessageEdit], junk: bool) -> Vec<u8> {
+pub fn apply(msg: &[u8], edits: &[Edit], junk: bool) -> Vec<u8> {
     let (prefix, fields, body) = split(msg);
     let mut headers: Vec<Vec<u8>> = fields.iter().map(|f| f.to_vec()).collect();
     let mut new_body: Option<Vec<u8>> = None;
     for e in edits {
         match e {
-            MessageEdit::Add(n, v) => headers.push(render(n, v)),
-            MessageEdit::Insert(i, n, v) => {
+            Edit::AddHeader(n, v) => headers.push(render(n, v)),
+            Edit::InsertHeader(i, n, v) => {
                 let at = (*i as usize).min(headers.len());
                 headers.insert(at, render(n, v));
             }
-            MessageEdit::Change(i, n, v) => {
+            Edit::ChangeHeader(i, n, v) => {
                 let want = (*i).max(1) as usize;
                 let found = headers
                     .iter()
@@ -139,7 +129,9 @@ pub fn apply(msg: &[u8], edits: &[MessageEdit], junk: bool) -> Vec<u8> {
                 }
             }
             // Chunks are joined first: a CR LF may straddle two of them.
-            MessageEdit::Body(b) => new_body.get_or_insert_with(Vec::new).extend_from_slice(b),
+            Edit::ReplaceBody(b) => new_body.get_or_insert_with(Vec::new).extend_from_slice(b),
+            // Envelope edits are the session's, not the message's.
+            Edit::AddRcpt(_) | Edit::DelRcpt(_) | Edit::ChangeFrom(_) | Edit::Quarantine(_) => {}
         }
     }
     // Bytes as given (any charset), CR LF turned into the spool's LF.
@@ -194,10 +186,10 @@ mod tests {
         let out = apply(
             MSG,
             &[
-                MessageEdit::Add("X-End".into(), "e".into()),
-                MessageEdit::Insert(0, "X-First".into(), "f".into()),
-                MessageEdit::Change(1, "x-a".into(), "2".into()),
-                MessageEdit::Change(1, "To".into(), String::new()),
+                Edit::AddHeader("X-End".into(), "e".into()),
+                Edit::InsertHeader(0, "X-First".into(), "f".into()),
+                Edit::ChangeHeader(1, "x-a".into(), "2".into()),
+                Edit::ChangeHeader(1, "To".into(), String::new()),
             ],
             true,
         );
@@ -209,11 +201,11 @@ mod tests {
 
     #[test]
     fn body_replacement_and_no_body() {
-        let out = apply(MSG, &[MessageEdit::Body(b"new\r\nbody".to_vec())], false);
+        let out = apply(MSG, &[Edit::ReplaceBody(b"new\r\nbody".to_vec())], false);
         assert!(out.ends_with(b"To: a@b\n\nnew\nbody\n"));
         let out = apply(
             b"Received: r\nSubject: s\n",
-            &[MessageEdit::Add("X".into(), "y".into())],
+            &[Edit::AddHeader("X".into(), "y".into())],
             false,
         );
         assert_eq!(out, b"Received: r\nSubject: s\nX: y\n".to_vec());

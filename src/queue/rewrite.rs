@@ -9,7 +9,7 @@
 //! syncs the new file with the rest of its round, and only then is the message
 //! acknowledged; what a crash leaves in `incoming/` is removed at start.
 
-use super::edit::{apply, MessageEdit};
+use super::edit::{apply, Edit};
 use super::spool::{create_temporary, Spool};
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -55,14 +55,14 @@ impl Spool {
         &self,
         msgid: u32,
         len: u64,
-        edits: &[MessageEdit],
+        edits: &[Edit],
         junk: bool,
     ) -> io::Result<File> {
         let path = self.incoming(msgid);
         let old = File::open(&path)?;
         let (head, body_at) = header_section(&old, len)?;
         let head = apply(&head, edits, junk);
-        let body = match edits.iter().any(|e| matches!(e, MessageEdit::Body(_))) {
+        let body = match edits.iter().any(|e| matches!(e, Edit::ReplaceBody(_))) {
             true => 0,
             false => len - body_at,
         };
@@ -94,7 +94,7 @@ mod tests {
 
     const HEAD: &str = "Received: from x\n\tby y; date\nSubject: hi\nX-A: 1\n continued\nTo: a@b\n";
 
-    fn edited(data: &[u8], written: u64, edits: &[MessageEdit], junk: bool) -> Vec<u8> {
+    fn edited(data: &[u8], written: u64, edits: &[Edit], junk: bool) -> Vec<u8> {
         let dir = TempDir::new("rewrite");
         let (spool, _) = Spool::open(&dir.0).unwrap();
         let (id, mut f) = spool.create_message().unwrap();
@@ -108,11 +108,11 @@ mod tests {
         out
     }
 
-    fn edits() -> Vec<MessageEdit> {
+    fn edits() -> Vec<Edit> {
         vec![
-            MessageEdit::Add("X-End".into(), "e".into()),
-            MessageEdit::Insert(0, "X-First".into(), "f".into()),
-            MessageEdit::Change(1, "x-a".into(), "2".into()),
+            Edit::AddHeader("X-End".into(), "e".into()),
+            Edit::InsertHeader(0, "X-First".into(), "f".into()),
+            Edit::ChangeHeader(1, "x-a".into(), "2".into()),
         ]
     }
 
@@ -123,8 +123,8 @@ mod tests {
         let sets = [
             edits(),
             vec![],
-            vec![MessageEdit::Body(b"new\r\nbody".to_vec())],
-            vec![MessageEdit::Change(1, "To".into(), String::new())],
+            vec![Edit::ReplaceBody(b"new\r\nbody".to_vec())],
+            vec![Edit::ChangeHeader(1, "To".into(), String::new())],
         ];
         for body in bodies {
             let body = if body.len() > 1000 {

@@ -1,6 +1,7 @@
 //! The socket glue of an SMTP session: moves bytes between the socket, the line
 //! buffer, the [`Session`] and the spool. The only SMTP code that does I/O.
 
+use super::filtering::FilterSide;
 use super::session::{Action, DataLine, Session, State};
 use crate::config::Config;
 use crate::filter::pipe::Lines;
@@ -101,38 +102,19 @@ pub struct Conn {
     writable: bool,
     eof: bool,
     closing: Option<Reason>,
-    filter_query: Option<crate::filter::phase::FilterQuery>,
-    /// The filters this session goes through, in order.
-    pub chain: Vec<usize>,
-    /// The filters the message's lines go through, in order (set at DATA).
-    pub data_chain: Vec<usize>,
-    /// Lines waiting to be sent to the first data filter.
-    data_batch: Lines,
-    /// A content line longer than the input buffer, gathered for the data filters.
-    long_line: Vec<u8>,
-    data_batch_bytes: usize,
-    /// The final dot was seen (with the pipelining flag); the chain's end is awaited.
-    data_end: Option<bool>,
-    /// The end marker was handed to the server.
-    data_end_sent: bool,
-    /// Bytes of filtered content stored.
-    filtered_bytes: u64,
+    /// What the session's filters need of it.
+    pub filters: FilterSide,
     /// Header and body edits to make at commit.
-    pending_edits: Vec<crate::queue::edit::MessageEdit>,
+    pending_edits: Vec<crate::queue::edit::Edit>,
     /// The command line whose lookup is in flight, for the log of a failure.
     lookup_line: Option<Vec<u8>>,
     /// The message being rewritten with its edits by a lookup thread (before the
     /// commit).
     editing: Option<u32>,
-    /// A filter of the chain observes protocol lines and rollbacks.
-    pub observe: bool,
-    /// Lines were just sent to a filter: input held back may be taken now.
-    resume: bool,
     /// The session waits for its client's reverse DNS: nothing is sent or processed.
     pub hold: bool,
     /// The reverse name resolves back to the client's address.
     pub fcrdns: bool,
-    reports: Vec<Report>,
 }
 
 /// An event for observing filters, gathered during a pump.
@@ -148,8 +130,8 @@ pub enum Report {
 const BATCH_LINES: usize = 256;
 /// Lines a session gathers for its data filters, at most, before it stops reading:
 /// in count, and in bytes.
-const BATCH_MAX_LINES: usize = BATCH_LINES * 16;
-const BATCH_MAX_BYTES: usize = 256 * 1024;
+pub(super) const BATCH_MAX_LINES: usize = BATCH_LINES * 16;
+pub(super) const BATCH_MAX_BYTES: usize = 256 * 1024;
 
 /// Logs client bytes safely.
 fn esc(b: &[u8]) -> String {
@@ -183,29 +165,18 @@ impl Conn {
             writable: false,
             eof: false,
             closing: None,
-            filter_query: None,
-            chain: Vec::new(),
-            data_chain: Vec::new(),
-            data_batch: Lines::default(),
-            long_line: Vec::new(),
-            data_batch_bytes: 0,
-            data_end: None,
-            data_end_sent: false,
-            filtered_bytes: 0,
+            filters: FilterSide::default(),
             pending_edits: Vec::new(),
             lookup_line: None,
             editing: None,
-            observe: false,
-            resume: false,
             hold: false,
             fcrdns: false,
-            reports: Vec::new(),
         };
         for a in actions {
             match a {
                 Action::Reply(r) => r.render(&mut c.out),
                 // The connect phase of a filter chain comes before the greeting.
-                Action::Filter(q) => c.filter_query = Some(q),
+                Action::Filter(q) => c.filters.query = Some(q),
                 _ => {}
             }
         }
@@ -271,7 +242,7 @@ impl Conn {
                 && !self.eof
                 && self.session.wants_input()
                 && self.out.len() - self.out_pos < OUT_HIGH
-                && !self.batch_full()
+                && !self.filters.batch_full()
                 && !self.inbuf.space().is_empty()
             {
                 match self.sock.read(self.inbuf.space()) {
@@ -353,8 +324,8 @@ impl Conn {
             return false;
         }
         while self.session.wants_input()
-            && self.data_end.is_none()
-            && !self.batch_full()
+            && self.filters.data_end.is_none()
+            && !self.filters.batch_full()
             && self.closing.is_none()
             && self.out.len() - self.out_pos < OUT_HIGH
         {
@@ -369,20 +340,20 @@ impl Conn {
                     } => (bytes, first, last, bare),
                 };
                 match self.session.on_data(bytes, first, last, bare) {
-                    DataLine::Store(b) if !self.data_chain.is_empty() => {
+                    DataLine::Store(b) if !self.filters.data_chain.is_empty() => {
                         if first && last {
-                            self.data_batch_bytes += b.len();
-                            self.data_batch.push(b);
-                        } else if self.long_line.len() + b.len() > MAX_FILTER_LINE {
+                            self.filters.batch_bytes += b.len();
+                            self.filters.batch.push(b);
+                        } else if self.filters.long_line.len() + b.len() > MAX_FILTER_LINE {
                             // The filter protocol carries lines of up to 64 KiB.
-                            self.long_line = Vec::new();
+                            self.filters.long_line = Vec::new();
                             self.session.on_data_too_long();
                         } else {
-                            self.long_line.extend_from_slice(b);
+                            self.filters.long_line.extend_from_slice(b);
                             if last {
-                                let line = std::mem::take(&mut self.long_line);
-                                self.data_batch_bytes += line.len();
-                                self.data_batch.push(&line);
+                                let line = std::mem::take(&mut self.filters.long_line);
+                                self.filters.batch_bytes += line.len();
+                                self.filters.batch.push(&line);
                             }
                         }
                     }
@@ -401,12 +372,12 @@ impl Conn {
                     }
                     DataLine::Drop => {
                         if last {
-                            self.long_line = Vec::new();
+                            self.filters.long_line = Vec::new();
                         }
                     }
-                    DataLine::End if !self.data_chain.is_empty() => {
+                    DataLine::End if !self.filters.data_chain.is_empty() => {
                         // The chain's own end decides; input waits until then.
-                        self.data_end = Some(self.inbuf.pending() > 0);
+                        self.filters.data_end = Some(self.inbuf.pending() > 0);
                     }
                     DataLine::End => {
                         let pipelined = self.inbuf.pending() > 0;
@@ -434,12 +405,14 @@ impl Conn {
                                 .on_bad_line(Reply::BARE_NEWLINE_COMMAND, &mut self.actions);
                         } else {
                             let had_tx = self.session.tx().is_some();
-                            if self.observe {
-                                self.reports.push(Report::Protocol(b'<', bytes.to_vec()));
+                            if self.filters.observe {
+                                self.filters
+                                    .reports
+                                    .push(Report::Protocol(b'<', bytes.to_vec()));
                             }
                             self.session.on_line(bytes, &mut self.actions);
-                            if had_tx && self.session.tx().is_none() && self.observe {
-                                self.reports.push(Report::Rollback);
+                            if had_tx && self.session.tx().is_none() && self.filters.observe {
+                                self.filters.reports.push(Report::Rollback);
                             }
                         }
                         // The line is logged with failed replies, which may come with a
@@ -482,11 +455,13 @@ impl Conn {
                     }
                     let start = self.out.len();
                     r.render(&mut self.out);
-                    if self.observe {
+                    if self.filters.observe {
                         let text = self.out[start..]
                             .strip_suffix(b"\r\n")
                             .unwrap_or(&self.out[start..]);
-                        self.reports.push(Report::Protocol(b'>', text.to_vec()));
+                        self.filters
+                            .reports
+                            .push(Report::Protocol(b'>', text.to_vec()));
                     }
                     log::trace!(target: "smtpd::smtp", "{:016x} smtp >>> {}", self.session.id, esc(&self.out[start..]));
                 }
@@ -521,11 +496,11 @@ impl Conn {
                     if let Some(m) = self.msg.take() {
                         ctx.spool.discard(m.id);
                     }
-                    if self.observe {
-                        self.reports.push(Report::Rollback);
+                    if self.filters.observe {
+                        self.filters.reports.push(Report::Rollback);
                     }
                 }
-                Action::Filter(q) => self.filter_query = Some(q),
+                Action::Filter(q) => self.filters.query = Some(q),
                 Action::Lookup(l) => {
                     self.lookup_line = line.map(<[u8]>::to_vec);
                     let unanswered = l.unanswered();
@@ -720,54 +695,22 @@ impl Conn {
     /// Whether input is waiting that a new pump would take: after the lines gathered
     /// for a filter were sent away.
     pub fn has_more(&mut self) -> bool {
-        std::mem::take(&mut self.resume)
+        std::mem::take(&mut self.filters.resume)
             && self.closing.is_none()
-            && self.data_end.is_none()
+            && self.filters.data_end.is_none()
             && self.session.wants_input()
             && (self.readable || self.inbuf.pending() > 0)
-    }
-
-    /// Events for observing filters since the last call.
-    pub fn take_reports(&mut self) -> Vec<Report> {
-        std::mem::take(&mut self.reports)
-    }
-
-    /// Whether the lines gathered for the data filters fill the batch: the session
-    /// reads no more until they are taken.
-    fn batch_full(&self) -> bool {
-        self.data_batch.len() >= BATCH_MAX_LINES || self.data_batch_bytes >= BATCH_MAX_BYTES
-    }
-
-    /// Lines for the first data filter, and whether the end marker follows them.
-    pub fn take_data_batch(&mut self) -> Option<(Lines, bool)> {
-        let end = self.data_end.is_some() && !self.data_end_sent;
-        if self.data_batch.is_empty() && !end {
-            return None;
-        }
-        self.data_end_sent |= end;
-        self.data_batch_bytes = 0;
-        self.resume = true;
-        Some((std::mem::take(&mut self.data_batch), end))
-    }
-
-    /// Gives back a batch taken with [`Conn::take_data_batch`] once it was sent, so that
-    /// the next one reuses its memory.
-    pub fn return_data_batch(&mut self, mut lines: Lines) {
-        if self.data_batch.is_empty() {
-            lines.clear();
-            self.data_batch = lines;
-        }
     }
 
     /// Stores lines that came out of the last data filter.
     pub fn store_filtered(&mut self, spool: &Spool, lines: &Lines, max_size: u64) {
         let Some(m) = self.msg.as_mut() else { return };
         // Counted as on the wire: each line with CR LF.
-        self.filtered_bytes += (lines.text().len() + lines.len()) as u64;
+        self.filters.filtered_bytes += (lines.text().len() + lines.len()) as u64;
         if m.failed {
             return;
         }
-        if self.filtered_bytes > max_size {
+        if self.filters.filtered_bytes > max_size {
             self.session.on_filter_overflow();
             m.failed = true;
             return;
@@ -780,12 +723,12 @@ impl Conn {
 
     /// The last data filter ended its output: the message is complete.
     pub fn on_filtered_end(&mut self, ctx: &mut Ctx, now: Instant) {
-        let Some(pipelined) = self.data_end.take() else {
+        let Some(pipelined) = self.filters.data_end.take() else {
             return;
         };
-        self.data_end_sent = false;
-        self.data_chain.clear();
-        self.filtered_bytes = 0;
+        self.filters.data_end_sent = false;
+        self.filters.data_chain.clear();
+        self.filters.filtered_bytes = 0;
         self.session.on_data_end(pipelined, &mut self.actions);
         self.run_actions(ctx, Some(b"."));
         self.pump(ctx, now);
@@ -794,14 +737,14 @@ impl Conn {
     /// A data filter failed: the message is refused when its end comes.
     pub fn on_data_filter_failed(&mut self, ctx: &mut Ctx, now: Instant) {
         self.session.on_filter_failed();
-        self.data_batch.clear();
-        self.long_line = Vec::new();
-        self.data_batch_bytes = 0;
-        if self.data_end.is_some() {
+        self.filters.batch.clear();
+        self.filters.long_line = Vec::new();
+        self.filters.batch_bytes = 0;
+        if self.filters.data_end.is_some() {
             self.on_filtered_end(ctx, now);
         } else {
             // Lines still to come are dropped by the failed transaction.
-            self.data_chain.clear();
+            self.filters.data_chain.clear();
         }
     }
 
@@ -812,7 +755,7 @@ impl Conn {
     pub fn take_eom_edits(&mut self, edits: Vec<crate::filter::pipe::Edit>) -> Result<(), String> {
         use super::session::EnvelopeEdit;
         use crate::filter::pipe::Edit;
-        use crate::queue::edit::{clean_value, valid_name, MessageEdit};
+        use crate::queue::edit::{clean_value, valid_name};
         // Edits belong to this message only.
         self.pending_edits.clear();
         let mut message = Vec::new();
@@ -827,14 +770,14 @@ impl Conn {
                     return Err(format!("invalid header {n:?}"));
                 }
                 Edit::AddHeader(n, v) => {
-                    message.push(MessageEdit::Add(n, clean_value(&v).unwrap_or_default()))
+                    message.push(Edit::AddHeader(n, clean_value(&v).unwrap_or_default()))
                 }
-                Edit::InsertHeader(i, n, v) => message.push(MessageEdit::Insert(
+                Edit::InsertHeader(i, n, v) => message.push(Edit::InsertHeader(
                     i,
                     n,
                     clean_value(&v).unwrap_or_default(),
                 )),
-                Edit::ChangeHeader(i, n, v) => message.push(MessageEdit::Change(
+                Edit::ChangeHeader(i, n, v) => message.push(Edit::ChangeHeader(
                     i,
                     n,
                     clean_value(&v).unwrap_or_default(),
@@ -843,7 +786,7 @@ impl Conn {
                     if b.contains(&0) {
                         return Err("NUL in a replaced body".into());
                     }
-                    message.push(MessageEdit::Body(b));
+                    message.push(Edit::ReplaceBody(b));
                 }
                 Edit::AddRcpt(a) => {
                     let m = crate::mail::address::parse_address(&a, false)
@@ -896,7 +839,7 @@ impl Conn {
         if self.hold {
             return None;
         }
-        self.filter_query.take()
+        self.filters.query.take()
     }
 
     /// The client's reverse DNS, once looked up.

@@ -2,4 +2,5 @@
 
 pub mod command;
 pub mod conn;
+pub mod filtering;
 pub mod session;
