@@ -1,0 +1,163 @@
+//! Tests of `parser.rs`.
+
+use super::super::parse;
+use super::*;
+
+fn conf(text: &str) -> Result<Config, String> {
+    parse(text, Path::new("/etc/smtpd.conf"), &HashMap::new()).map_err(|e| e.to_string())
+}
+
+#[test]
+fn full_example() {
+    let c = conf(
+        r#"
+            lan = "127.0.0.1"
+            table users { "bob@example.org" = bob, "@example.net" = alice }
+            table nets { 127.0.0.0/8, ::1 }
+            listen on $lan port 2525 hostname mx.example.org tag IN
+            listen on ::1 inet6 port 2525
+            queue path "/tmp/spool"
+            queue ttl 2d
+            bounce warn-interval 1h, 4h
+            smtp max-message-size 10M
+            smtp limit max-rcpt 50 max-mails 10
+            smtp timeout 30s
+            smtp limit max-sessions-per-address 0 max-connection-rate 600
+            control limit max-clients 10 max-clients-per-user 3
+            control timeout 1m
+            action "local" maildir "/var/mail/%{user.username}" junk alias <nets> ttl 1h
+            action "virt" mbox virtual <users>
+            action "out" relay host "smtp://[192.0.2.1]:25"
+            match from any for domain "example.org" action "virt"
+            match !from src <nets> for any reject
+            match from local for any action "out"
+            match for local action local
+            "#,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.listeners.len(), 2);
+    assert_eq!(c.listeners[0].addrs[0].to_string(), "127.0.0.1:2525");
+    assert_eq!(c.listeners[0].tag.as_deref(), Some("IN"));
+    assert_eq!(c.queue.path, PathBuf::from("/tmp/spool"));
+    assert_eq!(c.queue.ttl, Duration::from_secs(2 * 86400));
+    assert_eq!(
+        c.queue.warn_intervals,
+        [Duration::from_secs(3600), Duration::from_secs(14400)]
+    );
+    assert_eq!(c.smtp.max_message_size, 10 << 20);
+    assert_eq!((c.smtp.max_rcpt, c.smtp.max_mails), (50, 10));
+    assert_eq!(c.smtp.timeout, Duration::from_secs(30));
+    assert_eq!(
+        (c.smtp.max_sessions_per_address, c.smtp.max_connection_rate),
+        (0, 600)
+    );
+    assert_eq!(
+        (c.control.max_clients, c.control.max_clients_per_user),
+        (10, 3)
+    );
+    assert_eq!(c.control.timeout, Duration::from_secs(60));
+    assert_eq!(c.actions.len(), 3);
+    assert!(matches!(
+        c.actions[0].method,
+        Method::Maildir { junk: true, .. }
+    ));
+    assert_eq!(c.rules.len(), 4);
+    assert_eq!(
+        c.rules[1].conds[0],
+        (true, Cond::FromSrc(Matcher::Table(1)))
+    );
+    assert_eq!(c.rules[1].decision, Decision::Reject);
+    assert_eq!(
+        c.rules[3].conds,
+        [(false, Cond::FromLocal), (false, Cond::ForLocal)]
+    );
+}
+
+#[test]
+fn errors_name_file_and_line() {
+    let cases = [
+        (
+            "listen on 127.0.0.1\nbogus\n",
+            "/etc/smtpd.conf:2: unknown keyword 'bogus'",
+        ),
+        (
+            "listen on 127.0.0.1 port 0",
+            "/etc/smtpd.conf:1: invalid port '0'",
+        ),
+        (
+            "listen on 127.0.0.1\nmatch for any action nope",
+            "/etc/smtpd.conf:2: undefined action 'nope'",
+        ),
+        (
+            "listen on 127.0.0.1\naction a mbox alias <t>",
+            "/etc/smtpd.conf:2: undefined table 't'",
+        ),
+        (
+            "listen on 127.0.0.1\n\nsmtp limit max-rcpt 0",
+            "/etc/smtpd.conf:3: max-rcpt: 0 is out of range (at least 1)",
+        ),
+        (
+            "listen on 127.0.0.1\nsmtp limit max-command-line 100",
+            "/etc/smtpd.conf:2: max-command-line: 100 is out of range (at least 512)",
+        ),
+        (
+            "listen on 127.0.0.1\ncontrol limit max-clients 0",
+            "/etc/smtpd.conf:2: max-clients: 0 is out of range (at least 1)",
+        ),
+        (
+            "listen on 127.0.0.1\ncontrol timeout 0s",
+            "/etc/smtpd.conf:2: invalid duration '0s'",
+        ),
+        (
+            "listen on 127.0.0.1\ncontrol bogus",
+            "/etc/smtpd.conf:2: after 'control': limit or timeout",
+        ),
+        (
+            "listen on 127.0.0.1\nmatch from src 300.1.1.1 reject",
+            "/etc/smtpd.conf:2: invalid address or network '300.1.1.1'",
+        ),
+        (
+            "action a mbox",
+            "/etc/smtpd.conf: no listener: add a 'listen on' line",
+        ),
+        (
+            "listen on 127.0.0.1 port 25 bogus",
+            "/etc/smtpd.conf:1: unexpected 'bogus'",
+        ),
+        (
+            "listen on 127.0.0.1\nmatch from any",
+            "/etc/smtpd.conf:2: 'action NAME' or 'reject' expected",
+        ),
+    ];
+    for (text, want) in cases {
+        assert_eq!(conf(text).err().as_deref(), Some(want), "{text}");
+    }
+}
+
+#[test]
+fn command_line_macros_win() {
+    let mut m = HashMap::new();
+    m.insert("p".to_string(), "2600".to_string());
+    let c =
+        parse("p = 25\nlisten on 127.0.0.1 port $p", Path::new("x"), &m).map_err(|e| e.to_string());
+    assert_eq!(c.map(|c| c.listeners[0].addrs[0].port()), Ok(2600));
+}
+
+#[test]
+fn development_default_parses() {
+    let c = parse(
+        super::super::DEVELOPMENT,
+        Path::new("./built-in"),
+        &HashMap::new(),
+    );
+    assert!(c.is_ok(), "{c:?}");
+}
+
+#[test]
+fn sizes_and_durations() {
+    assert_eq!(parse_size("35M"), Some(35 << 20));
+    assert_eq!(parse_size("512"), Some(512));
+    assert_eq!(parse_size("x"), None);
+    assert_eq!(parse_duration("4d"), Some(Duration::from_secs(345600)));
+    assert_eq!(parse_duration("90"), Some(Duration::from_secs(90)));
+}

@@ -1,0 +1,113 @@
+//! The engine's deadlines: what each entry of the one heap stands for, arming the ones
+//! that follow from the state of things, and taking those that are due.
+
+use super::*;
+
+/// What a deadline of [`Server::timers`] is for. An entry is checked when it comes
+/// due: a stale one (its endpoint gone, or the deadline moved) does nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum Due {
+    /// The idle timeout of an SMTP session or control client.
+    Endpoint {
+        /// Slab key.
+        key: usize,
+        /// Its generation.
+        gen: u64,
+    },
+    /// Filter process `fid`: an answer or a write it waits for.
+    Filter(usize),
+    /// A reverse DNS query.
+    Dns,
+    /// A line to monitoring clients.
+    Monitor,
+    /// The queue manager's next due envelope.
+    Queue,
+    /// Accepting resumes after a failed accept(2).
+    Accept,
+    /// Expired entries of the connection-rate table go.
+    Prune,
+    /// The grace of a stopping daemon is over.
+    Stop,
+}
+
+impl Server {
+    /// Arms the deadlines that follow from the state of things: the queue manager's
+    /// next due envelope, monitor lines, pruning of the connection-rate table.
+    pub(super) fn arm_timers(&mut self, now: Instant) {
+        if let Some(due) = self.queue.next_due() {
+            // Envelopes due already wait for room (deliveries in flight): their
+            // completions wake the loop; look again every 100 ms all the same.
+            let at = match due.checked_sub(unix_now()) {
+                Some(s) if s > 0 => now + Duration::from_secs(s),
+                _ => now + Duration::from_millis(100),
+            };
+            if self.queue_armed.is_none_or(|t| at < t) {
+                self.queue_armed = Some(at);
+                self.timers.add(at, Due::Queue);
+            }
+        }
+        if !self.monitor_armed && !self.monitors.is_empty() {
+            self.monitor_armed = true;
+            self.timers.add(now + Duration::from_secs(1), Due::Monitor);
+        }
+        self.arm_filter_timers();
+        if let Some(at) = self.next_dns_deadline() {
+            if self.dns_armed.is_none_or(|t| at < t) {
+                self.dns_armed = Some(at);
+                self.timers.add(at, Due::Dns);
+            }
+        }
+        if !self.prune_armed && !self.rates.is_empty() {
+            self.prune_armed = true;
+            self.timers.add(now + limits::RATE_WINDOW, Due::Prune);
+        }
+    }
+
+    /// Takes the deadlines that are due.
+    pub(super) fn expire_timers(&mut self, now: Instant) {
+        while let Some(due) = self.timers.pop_due(now) {
+            match due {
+                Due::Endpoint { key, gen } => self.endpoint_due(key, gen, now),
+                Due::Filter(fid) => self.filter_due(fid, now),
+                Due::Dns => {
+                    self.dns_armed = None;
+                    self.dns_deadlines(now);
+                }
+                Due::Monitor => {
+                    self.monitor_armed = false;
+                    self.monitor(now);
+                }
+                Due::Queue => self.queue_armed = None,
+                Due::Accept => self.resume_accepting(now),
+                Due::Prune => {
+                    self.prune_armed = false;
+                    self.rates.prune(now);
+                }
+                Due::Stop => {}
+            }
+        }
+    }
+
+    /// The idle deadline of endpoint `key` (of generation `gen`) came.
+    pub(super) fn endpoint_due(&mut self, key: usize, gen: u64, now: Instant) {
+        let later = match self.slab.get(key) {
+            Some(Endpoint::Smtp(conn)) if conn.gen == gen => {
+                if conn.deadline > now || conn.committing() {
+                    Some(conn.deadline.max(now + Duration::from_secs(1)))
+                } else {
+                    None
+                }
+            }
+            Some(Endpoint::Control(c)) if c.gen == gen => return self.control_timeout(key),
+            _ => return,
+        };
+        if let Some(next) = later {
+            return self.timers.add(next, Due::Endpoint { key, gen });
+        }
+        self.with_conn(key, Some(gen), |conn, ctx| {
+            conn.close_with(ctx, Reply::TIMEOUT, Reason::Timeout)
+        });
+        // A client that does not read its 421 is not waited for.
+        self.closing.push(key);
+    }
+}
