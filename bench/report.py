@@ -483,15 +483,15 @@ def report(d, out):
     L.append('  With a filter: `filter "pass" proc-exec "target/release/filter-pass"` (or '
              '`"/usr/bin/python3 filters/python/filter-python bench/passfilter.py"`) and `filter "pass"` on the listener. '
              'Both register every hook, data lines included, and let everything through.')
-    L.append('- **OpenSMTPD** and **Postfix**: as `/work/shared/bench/peers.sh` sets them up (Maildir delivery for '
+    L.append('- **OpenSMTPD** and **Postfix**: as `the shared harness peers.sh` sets them up (Maildir delivery for '
              'bench.test to `benchmail`; Postfix through virtual(8), no chroot, `maxproc` 600, 1100 for the memory '
              'test; OpenSMTPD with `smtp limit max-mails 100000`; filters: OpenSMTPD proc-exec '
              '`osmtpd_passfilter.py`, Postfix milter `pf_passmilter.py` (python3-milter)).')
     L.append('- Durability differs: smtpd and Postfix fsync a message before its 250; OpenSMTPD 6.8 does not '
-             '(see /work/shared/bench/README.md).\n')
+             '(see the README.md beside it).\n')
     L.append('## Commands\n')
     L.append('`%s` (as root, from the top of the work tree). It ran, through a copy of '
-             '`/work/shared/bench/peers.sh` with `bench/servers.sh` as `servers.d/bench.sh`, '
+             '`the shared harness peers.sh` with `bench/servers.sh` as `servers.d/bench.sh`, '
              'SMTP_SOURCE=`bench/smtp-source-wrap` and PEERS_OSMTPD_EXTRA="smtp limit max-mails 100000":\n' % m.get('command', 'bench/run'))
     L.append('```')
     for r in D.commands:
