@@ -31,5 +31,6 @@ pub mod table;
 #[cfg(test)]
 mod testutil;
 pub mod timer;
+pub mod tls;
 pub mod tools;
 pub mod worker;

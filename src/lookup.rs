@@ -309,6 +309,7 @@ mod tests {
                 server_name: "mx.example.org".into(),
                 tag: None,
                 hostname: None,
+                tls: false,
             },
             helo: "c".into(),
             sender: Mailbox::default(),

@@ -120,6 +120,15 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Certificates and keys are read here, while the daemon may still read what only
+    // root can; the engine gets them in memory.
+    let tls = match smtpd::tls::load(&cfg) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
     if m.opt_present("n") {
         println!("configuration OK");
         return ExitCode::SUCCESS;
@@ -140,7 +149,7 @@ fn main() -> ExitCode {
     } else {
         smtpd::logger::init_syslog(verbose);
     }
-    match start(cfg, foreground, &paused) {
+    match start(cfg, tls, foreground, &paused) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("smtpd: {e}");
@@ -176,7 +185,12 @@ fn load_config(
     Ok(cfg)
 }
 
-fn start(cfg: Config, foreground: bool, paused: &[String]) -> std::io::Result<()> {
+fn start(
+    cfg: Config,
+    tls: smtpd::tls::TlsSetup,
+    foreground: bool,
+    paused: &[String],
+) -> std::io::Result<()> {
     // A bug is logged where the admin looks, with its place in the code; the engine
     // then ends only the session it happened in.
     std::panic::set_hook(Box::new(|info| log::error!("smtpd: bug: {info}")));
@@ -266,6 +280,7 @@ fn start(cfg: Config, foreground: bool, paused: &[String]) -> std::io::Result<()
             drop(filters);
             let r = Server::new(
                 cfg,
+                tls,
                 spool,
                 listeners,
                 Some(control),
@@ -284,7 +299,8 @@ fn start(cfg: Config, foreground: bool, paused: &[String]) -> std::io::Result<()
             smtpd::sys::exit_now(i32::from(r.is_err()));
         }
         Some(engine) => {
-            // The engine owns the sockets; the parent only delivers.
+            // The engine owns the sockets and the keys; the parent only delivers.
+            drop(tls);
             drop(listeners);
             drop(control);
             drop(engine_end);

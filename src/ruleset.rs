@@ -61,6 +61,7 @@ fn cond_holds(cfg: &Config, c: &Cond, ctx: &MatchCtx, rcpt: &Mailbox) -> bool {
             .tag
             .as_deref()
             .is_some_and(|t| value_or_table(cfg, m, |p| p.eq_ignore_ascii_case(t))),
+        Cond::Tls => ctx.client.tls,
     }
 }
 

@@ -30,6 +30,103 @@ pub struct Config {
     pub filters: Vec<FilterDef>,
     /// The filter of local submissions (`listen on socket filter NAME`).
     pub socket_filter: Option<FilterId>,
+    /// `pki` statements, indexed by [`PkiId`].
+    pub pkis: Vec<Pki>,
+    /// `ca` statements, indexed by [`CaId`].
+    pub cas: Vec<Ca>,
+}
+
+/// Index into [`Config::pkis`].
+pub type PkiId = usize;
+/// Index into [`Config::cas`].
+pub type CaId = usize;
+
+/// Where a statement is, for errors found after parsing (files of a `pki`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Place {
+    /// The configuration file.
+    pub file: String,
+    /// The line.
+    pub line: usize,
+}
+
+impl Place {
+    /// An error at this place.
+    pub fn err(&self, msg: impl Into<String>) -> crate::config::ConfigError {
+        crate::config::ConfigError::at(&self.file, self.line, msg)
+    }
+}
+
+/// A `pki NAME ...` certificate and its key. The files are read when the daemon
+/// starts (by the privileged process), not by the parser.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pki {
+    /// Its name: the host name SNI selects it by.
+    pub name: String,
+    /// `pki NAME cert FILE`: the certificate chain (PEM), and where it was given.
+    pub cert: Option<(std::path::PathBuf, Place)>,
+    /// `pki NAME key FILE`: the private key (PEM), and where it was given.
+    pub key: Option<(std::path::PathBuf, Place)>,
+    /// `pki NAME dhe ...`: accepted for OpenSMTPD's sake; key exchange is ECDHE.
+    pub dhe: Dhe,
+    /// Where the pki was first named.
+    pub place: Place,
+}
+
+/// `pki NAME dhe none|auto|legacy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Dhe {
+    /// `none`, the default.
+    #[default]
+    None,
+    /// `auto`.
+    Auto,
+    /// `legacy`.
+    Legacy,
+}
+
+/// A `ca NAME cert FILE` bundle, to verify client certificates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ca {
+    /// Its name.
+    pub name: String,
+    /// The bundle (PEM).
+    pub cert: std::path::PathBuf,
+    /// Where it was given.
+    pub place: Place,
+}
+
+/// The CA bundle used by `verify` when a listener names no `ca`.
+pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// How a listener speaks TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsMode {
+    /// `tls`: STARTTLS offered (RFC 3207).
+    Starttls,
+    /// `tls-require`: STARTTLS offered, and needed before MAIL.
+    Require,
+    /// `smtps`: TLS from the first byte (RFC 8314).
+    Smtps,
+}
+
+/// The TLS settings of a listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerTls {
+    /// How it speaks TLS.
+    pub mode: TlsMode,
+    /// `verify`: a client certificate that verifies against `ca` is required.
+    pub verify: bool,
+    /// `pki NAME`, in order: the first is served when SNI names no pki.
+    pub pkis: Vec<PkiId>,
+    /// `ca NAME`; the system bundle when `None`.
+    pub ca: Option<CaId>,
+    /// `protocols`, default TLS 1.2 and 1.3.
+    pub protocols: Vec<crate::config::tls::TlsVersion>,
+    /// `ciphers`, default every suite.
+    pub ciphers: Vec<crate::config::tls::Suite>,
+    /// Where the listener is.
+    pub place: Place,
 }
 
 /// Index into [`Config::filters`].
@@ -229,6 +326,8 @@ pub struct Listener {
     pub tag: Option<String>,
     /// `filter NAME`: the chain its sessions go through.
     pub filter: Option<FilterId>,
+    /// `tls`, `tls-require` or `smtps` and their settings.
+    pub tls: Option<ListenerTls>,
 }
 
 /// Index into [`Config::tables`].
@@ -334,6 +433,8 @@ pub enum Cond {
     Helo(Matcher),
     /// `tag TAG|<t>`.
     Tag(Matcher),
+    /// `tls`: the session uses TLS.
+    Tls,
 }
 
 /// What a rule decides.

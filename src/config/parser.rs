@@ -8,11 +8,12 @@ use super::model::*;
 use super::{relative_to, ConfigError};
 use crate::table::Table;
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 mod filters;
+mod listen;
 mod settings;
 
 /// Every keyword the parser accepts.
@@ -90,6 +91,20 @@ pub const KEYWORDS: &[&str] = &[
     "control",
     "max-clients",
     "max-clients-per-user",
+    "tls",
+    "tls-require",
+    "verify",
+    "smtps",
+    "pki",
+    "ca",
+    "cert",
+    "key",
+    "dhe",
+    "none",
+    "auto",
+    "legacy",
+    "protocols",
+    "ciphers",
 ];
 
 /// Phases a built-in filter may decide, with their protocol event bits.
@@ -117,6 +132,10 @@ pub(super) struct Parser {
     table_names: HashMap<String, TableId>,
     action_names: HashMap<String, ActionId>,
     filter_names: HashMap<String, FilterId>,
+    pki_names: HashMap<String, PkiId>,
+    ca_names: HashMap<String, CaId>,
+    /// The pki and ca names of TLS listeners, resolved after the last statement.
+    tls_names: Vec<listen::TlsNames>,
     queue_path: Option<PathBuf>,
     depth: usize,
     /// The file being read (relative paths in it are resolved against its directory).
@@ -253,10 +272,15 @@ impl Parser {
                 rules: Vec::new(),
                 filters: Vec::new(),
                 socket_filter: None,
+                pkis: Vec::new(),
+                cas: Vec::new(),
             },
             table_names: HashMap::new(),
             action_names: HashMap::new(),
             filter_names: HashMap::new(),
+            pki_names: HashMap::new(),
+            ca_names: HashMap::new(),
+            tls_names: Vec::new(),
             queue_path: None,
             depth: 0,
             current: path.to_path_buf(),
@@ -269,6 +293,7 @@ impl Parser {
         if let Some(p) = self.queue_path.take() {
             self.cfg.queue.path = p;
         }
+        self.check_pkis()?;
         if self.cfg.listeners.is_empty() {
             return Err(ConfigError::at(
                 &path.display().to_string(),
@@ -329,6 +354,8 @@ impl Parser {
             "control" => self.control(&mut st),
             "filter" => self.filter(&mut st),
             "bounce" => self.bounce(&mut st),
+            "pki" => self.pki(&mut st),
+            "ca" => self.ca(&mut st),
             other => Err(st.err(format!("unknown keyword '{other}'"))),
         }
     }
@@ -422,74 +449,6 @@ impl Parser {
         } else {
             Ok(Matcher::Value(st.value("value or <table>")?))
         }
-    }
-
-    fn listen(&mut self, st: &mut Stmt) -> Result<(), ConfigError> {
-        st.expect("on")?;
-        if st.eat("socket") {
-            while !st.at_end() {
-                if st.eat("filter") {
-                    self.cfg.socket_filter = Some(self.filter_ref(st)?);
-                } else {
-                    st.done()?;
-                    break;
-                }
-            }
-            return Ok(());
-        }
-        let what = st.value("address or interface")?;
-        let mut family: Option<bool> = None; // Some(true) = inet4 only
-        let mut port = 25u16;
-        let mut hostname = None;
-        let mut tag = None;
-        let mut filter = None;
-        while !st.at_end() {
-            if st.eat("inet4") {
-                family = Some(true);
-            } else if st.eat("inet6") {
-                family = Some(false);
-            } else if st.eat("port") {
-                let p = st.value("port number")?;
-                port = p
-                    .parse()
-                    .ok()
-                    .filter(|&p| p > 0)
-                    .ok_or_else(|| st.err(format!("invalid port '{p}'")))?;
-            } else if st.eat("hostname") {
-                let h = st.value("host name")?;
-                if !crate::mail::address::valid_domain(&h) {
-                    return Err(st.err(format!("invalid host name '{h}'")));
-                }
-                hostname = Some(h);
-            } else if st.eat("tag") {
-                tag = Some(st.value("tag")?);
-            } else if st.eat("filter") {
-                filter = Some(self.filter_ref(st)?);
-            } else {
-                st.done()?;
-                break;
-            }
-        }
-        let ips = resolve_listen(&what).map_err(|m| st.err(m))?;
-        let addrs: Vec<SocketAddr> = ips
-            .into_iter()
-            .filter(|ip| match family {
-                Some(true) => ip.is_ipv4(),
-                Some(false) => ip.is_ipv6(),
-                None => true,
-            })
-            .map(|ip| SocketAddr::new(ip, port))
-            .collect();
-        if addrs.is_empty() {
-            return Err(st.err(format!("no address of the requested family for '{what}'")));
-        }
-        self.cfg.listeners.push(Listener {
-            addrs,
-            hostname,
-            tag,
-            filter,
-        });
-        Ok(())
     }
 
     fn action(&mut self, st: &mut Stmt) -> Result<(), ConfigError> {
@@ -656,6 +615,8 @@ impl Parser {
                 Cond::Helo(self.matcher(st)?)
             } else if st.eat("tag") {
                 Cond::Tag(self.matcher(st)?)
+            } else if st.eat("tls") {
+                Cond::Tls
             } else {
                 let what = st.value("condition").unwrap_or_default();
                 return Err(st.err(format!("unknown match condition '{what}'")));
@@ -743,49 +704,6 @@ fn valid_net(v: &str) -> bool {
                 .is_ok_and(|b| b <= if ip.is_ipv4() { 32 } else { 128 })
         }),
         Err(_) => false,
-    }
-}
-
-/// The addresses of `listen on WHAT`: an IP, `localhost`, `all`/`any`, an interface name,
-/// or a host name from /etc/hosts-backed resolution.
-fn resolve_listen(what: &str) -> Result<Vec<IpAddr>, String> {
-    if let Ok(ip) = what
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .parse::<IpAddr>()
-    {
-        return Ok(vec![ip]);
-    }
-    match what {
-        "localhost" => {
-            return Ok(vec![
-                IpAddr::from([127, 0, 0, 1]),
-                "::1".parse().map_err(|_| "::1")?,
-            ])
-        }
-        "all" | "any" => {
-            return Ok(vec![
-                IpAddr::from([0, 0, 0, 0]),
-                IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 0]),
-            ])
-        }
-        _ => {}
-    }
-    let ifaddrs = crate::sys::interface_addrs(what);
-    if !ifaddrs.is_empty() {
-        return Ok(ifaddrs);
-    }
-    use std::net::ToSocketAddrs;
-    match (what, 0u16).to_socket_addrs() {
-        Ok(it) => {
-            let v: Vec<IpAddr> = it.map(|a| a.ip()).collect();
-            if v.is_empty() {
-                Err(format!("'{what}': no such address, interface or host"))
-            } else {
-                Ok(v)
-            }
-        }
-        Err(_) => Err(format!("'{what}': no such address, interface or host")),
     }
 }
 

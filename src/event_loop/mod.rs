@@ -5,7 +5,7 @@
 //! Every token from `FIRST_SLOT` on indexes the slab of endpoints. Handlers tolerate
 //! spurious and stale events; endpoints are removed only between event batches.
 
-use crate::config::Config;
+use crate::config::{Config, TlsMode};
 use crate::mail::peer::Peer;
 use crate::mail::reply::Reply;
 use crate::mta::conn::MtaConn;
@@ -159,14 +159,18 @@ pub struct Server {
     session_keys: HashMap<u64, (usize, u64)>,
     /// Reverse DNS of clients, when the configuration checks it.
     resolver: Option<rdns::Resolver>,
+    /// The TLS configuration of each listener (keys read before the fork).
+    tls: crate::tls::TlsSetup,
 }
 
 impl Server {
-    /// Prepares the loop over listeners bound by [`bind_listeners`], the control socket
-    /// and the parent channel; starts the sync thread (call it after forking: threads do
-    /// not survive fork) and reads the queue back from the spool.
+    /// Prepares the loop over listeners bound by [`bind_listeners`] (with their TLS
+    /// configurations), the control socket and the parent channel; starts the sync
+    /// thread (call it after forking: threads do not survive fork) and reads the queue
+    /// back from the spool.
     pub fn new(
         cfg: Arc<Config>,
+        tls: crate::tls::TlsSetup,
         spool: Spool,
         listeners: Vec<(std::net::TcpListener, usize)>,
         control: Option<std::os::unix::net::UnixListener>,
@@ -289,6 +293,7 @@ impl Server {
             chains: crate::filter::chain::Chains::new(),
             session_keys: HashMap::new(),
             resolver: None,
+            tls,
         };
         if server.cfg.needs_rdns() {
             let mut r = rdns::Resolver::new()?;
@@ -450,6 +455,7 @@ impl Server {
             committer,
             lookups,
             msg_files,
+            timers,
             ..
         } = self;
         let Some(Endpoint::Smtp(conn)) = slab.get_mut(key) else {
@@ -482,6 +488,10 @@ impl Server {
             (false, true) => *msg_files += 1,
             (true, false) => *msg_files = msg_files.saturating_sub(1),
             _ => {}
+        }
+        if conn.take_rearm() {
+            // A handshake's deadline, earlier than the one armed.
+            timers.add(conn.deadline, Due::Endpoint { key, gen: conn.gen });
         }
         if conn.finished().is_some() {
             closing.push(key);
@@ -600,7 +610,7 @@ impl Server {
 
     fn new_session(
         &mut self,
-        stream: Stream,
+        mut stream: Stream,
         ip: Option<IpAddr>,
         lidx: Option<usize>,
         now: Instant,
@@ -614,6 +624,7 @@ impl Server {
                 .unwrap_or_else(|| self.cfg.hostname.clone()),
             tag: listener.and_then(|l| l.tag.clone()),
             hostname: None,
+            tls: false,
         };
         let limits = Limits {
             max_message_size: self.cfg.smtp.max_message_size,
@@ -633,9 +644,27 @@ impl Server {
         let session = Session::new(id, client, limits, hooks, &mut actions);
         let gen = self.next_gen;
         self.next_gen += 1;
-        let deadline = now + self.cfg.smtp.timeout;
+        let mut deadline = now + self.cfg.smtp.timeout;
+        let tls = listener.and_then(|l| l.tls.as_ref()).map(|t| t.mode);
+        let tls_cfg = lidx.and_then(|i| self.tls.listener(i));
+        if let (Some(TlsMode::Smtps), Some(c)) = (tls, &tls_cfg) {
+            // RFC 8314: TLS from the first byte; the greeting follows the handshake.
+            if let Err(e) = stream.start_tls(c.clone()) {
+                log::warn!("smtpd cannot start TLS on a connection: {e}");
+                return None;
+            }
+            deadline = now
+                + self
+                    .cfg
+                    .smtp
+                    .timeout
+                    .min(crate::smtp::conn::HANDSHAKE_TIMEOUT);
+        }
         let max_line = self.cfg.smtp.max_command_line;
         let mut conn = Conn::new(stream, gen, ip, session, actions, deadline, max_line);
+        if let (Some(mode @ (TlsMode::Starttls | TlsMode::Require)), Some(c)) = (tls, tls_cfg) {
+            conn.offer_starttls(c, mode == TlsMode::Require);
+        }
         // Protocol lines and rollbacks are gathered only when a filter of the chain may
         // observe them (a filter process, whose registration may still come).
         conn.filters.observe = chain.iter().any(|&f| self.filter_observes(f));

@@ -1,5 +1,5 @@
 //! The nouns of mail, on the ground floor: envelope addresses and their syntax, ESMTP
-//! parameters, SMTP replies, the facts a recipient is matched against, and the
+//! parameters, SMTP replies, the facts a recipient is matched against, the facts of a TLS session, and the
 //! destinations a recipient expands to. Every room above uses them; they use nothing
 //! but the standard library.
 
@@ -8,8 +8,10 @@ pub mod delivery;
 pub mod params;
 pub mod peer;
 pub mod reply;
+pub mod tls;
 
 pub use address::Mailbox;
 pub use delivery::{Delivery, Dest};
 pub use peer::{MatchCtx, Peer};
 pub use reply::Reply;
+pub use tls::TlsFacts;

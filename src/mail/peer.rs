@@ -17,6 +17,8 @@ pub struct Peer {
     pub tag: Option<String>,
     /// The client's reverse DNS name, when it was looked up and found.
     pub hostname: Option<String>,
+    /// The session uses TLS (`match tls`): from the first byte, or since STARTTLS.
+    pub tls: bool,
 }
 
 /// The context a recipient is matched in.

@@ -57,6 +57,17 @@ impl Reply {
         BAD_RCPT = 553, "5.1.3", "Recipient address syntax error";
         /// Unknown command.
         UNKNOWN_COMMAND = 500, "5.5.2", "Error: command not recognized";
+        /// STARTTLS answered: the TLS handshake follows (RFC 3207 §4).
+        TLS_READY = 220, "2.0.0", "Ready to start TLS";
+        /// A command other than EHLO, HELO, STARTTLS, NOOP, RSET and QUIT before TLS
+        /// on a `tls-require` listener (RFC 3207 §4).
+        TLS_REQUIRED = 530, "5.7.0", "Must issue a STARTTLS command first";
+        /// STARTTLS once TLS is up (RFC 3207 §4.2: not offered again).
+        TLS_ACTIVE = 503, "5.5.1", "TLS already active";
+        /// STARTTLS on a listener without TLS.
+        TLS_UNAVAILABLE = 502, "5.5.1", "STARTTLS not available";
+        /// STARTTLS inside a mail transaction.
+        TLS_IN_TX = 503, "5.5.1", "STARTTLS not allowed during a mail transaction";
         /// VRFY and EXPN: user lists are not disclosed.
         NOT_IMPLEMENTED = 502, "5.5.1", "Command not implemented";
         /// A command or text line over its limit.

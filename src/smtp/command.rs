@@ -33,6 +33,8 @@ pub enum Command<'a> {
     Vrfy,
     /// `EXPN string`.
     Expn,
+    /// `STARTTLS` (RFC 3207).
+    Starttls,
 }
 
 /// Why a line is not a valid command; each maps to one reply.
@@ -117,6 +119,10 @@ impl<'a> Command<'a> {
         }
         if is("QUIT") {
             return no_args(Command::Quit);
+        }
+        if is("STARTTLS") {
+            // RFC 3207 §4: 501 for parameters.
+            return no_args(Command::Starttls);
         }
         if is("NOOP") {
             return Ok(Command::Noop);

@@ -115,6 +115,14 @@ pub struct Conn {
     pub hold: bool,
     /// The reverse name resolves back to the client's address.
     pub fcrdns: bool,
+    /// The listener's TLS configuration, for STARTTLS.
+    tls_config: Option<std::sync::Arc<rustls::ServerConfig>>,
+    /// STARTTLS was answered: TLS starts once the output is written.
+    starttls: bool,
+    /// The session was told that TLS is up.
+    tls_up: bool,
+    /// The deadline moved earlier: the loop must arm it.
+    rearm: bool,
 }
 
 /// An event for observing filters, gathered during a pump.
@@ -139,6 +147,9 @@ fn esc(b: &[u8]) -> String {
 }
 
 mod message;
+mod tls;
+
+pub use tls::HANDSHAKE_TIMEOUT;
 
 use message::{storage_reply, write_chunk};
 
@@ -175,6 +186,10 @@ impl Conn {
             editing: None,
             hold: false,
             fcrdns: false,
+            tls_config: None,
+            starttls: false,
+            tls_up: false,
+            rearm: false,
         };
         for a in actions {
             match a {
@@ -210,7 +225,7 @@ impl Conn {
     /// Whether the connection is done and can be removed.
     pub fn finished(&self) -> Option<Reason> {
         match self.closing {
-            Some(r) if self.out_pos >= self.out.len() => Some(r),
+            Some(r) if self.out_pos >= self.out.len() && !self.sock.wants_write() => Some(r),
             _ => None,
         }
     }
@@ -235,18 +250,28 @@ impl Conn {
     /// Moves bytes until nothing more can be done without new readiness.
     pub fn pump(&mut self, ctx: &mut Ctx, now: Instant) {
         loop {
-            let mut progress = self.process(ctx);
+            let mut progress = self.check_tls(ctx, now);
+            progress |= self.process(ctx);
             self.flush();
             if self.closing.is_some() {
                 return;
             }
+            if self.starttls && self.out_pos >= self.out.len() {
+                // STARTTLS's 220 is out, in plaintext: the handshake comes next.
+                self.switch_to_tls(ctx, now);
+                if self.closing.is_some() {
+                    return;
+                }
+            }
+            let handshaking = self.sock.handshaking();
             // Lines waiting for a filter hold the input back: once they are sent, the
-            // server pumps again (see `has_more`).
+            // server pumps again (see `has_more`). A handshake goes on regardless.
             if self.readable
                 && !self.eof
-                && self.session.wants_input()
-                && self.out.len() - self.out_pos < OUT_HIGH
-                && !self.filters.batch_full()
+                && (handshaking
+                    || (self.session.wants_input()
+                        && self.out.len() - self.out_pos < OUT_HIGH
+                        && !self.filters.batch_full()))
                 && !self.inbuf.space().is_empty()
             {
                 match self.sock.read(self.inbuf.space()) {
@@ -261,13 +286,21 @@ impl Conn {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.readable = false,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => progress = true,
                     Err(e) => {
-                        log::debug!("{:016x} smtp read error: {e}", self.id());
+                        if handshaking {
+                            self.tls_failed(&e.to_string());
+                        } else {
+                            log::debug!("{:016x} smtp read error: {e}", self.id());
+                        }
                         self.abort(ctx, Reason::Error);
                         return;
                     }
                 }
+                progress |= self.check_tls(ctx, now);
             }
-            if self.eof && self.session.wants_input() {
+            if self.eof && (self.session.wants_input() || self.sock.handshaking()) {
+                if self.sock.handshaking() {
+                    self.tls_failed("connection closed during the handshake");
+                }
                 // The client left; a message it did not finish is dropped.
                 self.abort(ctx, Reason::Disconnect);
                 return;
@@ -314,6 +347,13 @@ impl Conn {
     pub fn close_with(&mut self, ctx: &mut Ctx, reply: Reply, reason: Reason) {
         if self.closing.is_some() {
             return;
+        }
+        if self.sock.handshaking() {
+            self.tls_failed(if reason == Reason::Timeout {
+                "handshake timeout"
+            } else {
+                reason.as_str()
+            });
         }
         self.closing = Some(reason);
         self.session.close(reply, &mut self.actions);
@@ -505,6 +545,7 @@ impl Conn {
                     }
                 }
                 Action::Filter(q) => self.filters.query = Some(q),
+                Action::StartTls => self.starttls = true,
                 Action::Lookup(l) => {
                     self.lookup_line = line.map(<[u8]>::to_vec);
                     let unanswered = l.unanswered();
@@ -553,14 +594,14 @@ impl Conn {
 
     /// Local and remote addresses as text (`ip:port`, or `local` for the socket).
     pub fn addresses(&self) -> (String, String) {
-        match &self.sock {
-            crate::stream::Stream::Tcp(s) => (
+        match self.sock.tcp() {
+            Some(s) => (
                 s.local_addr()
                     .map_or_else(|_| "unknown".into(), |a| a.to_string()),
                 s.peer_addr()
                     .map_or_else(|_| "unknown".into(), |a| a.to_string()),
             ),
-            crate::stream::Stream::Unix(_) => ("local".into(), "local".into()),
+            None => ("local".into(), "local".into()),
         }
     }
 
@@ -624,11 +665,23 @@ impl Conn {
         }
     }
 
-    /// Writes pending output until the socket would block.
+    /// Writes pending output until the socket would block, then the TLS records
+    /// waiting (handshake messages go out while the greeting is held, too).
     fn flush(&mut self) {
-        if self.hold {
-            return;
+        if !self.hold {
+            self.flush_out();
         }
+        if self.closing.is_some() && self.out_pos >= self.out.len() {
+            self.sock.close_notify();
+        }
+        match self.sock.flush_records() {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.writable = false,
+            Err(_) => self.eof = true,
+        }
+    }
+
+    fn flush_out(&mut self) {
         while self.out_pos < self.out.len() {
             match self.sock.write(&self.out[self.out_pos..]) {
                 Ok(0) => break,

@@ -26,7 +26,9 @@ use crate::mail::reply::Reply;
 use crate::mail::Peer;
 use std::collections::VecDeque;
 
+mod data;
 mod lookup;
+mod tls;
 
 use crate::lookup::Lookup;
 pub use lookup::EnvelopeEdit;
@@ -48,6 +50,10 @@ pub enum Action {
     Filter(FilterQuery),
     /// Ask the lookup workers, then call [`Session::on_lookup`].
     Lookup(Lookup),
+    /// Once the replies before it are sent, start TLS on the connection (STARTTLS,
+    /// RFC 3207): input the client sent after its STARTTLS line is discarded, never
+    /// taken as commands; call [`Session::on_tls`] when the handshake is done.
+    StartTls,
 }
 
 /// A command waiting for its filter verdict or its lookup.
@@ -83,6 +89,8 @@ enum Pending {
     EomRcpt {
         addr: Mailbox,
     },
+    /// STARTTLS was answered with 220: the TLS handshake comes first.
+    Tls,
 }
 
 impl Pending {
@@ -199,6 +207,10 @@ pub struct Session {
     pending: Option<Pending>,
     /// A filter marked the session as spam (applies to its transactions).
     junk: bool,
+    /// What the listener offers of STARTTLS.
+    starttls: tls::Offer,
+    /// The TLS session's facts, once TLS is up.
+    tls: Option<crate::mail::TlsFacts>,
 }
 
 impl Session {
@@ -218,6 +230,8 @@ impl Session {
             hooks,
             pending: None,
             junk: false,
+            starttls: tls::Offer::None,
+            tls: None,
         };
         if !s.ask(Phase::Connect, String::new(), Pending::Connect, out) {
             s.banner(out);
@@ -325,7 +339,10 @@ impl Session {
             Pending::Data => out.push(Action::OpenMessage),
             // The filters' envelope edits, then the commit.
             Pending::Eom => self.eom_edits(out),
-            Pending::Space { .. } | Pending::Resolve { .. } | Pending::EomRcpt { .. } => {}
+            Pending::Space { .. }
+            | Pending::Resolve { .. }
+            | Pending::EomRcpt { .. }
+            | Pending::Tls => {}
         }
     }
 
@@ -413,6 +430,10 @@ impl Session {
             Ok(c) => c,
             Err(e) => return self.fail(e.reply(), out),
         };
+        // RFC 3207 §4: a listener that requires TLS takes no mail before it.
+        if self.needs_tls_first(&cmd) {
+            return self.fail(Reply::TLS_REQUIRED, out);
+        }
         match cmd {
             Command::Helo(name) => self.greet(name, false, out),
             Command::Ehlo(name) => self.greet(name, true, out),
@@ -436,9 +457,10 @@ impl Session {
             Command::Help => out.push(Action::Reply(Reply::new(
                 214,
                 "2.0.0",
-                "This is smtpd\nCommands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT HELP\nEnd of HELP info",
+                "This is smtpd\nCommands: HELO EHLO STARTTLS MAIL RCPT DATA RSET NOOP QUIT HELP\nEnd of HELP info",
             ))),
             Command::Vrfy | Command::Expn => self.fail(Reply::NOT_IMPLEMENTED, out),
+            Command::Starttls => self.starttls(out),
         }
     }
 
@@ -472,9 +494,13 @@ impl Session {
         }
         if esmtp {
             text.push_str(&format!(
-                "\n8BITMIME\nENHANCEDSTATUSCODES\nSIZE {}\nDSN\nPIPELINING\nHELP",
+                "\n8BITMIME\nENHANCEDSTATUSCODES\nSIZE {}\nDSN\nPIPELINING",
                 self.limits.max_message_size
             ));
+            if self.offers_starttls() {
+                text.push_str("\nSTARTTLS");
+            }
+            text.push_str("\nHELP");
         }
         out.push(Action::Reply(Reply::new(250, "", text)));
         self.enter(State::Ready);
@@ -605,132 +631,6 @@ impl Session {
                 self.enter(State::Ready);
                 self.fail(reply, out);
             }
-        }
-    }
-
-    /// The Received header for the open message (RFC 5321 §4.4), with `date` formatted
-    /// by the caller, lines ending in LF.
-    pub fn received_header(&self, date: &str) -> String {
-        let Some(tx) = &self.tx else {
-            return String::new();
-        };
-        let from = match self.client.addr {
-            Some(ip) => format!(
-                "{} ({} [{}])",
-                self.helo,
-                self.client.hostname.as_deref().unwrap_or("unknown"),
-                ip
-            ),
-            None => format!("{} (local)", self.helo),
-        };
-        let proto = if self.esmtp { "ESMTP" } else { "SMTP" };
-        let mut h = format!(
-            "Received: from {from}\n\tby {} (smtpd) with {proto} id {:08x}",
-            self.client.server_name,
-            tx.msgid.unwrap_or(0)
-        );
-        // Name the recipient only when there is one, so a Bcc is not disclosed.
-        if let [only] = tx.rcpts.as_slice() {
-            h.push_str(&format!("\n\tfor <{}>", only.addr));
-        }
-        h.push_str(&format!(";\n\t{date}\n"));
-        h
-    }
-
-    /// Feeds a piece of content, CR LF stripped: a whole line, or a part of a line
-    /// longer than the input buffer (`first`: the piece starts its line; `last`: it ends
-    /// it). `bare` is the line buffer's report of a bare CR or LF in the piece.
-    pub fn on_data<'a>(
-        &mut self,
-        bytes: &'a [u8],
-        first: bool,
-        last: bool,
-        bare: bool,
-    ) -> DataLine<'a> {
-        debug_assert!(self.in_data());
-        if first && last && bytes == b"." {
-            return DataLine::End;
-        }
-        let Some(tx) = self.tx.as_mut() else {
-            return DataLine::Drop;
-        };
-        // RFC 5321 §4.5.2: drop one leading dot.
-        let bytes = match first {
-            true => bytes.strip_prefix(b".").unwrap_or(bytes),
-            false => bytes,
-        };
-        tx.size += bytes.len() as u64 + if last { 2 } else { 0 };
-        if first {
-            tx.line_len = 0;
-        }
-        tx.line_len = tx.line_len.saturating_add(bytes.len());
-        if tx.fail.is_some() {
-            return DataLine::Drop;
-        }
-        if bare {
-            tx.fail = Some(Reply::BARE_NEWLINE_DATA);
-            return DataLine::Drop;
-        }
-        if memchr::memchr(0, bytes).is_some() {
-            tx.fail = Some(Reply::NUL_DATA);
-            return DataLine::Drop;
-        }
-        if tx.size > self.limits.max_message_size {
-            tx.fail = Some(Reply::TOO_BIG);
-            return DataLine::Drop;
-        }
-        // `smtp limit max-text-line` counts the line end.
-        let max_line = self.limits.max_text_line;
-        if max_line > 0 && tx.line_len.saturating_add(2) > max_line {
-            tx.fail = Some(Reply::DATA_LINE_TOO_LONG);
-            return DataLine::Drop;
-        }
-        if tx.in_headers && first {
-            if last && bytes.is_empty() {
-                tx.in_headers = false;
-            } else if bytes.len() >= 9 && bytes[..9].eq_ignore_ascii_case(b"received:") {
-                tx.hops += 1;
-                if tx.hops >= self.limits.max_hops {
-                    tx.fail = Some(Reply::LOOP);
-                    return DataLine::Drop;
-                }
-            }
-        }
-        DataLine::Store(bytes)
-    }
-
-    /// A content line could not be carried whole (longer than the filters' protocol
-    /// allows): the message will be refused.
-    pub fn on_data_too_long(&mut self) {
-        if let Some(tx) = self.tx.as_mut() {
-            tx.fail.get_or_insert(Reply::DATA_LINE_TOO_LONG);
-        }
-    }
-
-    /// The filters' output grew past the size limit.
-    pub fn on_filter_overflow(&mut self) {
-        if let Some(tx) = self.tx.as_mut() {
-            tx.fail.get_or_insert(Reply::TOO_BIG);
-        }
-    }
-
-    /// A data filter failed: the message's lines are lost, which is temporary
-    /// whatever else went wrong with it (a message the failed filter made too big, for
-    /// one).
-    pub fn on_filter_failed(&mut self) {
-        if let Some(tx) = self.tx.as_mut() {
-            tx.fail = Some(Reply::LOCAL_ERROR);
-        }
-    }
-
-    /// A write to the message file failed (`no_space` for ENOSPC/EDQUOT).
-    pub fn on_write_error(&mut self, no_space: bool) {
-        if let Some(tx) = self.tx.as_mut() {
-            tx.fail.get_or_insert(if no_space {
-                Reply::NO_STORAGE
-            } else {
-                Reply::LOCAL_ERROR
-            });
         }
     }
 

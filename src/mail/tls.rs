@@ -1,0 +1,75 @@
+//! What a session knows of its TLS layer once the handshake is done: for the
+//! Received header, the logs, the ruleset's `match tls`, and filters.
+
+/// The facts of an established TLS session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFacts {
+    /// The protocol version, as OpenSSL names it (`TLSv1.3`).
+    pub version: &'static str,
+    /// The cipher suite, as OpenSSL names it (`TLS_AES_256_GCM_SHA384`,
+    /// `ECDHE-RSA-AES256-GCM-SHA384`).
+    pub cipher: &'static str,
+    /// The strength of the bulk cipher in bits.
+    pub bits: u16,
+    /// The server name the client asked for (SNI), if it sent one.
+    pub sni: Option<String>,
+    /// The subject of the client's certificate, when one was required and verified
+    /// (`/C=XX/O=Org/CN=name`).
+    pub subject: Option<String>,
+}
+
+impl TlsFacts {
+    /// The comment of the Received header, as OpenSMTPD writes it:
+    /// `(TLSv1.3:TLS_AES_256_GCM_SHA384:256:NO)`, the last field telling whether a
+    /// client certificate was verified.
+    pub fn received_comment(&self) -> String {
+        let verified = if self.subject.is_some() { "YES" } else { "NO" };
+        format!(
+            "({}:{}:{}:{verified})",
+            self.version, self.cipher, self.bits
+        )
+    }
+}
+
+/// The `with` protocol of the Received header (RFC 3848): `SMTP` or `ESMTP`, then `S`
+/// over TLS and `A` once authenticated.
+pub fn received_protocol(esmtp: bool, tls: bool, authenticated: bool) -> String {
+    let mut p = String::from(if esmtp { "ESMTP" } else { "SMTP" });
+    if tls {
+        p.push('S');
+    }
+    if authenticated {
+        p.push('A');
+    }
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn received_words() {
+        let f = TlsFacts {
+            version: "TLSv1.3",
+            cipher: "TLS_AES_256_GCM_SHA384",
+            bits: 256,
+            sni: None,
+            subject: None,
+        };
+        assert_eq!(
+            f.received_comment(),
+            "(TLSv1.3:TLS_AES_256_GCM_SHA384:256:NO)"
+        );
+        let f = TlsFacts {
+            subject: Some("/CN=client".into()),
+            ..f
+        };
+        assert!(f.received_comment().ends_with(":YES)"));
+        assert_eq!(received_protocol(true, false, false), "ESMTP");
+        assert_eq!(received_protocol(true, true, false), "ESMTPS");
+        assert_eq!(received_protocol(true, true, true), "ESMTPSA");
+        assert_eq!(received_protocol(true, false, true), "ESMTPA");
+        assert_eq!(received_protocol(false, true, false), "SMTPS");
+    }
+}
