@@ -161,3 +161,110 @@ fn sizes_and_durations() {
     assert_eq!(parse_duration("4d"), Some(Duration::from_secs(345600)));
     assert_eq!(parse_duration("90"), Some(Duration::from_secs(90)));
 }
+
+const PKIS: &str = "pki mx.example.org cert \"/c/mx.crt\"\npki mx.example.org key \"/c/mx.key\"\n\
+                    pki Mail.Example.NET cert \"/c/mail.crt\"\npki mail.example.net key \"/c/mail.key\"\n\
+                    pki mail.example.net dhe auto\nca clients cert \"/c/ca.pem\"\n";
+
+#[test]
+fn tls_listeners() {
+    use crate::config::tls::{Suite, TlsVersion};
+    let c = conf(&format!(
+        "{PKIS}listen on 127.0.0.1 hostname mx.example.org tls\n\
+         listen on 127.0.0.1 port submission tls-require verify pki mail.example.net pki mx.example.org ca clients\n\
+         listen on 127.0.0.1 smtps pki mx.example.org protocols \"tlsv1.3\" ciphers \"TLS_AES_128_GCM_SHA256\"\n\
+         listen on 127.0.0.1 port 2525\n\
+         match tls for any reject\n"
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.pkis.len(), 2);
+    assert_eq!(c.pkis[1].dhe, Dhe::Auto);
+    assert_eq!(
+        c.pkis[0].key.as_ref().map(|(p, at)| (p.clone(), at.line)),
+        Some((PathBuf::from("/c/mx.key"), 2))
+    );
+    let t: Vec<_> = c.listeners.iter().map(|l| l.tls.clone()).collect();
+    let starttls = t[0].as_ref().unwrap_or_else(|| panic!("tls"));
+    // No pki named: the one named like the listener's host name.
+    assert_eq!(
+        (starttls.mode, starttls.pkis.clone()),
+        (TlsMode::Starttls, vec![0])
+    );
+    assert_eq!(starttls.protocols, TlsVersion::ALL.to_vec());
+    assert_eq!(starttls.ciphers, Suite::ALL.to_vec());
+    let sub = t[1].as_ref().unwrap_or_else(|| panic!("tls-require"));
+    assert_eq!(c.listeners[1].addrs[0].port(), 587);
+    assert_eq!(
+        (sub.mode, sub.verify, sub.pkis.clone(), sub.ca),
+        (TlsMode::Require, true, vec![1, 0], Some(0))
+    );
+    let smtps = t[2].as_ref().unwrap_or_else(|| panic!("smtps"));
+    assert_eq!(c.listeners[2].addrs[0].port(), 465);
+    assert_eq!(smtps.mode, TlsMode::Smtps);
+    assert_eq!(smtps.protocols, vec![TlsVersion::V13]);
+    assert_eq!(smtps.ciphers, vec![Suite::Tls13Aes128Gcm]);
+    assert!(t[3].is_none());
+    assert_eq!(c.rules[0].conds[1], (false, Cond::Tls));
+}
+
+#[test]
+fn tls_errors() {
+    let cases = [
+        (
+            "listen on 127.0.0.1 tls pki nope",
+            "7: undefined pki 'nope'",
+        ),
+        (
+            "listen on 127.0.0.1 hostname x.example tls",
+            "7: no pki for this TLS listener",
+        ),
+        (
+            "listen on 127.0.0.1 pki mx.example.org",
+            "7: 'pki' needs tls",
+        ),
+        ("listen on 127.0.0.1 ciphers HIGH", "7: 'ciphers' needs tls"),
+        (
+            "listen on 127.0.0.1 tls smtps pki mx.example.org",
+            "7: only one of tls",
+        ),
+        ("listen on 127.0.0.1 tls verify", "7: unexpected 'verify'"),
+        (
+            "listen on 127.0.0.1 smtps pki mx.example.org ca nope",
+            "7: undefined ca 'nope'",
+        ),
+        (
+            "listen on 127.0.0.1 tls pki mx.example.org protocols \"tlsv1.1\"",
+            "7: protocol 'tlsv1.1' is not supported",
+        ),
+        (
+            "listen on 127.0.0.1 tls pki mx.example.org ciphers \"HIGH:RC4-MD5\"",
+            "7: unknown cipher 'RC4-MD5'",
+        ),
+        (
+            "listen on 127.0.0.1 tls pki mx.example.org ciphers \"TLS_AES_128_GCM_SHA256\"",
+            "7: ciphers leave no cipher suite for TLSv1.2",
+        ),
+        (
+            "listen on 127.0.0.1 port nosuchservice",
+            "7: invalid port 'nosuchservice'",
+        ),
+        (
+            "pki mx.example.org dhe strong",
+            "7: after 'dhe': none, auto or legacy",
+        ),
+        (
+            "pki mx.example.org cert \"/x\"",
+            "7: pki 'mx.example.org': cert given twice",
+        ),
+        ("ca clients cert \"/x\"", "7: ca 'clients' defined twice"),
+        ("pki lone cert \"/x\"", "7: pki 'lone': no key"),
+        ("pki lone key \"/x\"", "7: pki 'lone': no certificate"),
+    ];
+    for (line, want) in cases {
+        let text = format!("{PKIS}{line}\nlisten on 127.0.0.1\n");
+        let e = conf(&text)
+            .err()
+            .unwrap_or_else(|| panic!("{line}: accepted"));
+        assert!(e.contains(want), "{line}: {e}");
+    }
+}

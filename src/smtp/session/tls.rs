@@ -100,3 +100,137 @@ impl Session {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::Dialog;
+    use super::*;
+
+    fn facts() -> TlsFacts {
+        TlsFacts {
+            version: "TLSv1.3",
+            cipher: "TLS_AES_256_GCM_SHA384",
+            bits: 256,
+            sni: Some("mx.example.org".into()),
+            subject: None,
+        }
+    }
+
+    /// The text of the first reply pending.
+    fn first_reply(d: &Dialog) -> String {
+        let mut wire = Vec::new();
+        if let Some(Action::Reply(r)) = d.out.iter().find(|a| matches!(a, Action::Reply(_))) {
+            r.render(&mut wire);
+        }
+        String::from_utf8_lossy(&wire).into_owned()
+    }
+
+    fn offering(required: bool) -> Dialog {
+        let mut d = Dialog::new();
+        d.s.offer_starttls(required);
+        d
+    }
+
+    /// The glue's part after STARTTLS: it finds the action, drops what the client sent
+    /// after the STARTTLS line, and reports the handshake.
+    fn handshake(d: &mut Dialog) {
+        let at = d.out.iter().position(|a| *a == Action::StartTls);
+        assert!(at.is_some(), "no StartTls action: {:?}", d.out);
+        d.out.retain(|a| *a != Action::StartTls);
+        assert!(!d.s.wants_input(), "input is taken before the handshake");
+        d.input.clear();
+        d.s.on_tls(facts());
+        d.client("NOOP").expect("250 2.0.0");
+    }
+
+    #[test]
+    fn starttls_offered_then_reset() {
+        let mut d = offering(false);
+        d.client("EHLO client.example");
+        assert!(first_reply(&d).contains("250-STARTTLS\r\n"));
+        d.expect("250-");
+        // Not in a transaction.
+        d.client("MAIL FROM:<a@example.org>").expect("250 2.1.0");
+        d.client("STARTTLS")
+            .expect("503 5.5.1 STARTTLS not allowed");
+        d.client("RSET").expect("250");
+        d.client("STARTTLS").expect("220 2.0.0 Ready to start TLS");
+        handshake(&mut d);
+        assert_eq!(d.s.tls(), Some(&facts()));
+        assert!(d.s.client().tls);
+        // RFC 3207 §4.2: the client starts over with EHLO, and STARTTLS is gone.
+        assert_eq!(d.s.helo(), "");
+        d.client("MAIL FROM:<a@example.org>")
+            .expect("503 5.5.1 Error: send HELO/EHLO");
+        d.client("EHLO client.example");
+        assert!(!first_reply(&d).contains("STARTTLS"));
+        d.expect("250-");
+        d.client("STARTTLS").expect("503 5.5.1 TLS already active");
+    }
+
+    #[test]
+    fn starttls_refusals() {
+        let mut d = Dialog::new();
+        d.client("EHLO client.example");
+        assert!(!first_reply(&d).contains("STARTTLS"));
+        d.expect("250-");
+        d.client("STARTTLS").expect("502 5.5.1");
+        let mut d = offering(false);
+        d.client("STARTTLS")
+            .expect("503 5.5.1 Error: send HELO/EHLO");
+        d.client("EHLO client.example").expect("250-");
+        d.client("STARTTLS now").expect("501 5.5.4");
+        assert!(!d.out.contains(&Action::StartTls));
+    }
+
+    #[test]
+    fn pipelined_commands_wait_for_the_handshake() {
+        let mut d = offering(false);
+        d.client("EHLO client.example").expect("250-");
+        // One write: the RSET must never be taken as a command.
+        d.client("STARTTLS").client("RSET");
+        d.expect("220 2.0.0").expect_nothing();
+        assert_eq!(d.input.len(), 1);
+        handshake(&mut d);
+        d.expect_nothing();
+    }
+
+    #[test]
+    fn tls_require_refuses_mail_before_tls() {
+        let mut d = offering(true);
+        d.client("EHLO client.example").expect("250-");
+        d.client("MAIL FROM:<a@example.org>")
+            .expect("530 5.7.0 Must issue a STARTTLS command first");
+        d.client("RCPT TO:<a@example.org>").expect("530 5.7.0");
+        d.client("DATA").expect("530 5.7.0");
+        d.client("HELP").expect("530 5.7.0");
+        d.client("NOOP").expect("250");
+        d.client("RSET").expect("250");
+        d.client("HELO client.example").expect("250 ");
+        d.client("STARTTLS").expect("220 ");
+        handshake(&mut d);
+        d.client("EHLO client.example").expect("250-");
+        d.client("MAIL FROM:<a@example.org>").expect("250 2.1.0");
+        d.client("RCPT TO:<bob@example.org>").expect("250 2.1.5");
+        d.client("DATA").expect("354 ");
+        d.client("Subject: x").client("").client("body");
+        let h = d.s.received_header("Mon, 1 Jan 2024 00:00:00 +0000");
+        assert!(
+            h.contains(" with ESMTPS id 0000abcd (TLSv1.3:TLS_AES_256_GCM_SHA384:256:NO)\n"),
+            "{h}"
+        );
+        d.client(".").expect("250 2.0.0");
+    }
+
+    #[test]
+    fn smtps_session_is_not_reset() {
+        // TLS from the first byte: the facts come before any line.
+        let mut d = Dialog::new();
+        d.s.on_tls(facts());
+        d.client("EHLO client.example");
+        assert!(!first_reply(&d).contains("STARTTLS"));
+        d.expect("250-");
+        d.client("MAIL FROM:<a@example.org>").expect("250 2.1.0");
+        d.client("STARTTLS").expect("503 5.5.1 TLS already active");
+    }
+}
