@@ -142,6 +142,25 @@ class SMTPRaw:
             data = data.encode()
         self.sock.sendall(data)
 
+    def tls(self, server_hostname=None, cafile=None, cert=None, version=None):
+        """Starts TLS on the connection (after a 220 to STARTTLS, or at once for smtps);
+        nothing may be buffered.  Verifies the server against `cafile` when given."""
+        import ssl
+
+        assert self.buf == b"", "bytes before the handshake: %r" % self.buf
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        if cafile:
+            ctx.load_verify_locations(cafile)
+        else:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        if cert:
+            ctx.load_cert_chain(*cert)
+        if version:
+            ctx.minimum_version = ctx.maximum_version = version
+        self.sock = ctx.wrap_socket(self.sock, server_hostname=server_hostname)
+        return self.sock
+
     def _fill(self, deadline):
         if self.eof:
             raise Closed("connection closed")
@@ -507,7 +526,7 @@ class Daemon:
 
     def __init__(self, workdir, rules=DEFAULT_RULES, extra="", listen_host="127.0.0.1",
                  hostname=HOSTNAME, queue=None, wrapper=None, name="smtpd", deliver=False,
-                 methods=(), mail_owner=None):
+                 methods=(), mail_owner=None, listen_opts=""):
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
         allow_traversal(self.dir)
@@ -516,6 +535,8 @@ class Daemon:
         self.extra = extra
         self.host = listen_host
         self.hostname = hostname
+        # Words added to the listen line: "tls pki NAME", "smtps", ...
+        self.listen_opts = listen_opts
         self.queue = Path(queue) if queue else self.dir / "spool"
         self.wrapper = wrapper  # callable(argv) -> argv, e.g. to run inside unshare
         # These tests look at what the SMTP side committed: keep the messages in the
@@ -555,8 +576,8 @@ class Daemon:
             if method == "maildir" and not arg.strip('"').startswith(str(self.dir)):
                 raise ValueError("maildir actions need a path under the test directory: %s" % m.group(0))
         self.conf.write_text(
-            'queue path "%s"\nlisten on %s port %d hostname %s\n%s'
-            % (self.queue, self.host, self.port, self.hostname, body)
+            'queue path "%s"\nlisten on %s port %d hostname %s %s\n%s'
+            % (self.queue, self.host, self.port, self.hostname, self.listen_opts, body)
         )
 
     def _check_action(self, method, arg, line):
@@ -616,6 +637,10 @@ class Daemon:
             except OSError:
                 time.sleep(0.05)
                 continue
+            if "smtps" in self.listen_opts.split():
+                # No greeting before a handshake: the port accepting is enough.
+                s.close()
+                return True
             # The probe connection is a real session: say QUIT so it ends quickly.
             try:
                 s.settimeout(3)

@@ -52,7 +52,9 @@ BAD = [
      r"undefined action 'b'"),
     ("port zero", "listen on 127.0.0.1 port 0\n", 1, r"invalid port '0'"),
     ("port too big", "# c\nlisten on 127.0.0.1 port 70000\n", 2, r"invalid port '70000'"),
-    ("port not a number", "listen on 127.0.0.1 port smtp\n", 1, r"invalid port 'smtp'"),
+    # A name is a service of /etc/services ("port submission"); an unknown one is refused.
+    ("port not a number", "listen on 127.0.0.1 port nosuchservice\n", 1,
+     r"invalid port 'nosuchservice': no such service in /etc/services"),
     ("limit out of range", "listen on 127.0.0.1 port 2525\nsmtp limit max-rcpt 0\n", 2, r"max-rcpt: 0 is out of range"),
     ("unknown limit", "listen on 127.0.0.1 port 2525\nsmtp limit max-bogus 3\n", 2, r"unknown limit 'max-bogus'"),
     ("bad size", "listen on 127.0.0.1 port 2525\nsmtp max-message-size lots\n", 2, r"invalid size 'lots'"),

@@ -64,8 +64,6 @@ impl Reply {
         TLS_REQUIRED = 530, "5.7.0", "Must issue a STARTTLS command first";
         /// STARTTLS once TLS is up (RFC 3207 §4.2: not offered again).
         TLS_ACTIVE = 503, "5.5.1", "TLS already active";
-        /// STARTTLS on a listener without TLS.
-        TLS_UNAVAILABLE = 502, "5.5.1", "STARTTLS not available";
         /// STARTTLS inside a mail transaction.
         TLS_IN_TX = 503, "5.5.1", "STARTTLS not allowed during a mail transaction";
         /// VRFY and EXPN: user lists are not disclosed.

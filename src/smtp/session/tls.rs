@@ -73,7 +73,8 @@ impl Session {
             return self.fail(Reply::TLS_ACTIVE, out);
         }
         if self.starttls == Offer::None {
-            return self.fail(Reply::TLS_UNAVAILABLE, out);
+            // A listener without TLS does not know the command.
+            return self.fail(Reply::UNKNOWN_COMMAND, out);
         }
         match self.state {
             State::Connected => return self.fail(Reply::NEED_HELO, out),
@@ -174,7 +175,7 @@ mod tests {
         d.client("EHLO client.example");
         assert!(!first_reply(&d).contains("STARTTLS"));
         d.expect("250-");
-        d.client("STARTTLS").expect("502 5.5.1");
+        d.client("STARTTLS").expect("500 5.5.2");
         let mut d = offering(false);
         d.client("STARTTLS")
             .expect("503 5.5.1 Error: send HELO/EHLO");
