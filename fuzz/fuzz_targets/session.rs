@@ -33,6 +33,7 @@ use smtpd::filter::phase::FilterVerdict;
 use smtpd::lookup::{Lookup, LookupAnswer, RcptQuery};
 use smtpd::smtp::session::{Action, DataLine, Limits, Session, State};
 use smtpd::mail::peer::Peer;
+use smtpd::mail::TlsFacts;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::Path;
@@ -316,6 +317,20 @@ impl Harness {
                         self.s.on_lookup(a, &mut actions);
                     }
                 }
+                Action::StartTls => {
+                    // The glue drops what was buffered and reports the handshake; the
+                    // session starts over (its state then resets the model below).
+                    assert!(!self.s.wants_input(), "StartTls, yet the session wants input");
+                    assert!(self.s.tls().is_none(), "StartTls with TLS up");
+                    self.s.on_tls(TlsFacts {
+                        version: "TLSv1.3",
+                        cipher: "TLS_AES_256_GCM_SHA384",
+                        bits: 256,
+                        sni: None,
+                        subject: None,
+                    });
+                    assert_eq!(self.s.state(), State::Connected);
+                }
                 Action::Close => {
                     self.m.closed = true;
                     assert!(!self.s.wants_input(), "Close, yet the session wants input");
@@ -475,13 +490,20 @@ fuzz_target!(|data: &[u8]| {
         server_name,
         tag: None,
         hostname: None,
+        tls: false,
     };
     let chaos = flags & 0x40 != 0;
     let mut out = Vec::new();
     // A quarter of the runs have a filter chain on some phases (protocol event bits:
     // connect .. data, and end of message).
     let hooks = if seed % 4 == 0 { (seed >> 16) as u32 & 0x2ff } else { 0 };
-    let s = Session::new(1, client, limits.clone(), hooks, &mut out);
+    let mut s = Session::new(1, client, limits.clone(), hooks, &mut out);
+    // A third of the runs offer STARTTLS, a third require it.
+    match seed % 3 {
+        1 => s.offer_starttls(false),
+        2 => s.offer_starttls(true),
+        _ => {}
+    }
     let mut h = Harness {
         s,
         policy: MockPolicy {
