@@ -79,6 +79,22 @@ def test_swaks_starttls(make_daemon, pki):
                          r"sni=none client-cert=none$", l) for l in lines), lines
 
 
+def test_keys_readable_by_root_only(make_daemon, pki):
+    """The key is read before the engine drops its privileges: a key only root can
+    read serves TLS all the same."""
+    import os
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root (the engine runs as _smtpd only when started as root)")
+    os.chmod(pki.dir, 0o700)
+    os.chmod(pki.mx[1], 0o600)
+    d = tls_daemon(make_daemon, pki, "smtps pki mx.test.example")
+    assert d.wait_log(r"engine running as _smtpd", 5)
+    with SMTPRaw(d.port) as c:
+        c.tls(cafile=str(pki.ca), server_hostname=HOSTNAME)
+        c.ehlo()
+
+
 def test_swaks_tls_on_connect(make_daemon, pki):
     d = tls_daemon(make_daemon, pki, "smtps pki mx.test.example")
     p = subprocess.run(["swaks", "--server", "127.0.0.1:%d" % d.port, "--tls-on-connect",
