@@ -64,7 +64,14 @@ def engine_pid(d):
 
 
 def rss_kb(pid):
-    return int(proc_status(pid)["VmRSS"][0])
+    """The resident size of `pid` in KiB. /proc/PID/status can be read while the
+    kernel updates the process's memory map, without a VmRSS line: read it again."""
+    for _ in range(20):
+        st = proc_status(pid)
+        if "VmRSS" in st:
+            return int(st["VmRSS"][0])
+        time.sleep(0.05)
+    raise AssertionError("no VmRSS for %d: %r" % (pid, st))
 
 
 def send_unfiltered(d, accepted, n):

@@ -1211,7 +1211,7 @@ def test_filter_dying_at_start_is_restarted(fx):
 
 def test_filter_with_unknown_protocol_version(fx):
     d = fx(fx.py("py", {"register_version": 2}), "py")
-    assert d.wait_log(LOGPFX + r"filter py: 0000000000000000 refused ", 5), d.log()[-2000:]
+    assert d.wait_log(LOGPFX + r"filter py: 0000000000000000 refused ", 20), d.log()[-2000:]
     with d.client() as c:
         r = c.reply()
         assert r.is_(421, "4.3.0"), r
