@@ -1,0 +1,209 @@
+//! Checking SMTP AUTH credentials: against a table of crypt(3) hashes (`listen on ...
+//! auth <table>`, on a lookup thread), or against the system's accounts (`auth` alone,
+//! in a child of the privileged parent, which can read the shadow database).
+//!
+//! A check costs what crypt(3) costs (4 ms for SHA-512 crypt, 35 ms for yescrypt, 85
+//! ms for bcrypt at cost 10), so it never runs on the loop. The time it takes does not
+//! tell whether the user exists: an unknown user's password is hashed all the same,
+//! with the setting of a hash of the same kind (the table's first, or the system's
+//! default method), and the hashes are compared in constant time.
+
+use crate::mail::auth::{AuthResult, Secret};
+use crate::sys::crypt;
+use crate::table::Table;
+use std::sync::OnceLock;
+
+/// Whether `s` has the form of a crypt(3) hash: `$id$...` (yescrypt, SHA-crypt,
+/// bcrypt, MD5...) or traditional DES (13 characters of `./0-9A-Za-z`).
+pub fn is_crypt_hash(s: &str) -> bool {
+    let des = |c: u8| c.is_ascii_alphanumeric() || c == b'.' || c == b'/';
+    if let Some(rest) = s.strip_prefix('$') {
+        return rest.len() >= 3
+            && rest.contains('$')
+            && rest.bytes().all(|c| c.is_ascii_graphic() && c != b':');
+    }
+    s.len() == 13 && s.bytes().all(des)
+}
+
+/// The hash of a credentials table value: `HASH`, or `USER:HASH` as OpenSMTPD's tables
+/// may hold it (the user part is not used: the key is the user). `None` when the value
+/// is no hash.
+pub fn table_hash(value: &str) -> Option<&str> {
+    let v = value.trim();
+    if is_crypt_hash(v) {
+        return Some(v);
+    }
+    v.split_once(':')
+        .map(|(_, h)| h.trim())
+        .filter(|h| is_crypt_hash(h))
+}
+
+/// Whether `a` and `b` are equal, in a time that depends on their lengths only.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for i in 0..a.len().max(b.len()) {
+        let x = a.get(i).copied().unwrap_or(0);
+        let y = b.get(i).copied().unwrap_or(0);
+        diff |= usize::from(x ^ y);
+    }
+    std::hint::black_box(diff) == 0
+}
+
+/// Whether `password` hashes to `hash` (every method the system's libcrypt knows).
+pub fn verify(password: &[u8], hash: &str) -> bool {
+    match crypt::crypt(password, hash) {
+        Some(h) => {
+            let ok = same(h.as_bytes(), hash.as_bytes());
+            let mut h = h.into_bytes();
+            crypt::wipe(&mut h);
+            ok
+        }
+        None => false,
+    }
+}
+
+/// A hash of the system's default method, made once: what an unknown user's password
+/// is checked against when nothing better is at hand.
+fn dummy_hash() -> &'static str {
+    static DUMMY: OnceLock<String> = OnceLock::new();
+    DUMMY.get_or_init(|| {
+        crypt::gensalt(None)
+            .or_else(|| crypt::gensalt(Some("$6$")))
+            .and_then(|s| crypt::crypt(b"no such user", &s))
+            .unwrap_or_default()
+    })
+}
+
+/// Checks `password` for `user` against a credentials table (keys without regard to
+/// case). An unknown user, or an entry that holds no hash, costs the same time as a
+/// wrong password.
+pub fn check_table(table: &Table, user: &str, password: &Secret) -> AuthResult {
+    match table.get(user).and_then(table_hash) {
+        Some(hash) if verify(password.expose(), hash) => AuthResult::Ok,
+        Some(_) => AuthResult::PermFail,
+        None => {
+            let first = table.keys().find_map(|k| table.get(k).and_then(table_hash));
+            let like = match first {
+                Some(h) => h,
+                None => dummy_hash(),
+            };
+            let _ = verify(password.expose(), like);
+            AuthResult::PermFail
+        }
+    }
+}
+
+/// Checks `password` for the system account `user` through the shadow database (root
+/// only). A locked or unknown account costs the same time as a wrong password; a
+/// database that cannot be read is a temporary failure.
+pub fn check_system(user: &str, password: &Secret) -> AuthResult {
+    let hash = match crypt::shadow_hash(user) {
+        Ok(h) => h,
+        Err(e) => {
+            log::warn!("smtp authentication: cannot read the shadow database: {e}");
+            return AuthResult::TempFail;
+        }
+    };
+    match hash.as_deref().filter(|h| is_crypt_hash(h)) {
+        Some(h) if verify(password.expose(), h) => AuthResult::Ok,
+        Some(_) => AuthResult::PermFail,
+        None => {
+            let _ = verify(password.expose(), dummy_hash());
+            AuthResult::PermFail
+        }
+    }
+}
+
+/// A new hash of `password` for a credentials table: yescrypt (the system's default
+/// method), else SHA-512 crypt when the library has no default.
+pub fn encrypt(password: &[u8]) -> Option<String> {
+    crypt::gensalt(None)
+        .and_then(|s| crypt::crypt(password, &s))
+        .or_else(|| crypt::gensalt(Some("$6$")).and_then(|s| crypt::crypt(password, &s)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Made with `mkpasswd -m yescrypt|sha512crypt|bcrypt`, `openssl passwd -6` and
+    // Python's crypt module, for the password "correct horse".
+    const MADE_ELSEWHERE: &[&str] = &[
+        "$y$j9T$.Yl7mOMqTuglHybKwdg6D1$z517WuLJgaeyZsfvX1/.dJvvBZW.gi/nGN3zQ/Op707",
+        "$6$HSYp2QZQZNO7ztiv$sv9JoXhE4BcNdCVOnCm58f0xUN48gCnrrZonuESlqNCzE94ZjaAySxqJ1y7YGNUhINoA5o8kg4PY0DTOveQqV.",
+        "$2b$05$NlN2kRBSBtn8TkiOD42CreDJV35Rq.Qfg1XZB7tKxAv7nIRdayAoe",
+        "$6$wupqMKI.5Nd/nfGE$Xp3ayXrVKO7Rd39lUEdRVzSvWeaw2RTg5lvcCr5IfFnnmLY3LlUuDim4UOfRwMrMY4HIQYQ7UDuzwYMZLKv7W.",
+        "$2b$04$zucEbTyYQfhmGwbXOtHLgeDqFhoPA6.8ZyQElfdgzof6gxSsytSq2",
+        "$1$3o.chXKC$vU.X1RaIwJqH11xD31qic1",
+    ];
+
+    fn secret(s: &[u8]) -> Secret {
+        Secret::new(s.to_vec())
+    }
+
+    #[test]
+    fn hashes_of_other_tools_verify() {
+        for h in MADE_ELSEWHERE {
+            assert!(is_crypt_hash(h), "{h}");
+            assert!(verify(b"correct horse", h), "{h}");
+            assert!(!verify(b"correct horse ", h), "{h}");
+            assert!(!verify(b"", h), "{h}");
+        }
+    }
+
+    #[test]
+    fn table_entries() {
+        let t = Table::new(
+            "creds",
+            vec![
+                ("Bob".into(), MADE_ELSEWHERE[0].into()),
+                ("carol".into(), format!("carol:{}", MADE_ELSEWHERE[1])),
+                ("dave".into(), "plaintext".into()),
+            ],
+        );
+        let good = secret(b"correct horse");
+        assert_eq!(check_table(&t, "bob", &good), AuthResult::Ok);
+        assert_eq!(check_table(&t, "BOB", &good), AuthResult::Ok);
+        assert_eq!(check_table(&t, "carol", &good), AuthResult::Ok);
+        assert_eq!(
+            check_table(&t, "carol", &secret(b"wrong")),
+            AuthResult::PermFail
+        );
+        assert_eq!(
+            check_table(&t, "dave", &secret(b"plaintext")),
+            AuthResult::PermFail
+        );
+        assert_eq!(check_table(&t, "nobody", &good), AuthResult::PermFail);
+        assert_eq!(
+            check_table(&Table::default(), "bob", &good),
+            AuthResult::PermFail
+        );
+    }
+
+    #[test]
+    fn every_octet_but_nul_is_a_password() {
+        let password: Vec<u8> = (1..=255).collect();
+        let h = encrypt(&password).unwrap();
+        assert!(h.starts_with("$y$") || h.starts_with("$6$"), "{h}");
+        assert!(verify(&password, &h));
+        assert!(!verify(&password[1..], &h));
+    }
+
+    #[test]
+    fn hash_forms() {
+        assert!(is_crypt_hash("abJnggxhB/yWI"));
+        assert!(!is_crypt_hash("secret"));
+        assert!(!is_crypt_hash("$$"));
+        assert!(!is_crypt_hash("$6$a b$c"));
+        assert_eq!(table_hash(" u:abJnggxhB/yWI "), Some("abJnggxhB/yWI"));
+        assert_eq!(table_hash("u:secret"), None);
+    }
+
+    #[test]
+    fn comparison() {
+        assert!(same(b"abc", b"abc"));
+        assert!(!same(b"abc", b"abd"));
+        assert!(!same(b"abc", b"abcd"));
+        assert!(same(b"", b""));
+    }
+}
