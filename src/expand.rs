@@ -264,6 +264,7 @@ mod tests {
             server_name: "mx.example.org".into(),
             tag: None,
             hostname: None,
+            auth: None,
         };
         let sender = Mailbox::default();
         let ctx = MatchCtx {

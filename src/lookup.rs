@@ -309,6 +309,7 @@ mod tests {
                 server_name: "mx.example.org".into(),
                 tag: None,
                 hostname: None,
+                auth: None,
             },
             helo: "c".into(),
             sender: Mailbox::default(),

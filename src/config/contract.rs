@@ -420,6 +420,7 @@ fn sample_lets_local_mail_and_bounces_out() {
         server_name: "mx.example.org".into(),
         tag: None,
         hostname: None,
+        auth: None,
     };
     let remote = Mailbox {
         local: "carol".into(),

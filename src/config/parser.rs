@@ -12,8 +12,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod auth;
 mod filters;
 mod settings;
+
+pub(super) use settings::queue_path_only;
 
 /// Every keyword the parser accepts.
 pub const KEYWORDS: &[&str] = &[
@@ -90,6 +93,12 @@ pub const KEYWORDS: &[&str] = &[
     "control",
     "max-clients",
     "max-clients-per-user",
+    "auth",
+    "auth-optional",
+    "senders",
+    "masquerade",
+    "received-auth",
+    "max-auth-failures",
 ];
 
 /// Phases a built-in filter may decide, with their protocol event bits.
@@ -443,7 +452,11 @@ impl Parser {
         let mut hostname = None;
         let mut tag = None;
         let mut filter = None;
+        let mut auth = ListenerAuth::default();
         while !st.at_end() {
+            if self.listen_auth(st, &mut auth)? {
+                continue;
+            }
             if st.eat("inet4") {
                 family = Some(true);
             } else if st.eat("inet6") {
@@ -483,11 +496,13 @@ impl Parser {
         if addrs.is_empty() {
             return Err(st.err(format!("no address of the requested family for '{what}'")));
         }
+        auth::check_listen(st, &auth)?;
         self.cfg.listeners.push(Listener {
             addrs,
             hostname,
             tag,
             filter,
+            auth,
         });
         Ok(())
     }
@@ -629,8 +644,10 @@ impl Parser {
                     Cond::FromSrc(m)
                 } else if st.eat("mail-from") {
                     Cond::FromMailFrom(self.matcher(st)?)
+                } else if st.eat("auth") {
+                    Cond::FromAuth(self.auth_matcher(st)?)
                 } else {
-                    return Err(st.err("after 'from': any, local, socket, src or mail-from"));
+                    return Err(st.err("after 'from': any, local, socket, src, mail-from or auth"));
                 }
             } else if st.eat("for") {
                 if has_for {
@@ -656,6 +673,8 @@ impl Parser {
                 Cond::Helo(self.matcher(st)?)
             } else if st.eat("tag") {
                 Cond::Tag(self.matcher(st)?)
+            } else if st.eat("auth") {
+                Cond::Auth(self.auth_matcher(st)?)
             } else {
                 let what = st.value("condition").unwrap_or_default();
                 return Err(st.err(format!("unknown match condition '{what}'")));
@@ -677,37 +696,6 @@ impl Parser {
         });
         Ok(())
     }
-}
-
-/// The `queue path` of a configuration text (the default when none is given or the
-/// text does not lex). Macros defined before the statement are expanded.
-pub(super) fn queue_path_only(text: &str, path: &Path) -> PathBuf {
-    let default = PathBuf::from("/var/spool/smtpd");
-    let Ok(toks) = lex(text, path) else {
-        return default;
-    };
-    let mut macros = HashMap::new();
-    let mut found = None;
-    for stmt in toks.split(|t| t.tok == Tok::Newline) {
-        let word = |i: usize| match stmt.get(i).map(|t| &t.tok) {
-            Some(Tok::Word { text, .. }) => Some(text.clone()),
-            _ => None,
-        };
-        if stmt.len() == 3 && stmt[1].tok == Tok::Punct('=') {
-            if let (Some(k), Some(v)) = (word(0), word(2)) {
-                macros.insert(k, v);
-            }
-            continue;
-        }
-        if word(0).as_deref() == Some("queue") && word(1).as_deref() == Some("path") {
-            if let Ok(exp) = expand(stmt, &macros) {
-                if let Some(Tok::Word { text, .. }) = exp.get(2).map(|t| &t.tok) {
-                    found = Some(relative_to(path, text));
-                }
-            }
-        }
-    }
-    found.unwrap_or(default)
 }
 
 /// Checks what a delivery method names, so that mistakes show at start, not as failed

@@ -614,6 +614,7 @@ impl Server {
                 .unwrap_or_else(|| self.cfg.hostname.clone()),
             tag: listener.and_then(|l| l.tag.clone()),
             hostname: None,
+            auth: None,
         };
         let limits = Limits {
             max_message_size: self.cfg.smtp.max_message_size,

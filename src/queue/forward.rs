@@ -18,6 +18,7 @@ pub fn local_client(server_name: &str) -> Peer {
         server_name: server_name.to_string(),
         tag: None,
         hostname: None,
+        auth: None,
     }
 }
 

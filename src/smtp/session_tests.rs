@@ -61,6 +61,7 @@ impl Dialog {
             server_name: "mx.example.org".into(),
             tag: None,
             hostname: None,
+            auth: None,
         };
         let s = Session::new(7, client, limits(), hooks, &mut out);
         let mut d = Dialog {
