@@ -507,7 +507,7 @@ class Daemon:
 
     def __init__(self, workdir, rules=DEFAULT_RULES, extra="", listen_host="127.0.0.1",
                  hostname=HOSTNAME, queue=None, wrapper=None, name="smtpd", deliver=False,
-                 methods=(), mail_owner=None):
+                 methods=(), mail_owner=None, listen_opts=""):
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
         allow_traversal(self.dir)
@@ -516,6 +516,7 @@ class Daemon:
         self.extra = extra
         self.host = listen_host
         self.hostname = hostname
+        self.listen_opts = listen_opts  # appended to the `listen on` line (auth, tls...)
         self.queue = Path(queue) if queue else self.dir / "spool"
         self.wrapper = wrapper  # callable(argv) -> argv, e.g. to run inside unshare
         # These tests look at what the SMTP side committed: keep the messages in the
@@ -554,10 +555,15 @@ class Daemon:
                 self._check_action(method, arg, body[m.start():body.find("\n", m.start())])
             if method == "maildir" and not arg.strip('"').startswith(str(self.dir)):
                 raise ValueError("maildir actions need a path under the test directory: %s" % m.group(0))
+        listen = "listen on %s port %d hostname %s" % (self.host, self.port, self.hostname)
+        if not self.listen_opts:
+            self.conf.write_text('queue path "%s"\n%s\n%s' % (self.queue, listen, body))
+            return
+        # Options may name tables of `extra`: the listener comes after it.
         self.conf.write_text(
-            'queue path "%s"\nlisten on %s port %d hostname %s\n%s'
-            % (self.queue, self.host, self.port, self.hostname, body)
-        )
+            ('queue path "%s"\n%s\n%s %s\n%s\n'
+             % (self.queue, self.extra, listen, self.listen_opts, self.rules))
+            .replace("{MAILDIR}", str(self.maildir)))
 
     def _check_action(self, method, arg, line):
         """mbox, mda and lmtp actions only where the test asked for them (methods=...):

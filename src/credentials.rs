@@ -8,7 +8,8 @@
 //! with the setting of a hash of the same kind (the table's first, or the system's
 //! default method), and the hashes are compared in constant time.
 
-use crate::mail::auth::{AuthResult, Secret};
+use crate::mail::address::Mailbox;
+use crate::mail::auth::{AuthResult, Credentials, Secret};
 use crate::sys::crypt;
 use crate::table::Table;
 use std::sync::OnceLock;
@@ -114,6 +115,111 @@ pub fn check_system(user: &str, password: &Secret) -> AuthResult {
     }
 }
 
+/// Whether `user` may give `sender` in MAIL FROM by the `senders` table: the user's
+/// entry lists addresses (`user@domain`, `@domain`, `user`, or `@` for any, `<>`
+/// included), separated by commas. A sub-address of the sender is ignored unless the
+/// listed address has one, as OpenSMTPD does.
+pub fn may_send_as(senders: &Table, user: &str, sender: &Mailbox, delim: char) -> bool {
+    let Some(list) = senders.get(user) else {
+        return false;
+    };
+    list.split(',')
+        .map(|a| a.trim().trim_start_matches('<').trim_end_matches('>'))
+        .filter(|a| !a.is_empty())
+        .any(|a| {
+            if a == "@" {
+                return true;
+            }
+            if sender.is_null() {
+                return false;
+            }
+            let (local, domain) = match a.rsplit_once('@') {
+                Some((l, d)) => (l, Some(d)),
+                None => (a, None),
+            };
+            if domain.is_some_and(|d| !crate::table::domain_matches(d, &sender.domain)) {
+                return false;
+            }
+            if local.is_empty() {
+                return true;
+            }
+            // The sub-address starts at the delimiter, unless the local part does.
+            let given = match sender.local.find(delim) {
+                Some(i) if i > 0 && !local.contains(delim) => &sender.local[..i],
+                _ => sender.local.as_str(),
+            };
+            given.eq_ignore_ascii_case(local)
+        })
+}
+
+/// The engine's question to the parent about a system account, on the parent
+/// channel: `'A' key generation user password` (lengths as u32). The buffer holds the
+/// password: it is a [`Secret`], zeroed when dropped.
+pub fn encode_system_check(key: (u64, u64), c: &Credentials) -> Secret {
+    let mut out = Vec::with_capacity(25 + c.user.len() + c.password.expose().len());
+    out.push(b'A');
+    out.extend_from_slice(&key.0.to_be_bytes());
+    out.extend_from_slice(&key.1.to_be_bytes());
+    for part in [c.user.as_bytes(), c.password.expose()] {
+        out.extend_from_slice(&(part.len() as u32).to_be_bytes());
+        out.extend_from_slice(part);
+    }
+    Secret::new(out)
+}
+
+/// Reads what [`encode_system_check`] wrote.
+pub fn decode_system_check(b: &[u8]) -> Option<((u64, u64), Credentials)> {
+    let rest = b.strip_prefix(b"A")?;
+    let key = (
+        u64::from_be_bytes(rest.get(..8)?.try_into().ok()?),
+        u64::from_be_bytes(rest.get(8..16)?.try_into().ok()?),
+    );
+    let mut rest = &rest[16..];
+    let mut part = || -> Option<&[u8]> {
+        let n = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+        let p = rest.get(4..4 + n)?;
+        rest = &rest[4 + n..];
+        Some(p)
+    };
+    let user = String::from_utf8(part()?.to_vec()).ok()?;
+    let password = Secret::new(part()?.to_vec());
+    if !rest.is_empty() {
+        return None;
+    }
+    Some((key, Credentials { user, password }))
+}
+
+/// The parent's answer: `'a' key generation result` (0 ok, 1 permfail, 2 tempfail).
+pub fn encode_system_answer(key: (u64, u64), r: AuthResult) -> Vec<u8> {
+    let mut out = vec![b'a'];
+    out.extend_from_slice(&key.0.to_be_bytes());
+    out.extend_from_slice(&key.1.to_be_bytes());
+    out.push(match r {
+        AuthResult::Ok => 0,
+        AuthResult::PermFail => 1,
+        AuthResult::TempFail => 2,
+    });
+    out
+}
+
+/// Reads what [`encode_system_answer`] wrote.
+pub fn decode_system_answer(b: &[u8]) -> Option<((u64, u64), AuthResult)> {
+    if b.len() != 18 || b[0] != b'a' {
+        return None;
+    }
+    let key = (
+        u64::from_be_bytes(b[1..9].try_into().ok()?),
+        u64::from_be_bytes(b[9..17].try_into().ok()?),
+    );
+    let r = match b[17] {
+        0 => AuthResult::Ok,
+        1 => AuthResult::PermFail,
+        2 => AuthResult::TempFail,
+        _ => return None,
+    };
+    Some((key, r))
+}
+
 /// A new hash of `password` for a credentials table: yescrypt (the system's default
 /// method), else SHA-512 crypt when the library has no default.
 pub fn encrypt(password: &[u8]) -> Option<String> {
@@ -197,6 +303,61 @@ mod tests {
         assert!(!is_crypt_hash("$6$a b$c"));
         assert_eq!(table_hash(" u:abJnggxhB/yWI "), Some("abJnggxhB/yWI"));
         assert_eq!(table_hash("u:secret"), None);
+    }
+
+    #[test]
+    fn senders() {
+        let t = Table::new(
+            "senders",
+            vec![
+                (
+                    "bob".into(),
+                    "bob@example.org, <@example.net>, bob+lists@example.com".into(),
+                ),
+                ("carol".into(), "carol".into()),
+                ("admin".into(), "@".into()),
+            ],
+        );
+        let mb = |s: &str| match s.split_once('@') {
+            Some((l, d)) => Mailbox {
+                local: l.into(),
+                domain: d.into(),
+            },
+            None => Mailbox::default(),
+        };
+        let may = |u: &str, s: &str| may_send_as(&t, u, &mb(s), '+');
+        assert!(may("bob", "bob@example.org"));
+        assert!(may("BOB", "Bob+x@Example.org"));
+        assert!(may("bob", "anyone@example.net"));
+        assert!(may("bob", "bob+lists@example.com"));
+        assert!(!may("bob", "bob@example.com"));
+        assert!(!may("bob", "bob+other@example.com"));
+        assert!(!may("bob", "alice@example.org"));
+        assert!(!may("bob", "bob@sub.example.org"));
+        assert!(!may("bob", ""));
+        assert!(may("carol", "carol@anywhere.example"));
+        assert!(!may("carol", "bob@anywhere.example"));
+        assert!(may("admin", "x@y.example") && may("admin", ""));
+        assert!(!may("dave", "dave@example.org"));
+    }
+
+    #[test]
+    fn parent_messages() {
+        let c = Credentials {
+            user: "bob".into(),
+            password: Secret::new((1..=255).collect()),
+        };
+        let m = encode_system_check((7, 9), &c);
+        assert_eq!(decode_system_check(m.expose()), Some(((7, 9), c)));
+        assert_eq!(
+            decode_system_check(&m.expose()[..m.expose().len() - 1]),
+            None
+        );
+        for r in [AuthResult::Ok, AuthResult::PermFail, AuthResult::TempFail] {
+            let a = encode_system_answer((1, u64::MAX), r);
+            assert_eq!(decode_system_answer(&a), Some(((1, u64::MAX), r)));
+        }
+        assert_eq!(decode_system_answer(b"a"), None);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! | byte | meaning |
 //! | --- | --- |
 //! | 0 | flags: bits 0-1 input buffer size, bit 2 local client, bits 3-4 client address, bit 5 long server name, bit 6 timeouts/write errors, bit 7 async commits |
-//! | 1 | bits 0-2 max-rcpt (1..=8), bit 7 real ruleset/alias expansion as the policy |
+//! | 1 | bits 0-2 max-rcpt (1..=8), bits 3-4 SMTP AUTH (off, optional, required, required without TLS), bit 5 a senders table, bit 7 real ruleset/alias expansion as the policy |
 //! | 2 | max-mails (1..=4) |
 //! | 3 | max-errors (1..=32) |
 //! | 4 | max-hops (1..=8) |
@@ -30,7 +30,9 @@ use smtpd::linebuf::{Line, LineBuf, Text};
 use smtpd::smtp::command::Command;
 use smtpd::mail::reply::Reply;
 use smtpd::filter::phase::FilterVerdict;
+use smtpd::config::{AuthMode, ListenerAuth};
 use smtpd::lookup::{Lookup, LookupAnswer, RcptQuery};
+use smtpd::mail::auth::AuthResult;
 use smtpd::smtp::session::{Action, DataLine, Limits, Session, State};
 use smtpd::mail::peer::Peer;
 use std::collections::HashMap;
@@ -300,6 +302,18 @@ impl Harness {
                     let a = match &l {
                         Lookup::Space(_) => LookupAnswer::Space(self.policy.has_space()),
                         Lookup::Rcpt(q) => LookupAnswer::Rcpt(self.policy.resolve(q)),
+                        Lookup::Sender(q) => {
+                            assert_eq!(
+                                self.s.auth_user(),
+                                Some(q.user.as_str()),
+                                "sender check without AUTH"
+                            );
+                            LookupAnswer::Sender(match self.rng.next() % 4 {
+                                0 => Err(Reply::SENDER_NOT_OWNED),
+                                1 => Err(Reply::LOCAL_ERROR),
+                                _ => Ok(()),
+                            })
+                        }
                     };
                     if trace() {
                         eprintln!("   lookup {l:?} -> {a:?}");
@@ -315,6 +329,17 @@ impl Harness {
                     } else {
                         self.s.on_lookup(a, &mut actions);
                     }
+                }
+                Action::Authenticate(c) => {
+                    assert!(!self.s.wants_input(), "AUTH check, yet the session wants input");
+                    assert!(self.s.tls(), "AUTH check without TLS");
+                    assert!(!c.credentials.user.is_empty());
+                    let r = match self.rng.next() % 4 {
+                        0 => AuthResult::PermFail,
+                        1 => AuthResult::TempFail,
+                        _ => AuthResult::Ok,
+                    };
+                    self.s.on_auth(r, &mut actions);
                 }
                 Action::Close => {
                     self.m.closed = true;
@@ -451,6 +476,8 @@ fuzz_target!(|data: &[u8]| {
         max_errors: 1 + usize::from(data[3] % 32),
         max_hops: 1 + usize::from(data[4] % 8),
         max_text_line: MAX_TEXT + 2,
+        max_command_line: MAX_COMMAND + 2,
+        max_auth_failures: 3,
     };
     let seed = u32::from(u16::from_le_bytes([data[6], data[7]])) | 0x1_0000;
     let addr: Option<IpAddr> = match (flags >> 3) & 3 {
@@ -475,13 +502,24 @@ fuzz_target!(|data: &[u8]| {
         server_name,
         tag: None,
         hostname: None,
+        auth: None,
     };
     let chaos = flags & 0x40 != 0;
     let mut out = Vec::new();
     // A quarter of the runs have a filter chain on some phases (protocol event bits:
     // connect .. data, and end of message).
     let hooks = if seed % 4 == 0 { (seed >> 16) as u32 & 0x2ff } else { 0 };
-    let s = Session::new(1, client, limits.clone(), hooks, &mut out);
+    let mut s = Session::new(1, client, limits.clone(), hooks, &mut out);
+    let mode = [AuthMode::Off, AuthMode::Optional, AuthMode::Required, AuthMode::Required]
+        [usize::from((data[1] >> 3) & 3)];
+    s.set_auth(ListenerAuth {
+        mode,
+        table: Some(0),
+        senders: (data[1] & 0x20 != 0).then_some(0),
+        masquerade: true,
+        received_auth: true,
+    });
+    s.set_tls((data[1] >> 3) & 3 != 3);
     let mut h = Harness {
         s,
         policy: MockPolicy {
@@ -556,7 +594,8 @@ fuzz_target!(|data: &[u8]| {
                     }
                 }
             } else {
-                match lb.next_command(MAX_COMMAND) {
+                // AUTH lines may be longer, as far as the buffer holds them.
+                match lb.next_command(h.s.command_limit(MAX_COMMAND).min(cap - 2)) {
                     Line::Partial => break,
                     Line::TooLong => h.s.on_bad_line(Reply::LINE_TOO_LONG, &mut actions),
                     Line::Complete { bytes, bare } => {

@@ -26,9 +26,11 @@ use crate::mail::reply::Reply;
 use crate::mail::Peer;
 use std::collections::VecDeque;
 
+mod auth;
+mod data;
 mod lookup;
 
-use crate::lookup::Lookup;
+use crate::lookup::{AuthCheck, Lookup};
 pub use lookup::EnvelopeEdit;
 
 /// What the glue must do, in order.
@@ -48,6 +50,8 @@ pub enum Action {
     Filter(FilterQuery),
     /// Ask the lookup workers, then call [`Session::on_lookup`].
     Lookup(Lookup),
+    /// Check SMTP AUTH credentials, then call [`Session::on_auth`].
+    Authenticate(AuthCheck),
 }
 
 /// A command waiting for its filter verdict or its lookup.
@@ -83,6 +87,16 @@ enum Pending {
     EomRcpt {
         addr: Mailbox,
     },
+    /// MAIL of an authenticated user waits for the check of its sender.
+    Senders {
+        sender: Mailbox,
+        params: MailParams,
+        junk: bool,
+    },
+    /// AUTH waits for the check of the credentials of `user`.
+    Auth {
+        user: String,
+    },
 }
 
 impl Pending {
@@ -90,7 +104,11 @@ impl Pending {
     fn is_lookup(&self) -> bool {
         matches!(
             self,
-            Pending::Space { .. } | Pending::Resolve { .. } | Pending::EomRcpt { .. }
+            Pending::Space { .. }
+                | Pending::Resolve { .. }
+                | Pending::EomRcpt { .. }
+                | Pending::Senders { .. }
+                | Pending::Auth { .. }
         )
     }
 }
@@ -167,6 +185,10 @@ pub struct Limits {
     pub max_hops: usize,
     /// Octets in a content line, CR LF included; 0 for no limit but the size.
     pub max_text_line: usize,
+    /// Octets in a command line, CR LF included (AUTH lines may be longer).
+    pub max_command_line: usize,
+    /// Wrong AUTH credentials before 421.
+    pub max_auth_failures: usize,
 }
 
 /// What [`Session::on_data`] decided for a piece of content.
@@ -199,6 +221,10 @@ pub struct Session {
     pending: Option<Pending>,
     /// A filter marked the session as spam (applies to its transactions).
     junk: bool,
+    /// TLS protects the session.
+    tls: bool,
+    /// SMTP AUTH (`session/auth.rs`).
+    auth: auth::AuthState,
 }
 
 impl Session {
@@ -218,6 +244,8 @@ impl Session {
             hooks,
             pending: None,
             junk: false,
+            tls: false,
+            auth: auth::AuthState::default(),
         };
         if !s.ask(Phase::Connect, String::new(), Pending::Connect, out) {
             s.banner(out);
@@ -325,7 +353,11 @@ impl Session {
             Pending::Data => out.push(Action::OpenMessage),
             // The filters' envelope edits, then the commit.
             Pending::Eom => self.eom_edits(out),
-            Pending::Space { .. } | Pending::Resolve { .. } | Pending::EomRcpt { .. } => {}
+            Pending::Space { .. }
+            | Pending::Resolve { .. }
+            | Pending::EomRcpt { .. }
+            | Pending::Senders { .. }
+            | Pending::Auth { .. } => {}
         }
     }
 
@@ -400,14 +432,22 @@ impl Session {
     /// A command line that was too long, or held a bare CR/LF or NUL.
     pub fn on_bad_line(&mut self, reply: Reply, out: &mut Vec<Action>) {
         debug_assert!(self.wants_input());
-        self.fail(reply, out);
+        if !self.auth_bad_line(reply.clone(), out) {
+            self.fail(reply, out);
+        }
     }
 
     /// Feeds one command line (CR LF stripped, checked for bare CR/LF and NUL).
     pub fn on_line(&mut self, line: &[u8], out: &mut Vec<Action>) {
         debug_assert!(self.wants_input() && !self.in_data());
+        if self.in_auth_exchange() {
+            return self.auth_line(line, out);
+        }
         if memchr::memchr(0, line).is_some() {
             return self.fail(Reply::NUL_COMMAND, out);
+        }
+        if self.too_long(line) {
+            return self.fail(Reply::LINE_TOO_LONG, out);
         }
         let cmd = match Command::parse(line) {
             Ok(c) => c,
@@ -439,6 +479,7 @@ impl Session {
                 "This is smtpd\nCommands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT HELP\nEnd of HELP info",
             ))),
             Command::Vrfy | Command::Expn => self.fail(Reply::NOT_IMPLEMENTED, out),
+            Command::Auth(mech, initial) => self.auth(mech, initial, out),
         }
     }
 
@@ -472,9 +513,14 @@ impl Session {
         }
         if esmtp {
             text.push_str(&format!(
-                "\n8BITMIME\nENHANCEDSTATUSCODES\nSIZE {}\nDSN\nPIPELINING\nHELP",
+                "\n8BITMIME\nENHANCEDSTATUSCODES\nSIZE {}\nDSN\nPIPELINING",
                 self.limits.max_message_size
             ));
+            if self.auth_offered() {
+                text.push('\n');
+                text.push_str(super::sasl::EHLO_KEYWORD);
+            }
+            text.push_str("\nHELP");
         }
         out.push(Action::Reply(Reply::new(250, "", text)));
         self.enter(State::Ready);
@@ -485,6 +531,9 @@ impl Session {
             State::Connected => return self.fail(Reply::NEED_HELO, out),
             State::Mail => return self.fail(Reply::NESTED_MAIL, out),
             _ => {}
+        }
+        if self.mail_needs_auth() {
+            return self.fail(Reply::AUTH_REQUIRED, out);
         }
         if self.mails >= self.limits.max_mails {
             return self.fail(Reply::TOO_MANY_MAILS, out);
@@ -517,7 +566,29 @@ impl Session {
         }
     }
 
+    /// MAIL, once the filters let it through: an authenticated user's sender is
+    /// checked against the `senders` table first.
     fn mail_proceed(
+        &mut self,
+        sender: Mailbox,
+        params: MailParams,
+        junk: bool,
+        out: &mut Vec<Action>,
+    ) {
+        if let Some(q) = self.sender_query(&sender) {
+            self.pending = Some(Pending::Senders {
+                sender,
+                params,
+                junk,
+            });
+            out.push(Action::Lookup(Lookup::Sender(Box::new(q))));
+            return;
+        }
+        self.mail_open(sender, params, junk, out)
+    }
+
+    /// Opens the transaction.
+    fn mail_open(
         &mut self,
         sender: Mailbox,
         params: MailParams,
@@ -623,11 +694,12 @@ impl Session {
             ),
             None => format!("{} (local)", self.helo),
         };
-        let proto = if self.esmtp { "ESMTP" } else { "SMTP" };
+        let proto = self.received_protocol();
         let mut h = format!(
-            "Received: from {from}\n\tby {} (smtpd) with {proto} id {:08x}",
+            "Received: from {from}\n\tby {} (smtpd) with {proto} id {:08x}{}",
             self.client.server_name,
-            tx.msgid.unwrap_or(0)
+            tx.msgid.unwrap_or(0),
+            self.received_auth()
         );
         // Name the recipient only when there is one, so a Bcc is not disclosed.
         if let [only] = tx.rcpts.as_slice() {
@@ -635,151 +707,6 @@ impl Session {
         }
         h.push_str(&format!(";\n\t{date}\n"));
         h
-    }
-
-    /// Feeds a piece of content, CR LF stripped: a whole line, or a part of a line
-    /// longer than the input buffer (`first`: the piece starts its line; `last`: it ends
-    /// it). `bare` is the line buffer's report of a bare CR or LF in the piece.
-    pub fn on_data<'a>(
-        &mut self,
-        bytes: &'a [u8],
-        first: bool,
-        last: bool,
-        bare: bool,
-    ) -> DataLine<'a> {
-        debug_assert!(self.in_data());
-        if first && last && bytes == b"." {
-            return DataLine::End;
-        }
-        let Some(tx) = self.tx.as_mut() else {
-            return DataLine::Drop;
-        };
-        // RFC 5321 §4.5.2: drop one leading dot.
-        let bytes = match first {
-            true => bytes.strip_prefix(b".").unwrap_or(bytes),
-            false => bytes,
-        };
-        tx.size += bytes.len() as u64 + if last { 2 } else { 0 };
-        if first {
-            tx.line_len = 0;
-        }
-        tx.line_len = tx.line_len.saturating_add(bytes.len());
-        if tx.fail.is_some() {
-            return DataLine::Drop;
-        }
-        if bare {
-            tx.fail = Some(Reply::BARE_NEWLINE_DATA);
-            return DataLine::Drop;
-        }
-        if memchr::memchr(0, bytes).is_some() {
-            tx.fail = Some(Reply::NUL_DATA);
-            return DataLine::Drop;
-        }
-        if tx.size > self.limits.max_message_size {
-            tx.fail = Some(Reply::TOO_BIG);
-            return DataLine::Drop;
-        }
-        // `smtp limit max-text-line` counts the line end.
-        let max_line = self.limits.max_text_line;
-        if max_line > 0 && tx.line_len.saturating_add(2) > max_line {
-            tx.fail = Some(Reply::DATA_LINE_TOO_LONG);
-            return DataLine::Drop;
-        }
-        if tx.in_headers && first {
-            if last && bytes.is_empty() {
-                tx.in_headers = false;
-            } else if bytes.len() >= 9 && bytes[..9].eq_ignore_ascii_case(b"received:") {
-                tx.hops += 1;
-                if tx.hops >= self.limits.max_hops {
-                    tx.fail = Some(Reply::LOOP);
-                    return DataLine::Drop;
-                }
-            }
-        }
-        DataLine::Store(bytes)
-    }
-
-    /// A content line could not be carried whole (longer than the filters' protocol
-    /// allows): the message will be refused.
-    pub fn on_data_too_long(&mut self) {
-        if let Some(tx) = self.tx.as_mut() {
-            tx.fail.get_or_insert(Reply::DATA_LINE_TOO_LONG);
-        }
-    }
-
-    /// The filters' output grew past the size limit.
-    pub fn on_filter_overflow(&mut self) {
-        if let Some(tx) = self.tx.as_mut() {
-            tx.fail.get_or_insert(Reply::TOO_BIG);
-        }
-    }
-
-    /// A data filter failed: the message's lines are lost, which is temporary
-    /// whatever else went wrong with it (a message the failed filter made too big, for
-    /// one).
-    pub fn on_filter_failed(&mut self) {
-        if let Some(tx) = self.tx.as_mut() {
-            tx.fail = Some(Reply::LOCAL_ERROR);
-        }
-    }
-
-    /// A write to the message file failed (`no_space` for ENOSPC/EDQUOT).
-    pub fn on_write_error(&mut self, no_space: bool) {
-        if let Some(tx) = self.tx.as_mut() {
-            tx.fail.get_or_insert(if no_space {
-                Reply::NO_STORAGE
-            } else {
-                Reply::LOCAL_ERROR
-            });
-        }
-    }
-
-    /// The end of data was seen. `pipelined` tells that the client sent more bytes after
-    /// the final "." without having been offered PIPELINING.
-    pub fn on_data_end(&mut self, pipelined: bool, out: &mut Vec<Action>) {
-        debug_assert!(self.in_data());
-        let fail = self.tx.as_mut().and_then(|t| t.fail.take());
-        if pipelined && !self.esmtp {
-            out.push(Action::Discard);
-            self.tx = None;
-            return self.close(Reply::UNAUTH_PIPELINING, out);
-        }
-        match fail {
-            Some(reply) => {
-                out.push(Action::Discard);
-                self.tx = None;
-                self.enter(State::Ready);
-                self.fail(reply, out);
-            }
-            None => {
-                let size = self.tx.as_ref().map_or(0, |t| t.size).to_string();
-                if !self.ask(Phase::Eom, size, Pending::Eom, out) {
-                    out.push(Action::Commit);
-                    self.enter(State::Commit);
-                }
-            }
-        }
-    }
-
-    /// The answer to [`Action::Commit`]: the message is durable, or why not.
-    pub fn on_committed(&mut self, r: Result<(), Reply>, out: &mut Vec<Action>) {
-        if self.state != State::Commit {
-            return;
-        }
-        let tx = self.tx.take();
-        self.enter(State::Ready);
-        match r {
-            Ok(()) => {
-                self.mails += 1;
-                let id = tx.and_then(|t| t.msgid).unwrap_or(0);
-                out.push(Action::Reply(Reply::new(
-                    250,
-                    "2.0.0",
-                    format!("{id:08x} Message accepted for delivery"),
-                )));
-            }
-            Err(reply) => self.fail(reply, out),
-        }
     }
 
     /// DSN NOTIFY value to store for a recipient (0 = default).
