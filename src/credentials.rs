@@ -75,6 +75,13 @@ fn dummy_hash() -> &'static str {
     })
 }
 
+/// Makes the hash unknown users are checked against now, so that a process forked
+/// afterwards for a check (the parent's children) does not pay for it in the time of
+/// its answer.
+pub fn warm_up() {
+    let _ = dummy_hash();
+}
+
 /// Checks `password` for `user` against a credentials table (keys without regard to
 /// case). An unknown user, or an entry that holds no hash, costs the same time as a
 /// wrong password.

@@ -34,6 +34,9 @@ impl AuthChecks {
             log::warn!("parent: malformed AUTH request from the engine ignored");
             return;
         };
+        // Once, in the parent: its children inherit the hash unknown users are
+        // checked against, so that it costs none of them its making.
+        credentials::warm_up();
         if self.waiting.len() >= MAX_WAITING {
             answer(chan, key, AuthResult::TempFail);
             return;
