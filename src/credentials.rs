@@ -105,6 +105,10 @@ pub fn check_table(table: &Table, user: &str, password: &Secret) -> AuthResult {
 /// only). A locked or unknown account costs the same time as a wrong password; a
 /// database that cannot be read is a temporary failure.
 pub fn check_system(user: &str, password: &Secret) -> AuthResult {
+    if crate::sys::geteuid() != 0 {
+        log::warn!("smtp authentication: system accounts need smtpd to be started as root");
+        return AuthResult::TempFail;
+    }
     let hash = match crypt::shadow_hash(user) {
         Ok(h) => h,
         Err(e) => {
@@ -300,6 +304,15 @@ mod tests {
         assert!(h.starts_with("$y$") || h.starts_with("$6$"), "{h}");
         assert!(verify(&password, &h));
         assert!(!verify(&password[1..], &h));
+    }
+
+    #[test]
+    fn system_accounts_need_root() {
+        let r = check_system("no-such-user-here", &secret(b"x"));
+        match crate::sys::geteuid() {
+            0 => assert_eq!(r, AuthResult::PermFail),
+            _ => assert_eq!(r, AuthResult::TempFail),
+        }
     }
 
     #[test]
