@@ -575,10 +575,15 @@ class Daemon:
                 self._check_action(method, arg, body[m.start():body.find("\n", m.start())])
             if method == "maildir" and not arg.strip('"').startswith(str(self.dir)):
                 raise ValueError("maildir actions need a path under the test directory: %s" % m.group(0))
+        listen = "listen on %s port %d hostname %s" % (self.host, self.port, self.hostname)
+        if not self.listen_opts:
+            self.conf.write_text('queue path "%s"\n%s\n%s' % (self.queue, listen, body))
+            return
+        # Options may name tables of `extra`: the listener comes after it.
         self.conf.write_text(
-            'queue path "%s"\nlisten on %s port %d hostname %s %s\n%s'
-            % (self.queue, self.host, self.port, self.hostname, self.listen_opts, body)
-        )
+            ('queue path "%s"\n%s\n%s %s\n%s\n'
+             % (self.queue, self.extra, listen, self.listen_opts, self.rules))
+            .replace("{MAILDIR}", str(self.maildir)))
 
     def _check_action(self, method, arg, line):
         """mbox, mda and lmtp actions only where the test asked for them (methods=...):

@@ -419,7 +419,9 @@ class SpecFilter:
             self.log(session, "disconnect")
             self.msg.pop(session, None)
         elif kind == PROTOCOL:
-            pass
+            # Logged with its bytes escaped, for tests that check what filters see.
+            d, line = payload[0:1].decode(), Reader(payload[1:]).str()
+            self.log(session, "protocol %s %s" % (d, line.decode("ascii", "backslashreplace")))
         else:
             self.log(session, "unexpected kind 0x%02x" % kind)
 

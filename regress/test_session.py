@@ -133,12 +133,19 @@ def test_vrfy_expn_not_implemented(daemon):
         c.expect("EXPN staff", 502, "5.5.1")
 
 
-@pytest.mark.parametrize("line", ["BOGUS", "MAILFROM:<a@b.example>", "STARTTLS", "BDAT 10 LAST",
-                                  "AUTH PLAIN AGVAZQ==", ""])
+@pytest.mark.parametrize("line", ["BOGUS", "MAILFROM:<a@b.example>", "STARTTLS", "BDAT 10 LAST", ""])
 def test_unknown_command(daemon, line):
     with daemon.client() as c:
         c.ehlo()
         c.expect(line, 500, "5.5.2")
+        c.expect("NOOP", 250, "2.0.0")
+
+
+def test_auth_on_a_listener_without_it(daemon):
+    """AUTH is known (RFC 4954), but this listener does not offer it (test_auth.py)."""
+    with daemon.client() as c:
+        c.ehlo()
+        c.expect("AUTH PLAIN AGVAZQ==", 503, "5.5.1")
         c.expect("NOOP", 250, "2.0.0")
 
 

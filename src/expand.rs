@@ -265,6 +265,7 @@ mod tests {
             tag: None,
             hostname: None,
             tls: false,
+            auth: None,
         };
         let sender = Mailbox::default();
         let ctx = MatchCtx {

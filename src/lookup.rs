@@ -18,7 +18,8 @@
 //! (slab key and generation, as with the commit thread) and the loop is woken through
 //! the same `mio::Waker`; an answer whose session is gone is dropped by the loop.
 
-use crate::config::Config;
+use crate::config::{Config, TableId};
+use crate::mail::auth::{AuthResult, Credentials};
 use crate::mail::delivery::Delivery;
 use crate::mail::{Mailbox, MatchCtx, Peer, Reply};
 use crate::queue::edit::Edit;
@@ -36,6 +37,29 @@ pub enum Lookup {
     Space(u64),
     /// Match a recipient against the ruleset and expand it.
     Rcpt(Box<RcptQuery>),
+    /// Whether an authenticated user may use a sender address (`senders <table>`).
+    Sender(Box<SenderQuery>),
+}
+
+/// A sender address to check against a `senders` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SenderQuery {
+    /// The `senders` table.
+    pub table: TableId,
+    /// The authenticated user.
+    pub user: String,
+    /// MAIL FROM.
+    pub sender: Mailbox,
+}
+
+/// Credentials to check (SMTP AUTH): against a credentials table on a lookup thread,
+/// or, with no table, against the system's accounts by the privileged parent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthCheck {
+    /// The credentials table; `None` for the system's accounts.
+    pub table: Option<TableId>,
+    /// What the client gave.
+    pub credentials: Credentials,
 }
 
 /// A recipient to resolve, with the facts the ruleset matches on, owned so that the
@@ -59,6 +83,7 @@ impl Lookup {
         match self {
             Lookup::Space(_) => LookupAnswer::Space(true),
             Lookup::Rcpt(_) => LookupAnswer::Rcpt(Err(Reply::LOCAL_ERROR)),
+            Lookup::Sender(_) => LookupAnswer::Sender(Err(Reply::LOCAL_ERROR)),
         }
     }
 }
@@ -81,6 +106,8 @@ pub enum LookupAnswer {
     Space(bool),
     /// The recipient's deliveries, or the reply refusing it.
     Rcpt(Result<Vec<Delivery>, Reply>),
+    /// The sender is the user's, or the reply refusing it.
+    Sender(Result<(), Reply>),
 }
 
 /// Threads at most: as many lookups may stall at once before the next one waits.
@@ -96,6 +123,8 @@ pub enum Job {
     Session(Lookup),
     /// End-of-message edits to apply to an incoming message.
     Edit(EditJob),
+    /// Credentials to check against a table (crypt(3) takes milliseconds).
+    Auth(AuthCheck),
 }
 
 /// An incoming message to rewrite with its end-of-message edits.
@@ -109,6 +138,8 @@ pub struct EditJob {
     pub edits: Vec<Edit>,
     /// Add `X-Spam: Yes`.
     pub junk: bool,
+    /// `senders <t> masquerade`: the address the From fields get.
+    pub masquerade: Option<String>,
 }
 
 /// The outcome of a [`Job`].
@@ -116,6 +147,8 @@ pub struct EditJob {
 pub enum Answer {
     /// For the session that asked (`Session::on_lookup`).
     Session(LookupAnswer),
+    /// The outcome of a credentials check.
+    Auth(AuthResult),
     /// The rewritten message, open for writing at its end, or why it failed.
     Edited {
         /// The message.
@@ -139,6 +172,7 @@ impl Job {
     fn failed(&self) -> Answer {
         match self {
             Job::Session(l) => Answer::Session(l.unanswered()),
+            Job::Auth(_) => Answer::Auth(AuthResult::TempFail),
             Job::Edit(e) => Answer::Edited {
                 msgid: e.msgid,
                 result: Err(io::Error::other("the lookup worker failed")),
@@ -156,9 +190,24 @@ pub fn serve(cfg: &Config, spool: &Spool, job: Job) -> Answer {
         Job::Session(Lookup::Rcpt(q)) => Answer::Session(LookupAnswer::Rcpt(
             crate::expand::expand(cfg, &q.ctx(), &q.rcpt),
         )),
+        Job::Session(Lookup::Sender(q)) => {
+            let owned = cfg.tables.get(q.table).is_some_and(|t| {
+                crate::credentials::may_send_as(t, &q.user, &q.sender, cfg.smtp.sub_addr_delim)
+            });
+            Answer::Session(LookupAnswer::Sender(match owned {
+                true => Ok(()),
+                false => Err(Reply::SENDER_NOT_OWNED),
+            }))
+        }
+        Job::Auth(c) => Answer::Auth(match c.table.and_then(|t| cfg.tables.get(t)) {
+            Some(t) => {
+                crate::credentials::check_table(t, &c.credentials.user, &c.credentials.password)
+            }
+            None => AuthResult::TempFail,
+        }),
         Job::Edit(e) => Answer::Edited {
             msgid: e.msgid,
-            result: spool.edit_incoming(e.msgid, e.len, &e.edits, e.junk),
+            result: spool.edit_incoming(e.msgid, e.len, &e.edits, e.junk, e.masquerade.as_deref()),
         },
     }
 }
@@ -310,6 +359,7 @@ mod tests {
                 tag: None,
                 hostname: None,
                 tls: false,
+                auth: None,
             },
             helo: "c".into(),
             sender: Mailbox::default(),

@@ -22,6 +22,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+mod auth;
 mod deliver;
 use deliver::*;
 
@@ -263,6 +264,7 @@ pub fn parent_loop(chan: OwnedFd, engine: i32, mut filters: Vec<Running>) -> io:
     let sig = sys::signal_pipe()?;
     let fd = chan.as_raw_fd();
     let mut children: HashMap<i32, (u64, File)> = HashMap::new();
+    let mut auth = auth::AuthChecks::default();
     let mut workers: Vec<Worker> = Vec::new();
     let mut buf = vec![0u8; MAX_MSG];
     let mut signals = Vec::new();
@@ -371,6 +373,7 @@ pub fn parent_loop(chan: OwnedFd, engine: i32, mut filters: Vec<Running>) -> io:
         while let Some((pid, status)) = sys::reap_child() {
             if pid == engine {
                 engine_status = Some(sys::exit_code(status));
+            } else if auth.reaped(pid, status, fd) {
             } else if let Some((id, pipe)) = children.remove(&pid) {
                 let res = child_result(id, pipe, status);
                 if let Err(e) = sys::send_msg(fd, &res.encode(), None) {
@@ -450,6 +453,11 @@ pub fn parent_loop(chan: OwnedFd, engine: i32, mut filters: Vec<Running>) -> io:
                         // The engine is gone; its exit status follows with SIGCHLD.
                         chan_open = false;
                         break;
+                    }
+                    Ok((n, _)) if buf.first() == Some(&b'A') => {
+                        auth.request(&buf[..n], fd);
+                        // The password does not stay in the parent's memory.
+                        sys::crypt::wipe(&mut buf[..n]);
                     }
                     Ok((n, msgfd)) => {
                         if buf.first() == Some(&b'K') {

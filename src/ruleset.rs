@@ -62,6 +62,11 @@ fn cond_holds(cfg: &Config, c: &Cond, ctx: &MatchCtx, rcpt: &Mailbox) -> bool {
             .as_deref()
             .is_some_and(|t| value_or_table(cfg, m, |p| p.eq_ignore_ascii_case(t))),
         Cond::Tls => ctx.client.tls,
+        // A user name matches without regard to case, as table keys do.
+        Cond::FromAuth(m) | Cond::Auth(m) => ctx.client.auth.as_deref().is_some_and(|u| {
+            m.as_ref()
+                .is_none_or(|m| value_or_table(cfg, m, |p| p.eq_ignore_ascii_case(u)))
+        }),
     }
 }
 
@@ -88,6 +93,50 @@ pub fn strip_subaddress(local: &str, delim: char) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn authenticated_users() {
+        let cfg = crate::config::parse(
+            "listen on 127.0.0.1\ntable staff { Alice }\naction out relay\n\
+             match from auth <staff> for any action out\n\
+             match from any auth bob for any reject\n\
+             match from any !auth for any reject\n\
+             match from auth for local action out\n",
+            std::path::Path::new("t"),
+            &Default::default(),
+        )
+        .unwrap();
+        let rcpt = Mailbox {
+            local: "x".into(),
+            domain: "elsewhere.example".into(),
+        };
+        let local = Mailbox {
+            local: "x".into(),
+            domain: "localhost".into(),
+        };
+        let decide_as = |user: Option<&str>, rcpt: &Mailbox| {
+            let client = crate::mail::Peer {
+                addr: Some([192, 0, 2, 1].into()),
+                local: false,
+                server_name: "mx".into(),
+                tag: None,
+                hostname: None,
+                tls: true,
+                auth: user.map(str::to_string),
+            };
+            let ctx = MatchCtx {
+                client: &client,
+                helo: "h",
+                sender: &Mailbox::default(),
+            };
+            decide(&cfg, &ctx, rcpt)
+        };
+        assert_eq!(decide_as(Some("alice"), &rcpt), Some(Decision::Action(0)));
+        assert_eq!(decide_as(Some("BOB"), &rcpt), Some(Decision::Reject));
+        assert_eq!(decide_as(None, &rcpt), Some(Decision::Reject));
+        assert_eq!(decide_as(Some("carol"), &rcpt), None);
+        assert_eq!(decide_as(Some("carol"), &local), Some(Decision::Action(0)));
+    }
 
     #[test]
     fn subaddress() {

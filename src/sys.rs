@@ -8,6 +8,8 @@ use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicI32, Ordering};
 
+pub mod crypt;
+
 /// The host name from gethostname(2).
 pub fn hostname() -> Option<String> {
     let mut buf = [0u8; 256];

@@ -39,12 +39,16 @@ pub fn smtpctl(prog: &str, args: &[String]) -> i32 {
             return 1;
         }
     };
+    // `encrypt` needs no daemon: it hashes a password for a credentials table.
+    if m.free.first().is_some_and(|w| w == "encrypt") {
+        return encrypt(prog, &m.free[1..]);
+    }
     let line = m.free.join(" ");
     let cmd = match control::parse(&line) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{prog}: {e}");
-            eprintln!("usage: {prog} [-f file] show queue|envelope ID|message ID|stats | schedule ID|all | remove ID|all | pause|resume mda|mta|smtp | log brief|verbose | monitor");
+            eprintln!("usage: {prog} [-f file] show queue|envelope ID|message ID|stats | schedule ID|all | remove ID|all | pause|resume mda|mta|smtp | log brief|verbose | monitor | encrypt [string]");
             return 1;
         }
     };
@@ -77,6 +81,39 @@ pub fn smtpctl(prog: &str, args: &[String]) -> i32 {
             1
         }
     }
+}
+
+/// `smtpctl encrypt [STRING]`: prints a crypt(3) hash of STRING (the words joined with
+/// spaces), or of each line of the standard input when there is none.
+fn encrypt(prog: &str, words: &[String]) -> i32 {
+    let hash = |password: &[u8]| match crate::credentials::encrypt(password) {
+        Some(h) => {
+            println!("{h}");
+            true
+        }
+        None => {
+            eprintln!("{prog}: encrypt: the system's crypt(3) made no hash");
+            false
+        }
+    };
+    if !words.is_empty() {
+        let password = words.join(" ");
+        return i32::from(!hash(password.as_bytes()));
+    }
+    let mut input = Vec::new();
+    if let Err(e) = io::stdin().lock().read_to_end(&mut input) {
+        eprintln!("{prog}: encrypt: standard input: {e}");
+        return 1;
+    }
+    let mut ok = true;
+    for line in input.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if !line.is_empty() {
+            ok &= hash(line);
+        }
+    }
+    crate::sys::crypt::wipe(&mut input);
+    i32::from(!ok)
 }
 
 /// `sendmail [-t] [-i|-oi] [-f SENDER] [-F NAME] [-bs|-bp|-bi] [RCPT...]`.

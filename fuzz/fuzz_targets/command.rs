@@ -3,8 +3,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use smtpd::smtp::command::Command;
 use smtpd::mail::address::{valid_domain, valid_local};
+use smtpd::smtp::command::Command;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(cmd) = Command::parse(data) else {

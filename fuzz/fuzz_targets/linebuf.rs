@@ -182,7 +182,10 @@ fn content(input: &[u8], cap: usize, rng: &mut Rng) {
                 whole.starts_with(&line),
                 "pieces of line {seen} differ from the reference"
             );
-            assert!(seen < lines.len() || !last, "a line end beyond the input's CR LFs");
+            assert!(
+                seen < lines.len() || !last,
+                "a line end beyond the input's CR LFs"
+            );
             bad |= bare;
             in_line = !last;
             if last {
@@ -201,5 +204,9 @@ fn content(input: &[u8], cap: usize, rng: &mut Rng) {
         }
         pos += read(&mut lb, &input[pos..], cap, rng);
     }
-    assert_eq!(seen, lines.len(), "terminated lines not reported (cap {cap})");
+    assert_eq!(
+        seen,
+        lines.len(),
+        "terminated lines not reported (cap {cap})"
+    );
 }

@@ -5,7 +5,7 @@
 //! | byte | meaning |
 //! | --- | --- |
 //! | 0 | flags: bits 0-1 input buffer size, bit 2 local client, bits 3-4 client address, bit 5 long server name, bit 6 timeouts/write errors, bit 7 async commits |
-//! | 1 | bits 0-2 max-rcpt (1..=8), bit 7 real ruleset/alias expansion as the policy |
+//! | 1 | bits 0-2 max-rcpt (1..=8), bits 3-4 SMTP AUTH (off, optional, required, required without TLS), bit 5 a senders table, bit 7 real ruleset/alias expansion as the policy |
 //! | 2 | max-mails (1..=4) |
 //! | 3 | max-errors (1..=32) |
 //! | 4 | max-hops (1..=8) |
@@ -24,21 +24,22 @@
 
 use libfuzzer_sys::fuzz_target;
 use smtpd::config::Config;
+use smtpd::config::{AuthMode, ListenerAuth};
 use smtpd::expand::expand;
-use smtpd::mail::delivery::{Delivery, Dest};
-use smtpd::linebuf::{Line, LineBuf, Text};
-use smtpd::smtp::command::Command;
-use smtpd::mail::reply::Reply;
 use smtpd::filter::phase::FilterVerdict;
+use smtpd::linebuf::{Line, LineBuf, Text};
 use smtpd::lookup::{Lookup, LookupAnswer, RcptQuery};
-use smtpd::smtp::session::{Action, DataLine, Limits, Session, State};
+use smtpd::mail::auth::AuthResult;
+use smtpd::mail::delivery::{Delivery, Dest};
 use smtpd::mail::peer::Peer;
+use smtpd::mail::reply::Reply;
 use smtpd::mail::TlsFacts;
+use smtpd::smtp::command::Command;
+use smtpd::smtp::session::{Action, DataLine, Limits, Session, State};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::OnceLock;
-
 
 /// `max-command-line` and `max-text-line` defaults, less the CR LF, as `Conn` uses them.
 const MAX_COMMAND: usize = 512 - 2;
@@ -275,12 +276,18 @@ impl Harness {
                     self.m.opened = false;
                 }
                 Action::Filter(q) => {
-                    assert!(!self.s.wants_input(), "filter query, yet the session wants input");
+                    assert!(
+                        !self.s.wants_input(),
+                        "filter query, yet the session wants input"
+                    );
                     let v = match self.rng.next() % 10 {
                         0 => FilterVerdict::Reject(Reply::new(550, "5.7.1", "filtered")),
                         1 => FilterVerdict::Reject(Reply::new(451, "4.7.0", "later")),
                         2 => FilterVerdict::Disconnect(Reply::new(421, "4.7.0", "bye")),
-                        3 => FilterVerdict::Proceed { rewrite: None, junk: true },
+                        3 => FilterVerdict::Proceed {
+                            rewrite: None,
+                            junk: true,
+                        },
                         4 => FilterVerdict::Proceed {
                             rewrite: Some("rewritten@example.org".into()),
                             junk: false,
@@ -289,7 +296,10 @@ impl Harness {
                             rewrite: Some("not an address".into()),
                             junk: false,
                         },
-                        _ => FilterVerdict::Proceed { rewrite: None, junk: false },
+                        _ => FilterVerdict::Proceed {
+                            rewrite: None,
+                            junk: false,
+                        },
                     };
                     if trace() {
                         eprintln!("   filter {q:?} -> {v:?}");
@@ -301,6 +311,18 @@ impl Harness {
                     let a = match &l {
                         Lookup::Space(_) => LookupAnswer::Space(self.policy.has_space()),
                         Lookup::Rcpt(q) => LookupAnswer::Rcpt(self.policy.resolve(q)),
+                        Lookup::Sender(q) => {
+                            assert_eq!(
+                                self.s.auth_user(),
+                                Some(q.user.as_str()),
+                                "sender check without AUTH"
+                            );
+                            LookupAnswer::Sender(match self.rng.next() % 4 {
+                                0 => Err(Reply::SENDER_NOT_OWNED),
+                                1 => Err(Reply::LOCAL_ERROR),
+                                _ => Ok(()),
+                            })
+                        }
                     };
                     if trace() {
                         eprintln!("   lookup {l:?} -> {a:?}");
@@ -320,7 +342,10 @@ impl Harness {
                 Action::StartTls => {
                     // The glue drops what was buffered and reports the handshake; the
                     // session starts over (its state then resets the model below).
-                    assert!(!self.s.wants_input(), "StartTls, yet the session wants input");
+                    assert!(
+                        !self.s.wants_input(),
+                        "StartTls, yet the session wants input"
+                    );
                     assert!(self.s.tls().is_none(), "StartTls with TLS up");
                     self.s.on_tls(TlsFacts {
                         version: "TLSv1.3",
@@ -330,6 +355,20 @@ impl Harness {
                         subject: None,
                     });
                     assert_eq!(self.s.state(), State::Connected);
+                }
+                Action::Authenticate(c) => {
+                    assert!(
+                        !self.s.wants_input(),
+                        "AUTH check, yet the session wants input"
+                    );
+                    assert!(self.s.tls().is_some(), "AUTH check without TLS");
+                    assert!(!c.credentials.user.is_empty());
+                    let r = match self.rng.next() % 4 {
+                        0 => AuthResult::PermFail,
+                        1 => AuthResult::TempFail,
+                        _ => AuthResult::Ok,
+                    };
+                    self.s.on_auth(r, &mut actions);
                 }
                 Action::Close => {
                     self.m.closed = true;
@@ -466,6 +505,8 @@ fuzz_target!(|data: &[u8]| {
         max_errors: 1 + usize::from(data[3] % 32),
         max_hops: 1 + usize::from(data[4] % 8),
         max_text_line: MAX_TEXT + 2,
+        max_command_line: MAX_COMMAND + 2,
+        max_auth_failures: 3,
     };
     let seed = u32::from(u16::from_le_bytes([data[6], data[7]])) | 0x1_0000;
     let addr: Option<IpAddr> = match (flags >> 3) & 3 {
@@ -491,19 +532,45 @@ fuzz_target!(|data: &[u8]| {
         tag: None,
         hostname: None,
         tls: false,
+        auth: None,
     };
     let chaos = flags & 0x40 != 0;
     let mut out = Vec::new();
     // A quarter of the runs have a filter chain on some phases (protocol event bits:
     // connect .. data, and end of message).
-    let hooks = if seed % 4 == 0 { (seed >> 16) as u32 & 0x2ff } else { 0 };
+    let hooks = if seed % 4 == 0 {
+        (seed >> 16) as u32 & 0x2ff
+    } else {
+        0
+    };
     let mut s = Session::new(1, client, limits.clone(), hooks, &mut out);
-    // A third of the runs offer STARTTLS, a third require it.
+    // A third of the runs offer STARTTLS, a third require it; of the rest, three in
+    // four are smtps sessions, protected from the first byte.
     match seed % 3 {
         1 => s.offer_starttls(false),
         2 => s.offer_starttls(true),
+        _ if (data[1] >> 3) & 3 != 3 => s.on_tls(TlsFacts {
+            version: "TLSv1.3",
+            cipher: "TLS_AES_256_GCM_SHA384",
+            bits: 256,
+            sni: None,
+            subject: None,
+        }),
         _ => {}
     }
+    let mode = [
+        AuthMode::Off,
+        AuthMode::Optional,
+        AuthMode::Required,
+        AuthMode::Required,
+    ][usize::from((data[1] >> 3) & 3)];
+    s.set_auth(ListenerAuth {
+        mode,
+        table: Some(0),
+        senders: (data[1] & 0x20 != 0).then_some(0),
+        masquerade: true,
+        received_auth: true,
+    });
     let mut h = Harness {
         s,
         policy: MockPolicy {
@@ -578,7 +645,8 @@ fuzz_target!(|data: &[u8]| {
                     }
                 }
             } else {
-                match lb.next_command(MAX_COMMAND) {
+                // AUTH lines may be longer, as far as the buffer holds them.
+                match lb.next_command(h.s.command_limit(MAX_COMMAND).min(cap - 2)) {
                     Line::Partial => break,
                     Line::TooLong => h.s.on_bad_line(Reply::LINE_TOO_LONG, &mut actions),
                     Line::Complete { bytes, bare } => {

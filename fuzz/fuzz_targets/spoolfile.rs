@@ -11,7 +11,11 @@ fuzz_target!(|data: &[u8]| {
     if data.len() >= TRAILER_LEN {
         let (head, trailer) = data.split_at(data.len() - TRAILER_LEN);
         if let Ok((len, env_len)) = parse_trailer(trailer, data.len() as u64) {
-            assert_eq!(len as usize + env_len, head.len(), "trailer does not add up");
+            assert_eq!(
+                len as usize + env_len,
+                head.len(),
+                "trailer does not add up"
+            );
             block = &head[len as usize..];
         }
     }

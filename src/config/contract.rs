@@ -421,6 +421,7 @@ fn sample_lets_local_mail_and_bounces_out() {
         tag: None,
         hostname: None,
         tls: false,
+        auth: None,
     };
     let remote = Mailbox {
         local: "carol".into(),

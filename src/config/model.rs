@@ -271,6 +271,9 @@ pub struct SmtpConfig {
     pub timeout: Duration,
     /// `smtp sub-addr-delim`, default `+`.
     pub sub_addr_delim: char,
+    /// `smtp limit max-auth-failures`: failed AUTH exchanges before the session is
+    /// closed, default 3.
+    pub max_auth_failures: usize,
 }
 
 impl Default for SmtpConfig {
@@ -288,6 +291,7 @@ impl Default for SmtpConfig {
             max_hops: 50,
             timeout: Duration::from_secs(300),
             sub_addr_delim: '+',
+            max_auth_failures: 3,
         }
     }
 }
@@ -328,6 +332,36 @@ pub struct Listener {
     pub filter: Option<FilterId>,
     /// `tls`, `tls-require` or `smtps` and their settings.
     pub tls: Option<ListenerTls>,
+    /// SMTP AUTH: `auth`, `auth-optional`, `senders`, `received-auth`.
+    pub auth: ListenerAuth,
+}
+
+/// Whether a listener offers SMTP AUTH (RFC 4954), and whether it requires it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AuthMode {
+    /// No AUTH.
+    #[default]
+    Off,
+    /// `auth-optional`: offered; MAIL needs none.
+    Optional,
+    /// `auth`: offered; MAIL needs it.
+    Required,
+}
+
+/// The SMTP AUTH settings of a listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ListenerAuth {
+    /// Offered, required, or neither.
+    pub mode: AuthMode,
+    /// `auth <table>`: a credentials table (`user hash`); `None` for the system's
+    /// accounts, checked by the privileged parent.
+    pub table: Option<TableId>,
+    /// `senders <table>`: the sender addresses each user may use.
+    pub senders: Option<TableId>,
+    /// `senders <table> masquerade`: the From header shows the sender.
+    pub masquerade: bool,
+    /// `received-auth`: the Received header names the user.
+    pub received_auth: bool,
 }
 
 /// Index into [`Config::tables`].
@@ -435,6 +469,10 @@ pub enum Cond {
     Tag(Matcher),
     /// `tls`: the session uses TLS.
     Tls,
+    /// `from auth [USER|<t>]`: an authenticated session (as one of these users).
+    FromAuth(Option<Matcher>),
+    /// `auth [USER|<t>]`: likewise, beside another `from`.
+    Auth(Option<Matcher>),
 }
 
 /// What a rule decides.

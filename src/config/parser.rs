@@ -12,9 +12,12 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod auth;
 mod filters;
 mod listen;
 mod settings;
+
+pub(super) use settings::queue_path_only;
 
 /// Every keyword the parser accepts.
 pub const KEYWORDS: &[&str] = &[
@@ -105,6 +108,12 @@ pub const KEYWORDS: &[&str] = &[
     "legacy",
     "protocols",
     "ciphers",
+    "auth",
+    "auth-optional",
+    "senders",
+    "masquerade",
+    "received-auth",
+    "max-auth-failures",
 ];
 
 /// Phases a built-in filter may decide, with their protocol event bits.
@@ -588,8 +597,10 @@ impl Parser {
                     Cond::FromSrc(m)
                 } else if st.eat("mail-from") {
                     Cond::FromMailFrom(self.matcher(st)?)
+                } else if st.eat("auth") {
+                    Cond::FromAuth(self.auth_matcher(st)?)
                 } else {
-                    return Err(st.err("after 'from': any, local, socket, src or mail-from"));
+                    return Err(st.err("after 'from': any, local, socket, src, mail-from or auth"));
                 }
             } else if st.eat("for") {
                 if has_for {
@@ -617,6 +628,8 @@ impl Parser {
                 Cond::Tag(self.matcher(st)?)
             } else if st.eat("tls") {
                 Cond::Tls
+            } else if st.eat("auth") {
+                Cond::Auth(self.auth_matcher(st)?)
             } else {
                 let what = st.value("condition").unwrap_or_default();
                 return Err(st.err(format!("unknown match condition '{what}'")));
@@ -638,37 +651,6 @@ impl Parser {
         });
         Ok(())
     }
-}
-
-/// The `queue path` of a configuration text (the default when none is given or the
-/// text does not lex). Macros defined before the statement are expanded.
-pub(super) fn queue_path_only(text: &str, path: &Path) -> PathBuf {
-    let default = PathBuf::from("/var/spool/smtpd");
-    let Ok(toks) = lex(text, path) else {
-        return default;
-    };
-    let mut macros = HashMap::new();
-    let mut found = None;
-    for stmt in toks.split(|t| t.tok == Tok::Newline) {
-        let word = |i: usize| match stmt.get(i).map(|t| &t.tok) {
-            Some(Tok::Word { text, .. }) => Some(text.clone()),
-            _ => None,
-        };
-        if stmt.len() == 3 && stmt[1].tok == Tok::Punct('=') {
-            if let (Some(k), Some(v)) = (word(0), word(2)) {
-                macros.insert(k, v);
-            }
-            continue;
-        }
-        if word(0).as_deref() == Some("queue") && word(1).as_deref() == Some("path") {
-            if let Ok(exp) = expand(stmt, &macros) {
-                if let Some(Tok::Word { text, .. }) = exp.get(2).map(|t| &t.tok) {
-                    found = Some(relative_to(path, text));
-                }
-            }
-        }
-    }
-    found.unwrap_or(default)
 }
 
 /// Checks what a delivery method names, so that mistakes show at start, not as failed

@@ -268,3 +268,95 @@ fn tls_errors() {
         assert!(e.contains(want), "{line}: {e}");
     }
 }
+
+#[test]
+fn auth_options_and_conditions() {
+    let c = conf(
+        r#"
+            table creds { bob = "$6$salt$hash", "Carol" = "carol:$y$j9T$salt$hash" }
+            table senders { bob = "bob@example.org, @example.net" }
+            pki mx.example.org cert "/c/mx.crt"
+            pki mx.example.org key "/c/mx.key"
+            listen on 127.0.0.1 port 587 hostname mx.example.org tls-require auth <creds> senders <senders> masquerade received-auth
+            listen on 127.0.0.1 port 588 hostname mx.example.org smtps auth-optional
+            listen on 127.0.0.1 port 589
+            smtp limit max-auth-failures 5
+            action "out" relay
+            match from auth for any action "out"
+            match from auth bob for any action "out"
+            match from any auth <senders> for any action "out"
+            match !auth for local action "out"
+            "#,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let a = c.listeners[0].auth;
+    assert_eq!(a.mode, AuthMode::Required);
+    assert_eq!((a.table, a.senders), (Some(0), Some(1)));
+    assert!(a.masquerade && a.received_auth);
+    let b = c.listeners[1].auth;
+    assert_eq!(
+        (b.mode, b.table, b.senders),
+        (AuthMode::Optional, None, None)
+    );
+    assert_eq!(c.listeners[2].auth, ListenerAuth::default());
+    assert_eq!(c.smtp.max_auth_failures, 5);
+    assert_eq!(c.rules[0].conds[0], (false, Cond::FromAuth(None)));
+    assert_eq!(
+        c.rules[1].conds[0],
+        (false, Cond::FromAuth(Some(Matcher::Value("bob".into()))))
+    );
+    assert_eq!(
+        c.rules[2].conds[1],
+        (false, Cond::Auth(Some(Matcher::Table(1))))
+    );
+    // `auth` beside no `from` keeps the default `from local`.
+    assert_eq!(
+        c.rules[3].conds,
+        [
+            (false, Cond::FromLocal),
+            (true, Cond::Auth(None)),
+            (false, Cond::ForLocal)
+        ]
+    );
+}
+
+#[test]
+fn auth_option_errors() {
+    let cases = [
+        (
+            "table c { bob = secret }\nlisten on 127.0.0.1 auth <c>",
+            "/etc/smtpd.conf:2: table 'c': the entry of 'bob' is no crypt(3) hash (make one with 'smtpctl encrypt')",
+        ),
+        (
+            "listen on 127.0.0.1 port 587 auth-optional",
+            "/etc/smtpd.conf:1: 'auth-optional' needs tls, tls-require or smtps",
+        ),
+        (
+            "listen on 127.0.0.1 auth auth-optional",
+            "/etc/smtpd.conf:1: 'auth' or 'auth-optional' given twice",
+        ),
+        (
+            "table s { bob = bob@example.org }\nlisten on 127.0.0.1 senders <s>",
+            "/etc/smtpd.conf:2: 'senders' needs 'auth' or 'auth-optional' on the same listener",
+        ),
+        (
+            "listen on 127.0.0.1 received-auth",
+            "/etc/smtpd.conf:1: 'received-auth' needs 'auth' or 'auth-optional' on the same listener",
+        ),
+        (
+            "listen on 127.0.0.1 auth <nope>",
+            "/etc/smtpd.conf:1: undefined table 'nope'",
+        ),
+        (
+            "listen on 127.0.0.1 auth senders masquerade",
+            "/etc/smtpd.conf:1: expected '<'",
+        ),
+        (
+            "listen on 127.0.0.1\nsmtp limit max-auth-failures 0",
+            "/etc/smtpd.conf:2: max-auth-failures: 0 is out of range (at least 1)",
+        ),
+    ];
+    for (text, want) in cases {
+        assert_eq!(conf(text).err().as_deref(), Some(want), "{text}");
+    }
+}

@@ -28,6 +28,13 @@ pub(super) enum Due {
     Prune,
     /// The grace of a stopping daemon is over.
     Stop,
+    /// The penalty of an SMTP session's failed AUTH is over: its answer goes out.
+    Auth {
+        /// Slab key.
+        key: usize,
+        /// Its generation.
+        gen: u64,
+    },
 }
 
 impl Server {
@@ -84,6 +91,7 @@ impl Server {
                     self.rates.prune(now);
                 }
                 Due::Stop => {}
+                Due::Auth { key, gen } => self.auth_due(key, gen, now),
             }
         }
     }

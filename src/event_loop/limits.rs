@@ -140,6 +140,71 @@ impl RateTable {
     }
 }
 
+/// Addresses [`AuthFailures`] keeps at most.
+pub(super) const AUTH_TABLE_MAX: usize = 16384;
+/// One failure of an address is forgiven per this much time without a new one.
+pub(super) const AUTH_DECAY: Duration = Duration::from_secs(60);
+/// The delay of an address's first failure; it doubles with each failure it still
+/// counts, up to [`AUTH_DELAY_MAX`].
+pub(super) const AUTH_DELAY_MIN: Duration = Duration::from_millis(500);
+/// The longest delay of a failure's answer.
+pub(super) const AUTH_DELAY_MAX: Duration = Duration::from_secs(8);
+
+/// Failed SMTP AUTH by client address, across sessions: how long the answer to the
+/// next failure waits. The count decays by one per [`AUTH_DECAY`] without a failure.
+/// When the table is full, addresses whose count decayed to nothing go; if none did,
+/// the address whose last failure is the oldest is forgotten.
+#[derive(Debug)]
+pub(super) struct AuthFailures {
+    capacity: usize,
+    /// Failures still counted, and when the count was last brought up to date.
+    counts: HashMap<IpAddr, (u32, Instant)>,
+}
+
+impl AuthFailures {
+    pub(super) fn new(capacity: usize) -> Self {
+        AuthFailures {
+            capacity: capacity.max(1),
+            counts: HashMap::new(),
+        }
+    }
+
+    /// The count of `entry` at `now`, after its decay.
+    fn decayed((n, at): (u32, Instant), now: Instant) -> u32 {
+        let periods = now.saturating_duration_since(at).as_secs() / AUTH_DECAY.as_secs();
+        n.saturating_sub(u32::try_from(periods).unwrap_or(u32::MAX))
+    }
+
+    /// Counts a failure from `ip`; returns how long its answer waits.
+    pub(super) fn fail(&mut self, ip: IpAddr, now: Instant) -> Duration {
+        if !self.counts.contains_key(&ip) && self.counts.len() >= self.capacity {
+            self.counts.retain(|_, e| Self::decayed(*e, now) > 0);
+            if self.counts.len() >= self.capacity {
+                let oldest = self.counts.iter().min_by_key(|(_, e)| e.1).map(|(k, _)| *k);
+                if let Some(k) = oldest {
+                    self.counts.remove(&k);
+                }
+            }
+        }
+        let e = self.counts.entry(ip).or_insert((0, now));
+        let n = Self::decayed(*e, now).saturating_add(1);
+        *e = (n, now);
+        auth_delay(n)
+    }
+
+    /// Addresses remembered.
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.counts.len()
+    }
+}
+
+/// The delay of the answer to an address's `n`th counted failure.
+pub(super) fn auth_delay(n: u32) -> Duration {
+    let doublings = n.saturating_sub(1).min(16);
+    (AUTH_DELAY_MIN * (1u32 << doublings)).min(AUTH_DELAY_MAX)
+}
+
 /// Descriptors kept free for what is opened for a moment: a message handed to the
 /// parent for delivery, a message or envelope read for `smtpctl`, a refused connection.
 pub(super) const FD_RESERVE: usize = 32;
@@ -167,6 +232,40 @@ impl FdBudget {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn auth_failures_grow_the_delay_and_decay() {
+        let t0 = Instant::now();
+        let a = IpAddr::from([192, 0, 2, 1]);
+        let mut f = AuthFailures::new(2);
+        let ms = |d: Duration| d.as_millis();
+        assert_eq!(ms(f.fail(a, t0)), 500);
+        assert_eq!(ms(f.fail(a, t0)), 1000);
+        assert_eq!(ms(f.fail(a, t0)), 2000);
+        for _ in 0..10 {
+            f.fail(a, t0);
+        }
+        assert_eq!(f.fail(a, t0), AUTH_DELAY_MAX);
+        // Another address starts from the bottom.
+        let b = IpAddr::from([192, 0, 2, 2]);
+        assert_eq!(ms(f.fail(b, t0)), 500);
+        // One failure forgiven per minute: b's is gone after a minute.
+        assert_eq!(ms(f.fail(b, t0 + AUTH_DECAY)), 500);
+        assert_eq!(ms(f.fail(b, t0 + AUTH_DECAY + AUTH_DECAY / 2)), 1000);
+        // A full table makes room: b's counts decayed away, a's did not.
+        let c = IpAddr::from([192, 0, 2, 3]);
+        let later = t0 + AUTH_DECAY * 5;
+        assert_eq!(ms(f.fail(c, later)), 500);
+        assert_eq!(f.len(), 2);
+        let second = Duration::from_secs(1);
+        assert_eq!(f.fail(a, later + second), AUTH_DELAY_MAX);
+        // Nothing decayed: the oldest goes (c, whose last failure is before a's).
+        let d = IpAddr::from([192, 0, 2, 4]);
+        assert_eq!(ms(f.fail(d, later + second * 2)), 500);
+        assert_eq!(f.len(), 2);
+        assert_eq!(f.fail(a, later + second * 3), AUTH_DELAY_MAX);
+        assert_eq!(ms(f.fail(c, later + second * 4)), 500);
+    }
 
     #[test]
     fn control_slots_cap_each_user_and_all() {

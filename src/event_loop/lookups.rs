@@ -19,6 +19,7 @@ impl Server {
                         self.after_conn(key, now);
                     }
                 }
+                Answer::Auth(r) => self.auth_answered((key as u64, gen), r, now),
                 Answer::Edited { msgid, result } => {
                     let taken = self.with_conn(key, Some(gen), |conn, ctx| {
                         conn.on_edited(ctx, msgid, result, now)

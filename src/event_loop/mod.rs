@@ -32,6 +32,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod accept;
+mod auth;
 mod ctl;
 mod deadlines;
 mod filter_pipes;
@@ -118,6 +119,8 @@ pub struct Server {
     per_addr: HashMap<IpAddr, usize>,
     /// New connections by address, for `max-connection-rate`.
     rates: RateTable,
+    /// Failed SMTP AUTH by address, for the penalty of the next ones.
+    auth_failures: limits::AuthFailures,
     /// SMTP sessions, local ones included.
     sessions: usize,
     /// SMTP sessions on the listeners (what `max-sessions` limits).
@@ -247,6 +250,7 @@ impl Server {
         };
         let mut server = Server {
             rates: RateTable::new(cfg.smtp.max_connection_rate, limits::RATE_TABLE_MAX),
+            auth_failures: limits::AuthFailures::new(limits::AUTH_TABLE_MAX),
             ctl_slots: ControlSlots::new(cfg.control.max_clients, cfg.control.max_clients_per_user),
             cfg,
             poll,
@@ -378,8 +382,11 @@ impl Server {
                         self.on_io(now);
                     }
                     PARENT => {
-                        let mut handed = Vec::new();
-                        let alive = self.on_parent(&mut handed);
+                        let (mut handed, mut auths) = (Vec::new(), Vec::new());
+                        let alive = self.on_parent(&mut handed, &mut auths);
+                        for (key, result) in auths {
+                            self.auth_answered(key, result, now);
+                        }
                         self.queue_actions(now);
                         if !alive {
                             log::error!("smtpd: lost the parent process, stopping");
@@ -456,6 +463,7 @@ impl Server {
             lookups,
             msg_files,
             timers,
+            parent,
             ..
         } = self;
         let Some(Endpoint::Smtp(conn)) = slab.get_mut(key) else {
@@ -470,6 +478,7 @@ impl Server {
             committer,
             lookups,
             key,
+            parent: parent.as_deref(),
         };
         let had_file = conn.holds_file();
         // A bug in the session's handling ends that session, not the daemon.
@@ -625,6 +634,7 @@ impl Server {
             tag: listener.and_then(|l| l.tag.clone()),
             hostname: None,
             tls: false,
+            auth: None,
         };
         let limits = Limits {
             max_message_size: self.cfg.smtp.max_message_size,
@@ -633,6 +643,8 @@ impl Server {
             max_errors: self.cfg.smtp.max_errors,
             max_hops: self.cfg.smtp.max_hops,
             max_text_line: self.cfg.smtp.max_text_line,
+            max_command_line: self.cfg.smtp.max_command_line,
+            max_auth_failures: self.cfg.smtp.max_auth_failures,
         };
         let head = match listener {
             Some(l) => l.filter,
@@ -641,7 +653,10 @@ impl Server {
         let (chain, hooks) = self.chain_hooks(head);
         let id = crate::sys::random_u64();
         let mut actions = Vec::new();
-        let session = Session::new(id, client, limits, hooks, &mut actions);
+        let mut session = Session::new(id, client, limits, hooks, &mut actions);
+        if let Some(l) = listener {
+            session.set_auth(l.auth);
+        }
         let gen = self.next_gen;
         self.next_gen += 1;
         let mut deadline = now + self.cfg.smtp.timeout;

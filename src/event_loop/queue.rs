@@ -128,7 +128,11 @@ impl Server {
     }
 
     /// Reads results and filter sockets from the parent; false when it is gone.
-    pub(super) fn on_parent(&mut self, handed: &mut Vec<(usize, OwnedFd)>) -> bool {
+    pub(super) fn on_parent(
+        &mut self,
+        handed: &mut Vec<(usize, OwnedFd)>,
+        auths: &mut Vec<((u64, u64), crate::mail::auth::AuthResult)>,
+    ) -> bool {
         let Some(fd) = self.parent.as_ref().map(|p| p.as_raw_fd()) else {
             return false;
         };
@@ -144,6 +148,12 @@ impl Server {
                     match crate::privsep::decode_filter_id(&buf[..n]) {
                         Some(id) => handed.push((id, fd)),
                         None => log::warn!("queue: malformed filter handover ignored"),
+                    }
+                }
+                Ok((n, _)) if buf.first() == Some(&b'a') => {
+                    match crate::credentials::decode_system_answer(&buf[..n]) {
+                        Some(a) => auths.push(a),
+                        None => log::warn!("queue: malformed AUTH answer from the parent ignored"),
                     }
                 }
                 Ok((n, _)) => match DeliverRes::decode(&buf[..n]) {

@@ -4,6 +4,7 @@
 //! but the standard library.
 
 pub mod address;
+pub mod auth;
 pub mod delivery;
 pub mod params;
 pub mod peer;

@@ -1,10 +1,11 @@
-//! What the rules match a recipient against: facts about the client, fixed at
-//! connect time, and the transaction's HELO name and sender.
+//! What the rules match a recipient against: facts about the client (fixed at
+//! connect time but for its reverse DNS name and its authentication), and the
+//! transaction's HELO name and sender.
 
 use super::address::Mailbox;
 use std::net::IpAddr;
 
-/// Facts about the client, fixed at connect time.
+/// Facts about the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Peer {
     /// The client's address; `None` for the local socket.
@@ -19,6 +20,8 @@ pub struct Peer {
     pub hostname: Option<String>,
     /// The session uses TLS (`match tls`): from the first byte, or since STARTTLS.
     pub tls: bool,
+    /// The user the client authenticated as (SMTP AUTH), once it did.
+    pub auth: Option<String>,
 }
 
 /// The context a recipient is matched in.

@@ -112,6 +112,40 @@ impl Reply {
         CONNECTION_RATE = 421, "4.7.0", "Too many connections from your address this minute";
         /// Pipelined input where PIPELINING was not offered (HELO sessions).
         UNAUTH_PIPELINING = 554, "5.5.0", "Improper use of SMTP command pipelining";
+        /// AUTH succeeded (RFC 4954 §6).
+        AUTH_OK = 235, "2.7.0", "Authentication succeeded";
+        /// AUTH with wrong credentials.
+        AUTH_FAILED = 535, "5.7.8", "Authentication credentials invalid";
+        /// The credentials could not be checked.
+        AUTH_TEMPFAIL = 454, "4.7.0", "Temporary authentication failure";
+        /// The client cancelled the exchange with `*`.
+        AUTH_CANCELLED = 501, "5.7.0", "Authentication cancelled";
+        /// An exchange line or initial response that is not base64.
+        AUTH_BAD_BASE64 = 501, "5.5.2", "Invalid base64 data";
+        /// A PLAIN message that is not `authzid NUL authcid NUL passwd`.
+        AUTH_MALFORMED = 501, "5.5.2", "Invalid authentication data";
+        /// AUTH without a mechanism, or with more than an initial response.
+        AUTH_SYNTAX = 501, "5.5.4", "Syntax: AUTH mechanism [initial-response]";
+        /// An exchange line over 12288 octets.
+        AUTH_LINE_TOO_LONG = 500, "5.5.6", "Authentication exchange line is too long";
+        /// AUTH before TLS: the mechanisms send the password in clear.
+        AUTH_NEEDS_TLS = 538, "5.7.11", "Encryption required for requested authentication mechanism";
+        /// A mechanism that is not offered.
+        AUTH_UNKNOWN_MECHANISM = 504, "5.5.4", "Unrecognized authentication type";
+        /// AUTH on a listener without it.
+        AUTH_NOT_ENABLED = 503, "5.5.1", "Error: authentication not enabled";
+        /// AUTH after a successful one.
+        AUTH_ALREADY = 503, "5.5.1", "Error: already authenticated";
+        /// AUTH inside a transaction.
+        AUTH_IN_TRANSACTION = 503, "5.5.1", "Error: AUTH not permitted during a mail transaction";
+        /// AUTH before EHLO (it is an extension of EHLO sessions).
+        NEED_EHLO = 503, "5.5.1", "Error: send EHLO first";
+        /// MAIL on a listener that requires AUTH, before it.
+        AUTH_REQUIRED = 530, "5.7.0", "Authentication required";
+        /// Too many failed AUTH in one session.
+        AUTH_TOO_MANY_FAILURES = 421, "4.7.0", "Too many authentication failures, closing connection";
+        /// MAIL FROM an address the authenticated user may not use (`senders`).
+        SENDER_NOT_OWNED = 553, "5.7.1", "Sender address not owned by the authenticated user";
     }
 
     /// A reply with owned text.

@@ -31,17 +31,17 @@ impl TlsFacts {
     }
 }
 
-/// The `with` protocol of the Received header (RFC 3848): `SMTP` or `ESMTP`, then `S`
-/// over TLS and `A` once authenticated.
-pub fn received_protocol(esmtp: bool, tls: bool, authenticated: bool) -> String {
-    let mut p = String::from(if esmtp { "ESMTP" } else { "SMTP" });
-    if tls {
-        p.push('S');
+/// The `with` protocol of the Received header (RFC 3848): `ESMTP`, then `S` over TLS
+/// and `A` once authenticated. A HELO session is plain `SMTP`: RFC 3848 names no
+/// other kind, and neither STARTTLS nor AUTH is offered without EHLO.
+pub fn received_protocol(esmtp: bool, tls: bool, authenticated: bool) -> &'static str {
+    match (esmtp, tls, authenticated) {
+        (false, _, _) => "SMTP",
+        (true, false, false) => "ESMTP",
+        (true, true, false) => "ESMTPS",
+        (true, false, true) => "ESMTPA",
+        (true, true, true) => "ESMTPSA",
     }
-    if authenticated {
-        p.push('A');
-    }
-    p
 }
 
 #[cfg(test)]
@@ -70,6 +70,6 @@ mod tests {
         assert_eq!(received_protocol(true, true, false), "ESMTPS");
         assert_eq!(received_protocol(true, true, true), "ESMTPSA");
         assert_eq!(received_protocol(true, false, true), "ESMTPA");
-        assert_eq!(received_protocol(false, true, false), "SMTPS");
+        assert_eq!(received_protocol(false, true, false), "SMTP");
     }
 }

@@ -19,6 +19,7 @@ pub fn local_client(server_name: &str) -> Peer {
         tag: None,
         hostname: None,
         tls: false,
+        auth: None,
     }
 }
 

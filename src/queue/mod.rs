@@ -8,6 +8,7 @@ pub mod forward;
 pub mod free;
 pub mod io;
 pub mod manager;
+pub mod masquerade;
 pub mod notice;
 pub mod rewrite;
 pub mod scheduler;

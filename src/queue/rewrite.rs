@@ -48,20 +48,25 @@ fn header_section(f: &File, len: u64) -> io::Result<(Vec<u8>, u64)> {
 }
 
 impl Spool {
-    /// Applies end-of-message `edits` (and, with `junk`, `X-Spam: Yes`) to the first
-    /// `len` bytes of incoming message `msgid`; returns the new file, open for writing
-    /// at its end, for the commit.
+    /// Applies end-of-message `edits` (and, with `junk`, `X-Spam: Yes`; with
+    /// `masquerade`, that address in the From fields) to the first `len` bytes of
+    /// incoming message `msgid`; returns the new file, open for writing at its end, for
+    /// the commit.
     pub fn edit_incoming(
         &self,
         msgid: u32,
         len: u64,
         edits: &[Edit],
         junk: bool,
+        masquerade: Option<&str>,
     ) -> io::Result<File> {
         let path = self.incoming(msgid);
         let old = File::open(&path)?;
         let (head, body_at) = header_section(&old, len)?;
-        let head = apply(&head, edits, junk);
+        let mut head = apply(&head, edits, junk);
+        if let Some(address) = masquerade {
+            head = super::masquerade::masquerade(&head, address);
+        }
         let body = match edits.iter().any(|e| matches!(e, Edit::ReplaceBody(_))) {
             true => 0,
             false => len - body_at,
@@ -100,7 +105,7 @@ mod tests {
         let (id, mut f) = spool.create_message().unwrap();
         f.write_all(data).unwrap();
         drop(f);
-        let mut f = spool.edit_incoming(id, written, edits, junk).unwrap();
+        let mut f = spool.edit_incoming(id, written, edits, junk, None).unwrap();
         let end = f.stream_position().unwrap();
         let out = fs::read(spool.incoming(id)).unwrap();
         assert_eq!(end, out.len() as u64, "the file is left at its end");
@@ -164,6 +169,8 @@ mod tests {
     fn a_missing_message_is_an_error() {
         let dir = TempDir::new("rewrite-missing");
         let (spool, _) = Spool::open(&dir.0).unwrap();
-        assert!(spool.edit_incoming(0x1234, 10, &edits(), false).is_err());
+        assert!(spool
+            .edit_incoming(0x1234, 10, &edits(), false, None)
+            .is_err());
     }
 }

@@ -35,6 +35,8 @@ pub enum Command<'a> {
     Expn,
     /// `STARTTLS` (RFC 3207).
     Starttls,
+    /// `AUTH mechanism [initial-response]` (RFC 4954).
+    Auth(&'a str, Option<&'a str>),
 }
 
 /// Why a line is not a valid command; each maps to one reply.
@@ -56,6 +58,8 @@ pub enum ParseError {
     NoArgs,
     /// An unknown or malformed ESMTP parameter.
     BadParam(String),
+    /// AUTH without a valid mechanism name, or with more than one response.
+    AuthSyntax,
 }
 
 impl ParseError {
@@ -70,6 +74,7 @@ impl ParseError {
             ParseError::BadRcpt => Reply::BAD_RCPT,
             ParseError::NoArgs => Reply::NO_ARGS,
             ParseError::BadParam(p) => Reply::new(555, "5.5.4", format!("Unsupported option: {p}")),
+            ParseError::AuthSyntax => Reply::AUTH_SYNTAX,
         }
     }
 }
@@ -135,6 +140,20 @@ impl<'a> Command<'a> {
         }
         if is("EXPN") {
             return Ok(Command::Expn);
+        }
+        if is("AUTH") {
+            let mut words = rest.split(' ');
+            let mech = words.next().unwrap_or("");
+            let initial = words.next();
+            // RFC 4954 §4: 1 to 20 upper-case letters, digits, '-' and '_'.
+            let valid = (1..=20).contains(&mech.len())
+                && mech
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !valid || words.next().is_some() || initial == Some("") {
+                return Err(ParseError::AuthSyntax);
+            }
+            return Ok(Command::Auth(mech, initial));
         }
         Err(ParseError::Unknown)
     }
@@ -309,6 +328,24 @@ mod tests {
         assert_eq!(Command::parse(b"NOOP hello"), Ok(Command::Noop));
         assert_eq!(Command::parse(b"vrfy root"), Ok(Command::Vrfy));
         assert_eq!(Command::parse(b"WIZ"), Err(ParseError::Unknown));
+        assert_eq!(
+            Command::parse(b"auth plain AGJvYgBw"),
+            Ok(Command::Auth("plain", Some("AGJvYgBw")))
+        );
+        assert_eq!(
+            Command::parse(b"AUTH LOGIN"),
+            Ok(Command::Auth("LOGIN", None))
+        );
+        for bad in [
+            &b"AUTH"[..],
+            b"AUTH ",
+            b"AUTH PLAIN a b",
+            b"AUTH PLAIN ",
+            b"AUTH PL@IN",
+            b"AUTH ABCDEFGHIJKLMNOPQRSTU",
+        ] {
+            assert_eq!(Command::parse(bad), Err(ParseError::AuthSyntax));
+        }
         assert_eq!(Command::parse(b"\xff\xfe"), Err(ParseError::Unknown));
     }
 

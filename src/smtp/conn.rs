@@ -69,6 +69,8 @@ pub struct Ctx<'a> {
     pub lookups: &'a crate::lookup::Lookups,
     /// This connection's slab key.
     pub key: usize,
+    /// The channel to the privileged parent (system account checks).
+    pub parent: Option<&'a std::os::fd::OwnedFd>,
 }
 
 struct MsgWriter {
@@ -123,6 +125,8 @@ pub struct Conn {
     tls_up: bool,
     /// The deadline moved earlier: the loop must arm it.
     rearm: bool,
+    /// The answer to the session's AUTH, held back as the penalty of a failure.
+    held_auth: Option<crate::mail::auth::AuthResult>,
 }
 
 /// An event for observing filters, gathered during a pump.
@@ -146,6 +150,7 @@ fn esc(b: &[u8]) -> String {
     b.escape_ascii().to_string()
 }
 
+mod auth;
 mod message;
 mod tls;
 
@@ -190,6 +195,7 @@ impl Conn {
             starttls: false,
             tls_up: false,
             rearm: false,
+            held_auth: None,
         };
         for a in actions {
             match a {
@@ -430,7 +436,9 @@ impl Conn {
                     }
                 }
             } else {
-                let max = ctx.cfg.smtp.max_command_line - 2;
+                let max = self
+                    .session
+                    .command_limit(ctx.cfg.smtp.max_command_line - 2);
                 match self.inbuf.next_command(max) {
                     Line::Partial => break,
                     Line::TooLong => {
@@ -439,7 +447,9 @@ impl Conn {
                         self.run_actions(ctx, Some(b"(line too long)"));
                     }
                     Line::Complete { bytes, bare } => {
-                        log::trace!(target: "smtpd::smtp", "{:016x} smtp <<< {}", self.session.id, esc(bytes));
+                        // Never an AUTH response, in a log or to a filter.
+                        let shown = self.session.loggable(bytes);
+                        log::trace!(target: "smtpd::smtp", "{:016x} smtp <<< {}", self.session.id, esc(&shown));
                         #[cfg(debug_assertions)]
                         if regress_panic(bytes) {
                             panic!("a session panics on request of the regress suite");
@@ -452,7 +462,7 @@ impl Conn {
                             if self.filters.observe {
                                 self.filters
                                     .reports
-                                    .push(Report::Protocol(b'<', bytes.to_vec()));
+                                    .push(Report::Protocol(b'<', shown.to_vec()));
                             }
                             self.session.on_line(bytes, &mut self.actions);
                             if had_tx && self.session.tx().is_none() && self.filters.observe {
@@ -463,10 +473,10 @@ impl Conn {
                         // lookup's answer; copy it only then.
                         if self.actions.iter().any(|a| match a {
                             Action::Reply(r) => r.is_error(),
-                            Action::Lookup(_) => true,
+                            Action::Lookup(_) | Action::Authenticate(_) => true,
                             _ => false,
                         }) {
-                            let line = bytes.to_vec();
+                            let line = shown.to_vec();
                             self.run_actions(ctx, Some(&line));
                         } else {
                             self.run_actions(ctx, None);
@@ -554,6 +564,10 @@ impl Conn {
                         log::warn!("{:016x} smtp no lookup thread", self.session.id);
                         self.session.on_lookup(unanswered, &mut self.actions);
                     }
+                }
+                Action::Authenticate(check) => {
+                    self.lookup_line = line.map(<[u8]>::to_vec);
+                    self.authenticate(ctx, check);
                 }
                 Action::Close => {
                     let reason = if last_code == 221 {

@@ -3,4 +3,5 @@
 pub mod command;
 pub mod conn;
 pub mod filtering;
+pub mod sasl;
 pub mod session;

@@ -26,11 +26,12 @@ use crate::mail::reply::Reply;
 use crate::mail::Peer;
 use std::collections::VecDeque;
 
+mod auth;
 mod data;
 mod lookup;
 mod tls;
 
-use crate::lookup::Lookup;
+use crate::lookup::{AuthCheck, Lookup};
 pub use lookup::EnvelopeEdit;
 
 /// What the glue must do, in order.
@@ -54,6 +55,8 @@ pub enum Action {
     /// RFC 3207): input the client sent after its STARTTLS line is discarded, never
     /// taken as commands; call [`Session::on_tls`] when the handshake is done.
     StartTls,
+    /// Check SMTP AUTH credentials, then call [`Session::on_auth`].
+    Authenticate(AuthCheck),
 }
 
 /// A command waiting for its filter verdict or its lookup.
@@ -91,6 +94,16 @@ enum Pending {
     },
     /// STARTTLS was answered with 220: the TLS handshake comes first.
     Tls,
+    /// MAIL of an authenticated user waits for the check of its sender.
+    Senders {
+        sender: Mailbox,
+        params: MailParams,
+        junk: bool,
+    },
+    /// AUTH waits for the check of the credentials of `user`.
+    Auth {
+        user: String,
+    },
 }
 
 impl Pending {
@@ -98,7 +111,11 @@ impl Pending {
     fn is_lookup(&self) -> bool {
         matches!(
             self,
-            Pending::Space { .. } | Pending::Resolve { .. } | Pending::EomRcpt { .. }
+            Pending::Space { .. }
+                | Pending::Resolve { .. }
+                | Pending::EomRcpt { .. }
+                | Pending::Senders { .. }
+                | Pending::Auth { .. }
         )
     }
 }
@@ -175,6 +192,10 @@ pub struct Limits {
     pub max_hops: usize,
     /// Octets in a content line, CR LF included; 0 for no limit but the size.
     pub max_text_line: usize,
+    /// Octets in a command line, CR LF included (AUTH lines may be longer).
+    pub max_command_line: usize,
+    /// Wrong AUTH credentials before 421.
+    pub max_auth_failures: usize,
 }
 
 /// What [`Session::on_data`] decided for a piece of content.
@@ -211,6 +232,8 @@ pub struct Session {
     starttls: tls::Offer,
     /// The TLS session's facts, once TLS is up.
     tls: Option<crate::mail::TlsFacts>,
+    /// SMTP AUTH (`session/auth.rs`).
+    auth: auth::AuthState,
 }
 
 impl Session {
@@ -232,6 +255,7 @@ impl Session {
             junk: false,
             starttls: tls::Offer::None,
             tls: None,
+            auth: auth::AuthState::default(),
         };
         if !s.ask(Phase::Connect, String::new(), Pending::Connect, out) {
             s.banner(out);
@@ -342,7 +366,9 @@ impl Session {
             Pending::Space { .. }
             | Pending::Resolve { .. }
             | Pending::EomRcpt { .. }
-            | Pending::Tls => {}
+            | Pending::Tls
+            | Pending::Senders { .. }
+            | Pending::Auth { .. } => {}
         }
     }
 
@@ -417,14 +443,22 @@ impl Session {
     /// A command line that was too long, or held a bare CR/LF or NUL.
     pub fn on_bad_line(&mut self, reply: Reply, out: &mut Vec<Action>) {
         debug_assert!(self.wants_input());
-        self.fail(reply, out);
+        if !self.auth_bad_line(reply.clone(), out) {
+            self.fail(reply, out);
+        }
     }
 
     /// Feeds one command line (CR LF stripped, checked for bare CR/LF and NUL).
     pub fn on_line(&mut self, line: &[u8], out: &mut Vec<Action>) {
         debug_assert!(self.wants_input() && !self.in_data());
+        if self.in_auth_exchange() {
+            return self.auth_line(line, out);
+        }
         if memchr::memchr(0, line).is_some() {
             return self.fail(Reply::NUL_COMMAND, out);
+        }
+        if self.too_long(line) {
+            return self.fail(Reply::LINE_TOO_LONG, out);
         }
         let cmd = match Command::parse(line) {
             Ok(c) => c,
@@ -461,6 +495,7 @@ impl Session {
             ))),
             Command::Vrfy | Command::Expn => self.fail(Reply::NOT_IMPLEMENTED, out),
             Command::Starttls => self.starttls(out),
+            Command::Auth(mech, initial) => self.auth(mech, initial, out),
         }
     }
 
@@ -500,6 +535,10 @@ impl Session {
             if self.offers_starttls() {
                 text.push_str("\nSTARTTLS");
             }
+            if self.auth_offered() {
+                text.push('\n');
+                text.push_str(super::sasl::EHLO_KEYWORD);
+            }
             text.push_str("\nHELP");
         }
         out.push(Action::Reply(Reply::new(250, "", text)));
@@ -511,6 +550,9 @@ impl Session {
             State::Connected => return self.fail(Reply::NEED_HELO, out),
             State::Mail => return self.fail(Reply::NESTED_MAIL, out),
             _ => {}
+        }
+        if self.mail_needs_auth() {
+            return self.fail(Reply::AUTH_REQUIRED, out);
         }
         if self.mails >= self.limits.max_mails {
             return self.fail(Reply::TOO_MANY_MAILS, out);
@@ -543,7 +585,29 @@ impl Session {
         }
     }
 
+    /// MAIL, once the filters let it through: an authenticated user's sender is
+    /// checked against the `senders` table first.
     fn mail_proceed(
+        &mut self,
+        sender: Mailbox,
+        params: MailParams,
+        junk: bool,
+        out: &mut Vec<Action>,
+    ) {
+        if let Some(q) = self.sender_query(&sender) {
+            self.pending = Some(Pending::Senders {
+                sender,
+                params,
+                junk,
+            });
+            out.push(Action::Lookup(Lookup::Sender(Box::new(q))));
+            return;
+        }
+        self.mail_open(sender, params, junk, out)
+    }
+
+    /// Opens the transaction.
+    fn mail_open(
         &mut self,
         sender: Mailbox,
         params: MailParams,
@@ -631,54 +695,6 @@ impl Session {
                 self.enter(State::Ready);
                 self.fail(reply, out);
             }
-        }
-    }
-
-    /// The end of data was seen. `pipelined` tells that the client sent more bytes after
-    /// the final "." without having been offered PIPELINING.
-    pub fn on_data_end(&mut self, pipelined: bool, out: &mut Vec<Action>) {
-        debug_assert!(self.in_data());
-        let fail = self.tx.as_mut().and_then(|t| t.fail.take());
-        if pipelined && !self.esmtp {
-            out.push(Action::Discard);
-            self.tx = None;
-            return self.close(Reply::UNAUTH_PIPELINING, out);
-        }
-        match fail {
-            Some(reply) => {
-                out.push(Action::Discard);
-                self.tx = None;
-                self.enter(State::Ready);
-                self.fail(reply, out);
-            }
-            None => {
-                let size = self.tx.as_ref().map_or(0, |t| t.size).to_string();
-                if !self.ask(Phase::Eom, size, Pending::Eom, out) {
-                    out.push(Action::Commit);
-                    self.enter(State::Commit);
-                }
-            }
-        }
-    }
-
-    /// The answer to [`Action::Commit`]: the message is durable, or why not.
-    pub fn on_committed(&mut self, r: Result<(), Reply>, out: &mut Vec<Action>) {
-        if self.state != State::Commit {
-            return;
-        }
-        let tx = self.tx.take();
-        self.enter(State::Ready);
-        match r {
-            Ok(()) => {
-                self.mails += 1;
-                let id = tx.and_then(|t| t.msgid).unwrap_or(0);
-                out.push(Action::Reply(Reply::new(
-                    250,
-                    "2.0.0",
-                    format!("{id:08x} Message accepted for delivery"),
-                )));
-            }
-            Err(reply) => self.fail(reply, out),
         }
     }
 

@@ -34,6 +34,8 @@ pub(super) struct Dialog {
     pub(super) input: VecDeque<String>,
     /// The recipients of the last message committed.
     pub(super) committed: Vec<String>,
+    /// Credentials checks asked and not answered yet.
+    pub(super) auths: Vec<crate::lookup::AuthCheck>,
 }
 
 pub(super) fn limits() -> Limits {
@@ -44,6 +46,8 @@ pub(super) fn limits() -> Limits {
         max_errors: 10,
         max_hops: 3,
         max_text_line: 0,
+        max_command_line: 512,
+        max_auth_failures: 3,
     }
 }
 
@@ -62,6 +66,7 @@ impl Dialog {
             tag: None,
             hostname: None,
             tls: false,
+            auth: None,
         };
         let s = Session::new(7, client, limits(), hooks, &mut out);
         let mut d = Dialog {
@@ -74,6 +79,7 @@ impl Dialog {
             queries: Vec::new(),
             input: VecDeque::new(),
             committed: Vec::new(),
+            auths: Vec::new(),
         };
         d.glue();
         if hooks == 0 {
@@ -118,6 +124,16 @@ impl Dialog {
         self
     }
 
+    /// The answer to the oldest credentials check.
+    pub(super) fn auth_answer(&mut self, r: crate::mail::auth::AuthResult) -> &mut Self {
+        assert!(!self.auths.is_empty(), "no credentials check was asked");
+        self.auths.remove(0);
+        self.s.on_auth(r, &mut self.out);
+        self.glue();
+        self.feed();
+        self
+    }
+
     /// The filter chain's verdict on the oldest query.
     pub(super) fn verdict(&mut self, v: FilterVerdict) -> &mut Self {
         assert!(!self.queries.is_empty(), "no filter query was made");
@@ -144,10 +160,16 @@ impl Dialog {
                     let a = match l {
                         Lookup::Space(_) => LookupAnswer::Space(self.space),
                         Lookup::Rcpt(q) => LookupAnswer::Rcpt(resolve(q)),
+                        // A user may send as its own local part only.
+                        Lookup::Sender(q) => LookupAnswer::Sender(match q.sender.local == q.user {
+                            true => Ok(()),
+                            false => Err(Reply::SENDER_NOT_OWNED),
+                        }),
                     };
                     self.s.on_lookup(a, &mut more)
                 }
                 Action::Lookup(l) => self.asked.push(l.clone()),
+                Action::Authenticate(c) => self.auths.push(c.clone()),
                 Action::Filter(q) => self.queries.push(q.clone()),
                 _ => {
                     i += 1;

@@ -54,7 +54,11 @@ impl Parser {
         let mut ciphers: Option<Vec<Suite>> = None;
         // The option that needs TLS, for the error when none is enabled.
         let mut needs_tls: Option<&str> = None;
+        let mut auth = ListenerAuth::default();
         while !st.at_end() {
+            if self.listen_auth(st, &mut auth)? {
+                continue;
+            }
             if st.eat("inet4") {
                 family = Some(true);
             } else if st.eat("inet6") {
@@ -141,12 +145,23 @@ impl Parser {
         if addrs.is_empty() {
             return Err(st.err(format!("no address of the requested family for '{what}'")));
         }
+        // AUTH is offered only under TLS: without it, a listener would offer none.
+        if auth.mode != AuthMode::Off && tls.is_none() {
+            let word = if auth.mode == AuthMode::Required {
+                "auth"
+            } else {
+                "auth-optional"
+            };
+            return Err(st.err(format!("'{word}' needs tls, tls-require or smtps")));
+        }
+        super::auth::check_listen(st, &auth)?;
         self.cfg.listeners.push(Listener {
             addrs,
             hostname,
             tag,
             filter,
             tls,
+            auth,
         });
         Ok(())
     }

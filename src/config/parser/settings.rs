@@ -1,9 +1,13 @@
 //! The statements that set the daemon's global settings: `queue`, `bounce`, `smtp` and
-//! `control`.
+//! `control`; and the `queue path` alone, for the tools.
 
+use super::super::lexer::{expand, lex, Tok};
+use super::super::relative_to;
 use super::{parse_duration, parse_size, Parser, Stmt};
 use crate::config::model::{ControlConfig, SmtpConfig};
 use crate::config::ConfigError;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 
 /// Largest value of any `limit`.
 const LIMIT_MAX: usize = 1 << 30;
@@ -20,6 +24,7 @@ fn smtp_limit<'a>(s: &'a mut SmtpConfig, name: &str) -> Option<(&'a mut usize, u
         "max-connection-rate" => (&mut s.max_connection_rate, 0),
         "max-errors" => (&mut s.max_errors, 1),
         "max-hops" => (&mut s.max_hops, 1),
+        "max-auth-failures" => (&mut s.max_auth_failures, 1),
         _ => return None,
     })
 }
@@ -142,4 +147,35 @@ impl Parser {
         }
         st.done()
     }
+}
+
+/// The `queue path` of a configuration text (the default when none is given or the
+/// text does not lex). Macros defined before the statement are expanded.
+pub(in crate::config) fn queue_path_only(text: &str, path: &Path) -> PathBuf {
+    let default = PathBuf::from("/var/spool/smtpd");
+    let Ok(toks) = lex(text, path) else {
+        return default;
+    };
+    let mut macros = HashMap::new();
+    let mut found = None;
+    for stmt in toks.split(|t| t.tok == Tok::Newline) {
+        let word = |i: usize| match stmt.get(i).map(|t| &t.tok) {
+            Some(Tok::Word { text, .. }) => Some(text.clone()),
+            _ => None,
+        };
+        if stmt.len() == 3 && stmt[1].tok == Tok::Punct('=') {
+            if let (Some(k), Some(v)) = (word(0), word(2)) {
+                macros.insert(k, v);
+            }
+            continue;
+        }
+        if word(0).as_deref() == Some("queue") && word(1).as_deref() == Some("path") {
+            if let Ok(exp) = expand(stmt, &macros) {
+                if let Some(Tok::Word { text, .. }) = exp.get(2).map(|t| &t.tok) {
+                    found = Some(relative_to(path, text));
+                }
+            }
+        }
+    }
+    found.unwrap_or(default)
 }

@@ -17,14 +17,17 @@ impl Conn {
         }
         let junk = self.session.tx().is_some_and(|t| t.junk);
         let edits = std::mem::take(&mut self.pending_edits);
-        if !m.failed && (junk || !edits.is_empty()) {
-            // Filters changed the message: a lookup thread writes it again with the
-            // edits (`queue::rewrite`), and the commit goes on in `on_edited`.
+        let masquerade = self.session.masquerade();
+        if !m.failed && (junk || !edits.is_empty() || masquerade.is_some()) {
+            // Filters changed the message (or its From fields show the sender): a
+            // lookup thread writes it again with the edits (`queue::rewrite`), and the
+            // commit goes on in `on_edited`.
             let job = crate::lookup::Job::Edit(crate::lookup::EditJob {
                 msgid: m.id,
                 len: m.written,
                 edits,
                 junk,
+                masquerade,
             });
             if ctx.lookups.submit((ctx.key, self.gen), job) {
                 self.editing = Some(m.id);

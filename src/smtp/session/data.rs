@@ -1,10 +1,14 @@
-//! The message side of a session: content lines as they come (dot-unstuffing, size,
-//! line length, bare CR/LF, NUL, mail loops), what stops a message from being
-//! accepted, and the Received header put before it.
+//! The message side of the session: content lines, the end of data, the commit and
+//! the Received header put before the message.
+//!
+//! ```text
+//!  Data --line--> Store / Drop --"."--> the end-of-message filter query, or Commit
+//!  Commit --on_committed--> 250 (or the failure), Ready
+//! ```
 
-use super::{DataLine, Session};
+use super::{Action, DataLine, Pending, Session, State};
+use crate::filter::phase::Phase;
 use crate::mail::reply::Reply;
-use crate::mail::tls::received_protocol;
 
 impl Session {
     /// The Received header for the open message (RFC 5321 §4.4), with `date` formatted
@@ -22,18 +26,17 @@ impl Session {
             ),
             None => format!("{} (local)", self.helo),
         };
-        // RFC 3848. No AUTH (RFC 4954) is offered by this server: never "A".
-        let authenticated = false;
-        let proto = received_protocol(self.esmtp, self.tls.is_some(), authenticated);
         let mut h = format!(
-            "Received: from {from}\n\tby {} (smtpd) with {proto} id {:08x}",
+            "Received: from {from}\n\tby {} (smtpd) with {} id {:08x}",
             self.client.server_name,
-            tx.msgid.unwrap_or(0)
+            self.received_protocol(),
+            tx.msgid.unwrap_or(0),
         );
         if let Some(tls) = &self.tls {
             h.push(' ');
             h.push_str(&tls.received_comment());
         }
+        h.push_str(&self.received_auth());
         // Name the recipient only when there is one, so a Bcc is not disclosed.
         if let [only] = tx.rcpts.as_slice() {
             h.push_str(&format!("\n\tfor <{}>", only.addr));
@@ -136,6 +139,54 @@ impl Session {
             } else {
                 Reply::LOCAL_ERROR
             });
+        }
+    }
+
+    /// The end of data was seen. `pipelined` tells that the client sent more bytes after
+    /// the final "." without having been offered PIPELINING.
+    pub fn on_data_end(&mut self, pipelined: bool, out: &mut Vec<Action>) {
+        debug_assert!(self.in_data());
+        let fail = self.tx.as_mut().and_then(|t| t.fail.take());
+        if pipelined && !self.esmtp {
+            out.push(Action::Discard);
+            self.tx = None;
+            return self.close(Reply::UNAUTH_PIPELINING, out);
+        }
+        match fail {
+            Some(reply) => {
+                out.push(Action::Discard);
+                self.tx = None;
+                self.enter(State::Ready);
+                self.fail(reply, out);
+            }
+            None => {
+                let size = self.tx.as_ref().map_or(0, |t| t.size).to_string();
+                if !self.ask(Phase::Eom, size, Pending::Eom, out) {
+                    out.push(Action::Commit);
+                    self.enter(State::Commit);
+                }
+            }
+        }
+    }
+
+    /// The answer to [`Action::Commit`]: the message is durable, or why not.
+    pub fn on_committed(&mut self, r: Result<(), Reply>, out: &mut Vec<Action>) {
+        if self.state != State::Commit {
+            return;
+        }
+        let tx = self.tx.take();
+        self.enter(State::Ready);
+        match r {
+            Ok(()) => {
+                self.mails += 1;
+                let id = tx.and_then(|t| t.msgid).unwrap_or(0);
+                out.push(Action::Reply(Reply::new(
+                    250,
+                    "2.0.0",
+                    format!("{id:08x} Message accepted for delivery"),
+                )));
+            }
+            Err(reply) => self.fail(reply, out),
         }
     }
 }

@@ -72,6 +72,17 @@ impl Session {
                     (Err(reply), _) => self.fail(reply, out),
                 }
             }
+            (
+                Pending::Senders {
+                    sender,
+                    params,
+                    junk,
+                },
+                LookupAnswer::Sender(r),
+            ) => match r {
+                Ok(()) => self.mail_open(sender, params, junk, out),
+                Err(reply) => self.fail(reply, out),
+            },
             (Pending::EomRcpt { addr }, LookupAnswer::Rcpt(r)) => {
                 match (r, self.tx.as_mut()) {
                     (Ok(deliveries), Some(tx)) => tx.rcpts.push(Rcpt {

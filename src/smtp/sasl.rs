@@ -1,0 +1,234 @@
+//! The SASL side of SMTP AUTH (RFC 4954): base64 (RFC 4648), the PLAIN message (RFC
+//! 4616), the LOGIN prompts, and what of an AUTH line may be logged.
+
+use crate::mail::auth::{Credentials, Secret, MAX_CREDENTIAL};
+use std::borrow::Cow;
+
+/// Octets of an AUTH command line or of an exchange line, CR LF not counted (RFC 4954
+/// §4 raises the command line limit to 12288 octets for AUTH).
+pub const MAX_LINE: usize = 12288;
+
+/// The mechanisms offered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mechanism {
+    /// RFC 4616.
+    Plain,
+    /// draft-murchison-sasl-login: user name and password, each after a prompt.
+    Login,
+}
+
+impl Mechanism {
+    /// The mechanism named `name` (without regard to case), if it is offered.
+    pub fn named(name: &str) -> Option<Mechanism> {
+        if name.eq_ignore_ascii_case("PLAIN") {
+            Some(Mechanism::Plain)
+        } else if name.eq_ignore_ascii_case("LOGIN") {
+            Some(Mechanism::Login)
+        } else {
+            None
+        }
+    }
+}
+
+/// The EHLO keyword line.
+pub const EHLO_KEYWORD: &str = "AUTH PLAIN LOGIN";
+/// LOGIN's prompt for the user name: base64 of "Username:".
+pub const LOGIN_USER_PROMPT: &str = "VXNlcm5hbWU6";
+/// LOGIN's prompt for the password: base64 of "Password:".
+pub const LOGIN_PASSWORD_PROMPT: &str = "UGFzc3dvcmQ6";
+
+fn sextet(c: u8) -> Option<u32> {
+    Some(u32::from(match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        b'/' => 63,
+        _ => return None,
+    }))
+}
+
+/// Decodes base64 with its padding (RFC 4648 §4); `None` for anything else: other
+/// characters, white space, a wrong length or padding in the middle.
+pub fn decode(s: &[u8]) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(4) {
+        return None;
+    }
+    let mut out = Vec::with_capacity(s.len() / 4 * 3);
+    let quads = s.len() / 4;
+    for (i, q) in s.chunks_exact(4).enumerate() {
+        let pad = q.iter().rev().take_while(|&&c| c == b'=').count();
+        if pad > 2 || (pad > 0 && i + 1 != quads) {
+            return None;
+        }
+        let mut n = 0u32;
+        for &c in &q[..4 - pad] {
+            n = (n << 6) | sextet(c)?;
+        }
+        n <<= 6 * pad as u32;
+        let bytes = n.to_be_bytes();
+        out.extend_from_slice(&bytes[1..4 - pad]);
+    }
+    Some(out)
+}
+
+/// Encodes base64 with padding.
+pub fn encode(b: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(b.len().div_ceil(3) * 4);
+    for chunk in b.chunks(3) {
+        let mut n = 0u32;
+        for (i, &c) in chunk.iter().enumerate() {
+            n |= u32::from(c) << (16 - 8 * i);
+        }
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// Why a PLAIN message was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PlainError {
+    /// Not `authzid NUL authcid NUL passwd`, or a user name that is not UTF-8.
+    Malformed,
+    /// An identity or the password is empty or longer than 255 octets, or the
+    /// authorization identity is another user than the authentication identity:
+    /// refused as bad credentials, without a check.
+    Refused(String),
+}
+
+/// Reads a PLAIN message (RFC 4616 §2): `[authzid] NUL authcid NUL passwd`.
+pub fn plain(msg: Vec<u8>) -> Result<Credentials, PlainError> {
+    let msg = Secret::new(msg);
+    let mut parts = msg.expose().splitn(3, |&b| b == 0);
+    let (Some(authzid), Some(authcid), Some(password)) = (parts.next(), parts.next(), parts.next())
+    else {
+        return Err(PlainError::Malformed);
+    };
+    if password.contains(&0) {
+        return Err(PlainError::Malformed);
+    }
+    let (Ok(authzid), Ok(user)) = (std::str::from_utf8(authzid), std::str::from_utf8(authcid))
+    else {
+        return Err(PlainError::Malformed);
+    };
+    let user = user.to_string();
+    if user.is_empty()
+        || user.len() > MAX_CREDENTIAL
+        || password.is_empty()
+        || password.len() > MAX_CREDENTIAL
+        || (!authzid.is_empty() && authzid != user)
+    {
+        return Err(PlainError::Refused(user));
+    }
+    Ok(Credentials {
+        user,
+        password: Secret::new(password.to_vec()),
+    })
+}
+
+/// What of a command line may be logged or shown to filters: an AUTH command keeps
+/// its mechanism only, and a line of an exchange (`in_exchange`) nothing at all.
+pub fn redact(line: &[u8], in_exchange: bool) -> Cow<'_, [u8]> {
+    if in_exchange {
+        return Cow::Borrowed(b"(AUTH exchange line)");
+    }
+    let verb = line.get(..5);
+    if !verb.is_some_and(|v| v.eq_ignore_ascii_case(b"AUTH ")) {
+        return Cow::Borrowed(line);
+    }
+    let rest = &line[5..];
+    let mech_end = rest.iter().position(|&b| b == b' ').unwrap_or(rest.len());
+    if mech_end == rest.len() {
+        return Cow::Borrowed(line);
+    }
+    let mut shown = line[..5 + mech_end].to_vec();
+    shown.extend_from_slice(b" (hidden)");
+    Cow::Owned(shown)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_round_trips() {
+        for s in [
+            &b""[..],
+            b"a",
+            b"ab",
+            b"abc",
+            b"abcd",
+            b"\0bob\0pass",
+            &[255u8; 7],
+        ] {
+            let e = encode(s);
+            assert_eq!(decode(e.as_bytes()).as_deref(), Some(s), "{e}");
+        }
+        assert_eq!(encode(b"Username:"), LOGIN_USER_PROMPT);
+        assert_eq!(encode(b"Password:"), LOGIN_PASSWORD_PROMPT);
+        assert_eq!(
+            decode(b"AGJvYgBwYXNz").as_deref(),
+            Some(&b"\0bob\0pass"[..])
+        );
+    }
+
+    #[test]
+    fn base64_is_strict() {
+        for bad in [
+            &b"abc"[..],
+            b"ab=c",
+            b"a===",
+            b"ab==ab==",
+            b"ab c",
+            b"!!!!",
+            b"YQ",
+        ] {
+            assert_eq!(decode(bad), None, "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn plain_messages() {
+        let c = plain(b"\0bob\0pass".to_vec()).unwrap();
+        assert_eq!(
+            (c.user.as_str(), c.password.expose()),
+            ("bob", &b"pass"[..])
+        );
+        let c = plain(b"bob\0bob\0pa\xffss".to_vec()).unwrap();
+        assert_eq!(c.password.expose(), b"pa\xffss");
+        assert_eq!(plain(b"bob\0pass".to_vec()), Err(PlainError::Malformed));
+        assert_eq!(plain(b"\0bob\0pa\0ss".to_vec()), Err(PlainError::Malformed));
+        assert_eq!(plain(b"\0\xff\0pass".to_vec()), Err(PlainError::Malformed));
+        assert_eq!(
+            plain(b"root\0bob\0pass".to_vec()),
+            Err(PlainError::Refused("bob".into()))
+        );
+        assert_eq!(
+            plain(b"\0bob\0".to_vec()),
+            Err(PlainError::Refused("bob".into()))
+        );
+        let long = [&b"\0bob\0"[..], &[b'x'; 256]].concat();
+        assert_eq!(plain(long), Err(PlainError::Refused("bob".into())));
+        let every: Vec<u8> = [&b"\0bob\0"[..], &(1..=255).collect::<Vec<u8>>()].concat();
+        assert_eq!(plain(every).map(|c| c.password.expose().len()), Ok(255));
+    }
+
+    #[test]
+    fn what_is_logged() {
+        assert_eq!(
+            &*redact(b"AUTH PLAIN AGJvYgBwYXNz", false),
+            b"AUTH PLAIN (hidden)"
+        );
+        assert_eq!(&*redact(b"auth login Ym9i", false), b"auth login (hidden)");
+        assert_eq!(&*redact(b"AUTH PLAIN", false), b"AUTH PLAIN");
+        assert_eq!(&*redact(b"MAIL FROM:<a@b.c>", false), b"MAIL FROM:<a@b.c>");
+        assert_eq!(&*redact(b"cGFzcw==", true), b"(AUTH exchange line)");
+    }
+}

@@ -1,0 +1,181 @@
+//! The system's crypt(3) (libxcrypt, `-lcrypt`) and shadow password database, behind
+//! safe functions. Every call here is thread-safe: `crypt_rn` and `crypt_gensalt_rn`
+//! work in buffers of the caller, `getspnam_r` too.
+
+use std::ffi::{CStr, CString};
+use std::os::raw::{c_char, c_int, c_ulong, c_void};
+
+/// Size of libxcrypt's `struct crypt_data` (crypt.h: `CRYPT_DATA_INTERNAL_SIZE` and the
+/// fields around it add up to 32768 octets).
+const CRYPT_DATA_SIZE: usize = 32768;
+/// Longest setting string `crypt_gensalt_rn` writes (crypt.h `CRYPT_GENSALT_OUTPUT_SIZE`).
+const GENSALT_OUTPUT_SIZE: usize = 192;
+
+#[link(name = "crypt")]
+extern "C" {
+    fn crypt_rn(
+        phrase: *const c_char,
+        setting: *const c_char,
+        data: *mut c_void,
+        size: c_int,
+    ) -> *mut c_char;
+    fn crypt_gensalt_rn(
+        prefix: *const c_char,
+        count: c_ulong,
+        rbytes: *const c_char,
+        nrbytes: c_int,
+        output: *mut c_char,
+        output_size: c_int,
+    ) -> *mut c_char;
+}
+
+/// The hash of `phrase` with `setting` (a hash or a setting from [`gensalt`]), or `None`
+/// when the setting is invalid or unsupported, or the phrase holds a NUL. The work
+/// area, which holds the phrase for a while, is zeroed before it is freed.
+pub fn crypt(phrase: &[u8], setting: &str) -> Option<String> {
+    let phrase = CString::new(phrase).ok()?;
+    let setting = CString::new(setting).ok()?;
+    let mut data = vec![0u8; CRYPT_DATA_SIZE];
+    // SAFETY: both strings are NUL-terminated and live across the call; data is a
+    // zeroed buffer of the size given, which crypt_rn uses as its struct crypt_data.
+    let out = unsafe {
+        crypt_rn(
+            phrase.as_ptr(),
+            setting.as_ptr(),
+            data.as_mut_ptr().cast(),
+            CRYPT_DATA_SIZE as c_int,
+        )
+    };
+    let hash = if out.is_null() {
+        None
+    } else {
+        // SAFETY: on success crypt_rn returns a NUL-terminated string inside data,
+        // which is still alive here.
+        let s = unsafe { CStr::from_ptr(out) };
+        // libxcrypt's failure token starts with '*'; a hash never does.
+        s.to_str()
+            .ok()
+            .filter(|h| !h.starts_with('*'))
+            .map(str::to_string)
+    };
+    wipe(&mut data);
+    let mut phrase = phrase.into_bytes();
+    wipe(&mut phrase);
+    hash
+}
+
+/// A new random setting for `prefix` (`"$y$"`, `"$6$"`, ...), or for the system's
+/// default method (yescrypt on Debian) when `None`; the cost is the method's default.
+pub fn gensalt(prefix: Option<&str>) -> Option<String> {
+    let prefix = match prefix {
+        Some(p) => Some(CString::new(p).ok()?),
+        None => None,
+    };
+    let mut out = vec![0u8; GENSALT_OUTPUT_SIZE];
+    // SAFETY: prefix is NULL or a NUL-terminated string alive across the call; rbytes
+    // NULL asks libxcrypt for random bytes itself; out is a buffer of the size given.
+    let r = unsafe {
+        crypt_gensalt_rn(
+            prefix.as_ref().map_or(std::ptr::null(), |p| p.as_ptr()),
+            0,
+            std::ptr::null(),
+            0,
+            out.as_mut_ptr().cast(),
+            GENSALT_OUTPUT_SIZE as c_int,
+        )
+    };
+    if r.is_null() {
+        return None;
+    }
+    // SAFETY: on success the setting is a NUL-terminated string in out.
+    let s = unsafe { CStr::from_ptr(r) };
+    s.to_str()
+        .ok()
+        .filter(|s| !s.starts_with('*'))
+        .map(str::to_string)
+}
+
+/// The password hash of `user` in the shadow database (getspnam_r(3)); `Err` when the
+/// database cannot be read (not root), `Ok(None)` when there is no such user.
+pub fn shadow_hash(user: &str) -> std::io::Result<Option<String>> {
+    let Ok(name) = CString::new(user) else {
+        return Ok(None);
+    };
+    let mut buf = vec![0u8; 4096];
+    loop {
+        // SAFETY: spwd is plain data, zero is a valid bit pattern for it.
+        let mut sp: libc::spwd = unsafe { std::mem::zeroed() };
+        let mut result: *mut libc::spwd = std::ptr::null_mut();
+        // SAFETY: every pointer is valid for the call; the strings in sp point into
+        // buf, which outlives their use below.
+        let r = unsafe {
+            libc::getspnam_r(
+                name.as_ptr(),
+                &mut sp,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                &mut result,
+            )
+        };
+        if r == libc::ERANGE && buf.len() < 1 << 20 {
+            let n = buf.len() * 4;
+            wipe(&mut buf);
+            buf = vec![0u8; n];
+            continue;
+        }
+        let out = if r == 0 && !result.is_null() && !sp.sp_pwdp.is_null() {
+            // SAFETY: on success sp_pwdp is a NUL-terminated string inside buf.
+            let h = unsafe { CStr::from_ptr(sp.sp_pwdp) };
+            Ok(Some(h.to_string_lossy().into_owned()))
+        } else if r == 0 || r == libc::ENOENT {
+            Ok(None)
+        } else {
+            Err(std::io::Error::from_raw_os_error(r))
+        };
+        wipe(&mut buf);
+        return out;
+    }
+}
+
+/// Overwrites a buffer that held a password or a hash before it is freed.
+pub fn wipe(b: &mut [u8]) {
+    for x in b.iter_mut() {
+        *x = 0;
+    }
+    std::hint::black_box(b);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashes_made_here_verify() {
+        for prefix in [None, Some("$y$"), Some("$6$"), Some("$2b$")] {
+            let setting = gensalt(prefix).unwrap_or_else(|| panic!("{prefix:?}"));
+            if let Some(p) = prefix {
+                assert!(setting.starts_with(p), "{setting}");
+            }
+            let h = crypt(b"secret", &setting).unwrap();
+            assert_eq!(crypt(b"secret", &h).as_deref(), Some(h.as_str()));
+            assert_ne!(crypt(b"Secret", &h).as_deref(), Some(h.as_str()));
+        }
+    }
+
+    #[test]
+    fn bad_settings_and_phrases_fail() {
+        assert_eq!(crypt(b"x", "$nope$abc"), None);
+        assert_eq!(crypt(b"x", "*"), None);
+        assert_eq!(crypt(b"a\0b", "$6$salt"), None);
+        assert_eq!(gensalt(Some("$nope$")), None);
+    }
+
+    #[test]
+    fn shadow_of_a_missing_user() {
+        // Root reads the database; others may get an error, never a hash.
+        match shadow_hash("no-such-user-here") {
+            Ok(h) => assert_eq!(h, None),
+            Err(_) => assert_ne!(crate::sys::geteuid(), 0),
+        }
+    }
+}
