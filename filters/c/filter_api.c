@@ -37,6 +37,8 @@
 #define EV_ROLLBACK	(1u << 11)
 #define EV_DISCONNECT	(1u << 12)
 #define EV_PROTOCOL	(1u << 13)
+#define EV_TLS		(1u << 14)
+#define EV_AUTH_RESULT	(1u << 15)
 
 /* Frame kinds. */
 #define K_REGISTER	0x01
@@ -57,6 +59,8 @@
 #define K_ROLLBACK	0x1c
 #define K_DISCONNECT	0x1d
 #define K_PROTOCOL	0x1e
+#define K_TLS		0x40
+#define K_AUTH_RESULT	0x41
 #define K_PROCEED	0x20
 #define K_REJECT	0x21
 #define K_TEMPFAIL	0x22
@@ -367,11 +371,11 @@ struct str {
 struct frame {
 	uint8_t		 kind;
 	uint64_t	 sid;
-	uint16_t	 u16;		/* version, code */
+	uint16_t	 u16;		/* version, code, TLS bits */
 	uint32_t	 u32a, u32b;	/* hooks/max_frame, reports/timeout, index */
 	uint64_t	 u64;		/* EOM size */
 	uint8_t		 dir;		/* PROTOCOL */
-	struct str	 s[3];
+	struct str	 s[4];
 	uint16_t	 nlines;	/* DATA_LINES: count, lines at `lines` */
 	const unsigned char *lines;
 	size_t		 lines_len;
@@ -566,11 +570,23 @@ encode_frame(const struct frame *f)
 		put_s(f->s[1]);
 		put_s(f->s[2]);
 		break;
-	case K_REFUSED: case K_HELO: case K_EHLO: case K_AUTH: case K_MAIL:
+	case K_REFUSED: case K_HELO: case K_EHLO: case K_MAIL:
 	case K_RCPT: case K_COMMIT: case K_TEMPFAIL: case K_REWRITE:
 	case K_REPLACE_BODY: case K_ADD_RCPT: case K_DEL_RCPT: case K_CHANGE_FROM:
 	case K_QUARANTINE: case K_LOG:
 		put_s(f->s[0]);
+		break;
+	case K_TLS:
+		put_s(f->s[0]);
+		put_s(f->s[1]);
+		put_be(f->u16, 2);
+		put_s(f->s[2]);
+		put_s(f->s[3]);
+		break;
+	case K_AUTH_RESULT:
+		put_s(f->s[0]);
+		put_s(f->s[1]);
+		put_s(f->s[2]);
 		break;
 	case K_DATA_LINES:
 		/* The lines as they are on the wire (see dl_append to build them). */
@@ -588,7 +604,7 @@ encode_frame(const struct frame *f)
 		put_be(f->u16, 2);
 		put_s(f->s[0]);
 		break;
-	case K_ADD_HEADER:
+	case K_ADD_HEADER: case K_AUTH:
 		put_s(f->s[0]);
 		put_s(f->s[1]);
 		break;
@@ -1351,11 +1367,23 @@ decode_frame(const unsigned char *buf, size_t len, struct frame *f)
 		f->s[1] = take_str(&c);
 		f->s[2] = take_str(&c);
 		break;
-	case K_REFUSED: case K_HELO: case K_EHLO: case K_AUTH: case K_MAIL:
+	case K_REFUSED: case K_HELO: case K_EHLO: case K_MAIL:
 	case K_RCPT: case K_COMMIT: case K_TEMPFAIL: case K_REWRITE:
 	case K_REPLACE_BODY: case K_ADD_RCPT: case K_DEL_RCPT: case K_CHANGE_FROM:
 	case K_QUARANTINE: case K_LOG:
 		f->s[0] = take_str(&c);
+		break;
+	case K_TLS:
+		f->s[0] = take_str(&c);
+		f->s[1] = take_str(&c);
+		f->u16 = (uint16_t)take_be(&c, 2);
+		f->s[2] = take_str(&c);
+		f->s[3] = take_str(&c);
+		break;
+	case K_AUTH_RESULT:
+		f->s[0] = take_str(&c);
+		f->s[1] = take_str(&c);
+		f->s[2] = take_str(&c);
 		break;
 	case K_STARTTLS: case K_DATA: case K_DATA_END: case K_ROLLBACK:
 	case K_DISCONNECT: case K_PROCEED: case K_JUNK: case K_DISCARD:
@@ -1380,7 +1408,7 @@ decode_frame(const unsigned char *buf, size_t len, struct frame *f)
 		f->u16 = (uint16_t)take_be(&c, 2);
 		f->s[0] = take_str(&c);
 		break;
-	case K_ADD_HEADER:
+	case K_ADD_HEADER: case K_AUTH:
 		f->s[0] = take_str(&c);
 		f->s[1] = take_str(&c);
 		break;

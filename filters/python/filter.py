@@ -55,7 +55,9 @@ EV_COMMIT = 1 << 10
 EV_ROLLBACK = 1 << 11
 EV_DISCONNECT = 1 << 12
 EV_PROTOCOL = 1 << 13
-EV_ALL = (1 << 14) - 1
+EV_TLS = 1 << 14
+EV_AUTH_RESULT = 1 << 15
+EV_ALL = (1 << 16) - 1
 
 # Frame kinds.
 REGISTER = 0x01
@@ -76,6 +78,8 @@ COMMIT = 0x1B
 ROLLBACK = 0x1C
 DISCONNECT = 0x1D
 PROTOCOL = 0x1E
+TLS = 0x40
+AUTH_RESULT = 0x41
 PROCEED = 0x20
 REJECT = 0x21
 TEMPFAIL = 0x22
@@ -103,7 +107,7 @@ SCHEMA = {
     HELO: ("str",),
     EHLO: ("str",),
     STARTTLS: (),
-    AUTH: ("str",),
+    AUTH: ("str", "str"),
     MAIL: ("str",),
     RCPT: ("str",),
     DATA: (),
@@ -114,6 +118,8 @@ SCHEMA = {
     ROLLBACK: (),
     DISCONNECT: (),
     PROTOCOL: ("dir", "str"),
+    TLS: ("str", "str", "u16", "str", "str"),
+    AUTH_RESULT: ("str", "str", "str"),
     PROCEED: (),
     REJECT: ("u16", "str"),
     TEMPFAIL: ("str",),

@@ -291,7 +291,9 @@ impl Bridge {
                 }
             }
             // Not registered for; answered all the same if they come.
-            Frame::Starttls | Frame::Auth(_) => codec::encode(sid, &Frame::Proceed, &mut self.out),
+            Frame::Starttls | Frame::Auth { .. } => {
+                codec::encode(sid, &Frame::Proceed, &mut self.out)
+            }
             Frame::Protocol { .. } => {}
             other => {
                 eprintln!(
