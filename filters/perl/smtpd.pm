@@ -246,8 +246,10 @@ our $name = 'perl';
 # From the daemon's READY.
 our ($daemon_version, $max_frame, $timeout_ms) = (undef, MAX_FRAME, undef);
 
-my %ANSWERED = (CONNECT, EV_CONNECT, HELO, EV_HELO, EHLO, EV_EHLO, MAIL, EV_MAIL,
-                RCPT, EV_RCPT, DATA, EV_DATA, EOM, EV_EOM);
+my %ANSWERED = (CONNECT, EV_CONNECT, HELO, EV_HELO, EHLO, EV_EHLO, AUTH, EV_AUTH,
+                MAIL, EV_MAIL, RCPT, EV_RCPT, DATA, EV_DATA, EOM, EV_EOM);
+my %REPORTS = (COMMIT, EV_COMMIT, ROLLBACK, EV_ROLLBACK, DISCONNECT, EV_DISCONNECT,
+               TLS, EV_TLS, AUTH_RESULT, EV_AUTH_RESULT);
 my $TEMPFAIL_TEXT = 'Temporary failure in a filter, try again later';
 
 my $out_fh;           # the protocol's output
@@ -423,10 +425,11 @@ sub _complain {
 
 sub registration {
     %cb = ();
-    for (['on_connect', CONNECT], ['on_helo', HELO], ['on_ehlo', EHLO], ['on_mail', MAIL],
-         ['on_rcpt', RCPT], ['on_data', DATA], ['on_dataline', DATA_LINES],
-         ['on_dataend', DATA_END], ['on_eom', EOM], ['on_commit', COMMIT],
-         ['on_rollback', ROLLBACK], ['on_disconnect', DISCONNECT]) {
+    for (['on_connect', CONNECT], ['on_helo', HELO], ['on_ehlo', EHLO], ['on_auth', AUTH],
+         ['on_mail', MAIL], ['on_rcpt', RCPT], ['on_data', DATA],
+         ['on_dataline', DATA_LINES], ['on_dataend', DATA_END], ['on_eom', EOM],
+         ['on_commit', COMMIT], ['on_rollback', ROLLBACK], ['on_disconnect', DISCONNECT],
+         ['on_tls', TLS], ['on_auth_result', AUTH_RESULT]) {
         my ($n, $k) = @$_;
         no strict 'refs';
         if (defined &{"main::$n"}) {
@@ -441,9 +444,7 @@ sub registration {
     }
     my ($hooks, $reports) = (0, 0);
     for my $k (keys %ANSWERED) { $hooks |= $ANSWERED{$k} if $cb{$k} }
-    $reports |= EV_COMMIT if $cb{+COMMIT};
-    $reports |= EV_ROLLBACK if $cb{+ROLLBACK};
-    $reports |= EV_DISCONNECT if $cb{+DISCONNECT};
+    for my $k (keys %REPORTS) { $reports |= $REPORTS{$k} if $cb{$k} }
     if ($cb{+DATA_LINES} || $cb{+DATA_END}) {
         # EOM too: a message whose on_dataline died is refused (451) there; and
         # DISCONNECT, to forget sessions that leave mid-message.
@@ -535,7 +536,7 @@ sub dispatch {
         filter_api_accept($id) if exists $awaiting{$id};
         return;
     }
-    if ($kind == COMMIT || $kind == ROLLBACK || $kind == DISCONNECT) {
+    if ($REPORTS{$kind}) {
         if ($kind == DISCONNECT) {
             delete $_->{$id} for \%data, \%lines, \%awaiting, \%failed;
         }
