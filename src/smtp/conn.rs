@@ -5,6 +5,7 @@ use super::filtering::FilterSide;
 use super::session::{Action, DataLine, Session, State};
 use crate::config::Config;
 use crate::filter::pipe::Lines;
+use crate::filter::report::Report;
 use crate::linebuf::{Line, LineBuf, Text};
 use crate::mail::reply::Reply;
 use crate::queue::envelope::Envelope;
@@ -115,15 +116,6 @@ pub struct Conn {
     pub hold: bool,
     /// The reverse name resolves back to the client's address.
     pub fcrdns: bool,
-}
-
-/// An event for observing filters, gathered during a pump.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Report {
-    /// A command line (`<`) or reply (`>`).
-    Protocol(u8, Vec<u8>),
-    /// The transaction was abandoned.
-    Rollback,
 }
 
 /// Lines gathered before they are sent to a filter.
@@ -410,13 +402,11 @@ impl Conn {
                         } else {
                             let had_tx = self.session.tx().is_some();
                             if self.filters.observe {
-                                self.filters
-                                    .reports
-                                    .push(Report::Protocol(b'<', bytes.to_vec()));
+                                self.filters.report_client_line(bytes);
                             }
                             self.session.on_line(bytes, &mut self.actions);
                             if had_tx && self.session.tx().is_none() && self.filters.observe {
-                                self.filters.reports.push(Report::Rollback);
+                                self.filters.report(Report::Rollback);
                             }
                         }
                         // The line is logged with failed replies, which may come with a
@@ -463,9 +453,7 @@ impl Conn {
                         let text = self.out[start..]
                             .strip_suffix(b"\r\n")
                             .unwrap_or(&self.out[start..]);
-                        self.filters
-                            .reports
-                            .push(Report::Protocol(b'>', text.to_vec()));
+                        self.filters.report_reply(text);
                     }
                     log::trace!(target: "smtpd::smtp", "{:016x} smtp >>> {}", self.session.id, esc(&self.out[start..]));
                 }
@@ -501,7 +489,7 @@ impl Conn {
                         ctx.spool.discard(m.id);
                     }
                     if self.filters.observe {
-                        self.filters.reports.push(Report::Rollback);
+                        self.filters.report(Report::Rollback);
                     }
                 }
                 Action::Filter(q) => self.filters.query = Some(q),

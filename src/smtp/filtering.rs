@@ -2,10 +2,10 @@
 //! message's lines go through, the lines gathered for the first of them, the end of
 //! the message waiting for the last, and the events observing filters get.
 
-use super::conn::Report;
 use super::conn::{BATCH_MAX_BYTES, BATCH_MAX_LINES};
 use crate::filter::phase::FilterQuery;
 use crate::filter::pipe::Lines;
+use crate::filter::report::{self, AuthResult, Report, TlsFacts};
 
 /// A session's filter state.
 #[derive(Debug, Default)]
@@ -33,13 +33,54 @@ pub struct FilterSide {
     /// Lines were just sent to a filter: input held back may be taken now.
     pub(super) resume: bool,
     /// Events for observing filters since the loop last took them.
-    pub(super) reports: Vec<Report>,
+    reports: Vec<Report>,
+    /// The last reply was a 334 challenge: the next client line is a SASL response.
+    sasl_response: bool,
 }
 
 impl FilterSide {
     /// Events for observing filters since the last call.
     pub fn take_reports(&mut self) -> Vec<Report> {
         std::mem::take(&mut self.reports)
+    }
+
+    /// An event for the filters of the chain that observe it (none without a chain).
+    pub(super) fn report(&mut self, r: Report) {
+        if !self.chain.is_empty() {
+            self.reports.push(r);
+        }
+    }
+
+    /// A command line of the client, for the PROTOCOL report: the credentials of SMTP
+    /// AUTH are hidden ([`report::client_line`]).
+    pub(super) fn report_client_line(&mut self, line: &[u8]) {
+        let sasl = std::mem::take(&mut self.sasl_response);
+        let line = report::client_line(line, sasl).into_owned();
+        self.report(Report::Protocol(b'<', line));
+    }
+
+    /// A reply, for the PROTOCOL report; after a 334 the client's next line is hidden.
+    pub(super) fn report_reply(&mut self, text: &[u8]) {
+        self.sasl_response = text.starts_with(b"334");
+        self.report(Report::Protocol(b'>', text.to_vec()));
+    }
+
+    /// The session's TLS handshake completed: the filters of its chain that registered
+    /// the TLS report are told, before the events of the commands that follow.
+    pub fn report_tls(&mut self, facts: TlsFacts) {
+        self.report(Report::Tls(facts));
+    }
+
+    /// An AUTH exchange in which the client gave credentials ended with a reply of
+    /// `code` (235, 535, 454...): the filters of its chain that registered AUTH_RESULT
+    /// are told. `user` is the authentication identity the client gave, empty when it
+    /// gave none; never pass the password.
+    pub fn report_auth(&mut self, mechanism: &str, user: &str, code: u16) {
+        self.report(Report::Auth {
+            mechanism: mechanism.to_string(),
+            user: user.to_string(),
+            result: AuthResult::of_reply(code),
+        });
     }
 
     /// Whether the lines gathered for the data filters fill the batch: the session
@@ -67,5 +108,84 @@ impl FilterSide {
             lines.clear();
             self.batch = lines;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn protocol(r: &[Report]) -> Vec<String> {
+        r.iter()
+            .map(|r| match r {
+                Report::Protocol(d, l) => format!("{} {}", *d as char, l.escape_ascii()),
+                other => format!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_auth_exchange_reaches_observers_without_its_credentials() {
+        let mut f = FilterSide {
+            chain: vec![0],
+            ..FilterSide::default()
+        };
+        f.report_client_line(b"AUTH LOGIN");
+        f.report_reply(b"334 VXNlcm5hbWU6");
+        f.report_client_line(b"YWxpY2U=");
+        f.report_reply(b"334 UGFzc3dvcmQ6");
+        f.report_client_line(b"c2VjcmV0");
+        f.report_reply(b"535 5.7.8 Authentication credentials invalid");
+        f.report_client_line(b"AUTH PLAIN AGFsaWNlAHNlY3JldA==");
+        f.report_reply(b"235 2.7.0 Authentication successful");
+        f.report_client_line(b"MAIL FROM:<alice@example.org>");
+        f.report_auth("PLAIN", "alice", 235);
+        assert_eq!(
+            protocol(&f.take_reports()),
+            [
+                "< AUTH LOGIN",
+                "> 334 VXNlcm5hbWU6",
+                "< (hidden)",
+                "> 334 UGFzc3dvcmQ6",
+                "< (hidden)",
+                "> 535 5.7.8 Authentication credentials invalid",
+                "< AUTH PLAIN (hidden)",
+                "> 235 2.7.0 Authentication successful",
+                "< MAIL FROM:<alice@example.org>",
+                "Auth { mechanism: \"PLAIN\", user: \"alice\", result: Ok }",
+            ]
+        );
+        // A cancelled exchange shows its "*".
+        f.report_reply(b"334 ");
+        f.report_client_line(b"*");
+        assert_eq!(protocol(&f.take_reports()), ["> 334 ", "< *"]);
+    }
+
+    #[test]
+    fn reports_are_gathered_only_for_a_session_with_filters() {
+        let mut f = FilterSide::default();
+        f.report_tls(TlsFacts::new(
+            "TLSv1_3",
+            "TLS13_AES_128_GCM_SHA256",
+            None,
+            None,
+        ));
+        f.report_auth("LOGIN", "bob", 454);
+        assert!(f.take_reports().is_empty());
+        f.chain = vec![2];
+        let tls = TlsFacts::new("TLSv1_3", "TLS13_AES_128_GCM_SHA256", None, None);
+        f.report_tls(tls.clone());
+        f.report_auth("LOGIN", "bob", 454);
+        assert_eq!(
+            f.take_reports(),
+            [
+                Report::Tls(tls),
+                Report::Auth {
+                    mechanism: "LOGIN".into(),
+                    user: "bob".into(),
+                    result: AuthResult::Tempfail,
+                },
+            ]
+        );
     }
 }
