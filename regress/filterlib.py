@@ -24,7 +24,8 @@ The spec of the filter program (every key optional):
       "reports": ["commit", ...],        # observed events (default: commit, rollback,
                                          #   disconnect)
       "answers": {PHASE: ANSWER | [ANSWER, ...], ...},
-                                         # PHASE: connect helo ehlo mail rcpt data eom,
+                                         # PHASE: connect helo ehlo auth mail rcpt data
+                                         #   eom (at auth, `when` matches the user),
                                          #   or data-line (only crash, garbage, hang);
                                          #   a list: the first one whose conditions hold
       "lines": [[FROM, TO], ...],        # data lines: each replacement applied in order
@@ -55,7 +56,8 @@ socket takes them and without reading, for sessions nobody asked about ("session
 "frames": ["stderr"] it writes lines on its standard error instead.
 
 Every event is also written on standard error (`SESSION EVENT ARG`), which the
-daemon logs as `filter NAME: ...`.
+daemon logs as `filter NAME: ...`: reports too (`protocol < LINE`, `tls version=...`,
+`auth-result MECHANISM USER RESULT`), when registered.
 """
 
 import json
@@ -84,6 +86,8 @@ EV = {
     "rollback": 1 << 11,
     "disconnect": 1 << 12,
     "protocol": 1 << 13,
+    "tls": 1 << 14,
+    "auth-result": 1 << 15,
 }
 ANSWERABLE = ("connect", "helo", "ehlo", "mail", "rcpt", "data", "eom")
 
@@ -106,6 +110,8 @@ COMMIT = 0x1B
 ROLLBACK = 0x1C
 DISCONNECT = 0x1D
 PROTOCOL = 0x1E
+TLS = 0x40
+AUTH_RESULT = 0x41
 PROCEED = 0x20
 REJECT = 0x21
 TEMPFAIL = 0x22
@@ -395,6 +401,10 @@ class SpecFilter:
             if kind == MAIL:
                 self.msg[session] = []
             self.answer(session, self.answer_for(phase, p))
+        elif kind == AUTH:
+            mechanism, user = r.str().decode(), r.str().decode("utf-8", "replace")
+            self.log(session, "auth %s %s" % (mechanism, user))
+            self.answer(session, self.answer_for("auth", user))
         elif kind == DATA:
             self.log(session, "data")
             self.msg[session] = []
@@ -419,9 +429,17 @@ class SpecFilter:
             self.log(session, "disconnect")
             self.msg.pop(session, None)
         elif kind == PROTOCOL:
-            # Logged with its bytes escaped, for tests that check what filters see.
-            d, line = payload[0:1].decode(), Reader(payload[1:]).str()
-            self.log(session, "protocol %s %s" % (d, line.decode("ascii", "backslashreplace")))
+            d = chr(r.b[0])
+            r.i = 1
+            self.log(session, "protocol %s %s" % (d, r.str().decode("utf-8", "backslashreplace")))
+        elif kind == TLS:
+            version, cipher, bits = r.str().decode(), r.str().decode(), r.u16()
+            sni, subject = r.str().decode(), r.str().decode("utf-8", "replace")
+            self.log(session, "tls version=%s cipher=%s bits=%d sni=%s subject=%s"
+                     % (version, cipher, bits, sni, subject))
+        elif kind == AUTH_RESULT:
+            mechanism, user, result = (r.str().decode("utf-8", "replace") for _ in range(3))
+            self.log(session, "auth-result %s %s %s" % (mechanism, user, result))
         else:
             self.log(session, "unexpected kind 0x%02x" % kind)
 

@@ -394,7 +394,7 @@ def test_every_octet_of_a_password_and_nothing_in_logs_spool_or_filters(secure, 
         secrets.append(ir.encode())
         c.expect("AUTH PLAIN " + ir, 535)
     assert d.wait_log(r"filter obs: [0-9a-f]{16} protocol < AUTH PLAIN \(hidden\)")
-    assert d.wait_log(r"filter obs: [0-9a-f]{16} protocol < \(AUTH exchange line\)")
+    assert d.wait_log(r"filter obs: [0-9a-f]{16} protocol < \(hidden\)")
     assert auth_log(d, "carol", "permfail")
     d.stop()
     log = d.logpath.read_bytes()
@@ -442,3 +442,42 @@ def test_smtps_offers_auth_from_the_first_ehlo(make_daemon, tmp_path):
     assert "250-AUTH PLAIN LOGIN" in r.stdout and "235 2.7.0" in r.stdout
     (m,) = d.messages()
     assert re.search(r"with ESMTPSA id %s \(TLSv1\.3:" % m.msgid, m.text), m.text
+
+
+def filter_dir(tmp_path, spec):
+    """A filterlib.py filter with `spec`, readable by the daemon's filter user."""
+    flt = tmp_path / "flt"
+    flt.mkdir()
+    shutil.copy(Path(__file__).with_name("filterlib.py"), flt / "filterlib.py")
+    (flt / "spec.json").write_text(json.dumps(spec))
+    for p in (flt, flt / "filterlib.py", flt / "spec.json"):
+        os.chmod(p, 0o755 if p.is_dir() else 0o644)
+    allow_traversal(flt)
+    return 'filter f proc-exec "/usr/bin/python3 %s %s"\n' % (flt / "filterlib.py", flt / "spec.json")
+
+
+def test_filters_see_tls_and_decide_on_auth(secure, tmp_path):
+    creds = credentials_file(tmp_path / "creds", bob=HASHES["sha512"], mallory=HASHES["sha512"])
+    spec = {"name": "f", "hooks": ["auth"], "reports": ["tls", "auth-result", "disconnect"],
+            "answers": {"auth": {"do": "reject", "code": 535, "text": "5.7.8 Not this one",
+                                 "when": "^mallory$"}}}
+    d = secure.daemon("auth <creds> filter f",
+                      extra="table creds file:%s\n%s" % (creds, filter_dir(tmp_path, spec)))
+    with secure.client(d) as c:
+        # The filter refuses mallory although the password is right: no 235, no login.
+        c.expect("AUTH PLAIN " + plain_ir("mallory", PASSWORD), 535, "5.7.8")
+        c.expect("MAIL FROM:<mallory@example.test>", 530, "5.7.0")
+        c.expect("AUTH PLAIN " + plain_ir("bob", "wrong"), 535, "5.7.8")
+        c.expect("AUTH PLAIN " + plain_ir("bob", PASSWORD), 235, "2.7.0")
+        c.expect("MAIL FROM:<bob@example.test>", 250)
+    line = d.wait_log(r"(?m)filter f: ([0-9a-f]{16}) tls version=TLSv1\.3 cipher=TLS_\w+ bits=(128|256) "
+                      r"sni=%s subject=$" % re.escape(HOSTNAME), timeout=10)
+    assert line, d.log()[-3000:]
+    for user, result in (("mallory", "permfail"), ("bob", "permfail"), ("bob", "ok")):
+        assert d.wait_log(r"filter f: [0-9a-f]{16} auth-result PLAIN %s %s" % (user, result),
+                          timeout=10), d.log()[-3000:]
+    # The filter was asked for the accepted credentials only.
+    asked = re.findall(r"filter f: [0-9a-f]{16} auth PLAIN (\w+)", d.log())
+    assert asked == ["mallory", "bob"], asked
+    assert d.wait_log(r"smtp authentication user=mallory result=filtered")
+    assert PASSWORD not in d.log()

@@ -59,6 +59,15 @@ impl Stream {
         }
     }
 
+    /// The TLS session's suite by its IANA name and the verified client certificate's
+    /// subject (RFC 4514), for filters ([`TlsStream::report_names`]).
+    pub fn tls_report_names(&self) -> Option<(&'static str, Option<String>)> {
+        match self {
+            Stream::Tls(t) => t.report_names(),
+            _ => None,
+        }
+    }
+
     /// Whether TLS records wait to be written.
     pub fn wants_write(&self) -> bool {
         matches!(self, Stream::Tls(t) if t.wants_write())

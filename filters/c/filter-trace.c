@@ -29,6 +29,13 @@ on_ehlo(uint64_t id, const char *helo)
 	return 1;
 }
 
+static int
+on_auth(uint64_t id, const char *mechanism, const char *user)
+{
+	log_info("%016" PRIx64 " auth mechanism=%s user=%s", id, mechanism, user);
+	return 1;
+}
+
 /* The address as the daemon sent it (the struct cannot tell "a" from "a@"). */
 static const char *
 address(uint64_t id, struct mailaddr *a)
@@ -93,6 +100,21 @@ on_disconnect(uint64_t id)
 	log_info("%016" PRIx64 " disconnect", id);
 }
 
+static void
+on_tls(uint64_t id, struct filter_tls *t)
+{
+	log_info("%016" PRIx64 " tls version=%s cipher=%s bits=%u sni=%s subject=%s", id,
+	    t->version, t->cipher, t->bits, t->sni, t->subject);
+}
+
+static void
+on_auth_result(uint64_t id, const char *mechanism, const char *user,
+    const char *result)
+{
+	log_info("%016" PRIx64 " auth-result mechanism=%s user=%s result=%s", id,
+	    mechanism, user, result);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -111,6 +133,7 @@ main(int argc, char **argv)
 	filter_api_on_connect(on_connect);
 	filter_api_on_helo(on_helo);
 	filter_api_on_ehlo(on_ehlo);
+	filter_api_on_auth(on_auth);
 	filter_api_on_mail(on_mail);
 	filter_api_on_rcpt(on_rcpt);
 	filter_api_on_data(on_data);
@@ -119,5 +142,7 @@ main(int argc, char **argv)
 	filter_api_on_commit(on_commit);
 	filter_api_on_rollback(on_rollback);
 	filter_api_on_disconnect(on_disconnect);
+	filter_api_on_tls(on_tls);
+	filter_api_on_auth_result(on_auth_result);
 	return filter_api_loop() == 0 ? 0 : 1;
 }

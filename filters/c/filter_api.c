@@ -37,6 +37,8 @@
 #define EV_ROLLBACK	(1u << 11)
 #define EV_DISCONNECT	(1u << 12)
 #define EV_PROTOCOL	(1u << 13)
+#define EV_TLS		(1u << 14)
+#define EV_AUTH_RESULT	(1u << 15)
 
 /* Frame kinds. */
 #define K_REGISTER	0x01
@@ -57,6 +59,8 @@
 #define K_ROLLBACK	0x1c
 #define K_DISCONNECT	0x1d
 #define K_PROTOCOL	0x1e
+#define K_TLS		0x40
+#define K_AUTH_RESULT	0x41
 #define K_PROCEED	0x20
 #define K_REJECT	0x21
 #define K_TEMPFAIL	0x22
@@ -87,6 +91,7 @@
 #define IN_CAP		(MAX_FRAME + 64u * 1024)
 
 #define DEFAULT_REJECT	"5.7.1 Rejected by filter"
+#define DEFAULT_AUTH_REJECT "5.7.8 Authentication refused by filter"
 #define BROKEN_REJECT	"4.3.0 Message refused: the filter produced an invalid line"
 
 /* ------------------------------------------------------------------------ */
@@ -214,6 +219,7 @@ static struct {
 	int	(*connect)(uint64_t, struct filter_connect *);
 	int	(*helo)(uint64_t, const char *);
 	int	(*ehlo)(uint64_t, const char *);
+	int	(*auth)(uint64_t, const char *, const char *);
 	int	(*mail)(uint64_t, struct mailaddr *);
 	int	(*rcpt)(uint64_t, struct mailaddr *);
 	int	(*data)(uint64_t);
@@ -223,6 +229,8 @@ static struct {
 	void	(*commit)(uint64_t);
 	void	(*rollback)(uint64_t);
 	void	(*disconnect)(uint64_t);
+	void	(*tls)(uint64_t, struct filter_tls *);
+	void	(*auth_result)(uint64_t, const char *, const char *, const char *);
 } cb;
 
 static char	filter_name[64];
@@ -239,6 +247,14 @@ void filter_api_on_eom(int (*f)(uint64_t, size_t)) { cb.eom = f; }
 void filter_api_on_commit(void (*f)(uint64_t)) { cb.commit = f; }
 void filter_api_on_rollback(void (*f)(uint64_t)) { cb.rollback = f; }
 void filter_api_on_disconnect(void (*f)(uint64_t)) { cb.disconnect = f; }
+void filter_api_on_auth(int (*f)(uint64_t, const char *, const char *)) { cb.auth = f; }
+void filter_api_on_tls(void (*f)(uint64_t, struct filter_tls *)) { cb.tls = f; }
+
+void
+filter_api_on_auth_result(void (*f)(uint64_t, const char *, const char *, const char *))
+{
+	cb.auth_result = f;
+}
 
 void
 filter_api_set_name(const char *name)
@@ -367,11 +383,11 @@ struct str {
 struct frame {
 	uint8_t		 kind;
 	uint64_t	 sid;
-	uint16_t	 u16;		/* version, code */
+	uint16_t	 u16;		/* version, code, TLS bits */
 	uint32_t	 u32a, u32b;	/* hooks/max_frame, reports/timeout, index */
 	uint64_t	 u64;		/* EOM size */
 	uint8_t		 dir;		/* PROTOCOL */
-	struct str	 s[3];
+	struct str	 s[4];
 	uint16_t	 nlines;	/* DATA_LINES: count, lines at `lines` */
 	const unsigned char *lines;
 	size_t		 lines_len;
@@ -566,11 +582,23 @@ encode_frame(const struct frame *f)
 		put_s(f->s[1]);
 		put_s(f->s[2]);
 		break;
-	case K_REFUSED: case K_HELO: case K_EHLO: case K_AUTH: case K_MAIL:
+	case K_REFUSED: case K_HELO: case K_EHLO: case K_MAIL:
 	case K_RCPT: case K_COMMIT: case K_TEMPFAIL: case K_REWRITE:
 	case K_REPLACE_BODY: case K_ADD_RCPT: case K_DEL_RCPT: case K_CHANGE_FROM:
 	case K_QUARANTINE: case K_LOG:
 		put_s(f->s[0]);
+		break;
+	case K_TLS:
+		put_s(f->s[0]);
+		put_s(f->s[1]);
+		put_be(f->u16, 2);
+		put_s(f->s[2]);
+		put_s(f->s[3]);
+		break;
+	case K_AUTH_RESULT:
+		put_s(f->s[0]);
+		put_s(f->s[1]);
+		put_s(f->s[2]);
 		break;
 	case K_DATA_LINES:
 		/* The lines as they are on the wire (see dl_append to build them). */
@@ -588,7 +616,7 @@ encode_frame(const struct frame *f)
 		put_be(f->u16, 2);
 		put_s(f->s[0]);
 		break;
-	case K_ADD_HEADER:
+	case K_ADD_HEADER: case K_AUTH:
 		put_s(f->s[0]);
 		put_s(f->s[1]);
 		break;
@@ -880,8 +908,10 @@ send_answer(int ok)
 
 	if (!cur.answered) {
 		cur.kind = ok ? K_PROCEED : K_REJECT;
-		cur.code = 550;
-		strcpy(cur.text, DEFAULT_REJECT);
+		/* RFC 4954: 535 for credentials that do not let the client in. */
+		cur.code = cur.event == K_AUTH ? 535 : 550;
+		strcpy(cur.text, cur.event == K_AUTH ? DEFAULT_AUTH_REJECT :
+		    DEFAULT_REJECT);
 	}
 	memset(&f, 0, sizeof(f));
 	f.kind = cur.kind;
@@ -1351,11 +1381,23 @@ decode_frame(const unsigned char *buf, size_t len, struct frame *f)
 		f->s[1] = take_str(&c);
 		f->s[2] = take_str(&c);
 		break;
-	case K_REFUSED: case K_HELO: case K_EHLO: case K_AUTH: case K_MAIL:
+	case K_REFUSED: case K_HELO: case K_EHLO: case K_MAIL:
 	case K_RCPT: case K_COMMIT: case K_TEMPFAIL: case K_REWRITE:
 	case K_REPLACE_BODY: case K_ADD_RCPT: case K_DEL_RCPT: case K_CHANGE_FROM:
 	case K_QUARANTINE: case K_LOG:
 		f->s[0] = take_str(&c);
+		break;
+	case K_TLS:
+		f->s[0] = take_str(&c);
+		f->s[1] = take_str(&c);
+		f->u16 = (uint16_t)take_be(&c, 2);
+		f->s[2] = take_str(&c);
+		f->s[3] = take_str(&c);
+		break;
+	case K_AUTH_RESULT:
+		f->s[0] = take_str(&c);
+		f->s[1] = take_str(&c);
+		f->s[2] = take_str(&c);
 		break;
 	case K_STARTTLS: case K_DATA: case K_DATA_END: case K_ROLLBACK:
 	case K_DISCONNECT: case K_PROCEED: case K_JUNK: case K_DISCARD:
@@ -1380,7 +1422,7 @@ decode_frame(const unsigned char *buf, size_t len, struct frame *f)
 		f->u16 = (uint16_t)take_be(&c, 2);
 		f->s[0] = take_str(&c);
 		break;
-	case K_ADD_HEADER:
+	case K_ADD_HEADER: case K_AUTH:
 		f->s[0] = take_str(&c);
 		f->s[1] = take_str(&c);
 		break;
@@ -1443,6 +1485,17 @@ cstr(struct str s)
 	memcpy(sbuf, s.p ? (const void *)s.p : (const void *)"", s.n);
 	sbuf[s.n] = '\0';
 	return sbuf;
+}
+
+/* The strings of a frame that has several: string i in a buffer of its own. */
+static char	 xbuf[4][MAX_STR + 1];
+
+static const char *
+cstr_at(int i, struct str s)
+{
+	memcpy(xbuf[i], s.p ? (const void *)s.p : (const void *)"", s.n);
+	xbuf[i][s.n] = '\0';
+	return xbuf[i];
 }
 
 static void
@@ -1537,6 +1590,7 @@ static int
 dispatch(const struct frame *f)
 {
 	struct filter_connect	fc;
+	struct filter_tls	tls;
 	struct mailaddr		ma;
 	int			ok = 1;
 
@@ -1576,11 +1630,32 @@ dispatch(const struct frame *f)
 		if (cb.data != NULL)
 			ok = cb.data(f->sid);
 		break;
-	case K_STARTTLS:
 	case K_AUTH:
-		/* Reserved; never registered.  Let them through if they come. */
+		begin_answer(f->sid, f->kind);
+		cur.param = cstr_at(1, f->s[1]);
+		if (cb.auth != NULL)
+			ok = cb.auth(f->sid, cstr_at(0, f->s[0]), cur.param);
+		break;
+	case K_STARTTLS:
+		/* Reserved; never registered.  Let it through if it comes. */
 		begin_answer(f->sid, f->kind);
 		break;
+	case K_TLS:
+		if (cb.tls != NULL) {
+			memset(&tls, 0, sizeof(tls));
+			tls.version = cstr_at(0, f->s[0]);
+			tls.cipher = cstr_at(1, f->s[1]);
+			tls.bits = f->u16;
+			tls.sni = cstr_at(2, f->s[2]);
+			tls.subject = cstr_at(3, f->s[3]);
+			cb.tls(f->sid, &tls);
+		}
+		return 0;
+	case K_AUTH_RESULT:
+		if (cb.auth_result != NULL)
+			cb.auth_result(f->sid, cstr_at(0, f->s[0]), cstr_at(1, f->s[1]),
+			    cstr_at(2, f->s[2]));
+		return 0;
 	case K_DATA_LINES:
 		dispatch_lines(f);
 		return 0;
@@ -1666,6 +1741,8 @@ send_register(void)
 		hooks |= EV_HELO;
 	if (cb.ehlo)
 		hooks |= EV_EHLO;
+	if (cb.auth)
+		hooks |= EV_AUTH;
 	if (cb.mail)
 		hooks |= EV_MAIL;
 	if (cb.rcpt)
@@ -1681,6 +1758,10 @@ send_register(void)
 		reports |= EV_COMMIT;
 	if (cb.rollback)
 		reports |= EV_ROLLBACK;
+	if (cb.tls)
+		reports |= EV_TLS;
+	if (cb.auth_result)
+		reports |= EV_AUTH_RESULT;
 	memset(&f, 0, sizeof(f));
 	f.kind = K_REGISTER;
 	f.u16 = FILTER_API_PROTOCOL_VERSION;

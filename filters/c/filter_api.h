@@ -81,6 +81,15 @@ struct filter_connect {
 	char			remote_text[FILTER_API_MAXADDRTEXT];
 };
 
+/* What a TLS report tells; the strings are valid during the callback only. */
+struct filter_tls {
+	const char	*version;	/* "TLSv1.2" or "TLSv1.3" */
+	const char	*cipher;	/* the cipher suite's IANA name */
+	unsigned int	 bits;		/* its key length in bits */
+	const char	*sni;		/* the server name the client asked for, or "" */
+	const char	*subject;	/* the verified client certificate's subject, or "" */
+};
+
 /* For filter_api_reject_code(), as in OpenSMTPD. */
 enum filter_status {
 	FILTER_OK,
@@ -90,13 +99,16 @@ enum filter_status {
 
 /*
  * Callbacks.  The ones returning int answer the event: 1 lets it through, 0 refuses
- * it with "550 5.7.1 Rejected by filter" -- unless the callback already answered
+ * it with "550 5.7.1 Rejected by filter" (at AUTH: "535 5.7.8 Authentication
+ * refused by filter") -- unless the callback already answered
  * with one of the answer functions below, in which case the return value is ignored.
  * Registering a callback again replaces the previous one; NULL removes it.
  */
 void	filter_api_on_connect(int (*)(uint64_t, struct filter_connect *));
 void	filter_api_on_helo(int (*)(uint64_t, const char *));
 void	filter_api_on_ehlo(int (*)(uint64_t, const char *));
+/* The client's credentials were accepted: mechanism, user (never the password). */
+void	filter_api_on_auth(int (*)(uint64_t, const char *, const char *));
 void	filter_api_on_mail(int (*)(uint64_t, struct mailaddr *));
 void	filter_api_on_rcpt(int (*)(uint64_t, struct mailaddr *));
 void	filter_api_on_data(int (*)(uint64_t));
@@ -106,6 +118,11 @@ void	filter_api_on_eom(int (*)(uint64_t, size_t));
 void	filter_api_on_commit(void (*)(uint64_t));
 void	filter_api_on_rollback(void (*)(uint64_t));
 void	filter_api_on_disconnect(void (*)(uint64_t));
+/* Reports: the TLS handshake completed; an AUTH exchange ended (mechanism, user,
+ * result: "ok", "permfail" or "tempfail"). */
+void	filter_api_on_tls(void (*)(uint64_t, struct filter_tls *));
+void	filter_api_on_auth_result(void (*)(uint64_t, const char *, const char *,
+	    const char *));
 
 /* The name the filter registers under (default: the program's name). */
 void	filter_api_set_name(const char *);
@@ -148,7 +165,7 @@ int	filter_api_quarantine(uint64_t, const char *);
 
 /*
  * The parameter of the event being answered exactly as the daemon sent it (HELO or
- * EHLO name, MAIL or RCPT address), else NULL.
+ * EHLO name, MAIL or RCPT address, AUTH user), else NULL.
  */
 const char	*filter_api_param(uint64_t);
 

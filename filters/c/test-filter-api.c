@@ -160,6 +160,31 @@ e_eom(struct enc *e, uint64_t sid, uint64_t size)
 	e_end(e);
 }
 
+static void
+e_strs(struct enc *e, int kind, uint64_t sid, const char *a, const char *b,
+    const char *c)
+{
+	e_begin(e, kind, sid);
+	e_str(e, a);
+	e_str(e, b);
+	if (c != NULL)
+		e_str(e, c);
+	e_end(e);
+}
+
+static void
+e_tls(struct enc *e, uint64_t sid, const char *version, const char *cipher,
+    unsigned bits, const char *sni, const char *subject)
+{
+	e_begin(e, K_TLS, sid);
+	e_str(e, version);
+	e_str(e, cipher);
+	e_int(e, bits, 2);
+	e_str(e, sni);
+	e_str(e, subject);
+	e_end(e);
+}
+
 /* DATA_LINES with the lines of `text` separated by '|'. */
 static void
 e_lines(struct enc *e, uint64_t sid, const char *text)
@@ -1138,6 +1163,96 @@ scenario_bad(void)
 }
 
 /* ------------------------------------------------------------------------ */
+/* Scenario: TLS and AUTH. */
+
+static void
+t_tls(uint64_t id, struct filter_tls *t)
+{
+	log_info("%016" PRIx64 " tls %s %s %u sni=%s subject=%s", id, t->version,
+	    t->cipher, t->bits, t->sni, t->subject);
+}
+
+static int
+t_auth(uint64_t id, const char *mechanism, const char *user)
+{
+	const char	*p = filter_api_param(id);
+
+	log_info("auth %s %s param=%s", mechanism, user, p ? p : "(null)");
+	if (strcmp(user, "mallory") == 0)
+		return 0;
+	if (strcmp(user, "later") == 0)
+		return filter_api_tempfail(id, "directory down"), 1;
+	if (strcmp(user, "eve") == 0)
+		return filter_api_reject(id, 550, "5.7.1 not from here"), 1;
+	if (filter_api_rewrite(id, "root") != -1 || filter_api_discard(id) != -1)
+		log_warnx("rewrite or discard taken at AUTH");
+	return 1;
+}
+
+static void
+t_result(uint64_t id, const char *mechanism, const char *user, const char *result)
+{
+	log_info("%016" PRIx64 " auth-result %s %s %s", id, mechanism, user, result);
+}
+
+static void
+setup_tls_auth(void)
+{
+	filter_api_set_name("ta");
+	filter_api_on_auth(t_auth);
+	filter_api_on_tls(t_tls);
+	filter_api_on_auth_result(t_result);
+}
+
+static void
+scenario_tls_auth(void)
+{
+	struct child	 c;
+	struct enc	 in, out;
+	char		 err[4096];
+	const char	*want =
+	    "0000000000000009 tls TLSv1.3 TLS_AES_256_GCM_SHA384 256 "
+	    "sni=mx.example.org subject=\n"
+	    "0000000000000009 tls TLSv1.2 TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 128 "
+	    "sni= subject=CN=client,O=Example\n"
+	    "auth PLAIN alice param=alice\n"
+	    "filter_api: rewrite: only HELO, EHLO, MAIL and RCPT can be rewritten\n"
+	    "filter_api: discard: only at end of message\n"
+	    "0000000000000009 auth-result PLAIN alice ok\n"
+	    "auth LOGIN mallory param=mallory\n"
+	    "auth PLAIN later param=later\n"
+	    "auth PLAIN eve param=eve\n"
+	    "0000000000000009 auth-result LOGIN  tempfail\n";
+
+	e_init(&in);
+	e_init(&out);
+	start(&c, setup_tls_auth, NULL, NULL);
+	handshake(&c, EV_AUTH, EV_DISCONNECT | EV_TLS | EV_AUTH_RESULT, "ta");
+	e_tls(&in, 9, "TLSv1.3", "TLS_AES_256_GCM_SHA384", 256, "mx.example.org", "");
+	e_tls(&in, 9, "TLSv1.2", "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256", 128, "",
+	    "CN=client,O=Example");
+	e_strs(&in, K_AUTH, 9, "PLAIN", "alice", NULL);
+	e_empty(&out, K_PROCEED, 9);
+	e_strs(&in, K_AUTH_RESULT, 9, "PLAIN", "alice", "ok");
+	e_strs(&in, K_AUTH, 9, "LOGIN", "mallory", NULL);
+	e_reject(&out, K_REJECT, 9, 535, "5.7.8 Authentication refused by filter");
+	e_strs(&in, K_AUTH, 9, "PLAIN", "later", NULL);
+	e_one(&out, K_TEMPFAIL, 9, "directory down");
+	e_strs(&in, K_AUTH, 9, "PLAIN", "eve", NULL);
+	e_reject(&out, K_REJECT, 9, 550, "5.7.1 not from here");
+	e_strs(&in, K_AUTH_RESULT, 9, "LOGIN", "", "tempfail");
+	e_empty(&in, K_DISCONNECT, 9);
+	exchange(&c, &in, &out, 3, "tls and auth");
+	CHECK(quiet(&c, 200));
+	CHECK(finish(&c, err, sizeof(err)) == 0);
+	CHECK(strcmp(err, want) == 0);
+	if (strcmp(err, want) != 0)
+		fprintf(stderr, "--- tls and auth:\n%s---\n", err);
+	free(in.b);
+	free(out.b);
+}
+
+/* ------------------------------------------------------------------------ */
 /* The example programs. */
 
 static void
@@ -1178,7 +1293,11 @@ test_trace(void)
 	char		*argv[] = { "filter-trace", NULL };
 	const char	*want =
 	    "0000000000000001 connect local=127.0.0.1:25 remote=127.0.0.1:4000 hostname=\n"
+	    "0000000000000001 tls version=TLSv1.3 cipher=TLS_AES_128_GCM_SHA256 bits=128 "
+	    "sni=mx.test subject=\n"
 	    "0000000000000001 ehlo client.test\n"
+	    "0000000000000001 auth mechanism=LOGIN user=alice\n"
+	    "0000000000000001 auth-result mechanism=LOGIN user=alice result=ok\n"
 	    "0000000000000001 mail <>\n"
 	    "0000000000000001 rcpt <postmaster@>\n"
 	    "0000000000000001 data\n"
@@ -1194,9 +1313,12 @@ test_trace(void)
 	e_init(&in);
 	e_init(&out);
 	start(&c, NULL, path, argv);
-	handshake(&c, ALL_HOOKS, ALL_REPORTS, "trace");
+	handshake(&c, ALL_HOOKS | EV_AUTH, ALL_REPORTS | EV_TLS | EV_AUTH_RESULT, "trace");
 	e_connect(&in, 1, "127.0.0.1:25", "127.0.0.1:4000", "");
+	e_tls(&in, 1, "TLSv1.3", "TLS_AES_128_GCM_SHA256", 128, "mx.test", "");
 	e_one(&in, K_EHLO, 1, "client.test");
+	e_strs(&in, K_AUTH, 1, "LOGIN", "alice", NULL);
+	e_strs(&in, K_AUTH_RESULT, 1, "LOGIN", "alice", "ok");
 	e_one(&in, K_MAIL, 1, "");
 	e_one(&in, K_RCPT, 1, "postmaster@");
 	e_empty(&in, K_DATA, 1);
@@ -1206,6 +1328,7 @@ test_trace(void)
 	e_one(&in, K_COMMIT, 1, "01234567");
 	e_empty(&in, K_ROLLBACK, 1);
 	e_empty(&in, K_DISCONNECT, 1);
+	e_empty(&out, K_PROCEED, 1);
 	e_empty(&out, K_PROCEED, 1);
 	e_empty(&out, K_PROCEED, 1);
 	e_empty(&out, K_PROCEED, 1);
@@ -1292,6 +1415,7 @@ main(int argc, char **argv)
 	scenario_big();
 	scenario_small_frames();
 	scenario_bad();
+	scenario_tls_auth();
 	test_stub();
 	test_trace();
 	test_reject();

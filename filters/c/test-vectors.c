@@ -345,13 +345,14 @@ bad:
 /* ------------------------------------------------------------------------ */
 /* Frames from descriptions. */
 
-enum slot { S_NONE, S_U16, S_U32A, S_U32B, S_U64, S_S0, S_S1, S_S2, S_DIR, S_LINES };
+enum slot { S_NONE, S_U16, S_U32A, S_U32B, S_U64, S_S0, S_S1, S_S2, S_S3, S_DIR,
+    S_LINES };
 
 static const struct kinddef {
 	const char	*name;
 	uint8_t		 kind;
-	const char	*fields[4];
-	enum slot	 slots[4];
+	const char	*fields[5];
+	enum slot	 slots[5];
 } kinds[] = {
 	{ "REGISTER", K_REGISTER, { "version", "hooks", "reports", "name" },
 	    { S_U16, S_U32A, S_U32B, S_S0 } },
@@ -362,7 +363,7 @@ static const struct kinddef {
 	{ "HELO", K_HELO, { "name" }, { S_S0 } },
 	{ "EHLO", K_EHLO, { "name" }, { S_S0 } },
 	{ "STARTTLS", K_STARTTLS, { NULL }, { S_NONE } },
-	{ "AUTH", K_AUTH, { "user" }, { S_S0 } },
+	{ "AUTH", K_AUTH, { "mechanism", "user" }, { S_S0, S_S1 } },
 	{ "MAIL", K_MAIL, { "address" }, { S_S0 } },
 	{ "RCPT", K_RCPT, { "address" }, { S_S0 } },
 	{ "DATA", K_DATA, { NULL }, { S_NONE } },
@@ -373,6 +374,10 @@ static const struct kinddef {
 	{ "ROLLBACK", K_ROLLBACK, { NULL }, { S_NONE } },
 	{ "DISCONNECT", K_DISCONNECT, { NULL }, { S_NONE } },
 	{ "PROTOCOL", K_PROTOCOL, { "dir", "line" }, { S_DIR, S_S0 } },
+	{ "TLS", K_TLS, { "version", "cipher", "bits", "sni", "subject" },
+	    { S_S0, S_S1, S_U16, S_S2, S_S3 } },
+	{ "AUTH_RESULT", K_AUTH_RESULT, { "mechanism", "user", "result" },
+	    { S_S0, S_S1, S_S2 } },
 	{ "PROCEED", K_PROCEED, { NULL }, { S_NONE } },
 	{ "REJECT", K_REJECT, { "code", "text" }, { S_U16, S_S0 } },
 	{ "TEMPFAIL", K_TEMPFAIL, { "text" }, { S_S0 } },
@@ -412,7 +417,7 @@ frame_of(const struct desc *d, struct frame *f, const char **err)
 	memset(f, 0, sizeof(*f));
 	f->kind = k->kind;
 	f->sid = d->session;
-	for (i = 0; i < 4 && k->fields[i] != NULL; i++) {
+	for (i = 0; i < 5 && k->fields[i] != NULL; i++) {
 		for (j = 0, v = NULL; j < d->nfields; j++)
 			if (strcmp(d->key[j], k->fields[i]) == 0)
 				v = &d->val[j];
@@ -445,6 +450,7 @@ frame_of(const struct desc *d, struct frame *f, const char **err)
 		case S_S0:
 		case S_S1:
 		case S_S2:
+		case S_S3:
 			if (v->type != V_STR || v->len > 0xffff) {
 				*err = "a string field has a bad value";
 				return -1;
@@ -491,7 +497,8 @@ frame_eq(const struct frame *a, const struct frame *b)
 	return a->kind == b->kind && a->sid == b->sid && a->u16 == b->u16 &&
 	    a->u32a == b->u32a && a->u32b == b->u32b && a->u64 == b->u64 &&
 	    a->dir == b->dir && str_eq(a->s[0], b->s[0]) && str_eq(a->s[1], b->s[1]) &&
-	    str_eq(a->s[2], b->s[2]) && a->nlines == b->nlines &&
+	    str_eq(a->s[2], b->s[2]) && str_eq(a->s[3], b->s[3]) &&
+	    a->nlines == b->nlines &&
 	    a->lines_len == b->lines_len &&
 	    (a->lines_len == 0 || memcmp(a->lines, b->lines, a->lines_len) == 0);
 }

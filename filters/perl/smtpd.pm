@@ -27,11 +27,13 @@ use constant {
     EV_AUTH => 1 << 4, EV_MAIL => 1 << 5, EV_RCPT => 1 << 6, EV_DATA => 1 << 7,
     EV_DATA_LINES => 1 << 8, EV_EOM => 1 << 9, EV_COMMIT => 1 << 10,
     EV_ROLLBACK => 1 << 11, EV_DISCONNECT => 1 << 12, EV_PROTOCOL => 1 << 13,
+    EV_TLS => 1 << 14, EV_AUTH_RESULT => 1 << 15,
 
     REGISTER => 0x01, READY => 0x02, REFUSED => 0x03,
     CONNECT => 0x10, HELO => 0x11, EHLO => 0x12, STARTTLS => 0x13, AUTH => 0x14,
     MAIL => 0x15, RCPT => 0x16, DATA => 0x17, DATA_LINES => 0x18, DATA_END => 0x19,
     EOM => 0x1a, COMMIT => 0x1b, ROLLBACK => 0x1c, DISCONNECT => 0x1d, PROTOCOL => 0x1e,
+    TLS => 0x40, AUTH_RESULT => 0x41,
     PROCEED => 0x20, REJECT => 0x21, TEMPFAIL => 0x22, DISCONNECT_ANSWER => 0x23,
     JUNK => 0x24, REWRITE => 0x25,
     ADD_HEADER => 0x30, INSERT_HEADER => 0x31, CHANGE_HEADER => 0x32,
@@ -45,11 +47,12 @@ our %SCHEMA = (
     READY, [qw(u16 u32 u32)],
     REFUSED, [qw(str)],
     CONNECT, [qw(str str str)],
-    HELO, [qw(str)], EHLO, [qw(str)], STARTTLS, [], AUTH, [qw(str)],
+    HELO, [qw(str)], EHLO, [qw(str)], STARTTLS, [], AUTH, [qw(str str)],
     MAIL, [qw(str)], RCPT, [qw(str)], DATA, [],
     DATA_LINES, [qw(lines)], DATA_END, [],
     EOM, [qw(u64)], COMMIT, [qw(str)], ROLLBACK, [], DISCONNECT, [],
     PROTOCOL, [qw(dir str)],
+    TLS, [qw(str str u16 str str)], AUTH_RESULT, [qw(str str str)],
     PROCEED, [], REJECT, [qw(u16 str)], TEMPFAIL, [qw(str)],
     DISCONNECT_ANSWER, [qw(u16 str)], JUNK, [], REWRITE, [qw(str)],
     ADD_HEADER, [qw(str str)], INSERT_HEADER, [qw(u32 str str)],
@@ -243,8 +246,10 @@ our $name = 'perl';
 # From the daemon's READY.
 our ($daemon_version, $max_frame, $timeout_ms) = (undef, MAX_FRAME, undef);
 
-my %ANSWERED = (CONNECT, EV_CONNECT, HELO, EV_HELO, EHLO, EV_EHLO, MAIL, EV_MAIL,
-                RCPT, EV_RCPT, DATA, EV_DATA, EOM, EV_EOM);
+my %ANSWERED = (CONNECT, EV_CONNECT, HELO, EV_HELO, EHLO, EV_EHLO, AUTH, EV_AUTH,
+                MAIL, EV_MAIL, RCPT, EV_RCPT, DATA, EV_DATA, EOM, EV_EOM);
+my %REPORTS = (COMMIT, EV_COMMIT, ROLLBACK, EV_ROLLBACK, DISCONNECT, EV_DISCONNECT,
+               TLS, EV_TLS, AUTH_RESULT, EV_AUTH_RESULT);
 my $TEMPFAIL_TEXT = 'Temporary failure in a filter, try again later';
 
 my $out_fh;           # the protocol's output
@@ -420,10 +425,11 @@ sub _complain {
 
 sub registration {
     %cb = ();
-    for (['on_connect', CONNECT], ['on_helo', HELO], ['on_ehlo', EHLO], ['on_mail', MAIL],
-         ['on_rcpt', RCPT], ['on_data', DATA], ['on_dataline', DATA_LINES],
-         ['on_dataend', DATA_END], ['on_eom', EOM], ['on_commit', COMMIT],
-         ['on_rollback', ROLLBACK], ['on_disconnect', DISCONNECT]) {
+    for (['on_connect', CONNECT], ['on_helo', HELO], ['on_ehlo', EHLO], ['on_auth', AUTH],
+         ['on_mail', MAIL], ['on_rcpt', RCPT], ['on_data', DATA],
+         ['on_dataline', DATA_LINES], ['on_dataend', DATA_END], ['on_eom', EOM],
+         ['on_commit', COMMIT], ['on_rollback', ROLLBACK], ['on_disconnect', DISCONNECT],
+         ['on_tls', TLS], ['on_auth_result', AUTH_RESULT]) {
         my ($n, $k) = @$_;
         no strict 'refs';
         if (defined &{"main::$n"}) {
@@ -438,9 +444,7 @@ sub registration {
     }
     my ($hooks, $reports) = (0, 0);
     for my $k (keys %ANSWERED) { $hooks |= $ANSWERED{$k} if $cb{$k} }
-    $reports |= EV_COMMIT if $cb{+COMMIT};
-    $reports |= EV_ROLLBACK if $cb{+ROLLBACK};
-    $reports |= EV_DISCONNECT if $cb{+DISCONNECT};
+    for my $k (keys %REPORTS) { $reports |= $REPORTS{$k} if $cb{$k} }
     if ($cb{+DATA_LINES} || $cb{+DATA_END}) {
         # EOM too: a message whose on_dataline died is refused (451) there; and
         # DISCONNECT, to forget sessions that leave mid-message.
@@ -532,7 +536,7 @@ sub dispatch {
         filter_api_accept($id) if exists $awaiting{$id};
         return;
     }
-    if ($kind == COMMIT || $kind == ROLLBACK || $kind == DISCONNECT) {
+    if ($REPORTS{$kind}) {
         if ($kind == DISCONNECT) {
             delete $_->{$id} for \%data, \%lines, \%awaiting, \%failed;
         }

@@ -55,7 +55,9 @@ EV_COMMIT = 1 << 10
 EV_ROLLBACK = 1 << 11
 EV_DISCONNECT = 1 << 12
 EV_PROTOCOL = 1 << 13
-EV_ALL = (1 << 14) - 1
+EV_TLS = 1 << 14
+EV_AUTH_RESULT = 1 << 15
+EV_ALL = (1 << 16) - 1
 
 # Frame kinds.
 REGISTER = 0x01
@@ -76,6 +78,8 @@ COMMIT = 0x1B
 ROLLBACK = 0x1C
 DISCONNECT = 0x1D
 PROTOCOL = 0x1E
+TLS = 0x40
+AUTH_RESULT = 0x41
 PROCEED = 0x20
 REJECT = 0x21
 TEMPFAIL = 0x22
@@ -103,7 +107,7 @@ SCHEMA = {
     HELO: ("str",),
     EHLO: ("str",),
     STARTTLS: (),
-    AUTH: ("str",),
+    AUTH: ("str", "str"),
     MAIL: ("str",),
     RCPT: ("str",),
     DATA: (),
@@ -114,6 +118,8 @@ SCHEMA = {
     ROLLBACK: (),
     DISCONNECT: (),
     PROTOCOL: ("dir", "str"),
+    TLS: ("str", "str", "u16", "str", "str"),
+    AUTH_RESULT: ("str", "str", "str"),
     PROCEED: (),
     REJECT: ("u16", "str"),
     TEMPFAIL: ("str",),
@@ -322,8 +328,10 @@ daemon_version = None
 max_frame = MAX_FRAME
 timeout_ms = None
 
-_ANSWERED = {CONNECT: EV_CONNECT, HELO: EV_HELO, EHLO: EV_EHLO, MAIL: EV_MAIL,
-             RCPT: EV_RCPT, DATA: EV_DATA, EOM: EV_EOM}
+_ANSWERED = {CONNECT: EV_CONNECT, HELO: EV_HELO, EHLO: EV_EHLO, AUTH: EV_AUTH,
+             MAIL: EV_MAIL, RCPT: EV_RCPT, DATA: EV_DATA, EOM: EV_EOM}
+_REPORTS = {COMMIT: EV_COMMIT, ROLLBACK: EV_ROLLBACK, DISCONNECT: EV_DISCONNECT,
+            TLS: EV_TLS, AUTH_RESULT: EV_AUTH_RESULT}
 _DECISIONS = (PROCEED, REJECT, TEMPFAIL, DISCONNECT_ANSWER, JUNK, REWRITE, DISCARD)
 
 _lock = threading.RLock()
@@ -409,7 +417,7 @@ def reject(session, code, text):
 
 
 def tempfail(session, text=""):
-    """Refuses for now: 451 (421 and close at connect)."""
+    """Refuses for now: 451 (454 at AUTH; 421 and close at connect)."""
     _answer(session, TEMPFAIL, _check_text(text, "tempfail text"))
 
 
@@ -576,9 +584,10 @@ def _registration(ns):
         return f if callable(f) else None
 
     for kind, n in ((CONNECT, "on_connect"), (HELO, "on_helo"), (EHLO, "on_ehlo"),
-                    (MAIL, "on_mail"), (RCPT, "on_rcpt"), (DATA, "on_data"),
-                    (EOM, "on_eom"), (COMMIT, "on_commit"), (ROLLBACK, "on_rollback"),
-                    (DISCONNECT, "on_disconnect")):
+                    (AUTH, "on_auth"), (MAIL, "on_mail"), (RCPT, "on_rcpt"),
+                    (DATA, "on_data"), (EOM, "on_eom"), (COMMIT, "on_commit"),
+                    (ROLLBACK, "on_rollback"), (DISCONNECT, "on_disconnect"),
+                    (TLS, "on_tls"), (AUTH_RESULT, "on_auth_result")):
         if fn(n):
             cb[kind] = fn(n)
     # An on_helo alone also answers EHLO (the name is what most scripts check).
@@ -597,8 +606,7 @@ def _registration(ns):
     for kind, bit in _ANSWERED.items():
         if kind in cb:
             hooks |= bit
-    for kind, bit in ((COMMIT, EV_COMMIT), (ROLLBACK, EV_ROLLBACK),
-                      (DISCONNECT, EV_DISCONNECT)):
+    for kind, bit in _REPORTS.items():
         if kind in cb:
             reports |= bit
     if DATA_LINES in cb or DATA_END in cb:
@@ -701,7 +709,7 @@ def _dispatch(session, kind, fields):
                     del _awaiting[session]
                     _emit(encode(session, PROCEED))
         return
-    if kind in (COMMIT, ROLLBACK, DISCONNECT):
+    if kind in _REPORTS:
         if kind == DISCONNECT:
             for d in (_data, _lines):
                 d.pop(session, None)
@@ -709,14 +717,14 @@ def _dispatch(session, kind, fields):
             with _lock:
                 _awaiting.pop(session, None)
         if cb is not None:
-            args = [_text(f) for f in fields]
+            args = [_text(f) if isinstance(f, bytes) else f for f in fields]
             try:
                 cb(session, *args)
             except Exception:  # noqa: BLE001
                 _complain(_names.get(kind, "callback"), session)
         return
-    # Nothing else is sent to a filter that did not register for it (STARTTLS, AUTH
-    # and PROTOCOL never are); like the Rust glue, ignore what is left.
+    # Nothing else is sent to a filter that did not register for it (STARTTLS and
+    # PROTOCOL never are); like the Rust glue, ignore what is left.
 
 
 def load(path, args=()):

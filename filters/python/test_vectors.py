@@ -22,9 +22,10 @@ VECTORS = os.environ.get("SMTPD_FILTER_VECTORS") or os.path.normpath(
 FIELDS = {
     "REGISTER": "version hooks reports name", "READY": "version max_frame timeout_ms",
     "REFUSED": "reason", "CONNECT": "local remote hostname", "HELO": "name", "EHLO": "name",
-    "STARTTLS": "", "AUTH": "user", "MAIL": "address", "RCPT": "address", "DATA": "",
+    "STARTTLS": "", "AUTH": "mechanism user", "MAIL": "address", "RCPT": "address", "DATA": "",
     "DATA_LINES": "lines", "DATA_END": "", "EOM": "size", "COMMIT": "msgid", "ROLLBACK": "",
-    "DISCONNECT": "", "PROTOCOL": "dir line", "PROCEED": "", "REJECT": "code text",
+    "DISCONNECT": "", "PROTOCOL": "dir line", "TLS": "version cipher bits sni subject",
+    "AUTH_RESULT": "mechanism user result", "PROCEED": "", "REJECT": "code text",
     "TEMPFAIL": "text", "DISCONNECT_ANSWER": "code text", "JUNK": "", "REWRITE": "value",
     "ADD_HEADER": "name value", "INSERT_HEADER": "index name value",
     "CHANGE_HEADER": "index name value", "REPLACE_BODY": "chunk", "ADD_RCPT": "address",

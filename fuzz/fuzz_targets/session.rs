@@ -370,6 +370,10 @@ impl Harness {
                     };
                     self.s.on_auth(r, &mut actions);
                 }
+                Action::AuthReport { user, code, .. } => {
+                    assert!(!user.is_empty(), "AUTH_RESULT without a user");
+                    assert!(matches!(code / 100, 2 | 4 | 5), "AUTH_RESULT of a {code}");
+                }
                 Action::Close => {
                     self.m.closed = true;
                     assert!(!self.s.wants_input(), "Close, yet the session wants input");

@@ -10,7 +10,6 @@ use crate::filter::chain::{Chains, Decided, Facts, FilterId, ProcState, Step, Vi
 use crate::filter::phase::{FilterQuery, FilterVerdict, Phase};
 use crate::filter::pipe::{Answer, Fit, Lines, PipeState, OUT_DATA_MAX};
 use crate::mail::reply::Reply;
-use crate::smtp::conn::Report;
 use smtpd_filter::codec::{event, Frame};
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -224,12 +223,7 @@ impl Server {
             self.held.push((key, gen));
         }
         for r in reports {
-            match r {
-                Report::Protocol(dir, line) => {
-                    self.report(key, &Frame::Protocol { dir, line: &line })
-                }
-                Report::Rollback => self.report(key, &Frame::Rollback),
-            }
+            self.report(key, &r.frame());
         }
         if let (Some((lines, end)), Some(fid)) = (batch, first) {
             self.send_lines(fid, sid, &lines, end, now);

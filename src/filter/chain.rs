@@ -71,6 +71,8 @@ pub enum Event {
     Helo(String),
     /// EHLO name.
     Ehlo(String),
+    /// AUTH: mechanism and user.
+    Auth(String, String),
     /// MAIL FROM address.
     Mail(String),
     /// RCPT TO address.
@@ -92,6 +94,10 @@ impl Event {
             },
             Event::Helo(s) => Frame::Helo(s.as_bytes()),
             Event::Ehlo(s) => Frame::Ehlo(s.as_bytes()),
+            Event::Auth(m, u) => Frame::Auth {
+                mechanism: m.as_bytes(),
+                user: u.as_bytes(),
+            },
             Event::Mail(s) => Frame::Mail(s.as_bytes()),
             Event::Rcpt(s) => Frame::Rcpt(s.as_bytes()),
             Event::Data => Frame::Data,
@@ -354,6 +360,8 @@ impl Chains {
                 };
                 Some(match phase {
                     Phase::Connect => FilterVerdict::Disconnect(Reply::new(421, "4.7.0", text)),
+                    // RFC 4954 §6: a temporary authentication failure.
+                    Phase::Auth { .. } => FilterVerdict::Reject(Reply::new(454, "4.7.0", text)),
                     _ => FilterVerdict::Reject(Reply::new(451, "4.7.0", text)),
                 })
             }
@@ -494,6 +502,7 @@ fn event_of(run: &Run) -> Event {
         ),
         Phase::Helo => Event::Helo(run.param.clone()),
         Phase::Ehlo => Event::Ehlo(run.param.clone()),
+        Phase::Auth { mechanism } => Event::Auth(mechanism.to_string(), run.param.clone()),
         Phase::Mail => Event::Mail(run.param.clone()),
         Phase::Rcpt => Event::Rcpt(run.param.clone()),
         Phase::Data => Event::Data,

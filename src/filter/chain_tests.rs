@@ -410,3 +410,72 @@ fn failing_a_filter_ends_only_the_runs_waiting_on_it() {
     assert_eq!(out, [done(1, unavailable(Phase::Mail))]);
     assert!(!chains.running(1) && chains.running(2));
 }
+
+#[test]
+fn auth_asks_the_filters_that_answer_it_before_the_235() {
+    const AUTH: Phase = Phase::Auth { mechanism: "PLAIN" };
+    let ask = |user: &str| Event::Auth("PLAIN".into(), user.into());
+    let mut d = Dialog::new(&["a", "b"]);
+    // `a` did not register AUTH: it is not asked.
+    d.state(
+        "a",
+        ProcState::Ready {
+            hooks: event::MAIL | event::RCPT,
+        },
+    );
+    d.query(AUTH, "alice").expect_ask("b", ask("alice"));
+    d.decide("b", Decision::Proceed).expect_verdict(proceed());
+    // JUNK lets the user in and marks the session.
+    d.query(AUTH, "bob").expect_ask("b", ask("bob"));
+    d.decide("b", Decision::Junk)
+        .expect_verdict(FilterVerdict::Proceed {
+            rewrite: None,
+            junk: true,
+        });
+    // A refusal is the client's reply instead of the 235.
+    d.query(AUTH, "mallory").expect_ask("b", ask("mallory"));
+    d.decide("b", Decision::Reject(535, "5.7.8 Not from here".into()))
+        .expect_verdict(FilterVerdict::Reject(Reply::new(
+            535,
+            "",
+            "5.7.8 Not from here",
+        )));
+    // TEMPFAIL at AUTH is RFC 4954's temporary authentication failure.
+    d.query(AUTH, "carol").expect_ask("b", ask("carol"));
+    d.decide("b", Decision::Tempfail("directory down".into()))
+        .expect_verdict(FilterVerdict::Reject(Reply::new(
+            454,
+            "4.7.0",
+            "directory down",
+        )));
+    d.query(AUTH, "dave").expect_ask("b", ask("dave"));
+    d.decide("b", Decision::Disconnect(421, "4.7.0 bye".into()))
+        .expect_verdict(FilterVerdict::Disconnect(Reply::new(421, "", "4.7.0 bye")));
+}
+
+#[test]
+fn auth_cannot_be_rewritten_and_fails_closed() {
+    const AUTH: Phase = Phase::Auth { mechanism: "LOGIN" };
+    let mut d = Dialog::new(&["a"]);
+    d.query(AUTH, "eve")
+        .expect_ask("a", Event::Auth("LOGIN".into(), "eve".into()));
+    // Who a client is cannot be changed by a filter.
+    d.decide("a", Decision::Rewrite("root".into()))
+        .expect_fail("a", "invalid rewrite");
+    let mut out = Vec::new();
+    d.chains.fail_filter(id(&d.cfg, "a"), &mut out);
+    d.steps = out;
+    d.expect_verdict(unavailable(AUTH));
+    assert_eq!(code(&unavailable(AUTH)), 451);
+    // A filter that is down refuses the authentication for now.
+    d.state("a", ProcState::Down);
+    d.query(AUTH, "eve").expect_verdict(unavailable(AUTH));
+    // The event's frame carries the mechanism and the user, nothing else.
+    assert_eq!(
+        Event::Auth("LOGIN".into(), "eve".into()).frame(),
+        Frame::Auth {
+            mechanism: b"LOGIN",
+            user: b"eve",
+        }
+    );
+}

@@ -6,4 +6,5 @@ pub mod chain;
 pub mod limit;
 pub mod phase;
 pub mod pipe;
+pub mod report;
 pub mod supervisor;

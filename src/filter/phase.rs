@@ -12,6 +12,13 @@ pub enum Phase {
     Helo,
     /// EHLO.
     Ehlo,
+    /// AUTH: the client's credentials were accepted, the 235 not sent yet; the
+    /// parameter is the user (the authentication identity). The password never
+    /// reaches a filter.
+    Auth {
+        /// The SASL mechanism, as `PLAIN`.
+        mechanism: &'static str,
+    },
     /// MAIL FROM.
     Mail,
     /// RCPT TO.
@@ -30,6 +37,7 @@ impl Phase {
             Phase::Connect => event::CONNECT,
             Phase::Helo => event::HELO,
             Phase::Ehlo => event::EHLO,
+            Phase::Auth { .. } => event::AUTH,
             Phase::Mail => event::MAIL,
             Phase::Rcpt => event::RCPT,
             Phase::Data => event::DATA,
@@ -43,7 +51,7 @@ impl Phase {
 pub struct FilterQuery {
     /// The phase.
     pub phase: Phase,
-    /// Its parameter: the HELO name, the address, or empty.
+    /// Its parameter: the HELO name, the AUTH user, the address, or empty.
     pub param: String,
 }
 

@@ -467,7 +467,7 @@ impl FilterPipe {
                     );
                     self.state = PipeState::Ready {
                         hooks: hooks & event::ANSWERED | hooks & event::DATA_LINES,
-                        reports: reports & event::ALL,
+                        reports: reports & event::REPORTS,
                     };
                     let ready = Frame::Ready {
                         version: codec::VERSION,

@@ -5,6 +5,7 @@ use super::filtering::FilterSide;
 use super::session::{Action, DataLine, Session, State};
 use crate::config::Config;
 use crate::filter::pipe::Lines;
+use crate::filter::report::Report;
 use crate::linebuf::{Line, LineBuf, Text};
 use crate::mail::reply::Reply;
 use crate::queue::envelope::Envelope;
@@ -127,15 +128,6 @@ pub struct Conn {
     rearm: bool,
     /// The answer to the session's AUTH, held back as the penalty of a failure.
     held_auth: Option<crate::mail::auth::AuthResult>,
-}
-
-/// An event for observing filters, gathered during a pump.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Report {
-    /// A command line (`<`) or reply (`>`).
-    Protocol(u8, Vec<u8>),
-    /// The transaction was abandoned.
-    Rollback,
 }
 
 /// Lines gathered before they are sent to a filter.
@@ -460,13 +452,11 @@ impl Conn {
                         } else {
                             let had_tx = self.session.tx().is_some();
                             if self.filters.observe {
-                                self.filters
-                                    .reports
-                                    .push(Report::Protocol(b'<', shown.to_vec()));
+                                self.filters.report_client_line(&shown);
                             }
                             self.session.on_line(bytes, &mut self.actions);
                             if had_tx && self.session.tx().is_none() && self.filters.observe {
-                                self.filters.reports.push(Report::Rollback);
+                                self.filters.report(Report::Rollback);
                             }
                         }
                         // The line is logged with failed replies, which may come with a
@@ -513,9 +503,7 @@ impl Conn {
                         let text = self.out[start..]
                             .strip_suffix(b"\r\n")
                             .unwrap_or(&self.out[start..]);
-                        self.filters
-                            .reports
-                            .push(Report::Protocol(b'>', text.to_vec()));
+                        self.filters.report_reply(text);
                     }
                     log::trace!(target: "smtpd::smtp", "{:016x} smtp >>> {}", self.session.id, esc(&self.out[start..]));
                 }
@@ -551,7 +539,7 @@ impl Conn {
                         ctx.spool.discard(m.id);
                     }
                     if self.filters.observe {
-                        self.filters.reports.push(Report::Rollback);
+                        self.filters.report(Report::Rollback);
                     }
                 }
                 Action::Filter(q) => self.filters.query = Some(q),
@@ -569,6 +557,11 @@ impl Conn {
                     self.lookup_line = line.map(<[u8]>::to_vec);
                     self.authenticate(ctx, check);
                 }
+                Action::AuthReport {
+                    mechanism,
+                    user,
+                    code,
+                } => self.filters.report_auth(mechanism, &user, code),
                 Action::Close => {
                     let reason = if last_code == 221 {
                         Reason::Quit

@@ -2,10 +2,10 @@
 //! message's lines go through, the lines gathered for the first of them, the end of
 //! the message waiting for the last, and the events observing filters get.
 
-use super::conn::Report;
 use super::conn::{BATCH_MAX_BYTES, BATCH_MAX_LINES};
 use crate::filter::phase::FilterQuery;
 use crate::filter::pipe::Lines;
+use crate::filter::report::{AuthResult, Report, TlsFacts};
 
 /// A session's filter state.
 #[derive(Debug, Default)]
@@ -33,13 +33,49 @@ pub struct FilterSide {
     /// Lines were just sent to a filter: input held back may be taken now.
     pub(super) resume: bool,
     /// Events for observing filters since the loop last took them.
-    pub(super) reports: Vec<Report>,
+    reports: Vec<Report>,
 }
 
 impl FilterSide {
     /// Events for observing filters since the last call.
     pub fn take_reports(&mut self) -> Vec<Report> {
         std::mem::take(&mut self.reports)
+    }
+
+    /// An event for the filters of the chain that observe it (none without a chain).
+    pub(super) fn report(&mut self, r: Report) {
+        if !self.chain.is_empty() {
+            self.reports.push(r);
+        }
+    }
+
+    /// A command line of the client, for the PROTOCOL report, as the session shows it:
+    /// the credentials of SMTP AUTH already hidden ([`crate::smtp::sasl::redact`]).
+    pub(super) fn report_client_line(&mut self, shown: &[u8]) {
+        self.report(Report::Protocol(b'<', shown.to_vec()));
+    }
+
+    /// A reply, for the PROTOCOL report.
+    pub(super) fn report_reply(&mut self, text: &[u8]) {
+        self.report(Report::Protocol(b'>', text.to_vec()));
+    }
+
+    /// The session's TLS handshake completed: the filters of its chain that registered
+    /// the TLS report are told, before the events of the commands that follow.
+    pub fn report_tls(&mut self, facts: TlsFacts) {
+        self.report(Report::Tls(facts));
+    }
+
+    /// An AUTH exchange in which the client gave credentials ended with a reply of
+    /// `code` (235, 535, 454...): the filters of its chain that registered AUTH_RESULT
+    /// are told. `user` is the authentication identity the client gave, empty when it
+    /// gave none; never pass the password.
+    pub fn report_auth(&mut self, mechanism: &str, user: &str, code: u16) {
+        self.report(Report::Auth {
+            mechanism: mechanism.to_string(),
+            user: user.to_string(),
+            result: AuthResult::of_reply(code),
+        });
     }
 
     /// Whether the lines gathered for the data filters fill the batch: the session
@@ -67,5 +103,68 @@ impl FilterSide {
             lines.clear();
             self.batch = lines;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn protocol(r: &[Report]) -> Vec<String> {
+        r.iter()
+            .map(|r| match r {
+                Report::Protocol(d, l) => format!("{} {}", *d as char, l.escape_ascii()),
+                other => format!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_auth_exchange_reaches_observers_in_order() {
+        let mut f = FilterSide {
+            chain: vec![0],
+            ..FilterSide::default()
+        };
+        f.report_client_line(b"AUTH PLAIN (hidden)");
+        f.report_reply(b"235 2.7.0 Authentication successful");
+        f.report_auth("PLAIN", "alice", 235);
+        f.report_client_line(b"MAIL FROM:<alice@example.org>");
+        assert_eq!(
+            protocol(&f.take_reports()),
+            [
+                "< AUTH PLAIN (hidden)",
+                "> 235 2.7.0 Authentication successful",
+                "Auth { mechanism: \"PLAIN\", user: \"alice\", result: Ok }",
+                "< MAIL FROM:<alice@example.org>",
+            ]
+        );
+    }
+
+    #[test]
+    fn reports_are_gathered_only_for_a_session_with_filters() {
+        let mut f = FilterSide::default();
+        f.report_tls(TlsFacts::new(
+            "TLSv1_3",
+            "TLS13_AES_128_GCM_SHA256",
+            None,
+            None,
+        ));
+        f.report_auth("LOGIN", "bob", 454);
+        assert!(f.take_reports().is_empty());
+        f.chain = vec![2];
+        let tls = TlsFacts::new("TLSv1_3", "TLS13_AES_128_GCM_SHA256", None, None);
+        f.report_tls(tls.clone());
+        f.report_auth("LOGIN", "bob", 454);
+        assert_eq!(
+            f.take_reports(),
+            [
+                Report::Tls(tls),
+                Report::Auth {
+                    mechanism: "LOGIN".into(),
+                    user: "bob".into(),
+                    result: AuthResult::Tempfail,
+                },
+            ]
+        );
     }
 }

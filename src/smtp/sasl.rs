@@ -133,24 +133,46 @@ pub fn plain(msg: Vec<u8>) -> Result<Credentials, PlainError> {
     })
 }
 
-/// What of a command line may be logged or shown to filters: an AUTH command keeps
-/// its mechanism only, and a line of an exchange (`in_exchange`) nothing at all.
+/// What replaces the credentials of SMTP AUTH in logs and filters' protocol reports.
+pub const HIDDEN: &[u8] = b"(hidden)";
+
+/// A SASL mechanism name (RFC 4422 §3.1): 1 to 20 of `A-Z 0-9 - _`, in any case here.
+fn is_mechanism(s: &[u8]) -> bool {
+    (1..=20).contains(&s.len())
+        && s.iter()
+            .all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_')
+}
+
+/// What of a command line may be logged or shown to filters. A line of an AUTH
+/// exchange (`in_exchange`: the answer to a 334) is hidden whole, but for a lone `*`
+/// that cancels it; an AUTH command keeps its verb and mechanism, and whatever follows
+/// them, or a word that is no mechanism (a credential sent bare), is hidden.
 pub fn redact(line: &[u8], in_exchange: bool) -> Cow<'_, [u8]> {
     if in_exchange {
-        return Cow::Borrowed(b"(AUTH exchange line)");
+        return match line {
+            b"*" => Cow::Borrowed(line),
+            _ => Cow::Borrowed(HIDDEN),
+        };
     }
-    let verb = line.get(..5);
-    if !verb.is_some_and(|v| v.eq_ignore_ascii_case(b"AUTH ")) {
+    let blank = |b: &u8| *b == b' ' || *b == b'\t';
+    let is_auth =
+        line.len() >= 4 && line[..4].eq_ignore_ascii_case(b"AUTH") && line.get(4).is_none_or(blank);
+    let rest = match line.get(5..) {
+        Some(rest) if is_auth => rest,
+        _ => return Cow::Borrowed(line),
+    };
+    let end = rest.iter().position(blank).unwrap_or(rest.len());
+    let (mechanism, after) = rest.split_at(end);
+    if is_mechanism(mechanism) && after.iter().all(blank) {
         return Cow::Borrowed(line);
     }
-    let rest = &line[5..];
-    let mech_end = rest.iter().position(|&b| b == b' ').unwrap_or(rest.len());
-    if mech_end == rest.len() {
-        return Cow::Borrowed(line);
+    let mut out = line[..5].to_vec();
+    if is_mechanism(mechanism) {
+        out.extend_from_slice(mechanism);
+        out.push(b' ');
     }
-    let mut shown = line[..5 + mech_end].to_vec();
-    shown.extend_from_slice(b" (hidden)");
-    Cow::Owned(shown)
+    out.extend_from_slice(HIDDEN);
+    Cow::Owned(out)
 }
 
 #[cfg(test)]
@@ -229,6 +251,21 @@ mod tests {
         assert_eq!(&*redact(b"auth login Ym9i", false), b"auth login (hidden)");
         assert_eq!(&*redact(b"AUTH PLAIN", false), b"AUTH PLAIN");
         assert_eq!(&*redact(b"MAIL FROM:<a@b.c>", false), b"MAIL FROM:<a@b.c>");
-        assert_eq!(&*redact(b"cGFzcw==", true), b"(AUTH exchange line)");
+        assert_eq!(&*redact(b"cGFzcw==", true), b"(hidden)");
+        assert_eq!(&*redact(b"", true), b"(hidden)");
+        assert_eq!(&*redact(b"*", true), b"*");
+        assert_eq!(&*redact(b"auth plain =", false), b"auth plain (hidden)");
+        assert_eq!(
+            &*redact(b"AUTH\tLOGIN\tYWxpY2U=", false),
+            b"AUTH\tLOGIN (hidden)"
+        );
+        assert_eq!(&*redact(b"AUTH PLAIN  ", false), b"AUTH PLAIN  ");
+        assert_eq!(&*redact(b"AUTH", false), b"AUTH");
+        // A "mechanism" that is no mechanism may be a credential sent bare.
+        assert_eq!(
+            &*redact(b"AUTH AGFsaWNlAHNlY3JldA==", false),
+            b"AUTH (hidden)"
+        );
+        assert_eq!(&*redact(b"AUTHORIZE me", false), b"AUTHORIZE me");
     }
 }

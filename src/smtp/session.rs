@@ -57,6 +57,16 @@ pub enum Action {
     StartTls,
     /// Check SMTP AUTH credentials, then call [`Session::on_auth`].
     Authenticate(AuthCheck),
+    /// An AUTH exchange in which the client gave credentials ended with a reply of
+    /// `code`: tell the filters that observe AUTH_RESULT, after the reply.
+    AuthReport {
+        /// The SASL mechanism, as `PLAIN`.
+        mechanism: &'static str,
+        /// The authentication identity the client gave.
+        user: String,
+        /// The final reply's code (235, 535, 454...).
+        code: u16,
+    },
 }
 
 /// A command waiting for its filter verdict or its lookup.
@@ -103,6 +113,13 @@ enum Pending {
     /// AUTH waits for the check of the credentials of `user`.
     Auth {
         user: String,
+        mechanism: &'static str,
+    },
+    /// The credentials of `user` were accepted: the filters' verdict on them comes
+    /// before the 235.
+    AuthFilter {
+        user: String,
+        mechanism: &'static str,
     },
 }
 
@@ -298,6 +315,9 @@ impl Session {
             self.pending = Some(p);
             return;
         }
+        if let Pending::AuthFilter { user, mechanism } = p {
+            return self.auth_filtered(user, mechanism, v, out);
+        }
         let (rewrite, junk) = match v {
             FilterVerdict::Proceed { rewrite, junk } => (rewrite, junk),
             FilterVerdict::Discard if matches!(p, Pending::Eom) => {
@@ -368,7 +388,8 @@ impl Session {
             | Pending::EomRcpt { .. }
             | Pending::Tls
             | Pending::Senders { .. }
-            | Pending::Auth { .. } => {}
+            | Pending::Auth { .. }
+            | Pending::AuthFilter { .. } => {}
         }
     }
 

@@ -36,6 +36,8 @@ pub(super) struct Dialog {
     pub(super) committed: Vec<String>,
     /// Credentials checks asked and not answered yet.
     pub(super) auths: Vec<crate::lookup::AuthCheck>,
+    /// AUTH_RESULT reports, as `MECHANISM user code`.
+    pub(super) auth_reports: Vec<String>,
 }
 
 pub(super) fn limits() -> Limits {
@@ -80,6 +82,7 @@ impl Dialog {
             input: VecDeque::new(),
             committed: Vec::new(),
             auths: Vec::new(),
+            auth_reports: Vec::new(),
         };
         d.glue();
         if hooks == 0 {
@@ -171,6 +174,11 @@ impl Dialog {
                 Action::Lookup(l) => self.asked.push(l.clone()),
                 Action::Authenticate(c) => self.auths.push(c.clone()),
                 Action::Filter(q) => self.queries.push(q.clone()),
+                Action::AuthReport {
+                    mechanism,
+                    user,
+                    code,
+                } => self.auth_reports.push(format!("{mechanism} {user} {code}")),
                 _ => {
                     i += 1;
                     continue;

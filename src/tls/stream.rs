@@ -4,7 +4,7 @@
 //! only; the glue asks [`TlsStream::handshaking`] and [`TlsStream::wants_write`] to
 //! know what to wait for.
 
-use super::subject::subject_line;
+use super::subject::{subject_line, subject_rfc4514};
 use crate::mail::TlsFacts;
 use mio::net::TcpStream;
 use rustls::{ProtocolVersion, ServerConfig, ServerConnection};
@@ -121,6 +121,24 @@ impl TlsStream {
             sni: self.tls.server_name().map(str::to_string),
             subject,
         })
+    }
+
+    /// What filters are told of the session: the suite's IANA name and the verified
+    /// client certificate's subject as an RFC 4514 string, once the handshake is done.
+    pub fn report_names(&self) -> Option<(&'static str, Option<String>)> {
+        if self.tls.is_handshaking() {
+            return None;
+        }
+        let suite = self
+            .tls
+            .negotiated_cipher_suite()
+            .and_then(|s| super::suite_of(s.suite()));
+        let subject = self
+            .tls
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| subject_rfc4514(c).unwrap_or_default());
+        Some((suite.map_or("unknown", |s| s.iana_name()), subject))
     }
 }
 

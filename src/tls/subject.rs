@@ -1,6 +1,7 @@
 //! The subject of an X.509 certificate (RFC 5280 §4.1.2.6) as one line, the way
-//! OpenSSL prints it (`/C=XX/O=Org/CN=name`): read from the DER bytes with a small
-//! reader that never trusts a length. The certificate comes from a client; it has been
+//! OpenSSL prints it (`/C=XX/O=Org/CN=name`, for logs and the Received header), or as
+//! an RFC 4514 string (`CN=name,O=Org,C=XX`, for filters): read from the DER bytes
+//! with a small reader that never trusts a length. The certificate comes from a client; it has been
 //! verified when this is asked, but a bad encoding only yields `None`.
 
 /// One DER element: its tag, its contents and what follows it.
@@ -82,9 +83,9 @@ fn dotted(oid: &[u8]) -> String {
     out
 }
 
-/// A directory string's value, with control characters and backslashes escaped.
-fn value(tag: u8, bytes: &[u8]) -> String {
-    let text = match tag {
+/// A directory string's value, decoded.
+fn text(tag: u8, bytes: &[u8]) -> String {
+    match tag {
         // BMPString: UTF-16 big-endian.
         0x1e => {
             let units: Vec<u16> = bytes
@@ -94,7 +95,11 @@ fn value(tag: u8, bytes: &[u8]) -> String {
             String::from_utf16_lossy(&units)
         }
         _ => String::from_utf8_lossy(bytes).into_owned(),
-    };
+    }
+}
+
+/// A value as OpenSSL's one line shows it: control characters and backslashes escaped.
+fn oneline_value(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         if c.is_control() || c == '\\' {
@@ -108,9 +113,33 @@ fn value(tag: u8, bytes: &[u8]) -> String {
     out
 }
 
-/// The subject of a DER certificate as `/TYPE=value/...`; `None` when it does not
-/// parse.
-pub fn subject_line(cert: &[u8]) -> Option<String> {
+/// A value as RFC 4514 §2.4 escapes it: the special characters with a backslash, a
+/// leading `#` or space and a trailing space too, control characters as `\XX` hex.
+fn rfc4514_value(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let last = text.chars().count().saturating_sub(1);
+    for (i, c) in text.chars().enumerate() {
+        match c {
+            '"' | '+' | ',' | ';' | '<' | '>' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            '#' if i == 0 => out.push_str("\\#"),
+            ' ' if i == 0 || i == last => out.push_str("\\ "),
+            c if c.is_control() => {
+                for b in c.to_string().bytes() {
+                    out.push_str(&format!("\\{b:02X}"));
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The relative distinguished names of a DER certificate's subject, in the order of
+/// the certificate, each a list of (type name, value); `None` when it does not parse.
+fn subject_rdns(cert: &[u8]) -> Option<Vec<Vec<(String, String)>>> {
     let (cert, _) = expect(cert, SEQUENCE)?;
     let (tbs, _) = expect(cert, SEQUENCE)?;
     // [0] version, optional.
@@ -124,10 +153,11 @@ pub fn subject_line(cert: &[u8]) -> Option<String> {
         rest = element(rest)?.2;
     }
     let (mut rdns, _) = expect(rest, SEQUENCE)?;
-    let mut out = String::new();
+    let mut out = Vec::new();
     while !rdns.is_empty() {
         let (mut set, next) = expect(rdns, SET)?;
         rdns = next;
+        let mut rdn = Vec::new();
         while !set.is_empty() {
             let (attr, next) = expect(set, SEQUENCE)?;
             set = next;
@@ -137,10 +167,38 @@ pub fn subject_line(cert: &[u8]) -> Option<String> {
                 .iter()
                 .find(|(o, _)| *o == oid)
                 .map_or_else(|| dotted(oid), |(_, n)| (*n).to_string());
-            out.push_str(&format!("/{name}={}", value(tag, v)));
+            rdn.push((name, text(tag, v)));
         }
+        out.push(rdn);
     }
     Some(out)
+}
+
+/// The subject of a DER certificate as `/TYPE=value/...`; `None` when it does not
+/// parse.
+pub fn subject_line(cert: &[u8]) -> Option<String> {
+    let mut out = String::new();
+    for (name, v) in subject_rdns(cert)?.iter().flatten() {
+        out.push_str(&format!("/{name}={}", oneline_value(v)));
+    }
+    Some(out)
+}
+
+/// The subject of a DER certificate as an RFC 4514 string: the last RDN first, RDNs
+/// joined by `,`, the values of one by `+`; `None` when it does not parse.
+pub fn subject_rfc4514(cert: &[u8]) -> Option<String> {
+    let rdns: Vec<String> = subject_rdns(cert)?
+        .iter()
+        .rev()
+        .map(|rdn| {
+            let parts: Vec<String> = rdn
+                .iter()
+                .map(|(name, v)| format!("{name}={}", rfc4514_value(v)))
+                .collect();
+            parts.join("+")
+        })
+        .collect();
+    Some(rdns.join(","))
 }
 
 #[cfg(test)]
@@ -191,6 +249,15 @@ mod tests {
             Some("/C=XX/O=Test Org/CN=client.test/1.3.6.1.4.1.311=a\\x0Ab\\x5C/OU=Un")
         );
         assert_eq!(subject_line(&cert(&[])).as_deref(), Some(""));
+        assert_eq!(
+            subject_rfc4514(&cert(&s)).as_deref(),
+            Some("OU=Un,1.3.6.1.4.1.311=a\\0Ab\\\\,CN=client.test,O=Test Org,C=XX")
+        );
+        let s = attr(&[0x55, 4, 3], 0x0c, b" #a,b+c ");
+        assert_eq!(
+            subject_rfc4514(&cert(&s)).as_deref(),
+            Some("CN=\\ #a\\,b\\+c\\ ")
+        );
     }
 
     #[test]

@@ -24,9 +24,9 @@ pub mod event {
     pub const HELO: u32 = 1 << 1;
     /// EHLO.
     pub const EHLO: u32 = 1 << 2;
-    /// STARTTLS (reserved).
+    /// STARTTLS (reserved: never sent; see [`TLS`]).
     pub const STARTTLS: u32 = 1 << 3;
-    /// AUTH (reserved).
+    /// A client's credentials were accepted: may the session go on authenticated?
     pub const AUTH: u32 = 1 << 4;
     /// MAIL FROM.
     pub const MAIL: u32 = 1 << 5;
@@ -46,10 +46,16 @@ pub mod event {
     pub const DISCONNECT: u32 = 1 << 12;
     /// Every command line and reply, for observers (no answer).
     pub const PROTOCOL: u32 = 1 << 13;
+    /// A TLS handshake completed (no answer).
+    pub const TLS: u32 = 1 << 14;
+    /// How an AUTH exchange ended (no answer).
+    pub const AUTH_RESULT: u32 = 1 << 15;
     /// Every event above.
-    pub const ALL: u32 = (1 << 14) - 1;
+    pub const ALL: u32 = (1 << 16) - 1;
     /// Events that wait for an answer.
     pub const ANSWERED: u32 = CONNECT | HELO | EHLO | STARTTLS | AUTH | MAIL | RCPT | DATA | EOM;
+    /// Events that are only told (reports).
+    pub const REPORTS: u32 = COMMIT | ROLLBACK | DISCONNECT | PROTOCOL | TLS | AUTH_RESULT;
 }
 
 /// Frame kinds on the wire.
@@ -66,7 +72,7 @@ pub mod kind {
     pub const HELO: u8 = 0x11;
     /// Event: EHLO.
     pub const EHLO: u8 = 0x12;
-    /// Event: STARTTLS.
+    /// Event: STARTTLS (reserved).
     pub const STARTTLS: u8 = 0x13;
     /// Event: AUTH.
     pub const AUTH: u8 = 0x14;
@@ -90,6 +96,10 @@ pub mod kind {
     pub const DISCONNECT: u8 = 0x1d;
     /// Event: a protocol line.
     pub const PROTOCOL: u8 = 0x1e;
+    /// Event: a TLS handshake completed.
+    pub const TLS: u8 = 0x40;
+    /// Event: an AUTH exchange ended.
+    pub const AUTH_RESULT: u8 = 0x41;
     /// Answer: go on.
     pub const PROCEED: u8 = 0x20;
     /// Answer: refuse with a reply.
@@ -162,10 +172,15 @@ pub enum Frame<'a> {
     Helo(&'a [u8]),
     /// EHLO name.
     Ehlo(&'a [u8]),
-    /// STARTTLS (reserved).
+    /// STARTTLS (reserved: never sent).
     Starttls,
-    /// AUTH user (reserved).
-    Auth(&'a [u8]),
+    /// The client's credentials were accepted; the 235 reply waits for the answer.
+    Auth {
+        /// The SASL mechanism, as `PLAIN` or `LOGIN`.
+        mechanism: &'a [u8],
+        /// The authentication identity the client gave.
+        user: &'a [u8],
+    },
     /// MAIL FROM address (without brackets).
     Mail(&'a [u8]),
     /// RCPT TO address.
@@ -190,6 +205,28 @@ pub enum Frame<'a> {
         dir: u8,
         /// The line.
         line: &'a [u8],
+    },
+    /// The session's TLS handshake completed.
+    Tls {
+        /// The protocol version, as `TLSv1.3`.
+        version: &'a [u8],
+        /// The cipher suite's IANA name, as `TLS_AES_256_GCM_SHA384`.
+        cipher: &'a [u8],
+        /// The cipher's key length in bits.
+        bits: u16,
+        /// The server name the client asked for (SNI), or empty.
+        sni: &'a [u8],
+        /// The subject of the client's verified certificate, or empty.
+        subject: &'a [u8],
+    },
+    /// An AUTH exchange ended.
+    AuthResult {
+        /// The SASL mechanism.
+        mechanism: &'a [u8],
+        /// The authentication identity the client gave (empty when it gave none).
+        user: &'a [u8],
+        /// `ok`, `permfail` or `tempfail`.
+        result: &'a [u8],
     },
     /// Go on.
     Proceed,
@@ -362,7 +399,10 @@ pub fn decode(buf: &[u8]) -> Result<Option<(u64, Frame<'_>, usize)>, WireError> 
         k::HELO => Frame::Helo(c.str()?),
         k::EHLO => Frame::Ehlo(c.str()?),
         k::STARTTLS => Frame::Starttls,
-        k::AUTH => Frame::Auth(c.str()?),
+        k::AUTH => Frame::Auth {
+            mechanism: c.str()?,
+            user: c.str()?,
+        },
         k::MAIL => Frame::Mail(c.str()?),
         k::RCPT => Frame::Rcpt(c.str()?),
         k::DATA => Frame::Data,
@@ -389,6 +429,18 @@ pub fn decode(buf: &[u8]) -> Result<Option<(u64, Frame<'_>, usize)>, WireError> 
                 line: c.str()?,
             }
         }
+        k::TLS => Frame::Tls {
+            version: c.str()?,
+            cipher: c.str()?,
+            bits: c.u16()?,
+            sni: c.str()?,
+            subject: c.str()?,
+        },
+        k::AUTH_RESULT => Frame::AuthResult {
+            mechanism: c.str()?,
+            user: c.str()?,
+            result: c.str()?,
+        },
         k::PROCEED => Frame::Proceed,
         k::REJECT => Frame::Reject {
             code: c.u16()?,
@@ -475,7 +527,6 @@ pub fn encode(session: u64, frame: &Frame, out: &mut Vec<u8>) {
         Frame::Refused(s)
         | Frame::Helo(s)
         | Frame::Ehlo(s)
-        | Frame::Auth(s)
         | Frame::Mail(s)
         | Frame::Rcpt(s)
         | Frame::Commit(s)
@@ -502,9 +553,35 @@ pub fn encode(session: u64, frame: &Frame, out: &mut Vec<u8>) {
             out.extend_from_slice(&code.to_be_bytes());
             put_str(out, text);
         }
-        Frame::AddHeader { name, value } => {
-            put_str(out, name);
-            put_str(out, value);
+        Frame::AddHeader { name: a, value: b }
+        | Frame::Auth {
+            mechanism: a,
+            user: b,
+        } => {
+            put_str(out, a);
+            put_str(out, b);
+        }
+        Frame::Tls {
+            version,
+            cipher,
+            bits,
+            sni,
+            subject,
+        } => {
+            put_str(out, version);
+            put_str(out, cipher);
+            out.extend_from_slice(&bits.to_be_bytes());
+            put_str(out, sni);
+            put_str(out, subject);
+        }
+        Frame::AuthResult {
+            mechanism,
+            user,
+            result,
+        } => {
+            put_str(out, mechanism);
+            put_str(out, user);
+            put_str(out, result);
         }
         Frame::InsertHeader { index, name, value } | Frame::ChangeHeader { index, name, value } => {
             out.extend_from_slice(&index.to_be_bytes());
@@ -535,7 +612,7 @@ pub fn kind_of(f: &Frame) -> (u8, u32) {
         Frame::Helo(_) => (k::HELO, event::HELO),
         Frame::Ehlo(_) => (k::EHLO, event::EHLO),
         Frame::Starttls => (k::STARTTLS, event::STARTTLS),
-        Frame::Auth(_) => (k::AUTH, event::AUTH),
+        Frame::Auth { .. } => (k::AUTH, event::AUTH),
         Frame::Mail(_) => (k::MAIL, event::MAIL),
         Frame::Rcpt(_) => (k::RCPT, event::RCPT),
         Frame::Data => (k::DATA, event::DATA),
@@ -546,6 +623,8 @@ pub fn kind_of(f: &Frame) -> (u8, u32) {
         Frame::Rollback => (k::ROLLBACK, event::ROLLBACK),
         Frame::Disconnect => (k::DISCONNECT, event::DISCONNECT),
         Frame::Protocol { .. } => (k::PROTOCOL, event::PROTOCOL),
+        Frame::Tls { .. } => (k::TLS, event::TLS),
+        Frame::AuthResult { .. } => (k::AUTH_RESULT, event::AUTH_RESULT),
         Frame::Proceed => (k::PROCEED, 0),
         Frame::Reject { .. } => (k::REJECT, 0),
         Frame::Tempfail(_) => (k::TEMPFAIL, 0),
@@ -634,7 +713,10 @@ mod tests {
             Frame::Helo(b"h"),
             Frame::Ehlo(b"e"),
             Frame::Starttls,
-            Frame::Auth(b"u"),
+            Frame::Auth {
+                mechanism: b"PLAIN",
+                user: b"u",
+            },
             Frame::Mail(b"a@b.c"),
             Frame::Rcpt(b"d@e.f"),
             Frame::Data,
@@ -647,6 +729,18 @@ mod tests {
             Frame::Protocol {
                 dir: b'<',
                 line: b"QUIT",
+            },
+            Frame::Tls {
+                version: b"TLSv1.3",
+                cipher: b"TLS_AES_256_GCM_SHA384",
+                bits: 256,
+                sni: b"mx.example.org",
+                subject: b"CN=client.example.org",
+            },
+            Frame::AuthResult {
+                mechanism: b"LOGIN",
+                user: b"u",
+                result: b"permfail",
             },
             Frame::Proceed,
             Frame::Reject {

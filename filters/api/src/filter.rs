@@ -78,10 +78,37 @@ pub struct Connect {
     pub hostname: String,
 }
 
+/// What a TLS report tells: the facts of a session's completed handshake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tls {
+    /// The protocol version, as `TLSv1.3`.
+    pub version: String,
+    /// The cipher suite's IANA name, as `TLS_AES_256_GCM_SHA384`.
+    pub cipher: String,
+    /// The cipher's key length in bits.
+    pub bits: u16,
+    /// The server name the client asked for, or empty.
+    pub sni: String,
+    /// The subject of the client's verified certificate, or empty.
+    pub subject: String,
+}
+
+/// Who authenticated, and how: what AUTH asks and AUTH_RESULT reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Auth {
+    /// The SASL mechanism, as `PLAIN` or `LOGIN`.
+    pub mechanism: String,
+    /// The authentication identity the client gave (never its password).
+    pub user: String,
+}
+
 type StrAnswer = Box<dyn FnMut(&mut Ctx, &str) -> Decision>;
 type ConnectAnswer = Box<dyn FnMut(&mut Ctx, &Connect) -> Decision>;
 type SizeAnswer = Box<dyn FnMut(&mut Ctx, u64) -> Decision>;
 type Notice = Box<dyn FnMut(&mut Ctx, &str)>;
+type TlsNotice = Box<dyn FnMut(&mut Ctx, &Tls)>;
+type AuthAnswer = Box<dyn FnMut(&mut Ctx, &Auth) -> Decision>;
+type AuthNotice = Box<dyn FnMut(&mut Ctx, &Auth, &str)>;
 type Plain = Box<dyn FnMut(&mut Ctx)>;
 type PlainAnswer = Box<dyn FnMut(&mut Ctx) -> Decision>;
 type LineFn = Box<dyn FnMut(&mut Ctx, &[u8], &mut Vec<Vec<u8>>)>;
@@ -94,6 +121,7 @@ pub struct Filter {
     connect: Option<ConnectAnswer>,
     helo: Option<StrAnswer>,
     ehlo: Option<StrAnswer>,
+    auth: Option<AuthAnswer>,
     mail: Option<StrAnswer>,
     rcpt: Option<StrAnswer>,
     data: Option<PlainAnswer>,
@@ -103,6 +131,8 @@ pub struct Filter {
     commit: Option<Notice>,
     rollback: Option<Plain>,
     disconnect: Option<Plain>,
+    tls: Option<TlsNotice>,
+    auth_result: Option<AuthNotice>,
 }
 
 macro_rules! setter {
@@ -138,6 +168,13 @@ impl Filter {
         /// Called for EHLO, with its name.
         on_ehlo, ehlo, &str
     );
+    /// Called when a client's credentials were accepted, before the 235 reply: a
+    /// refusal keeps the session unauthenticated (TEMPFAIL is answered 454).
+    pub fn on_auth(mut self, f: impl FnMut(&mut Ctx, &Auth) -> Decision + 'static) -> Self {
+        self.auth = Some(Box::new(f));
+        self
+    }
+
     setter!(
         /// Called for MAIL FROM, with the address (empty for `<>`).
         on_mail, mail, &str
@@ -194,6 +231,19 @@ impl Filter {
         self
     }
 
+    /// Told when a session's TLS handshake completed (before its next command).
+    pub fn on_tls(mut self, f: impl FnMut(&mut Ctx, &Tls) + 'static) -> Self {
+        self.tls = Some(Box::new(f));
+        self
+    }
+
+    /// Told how an AUTH exchange ended: `ok`, `permfail` or `tempfail` (take any other
+    /// value as a failure).
+    pub fn on_auth_result(mut self, f: impl FnMut(&mut Ctx, &Auth, &str) + 'static) -> Self {
+        self.auth_result = Some(Box::new(f));
+        self
+    }
+
     fn hooks(&self) -> (u32, u32) {
         let mut h = 0;
         let mut r = 0;
@@ -205,6 +255,7 @@ impl Filter {
         set(self.connect.is_some(), event::CONNECT, &mut h);
         set(self.helo.is_some(), event::HELO, &mut h);
         set(self.ehlo.is_some(), event::EHLO, &mut h);
+        set(self.auth.is_some(), event::AUTH, &mut h);
         set(self.mail.is_some(), event::MAIL, &mut h);
         set(self.rcpt.is_some(), event::RCPT, &mut h);
         set(self.data.is_some(), event::DATA, &mut h);
@@ -217,6 +268,8 @@ impl Filter {
         set(self.commit.is_some(), event::COMMIT, &mut r);
         set(self.rollback.is_some(), event::ROLLBACK, &mut r);
         set(self.disconnect.is_some(), event::DISCONNECT, &mut r);
+        set(self.tls.is_some(), event::TLS, &mut r);
+        set(self.auth_result.is_some(), event::AUTH_RESULT, &mut r);
         (h, r)
     }
 
@@ -305,6 +358,13 @@ impl Filter {
             }
             Frame::Helo(s) => self.helo.as_mut().map(|f| f(&mut ctx, &text(s))),
             Frame::Ehlo(s) => self.ehlo.as_mut().map(|f| f(&mut ctx, &text(s))),
+            Frame::Auth { mechanism, user } => {
+                let a = Auth {
+                    mechanism: text(mechanism),
+                    user: text(user),
+                };
+                self.auth.as_mut().map(|f| f(&mut ctx, &a))
+            }
             Frame::Mail(s) => self.mail.as_mut().map(|f| f(&mut ctx, &text(s))),
             Frame::Rcpt(s) => self.rcpt.as_mut().map(|f| f(&mut ctx, &text(s))),
             Frame::Data => self.data.as_mut().map(|f| f(&mut ctx)),
@@ -355,6 +415,39 @@ impl Filter {
                 }
                 return;
             }
+            Frame::Tls {
+                version,
+                cipher,
+                bits,
+                sni,
+                subject,
+            } => {
+                if let Some(f) = self.tls.as_mut() {
+                    let t = Tls {
+                        version: text(version),
+                        cipher: text(cipher),
+                        bits,
+                        sni: text(sni),
+                        subject: text(subject),
+                    };
+                    f(&mut ctx, &t);
+                }
+                return;
+            }
+            Frame::AuthResult {
+                mechanism,
+                user,
+                result,
+            } => {
+                if let Some(f) = self.auth_result.as_mut() {
+                    let a = Auth {
+                        mechanism: text(mechanism),
+                        user: text(user),
+                    };
+                    f(&mut ctx, &a, &text(result));
+                }
+                return;
+            }
             _ => return,
         };
         for e in &ctx.edits {
@@ -362,5 +455,135 @@ impl Filter {
         }
         let decision = decision.unwrap_or(Decision::Proceed);
         codec::encode(sid, &decision.frame(), out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    /// Runs `f` on the daemon's `frames` (after READY); returns what it wrote.
+    fn exchange(f: Filter, frames: &[(u64, Frame)]) -> Vec<(u64, Vec<u8>)> {
+        let mut input = Vec::new();
+        let ready = Frame::Ready {
+            version: 1,
+            max_frame: 1 << 20,
+            timeout_ms: 30000,
+        };
+        codec::encode(0, &ready, &mut input);
+        for (sid, fr) in frames {
+            codec::encode(*sid, fr, &mut input);
+        }
+        let mut out = Vec::new();
+        f.run_on(&input[..], &mut out).expect("the exchange");
+        let mut d = Decoder::new();
+        d.feed(&out);
+        let mut got = Vec::new();
+        while let Some((sid, fr)) = d.next_frame().expect("frames") {
+            let mut one = Vec::new();
+            codec::encode(sid, &fr, &mut one);
+            got.push((sid, one));
+        }
+        got
+    }
+
+    fn bytes(sid: u64, f: &Frame) -> (u64, Vec<u8>) {
+        let mut one = Vec::new();
+        codec::encode(sid, f, &mut one);
+        (sid, one)
+    }
+
+    #[test]
+    fn tls_and_auth_reach_their_callbacks() {
+        let seen = Rc::new(RefCell::new(Vec::new()));
+        let (a, b, c) = (seen.clone(), seen.clone(), seen.clone());
+        let f = Filter::new("t")
+            .on_tls(move |ctx, t| a.borrow_mut().push(format!("{:x} {t:?}", ctx.session)))
+            .on_auth(move |_, x| {
+                b.borrow_mut()
+                    .push(format!("auth {} {}", x.mechanism, x.user));
+                match x.user.as_str() {
+                    "mallory" => Decision::Reject(535, "5.7.8 no".into()),
+                    _ => Decision::Proceed,
+                }
+            })
+            .on_auth_result(move |_, x, r| {
+                c.borrow_mut()
+                    .push(format!("result {} {} {r}", x.mechanism, x.user))
+            });
+        let tls = Frame::Tls {
+            version: b"TLSv1.3",
+            cipher: b"TLS_AES_128_GCM_SHA256",
+            bits: 128,
+            sni: b"mx.example.org",
+            subject: b"",
+        };
+        let auth = |user| Frame::Auth {
+            mechanism: b"PLAIN",
+            user,
+        };
+        let result = Frame::AuthResult {
+            mechanism: b"LOGIN",
+            user: b"bob",
+            result: b"permfail",
+        };
+        let got = exchange(
+            f,
+            &[
+                (7, tls),
+                (7, auth(b"alice")),
+                (8, auth(b"mallory")),
+                (8, result),
+            ],
+        );
+        let register = Frame::Register {
+            version: codec::VERSION,
+            hooks: event::AUTH,
+            reports: event::TLS | event::AUTH_RESULT,
+            name: b"t",
+        };
+        let reject = Frame::Reject {
+            code: 535,
+            text: b"5.7.8 no",
+        };
+        assert_eq!(
+            got,
+            vec![
+                bytes(0, &register),
+                bytes(7, &Frame::Proceed),
+                bytes(8, &reject)
+            ]
+        );
+        assert_eq!(
+            *seen.borrow(),
+            [
+                "7 Tls { version: \"TLSv1.3\", cipher: \"TLS_AES_128_GCM_SHA256\", bits: 128, \
+                 sni: \"mx.example.org\", subject: \"\" }",
+                "auth PLAIN alice",
+                "auth PLAIN mallory",
+                "result LOGIN bob permfail",
+            ]
+        );
+    }
+
+    #[test]
+    fn reports_not_registered_are_ignored_and_auth_proceeds_by_default() {
+        let f = Filter::new("t").on_mail(|_, _| Decision::Proceed);
+        let tls = Frame::Tls {
+            version: b"TLSv1.2",
+            cipher: b"x",
+            bits: 0,
+            sni: b"",
+            subject: b"",
+        };
+        let auth = Frame::Auth {
+            mechanism: b"PLAIN",
+            user: b"u",
+        };
+        let got = exchange(f, &[(1, tls), (1, auth)]);
+        assert_eq!(got.len(), 2, "REGISTER, then one answer");
+        assert_eq!(got[1], bytes(1, &Frame::Proceed));
     }
 }

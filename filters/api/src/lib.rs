@@ -8,5 +8,5 @@ pub mod filter;
 pub mod verdict;
 
 pub use codec::{Decoder, Frame, WireError, VERSION as PROTOCOL_VERSION};
-pub use filter::{Connect, Ctx, Filter};
+pub use filter::{Auth, Connect, Ctx, Filter, Tls};
 pub use verdict::{Decision, Edit};

@@ -4,8 +4,9 @@
 //! vector the frame built from its description must encode to exactly its bytes, and its
 //! bytes must decode to exactly that frame (and encode back to the same bytes); invalid
 //! vectors must fail to decode with the error they name, and incomplete ones must ask for
-//! more bytes. The worked example of smtpd-filters(7) is checked against
-//! `worked-example.hex` when the manual page is there (in the source tree).
+//! more bytes. The examples of smtpd-filters(7) are checked against
+//! `worked-example.hex` and `tls-auth-example.hex` when the manual page is there (in
+//! the source tree).
 //!
 //! Every failure is reported at once, with the bytes the codec expected, so a new vector
 //! can be written as a description alone and completed from the test's output.
@@ -34,6 +35,8 @@ const KINDS: &[(&str, u8)] = &[
     ("ROLLBACK", kind::ROLLBACK),
     ("DISCONNECT", kind::DISCONNECT),
     ("PROTOCOL", kind::PROTOCOL),
+    ("TLS", kind::TLS),
+    ("AUTH_RESULT", kind::AUTH_RESULT),
     ("PROCEED", kind::PROCEED),
     ("REJECT", kind::REJECT),
     ("TEMPFAIL", kind::TEMPFAIL),
@@ -390,7 +393,10 @@ fn frame_of<'a>(kind: &str, fields: &'a [(String, Val)]) -> Result<Frame<'a>, St
         "HELO" => Frame::Helo(f.str("name")?),
         "EHLO" => Frame::Ehlo(f.str("name")?),
         "STARTTLS" => Frame::Starttls,
-        "AUTH" => Frame::Auth(f.str("user")?),
+        "AUTH" => Frame::Auth {
+            mechanism: f.str("mechanism")?,
+            user: f.str("user")?,
+        },
         "MAIL" => Frame::Mail(f.str("address")?),
         "RCPT" => Frame::Rcpt(f.str("address")?),
         "DATA" => Frame::Data,
@@ -410,6 +416,18 @@ fn frame_of<'a>(kind: &str, fields: &'a [(String, Val)]) -> Result<Frame<'a>, St
                 line: f.str("line")?,
             }
         }
+        "TLS" => Frame::Tls {
+            version: f.str("version")?,
+            cipher: f.str("cipher")?,
+            bits: f.int("bits")?,
+            sni: f.str("sni")?,
+            subject: f.str("subject")?,
+        },
+        "AUTH_RESULT" => Frame::AuthResult {
+            mechanism: f.str("mechanism")?,
+            user: f.str("user")?,
+            result: f.str("result")?,
+        },
         "PROCEED" => Frame::Proceed,
         "REJECT" => Frame::Reject {
             code: f.int("code")?,
@@ -618,12 +636,12 @@ fn each_file_decodes_as_one_stream_split_anywhere() {
     }
 }
 
-/// The bytes of the worked example in the manual page: the leading two-digit hex
-/// tokens of each line of the literal displays (`.Bd` to `.Ed`) between the
-/// `worked-example-begin` and `worked-example-end` comments.
-fn manual_example(text: &str) -> Option<Vec<u8>> {
-    let start = text.find(".\\\" worked-example-begin")?;
-    let end = text[start..].find(".\\\" worked-example-end")? + start;
+/// The bytes of an example in the manual page: the leading two-digit hex tokens of
+/// each line of the literal displays (`.Bd` to `.Ed`) between the `NAME-begin` and
+/// `NAME-end` comments.
+fn manual_example(text: &str, name: &str) -> Option<Vec<u8>> {
+    let start = text.find(&format!(".\\\" {name}-begin"))?;
+    let end = text[start..].find(&format!(".\\\" {name}-end"))? + start;
     let mut out = Vec::new();
     let mut literal = false;
     for line in text[start..end].lines() {
@@ -644,14 +662,17 @@ fn manual_example(text: &str) -> Option<Vec<u8>> {
 }
 
 #[test]
-fn the_manual_shows_the_worked_example() {
+fn the_manual_shows_the_examples() {
     let man = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../man/smtpd-filters.7");
     let Ok(text) = std::fs::read_to_string(&man) else {
         eprintln!("{man:?} not found: not checked");
         return;
     };
-    let shown = manual_example(&text).expect("worked-example markers in smtpd-filters.7");
-    let vectors = read_vectors(&vectors_dir().join("worked-example.hex")).unwrap();
-    let want: Vec<u8> = vectors.iter().flat_map(|v| v.bytes().unwrap()).collect();
-    assert_eq!(hex(&shown), hex(&want));
+    for name in ["worked-example", "tls-auth-example"] {
+        let shown = manual_example(&text, name)
+            .unwrap_or_else(|| panic!("{name} markers in smtpd-filters.7"));
+        let vectors = read_vectors(&vectors_dir().join(format!("{name}.hex"))).unwrap();
+        let want: Vec<u8> = vectors.iter().flat_map(|v| v.bytes().unwrap()).collect();
+        assert_eq!(hex(&shown), hex(&want), "{name}");
+    }
 }

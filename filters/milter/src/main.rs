@@ -11,7 +11,7 @@ use filter_milter::conn::Target;
 use filter_milter::session;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token};
-use session::{Config, Ctx, DefaultAction, Phase, Session};
+use session::{Config, Ctx, DefaultAction, Phase, Session, TlsFacts};
 use smtpd_filter::codec::{self, event, Decoder, Frame};
 use std::collections::HashMap;
 use std::io;
@@ -150,6 +150,9 @@ struct Bridge {
     cfg: Config,
     registry: Registry,
     sessions: HashMap<u64, Session>,
+    /// TLS facts of sessions not seen yet (smtps: the handshake may end before
+    /// CONNECT); forgotten at their DISCONNECT.
+    early_tls: HashMap<u64, TlsFacts>,
     tokens: HashMap<Token, (u64, usize)>,
     next_token: usize,
     out: Vec<u8>,
@@ -198,10 +201,13 @@ impl Bridge {
     fn ask(&mut self, sid: u64, phase: Phase, param: &[u8], now: Instant) {
         let b = self;
         let mut ctx = ctx!(b);
-        let s = b
-            .sessions
-            .entry(sid)
-            .or_insert_with(|| Session::new(sid, "unknown", "unknown", "", false, &mut ctx, now));
+        let s = b.sessions.entry(sid).or_insert_with(|| {
+            let mut s = Session::new(sid, "unknown", "unknown", "", false, &mut ctx, now);
+            if let Some(t) = b.early_tls.remove(&sid) {
+                s.set_tls(t);
+            }
+            s
+        });
         s.ask(phase, param, &mut ctx, now);
     }
 
@@ -233,7 +239,7 @@ impl Bridge {
                     old.disconnect(&mut ctx);
                 }
                 let text = |x: &[u8]| String::from_utf8_lossy(x).into_owned();
-                let s = Session::new(
+                let mut s = Session::new(
                     sid,
                     &text(local),
                     &text(remote),
@@ -242,6 +248,9 @@ impl Bridge {
                     &mut ctx,
                     now,
                 );
+                if let Some(t) = b.early_tls.remove(&sid) {
+                    s.set_tls(t);
+                }
                 b.sessions
                     .entry(sid)
                     .or_insert(s)
@@ -286,12 +295,48 @@ impl Bridge {
             Frame::Disconnect => {
                 let b = self;
                 let mut ctx = ctx!(b);
+                b.early_tls.remove(&sid);
                 if let Some(mut s) = b.sessions.remove(&sid) {
                     s.disconnect(&mut ctx);
                 }
             }
+            Frame::Tls {
+                version,
+                cipher,
+                bits,
+                subject,
+                ..
+            } => {
+                let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+                let t = TlsFacts {
+                    version: text(version),
+                    cipher: text(cipher),
+                    bits,
+                    subject: text(subject),
+                };
+                match self.sessions.get_mut(&sid) {
+                    Some(s) => s.set_tls(t),
+                    // On an smtps listener it may come before CONNECT.
+                    None => {
+                        self.early_tls.insert(sid, t);
+                    }
+                }
+            }
+            Frame::AuthResult {
+                mechanism,
+                user,
+                result,
+            } => {
+                if result == b"ok" {
+                    if let Some(s) = self.sessions.get_mut(&sid) {
+                        s.authenticated(mechanism, user);
+                    }
+                }
+            }
             // Not registered for; answered all the same if they come.
-            Frame::Starttls | Frame::Auth(_) => codec::encode(sid, &Frame::Proceed, &mut self.out),
+            Frame::Starttls | Frame::Auth { .. } => {
+                codec::encode(sid, &Frame::Proceed, &mut self.out)
+            }
             Frame::Protocol { .. } => {}
             other => {
                 eprintln!(
@@ -361,6 +406,7 @@ fn run(cfg: Config) -> Result<(), String> {
         cfg,
         registry,
         sessions: HashMap::new(),
+        early_tls: HashMap::new(),
         tokens: HashMap::new(),
         next_token: FIRST_MILTER,
         out: Vec::new(),
@@ -375,7 +421,8 @@ fn run(cfg: Config) -> Result<(), String> {
         | event::DATA
         | event::DATA_LINES
         | event::EOM;
-    let reports = event::COMMIT | event::ROLLBACK | event::DISCONNECT;
+    let reports =
+        event::COMMIT | event::ROLLBACK | event::DISCONNECT | event::TLS | event::AUTH_RESULT;
     codec::encode(
         0,
         &Frame::Register {

@@ -7,7 +7,7 @@
 //! the milters behind, as headers and body chunks; what they say about them is kept
 //! for the end of the message.
 
-use crate::conn::{Event, MacroSet, MilterConn, Step, Target};
+use crate::conn::{Event, MilterConn, Step, Target};
 use crate::message::{self, Chunker, Part, Splitter};
 use crate::milter::{self, cmd, proto, Family, Reply};
 use mio::{Registry, Token};
@@ -15,6 +15,10 @@ use smtpd_filter::codec;
 use smtpd_filter::{Decision, Edit};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
+
+#[path = "macros.rs"]
+mod macros;
+pub use macros::TlsFacts;
 
 /// What to do when a milter cannot be reached, dies, times out or breaks the protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -179,53 +183,6 @@ struct Question {
     edits: Vec<Edit>,
 }
 
-/// Default macro names by stage (the milter may ask for its own lists).
-fn default_names(code: u8) -> &'static [&'static str] {
-    match code {
-        cmd::CONNECT => &[
-            "j",
-            "{daemon_name}",
-            "{daemon_addr}",
-            "{daemon_port}",
-            "{if_addr}",
-            "{if_name}",
-            "{client_addr}",
-            "{client_port}",
-            "{client_name}",
-            "{client_ptr}",
-            "_",
-            "v",
-        ],
-        cmd::MAIL => &[
-            "i",
-            "{auth_type}",
-            "{auth_authen}",
-            "{mail_addr}",
-            "{mail_host}",
-            "{mail_mailer}",
-        ],
-        cmd::RCPT => &["i", "{rcpt_addr}", "{rcpt_host}", "{rcpt_mailer}"],
-        cmd::DATA | cmd::EOH | cmd::BODYEOB => &["i"],
-        _ => &[],
-    }
-}
-
-fn is_default_name(n: &str) -> bool {
-    let b = n.trim_start_matches('{').trim_end_matches('}');
-    [cmd::CONNECT, cmd::MAIL, cmd::RCPT, cmd::DATA]
-        .iter()
-        .flat_map(|c| default_names(*c).iter())
-        .any(|d| d.trim_start_matches('{').trim_end_matches('}') == b)
-}
-
-/// The host part of an address and the mailer Sendmail would name for it.
-fn host_and_mailer(addr: &str) -> (String, &'static str) {
-    match addr.rsplit_once('@') {
-        Some((_, d)) if !d.is_empty() => (d.to_string(), "smtp"),
-        _ => (String::new(), "local"),
-    }
-}
-
 /// One SMTP session.
 pub struct Session {
     sid: u64,
@@ -243,6 +200,9 @@ pub struct Session {
     splitter: Splitter,
     chunker: Chunker,
     counts: HashMap<Vec<u8>, u32>,
+    tls: Option<TlsFacts>,
+    /// The mechanism and user of a successful AUTH.
+    auth: Option<(String, String)>,
 }
 
 impl Session {
@@ -321,91 +281,22 @@ impl Session {
             splitter: Splitter::new(),
             chunker: Chunker::default(),
             counts: HashMap::new(),
+            tls: None,
+            auth: None,
         }
     }
 
-    /// The name given to milters in CONNECT and `{client_name}`: the host name, else the
-    /// bracketed address as Sendmail writes it.
-    fn client_name(&self) -> String {
-        if !self.hostname.is_empty() {
-            return self.hostname.clone();
-        }
-        match &self.remote {
-            Family::Inet4(ip, _) => format!("[{ip}]"),
-            Family::Inet6(ip, _) => format!("[IPv6:{ip}]"),
-            Family::Local => "localhost".into(),
-            Family::Unknown => "unknown".into(),
-        }
+    /// The daemon reported the session's TLS handshake: the TLS macros have values
+    /// from now on.
+    pub fn set_tls(&mut self, t: TlsFacts) {
+        self.tls = Some(t);
     }
 
-    /// The queue id given as macro `i`: the session id and the transaction's number (the
-    /// daemon's message id is only known once the message is committed).
-    fn queue_id(&self) -> String {
-        format!("{:016X}.{}", self.sid, self.txn)
-    }
-
-    fn macro_set(&self, code: u8, cfg: &Config) -> MacroSet {
-        let mut v: Vec<(String, String)> = Vec::with_capacity(24);
-        let mut put = |k: &str, val: String| v.push((k.to_string(), val));
-        put("j", cfg.hostname.clone());
-        put("{daemon_name}", "smtpd".into());
-        if let Some(a) = self.local.addr() {
-            put("{daemon_addr}", a.clone());
-            put("{if_addr}", a);
-        }
-        if let Some(p) = self.local.port() {
-            put("{daemon_port}", p.to_string());
-        }
-        let name = self.client_name();
-        if let Some(a) = self.remote.addr() {
-            put("{client_addr}", a.clone());
-            put("_", format!("{name} [{a}]"));
-        } else {
-            put("_", name.clone());
-        }
-        if let Some(p) = self.remote.port() {
-            put("{client_port}", p.to_string());
-        }
-        put("{client_name}", name);
-        if !self.hostname.is_empty() {
-            put("{client_ptr}", self.hostname.clone());
-        }
-        put(
-            "v",
-            format!("smtpd filter-milter {}", env!("CARGO_PKG_VERSION")),
-        );
-        if self.txn > 0 {
-            put("i", self.queue_id());
-            put("{auth_type}", String::new());
-            put("{auth_authen}", String::new());
-            let (host, mailer) = host_and_mailer(&self.sender);
-            put("{mail_addr}", self.sender.clone());
-            put("{mail_host}", host);
-            put("{mail_mailer}", mailer.into());
-            if !self.rcpt.is_empty() {
-                let (host, mailer) = host_and_mailer(&self.rcpt);
-                put("{rcpt_addr}", self.rcpt.clone());
-                put("{rcpt_host}", host);
-                put("{rcpt_mailer}", mailer.into());
-            }
-        }
-        let bare = |n: &str| n.trim_start_matches('{').trim_end_matches('}').to_string();
-        for (k, val) in &cfg.macros {
-            v.retain(|(n, _)| bare(n) != bare(k));
-            v.push((k.clone(), val.clone()));
-        }
-        let mut defaults: Vec<String> = default_names(code).iter().map(|s| s.to_string()).collect();
-        if code == cmd::CONNECT {
-            for (k, _) in &cfg.macros {
-                if !is_default_name(k) {
-                    defaults.push(k.clone());
-                }
-            }
-        }
-        MacroSet {
-            defaults,
-            values: v,
-        }
+    /// The daemon reported a successful AUTH: `{auth_type}` and `{auth_authen}` have
+    /// values from now on.
+    pub fn authenticated(&mut self, mechanism: &[u8], user: &[u8]) {
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        self.auth = Some((text(mechanism), text(user)));
     }
 
     fn step(&self, phase: Phase, param: &[u8], cfg: &Config) -> Step {
@@ -966,17 +857,5 @@ mod tests {
         assert_eq!(answer_within(s(30)), s(28));
         assert_eq!(answer_within(s(5)), Duration::from_millis(3750));
         assert_eq!(answer_within(s(1)), Duration::from_millis(750));
-    }
-
-    #[test]
-    fn hosts_and_mailers() {
-        assert_eq!(
-            host_and_mailer("a@example.test"),
-            ("example.test".into(), "smtp")
-        );
-        assert_eq!(host_and_mailer("postmaster"), (String::new(), "local"));
-        assert_eq!(host_and_mailer(""), (String::new(), "local"));
-        assert!(is_default_name("{mail_addr}") && is_default_name("mail_addr"));
-        assert!(!is_default_name("{tls_version}"));
     }
 }

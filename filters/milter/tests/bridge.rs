@@ -55,7 +55,14 @@ impl Daemon {
             Ok(Some((0, Frame::Register { hooks, reports, .. }, _))) => {
                 assert_eq!(hooks & event::EOM, event::EOM);
                 assert_eq!(hooks & event::DATA_LINES, event::DATA_LINES);
-                assert_eq!(reports, event::COMMIT | event::ROLLBACK | event::DISCONNECT);
+                assert_eq!(
+                    reports,
+                    event::COMMIT
+                        | event::ROLLBACK
+                        | event::DISCONNECT
+                        | event::TLS
+                        | event::AUTH_RESULT
+                );
             }
             other => panic!("want REGISTER, got {other:?}"),
         }
@@ -303,6 +310,99 @@ fn no_reply_steps_skipped_steps_and_macro_lists() {
     d.send(7, &Frame::Disconnect);
     m.expect(b'Q', b"");
     assert!(m.eof());
+}
+
+fn tls(subject: &[u8]) -> Frame<'_> {
+    Frame::Tls {
+        version: b"TLSv1.3",
+        cipher: b"TLS_AES_256_GCM_SHA384",
+        bits: 256,
+        sni: b"mx.test",
+        subject,
+    }
+}
+
+/// The macro packet a milter reads next, for the stage `stage`, as text.
+fn macros(m: &mut Milter, stage: u8) -> String {
+    let (c, d) = m.read();
+    assert_eq!(c, b'D');
+    assert_eq!(d.first(), Some(&stage), "{}", d.escape_ascii());
+    d[1..].escape_ascii().to_string()
+}
+
+#[test]
+fn tls_and_auth_facts_become_sendmail_macros() {
+    let sock = Sock::new("tls");
+    let mut d = Daemon::start(&["-t", "5", &sock.spec()]);
+    // smtps: the handshake may end before CONNECT.
+    d.send(3, &tls(b"CN=client.test,O=Example"));
+    connect(&mut d, 3);
+    let mut m = sock.accept();
+    m.optneg(6, 0x101, NR_ALL, &[]);
+    let connect_macros = macros(&mut m, b'C');
+    assert!(!connect_macros.contains("tls"), "{connect_macros}");
+    let (c, _) = m.read();
+    assert_eq!(c, b'C');
+    assert_eq!(d.recv(), dbg(3, Frame::Proceed));
+    d.send(3, &Frame::Ehlo(b"client.test"));
+    assert_eq!(d.recv(), dbg(3, Frame::Proceed));
+    assert_eq!(
+        macros(&mut m, b'H'),
+        "{tls_version}\\x00TLSv1.3\\x00{cipher}\\x00TLS_AES_256_GCM_SHA384\\x00\
+         {cipher_bits}\\x00256\\x00{cert_subject}\\x00CN=client.test,O=Example\\x00"
+    );
+    m.expect(b'H', b"client.test\0");
+    // A failed AUTH defines nothing; a successful one, {auth_type} and {auth_authen}.
+    let result = |user, result| Frame::AuthResult {
+        mechanism: b"PLAIN",
+        user,
+        result,
+    };
+    d.send(3, &result(b"bob", b"permfail"));
+    d.send(3, &Frame::Mail(b"a@example.test"));
+    assert_eq!(d.recv(), dbg(3, Frame::Proceed));
+    let mail = macros(&mut m, b'M');
+    assert!(!mail.contains("auth"), "{mail}");
+    m.expect(b'M', b"<a@example.test>\0");
+    d.send(3, &Frame::Rollback);
+    d.send(3, &result(b"alice", b"ok"));
+    d.send(3, &Frame::Mail(b"a@example.test"));
+    assert_eq!(d.recv(), dbg(3, Frame::Proceed));
+    m.expect(b'A', b"");
+    let mail = macros(&mut m, b'M');
+    assert!(
+        mail.contains("{auth_type}\\x00PLAIN\\x00{auth_authen}\\x00alice\\x00"),
+        "{mail}"
+    );
+    m.expect(b'M', b"<a@example.test>\0");
+    d.send(3, &Frame::Disconnect);
+    m.expect(b'Q', b"");
+    assert!(m.eof());
+
+    // STARTTLS: TLS comes after CONNECT and HELO; the next EHLO has the macros, without
+    // {cert_subject} when no certificate was verified.
+    connect(&mut d, 4);
+    let mut m = sock.accept();
+    m.optneg(6, 0x101, NR_ALL, &[]);
+    macros(&mut m, b'C');
+    let (c, _) = m.read();
+    assert_eq!(c, b'C');
+    assert_eq!(d.recv(), dbg(4, Frame::Proceed));
+    d.send(4, &Frame::Ehlo(b"client.test"));
+    assert_eq!(d.recv(), dbg(4, Frame::Proceed));
+    m.expect(b'H', b"client.test\0");
+    d.send(4, &tls(b""));
+    d.send(4, &Frame::Ehlo(b"client.test"));
+    assert_eq!(d.recv(), dbg(4, Frame::Proceed));
+    let helo = macros(&mut m, b'H');
+    assert!(helo.starts_with("{tls_version}\\x00TLSv1.3\\x00"), "{helo}");
+    assert!(!helo.contains("cert_subject"), "{helo}");
+    m.expect(b'H', b"client.test\0");
+    // A TLS report for a session that never connected is forgotten at its end.
+    d.send(5, &tls(b""));
+    d.send(5, &Frame::Disconnect);
+    d.send(4, &Frame::Disconnect);
+    m.expect(b'Q', b"");
 }
 
 #[test]

@@ -23,9 +23,11 @@ plan skip_all => 'no .hex files' unless @files;
 my %FIELDS = (
     REGISTER => 'version hooks reports name', READY => 'version max_frame timeout_ms',
     REFUSED => 'reason', CONNECT => 'local remote hostname', HELO => 'name', EHLO => 'name',
-    STARTTLS => '', AUTH => 'user', MAIL => 'address', RCPT => 'address', DATA => '',
+    STARTTLS => '', AUTH => 'mechanism user', MAIL => 'address', RCPT => 'address', DATA => '',
     DATA_LINES => 'lines', DATA_END => '', EOM => 'size', COMMIT => 'msgid',
-    ROLLBACK => '', DISCONNECT => '', PROTOCOL => 'dir line', PROCEED => '',
+    ROLLBACK => '', DISCONNECT => '', PROTOCOL => 'dir line',
+    TLS => 'version cipher bits sni subject', AUTH_RESULT => 'mechanism user result',
+    PROCEED => '',
     REJECT => 'code text', TEMPFAIL => 'text', DISCONNECT_ANSWER => 'code text',
     JUNK => '', REWRITE => 'value', ADD_HEADER => 'name value',
     INSERT_HEADER => 'index name value', CHANGE_HEADER => 'index name value',

@@ -23,6 +23,10 @@ def on_ehlo(s, helo):
     out(s, "ehlo " + helo)
 
 
+def on_auth(s, mechanism, user):
+    out(s, "auth mechanism=%s user=%s" % (mechanism, user))
+
+
 def on_mail(s, mail):
     out(s, "mail <%s>" % mail)
 
@@ -54,3 +58,12 @@ def on_rollback(s):
 
 def on_disconnect(s):
     out(s, "disconnect")
+
+
+def on_tls(s, version, cipher, bits, sni, subject):
+    out(s, "tls version=%s cipher=%s bits=%d sni=%s subject=%s"
+        % (version, cipher, bits, sni, subject))
+
+
+def on_auth_result(s, mechanism, user, result):
+    out(s, "auth-result mechanism=%s user=%s result=%s" % (mechanism, user, result))

@@ -5,6 +5,7 @@
 //! only ever sees plaintext lines.
 
 use super::*;
+use crate::filter::report::TlsFacts as TlsReport;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -84,6 +85,11 @@ impl Conn {
             )
         );
         self.deadline = now + ctx.cfg.smtp.timeout;
+        if let Some((suite, subject)) = self.sock.tls_report_names() {
+            let sni = facts.sni.as_deref();
+            let report = TlsReport::new(facts.version, suite, sni, subject.as_deref());
+            self.filters.report_tls(report);
+        }
         self.session.on_tls(facts);
         true
     }

@@ -18,6 +18,7 @@
 
 use super::{Action, Pending, Session, State};
 use crate::config::{AuthMode, ListenerAuth};
+use crate::filter::phase::{FilterVerdict, Phase};
 use crate::lookup::{AuthCheck, SenderQuery};
 use crate::mail::address::Mailbox;
 use crate::mail::auth::{log_word, AuthResult, Credentials, Secret, MAX_CREDENTIAL};
@@ -45,6 +46,16 @@ enum Exchange {
     LoginUser,
     /// `334 UGFzc3dvcmQ6`: LOGIN's password for this user.
     LoginPassword(String),
+}
+
+impl Exchange {
+    /// The mechanism's name, as filters are told it.
+    fn mechanism(&self) -> &'static str {
+        match self {
+            Exchange::Plain => "PLAIN",
+            Exchange::LoginUser | Exchange::LoginPassword(_) => "LOGIN",
+        }
+    }
 }
 
 impl Session {
@@ -175,11 +186,14 @@ impl Session {
 
     /// The client's decoded answer to `exchange`.
     fn response(&mut self, exchange: Exchange, data: Vec<u8>, out: &mut Vec<Action>) {
+        let mechanism = exchange.mechanism();
         match exchange {
             Exchange::Plain => match sasl::plain(data) {
-                Ok(c) => self.check(c, out),
+                Ok(c) => self.check(c, mechanism, out),
                 Err(PlainError::Malformed) => self.fail(Reply::AUTH_MALFORMED, out),
-                Err(PlainError::Refused(user)) => self.auth_result(user, AuthResult::PermFail, out),
+                Err(PlainError::Refused(user)) => {
+                    self.auth_result(user, mechanism, AuthResult::PermFail, out)
+                }
             },
             Exchange::LoginUser => match String::from_utf8(data) {
                 Ok(u) if !u.is_empty() && u.len() <= MAX_CREDENTIAL && !u.contains('\0') => {
@@ -191,17 +205,18 @@ impl Session {
                 let password = Secret::new(data);
                 let p = password.expose();
                 if p.is_empty() || p.len() > MAX_CREDENTIAL || p.contains(&0) {
-                    return self.auth_result(user, AuthResult::PermFail, out);
+                    return self.auth_result(user, mechanism, AuthResult::PermFail, out);
                 }
-                self.check(Credentials { user, password }, out)
+                self.check(Credentials { user, password }, mechanism, out)
             }
         }
     }
 
     /// Asks for the credentials to be checked; the answer comes through `on_auth`.
-    fn check(&mut self, credentials: Credentials, out: &mut Vec<Action>) {
+    fn check(&mut self, credentials: Credentials, mechanism: &'static str, out: &mut Vec<Action>) {
         self.pending = Some(Pending::Auth {
             user: credentials.user.clone(),
+            mechanism,
         });
         out.push(Action::Authenticate(AuthCheck {
             table: self.auth.policy.table,
@@ -216,7 +231,9 @@ impl Session {
             return;
         }
         match self.pending.take() {
-            Some(Pending::Auth { user }) => self.auth_result(user, result, out),
+            Some(Pending::Auth { user, mechanism }) => {
+                self.auth_result(user, mechanism, result, out)
+            }
             other => {
                 debug_assert!(false, "AUTH answer without a pending check");
                 self.pending = other;
@@ -224,28 +241,113 @@ impl Session {
         }
     }
 
-    fn auth_result(&mut self, user: String, result: AuthResult, out: &mut Vec<Action>) {
+    fn auth_result(
+        &mut self,
+        user: String,
+        mechanism: &'static str,
+        result: AuthResult,
+        out: &mut Vec<Action>,
+    ) {
+        // Accepted credentials go to the filters that asked for AUTH first.
+        if result == AuthResult::Ok {
+            let pending = Pending::AuthFilter {
+                user: user.clone(),
+                mechanism,
+            };
+            if self.ask(Phase::Auth { mechanism }, user.clone(), pending, out) {
+                return;
+            }
+        }
+        self.auth_done(user, mechanism, result, out)
+    }
+
+    /// The end of an exchange whose credentials were checked (and, when accepted,
+    /// passed the filters): the log line, the reply and the report to filters.
+    fn auth_done(
+        &mut self,
+        user: String,
+        mechanism: &'static str,
+        result: AuthResult,
+        out: &mut Vec<Action>,
+    ) {
         log::info!(
             "{:016x} smtp authentication user={} result={}",
             self.id,
             log_word(&user),
             result.as_str()
         );
+        let reply = match result {
+            AuthResult::Ok => Reply::AUTH_OK,
+            AuthResult::TempFail => Reply::AUTH_TEMPFAIL,
+            AuthResult::PermFail => Reply::AUTH_FAILED,
+        };
+        let code = reply.code;
+        let report = |user| Action::AuthReport {
+            mechanism,
+            user,
+            code,
+        };
         match result {
             AuthResult::Ok => {
-                self.client.auth = Some(user);
-                out.push(Action::Reply(Reply::AUTH_OK));
+                self.client.auth = Some(user.clone());
+                out.push(Action::Reply(reply));
+                out.push(report(user));
             }
-            AuthResult::TempFail => self.fail(Reply::AUTH_TEMPFAIL, out),
+            AuthResult::TempFail => {
+                self.fail(reply, out);
+                out.push(report(user));
+            }
             AuthResult::PermFail => {
                 self.auth.failures += 1;
                 if self.auth.failures >= self.limits.max_auth_failures {
-                    out.push(Action::Reply(Reply::AUTH_FAILED));
+                    out.push(Action::Reply(reply));
+                    out.push(report(user));
                     return self.close(Reply::AUTH_TOO_MANY_FAILURES, out);
                 }
-                self.fail(Reply::AUTH_FAILED, out)
+                self.fail(reply, out);
+                out.push(report(user));
             }
         }
+    }
+
+    /// The filters' verdict on accepted credentials: PROCEED (or JUNK, which marks the
+    /// session) lets the 235 go; a refusal is the reply instead, and the client stays
+    /// unauthenticated.
+    pub(super) fn auth_filtered(
+        &mut self,
+        user: String,
+        mechanism: &'static str,
+        v: FilterVerdict,
+        out: &mut Vec<Action>,
+    ) {
+        let refusal = match v {
+            FilterVerdict::Proceed { junk, .. } => {
+                self.junk |= junk;
+                None
+            }
+            FilterVerdict::Discard => None,
+            FilterVerdict::Reject(r) => Some((r, false)),
+            FilterVerdict::Disconnect(r) => Some((r, true)),
+        };
+        let Some((r, disconnect)) = refusal else {
+            return self.auth_done(user, mechanism, AuthResult::Ok, out);
+        };
+        log::info!(
+            "{:016x} smtp authentication user={} result=filtered",
+            self.id,
+            log_word(&user)
+        );
+        let code = r.code;
+        if disconnect || code == 421 {
+            self.close(r, out);
+        } else {
+            self.fail(r, out);
+        }
+        out.push(Action::AuthReport {
+            mechanism,
+            user,
+            code,
+        });
     }
 
     /// The check of `sender` against the `senders` table, for an authenticated user.

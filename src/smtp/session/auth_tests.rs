@@ -284,7 +284,7 @@ fn nothing_of_the_exchange_is_shown() {
     assert_eq!(&*d.s.loggable(line.as_bytes()), b"AUTH PLAIN (hidden)");
     d.client("AUTH LOGIN").expect("334");
     let b64 = encode(b"bob");
-    assert_eq!(&*d.s.loggable(b64.as_bytes()), b"(AUTH exchange line)");
+    assert_eq!(&*d.s.loggable(b64.as_bytes()), b"(hidden)");
     let shown = format!("{:?}", d.s);
     assert!(!shown.contains("hunter2"), "{shown}");
 }
@@ -309,4 +309,90 @@ fn an_answer_after_the_session_closed_is_dropped() {
     d.auth_answer(Good);
     assert!(d.out.is_empty(), "{:?}", d.out);
     assert_eq!(d.s.auth_user(), None);
+}
+
+/// A dialog as [`dialog`] makes it, with filters that registered AUTH.
+fn filtered() -> Dialog {
+    let mut d = Dialog::with_hooks(smtpd_filter::codec::event::AUTH);
+    d.s.set_auth(ListenerAuth {
+        mode: AuthMode::Required,
+        table: Some(4),
+        ..ListenerAuth::default()
+    });
+    d.expect("220");
+    protect(&mut d.s);
+    d.client("EHLO c").expect("250-mx.example.org");
+    d
+}
+
+#[test]
+fn filters_decide_on_accepted_credentials() {
+    let mut d = filtered();
+    // Refused credentials never reach the filters.
+    d.client(&format!("AUTH PLAIN {}", plain("", "bob", b"no")));
+    d.auth_answer(PermFail).expect("535 5.7.8");
+    assert!(d.queries.is_empty());
+    // Accepted ones wait for the verdict before the 235.
+    d.client(&format!("AUTH PLAIN {}", plain("", "bob", b"pw")));
+    d.auth_answer(Good).expect_nothing();
+    assert_eq!(d.queries[0].phase, Phase::Auth { mechanism: "PLAIN" });
+    assert_eq!(d.queries[0].param, "bob");
+    d.verdict(FilterVerdict::Reject(Reply::new(
+        535,
+        "5.7.8",
+        "Not from here",
+    )))
+    .expect("535 5.7.8 Not from here");
+    assert_eq!(d.s.auth_user(), None);
+    d.client("MAIL FROM:<bob@b.c>").expect("530 5.7.0");
+    // The filters' temporary failure; then LOGIN, accepted, and marked as junk.
+    d.client(&format!("AUTH PLAIN {}", plain("", "bob", b"pw")));
+    d.auth_answer(Good);
+    d.verdict(FilterVerdict::Reject(Reply::new(454, "4.7.0", "Later")))
+        .expect("454 4.7.0");
+    d.client("AUTH LOGIN").expect("334");
+    d.client(&encode(b"carol")).expect("334");
+    d.client(&encode(b"pw")).expect_nothing();
+    d.auth_answer(Good);
+    assert_eq!(d.queries[0].phase, Phase::Auth { mechanism: "LOGIN" });
+    d.verdict(FilterVerdict::Proceed {
+        rewrite: None,
+        junk: true,
+    })
+    .expect("235 2.7.0");
+    assert_eq!(d.s.auth_user(), Some("carol"));
+    assert_eq!(
+        d.auth_reports,
+        [
+            "PLAIN bob 535",
+            "PLAIN bob 535",
+            "PLAIN bob 454",
+            "LOGIN carol 235"
+        ]
+    );
+}
+
+#[test]
+fn a_filter_may_end_the_session_at_auth() {
+    let mut d = filtered();
+    d.client(&format!("AUTH PLAIN {}", plain("", "bob", b"pw")));
+    d.auth_answer(Good);
+    d.verdict(FilterVerdict::Disconnect(Reply::new(421, "4.7.0", "Bye")))
+        .expect("421 4.7.0 Bye")
+        .expect_close();
+    assert_eq!(d.auth_reports, ["PLAIN bob 421"]);
+}
+
+#[test]
+fn reports_name_what_the_client_gave_only() {
+    let mut d = dialog(AuthMode::Required, true, false);
+    // Cancelled and malformed exchanges gave no credentials: no report.
+    d.client("AUTH PLAIN").expect("334");
+    d.client("*").expect("501 5.7.0");
+    d.client("AUTH PLAIN !!!").expect("501 5.5.2");
+    assert!(d.auth_reports.is_empty());
+    d.client(&format!("AUTH PLAIN {}", plain("", "bob", b"pw")));
+    d.auth_answer(TempFail).expect("454 4.7.0");
+    login(&mut d);
+    assert_eq!(d.auth_reports, ["PLAIN bob 454", "PLAIN bob 235"]);
 }

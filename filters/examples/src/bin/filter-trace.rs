@@ -18,6 +18,13 @@ fn main() -> std::io::Result<()> {
             eprintln!("{:016x} ehlo {h}", c.session);
             Decision::Proceed
         })
+        .on_auth(|c, a| {
+            eprintln!(
+                "{:016x} auth mechanism={} user={}",
+                c.session, a.mechanism, a.user
+            );
+            Decision::Proceed
+        })
         .on_mail(|c, a| {
             eprintln!("{:016x} mail <{a}>", c.session);
             Decision::Proceed
@@ -45,5 +52,17 @@ fn main() -> std::io::Result<()> {
         .on_commit(|c, id| eprintln!("{:016x} commit {id}", c.session))
         .on_rollback(|c| eprintln!("{:016x} rollback", c.session))
         .on_disconnect(|c| eprintln!("{:016x} disconnect", c.session))
+        .on_tls(|c, t| {
+            eprintln!(
+                "{:016x} tls version={} cipher={} bits={} sni={} subject={}",
+                c.session, t.version, t.cipher, t.bits, t.sni, t.subject
+            )
+        })
+        .on_auth_result(|c, a, result| {
+            eprintln!(
+                "{:016x} auth-result mechanism={} user={} result={result}",
+                c.session, a.mechanism, a.user
+            )
+        })
         .run()
 }

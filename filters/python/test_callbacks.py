@@ -1,0 +1,95 @@
+"""The callbacks of filter-python for TLS and AUTH, run as the daemon runs a script:
+the daemon's frames on standard input, the answers read back from standard output.
+
+    /usr/bin/python3 -m pytest -q filters/python/test_callbacks.py
+"""
+
+import os
+import subprocess
+import sys
+import tempfile
+
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import filter as F  # noqa: E402
+
+SCRIPT = r'''
+import sys
+import filter
+
+
+def out(text):
+    sys.stderr.write(text + "\n")
+
+
+def on_tls(s, version, cipher, bits, sni, subject):
+    out("%x tls %s %s %d sni=%s subject=%s" % (s, version, cipher, bits, sni, subject))
+
+
+def on_auth(s, mechanism, user):
+    out("%x auth %s %s" % (s, mechanism, user))
+    if user == "mallory":
+        filter.reject(s, 535, "5.7.8 not from here")
+    elif user == "later":
+        filter.tempfail(s, "directory down")
+    elif user == "rw":
+        try:
+            filter.rewrite(s, "root")
+        except filter.FilterError as e:
+            out("refused: %s" % e)
+
+
+def on_auth_result(s, mechanism, user, result):
+    out("%x auth-result %s %s %s" % (s, mechanism, user, result))
+'''
+
+
+def run_script(frames):
+    """Runs SCRIPT on READY and `frames`; returns (frames it sent, its stderr)."""
+    with tempfile.TemporaryDirectory() as d:
+        script = os.path.join(d, "ta.py")
+        with open(script, "w") as f:
+            f.write(SCRIPT)
+        data = F.encode(0, F.READY, 1, F.MAX_FRAME, 30000) + b"".join(frames)
+        inp = os.path.join(d, "in")
+        with open(inp, "wb") as f:
+            f.write(data)
+        with open(inp, "rb") as stdin:
+            p = subprocess.run([sys.executable, os.path.join(HERE, "filter-python"), script],
+                               stdin=stdin, capture_output=True, timeout=30, check=False)
+    assert p.returncode == 0, p.stderr.decode()
+    dec = F.Decoder()
+    dec.feed(p.stdout)
+    return list(dec.frames()), p.stderr.decode()
+
+
+def test_tls_auth_and_auth_result_reach_their_callbacks():
+    auth = lambda s, mech, user: F.encode(s, F.AUTH, mech, user)  # noqa: E731
+    frames, err = run_script([
+        F.encode(9, F.TLS, "TLSv1.3", "TLS_AES_256_GCM_SHA384", 256, "mx.example.org", ""),
+        auth(9, "PLAIN", "alice"),
+        F.encode(9, F.AUTH_RESULT, "PLAIN", "alice", "ok"),
+        auth(9, "LOGIN", "mallory"),
+        auth(9, "PLAIN", "later"),
+        auth(9, "PLAIN", "rw"),
+        F.encode(9, F.AUTH_RESULT, "LOGIN", "", "tempfail"),
+    ])
+    assert frames == [
+        (0, F.REGISTER, (1, F.EV_AUTH, F.EV_TLS | F.EV_AUTH_RESULT, b"ta")),
+        (9, F.PROCEED, ()),
+        (9, F.REJECT, (535, b"5.7.8 not from here")),
+        (9, F.TEMPFAIL, (b"directory down",)),
+        (9, F.PROCEED, ()),
+    ]
+    assert err.splitlines() == [
+        "9 tls TLSv1.3 TLS_AES_256_GCM_SHA384 256 sni=mx.example.org subject=",
+        "9 auth PLAIN alice",
+        "9 auth-result PLAIN alice ok",
+        "9 auth LOGIN mallory",
+        "9 auth PLAIN later",
+        "9 auth PLAIN rw",
+        "refused: rewrite is only for HELO, EHLO, MAIL and RCPT",
+        "9 auth-result LOGIN  tempfail",
+    ]
