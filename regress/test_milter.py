@@ -13,11 +13,13 @@ without them). The bridge is target/debug/filter-milter (built here when missing
 $FILTER_MILTER_BIN); it is copied into the test directory so that `_smtpd` can run it.
 """
 
+import base64
 import json
 import os
 import re
 import shutil
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -343,6 +345,43 @@ def test_what_the_milter_sees(env):
     close = wait_record(rec, lambda r: r["conn"].get("port") == conn["port"], kind="close")
     assert close["events"][-1] == "close"
     d.check_no_loss()
+
+
+def test_the_milter_sees_tls_and_auth(env):
+    """After STARTTLS and AUTH, the macros Sendmail gives: the TLS ones with HELO, the
+    AUTH ones from MAIL on."""
+    spec, rec = env.test_milter()
+    cert, key = env.tmp / "cert.pem", env.tmp / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
+                    "-out", str(cert), "-days", "2", "-subj", "/CN=mx.test.example"],
+                   check=True, capture_output=True, timeout=60)
+    h = subprocess.run(["openssl", "passwd", "-6", "-stdin"], input="pw-of-bob",
+                       capture_output=True, text=True, check=True, timeout=30).stdout.strip()
+    creds = env.tmp / "creds"
+    creds.write_text("bob %s\n" % h)
+    d = env.daemon(spec, extra='pki test cert "%s"\npki test key "%s"\ntable creds file:%s\n'
+                   % (cert, key, creds), listen_opts="tls pki test auth-optional <creds>")
+    with d.client() as c:
+        c.ehlo("client.test")
+        c.expect("STARTTLS", 220)
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        c.sock = ctx.wrap_socket(c.sock, server_hostname="mx.test.example")
+        assert c.cmd("EHLO client.test").code == 250  # no second greeting
+        ir = base64.b64encode(b"\0bob\0pw-of-bob").decode()
+        c.expect("AUTH PLAIN " + ir, 235, "2.7.0")
+        r = d.send(c, "bob@example.test", ["carol@example.test"], msg("over tls"))
+        c.until_quit()
+    assert d.message(accepted_id(r)) is not None
+    mc = wait_record(rec, lambda r: ["Subject", "over tls"] in r["headers"])["macros"]
+    assert mc["helo"]["{tls_version}"] == "TLSv1.3", mc["helo"]
+    assert re.fullmatch(r"TLS_(AES_(128|256)_GCM_SHA(256|384)|CHACHA20_POLY1305_SHA256)",
+                        mc["helo"]["{cipher}"]), mc["helo"]
+    assert mc["helo"]["{cipher_bits}"] in ("128", "256")
+    assert "{cert_subject}" not in mc["helo"] or mc["helo"]["{cert_subject}"] == ""
+    assert mc["mail"]["{auth_type}"] == "PLAIN" and mc["mail"]["{auth_authen}"] == "bob", mc["mail"]
+    assert "pw-of-bob" not in d.log() and ir not in d.log()
 
 
 def test_replies(env):

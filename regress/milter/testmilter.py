@@ -43,7 +43,8 @@ LOCK = threading.Lock()
 MACROS = ("j", "_", "v", "i", "{daemon_name}", "{daemon_addr}", "{daemon_port}", "{if_addr}",
           "{if_name}", "{client_addr}", "{client_port}", "{client_name}", "{client_ptr}",
           "{auth_type}", "{auth_authen}", "{mail_addr}", "{mail_host}", "{mail_mailer}",
-          "{rcpt_addr}", "{rcpt_host}", "{rcpt_mailer}", "{x_custom}")
+          "{rcpt_addr}", "{rcpt_host}", "{rcpt_mailer}", "{x_custom}", "{tls_version}", "{cipher}",
+          "{cipher_bits}", "{cert_subject}")
 
 
 def record(obj):
