@@ -5,6 +5,7 @@
 //! know what to wait for.
 
 use super::subject::{subject_line, subject_rfc4514};
+use crate::config::tls::Suite;
 use crate::mail::TlsFacts;
 use mio::net::TcpStream;
 use rustls::{ProtocolVersion, ServerConfig, ServerConnection};
@@ -92,6 +93,23 @@ impl TlsStream {
         }
     }
 
+    /// The negotiated suite, once the handshake is done.
+    fn suite(&self) -> Option<Suite> {
+        self.tls
+            .negotiated_cipher_suite()
+            .and_then(|s| super::suite_of(s.suite()))
+    }
+
+    /// The subject of the client's certificate, in the form `show` gives it. A
+    /// certificate is only asked for, and so only present, when `verify` requires one
+    /// that verified.
+    fn subject(&self, show: fn(&[u8]) -> Option<String>) -> Option<String> {
+        self.tls
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| show(c).unwrap_or_default())
+    }
+
     /// What the established session is: version, cipher, SNI, and the subject of the
     /// client's certificate when one was verified. `None` during the handshake.
     pub fn facts(&self) -> Option<TlsFacts> {
@@ -103,23 +121,13 @@ impl TlsStream {
             ProtocolVersion::TLSv1_2 => "TLSv1.2",
             _ => "unknown",
         };
-        let suite = self
-            .tls
-            .negotiated_cipher_suite()
-            .and_then(|s| super::suite_of(s.suite()));
-        // A certificate is only asked for, and so only present, when `verify` requires
-        // one that verified.
-        let subject = self
-            .tls
-            .peer_certificates()
-            .and_then(|c| c.first())
-            .map(|c| subject_line(c).unwrap_or_default());
+        let suite = self.suite();
         Some(TlsFacts {
             version,
             cipher: suite.map_or("unknown", |s| s.name()),
             bits: suite.map_or(0, |s| s.bits()),
             sni: self.tls.server_name().map(str::to_string),
-            subject,
+            subject: self.subject(subject_line),
         })
     }
 
@@ -129,16 +137,8 @@ impl TlsStream {
         if self.tls.is_handshaking() {
             return None;
         }
-        let suite = self
-            .tls
-            .negotiated_cipher_suite()
-            .and_then(|s| super::suite_of(s.suite()));
-        let subject = self
-            .tls
-            .peer_certificates()
-            .and_then(|c| c.first())
-            .map(|c| subject_rfc4514(c).unwrap_or_default());
-        Some((suite.map_or("unknown", |s| s.iana_name()), subject))
+        let suite = self.suite().map_or("unknown", |s| s.iana_name());
+        Some((suite, self.subject(subject_rfc4514)))
     }
 }
 
