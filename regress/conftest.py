@@ -7,9 +7,11 @@ PID (SIGTERM, then SIGKILL after a grace period); every loop is bounded in count
 in time.
 """
 
+import json
 import os
 import pwd
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -1058,3 +1060,16 @@ def pytest_terminal_summary(terminalreporter):
 def pytest_report_header(config):
     return ["smtpd under test: %s" % (os.environ.get("SMTPD_BIN") or REPO / "target/debug/smtpd"),
             "test directories: %s" % (config.option.basetemp or "pytest default")]
+
+
+def filter_dir(tmp_path, spec):
+    """A `filter f` statement for regress/filterlib.py with `spec`, copied where the
+    daemon's filter user may read it."""
+    flt = tmp_path / "flt"
+    flt.mkdir()
+    shutil.copy(REPO / "regress" / "filterlib.py", flt / "filterlib.py")
+    (flt / "spec.json").write_text(json.dumps(spec))
+    for p in (flt, flt / "filterlib.py", flt / "spec.json"):
+        os.chmod(p, 0o755 if p.is_dir() else 0o644)
+    allow_traversal(flt)
+    return 'filter f proc-exec "/usr/bin/python3 %s %s"\n' % (flt / "filterlib.py", flt / "spec.json")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (DEFAULT_RULES, HOSTNAME, allow_traversal, free_port, needs_root,
+from conftest import (DEFAULT_RULES, HOSTNAME, allow_traversal, filter_dir, free_port, needs_root,
                       smtpd_bin)
 
 with warnings.catch_warnings():
@@ -442,18 +442,6 @@ def test_smtps_offers_auth_from_the_first_ehlo(make_daemon, tmp_path):
     assert "250-AUTH PLAIN LOGIN" in r.stdout and "235 2.7.0" in r.stdout
     (m,) = d.messages()
     assert re.search(r"with ESMTPSA id %s \(TLSv1\.3:" % m.msgid, m.text), m.text
-
-
-def filter_dir(tmp_path, spec):
-    """A filterlib.py filter with `spec`, readable by the daemon's filter user."""
-    flt = tmp_path / "flt"
-    flt.mkdir()
-    shutil.copy(Path(__file__).with_name("filterlib.py"), flt / "filterlib.py")
-    (flt / "spec.json").write_text(json.dumps(spec))
-    for p in (flt, flt / "filterlib.py", flt / "spec.json"):
-        os.chmod(p, 0o755 if p.is_dir() else 0o644)
-    allow_traversal(flt)
-    return 'filter f proc-exec "/usr/bin/python3 %s %s"\n' % (flt / "filterlib.py", flt / "spec.json")
 
 
 def test_filters_see_tls_and_decide_on_auth(secure, tmp_path):

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import HOSTNAME, REPO, SMTPRaw, accepted_id, free_port, smtpd_bin, wait_until
+from conftest import (HOSTNAME, REPO, SMTPRaw, accepted_id, filter_dir, free_port, smtpd_bin,
+                      wait_until)
 from tlscerts import Pki
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl(1)")
@@ -175,8 +176,11 @@ def test_listener_first_pki_is_the_default(make_daemon, pki):
 
 # ---------------------------------------------------------------- client certificates
 
-def test_client_certificate_verified(make_daemon, pki):
-    d = tls_daemon(make_daemon, pki, "smtps verify pki mx.test.example ca testca")
+def test_client_certificate_verified(make_daemon, pki, tmp_path):
+    # A filter sees the subject too, as an RFC 4514 string.
+    spec = {"name": "f", "hooks": [], "reports": ["tls"]}
+    d = tls_daemon(make_daemon, pki, "smtps verify pki mx.test.example ca testca filter f",
+                   extra=filter_dir(tmp_path, spec))
     with SMTPRaw(d.port) as c:
         c.tls(cafile=str(pki.ca), server_hostname=HOSTNAME, cert=pki.client)
         c.ehlo()
@@ -185,6 +189,8 @@ def test_client_certificate_verified(make_daemon, pki):
     msgs = d.wait_messages(1)
     assert ":256:YES)" in msgs[0].text.split("\n\n")[0]
     assert any('client-cert="/O=Test Org/CN=client.test"' in l for l in tls_lines(d))
+    assert d.wait_log(r"filter f: [0-9a-f]{16} tls version=TLSv1\.3 cipher=TLS_\w+ bits=\d+ "
+                      r"sni=mx\.test\.example subject=CN=client\.test,O=Test Org\n"), d.log()[-2000:]
 
 
 @pytest.mark.parametrize("which", ["none", "stranger"])
