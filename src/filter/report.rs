@@ -8,7 +8,8 @@ use smtpd_filter::codec::Frame;
 /// An event for observing filters, gathered while a session runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Report {
-    /// A command line (`<`), as the session shows it (`crate::smtp::sasl::redact`), or a reply (`>`).
+    /// A command line (`<`), as the session shows it (the credentials of AUTH hidden),
+    /// or a reply (`>`).
     Protocol(u8, Vec<u8>),
     /// The transaction was abandoned.
     Rollback,
