@@ -3,8 +3,9 @@
 
   report.py collect PHASE PEERS_WORK_DIR DATA_DIR
       Reads the work directory of one peers.sh run (kept with -k): the probe.log of every
-      server run (bench/probe.py), the exactly-once check of its Maildir, peers.sh's own
-      results.tsv; appends to DATA_DIR/{blasts,verify,peers}.tsv.
+      server run (bench/probe.py), the exactly-once check of its Maildir, the handshake
+      test's handshakes.tsv (bench/tls_conns.py), peers.sh's own results.tsv; appends to
+      DATA_DIR/{blasts,verify,handshakes,peers}.tsv.
   report.py report DATA_DIR OUT
       Medians over the repetitions, the table, the targets; writes OUT (markdown) and
       prints the table and the targets.  In an existing OUT, everything after the line
@@ -29,7 +30,9 @@ NAMES = {
     'smtpd-filter-py': 'smtpd + filter-python passfilter.py',
     'osmtpd-filter': 'OpenSMTPD + proc-exec osmtpd_passfilter.py',
     'pfx-milter': 'Postfix + milter pf_passmilter.py',
+    'smtpd-tls': 'smtpd (TLS)', 'osmtpd-tls': 'OpenSMTPD (TLS)', 'pfx-tls': 'Postfix (TLS)',
 }
+TLS_SERVERS = ('smtpd-tls', 'osmtpd-tls', 'pfx-tls')
 
 
 # ---------------------------------------------------------------- collect
@@ -75,6 +78,12 @@ def collect(phase, work, data):
         if not os.path.isdir(d):
             continue
         name, run = os.path.basename(d).rsplit('.r', 1)
+        hs = os.path.join(d, 'handshakes.tsv')
+        if os.path.exists(hs):
+            with open(hs) as f, open(os.path.join(data, 'handshakes.tsv'), 'a') as out:
+                for ln in f:
+                    k, _, v = ln.rstrip('\n').partition('\t')
+                    out.write('%s\t%s\t%s\t%s\t%s\n' % (phase, name, run, k, v))
         plog = os.path.join(d, 'probe.log')
         if not os.path.exists(plog):
             continue
@@ -170,6 +179,13 @@ class Data:
         self.commands = read_tsv(os.path.join(d, 'commands.tsv'))
         self.memmap = read_tsv(os.path.join(d, 'memmap.tsv'))
         self.phases = read_tsv(os.path.join(d, 'phases.tsv'))
+        self.hs = read_tsv(os.path.join(d, 'handshakes.tsv'))
+        self.tls = dict(r for r in read_tsv(os.path.join(d, 'tls.tsv')) if len(r) == 2)
+        try:
+            with open(os.path.join(d, 'notrun.txt')) as f:
+                self.notrun = [ln.strip() for ln in f if ln.strip()]
+        except OSError:
+            self.notrun = []
         try:
             with open(os.path.join(d, 'hyperfine.json')) as f:
                 self.hf = {r['command']: r for r in json.load(f)['results']}
@@ -201,14 +217,169 @@ class Data:
     def p(self, phase, srv, key):
         return med(self.pvals(phase, srv, key))
 
-    def per_session(self, srv, kind):
+    def per_session(self, srv, kind, phase='mem'):
         """bytes per idle session, median over the runs of (with - idle) / sessions"""
         conns = int(self.meta.get('conns', '1000') or 1000)
-        idle = self.pvals('mem', srv, 'idle_' + kind)
-        busy = self.pvals('mem', srv, 'conn_' + kind)
-        ok = self.pvals('mem', srv, 'conn_ok')
+        idle = self.pvals(phase, srv, 'idle_' + kind)
+        busy = self.pvals(phase, srv, 'conn_' + kind)
+        ok = self.pvals(phase, srv, 'conn_ok')
         v = [(c - i) * 1024 / (n or conns) for i, c, n in zip(idle, busy, ok)]
         return med(v)
+
+    def hsrun(self, srv):
+        """the handshake tests of srv: {run: {connections: {key: value}}}"""
+        out = collections.OrderedDict()
+        for r in self.hs:
+            if len(r) >= 5 and r[0] == 'tls-hs' and r[1] == srv and ':' in r[3]:
+                c, k = r[3].split(':', 1)
+                out.setdefault(r[2], collections.OrderedDict()).setdefault(c, {})[k] = r[4]
+        return out
+
+    def hslevels(self):
+        return (self.tls.get('hs_conns') or '20').split()
+
+    def hsval(self, srv, conns, f):
+        """median over the runs of f(results of the test with conns connections), failed runs left out"""
+        v = []
+        for res in self.hsrun(srv).values():
+            try:
+                if res.get(conns, {}).get('rc') == '0':
+                    v.append(f(res[conns]))
+            except (KeyError, ValueError, ZeroDivisionError):
+                pass
+        return med(v)
+
+
+def tls_rows(D, rows):
+    """the TLS phase's rows of the results table"""
+    S, O, P = TLS_SERVERS
+    conns = D.meta.get('conns', '1000')
+
+    def nr(x, unit=''):
+        return 'not run' if x is None else fmt(x, unit)
+
+    def row(label, s, o, p, unit='', ratios=True):
+        rows.append((label, nr(s, unit), nr(o, unit), nr(p, unit),
+                     fr(ratio(s, o)) if ratios else '', fr(ratio(s, p)) if ratios else ''))
+
+    for c in D.hslevels():
+        def hs(f):
+            return [D.hsval(x, c, f) for x in (S, O, P)]
+
+        def cores(srv):
+            v = [D.hsval(srv, c, lambda r, k=k: float(r[k]) / float(r['seconds']))
+                 for k in ('server_cpu', 'client_cpu')]
+            return 'not run' if None in v else '%.2f / %.2f' % tuple(v)
+        row('TLS handshakes/s, %s connections in parallel (implicit TLS, a new connection each, until the 220 '
+            'greeting)' % c, *hs(lambda r: float(r['handshakes']) / float(r['seconds'])))
+        row('TLS handshake, %s in parallel: server CPU ms per handshake (user+sys, all processes)' % c,
+            *hs(lambda r: float(r['server_cpu']) / float(r['handshakes']) * 1000))
+        row('TLS handshake, %s in parallel: client (tls-handshakes) CPU ms per handshake' % c,
+            *hs(lambda r: float(r['client_cpu']) / float(r['handshakes']) * 1000), ratios=False)
+        rows.append(('TLS handshake, %s in parallel: cores busy, server / client (2 cores)' % c,
+                     cores(S), cores(O), cores(P), '', ''))
+        row('TLS handshake, %s in parallel: listen queue overflows and drops' % c,
+            *hs(lambda r: float(r['listen_overflows'])), ratios=False)
+    for col, what in (('accept', 'accepted'), ('e2e', 'end-to-end')):
+        for size, sl in ((1024, '1 KiB'), (65536, '64 KiB')):
+            row('TLS %s msgs/s, %s, 20 sessions (STARTTLS, connections reused)' % (what, sl),
+                *[D.b('tls20', x, size, col) for x in (S, O, P)])
+    for size, sl in ((1024, '1 KiB'), (65536, '64 KiB')):
+        row('TLS CPU s per 1000 msgs (server user+sys, all processes), %s, 20 sessions' % sl,
+            *[D.b('tls20', x, size, 'cpu1k') for x in (S, O, P)])
+    for size, sl in ((1024, '1 KiB'), (65536, '64 KiB')):
+        row('TLS client (tls-source) CPU s per 1000 msgs, %s, 20 sessions' % sl,
+            *[D.b('tls20', x, size, 'client1k') for x in (S, O, P)], ratios=False)
+    row('idle TLS sessions held (STARTTLS and EHLO done; of %s)' % conns,
+        *[D.p('tls-mem', x, 'conn_ok') for x in (S, O, P)])
+    row('RSS with %s idle TLS sessions, MiB' % conns,
+        *[None if v is None else v / 1024 for v in (D.p('tls-mem', x, 'conn_rss') for x in (S, O, P))])
+    for kind in ('rss', 'pss'):
+        row('KiB per idle TLS session (%s delta)' % kind.upper(),
+            *[None if v is None else v / 1024 for v in (D.per_session(x, kind, 'tls-mem') for x in (S, O, P))])
+
+
+def tls_targets(D, t):
+    """the TLS phase's targets"""
+    S, _, P = TLS_SERVERS
+    rate = lambda r: float(r['handshakes']) / float(r['seconds'])  # noqa: E731
+    lv = D.hslevels()
+    rs = [ratio(D.hsval(S, c, rate), D.hsval(P, c, rate)) for c in lv]
+    t('TLS handshakes/s (implicit TLS, new connection each) vs Postfix, %s connections in parallel%s'
+      % (lv[0], ''.join('; with %s: %s' % (c, fr(x)) for c, x in zip(lv[1:], rs[1:]))),
+      fr(rs[0]), '>= 2x', None if rs[0] is None else rs[0] >= 2)
+    for size, sl in ((1024, '1 KiB'), (65536, '64 KiB')):
+        r = ratio(D.b('tls20', S, size, 'accept'), D.b('tls20', P, size, 'accept'))
+        t('TLS accepted msgs/s at 20 sessions, %s, vs Postfix' % sl, fr(r), '>= 2x', None if r is None else r >= 2)
+    ps, pp = D.per_session(S, 'rss', 'tls-mem'), D.per_session(S, 'pss', 'tls-mem')
+    t('memory per idle TLS session (RSS delta; PSS delta %s)' % fmt(None if pp is None else pp / 1024, ' KiB'),
+      fmt(None if ps is None else ps / 1024, ' KiB'), '<= 48 KiB', None if ps is None else ps <= 48 * 1024)
+
+
+def tls_sections(D):
+    """set-up, failures and per-run values of the TLS phase (markdown), or ''"""
+    if not (D.hs or D.tls or any(r[0].startswith('tls') for r in D.blasts)):
+        return ''
+    L = ['## TLS phase\n']
+    L.append('- Certificate: one self-signed certificate made by `openssl req -x509 -newkey rsa:2048` at run '
+             'time (%s), CN and subjectAltName mx.bench.local, served by all three servers (pki `mx.bench.local`; '
+             'the client sends that name in SNI). The client does not verify the certificate (self-signed) but '
+             'checks the server\'s handshake signature with its key; no session is resumed (rustls client with '
+             'ring, resumption disabled, a full handshake on every connection).' % D.tls.get('cert', '?'))
+    L.append('- **smtpd**: the configuration above plus `pki mx.bench.local cert|key FILE`, `tls pki mx.bench.local` '
+             'on the port 2529 listener and `listen on 127.0.0.1 port 2539 hostname mx.bench.local smtps pki '
+             'mx.bench.local`.')
+    L.append('- **OpenSMTPD**: the harness\'s configuration plus the same `pki` lines, `tls pki mx.bench.local` on '
+             'its listener (2526) and `listen on 127.0.0.1 port 2536 hostname mx.bench.local smtps pki mx.bench.local`.')
+    osm = [r.get('rc') for lv in D.hsrun('osmtpd-tls').values() for r in lv.values()]
+    if osm and '0' not in osm:
+        L.append('  OpenSMTPD 6.8.0p2 as Debian 12 builds it, with OpenSSL 3, fails every TLS handshake: its '
+                 'network process signs through the key kept by another process (privilege separation), and '
+                 'OpenSSL 3 finds no private key there (`missing private key`, then `error:0A080006:SSL '
+                 'routines::EVP lib` in its log). Checked by hand with an RSA-2048 and an ECDSA P-256 key, TLS 1.2 '
+                 'and 1.3 (OpenSMTPD issues #1171 and #1239; pull request #1208 fixed it upstream in 2023). Its '
+                 'TLS figures are therefore "not run".')
+    L.append('- **Postfix**: the harness\'s configuration plus `smtpd_tls_cert_file`, `smtpd_tls_key_file`, '
+             '`smtpd_tls_security_level = may` (STARTTLS on 2527, maxproc 1100) and a master.cf service '
+             '`127.0.0.1:2537 inet n - n - 600 smtpd -o smtpd_tls_wrappermode=yes`.')
+    L.append('- Handshakes: `tls-handshakes -c N -T %s` against the implicit-TLS port, N = %s one after the '
+             'other: each connection makes a full handshake, reads the 220 greeting through TLS (counted then), '
+             'sends QUIT, reads the 221 and closes; the server\'s CPU time is counted as in the other phases, '
+             'the client\'s from its rusage. A greeting that comes late lowers the rate at 20 connections; 100 '
+             'keep the servers busy in spite of it. (Postfix\'s does come late: it writes its TLS 1.3 session '
+             'ticket and its 220 as two small segments, and the second waits, under Nagle\'s algorithm, for the '
+             'client\'s delayed acknowledgement of the first: about 40 ms a connection.)'
+             % (D.tls.get('hs_secs', '?'), ' and '.join(D.hslevels())))
+    L.append('- Messages: `tls-source` in place of smtp-source (same options, `-d -s 20`): STARTTLS, then '
+             'EHLO, then message after message on the same connection, every reply code checked.')
+    L.append('- Memory: `tls-hold`, in place of the harness\'s hold_conns.py: %s sessions that completed '
+             'STARTTLS and EHLO, held idle; RSS and PSS of the server before and with them.\n'
+             % D.meta.get('conns', '?'))
+    bad = [b for b in D.notrun if b.startswith('tls')]
+    for srv in TLS_SERVERS:
+        for run, lv in D.hsrun(srv).items():
+            for c, res in lv.items():
+                if res.get('rc') != '0':
+                    bad.append('tls-hs %s run %s, %s connections: the handshake test failed (rc %s): %s; the '
+                               'server\'s log: `%s`' % (NAMES[srv], run, c, res.get('rc'), res.get('error', '?'),
+                                                         res.get('server_error', '?')))
+    if bad:
+        L.append('Not run, or failed:\n')
+        L += ['- ' + b for b in bad]
+        L.append('')
+    rows = []
+    for srv in TLS_SERVERS:
+        for run, lv in D.hsrun(srv).items():
+            for c, r in lv.items():
+                rows.append((NAMES[srv], run, c) + tuple(r.get(k, '-') for k in (
+                    'handshakes', 'seconds', 'rate', 'server_cpu', 'client_cpu', 'listen_overflows',
+                    'version', 'suite', 'group', 'rc')))
+    if rows:
+        L.append('Handshake test, per run:\n')
+        L.append(md_table(['server', 'run', 'connections', 'handshakes', 's', 'handshakes/s', 'server CPU s',
+                           'client CPU s', 'listen overflows', 'version', 'cipher suite', 'key exchange', 'rc'],
+                          rows) + '\n')
+    return '\n'.join(L)
 
 
 def build(d):
@@ -283,6 +454,7 @@ def build(d):
                      cell(fv['spy'], frat[('spy', size)]), cell(fv['o'], frat[('o', size)]),
                      cell(fv['p'], frat[('p', size)]), fr(ratio(fv['spy'], fv['o'])), fr(ratio(fv['spy'], fv['p']))))
         del base
+    tls_rows(D, rows)
     sz = {k: (int(v) if v.isdigit() else None) for k, v in D.sizes.items()}
     row('binary size, KiB (smtpd: stripped copy; OpenSMTPD: smtpd; Postfix: smtpd + libpostfix-*.so)',
         *[None if sz.get(k) is None else sz[k] / 1024 for k in ('size_smtpd', 'size_osmtpd', 'size_postfix')])
@@ -327,6 +499,7 @@ def targets(D, frat):
         t('Rust pass-through filter: throughput cost, %s' % sl,
           '-' if cost is None else '%.0f%%' % (cost * 100), '<= %d%%' % (lim * 100),
           None if cost is None else cost <= lim)
+    tls_targets(D, t)
     return out
 
 
@@ -373,8 +546,8 @@ def raw_section(D):
 
 def mem_raw(D):
     rows = []
-    for ph in ('mem', 'c10k'):
-        for srv in ('smtpd', 'smtpd-c10k', 'osmtpd', 'pfx-1100'):
+    for ph in ('mem', 'c10k', 'tls-mem'):
+        for srv in ('smtpd', 'smtpd-c10k', 'osmtpd', 'pfx-1100') + TLS_SERVERS:
             vals = {k: ' '.join('%g' % v for v in D.pvals(ph, srv, k))
                     for k in ('idle_rss', 'idle_pss', 'idle_procs', 'conn_rss', 'conn_pss', 'conn_procs', 'conn_ok')}
             if any(vals.values()):
@@ -489,6 +662,9 @@ def report(d, out):
              '`osmtpd_passfilter.py`, Postfix milter `pf_passmilter.py` (python3-milter)).')
     L.append('- Durability differs: smtpd and Postfix fsync a message before its 250; OpenSMTPD 6.8 does not '
              '(see the README.md beside it).\n')
+    tl = tls_sections(D)
+    if tl:
+        L.append(tl)
     L.append('## Commands\n')
     L.append('`%s` (as root, from the top of the work tree). It ran, through a copy of '
              '`the shared harness peers.sh` with `bench/servers.sh` as `servers.d/bench.sh`, '
@@ -499,7 +675,9 @@ def report(d, out):
     L.append('```')
     L.append('smtp-source is called by peers.sh as `smtp-source -d -s SESSIONS -m COUNT -l SIZE -M client.bench.test '
              '-f a@bench.test -t u@bench.test 127.0.0.1:PORT`; -z gives SIZE:COUNT, -c the idle sessions of the '
-             'memory test (shared/bench/hold_conns.py, measured with shared/bench/rss.py).\n')
+             'memory test (shared/bench/hold_conns.py, measured with shared/bench/rss.py). In the TLS phases '
+             '(tls-hs, tls20, tls-mem) bench/tlsload\'s `tls-source` takes smtp-source\'s place, and '
+             'bench/tls_conns.py hold_conns.py\'s (see the TLS phase above).\n')
     L.append('## Per-run values\n')
     L.append(raw_section(D) + '\n')
     L.append(mem_raw(D) + '\n')

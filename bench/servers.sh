@@ -14,7 +14,8 @@
 #   - for ours, the configuration below.
 #
 # Needs in the environment (exported by bench/run): SMTPD_BIN FILTER_PASS FILTER_PY
-# PY_PASS PROBE SMTPD_PORT.
+# PY_PASS PROBE SMTPD_PORT; for the TLS servers also SMTPD_SMTPS_PORT BENCH_TLS_CERT
+# BENCH_TLS_KEY.
 
 # ---------------------------------------------------------------- smtpd (ours)
 bench_smtpd_conf() {  # DIR FILTER_DECLARATION LISTEN_SUFFIX
@@ -63,9 +64,49 @@ srv_pfx() { srv_postfix "$1" && bench_wrap "$1"; }
 srv_pfx_milter() { srv_postfix_milter "$1" && bench_wrap "$1"; }
 # Postfix runs one smtpd process per session; peers.sh allows 600 of them.  For the
 # 1000-session memory test allow 1100, or the last 400 connections wait in the backlog.
+pfx_maxproc_1100() {  # DIR NAME
+  sed -i -E 's/^(127\.0\.0\.1:2527[[:space:]]+inet[[:space:]]+n[[:space:]]+-[[:space:]]+n[[:space:]]+-[[:space:]]+)600 /\11100 /' "$1/etc/master.cf"
+  grep -q ' 1100 smtpd' "$1/etc/master.cf" || { log "$2: could not raise maxproc"; return 1; }
+}
 srv_pfx_1100() {
   srv_postfix "$1" || return 1
-  sed -i -E 's/^(127\.0\.0\.1:2527[[:space:]]+inet[[:space:]]+n[[:space:]]+-[[:space:]]+n[[:space:]]+-[[:space:]]+)600 /\11100 /' "$1/etc/master.cf"
-  grep -q ' 1100 smtpd' "$1/etc/master.cf" || { log "pfx-1100: could not raise maxproc"; return 1; }
+  pfx_maxproc_1100 "$1" pfx-1100 || return 1
+  bench_wrap "$1"
+}
+
+# ---------------------------------------------------------------- TLS (bench/run, phase tls)
+# The same three servers with the same certificate and key ($BENCH_TLS_CERT and
+# $BENCH_TLS_KEY, made by bench/run; the pki is named after the certificate's name,
+# mx.bench.local, the name the TLS client asks for): STARTTLS offered on the usual
+# port, and a second listener speaking TLS from the first byte (smtps, RFC 8314) whose
+# port is written to DIR/smtps.port for the handshake test (bench/tls_conns.py).
+TLS_NAME=mx.bench.local
+srv_smtpd_tls() {
+  bench_smtpd_conf "$1" "pki $TLS_NAME cert \"$BENCH_TLS_CERT\"
+pki $TLS_NAME key \"$BENCH_TLS_KEY\"
+listen on 127.0.0.1 port $SMTPD_SMTPS_PORT hostname mx.bench.local smtps pki $TLS_NAME" "tls pki $TLS_NAME"
+  echo "$SMTPD_SMTPS_PORT" > "$1/smtps.port"
+}
+srv_osmtpd_tls() {
+  srv_opensmtpd "$1" || return 1
+  local c=$1/smtpd.conf
+  {
+    printf 'pki %s cert "%s"\npki %s key "%s"\n' "$TLS_NAME" "$BENCH_TLS_CERT" "$TLS_NAME" "$BENCH_TLS_KEY"
+    sed -E "s/^(listen on 127\\.0\\.0\\.1 port 2526 .*[^ ]) *\$/\\1 tls pki $TLS_NAME\\nlisten on 127.0.0.1 port 2536 hostname mx.bench.local smtps pki $TLS_NAME/" "$c"
+  } > "$c.tls" && mv "$c.tls" "$c"
+  grep -q "port 2526 .* tls pki $TLS_NAME\$" "$c" && grep -q 'port 2536 .* smtps' "$c" \
+    || { log "osmtpd-tls: could not add TLS to $c"; return 1; }
+  echo 2536 > "$1/smtps.port"
+  bench_wrap "$1"
+}
+srv_pfx_tls() {
+  srv_postfix "$1" || return 1
+  printf '%s\n' "smtpd_tls_cert_file = $BENCH_TLS_CERT" "smtpd_tls_key_file = $BENCH_TLS_KEY" \
+    "smtpd_tls_security_level = may" >> "$1/etc/main.cf"
+  # 1100 processes for the 1000-session memory test, as pfx-1100
+  pfx_maxproc_1100 "$1" pfx-tls || return 1
+  echo "127.0.0.1:2537 inet n - n - 600 smtpd -o smtpd_tls_wrappermode=yes" >> "$1/etc/master.cf"
+  postfix -c "$1/etc" check >> "$1/check.log" 2>&1 || { log "pfx-tls: postfix check failed: $(cat "$1/check.log")"; return 1; }
+  echo 2537 > "$1/smtps.port"
   bench_wrap "$1"
 }
