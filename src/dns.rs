@@ -7,7 +7,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 /// Record types the daemon asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Qtype {
     /// IPv4 address.
     A = 1,
@@ -17,6 +17,10 @@ pub enum Qtype {
     Ptr = 12,
     /// IPv6 address.
     Aaaa = 28,
+    /// Text.
+    Txt = 16,
+    /// TLSA (RFC 6698).
+    Tlsa = 52,
 }
 
 /// One useful answer record.
@@ -184,6 +188,60 @@ pub fn parse(msg: &[u8], id: u16, t: Qtype) -> Option<Answer> {
         Answer::Records(out)
     })
 }
+
+/// A record of an answer, as the resolver gives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rdata {
+    /// A, AAAA.
+    Addr(IpAddr),
+    /// Preference and host ("" for the root: null MX).
+    Mx(u16, String),
+    /// PTR, CNAME target.
+    Name(String),
+    /// One TXT record, its character-strings concatenated.
+    Txt(Vec<u8>),
+    /// A TLSA record.
+    Tlsa {
+        /// Certificate usage.
+        usage: u8,
+        /// Selector.
+        selector: u8,
+        /// Matching type.
+        mtype: u8,
+        /// Certificate association data.
+        data: Vec<u8>,
+    },
+}
+
+/// A resolver's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedAnswer {
+    /// Owner of the records after CNAMEs.
+    pub name: String,
+    /// Records of the asked type; empty: NODATA.
+    pub records: Vec<Rdata>,
+    /// Authenticated by a trusted resolver.
+    pub secure: bool,
+    /// Smallest TTL.
+    pub ttl: u32,
+}
+
+/// Why a question has no answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DnsError {
+    /// The name does not exist.
+    NxDomain {
+        /// Authenticated.
+        secure: bool,
+    },
+    /// Try later.
+    TempFail(String),
+    /// Cannot be asked.
+    PermFail(String),
+}
+
+/// What a question gives.
+pub type DnsResult = Result<ResolvedAnswer, DnsError>;
 
 #[cfg(test)]
 mod tests {

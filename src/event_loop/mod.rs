@@ -162,6 +162,8 @@ pub struct Server {
     session_keys: HashMap<u64, (usize, u64)>,
     /// Reverse DNS of clients, when the configuration checks it.
     resolver: Option<rdns::Resolver>,
+    /// The server addresses outgoing sessions use.
+    hosts: crate::mta::hosts::Hosts,
     /// The TLS configuration of each listener (keys read before the fork).
     tls: crate::tls::TlsSetup,
 }
@@ -297,6 +299,7 @@ impl Server {
             chains: crate::filter::chain::Chains::new(),
             session_keys: HashMap::new(),
             resolver: None,
+            hosts: crate::mta::hosts::Hosts::default(),
             tls,
         };
         if server.cfg.needs_rdns() {

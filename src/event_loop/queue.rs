@@ -189,10 +189,17 @@ impl Server {
             .target
             .host_to_resolve()
             .map(|(h, p)| (h.to_string(), p));
+        let needs_tls = matches!(
+            route.security,
+            crate::nexthop::Security::StartTls | crate::nexthop::Security::Implicit
+        );
         let conn = MtaConn::new(session, gen, route, deadline);
         let key = self.slab.insert(Endpoint::Mta(Box::new(conn)));
         self.mta_keys.insert(session, key);
         self.mta_conns += 1;
+        if needs_tls {
+            return self.mta_abort(key, "451 4.7.5 TLS is required and not available yet");
+        }
         match lookup {
             Some((host, port)) => {
                 if self.names.submit((session, host, port)).is_err() {
@@ -263,6 +270,7 @@ impl Server {
             .error()
             .unwrap_or("the session ended before its jobs")
             .to_string();
-        self.queue.session_closed(conn.session, done, &why, now);
+        self.queue
+            .session_closed(conn.session, done, &why, conn.reached(), now);
     }
 }

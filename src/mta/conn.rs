@@ -29,6 +29,10 @@ const MAX_REPLY_LINE: usize = 4096;
 pub fn connect(target: &Target, resolved: Option<SocketAddr>) -> io::Result<Stream> {
     match target {
         Target::Unix(p) => Ok(Stream::Unix(mio::net::UnixStream::connect(p)?)),
+        Target::Mx(d) => Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("{d}: mail exchangers not resolved"),
+        )),
         Target::Tcp(h, port) => {
             let addr = match h.parse::<IpAddr>() {
                 Ok(ip) => SocketAddr::new(ip, *port),
@@ -82,6 +86,8 @@ pub struct MtaConn {
     error: Option<String>,
     closed: bool,
     done: Vec<(u64, Vec<Outcome>)>,
+    /// The server gave a verdict on some job.
+    reached: bool,
 }
 
 impl MtaConn {
@@ -104,12 +110,19 @@ impl MtaConn {
             error: None,
             closed: false,
             done: Vec::new(),
+            reached: false,
         }
     }
 
     /// Whether the session is over: its jobs' outcomes are all in [`MtaConn::take_done`].
     pub fn finished(&self) -> bool {
         self.closed
+    }
+
+    /// Whether the server gave a verdict on some job (else the session failed to reach
+    /// a working server).
+    pub fn reached(&self) -> bool {
+        self.reached
     }
 
     /// Why the session ended early, if it did.
@@ -168,6 +181,7 @@ impl MtaConn {
                     self.sending = Some((id, 0));
                 }
                 Step::Done(id, outcomes) => {
+                    self.reached |= self.error.is_none();
                     self.bodies.remove(&id);
                     self.done.push((id, outcomes));
                 }
@@ -327,7 +341,11 @@ mod tests {
             Target::parse("lmtp://mx.example.org", 24),
             Ok((Target::Tcp("mx.example.org".into(), 24), Some(Proto::Lmtp)))
         );
-        assert!(Target::parse("smtps://x", 25).is_err());
+        assert!(Target::parse("smtp+ssl://x", 25).is_err());
+        assert!(
+            Target::parse("smtp://label@x", 25).is_err(),
+            "no label for LMTP"
+        );
         // Only a host name needs the resolver thread; an address or a path connects
         // at once, with no lookup.
         let name = |s: &str| Target::parse(s, 25).ok().map(|(t, _)| t);

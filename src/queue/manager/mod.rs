@@ -27,6 +27,7 @@
 //! notification, which reads the message, is made before the removal that follows it.
 
 mod mta;
+pub use mta::RouteState;
 pub mod plan;
 #[cfg(test)]
 mod tests;
@@ -224,6 +225,7 @@ impl Manager {
     /// A manager for the actions of `cfg`; `default_user` runs file and pipe
     /// destinations when nothing else names a user.
     pub fn new(cfg: Arc<Config>, default_user: String) -> Manager {
+        let mta = mta::Sessions::new(cfg.mta.clone());
         Manager {
             cfg,
             default_user,
@@ -233,7 +235,7 @@ impl Manager {
             dirty: Vec::new(),
             local: HashMap::new(),
             writes: HashMap::new(),
-            mta: mta::Sessions::default(),
+            mta,
             next_id: 1,
             out: Vec::new(),
             stats: Stats::default(),
@@ -432,6 +434,11 @@ impl Manager {
                         req,
                     }));
                 }
+                Plan::Mta(route, _) if self.mta.closed_route(&route, now).is_some() => {
+                    let why = self.mta.closed_route(&route, now).unwrap_or_default();
+                    self.mta.deferred(&route, evpid);
+                    self.finish(evpid, Outcome::TempFail(why), now);
+                }
                 Plan::Mta(route, rcpt) => {
                     let msgid = slot.env.msgid();
                     match groups
@@ -492,37 +499,96 @@ impl Manager {
         }
     }
 
-    /// A session's job is over, with one outcome per recipient.
+    /// A session's job is over, with one outcome per recipient from its server.
     pub fn job_done(&mut self, job: u64, outcomes: Vec<Outcome>, now: u64) {
-        let Some(rec) = self.mta.done(job, &mut self.next_id, &mut self.out) else {
+        self.job_finished(job, outcomes, true, now);
+    }
+
+    fn job_finished(&mut self, job: u64, outcomes: Vec<Outcome>, verdict: bool, now: u64) {
+        let Some((rec, retry)) = self
+            .mta
+            .done(job, verdict, &mut self.next_id, &mut self.out)
+        else {
             return;
         };
+        if !verdict {
+            for &evpid in &rec.evpids {
+                self.mta.deferred(&rec.route, evpid);
+            }
+        }
         let lost = Outcome::TempFail("no verdict from the server".into());
         for (i, evpid) in rec.evpids.into_iter().enumerate() {
             let o = outcomes.get(i).cloned().unwrap_or_else(|| lost.clone());
             self.finish(evpid, o, now);
         }
+        self.retry_now(&retry, now);
+    }
+
+    /// Envelopes a route had deferred are due again now that it delivers.
+    fn retry_now(&mut self, evpids: &[u64], now: u64) {
+        if evpids.is_empty() {
+            return;
+        }
+        let n = self.schedule(evpids, now);
+        self.log(
+            Level::Info,
+            format!("mta route delivers again: {n} deferred envelopes scheduled"),
+        );
     }
 
     /// Session `session` ended: `done` are the jobs it finished last (with their
-    /// outcomes); the others failed temporarily with `why`.
+    /// outcomes); the others failed temporarily with `why`. `reached`: the server
+    /// greeted and answered before the session ended (else the route failed).
     pub fn session_closed(
         &mut self,
         session: u64,
         done: Vec<(u64, Vec<Outcome>)>,
         why: &str,
+        reached: bool,
         now: u64,
     ) {
         // No job goes to it any more.
         self.mta.closing(session);
+        let route = self.mta.route_of(session);
         for (job, outcomes) in done {
-            self.job_done(job, outcomes, now);
+            self.job_finished(job, outcomes, reached, now);
         }
-        for rec in self.mta.closed(session, &mut self.next_id, &mut self.out) {
+        for rec in self
+            .mta
+            .closed(session, why, now, &mut self.next_id, &mut self.out)
+        {
             for evpid in rec.evpids {
+                if let (false, Some(r)) = (reached, &route) {
+                    self.mta.deferred(r, evpid);
+                }
                 self.finish(evpid, Outcome::TempFail(why.to_string()), now);
             }
         }
+    }
+
+    /// Every route used, with its state (`smtpctl show routes`).
+    pub fn routes(&self) -> Vec<RouteState> {
+        self.mta.routes()
+    }
+
+    /// `smtpctl schedule domain D`: reopens the routes to `domain` and makes their
+    /// queued envelopes due now. Returns how many.
+    pub fn schedule_domain(&mut self, domain: &str, now: u64) -> usize {
+        let _ = self.mta.reopen(domain);
+        let d = domain.trim_end_matches('.').to_ascii_lowercase();
+        let ids: Vec<u64> = self
+            .envs
+            .iter()
+            .filter(|(_, s)| s.state == State::Queued)
+            .filter(|(_, s)| {
+                s.env
+                    .rcpt
+                    .rsplit_once('@')
+                    .is_some_and(|(_, x)| x.eq_ignore_ascii_case(&d))
+            })
+            .map(|(&e, _)| e)
+            .collect();
+        self.schedule(&ids, now)
     }
 
     /// Applies a delivery outcome to an envelope in flight.
@@ -764,6 +830,14 @@ impl Manager {
             .copied()
             .filter(|id| self.envs.get(id).is_some_and(|s| s.state == State::Queued))
             .collect();
+        // Trying now means trying now: the routes of these envelopes are reopened.
+        for id in &ids {
+            if let Some(s) = self.envs.get(id) {
+                if let Plan::Mta(route, _) = plan::plan(&self.cfg, &self.default_user, &s.env) {
+                    self.mta.reopen_route(&route);
+                }
+            }
+        }
         self.sched.schedule(&ids, now)
     }
 
