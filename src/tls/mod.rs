@@ -8,8 +8,11 @@
 //! `FILE:LINE: message` before the daemon starts.
 //!
 //! `stream.rs` is the record layer under a session's line buffers, `sni.rs` the choice
-//! of certificate by server name, `subject.rs` the client certificate's subject.
+//! of certificate by server name, `subject.rs` the peer certificate's subject.
+//!
+//! `dane.rs` checks TLSA records against a server's chain (RFC 7672).
 
+pub mod dane;
 pub mod sni;
 pub mod stream;
 pub mod subject;
