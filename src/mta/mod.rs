@@ -1,7 +1,9 @@
-//! Outgoing sessions: LMTP to a local server, SMTP to a relay host.
+//! Outgoing sessions: LMTP to a local server, SMTP to a relay host; MTA-STS
+//! policies (`sts.rs`).
 
 pub mod client;
 pub mod conn;
+pub mod sts;
 pub mod wire;
 
 //END
