@@ -1,8 +1,10 @@
 //! A connected stream socket: TCP from the network, TCP with TLS on it, or unix from
 //! the local socket. Reads and writes are plaintext in every case; the TLS variant
-//! does its record layer underneath (`tls/stream.rs`).
+//! does its record layer underneath (`tls/stream.rs`), as the server of an SMTP
+//! session or as the client of an outgoing one.
 
 use crate::mail::TlsFacts;
+use crate::tls::client::{Outcome, TlsClientFacts};
 use crate::tls::stream::TlsStream;
 use mio::event::Source;
 use mio::net::{TcpStream, UnixStream};
@@ -15,7 +17,8 @@ use std::sync::Arc;
 pub enum Stream {
     /// A TCP connection.
     Tcp(TcpStream),
-    /// A TCP connection with TLS: from the first byte (`smtps`) or since STARTTLS.
+    /// A TCP connection with TLS: from the first byte (`smtps`) or since STARTTLS,
+    /// on either side.
     Tls(Box<TlsStream>),
     /// A connection on the local socket.
     Unix(UnixStream),
@@ -28,11 +31,29 @@ fn gone() -> io::Error {
 }
 
 impl Stream {
-    /// Starts TLS on a TCP connection: the next bytes in both directions are records.
+    /// Starts the server side of TLS on a TCP connection: the next bytes in both
+    /// directions are records.
     pub fn start_tls(&mut self, cfg: Arc<rustls::ServerConfig>) -> io::Result<()> {
+        self.upgrade(|sock| TlsStream::new(sock, cfg))
+    }
+
+    /// Starts the client side of TLS on a TCP connection, after the server's 220 to
+    /// STARTTLS or at once for implicit TLS: the next bytes in both directions are
+    /// records. `tls` and `outcome` come from `tls::client::client_conn`. The
+    /// ClientHello is queued: call [`Stream::flush_records`] next.
+    pub fn start_client_tls(
+        &mut self,
+        tls: rustls::ClientConnection,
+        outcome: Outcome,
+    ) -> io::Result<()> {
+        self.upgrade(|sock| Ok(TlsStream::client(sock, tls, outcome)))
+    }
+
+    /// Puts TLS on a plain TCP connection; anything else is refused and kept.
+    fn upgrade(&mut self, tls: impl FnOnce(TcpStream) -> io::Result<TlsStream>) -> io::Result<()> {
         match std::mem::replace(self, Stream::Gone) {
             Stream::Tcp(sock) => {
-                *self = Stream::Tls(Box::new(TlsStream::new(sock, cfg)?));
+                *self = Stream::Tls(Box::new(tls(sock)?));
                 Ok(())
             }
             other => {
@@ -50,11 +71,20 @@ impl Stream {
         matches!(self, Stream::Tls(t) if t.handshaking())
     }
 
-    /// The facts of an established TLS session; `None` without TLS or during the
-    /// handshake.
+    /// The facts of an established server TLS session; `None` without TLS, during the
+    /// handshake, or on the client side.
     pub fn tls_facts(&self) -> Option<TlsFacts> {
         match self {
             Stream::Tls(t) => t.facts(),
+            _ => None,
+        }
+    }
+
+    /// The facts of an established client TLS session; `None` without TLS, during the
+    /// handshake, or on the server side.
+    pub fn tls_client_facts(&self) -> Option<TlsClientFacts> {
+        match self {
+            Stream::Tls(t) => t.client_facts(),
             _ => None,
         }
     }

@@ -312,9 +312,7 @@ impl Server {
                 .flatten()
                 .and_then(|k| self.slab.get_mut(k))
             {
-                if p.wants(ev) {
-                    p.send(sid, f);
-                }
+                p.report(sid, ev, f);
             }
         }
     }

@@ -91,6 +91,46 @@ impl LogLimit {
     }
 }
 
+/// Frames queued at most for a filter that has not registered yet.
+pub const EARLY_MAX_FRAMES: usize = 4096;
+/// Bytes queued at most for a filter that has not registered yet.
+pub const EARLY_MAX_BYTES: usize = 1 << 20;
+
+/// Reports for a filter that has not registered yet (a session's TLS handshake can end
+/// before it did), kept in order within bounds, and handed over once it says what it
+/// observes.
+#[derive(Debug, Default)]
+pub struct Early {
+    frames: Vec<(u32, Vec<u8>)>,
+    bytes: usize,
+    dropped: u64,
+}
+
+impl Early {
+    /// Keeps an encoded frame of event `ev`; beyond the bounds it is dropped and
+    /// counted.
+    pub fn push(&mut self, ev: u32, frame: Vec<u8>) {
+        if self.frames.len() >= EARLY_MAX_FRAMES || self.bytes + frame.len() > EARLY_MAX_BYTES {
+            self.dropped += 1;
+            return;
+        }
+        self.bytes += frame.len();
+        self.frames.push((ev, frame));
+    }
+
+    /// The frames of the events in `wanted`, in order, appended to `out`; returns how
+    /// many were dropped for want of room. Empties the queue.
+    pub fn take(&mut self, wanted: u32, out: &mut Vec<u8>) -> u64 {
+        for (ev, f) in self.frames.drain(..) {
+            if ev & wanted != 0 {
+                out.extend_from_slice(&f);
+            }
+        }
+        self.bytes = 0;
+        std::mem::take(&mut self.dropped)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,5 +177,24 @@ mod tests {
         assert_eq!(l.admit(t0 + Duration::from_secs(11)), (false, 0));
         assert_eq!(l.take_dropped(), 1);
         assert_eq!(l.take_dropped(), 0);
+    }
+
+    #[test]
+    fn early_reports_are_kept_in_order_within_bounds() {
+        let mut e = Early::default();
+        e.push(1, b"a".to_vec());
+        e.push(2, b"b".to_vec());
+        e.push(1, b"c".to_vec());
+        let mut out = Vec::new();
+        assert_eq!(e.take(1, &mut out), 0);
+        assert_eq!(out, b"ac");
+        for _ in 0..EARLY_MAX_FRAMES + 3 {
+            e.push(1, vec![0]);
+        }
+        out.clear();
+        assert_eq!(e.take(1, &mut out), 3);
+        assert_eq!(out.len(), EARLY_MAX_FRAMES);
+        e.push(1, vec![0; EARLY_MAX_BYTES + 1]);
+        assert_eq!(e.take(1, &mut out), 1);
     }
 }

@@ -12,7 +12,7 @@
 //! ([`FilterPipe::settle`]), so that answers nobody asked for are counted.
 
 pub use super::answer::{Answer, Decision, Edit, Lines};
-use super::limit::{Allowance, LogLimit};
+use super::limit::{Allowance, Early, LogLimit};
 use smtpd_filter::codec::{self, event, Decoder, Frame};
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
@@ -111,6 +111,8 @@ pub struct FilterPipe {
     unrequested: Allowance,
     /// LOG frames.
     logs: LogLimit,
+    /// Reports sent before the filter registered.
+    early: Early,
     dec: Decoder,
     /// The filter closed its end; the frames before it are still taken.
     eof: bool,
@@ -156,6 +158,7 @@ impl FilterPipe {
             gone_order: VecDeque::new(),
             unrequested: Allowance::new(UNREQUESTED_MAX, UNREQUESTED_WINDOW),
             logs: LogLimit::new(LOG_MAX, LOG_WINDOW),
+            early: Early::default(),
             dec: Decoder::new(),
             eof: false,
             rbuf: Vec::new(),
@@ -171,6 +174,7 @@ impl FilterPipe {
         s.set_nonblocking(true)?;
         self.sock = Some(mio::net::UnixStream::from_std(s));
         self.state = PipeState::Handshake;
+        self.early = Early::default();
         self.dec = Decoder::new();
         self.eof = false;
         self.forget();
@@ -188,6 +192,18 @@ impl FilterPipe {
     /// Whether the filter wants `ev` (answered or observed).
     pub fn wants(&self, ev: u32) -> bool {
         matches!(self.state, PipeState::Ready { hooks, reports } if (hooks | reports) & ev != 0)
+    }
+
+    /// Sends a report of event `ev`: at once when the filter observes it, kept until it
+    /// registers when it has not yet.
+    pub fn report(&mut self, session: u64, ev: u32, f: &Frame) {
+        if matches!(self.state, PipeState::Handshake) {
+            let mut w = Vec::new();
+            codec::encode(session, f, &mut w);
+            self.early.push(ev, w);
+        } else if self.wants(ev) {
+            self.send(session, f);
+        }
     }
 
     /// Whether the output is backed up.
@@ -475,6 +491,17 @@ impl FilterPipe {
                         timeout_ms: self.timeout.as_millis().min(u32::MAX as u128) as u32,
                     };
                     self.send(0, &ready);
+                    let wanted = match self.state {
+                        PipeState::Ready { hooks, reports } => hooks | reports,
+                        _ => 0,
+                    };
+                    let dropped = self.early.take(wanted, &mut self.out);
+                    if dropped > 0 {
+                        log::warn!(
+                            "filter {}: {dropped} reports dropped while it registered",
+                            self.name
+                        );
+                    }
                     continue;
                 }
                 (PipeState::Handshake, _) => {

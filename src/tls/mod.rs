@@ -8,11 +8,19 @@
 //! `FILE:LINE: message` before the daemon starts.
 //!
 //! `stream.rs` is the record layer under a session's line buffers, `sni.rs` the choice
-//! of certificate by server name, `subject.rs` the client certificate's subject.
+//! of certificate by server name, `subject.rs` the peer certificate's subject.
+//!
+//! The client side, towards other mail servers, is `client.rs` (its configuration per
+//! action, the certificate checks: opportunistic, PKIX, DANE) and `dane.rs` (TLSA
+//! records against a chain, RFC 7672).
 
+pub mod client;
+pub mod dane;
 pub mod sni;
 pub mod stream;
 pub mod subject;
+#[cfg(test)]
+pub(crate) mod testcerts;
 
 use crate::config::model::{Config, ListenerTls, Pki, Place, SYSTEM_CA_BUNDLE};
 use crate::config::tls::{Suite, TlsVersion};

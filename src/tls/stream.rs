@@ -1,21 +1,30 @@
-//! The TLS record layer of a server session, under its line buffers: reads records
-//! from the non-blocking socket and hands out plaintext, takes plaintext and writes
-//! records, always until the socket would block. The session above sees plaintext
-//! only; the glue asks [`TlsStream::handshaking`] and [`TlsStream::wants_write`] to
-//! know what to wait for.
+//! The TLS record layer of a session, under its line buffers: reads records from the
+//! non-blocking socket and hands out plaintext, takes plaintext and writes records,
+//! always until the socket would block. The session above sees plaintext only; the
+//! glue asks [`TlsStream::handshaking`] and [`TlsStream::wants_write`] to know what
+//! to wait for.
+//!
+//! The same layer serves both sides: the server of an SMTP session (a rustls
+//! `ServerConnection`, the client speaks first) and the client of an outgoing one (a
+//! `ClientConnection` from `tls::client`, whose ClientHello is queued at once: the
+//! glue flushes it right after the switch).
 
+use super::client::{Outcome, TlsClientFacts};
 use super::subject::{subject_line, subject_rfc4514};
 use crate::config::tls::Suite;
 use crate::mail::TlsFacts;
 use mio::net::TcpStream;
-use rustls::{ProtocolVersion, ServerConfig, ServerConnection};
+use rustls::{ClientConnection, Connection, ProtocolVersion, ServerConfig, ServerConnection};
 use std::io::{self, Read, Write};
 use std::sync::Arc;
 
 /// A TCP connection with TLS on it.
 pub struct TlsStream {
     sock: TcpStream,
-    tls: ServerConnection,
+    tls: Connection,
+    /// What the certificate verifier of a client connection recorded; `None` on the
+    /// server side.
+    outcome: Option<Outcome>,
     /// A write to the socket failed: what is left can never be sent.
     dead: bool,
     /// `close_notify` was queued.
@@ -27,6 +36,7 @@ impl std::fmt::Debug for TlsStream {
         f.debug_struct("TlsStream")
             .field("sock", &self.sock)
             .field("handshaking", &self.tls.is_handshaking())
+            .field("client", &self.outcome.is_some())
             .finish()
     }
 }
@@ -38,10 +48,24 @@ impl TlsStream {
         let tls = ServerConnection::new(cfg).map_err(io::Error::other)?;
         Ok(TlsStream {
             sock,
-            tls,
+            tls: Connection::Server(tls),
+            outcome: None,
             dead: false,
             closed: false,
         })
+    }
+
+    /// Starts the client side of a handshake on `sock` with `tls` (from
+    /// `tls::client::client_conn`, whose verifier records in `outcome`). The
+    /// ClientHello waits in [`TlsStream::wants_write`]: flush it.
+    pub fn client(sock: TcpStream, tls: ClientConnection, outcome: Outcome) -> TlsStream {
+        TlsStream {
+            sock,
+            tls: Connection::Client(tls),
+            outcome: Some(outcome),
+            dead: false,
+            closed: false,
+        }
     }
 
     /// The socket.
@@ -110,10 +134,19 @@ impl TlsStream {
             .map(|c| show(c).unwrap_or_default())
     }
 
+    /// The server name the client asked for, on the server side.
+    fn sni(&self) -> Option<String> {
+        match &self.tls {
+            Connection::Server(s) => s.server_name().map(str::to_string),
+            Connection::Client(_) => None,
+        }
+    }
+
     /// What the established session is: version, cipher, SNI, and the subject of the
-    /// client's certificate when one was verified. `None` during the handshake.
+    /// client's certificate when one was verified. `None` during the handshake and
+    /// on the client side ([`TlsStream::client_facts`]).
     pub fn facts(&self) -> Option<TlsFacts> {
-        if self.tls.is_handshaking() {
+        if self.tls.is_handshaking() || self.outcome.is_some() {
             return None;
         }
         let version = match self.tls.protocol_version()? {
@@ -126,15 +159,23 @@ impl TlsStream {
             version,
             cipher: suite.map_or("unknown", |s| s.name()),
             bits: suite.map_or(0, |s| s.bits()),
-            sni: self.tls.server_name().map(str::to_string),
+            sni: self.sni(),
             subject: self.subject(subject_line),
         })
     }
 
-    /// What filters are told of the session: the suite's IANA name and the verified
-    /// client certificate's subject as an RFC 4514 string, once the handshake is done.
+    /// What an established client session is: version, cipher, how the server was
+    /// authenticated, its certificate's subject. `None` during the handshake and on
+    /// the server side.
+    pub fn client_facts(&self) -> Option<TlsClientFacts> {
+        TlsClientFacts::of(&self.tls, self.outcome.as_ref()?)
+    }
+
+    /// What filters are told of a server session: the suite's IANA name and the
+    /// verified client certificate's subject as an RFC 4514 string, once the
+    /// handshake is done; `None` on the client side.
     pub fn report_names(&self) -> Option<(&'static str, Option<String>)> {
-        if self.tls.is_handshaking() {
+        if self.tls.is_handshaking() || self.outcome.is_some() {
             return None;
         }
         let suite = self.suite().map_or("unknown", |s| s.iana_name());
@@ -143,9 +184,10 @@ impl TlsStream {
 }
 
 impl Read for TlsStream {
-    /// Plaintext from the client. `Ok(0)` is the end: `close_notify`, or the TCP
-    /// connection closed. An error of the TLS layer (a failed handshake, a bad record)
-    /// is `InvalidData` with rustls's reason; its alert is sent first.
+    /// Plaintext from the peer. `Ok(0)` is the end: `close_notify`, or the TCP
+    /// connection closed. An error of the TLS layer (a failed handshake, a bad record,
+    /// a refused certificate) is `InvalidData` with rustls's reason; its alert is sent
+    /// first.
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
             match self.tls.reader().read(buf) {
@@ -176,7 +218,7 @@ impl Read for TlsStream {
 }
 
 impl Write for TlsStream {
-    /// Takes plaintext for the client and writes the records it makes. Plaintext given
+    /// Takes plaintext for the peer and writes the records it makes. Plaintext given
     /// during the handshake is sent once it is done. `WouldBlock` when earlier records
     /// still fill the socket.
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
@@ -191,5 +233,134 @@ impl Write for TlsStream {
 
     fn flush(&mut self) -> io::Result<()> {
         self.flush_records()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::tls::{Suite, TlsVersion};
+    use crate::stream::Stream;
+    use crate::tls::client::{client_conn, ClientTls, Verified, Verify};
+    use crate::tls::testcerts::{leaf, server_config};
+    use mio::net::TcpStream;
+    use rustls::RootCertStore;
+    use std::io::{self, Read, Write};
+    use std::sync::Arc;
+
+    /// Two ends of a loopback TCP connection, non-blocking.
+    fn pair() -> (TcpStream, TcpStream) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        client.set_nonblocking(true).unwrap();
+        server.set_nonblocking(true).unwrap();
+        (TcpStream::from_std(server), TcpStream::from_std(client))
+    }
+
+    /// Plaintext read from `s` into `into`, until it would block.
+    fn read_some(s: &mut Stream, into: &mut Vec<u8>) {
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => into.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+    }
+
+    /// Moves records both ways until `want` bytes of plaintext came out of `to`
+    /// (which read them from `from`), or gives up.
+    fn pump(from: &mut Stream, to: &mut Stream, want: usize) -> Vec<u8> {
+        let mut got = Vec::new();
+        for _ in 0..2000 {
+            for s in [&mut *from, &mut *to] {
+                match s.flush_records() {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => panic!("flush: {e}"),
+                }
+            }
+            read_some(to, &mut got);
+            let mut ignored = Vec::new();
+            read_some(from, &mut ignored);
+            assert!(ignored.is_empty());
+            if got.len() >= want && !from.handshaking() && !to.handshaking() {
+                return got;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        panic!("no progress: {got:?}");
+    }
+
+    #[test]
+    fn client_and_server_over_loopback() {
+        let cert = leaf(&["mx.example.test"], None, false);
+        let versions = [&rustls::version::TLS13, &rustls::version::TLS12];
+        let scfg = server_config(vec![cert.der()], cert.key_der(), &versions);
+        let (s, c) = pair();
+        let (mut server, mut client) = (Stream::Tcp(s), Stream::Tcp(c));
+        server.start_tls(scfg.clone()).unwrap();
+        let roots = Arc::new(RootCertStore::empty());
+        let cfg = ClientTls::new(&TlsVersion::ALL, &Suite::ALL, roots, None).unwrap();
+        let verify = Verify::Opportunistic { names: vec![] };
+        let (conn, outcome) = client_conn(&cfg, Some("mx.example.test"), verify).unwrap();
+        client.start_client_tls(conn, outcome).unwrap();
+        // The ClientHello waits to be flushed.
+        assert!(client.wants_write());
+        assert!(client.handshaking());
+
+        // Plaintext written during the handshake goes once it is done.
+        client.write_all(b"EHLO relay.example.test\r\n").unwrap();
+        assert_eq!(
+            pump(&mut client, &mut server, 25),
+            b"EHLO relay.example.test\r\n"
+        );
+        server.write_all(b"250 mx.example.test\r\n").unwrap();
+        assert_eq!(
+            pump(&mut server, &mut client, 21),
+            b"250 mx.example.test\r\n"
+        );
+
+        let facts = client.tls_client_facts().unwrap();
+        assert_eq!(facts.version, "TLSv1.3");
+        assert_eq!(facts.verified, Verified::No);
+        assert_eq!(facts.peer_subject.as_deref(), Some("/CN=mx.example.test"));
+        assert_eq!(client.tls_facts(), None);
+        assert_eq!(client.tls_report_names(), None);
+        let sfacts = server.tls_facts().unwrap();
+        assert_eq!(sfacts.sni.as_deref(), Some("mx.example.test"));
+        assert_eq!(sfacts.subject, None);
+        assert!(server.tls_client_facts().is_none());
+        assert!(client.tcp().is_some());
+
+        // TLS starts on plain TCP only; the stream is kept.
+        let (conn, outcome) =
+            client_conn(&cfg, None, Verify::Opportunistic { names: vec![] }).unwrap();
+        let e = client.start_client_tls(conn, outcome).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::Unsupported);
+        assert!(client.tls_client_facts().is_some());
+
+        // close_notify ends the peer's reading.
+        client.close_notify();
+        client.flush_records().unwrap();
+        let mut rest = Vec::new();
+        let mut ended = false;
+        for _ in 0..2000 {
+            let mut buf = [0u8; 64];
+            match server.read(&mut buf) {
+                Ok(0) => {
+                    ended = true;
+                    break;
+                }
+                Ok(n) => rest.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(std::time::Duration::from_millis(1))
+                }
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+        assert!(ended && rest.is_empty());
     }
 }

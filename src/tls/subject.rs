@@ -1,8 +1,9 @@
 //! The subject of an X.509 certificate (RFC 5280 §4.1.2.6) as one line, the way
 //! OpenSSL prints it (`/C=XX/O=Org/CN=name`, for logs and the Received header), or as
 //! an RFC 4514 string (`CN=name,O=Org,C=XX`, for filters): read from the DER bytes
-//! with a small reader that never trusts a length. The certificate comes from a client; it has been
-//! verified when this is asked, but a bad encoding only yields `None`.
+//! with a small reader that never trusts a length. The same reader finds the subject
+//! public key info for DANE (`spki`). The certificate comes from a peer: a bad
+//! encoding only yields `None`.
 
 /// One DER element: its tag, its contents and what follows it.
 fn element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
@@ -137,9 +138,9 @@ fn rfc4514_value(text: &str) -> String {
     out
 }
 
-/// The relative distinguished names of a DER certificate's subject, in the order of
-/// the certificate, each a list of (type name, value); `None` when it does not parse.
-fn subject_rdns(cert: &[u8]) -> Option<Vec<Vec<(String, String)>>> {
+/// The fields of a DER certificate's TBSCertificate from its subject on (subject,
+/// subjectPublicKeyInfo, ...); `None` when it does not parse.
+fn from_subject(cert: &[u8]) -> Option<&[u8]> {
     let (cert, _) = expect(cert, SEQUENCE)?;
     let (tbs, _) = expect(cert, SEQUENCE)?;
     // [0] version, optional.
@@ -152,7 +153,22 @@ fn subject_rdns(cert: &[u8]) -> Option<Vec<Vec<(String, String)>>> {
     for _ in 0..4 {
         rest = element(rest)?.2;
     }
-    let (mut rdns, _) = expect(rest, SEQUENCE)?;
+    Some(rest)
+}
+
+/// The SubjectPublicKeyInfo of a DER certificate, whole (its SEQUENCE tag and length
+/// included), as DANE's selector 1 hashes it (RFC 6698 §2.1.2); `None` when it does
+/// not parse.
+pub fn spki(cert: &[u8]) -> Option<&[u8]> {
+    let rest = element(from_subject(cert)?)?.2;
+    let (tag, _, after) = element(rest)?;
+    (tag == SEQUENCE).then(|| &rest[..rest.len() - after.len()])
+}
+
+/// The relative distinguished names of a DER certificate's subject, in the order of
+/// the certificate, each a list of (type name, value); `None` when it does not parse.
+fn subject_rdns(cert: &[u8]) -> Option<Vec<Vec<(String, String)>>> {
+    let (mut rdns, _) = expect(from_subject(cert)?, SEQUENCE)?;
     let mut out = Vec::new();
     while !rdns.is_empty() {
         let (mut set, next) = expect(rdns, SET)?;
@@ -258,6 +274,18 @@ mod tests {
             subject_rfc4514(&cert(&s)).as_deref(),
             Some("CN=\\ #a\\,b\\+c\\ ")
         );
+    }
+
+    #[test]
+    fn public_key_info() {
+        let c = cert(&attr(&[0x55, 4, 3], 0x0c, b"x"));
+        // The test certificate's SubjectPublicKeyInfo is a SEQUENCE of 200 zeros.
+        let want = der(SEQUENCE, &[0; 200]);
+        assert_eq!(spki(&c), Some(&want[..]));
+        for n in 0..c.len() {
+            let _ = spki(&c[..n]);
+        }
+        assert_eq!(spki(b""), None);
     }
 
     #[test]
