@@ -104,6 +104,11 @@ pub struct Notice {
     /// Commit it only after the write that removes its envelope, which follows (else
     /// at once).
     pub hold: bool,
+    /// Other envelopes of the same message reported in the same notice (the relayed
+    /// recipients of one job), removed by the same write.
+    pub more: Vec<Envelope>,
+    /// The server that took the message, for `Remote-MTA`, or empty.
+    pub remote_mta: String,
 }
 
 /// A user's forward file, whose destinations are to be looked up.
@@ -716,7 +721,7 @@ impl Manager {
         let wanted = match kind {
             DsnKind::Failed => notify::FAILURE,
             DsnKind::Delayed => notify::DELAY,
-            DsnKind::Delivered => notify::SUCCESS,
+            DsnKind::Delivered | DsnKind::Relayed => notify::SUCCESS,
         };
         if env.sender.is_empty() {
             let line = format!("{evpid:016x} bounce not sent: the sender is <>");
@@ -729,7 +734,13 @@ impl Manager {
         // A notice of failure or success reports an envelope whose removal follows: it
         // is committed after that (smtpd.8, Crashes and duplicates).
         let hold = !matches!(kind, DsnKind::Delayed);
-        self.out.push(Effect::Bounce(Notice { env, kind, hold }));
+        self.out.push(Effect::Bounce(Notice {
+            env,
+            kind,
+            hold,
+            more: Vec::new(),
+            remote_mta: String::new(),
+        }));
     }
 
     /// The envelope is over: it leaves the schedule and its removal is written.

@@ -209,7 +209,9 @@ fn expiry_bounces_and_removes() {
     d.result(req.id, Outcome::TempFail("451 busy".into()));
     assert!(d.logs()[0].contains("result=Expired stat=\"451 busy\""));
     let bounces = d.expect("bounce", |a| match a {
-        Effect::Bounce(Notice { env, kind, hold }) => {
+        Effect::Bounce(Notice {
+            env, kind, hold, ..
+        }) => {
             assert!(*hold);
             Some((env.errorline.clone(), *kind))
         }
