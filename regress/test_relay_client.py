@@ -125,12 +125,15 @@ class Receiver(ThreadedServer):
                         continue
                     say("354 End data with <CR><LF>.<CR><LF>")
                     data = []
+                    longest = 0
                     for _ in range(200000):
-                        l = line()
+                        l = line(limit=10.0)
                         if l == b".\r\n":
                             break
+                        longest = max(longest, len(l))
                         data.append(l[1:] if l.startswith(b".") else l)
                     cur["data"] = b"".join(data)
+                    cur["longest"] = longest  # on the wire, CR LF included
                     with self.lock:
                         self.messages.append(cur)
                     cur = None
@@ -225,6 +228,21 @@ def test_pipelined_batch_and_a_refused_recipient_among_accepted(make_daemon):
         (end,) = mta_lines(d, "disconnected")
         assert re.match(r'host=127\.0\.0\.1 address=127\.0\.0\.1:%d tls=none transactions=1 reason="quit"$'
                         % rx.port, end), end
+
+
+def test_lines_fit_in_1000_octets_with_the_stuffed_dot(make_daemon):
+    """RFC 5321 4.5.3.1.6: a text line is at most 1000 octets with its CR LF on the
+    wire. A line of 998 octets is sent intact; one of 998 that starts with a dot is 999
+    once stuffed, so it is folded; the text survives."""
+    with Receiver() as rx:
+        d = sender_daemon(make_daemon, rx.port)
+        x = b"x" * 998
+        dotted = b"." + b"y" * 997
+        send(d, ["a@relay.test"], body=b"Subject: long\r\n\r\n" + x + b"\r\n" + dotted + b"\r\n")
+        (m,) = rx.wait_messages(1)
+        assert m["longest"] <= 1000, m["longest"]
+        assert b"\r\n" + x + b"\r\n" in m["data"]
+        assert dotted in m["data"].replace(b"\r\n", b""), m["data"][-1100:]
 
 
 def test_without_pipelining_the_client_waits_for_each_reply(make_daemon):
