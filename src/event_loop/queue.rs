@@ -246,8 +246,8 @@ impl Server {
         let done = conn.take_done();
         let now = unix_now();
         if !conn.finished() {
-            for (job, outcomes) in done {
-                self.queue.job_done(job, outcomes, now);
+            for d in done {
+                self.queue.job_done(d, now);
             }
             return;
         }

@@ -35,7 +35,7 @@ mod writes;
 use crate::config::Config;
 use crate::mail::params::notify;
 use crate::mda::Outcome;
-use crate::mta::client::Job;
+use crate::mta::client::{Job, Rcpt};
 use crate::nexthop::Route;
 use crate::privsep::DeliverReq;
 use crate::queue::bounce::DsnKind;
@@ -104,6 +104,11 @@ pub struct Notice {
     /// Commit it only after the write that removes its envelope, which follows (else
     /// at once).
     pub hold: bool,
+    /// Other envelopes of the same message reported in the same notice (the relayed
+    /// recipients of one job), removed by the same write.
+    pub more: Vec<Envelope>,
+    /// The server that took the message, for `Remote-MTA`, or empty.
+    pub remote_mta: String,
 }
 
 /// A user's forward file, whose destinations are to be looked up.
@@ -182,10 +187,10 @@ struct Slot {
 /// The due recipients of one message on one route: the jobs of a run.
 struct Group {
     route: Route,
-    msgid: u32,
-    sender: String,
-    /// Envelope and address of each.
-    rcpts: Vec<(u64, String)>,
+    /// What its jobs share: the message, its sender and parameters.
+    head: Job,
+    /// Envelope and recipient of each.
+    rcpts: Vec<(u64, Rcpt)>,
 }
 
 /// The queue manager.
@@ -432,17 +437,30 @@ impl Manager {
                         req,
                     }));
                 }
-                Plan::Mta(route, rcpt) => {
-                    let msgid = slot.env.msgid();
+                Plan::Mta(route, addr) => {
+                    let e = &slot.env;
+                    let msgid = e.msgid();
+                    let rcpt = Rcpt {
+                        addr,
+                        notify: e.dsn_notify,
+                        orcpt: e.dsn_orcpt.clone(),
+                        original: e.rcpt.clone(),
+                    };
                     match groups
                         .iter_mut()
-                        .find(|g| g.msgid == msgid && g.route == route)
+                        .find(|g| g.head.msgid == msgid && g.route == route)
                     {
                         Some(g) => g.rcpts.push((evpid, rcpt)),
                         None => groups.push(Group {
                             route,
-                            msgid,
-                            sender: slot.env.sender.clone(),
+                            head: Job {
+                                msgid,
+                                sender: e.sender.clone(),
+                                body_8bit: e.body_8bit,
+                                ret: e.dsn_ret.clone(),
+                                envid: e.dsn_envid.clone(),
+                                ..Job::default()
+                            },
                             rcpts: vec![(evpid, rcpt)],
                         }),
                     }
@@ -451,18 +469,13 @@ impl Manager {
         }
         for mut g in groups {
             // In the order the client gave them.
-            if let Some(m) = self.msgs.get(&g.msgid) {
+            if let Some(m) = self.msgs.get(&g.head.msgid) {
                 g.rcpts
                     .sort_by_key(|(e, _)| m.evpids.iter().position(|x| x == e));
             }
-            let placed = self.mta.add(
-                &g.route,
-                g.msgid,
-                &g.sender,
-                g.rcpts,
-                &mut self.next_id,
-                &mut self.out,
-            );
+            let placed = self
+                .mta
+                .add(&g.route, &g.head, g.rcpts, &mut self.next_id, &mut self.out);
             for (evpid, job) in placed {
                 self.set_state(evpid, State::Session(job));
             }
@@ -492,41 +505,14 @@ impl Manager {
         }
     }
 
-    /// A session's job is over, with one outcome per recipient.
-    pub fn job_done(&mut self, job: u64, outcomes: Vec<Outcome>, now: u64) {
-        let Some(rec) = self.mta.done(job, &mut self.next_id, &mut self.out) else {
-            return;
-        };
-        let lost = Outcome::TempFail("no verdict from the server".into());
-        for (i, evpid) in rec.evpids.into_iter().enumerate() {
-            let o = outcomes.get(i).cloned().unwrap_or_else(|| lost.clone());
-            self.finish(evpid, o, now);
-        }
-    }
-
-    /// Session `session` ended: `done` are the jobs it finished last (with their
-    /// outcomes); the others failed temporarily with `why`.
-    pub fn session_closed(
-        &mut self,
-        session: u64,
-        done: Vec<(u64, Vec<Outcome>)>,
-        why: &str,
-        now: u64,
-    ) {
-        // No job goes to it any more.
-        self.mta.closing(session);
-        for (job, outcomes) in done {
-            self.job_done(job, outcomes, now);
-        }
-        for rec in self.mta.closed(session, &mut self.next_id, &mut self.out) {
-            for evpid in rec.evpids {
-                self.finish(evpid, Outcome::TempFail(why.to_string()), now);
-            }
-        }
-    }
-
     /// Applies a delivery outcome to an envelope in flight.
     fn finish(&mut self, evpid: u64, outcome: Outcome, now: u64) {
+        self.finish_as(evpid, outcome, true, now);
+    }
+
+    /// Applies a delivery outcome; a delivery sends the success notice the recipient
+    /// asked for only with `notice` (else it is passed on, or reported with others).
+    fn finish_as(&mut self, evpid: u64, outcome: Outcome, notice: bool, now: u64) {
         let Some(slot) = self.envs.get_mut(&evpid) else {
             return;
         };
@@ -544,7 +530,7 @@ impl Manager {
                     "{evpid:016x} mda delivery evpid={evpid:016x} from=<{from}> to=<{to}> dest={} result=Ok",
                     env.dest
                 );
-                let success = env.dsn_notify & notify::SUCCESS != 0;
+                let success = notice && env.dsn_notify & notify::SUCCESS != 0;
                 if success {
                     env.errorline = "250 2.0.0 delivered".into();
                 }
@@ -716,7 +702,7 @@ impl Manager {
         let wanted = match kind {
             DsnKind::Failed => notify::FAILURE,
             DsnKind::Delayed => notify::DELAY,
-            DsnKind::Delivered => notify::SUCCESS,
+            DsnKind::Delivered | DsnKind::Relayed => notify::SUCCESS,
         };
         if env.sender.is_empty() {
             let line = format!("{evpid:016x} bounce not sent: the sender is <>");
@@ -729,7 +715,13 @@ impl Manager {
         // A notice of failure or success reports an envelope whose removal follows: it
         // is committed after that (smtpd.8, Crashes and duplicates).
         let hold = !matches!(kind, DsnKind::Delayed);
-        self.out.push(Effect::Bounce(Notice { env, kind, hold }));
+        self.out.push(Effect::Bounce(Notice {
+            env,
+            kind,
+            hold,
+            more: Vec::new(),
+            remote_mta: String::new(),
+        }));
     }
 
     /// The envelope is over: it leaves the schedule and its removal is written.

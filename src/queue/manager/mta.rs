@@ -9,9 +9,13 @@
 //! waits for a session to end. A session carries at most [`MAX_JOBS_PER_SESSION`] jobs;
 //! one with no job left and none waiting for its route is told to quit.
 
-use super::Effect;
-use crate::mta::client::{Job, MAX_RCPT};
+use super::{Effect, Manager, Notice, State};
+use crate::mail::params::notify;
+use crate::mda::Outcome;
+use crate::mta::client::{Job, JobDone, Rcpt, SuccessNotice, MAX_RCPT};
 use crate::nexthop::Route;
+use crate::queue::bounce::DsnKind;
+use log::Level;
 use std::collections::{HashMap, VecDeque};
 
 /// Outgoing connections at once.
@@ -69,34 +73,34 @@ impl Sessions {
         self.sessions.len()
     }
 
-    /// Makes jobs of the due recipients `rcpts` (envelope, address) of message `msgid`
-    /// on `route`, and gives them to sessions. `next_id` numbers jobs and sessions.
+    /// Makes jobs of the due recipients `rcpts` (envelope, recipient) of the message
+    /// of `head` (its id, sender and parameters) on `route`, and gives them to
+    /// sessions. `next_id` numbers jobs and sessions.
     pub fn add(
         &mut self,
         route: &Route,
-        msgid: u32,
-        sender: &str,
-        rcpts: Vec<(u64, String)>,
+        head: &Job,
+        rcpts: Vec<(u64, Rcpt)>,
         next_id: &mut u64,
         out: &mut Vec<Effect>,
     ) -> Vec<(u64, u64)> {
         let mut placed = Vec::new();
         for chunk in rcpts.chunks(MAX_RCPT) {
             let id = take_id(next_id);
-            let (evpids, addrs): (Vec<u64>, Vec<String>) = chunk.iter().cloned().unzip();
+            let (evpids, rcpts): (Vec<u64>, Vec<Rcpt>) = chunk.iter().cloned().unzip();
             placed.extend(evpids.iter().map(|&e| (e, id)));
             self.envelopes += evpids.len();
             self.jobs.insert(
                 id,
                 JobRec {
                     session: None,
-                    msgid,
+                    msgid: head.msgid,
                     evpids,
                     route: route.clone(),
                     job: Job {
                         id,
-                        sender: sender.to_string(),
-                        rcpts: addrs,
+                        rcpts,
+                        ..head.clone()
                     },
                 },
             );
@@ -236,6 +240,84 @@ fn take_id(next_id: &mut u64) -> u64 {
     id
 }
 
+impl Manager {
+    /// A session's job is over, with one outcome per recipient. Recipients delivered
+    /// that asked for NOTIFY=SUCCESS get their notice as the session says: one each
+    /// for a final delivery (LMTP), none when the server took the NOTIFY parameter,
+    /// and one "relayed" notice for all of them when it could not (RFC 3461 §6.2.3).
+    pub fn job_done(&mut self, d: JobDone, now: u64) {
+        let Some(rec) = self.mta.done(d.id, &mut self.next_id, &mut self.out) else {
+            return;
+        };
+        let lost = Outcome::TempFail("no verdict from the server".into());
+        let mut relayed = Vec::new();
+        for (i, evpid) in rec.evpids.into_iter().enumerate() {
+            let o = d.outcomes.get(i).cloned().unwrap_or_else(|| lost.clone());
+            if o != Outcome::Ok || d.notice == SuccessNotice::Delivered {
+                self.finish(evpid, o, now);
+                continue;
+            }
+            let wants = self.envs.get_mut(&evpid).is_some_and(|s| {
+                let n = s.env.dsn_notify;
+                let wants = s.state == State::Session(d.id)
+                    && d.notice == SuccessNotice::Relayed
+                    && n & notify::SUCCESS != 0
+                    && n & notify::NEVER == 0;
+                if wants {
+                    s.env.errorline = match d.replies.get(i) {
+                        Some(r) if !r.is_empty() => r.clone(),
+                        _ => "250 2.0.0 relayed".into(),
+                    };
+                }
+                wants
+            });
+            if wants {
+                relayed.push(evpid);
+            }
+            self.finish_as(evpid, o, false, now);
+        }
+        self.relayed(&relayed, &d.server);
+    }
+
+    /// One notice for the recipients of `evpids` (of one message), relayed to
+    /// `server`, which does not do DSN.
+    fn relayed(&mut self, evpids: &[u64], server: &str) {
+        let mut envs = evpids
+            .iter()
+            .filter_map(|e| self.envs.get(e).map(|s| s.env.clone()));
+        let Some(env) = envs.next() else {
+            return;
+        };
+        if env.sender.is_empty() {
+            let line = format!("{:016x} bounce not sent: the sender is <>", env.evpid);
+            return self.log(Level::Info, line);
+        }
+        // Committed after the write that removes these envelopes, which follows.
+        self.out.push(Effect::Bounce(Notice {
+            env,
+            kind: DsnKind::Relayed,
+            hold: true,
+            more: envs.collect(),
+            remote_mta: server.to_string(),
+        }));
+    }
+
+    /// Session `session` ended: `done` are the jobs it finished last (with their
+    /// outcomes); the others failed temporarily with `why`.
+    pub fn session_closed(&mut self, session: u64, done: Vec<JobDone>, why: &str, now: u64) {
+        // No job goes to it any more.
+        self.mta.closing(session);
+        for d in done {
+            self.job_done(d, now);
+        }
+        for rec in self.mta.closed(session, &mut self.next_id, &mut self.out) {
+            for evpid in rec.evpids {
+                self.finish(evpid, Outcome::TempFail(why.to_string()), now);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -248,6 +330,20 @@ mod tests {
             target: Target::Tcp("127.0.0.1".into(), port),
             proto: Proto::Smtp,
             helo: "me.example".into(),
+        }
+    }
+
+    fn head(msgid: u32) -> Job {
+        Job {
+            msgid,
+            ..Job::default()
+        }
+    }
+
+    fn rcpt(addr: &str) -> Rcpt {
+        Rcpt {
+            addr: addr.into(),
+            ..Rcpt::default()
         }
     }
 
@@ -275,9 +371,8 @@ mod tests {
         for m in 0..(QUEUE_PER_SESSION * MAX_ROUTE_SESSIONS + 5) as u32 {
             s.add(
                 &route(25),
-                m,
-                "",
-                vec![(u64::from(m) << 32, "a@b".into())],
+                &head(m),
+                vec![(u64::from(m) << 32, rcpt("a@b"))],
                 &mut id,
                 &mut out,
             );
@@ -297,9 +392,8 @@ mod tests {
         for p in 0..MAX_SESSIONS as u16 {
             s.add(
                 &route(1000 + p),
-                1,
-                "",
-                vec![(1, "a@b".into())],
+                &head(1),
+                vec![(1, rcpt("a@b"))],
                 &mut id,
                 &mut out,
             );
@@ -309,9 +403,8 @@ mod tests {
         // No room for a session of a new route: the job waits.
         s.add(
             &route(25),
-            2,
-            "",
-            vec![(2 << 32, "a@b".into())],
+            &head(2),
+            vec![(2 << 32, rcpt("a@b"))],
             &mut id,
             &mut out,
         );
@@ -337,17 +430,15 @@ mod tests {
         let (mut s, mut id, mut out) = (Sessions::default(), 1, Vec::new());
         s.add(
             &route(25),
-            1,
-            "",
-            vec![(1, "a@b".into())],
+            &head(1),
+            vec![(1, rcpt("a@b"))],
             &mut id,
             &mut out,
         );
         s.add(
             &route(25),
-            2,
-            "",
-            vec![(2, "c@d".into())],
+            &head(2),
+            vec![(2, rcpt("c@d"))],
             &mut id,
             &mut out,
         );
