@@ -3,20 +3,19 @@ server of the test: delivery, a per-recipient 550 that bounces, and a server tha
 down at first (temporary failure, then delivered once it is up and the queue is
 scheduled)."""
 
-import os
 import re
 import socket
-import threading
 import time
 
 import pytest
 
 from conftest import free_port, needs_root, parse_dsn, wait_until
+from threadserver import ThreadedServer
 
 SENDER = "sender@example.test"
 
 
-class LMTPServer:
+class LMTPServer(ThreadedServer):
     """A threaded LMTP server on 127.0.0.1: one thread per connection, every socket
     with a timeout, at most `max_conns` connections, stopped by `close()`.
 
@@ -25,61 +24,12 @@ class LMTPServer:
 
     def __init__(self, port=0, reject=None, data_reply=None, max_conns=50, path=None,
                  drop_after_data=False):
-        if path is not None:
-            # A UNIX socket the engine (_smtpd) may connect to.
-            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            self.sock.bind(str(path))
-            os.chmod(path, 0o666)
-            self.port = None
-        else:
-            self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            self.sock.bind(("127.0.0.1", port))
-            self.port = self.sock.getsockname()[1]
-        self.sock.listen(16)
-        self.sock.settimeout(0.2)
         self.drop_after_data = drop_after_data
         self.reject = {k.lower(): v for k, v in (reject or {}).items()}
         self.data_reply = {k.lower(): v for k, v in (data_reply or {}).items()}
-        self.max_conns = max_conns
         self.messages = []  # dicts: greeting verb, helo, sender, rcpts (accepted), data
         self.commands = []
-        self.lock = threading.Lock()
-        self.stop = threading.Event()
-        self.threads = []
-        self.conns = 0
-        self.acceptor = threading.Thread(target=self._accept, daemon=True)
-        self.acceptor.start()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        self.close()
-
-    def close(self):
-        self.stop.set()
-        self.acceptor.join(5)
-        for t in self.threads:
-            t.join(5)
-        self.sock.close()
-
-    def _accept(self):
-        deadline = time.monotonic() + 120
-        while not self.stop.is_set() and time.monotonic() < deadline:
-            try:
-                c, _ = self.sock.accept()
-            except (socket.timeout, TimeoutError):
-                continue
-            except OSError:
-                return
-            self.conns += 1
-            if self.conns > self.max_conns:
-                c.close()
-                continue
-            t = threading.Thread(target=self._serve, args=(c,), daemon=True)
-            self.threads.append(t)
-            t.start()
+        super().__init__(port=port, path=path, max_conns=max_conns)
 
     def _serve(self, c):
         c.settimeout(10)

@@ -253,8 +253,8 @@ impl Server {
         let done = conn.take_done();
         let now = unix_now();
         if !conn.finished() {
-            for (job, outcomes) in done {
-                self.queue.job_done(job, outcomes, now);
+            for d in done {
+                self.queue.job_done(d, now);
             }
             return;
         }
@@ -271,6 +271,6 @@ impl Server {
             .unwrap_or("the session ended before its jobs")
             .to_string();
         self.queue
-            .session_closed(conn.session, done, &why, conn.reached(), now);
+            .session_closed(conn.session, done, &why, !conn.failed_before_mail(), now);
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod address;
 pub mod auth;
+pub mod base64;
 pub mod delivery;
 pub mod params;
 pub mod peer;

@@ -1,17 +1,19 @@
 //! The socket glue of an outgoing SMTP/LMTP session: connects, moves replies into the
 //! [`Client`], streams each job's spooled message with CR LF line ends and
-//! dot-stuffing, and collects the jobs' outcomes for the queue manager.
+//! dot-stuffing, reads a message whole when the client asks whether it is 8-bit,
+//! collects the jobs' outcomes for the queue manager, and logs the `mta` lines (one
+//! per transaction, one when the session ends; smtpd.8, LOG LINES).
 //!
 //! Nothing here waits: the connection is non-blocking, and a host name is resolved by a
-//! worker thread before [`connect`] is called with its address.
+//! worker thread before [`connect`] is called with its address. Sessions have no TLS
+//! yet: clients are made with `TlsMode::Off`.
 
-use super::client::{Client, Job, ReplyParser, Step};
+use super::client::{Client, ClientOpts, Job, JobDone, ReplyParser, Step};
 use super::wire::{Encoder, MAX_LINE};
 use crate::linebuf::{Line, LineBuf};
-use crate::mda::Outcome;
 use crate::nexthop::{Proto, Route, Target};
 use crate::stream::Stream;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
@@ -21,7 +23,7 @@ use std::time::Instant;
 /// Unsent bytes above which no more of the body is read.
 const OUT_HIGH: usize = 64 * 1024;
 /// Longest reply line accepted.
-const MAX_REPLY_LINE: usize = 4096;
+const MAX_REPLY_LINE: usize = super::client::reply::MAX_LINE;
 
 /// Starts a non-blocking connection to `target`: to the socket path, the address
 /// literal, or `resolved` (the address found for a host name; an error when there is
@@ -85,9 +87,9 @@ pub struct MtaConn {
     chunk: Vec<u8>,
     error: Option<String>,
     closed: bool,
-    done: Vec<(u64, Vec<Outcome>)>,
-    /// The server gave a verdict on some job.
-    reached: bool,
+    done: Vec<JobDone>,
+    /// The server's address, once connected.
+    address: Option<String>,
 }
 
 impl MtaConn {
@@ -98,7 +100,8 @@ impl MtaConn {
             gen,
             session,
             deadline,
-            client: Client::new(route.proto, &route.helo),
+            // No TLS and no AUTH on outgoing sessions yet.
+            client: Client::new(route.proto, &route.helo, ClientOpts::default()),
             target: route.target,
             parser: ReplyParser::default(),
             inbuf: LineBuf::new(MAX_REPLY_LINE * 2),
@@ -110,7 +113,7 @@ impl MtaConn {
             error: None,
             closed: false,
             done: Vec::new(),
-            reached: false,
+            address: None,
         }
     }
 
@@ -119,19 +122,20 @@ impl MtaConn {
         self.closed
     }
 
-    /// Whether the server gave a verdict on some job (else the session failed to reach
-    /// a working server).
-    pub fn reached(&self) -> bool {
-        self.reached
-    }
-
     /// Why the session ended early, if it did.
     pub fn error(&self) -> Option<&str> {
-        self.error.as_deref()
+        self.error.as_deref().or(self.client.failure())
+    }
+
+    /// Whether the session failed before any MAIL was sent (connection, greeting,
+    /// EHLO, STARTTLS, AUTH): its jobs never reached the server, and another server of
+    /// the destination may take them.
+    pub fn failed_before_mail(&self) -> bool {
+        self.client.failed_before_mail()
     }
 
     /// The jobs over since the last call, with one outcome per recipient.
-    pub fn take_done(&mut self) -> Vec<(u64, Vec<Outcome>)> {
+    pub fn take_done(&mut self) -> Vec<JobDone> {
         std::mem::take(&mut self.done)
     }
 
@@ -145,6 +149,7 @@ impl MtaConn {
     pub fn body(&mut self, id: u64, r: Result<(File, u64), String>) {
         let r = r.map(|(file, len)| {
             self.bodies.insert(id, Body { file, len });
+            len
         });
         let steps = self.client.ready(id, r);
         self.apply(steps);
@@ -162,14 +167,74 @@ impl MtaConn {
         let why = self.error.get_or_insert_with(|| why.to_string()).clone();
         let steps = self.client.lost(&why);
         self.apply(steps);
+        self.end(&why);
+    }
+
+    /// The session is over: logs it once.
+    fn end(&mut self, why: &str) {
+        if self.closed {
+            return;
+        }
         self.closed = true;
+        let line = format!(
+            "{} transactions={} reason={why:?}",
+            self.facts(),
+            self.client.transactions()
+        );
+        self.log("disconnected", &line);
+    }
+
+    /// `host=.. address=.. tls=..` for a log line.
+    fn facts(&mut self) -> String {
+        let address = self.address();
+        let host = match &self.target {
+            Target::Tcp(h, _) | Target::Mx(h) => h.as_str(),
+            Target::Unix(p) => p.as_str(),
+        };
+        let tls = match self.client.tls() {
+            Some(t) => format!("{}:{}:{}", t.version, t.cipher, t.bits),
+            None => "none".into(),
+        };
+        format!("host={host} address={address} tls={tls}")
+    }
+
+    /// The server's address: the socket's peer once connected, else the target.
+    fn address(&mut self) -> String {
+        if self.address.is_none() {
+            let peer = self
+                .sock
+                .as_ref()
+                .and_then(Stream::tcp)
+                .map(|s| s.peer_addr());
+            if let Some(Ok(a)) = peer {
+                self.address = Some(a.to_string());
+            }
+        }
+        match (&self.address, &self.target) {
+            (Some(a), _) => a.clone(),
+            (None, Target::Tcp(h, port)) if h.contains(':') => format!("[{h}]:{port}"),
+            (None, Target::Tcp(h, port)) => format!("{h}:{port}"),
+            (None, Target::Unix(p) | Target::Mx(p)) => p.clone(),
+        }
+    }
+
+    fn log(&self, event: &str, rest: &str) {
+        log::info!("{:016x} mta {event} {rest}", self.session);
     }
 
     fn apply(&mut self, steps: Vec<Step>) {
-        for step in steps {
+        let mut steps = VecDeque::from(steps);
+        while let Some(step) = steps.pop_front() {
             match step {
                 Step::Send(cmd) => {
+                    log::trace!("{:016x} mta >>> {cmd}", self.session);
                     self.out.extend_from_slice(cmd.as_bytes());
+                    self.out.extend_from_slice(b"\r\n");
+                }
+                Step::SendSecret { line, shown } => {
+                    // The credentials never reach a log (RFC 4954 §14).
+                    log::trace!("{:016x} mta >>> {shown}", self.session);
+                    self.out.extend_from_slice(line.expose());
                     self.out.extend_from_slice(b"\r\n");
                 }
                 Step::SendBody(id) => {
@@ -180,17 +245,56 @@ impl MtaConn {
                     });
                     self.sending = Some((id, 0));
                 }
-                Step::Done(id, outcomes) => {
-                    self.reached |= self.error.is_none();
-                    self.bodies.remove(&id);
-                    self.done.push((id, outcomes));
+                Step::Scan(id) => {
+                    let r = self.scan(id);
+                    steps.extend(self.client.scanned(id, r));
+                }
+                Step::StartTls => {
+                    // What a server sends after its 220 before the handshake is
+                    // injected plain text (the client side of CVE-2011-0411).
+                    let r = if self.inbuf.pending() > 0 {
+                        Err("the server sent data after its 220 to STARTTLS".to_string())
+                    } else {
+                        Err("TLS is not available to outgoing sessions".to_string())
+                    };
+                    steps.extend(self.client.tls_done(r));
+                }
+                Step::Log { event, fields } => {
+                    let line = format!("{} {fields}", self.facts());
+                    self.log(event, &line);
+                }
+                Step::Done(d) => {
+                    self.bodies.remove(&d.id);
+                    self.done.push(d);
                 }
                 Step::Close => {
                     let _ = self.flush();
-                    self.closed = true;
+                    let why = self.client.failure().unwrap_or("quit").to_string();
+                    self.end(&why);
                 }
             }
         }
+    }
+
+    /// Whether job `id`'s message has an octet above 127 (RFC 6152): read whole, only
+    /// for a server without 8BITMIME and content not declared 8-bit.
+    fn scan(&mut self, id: u64) -> Result<bool, String> {
+        let Some(body) = self.bodies.get(&id) else {
+            return Err("the message is not open".into());
+        };
+        self.chunk.resize(64 * 1024, 0);
+        let mut pos = 0u64;
+        while pos < body.len {
+            let want = (body.len - pos).min(self.chunk.len() as u64) as usize;
+            match body.file.read_at(&mut self.chunk[..want], pos) {
+                Ok(0) => return Err("reading the message: file shorter than its length".into()),
+                Ok(n) if !self.chunk[..n].is_ascii() => return Ok(true),
+                Ok(n) => pos += n as u64,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(format!("reading the message: {e}")),
+            }
+        }
+        Ok(false)
     }
 
     /// Moves bytes until the socket would block.
@@ -212,6 +316,7 @@ impl MtaConn {
                     Err(e) => return self.abort(&e),
                     Ok(None) => {}
                     Ok(Some(reply)) => {
+                        log::trace!("{:016x} mta <<< {}", self.session, reply.line());
                         let steps = self.client.on_reply(&reply);
                         self.apply(steps);
                         if self.closed {
@@ -344,7 +449,7 @@ mod tests {
         assert!(Target::parse("smtp+ssl://x", 25).is_err());
         assert!(
             Target::parse("smtp://label@x", 25).is_err(),
-            "no label for LMTP"
+            "a label is for relay URLs"
         );
         // Only a host name needs the resolver thread; an address or a path connects
         // at once, with no lookup.

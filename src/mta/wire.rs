@@ -59,7 +59,7 @@ impl Encoder {
                 }
                 Some(max) => {
                     self.line.extend_from_slice(part);
-                    while self.line.len() > max {
+                    while self.wire_len() > max {
                         self.fold_once(max, out);
                     }
                 }
@@ -87,6 +87,13 @@ impl Encoder {
         }
         self.at_start = true;
         self.continued = false;
+    }
+
+    /// Octets the pending line takes on the wire: a stuffed dot counts (RFC 5321
+    /// §4.5.3.1.6 limits what is sent).
+    fn wire_len(&self) -> usize {
+        let stuffed = self.at_start && self.line.first() == Some(&b'.');
+        self.line.len() + usize::from(stuffed)
     }
 
     /// Writes the first `n` bytes of the pending line, dot-stuffed.
@@ -185,6 +192,23 @@ mod tests {
             Some(10),
             b"\r\nhello big\r\n world\r\n0123456789\r\nabcdefghij\r\n..23456789\r\n0123\r\n.\r\n",
         );
+    }
+
+    #[test]
+    fn the_longest_line_is_kept_and_a_stuffed_dot_counts() {
+        let x = "x".repeat(MAX_LINE);
+        let msg = format!("\n{x}\n.{}\n", &x[1..]);
+        let out = encode(msg.as_bytes(), Some(MAX_LINE), 4096);
+        let lines: Vec<&[u8]> = out.split(|&b| b == b'\n').collect();
+        assert_eq!(lines[1].len(), MAX_LINE + 1, "998 octets and CR: intact");
+        // A line of 998 octets starting with a dot is 999 once stuffed: folded.
+        assert!(lines.iter().all(|l| l.len() <= MAX_LINE + 1));
+        assert_eq!(lines[2].len(), MAX_LINE + 1);
+        assert!(lines[2].starts_with(b".."));
+        assert_eq!(lines[3], b"x\r");
+        // At a small width, every chunking.
+        every_chunk(b"\n.234567890\n", Some(10), b"\r\n..23456789\r\n0\r\n.\r\n");
+        every_chunk(b"\n0123456789\n", Some(10), b"\r\n0123456789\r\n.\r\n");
     }
 
     #[test]

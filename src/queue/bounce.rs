@@ -40,6 +40,9 @@ pub enum DsnKind {
     Delayed,
     /// Delivery succeeded (a NOTIFY=SUCCESS report).
     Delivered,
+    /// Handed to a server that does not do DSN (a NOTIFY=SUCCESS report, RFC 3461
+    /// §6.2.3): no further report is to be expected.
+    Relayed,
 }
 
 impl DsnKind {
@@ -49,6 +52,7 @@ impl DsnKind {
             DsnKind::Failed => "failed",
             DsnKind::Delayed => "delayed",
             DsnKind::Delivered => "delivered",
+            DsnKind::Relayed => "relayed",
         }
     }
 
@@ -58,6 +62,7 @@ impl DsnKind {
             DsnKind::Failed => "Undelivered Mail Returned to Sender",
             DsnKind::Delayed => "Delayed Mail (still being retried)",
             DsnKind::Delivered => "Successful Mail Delivery Report",
+            DsnKind::Relayed => "Relayed Mail Report",
         }
     }
 
@@ -66,7 +71,7 @@ impl DsnKind {
         match self {
             DsnKind::Failed => "5.0.0",
             DsnKind::Delayed => "4.0.0",
-            DsnKind::Delivered => "2.0.0",
+            DsnKind::Delivered | DsnKind::Relayed => "2.0.0",
         }
     }
 }
@@ -88,6 +93,8 @@ pub struct RcptReport {
     pub last_attempt: String,
     /// For delayed reports: the date after which retries stop (RFC 5322 format).
     pub will_retry_until: Option<String>,
+    /// The server that took the message (a host name), for `Remote-MTA`, or empty.
+    pub remote_mta: String,
 }
 
 impl RcptReport {
@@ -103,7 +110,7 @@ impl RcptReport {
         let status = match kind {
             DsnKind::Failed => status_of(&env.errorline, true),
             DsnKind::Delayed => status_of(&env.errorline, false),
-            DsnKind::Delivered => {
+            DsnKind::Delivered | DsnKind::Relayed => {
                 let s = status_of(&env.errorline, false);
                 if s.starts_with('2') {
                     s
@@ -122,6 +129,7 @@ impl RcptReport {
                 DsnKind::Delayed => will_retry_until.map(str::to_string),
                 _ => None,
             },
+            remote_mta: String::new(),
         }
     }
 }
@@ -399,6 +407,12 @@ fn human_text(dsn: &Dsn, returned: Returned) -> String {
             "Your message was delivered to the recipients listed below, as you\n\
              asked to be told.\n"
         }
+        DsnKind::Relayed => {
+            "Your message was handed over for the recipients listed below, as you\n\
+             asked to be told of its delivery. The server that took it does not\n\
+             send delivery reports, so this is the last report you will get about\n\
+             it unless it fails further on.\n"
+        }
     };
     t.push_str(intro);
     for r in dsn.rcpts {
@@ -412,6 +426,10 @@ fn human_text(dsn: &Dsn, returned: Returned) -> String {
             t.push_str(&format!("      status {status}\n"));
         } else {
             t.push_str(&format!("      status {status}: {diag}\n"));
+        }
+        if !r.remote_mta.is_empty() {
+            let host = clean_host(&r.remote_mta);
+            t.push_str(&format!("      handed to {host}\n"));
         }
         if dsn.kind == DsnKind::Delayed {
             if let Some(until) = r
@@ -478,6 +496,10 @@ fn delivery_status(dsn: &Dsn) -> String {
         );
         push_field(&mut s, "Action", dsn.kind.action());
         push_field(&mut s, "Status", &status_or_default(&r.status, dsn.kind));
+        if !r.remote_mta.is_empty() {
+            let host = clean_host(&r.remote_mta);
+            push_field(&mut s, "Remote-MTA", &format!("dns; {host}"));
+        }
         let diag = r.diagnostic.trim();
         if !diag.is_empty() {
             let diag = if has_diag_type(diag) {

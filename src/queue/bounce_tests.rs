@@ -28,6 +28,7 @@ fn report(rcpt: &str, status: &str, diag: &str) -> RcptReport {
         diagnostic: diag.to_string(),
         last_attempt: "Tue, 14 Nov 2023 22:13:20 +0000".to_string(),
         will_retry_until: None,
+        remote_mta: String::new(),
     }
 }
 
@@ -75,7 +76,7 @@ assert len(blocks) >= 2, blocks
 assert blocks[0]['Reporting-MTA'].startswith('dns; mx.example.net'), blocks[0]['Reporting-MTA']
 for b in blocks[1:]:
     assert b['Final-Recipient'].startswith('rfc822; '), b['Final-Recipient']
-    assert b['Action'] in ('failed', 'delayed', 'delivered'), b['Action']
+    assert b['Action'] in ('failed', 'delayed', 'delivered', 'relayed'), b['Action']
     assert len(b['Status'].split('.')) == 3, b['Status']
 third = parts[2]
 for p in m.walk():
@@ -285,6 +286,42 @@ b = blocks[1]
 assert b['Action'] == 'delivered'
 assert b['Status'] == '2.0.0'
 assert b['Diagnostic-Code'] is None
+assert third.get_content_type() == 'text/rfc822-headers'
+"#,
+    );
+}
+
+#[test]
+fn relayed_names_the_server_for_every_recipient() {
+    let mut r1 = report(
+        "bob@example.net",
+        "2.0.0",
+        "smtp; 250 2.0.0 Ok: queued as 1",
+    );
+    r1.remote_mta = "mx.example.com".into();
+    let mut r2 = report(
+        "carol@example.net",
+        "2.0.0",
+        "smtp; 250 2.0.0 Ok: queued as 1",
+    );
+    r2.remote_mta = "mx.example.com\nX-Injected: 1".into();
+    let rcpts = [r1, r2];
+    let d = dsn(DsnKind::Relayed, &rcpts, false);
+    let msg = run(&d, ORIGINAL, 1 << 20);
+    lines_ok(&msg);
+    assert!(msg.contains("handed to mx.example.com"), "{msg}");
+    assert!(!msg.contains("X-Injected: 1"));
+    python_check(
+        &msg,
+        r#"
+assert m['Subject'] == 'Relayed Mail Report'
+assert len(blocks) == 3
+for b in blocks[1:]:
+    assert b['Action'] == 'relayed'
+    assert b['Status'] == '2.0.0'
+    assert b['Remote-MTA'].startswith('dns; mx.example.com')
+    assert b['Diagnostic-Code'] == 'smtp; 250 2.0.0 Ok: queued as 1'
+assert blocks[2]['Final-Recipient'] == 'rfc822; carol@example.net'
 assert third.get_content_type() == 'text/rfc822-headers'
 "#,
     );

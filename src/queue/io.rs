@@ -207,16 +207,17 @@ impl Ctx {
                     evpid: env.evpid,
                     dests: destinations(&self.cfg, &env, &owner, &items),
                 }),
-                IoJob::Bounce(Notice { env, kind, hold }, now) => {
-                    match super::notice::make(&self.cfg, &self.spool, &env, kind, now) {
+                IoJob::Bounce(n, now) => {
+                    let (env, kind) = (&n.env, n.kind);
+                    match super::notice::make(&self.cfg, &self.spool, &n, now) {
                         Ok(job) => {
                             let p = Pending {
                                 evpid: env.evpid,
                                 kind,
-                                to: env.sender,
+                                to: env.sender.clone(),
                                 job,
                             };
-                            if hold {
+                            if n.hold {
                                 self.held.insert(p.evpid, p);
                             } else {
                                 notices.push(p);
@@ -225,7 +226,7 @@ impl Ctx {
                         Err(e) => done.push(IoDone::Bounced {
                             evpid: env.evpid,
                             kind,
-                            to: env.sender,
+                            to: env.sender.clone(),
                             result: Err(e),
                         }),
                     }
@@ -405,6 +406,8 @@ mod tests {
                     env: env.clone(),
                     kind: DsnKind::Failed,
                     hold: true,
+                    more: Vec::new(),
+                    remote_mta: String::new(),
                 },
                 1_000_000,
             ),

@@ -2,8 +2,9 @@
 //! (`super::bounce`) with the original message read from the spool, addressed to the
 //! sender through the rules. Runs on the spool I/O thread.
 
-use super::bounce::{self, Dsn, DsnKind, RcptReport};
+use super::bounce::{self, Dsn, RcptReport};
 use super::envelope::{new_evpid, Envelope};
+use super::manager::Notice;
 use super::spool::{CommitJob, Spool};
 use crate::config::Config;
 use crate::expand::expand;
@@ -14,15 +15,10 @@ use std::io::BufReader;
 /// Bytes of the original message returned in a bounce (RET=FULL).
 const BOUNCE_MAX_BODY: usize = 1024 * 1024;
 
-/// Writes a notification of `kind` about `env` to its sender, at `now`, in `incoming/`;
-/// returns the job that commits it.
-pub fn make(
-    cfg: &Config,
-    spool: &Spool,
-    env: &Envelope,
-    kind: DsnKind,
-    now: u64,
-) -> Result<CommitJob, String> {
+/// Writes notification `n` (about its envelope and the others it names, all of one
+/// message) to the sender, at `now`, in `incoming/`; returns the job that commits it.
+pub fn make(cfg: &Config, spool: &Spool, n: &Notice, now: u64) -> Result<CommitJob, String> {
+    let (env, kind) = (&n.env, n.kind);
     let (local, domain) = env.sender.rsplit_once('@').ok_or("sender has no domain")?;
     let to = Mailbox {
         local: local.to_string(),
@@ -41,7 +37,13 @@ pub fn make(
     let arrival = crate::sys::rfc5322_date(env.ctime as i64);
     let retry_until =
         crate::sys::rfc5322_date(env.ctime.saturating_add(cfg.queue.ttl.as_secs()) as i64);
-    let report = RcptReport::from_envelope(env, kind, &date, Some(&retry_until));
+    let reports: Vec<RcptReport> = std::iter::once(env)
+        .chain(&n.more)
+        .map(|e| RcptReport {
+            remote_mta: n.remote_mta.clone(),
+            ..RcptReport::from_envelope(e, kind, &date, Some(&retry_until))
+        })
+        .collect();
     let (msgid, mut file) = spool.create_message().map_err(|e| e.to_string())?;
     let token = crate::sys::random_u64();
     let message_id = format!("{token:016x}.{msgid:08x}@{}", cfg.hostname);
@@ -57,7 +59,7 @@ pub fn make(
         envid: &env.dsn_envid,
         arrival_date: &arrival,
         ret_full: bounce::return_full(kind, &env.dsn_ret),
-        rcpts: std::slice::from_ref(&report),
+        rcpts: &reports,
     };
     let result = bounce::render(
         &dsn,

@@ -26,8 +26,10 @@
 //! the results that came together. The I/O thread takes jobs in order, so a
 //! notification, which reads the message, is made before the removal that follows it.
 
+mod health;
 mod mta;
-pub use mta::RouteState;
+mod outcomes;
+pub use health::RouteState;
 pub mod plan;
 #[cfg(test)]
 mod tests;
@@ -36,7 +38,7 @@ mod writes;
 use crate::config::Config;
 use crate::mail::params::notify;
 use crate::mda::Outcome;
-use crate::mta::client::Job;
+use crate::mta::client::{Job, Rcpt};
 use crate::nexthop::Route;
 use crate::privsep::DeliverReq;
 use crate::queue::bounce::DsnKind;
@@ -105,6 +107,11 @@ pub struct Notice {
     /// Commit it only after the write that removes its envelope, which follows (else
     /// at once).
     pub hold: bool,
+    /// Other envelopes of the same message reported in the same notice (the relayed
+    /// recipients of one job), removed by the same write.
+    pub more: Vec<Envelope>,
+    /// The server that took the message, for `Remote-MTA`, or empty.
+    pub remote_mta: String,
 }
 
 /// A user's forward file, whose destinations are to be looked up.
@@ -183,10 +190,10 @@ struct Slot {
 /// The due recipients of one message on one route: the jobs of a run.
 struct Group {
     route: Route,
-    msgid: u32,
-    sender: String,
-    /// Envelope and address of each.
-    rcpts: Vec<(u64, String)>,
+    /// What its jobs share: the message, its sender and parameters.
+    head: Job,
+    /// Envelope and recipient of each.
+    rcpts: Vec<(u64, Rcpt)>,
 }
 
 /// The queue manager.
@@ -439,17 +446,30 @@ impl Manager {
                     self.mta.deferred(&route, evpid);
                     self.finish(evpid, Outcome::TempFail(why), now);
                 }
-                Plan::Mta(route, rcpt) => {
-                    let msgid = slot.env.msgid();
+                Plan::Mta(route, addr) => {
+                    let e = &slot.env;
+                    let msgid = e.msgid();
+                    let rcpt = Rcpt {
+                        addr,
+                        notify: e.dsn_notify,
+                        orcpt: e.dsn_orcpt.clone(),
+                        original: e.rcpt.clone(),
+                    };
                     match groups
                         .iter_mut()
-                        .find(|g| g.msgid == msgid && g.route == route)
+                        .find(|g| g.head.msgid == msgid && g.route == route)
                     {
                         Some(g) => g.rcpts.push((evpid, rcpt)),
                         None => groups.push(Group {
                             route,
-                            msgid,
-                            sender: slot.env.sender.clone(),
+                            head: Job {
+                                msgid,
+                                sender: e.sender.clone(),
+                                body_8bit: e.body_8bit,
+                                ret: e.dsn_ret.clone(),
+                                envid: e.dsn_envid.clone(),
+                                ..Job::default()
+                            },
                             rcpts: vec![(evpid, rcpt)],
                         }),
                     }
@@ -458,18 +478,13 @@ impl Manager {
         }
         for mut g in groups {
             // In the order the client gave them.
-            if let Some(m) = self.msgs.get(&g.msgid) {
+            if let Some(m) = self.msgs.get(&g.head.msgid) {
                 g.rcpts
                     .sort_by_key(|(e, _)| m.evpids.iter().position(|x| x == e));
             }
-            let placed = self.mta.add(
-                &g.route,
-                g.msgid,
-                &g.sender,
-                g.rcpts,
-                &mut self.next_id,
-                &mut self.out,
-            );
+            let placed = self
+                .mta
+                .add(&g.route, &g.head, g.rcpts, &mut self.next_id, &mut self.out);
             for (evpid, job) in placed {
                 self.set_state(evpid, State::Session(job));
             }
@@ -499,100 +514,14 @@ impl Manager {
         }
     }
 
-    /// A session's job is over, with one outcome per recipient from its server.
-    pub fn job_done(&mut self, job: u64, outcomes: Vec<Outcome>, now: u64) {
-        self.job_finished(job, outcomes, true, now);
-    }
-
-    fn job_finished(&mut self, job: u64, outcomes: Vec<Outcome>, verdict: bool, now: u64) {
-        let Some((rec, retry)) = self
-            .mta
-            .done(job, verdict, &mut self.next_id, &mut self.out)
-        else {
-            return;
-        };
-        if !verdict {
-            for &evpid in &rec.evpids {
-                self.mta.deferred(&rec.route, evpid);
-            }
-        }
-        let lost = Outcome::TempFail("no verdict from the server".into());
-        for (i, evpid) in rec.evpids.into_iter().enumerate() {
-            let o = outcomes.get(i).cloned().unwrap_or_else(|| lost.clone());
-            self.finish(evpid, o, now);
-        }
-        self.retry_now(&retry, now);
-    }
-
-    /// Envelopes a route had deferred are due again now that it delivers.
-    fn retry_now(&mut self, evpids: &[u64], now: u64) {
-        if evpids.is_empty() {
-            return;
-        }
-        let n = self.schedule(evpids, now);
-        self.log(
-            Level::Info,
-            format!("mta route delivers again: {n} deferred envelopes scheduled"),
-        );
-    }
-
-    /// Session `session` ended: `done` are the jobs it finished last (with their
-    /// outcomes); the others failed temporarily with `why`. `reached`: the server
-    /// greeted and answered before the session ended (else the route failed).
-    pub fn session_closed(
-        &mut self,
-        session: u64,
-        done: Vec<(u64, Vec<Outcome>)>,
-        why: &str,
-        reached: bool,
-        now: u64,
-    ) {
-        // No job goes to it any more.
-        self.mta.closing(session);
-        let route = self.mta.route_of(session);
-        for (job, outcomes) in done {
-            self.job_finished(job, outcomes, reached, now);
-        }
-        for rec in self
-            .mta
-            .closed(session, why, now, &mut self.next_id, &mut self.out)
-        {
-            for evpid in rec.evpids {
-                if let (false, Some(r)) = (reached, &route) {
-                    self.mta.deferred(r, evpid);
-                }
-                self.finish(evpid, Outcome::TempFail(why.to_string()), now);
-            }
-        }
-    }
-
-    /// Every route used, with its state (`smtpctl show routes`).
-    pub fn routes(&self) -> Vec<RouteState> {
-        self.mta.routes()
-    }
-
-    /// `smtpctl schedule domain D`: reopens the routes to `domain` and makes their
-    /// queued envelopes due now. Returns how many.
-    pub fn schedule_domain(&mut self, domain: &str, now: u64) -> usize {
-        let _ = self.mta.reopen(domain);
-        let d = domain.trim_end_matches('.').to_ascii_lowercase();
-        let ids: Vec<u64> = self
-            .envs
-            .iter()
-            .filter(|(_, s)| s.state == State::Queued)
-            .filter(|(_, s)| {
-                s.env
-                    .rcpt
-                    .rsplit_once('@')
-                    .is_some_and(|(_, x)| x.eq_ignore_ascii_case(&d))
-            })
-            .map(|(&e, _)| e)
-            .collect();
-        self.schedule(&ids, now)
-    }
-
     /// Applies a delivery outcome to an envelope in flight.
     fn finish(&mut self, evpid: u64, outcome: Outcome, now: u64) {
+        self.finish_as(evpid, outcome, true, now);
+    }
+
+    /// Applies a delivery outcome; a delivery sends the success notice the recipient
+    /// asked for only with `notice` (else it is passed on, or reported with others).
+    fn finish_as(&mut self, evpid: u64, outcome: Outcome, notice: bool, now: u64) {
         let Some(slot) = self.envs.get_mut(&evpid) else {
             return;
         };
@@ -610,7 +539,7 @@ impl Manager {
                     "{evpid:016x} mda delivery evpid={evpid:016x} from=<{from}> to=<{to}> dest={} result=Ok",
                     env.dest
                 );
-                let success = env.dsn_notify & notify::SUCCESS != 0;
+                let success = notice && env.dsn_notify & notify::SUCCESS != 0;
                 if success {
                     env.errorline = "250 2.0.0 delivered".into();
                 }
@@ -782,7 +711,7 @@ impl Manager {
         let wanted = match kind {
             DsnKind::Failed => notify::FAILURE,
             DsnKind::Delayed => notify::DELAY,
-            DsnKind::Delivered => notify::SUCCESS,
+            DsnKind::Delivered | DsnKind::Relayed => notify::SUCCESS,
         };
         if env.sender.is_empty() {
             let line = format!("{evpid:016x} bounce not sent: the sender is <>");
@@ -795,7 +724,13 @@ impl Manager {
         // A notice of failure or success reports an envelope whose removal follows: it
         // is committed after that (smtpd.8, Crashes and duplicates).
         let hold = !matches!(kind, DsnKind::Delayed);
-        self.out.push(Effect::Bounce(Notice { env, kind, hold }));
+        self.out.push(Effect::Bounce(Notice {
+            env,
+            kind,
+            hold,
+            more: Vec::new(),
+            remote_mta: String::new(),
+        }));
     }
 
     /// The envelope is over: it leaves the schedule and its removal is written.

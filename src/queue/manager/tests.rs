@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::mail::delivery::Dest;
+use crate::mta::client::{JobDone, SuccessNotice};
 use std::collections::HashMap as Map;
 use std::path::Path;
 
@@ -209,7 +210,9 @@ fn expiry_bounces_and_removes() {
     d.result(req.id, Outcome::TempFail("451 busy".into()));
     assert!(d.logs()[0].contains("result=Expired stat=\"451 busy\""));
     let bounces = d.expect("bounce", |a| match a {
-        Effect::Bounce(Notice { env, kind, hold }) => {
+        Effect::Bounce(Notice {
+            env, kind, hold, ..
+        }) => {
             assert!(*hold);
             Some((env.errorline.clone(), *kind))
         }
@@ -330,6 +333,18 @@ fn forward_items_become_new_envelopes_in_one_durable_write() {
 /// A job given to a session: (session, job, msgid, recipients).
 type Sent = (u64, u64, u32, Vec<String>);
 
+/// Job `id` over with these outcomes, on a session whose server took NOTIFY.
+fn done(id: u64, outcomes: Vec<Outcome>, notice: SuccessNotice) -> JobDone {
+    let n = outcomes.len();
+    JobDone {
+        id,
+        outcomes,
+        replies: vec!["250 2.0.0 Ok: queued".into(); n],
+        notice,
+        server: "mx.relay.test".into(),
+    }
+}
+
 /// The sessions started and the jobs given.
 fn sends(d: &mut Dialog) -> (Vec<u64>, Vec<Sent>) {
     let mut connects = Vec::new();
@@ -345,7 +360,12 @@ fn sends(d: &mut Dialog) -> (Vec<u64>, Vec<Sent>) {
             session,
             msgid,
             job,
-        } => Some(Some((*session, job.id, *msgid, job.rcpts.clone()))),
+        } => Some(Some((
+            *session,
+            job.id,
+            *msgid,
+            job.rcpts.iter().map(|r| r.addr.clone()).collect(),
+        ))),
         _ => None,
     });
     (connects, sends.into_iter().flatten().collect())
@@ -371,7 +391,7 @@ fn a_message_and_route_make_one_job_and_messages_share_the_session() {
     // One recipient refused: only it bounces.
     let mut o = vec![Outcome::Ok; 5];
     o[2] = Outcome::PermFail("550 5.1.1 no such user".into());
-    d.m.job_done(jobs[0].1, o, d.now);
+    d.m.job_done(done(jobs[0].1, o, SuccessNotice::PassedOn), d.now);
     d.take();
     let b = d.expect("bounce", |a| match a {
         Effect::Bounce(Notice { env, .. }) => Some(env.rcpt.clone()),
@@ -381,7 +401,10 @@ fn a_message_and_route_make_one_job_and_messages_share_the_session() {
     assert_eq!(b, ["r3@relay.test", ""]);
     assert_eq!(d.m.stats.delivered, 4);
     // The last job over: the session is told to quit.
-    d.m.job_done(jobs[1].1, vec![Outcome::Ok], d.now);
+    d.m.job_done(
+        done(jobs[1].1, vec![Outcome::Ok], SuccessNotice::PassedOn),
+        d.now,
+    );
     d.take();
     let quit = d.expect("quit", |a| match a {
         Effect::Quit { session } => Some(*session),
@@ -472,4 +495,128 @@ fn handing_over_fails_temporarily() {
     // A late result for it is ignored.
     d.result(req.id, Outcome::Ok);
     assert_eq!(d.m.stats.delivered, 0);
+}
+
+#[test]
+fn jobs_carry_the_dsn_and_body_parameters() {
+    let mut d = Dialog::new();
+    let m = 0x1500_0001;
+    let mut a = relay(m, 1, "a@relay.test");
+    a.body_8bit = true;
+    a.dsn_ret = "HDRS".into();
+    a.dsn_envid = "id1".into();
+    a.dsn_notify = notify::SUCCESS;
+    a.dsn_orcpt = "rfc822;A@relay.test".into();
+    a.rcpt = "A@relay.test".into();
+    d.commit(&[a]).run();
+    let job = d
+        .expect("send", |e| match e {
+            Effect::Send { job, .. } => Some(Some(job.clone())),
+            Effect::Connect { .. } => Some(None),
+            _ => None,
+        })
+        .into_iter()
+        .flatten()
+        .next()
+        .unwrap_or_default();
+    assert_eq!(
+        (
+            job.msgid,
+            job.body_8bit,
+            job.ret.as_str(),
+            job.envid.as_str()
+        ),
+        (m, true, "HDRS", "id1")
+    );
+    assert_eq!(
+        job.rcpts,
+        [Rcpt {
+            addr: "a@relay.test".into(),
+            notify: notify::SUCCESS,
+            orcpt: "rfc822;A@relay.test".into(),
+            original: "A@relay.test".into(),
+        }]
+    );
+}
+
+/// Notices asked for by the effects: (kind, recipients, remote).
+fn notices(d: &mut Dialog) -> Vec<(DsnKind, Vec<String>, String)> {
+    d.expect("notices", |e| match e {
+        Effect::Bounce(n) => Some(Some((
+            n.kind,
+            std::iter::once(&n.env)
+                .chain(&n.more)
+                .map(|e| format!("{} {}", e.rcpt, e.errorline))
+                .collect(),
+            n.remote_mta.clone(),
+        ))),
+        Effect::Write(_) | Effect::Quit { .. } => Some(None),
+        _ => None,
+    })
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+#[test]
+fn a_server_without_dsn_gives_one_relayed_notice_per_job() {
+    let mut d = Dialog::new();
+    let m = 0x1600_0001;
+    let rcpts: Vec<Envelope> = (1..=4)
+        .map(|i| {
+            let mut e = relay(m, i, &format!("r{i}@relay.test"));
+            e.dsn_notify = match i {
+                1 | 3 => notify::SUCCESS | notify::FAILURE,
+                2 => notify::FAILURE,
+                _ => 0,
+            };
+            e
+        })
+        .collect();
+    d.commit(&rcpts).run();
+    let (_, jobs) = sends(&mut d);
+    let mut o = vec![Outcome::Ok; 4];
+    o[2] = Outcome::PermFail("550 5.1.1 no".into());
+    let mut r = done(jobs[0].1, o, SuccessNotice::Relayed);
+    r.replies[0] = "250 2.0.0 Ok: queued as 7".into();
+    d.m.job_done(r, d.now);
+    d.take();
+    let n = notices(&mut d);
+    // One failure notice for r3, one relayed notice listing r1 only (r3 failed).
+    assert_eq!(n.len(), 2, "{n:?}");
+    assert_eq!(n[0].0, DsnKind::Failed);
+    assert_eq!(
+        n[1],
+        (
+            DsnKind::Relayed,
+            vec!["r1@relay.test 250 2.0.0 Ok: queued as 7".to_string()],
+            "mx.relay.test".to_string()
+        )
+    );
+    assert_eq!(d.m.stats.delivered, 3);
+}
+
+#[test]
+fn success_notices_by_what_the_session_says() {
+    for (notice, want) in [
+        (SuccessNotice::PassedOn, vec![]),
+        (SuccessNotice::Delivered, vec![DsnKind::Delivered; 2]),
+        (SuccessNotice::Relayed, vec![DsnKind::Relayed]),
+    ] {
+        let mut d = Dialog::new();
+        let m = 0x1700_0001;
+        let rcpts: Vec<Envelope> = (1..=2)
+            .map(|i| {
+                let mut e = relay(m, i, &format!("r{i}@relay.test"));
+                e.dsn_notify = notify::SUCCESS;
+                e
+            })
+            .collect();
+        d.commit(&rcpts).run();
+        let (_, jobs) = sends(&mut d);
+        d.m.job_done(done(jobs[0].1, vec![Outcome::Ok; 2], notice), d.now);
+        d.take();
+        let kinds: Vec<DsnKind> = notices(&mut d).into_iter().map(|n| n.0).collect();
+        assert_eq!(kinds, want, "{notice:?}");
+    }
 }
