@@ -2,8 +2,8 @@
 //! [`Client`], streams each job's spooled message with CR LF line ends and
 //! dot-stuffing, and collects the jobs' outcomes for the queue manager.
 //!
-//! Nothing here waits: the connection is non-blocking, and a host name is resolved by a
-//! worker thread before [`connect`] is called with its address.
+//! Nothing here waits: the connection is non-blocking, and a host name is resolved by the
+//! engine's DNS resolver before [`connect`] is called with its address.
 
 use super::client::{Client, Job, ReplyParser, Step};
 use super::wire::{Encoder, MAX_LINE};
@@ -14,7 +14,7 @@ use crate::stream::Stream;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::FileExt;
 use std::time::Instant;
 
@@ -39,16 +39,6 @@ pub fn connect(target: &Target, resolved: Option<SocketAddr>) -> io::Result<Stre
             Ok(Stream::Tcp(mio::net::TcpStream::connect(addr)?))
         }
     }
-}
-
-/// Resolves a host name to its first address (the system resolver: /etc/hosts, DNS).
-/// It may block: the resolver thread calls it, never the loop.
-pub fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
-    (host, port)
-        .to_socket_addrs()
-        .map_err(|e| format!("{host}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("{host}: no address"))
 }
 
 /// A job's message, open in the spool: the file and the length of the message in it.
