@@ -16,8 +16,8 @@ pub(super) enum Due {
     },
     /// Filter process `fid`: an answer or a write it waits for.
     Filter(usize),
-    /// A reverse DNS query.
-    Dns,
+    /// A try of a DNS question (its transmission).
+    Dns(u64),
     /// A line to monitoring clients.
     Monitor,
     /// The queue manager's next due envelope.
@@ -58,12 +58,6 @@ impl Server {
             self.timers.add(now + Duration::from_secs(1), Due::Monitor);
         }
         self.arm_filter_timers();
-        if let Some(at) = self.next_dns_deadline() {
-            if self.dns_armed.is_none_or(|t| at < t) {
-                self.dns_armed = Some(at);
-                self.timers.add(at, Due::Dns);
-            }
-        }
         if !self.prune_armed && !self.rates.is_empty() {
             self.prune_armed = true;
             self.timers.add(now + limits::RATE_WINDOW, Due::Prune);
@@ -76,10 +70,7 @@ impl Server {
             match due {
                 Due::Endpoint { key, gen } => self.endpoint_due(key, gen, now),
                 Due::Filter(fid) => self.filter_due(fid, now),
-                Due::Dns => {
-                    self.dns_armed = None;
-                    self.dns_deadlines(now);
-                }
+                Due::Dns(tx) => self.dns_due(tx, now),
                 Due::Monitor => {
                     self.monitor_armed = false;
                     self.monitor(now);

@@ -1,6 +1,6 @@
 //! The one mio loop: listeners, SMTP sessions, the control socket, the parent channel,
-//! signals, the waker of the commit, lookup, spool I/O and resolver threads, timers,
-//! and the queue manager's actions (`queue.rs`).
+//! signals, the waker of the commit, lookup and spool I/O threads, the DNS resolver's
+//! sockets (`dns.rs`), timers, and the queue manager's actions (`queue.rs`).
 //!
 //! Every token from `FIRST_SLOT` on indexes the slab of endpoints. Handlers tolerate
 //! spurious and stale events; endpoints are removed only between event batches.
@@ -18,6 +18,7 @@ use crate::stream::Stream;
 use crate::timer::Timers;
 use crate::worker::Worker;
 use deadlines::Due;
+use dns::Dns;
 use limits::{ControlSlots, FdBudget, RateTable};
 use mio::net::{TcpListener, UnixListener, UnixStream};
 use mio::unix::SourceFd;
@@ -35,10 +36,12 @@ mod accept;
 mod auth;
 mod ctl;
 mod deadlines;
+mod dns;
 mod filter_pipes;
 mod filters;
 mod limits;
 mod lookups;
+mod mta;
 mod queue;
 mod rdns;
 
@@ -48,7 +51,6 @@ const SIGNAL: Token = Token(0);
 const WAKER: Token = Token(1);
 const PARENT: Token = Token(2);
 const CONTROL: Token = Token(3);
-const DNS: Token = Token(4);
 /// Tokens below this are reserved.
 const FIRST_SLOT: usize = 16;
 /// The longest the loop sleeps when no deadline is near.
@@ -71,11 +73,16 @@ struct ControlConn {
 }
 
 enum Endpoint {
-    Listener { sock: TcpListener, idx: usize },
+    Listener {
+        sock: TcpListener,
+        idx: usize,
+    },
     Smtp(Box<Conn>),
     Control(Box<ControlConn>),
     Mta(Box<MtaConn>),
     Filter(Box<crate::filter::pipe::FilterPipe>),
+    /// A socket of the DNS resolver.
+    Dns(Box<dns::DnsSock>),
 }
 
 /// Idle time after which an outgoing session is given up.
@@ -94,13 +101,13 @@ pub struct Server {
     queue: Manager,
     /// The spool I/O thread, which performs the queue manager's spool work.
     io: Worker<IoJob, IoDone>,
-    /// The resolver thread: host names of outgoing sessions.
-    names: Worker<queue::Lookup, queue::LookupDone>,
     /// The channel to the parent (shared with the spool I/O thread, which sends the
     /// delivery requests).
     parent: Option<Arc<OwnedFd>>,
     /// Slab key of each outgoing session, by the queue manager's session id.
     mta_keys: HashMap<u64, usize>,
+    /// Host names of outgoing sessions being resolved, by session id.
+    mta_lookups: HashMap<u64, mta::HostLookup>,
     control: Option<UnixListener>,
     _waker: Arc<Waker>,
     signal_fd: RawFd,
@@ -108,8 +115,6 @@ pub struct Server {
     timers: Timers<Due>,
     /// When the queue manager's next due envelope is armed in `timers`.
     queue_armed: Option<Instant>,
-    /// When the earliest reverse DNS deadline is armed in `timers`.
-    dns_armed: Option<Instant>,
     /// A monitor line is armed in `timers`.
     monitor_armed: bool,
     /// Control clients that monitor (slab key and generation; checked when used).
@@ -160,8 +165,10 @@ pub struct Server {
     chains: crate::filter::chain::Chains,
     /// Slab key and generation of each SMTP session, by session id.
     session_keys: HashMap<u64, (usize, u64)>,
-    /// Reverse DNS of clients, when the configuration checks it.
-    resolver: Option<rdns::Resolver>,
+    /// The DNS resolver: reverse DNS of clients, host names of outgoing sessions.
+    dns: Dns,
+    /// The configuration checks the clients' reverse DNS.
+    rdns: bool,
     /// The server addresses outgoing sessions use.
     hosts: crate::mta::hosts::Hosts,
     /// The TLS configuration of each listener (keys read before the fork).
@@ -198,19 +205,6 @@ impl Server {
         let io = crate::queue::io::start(&spool, cfg.clone(), parent.clone(), move || {
             let _ = w.wake();
         })?;
-        let w = waker.clone();
-        let names = Worker::start(
-            "resolver",
-            move || {
-                let _ = w.wake();
-            },
-            |batch: Vec<queue::Lookup>| {
-                batch
-                    .into_iter()
-                    .map(|(session, host, port)| (session, crate::mta::conn::resolve(&host, port)))
-                    .collect()
-            },
-        )?;
         let mut slab = Slab::new();
         for (sock, idx) in listeners {
             let key = slab.insert(Endpoint::Listener {
@@ -262,9 +256,9 @@ impl Server {
             lookups,
             queue,
             io,
-            names,
             parent,
             mta_keys: HashMap::new(),
+            mta_lookups: HashMap::new(),
             control,
             _waker: waker,
             signal_fd: -1,
@@ -288,7 +282,6 @@ impl Server {
             closing: Vec::new(),
             signals: Vec::new(),
             queue_armed: None,
-            dns_armed: None,
             monitor_armed: false,
             monitors: Vec::new(),
             prune_armed: false,
@@ -298,18 +291,12 @@ impl Server {
             held: Vec::new(),
             chains: crate::filter::chain::Chains::new(),
             session_keys: HashMap::new(),
-            resolver: None,
+            dns: Dns::new(Instant::now()),
+            rdns: false,
             hosts: crate::mta::hosts::Hosts::default(),
             tls,
         };
-        if server.cfg.needs_rdns() {
-            let mut r = rdns::Resolver::new()?;
-            server
-                .poll
-                .registry()
-                .register(&mut r.sock, DNS, Interest::READABLE)?;
-            server.resolver = Some(r);
-        }
+        server.rdns = server.cfg.needs_rdns();
         server.add_filters(filter_fds)?;
         let n = server.load_queue()?;
         if n > 0 {
@@ -347,7 +334,7 @@ impl Server {
             Interest::READABLE,
         )?;
         // What is open now and is no endpoint's: the poll, the waker, the spool, the
-        // parent channel, the signal pipe, the resolver, standard streams.
+        // parent channel, the signal pipe, standard streams.
         self.fds.base = crate::sys::open_fds(self.fds.limit as u64).saturating_sub(self.slab.len());
         let mut events = Events::with_capacity(512);
         loop {
@@ -364,8 +351,9 @@ impl Server {
             }
             self.queue_actions(now);
             self.arm_timers(now);
-            // Sleep until the next deadline; filters with input left go on at once.
-            let timeout = match self.pipe_backlog.is_empty() {
+            // Sleep until the next deadline; filters with input left and DNS answers
+            // waiting for their turn go on at once.
+            let timeout = match self.pipe_backlog.is_empty() && !self.dns.has_done() {
                 true => self.timers.sleep(now, IDLE_SLEEP),
                 false => Duration::ZERO,
             };
@@ -402,7 +390,6 @@ impl Server {
                         }
                     }
                     CONTROL => self.accept_control(now),
-                    DNS => self.on_dns(now),
                     Token(t) if t >= FIRST_SLOT => self.dispatch(
                         t - FIRST_SLOT,
                         ev.is_readable() || ev.is_read_closed(),
@@ -422,6 +409,8 @@ impl Server {
             self.on_lookups(now);
             self.on_io(now);
             self.expire_timers(now);
+            // DNS answers, cached ones included, reach their waiters here.
+            self.dns_turn(now);
             self.reap();
             // Last: what this turn gave the filters (DISCONNECT reports of the sessions
             // just reaped too) goes out now, not at some later wake.
@@ -576,6 +565,10 @@ impl Server {
                 self.closing.push(key);
             }
             Some(Endpoint::Listener { .. }) => log::error!("smtpd internal error while accepting"),
+            Some(Endpoint::Dns(_)) => {
+                log::error!("dns internal error: the query's try fails");
+                self.dns_bug(key, now);
+            }
             None => {}
         }
     }
@@ -598,6 +591,7 @@ impl Server {
                 self.mta_after(key);
                 self.queue_actions(now);
             }
+            Some(Endpoint::Dns(_)) => self.dns_sock_io(key, now),
             None => {}
         }
     }
@@ -688,7 +682,7 @@ impl Server {
         conn.filters.observe = chain.iter().any(|&f| self.filter_observes(f));
         conn.filters.chain = chain;
         // The configuration checks the client's reverse DNS: look it up first.
-        let lookup = self.resolver.is_some() && ip.is_some();
+        let lookup = self.rdns && ip.is_some();
         conn.hold = lookup;
         let key = self.slab.insert(Endpoint::Smtp(Box::new(conn)));
         if let Some(Endpoint::Smtp(conn)) = self.slab.get_mut(key) {
@@ -803,6 +797,7 @@ impl Server {
                     self.slab.remove(key);
                     self.ctl_slots.release(uid);
                 }
+                Some(Endpoint::Dns(_)) => self.dns_reap(key),
                 _ => {}
             }
         }

@@ -1,6 +1,6 @@
 //! The loop's side of the queue manager (`queue::manager`): performs its actions
-//! through the spool I/O thread, the parent channel, outgoing sessions and the
-//! resolver thread, and hands it their completions. Nothing is decided here.
+//! through the spool I/O thread, the parent channel and outgoing sessions (whose host
+//! names `mta.rs` resolves), and hands it their completions. Nothing is decided here.
 
 use super::{unix_now, Endpoint, Server, FIRST_SLOT, MTA_TIMEOUT};
 use crate::mta::conn::MtaConn;
@@ -15,11 +15,6 @@ use std::time::Instant;
 /// Rounds of actions and immediate completions taken in one go at most (each round
 /// comes from completions of the previous one; they end well before).
 const ROUNDS: usize = 16;
-
-/// A host name to resolve for an outgoing session: (session, host, port).
-pub(super) type Lookup = (u64, String, u16);
-/// Its answer.
-pub(super) type LookupDone = (u64, Result<SocketAddr, String>);
 
 impl Server {
     /// Performs what the queue manager asked for, until it asks nothing more.
@@ -82,18 +77,10 @@ impl Server {
         }
     }
 
-    /// Takes the spool I/O thread's and the resolver's completions.
+    /// Takes the spool I/O thread's completions.
     pub(super) fn on_io(&mut self, now: Instant) {
         for done in self.io.take_done() {
             self.io_done(done);
-        }
-        for (session, r) in self.names.take_done() {
-            if let Some(&key) = self.mta_keys.get(&session) {
-                match r {
-                    Ok(addr) => self.mta_connect(key, Some(addr), now),
-                    Err(e) => self.mta_abort(key, &format!("cannot resolve: {e}")),
-                }
-            }
         }
         self.queue_actions(now);
     }
@@ -179,8 +166,7 @@ impl Server {
         }
     }
 
-    /// Starts outgoing session `session`: a host name is resolved first, by the
-    /// resolver thread.
+    /// Starts outgoing session `session`: a host name is resolved first (`mta.rs`).
     fn mta_start(&mut self, session: u64, route: crate::nexthop::Route, now: Instant) {
         let gen = self.next_gen;
         self.next_gen += 1;
@@ -201,17 +187,13 @@ impl Server {
             return self.mta_abort(key, "451 4.7.5 TLS is required and not available yet");
         }
         match lookup {
-            Some((host, port)) => {
-                if self.names.submit((session, host, port)).is_err() {
-                    self.mta_abort(key, "the resolver thread is gone");
-                }
-            }
+            Some((host, port)) => self.mta_resolve(key, session, &host, port, now),
             None => self.mta_connect(key, None, now),
         }
     }
 
     /// Connects session `key` (to `addr` when its host name was resolved).
-    fn mta_connect(&mut self, key: usize, addr: Option<SocketAddr>, now: Instant) {
+    pub(super) fn mta_connect(&mut self, key: usize, addr: Option<SocketAddr>, now: Instant) {
         let Some(Endpoint::Mta(conn)) = self.slab.get_mut(key) else {
             return;
         };
@@ -263,6 +245,7 @@ impl Server {
         };
         self.mta_conns -= 1;
         self.mta_keys.remove(&conn.session);
+        self.mta_lookups.remove(&conn.session);
         if let Some(sock) = conn.sock.as_mut() {
             let _ = self.poll.registry().deregister(sock);
         }

@@ -4,9 +4,9 @@
 //! collects the jobs' outcomes for the queue manager, and logs the `mta` lines (one
 //! per transaction, one when the session ends; smtpd.8, LOG LINES).
 //!
-//! Nothing here waits: the connection is non-blocking, and a host name is resolved by a
-//! worker thread before [`connect`] is called with its address. Sessions have no TLS
-//! yet: clients are made with `TlsMode::Off`.
+//! Nothing here waits: the connection is non-blocking, and a host name is resolved by the
+//! engine's DNS resolver before [`connect`] is called with its address. Sessions have no
+//! TLS yet: clients are made with `TlsMode::Off`.
 
 use super::client::{Client, ClientOpts, Job, JobDone, ReplyParser, Step};
 use super::wire::{Encoder, MAX_LINE};
@@ -16,7 +16,7 @@ use crate::stream::Stream;
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::FileExt;
 use std::time::Instant;
 
@@ -45,16 +45,6 @@ pub fn connect(target: &Target, resolved: Option<SocketAddr>) -> io::Result<Stre
             Ok(Stream::Tcp(mio::net::TcpStream::connect(addr)?))
         }
     }
-}
-
-/// Resolves a host name to its first address (the system resolver: /etc/hosts, DNS).
-/// It may block: the resolver thread calls it, never the loop.
-pub fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
-    (host, port)
-        .to_socket_addrs()
-        .map_err(|e| format!("{host}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("{host}: no address"))
 }
 
 /// A job's message, open in the spool: the file and the length of the message in it.

@@ -1,5 +1,5 @@
 use super::*;
-use crate::dns::ResolvedAnswer;
+use crate::dns::Answer as ResolvedAnswer;
 
 fn q(name: &str, qtype: Qtype) -> Question {
     Question {
