@@ -297,6 +297,7 @@ impl Server {
                 (format!("{n} envelope(s) scheduled\n"), false)
             }
             Ctl::Schedule(t) => {
+                self.hosts.forgive_all();
                 let ids = self.targets(t);
                 // A quarantined envelope released by hand stays released after a restart.
                 let n = self.queue.schedule(&ids, now);

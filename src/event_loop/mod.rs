@@ -107,7 +107,7 @@ pub struct Server {
     /// Slab key of each outgoing session, by the queue manager's session id.
     mta_keys: HashMap<u64, usize>,
     /// Host names of outgoing sessions being resolved, by session id.
-    mta_lookups: HashMap<u64, mta::HostLookup>,
+    mta_routing: HashMap<u64, mta::Routing>,
     control: Option<UnixListener>,
     _waker: Arc<Waker>,
     signal_fd: RawFd,
@@ -258,7 +258,7 @@ impl Server {
             io,
             parent,
             mta_keys: HashMap::new(),
-            mta_lookups: HashMap::new(),
+            mta_routing: HashMap::new(),
             control,
             _waker: waker,
             signal_fd: -1,

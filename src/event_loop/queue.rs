@@ -2,13 +2,10 @@
 //! through the spool I/O thread, the parent channel and outgoing sessions (whose host
 //! names `mta.rs` resolves), and hands it their completions. Nothing is decided here.
 
-use super::{unix_now, Endpoint, Server, FIRST_SLOT, MTA_TIMEOUT};
-use crate::mta::conn::MtaConn;
+use super::{unix_now, Endpoint, Server, MTA_TIMEOUT};
 use crate::privsep::{DeliverRes, MAX_MSG};
 use crate::queue::io::{IoDone, IoJob};
 use crate::queue::manager::Effect;
-use mio::{Interest, Token};
-use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::Instant;
 
@@ -164,96 +161,5 @@ impl Server {
                 log::warn!("queue: cannot reach the parent: {e}");
             }
         }
-    }
-
-    /// Starts outgoing session `session`: a host name is resolved first (`mta.rs`).
-    fn mta_start(&mut self, session: u64, route: crate::nexthop::Route, now: Instant) {
-        let gen = self.next_gen;
-        self.next_gen += 1;
-        let deadline = now + MTA_TIMEOUT;
-        let lookup = route
-            .target
-            .host_to_resolve()
-            .map(|(h, p)| (h.to_string(), p));
-        let needs_tls = matches!(
-            route.security,
-            crate::nexthop::Security::StartTls | crate::nexthop::Security::Implicit
-        );
-        let conn = MtaConn::new(session, gen, route, deadline);
-        let key = self.slab.insert(Endpoint::Mta(Box::new(conn)));
-        self.mta_keys.insert(session, key);
-        self.mta_conns += 1;
-        if needs_tls {
-            return self.mta_abort(key, "451 4.7.5 TLS is required and not available yet");
-        }
-        match lookup {
-            Some((host, port)) => self.mta_resolve(key, session, &host, port, now),
-            None => self.mta_connect(key, None, now),
-        }
-    }
-
-    /// Connects session `key` (to `addr` when its host name was resolved).
-    pub(super) fn mta_connect(&mut self, key: usize, addr: Option<SocketAddr>, now: Instant) {
-        let Some(Endpoint::Mta(conn)) = self.slab.get_mut(key) else {
-            return;
-        };
-        let r = crate::mta::conn::connect(&conn.target, addr).and_then(|mut sock| {
-            self.poll.registry().register(
-                &mut sock,
-                Token(key + FIRST_SLOT),
-                Interest::READABLE | Interest::WRITABLE,
-            )?;
-            Ok(sock)
-        });
-        match r {
-            Ok(sock) => {
-                conn.sock = Some(sock);
-                conn.pump(now, MTA_TIMEOUT);
-                self.mta_after(key);
-            }
-            Err(e) => {
-                let why = format!("cannot connect to {:?}: {e}", conn.target);
-                self.mta_abort(key, &why);
-            }
-        }
-    }
-
-    /// Gives up session `key` with `why`.
-    pub(super) fn mta_abort(&mut self, key: usize, why: &str) {
-        if let Some(Endpoint::Mta(conn)) = self.slab.get_mut(key) {
-            conn.abort(why);
-        }
-        self.mta_after(key);
-    }
-
-    /// Hands the manager what session `key` finished, and drops the session when it is
-    /// over.
-    pub(super) fn mta_after(&mut self, key: usize) {
-        let Some(Endpoint::Mta(conn)) = self.slab.get_mut(key) else {
-            return;
-        };
-        let done = conn.take_done();
-        let now = unix_now();
-        if !conn.finished() {
-            for d in done {
-                self.queue.job_done(d, now);
-            }
-            return;
-        }
-        let Some(Endpoint::Mta(mut conn)) = self.slab.try_remove(key) else {
-            return;
-        };
-        self.mta_conns -= 1;
-        self.mta_keys.remove(&conn.session);
-        self.mta_lookups.remove(&conn.session);
-        if let Some(sock) = conn.sock.as_mut() {
-            let _ = self.poll.registry().deregister(sock);
-        }
-        let why = conn
-            .error()
-            .unwrap_or("the session ended before its jobs")
-            .to_string();
-        self.queue
-            .session_closed(conn.session, done, &why, !conn.failed_before_mail(), now);
     }
 }

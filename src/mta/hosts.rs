@@ -104,6 +104,13 @@ impl Hosts {
         }
     }
 
+    /// Clears every pause (`smtpctl schedule`: try now means try now).
+    pub fn forgive_all(&mut self) {
+        for h in self.map.values_mut() {
+            h.until = 0;
+        }
+    }
+
     /// Every address, sorted, for `smtpctl show hosts`.
     pub fn listing(&self) -> Vec<(IpAddr, &Host)> {
         let mut v: Vec<(IpAddr, &Host)> = self.map.iter().map(|(ip, h)| (*ip, h)).collect();
