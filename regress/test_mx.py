@@ -144,6 +144,26 @@ def test_a_421_greeting_sends_the_mail_to_the_next_exchanger(net):
     assert bad.message_ids() == []
 
 
+def test_a_silent_exchanger_times_out_and_the_next_takes_the_mail(net):
+    net.records(mx={"slow.test": ["10 mx1.slow.test.", "20 mx2.slow.test."]},
+                a={"mx1.slow.test": ["127.0.0.13"], "mx2.slow.test": ["127.0.0.14"]})
+    # mx1 accepts connections (the kernel does) and never says a word.
+    silent = socket.socket()
+    silent.bind(("127.0.0.13", 25))
+    silent.listen(8)
+    rx = net.receiver("127.0.0.14", ["slow.test"])
+    try:
+        d = net.sender(extra="mta timeout 2s")
+        t0 = time.monotonic()
+        send(d, ["bob@slow.test"], "silent")
+        rx.wait_messages(1, timeout=20)
+        assert time.monotonic() - t0 >= 2
+        assert re.search(r"mta attempt-failed host=mx1\.slow\.test .*reason=\"timeout", d.log()), \
+            d.log()[-3000:]
+    finally:
+        silent.close()
+
+
 def test_no_mx_means_the_domain_itself(net):
     net.records(a={"plain.test": ["127.0.0.4"]})
     rx = net.receiver("127.0.0.4", ["plain.test"])

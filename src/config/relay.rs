@@ -104,6 +104,9 @@ pub struct MtaConfig {
     pub limits: MtaLimits,
     /// `mta limit for domain D ...`: the limits of the destinations of one domain.
     pub domains: Vec<(String, MtaLimits)>,
+    /// `mta timeout`: how long an outgoing session may go without a byte from or to
+    /// its server, default 300 s.
+    pub timeout: std::time::Duration,
 }
 
 impl Default for MtaConfig {
@@ -112,6 +115,7 @@ impl Default for MtaConfig {
             max_deferred: 100,
             limits: MtaLimits::default(),
             domains: Vec::new(),
+            timeout: std::time::Duration::from_secs(300),
         }
     }
 }

@@ -86,7 +86,6 @@ enum Endpoint {
 }
 
 /// Idle time after which an outgoing session is given up.
-const MTA_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The daemon's engine.
 pub struct Server {
@@ -587,7 +586,7 @@ impl Server {
             Some(Endpoint::Filter(_)) => self.filter_io(key, now),
             Some(Endpoint::Control(_)) => self.control_io(key, now),
             Some(Endpoint::Mta(conn)) => {
-                conn.pump(now, MTA_TIMEOUT);
+                conn.pump(now, self.cfg.mta.timeout);
                 self.mta_after(key);
                 self.queue_actions(now);
             }

@@ -10,7 +10,7 @@
 //! one that failed in an opportunistic TLS handshake is made again in plain text.
 
 use super::dns::DnsWaiter;
-use super::{unix_now, Endpoint, Server, FIRST_SLOT, MTA_TIMEOUT};
+use super::{unix_now, Endpoint, Server, FIRST_SLOT};
 use crate::config::relay::{Relay, RelayTls};
 use crate::config::{Matcher, Method};
 use crate::dns::{DnsError, DnsResult, Qtype, Rdata};
@@ -102,7 +102,13 @@ impl Server {
         let gen = self.next_gen;
         self.next_gen += 1;
         let setup = self.mta_setup(&route);
-        let conn = MtaConn::new(session, gen, route.clone(), now + MTA_TIMEOUT, setup);
+        let conn = MtaConn::new(
+            session,
+            gen,
+            route.clone(),
+            now + self.cfg.mta.timeout,
+            setup,
+        );
         let key = self.slab.insert(Endpoint::Mta(Box::new(conn)));
         self.mta_keys.insert(session, key);
         self.mta_conns += 1;
@@ -488,6 +494,7 @@ impl Server {
         let Some(&key) = self.mta_keys.get(&session) else {
             return;
         };
+        let timeout = self.cfg.mta.timeout;
         let sock = sock.and_then(|mut s| {
             self.poll.registry().register(
                 &mut s,
@@ -500,10 +507,17 @@ impl Server {
             return;
         };
         conn.may_retry = more;
+        conn.deadline = now + timeout;
+        let gen = conn.gen;
+        self.timers
+            .add(now + timeout, super::deadlines::Due::Endpoint { key, gen });
+        let Some(Endpoint::Mta(conn)) = self.slab.get_mut(key) else {
+            return;
+        };
         match sock {
             Ok(sock) => {
                 conn.attempt(sock, host, address, plan);
-                conn.pump(now, MTA_TIMEOUT);
+                conn.pump(now, timeout);
             }
             Err(e) => conn.abort(&format!("cannot connect to {host} [{address}]: {e}")),
         }

@@ -2,7 +2,7 @@
 //! through the spool I/O thread, the parent channel and outgoing sessions (whose host
 //! names `mta.rs` resolves), and hands it their completions. Nothing is decided here.
 
-use super::{unix_now, Endpoint, Server, MTA_TIMEOUT};
+use super::{unix_now, Endpoint, Server};
 use crate::privsep::{DeliverRes, MAX_MSG};
 use crate::queue::io::{IoDone, IoJob};
 use crate::queue::manager::Effect;
@@ -58,9 +58,10 @@ impl Server {
                 let Some(&key) = self.mta_keys.get(&session) else {
                     return;
                 };
+                let timeout = self.cfg.mta.timeout;
                 if let Some(Endpoint::Mta(conn)) = self.slab.get_mut(key) {
                     conn.quit();
-                    conn.pump(now, MTA_TIMEOUT);
+                    conn.pump(now, timeout);
                 }
                 self.mta_after(key);
             }
@@ -102,9 +103,10 @@ impl Server {
                 let Some(&key) = self.mta_keys.get(&session) else {
                     return;
                 };
+                let timeout = self.cfg.mta.timeout;
                 if let Some(Endpoint::Mta(conn)) = self.slab.get_mut(key) {
                     conn.body(job, result);
-                    conn.pump(Instant::now(), MTA_TIMEOUT);
+                    conn.pump(Instant::now(), timeout);
                 }
                 self.mta_after(key);
             }

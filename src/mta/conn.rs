@@ -557,7 +557,12 @@ impl MtaConn {
                 }
             }
             match self.flush() {
-                Ok(p) => progress |= p,
+                Ok(true) => {
+                    // A server that takes what is sent is alive too (a long DATA).
+                    self.deadline = now + timeout;
+                    progress = true;
+                }
+                Ok(false) => {}
                 Err(e) => return self.abort(&format!("write: {e}")),
             }
             // Read.

@@ -122,11 +122,12 @@ fn relay_option_errors() {
 #[test]
 fn mta_statements() {
     let c = conf(
-        "mta max-deferred 7\nmta limit max-conn-per-route 4 session-mail-max 20\n\
+        "mta max-deferred 7\nmta timeout 30s\nmta limit max-conn-per-route 4 session-mail-max 20\n\
          mta limit for domain Example.ORG max-conn-per-host 2",
     )
     .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(c.mta.max_deferred, 7);
+    assert_eq!(c.mta.timeout.as_secs(), 30);
     assert_eq!(c.mta.limits.max_conn_per_route, 4);
     let d = c.mta.limits_for(Some("example.org"));
     assert_eq!(

@@ -161,7 +161,8 @@ impl Parser {
 }
 
 impl Parser {
-    /// `mta max-deferred N` and `mta limit [for domain D] NAME NUMBER ...`.
+    /// `mta max-deferred N`, `mta timeout D` and `mta limit [for domain D] NAME NUMBER
+    /// ...`.
     pub(super) fn mta(&mut self, st: &mut Stmt) -> Result<(), ConfigError> {
         let m = &mut self.cfg.mta;
         if st.eat("max-deferred") {
@@ -171,6 +172,8 @@ impl Parser {
                 .ok()
                 .filter(|&n: &usize| n <= LIMIT_MAX)
                 .ok_or_else(|| st.err(format!("invalid number '{v}'")))?;
+        } else if st.eat("timeout") {
+            m.timeout = duration(st)?;
         } else if st.eat("limit") {
             if st.eat("for") {
                 st.expect("domain")?;
@@ -190,7 +193,7 @@ impl Parser {
                 limits(st, &mut m.limits, mta_limit)?;
             }
         } else {
-            return Err(st.err("after 'mta': limit or max-deferred"));
+            return Err(st.err("after 'mta': limit, max-deferred or timeout"));
         }
         st.done()
     }
