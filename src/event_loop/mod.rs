@@ -85,8 +85,6 @@ enum Endpoint {
     Dns(Box<dns::DnsSock>),
 }
 
-/// Idle time after which an outgoing session is given up.
-
 /// The daemon's engine.
 pub struct Server {
     cfg: Arc<Config>,
