@@ -379,7 +379,12 @@ impl Server {
         };
         let fallback = plan.as_ref().is_some_and(|p| !p.required);
         let more = !r.candidates.is_empty() || fallback;
-        let sock = self.mta_socket(&r.route, addr);
+        let src = self.mta_source(&r.route, addr);
+        let helo = self.mta_helo(&r.route, src);
+        if let Some(Endpoint::Mta(conn)) = self.slab.get_mut(key) {
+            conn.set_helo(&helo);
+        }
+        let sock = Self::mta_socket(src, addr);
         let host = c.host.clone();
         self.hosts.connecting(c.addr, &host, unix);
         r.current = Some(c);
@@ -396,25 +401,41 @@ impl Server {
         self.cfg.mta.limits_for(domain).max_conn_per_host
     }
 
-    /// A socket connecting to `addr`, from the action's `src` address of that family
-    /// when it names one.
-    fn mta_socket(&self, route: &Route, addr: SocketAddr) -> std::io::Result<Stream> {
-        let src = self
+    /// The source address for `addr` from the action's `src`, of that family, when
+    /// it names one.
+    fn mta_source(&self, route: &Route, addr: SocketAddr) -> Option<IpAddr> {
+        let m = self.relay_of(route)?.src.as_ref()?;
+        let list: Vec<IpAddr> = match m {
+            Matcher::Value(v) => v.parse().ok().into_iter().collect(),
+            Matcher::Table(t) => self
+                .cfg
+                .tables
+                .get(*t)
+                .map(|t| t.keys().filter_map(|k| k.parse().ok()).collect())
+                .unwrap_or_default(),
+        };
+        list.into_iter().find(|ip| ip.is_ipv4() == addr.is_ipv4())
+    }
+
+    /// The EHLO name for a connection from `src`: the action's `helo-src` table's, else
+    /// the route's.
+    fn mta_helo(&self, route: &Route, src: Option<IpAddr>) -> String {
+        let by_src = self
             .relay_of(route)
-            .and_then(|r| r.src.as_ref())
-            .and_then(|m| {
-                let list: Vec<IpAddr> = match m {
-                    Matcher::Value(v) => v.parse().ok().into_iter().collect(),
-                    Matcher::Table(t) => self
-                        .cfg
-                        .tables
-                        .get(*t)
-                        .map(|t| t.keys().filter_map(|k| k.parse().ok()).collect())
-                        .unwrap_or_default(),
-                };
-                list.into_iter()
-                    .find(|ip: &IpAddr| ip.is_ipv4() == addr.is_ipv4())
+            .and_then(|r| r.helo_src)
+            .zip(src)
+            .and_then(|(t, ip)| {
+                self.cfg
+                    .tables
+                    .get(t)?
+                    .get(&ip.to_string())
+                    .map(str::to_string)
             });
+        by_src.unwrap_or_else(|| route.helo.clone())
+    }
+
+    /// A socket connecting to `addr`, from `src` when given.
+    fn mta_socket(src: Option<IpAddr>, addr: SocketAddr) -> std::io::Result<Stream> {
         let tcp = match src {
             Some(src) => mio::net::TcpStream::from_std(crate::sys::connect_from(src, addr)?),
             None => mio::net::TcpStream::connect(addr)?,

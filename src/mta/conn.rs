@@ -260,6 +260,12 @@ impl MtaConn {
         Some((why, self.tls_failed, self.sock.take()))
     }
 
+    /// The name the next attempt gives in EHLO/LHLO (`helo-src` picks it by source
+    /// address).
+    pub fn set_helo(&mut self, helo: &str) {
+        self.setup.helo = helo.to_string();
+    }
+
     /// The server name of the current attempt.
     pub fn host(&self) -> Option<&str> {
         self.host.as_deref()
