@@ -294,3 +294,35 @@ def test_an_unauthenticated_tlsa_answer_is_ignored(net, certs):
     rx.wait_messages(1, timeout=15)
     assert re.search(r"mta transaction host=mx\.insecure\.test .* policy=opportunistic",
                      d.log()), d.log()[-3000:]
+
+
+def test_one_message_from_swaks_through_mx_and_dane_to_the_receiver(net, certs):
+    """The path a message takes, seen in both daemons' logs: swaks submits, the MX and
+    TLSA records are looked up, STARTTLS is verified by DANE, the receiver keeps it."""
+    host = "mx.trace.test"
+    net.records(mx={"trace.test": ["10 %s." % host]}, a={host: ["127.0.0.15"]},
+                tlsa={"_25._tcp." + host: ["3 1 1 " + spki_sha256(certs.mx[0])]})
+    net.dns.ad = True
+    rx = tls_receiver(net, certs, "127.0.0.15", ["trace.test"])
+    d = net.sender()
+    r = subprocess.run(["swaks", "--server", "127.0.0.1:%d" % d.port, "--from",
+                        "alice@origin.test", "--to", "bob@trace.test", "--header",
+                        "Subject: trace", "--body", "traced"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stdout + r.stderr
+    (m,) = rx.wait_messages(1, timeout=15)
+    sender_log = d.log()
+    for pattern in [r"smtp message msgid=\w+ .*from=<alice@origin\.test>",
+                    r"dns query name=trace\.test type=MX result=ok",
+                    r"dns query name=mx\.trace\.test type=A result=ok",
+                    r"dns query name=_25\._tcp\.mx\.trace\.test type=TLSA result=ok",
+                    r"mta transaction host=mx\.trace\.test address=127\.0\.0\.15:25 "
+                    r"tls=TLSv1\.3:\S+ verified=dane-ee policy=dane .*result=\"250 ",
+                    r"mda delivery .* to=<bob@trace\.test> .*result=Ok"]:
+        assert re.search(pattern, sender_log), (pattern, sender_log[-3000:])
+    assert re.search(r"smtp tls .*version=TLSv1\.3", rx.log()) or "ESMTPS" in received_of(m)
+    assert re.search(r"smtp message msgid=\w+ .*from=<alice@origin\.test>", rx.log())
+
+
+def received_of(m):
+    return m.data.split(b"\n\n", 1)[0].decode(errors="replace")
