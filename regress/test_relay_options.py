@@ -14,6 +14,7 @@ import dnstest
 import netns
 import tlscerts
 from conftest import smtpd_bin
+from conftest import wait_until
 from test_mx import Net, send
 
 
@@ -112,3 +113,61 @@ def test_a_backup_mx_tries_only_the_better_exchangers(net):
     primary = net.receiver("127.0.0.34", ["b.test"])
     d.smtpctl("schedule", "all")
     primary.wait_messages(1, timeout=15)
+
+
+def test_ipv6_exchangers_come_first(net):
+    net.records(mx={"v6.test": ["10 mx.v6.test."]},
+                a={"mx.v6.test": ["127.0.0.40"]}, aaaa={"mx.v6.test": ["::1"]})
+    rx6 = net.receiver("::1", ["v6.test"], hostname="rx6.test")
+    d = net.sender()
+    send(d, ["bob@v6.test"], "six")
+    rx6.wait_messages(1, timeout=15)
+    assert re.search(r"mta transaction host=mx\.v6\.test address=\[::1\]:25", d.log()), \
+        d.log()[-3000:]
+
+
+def test_tls_verified_under_the_actions_ca(net, certs):
+    # The receiver's certificate is for other.test.example, signed by the test CA: an
+    # exchanger of that name verifies under `ca testca`.
+    net.records(mx={"v.test": ["10 other.test.example."]},
+                a={"other.test.example": ["127.0.0.41"]})
+    rx = net.receiver("127.0.0.41", ["v.test"], extra=certs.config(),
+                      hostname="other.test.example", listen_opts="tls pki other.test.example")
+    d = net.sender(relay="tls ca testca helo out.example.org", extra=certs.config())
+    send(d, ["bob@v.test"], "pkix")
+    rx.wait_messages(1, timeout=15)
+    assert re.search(r"mta transaction host=other\.test\.example .* verified=pkix policy=pkix",
+                     d.log()), d.log()[-3000:]
+
+
+def test_tls_no_verify_and_notls(net, certs):
+    rx = net.receiver("127.0.0.42", ["n.test"], extra=certs.config(), hostname="mx.test.example",
+                      listen_opts="tls pki mx.test.example")
+    d = net.sender(relay='host "smtp://127.0.0.42" tls no-verify')
+    send(d, ["bob@n.test"], "noverify")
+    rx.wait_messages(1, timeout=15)
+    assert re.search(r"mta transaction host=127\.0\.0\.42 .*tls=TLSv1\.3:\S+ verified=no "
+                     r"policy=encrypt", d.log()), d.log()[-3000:]
+    d2 = net.sender(relay='host "smtp+notls://127.0.0.42"')
+    send(d2, ["bob@n.test"], "notls")
+    rx.wait_messages(2, timeout=15)
+    assert re.search(r"mta transaction host=127\.0\.0\.42 address=127\.0\.0\.42:25 tls=none",
+                     d2.log()), d2.log()[-3000:]
+
+
+def test_a_4xx_is_retried_and_a_5xx_bounced_with_the_reply(net):
+    net.records(mx={"r4.test": ["10 mx.r4.test."], "r5.test": ["10 mx.r5.test."]},
+                a={"mx.r4.test": ["127.0.0.43"], "mx.r5.test": ["127.0.0.44"]})
+    soft = net.sink("127.0.0.43", ["-r", "RCPT"])
+    net.sink("127.0.0.44", ["-f", "RCPT"])
+    d = net.sender()
+    send(d, ["bob@r5.test"], "five")
+    assert d.wait_log(r"to=<bob@r5\.test> result=PermFail stat=\"500 5\.3\.0 Error: command "
+                      r"failed\"", 15), d.log()[-3000:]
+    send(d, ["bob@r4.test"], "four")
+    assert d.wait_log(r"to=<bob@r4\.test> result=TempFail .*stat=\"450 4\.3\.0", 15), d.log()[-3000:]
+    soft.close()
+    good = net.sink("127.0.0.43")
+    code, out, _ = d.smtpctl("schedule", "domain", "r4.test")
+    assert code == 0 and out.strip() == "1 envelope(s) scheduled", out
+    assert wait_until(lambda: len(good.message_ids()) == 1, 15), d.log()[-3000:]
