@@ -125,7 +125,7 @@ def b(D, srv, size, col):
 
 
 def mode_note(D):
-    return '' if D.relay.get('smtpd_mode') == 'mx' else ' (smtpd: relay host, not by MX yet; see Relay phase)'
+    return '' if D.relay.get('smtpd_mode') == 'mx' else ' (smtpd: relay host, not by MX; see Relay phase)'
 
 
 def rows(D, rows):
@@ -193,9 +193,8 @@ def section(D):
     else:
         L.append('- **smtpd**: `action "out" relay host "smtp://127.0.0.2:25"`, '
                  '`match from any for domain "*.bench.test" action "out"`: **every message to the first sink, '
-                 'no DNS lookup**, because this build does not deliver by MX yet (`SMTPD_RELAY=mx bench/run ...` '
-                 'runs it with `action "out" relay` instead). Its figures are therefore not yet those of an MX '
-                 'relay.')
+                 'no DNS lookup** (`SMTPD_RELAY=host` was given). Its figures are those of a relay to a '
+                 'smarthost, not of an MX relay.')
     L.append('- **OpenSMTPD**: the harness\'s set-up with `action "bench" relay` (MX lookups through its own '
              'resolver, which reads /etc/resolv.conf) and `match from any for domain "*.bench.test" action '
              '"bench"`; its default `limit mta` values.')

@@ -119,8 +119,8 @@ srv_pfx_tls() {
 # resolv.conf (PEERS_NO_DNS_ISOLATION=1): /etc/resolv.conf names the test DNS server
 # only.  Plain SMTP on both sides (the sinks speak no TLS).  COUNT is the sinks' count.
 # Needs in the environment also RELAY_AUX (bench/relay-aux) and BENCH_RELAY_SMTPD: "mx"
-# (smtpd looks the MX records up: `relay` without `host`) or "host" (until smtpd
-# delivers by MX: `relay host "smtp://127.0.0.2:25"`, every message to the first sink).
+# (smtpd looks the MX records up: `relay` without `host`) or "host" (a smarthost:
+# `relay host "smtp://127.0.0.2:25"`, every message to the first sink).
 relay_wrap() {  # DIR
   START="echo \$\$ > $1/server.pid; $START"
   AUX="exec $RELAY_AUX $1"
@@ -130,7 +130,7 @@ relay_wrap() {  # DIR
 srv_smtpd_relay() {
   local d=$1 how
   mkdir -p "$d/spool"
-  case ${BENCH_RELAY_SMTPD:-host} in
+  case ${BENCH_RELAY_SMTPD:-mx} in
     mx) how='relay';;
     *) how='relay host "smtp://127.0.0.2:25"';;
   esac
