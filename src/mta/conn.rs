@@ -1,7 +1,6 @@
 //! The socket glue of an outgoing SMTP/LMTP session: connects, moves replies into the
 //! [`Client`], streams each job's spooled message with CR LF line ends and
-//! dot-stuffing, reads a message whole when the client asks whether it is 8-bit,
-//! collects the jobs' outcomes for the queue manager, and logs the `mta` lines (one
+//! dot-stuffing, collects the jobs' outcomes for the queue manager, and logs the `mta` lines (one
 //! per transaction, one when the session ends; smtpd.8, LOG LINES).
 //!
 //! Nothing here waits: the connection is non-blocking, and the loop resolves the
@@ -81,10 +80,12 @@ pub struct Setup {
     pub mail_from: Option<String>,
 }
 
-/// A job's message, open in the spool: the file and the length of the message in it.
+/// A job's message, open in the spool: the file, the length of the message in it,
+/// and whether it holds an octet above 127.
 struct Body {
     file: File,
     len: u64,
+    eight_bit: bool,
 }
 
 /// One outgoing connection carrying jobs.
@@ -203,9 +204,16 @@ impl MtaConn {
     }
 
     /// The message of job `id`, opened (file and message length), or why it cannot be.
-    pub fn body(&mut self, id: u64, r: Result<(File, u64), String>) {
-        let r = r.map(|(file, len)| {
-            self.bodies.insert(id, Body { file, len });
+    pub fn body(&mut self, id: u64, r: Result<(File, u64, bool), String>) {
+        let r = r.map(|(file, len, eight_bit)| {
+            self.bodies.insert(
+                id,
+                Body {
+                    file,
+                    len,
+                    eight_bit,
+                },
+            );
             len
         });
         let steps = self.client.ready(id, r);
@@ -506,25 +514,13 @@ impl MtaConn {
         }
     }
 
-    /// Whether job `id`'s message has an octet above 127 (RFC 6152): read whole, only
-    /// for a server without 8BITMIME and content not declared 8-bit.
-    fn scan(&mut self, id: u64) -> Result<bool, String> {
-        let Some(body) = self.bodies.get(&id) else {
-            return Err("the message is not open".into());
-        };
-        self.chunk.resize(64 * 1024, 0);
-        let mut pos = 0u64;
-        while pos < body.len {
-            let want = (body.len - pos).min(self.chunk.len() as u64) as usize;
-            match body.file.read_at(&mut self.chunk[..want], pos) {
-                Ok(0) => return Err("reading the message: file shorter than its length".into()),
-                Ok(n) if !self.chunk[..n].is_ascii() => return Ok(true),
-                Ok(n) => pos += n as u64,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(format!("reading the message: {e}")),
-            }
-        }
-        Ok(false)
+    /// Whether job `id`'s message has an octet above 127 (RFC 6152), as the spool
+    /// I/O thread found when it opened it.
+    fn scan(&self, id: u64) -> Result<bool, String> {
+        self.bodies
+            .get(&id)
+            .map(|b| b.eight_bit)
+            .ok_or_else(|| "the message is not open".into())
     }
 
     /// Moves bytes until the socket would block.

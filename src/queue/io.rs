@@ -61,14 +61,16 @@ pub enum IoDone {
         /// What happened.
         result: Result<(), String>,
     },
-    /// A message opened for a session: the file and the message's length in it.
+    /// A message opened for a session: the file, the message's length in it, and
+    /// whether it holds an octet above 127 (read here, off the loop, for a server
+    /// without 8BITMIME).
     Opened {
         /// The session.
         session: u64,
         /// The job.
         job: u64,
         /// The file, or why not.
-        result: Result<(File, u64), String>,
+        result: Result<(File, u64, bool), String>,
     },
     /// Envelopes written.
     Written {
@@ -201,7 +203,11 @@ impl Ctx {
                     result: self
                         .spool
                         .open_message(msgid)
-                        .map_err(|e| format!("cannot open message: {e}")),
+                        .map_err(|e| format!("cannot open message: {e}"))
+                        .and_then(|(f, len)| {
+                            let eight_bit = has_8bit(&f, len)?;
+                            Ok((f, len, eight_bit))
+                        }),
                 }),
                 IoJob::Expand(ForwardFile { env, owner, items }) => done.push(IoDone::Expanded {
                     evpid: env.evpid,
@@ -354,6 +360,24 @@ impl Ctx {
     }
 }
 
+/// Whether the first `len` octets of `file` hold one above 127.
+fn has_8bit(file: &File, len: u64) -> Result<bool, String> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut pos = 0u64;
+    while pos < len {
+        let want = (len - pos).min(buf.len() as u64) as usize;
+        match file.read_at(&mut buf[..want], pos) {
+            Ok(0) => return Err("reading the message: file shorter than its length".into()),
+            Ok(n) if !buf[..n].is_ascii() => return Ok(true),
+            Ok(n) => pos += n as u64,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("reading the message: {e}")),
+        }
+    }
+    Ok(false)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -421,7 +445,10 @@ mod tests {
             match d {
                 IoDone::Opened { job, result, .. } => {
                     assert_eq!(job, 2);
-                    assert_eq!(result.map(|(_, len)| len).ok(), Some(2));
+                    assert_eq!(
+                        result.map(|(_, len, eight)| (len, eight)).ok(),
+                        Some((2, false))
+                    );
                 }
                 IoDone::Handed { id, result } => {
                     assert_eq!(id, 9);
