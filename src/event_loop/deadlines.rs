@@ -7,7 +7,8 @@ use super::*;
 /// due: a stale one (its endpoint gone, or the deadline moved) does nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) enum Due {
-    /// The idle timeout of an SMTP session or control client.
+    /// The idle timeout of an SMTP session or control client; the deadline of an
+    /// MTA-STS policy fetch.
     Endpoint {
         /// Slab key.
         key: usize,
@@ -98,6 +99,7 @@ impl Server {
                 }
             }
             Some(Endpoint::Control(c)) if c.gen == gen => return self.control_timeout(key),
+            Some(Endpoint::Sts(_)) => return self.sts_due(key, gen, now),
             _ => return,
         };
         if let Some(next) = later {

@@ -41,6 +41,7 @@ mod lookups;
 mod mta;
 mod queue;
 mod rdns;
+mod sts;
 
 pub use accept::{bind_control, bind_listeners, refuse_if_running};
 
@@ -80,6 +81,8 @@ enum Endpoint {
     Filter(Box<crate::filter::pipe::FilterPipe>),
     /// A socket of the DNS resolver.
     Dns(Box<dns::DnsSock>),
+    /// The HTTPS fetch of an MTA-STS policy.
+    Sts(Box<crate::mta::fetch::PolicyFetch>),
 }
 
 /// Idle time after which an outgoing session is given up.
@@ -168,6 +171,8 @@ pub struct Server {
     rdns: bool,
     /// The server addresses outgoing sessions use.
     hosts: crate::mta::hosts::Hosts,
+    /// The MTA-STS policies of the domains outgoing sessions went to.
+    sts: sts::Policies,
     /// The TLS configuration of each listener (keys read before the fork).
     tls: crate::tls::TlsSetup,
 }
@@ -291,6 +296,7 @@ impl Server {
             dns: Dns::new(Instant::now()),
             rdns: false,
             hosts: crate::mta::hosts::Hosts::default(),
+            sts: sts::Policies::default(),
             tls,
         };
         server.rdns = server.cfg.needs_rdns();
@@ -566,6 +572,10 @@ impl Server {
                 log::error!("dns internal error: the query's try fails");
                 self.dns_bug(key, now);
             }
+            Some(Endpoint::Sts(_)) => {
+                log::error!("mta-sts internal error: the fetch fails");
+                self.sts_fetch_end(key, Err("internal error".into()), now);
+            }
             None => {}
         }
     }
@@ -589,6 +599,10 @@ impl Server {
                 self.queue_actions(now);
             }
             Some(Endpoint::Dns(_)) => self.dns_sock_io(key, now),
+            Some(Endpoint::Sts(_)) => {
+                self.sts_io(key, now);
+                self.queue_actions(now);
+            }
             None => {}
         }
     }
