@@ -28,6 +28,8 @@ pub enum Command {
     ShowRoutes,
     /// `show hosts`: server addresses outgoing sessions used.
     ShowHosts,
+    /// `show mta-sts`: the MTA-STS policies of the domains relayed to.
+    ShowMtaSts,
     /// `schedule domain DOMAIN`: the envelopes for a domain now, its routes reopened.
     ScheduleDomain(String),
     /// `schedule ID|all`.
@@ -127,7 +129,9 @@ pub fn parse(line: &str) -> Result<Command, String> {
     let cmd = match verb {
         "show" => match pick(
             arg(1)?,
-            &["queue", "envelope", "message", "stats", "routes", "hosts"],
+            &[
+                "queue", "envelope", "message", "stats", "routes", "hosts", "mta-sts",
+            ],
         )? {
             "queue" => Command::ShowQueue,
             "envelope" => match target(2)? {
@@ -141,6 +145,7 @@ pub fn parse(line: &str) -> Result<Command, String> {
             },
             "routes" => Command::ShowRoutes,
             "hosts" => Command::ShowHosts,
+            "mta-sts" => Command::ShowMtaSts,
             _ => Command::ShowStats,
         },
         "schedule" if words.get(1) == Some(&"domain") => {
@@ -288,6 +293,13 @@ mod tests {
         assert!(parse("schedule domain a.b c").is_err());
         assert_eq!(parse("show routes"), Ok(Command::ShowRoutes));
         assert_eq!(parse("sh h"), Ok(Command::ShowHosts));
+        assert_eq!(parse("show mta-sts"), Ok(Command::ShowMtaSts));
+        assert_eq!(parse("sh mt"), Ok(Command::ShowMtaSts));
+        assert_eq!(
+            parse("sh me 01234567"),
+            Ok(Command::ShowMessage(0x01234567))
+        );
+        assert!(parse("sh m 01234567").is_err(), "message or mta-sts");
         assert_eq!(
             parse("remove 1a2b3c4d"),
             Ok(Command::Remove(Target::Message(0x1a2b3c4d)))

@@ -290,6 +290,7 @@ impl Server {
             Ctl::ShowStats => (self.stats_text(), false),
             Ctl::ShowRoutes => (self.routes_text(super::unix_now()), false),
             Ctl::ShowHosts => (self.hosts_text(super::unix_now()), false),
+            Ctl::ShowMtaSts => (self.sts_text(super::unix_now()), false),
             Ctl::ScheduleDomain(d) => {
                 self.hosts.forgive(&d);
                 let n = self.queue.schedule_domain(&d, super::unix_now());

@@ -7,7 +7,8 @@ use super::*;
 /// due: a stale one (its endpoint gone, or the deadline moved) does nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) enum Due {
-    /// The idle timeout of an SMTP session, control client or outgoing session.
+    /// The idle timeout of an SMTP session, control client or outgoing session; the
+    /// deadline of an MTA-STS policy fetch.
     Endpoint {
         /// Slab key.
         key: usize,
@@ -109,6 +110,7 @@ impl Server {
                 );
                 return self.mta_abort(key, &why);
             }
+            Some(Endpoint::Sts(_)) => return self.sts_due(key, gen, now),
             _ => return,
         };
         if let Some(next) = later {

@@ -8,17 +8,24 @@
 //! (`mta/hosts.rs`), as is one with `max-conn-per-host` connections already; an
 //! attempt that fails before its first MAIL command goes on to the next address, and
 //! one that failed in an opportunistic TLS handshake is made again in plain text.
+//!
+//! For a domain's exchangers, the `_mta-sts` TXT record is asked beside the MX
+//! record, and the domain's MTA-STS policy found (`sts.rs`); the first attempt waits
+//! for both. A policy in `enforce` mode keeps only the exchangers it lists, each
+//! attempt with TLS verified for the exchanger's name (`mta/plan.rs`).
 
 use super::dns::DnsWaiter;
+use super::sts::{txt_answer, StsWait};
 use super::{unix_now, Endpoint, Server, FIRST_SLOT};
 use crate::config::relay::{Relay, RelayTls};
 use crate::config::{Matcher, Method};
 use crate::dns::{DnsError, DnsResult, Qtype, Rdata};
 use crate::mta::conn::{MtaConn, Setup, TlsPlan};
 use crate::mta::mx::{Candidate, Dane, Progress, Question, RouteResolver, Settings};
-use crate::nexthop::{Proto, Route, Security, Target};
+use crate::mta::plan::{self, StsCheck};
+use crate::mta::sts::Policy;
+use crate::nexthop::{Route, Target};
 use crate::stream::Stream;
-use crate::tls::client::Verify;
 use mio::{Interest, Token};
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
@@ -26,6 +33,8 @@ use std::time::Instant;
 
 /// The tag of answers for a route resolver (others are search-list indices).
 const ROUTE_TAG: u32 = u32::MAX;
+/// The tag of the `_mta-sts` TXT answer.
+const STS_TAG: u32 = u32::MAX - 1;
 
 /// Where an outgoing session stands on its way to a server.
 #[derive(Debug)]
@@ -45,6 +54,8 @@ pub(super) struct Routing {
     plain_next: bool,
     /// Why the last address could not be used.
     last_error: Option<String>,
+    /// MTA-STS, for a domain's exchangers: the policy awaited, then the one in force.
+    sts: Option<StsWait>,
 }
 
 /// A smarthost name being resolved.
@@ -121,6 +132,7 @@ impl Server {
             current: None,
             plain_next: false,
             last_error: None,
+            sts: None,
         };
         match &route.target {
             Target::Unix(_) => {
@@ -154,7 +166,20 @@ impl Server {
                 let (resolver, progress) =
                     RouteResolver::mx(domain, settings, crate::sys::random_u64());
                 r.resolver = Some(resolver);
+                let sts = self.relay_of(&route).is_some_and(|a| a.mta_sts)
+                    && crate::mta::sts::valid_domain(domain.trim_end_matches('.'));
+                if sts {
+                    r.sts = Some(StsWait::new(domain));
+                }
                 self.mta_routing.insert(session, r);
+                if sts {
+                    let name = format!("_mta-sts.{}", domain.trim_end_matches('.'));
+                    let waiter = DnsWaiter::Mta {
+                        session,
+                        tag: STS_TAG,
+                    };
+                    self.dns_ask(&name, Qtype::Txt, waiter, now);
+                }
                 self.mta_progress(session, progress, now);
             }
         }
@@ -212,7 +237,10 @@ impl Server {
                     list.join(" ")
                 );
                 r.candidates = candidates.into();
-                self.mta_try(session, now);
+                if r.sts.as_ref().is_some_and(|w| w.policy.is_none()) {
+                    return; // the policy comes in `mta_sts_known`
+                }
+                self.mta_resolved(session, now);
             }
             Progress::Done(Err(outcome)) => {
                 let Some(r) = self.mta_routing.remove(&session) else {
@@ -240,6 +268,14 @@ impl Server {
         let Some(r) = self.mta_routing.get_mut(&session) else {
             return; // the session ended meanwhile
         };
+        if tag == STS_TAG {
+            let Some(domain) = r.sts.as_ref().map(|w| w.domain.clone()) else {
+                return;
+            };
+            let id = txt_answer(&domain, &result);
+            let action = r.route.action.clone();
+            return self.sts_lookup(session, &domain, &action, id, now);
+        }
         if tag == ROUTE_TAG {
             let Some(resolver) = r.resolver.as_mut() else {
                 return;
@@ -296,6 +332,49 @@ impl Server {
         let key = r.key;
         self.mta_routing.remove(&session);
         self.mta_abort(key, &why);
+    }
+
+    /// The MTA-STS policy of session `session`'s domain is known (`None`: it has
+    /// none); the first attempt starts if the exchangers are known too.
+    pub(super) fn mta_sts_known(&mut self, session: u64, policy: Option<Policy>, now: Instant) {
+        let Some(r) = self.mta_routing.get_mut(&session) else {
+            return;
+        };
+        let Some(w) = r.sts.as_mut().filter(|w| w.policy.is_none()) else {
+            return;
+        };
+        w.policy = Some(policy);
+        if r.resolver.is_none() {
+            self.mta_resolved(session, now);
+        }
+    }
+
+    /// The exchangers of session `session` are known, and its MTA-STS policy if it has
+    /// one: the policy keeps those it lets the session try, then the first attempt
+    /// starts.
+    fn mta_resolved(&mut self, session: u64, now: Instant) {
+        let Some(r) = self.mta_routing.get_mut(&session) else {
+            return;
+        };
+        if let Some(StsWait {
+            domain,
+            policy: Some(policy),
+        }) = &r.sts
+        {
+            let list = std::mem::take(&mut r.candidates).into();
+            match plan::sts_filter(domain, list, policy.as_ref()) {
+                Ok(kept) => r.candidates = kept.into(),
+                Err(outcome) => {
+                    let key = r.key;
+                    self.mta_routing.remove(&session);
+                    if let Some(Endpoint::Mta(conn)) = self.slab.get_mut(key) {
+                        conn.fail_all(outcome);
+                    }
+                    return self.mta_after(key);
+                }
+            }
+        }
+        self.mta_try(session, now);
     }
 
     /// Asks AAAA and A of a smarthost's current search-list name.
@@ -372,10 +451,21 @@ impl Server {
             _ => 25,
         };
         let addr = SocketAddr::new(c.addr, port);
+        let check = r
+            .sts
+            .as_ref()
+            .map_or(StsCheck::Nothing, |w| w.check(&c.host));
+        if check == StsCheck::Unlisted {
+            let domain = r.sts.as_ref().map_or("", |w| w.domain.as_str());
+            log::info!(
+                "{session:016x} mta sts-testing host={} address={addr} reason=\"not an exchanger of the policy of {domain}\"",
+                c.host
+            );
+        }
         let plan = if plain {
             None
         } else {
-            self.tls_plan(&r.route, &c)
+            self.tls_plan(&r.route, &c, check)
         };
         let fallback = plan.as_ref().is_some_and(|p| !p.required);
         let more = !r.candidates.is_empty() || fallback;
@@ -443,61 +533,12 @@ impl Server {
         Ok(Stream::Tcp(tcp))
     }
 
-    /// How an attempt to `c` protects itself, from the route's scheme, the action's
-    /// `tls` and DANE; `None` for plain text.
-    fn tls_plan(&self, route: &Route, c: &Candidate) -> Option<TlsPlan> {
-        if route.proto == Proto::Lmtp || route.security == Security::Plain {
-            return None;
-        }
-        let config = self.tls.relays.get(&route.action)?.clone();
-        let relay = self.relay_of(route);
-        let on_connect = route.security == Security::Implicit;
-        let is_name = c.host.parse::<IpAddr>().is_err();
-        let sni = is_name.then(|| c.host.clone());
-        if let Dane::Tlsa { base, records } = &c.dane {
-            let tlsa = records
-                .iter()
-                .map(|t| crate::tls::dane::Tlsa {
-                    usage: t.usage,
-                    selector: t.selector,
-                    mtype: t.mtype,
-                    data: t.data.clone(),
-                })
-                .collect();
-            let mut names = vec![base.clone()];
-            if let Target::Mx(d) = &route.target {
-                names.push(d.clone());
-            }
-            return Some(TlsPlan {
-                config,
-                verify: Verify::Dane { tlsa, names },
-                sni: Some(base.clone()),
-                required: true,
-                on_connect,
-                policy: "dane",
-            });
-        }
-        let required = route.security != Security::Opportunistic;
-        let names = if is_name {
-            vec![c.host.clone()]
-        } else {
-            Vec::new()
-        };
-        let (verify, policy) = match relay.map(|r| r.tls) {
-            Some(RelayTls::Verify) => (Verify::Pkix { roots: None, names }, "pkix"),
-            _ => (
-                Verify::Opportunistic { names },
-                if required { "encrypt" } else { "opportunistic" },
-            ),
-        };
-        Some(TlsPlan {
-            config,
-            verify,
-            sni,
-            required,
-            on_connect,
-            policy,
-        })
+    /// How an attempt to `c` on `route` protects itself (`mta/plan.rs`); `None` for
+    /// plain text.
+    fn tls_plan(&self, route: &Route, c: &Candidate, sts: StsCheck) -> Option<TlsPlan> {
+        let tls = self.relay_of(route).map_or(RelayTls::Default, |r| r.tls);
+        let config = self.tls.relays.get(&route.action).cloned();
+        plan::tls_plan(route, c, tls, config, sts)
     }
 
     /// Starts an attempt of session `session` on `sock` (or fails it).

@@ -69,7 +69,7 @@ impl Server {
     }
 
     /// Hands a job to the spool I/O thread (when it is gone, the job fails at once).
-    fn spool_job(&mut self, job: IoJob) {
+    pub(super) fn spool_job(&mut self, job: IoJob) {
         if let Err(job) = self.io.submit(job) {
             self.io_done(job.fail("the spool thread is gone"));
         }
@@ -95,6 +95,14 @@ impl Server {
                 to,
                 result,
             } => self.queue.bounced(evpid, kind, &to, result, now),
+            IoDone::StsRead { domain, result } => {
+                self.sts_cache_read(&domain, result, Instant::now())
+            }
+            IoDone::StsWritten { domain, result } => {
+                if let Err(e) = result {
+                    log::warn!("mta-sts domain={domain} cannot write its cache: {e}");
+                }
+            }
             IoDone::Opened {
                 session,
                 job,

@@ -16,7 +16,7 @@ use super::wire::{Encoder, MAX_LINE};
 use crate::linebuf::{Line, LineBuf};
 use crate::nexthop::{Proto, Route, Target};
 use crate::stream::Stream;
-use crate::tls::client::{ClientTls, TlsClientFacts, Verify};
+use crate::tls::client::{ClientTls, TlsClientFacts, Verified, Verify};
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -67,6 +67,10 @@ pub struct TlsPlan {
     pub on_connect: bool,
     /// What the verification is called in the log (`dane`, `mta-sts`, `pkix`, ...).
     pub policy: &'static str,
+    /// An MTA-STS policy in `testing` mode lists the exchanger: an attempt whose TLS
+    /// would not have passed it (no TLS, a failed handshake, a certificate that does
+    /// not pass PKIX for the exchanger's name) is logged (`mta sts-testing`).
+    pub sts_report: bool,
 }
 
 /// What an outgoing session is given once for all its attempts.
@@ -111,6 +115,8 @@ pub struct MtaConn {
     handshaking: bool,
     /// The established TLS session's facts.
     tls_facts: Option<TlsClientFacts>,
+    /// The attempt was logged as one MTA-STS `testing` would have refused.
+    sts_reported: bool,
     /// The current attempt's server name, for the log.
     host: Option<String>,
     /// The loop has another attempt for the jobs if this one fails before MAIL.
@@ -152,6 +158,7 @@ impl MtaConn {
             plan: None,
             handshaking: false,
             tls_facts: None,
+            sts_reported: false,
             host: None,
             may_retry: false,
             retry: None,
@@ -241,6 +248,7 @@ impl MtaConn {
         self.retry = None;
         self.tls_failed = false;
         self.tls_facts = None;
+        self.sts_reported = false;
         self.handshaking = false;
         self.host = Some(host.to_string());
         self.address = Some(address);
@@ -301,10 +309,24 @@ impl MtaConn {
         match r {
             Ok(()) => self.handshaking = true,
             Err(e) => {
-                let steps = self.client.tls_done(Err(format!("TLS: {e}")));
+                let why = format!("TLS: {e}");
+                self.sts_testing(&why);
+                let steps = self.client.tls_done(Err(why));
                 self.apply(steps);
             }
         }
+    }
+
+    /// Under an MTA-STS policy in `testing` mode, logs once per attempt that this one
+    /// would not have passed it, and why (RFC 8461 §5: reported, delivered all the
+    /// same).
+    fn sts_testing(&mut self, why: &str) {
+        if self.sts_reported || !self.plan.as_ref().is_some_and(|p| p.sts_report) {
+            return;
+        }
+        self.sts_reported = true;
+        let line = format!("{} reason={why:?}", self.facts());
+        self.log("sts-testing", &line);
     }
 
     /// After a read: tells the client when the handshake is over.
@@ -330,7 +352,12 @@ impl MtaConn {
             sni: self.plan.as_ref().and_then(|p| p.sni.clone()),
             subject: None,
         };
+        let verified = f.verified;
         self.tls_facts = Some(f);
+        if verified != Verified::Pkix {
+            let host = self.host.clone().unwrap_or_default();
+            self.sts_testing(&format!("the certificate does not pass PKIX for {host}"));
+        }
         let steps = self.client.tls_done(Ok(facts));
         self.apply(steps);
     }
@@ -345,6 +372,9 @@ impl MtaConn {
     /// deferred with `why`, unless no MAIL was sent yet and another attempt may take
     /// them.
     pub fn abort(&mut self, why: &str) {
+        if self.handshaking {
+            self.sts_testing(why);
+        }
         if self.may_retry && !self.client.mail_sent() && !self.closed {
             self.tls_failed = self.handshaking && !self.plan.as_ref().is_some_and(|p| p.required);
             let line = format!("{} reason={why:?}", self.facts());
@@ -487,6 +517,9 @@ impl MtaConn {
                     }
                 }
                 Step::Log { event, fields } => {
+                    if self.tls_facts.is_none() {
+                        self.sts_testing("no TLS");
+                    }
                     let line = format!("{} {fields}", self.facts());
                     self.log(event, &line);
                 }

@@ -2,7 +2,8 @@
 //!
 //! It takes every job waiting as one round, in order: hands local deliveries to the
 //! parent (opening each message), opens messages for outgoing sessions, looks up the
-//! destinations of forward files, writes notifications into `incoming/`; then the
+//! destinations of forward files, writes notifications into `incoming/`, reads and
+//! writes the MTA-STS policies cached in `sts/` (small files); then the
 //! envelope writes of the round, staged into temporaries, made durable together
 //! (one syncfs(2) on Linux, as the commit thread does; fdatasync(2) each elsewhere),
 //! renamed into place (and the renames made durable when one of them must be); then the
@@ -19,6 +20,7 @@ use super::forward::{destinations, NewDest};
 use super::manager::{Delivery, EnvWrite, ForwardFile, Notice};
 use super::spool::{fsync_dir, Spool};
 use crate::config::Config;
+use crate::mta::sts::{self, CacheEntry};
 use crate::privsep::DeliverReq;
 use crate::worker::Worker;
 use std::collections::HashMap;
@@ -49,6 +51,18 @@ pub enum IoJob {
     Bounce(Notice, u64),
     /// Look up the destinations of a forward file.
     Expand(ForwardFile),
+    /// Read the MTA-STS policy cached for a domain (`sts/DOMAIN`).
+    StsRead {
+        /// The domain.
+        domain: String,
+    },
+    /// Cache a domain's MTA-STS policy, replacing the one before.
+    StsWrite {
+        /// The domain.
+        domain: String,
+        /// The policy, its id and when it was fetched.
+        entry: CacheEntry,
+    },
 }
 
 /// The completion of an [`IoJob`].
@@ -97,6 +111,20 @@ pub enum IoDone {
         /// Where it leads.
         dests: Vec<NewDest>,
     },
+    /// The MTA-STS policy cached for a domain: none, or why it cannot be read.
+    StsRead {
+        /// The domain.
+        domain: String,
+        /// What the cache holds.
+        result: Result<Option<CacheEntry>, String>,
+    },
+    /// A domain's MTA-STS policy was cached, or why not.
+    StsWritten {
+        /// The domain.
+        domain: String,
+        /// What happened.
+        result: Result<(), String>,
+    },
 }
 
 impl IoJob {
@@ -126,6 +154,14 @@ impl IoJob {
             IoJob::Expand(ForwardFile { env, .. }) => IoDone::Expanded {
                 evpid: env.evpid,
                 dests: Vec::new(),
+            },
+            IoJob::StsRead { domain } => IoDone::StsRead {
+                domain,
+                result: Err(why),
+            },
+            IoJob::StsWrite { domain, .. } => IoDone::StsWritten {
+                domain,
+                result: Err(why),
             },
         }
     }
@@ -213,6 +249,20 @@ impl Ctx {
                     evpid: env.evpid,
                     dests: destinations(&self.cfg, &env, &owner, &items),
                 }),
+                IoJob::StsRead { domain } => {
+                    let result = sts::read_cache(self.spool.root(), &domain);
+                    done.push(IoDone::StsRead {
+                        domain,
+                        result: result.map_err(|e| e.to_string()),
+                    });
+                }
+                IoJob::StsWrite { domain, entry } => {
+                    let result = sts::write_cache(self.spool.root(), &domain, &entry);
+                    done.push(IoDone::StsWritten {
+                        domain,
+                        result: result.map_err(|e| e.to_string()),
+                    });
+                }
                 IoJob::Bounce(n, now) => {
                     let (env, kind) = (&n.env, n.kind);
                     match super::notice::make(&self.cfg, &self.spool, &n, now) {
