@@ -10,22 +10,10 @@ import subprocess
 
 import pytest
 
-import dnstest
-import netns
 import tlscerts
 from conftest import smtpd_bin
 from conftest import wait_until
-from test_mx import Net, send
-
-
-@pytest.fixture
-def net(tmp_path):
-    why = netns.can_run() or dnstest.can_run()
-    if why:
-        pytest.skip(why)
-    n = Net(tmp_path)
-    yield n
-    n.close()
+from test_mx import net, send  # noqa: F401 (the fixture of the namespace)
 
 
 @pytest.fixture(scope="module")
@@ -51,12 +39,17 @@ def test_smtps_to_a_smarthost(net, certs):
                      r"policy=encrypt", d.log()), d.log()[-3000:]
 
 
-def test_auth_to_a_smarthost_over_starttls(net, certs):
-    h = subprocess.run([str(smtpd_bin()), "ctl", "encrypt", "s3cret pass"], check=True,
+def auth_receiver(net, certs, addr, domain, password):
+    """A receiver that takes mail only from `relayuser` with `password`, over TLS."""
+    h = subprocess.run([str(smtpd_bin()), "ctl", "encrypt", password], check=True,
                        capture_output=True, text=True).stdout.strip()
     extra = certs.config() + 'table creds { relayuser = "%s" }\n' % h
-    rx = net.receiver("127.0.0.31", ["a.test"], extra=extra, hostname="mx.test.example",
-                      listen_opts="tls-require pki mx.test.example auth <creds>")
+    return net.receiver(addr, [domain], extra=extra, hostname="mx.test.example",
+                        listen_opts="tls-require pki mx.test.example auth <creds>")
+
+
+def test_auth_to_a_smarthost_over_starttls(net, certs):
+    rx = auth_receiver(net, certs, "127.0.0.31", "a.test", "s3cret pass")
     secrets = 'table secrets { isp = "relayuser:s3cret pass" }\n'
     d = net.sender(relay='host "smtp+tls://isp@127.0.0.31:25" auth <secrets>', extra=secrets)
     send(d, ["bob@a.test"], "auth")
@@ -67,11 +60,7 @@ def test_auth_to_a_smarthost_over_starttls(net, certs):
 
 
 def test_wrong_credentials_defer(net, certs):
-    h = subprocess.run([str(smtpd_bin()), "ctl", "encrypt", "right"], check=True,
-                       capture_output=True, text=True).stdout.strip()
-    extra = certs.config() + 'table creds { relayuser = "%s" }\n' % h
-    rx = net.receiver("127.0.0.36", ["w.test"], extra=extra, hostname="mx.test.example",
-                      listen_opts="tls-require pki mx.test.example auth <creds>")
+    rx = auth_receiver(net, certs, "127.0.0.36", "w.test", "right")
     secrets = 'table secrets { isp = "relayuser:wrong" }\n'
     d = net.sender(relay='host "smtp+tls://isp@127.0.0.36:25" auth <secrets>', extra=secrets)
     send(d, ["bob@w.test"], "wrongauth")

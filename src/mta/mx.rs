@@ -26,18 +26,7 @@ pub struct Question {
     pub qtype: Qtype,
 }
 
-/// A TLSA record (RFC 6698 §2.1).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Tlsa {
-    /// Certificate usage (2 DANE-TA, 3 DANE-EE; 0 and 1 are unusable in SMTP).
-    pub usage: u8,
-    /// Selector: 0 the certificate, 1 its public key.
-    pub selector: u8,
-    /// Matching type: 0 exact, 1 SHA-256, 2 SHA-512.
-    pub mtype: u8,
-    /// The association data.
-    pub data: Vec<u8>,
-}
+pub use crate::tls::dane::Tlsa;
 
 /// What DANE says of one exchanger.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -89,15 +89,7 @@ pub fn tls_plan(
     let is_name = c.host.parse::<IpAddr>().is_err();
     let sni = is_name.then(|| c.host.clone());
     if let Dane::Tlsa { base, records } = &c.dane {
-        let tlsa = records
-            .iter()
-            .map(|t| crate::tls::dane::Tlsa {
-                usage: t.usage,
-                selector: t.selector,
-                mtype: t.mtype,
-                data: t.data.clone(),
-            })
-            .collect();
+        let tlsa = records.clone();
         let mut names = vec![base.clone()];
         if let Target::Mx(d) = &route.target {
             names.push(d.clone());
