@@ -13,7 +13,6 @@ import signal
 import threading
 import time
 
-
 from conftest import SMTPRaw, wait_until
 from test_mx import net  # noqa: F401 (the fixture of the namespace)
 
