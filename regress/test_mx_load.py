@@ -16,9 +16,7 @@ import time
 import pytest
 
 from conftest import SMTPRaw, wait_until
-from test_mx import Net
-import dnstest
-import netns
+from test_mx import net_for
 
 MESSAGES = 10000
 DOMAINS = 100
@@ -29,12 +27,7 @@ END = b"END-OF-MESSAGE"
 
 @pytest.fixture
 def net(tmp_path):
-    why = netns.can_run() or dnstest.can_run()
-    if why:
-        pytest.skip(why)
-    n = Net(tmp_path)
-    yield n
-    n.close()
+    yield from net_for(tmp_path)
 
 
 def complete_ids(sink):

@@ -10,22 +10,15 @@ import subprocess
 
 import pytest
 
-import dnstest
-import netns
 import tlscerts
 from conftest import smtpd_bin
 from conftest import wait_until
-from test_mx import Net, send
+from test_mx import net_for, send
 
 
 @pytest.fixture
 def net(tmp_path):
-    why = netns.can_run() or dnstest.can_run()
-    if why:
-        pytest.skip(why)
-    n = Net(tmp_path)
-    yield n
-    n.close()
+    yield from net_for(tmp_path)
 
 
 @pytest.fixture(scope="module")
