@@ -93,16 +93,25 @@ def _listening(addr, port=25):
         return False
 
 
-@pytest.fixture
-def net(tmp_path):
+def net_for(tmp_path):
+    """A Net for one test (the body of the `net` fixtures of the relay test modules):
+    the test is skipped, with the reason, when namespaces or the DNS server cannot run
+    here."""
     why = netns.can_run() or dnstest.can_run()
     if why:
         pytest.skip(why)
+    n = Net(tmp_path)
+    try:
+        yield n
+    finally:
+        n.close()
+
+
+@pytest.fixture
+def net(tmp_path):
     if not __import__("shutil").which("smtp-sink"):
         pytest.skip("smtp-sink (postfix) not installed")
-    n = Net(tmp_path)
-    yield n
-    n.close()
+    yield from net_for(tmp_path)
 
 
 def send(d, rcpts, subject="mx", sender="alice@origin.test"):

@@ -13,14 +13,21 @@ import signal
 import threading
 import time
 
+import pytest
+
 from conftest import SMTPRaw, wait_until
-from test_mx import net  # noqa: F401 (the fixture of the namespace)
+from test_mx import net_for
 
 MESSAGES = 10000
 DOMAINS = 100
 THREADS = 10
 RECEIVERS = ["127.0.0.21", "127.0.0.22", "127.0.0.23"]
 END = b"END-OF-MESSAGE"
+
+
+@pytest.fixture
+def net(tmp_path):
+    yield from net_for(tmp_path)
 
 
 def complete_ids(sink):

@@ -13,7 +13,12 @@ import pytest
 import tlscerts
 from conftest import smtpd_bin
 from conftest import wait_until
-from test_mx import net, send  # noqa: F401 (the fixture of the namespace)
+from test_mx import net_for, send
+
+
+@pytest.fixture
+def net(tmp_path):
+    yield from net_for(tmp_path)
 
 
 @pytest.fixture(scope="module")
