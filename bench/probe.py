@@ -3,6 +3,8 @@
 
   probe.py count MAILDIR        COUNT command of the servers (bench/servers.sh): prints
                                 the number of messages in MAILDIR/{new,cur}
+  probe.py count-sinks DIR      COUNT command of the relay servers: the messages the
+                                relay phase's smtp-sink receivers took (bench/relay-aux)
   probe.py start SIZE M SESS    called by bench/smtp-source-wrap before smtp-source
   probe.py accepted T0 T1 RC [BUSY IOWAIT CLIENT_CPU]
                                 called by bench/smtp-source-wrap after smtp-source
@@ -31,7 +33,9 @@ probe.log lines (times are Unix seconds):
                                        meanwhile; smtp-source's own CPU seconds
   E TIME COUNT CPU CPU_SETTLED         the count reached BASE + M (CPU again 0.5 s later)
 """
+import glob
 import os
+import re
 import sys
 import time
 
@@ -104,6 +108,29 @@ def count(maildir):
     return n
 
 
+def sink_count(d):
+    """messages the smtp-sink receivers of the relay phase took: the sum over
+    DIR/sink*.count of the last "mesg=N" each printed (smtp-sink -c writes
+    "sess=.. quit=.. mesg=..\\r" whenever a session ends, QUIT comes or a message ends
+    with ".", right before its 250: the count is exact when read)"""
+    n = 0
+    for p in glob.glob(os.path.join(d, 'sink*.count')):
+        try:
+            with open(p, 'rb') as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - 512))
+                tail = f.read()
+        except OSError:
+            continue
+        # the last complete record (the text after the last \r may be half written)
+        for rec in reversed(tail.split(b'\r')[:-1]):
+            m = re.search(rb'mesg=(\d+)', rec)
+            if m:
+                n += int(m.group(1))
+                break
+    return n
+
+
 def smaps_summary(pid):
     """(rss, pss, uss, {mapping: rss}) in KiB from /proc/PID/smaps"""
     tot = {'Rss': 0, 'Pss': 0, 'Private_Clean': 0, 'Private_Dirty': 0}
@@ -152,7 +179,8 @@ def cmd_mem(d):
     return '\n'.join(out)
 
 
-def cmd_count(maildir):
+def cmd_count(counter):
+    """counter() is the number of messages arrived so far"""
     d = state_dir()
     mfile = os.path.join(d, 'mem.txt')
     if not os.path.exists(mfile) and os.path.exists(os.path.join(d, 'server.pid')):
@@ -160,7 +188,7 @@ def cmd_count(maildir):
             f.write(cmd_mem(d) + '\n')
     tfile = os.path.join(d, 'probe.target')
     target = read_int(tfile)
-    c = count(maildir)
+    c = counter()
     if target is not None:
         # peers.sh polls every 0.2 s; wait here instead (up to 10 s per call, peers.sh
         # still sees the progress and its own time bounds), looking every 20 ms, so that
@@ -168,7 +196,7 @@ def cmd_count(maildir):
         end = time.time() + 10
         while c < target and time.time() < end:
             time.sleep(0.02)
-            c = count(maildir)
+            c = counter()
         if c >= target:
             t = time.time()
             cpu = cpu_seconds(d)
@@ -243,7 +271,9 @@ def cmd_verify(d):
 
 def main(a):
     if a[:1] == ['count'] and len(a) == 2:
-        cmd_count(a[1])
+        cmd_count(lambda: count(a[1]))
+    elif a[:1] == ['count-sinks'] and len(a) == 2:
+        cmd_count(lambda: sink_count(a[1]))
     elif a[:1] == ['start'] and len(a) == 4:
         cmd_start(*a[1:])
     elif a[:1] == ['accepted'] and len(a) in (4, 7):

@@ -4,8 +4,9 @@
   report.py collect PHASE PEERS_WORK_DIR DATA_DIR
       Reads the work directory of one peers.sh run (kept with -k): the probe.log of every
       server run (bench/probe.py), the exactly-once check of its Maildir, the handshake
-      test's handshakes.tsv (bench/tls_conns.py), peers.sh's own results.tsv; appends to
-      DATA_DIR/{blasts,verify,handshakes,peers}.tsv.
+      test's handshakes.tsv (bench/tls_conns.py), what the relay phase's sinks and DNS
+      server saw (bench/report_relay.py), peers.sh's own results.tsv; appends to
+      DATA_DIR/{blasts,verify,handshakes,relay-runs,peers}.tsv.
   report.py report DATA_DIR OUT
       Medians over the repetitions, the table, the targets; writes OUT (markdown) and
       prints the table and the targets.  In an existing OUT, everything after the line
@@ -31,6 +32,7 @@ NAMES = {
     'osmtpd-filter': 'OpenSMTPD + proc-exec osmtpd_passfilter.py',
     'pfx-milter': 'Postfix + milter pf_passmilter.py',
     'smtpd-tls': 'smtpd (TLS)', 'osmtpd-tls': 'OpenSMTPD (TLS)', 'pfx-tls': 'Postfix (TLS)',
+    'smtpd-relay': 'smtpd (relay)', 'osmtpd-relay': 'OpenSMTPD (relay)', 'pfx-relay': 'Postfix (relay)',
 }
 TLS_SERVERS = ('smtpd-tls', 'osmtpd-tls', 'pfx-tls')
 
@@ -41,6 +43,12 @@ def load_probe():
     m = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(m)
     return m
+
+
+def report_relay():
+    """bench/report_relay.py, the relay phase's part (it imports from this module)"""
+    import report_relay as rr
+    return rr
 
 
 def parse_probe_log(path):
@@ -84,6 +92,7 @@ def collect(phase, work, data):
                 for ln in f:
                     k, _, v = ln.rstrip('\n').partition('\t')
                     out.write('%s\t%s\t%s\t%s\t%s\n' % (phase, name, run, k, v))
+        report_relay().collect_run(phase, name, run, d, data)
         plog = os.path.join(d, 'probe.log')
         if not os.path.exists(plog):
             continue
@@ -181,6 +190,8 @@ class Data:
         self.phases = read_tsv(os.path.join(d, 'phases.tsv'))
         self.hs = read_tsv(os.path.join(d, 'handshakes.tsv'))
         self.tls = dict(r for r in read_tsv(os.path.join(d, 'tls.tsv')) if len(r) == 2)
+        self.relay = dict(r for r in read_tsv(os.path.join(d, 'relay.tsv')) if len(r) == 2)
+        self.relay_runs = read_tsv(os.path.join(d, 'relay-runs.tsv'))
         try:
             with open(os.path.join(d, 'notrun.txt')) as f:
                 self.notrun = [ln.strip() for ln in f if ln.strip()]
@@ -248,6 +259,11 @@ class Data:
             except (KeyError, ValueError, ZeroDivisionError):
                 pass
         return med(v)
+
+
+def failures(bad):
+    """the "Not run, or failed" list of a phase's section (markdown lines), or []"""
+    return ['Not run, or failed:\n'] + ['- ' + b for b in bad] + [''] if bad else []
 
 
 def tls_rows(D, rows):
@@ -363,10 +379,7 @@ def tls_sections(D):
                     bad.append('tls-hs %s run %s, %s connections: the handshake test failed (rc %s): %s; the '
                                'server\'s log: `%s`' % (NAMES[srv], run, c, res.get('rc'), res.get('error', '?'),
                                                          res.get('server_error', '?')))
-    if bad:
-        L.append('Not run, or failed:\n')
-        L += ['- ' + b for b in bad]
-        L.append('')
+    L += failures(bad)
     rows = []
     for srv in TLS_SERVERS:
         for run, lv in D.hsrun(srv).items():
@@ -455,6 +468,7 @@ def build(d):
                      cell(fv['p'], frat[('p', size)]), fr(ratio(fv['spy'], fv['o'])), fr(ratio(fv['spy'], fv['p']))))
         del base
     tls_rows(D, rows)
+    report_relay().rows(D, rows)
     sz = {k: (int(v) if v.isdigit() else None) for k, v in D.sizes.items()}
     row('binary size, KiB (smtpd: stripped copy; OpenSMTPD: smtpd; Postfix: smtpd + libpostfix-*.so)',
         *[None if sz.get(k) is None else sz[k] / 1024 for k in ('size_smtpd', 'size_osmtpd', 'size_postfix')])
@@ -500,6 +514,7 @@ def targets(D, frat):
           '-' if cost is None else '%.0f%%' % (cost * 100), '<= %d%%' % (lim * 100),
           None if cost is None else cost <= lim)
     tls_targets(D, t)
+    report_relay().targets(D, t)
     return out
 
 
@@ -665,6 +680,9 @@ def report(d, out):
     tl = tls_sections(D)
     if tl:
         L.append(tl)
+    rl = report_relay().section(D)
+    if rl:
+        L.append(rl)
     L.append('## Commands\n')
     L.append('`%s` (as root, from the top of the work tree). It ran, through a copy of '
              '`the shared harness peers.sh` with `bench/servers.sh` as `servers.d/bench.sh`, '
@@ -677,7 +695,10 @@ def report(d, out):
              '-f a@bench.test -t u@bench.test 127.0.0.1:PORT`; -z gives SIZE:COUNT, -c the idle sessions of the '
              'memory test (shared/bench/hold_conns.py, measured with shared/bench/rss.py). In the TLS phases '
              '(tls-hs, tls20, tls-mem) bench/tlsload\'s `tls-source` takes smtp-source\'s place, and '
-             'bench/tls_conns.py hold_conns.py\'s (see the TLS phase above).\n')
+             'bench/tls_conns.py hold_conns.py\'s (see the TLS phase above). In the relay phase peers.sh runs in '
+             'the phase\'s network namespace, bench/relay-aux is the AUX of each server run (the DNS server and '
+             'the sinks), and smtp-source-wrap runs one smtp-source per recipient domain (see the Relay phase '
+             'above).\n')
     L.append('## Per-run values\n')
     L.append(raw_section(D) + '\n')
     L.append(mem_raw(D) + '\n')

@@ -110,3 +110,58 @@ srv_pfx_tls() {
   echo 2537 > "$1/smtps.port"
   bench_wrap "$1"
 }
+
+# ---------------------------------------------------------------- relay (bench/run, phase relay)
+# The three servers relaying what smtp-source sends to d1.bench.test ... dN.bench.test,
+# by MX, to the smtp-sink receivers of bench/relay-aux (the AUX of each run, started
+# before the server: the test DNS server and the sinks; not counted in the server's CPU
+# time: no aux.pid).  peers.sh runs in the phase's network namespace, without its own
+# resolv.conf (PEERS_NO_DNS_ISOLATION=1): /etc/resolv.conf names the test DNS server
+# only.  Plain SMTP on both sides (the sinks speak no TLS).  COUNT is the sinks' count.
+# Needs in the environment also RELAY_AUX (bench/relay-aux) and BENCH_RELAY_SMTPD: "mx"
+# (smtpd looks the MX records up: `relay` without `host`) or "host" (a smarthost:
+# `relay host "smtp://127.0.0.2:25"`, every message to the first sink).
+relay_wrap() {  # DIR
+  START="echo \$\$ > $1/server.pid; $START"
+  AUX="exec $RELAY_AUX $1"
+  AUX_READY="test -f $1/relay.ready"
+  COUNT="$PROBE count-sinks $1"
+}
+srv_smtpd_relay() {
+  local d=$1 how
+  mkdir -p "$d/spool"
+  case ${BENCH_RELAY_SMTPD:-mx} in
+    mx) how='relay';;
+    *) how='relay host "smtp://127.0.0.2:25"';;
+  esac
+  cat > "$d/smtpd.conf" <<EOC
+# smtpd relaying (bench/run, phase relay)
+queue path "$d/spool"
+smtp limit max-mails 100000
+smtp limit max-sessions-per-address 0
+listen on 127.0.0.1 port $SMTPD_PORT hostname mx.bench.local
+action "out" $how
+match from any for domain "*.bench.test" action "out"
+EOC
+  PORT=$SMTPD_PORT
+  START="exec $SMTPD_BIN -d -f $d/smtpd.conf"
+  relay_wrap "$d"
+}
+srv_osmtpd_relay() {
+  # the harness's set-up with a relay action: MX lookups through OpenSMTPD's own
+  # resolver, which reads /etc/resolv.conf
+  osmtpd_common "$1" 'action "bench" relay' "" "" || return 1
+  echo 'match from any for domain "*.bench.test" action "bench"' >> "$1/smtpd.conf"
+  relay_wrap "$1"
+}
+srv_pfx_relay() {
+  # the harness's set-up (mydestination empty, mynetworks 127.0.0.0/8, IPv4), then
+  # everything not in virtual_mailbox_domains (bench.test) goes to the smtp transport,
+  # by MX: no relayhost, DNS lookups as by default, no TLS, no local delivery
+  pf_common "$1" "relayhost =
+default_transport = smtp
+local_transport = error:5.1.1 no local delivery in this test
+smtp_tls_security_level = none
+smtpd_tls_security_level = none" || return 1
+  relay_wrap "$1"
+}

@@ -510,6 +510,22 @@ def _kill_and_wait(pids, timeout):
             _kill(p, signal.SIGKILL)
 
 
+def stop_process(proc, grace=10.0):
+    """Stops a process we started (a subprocess.Popen): SIGTERM by PID, SIGKILL after
+    `grace` seconds; the processes it had forked are waited for, and killed by PID if
+    they linger.  Returns its exit status."""
+    kids = descendants(proc.pid)
+    if proc.poll() is None:
+        _kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            _kill(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+    _kill_and_wait(kids, 5.0)
+    return proc.returncode
+
+
 def allow_traversal(path):
     """Started as root, smtpd runs its engine as the unprivileged user (_smtpd) that owns
     the spool: every directory above the spool must be searchable by it.  pytest makes
@@ -737,18 +753,7 @@ class Daemon:
         daemon forked (its engine) are waited for, and killed by PID if they linger."""
         if self.proc is None:
             return self.exit_code
-        kids = descendants(self.proc.pid)
-        if self.proc.poll() is None:
-            try:
-                os.kill(self.proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                self.proc.wait(grace)
-            except subprocess.TimeoutExpired:
-                self._reap_hard()
-        _kill_and_wait(kids, 5.0)
-        self.exit_code = self.proc.returncode
+        self.exit_code = stop_process(self.proc, grace)
         self._close_log()
         self.proc = None
         return self.exit_code

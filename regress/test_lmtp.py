@@ -447,3 +447,18 @@ def _port_open(port):
             return True
     except OSError:
         return False
+
+
+def test_relay_host_lmtp_url(make_daemon):
+    """relay host lmtp://HOST:PORT: the relayed recipients over LMTP (LHLO, the address
+    as given)."""
+    with LMTPServer() as srv:
+        d = make_daemon(start=False, deliver=True)
+        d.rules = ('action "out" relay host "lmtp://127.0.0.1:%d"\n'
+                   'match from any for domain "lmtp.test" action "out"\n' % srv.port)
+        d.start()
+        send(d, ["carol@lmtp.test"])
+        got = srv.wait_messages(1)
+        assert len(got) == 1 and got[0]["verb"] == "LHLO", got
+        assert got[0]["rcpts"] == ["carol@lmtp.test"], got
+        assert d.wait_queue_empty(10)

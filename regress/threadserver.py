@@ -1,6 +1,7 @@
-"""A threaded test server on 127.0.0.1 (or a UNIX socket of the test directory): one
-thread per connection, at most `max_conns` connections, the acceptor bounded in time,
-stopped by `close()`. Subclasses serve a connection in `_serve(sock)`."""
+"""A threaded test server on 127.0.0.1 (another loopback address with `host`, or a
+UNIX socket of the test directory): one thread per connection, at most `max_conns`
+connections (`conns` counts them all), the acceptor bounded in time, stopped by
+`close()`. Subclasses serve a connection in `_serve(sock)`."""
 
 import os
 import socket
@@ -9,7 +10,7 @@ import time
 
 
 class ThreadedServer:
-    def __init__(self, port=0, path=None, max_conns=50):
+    def __init__(self, port=0, path=None, max_conns=50, host="127.0.0.1"):
         if path is not None:
             # A UNIX socket the engine (_smtpd) may connect to.
             self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -19,7 +20,7 @@ class ThreadedServer:
         else:
             self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            self.sock.bind(("127.0.0.1", port))
+            self.sock.bind((host, port))
             self.port = self.sock.getsockname()[1]
         self.sock.listen(16)
         self.sock.settimeout(0.2)

@@ -20,7 +20,8 @@ def make_ca(d, name="ca", cn="Test CA"):
 
 
 def make_leaf(d, name, subject, ca="ca", san=None, usage="serverAuth", rsa=False):
-    """A certificate signed by `ca`: returns (cert path, key path)."""
+    """A certificate signed by `ca`: returns (cert path, key path). `san` is a DNS
+    name or a list of them."""
     d = Path(d)
     key = ["-newkey", "rsa:2048"] if rsa else ["-newkey", "ec", "-pkeyopt",
                                                "ec_paramgen_curve:P-256"]
@@ -28,7 +29,8 @@ def make_leaf(d, name, subject, ca="ca", san=None, usage="serverAuth", rsa=False
                           "-subj", subject], d)
     ext = ["extendedKeyUsage=" + usage, "basicConstraints=CA:FALSE"]
     if san:
-        ext.append("subjectAltName=DNS:" + san)
+        names = [san] if isinstance(san, str) else list(san)
+        ext.append("subjectAltName=" + ",".join("DNS:" + n for n in names))
     (d / (name + ".ext")).write_text("\n".join(ext) + "\n")
     _run(["x509", "-req", "-in", name + ".csr", "-CA", ca + ".pem", "-CAkey", ca + ".key",
           "-CAcreateserial", "-days", "30", "-out", name + ".pem", "-extfile", name + ".ext"], d)

@@ -24,6 +24,14 @@ pub enum Command {
     ShowMessage(u32),
     /// `show stats`.
     ShowStats,
+    /// `show routes`: outgoing destinations and their health.
+    ShowRoutes,
+    /// `show hosts`: server addresses outgoing sessions used.
+    ShowHosts,
+    /// `show mta-sts`: the MTA-STS policies of the domains relayed to.
+    ShowMtaSts,
+    /// `schedule domain DOMAIN`: the envelopes for a domain now, its routes reopened.
+    ScheduleDomain(String),
     /// `schedule ID|all`.
     Schedule(Target),
     /// `remove ID|all`.
@@ -119,7 +127,12 @@ pub fn parse(line: &str) -> Result<Command, String> {
         })
     };
     let cmd = match verb {
-        "show" => match pick(arg(1)?, &["queue", "envelope", "message", "stats"])? {
+        "show" => match pick(
+            arg(1)?,
+            &[
+                "queue", "envelope", "message", "stats", "routes", "hosts", "mta-sts",
+            ],
+        )? {
             "queue" => Command::ShowQueue,
             "envelope" => match target(2)? {
                 Target::Envelope(e) => Command::ShowEnvelope(e),
@@ -130,8 +143,18 @@ pub fn parse(line: &str) -> Result<Command, String> {
                 Target::Message(m) => Command::ShowMessage(m),
                 Target::All => return Err("show message: an id is needed".into()),
             },
+            "routes" => Command::ShowRoutes,
+            "hosts" => Command::ShowHosts,
+            "mta-sts" => Command::ShowMtaSts,
             _ => Command::ShowStats,
         },
+        "schedule" if words.get(1) == Some(&"domain") => {
+            let d = arg(2)?;
+            if !crate::mail::address::valid_domain(d) {
+                return Err(format!("invalid domain '{d}'"));
+            }
+            Command::ScheduleDomain(d.to_ascii_lowercase())
+        }
         "schedule" => Command::Schedule(target(1)?),
         "remove" => Command::Remove(target(1)?),
         "pause" => Command::Pause(agent(1)?),
@@ -141,7 +164,7 @@ pub fn parse(line: &str) -> Result<Command, String> {
         _ => Command::Smtp,
     };
     let used = match cmd {
-        Command::ShowEnvelope(_) | Command::ShowMessage(_) => 3,
+        Command::ShowEnvelope(_) | Command::ShowMessage(_) | Command::ScheduleDomain(_) => 3,
         Command::Monitor | Command::Smtp => 1,
         _ => 2,
     };
@@ -261,6 +284,22 @@ mod tests {
             Ok(Command::ShowMessage(0x01234567))
         );
         assert_eq!(parse("schedule all"), Ok(Command::Schedule(Target::All)));
+        assert_eq!(
+            parse("schedule domain Example.ORG"),
+            Ok(Command::ScheduleDomain("example.org".into()))
+        );
+        assert!(parse("schedule domain").is_err());
+        assert!(parse("schedule domain a..b").is_err());
+        assert!(parse("schedule domain a.b c").is_err());
+        assert_eq!(parse("show routes"), Ok(Command::ShowRoutes));
+        assert_eq!(parse("sh h"), Ok(Command::ShowHosts));
+        assert_eq!(parse("show mta-sts"), Ok(Command::ShowMtaSts));
+        assert_eq!(parse("sh mt"), Ok(Command::ShowMtaSts));
+        assert_eq!(
+            parse("sh me 01234567"),
+            Ok(Command::ShowMessage(0x01234567))
+        );
+        assert!(parse("sh m 01234567").is_err(), "message or mta-sts");
         assert_eq!(
             parse("remove 1a2b3c4d"),
             Ok(Command::Remove(Target::Message(0x1a2b3c4d)))

@@ -9,6 +9,8 @@ use std::path::Path;
 use std::sync::atomic::{AtomicI32, Ordering};
 
 pub mod crypt;
+mod net;
+pub use net::{connect_from, listen_tcp};
 
 /// The host name from gethostname(2).
 pub fn hostname() -> Option<String> {
@@ -348,93 +350,6 @@ pub fn syslog(priority: libc::c_int, msg: &str) {
     };
     // SAFETY: the format is a constant "%s" and c a valid C string.
     unsafe { libc::syslog(priority, c"%s".as_ptr(), c.as_ptr()) };
-}
-
-/// A non-blocking listening TCP socket with SO_REUSEADDR, and IPV6_V6ONLY for IPv6 so
-/// that `::` and `0.0.0.0` can both be bound.
-pub fn listen_tcp(addr: std::net::SocketAddr, backlog: i32) -> io::Result<std::net::TcpListener> {
-    use std::os::fd::FromRawFd;
-    let (family, v6) = match addr {
-        std::net::SocketAddr::V4(_) => (libc::AF_INET, false),
-        std::net::SocketAddr::V6(_) => (libc::AF_INET6, true),
-    };
-    // SAFETY: plain socket(2) call; the fd is owned by the TcpListener made below, or
-    // closed by it when an error drops it.
-    let fd = unsafe {
-        libc::socket(
-            family,
-            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            0,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd is a fresh socket nobody else owns.
-    let listener = unsafe { std::net::TcpListener::from_raw_fd(fd) };
-    let one: libc::c_int = 1;
-    let setopt = |level, name| {
-        // SAFETY: the option value points to a c_int that lives across the call.
-        let r = unsafe {
-            libc::setsockopt(
-                fd,
-                level,
-                name,
-                (&one as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if r != 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
-    };
-    setopt(libc::SOL_SOCKET, libc::SO_REUSEADDR)?;
-    if v6 {
-        setopt(libc::IPPROTO_IPV6, libc::IPV6_V6ONLY)?;
-    }
-    // SAFETY: sockaddr_storage is plain data large enough for either family.
-    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let len = match addr {
-        std::net::SocketAddr::V4(a) => {
-            // SAFETY: sockaddr_in fits in sockaddr_storage and has its alignment.
-            let sin = unsafe {
-                &mut *(&mut ss as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>()
-            };
-            sin.sin_family = libc::AF_INET as libc::sa_family_t;
-            sin.sin_port = a.port().to_be();
-            sin.sin_addr.s_addr = u32::from(*a.ip()).to_be();
-            std::mem::size_of::<libc::sockaddr_in>()
-        }
-        std::net::SocketAddr::V6(a) => {
-            // SAFETY: sockaddr_in6 fits in sockaddr_storage and has its alignment.
-            let sin6 = unsafe {
-                &mut *(&mut ss as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>()
-            };
-            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-            sin6.sin6_port = a.port().to_be();
-            sin6.sin6_addr.s6_addr = a.ip().octets();
-            sin6.sin6_scope_id = a.scope_id();
-            std::mem::size_of::<libc::sockaddr_in6>()
-        }
-    };
-    // SAFETY: ss holds a valid address of `len` bytes.
-    if unsafe {
-        libc::bind(
-            fd,
-            (&ss as *const libc::sockaddr_storage).cast(),
-            len as libc::socklen_t,
-        )
-    } != 0
-    {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: listen(2) on our socket.
-    if unsafe { libc::listen(fd, backlog) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(listener)
 }
 
 /// Seconds and nanoseconds since the epoch, and the local offset, as for a Date header.

@@ -5,6 +5,7 @@ mod contract;
 mod lexer;
 pub mod model;
 mod parser;
+pub mod relay;
 pub mod tls;
 
 pub use model::*;

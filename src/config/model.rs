@@ -18,6 +18,8 @@ pub struct Config {
     pub smtp: SmtpConfig,
     /// Limits of the control socket.
     pub control: ControlConfig,
+    /// Outgoing connections (`mta ...`).
+    pub mta: crate::config::relay::MtaConfig,
     /// Where to accept connections.
     pub listeners: Vec<Listener>,
     /// Tables, indexed by [`TableId`].
@@ -413,19 +415,14 @@ pub enum Method {
     ExpandOnly,
     /// `forward-only`: `.forward` files only.
     ForwardOnly,
-    /// `relay [host URL] [helo NAME]`.
-    Relay {
-        /// The smarthost, else the MX of the domain.
-        host: Option<String>,
-        /// The name given in EHLO/HELO, else the server's name.
-        helo: Option<String>,
-    },
+    /// `relay [options]`.
+    Relay(Box<crate::config::relay::Relay>),
 }
 
 impl Method {
     /// Whether this method delivers on this host (needs a known local user).
     pub fn is_local(&self) -> bool {
-        !matches!(self, Method::Relay { .. })
+        !matches!(self, Method::Relay(_))
     }
 }
 

@@ -15,6 +15,7 @@ use std::time::Duration;
 mod auth;
 mod filters;
 mod listen;
+mod relay;
 mod settings;
 
 pub(super) use settings::queue_path_only;
@@ -114,6 +115,17 @@ pub const KEYWORDS: &[&str] = &[
     "masquerade",
     "received-auth",
     "max-auth-failures",
+    "backup",
+    "mx",
+    "helo-src",
+    "no-verify",
+    "no-dane",
+    "no-mta-sts",
+    "mta",
+    "max-deferred",
+    "max-conn-per-route",
+    "max-conn-per-host",
+    "session-mail-max",
 ];
 
 /// Phases a built-in filter may decide, with their protocol event bits.
@@ -145,6 +157,8 @@ pub(super) struct Parser {
     ca_names: HashMap<String, CaId>,
     /// The pki and ca names of TLS listeners, resolved after the last statement.
     tls_names: Vec<listen::TlsNames>,
+    /// The pki and ca names of relay actions, resolved after the last statement.
+    relay_names: Vec<relay::RelayNames>,
     queue_path: Option<PathBuf>,
     depth: usize,
     /// The file being read (relative paths in it are resolved against its directory).
@@ -275,6 +289,7 @@ impl Parser {
                 },
                 smtp: SmtpConfig::default(),
                 control: ControlConfig::default(),
+                mta: crate::config::relay::MtaConfig::default(),
                 listeners: Vec::new(),
                 tables: Vec::new(),
                 actions: Vec::new(),
@@ -290,6 +305,7 @@ impl Parser {
             pki_names: HashMap::new(),
             ca_names: HashMap::new(),
             tls_names: Vec::new(),
+            relay_names: Vec::new(),
             queue_path: None,
             depth: 0,
             current: path.to_path_buf(),
@@ -303,6 +319,7 @@ impl Parser {
             self.cfg.queue.path = p;
         }
         self.check_pkis()?;
+        self.check_relay_names()?;
         if self.cfg.listeners.is_empty() {
             return Err(ConfigError::at(
                 &path.display().to_string(),
@@ -361,6 +378,7 @@ impl Parser {
             "queue" => self.queue(&mut st),
             "smtp" => self.smtp(&mut st),
             "control" => self.control(&mut st),
+            "mta" => self.mta(&mut st),
             "filter" => self.filter(&mut st),
             "bounce" => self.bounce(&mut st),
             "pki" => self.pki(&mut st),
@@ -501,12 +519,7 @@ impl Parser {
         } else if st.eat("forward-only") {
             Method::ForwardOnly
         } else if st.eat("relay") {
-            let host = if st.eat("host") {
-                Some(st.value("relay host")?)
-            } else {
-                None
-            };
-            Method::Relay { host, helo: None }
+            Method::Relay(Box::new(crate::config::relay::Relay::new()))
         } else {
             return Err(st.err("delivery method expected: maildir, mbox, mda, lmtp, expand-only, forward-only or relay"));
         };
@@ -521,7 +534,13 @@ impl Parser {
         };
         check_method(&action.method).map_err(|m| st.err(format!("action '{name}': {m}")))?;
         let local = action.method.is_local();
+        let mut relay_names = (None, None);
         while !st.at_end() {
+            if let Method::Relay(r) = &mut action.method {
+                if self.relay_option(st, r, &mut relay_names)? {
+                    continue;
+                }
+            }
             if local && st.eat("alias") {
                 action.alias = Some(self.table_ref(st)?);
             } else if local && st.eat("virtual") {
@@ -530,14 +549,6 @@ impl Parser {
                 action.userbase = Some(self.table_ref(st)?);
             } else if local && st.eat("user") {
                 action.user = Some(st.value("user name")?);
-            } else if !local && st.eat("helo") {
-                let name = st.value("host name")?;
-                if !crate::mail::address::valid_domain(&name) {
-                    return Err(st.err(format!("helo: invalid host name '{name}'")));
-                }
-                if let Method::Relay { helo, .. } = &mut action.method {
-                    *helo = Some(name);
-                }
             } else if st.eat("ttl") {
                 let v = st.value("duration")?;
                 action.ttl = Some(
@@ -550,6 +561,9 @@ impl Parser {
         }
         if action.alias.is_some() && action.virtual_.is_some() {
             return Err(st.err("'alias' and 'virtual' cannot both be used"));
+        }
+        if let Method::Relay(r) = &action.method {
+            self.relay_done(st, self.cfg.actions.len(), r, relay_names)?;
         }
         self.action_names.insert(name, self.cfg.actions.len());
         self.cfg.actions.push(action);
@@ -667,7 +681,6 @@ fn check_method(m: &Method) -> Result<(), String> {
         ..FormatCtx::default()
     };
     match m {
-        Method::Relay { host: Some(h), .. } => Target::parse(h, 25).map(|_| ()),
         Method::Lmtp { dest, .. } => Target::parse(dest, 24).map(|_| ()),
         Method::Mda(cmd) => expand_command(cmd, &ctx).map(|_| ()),
         Method::Maildir { path: Some(p), .. } => expand_path(p, &ctx).map(|_| ()),

@@ -1,15 +1,22 @@
 //! Listening and accepting: the SMTP listeners' limits (sessions, sessions and new
-//! connections by address), the descriptor budget shared with the control socket, and
-//! the pause after a failed accept.
+//! connections by address), the descriptor budget shared with the control socket, the
+//! pause after a failed accept, and the set-up of a new session (its limits, filter
+//! chain and TLS), from a listener or the local socket.
 //!
 //! The listeners are edge-triggered: a listener left with connections in its backlog
 //! gets no new event for them. Whenever accepting stops early (descriptors short, or
 //! accept(2) failed), the loop revisits every listener itself once it may go on.
 
+use super::deadlines::Due;
 use super::limits::{FD_RESERVE, FD_RESERVE_PRIVILEGED};
-use super::{Endpoint, Server};
+use super::{Endpoint, Server, FIRST_SLOT};
+use crate::config::TlsMode;
+use crate::mail::peer::Peer;
 use crate::mail::reply::Reply;
+use crate::smtp::conn::Conn;
+use crate::smtp::session::{Limits, Session};
 use crate::stream::Stream;
+use mio::{Interest, Token};
 use std::io::{self, Write};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -136,6 +143,107 @@ impl Server {
             }
             // The greeting goes out when the socket reports writable.
         }
+    }
+
+    /// A new SMTP session on `stream` (from listener `lidx`, or the local socket when
+    /// `None`): its filter chain, limits and TLS, registered; its slab key, or `None`
+    /// when it could not be set up.
+    pub(super) fn new_session(
+        &mut self,
+        mut stream: Stream,
+        ip: Option<IpAddr>,
+        lidx: Option<usize>,
+        now: Instant,
+    ) -> Option<usize> {
+        let listener = lidx.and_then(|i| self.cfg.listeners.get(i));
+        let client = Peer {
+            addr: ip,
+            local: ip.is_none_or(|ip| ip.is_loopback()),
+            server_name: listener
+                .and_then(|l| l.hostname.clone())
+                .unwrap_or_else(|| self.cfg.hostname.clone()),
+            tag: listener.and_then(|l| l.tag.clone()),
+            hostname: None,
+            tls: false,
+            auth: None,
+        };
+        let limits = Limits {
+            max_message_size: self.cfg.smtp.max_message_size,
+            max_rcpt: self.cfg.smtp.max_rcpt,
+            max_mails: self.cfg.smtp.max_mails,
+            max_errors: self.cfg.smtp.max_errors,
+            max_hops: self.cfg.smtp.max_hops,
+            max_text_line: self.cfg.smtp.max_text_line,
+            max_command_line: self.cfg.smtp.max_command_line,
+            max_auth_failures: self.cfg.smtp.max_auth_failures,
+        };
+        let head = match listener {
+            Some(l) => l.filter,
+            None => self.cfg.socket_filter,
+        };
+        let (chain, hooks) = self.chain_hooks(head);
+        let id = crate::sys::random_u64();
+        let mut actions = Vec::new();
+        let mut session = Session::new(id, client, limits, hooks, &mut actions);
+        if let Some(l) = listener {
+            session.set_auth(l.auth);
+        }
+        let gen = self.next_gen;
+        self.next_gen += 1;
+        let mut deadline = now + self.cfg.smtp.timeout;
+        let tls = listener.and_then(|l| l.tls.as_ref()).map(|t| t.mode);
+        let tls_cfg = lidx.and_then(|i| self.tls.listener(i));
+        if let (Some(TlsMode::Smtps), Some(c)) = (tls, &tls_cfg) {
+            // RFC 8314: TLS from the first byte; the greeting follows the handshake.
+            if let Err(e) = stream.start_tls(c.clone()) {
+                log::warn!("smtpd cannot start TLS on a connection: {e}");
+                return None;
+            }
+            deadline = now
+                + self
+                    .cfg
+                    .smtp
+                    .timeout
+                    .min(crate::smtp::conn::HANDSHAKE_TIMEOUT);
+        }
+        let max_line = self.cfg.smtp.max_command_line;
+        let mut conn = Conn::new(stream, gen, ip, session, actions, deadline, max_line);
+        if let (Some(mode @ (TlsMode::Starttls | TlsMode::Require)), Some(c)) = (tls, tls_cfg) {
+            conn.offer_starttls(c, mode == TlsMode::Require);
+        }
+        // Protocol lines and rollbacks are gathered only when a filter of the chain may
+        // observe them (a filter process, whose registration may still come).
+        conn.filters.observe = chain.iter().any(|&f| self.filter_observes(f));
+        conn.filters.chain = chain;
+        // The configuration checks the client's reverse DNS: look it up first.
+        let lookup = self.rdns && ip.is_some();
+        conn.hold = lookup;
+        let key = self.slab.insert(Endpoint::Smtp(Box::new(conn)));
+        if let Some(Endpoint::Smtp(conn)) = self.slab.get_mut(key) {
+            if let Err(e) = self.poll.registry().register(
+                &mut conn.sock,
+                Token(key + FIRST_SLOT),
+                Interest::READABLE | Interest::WRITABLE,
+            ) {
+                log::warn!("smtpd cannot register a connection: {e}");
+                self.slab.remove(key);
+                return None;
+            }
+        }
+        self.sessions += 1;
+        if ip.is_some() {
+            self.tcp_sessions += 1;
+        }
+        self.session_keys.insert(id, (key, gen));
+        if let Some(ip) = ip {
+            *self.per_addr.entry(ip).or_insert(0) += 1;
+        }
+        self.timers.add(deadline, Due::Endpoint { key, gen });
+        if let (true, Some(ip)) = (lookup, ip) {
+            self.start_rdns(key, gen, ip, now);
+        }
+        self.after_conn(key, now);
+        Some(key)
     }
 }
 

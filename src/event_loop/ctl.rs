@@ -288,7 +288,17 @@ impl Server {
                 Err(e) => (format!("error: {m:08x}: {e}\n"), false),
             },
             Ctl::ShowStats => (self.stats_text(), false),
+            Ctl::ShowRoutes => (self.routes_text(super::unix_now()), false),
+            Ctl::ShowHosts => (self.hosts_text(super::unix_now()), false),
+            Ctl::ShowMtaSts => (self.sts_text(super::unix_now()), false),
+            Ctl::ScheduleDomain(d) => {
+                self.hosts.forgive(&d);
+                let n = self.queue.schedule_domain(&d, super::unix_now());
+                log::info!("control: {n} envelope(s) for {d} scheduled");
+                (format!("{n} envelope(s) scheduled\n"), false)
+            }
             Ctl::Schedule(t) => {
+                self.hosts.forgive_all();
                 let ids = self.targets(t);
                 // A quarantined envelope released by hand stays released after a restart.
                 let n = self.queue.schedule(&ids, now);
@@ -357,6 +367,49 @@ impl Server {
                 }
             }
         }
+    }
+
+    /// `show routes`: one line per destination used.
+    fn routes_text(&self, now: u64) -> String {
+        let mut out = String::new();
+        for r in self.queue.routes() {
+            let target = match &r.route.target {
+                crate::nexthop::Target::Mx(d) => format!("mx:{d}"),
+                crate::nexthop::Target::Tcp(h, p) => format!("{h}:{p}"),
+                crate::nexthop::Target::Unix(p) => p.clone(),
+            };
+            out.push_str(&format!(
+                "{} {target} sessions={} waiting={} failures={}",
+                r.route.action, r.sessions, r.waiting, r.failures
+            ));
+            if r.until > now {
+                out.push_str(&format!(" suspended={}s", r.until - now));
+            }
+            if !r.why.is_empty() {
+                out.push_str(&format!(" why={:?}", r.why));
+            }
+            out.push('\n');
+        }
+        out
+    }
+
+    /// `show hosts`: one line per server address used.
+    fn hosts_text(&self, now: u64) -> String {
+        let mut out = String::new();
+        for (ip, h) in self.hosts.listing() {
+            out.push_str(&format!(
+                "{ip} {} conns={} failures={}",
+                h.name, h.conns, h.failures
+            ));
+            if h.until > now {
+                out.push_str(&format!(" skipped={}s", h.until - now));
+            }
+            if !h.why.is_empty() {
+                out.push_str(&format!(" why={:?}", h.why));
+            }
+            out.push('\n');
+        }
+        out
     }
 
     fn stats_text(&self) -> String {

@@ -7,7 +7,8 @@ use super::*;
 /// due: a stale one (its endpoint gone, or the deadline moved) does nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) enum Due {
-    /// The idle timeout of an SMTP session or control client.
+    /// The idle timeout of an SMTP session, control client or outgoing session; the
+    /// deadline of an MTA-STS policy fetch.
     Endpoint {
         /// Slab key.
         key: usize,
@@ -98,6 +99,18 @@ impl Server {
                 }
             }
             Some(Endpoint::Control(c)) if c.gen == gen => return self.control_timeout(key),
+            Some(Endpoint::Mta(conn)) if conn.gen == gen => {
+                if conn.deadline > now {
+                    let next = conn.deadline;
+                    return self.timers.add(next, Due::Endpoint { key, gen });
+                }
+                let why = format!(
+                    "timeout: nothing from or to the server in {} s",
+                    self.cfg.mta.timeout.as_secs()
+                );
+                return self.mta_abort(key, &why);
+            }
+            Some(Endpoint::Sts(_)) => return self.sts_due(key, gen, now),
             _ => return,
         };
         if let Some(next) = later {

@@ -47,6 +47,13 @@ pub(super) enum DnsWaiter {
         /// The name found by the PTR query.
         host: Option<String>,
     },
+    /// The host of an MTA-STS policy fetch (`sts.rs`).
+    Sts {
+        /// Slab key of the fetch.
+        key: usize,
+        /// Its generation.
+        gen: u64,
+    },
     /// An outgoing session's next hop (`mta.rs`).
     Mta {
         /// The queue manager's session id.
@@ -190,6 +197,7 @@ impl Server {
                 self.rdns_answer(key, gen, ip, host, result, now)
             }
             DnsWaiter::Mta { session, tag } => self.mta_dns(session, tag, name, qtype, result, now),
+            DnsWaiter::Sts { key, gen } => self.sts_fetch_dns(key, gen, qtype, result, now),
         }
     }
 

@@ -5,16 +5,13 @@
 //! Every token from `FIRST_SLOT` on indexes the slab of endpoints. Handlers tolerate
 //! spurious and stale events; endpoints are removed only between event batches.
 
-use crate::config::{Config, TlsMode};
-use crate::mail::peer::Peer;
+use crate::config::Config;
 use crate::mail::reply::Reply;
 use crate::mta::conn::MtaConn;
 use crate::queue::io::{IoDone, IoJob};
 use crate::queue::manager::Manager;
 use crate::queue::spool::{Committer, Spool};
 use crate::smtp::conn::{Conn, Ctx, Reason};
-use crate::smtp::session::{Limits, Session};
-use crate::stream::Stream;
 use crate::timer::Timers;
 use crate::worker::Worker;
 use deadlines::Due;
@@ -44,6 +41,7 @@ mod lookups;
 mod mta;
 mod queue;
 mod rdns;
+mod sts;
 
 pub use accept::{bind_control, bind_listeners, refuse_if_running};
 
@@ -83,10 +81,9 @@ enum Endpoint {
     Filter(Box<crate::filter::pipe::FilterPipe>),
     /// A socket of the DNS resolver.
     Dns(Box<dns::DnsSock>),
+    /// The HTTPS fetch of an MTA-STS policy.
+    Sts(Box<crate::mta::fetch::PolicyFetch>),
 }
-
-/// Idle time after which an outgoing session is given up.
-const MTA_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The daemon's engine.
 pub struct Server {
@@ -107,7 +104,7 @@ pub struct Server {
     /// Slab key of each outgoing session, by the queue manager's session id.
     mta_keys: HashMap<u64, usize>,
     /// Host names of outgoing sessions being resolved, by session id.
-    mta_lookups: HashMap<u64, mta::HostLookup>,
+    mta_routing: HashMap<u64, mta::Routing>,
     control: Option<UnixListener>,
     _waker: Arc<Waker>,
     signal_fd: RawFd,
@@ -169,6 +166,10 @@ pub struct Server {
     dns: Dns,
     /// The configuration checks the clients' reverse DNS.
     rdns: bool,
+    /// The server addresses outgoing sessions use.
+    hosts: crate::mta::hosts::Hosts,
+    /// The MTA-STS policies of the domains outgoing sessions went to.
+    sts: sts::Policies,
     /// The TLS configuration of each listener (keys read before the fork).
     tls: crate::tls::TlsSetup,
 }
@@ -256,7 +257,7 @@ impl Server {
             io,
             parent,
             mta_keys: HashMap::new(),
-            mta_lookups: HashMap::new(),
+            mta_routing: HashMap::new(),
             control,
             _waker: waker,
             signal_fd: -1,
@@ -291,6 +292,8 @@ impl Server {
             session_keys: HashMap::new(),
             dns: Dns::new(Instant::now()),
             rdns: false,
+            hosts: crate::mta::hosts::Hosts::default(),
+            sts: sts::Policies::default(),
             tls,
         };
         server.rdns = server.cfg.needs_rdns();
@@ -566,6 +569,10 @@ impl Server {
                 log::error!("dns internal error: the query's try fails");
                 self.dns_bug(key, now);
             }
+            Some(Endpoint::Sts(_)) => {
+                log::error!("mta-sts internal error: the fetch fails");
+                self.sts_fetch_end(key, Err("internal error".into()), now);
+            }
             None => {}
         }
     }
@@ -584,11 +591,15 @@ impl Server {
             Some(Endpoint::Filter(_)) => self.filter_io(key, now),
             Some(Endpoint::Control(_)) => self.control_io(key, now),
             Some(Endpoint::Mta(conn)) => {
-                conn.pump(now, MTA_TIMEOUT);
+                conn.pump(now, self.cfg.mta.timeout);
                 self.mta_after(key);
                 self.queue_actions(now);
             }
             Some(Endpoint::Dns(_)) => self.dns_sock_io(key, now),
+            Some(Endpoint::Sts(_)) => {
+                self.sts_io(key, now);
+                self.queue_actions(now);
+            }
             None => {}
         }
     }
@@ -609,104 +620,6 @@ impl Server {
             }
             self.after_conn(key, now);
         }
-    }
-
-    fn new_session(
-        &mut self,
-        mut stream: Stream,
-        ip: Option<IpAddr>,
-        lidx: Option<usize>,
-        now: Instant,
-    ) -> Option<usize> {
-        let listener = lidx.and_then(|i| self.cfg.listeners.get(i));
-        let client = Peer {
-            addr: ip,
-            local: ip.is_none_or(|ip| ip.is_loopback()),
-            server_name: listener
-                .and_then(|l| l.hostname.clone())
-                .unwrap_or_else(|| self.cfg.hostname.clone()),
-            tag: listener.and_then(|l| l.tag.clone()),
-            hostname: None,
-            tls: false,
-            auth: None,
-        };
-        let limits = Limits {
-            max_message_size: self.cfg.smtp.max_message_size,
-            max_rcpt: self.cfg.smtp.max_rcpt,
-            max_mails: self.cfg.smtp.max_mails,
-            max_errors: self.cfg.smtp.max_errors,
-            max_hops: self.cfg.smtp.max_hops,
-            max_text_line: self.cfg.smtp.max_text_line,
-            max_command_line: self.cfg.smtp.max_command_line,
-            max_auth_failures: self.cfg.smtp.max_auth_failures,
-        };
-        let head = match listener {
-            Some(l) => l.filter,
-            None => self.cfg.socket_filter,
-        };
-        let (chain, hooks) = self.chain_hooks(head);
-        let id = crate::sys::random_u64();
-        let mut actions = Vec::new();
-        let mut session = Session::new(id, client, limits, hooks, &mut actions);
-        if let Some(l) = listener {
-            session.set_auth(l.auth);
-        }
-        let gen = self.next_gen;
-        self.next_gen += 1;
-        let mut deadline = now + self.cfg.smtp.timeout;
-        let tls = listener.and_then(|l| l.tls.as_ref()).map(|t| t.mode);
-        let tls_cfg = lidx.and_then(|i| self.tls.listener(i));
-        if let (Some(TlsMode::Smtps), Some(c)) = (tls, &tls_cfg) {
-            // RFC 8314: TLS from the first byte; the greeting follows the handshake.
-            if let Err(e) = stream.start_tls(c.clone()) {
-                log::warn!("smtpd cannot start TLS on a connection: {e}");
-                return None;
-            }
-            deadline = now
-                + self
-                    .cfg
-                    .smtp
-                    .timeout
-                    .min(crate::smtp::conn::HANDSHAKE_TIMEOUT);
-        }
-        let max_line = self.cfg.smtp.max_command_line;
-        let mut conn = Conn::new(stream, gen, ip, session, actions, deadline, max_line);
-        if let (Some(mode @ (TlsMode::Starttls | TlsMode::Require)), Some(c)) = (tls, tls_cfg) {
-            conn.offer_starttls(c, mode == TlsMode::Require);
-        }
-        // Protocol lines and rollbacks are gathered only when a filter of the chain may
-        // observe them (a filter process, whose registration may still come).
-        conn.filters.observe = chain.iter().any(|&f| self.filter_observes(f));
-        conn.filters.chain = chain;
-        // The configuration checks the client's reverse DNS: look it up first.
-        let lookup = self.rdns && ip.is_some();
-        conn.hold = lookup;
-        let key = self.slab.insert(Endpoint::Smtp(Box::new(conn)));
-        if let Some(Endpoint::Smtp(conn)) = self.slab.get_mut(key) {
-            if let Err(e) = self.poll.registry().register(
-                &mut conn.sock,
-                Token(key + FIRST_SLOT),
-                Interest::READABLE | Interest::WRITABLE,
-            ) {
-                log::warn!("smtpd cannot register a connection: {e}");
-                self.slab.remove(key);
-                return None;
-            }
-        }
-        self.sessions += 1;
-        if ip.is_some() {
-            self.tcp_sessions += 1;
-        }
-        self.session_keys.insert(id, (key, gen));
-        if let Some(ip) = ip {
-            *self.per_addr.entry(ip).or_insert(0) += 1;
-        }
-        self.timers.add(deadline, Due::Endpoint { key, gen });
-        if let (true, Some(ip)) = (lookup, ip) {
-            self.start_rdns(key, gen, ip, now);
-        }
-        self.after_conn(key, now);
-        Some(key)
     }
 
     fn on_commits(&mut self, now: Instant) {

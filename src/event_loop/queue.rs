@@ -2,13 +2,10 @@
 //! through the spool I/O thread, the parent channel and outgoing sessions (whose host
 //! names `mta.rs` resolves), and hands it their completions. Nothing is decided here.
 
-use super::{unix_now, Endpoint, Server, FIRST_SLOT, MTA_TIMEOUT};
-use crate::mta::conn::MtaConn;
+use super::{unix_now, Endpoint, Server};
 use crate::privsep::{DeliverRes, MAX_MSG};
 use crate::queue::io::{IoDone, IoJob};
 use crate::queue::manager::Effect;
-use mio::{Interest, Token};
-use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::Instant;
 
@@ -61,9 +58,10 @@ impl Server {
                 let Some(&key) = self.mta_keys.get(&session) else {
                     return;
                 };
+                let timeout = self.cfg.mta.timeout;
                 if let Some(Endpoint::Mta(conn)) = self.slab.get_mut(key) {
                     conn.quit();
-                    conn.pump(now, MTA_TIMEOUT);
+                    conn.pump(now, timeout);
                 }
                 self.mta_after(key);
             }
@@ -71,7 +69,7 @@ impl Server {
     }
 
     /// Hands a job to the spool I/O thread (when it is gone, the job fails at once).
-    fn spool_job(&mut self, job: IoJob) {
+    pub(super) fn spool_job(&mut self, job: IoJob) {
         if let Err(job) = self.io.submit(job) {
             self.io_done(job.fail("the spool thread is gone"));
         }
@@ -97,6 +95,14 @@ impl Server {
                 to,
                 result,
             } => self.queue.bounced(evpid, kind, &to, result, now),
+            IoDone::StsRead { domain, result } => {
+                self.sts_cache_read(&domain, result, Instant::now())
+            }
+            IoDone::StsWritten { domain, result } => {
+                if let Err(e) = result {
+                    log::warn!("mta-sts domain={domain} cannot write its cache: {e}");
+                }
+            }
             IoDone::Opened {
                 session,
                 job,
@@ -105,9 +111,10 @@ impl Server {
                 let Some(&key) = self.mta_keys.get(&session) else {
                     return;
                 };
+                let timeout = self.cfg.mta.timeout;
                 if let Some(Endpoint::Mta(conn)) = self.slab.get_mut(key) {
                     conn.body(job, result);
-                    conn.pump(Instant::now(), MTA_TIMEOUT);
+                    conn.pump(Instant::now(), timeout);
                 }
                 self.mta_after(key);
             }
@@ -164,88 +171,5 @@ impl Server {
                 log::warn!("queue: cannot reach the parent: {e}");
             }
         }
-    }
-
-    /// Starts outgoing session `session`: a host name is resolved first (`mta.rs`).
-    fn mta_start(&mut self, session: u64, route: crate::nexthop::Route, now: Instant) {
-        let gen = self.next_gen;
-        self.next_gen += 1;
-        let deadline = now + MTA_TIMEOUT;
-        let lookup = route
-            .target
-            .host_to_resolve()
-            .map(|(h, p)| (h.to_string(), p));
-        let conn = MtaConn::new(session, gen, route, deadline);
-        let key = self.slab.insert(Endpoint::Mta(Box::new(conn)));
-        self.mta_keys.insert(session, key);
-        self.mta_conns += 1;
-        match lookup {
-            Some((host, port)) => self.mta_resolve(key, session, &host, port, now),
-            None => self.mta_connect(key, None, now),
-        }
-    }
-
-    /// Connects session `key` (to `addr` when its host name was resolved).
-    pub(super) fn mta_connect(&mut self, key: usize, addr: Option<SocketAddr>, now: Instant) {
-        let Some(Endpoint::Mta(conn)) = self.slab.get_mut(key) else {
-            return;
-        };
-        let r = crate::mta::conn::connect(&conn.target, addr).and_then(|mut sock| {
-            self.poll.registry().register(
-                &mut sock,
-                Token(key + FIRST_SLOT),
-                Interest::READABLE | Interest::WRITABLE,
-            )?;
-            Ok(sock)
-        });
-        match r {
-            Ok(sock) => {
-                conn.sock = Some(sock);
-                conn.pump(now, MTA_TIMEOUT);
-                self.mta_after(key);
-            }
-            Err(e) => {
-                let why = format!("cannot connect to {:?}: {e}", conn.target);
-                self.mta_abort(key, &why);
-            }
-        }
-    }
-
-    /// Gives up session `key` with `why`.
-    pub(super) fn mta_abort(&mut self, key: usize, why: &str) {
-        if let Some(Endpoint::Mta(conn)) = self.slab.get_mut(key) {
-            conn.abort(why);
-        }
-        self.mta_after(key);
-    }
-
-    /// Hands the manager what session `key` finished, and drops the session when it is
-    /// over.
-    pub(super) fn mta_after(&mut self, key: usize) {
-        let Some(Endpoint::Mta(conn)) = self.slab.get_mut(key) else {
-            return;
-        };
-        let done = conn.take_done();
-        let now = unix_now();
-        if !conn.finished() {
-            for d in done {
-                self.queue.job_done(d, now);
-            }
-            return;
-        }
-        let Some(Endpoint::Mta(mut conn)) = self.slab.try_remove(key) else {
-            return;
-        };
-        self.mta_conns -= 1;
-        self.mta_keys.remove(&conn.session);
-        self.mta_lookups.remove(&conn.session);
-        if let Some(sock) = conn.sock.as_mut() {
-            let _ = self.poll.registry().deregister(sock);
-        }
-        let why = conn
-            .error()
-            .unwrap_or("the session ended before its jobs")
-            .to_string();
-        self.queue.session_closed(conn.session, done, &why, now);
     }
 }

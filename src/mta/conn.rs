@@ -1,23 +1,28 @@
 //! The socket glue of an outgoing SMTP/LMTP session: connects, moves replies into the
 //! [`Client`], streams each job's spooled message with CR LF line ends and
-//! dot-stuffing, reads a message whole when the client asks whether it is 8-bit,
-//! collects the jobs' outcomes for the queue manager, and logs the `mta` lines (one
+//! dot-stuffing, collects the jobs' outcomes for the queue manager, and logs the `mta` lines (one
 //! per transaction, one when the session ends; smtpd.8, LOG LINES).
 //!
-//! Nothing here waits: the connection is non-blocking, and a host name is resolved by the
-//! engine's DNS resolver before [`connect`] is called with its address. Sessions have no
-//! TLS yet: clients are made with `TlsMode::Off`.
+//! Nothing here waits: the connection is non-blocking, and the loop resolves the
+//! destination (`mta/mx.rs`) before it connects a session to one address after the
+//! other. An attempt that fails before its first MAIL command (connection, greeting,
+//! EHLO, TLS, AUTH) does not settle the jobs when the loop has another address for them
+//! ([`MtaConn::may_retry`]): the session asks for the next one ([`MtaConn::retry`]) and
+//! starts over there with the same jobs. TLS is started as [`TlsPlan`] says: at once
+//! for `smtps`, after STARTTLS otherwise, verified by DANE, PKIX or not at all.
 
-use super::client::{Client, ClientOpts, Job, JobDone, ReplyParser, Step};
+use super::client::{Client, ClientOpts, Job, JobDone, ReplyParser, Step, TlsMode};
 use super::wire::{Encoder, MAX_LINE};
 use crate::linebuf::{Line, LineBuf};
 use crate::nexthop::{Proto, Route, Target};
 use crate::stream::Stream;
+use crate::tls::client::{ClientTls, TlsClientFacts, Verified, Verify};
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::FileExt;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Unsent bytes above which no more of the body is read.
@@ -31,6 +36,10 @@ const MAX_REPLY_LINE: usize = super::client::reply::MAX_LINE;
 pub fn connect(target: &Target, resolved: Option<SocketAddr>) -> io::Result<Stream> {
     match target {
         Target::Unix(p) => Ok(Stream::Unix(mio::net::UnixStream::connect(p)?)),
+        Target::Mx(d) => Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("{d}: mail exchangers not resolved"),
+        )),
         Target::Tcp(h, port) => {
             let addr = match h.parse::<IpAddr>() {
                 Ok(ip) => SocketAddr::new(ip, *port),
@@ -43,10 +52,44 @@ pub fn connect(target: &Target, resolved: Option<SocketAddr>) -> io::Result<Stre
     }
 }
 
-/// A job's message, open in the spool: the file and the length of the message in it.
+/// How an attempt protects its connection.
+#[derive(Debug, Clone)]
+pub struct TlsPlan {
+    /// The action's client configuration.
+    pub config: Arc<ClientTls>,
+    /// How the server's certificate is checked.
+    pub verify: Verify,
+    /// The name sent in SNI (the exchanger, or the TLSA base domain with DANE).
+    pub sni: Option<String>,
+    /// TLS or no delivery (DANE, MTA-STS enforce, `tls`, `smtp+tls://`, `smtps://`).
+    pub required: bool,
+    /// TLS from the first byte (`smtps://`).
+    pub on_connect: bool,
+    /// What the verification is called in the log (`dane`, `mta-sts`, `pkix`, ...).
+    pub policy: &'static str,
+    /// An MTA-STS policy in `testing` mode lists the exchanger: an attempt whose TLS
+    /// would not have passed it (no TLS, a failed handshake, a certificate that does
+    /// not pass PKIX for the exchanger's name) is logged (`mta sts-testing`).
+    pub sts_report: bool,
+}
+
+/// What an outgoing session is given once for all its attempts.
+#[derive(Debug, Clone, Default)]
+pub struct Setup {
+    /// The name given in EHLO/LHLO.
+    pub helo: String,
+    /// Credentials for AUTH (user, password).
+    pub auth: Option<(String, String)>,
+    /// MAIL FROM instead of each job's sender (`mail-from`).
+    pub mail_from: Option<String>,
+}
+
+/// A job's message, open in the spool: the file, the length of the message in it,
+/// and whether it holds an octet above 127.
 struct Body {
     file: File,
     len: u64,
+    eight_bit: bool,
 }
 
 /// One outgoing connection carrying jobs.
@@ -61,6 +104,28 @@ pub struct MtaConn {
     pub deadline: Instant,
     /// The server.
     pub target: Target,
+    /// The protocol.
+    proto: Proto,
+    setup: Setup,
+    /// Jobs given and not over, in order, to give again to a new attempt.
+    jobs: Vec<Job>,
+    /// The TLS of the current attempt; `None` in plain text.
+    plan: Option<TlsPlan>,
+    /// The handshake was started and its end not yet told to the client.
+    handshaking: bool,
+    /// The established TLS session's facts.
+    tls_facts: Option<TlsClientFacts>,
+    /// The attempt was logged as one MTA-STS `testing` would have refused.
+    sts_reported: bool,
+    /// The current attempt's server name, for the log.
+    host: Option<String>,
+    /// The loop has another attempt for the jobs if this one fails before MAIL.
+    pub may_retry: bool,
+    /// This attempt failed before MAIL and the jobs wait for the next: why.
+    retry: Option<String>,
+    /// The attempt failed in an opportunistic TLS handshake: the next attempt may be
+    /// the same server in plain text.
+    tls_failed: bool,
     client: Client,
     parser: ReplyParser,
     inbuf: LineBuf,
@@ -80,14 +145,24 @@ pub struct MtaConn {
 
 impl MtaConn {
     /// A session to `route`'s server, not connected yet.
-    pub fn new(session: u64, gen: u64, route: Route, deadline: Instant) -> MtaConn {
+    pub fn new(session: u64, gen: u64, route: Route, deadline: Instant, setup: Setup) -> MtaConn {
         MtaConn {
             sock: None,
             gen,
             session,
             deadline,
-            // No TLS and no AUTH on outgoing sessions yet.
-            client: Client::new(route.proto, &route.helo, ClientOpts::default()),
+            client: Client::new(route.proto, &setup.helo, ClientOpts::default()),
+            proto: route.proto,
+            setup,
+            jobs: Vec::new(),
+            plan: None,
+            handshaking: false,
+            tls_facts: None,
+            sts_reported: false,
+            host: None,
+            may_retry: false,
+            retry: None,
+            tls_failed: false,
             target: route.target,
             parser: ReplyParser::default(),
             inbuf: LineBuf::new(MAX_REPLY_LINE * 2),
@@ -126,18 +201,164 @@ impl MtaConn {
     }
 
     /// Adds a job; its message comes with [`MtaConn::body`].
-    pub fn push(&mut self, job: Job) {
+    pub fn push(&mut self, mut job: Job) {
+        if let Some(from) = &self.setup.mail_from {
+            job.sender = from.clone();
+        }
+        self.jobs.push(job.clone());
         let steps = self.client.push(job);
         self.apply(steps);
     }
 
     /// The message of job `id`, opened (file and message length), or why it cannot be.
-    pub fn body(&mut self, id: u64, r: Result<(File, u64), String>) {
-        let r = r.map(|(file, len)| {
-            self.bodies.insert(id, Body { file, len });
+    pub fn body(&mut self, id: u64, r: Result<(File, u64, bool), String>) {
+        let r = r.map(|(file, len, eight_bit)| {
+            self.bodies.insert(
+                id,
+                Body {
+                    file,
+                    len,
+                    eight_bit,
+                },
+            );
             len
         });
         let steps = self.client.ready(id, r);
+        self.apply(steps);
+    }
+
+    /// Starts an attempt on `sock`, connected (or connecting) to `host` at `address`,
+    /// protected as `plan` says (`None`: plain text). The jobs not over are given to a
+    /// new client.
+    pub fn attempt(&mut self, sock: Stream, host: &str, address: String, plan: Option<TlsPlan>) {
+        let opts = ClientOpts {
+            tls: match (&plan, self.proto) {
+                (None, _) | (_, Proto::Lmtp) => TlsMode::Off,
+                (Some(p), _) if p.required => TlsMode::Required,
+                (Some(_), _) => TlsMode::Opportunistic,
+            },
+            auth: self.setup.auth.clone(),
+            tls_on_connect: plan.as_ref().is_some_and(|p| p.on_connect),
+        };
+        self.client = Client::new(self.proto, &self.setup.helo, opts);
+        self.parser = ReplyParser::default();
+        self.inbuf = LineBuf::new(MAX_REPLY_LINE * 2);
+        self.out.clear();
+        self.sending = None;
+        self.retry = None;
+        self.tls_failed = false;
+        self.tls_facts = None;
+        self.sts_reported = false;
+        self.handshaking = false;
+        self.host = Some(host.to_string());
+        self.address = Some(address);
+        self.sock = Some(sock);
+        self.plan = plan;
+        let mut steps = Vec::new();
+        for job in self.jobs.clone() {
+            let id = job.id;
+            steps.extend(self.client.push(job));
+            if let Some(b) = self.bodies.get(&id) {
+                steps.extend(self.client.ready(id, Ok(b.len)));
+            }
+        }
+        self.apply(steps);
+        if self.plan.as_ref().is_some_and(|p| p.on_connect) {
+            self.start_tls();
+        }
+    }
+
+    /// The attempt failed before MAIL and the jobs wait for another: why, and whether
+    /// it failed in an opportunistic TLS handshake (the same server may take the mail
+    /// in plain text). Takes the socket away.
+    pub fn retry(&mut self) -> Option<(String, bool, Option<Stream>)> {
+        let why = self.retry.take()?;
+        Some((why, self.tls_failed, self.sock.take()))
+    }
+
+    /// The name the next attempt gives in EHLO/LHLO (`helo-src` picks it by source
+    /// address).
+    pub fn set_helo(&mut self, helo: &str) {
+        self.setup.helo = helo.to_string();
+    }
+
+    /// The server name of the current attempt.
+    pub fn host(&self) -> Option<&str> {
+        self.host.as_deref()
+    }
+
+    /// Whether the current attempt's server took the session past its greeting and
+    /// EHLO, for the hosts' bookkeeping.
+    pub fn served(&self) -> bool {
+        self.client.mail_sent() || !self.client.failed_before_mail()
+    }
+
+    /// Starts the handshake of the current attempt's plan.
+    fn start_tls(&mut self) {
+        let Some(plan) = self.plan.clone() else {
+            let steps = self.client.tls_done(Err("no TLS for this attempt".into()));
+            return self.apply(steps);
+        };
+        let r = crate::tls::client::client_conn(&plan.config, plan.sni.as_deref(), plan.verify)
+            .and_then(|(conn, outcome)| {
+                let sock = self.sock.as_mut().ok_or("no connection")?;
+                sock.start_client_tls(conn, outcome)
+                    .and_then(|()| sock.flush_records())
+                    .map_err(|e| e.to_string())
+            });
+        match r {
+            Ok(()) => self.handshaking = true,
+            Err(e) => {
+                let why = format!("TLS: {e}");
+                self.sts_testing(&why);
+                let steps = self.client.tls_done(Err(why));
+                self.apply(steps);
+            }
+        }
+    }
+
+    /// Under an MTA-STS policy in `testing` mode, logs once per attempt that this one
+    /// would not have passed it, and why (RFC 8461 §5: reported, delivered all the
+    /// same).
+    fn sts_testing(&mut self, why: &str) {
+        if self.sts_reported || !self.plan.as_ref().is_some_and(|p| p.sts_report) {
+            return;
+        }
+        self.sts_reported = true;
+        let line = format!("{} reason={why:?}", self.facts());
+        self.log("sts-testing", &line);
+    }
+
+    /// After a read: tells the client when the handshake is over.
+    fn check_handshake(&mut self) {
+        if !self.handshaking {
+            return;
+        }
+        let Some(sock) = self.sock.as_ref() else {
+            return;
+        };
+        if sock.handshaking() {
+            return;
+        }
+        self.handshaking = false;
+        let Some(f) = sock.tls_client_facts() else {
+            let steps = self.client.tls_done(Err("TLS: no session".into()));
+            return self.apply(steps);
+        };
+        let facts = crate::mail::TlsFacts {
+            version: f.version,
+            cipher: f.cipher,
+            bits: f.bits,
+            sni: self.plan.as_ref().and_then(|p| p.sni.clone()),
+            subject: None,
+        };
+        let verified = f.verified;
+        self.tls_facts = Some(f);
+        if verified != Verified::Pkix {
+            let host = self.host.clone().unwrap_or_default();
+            self.sts_testing(&format!("the certificate does not pass PKIX for {host}"));
+        }
+        let steps = self.client.tls_done(Ok(facts));
         self.apply(steps);
     }
 
@@ -148,8 +369,48 @@ impl MtaConn {
     }
 
     /// Gives up (connection failed, timeout): every recipient without a verdict is
-    /// deferred with `why`.
+    /// deferred with `why`, unless no MAIL was sent yet and another attempt may take
+    /// them.
     pub fn abort(&mut self, why: &str) {
+        if self.handshaking {
+            self.sts_testing(why);
+        }
+        if self.may_retry && !self.client.mail_sent() && !self.closed {
+            self.tls_failed = self.handshaking && !self.plan.as_ref().is_some_and(|p| p.required);
+            let line = format!("{} reason={why:?}", self.facts());
+            self.log("attempt-failed", &line);
+            self.retry = Some(why.to_string());
+            return;
+        }
+        self.give_up(why);
+    }
+
+    /// Settles every job with `outcome` without a connection (the destination cannot
+    /// be resolved, accepts no mail, or loops); the session ends.
+    pub fn fail_all(&mut self, outcome: crate::mda::Outcome) {
+        let why = match &outcome {
+            crate::mda::Outcome::TempFail(t) | crate::mda::Outcome::PermFail(t) => t.clone(),
+            _ => String::new(),
+        };
+        for job in std::mem::take(&mut self.jobs) {
+            let n = job.rcpts.len();
+            self.bodies.remove(&job.id);
+            self.done.push(JobDone {
+                id: job.id,
+                outcomes: vec![outcome.clone(); n],
+                replies: vec![String::new(); n],
+                notice: super::client::SuccessNotice::PassedOn,
+                server: String::new(),
+            });
+        }
+        self.retry = None;
+        self.error.get_or_insert(why.clone());
+        self.end(&why);
+    }
+
+    /// Every recipient without a verdict is deferred with `why`; the session ends.
+    pub fn give_up(&mut self, why: &str) {
+        self.retry = None;
         let why = self.error.get_or_insert_with(|| why.to_string()).clone();
         let steps = self.client.lost(&why);
         self.apply(steps);
@@ -170,15 +431,25 @@ impl MtaConn {
         self.log("disconnected", &line);
     }
 
-    /// `host=.. address=.. tls=..` for a log line.
+    /// `host=.. address=.. tls=..` for a log line: the TLS version, cipher and bits,
+    /// and how the server was authenticated (`verified=dane-ee`, `pkix`, `no`) under
+    /// which policy.
     fn facts(&mut self) -> String {
         let address = self.address();
-        let host = match &self.target {
-            Target::Tcp(h, _) => h.as_str(),
-            Target::Unix(p) => p.as_str(),
+        let host = match (&self.host, &self.target) {
+            (Some(h), _) => h.as_str(),
+            (None, Target::Tcp(h, _) | Target::Mx(h)) => h.as_str(),
+            (None, Target::Unix(p)) => p.as_str(),
         };
-        let tls = match self.client.tls() {
-            Some(t) => format!("{}:{}:{}", t.version, t.cipher, t.bits),
+        let tls = match &self.tls_facts {
+            Some(t) => format!(
+                "{}:{}:{} verified={} policy={}",
+                t.version,
+                t.cipher,
+                t.bits,
+                t.verified.as_str(),
+                self.plan.as_ref().map_or("none", |p| p.policy)
+            ),
             None => "none".into(),
         };
         format!("host={host} address={address} tls={tls}")
@@ -200,7 +471,7 @@ impl MtaConn {
             (Some(a), _) => a.clone(),
             (None, Target::Tcp(h, port)) if h.contains(':') => format!("[{h}]:{port}"),
             (None, Target::Tcp(h, port)) => format!("{h}:{port}"),
-            (None, Target::Unix(p)) => p.clone(),
+            (None, Target::Unix(p) | Target::Mx(p)) => p.clone(),
         }
     }
 
@@ -238,21 +509,35 @@ impl MtaConn {
                 Step::StartTls => {
                     // What a server sends after its 220 before the handshake is
                     // injected plain text (the client side of CVE-2011-0411).
-                    let r = if self.inbuf.pending() > 0 {
-                        Err("the server sent data after its 220 to STARTTLS".to_string())
+                    if self.inbuf.pending() > 0 {
+                        let r = Err("the server sent data after its 220 to STARTTLS".into());
+                        steps.extend(self.client.tls_done(r));
                     } else {
-                        Err("TLS is not available to outgoing sessions".to_string())
-                    };
-                    steps.extend(self.client.tls_done(r));
+                        self.start_tls();
+                    }
                 }
                 Step::Log { event, fields } => {
+                    if self.tls_facts.is_none() {
+                        self.sts_testing("no TLS");
+                    }
                     let line = format!("{} {fields}", self.facts());
                     self.log(event, &line);
                 }
+                Step::Done(_) if self.may_retry && self.client.failed_before_mail() => {
+                    // The jobs wait for the next attempt.
+                    let why = self.client.failure().unwrap_or("failed").to_string();
+                    if self.retry.is_none() {
+                        let line = format!("{} reason={why:?}", self.facts());
+                        self.log("attempt-failed", &line);
+                    }
+                    self.retry = Some(why);
+                }
                 Step::Done(d) => {
                     self.bodies.remove(&d.id);
+                    self.jobs.retain(|j| j.id != d.id);
                     self.done.push(d);
                 }
+                Step::Close if self.retry.is_some() => {}
                 Step::Close => {
                     let _ = self.flush();
                     let why = self.client.failure().unwrap_or("quit").to_string();
@@ -262,31 +547,19 @@ impl MtaConn {
         }
     }
 
-    /// Whether job `id`'s message has an octet above 127 (RFC 6152): read whole, only
-    /// for a server without 8BITMIME and content not declared 8-bit.
-    fn scan(&mut self, id: u64) -> Result<bool, String> {
-        let Some(body) = self.bodies.get(&id) else {
-            return Err("the message is not open".into());
-        };
-        self.chunk.resize(64 * 1024, 0);
-        let mut pos = 0u64;
-        while pos < body.len {
-            let want = (body.len - pos).min(self.chunk.len() as u64) as usize;
-            match body.file.read_at(&mut self.chunk[..want], pos) {
-                Ok(0) => return Err("reading the message: file shorter than its length".into()),
-                Ok(n) if !self.chunk[..n].is_ascii() => return Ok(true),
-                Ok(n) => pos += n as u64,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(format!("reading the message: {e}")),
-            }
-        }
-        Ok(false)
+    /// Whether job `id`'s message has an octet above 127 (RFC 6152), as the spool
+    /// I/O thread found when it opened it.
+    fn scan(&self, id: u64) -> Result<bool, String> {
+        self.bodies
+            .get(&id)
+            .map(|b| b.eight_bit)
+            .ok_or_else(|| "the message is not open".into())
     }
 
     /// Moves bytes until the socket would block.
     pub fn pump(&mut self, now: Instant, timeout: std::time::Duration) {
         loop {
-            if self.closed || self.sock.is_none() {
+            if self.closed || self.sock.is_none() || self.retry.is_some() {
                 return;
             }
             let mut progress = false;
@@ -319,14 +592,27 @@ impl MtaConn {
                 }
             }
             match self.flush() {
-                Ok(p) => progress |= p,
+                Ok(true) => {
+                    // A server that takes what is sent is alive too (a long DATA).
+                    self.deadline = now + timeout;
+                    progress = true;
+                }
+                Ok(false) => {}
                 Err(e) => return self.abort(&format!("write: {e}")),
             }
             // Read.
             let Some(sock) = self.sock.as_mut() else {
                 return;
             };
-            match sock.read(self.inbuf.space()) {
+            let r = sock.read(self.inbuf.space());
+            if self.handshaking && !sock.handshaking() {
+                self.check_handshake();
+                progress = true;
+            }
+            match r {
+                Ok(0) if self.handshaking => {
+                    return self.abort("TLS: connection closed in the handshake")
+                }
                 Ok(0) => return self.abort("connection closed by the server"),
                 Ok(n) => {
                     self.inbuf.filled(n);
@@ -336,7 +622,17 @@ impl MtaConn {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => progress = true,
                 Err(e) if e.kind() == io::ErrorKind::NotConnected => {}
+                Err(e) if self.handshaking => return self.abort(&format!("TLS: {e}")),
                 Err(e) => return self.abort(&format!("connection: {e}")),
+            }
+            if let Some(sock) = self.sock.as_mut() {
+                if sock.wants_write() {
+                    if let Err(e) = sock.flush_records() {
+                        if e.kind() != io::ErrorKind::WouldBlock {
+                            return self.abort(&format!("write: {e}"));
+                        }
+                    }
+                }
             }
             if !progress {
                 return;
@@ -432,7 +728,11 @@ mod tests {
             Target::parse("lmtp://mx.example.org", 24),
             Ok((Target::Tcp("mx.example.org".into(), 24), Some(Proto::Lmtp)))
         );
-        assert!(Target::parse("smtps://x", 25).is_err());
+        assert!(Target::parse("smtp+ssl://x", 25).is_err());
+        assert!(
+            Target::parse("smtp://label@x", 25).is_err(),
+            "a label is for relay URLs"
+        );
         // Only a host name needs the resolver thread; an address or a path connects
         // at once, with no lookup.
         let name = |s: &str| Target::parse(s, 25).ok().map(|(t, _)| t);

@@ -1,6 +1,6 @@
 //! The HTTP/1.1 GET of an MTA-STS policy (RFC 8461 §3.3), sans I/O: [`request`]
 //! makes the bytes to send over TLS to `mta-sts.DOMAIN` (port 443, PKIX-checked
-//! against the system roots for that name), [`Response`] reads the answer from
+//! against the relay action's roots for that name), [`Response`] reads the answer from
 //! bytes fed in any split.
 //!
 //! Only what a policy needs is accepted (§3.3): status 200, no redirect followed,

@@ -61,7 +61,7 @@ pub struct Policy {
 
 /// Whether `s` is a domain as RFC 5321 writes one: labels of letters, digits and
 /// hyphens, neither starting nor ending with a hyphen, joined by dots.
-fn valid_domain(s: &str) -> bool {
+pub fn valid_domain(s: &str) -> bool {
     s.len() <= 253
         && s.split('.').all(|l| {
             !l.is_empty()
@@ -252,7 +252,7 @@ pub fn mx_matches(pattern: &str, host: &str) -> bool {
 pub enum Requirement {
     /// Nothing asked: no policy, or mode `none`.
     Nothing,
-    /// Mode `testing`: check PKIX against the system roots for the MX name, report
+    /// Mode `testing`: check PKIX against the action's roots for the MX name, report
     /// a failure, deliver all the same.
     Report,
     /// Mode `enforce`: TLS whose certificate passes PKIX for the MX name, else the
@@ -396,15 +396,31 @@ fn bad_name(domain: &str) -> io::Error {
     )
 }
 
+/// The most bytes of a cache file read: a policy is at most 64 KiB.
+const MAX_CACHE_FILE: u64 = 128 * 1024;
+
 /// The cached policy of `domain`: `None` when there is none; an `InvalidData` error
-/// for a file that does not parse.
+/// for a file that does not parse. Only a plain file is read (a symbolic link is not
+/// followed, a FIFO not waited on), and only its first 128 KiB.
 pub fn read_cache(queue: &Path, domain: &str) -> io::Result<Option<CacheEntry>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
     let path = cache_path(queue, domain).ok_or_else(|| bad_name(domain))?;
-    let bytes = match std::fs::read(&path) {
-        Ok(b) => b,
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(&path);
+    let file = match file {
+        Ok(f) if f.metadata()?.is_file() => f,
+        Ok(_) => {
+            let why = format!("{}: not a plain file", path.display());
+            return Err(io::Error::new(io::ErrorKind::InvalidData, why));
+        }
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
+    let mut bytes = Vec::new();
+    file.take(MAX_CACHE_FILE).read_to_end(&mut bytes)?;
     CacheEntry::parse(&bytes).map(Some).map_err(|e| {
         io::Error::new(
             io::ErrorKind::InvalidData,

@@ -286,6 +286,15 @@ fn cache_files() {
     std::fs::write(q.join("sts/example.com"), "garbage").unwrap();
     let err = read_cache(q, "example.com").unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    // A symbolic link or a directory in its place is not read through.
+    std::fs::remove_file(q.join("sts/example.com")).unwrap();
+    std::os::unix::fs::symlink(q.join("sts/elsewhere"), q.join("sts/example.com")).unwrap();
+    write_cache(q, "elsewhere", &e).unwrap();
+    assert!(read_cache(q, "example.com").is_err());
+    std::fs::remove_file(q.join("sts/example.com")).unwrap();
+    std::fs::create_dir(q.join("sts/example.com")).unwrap();
+    let err = read_cache(q, "example.com").unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::InvalidData);
     // A name that is no domain never becomes a path.
     for bad in ["../etc", "a/b", "", ".", "a..b", "-a.b"] {
         assert_eq!(cache_path(q, bad), None, "{bad}");

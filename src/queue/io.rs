@@ -2,7 +2,8 @@
 //!
 //! It takes every job waiting as one round, in order: hands local deliveries to the
 //! parent (opening each message), opens messages for outgoing sessions, looks up the
-//! destinations of forward files, writes notifications into `incoming/`; then the
+//! destinations of forward files, writes notifications into `incoming/`, reads and
+//! writes the MTA-STS policies cached in `sts/` (small files); then the
 //! envelope writes of the round, staged into temporaries, made durable together
 //! (one syncfs(2) on Linux, as the commit thread does; fdatasync(2) each elsewhere),
 //! renamed into place (and the renames made durable when one of them must be); then the
@@ -19,6 +20,7 @@ use super::forward::{destinations, NewDest};
 use super::manager::{Delivery, EnvWrite, ForwardFile, Notice};
 use super::spool::{fsync_dir, Spool};
 use crate::config::Config;
+use crate::mta::sts::{self, CacheEntry};
 use crate::privsep::DeliverReq;
 use crate::worker::Worker;
 use std::collections::HashMap;
@@ -49,6 +51,18 @@ pub enum IoJob {
     Bounce(Notice, u64),
     /// Look up the destinations of a forward file.
     Expand(ForwardFile),
+    /// Read the MTA-STS policy cached for a domain (`sts/DOMAIN`).
+    StsRead {
+        /// The domain.
+        domain: String,
+    },
+    /// Cache a domain's MTA-STS policy, replacing the one before.
+    StsWrite {
+        /// The domain.
+        domain: String,
+        /// The policy, its id and when it was fetched.
+        entry: CacheEntry,
+    },
 }
 
 /// The completion of an [`IoJob`].
@@ -61,14 +75,16 @@ pub enum IoDone {
         /// What happened.
         result: Result<(), String>,
     },
-    /// A message opened for a session: the file and the message's length in it.
+    /// A message opened for a session: the file, the message's length in it, and
+    /// whether it holds an octet above 127 (read here, off the loop, for a server
+    /// without 8BITMIME).
     Opened {
         /// The session.
         session: u64,
         /// The job.
         job: u64,
         /// The file, or why not.
-        result: Result<(File, u64), String>,
+        result: Result<(File, u64, bool), String>,
     },
     /// Envelopes written.
     Written {
@@ -94,6 +110,20 @@ pub enum IoDone {
         evpid: u64,
         /// Where it leads.
         dests: Vec<NewDest>,
+    },
+    /// The MTA-STS policy cached for a domain: none, or why it cannot be read.
+    StsRead {
+        /// The domain.
+        domain: String,
+        /// What the cache holds.
+        result: Result<Option<CacheEntry>, String>,
+    },
+    /// A domain's MTA-STS policy was cached, or why not.
+    StsWritten {
+        /// The domain.
+        domain: String,
+        /// What happened.
+        result: Result<(), String>,
     },
 }
 
@@ -124,6 +154,14 @@ impl IoJob {
             IoJob::Expand(ForwardFile { env, .. }) => IoDone::Expanded {
                 evpid: env.evpid,
                 dests: Vec::new(),
+            },
+            IoJob::StsRead { domain } => IoDone::StsRead {
+                domain,
+                result: Err(why),
+            },
+            IoJob::StsWrite { domain, .. } => IoDone::StsWritten {
+                domain,
+                result: Err(why),
             },
         }
     }
@@ -201,12 +239,30 @@ impl Ctx {
                     result: self
                         .spool
                         .open_message(msgid)
-                        .map_err(|e| format!("cannot open message: {e}")),
+                        .map_err(|e| format!("cannot open message: {e}"))
+                        .and_then(|(f, len)| {
+                            let eight_bit = has_8bit(&f, len)?;
+                            Ok((f, len, eight_bit))
+                        }),
                 }),
                 IoJob::Expand(ForwardFile { env, owner, items }) => done.push(IoDone::Expanded {
                     evpid: env.evpid,
                     dests: destinations(&self.cfg, &env, &owner, &items),
                 }),
+                IoJob::StsRead { domain } => {
+                    let result = sts::read_cache(self.spool.root(), &domain);
+                    done.push(IoDone::StsRead {
+                        domain,
+                        result: result.map_err(|e| e.to_string()),
+                    });
+                }
+                IoJob::StsWrite { domain, entry } => {
+                    let result = sts::write_cache(self.spool.root(), &domain, &entry);
+                    done.push(IoDone::StsWritten {
+                        domain,
+                        result: result.map_err(|e| e.to_string()),
+                    });
+                }
                 IoJob::Bounce(n, now) => {
                     let (env, kind) = (&n.env, n.kind);
                     match super::notice::make(&self.cfg, &self.spool, &n, now) {
@@ -354,6 +410,24 @@ impl Ctx {
     }
 }
 
+/// Whether the first `len` octets of `file` hold one above 127.
+fn has_8bit(file: &File, len: u64) -> Result<bool, String> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut pos = 0u64;
+    while pos < len {
+        let want = (len - pos).min(buf.len() as u64) as usize;
+        match file.read_at(&mut buf[..want], pos) {
+            Ok(0) => return Err("reading the message: file shorter than its length".into()),
+            Ok(n) if !buf[..n].is_ascii() => return Ok(true),
+            Ok(n) => pos += n as u64,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("reading the message: {e}")),
+        }
+    }
+    Ok(false)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -421,7 +495,10 @@ mod tests {
             match d {
                 IoDone::Opened { job, result, .. } => {
                     assert_eq!(job, 2);
-                    assert_eq!(result.map(|(_, len)| len).ok(), Some(2));
+                    assert_eq!(
+                        result.map(|(_, len, eight)| (len, eight)).ok(),
+                        Some((2, false))
+                    );
                 }
                 IoDone::Handed { id, result } => {
                     assert_eq!(id, 9);

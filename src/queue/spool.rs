@@ -710,6 +710,9 @@ pub(super) mod tests {
         ok(fs::create_dir(dir.join("free/0123456789abcdef")));
         let sock = std::os::unix::net::UnixListener::bind(dir.join("free/fedcba9876543210"));
         ok(sock.map(drop));
+        ok(fs::write(dir.join("sts/Example.ORG"), b"x"));
+        ok(fs::write(dir.join("sts/-bad.example"), b"x"));
+        ok(fs::create_dir(dir.join("sts/dir.example")));
         vec![
             "stray",
             "queue/junk",
@@ -721,6 +724,9 @@ pub(super) mod tests {
             "incoming/d",
             "free/0123456789abcdef",
             "free/fedcba9876543210",
+            "sts/Example.ORG",
+            "sts/-bad.example",
+            "sts/dir.example",
         ]
     }
 

@@ -28,7 +28,7 @@ use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// The spool's subdirectories.
-pub const DIRS: [&str; 5] = ["incoming", "queue", "corrupt", "offline", "free"];
+pub const DIRS: [&str; 6] = ["incoming", "queue", "corrupt", "offline", "free", "sts"];
 
 /// Longest name given to an entry moved to `corrupt/` (before its unique suffix).
 const MAX_CORRUPT_NAME: usize = 200;
@@ -250,6 +250,7 @@ impl<'a> Tidy<'a> {
         t.incoming();
         t.queue()?;
         t.free(max_free);
+        t.sts();
         Ok(t.found)
     }
 
@@ -452,6 +453,27 @@ impl<'a> Tidy<'a> {
     }
 }
 
+impl Tidy<'_> {
+    /// `sts/`: the MTA-STS policies cached, one file named by its domain; a
+    /// temporary left by a write that did not finish is removed.
+    fn sts(&mut self) {
+        for (path, name, kind) in self.entries_or_renew(&self.root.join("sts")) {
+            let name = name.to_str().unwrap_or("");
+            let tmp = name.strip_suffix(".tmp");
+            let domain = tmp.unwrap_or(name);
+            let named =
+                crate::mta::sts::valid_domain(domain) && domain == domain.to_ascii_lowercase();
+            if kind != Kind::File || !named {
+                self.quarantine(&path, &why(kind, named, Kind::File));
+            } else if tmp.is_some() {
+                if let Err(e) = fs::remove_file(&path) {
+                    log::warn!("queue: cannot remove {}: {e}", path.display());
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::spool::tests::{env, plant_junk, spool_with_message};
@@ -551,6 +573,9 @@ mod tests {
         fs::write(&outside, b"not spool data").unwrap_or_else(|e| panic!("{e}"));
         let junk = plant_junk(&dir, &outside);
         fs::write(dir.join("incoming/0000000a"), b"half").unwrap_or_else(|e| panic!("{e}"));
+        // A cached MTA-STS policy stays; a write that did not finish goes.
+        fs::write(dir.join("sts/example.org"), b"policy").unwrap_or_else(|e| panic!("{e}"));
+        fs::write(dir.join("sts/example.org.tmp"), b"half").unwrap_or_else(|e| panic!("{e}"));
         // corrupt/ itself replaced by a file.
         fs::remove_dir(dir.join("corrupt")).unwrap_or_else(|e| panic!("{e}"));
         fs::write(dir.join("corrupt"), b"x").unwrap_or_else(|e| panic!("{e}"));
@@ -573,6 +598,8 @@ mod tests {
         assert_eq!(names, want);
         assert!(dir.join("queue/7f").is_dir());
         assert!(dir.join("corrupt").is_dir());
+        assert!(dir.join("sts/example.org").is_file());
+        assert!(!dir.join("sts/example.org.tmp").exists());
         assert_eq!(fs::read(&outside).ok(), Some(b"not spool data".to_vec()));
         // Nothing is left to set aside: a second start moves nothing.
         let (_, _) = Spool::open(&dir).unwrap_or_else(|e| panic!("{e}"));

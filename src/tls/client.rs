@@ -13,7 +13,8 @@
 //!   text; whether it would have passed the PKIX check (a chain to the roots, one of
 //!   the names) is recorded for the log (`verified=yes|no`);
 //! - PKIX: the chain must reach the roots and the certificate be valid for one of
-//!   the names (the MX host, for MTA-STS with the system roots, RFC 8461 §4.2);
+//!   the names (the MX host; for MTA-STS, RFC 8461 §4.2 and §3.3, the MX host or
+//!   the policy host, under the action's roots: the system's unless it has a `ca`);
 //! - DANE (RFC 7672): the TLSA records of the MX host (see `dane.rs`); a set without
 //!   a usable record asks for encryption only.
 //!
@@ -222,8 +223,8 @@ pub fn load(
     ClientTls::new(protocols, ciphers, roots, cert).map_err(|e| place.err(e))
 }
 
-/// The trust anchors of the system bundle, which MTA-STS checks against (RFC 8461
-/// §4.2, §3.3).
+/// The trust anchors of the system bundle: those of an action without a `ca`, which
+/// MTA-STS checks against too (RFC 8461 §4.2, §3.3).
 pub fn system_roots(place: &Place) -> Result<Arc<RootCertStore>, ConfigError> {
     load_roots(Path::new(SYSTEM_CA_BUNDLE), place, "CA bundle")
 }

@@ -39,6 +39,8 @@ use std::sync::Arc;
 pub struct TlsSetup {
     /// `None` for a listener without TLS.
     pub listeners: Vec<Option<Arc<ServerConfig>>>,
+    /// The client side of each relay action, by action name.
+    pub relays: std::collections::HashMap<String, Arc<client::ClientTls>>,
 }
 
 impl TlsSetup {
@@ -169,7 +171,40 @@ pub fn load(cfg: &Config) -> Result<TlsSetup, ConfigError> {
         out.listeners
             .push(Some(listener_config(cfg, t, &names, &keys)?));
     }
+    for a in &cfg.actions {
+        if let crate::config::Method::Relay(r) = &a.method {
+            out.relays
+                .insert(a.name.clone(), Arc::new(relay_config(cfg, &a.name, r)?));
+        }
+    }
     Ok(out)
+}
+
+/// The client TLS of relay action `name`. Without a `ca`, the system bundle is used
+/// when there is one; a machine without it still relays (opportunistic TLS records
+/// every certificate as unverified), and says so.
+fn relay_config(
+    cfg: &Config,
+    name: &str,
+    r: &crate::config::relay::Relay,
+) -> Result<client::ClientTls, ConfigError> {
+    let place = Place {
+        file: cfg.path.display().to_string(),
+        line: 0,
+    };
+    match client::load(cfg, &r.protocols, &r.ciphers, r.ca, r.pki, &place) {
+        Ok(c) => Ok(c),
+        Err(e) if r.ca.is_none() && !Path::new(SYSTEM_CA_BUNDLE).exists() => {
+            log::warn!("action {name:?}: no CA bundle at {SYSTEM_CA_BUNDLE}: no server certificate can be verified ({e})");
+            let roots = Arc::new(RootCertStore::empty());
+            let cert = match r.pki.and_then(|i| cfg.pkis.get(i)) {
+                Some(p) => Some(load_pki(p, &provider(&Suite::ALL))?),
+                None => None,
+            };
+            client::ClientTls::new(&r.protocols, &r.ciphers, roots, cert).map_err(|e| place.err(e))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 fn listener_config(

@@ -305,7 +305,7 @@ fn tls_mode(st: &mut Stmt) -> Option<TlsMode> {
 }
 
 /// Each protocol version enabled keeps at least one of its cipher suites.
-fn check_suites(protocols: &[TlsVersion], ciphers: &[Suite]) -> Result<(), String> {
+pub(super) fn check_suites(protocols: &[TlsVersion], ciphers: &[Suite]) -> Result<(), String> {
     for v in protocols {
         if !ciphers.iter().any(|s| s.version() == *v) {
             return Err(format!(

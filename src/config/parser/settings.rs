@@ -5,6 +5,7 @@ use super::super::lexer::{expand, lex, Tok};
 use super::super::relative_to;
 use super::{parse_duration, parse_size, Parser, Stmt};
 use crate::config::model::{ControlConfig, SmtpConfig};
+use crate::config::relay::MtaLimits;
 use crate::config::ConfigError;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -34,6 +35,16 @@ fn control_limit<'a>(c: &'a mut ControlConfig, name: &str) -> Option<(&'a mut us
     Some(match name {
         "max-clients" => (&mut c.max_clients, 1),
         "max-clients-per-user" => (&mut c.max_clients_per_user, 1),
+        _ => return None,
+    })
+}
+
+/// The field an `mta limit` name sets, with its minimum.
+fn mta_limit<'a>(m: &'a mut MtaLimits, name: &str) -> Option<(&'a mut usize, usize)> {
+    Some(match name {
+        "max-conn-per-route" => (&mut m.max_conn_per_route, 1),
+        "max-conn-per-host" => (&mut m.max_conn_per_host, 1),
+        "session-mail-max" => (&mut m.session_mail_max, 1),
         _ => return None,
     })
 }
@@ -144,6 +155,45 @@ impl Parser {
             limits(st, c, control_limit)?;
         } else {
             return Err(st.err("after 'control': limit or timeout"));
+        }
+        st.done()
+    }
+}
+
+impl Parser {
+    /// `mta max-deferred N`, `mta timeout D` and `mta limit [for domain D] NAME NUMBER
+    /// ...`.
+    pub(super) fn mta(&mut self, st: &mut Stmt) -> Result<(), ConfigError> {
+        let m = &mut self.cfg.mta;
+        if st.eat("max-deferred") {
+            let v = st.value("number")?;
+            m.max_deferred = v
+                .parse()
+                .ok()
+                .filter(|&n: &usize| n <= LIMIT_MAX)
+                .ok_or_else(|| st.err(format!("invalid number '{v}'")))?;
+        } else if st.eat("timeout") {
+            m.timeout = duration(st)?;
+        } else if st.eat("limit") {
+            if st.eat("for") {
+                st.expect("domain")?;
+                let d = st.value("domain")?.to_ascii_lowercase();
+                if !crate::mail::address::valid_domain(&d) {
+                    return Err(st.err(format!("invalid domain '{d}'")));
+                }
+                let mut l = m
+                    .domains
+                    .iter()
+                    .find(|(n, _)| *n == d)
+                    .map_or(m.limits, |(_, l)| *l);
+                limits(st, &mut l, mta_limit)?;
+                m.domains.retain(|(n, _)| *n != d);
+                m.domains.push((d, l));
+            } else {
+                limits(st, &mut m.limits, mta_limit)?;
+            }
+        } else {
+            return Err(st.err("after 'mta': limit, max-deferred or timeout"));
         }
         st.done()
     }

@@ -352,6 +352,11 @@ impl Client {
         }
     }
 
+    /// Whether a MAIL command was sent in this session.
+    pub fn mail_sent(&self) -> bool {
+        self.mail_sent
+    }
+
     /// Whether the session failed before any MAIL was sent: connection, greeting,
     /// EHLO/HELO, STARTTLS or AUTH. Its jobs then never reached this server, and
     /// another server of the destination may take them.

@@ -26,7 +26,10 @@
 //! the results that came together. The I/O thread takes jobs in order, so a
 //! notification, which reads the message, is made before the removal that follows it.
 
+mod health;
 mod mta;
+mod outcomes;
+pub use health::RouteState;
 pub mod plan;
 #[cfg(test)]
 mod tests;
@@ -229,6 +232,7 @@ impl Manager {
     /// A manager for the actions of `cfg`; `default_user` runs file and pipe
     /// destinations when nothing else names a user.
     pub fn new(cfg: Arc<Config>, default_user: String) -> Manager {
+        let mta = mta::Sessions::new(cfg.mta.clone());
         Manager {
             cfg,
             default_user,
@@ -238,7 +242,7 @@ impl Manager {
             dirty: Vec::new(),
             local: HashMap::new(),
             writes: HashMap::new(),
-            mta: mta::Sessions::default(),
+            mta,
             next_id: 1,
             out: Vec::new(),
             stats: Stats::default(),
@@ -436,6 +440,11 @@ impl Manager {
                         msgid: (evpid >> 32) as u32,
                         req,
                     }));
+                }
+                Plan::Mta(route, _) if self.mta.closed_route(&route, now).is_some() => {
+                    let why = self.mta.closed_route(&route, now).unwrap_or_default();
+                    self.mta.deferred(&route, evpid);
+                    self.finish(evpid, Outcome::TempFail(why), now);
                 }
                 Plan::Mta(route, addr) => {
                     let e = &slot.env;
@@ -756,6 +765,14 @@ impl Manager {
             .copied()
             .filter(|id| self.envs.get(id).is_some_and(|s| s.state == State::Queued))
             .collect();
+        // Trying now means trying now: the routes of these envelopes are reopened.
+        for id in &ids {
+            if let Some(s) = self.envs.get(id) {
+                if let Plan::Mta(route, _) = plan::plan(&self.cfg, &self.default_user, &s.env) {
+                    self.mta.reopen_route(&route);
+                }
+            }
+        }
         self.sched.schedule(&ids, now)
     }
 

@@ -3,12 +3,13 @@
 //! route (LMTP, relay), or an outcome without trying (the action is gone, the
 //! destination cannot be delivered by it).
 
+use crate::config::relay::{Relay, RelayTls};
 use crate::config::{Config, Method};
 use crate::mail::delivery::Dest;
 use crate::mda::Outcome;
 use crate::nexthop::Proto;
 use crate::nexthop::Route;
-use crate::nexthop::Target;
+use crate::nexthop::{RelayUrl, Security, Target};
 use crate::privsep::{DeliverReq, LocalKind};
 use crate::queue::envelope::Envelope;
 
@@ -29,7 +30,7 @@ pub enum Plan {
 pub fn via_session(cfg: &Config, action: &str) -> bool {
     cfg.actions
         .iter()
-        .any(|a| a.name == action && matches!(a.method, Method::Lmtp { .. } | Method::Relay { .. }))
+        .any(|a| a.name == action && matches!(a.method, Method::Lmtp { .. } | Method::Relay(_)))
 }
 
 /// Whether an action's envelopes are delivered by the mda agent (every method but
@@ -99,19 +100,11 @@ pub fn plan(cfg: &Config, default_user: &str, env: &Envelope) -> Plan {
             };
             return mta(&action.name, dest, 24, Proto::Lmtp, &cfg.hostname, rcpt);
         }
-        (
-            Dest::Relay(addr),
-            Method::Relay {
-                host: Some(h),
-                helo,
-            },
-        ) => {
-            let helo = helo.as_deref().unwrap_or(&cfg.hostname);
-            return mta(&action.name, h, 25, Proto::Smtp, helo, addr.clone());
-        }
-        (Dest::Relay(_), _) | (Dest::User(_), Method::Relay { .. }) => {
-            return Plan::Fail(Outcome::TempFail(
-                "relaying needs 'relay host': MX lookups are not available".into(),
+        (Dest::Relay(addr), Method::Relay(r)) => return relay(cfg, &action.name, r, addr),
+        (Dest::User(_), Method::Relay(r)) => return relay(cfg, &action.name, r, &env.rcpt),
+        (Dest::Relay(_), _) => {
+            return Plan::Fail(Outcome::PermFail(
+                "a relay destination under an action that does not relay".into(),
             ));
         }
     };
@@ -151,9 +144,64 @@ fn mta(action: &str, dest: &str, port: u16, proto: Proto, helo: &str, rcpt: Stri
                 target,
                 proto: p.unwrap_or(proto),
                 helo: helo.to_string(),
+                security: Security::Plain,
+                label: None,
             },
             rcpt,
         ),
         Err(e) => Plan::Fail(Outcome::PermFail(format!("destination {dest:?}: {e}"))),
     }
+}
+
+/// The route of a relayed recipient: the action's smarthost, the one its `domain`
+/// table gives for the recipient's domain, else the domain's mail exchangers.
+fn relay(cfg: &Config, action: &str, r: &Relay, rcpt: &str) -> Plan {
+    let domain = rcpt
+        .rsplit_once('@')
+        .map(|(_, d)| d.trim_end_matches('.').to_ascii_lowercase())
+        .unwrap_or_default();
+    let by_domain = r
+        .domain
+        .and_then(|t| cfg.tables.get(t))
+        .and_then(|t| t.get(&domain));
+    let url = match (&r.host, by_domain) {
+        (Some(url), _) => Some(url.clone()),
+        (None, Some(u)) => match RelayUrl::parse(u, 25) {
+            Ok(url) => Some(url),
+            Err(e) => {
+                return Plan::Fail(Outcome::TempFail(format!(
+                    "451 4.3.5 relay URL for {domain} in the domain table: {e}"
+                )))
+            }
+        },
+        (None, None) => None,
+    };
+    let demand = |s: Security| match (s, r.tls) {
+        (Security::Opportunistic, RelayTls::Verify | RelayTls::NoVerify) => Security::StartTls,
+        (s, _) => s,
+    };
+    let route = match url {
+        Some(url) => Route {
+            action: action.to_string(),
+            target: url.target,
+            proto: url.proto.unwrap_or(Proto::Smtp),
+            helo: r.helo.clone().unwrap_or_else(|| cfg.hostname.clone()),
+            security: demand(url.security),
+            label: url.label,
+        },
+        None if domain.is_empty() => {
+            return Plan::Fail(Outcome::PermFail(format!(
+                "550 5.1.2 no domain in {rcpt:?} to relay to"
+            )))
+        }
+        None => Route {
+            action: action.to_string(),
+            target: Target::Mx(domain),
+            proto: Proto::Smtp,
+            helo: r.helo.clone().unwrap_or_else(|| cfg.hostname.clone()),
+            security: demand(Security::Opportunistic),
+            label: None,
+        },
+    };
+    Plan::Mta(route, rcpt.to_string())
 }

@@ -412,7 +412,7 @@ fn a_message_and_route_make_one_job_and_messages_share_the_session() {
         _ => None,
     });
     assert!(quit.contains(&connects[0]));
-    d.m.session_closed(connects[0], Vec::new(), "done", d.now);
+    d.m.session_closed(connects[0], Vec::new(), "done", true, d.now);
     assert_eq!(d.m.sessions(), 0);
 }
 
@@ -442,7 +442,13 @@ fn a_lost_session_defers_its_jobs_and_lmtp_is_mda() {
     d.run();
     let (connects, jobs) = sends(&mut d);
     assert_eq!(jobs[0].3, ["bob@example.org"]);
-    d.m.session_closed(connects[0], Vec::new(), "cannot connect: refused", d.now);
+    d.m.session_closed(
+        connects[0],
+        Vec::new(),
+        "cannot connect: refused",
+        false,
+        d.now,
+    );
     d.take();
     assert!(d.logs()[0].contains("result=TempFail retry-in=10s stat=\"cannot connect: refused\""));
     assert_eq!(d.writes().len(), 1);
