@@ -240,16 +240,12 @@ pub fn mbox_path(user: &str) -> String {
 
 /// Parent -> engine: a (re)started filter's socket follows. `'F' id`.
 pub fn encode_filter_fd(id: usize) -> Vec<u8> {
-    let mut v = vec![b'F'];
-    v.extend_from_slice(&(id as u64).to_be_bytes());
-    v
+    id_message(b'F', id)
 }
 
 /// Engine -> parent: kill this filter (it hung or spoke garbage). `'K' id`.
 pub fn encode_filter_kill(id: usize) -> Vec<u8> {
-    let mut v = vec![b'K'];
-    v.extend_from_slice(&(id as u64).to_be_bytes());
-    v
+    id_message(b'K', id)
 }
 
 /// The filter id of an `'F'` or `'K'` message, or the table id of a `'T'` or `'U'`
@@ -261,15 +257,18 @@ pub fn decode_filter_id(b: &[u8]) -> Option<usize> {
 
 /// Parent -> engine: a (re)started table process's socket follows. `'T' id`.
 pub fn encode_table_fd(id: usize) -> Vec<u8> {
-    let mut v = vec![b'T'];
-    v.extend_from_slice(&(id as u64).to_be_bytes());
-    v
+    id_message(b'T', id)
 }
 
 /// Engine -> parent: kill this table process (it hung, died or spoke garbage); it is
 /// restarted. `'U' id`.
 pub fn encode_table_kill(id: usize) -> Vec<u8> {
-    let mut v = vec![b'U'];
+    id_message(b'U', id)
+}
+
+/// A message of one kind byte and an id (big-endian u64).
+fn id_message(kind: u8, id: usize) -> Vec<u8> {
+    let mut v = vec![kind];
     v.extend_from_slice(&(id as u64).to_be_bytes());
     v
 }

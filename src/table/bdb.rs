@@ -216,8 +216,8 @@ mod tests {
         p
     }
 
-    /// Puts hash items on a page from its end down, indexing each.
-    fn hash_items(p: &mut [u8], items: &[Vec<u8>]) {
+    /// Puts items on a page from its end down, indexing each.
+    fn place_items(p: &mut [u8], items: &[Vec<u8>]) {
         let mut end = PSIZE;
         for (i, it) in items.iter().enumerate() {
             let off = end - it.len();
@@ -251,7 +251,7 @@ mod tests {
         off.extend_from_slice(&2u32.to_le_bytes());
         off.extend_from_slice(&(long.len() as u32 + 1).to_le_bytes());
         let mut p1 = page(P_HASH, 4, 0, 0);
-        hash_items(
+        place_items(
             &mut p1,
             &[keydata("root"), keydata("alice, bob"), keydata("big"), off],
         );
@@ -305,13 +305,7 @@ mod tests {
                 v
             })
             .collect();
-        let mut end = PSIZE;
-        for (i, it) in items.iter().enumerate() {
-            let off = end - it.len();
-            p[off..end].copy_from_slice(it);
-            p[HEADER + 2 * i..HEADER + 2 * i + 2].copy_from_slice(&(off as u16).to_le_bytes());
-            end = off;
-        }
+        place_items(&mut p, &items);
         // The second pair is deleted.
         let off = usize::from(u16::from_le_bytes([p[HEADER + 6], p[HEADER + 7]]));
         p[off + 2] |= 0x80;
