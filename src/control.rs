@@ -46,6 +46,8 @@ pub enum Command {
     Monitor,
     /// `smtp`: the rest of the connection is an SMTP session.
     Smtp,
+    /// `update table NAME`: the table read again (a table process told to).
+    UpdateTable(String),
 }
 
 /// Envelopes a command applies to.
@@ -106,7 +108,7 @@ pub fn parse(line: &str) -> Result<Command, String> {
     let verb = pick(
         words.first().copied().unwrap_or(""),
         &[
-            "show", "schedule", "remove", "pause", "resume", "log", "monitor", "smtp",
+            "show", "schedule", "remove", "pause", "resume", "log", "monitor", "smtp", "update",
         ],
     )?;
     let arg = |i: usize| {
@@ -161,10 +163,17 @@ pub fn parse(line: &str) -> Result<Command, String> {
         "resume" => Command::Resume(agent(1)?),
         "log" => Command::Log(pick(arg(1)?, &["brief", "verbose"])? == "verbose"),
         "monitor" => Command::Monitor,
+        "update" => {
+            pick(arg(1)?, &["table"])?;
+            Command::UpdateTable(arg(2)?.to_string())
+        }
         _ => Command::Smtp,
     };
     let used = match cmd {
-        Command::ShowEnvelope(_) | Command::ShowMessage(_) | Command::ScheduleDomain(_) => 3,
+        Command::ShowEnvelope(_)
+        | Command::ShowMessage(_)
+        | Command::ScheduleDomain(_)
+        | Command::UpdateTable(_) => 3,
         Command::Monitor | Command::Smtp => 1,
         _ => 2,
     };
@@ -308,6 +317,16 @@ mod tests {
         assert_eq!(parse("resume sm"), Ok(Command::Resume(Agent::Smtp)));
         assert_eq!(parse("log verbose"), Ok(Command::Log(true)));
         assert_eq!(parse("monitor"), Ok(Command::Monitor));
+        assert_eq!(
+            parse("update table users"),
+            Ok(Command::UpdateTable("users".into()))
+        );
+        assert_eq!(
+            parse("up t Users"),
+            Ok(Command::UpdateTable("Users".into()))
+        );
+        assert!(parse("update table").is_err());
+        assert!(parse("update tables x y").is_err());
         assert!(parse("s q").is_err_and(|e| e.contains("ambiguous")));
         assert!(parse("show queue extra").is_err());
         assert!(parse("remove xyz").is_err());

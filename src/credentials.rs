@@ -11,7 +11,7 @@
 use crate::mail::address::Mailbox;
 use crate::mail::auth::{AuthResult, Credentials, Secret};
 use crate::sys::crypt;
-use crate::table::Table;
+use crate::table::{Service, Table, TableError};
 use std::sync::OnceLock;
 
 /// Whether `s` has the form of a crypt(3) hash: `$id$...` (yescrypt, SHA-crypt,
@@ -84,13 +84,23 @@ pub fn warm_up() {
 
 /// Checks `password` for `user` against a credentials table (keys without regard to
 /// case). An unknown user, or an entry that holds no hash, costs the same time as a
-/// wrong password.
+/// wrong password. A table process that cannot answer is a temporary failure.
 pub fn check_table(table: &Table, user: &str, password: &Secret) -> AuthResult {
-    match table.get(user).and_then(table_hash) {
+    let value = match table.lookup(Service::Credentials, user) {
+        Ok(v) => v,
+        Err(e) => {
+            log::warn!("smtp authentication: {e}");
+            return AuthResult::TempFail;
+        }
+    };
+    match value.as_deref().and_then(table_hash) {
         Some(hash) if verify(password.expose(), hash) => AuthResult::Ok,
         Some(_) => AuthResult::PermFail,
         None => {
-            let first = table.keys().find_map(|k| table.get(k).and_then(table_hash));
+            let entries = table.entries();
+            let first = entries
+                .keys()
+                .find_map(|k| entries.get(k).and_then(table_hash));
             let like = match first {
                 Some(h) => h,
                 None => dummy_hash(),
@@ -129,12 +139,19 @@ pub fn check_system(user: &str, password: &Secret) -> AuthResult {
 /// Whether `user` may give `sender` in MAIL FROM by the `senders` table: the user's
 /// entry lists addresses (`user@domain`, `@domain`, `user`, or `@` for any, `<>`
 /// included), separated by commas. A sub-address of the sender is ignored unless the
-/// listed address has one, as OpenSMTPD does.
-pub fn may_send_as(senders: &Table, user: &str, sender: &Mailbox, delim: char) -> bool {
-    let Some(list) = senders.get(user) else {
-        return false;
+/// listed address has one, as OpenSMTPD does. An error when a table process could not
+/// answer.
+pub fn may_send_as(
+    senders: &Table,
+    user: &str,
+    sender: &Mailbox,
+    delim: char,
+) -> Result<bool, TableError> {
+    let Some(list) = senders.lookup(Service::MailAddrMap, user)? else {
+        return Ok(false);
     };
-    list.split(',')
+    Ok(list
+        .split(',')
         .map(|a| a.trim().trim_start_matches('<').trim_end_matches('>'))
         .filter(|a| !a.is_empty())
         .any(|a| {
@@ -160,7 +177,7 @@ pub fn may_send_as(senders: &Table, user: &str, sender: &Mailbox, delim: char) -
                 _ => sender.local.as_str(),
             };
             given.eq_ignore_ascii_case(local)
-        })
+        }))
 }
 
 /// The engine's question to the parent about a system account, on the parent
@@ -345,7 +362,7 @@ mod tests {
             },
             None => Mailbox::default(),
         };
-        let may = |u: &str, s: &str| may_send_as(&t, u, &mb(s), '+');
+        let may = |u: &str, s: &str| may_send_as(&t, u, &mb(s), '+') == Ok(true);
         assert!(may("bob", "bob@example.org"));
         assert!(may("BOB", "Bob+x@Example.org"));
         assert!(may("bob", "anyone@example.net"));

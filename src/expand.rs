@@ -13,6 +13,7 @@ use crate::mail::peer::MatchCtx;
 use crate::mail::reply::Reply;
 use crate::mail::{Delivery, Dest};
 use crate::ruleset::{decide, strip_subaddress};
+use crate::table::{Service, TableError};
 
 /// Nested table lookups followed at most.
 const MAX_DEPTH: usize = 10;
@@ -34,20 +35,27 @@ fn unknown(rcpt: &Mailbox) -> Reply {
     )
 }
 
+/// A table process could not answer: the recipient is neither taken nor refused.
+fn table_failed(e: TableError) -> Reply {
+    log::warn!("expand: {e}");
+    Reply::new(451, "4.3.0", "Temporary failure in table lookup")
+}
+
 /// Whether `user` is known to `action`'s user base.
-fn user_exists(cfg: &Config, action: &ActionDef, user: &str) -> bool {
+fn user_exists(cfg: &Config, action: &ActionDef, user: &str) -> Result<bool, Reply> {
     if let Some(t) = action.userbase {
-        return cfg.tables[t].contains(user);
+        let found = cfg.tables[t].lookup(Service::UserInfo, user);
+        return found.map(|v| v.is_some()).map_err(table_failed);
     }
     if action.user.is_some() {
         // `user NAME` delivers every recipient as NAME: the local part only names a
         // mailbox, so it need not be an account, but it must look like one.
-        return !user.is_empty()
+        return Ok(!user.is_empty()
             && user
                 .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)));
     }
-    crate::sys::getpwnam(user).is_some()
+    Ok(crate::sys::getpwnam(user).is_some())
 }
 
 fn split_items(value: &str) -> impl Iterator<Item = &str> {
@@ -80,7 +88,7 @@ impl Expander<'_> {
         if depth > MAX_DEPTH {
             return Err(Reply::new(550, "5.4.6", "Alias expansion too deep"));
         }
-        match decide(self.cfg, self.ctx, rcpt) {
+        match decide(self.cfg, self.ctx, rcpt).map_err(table_failed)? {
             None => Err(Reply::NO_RULE),
             Some(Decision::Reject) => Err(Reply::REJECTED),
             Some(Decision::Action(id)) => {
@@ -106,11 +114,15 @@ impl Expander<'_> {
                 format!("{base}@{}", rcpt.domain),
                 format!("@{}", rcpt.domain),
             ];
-            let value = keys
-                .iter()
-                .find_map(|k| table.get(k))
-                .ok_or_else(|| unknown(rcpt))?;
-            return self.items(id, value, depth + 1, rcpt);
+            let mut value = None;
+            for k in &keys {
+                value = table.lookup(Service::Alias, k).map_err(table_failed)?;
+                if value.is_some() {
+                    break;
+                }
+            }
+            let value = value.ok_or_else(|| unknown(rcpt))?;
+            return self.items(id, &value, depth + 1, rcpt);
         }
         self.name(id, &base, depth, rcpt)
     }
@@ -130,20 +142,24 @@ impl Expander<'_> {
         }
         if let Some(t) = action.alias {
             let key = format!("alias:{name}");
-            if let Some(value) = cfg.tables[t].get(name) {
+            let found = cfg.tables[t]
+                .lookup(Service::Alias, name)
+                .map_err(table_failed)?;
+            if let Some(value) = found {
                 if self.seen.contains(&key) {
                     return Ok(());
                 }
                 self.seen.push(key);
-                return self.items(id, value, depth + 1, rcpt);
+                return self.items(id, &value, depth + 1, rcpt);
             }
         }
-        if name == "postmaster" && !user_exists(cfg, action, name) {
+        let exists = user_exists(cfg, action, name)?;
+        if name == "postmaster" && !exists {
             // RFC 5321 §4.5.1: postmaster always exists; without an alias it is root.
             return self.push(id, Dest::User("root".into()));
         }
         // expand-only delivers only to what aliases name: a bare user has no mailbox.
-        if user_exists(cfg, action, name) && action.method != crate::config::Method::ExpandOnly {
+        if exists && action.method != crate::config::Method::ExpandOnly {
             self.push(id, Dest::User(name.to_string()))
         } else {
             Err(unknown(rcpt))

@@ -7,12 +7,14 @@
 //!   |                                      |   :include: files
 //!   |                                      | the spool's free space (statvfs)
 //!   |                                      | an edited message rewritten (`queue::rewrite`)
+//!   |                                      | a table read again (`smtpctl update table`)
 //!   '-- take_done() <-- done list <-- wake '
 //! ```
 //!
 //! OpenSMTPD asks its lookup process; here the jobs are typed values handed between
 //! threads, so there is no codec. The password database may be LDAP or sssd behind
-//! NSS and stall for seconds: a stalled job holds its thread only. A job that finds no
+//! NSS and stall for seconds, a table process (SQL, Redis, LDAP: `table::Backend`)
+//! for up to its timeout: a stalled job holds its thread only. A job that finds no
 //! idle thread starts one more, so the next session's lookup is served at once; past
 //! `MAX_THREADS` jobs wait their turn. The answer comes back with the caller's key
 //! (slab key and generation, as with the commit thread) and the loop is woken through
@@ -125,6 +127,11 @@ pub enum Job {
     Edit(EditJob),
     /// Credentials to check against a table (crypt(3) takes milliseconds).
     Auth(AuthCheck),
+    /// A table to read again (`smtpctl update table`).
+    Reload(TableId),
+    /// The secret of a relay's label (`auth <table>` of a relay action) in a table
+    /// process.
+    Secret(TableId, String),
 }
 
 /// An incoming message to rewrite with its end-of-message edits.
@@ -149,6 +156,10 @@ pub enum Answer {
     Session(LookupAnswer),
     /// The outcome of a credentials check.
     Auth(AuthResult),
+    /// The outcome of a reload: a line for the administrator, or the error.
+    Reloaded(Result<String, String>),
+    /// A relay secret (`user:password`), none, or why the table could not answer.
+    Secret(Result<Option<String>, String>),
     /// The rewritten message, open for writing at its end, or why it failed.
     Edited {
         /// The message.
@@ -173,6 +184,8 @@ impl Job {
         match self {
             Job::Session(l) => Answer::Session(l.unanswered()),
             Job::Auth(_) => Answer::Auth(AuthResult::TempFail),
+            Job::Reload(_) => Answer::Reloaded(Err("the lookup worker failed".into())),
+            Job::Secret(..) => Answer::Secret(Err("the lookup worker failed".into())),
             Job::Edit(e) => Answer::Edited {
                 msgid: e.msgid,
                 result: Err(io::Error::other("the lookup worker failed")),
@@ -191,12 +204,19 @@ pub fn serve(cfg: &Config, spool: &Spool, job: Job) -> Answer {
             crate::expand::expand(cfg, &q.ctx(), &q.rcpt),
         )),
         Job::Session(Lookup::Sender(q)) => {
-            let owned = cfg.tables.get(q.table).is_some_and(|t| {
-                crate::credentials::may_send_as(t, &q.user, &q.sender, cfg.smtp.sub_addr_delim)
-            });
+            let owned = match cfg.tables.get(q.table) {
+                Some(t) => {
+                    crate::credentials::may_send_as(t, &q.user, &q.sender, cfg.smtp.sub_addr_delim)
+                }
+                None => Ok(false),
+            };
             Answer::Session(LookupAnswer::Sender(match owned {
-                true => Ok(()),
-                false => Err(Reply::SENDER_NOT_OWNED),
+                Ok(true) => Ok(()),
+                Ok(false) => Err(Reply::SENDER_NOT_OWNED),
+                Err(e) => {
+                    log::warn!("senders: {e}");
+                    Err(Reply::LOCAL_ERROR)
+                }
             }))
         }
         Job::Auth(c) => Answer::Auth(match c.table.and_then(|t| cfg.tables.get(t)) {
@@ -204,6 +224,16 @@ pub fn serve(cfg: &Config, spool: &Spool, job: Job) -> Answer {
                 crate::credentials::check_table(t, &c.credentials.user, &c.credentials.password)
             }
             None => AuthResult::TempFail,
+        }),
+        Job::Secret(t, label) => Answer::Secret(match cfg.tables.get(t) {
+            Some(t) => t
+                .lookup(crate::table::Service::Credentials, &label)
+                .map_err(|e| e.to_string()),
+            None => Ok(None),
+        }),
+        Job::Reload(t) => Answer::Reloaded(match cfg.tables.get(t) {
+            Some(t) => t.reload().map_err(|e| e.to_string()),
+            None => Err(format!("no table {t}")),
         }),
         Job::Edit(e) => Answer::Edited {
             msgid: e.msgid,

@@ -255,6 +255,7 @@ fn start(
             let spec = smtpd::filter::supervisor::ProcSpec {
                 id,
                 name: f.name.clone(),
+                role: smtpd::filter::supervisor::Role::Filter,
                 command: command.clone(),
                 user: user.clone(),
                 group: group.clone(),
@@ -263,6 +264,16 @@ fn start(
             let (pid, engine_fd, err) = smtpd::filter::supervisor::spawn(&spec)?;
             log::info!("filter {} started, pid {pid}", f.name);
             filter_fds.push((id, engine_fd));
+            filters.push(smtpd::filter::supervisor::Running::new(spec, pid, err));
+        }
+    }
+    // Table processes too; the engine takes their sockets before it starts.
+    let mut table_fds = Vec::new();
+    for (id, t) in cfg.tables.iter().enumerate() {
+        if let Some(spec) = smtpd::privsep::table_spec(id, t) {
+            let (pid, engine_fd, err) = smtpd::filter::supervisor::spawn(&spec)?;
+            log::info!("table {} started, pid {pid}", t.name);
+            table_fds.push((id, engine_fd));
             filters.push(smtpd::filter::supervisor::Running::new(spec, pid, err));
         }
     }
@@ -276,6 +287,11 @@ fn start(
             }
             // After the switch of user: the kernel clears this setting when ids change.
             smtpd::sys::die_with_parent();
+            for (id, fd) in table_fds {
+                if let Some(b) = cfg.tables.get(id).and_then(|t| t.backend()) {
+                    b.install(fd);
+                }
+            }
             let cfg = Arc::new(cfg);
             drop(filters);
             let r = Server::new(
@@ -305,6 +321,7 @@ fn start(
             drop(control);
             drop(engine_end);
             drop(filter_fds);
+            drop(table_fds);
             let socket = smtpd::control::socket_path(spool.root());
             let n = smtpd::submit::flush_offline(&spool, &socket);
             if n > 0 {

@@ -10,7 +10,7 @@
 //! that becomes the user before it touches a mailbox, and answers with a [`DeliverRes`].
 //! The engine never holds root, and a child never sees another user's data.
 
-use crate::filter::supervisor::{self, Running};
+use crate::filter::supervisor::{self, Role, Running};
 use crate::format::{expand_command, expand_path, FormatCtx};
 use crate::mda::{self, Outcome};
 use crate::sys;
@@ -240,26 +240,74 @@ pub fn mbox_path(user: &str) -> String {
 
 /// Parent -> engine: a (re)started filter's socket follows. `'F' id`.
 pub fn encode_filter_fd(id: usize) -> Vec<u8> {
-    let mut v = vec![b'F'];
-    v.extend_from_slice(&(id as u64).to_be_bytes());
-    v
+    id_message(b'F', id)
 }
 
 /// Engine -> parent: kill this filter (it hung or spoke garbage). `'K' id`.
 pub fn encode_filter_kill(id: usize) -> Vec<u8> {
-    let mut v = vec![b'K'];
-    v.extend_from_slice(&(id as u64).to_be_bytes());
-    v
+    id_message(b'K', id)
 }
 
-/// The filter id of an `'F'` or `'K'` message.
+/// The filter id of an `'F'` or `'K'` message, or the table id of a `'T'` or `'U'`
+/// message.
 pub fn decode_filter_id(b: &[u8]) -> Option<usize> {
     let id: [u8; 8] = b.get(1..9)?.try_into().ok()?;
     (b.len() == 9).then(|| u64::from_be_bytes(id) as usize)
 }
 
-/// The parent's loop: serves delivery requests and keeps the filters running until the
-/// engine exits; returns the engine's exit code.
+/// Parent -> engine: a (re)started table process's socket follows. `'T' id`.
+pub fn encode_table_fd(id: usize) -> Vec<u8> {
+    id_message(b'T', id)
+}
+
+/// Engine -> parent: kill this table process (it hung, died or spoke garbage); it is
+/// restarted. `'U' id`.
+pub fn encode_table_kill(id: usize) -> Vec<u8> {
+    id_message(b'U', id)
+}
+
+/// A message of one kind byte and an id (big-endian u64).
+fn id_message(kind: u8, id: usize) -> Vec<u8> {
+    let mut v = vec![kind];
+    v.extend_from_slice(&(id as u64).to_be_bytes());
+    v
+}
+
+/// How the process of table `id` is run, if it has one.
+pub fn table_spec(id: usize, t: &crate::table::Table) -> Option<supervisor::ProcSpec> {
+    let crate::table::Source::Proc(p) = &t.source else {
+        return None;
+    };
+    let (role, command) = match &p.program {
+        crate::table::Program::Extras { kind, arg } => (
+            Role::TableProgram(arg.clone()),
+            crate::table::Program::extras_path(kind)
+                .display()
+                .to_string(),
+        ),
+        crate::table::Program::Exec(c) => (Role::TableExec, c.clone()),
+    };
+    Some(supervisor::ProcSpec {
+        id,
+        name: t.name.clone(),
+        role,
+        command,
+        user: p.user.clone(),
+        group: p.group.clone(),
+        chroot: None,
+    })
+}
+
+/// The message that hands the engine the socket of `spec`'s process.
+fn handover(spec: &supervisor::ProcSpec) -> Vec<u8> {
+    match spec.role {
+        Role::Filter => encode_filter_fd(spec.id),
+        Role::TableExec | Role::TableProgram(_) => encode_table_fd(spec.id),
+    }
+}
+
+/// The parent's loop: serves delivery requests and keeps the filter and table processes
+/// running until the engine exits; returns the engine's exit code.
 pub fn parent_loop(chan: OwnedFd, engine: i32, mut filters: Vec<Running>) -> io::Result<i32> {
     let sig = sys::signal_pipe()?;
     let fd = chan.as_raw_fd();
@@ -396,18 +444,19 @@ pub fn parent_loop(chan: OwnedFd, engine: i32, mut filters: Vec<Running>) -> io:
                 supervisor::drain_stderr(f);
                 supervisor::report_dropped(f);
                 if engine_status.is_some() || !chan_open {
-                    // Stopping: the filter saw its pipe close.
-                    log::info!("filter {} exited", f.spec.name);
+                    // Stopping: the process saw its pipe close.
+                    log::info!("{} {} exited", f.spec.what(), f.spec.name);
                     f.pid = None;
                     continue;
                 }
-                // A filter that ran for a while starts its back-off again from 1 s.
+                // A process that ran for a while starts its back-off again from 1 s.
                 if f.started.elapsed() > Duration::from_secs(60) {
                     f.restarts = 0;
                 }
                 let delay = supervisor::backoff(f.restarts);
                 log::warn!(
-                    "filter {} exited with status {}, restarting in {}s",
+                    "{} {} exited with status {}, restarting in {}s",
+                    f.spec.what(),
                     f.spec.name,
                     sys::exit_code(status),
                     delay.as_secs()
@@ -426,20 +475,19 @@ pub fn parent_loop(chan: OwnedFd, engine: i32, mut filters: Vec<Running>) -> io:
                         f.started = Instant::now();
                         f.stderr = Some(File::from(err));
                         f.restart_at = None;
-                        log::info!("filter {} restarted, pid {pid}", f.spec.name);
-                        if let Err(e) = sys::send_msg(
-                            fd,
-                            &encode_filter_fd(f.spec.id),
-                            Some(engine_end.as_raw_fd()),
-                        ) {
+                        log::info!("{} {} restarted, pid {pid}", f.spec.what(), f.spec.name);
+                        if let Err(e) =
+                            sys::send_msg(fd, &handover(&f.spec), Some(engine_end.as_raw_fd()))
+                        {
                             log::warn!(
-                                "parent: cannot hand filter {} to the engine: {e}",
+                                "parent: cannot hand {} {} to the engine: {e}",
+                                f.spec.what(),
                                 f.spec.name
                             );
                         }
                     }
                     Err(e) => {
-                        log::warn!("filter {}: cannot restart: {e}", f.spec.name);
+                        log::warn!("{} {}: cannot restart: {e}", f.spec.what(), f.spec.name);
                         f.restarts += 1;
                         f.restart_at = Some(now + supervisor::backoff(f.restarts));
                     }
@@ -460,13 +508,17 @@ pub fn parent_loop(chan: OwnedFd, engine: i32, mut filters: Vec<Running>) -> io:
                         sys::crypt::wipe(&mut buf[..n]);
                     }
                     Ok((n, msgfd)) => {
-                        if buf.first() == Some(&b'K') {
-                            if let Some(f) = decode_filter_id(&buf[..n])
-                                .and_then(|id| filters.iter().find(|f| f.spec.id == id))
-                            {
+                        if let Some(&kind @ (b'K' | b'U')) = buf.first() {
+                            let table = kind == b'U';
+                            if let Some(f) = decode_filter_id(&buf[..n]).and_then(|id| {
+                                filters.iter().find(|f| {
+                                    f.spec.id == id && (f.spec.role != Role::Filter) == table
+                                })
+                            }) {
                                 if let Some(pid) = f.pid {
                                     log::warn!(
-                                        "filter {}: killed at the engine's request",
+                                        "{} {}: killed at the engine's request",
+                                        f.spec.what(),
                                         f.spec.name
                                     );
                                     sys::kill(pid, libc::SIGKILL);

@@ -6,7 +6,7 @@
 use crate::config::{Cond, Config, Decision, Matcher};
 use crate::mail::address::Mailbox;
 use crate::mail::peer::MatchCtx;
-use crate::table::{address_matches, domain_matches, ip_matches};
+use crate::table::{address_matches, domain_matches, ip_matches, Service, TableError};
 
 /// Local names: the server's host names and `localhost`.
 pub fn is_local_domain(cfg: &Config, domain: &str) -> bool {
@@ -30,56 +30,92 @@ pub fn is_local_domain(cfg: &Config, domain: &str) -> bool {
             })
 }
 
-fn value_or_table(cfg: &Config, m: &Matcher, test: impl Fn(&str) -> bool) -> bool {
+/// Whether a condition's value or table holds: a value by `test`; a table in memory by
+/// `test` on its keys, a table process by its answer to `service` and `key` (an error
+/// when it cannot answer).
+fn value_or_table(
+    cfg: &Config,
+    m: &Matcher,
+    service: Service,
+    key: &str,
+    test: impl Fn(&str) -> bool,
+) -> Result<bool, TableError> {
     match m {
-        Matcher::Value(v) => test(v),
-        Matcher::Table(t) => cfg.tables[*t].keys().any(test),
+        Matcher::Value(v) => Ok(test(v)),
+        Matcher::Table(t) => cfg.tables[*t].matches(service, key, test),
     }
 }
 
-fn cond_holds(cfg: &Config, c: &Cond, ctx: &MatchCtx, rcpt: &Mailbox) -> bool {
+fn cond_holds(cfg: &Config, c: &Cond, ctx: &MatchCtx, rcpt: &Mailbox) -> Result<bool, TableError> {
     let sender = ctx.sender;
-    match c {
+    Ok(match c {
         Cond::FromAny | Cond::ForAny => true,
         Cond::FromLocal => ctx.client.local,
         Cond::FromSocket => ctx.client.addr.is_none(),
-        Cond::FromSrc(m) => ctx
-            .client
-            .addr
-            .is_some_and(|ip| value_or_table(cfg, m, |p| ip_matches(p, ip))),
-        Cond::FromMailFrom(m) | Cond::MailFrom(m) => value_or_table(cfg, m, |p| {
-            address_matches(p, &sender.local, &sender.domain)
-        }),
-        Cond::ForLocal => rcpt.domain.is_empty() || is_local_domain(cfg, &rcpt.domain),
-        Cond::ForDomain(m) => value_or_table(cfg, m, |p| domain_matches(p, &rcpt.domain)),
-        Cond::ForRcptTo(m) | Cond::RcptTo(m) => {
-            value_or_table(cfg, m, |p| address_matches(p, &rcpt.local, &rcpt.domain))
+        Cond::FromSrc(m) => match ctx.client.addr {
+            Some(ip) => value_or_table(cfg, m, Service::NetAddr, &ip.to_string(), |p| {
+                ip_matches(p, ip)
+            })?,
+            None => false,
+        },
+        Cond::FromMailFrom(m) | Cond::MailFrom(m) => {
+            value_or_table(cfg, m, Service::MailAddr, &sender.to_string(), |p| {
+                address_matches(p, &sender.local, &sender.domain)
+            })?
         }
-        Cond::Helo(m) => value_or_table(cfg, m, |p| domain_matches(p, ctx.helo)),
-        Cond::Tag(m) => ctx
-            .client
-            .tag
-            .as_deref()
-            .is_some_and(|t| value_or_table(cfg, m, |p| p.eq_ignore_ascii_case(t))),
+        Cond::ForLocal => rcpt.domain.is_empty() || is_local_domain(cfg, &rcpt.domain),
+        Cond::ForDomain(m) => value_or_table(cfg, m, Service::Domain, &rcpt.domain, |p| {
+            domain_matches(p, &rcpt.domain)
+        })?,
+        Cond::ForRcptTo(m) | Cond::RcptTo(m) => {
+            value_or_table(cfg, m, Service::MailAddr, &rcpt.to_string(), |p| {
+                address_matches(p, &rcpt.local, &rcpt.domain)
+            })?
+        }
+        Cond::Helo(m) => value_or_table(cfg, m, Service::Domain, ctx.helo, |p| {
+            domain_matches(p, ctx.helo)
+        })?,
+        Cond::Tag(m) => match ctx.client.tag.as_deref() {
+            Some(t) => value_or_table(cfg, m, Service::String, t, |p| p.eq_ignore_ascii_case(t))?,
+            None => false,
+        },
         Cond::Tls => ctx.client.tls,
-        // A user name matches without regard to case, as table keys do.
-        Cond::FromAuth(m) | Cond::Auth(m) => ctx.client.auth.as_deref().is_some_and(|u| {
-            m.as_ref()
-                .is_none_or(|m| value_or_table(cfg, m, |p| p.eq_ignore_ascii_case(u)))
-        }),
-    }
+        // A user name matches without regard to case, as table keys do; a table process
+        // is asked for an address when the name is one, as OpenSMTPD does.
+        Cond::FromAuth(m) | Cond::Auth(m) => match (ctx.client.auth.as_deref(), m) {
+            (None, _) => false,
+            (Some(_), None) => true,
+            (Some(u), Some(m)) => {
+                let service = match u.contains('@') {
+                    true => Service::MailAddr,
+                    false => Service::String,
+                };
+                value_or_table(cfg, m, service, u, |p| p.eq_ignore_ascii_case(u))?
+            }
+        },
+    })
 }
 
-/// The first rule that matches, if any.
-pub fn decide(cfg: &Config, ctx: &MatchCtx, rcpt: &Mailbox) -> Option<Decision> {
-    cfg.rules
-        .iter()
-        .find(|r| {
-            r.conds
-                .iter()
-                .all(|(neg, c)| cond_holds(cfg, c, ctx, rcpt) != *neg)
-        })
-        .map(|r| r.decision)
+/// The first rule that matches, if any; an error when a table process could not
+/// answer for a rule before it (the recipient is then neither taken nor refused).
+pub fn decide(
+    cfg: &Config,
+    ctx: &MatchCtx,
+    rcpt: &Mailbox,
+) -> Result<Option<Decision>, TableError> {
+    for r in &cfg.rules {
+        let mut all = true;
+        for (neg, c) in &r.conds {
+            if cond_holds(cfg, c, ctx, rcpt)? == *neg {
+                all = false;
+                break;
+            }
+        }
+        if all {
+            return Ok(Some(r.decision));
+        }
+    }
+    Ok(None)
 }
 
 /// Strips a `+tag` sub-address from a local part.
@@ -129,7 +165,7 @@ mod tests {
                 helo: "h",
                 sender: &Mailbox::default(),
             };
-            decide(&cfg, &ctx, rcpt)
+            decide(&cfg, &ctx, rcpt).unwrap_or(None)
         };
         assert_eq!(decide_as(Some("alice"), &rcpt), Some(Decision::Action(0)));
         assert_eq!(decide_as(Some("BOB"), &rcpt), Some(Decision::Reject));

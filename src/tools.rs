@@ -48,7 +48,7 @@ pub fn smtpctl(prog: &str, args: &[String]) -> i32 {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{prog}: {e}");
-            eprintln!("usage: {prog} [-f file] show queue|envelope ID|message ID|stats|routes|hosts|mta-sts | schedule ID|all | remove ID|all | pause|resume mda|mta|smtp | log brief|verbose | monitor | encrypt [string]");
+            eprintln!("usage: {prog} [-f file] show queue|envelope ID|message ID|stats|routes|hosts|mta-sts | schedule ID|all | remove ID|all | pause|resume mda|mta|smtp | log brief|verbose | monitor | update table NAME | encrypt [string]");
             return 1;
         }
     };
@@ -353,8 +353,10 @@ pub fn newaliases(prog: &str, args: &[String]) -> i32 {
             for a in &cfg.actions {
                 if let Some(t) = a.alias {
                     let table = &cfg.tables[t];
-                    let count = table.keys().count();
-                    println!("{}: {count} aliases", table.name);
+                    match table.in_memory() {
+                        true => println!("{}: {} aliases", table.name, table.entries().len()),
+                        false => println!("{}: served by a table process", table.name),
+                    }
                     n += 1;
                 }
             }

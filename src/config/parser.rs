@@ -17,6 +17,7 @@ mod filters;
 mod listen;
 mod relay;
 mod settings;
+mod tables;
 
 pub(super) use settings::queue_path_only;
 
@@ -25,6 +26,7 @@ pub const KEYWORDS: &[&str] = &[
     "include",
     "table",
     "file",
+    "db",
     "listen",
     "on",
     "inet4",
@@ -402,34 +404,6 @@ impl Parser {
         self.current = outer;
         self.depth -= 1;
         r
-    }
-
-    fn table(&mut self, st: &mut Stmt) -> Result<(), ConfigError> {
-        let name = st.value("table name")?;
-        if self.table_names.contains_key(&name) {
-            return Err(st.err(format!("table '{name}' defined twice")));
-        }
-        let table = if st.eat_punct('{') {
-            Table::new(&name, Self::inline_entries(st)?)
-        } else {
-            let src = st.value("table source")?;
-            let file = match src.split_once(':') {
-                Some(("file", p)) => p.to_string(),
-                Some((kind, _)) if !kind.contains('/') => {
-                    return Err(st.err(format!("unsupported table type '{kind}'")))
-                }
-                _ => src,
-            };
-            let path = relative_to(&self.current, &file);
-            let text = std::fs::read_to_string(&path)
-                .map_err(|e| st.err(format!("table '{name}': {}: {e}", path.display())))?;
-            Table::parse(&name, &text)
-                .map_err(|(line, msg)| ConfigError::at(&path.display().to_string(), line, msg))?
-        };
-        st.done()?;
-        self.table_names.insert(name, self.cfg.tables.len());
-        self.cfg.tables.push(table);
-        Ok(())
     }
 
     /// `{ a, b = c }` after the `{`: the entries of an inline table.

@@ -85,6 +85,7 @@ impl Server {
                 out: Vec::new(),
                 monitor: false,
                 done: false,
+                waiting: false,
             })));
             if let Some(Endpoint::Control(c)) = self.slab.get_mut(key) {
                 if self
@@ -176,6 +177,7 @@ impl Server {
             let privileged = is_privileged(c.uid);
             match control::parse(&line) {
                 Ok(Ctl::Smtp) => return self.control_to_smtp(key, now),
+                Ok(Ctl::UpdateTable(name)) if privileged => self.update_table(key, &name),
                 Ok(cmd) if privileged => {
                     let (text, monitor) = self.control_command(cmd);
                     self.queue_actions(now);
@@ -218,7 +220,7 @@ impl Server {
                 }
             }
         }
-        if c.done && !c.monitor && c.out.is_empty() {
+        if c.done && !c.monitor && !c.waiting && c.out.is_empty() {
             self.closing.push(key);
         }
     }
@@ -333,7 +335,8 @@ impl Server {
                 )
             }
             Ctl::Monitor => (self.monitor_line(), true),
-            Ctl::Smtp => (String::new(), false),
+            // Answered by a lookup thread (`update_table`), or a connection taken over.
+            Ctl::UpdateTable(_) | Ctl::Smtp => (String::new(), false),
         }
     }
 

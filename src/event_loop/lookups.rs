@@ -1,4 +1,5 @@
-//! Answers of the lookup threads (`crate::lookup`), routed to the sessions that asked.
+//! Answers of the lookup threads (`crate::lookup`), routed to the sessions (and control
+//! clients) that asked.
 
 use super::Server;
 use crate::lookup::Answer;
@@ -20,6 +21,8 @@ impl Server {
                     }
                 }
                 Answer::Auth(r) => self.auth_answered((key as u64, gen), r, now),
+                Answer::Reloaded(r) => self.table_updated((key, gen), r, now),
+                Answer::Secret(r) => self.mta_secret((key, gen), r, now),
                 Answer::Edited { msgid, result } => {
                     let taken = self.with_conn(key, Some(gen), |conn, ctx| {
                         conn.on_edited(ctx, msgid, result, now)

@@ -42,6 +42,7 @@ mod mta;
 mod queue;
 mod rdns;
 mod sts;
+mod tables;
 
 pub use accept::{bind_control, bind_listeners, refuse_if_running};
 
@@ -68,6 +69,8 @@ struct ControlConn {
     out: Vec<u8>,
     monitor: bool,
     done: bool,
+    /// Answered by a lookup thread (`update table`): open until then.
+    waiting: bool,
 }
 
 enum Endpoint {
@@ -200,6 +203,7 @@ impl Server {
             let _ = w.wake();
         })?;
         let parent = parent.map(Arc::new);
+        tables::watch(&cfg, parent.as_ref());
         let w = waker.clone();
         let io = crate::queue::io::start(&spool, cfg.clone(), parent.clone(), move || {
             let _ = w.wake();

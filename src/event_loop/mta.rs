@@ -90,14 +90,14 @@ impl Server {
     /// MAIL FROM.
     fn mta_setup(&self, route: &Route) -> Setup {
         let relay = self.relay_of(route);
+        // A table in memory; a table process is asked by a lookup thread before the
+        // session connects (`tables.rs`).
         let auth = match (relay.and_then(|r| r.auth), &route.label) {
             (Some(t), Some(label)) => self
                 .cfg
                 .tables
                 .get(t)
-                .and_then(|t| t.get(label))
-                .and_then(|v| v.split_once(':'))
-                .map(|(u, p)| (u.to_string(), p.to_string())),
+                .and_then(|t| t.entries().get(label).and_then(secret_of)),
             _ => None,
         };
         Setup {
@@ -123,7 +123,7 @@ impl Server {
         let key = self.slab.insert(Endpoint::Mta(Box::new(conn)));
         self.mta_keys.insert(session, key);
         self.mta_conns += 1;
-        let mut r = Routing {
+        let r = Routing {
             key,
             route: route.clone(),
             resolver: None,
@@ -134,6 +134,19 @@ impl Server {
             last_error: None,
             sts: None,
         };
+        self.mta_routing.insert(session, r);
+        if self.mta_secret_wait(key, gen, &route) {
+            // Routed once the relay's credentials are known (`mta_secret`).
+            return;
+        }
+        if let Some(r) = self.mta_routing.remove(&session) {
+            self.mta_route(session, r, now);
+        }
+    }
+
+    /// Resolves session `session`'s destination, then connects.
+    pub(super) fn mta_route(&mut self, session: u64, mut r: Routing, now: Instant) {
+        let route = r.route.clone();
         match &route.target {
             Target::Unix(_) => {
                 self.mta_routing.insert(session, r);
@@ -501,7 +514,7 @@ impl Server {
                 .cfg
                 .tables
                 .get(*t)
-                .map(|t| t.keys().filter_map(|k| k.parse().ok()).collect())
+                .map(|t| t.entries().keys().filter_map(|k| k.parse().ok()).collect())
                 .unwrap_or_default(),
         };
         list.into_iter().find(|ip| ip.is_ipv4() == addr.is_ipv4())
@@ -518,6 +531,7 @@ impl Server {
                 self.cfg
                     .tables
                     .get(t)?
+                    .entries()
                     .get(&ip.to_string())
                     .map(str::to_string)
             });
@@ -650,6 +664,13 @@ impl Server {
         self.queue
             .session_closed(conn.session, done, &why, !conn.failed_before_mail(), now);
     }
+}
+
+/// The user and password of a relay secret, `user:password`.
+pub(super) fn secret_of(value: &str) -> Option<(String, String)> {
+    value
+        .split_once(':')
+        .map(|(u, p)| (u.to_string(), p.to_string()))
 }
 
 /// The addresses of a smarthost, in the order found.

@@ -144,6 +144,12 @@ impl Server {
                         None => log::warn!("queue: malformed filter handover ignored"),
                     }
                 }
+                Ok((n, Some(fd))) if buf.first() == Some(&b'T') => {
+                    match crate::privsep::decode_filter_id(&buf[..n]) {
+                        Some(id) => self.table_handed(id, fd),
+                        None => log::warn!("queue: malformed table handover ignored"),
+                    }
+                }
                 Ok((n, _)) if buf.first() == Some(&b'a') => {
                     match crate::credentials::decode_system_answer(&buf[..n]) {
                         Some(a) => auths.push(a),

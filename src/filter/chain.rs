@@ -515,7 +515,11 @@ fn event_of(run: &Run) -> Event {
 fn check(cfg: &Config, c: &Check, f: &Facts, phase: Phase, param: &str) -> bool {
     let m = |m: &Matcher, test: &dyn Fn(&str) -> bool| match m {
         Matcher::Value(v) => test(v),
-        Matcher::Table(t) => cfg.tables.get(*t).is_some_and(|t| t.keys().any(test)),
+        // In memory (the configuration refuses a table process here).
+        Matcher::Table(t) => cfg
+            .tables
+            .get(*t)
+            .is_some_and(|t| t.entries().keys().any(test)),
     };
     let split = |a: &str| -> (String, String) {
         match a.rsplit_once('@') {

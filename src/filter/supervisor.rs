@@ -1,11 +1,15 @@
-//! Starting filter processes, once each, in the parent (which may still be root).
+//! Starting filter and table processes, once each, in the parent (which may still be
+//! root).
 //!
 //! A filter gets one end of a `SOCK_STREAM` socketpair as its standard input and output
 //! and a pipe as its standard error (read by the parent and logged with the filter's
 //! name). The child becomes its user and group, enters its chroot, then runs the command
 //! with `/bin/sh -c "exec COMMAND"`. The other end goes to the engine. When a filter
 //! exits the parent starts it again after a growing delay, and hands the engine the new
-//! descriptor.
+//! descriptor. A table process is started the same way (`proc-exec`), or, for
+//! OpenSMTPD 6's `table-TYPE` programs, run directly as OpenSMTPD 6 runs them: the
+//! table's name as `argv[0]`, its argument as `argv[1]`, the socket on standard input
+//! only.
 
 use super::limit::LogLimit;
 use super::pipe::{LOG_MAX, LOG_WINDOW};
@@ -15,14 +19,17 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-/// How to run one filter process.
+/// How to run one filter or table process.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProcSpec {
-    /// Index of the filter in the configuration.
+    /// Index of the filter (or table) in the configuration.
     pub id: usize,
     /// Its name.
     pub name: String,
-    /// The command, run by `/bin/sh -c "exec COMMAND"`.
+    /// What it is, and how it is run.
+    pub role: Role,
+    /// The command, run by `/bin/sh -c "exec COMMAND"`; for [`Role::TableProgram`],
+    /// the program file.
     pub command: String,
     /// Account to run as (root only); default: the unprivileged user.
     pub user: Option<String>,
@@ -32,7 +39,31 @@ pub struct ProcSpec {
     pub chroot: Option<PathBuf>,
 }
 
-/// A running (or waiting to restart) filter process.
+/// What a supervised process is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// A filter: the command through the shell, the socket on standard input and
+    /// output.
+    Filter,
+    /// A table process of the line protocol (`proc-exec`): like a filter.
+    TableExec,
+    /// OpenSMTPD 6's table program: run directly with `argv[0]` the table's name and
+    /// `argv[1]` this argument, the socket on standard input only (standard output
+    /// goes where standard error goes), as OpenSMTPD 6 runs it.
+    TableProgram(String),
+}
+
+impl ProcSpec {
+    /// "filter" or "table", for the log.
+    pub fn what(&self) -> &'static str {
+        match self.role {
+            Role::Filter => "filter",
+            Role::TableExec | Role::TableProgram(_) => "table",
+        }
+    }
+}
+
+/// A running (or waiting to restart) filter or table process.
 #[derive(Debug)]
 pub struct Running {
     /// What it runs.
@@ -92,7 +123,7 @@ pub fn spawn(spec: &ProcSpec) -> io::Result<(i32, OwnedFd, OwnedFd)> {
             let code = match child(spec, filter_end, OwnedFd::from(err_wr), uid, gid) {
                 Ok(never) => match never {},
                 Err(e) => {
-                    eprintln!("filter {}: {e}", spec.name);
+                    eprintln!("{} {}: {e}", spec.what(), spec.name);
                     127
                 }
             };
@@ -117,11 +148,12 @@ fn ids(spec: &ProcSpec) -> io::Result<(u32, u32)> {
         .user
         .as_deref()
         .unwrap_or(crate::config::UNPRIVILEGED_USER);
+    let what = spec.what();
     let pw = sys::getpwnam(uname)
-        .ok_or_else(|| io::Error::other(format!("filter {}: no user {uname}", spec.name)))?;
+        .ok_or_else(|| io::Error::other(format!("{what} {}: no user {uname}", spec.name)))?;
     let gid = match &spec.group {
         Some(g) => sys::getgrnam(g)
-            .ok_or_else(|| io::Error::other(format!("filter {}: no group {g}", spec.name)))?,
+            .ok_or_else(|| io::Error::other(format!("{what} {}: no group {g}", spec.name)))?,
         None => pw.gid,
     };
     Ok((pw.uid, gid))
@@ -131,7 +163,11 @@ enum Never {}
 
 fn child(spec: &ProcSpec, sock: OwnedFd, err: OwnedFd, uid: u32, gid: u32) -> io::Result<Never> {
     sys::dup_onto(sock.as_raw_fd(), 0)?;
-    sys::dup_onto(sock.as_raw_fd(), 1)?;
+    let out = match spec.role {
+        Role::TableProgram(_) => err.as_raw_fd(),
+        Role::Filter | Role::TableExec => sock.as_raw_fd(),
+    };
+    sys::dup_onto(out, 1)?;
     sys::dup_onto(err.as_raw_fd(), 2)?;
     drop(sock);
     drop(err);
@@ -140,6 +176,13 @@ fn child(spec: &ProcSpec, sock: OwnedFd, err: OwnedFd, uid: u32, gid: u32) -> io
         sys::chroot(dir)?;
     }
     sys::drop_privileges(uid, gid)?;
+    if let Role::TableProgram(arg) = &spec.role {
+        use std::os::unix::process::CommandExt;
+        return Err(std::process::Command::new(&spec.command)
+            .arg0(&spec.name)
+            .arg(arg)
+            .exec());
+    }
     let script = format!("exec {}", spec.command);
     Err(sys::exec_shell(&script))
 }
@@ -160,7 +203,8 @@ pub fn drain_stderr(r: &mut Running) {
             Ok(n) => {
                 read += n;
                 r.errbuf.extend_from_slice(&buf[..n]);
-                log_lines(&r.spec.name, &mut r.logs, &mut r.errbuf, Instant::now());
+                let who = format!("{} {}", r.spec.what(), r.spec.name);
+                log_lines(&who, &mut r.logs, &mut r.errbuf, Instant::now());
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(_) => break,
@@ -172,32 +216,36 @@ pub fn drain_stderr(r: &mut Running) {
 pub fn report_dropped(r: &mut Running) {
     let dropped = r.logs.take_dropped();
     if dropped > 0 {
-        log::info!("filter {}: {dropped} log lines dropped", r.spec.name);
+        log::info!(
+            "{} {}: {dropped} log lines dropped",
+            r.spec.what(),
+            r.spec.name
+        );
     }
 }
 
 /// Logs the full lines of `buf` (taken off it), and a piece of a line that grew too
 /// long.
-fn log_lines(name: &str, logs: &mut LogLimit, buf: &mut Vec<u8>, now: Instant) {
+fn log_lines(who: &str, logs: &mut LogLimit, buf: &mut Vec<u8>, now: Instant) {
     let mut start = 0;
     while let Some(i) = memchr::memchr(b'\n', &buf[start..]) {
-        log_line(name, logs, &buf[start..start + i], now);
+        log_line(who, logs, &buf[start..start + i], now);
         start += i + 1;
     }
     buf.drain(..start);
     if buf.len() > 4096 {
-        log_line(name, logs, buf, now);
+        log_line(who, logs, buf, now);
         buf.clear();
     }
 }
 
-fn log_line(name: &str, logs: &mut LogLimit, line: &[u8], now: Instant) {
+fn log_line(who: &str, logs: &mut LogLimit, line: &[u8], now: Instant) {
     let (admit, dropped) = logs.admit(now);
     if dropped > 0 {
-        log::info!("filter {name}: {dropped} log lines dropped");
+        log::info!("{who}: {dropped} log lines dropped");
     }
     if admit {
-        log::warn!("filter {name}: {}", line.escape_ascii());
+        log::warn!("{who}: {}", line.escape_ascii());
     }
 }
 
@@ -212,6 +260,7 @@ mod tests {
         let spec = ProcSpec {
             id: 0,
             name: "t".into(),
+            role: Role::Filter,
             command: String::new(),
             user: None,
             group: None,

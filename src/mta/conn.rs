@@ -276,6 +276,12 @@ impl MtaConn {
         Some((why, self.tls_failed, self.sock.take()))
     }
 
+    /// The credentials the next attempt gives in AUTH (a relay secret that a table
+    /// process had to be asked for).
+    pub fn set_auth(&mut self, auth: Option<(String, String)>) {
+        self.setup.auth = auth;
+    }
+
     /// The name the next attempt gives in EHLO/LHLO (`helo-src` picks it by source
     /// address).
     pub fn set_helo(&mut self, helo: &str) {

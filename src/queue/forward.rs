@@ -41,10 +41,16 @@ pub struct NewDest {
 /// envelope): `\user` and the owner's own name are delivered without reading a forward
 /// file, `|command` and `/file` run as the owner, and an address goes through the rules
 /// as if from a local client with the message's sender. An address the rules refuse is
-/// skipped with a warning.
-pub fn destinations(cfg: &Config, env: &Envelope, owner: &str, items: &[String]) -> Vec<NewDest> {
+/// skipped with a warning; one whose lookup failed for now (a table process that could
+/// not answer) fails the whole expansion for now (`Err`), to be tried again.
+pub fn destinations(
+    cfg: &Config,
+    env: &Envelope,
+    owner: &str,
+    items: &[String],
+) -> Result<Vec<NewDest>, String> {
     let Some(action) = cfg.actions.iter().find(|a| a.name == env.action) else {
-        return Vec::new();
+        return Ok(Vec::new());
     };
     let client = local_client(&env.hostname);
     let sender = match env.sender.rsplit_once('@') {
@@ -98,6 +104,9 @@ pub fn destinations(cfg: &Config, env: &Envelope, owner: &str, items: &[String])
                         push(d.dest, &cfg.actions[d.action].name, "", loops);
                     }
                 }
+                Err(r) if r.code / 100 == 4 => {
+                    return Err(format!(".forward of {owner}: {item}: {}", r.summary()))
+                }
                 Err(r) => log::warn!(
                     "{:016x} .forward of {owner}: {item}: {}",
                     env.evpid,
@@ -106,5 +115,5 @@ pub fn destinations(cfg: &Config, env: &Envelope, owner: &str, items: &[String])
             }
         }
     }
-    out
+    Ok(out)
 }

@@ -108,8 +108,8 @@ pub enum IoDone {
     Expanded {
         /// The user's envelope.
         evpid: u64,
-        /// Where it leads.
-        dests: Vec<NewDest>,
+        /// Where it leads, or why that cannot be known now (a lookup failed for now).
+        dests: Result<Vec<NewDest>, String>,
     },
     /// The MTA-STS policy cached for a domain: none, or why it cannot be read.
     StsRead {
@@ -153,7 +153,7 @@ impl IoJob {
             },
             IoJob::Expand(ForwardFile { env, .. }) => IoDone::Expanded {
                 evpid: env.evpid,
-                dests: Vec::new(),
+                dests: Err(why),
             },
             IoJob::StsRead { domain } => IoDone::StsRead {
                 domain,
@@ -571,6 +571,6 @@ mod tests {
             items: Vec::new(),
         })
         .fail("gone");
-        assert!(matches!(failed, IoDone::Expanded { dests, .. } if dests.is_empty()));
+        assert!(matches!(failed, IoDone::Expanded { dests: Err(why), .. } if why.contains("gone")));
     }
 }

@@ -58,12 +58,14 @@ impl Parser {
         Ok(true)
     }
 
-    /// Every entry of a credentials table must hold a crypt(3) hash: a password in
-    /// clear would never match, and is better refused at start.
+    /// Every entry of a credentials table in memory must hold a crypt(3) hash: a
+    /// password in clear would never match, and is better refused at start. A table
+    /// process's entries are its own business.
     fn check_credentials(&self, st: &Stmt, t: TableId) -> Result<(), ConfigError> {
         let table = &self.cfg.tables[t];
-        for k in table.keys() {
-            let v = table.get(k).unwrap_or("");
+        let entries = table.entries();
+        for k in entries.keys() {
+            let v = entries.get(k).unwrap_or("");
             if crate::credentials::table_hash(v).is_none() {
                 return Err(st.err(format!(
                     "table '{}': the entry of '{k}' is no crypt(3) hash (make one with 'smtpctl encrypt')",

@@ -95,21 +95,21 @@ impl Parser {
             let decision = loop {
                 let neg = st.eat_punct('!');
                 let check = if st.eat("src") {
-                    Check::Src(self.matcher(st)?)
+                    Check::Src(self.memory_matcher(st, "a built-in filter")?)
                 } else if st.eat("fcrdns") {
                     Check::Fcrdns
                 } else if st.eat("rdns") {
                     if matches!(st.peek(), Some(Tok::Punct('<' | '{'))) {
-                        Check::Rdns(Some(self.matcher(st)?))
+                        Check::Rdns(Some(self.memory_matcher(st, "a built-in filter")?))
                     } else {
                         Check::Rdns(None)
                     }
                 } else if st.eat("helo") {
-                    Check::Helo(self.matcher(st)?)
+                    Check::Helo(self.memory_matcher(st, "a built-in filter")?)
                 } else if st.eat("mail-from") {
-                    Check::MailFrom(self.matcher(st)?)
+                    Check::MailFrom(self.memory_matcher(st, "a built-in filter")?)
                 } else if st.eat("rcpt-to") {
-                    Check::RcptTo(self.matcher(st)?)
+                    Check::RcptTo(self.memory_matcher(st, "a built-in filter")?)
                 } else if neg {
                     return Err(st.err("a check must follow '!'"));
                 } else {

@@ -33,7 +33,7 @@ impl Parser {
             let url = RelayUrl::parse(&v, 25).map_err(|m| st.err(format!("host: {m}")))?;
             relay.host = Some(url);
         } else if st.eat("domain") {
-            relay.domain = Some(self.table_ref(st)?);
+            relay.domain = Some(self.memory_table_ref(st, "a relay's 'domain'")?);
         } else if st.eat("backup") {
             let name = if st.eat("mx") {
                 let n = st.value("host name")?;
@@ -52,9 +52,9 @@ impl Parser {
             }
             relay.helo = Some(name);
         } else if st.eat("helo-src") {
-            relay.helo_src = Some(self.table_ref(st)?);
+            relay.helo_src = Some(self.memory_table_ref(st, "'helo-src'")?);
         } else if st.eat("src") {
-            let m = self.matcher(st)?;
+            let m = self.memory_matcher(st, "a relay's 'src'")?;
             if let Matcher::Value(v) = &m {
                 if v.parse::<std::net::IpAddr>().is_err() {
                     return Err(st.err(format!("src: invalid address '{v}'")));

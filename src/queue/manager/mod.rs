@@ -626,7 +626,7 @@ impl Manager {
 
     /// The destinations of a forward file: they replace the user's envelope, in one
     /// durable write; none is a permanent failure.
-    pub fn expanded(&mut self, evpid: u64, dests: Vec<NewDest>, now: u64) {
+    pub fn expanded(&mut self, evpid: u64, dests: Result<Vec<NewDest>, String>, now: u64) {
         let Some(slot) = self.envs.get(&evpid) else {
             return;
         };
@@ -639,6 +639,12 @@ impl Manager {
             .strip_prefix("user:")
             .unwrap_or_default()
             .to_string();
+        let dests = match dests {
+            Ok(d) => d,
+            // A lookup failed for now: the delivery, forward file included, is tried
+            // again, rather than mail lost to a table that could not answer.
+            Err(why) => return self.finish(evpid, Outcome::TempFail(why), now),
+        };
         if dests.is_empty() {
             let why = format!("the .forward of {owner} names no usable destination");
             return self.finish(evpid, Outcome::PermFail(why), now);

@@ -163,10 +163,10 @@ fn relay(cfg: &Config, action: &str, r: &Relay, rcpt: &str) -> Plan {
     let by_domain = r
         .domain
         .and_then(|t| cfg.tables.get(t))
-        .and_then(|t| t.get(&domain));
+        .and_then(|t| t.entries().get(&domain).map(str::to_string));
     let url = match (&r.host, by_domain) {
         (Some(url), _) => Some(url.clone()),
-        (None, Some(u)) => match RelayUrl::parse(u, 25) {
+        (None, Some(u)) => match RelayUrl::parse(&u, 25) {
             Ok(url) => Some(url),
             Err(e) => {
                 return Plan::Fail(Outcome::TempFail(format!(

@@ -301,7 +301,7 @@ fn forward_items_become_new_envelopes_in_one_durable_write() {
             no_forward: false,
         },
     ];
-    d.m.expanded(e.evpid, dests, d.now);
+    d.m.expanded(e.evpid, Ok(dests), d.now);
     d.take();
     assert!(d.logs()[0].ends_with("forward of alice to 2 destination(s)"));
     let w = d.writes();
@@ -324,10 +324,31 @@ fn forward_items_become_new_envelopes_in_one_durable_write() {
     let req = d.deliveries().remove(0);
     d.result(req.id, Outcome::Forward(vec!["x".into()]));
     d.expect("expand", |a| matches!(a, Effect::Expand(_)).then_some(()));
-    d.m.expanded(e2.evpid, Vec::new(), d.now);
+    d.m.expanded(e2.evpid, Ok(Vec::new()), d.now);
     d.take();
     assert!(d.logs()[0]
         .contains("result=PermFail stat=\"the .forward of carol names no usable destination\""));
+}
+
+#[test]
+fn a_forward_whose_lookup_failed_for_now_is_tried_again() {
+    let mut d = Dialog::new();
+    let e = user(0x0f00_0003, 1, "dave");
+    d.commit(std::slice::from_ref(&e)).run();
+    let req = d.deliveries().remove(0);
+    d.result(req.id, Outcome::Forward(vec!["x@example.org".into()]));
+    d.expect("expand", |a| matches!(a, Effect::Expand(_)).then_some(()));
+    // A table process could not answer for an address of the file.
+    d.m.expanded(e.evpid, Err("table virtuals: no answer".into()), d.now);
+    d.take();
+    let logs = d.logs();
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("result=TempFail") && l.contains("table virtuals: no answer")),
+        "{logs:?}"
+    );
+    // Kept for its next try.
+    assert_eq!(d.m.listing()[0].1, "pending");
 }
 
 /// A job given to a session: (session, job, msgid, recipients).

@@ -1,0 +1,125 @@
+//! The entries of a table held in memory, and the text format of `file:` tables.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+/// Keys (lower-cased) and values, in order; values are empty in a list.
+#[derive(Debug, Clone, Default)]
+pub struct Entries {
+    list: Vec<(String, String)>,
+    index: HashMap<String, usize>,
+}
+
+impl Entries {
+    /// Entries from `(key, value)` pairs; a later duplicate key is ignored.
+    pub fn new(pairs: Vec<(String, String)>) -> Self {
+        let mut e = Entries::default();
+        for (k, v) in pairs {
+            let k = k.to_ascii_lowercase();
+            if !e.index.contains_key(&k) {
+                e.index.insert(k.clone(), e.list.len());
+                e.list.push((k, v));
+            }
+        }
+        e
+    }
+
+    /// Parses the file format; errors name the 1-based line.
+    pub fn parse(text: &str) -> Result<Self, (usize, String)> {
+        let mut pairs: Vec<(String, String)> = Vec::new();
+        let mut cont: Option<usize> = None;
+        for (i, raw) in text.lines().enumerate() {
+            let line = raw.split('#').next().unwrap_or("");
+            // An aliases entry continues on lines that start with white space.
+            if let (Some(idx), true) = (cont, raw.starts_with([' ', '\t'])) {
+                let entry = &mut pairs[idx];
+                let rest = line.trim();
+                if !rest.is_empty() {
+                    if !entry.1.is_empty() {
+                        entry.1.push_str(", ");
+                    }
+                    entry.1.push_str(rest.trim_start_matches(',').trim());
+                }
+                continue;
+            }
+            let line = line.trim();
+            if line.is_empty() {
+                continue;
+            }
+            // `key value`, `key: value`, or `key:value` unless the key is an address or
+            // network (IPv6 holds colons).
+            let (key, value) = match line.find([' ', '\t']) {
+                Some(at) => (line[..at].trim_end_matches(':'), line[at..].trim_start()),
+                None if is_net(line) => (line, ""),
+                None => match line.split_once(':') {
+                    Some((k, v)) => (k, v.trim_start()),
+                    None => (line, ""),
+                },
+            };
+            if key.is_empty() {
+                return Err((i + 1, "empty key".into()));
+            }
+            cont = Some(pairs.len());
+            pairs.push((key.to_string(), value.trim().to_string()));
+        }
+        Ok(Entries::new(pairs))
+    }
+
+    /// How many entries there are.
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    /// Whether there is none.
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    /// Whether `key` is there.
+    pub fn contains(&self, key: &str) -> bool {
+        self.index.contains_key(&key.to_ascii_lowercase())
+    }
+
+    /// The value of `key`.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.index
+            .get(&key.to_ascii_lowercase())
+            .map(|&i| self.list[i].1.as_str())
+    }
+
+    /// The keys, in order.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.list.iter().map(|(k, _)| k.as_str())
+    }
+}
+
+/// Whether `s` is an IP address or `address/prefix`.
+fn is_net(s: &str) -> bool {
+    s.split('/')
+        .next()
+        .is_some_and(|a| a.parse::<IpAddr>().is_ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_formats() {
+        let t = Entries::parse(
+            "# c\nroot: admin, ops\n  more\nUser bob\nlisted\n\npostmaster:root\n::1\n2001:db8::/32\n",
+        )
+        .unwrap_or_default();
+        assert_eq!(t.get("root"), Some("admin, ops, more"));
+        assert_eq!(t.get("USER"), Some("bob"));
+        assert_eq!(t.get("listed"), Some(""));
+        assert_eq!(t.get("postmaster"), Some("root"));
+        assert!(!t.contains("nobody"));
+        assert!(t.contains("::1") && t.contains("2001:db8::/32"));
+        assert_eq!(t.len(), 6);
+        assert_eq!(
+            Entries::parse("ok\n: x\n").err(),
+            Some((2, "empty key".into()))
+        );
+    }
+}
