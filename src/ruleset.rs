@@ -8,7 +8,8 @@ use crate::mail::address::Mailbox;
 use crate::mail::peer::MatchCtx;
 use crate::table::{address_matches, domain_matches, ip_matches};
 
-/// Local names: the server's host names and `localhost`.
+/// Local names: the server's host names (its own, the listeners' `hostname` and
+/// `hostnames`) and `localhost`.
 pub fn is_local_domain(cfg: &Config, domain: &str) -> bool {
     domain.eq_ignore_ascii_case("localhost")
         || domain.eq_ignore_ascii_case("localhost.localdomain")
@@ -18,6 +19,14 @@ pub fn is_local_domain(cfg: &Config, domain: &str) -> bool {
             .iter()
             .filter_map(|l| l.hostname.as_deref())
             .any(|h| h.eq_ignore_ascii_case(domain))
+        || cfg
+            .listeners
+            .iter()
+            .filter_map(|l| cfg.tables.get(l.options.hostnames?))
+            .any(|t| {
+                t.keys()
+                    .any(|k| t.get(k).is_some_and(|h| h.eq_ignore_ascii_case(domain)))
+            })
         || domain
             .strip_prefix('[')
             .and_then(|d| d.strip_suffix(']'))
@@ -30,15 +39,11 @@ pub fn is_local_domain(cfg: &Config, domain: &str) -> bool {
             })
 }
 
-fn value_or_table(cfg: &Config, m: &Matcher, test: impl Fn(&str) -> bool) -> bool {
-    match m {
-        Matcher::Value(v) => test(v),
-        Matcher::Table(t) => cfg.tables[*t].keys().any(test),
-    }
-}
-
 fn cond_holds(cfg: &Config, c: &Cond, ctx: &MatchCtx, rcpt: &Mailbox) -> bool {
     let sender = ctx.sender;
+    let holds = |m: &Matcher, subject: &str, test: &dyn Fn(&str) -> bool| {
+        m.holds(&cfg.tables, subject, test)
+    };
     match c {
         Cond::FromAny | Cond::ForAny => true,
         Cond::FromLocal => ctx.client.local,
@@ -46,26 +51,30 @@ fn cond_holds(cfg: &Config, c: &Cond, ctx: &MatchCtx, rcpt: &Mailbox) -> bool {
         Cond::FromSrc(m) => ctx
             .client
             .addr
-            .is_some_and(|ip| value_or_table(cfg, m, |p| ip_matches(p, ip))),
-        Cond::FromMailFrom(m) | Cond::MailFrom(m) => value_or_table(cfg, m, |p| {
+            .is_some_and(|ip| holds(m, &ip.to_string(), &|p| ip_matches(p, ip))),
+        Cond::FromRdns(m) => ctx.client.hostname.as_deref().is_some_and(|h| {
+            m.as_ref()
+                .is_none_or(|m| holds(m, h, &|p| domain_matches(p, h)))
+        }),
+        Cond::FromMailFrom(m) | Cond::MailFrom(m) => holds(m, &sender.to_string(), &|p| {
             address_matches(p, &sender.local, &sender.domain)
         }),
         Cond::ForLocal => rcpt.domain.is_empty() || is_local_domain(cfg, &rcpt.domain),
-        Cond::ForDomain(m) => value_or_table(cfg, m, |p| domain_matches(p, &rcpt.domain)),
-        Cond::ForRcptTo(m) | Cond::RcptTo(m) => {
-            value_or_table(cfg, m, |p| address_matches(p, &rcpt.local, &rcpt.domain))
-        }
-        Cond::Helo(m) => value_or_table(cfg, m, |p| domain_matches(p, ctx.helo)),
+        Cond::ForDomain(m) => holds(m, &rcpt.domain, &|p| domain_matches(p, &rcpt.domain)),
+        Cond::ForRcptTo(m) | Cond::RcptTo(m) => holds(m, &rcpt.to_string(), &|p| {
+            address_matches(p, &rcpt.local, &rcpt.domain)
+        }),
+        Cond::Helo(m) => holds(m, ctx.helo, &|p| domain_matches(p, ctx.helo)),
         Cond::Tag(m) => ctx
             .client
             .tag
             .as_deref()
-            .is_some_and(|t| value_or_table(cfg, m, |p| p.eq_ignore_ascii_case(t))),
+            .is_some_and(|t| holds(m, t, &|p| p.eq_ignore_ascii_case(t))),
         Cond::Tls => ctx.client.tls,
         // A user name matches without regard to case, as table keys do.
         Cond::FromAuth(m) | Cond::Auth(m) => ctx.client.auth.as_deref().is_some_and(|u| {
             m.as_ref()
-                .is_none_or(|m| value_or_table(cfg, m, |p| p.eq_ignore_ascii_case(u)))
+                .is_none_or(|m| holds(m, u, &|p| p.eq_ignore_ascii_case(u)))
         }),
     }
 }
@@ -136,6 +145,55 @@ mod tests {
         assert_eq!(decide_as(None, &rcpt), Some(Decision::Reject));
         assert_eq!(decide_as(Some("carol"), &rcpt), None);
         assert_eq!(decide_as(Some("carol"), &local), Some(Decision::Action(0)));
+    }
+
+    #[test]
+    fn regular_expressions_and_reverse_dns() {
+        let cfg = crate::config::parse(
+            "listen on 127.0.0.1\naction a mbox\n\
+             match from rdns regex '\\.example\\.org$' for any action a\n\
+             match !from rdns for rcpt-to regex '(?i)^POSTMASTER@' action a\n\
+             match from any for domain regex '^[0-9]+\\.test$' reject\n",
+            std::path::Path::new("t"),
+            &Default::default(),
+        )
+        .unwrap();
+        let decide_for = |rdns: Option<&str>, local: &str, domain: &str| {
+            let client = crate::mail::Peer {
+                addr: Some([192, 0, 2, 1].into()),
+                local: false,
+                server_name: "mx".into(),
+                tag: None,
+                hostname: rdns.map(str::to_string),
+                tls: false,
+                auth: None,
+            };
+            let ctx = MatchCtx {
+                client: &client,
+                helo: "h",
+                sender: &Mailbox::default(),
+            };
+            let rcpt = Mailbox {
+                local: local.into(),
+                domain: domain.into(),
+            };
+            decide(&cfg, &ctx, &rcpt)
+        };
+        assert_eq!(
+            decide_for(Some("a.example.org"), "x", "y.test"),
+            Some(Decision::Action(0))
+        );
+        assert_eq!(decide_for(Some("a.example.net"), "x", "y.test"), None);
+        assert_eq!(
+            decide_for(None, "postmaster", "y.test"),
+            Some(Decision::Action(0))
+        );
+        assert_eq!(
+            decide_for(Some("a.example.net"), "postmaster", "y.test"),
+            None
+        );
+        assert_eq!(decide_for(None, "x", "42.test"), Some(Decision::Reject));
+        assert_eq!(decide_for(None, "x", "x42.test"), None);
     }
 
     #[test]

@@ -14,6 +14,8 @@ pub struct Table {
     /// Entries in file order: key (lower-cased) and value, empty for list entries.
     entries: Vec<(String, String)>,
     index: HashMap<String, usize>,
+    /// The keys of `entries` as written, for regular expressions.
+    written: Vec<String>,
 }
 
 impl Table {
@@ -24,10 +26,11 @@ impl Table {
             ..Table::default()
         };
         for (k, v) in pairs {
-            let k = k.to_ascii_lowercase();
-            if !t.index.contains_key(&k) {
-                t.index.insert(k.clone(), t.entries.len());
-                t.entries.push((k, v));
+            let lower = k.to_ascii_lowercase();
+            if !t.index.contains_key(&lower) {
+                t.index.insert(lower.clone(), t.entries.len());
+                t.entries.push((lower, v));
+                t.written.push(k);
             }
         }
         t
@@ -89,6 +92,11 @@ impl Table {
     /// The keys, in order.
     pub fn keys(&self) -> impl Iterator<Item = &str> {
         self.entries.iter().map(|(k, _)| k.as_str())
+    }
+
+    /// The keys as written (not lower-cased), in order: the patterns of `regex <t>`.
+    pub fn keys_as_written(&self) -> impl Iterator<Item = &str> {
+        self.written.iter().map(String::as_str)
     }
 
     /// Whether a domain is listed, also through `*.parent` entries.
