@@ -17,7 +17,8 @@
 //! `dest`, `dest.user`, `dest.domain`, `user.username`, `user.directory`, `mbox.from`.
 //! The `.user`/`.domain` parts split the address at its last `@`; an address without `@`
 //! is all user part. `mbox.from` is the sender, or `MAILER-DAEMON` for the null sender.
-//! OpenSMTPD's `%{mda}` (only meaningful for mda wrappers) is not supported.
+//! `%{mda}`, in the command of an `mda wrapper`, stands for the wrapped command
+//! ([`wrap_command`]).
 //!
 //! Slices, with `n` the number of characters of the value:
 //! - `[i]`: the single character at index `i`; a negative `i` counts from the end
@@ -50,6 +51,10 @@
 //! by nature, and is used as is (control characters excepted).
 
 use std::fmt::Write as _;
+
+mod shell;
+pub use shell::wrap_command;
+use shell::Quote;
 
 /// The values a format may refer to, for one delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,19 +141,15 @@ pub fn expand_path(fmt: &str, ctx: &FormatCtx) -> Result<String, String> {
 /// code (the lesson of CVE-2020-7247).
 ///
 /// Inside a double-quoted part of the command the reference is written without extra
-/// quotes (`"/var/x/%{rcpt.user}"` becomes `"/var/x/$1"`). A specifier inside single
-/// quotes is an error: the shell would not expand the reference there. The quote
-/// tracking understands `'`, `"` and backslash; do not rely on it for here-documents or
-/// other exotic constructs, and in any case no value is ever parsed by the shell.
+/// quotes (`"/var/x/%{rcpt.user}"` becomes `"/var/x/$1"`). Inside single quotes, where
+/// the shell expands nothing, the sanitized value itself is written, as OpenSMTPD
+/// does; a single quote in it (possible with `:raw`, or in `%{user.directory}`) is
+/// written `'\''`, so that it cannot end the quoted part. The quote tracking
+/// understands `'`, `"` and backslash; do not rely on it for here-documents or other
+/// exotic constructs.
 ///
 /// The same specifier written twice shares one parameter.
 pub fn expand_command(fmt: &str, ctx: &FormatCtx) -> Result<(String, Vec<String>), String> {
-    #[derive(Clone, Copy, PartialEq)]
-    enum Quote {
-        None,
-        Single,
-        Double,
-    }
     let mut script = String::with_capacity(fmt.len() + 16);
     let mut args: Vec<String> = Vec::new();
     let mut seen: Vec<&str> = Vec::new();
@@ -156,11 +157,7 @@ pub fn expand_command(fmt: &str, ctx: &FormatCtx) -> Result<(String, Vec<String>
     let mut chars = fmt.char_indices().peekable();
     while let Some((i, c)) = chars.next() {
         match c {
-            '\'' if quote == Quote::None => quote = Quote::Single,
-            '\'' if quote == Quote::Single => quote = Quote::None,
-            '"' if quote == Quote::None => quote = Quote::Double,
-            '"' if quote == Quote::Double => quote = Quote::None,
-            '\\' if quote != Quote::Single => {
+            '\\' if quote.escapes() => {
                 // The escaped character is the shell's business, even a '%'.
                 script.push(c);
                 if let Some((_, next)) = chars.next() {
@@ -176,11 +173,12 @@ pub fn expand_command(fmt: &str, ctx: &FormatCtx) -> Result<(String, Vec<String>
                 }
                 Some('{') => {
                     let (spec, len) = parse_spec(&fmt[i..])?;
+                    for _ in fmt[i + 1..i + len].chars() {
+                        chars.next();
+                    }
                     if quote == Quote::Single {
-                        return Err(format!(
-                            "format specifier {} inside single quotes",
-                            &fmt[i..i + len]
-                        ));
+                        script.push_str(&spec.expand(ctx, Mode::Command).replace('\'', "'\\''"));
+                        continue;
                     }
                     let text = &fmt[i..i + len];
                     let n = match seen.iter().position(|s| *s == text) {
@@ -201,14 +199,11 @@ pub fn expand_command(fmt: &str, ctx: &FormatCtx) -> Result<(String, Vec<String>
                     } else {
                         let _ = write!(script, "\"{reference}\"");
                     }
-                    for _ in fmt[i + 1..i + len].chars() {
-                        chars.next();
-                    }
                     continue;
                 }
                 _ => {}
             },
-            _ => {}
+            _ => quote = quote.after(c),
         }
         script.push(c);
     }
@@ -692,7 +687,10 @@ mod tests {
             expand_command("procmail -a \"/x/%{rcpt.user}/y\" %{dest} %{rcpt.user}", &c).unwrap();
         assert_eq!(script, "procmail -a \"/x/$1/y\" \"$2\" \"$1\"");
         assert_eq!(args, ["User+Tag", "bob@example.net"]);
-        assert!(expand_command("echo '%{rcpt}'", &c).is_err());
+        // Inside single quotes, the sanitized value itself.
+        let (script, args) = expand_command("echo '<%{rcpt.user}>' %{dest}", &c).unwrap();
+        assert_eq!(script, "echo '<User+Tag>' \"$1\"");
+        assert_eq!(args, ["bob@example.net"]);
         // `%%` is ours, not the shell's: it becomes '%' even inside single quotes.
         let (script, args) = expand_command("echo '%%' \\%{x} \"a\\\"%{dest}\" %%", &c).unwrap();
         assert_eq!(script, "echo '%' \\%{x} \"a\\\"$1\" %");
@@ -722,5 +720,21 @@ mod tests {
         assert_eq!(args, [":oQ:tmp@x", "a:b:c:d", "a:b:c d", "/home/bob"]);
         let (_, args) = expand_command("m %{sender:raw}", &c).unwrap();
         assert_eq!(args, ["-oQ/tmp@x"]);
+        // A quote cannot end a single-quoted part: sanitized away, or escaped with raw.
+        let c = FormatCtx {
+            sender: "a';reboot;'@x".into(),
+            ..ctx()
+        };
+        let (script, args) = expand_command("m '%{sender}' '%{sender:raw}'", &c).unwrap();
+        assert_eq!(script, "m 'a::reboot::@x' 'a'\\'';reboot;'\\''@x'");
+        assert!(args.is_empty());
+        let out = std::process::Command::new("/bin/sh")
+            .args(["-c", &script.replacen("m ", "printf '%s|' ", 1)])
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "a::reboot::@x|a';reboot;'@x|"
+        );
     }
 }

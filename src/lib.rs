@@ -25,6 +25,7 @@ pub mod privsep;
 pub mod queue;
 pub mod ruleset;
 pub mod smtp;
+pub mod srs;
 pub mod stream;
 pub mod submit;
 pub mod sys;

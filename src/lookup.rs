@@ -26,7 +26,6 @@ use crate::mail::delivery::Delivery;
 use crate::mail::{Mailbox, MatchCtx, Peer, Reply};
 use crate::queue::edit::Edit;
 use crate::queue::spool::Spool;
-use std::fs::File;
 use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
@@ -165,7 +164,7 @@ pub enum Answer {
         /// The message.
         msgid: u32,
         /// The new file.
-        result: io::Result<File>,
+        result: io::Result<crate::queue::spool::MessageFile>,
     },
 }
 
@@ -201,7 +200,7 @@ pub fn serve(cfg: &Config, spool: &Spool, job: Job) -> Answer {
             Answer::Session(LookupAnswer::Space(spool.has_space(size)))
         }
         Job::Session(Lookup::Rcpt(q)) => Answer::Session(LookupAnswer::Rcpt(
-            crate::expand::expand(cfg, &q.ctx(), &q.rcpt),
+            crate::srs::expand_rcpt(cfg, &q.ctx(), &q.rcpt, crate::srs::now()),
         )),
         Job::Session(Lookup::Sender(q)) => {
             let owned = match cfg.tables.get(q.table) {

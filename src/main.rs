@@ -197,9 +197,15 @@ fn start(
     // Before the spool is opened: opening it tidies it, which a running daemon's
     // messages in incoming/ must not undergo.
     refuse_if_running(&cfg.queue.path)?;
+    // `queue encryption`: the key is read now, while the terminal and stdin are there.
+    let key = match &cfg.queue.encryption {
+        Some(from) => Some(smtpd::queue::seal::load_key(from).map_err(std::io::Error::other)?),
+        None => None,
+    };
     let (spool, cleaned) = Spool::open(&cfg.queue.path).map_err(|e| {
         std::io::Error::new(e.kind(), format!("queue {}: {e}", cfg.queue.path.display()))
     })?;
+    let spool = spool.with_key(key);
     if cleaned > 0 {
         log::info!("queue: removed {cleaned} incomplete message(s) from incoming/");
     }

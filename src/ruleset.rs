@@ -8,7 +8,8 @@ use crate::mail::address::Mailbox;
 use crate::mail::peer::MatchCtx;
 use crate::table::{address_matches, domain_matches, ip_matches, Service, TableError};
 
-/// Local names: the server's host names and `localhost`.
+/// Local names: the server's host names (its own, the listeners' `hostname` and
+/// `hostnames`) and `localhost`.
 pub fn is_local_domain(cfg: &Config, domain: &str) -> bool {
     domain.eq_ignore_ascii_case("localhost")
         || domain.eq_ignore_ascii_case("localhost.localdomain")
@@ -18,6 +19,17 @@ pub fn is_local_domain(cfg: &Config, domain: &str) -> bool {
             .iter()
             .filter_map(|l| l.hostname.as_deref())
             .any(|h| h.eq_ignore_ascii_case(domain))
+        || cfg
+            .listeners
+            .iter()
+            .filter_map(|l| cfg.tables.get(l.options.hostnames?))
+            .any(|t| {
+                let e = t.entries();
+                let found = e
+                    .keys()
+                    .any(|k| e.get(k).is_some_and(|h| h.eq_ignore_ascii_case(domain)));
+                found
+            })
         || domain
             .strip_prefix('[')
             .and_then(|d| d.strip_suffix(']'))
@@ -43,6 +55,7 @@ fn value_or_table(
     match m {
         Matcher::Value(v) => Ok(test(v)),
         Matcher::Table(t) => cfg.tables[*t].matches(service, key, test),
+        Matcher::Regex(res) => Ok(res.iter().any(|re| re.is_match(key))),
     }
 }
 
@@ -57,6 +70,13 @@ fn cond_holds(cfg: &Config, c: &Cond, ctx: &MatchCtx, rcpt: &Mailbox) -> Result<
                 ip_matches(p, ip)
             })?,
             None => false,
+        },
+        Cond::FromRdns(m) => match (ctx.client.hostname.as_deref(), m) {
+            (None, _) => false,
+            (Some(_), None) => true,
+            (Some(h), Some(m)) => {
+                value_or_table(cfg, m, Service::Domain, h, |p| domain_matches(p, h))?
+            }
         },
         Cond::FromMailFrom(m) | Cond::MailFrom(m) => {
             value_or_table(cfg, m, Service::MailAddr, &sender.to_string(), |p| {
@@ -172,6 +192,55 @@ mod tests {
         assert_eq!(decide_as(None, &rcpt), Some(Decision::Reject));
         assert_eq!(decide_as(Some("carol"), &rcpt), None);
         assert_eq!(decide_as(Some("carol"), &local), Some(Decision::Action(0)));
+    }
+
+    #[test]
+    fn regular_expressions_and_reverse_dns() {
+        let cfg = crate::config::parse(
+            "listen on 127.0.0.1\naction a mbox\n\
+             match from rdns regex '\\.example\\.org$' for any action a\n\
+             match !from rdns for rcpt-to regex '(?i)^POSTMASTER@' action a\n\
+             match from any for domain regex '^[0-9]+\\.test$' reject\n",
+            std::path::Path::new("t"),
+            &Default::default(),
+        )
+        .unwrap();
+        let decide_for = |rdns: Option<&str>, local: &str, domain: &str| {
+            let client = crate::mail::Peer {
+                addr: Some([192, 0, 2, 1].into()),
+                local: false,
+                server_name: "mx".into(),
+                tag: None,
+                hostname: rdns.map(str::to_string),
+                tls: false,
+                auth: None,
+            };
+            let ctx = MatchCtx {
+                client: &client,
+                helo: "h",
+                sender: &Mailbox::default(),
+            };
+            let rcpt = Mailbox {
+                local: local.into(),
+                domain: domain.into(),
+            };
+            decide(&cfg, &ctx, &rcpt).ok().flatten()
+        };
+        assert_eq!(
+            decide_for(Some("a.example.org"), "x", "y.test"),
+            Some(Decision::Action(0))
+        );
+        assert_eq!(decide_for(Some("a.example.net"), "x", "y.test"), None);
+        assert_eq!(
+            decide_for(None, "postmaster", "y.test"),
+            Some(Decision::Action(0))
+        );
+        assert_eq!(
+            decide_for(Some("a.example.net"), "postmaster", "y.test"),
+            None
+        );
+        assert_eq!(decide_for(None, "x", "42.test"), Some(Decision::Reject));
+        assert_eq!(decide_for(None, "x", "x42.test"), None);
     }
 
     #[test]

@@ -9,8 +9,13 @@ use std::path::Path;
 use std::sync::atomic::{AtomicI32, Ordering};
 
 pub mod crypt;
+mod memfd;
 mod net;
+pub mod regex;
+mod tty;
+pub use memfd::memfd;
 pub use net::{connect_from, listen_tcp};
+pub use tty::read_secret;
 
 /// The host name from gethostname(2).
 pub fn hostname() -> Option<String> {

@@ -158,6 +158,7 @@ const SETTINGS: &[(&str, &str)] = &[
         ".It Cm max-clients-per-user",
         "control limit max-clients-per-user",
     ),
+    (".It Ic mda limit max-session", "mda limit max-session"),
 ];
 
 #[test]

@@ -1,7 +1,8 @@
 //! smtpd.conf tokens: words, quoted strings and punctuation, with line numbers.
 //!
 //! `#` starts a comment, a `\` before the newline continues the line, `$name` expands a
-//! macro outside quotes. Errors carry the file and line.
+//! macro outside quotes. Strings are quoted with double or single quotes. Errors carry
+//! the file and line.
 
 use super::ConfigError;
 use std::collections::HashMap;
@@ -70,7 +71,7 @@ pub fn lex(src: &str, file: &Path) -> Result<Vec<Token>, ConfigError> {
                 chars.next();
                 line += 1;
             }
-            '"' => {
+            q @ ('"' | '\'') => {
                 let start = line;
                 let mut text = String::new();
                 loop {
@@ -79,7 +80,7 @@ pub fn lex(src: &str, file: &Path) -> Result<Vec<Token>, ConfigError> {
                             return Err(err(start, "unterminated quoted string".into()))
                         }
                         Some('\\') => match chars.next() {
-                            Some('"') => text.push('"'),
+                            Some(c) if c == q => text.push(q),
                             Some('\\') => text.push('\\'),
                             Some('\n') => line += 1,
                             Some(o) => {
@@ -88,7 +89,7 @@ pub fn lex(src: &str, file: &Path) -> Result<Vec<Token>, ConfigError> {
                             }
                             None => return Err(err(start, "unterminated quoted string".into())),
                         },
-                        Some('"') => break,
+                        Some(c) if c == q => break,
                         Some(o) => text.push(o),
                     }
                 }
@@ -99,6 +100,10 @@ pub fn lex(src: &str, file: &Path) -> Result<Vec<Token>, ConfigError> {
                 });
             }
             c if is_punct(c) => {
+                // `=>` is another way to write `=` in a table entry.
+                if c == '=' && chars.peek() == Some(&'>') {
+                    chars.next();
+                }
                 match c {
                     '{' => depth += 1,
                     '}' => depth = depth.saturating_sub(1),
@@ -113,7 +118,7 @@ pub fn lex(src: &str, file: &Path) -> Result<Vec<Token>, ConfigError> {
             c => {
                 let mut text = String::from(c);
                 while let Some(&n) = chars.peek() {
-                    if n.is_whitespace() || is_punct(n) || n == '"' || n == '#' {
+                    if n.is_whitespace() || is_punct(n) || n == '"' || n == '\'' || n == '#' {
                         break;
                     }
                     text.push(n);
@@ -226,6 +231,10 @@ mod tests {
         assert_eq!(
             words("match !from src <t>"),
             ["match", "!", "from", "src", "<", "t", ">", "NL"]
+        );
+        assert_eq!(
+            words("t { 'a b' => \"c\", 'it\\'s' }"),
+            ["t", "{", "\"a b\"", "=", "\"c\"", ",", "\"it's\"", "}", "NL"]
         );
         assert_eq!(words("x $nope"), ["t.conf:1: macro 'nope' not defined"]);
         assert_eq!(words("\n\"open"), ["t.conf:2: unterminated quoted string"]);

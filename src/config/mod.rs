@@ -9,7 +9,7 @@ pub mod relay;
 pub mod tls;
 
 pub use model::*;
-pub use parser::KEYWORDS;
+pub use parser::{check_queue_key, KEYWORDS};
 
 use std::collections::HashMap;
 use std::fmt;

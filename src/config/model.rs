@@ -36,6 +36,69 @@ pub struct Config {
     pub pkis: Vec<Pki>,
     /// `ca` statements, indexed by [`CaId`].
     pub cas: Vec<Ca>,
+    /// `listen on socket` options: `tag`, `mask-src`, `no-dsn`.
+    pub socket: SocketListener,
+    /// `admd NAME`: the authserv-id (RFC 8601) filters are told; the server name when
+    /// `None`.
+    pub admd: Option<String>,
+    /// `srs key`, `srs key backup`, `srs ttl`.
+    pub srs: SrsConfig,
+    /// `mda limit`.
+    pub mda: MdaConfig,
+}
+
+/// The local socket's options (`listen on socket ...`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SocketListener {
+    /// `tag TAG`.
+    pub tag: Option<String>,
+    /// `mask-src`, `no-dsn`.
+    pub options: SessionOptions,
+}
+
+/// Listener options that shape its sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SessionOptions {
+    /// `mask-src`: the Received header does not name the client.
+    pub mask_src: bool,
+    /// `no-dsn`: the DSN extension (RFC 3461) is neither offered nor accepted.
+    pub no_dsn: bool,
+    /// `hostnames <t>`: the server's name for each local address connections arrive on.
+    pub hostnames: Option<TableId>,
+}
+
+/// The Sender Rewriting Scheme's settings (`srs ...`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SrsConfig {
+    /// `srs key SECRET`: what addresses are signed with; SRS is off without it.
+    pub key: Option<String>,
+    /// `srs key backup SECRET`: also accepted when checking an address.
+    pub backup: Option<String>,
+    /// `srs ttl`: how many days an address is valid, default 4.
+    pub ttl_days: u32,
+}
+
+impl Default for SrsConfig {
+    fn default() -> Self {
+        SrsConfig {
+            key: None,
+            backup: None,
+            ttl_days: 4,
+        }
+    }
+}
+
+/// Local delivery limits (`mda limit ...`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MdaConfig {
+    /// `max-session`: local deliveries at the same time, default 50.
+    pub max_session: usize,
+}
+
+impl Default for MdaConfig {
+    fn default() -> Self {
+        MdaConfig { max_session: 50 }
+    }
 }
 
 /// Index into [`Config::pkis`].
@@ -191,6 +254,8 @@ pub enum Check {
     MailFrom(Matcher),
     /// `rcpt-to ADDR|<t>`: the recipient.
     RcptTo(Matcher),
+    /// `auth [USER|<t>]`: the client authenticated (as one of these users).
+    Auth(Option<Matcher>),
 }
 
 /// The decision of a built-in filter.
@@ -209,16 +274,21 @@ pub enum BuiltinDecision {
 }
 
 impl Config {
-    /// Whether a built-in filter checks the client's reverse DNS (the daemon then looks
-    /// it up when a client connects).
+    /// Whether a built-in filter or a rule checks the client's reverse DNS (the daemon
+    /// then looks it up when a client connects).
     pub fn needs_rdns(&self) -> bool {
-        self.filters.iter().any(|f| match &f.kind {
+        let filters = self.filters.iter().any(|f| match &f.kind {
             FilterKind::Builtin(b) => b
                 .checks
                 .iter()
                 .any(|(_, c)| matches!(c, Check::Rdns(_) | Check::Fcrdns)),
             _ => false,
-        })
+        });
+        let rules = self
+            .rules
+            .iter()
+            .any(|r| r.conds.iter().any(|(_, c)| matches!(c, Cond::FromRdns(_))));
+        filters || rules
     }
 
     /// The filters a chain head stands for, in order (chains flattened).
@@ -241,6 +311,31 @@ pub struct QueueConfig {
     /// After how long in the queue delay warnings are sent (`bounce warn-interval`),
     /// default one at 4 hours; empty for none.
     pub warn_intervals: Vec<Duration>,
+    /// `queue encryption [KEY|stdin|-]`: where the key of the spool's message files
+    /// comes from; no encryption when `None`.
+    pub encryption: Option<QueueKey>,
+}
+
+/// Where the key of `queue encryption` comes from.
+#[derive(Clone, PartialEq, Eq)]
+pub enum QueueKey {
+    /// `queue encryption KEY`: given in the file.
+    Given(String),
+    /// `queue encryption stdin` or `-`: the first line of the standard input at start.
+    Stdin,
+    /// `queue encryption`: asked on the terminal at start.
+    Prompt,
+}
+
+impl std::fmt::Debug for QueueKey {
+    /// Never shows a key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            QueueKey::Given(_) => "Given(..)",
+            QueueKey::Stdin => "Stdin",
+            QueueKey::Prompt => "Prompt",
+        })
+    }
 }
 
 /// SMTP server limits (`smtp ...`).
@@ -276,6 +371,9 @@ pub struct SmtpConfig {
     /// `smtp limit max-auth-failures`: failed AUTH exchanges before the session is
     /// closed, default 3.
     pub max_auth_failures: usize,
+    /// `smtp ciphers`: the cipher suites of listeners and relay actions that give
+    /// none; every suite when `None`.
+    pub ciphers: Option<Vec<crate::config::tls::Suite>>,
 }
 
 impl Default for SmtpConfig {
@@ -294,6 +392,7 @@ impl Default for SmtpConfig {
             timeout: Duration::from_secs(300),
             sub_addr_delim: '+',
             max_auth_failures: 3,
+            ciphers: None,
         }
     }
 }
@@ -336,6 +435,8 @@ pub struct Listener {
     pub tls: Option<ListenerTls>,
     /// SMTP AUTH: `auth`, `auth-optional`, `senders`, `received-auth`.
     pub auth: ListenerAuth,
+    /// `mask-src`, `no-dsn`, `hostnames`.
+    pub options: SessionOptions,
 }
 
 /// Whether a listener offers SMTP AUTH (RFC 4954), and whether it requires it.
@@ -388,6 +489,9 @@ pub struct ActionDef {
     pub user: Option<String>,
     /// `ttl`: expiry of this action's envelopes.
     pub ttl: Option<Duration>,
+    /// `wrapper NAME`: the `mda wrapper` the command runs under (already folded into
+    /// the command of [`Method::Mda`]; kept for logs).
+    pub wrapper: Option<String>,
 }
 
 /// Delivery method of an action.
@@ -426,13 +530,30 @@ impl Method {
     }
 }
 
-/// A value or a table, as in `src 127.0.0.1` or `src <trusted>`.
+/// A value or a table, as in `src 127.0.0.1` or `src <trusted>`, or regular expressions
+/// (`regex PATTERN`, `regex <t>`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Matcher {
     /// A literal.
     Value(String),
     /// A table.
     Table(TableId),
+    /// POSIX extended regular expressions, any of which may match: the pattern given, or
+    /// every key of a table as written.
+    Regex(std::sync::Arc<Vec<crate::sys::regex::Regex>>),
+}
+
+impl Matcher {
+    /// Whether `subject` matches: a literal or any key of a table by `test` (which
+    /// compares a pattern with the subject as the condition's kind wants), regular
+    /// expressions by a search in `subject` itself.
+    pub fn holds(&self, tables: &[Table], subject: &str, test: impl Fn(&str) -> bool) -> bool {
+        match self {
+            Matcher::Value(v) => test(v),
+            Matcher::Table(t) => tables.get(*t).is_some_and(|t| t.entries().keys().any(test)),
+            Matcher::Regex(res) => res.iter().any(|re| re.is_match(subject)),
+        }
+    }
 }
 
 /// One condition of a `match` rule.
@@ -448,6 +569,8 @@ pub enum Cond {
     FromSrc(Matcher),
     /// `from mail-from ADDR|<t>`.
     FromMailFrom(Matcher),
+    /// `from rdns [NAME|<t>]`: the client has a reverse DNS name (that matches).
+    FromRdns(Option<Matcher>),
     /// `for any`.
     ForAny,
     /// `for local`: the server's own names.

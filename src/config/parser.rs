@@ -13,12 +13,17 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 mod auth;
+mod compat;
 mod filters;
+mod global;
 mod listen;
+mod listen_opts;
 mod relay;
+mod rules;
 mod settings;
 mod tables;
 
+pub use global::check_queue_key;
 pub(super) use settings::queue_path_only;
 
 /// Every keyword the parser accepts.
@@ -128,6 +133,15 @@ pub const KEYWORDS: &[&str] = &[
     "max-conn-per-route",
     "max-conn-per-host",
     "session-mail-max",
+    "regex",
+    "mask-src",
+    "no-dsn",
+    "hostnames",
+    "srs",
+    "encryption",
+    "wrapper",
+    "admd",
+    "max-session",
 ];
 
 /// Phases a built-in filter may decide, with their protocol event bits.
@@ -144,7 +158,9 @@ const PHASES: &[(&str, u32)] = &[
 const MAX_INCLUDE_DEPTH: usize = 8;
 
 /// Words that follow a delivery method as options.
-const ACTION_OPTIONS: &[&str] = &["junk", "alias", "virtual", "userbase", "user", "ttl"];
+const ACTION_OPTIONS: &[&str] = &[
+    "junk", "alias", "virtual", "userbase", "user", "ttl", "wrapper",
+];
 
 pub(super) struct Parser {
     path: PathBuf,
@@ -161,6 +177,16 @@ pub(super) struct Parser {
     tls_names: Vec<listen::TlsNames>,
     /// The pki and ca names of relay actions, resolved after the last statement.
     relay_names: Vec<relay::RelayNames>,
+    /// `mda wrapper NAME "COMMAND"` statements read so far.
+    wrappers: HashMap<String, String>,
+    /// Relay actions with `srs`, checked for an `srs key` after the last statement.
+    srs_actions: Vec<Place>,
+    /// TLS listeners that give no `ciphers`: they take `smtp ciphers`.
+    default_cipher_listeners: Vec<usize>,
+    /// Relay actions that give no `ciphers`: they take `smtp ciphers`.
+    default_cipher_relays: Vec<ActionId>,
+    /// The relay action being read gave `ciphers`.
+    relay_ciphers_given: bool,
     queue_path: Option<PathBuf>,
     depth: usize,
     /// The file being read (relative paths in it are resolved against its directory).
@@ -288,6 +314,7 @@ impl Parser {
                     path: PathBuf::from("/var/spool/smtpd"),
                     ttl: Duration::from_secs(4 * 86400),
                     warn_intervals: vec![Duration::from_secs(4 * 3600)],
+                    encryption: None,
                 },
                 smtp: SmtpConfig::default(),
                 control: ControlConfig::default(),
@@ -300,6 +327,10 @@ impl Parser {
                 socket_filter: None,
                 pkis: Vec::new(),
                 cas: Vec::new(),
+                socket: SocketListener::default(),
+                admd: None,
+                srs: SrsConfig::default(),
+                mda: MdaConfig::default(),
             },
             table_names: HashMap::new(),
             action_names: HashMap::new(),
@@ -308,6 +339,11 @@ impl Parser {
             ca_names: HashMap::new(),
             tls_names: Vec::new(),
             relay_names: Vec::new(),
+            wrappers: HashMap::new(),
+            srs_actions: Vec::new(),
+            default_cipher_listeners: Vec::new(),
+            default_cipher_relays: Vec::new(),
+            relay_ciphers_given: false,
             queue_path: None,
             depth: 0,
             current: path.to_path_buf(),
@@ -322,6 +358,7 @@ impl Parser {
         }
         self.check_pkis()?;
         self.check_relay_names()?;
+        self.finish_globals()?;
         if self.cfg.listeners.is_empty() {
             return Err(ConfigError::at(
                 &path.display().to_string(),
@@ -385,7 +422,10 @@ impl Parser {
             "bounce" => self.bounce(&mut st),
             "pki" => self.pki(&mut st),
             "ca" => self.ca(&mut st),
-            other => Err(st.err(format!("unknown keyword '{other}'"))),
+            "srs" => self.srs(&mut st),
+            "admd" => self.admd(&mut st),
+            "mda" => self.mda(&mut st),
+            other => Err(st.err(compat::unknown_statement(other))),
         }
     }
 
@@ -444,14 +484,6 @@ impl Parser {
             .ok_or_else(|| st.err(format!("undefined table '{name}'")))
     }
 
-    fn matcher(&mut self, st: &mut Stmt) -> Result<Matcher, ConfigError> {
-        if matches!(st.peek(), Some(Tok::Punct('<' | '{'))) {
-            Ok(Matcher::Table(self.table_ref(st)?))
-        } else {
-            Ok(Matcher::Value(st.value("value or <table>")?))
-        }
-    }
-
     fn action(&mut self, st: &mut Stmt) -> Result<(), ConfigError> {
         let name = st.value("action name")?;
         if self.action_names.contains_key(&name) {
@@ -505,6 +537,7 @@ impl Parser {
             userbase: None,
             user: None,
             ttl: None,
+            wrapper: None,
         };
         check_method(&action.method).map_err(|m| st.err(format!("action '{name}': {m}")))?;
         let local = action.method.is_local();
@@ -523,6 +556,11 @@ impl Parser {
                 action.userbase = Some(self.table_ref(st)?);
             } else if local && st.eat("user") {
                 action.user = Some(st.value("user name")?);
+            } else if local && st.eat("wrapper") {
+                if action.wrapper.is_some() {
+                    return Err(st.err("'wrapper' given twice"));
+                }
+                action.wrapper = Some(st.value("wrapper name")?);
             } else if st.eat("ttl") {
                 let v = st.value("duration")?;
                 action.ttl = Some(
@@ -539,104 +577,9 @@ impl Parser {
         if let Method::Relay(r) = &action.method {
             self.relay_done(st, self.cfg.actions.len(), r, relay_names)?;
         }
+        self.apply_wrapper(st, &mut action)?;
         self.action_names.insert(name, self.cfg.actions.len());
         self.cfg.actions.push(action);
-        Ok(())
-    }
-
-    fn rule(&mut self, st: &mut Stmt) -> Result<(), ConfigError> {
-        let line = st.line();
-        let mut conds: Vec<(bool, Cond)> = Vec::new();
-        let (mut has_from, mut has_for) = (false, false);
-        let decision = loop {
-            if st.at_end() {
-                return Err(st.err("'action NAME' or 'reject' expected"));
-            }
-            if st.eat("action") {
-                let name = st.value("action name")?;
-                let id = *self
-                    .action_names
-                    .get(&name)
-                    .ok_or_else(|| st.err(format!("undefined action '{name}'")))?;
-                break Decision::Action(id);
-            }
-            if st.eat("reject") {
-                break Decision::Reject;
-            }
-            let neg = st.eat_punct('!');
-            let cond = if st.eat("from") {
-                if has_from {
-                    return Err(st.err("'from' given twice"));
-                }
-                has_from = true;
-                if st.eat("any") {
-                    Cond::FromAny
-                } else if st.eat("local") {
-                    Cond::FromLocal
-                } else if st.eat("socket") {
-                    Cond::FromSocket
-                } else if st.eat("src") {
-                    let m = self.matcher(st)?;
-                    if let Matcher::Value(v) = &m {
-                        if !valid_net(v) {
-                            return Err(st.err(format!("invalid address or network '{v}'")));
-                        }
-                    }
-                    Cond::FromSrc(m)
-                } else if st.eat("mail-from") {
-                    Cond::FromMailFrom(self.matcher(st)?)
-                } else if st.eat("auth") {
-                    Cond::FromAuth(self.auth_matcher(st)?)
-                } else {
-                    return Err(st.err("after 'from': any, local, socket, src, mail-from or auth"));
-                }
-            } else if st.eat("for") {
-                if has_for {
-                    return Err(st.err("'for' given twice"));
-                }
-                has_for = true;
-                if st.eat("any") {
-                    Cond::ForAny
-                } else if st.eat("local") {
-                    Cond::ForLocal
-                } else if st.eat("domain") {
-                    Cond::ForDomain(self.matcher(st)?)
-                } else if st.eat("rcpt-to") {
-                    Cond::ForRcptTo(self.matcher(st)?)
-                } else {
-                    return Err(st.err("after 'for': any, local, domain or rcpt-to"));
-                }
-            } else if st.eat("mail-from") {
-                Cond::MailFrom(self.matcher(st)?)
-            } else if st.eat("rcpt-to") {
-                Cond::RcptTo(self.matcher(st)?)
-            } else if st.eat("helo") {
-                Cond::Helo(self.matcher(st)?)
-            } else if st.eat("tag") {
-                Cond::Tag(self.matcher(st)?)
-            } else if st.eat("tls") {
-                Cond::Tls
-            } else if st.eat("auth") {
-                Cond::Auth(self.auth_matcher(st)?)
-            } else {
-                let what = st.value("condition").unwrap_or_default();
-                return Err(st.err(format!("unknown match condition '{what}'")));
-            };
-            conds.push((neg, cond));
-        };
-        st.done()?;
-        // OpenSMTPD's defaults: from local, for local.
-        if !has_from {
-            conds.insert(0, (false, Cond::FromLocal));
-        }
-        if !has_for {
-            conds.push((false, Cond::ForLocal));
-        }
-        self.cfg.rules.push(Rule {
-            conds,
-            decision,
-            line,
-        });
         Ok(())
     }
 }

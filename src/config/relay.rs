@@ -55,6 +55,9 @@ pub struct Relay {
     /// MTA-STS (RFC 8461) for recipient domains that publish a policy; `no-mta-sts`
     /// turns it off.
     pub mta_sts: bool,
+    /// `srs`: the sender of forwarded mail is rewritten with the Sender Rewriting
+    /// Scheme (`crate::srs`).
+    pub srs: bool,
 }
 
 impl Relay {

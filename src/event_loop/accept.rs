@@ -156,13 +156,30 @@ impl Server {
         now: Instant,
     ) -> Option<usize> {
         let listener = lidx.and_then(|i| self.cfg.listeners.get(i));
+        let options = listener.map_or(self.cfg.socket.options, |l| l.options);
+        // `hostnames <t>`: the name for the local address the connection came to.
+        let by_address = options.hostnames.and_then(|t| {
+            let Stream::Tcp(s) = &stream else {
+                return None;
+            };
+            let local = canonical(s.local_addr().ok()?.ip());
+            self.cfg
+                .tables
+                .get(t)?
+                .entries()
+                .get(&local.to_string())
+                .map(str::to_string)
+        });
         let client = Peer {
             addr: ip,
             local: ip.is_none_or(|ip| ip.is_loopback()),
-            server_name: listener
-                .and_then(|l| l.hostname.clone())
+            server_name: by_address
+                .or_else(|| listener.and_then(|l| l.hostname.clone()))
                 .unwrap_or_else(|| self.cfg.hostname.clone()),
-            tag: listener.and_then(|l| l.tag.clone()),
+            tag: match listener {
+                Some(l) => l.tag.clone(),
+                None => self.cfg.socket.tag.clone(),
+            },
             hostname: None,
             tls: false,
             auth: None,
@@ -188,6 +205,7 @@ impl Server {
         if let Some(l) = listener {
             session.set_auth(l.auth);
         }
+        session.set_options(options);
         let gen = self.next_gen;
         self.next_gen += 1;
         let mut deadline = now + self.cfg.smtp.timeout;

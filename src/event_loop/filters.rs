@@ -64,6 +64,7 @@ impl Server {
             fcrdns: c.fcrdns,
             helo,
             sender,
+            auth: c.auth_user().map(str::to_string),
         }
     }
 

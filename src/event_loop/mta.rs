@@ -104,6 +104,9 @@ impl Server {
             helo: route.helo.clone(),
             auth,
             mail_from: relay.and_then(|r| r.mail_from.clone()),
+            srs_key: relay
+                .filter(|r| r.srs)
+                .and_then(|_| self.cfg.srs.key.clone()),
         }
     }
 
@@ -516,6 +519,8 @@ impl Server {
                 .get(*t)
                 .map(|t| t.entries().keys().filter_map(|k| k.parse().ok()).collect())
                 .unwrap_or_default(),
+            // The parser takes no regular expression here.
+            Matcher::Regex(_) => Vec::new(),
         };
         list.into_iter().find(|ip| ip.is_ipv4() == addr.is_ipv4())
     }

@@ -60,6 +60,8 @@ pub struct Facts {
     pub helo: String,
     /// The sender of the open transaction.
     pub sender: String,
+    /// The user the client authenticated as, once it did.
+    pub auth: Option<String>,
 }
 
 /// An event to send to a filter process, owned until it is framed.
@@ -513,13 +515,8 @@ fn event_of(run: &Run) -> Event {
 /// Whether a built-in check holds; `param` is the phase's own value (the sender being
 /// given at MAIL, the recipient at RCPT).
 fn check(cfg: &Config, c: &Check, f: &Facts, phase: Phase, param: &str) -> bool {
-    let m = |m: &Matcher, test: &dyn Fn(&str) -> bool| match m {
-        Matcher::Value(v) => test(v),
-        // In memory (the configuration refuses a table process here).
-        Matcher::Table(t) => cfg
-            .tables
-            .get(*t)
-            .is_some_and(|t| t.entries().keys().any(test)),
+    let m = |m: &Matcher, subject: &str, test: &dyn Fn(&str) -> bool| {
+        m.holds(&cfg.tables, subject, test)
     };
     let split = |a: &str| -> (String, String) {
         match a.rsplit_once('@') {
@@ -532,15 +529,17 @@ fn check(cfg: &Config, c: &Check, f: &Facts, phase: Phase, param: &str) -> bool 
         Check::Rdns(Some(x)) => f
             .hostname
             .as_deref()
-            .is_some_and(|h| m(x, &|p| domain_matches(p, h))),
+            .is_some_and(|h| m(x, h, &|p| domain_matches(p, h))),
         Check::Fcrdns => f.fcrdns,
-        Check::Src(x) => f.addr.is_some_and(|ip| m(x, &|p| ip_matches(p, ip))),
+        Check::Src(x) => f
+            .addr
+            .is_some_and(|ip| m(x, &ip.to_string(), &|p| ip_matches(p, ip))),
         Check::Helo(x) => {
             let helo = match phase {
                 Phase::Helo | Phase::Ehlo => param,
                 _ => &f.helo,
             };
-            m(x, &|p| domain_matches(p, helo))
+            m(x, helo, &|p| domain_matches(p, helo))
         }
         Check::MailFrom(x) => {
             let sender = if phase == Phase::Mail {
@@ -549,15 +548,19 @@ fn check(cfg: &Config, c: &Check, f: &Facts, phase: Phase, param: &str) -> bool 
                 &f.sender
             };
             let (l, d) = split(sender);
-            m(x, &|p| address_matches(p, &l, &d))
+            m(x, sender, &|p| address_matches(p, &l, &d))
         }
         Check::RcptTo(x) => {
             if phase != Phase::Rcpt {
                 return false;
             }
             let (l, d) = split(param);
-            m(x, &|p| address_matches(p, &l, &d))
+            m(x, param, &|p| address_matches(p, &l, &d))
         }
+        Check::Auth(x) => f.auth.as_deref().is_some_and(|u| {
+            x.as_ref()
+                .is_none_or(|x| m(x, u, &|p| p.eq_ignore_ascii_case(u)))
+        }),
     }
 }
 

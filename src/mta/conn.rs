@@ -82,6 +82,8 @@ pub struct Setup {
     pub auth: Option<(String, String)>,
     /// MAIL FROM instead of each job's sender (`mail-from`).
     pub mail_from: Option<String>,
+    /// `srs` with the `srs key`: the sender of forwarded mail is rewritten.
+    pub srs_key: Option<String>,
 }
 
 /// A job's message, open in the spool: the file, the length of the message in it,
@@ -204,6 +206,21 @@ impl MtaConn {
     pub fn push(&mut self, mut job: Job) {
         if let Some(from) = &self.setup.mail_from {
             job.sender = from.clone();
+        } else if let Some(key) = &self.setup.srs_key {
+            // Forwarded mail (a recipient that expanded to another address) leaves
+            // with a sender of the domain it was forwarded from.
+            let forwarded = job
+                .rcpts
+                .iter()
+                .find(|r| !r.original.is_empty() && !r.original.eq_ignore_ascii_case(&r.addr));
+            let domain = forwarded
+                .and_then(|r| r.original.rsplit_once('@'))
+                .map(|(_, d)| d);
+            if let Some(srs) =
+                domain.and_then(|d| crate::srs::encode(key, &job.sender, d, crate::srs::now()))
+            {
+                job.sender = srs;
+            }
         }
         self.jobs.push(job.clone());
         let steps = self.client.push(job);

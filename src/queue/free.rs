@@ -7,9 +7,10 @@
 //! before the spool says it is full. Their inodes stay, to be reused. So an empty queue
 //! never keeps mail out, whatever `free/` held when the disk filled up.
 
+use super::seal::MessageFile;
 use super::spool::{is_no_space, Spool};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Seek, Write};
+use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -184,18 +185,33 @@ impl Spool {
             && space().is_ok_and(|(avail, total)| enough_space(avail, total, size))
     }
 
-    /// Appends `data` to a message being written, at offset `at` (where the file stands).
+    /// Appends `data` to a message being written (sealed when the spool has a key).
     /// When it fails for lack of space and `free/` gave blocks back, it is written again
-    /// from `at`.
-    pub fn write_data(&self, f: &mut File, at: u64, data: &[u8]) -> io::Result<()> {
-        let mut again = false;
-        self.retry_short(|| {
-            if again {
-                f.seek(io::SeekFrom::Start(at))?;
-            }
-            again = true;
-            f.write_all(data)
-        })
+    /// at the same place.
+    pub fn write_data(&self, f: &mut MessageFile, data: &[u8]) -> io::Result<()> {
+        let bytes = f.encode(data)?.into_owned();
+        self.write_raw(f, &bytes)
+    }
+
+    /// Ends the message of `f`: its last sealed segment, when it is sealed and that was
+    /// not written yet.
+    pub fn finish_data(&self, f: &mut MessageFile) -> io::Result<()> {
+        if !f.open_seal() {
+            return Ok(());
+        }
+        let last = f.finish()?;
+        self.write_raw(f, &last)?;
+        // What a reused file held beyond goes: a sealed message ends with the file.
+        f.file.set_len(f.end())
+    }
+
+    /// Writes `bytes` as they are after what `f` holds, once more after a failure for
+    /// lack of space when `free/` gave blocks back.
+    pub(super) fn write_raw(&self, f: &mut MessageFile, bytes: &[u8]) -> io::Result<()> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        self.retry_short(|| f.write_raw(bytes))
     }
 
     /// A file from `free/`, renamed to `to` and opened for writing at its start. What it

@@ -12,5 +12,6 @@ pub mod masquerade;
 pub mod notice;
 pub mod rewrite;
 pub mod scheduler;
+pub mod seal;
 pub mod spool;
 pub mod tidy;

@@ -66,7 +66,7 @@ pub fn make(cfg: &Config, spool: &Spool, n: &Notice, now: u64) -> Result<CommitJ
         &mut BufReader::new(std::io::Read::take(original, len)),
         BOUNCE_MAX_BODY,
     )
-    .and_then(|bytes| spool.write_data(&mut file, 0, &bytes));
+    .and_then(|bytes| spool.write_data(&mut file, &bytes));
     if let Err(e) = result {
         spool.discard(msgid);
         return Err(e.to_string());

@@ -10,9 +10,10 @@
 //! acknowledged; what a crash leaves in `incoming/` is removed at start.
 
 use super::edit::{apply, Edit};
-use super::spool::{create_temporary, Spool};
+use super::spool::{create_temporary, MessageFile, Spool};
 use std::fs::{self, File};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read};
+use std::path::Path;
 
 /// Bytes read at a time while looking for the end of the header section.
 const CHUNK: usize = 16 * 1024;
@@ -48,10 +49,31 @@ fn header_section(f: &File, len: u64) -> io::Result<(Vec<u8>, u64)> {
 }
 
 impl Spool {
+    /// Opens an incoming message, whose first `len` octets are written and whose last
+    /// sealed segment, if any, too: the plaintext and its length (`super::rewrite`).
+    fn open_incoming(&self, msgid: u32, len: u64) -> io::Result<(File, u64)> {
+        let f = super::spool::open_plain(&self.incoming(msgid))?;
+        // A sealed message ends where the file does ([`Spool::finish_data`] cut it
+        // there); a plain one at `len` (a reused file may hold more).
+        let end = match super::seal::is_sealed(&f)? {
+            true => f.metadata()?.len(),
+            false => len,
+        };
+        super::seal::plaintext(self.key(), f, end)
+    }
+
+    /// A new message file at `path` (created or emptied), sealed when the spool has a
+    /// key, its header written (`super::rewrite`).
+    fn create_at(&self, path: &Path) -> io::Result<MessageFile> {
+        let (mut m, header) = MessageFile::new(create_temporary(path)?, self.key())?;
+        self.write_raw(&mut m, &header)?;
+        Ok(m)
+    }
+
     /// Applies end-of-message `edits` (and, with `junk`, `X-Spam: Yes`; with
     /// `masquerade`, that address in the From fields) to the first `len` bytes of
-    /// incoming message `msgid`; returns the new file, open for writing at its end, for
-    /// the commit.
+    /// incoming message `msgid` (whose last sealed segment, when it is sealed, is
+    /// written); returns the new file, open for writing at its end, for the commit.
     pub fn edit_incoming(
         &self,
         msgid: u32,
@@ -59,9 +81,9 @@ impl Spool {
         edits: &[Edit],
         junk: bool,
         masquerade: Option<&str>,
-    ) -> io::Result<File> {
+    ) -> io::Result<MessageFile> {
         let path = self.incoming(msgid);
-        let old = File::open(&path)?;
+        let (old, len) = self.open_incoming(msgid, len)?;
         let (head, body_at) = header_section(&old, len)?;
         let mut head = apply(&head, edits, junk);
         if let Some(address) = masquerade {
@@ -72,14 +94,12 @@ impl Spool {
             false => len - body_at,
         };
         let tmp = path.with_extension("tmp");
-        let write = || -> io::Result<File> {
-            let mut f = create_temporary(&tmp)?;
-            f.write_all(&head)?;
+        let write = || -> io::Result<MessageFile> {
+            let mut f = self.create_at(&tmp)?;
+            let sealed = f.encode(&head)?.into_owned();
+            f.write_raw(&sealed)?;
             if body > 0 {
-                (&old).seek(SeekFrom::Start(body_at))?;
-                if io::copy(&mut (&old).take(body), &mut f)? != body {
-                    return Err(io::ErrorKind::UnexpectedEof.into());
-                }
+                f.copy_in(&old, body_at, body)?;
             }
             fs::rename(&tmp, &path)?;
             Ok(f)
@@ -103,13 +123,35 @@ mod tests {
         let dir = TempDir::new("rewrite");
         let (spool, _) = Spool::open(&dir.0).unwrap();
         let (id, mut f) = spool.create_message().unwrap();
-        f.write_all(data).unwrap();
+        spool.write_data(&mut f, data).unwrap();
         drop(f);
-        let mut f = spool.edit_incoming(id, written, edits, junk, None).unwrap();
-        let end = f.stream_position().unwrap();
+        let f = spool.edit_incoming(id, written, edits, junk, None).unwrap();
         let out = fs::read(spool.incoming(id)).unwrap();
-        assert_eq!(end, out.len() as u64, "the file is left at its end");
+        assert_eq!(f.end(), out.len() as u64, "the file is left at its end");
         assert!(!spool.incoming(id).with_extension("tmp").exists());
+        out
+    }
+
+    /// The same through a sealed spool: the edited message, read back decrypted.
+    fn edited_sealed(data: &[u8], edits: &[Edit], junk: bool) -> Vec<u8> {
+        let dir = TempDir::new("rewrite-sealed");
+        let key = crate::queue::seal::SpoolKey::new(&[3u8; 32]);
+        let (spool, _) = Spool::open(&dir.0).unwrap();
+        let spool = spool.with_key(key);
+        let (id, mut f) = spool.create_message().unwrap();
+        spool.write_data(&mut f, data).unwrap();
+        spool.finish_data(&mut f).unwrap();
+        drop(f);
+        let mut f = spool
+            .edit_incoming(id, data.len() as u64, edits, junk, None)
+            .unwrap();
+        spool.finish_data(&mut f).unwrap();
+        let raw = fs::read(spool.incoming(id)).unwrap();
+        assert!(!raw.windows(7).any(|w| w == b"Subject"));
+        let (mut plain, len) = spool.open_incoming(id, 0).unwrap();
+        let mut out = Vec::new();
+        plain.read_to_end(&mut out).unwrap();
+        assert_eq!(out.len() as u64, len);
         out
     }
 
@@ -147,6 +189,7 @@ mod tests {
                         "body {:?} edits {set:?} junk {junk}",
                         &body[..body.len().min(40)]
                     );
+                    assert!(edited_sealed(&msg, set, junk) == want, "sealed");
                 }
             }
         }

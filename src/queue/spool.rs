@@ -46,9 +46,11 @@ pub use super::commit::{CommitDone, CommitJob, Committer};
 use super::envelope::Envelope;
 use super::free::FreeList;
 pub use super::free::MAX_FREE;
+pub use super::seal::MessageFile;
+use super::seal::SpoolKey;
 use super::tidy::{classify, corrupt_path, BucketEntry, Kind, Tidy};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Seek, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -59,6 +61,8 @@ pub struct Spool {
     root: PathBuf,
     /// The files in `free/`, ready to become new messages (`super::free`).
     pub(super) free: Arc<Mutex<FreeList>>,
+    /// `queue encryption`: new message files are sealed with it (`super::seal`).
+    key: Option<Arc<SpoolKey>>,
 }
 
 /// The start of a message file's trailer; with the two lengths and the newline it is
@@ -128,7 +132,7 @@ fn replace_file(path: &Path, data: &[u8], sync: bool) -> io::Result<File> {
 
 /// Opens a spool file for reading: a plain file only (a symbolic link is not followed,
 /// and a FIFO neither blocks the caller nor is read).
-fn open_plain(path: &Path) -> io::Result<File> {
+pub(super) fn open_plain(path: &Path) -> io::Result<File> {
     let f = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
@@ -232,6 +236,7 @@ impl Spool {
         let spool = Spool {
             root: root.to_path_buf(),
             free: Arc::new(Mutex::new(FreeList::new(found.free))),
+            key: None,
         };
         for p in &found.empty {
             // Caught between its move to free/ and its emptying.
@@ -271,7 +276,20 @@ impl Spool {
         Spool {
             root: root.to_path_buf(),
             free: Arc::default(),
+            key: None,
         }
+    }
+
+    /// The spool with `queue encryption`'s key: new message files are sealed, sealed
+    /// ones are read.
+    pub fn with_key(mut self, key: Option<SpoolKey>) -> Spool {
+        self.key = key.map(Arc::new);
+        self
+    }
+
+    /// The key of `queue encryption`, if any.
+    pub(super) fn key(&self) -> Option<&SpoolKey> {
+        self.key.as_deref()
     }
 
     /// The spool's root.
@@ -296,7 +314,18 @@ impl Spool {
     }
 
     /// Creates a new message with a fresh random id; returns the id and its data file.
-    pub fn create_message(&self) -> io::Result<(u32, File)> {
+    pub fn create_message(&self) -> io::Result<(u32, MessageFile)> {
+        let (msgid, file) = self.create_file()?;
+        let (mut m, header) = MessageFile::new(file, self.key())?;
+        if let Err(e) = self.write_raw(&mut m, &header) {
+            self.discard(msgid);
+            return Err(e);
+        }
+        Ok((msgid, m))
+    }
+
+    /// A new message file in `incoming/`, empty or reused from `free/`.
+    fn create_file(&self) -> io::Result<(u32, File)> {
         loop {
             let msgid = crate::sys::random_u64() as u32;
             if msgid == 0 || self.message_path(msgid).exists() {
@@ -329,18 +358,19 @@ impl Spool {
     pub fn prepare_commit(
         &self,
         msgid: u32,
-        mut data: File,
+        mut data: MessageFile,
         envs: &[Envelope],
     ) -> io::Result<CommitJob> {
-        let len = data.stream_position()?;
+        self.finish_data(&mut data)?;
+        let len = data.end();
         let mut tail = encode_envelopes(envs);
         let env_len = tail.len();
         tail.extend_from_slice(trailer(len, env_len).as_bytes());
-        self.write_data(&mut data, len, &tail)?;
-        data.set_len(len + tail.len() as u64)?;
+        self.write_raw(&mut data, &tail)?;
+        data.file.set_len(len + tail.len() as u64)?;
         Ok(CommitJob {
             msgid,
-            file: data,
+            file: data.file,
             from: self.incoming(msgid),
             to: self.message_path(msgid),
             envs: envs.to_vec(),
@@ -408,11 +438,12 @@ impl Spool {
     }
 
     /// Opens a committed message for reading: the file, at its start, and the length of
-    /// the message in it (what follows are the envelopes).
+    /// the message in it (what follows are the envelopes). A sealed message comes
+    /// decrypted, in a file in memory (`super::seal`).
     pub fn open_message(&self, msgid: u32) -> io::Result<(File, u64)> {
         let f = open_plain(&self.message_path(msgid))?;
         let (len, _) = read_trailer(&f)?;
-        Ok((f, len))
+        super::seal::plaintext(self.key(), f, len)
     }
 
     /// Removes a delivered (or bounced) envelope; the message goes with its last one.
@@ -562,7 +593,8 @@ pub(super) mod tests {
         let (spool, cleaned) = Spool::open(&dir).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(cleaned, 0);
         let (id, mut f) = spool.create_message().unwrap_or_else(|e| panic!("{e}"));
-        f.write_all(b"Subject: x\n\nbody\n")
+        spool
+            .write_data(&mut f, b"Subject: x\n\nbody\n")
             .unwrap_or_else(|e| panic!("{e}"));
         let envs = [env(id, 1, "a@b"), env(id, 2, "c@d")];
         let job = spool
@@ -612,7 +644,9 @@ pub(super) mod tests {
         let (spool, _) = Spool::open(&tmp.0).unwrap_or_else(|e| panic!("{e}"));
         let commit = |body: &[u8]| {
             let (id, mut f) = spool.create_message().unwrap_or_else(|e| panic!("{e}"));
-            f.write_all(body).unwrap_or_else(|e| panic!("{e}"));
+            spool
+                .write_data(&mut f, body)
+                .unwrap_or_else(|e| panic!("{e}"));
             let job = spool
                 .prepare_commit(id, f, &[env(id, 1, "a@b")])
                 .unwrap_or_else(|e| panic!("{e}"));
@@ -645,7 +679,7 @@ pub(super) mod tests {
         let (spool, _) = Spool::open(&tmp.0).unwrap_or_else(|e| panic!("{e}"));
         let (id, mut f) = spool.create_message().unwrap_or_else(|e| panic!("{e}"));
         spool
-            .write_data(&mut f, 0, &[b'x'; 3000])
+            .write_data(&mut f, &[b'x'; 3000])
             .unwrap_or_else(|e| panic!("{e}"));
         let job = spool
             .prepare_commit(id, f, &[env(id, 1, "a@b")])
@@ -684,7 +718,9 @@ pub(super) mod tests {
         let tmp = crate::testutil::TempDir::new(tag);
         let (spool, _) = Spool::open(&tmp.0.join("spool")).unwrap_or_else(|e| panic!("{e}"));
         let (id, mut f) = spool.create_message().unwrap_or_else(|e| panic!("{e}"));
-        f.write_all(b"x\n").unwrap_or_else(|e| panic!("{e}"));
+        spool
+            .write_data(&mut f, b"x\n")
+            .unwrap_or_else(|e| panic!("{e}"));
         let job = spool
             .prepare_commit(id, f, &[env(id, 1, "a@b")])
             .unwrap_or_else(|e| panic!("{e}"));

@@ -10,7 +10,6 @@ use crate::linebuf::{Line, LineBuf, Text};
 use crate::mail::reply::Reply;
 use crate::queue::envelope::Envelope;
 use crate::queue::spool::{is_no_space, Committer, Spool};
-use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::IpAddr;
 use std::time::Instant;
@@ -76,7 +75,7 @@ pub struct Ctx<'a> {
 
 struct MsgWriter {
     id: u32,
-    file: File,
+    file: crate::queue::spool::MessageFile,
     buf: Vec<u8>,
     failed: bool,
     /// Bytes written to the file so far (a reused spool file may hold more).
@@ -636,6 +635,11 @@ impl Conn {
     /// The client's reverse DNS name, if known.
     pub fn hostname(&self) -> Option<&str> {
         self.session.client().hostname.as_deref()
+    }
+
+    /// The user the client authenticated as, once it did.
+    pub fn auth_user(&self) -> Option<&str> {
+        self.session.auth_user()
     }
 
     /// The chain's verdict on the last query.

@@ -29,6 +29,7 @@ use std::collections::VecDeque;
 mod auth;
 mod data;
 mod lookup;
+mod options;
 mod tls;
 
 use crate::lookup::{AuthCheck, Lookup};
@@ -251,6 +252,8 @@ pub struct Session {
     tls: Option<crate::mail::TlsFacts>,
     /// SMTP AUTH (`session/auth.rs`).
     auth: auth::AuthState,
+    /// The listener's `mask-src` and `no-dsn` (`session/options.rs`).
+    options: crate::config::SessionOptions,
 }
 
 impl Session {
@@ -273,6 +276,7 @@ impl Session {
             starttls: tls::Offer::None,
             tls: None,
             auth: auth::AuthState::default(),
+            options: crate::config::SessionOptions::default(),
         };
         if !s.ask(Phase::Connect, String::new(), Pending::Connect, out) {
             s.banner(out);
@@ -550,8 +554,9 @@ impl Session {
         }
         if esmtp {
             text.push_str(&format!(
-                "\n8BITMIME\nENHANCEDSTATUSCODES\nSIZE {}\nDSN\nPIPELINING",
-                self.limits.max_message_size
+                "\n8BITMIME\nENHANCEDSTATUSCODES\nSIZE {}{}\nPIPELINING",
+                self.limits.max_message_size,
+                if self.offers_dsn() { "\nDSN" } else { "" }
             ));
             if self.offers_starttls() {
                 text.push_str("\nSTARTTLS");
@@ -588,6 +593,9 @@ impl Session {
                 ParseError::BadParam("parameters need EHLO".into()).reply(),
                 out,
             );
+        }
+        if let Some(r) = options::refused_mail_params(&self.options, &params) {
+            return self.fail(r, out);
         }
         // The answer comes through `on_lookup`, then `mail_checked`.
         self.pending = Some(Pending::Space { sender, params });
@@ -660,6 +668,9 @@ impl Session {
                 ParseError::BadParam("parameters need EHLO".into()).reply(),
                 out,
             );
+        }
+        if let Some(r) = options::refused_rcpt_params(&self.options, &params) {
+            return self.fail(r, out);
         }
         if tx.rcpts.len() >= self.limits.max_rcpt {
             // Not counted as an error: clients with long lists retry in a new transaction.

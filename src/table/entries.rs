@@ -8,6 +8,8 @@ use std::net::IpAddr;
 pub struct Entries {
     list: Vec<(String, String)>,
     index: HashMap<String, usize>,
+    /// The keys of `list` as written, for regular expressions.
+    written: Vec<String>,
 }
 
 impl Entries {
@@ -15,10 +17,11 @@ impl Entries {
     pub fn new(pairs: Vec<(String, String)>) -> Self {
         let mut e = Entries::default();
         for (k, v) in pairs {
-            let k = k.to_ascii_lowercase();
-            if !e.index.contains_key(&k) {
-                e.index.insert(k.clone(), e.list.len());
-                e.list.push((k, v));
+            let lower = k.to_ascii_lowercase();
+            if !e.index.contains_key(&lower) {
+                e.index.insert(lower.clone(), e.list.len());
+                e.list.push((lower, v));
+                e.written.push(k);
             }
         }
         e
@@ -90,6 +93,11 @@ impl Entries {
     /// The keys, in order.
     pub fn keys(&self) -> impl Iterator<Item = &str> {
         self.list.iter().map(|(k, _)| k.as_str())
+    }
+
+    /// The keys as written (not lower-cased), in order: the patterns of `regex <t>`.
+    pub fn keys_as_written(&self) -> Vec<String> {
+        self.written.clone()
     }
 }
 

@@ -7,8 +7,9 @@ use super::{Parser, Stmt};
 use crate::config::model::{AuthMode, ListenerAuth, Matcher, TableId};
 use crate::config::ConfigError;
 
-/// Words that may follow `from auth` or `auth` in a rule and are no user name.
-const RULE_WORDS: &[&str] = &[
+/// Words that may follow `from auth` or `auth` (or `from rdns`) in a rule and are no
+/// user (or host) name.
+pub(super) const RULE_WORDS: &[&str] = &[
     "from",
     "for",
     "action",

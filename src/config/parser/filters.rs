@@ -3,6 +3,23 @@
 
 use super::*;
 
+/// Words after which a built-in filter's `auth` check has no user or table.
+const BUILTIN_WORDS: &[&str] = &[
+    "bypass",
+    "junk",
+    "reject",
+    "disconnect",
+    "rewrite",
+    "report",
+    "src",
+    "fcrdns",
+    "rdns",
+    "helo",
+    "mail-from",
+    "rcpt-to",
+    "auth",
+];
+
 impl Parser {
     /// `filter NAME` or `filter { A, B }` after `listen on`: the chain head.
     pub(super) fn filter_ref(&mut self, st: &mut Stmt) -> Result<FilterId, ConfigError> {
@@ -89,7 +106,7 @@ impl Parser {
                 .iter()
                 .find(|(n, _)| *n == p)
                 .map(|(_, bit)| *bit)
-                .ok_or_else(|| st.err(format!("unknown phase '{p}'")))?;
+                .ok_or_else(|| st.err(super::compat::unknown_phase(&p)))?;
             st.expect("match")?;
             let mut checks = Vec::new();
             let decision = loop {
@@ -99,17 +116,26 @@ impl Parser {
                 } else if st.eat("fcrdns") {
                     Check::Fcrdns
                 } else if st.eat("rdns") {
-                    if matches!(st.peek(), Some(Tok::Punct('<' | '{'))) {
-                        Check::Rdns(Some(self.memory_matcher(st, "a built-in filter")?))
-                    } else {
-                        Check::Rdns(None)
+                    let m = self.optional_matcher(st, BUILTIN_WORDS)?;
+                    if let Some(Matcher::Table(t)) = &m {
+                        self.check_in_memory(st, *t, "a built-in filter")?;
                     }
+                    Check::Rdns(m)
                 } else if st.eat("helo") {
                     Check::Helo(self.memory_matcher(st, "a built-in filter")?)
                 } else if st.eat("mail-from") {
                     Check::MailFrom(self.memory_matcher(st, "a built-in filter")?)
                 } else if st.eat("rcpt-to") {
                     Check::RcptTo(self.memory_matcher(st, "a built-in filter")?)
+                } else if st.eat("auth") {
+                    if matches!(p.as_str(), "connect" | "helo" | "ehlo") {
+                        return Err(st.err(format!("check 'auth' is not possible in phase '{p}'")));
+                    }
+                    let m = self.optional_matcher(st, BUILTIN_WORDS)?;
+                    if let Some(Matcher::Table(t)) = &m {
+                        self.check_in_memory(st, *t, "a built-in filter")?;
+                    }
+                    Check::Auth(m)
                 } else if neg {
                     return Err(st.err("a check must follow '!'"));
                 } else {
@@ -125,6 +151,7 @@ impl Parser {
                                 _ => BuiltinDecision::Rewrite(arg),
                             }
                         }
+                        "report" => return Err(st.err(super::compat::BUILTIN_REPORT)),
                         other => return Err(st.err(format!("unknown decision '{other}'"))),
                     };
                 };

@@ -23,15 +23,7 @@ impl Parser {
     pub(super) fn listen(&mut self, st: &mut Stmt) -> Result<(), ConfigError> {
         st.expect("on")?;
         if st.eat("socket") {
-            while !st.at_end() {
-                if st.eat("filter") {
-                    self.cfg.socket_filter = Some(self.filter_ref(st)?);
-                } else {
-                    st.done()?;
-                    break;
-                }
-            }
-            return Ok(());
+            return self.listen_socket(st);
         }
         let place = Place {
             file: st.file().to_string(),
@@ -55,8 +47,9 @@ impl Parser {
         // The option that needs TLS, for the error when none is enabled.
         let mut needs_tls: Option<&str> = None;
         let mut auth = ListenerAuth::default();
+        let mut options = SessionOptions::default();
         while !st.at_end() {
-            if self.listen_auth(st, &mut auth)? {
+            if self.listen_auth(st, &mut auth)? || self.session_option(st, &mut options, false)? {
                 continue;
             }
             if st.eat("inet4") {
@@ -114,6 +107,10 @@ impl Parser {
             }
             (None, None) => None,
             (Some(mode), _) => {
+                if ciphers.is_none() {
+                    // `smtp ciphers`, when given, replaces the default at the end.
+                    self.default_cipher_listeners.push(self.cfg.listeners.len());
+                }
                 let protocols = protocols.unwrap_or_else(|| TlsVersion::ALL.to_vec());
                 let ciphers = ciphers.unwrap_or_else(|| Suite::ALL.to_vec());
                 check_suites(&protocols, &ciphers).map_err(|m| st.err(m))?;
@@ -162,6 +159,7 @@ impl Parser {
             filter,
             tls,
             auth,
+            options,
         });
         Ok(())
     }

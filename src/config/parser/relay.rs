@@ -1,7 +1,8 @@
 //! The options of a `relay` action: its smarthost or domain table, backup MX, names,
 //! source addresses, and the TLS it demands (`tls`, `pki`, `ca`, `protocols`,
-//! `ciphers`, `no-dane`, `no-mta-sts`), and `auth <t>` for the smarthost.
+//! `ciphers`, `no-dane`, `no-mta-sts`), `auth <t>` for the smarthost, and `srs`.
 
+use super::super::lexer::Tok;
 use super::{Parser, Stmt};
 use crate::config::model::*;
 use crate::config::relay::{Relay, RelayTls};
@@ -29,6 +30,9 @@ impl Parser {
             if relay.host.is_some() {
                 return Err(st.err("'host' given twice"));
             }
+            if matches!(st.peek(), Some(Tok::Punct('<' | '{'))) {
+                return Err(st.err(super::compat::RELAY_HOST_TABLE));
+            }
             let v = st.value("relay URL")?;
             let url = RelayUrl::parse(&v, 25).map_err(|m| st.err(format!("host: {m}")))?;
             relay.host = Some(url);
@@ -55,10 +59,14 @@ impl Parser {
             relay.helo_src = Some(self.memory_table_ref(st, "'helo-src'")?);
         } else if st.eat("src") {
             let m = self.memory_matcher(st, "a relay's 'src'")?;
-            if let Matcher::Value(v) = &m {
-                if v.parse::<std::net::IpAddr>().is_err() {
+            match &m {
+                Matcher::Value(v) if v.parse::<std::net::IpAddr>().is_err() => {
                     return Err(st.err(format!("src: invalid address '{v}'")));
                 }
+                Matcher::Regex(_) => {
+                    return Err(st.err("src: a source address cannot be a regular expression"));
+                }
+                _ => {}
             }
             relay.src = Some(m);
         } else if st.eat("mail-from") {
@@ -85,6 +93,18 @@ impl Parser {
         } else if st.eat("ciphers") {
             let v = st.value("ciphers")?;
             relay.ciphers = parse_ciphers(&v).map_err(|m| st.err(m))?;
+            self.relay_ciphers_given = true;
+        } else if st.eat("srs") {
+            if relay.srs {
+                return Err(st.err("'srs' given twice"));
+            }
+            relay.srs = true;
+            self.srs_actions.push(Place {
+                file: st.file().to_string(),
+                line: st.line(),
+            });
+        } else if st.eat("filter") {
+            return Err(st.err(super::compat::RELAY_FILTER));
         } else if st.eat("no-dane") {
             relay.dane = false;
         } else if st.eat("no-mta-sts") {
@@ -130,6 +150,9 @@ impl Parser {
             return Err(st.err("'auth' needs a smarthost ('host label@...')"));
         }
         super::listen::check_suites(&relay.protocols, &relay.ciphers).map_err(|m| st.err(m))?;
+        if !std::mem::take(&mut self.relay_ciphers_given) {
+            self.default_cipher_relays.push(action);
+        }
         if names.0.is_some() || names.1.is_some() {
             self.relay_names.push(RelayNames {
                 action,

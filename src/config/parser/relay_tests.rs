@@ -142,7 +142,11 @@ fn mta_statements() {
     for (text, want) in [
         ("mta limit", "limit name expected"),
         ("mta limit max-conn-per-route 0", "out of range"),
-        ("mta limit conn-delay-route 5", "unknown limit"),
+        (
+            "mta limit conn-delay-route 5",
+            "is not supported: connections are not delayed",
+        ),
+        ("mta limit bogus 5", "unknown limit 'bogus'"),
         ("mta limit for domain", "domain expected"),
         ("mta max-deferred x", "invalid number"),
         ("mta whatever", "after 'mta'"),

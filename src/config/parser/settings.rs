@@ -1,11 +1,12 @@
-//! The statements that set the daemon's global settings: `queue`, `bounce`, `smtp` and
-//! `control`; and the `queue path` alone, for the tools.
+//! The statements that set the daemon's global settings: `queue`, `bounce`, `smtp`,
+//! `control` and `mta`; and the `queue path` alone, for the tools.
 
 use super::super::lexer::{expand, lex, Tok};
 use super::super::relative_to;
 use super::{parse_duration, parse_size, Parser, Stmt};
 use crate::config::model::{ControlConfig, SmtpConfig};
 use crate::config::relay::MtaLimits;
+use crate::config::tls::parse_ciphers;
 use crate::config::ConfigError;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -49,9 +50,10 @@ fn mta_limit<'a>(m: &'a mut MtaLimits, name: &str) -> Option<(&'a mut usize, usi
     })
 }
 
-/// Reads the `NAME NUMBER ...` pairs that follow `limit` into `target`.
-fn limits<T>(
+/// Reads the `NAME NUMBER ...` pairs that follow `STATEMENT limit` into `target`.
+pub(super) fn limits<T>(
     st: &mut Stmt,
+    statement: &str,
     target: &mut T,
     field: impl for<'a> Fn(&'a mut T, &str) -> Option<(&'a mut usize, usize)>,
 ) -> Result<(), ConfigError> {
@@ -60,6 +62,12 @@ fn limits<T>(
     }
     while !st.at_end() {
         let name = st.value("limit name")?;
+        if field(target, &name).is_none() {
+            return Err(st.err(
+                super::compat::limit_refusal(statement, &name)
+                    .unwrap_or_else(|| format!("unknown limit '{name}'")),
+            ));
+        }
         let v = st.value("number")?;
         let n: usize = v
             .parse()
@@ -116,8 +124,12 @@ impl Parser {
             let v = st.value("duration")?;
             self.cfg.queue.ttl =
                 parse_duration(&v).ok_or_else(|| st.err(format!("invalid duration '{v}'")))?;
+        } else if st.eat("encryption") {
+            self.queue_encryption(st)?;
+        } else if st.eat("compression") {
+            return Err(st.err(super::compat::QUEUE_COMPRESSION));
         } else {
-            return Err(st.err("after 'queue': path or ttl"));
+            return Err(st.err("after 'queue': path, ttl or encryption"));
         }
         st.done()
     }
@@ -139,9 +151,14 @@ impl Parser {
                 _ => return Err(st.err(format!("invalid delimiter '{v}'"))),
             };
         } else if st.eat("limit") {
-            limits(st, s, smtp_limit)?;
+            limits(st, "smtp", s, smtp_limit)?;
+        } else if st.eat("ciphers") {
+            let v = st.value("ciphers")?;
+            s.ciphers = Some(parse_ciphers(&v).map_err(|m| st.err(m))?);
         } else {
-            return Err(st.err("after 'smtp': max-message-size, limit, timeout or sub-addr-delim"));
+            return Err(
+                st.err("after 'smtp': max-message-size, limit, timeout, sub-addr-delim or ciphers")
+            );
         }
         st.done()
     }
@@ -152,7 +169,7 @@ impl Parser {
         if st.eat("timeout") {
             c.timeout = duration(st)?;
         } else if st.eat("limit") {
-            limits(st, c, control_limit)?;
+            limits(st, "control", c, control_limit)?;
         } else {
             return Err(st.err("after 'control': limit or timeout"));
         }
@@ -186,11 +203,11 @@ impl Parser {
                     .iter()
                     .find(|(n, _)| *n == d)
                     .map_or(m.limits, |(_, l)| *l);
-                limits(st, &mut l, mta_limit)?;
+                limits(st, "mta", &mut l, mta_limit)?;
                 m.domains.retain(|(n, _)| *n != d);
                 m.domains.push((d, l));
             } else {
-                limits(st, &mut m.limits, mta_limit)?;
+                limits(st, "mta", &mut m.limits, mta_limit)?;
             }
         } else {
             return Err(st.err("after 'mta': limit, max-deferred or timeout"));

@@ -120,7 +120,12 @@ impl Parser {
         Ok(m)
     }
 
-    fn check_in_memory(&self, st: &Stmt, t: TableId, what: &str) -> Result<(), ConfigError> {
+    pub(super) fn check_in_memory(
+        &self,
+        st: &Stmt,
+        t: TableId,
+        what: &str,
+    ) -> Result<(), ConfigError> {
         let table = &self.cfg.tables[t];
         if table.in_memory() {
             return Ok(());

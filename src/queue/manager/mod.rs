@@ -51,8 +51,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use writes::{Msg, WriteRec};
 
-/// Local deliveries (through the parent) in flight at most.
-pub const MAX_LOCAL: usize = 50;
 /// Envelopes given to outgoing sessions (or waiting for one) at most.
 pub const MAX_SESSION_ENVELOPES: usize = 1000;
 
@@ -398,10 +396,11 @@ impl Manager {
         self.sched.next_due()
     }
 
-    /// Dispatches what is due at `now`, within the bounds: [`MAX_LOCAL`] local
-    /// deliveries and [`MAX_SESSION_ENVELOPES`] envelopes in outgoing sessions.
+    /// Dispatches what is due at `now`, within the bounds: `mda limit max-session`
+    /// local deliveries (50 by default) and [`MAX_SESSION_ENVELOPES`] envelopes in
+    /// outgoing sessions.
     pub fn run(&mut self, now: u64) {
-        let mut local_room = MAX_LOCAL.saturating_sub(self.local.len());
+        let mut local_room = self.cfg.mda.max_session.saturating_sub(self.local.len());
         let mut mta_room = MAX_SESSION_ENVELOPES.saturating_sub(self.mta.envelopes());
         let (mda, mta) = (!self.paused_mda, !self.paused_mta);
         let (envs, cfg) = (&self.envs, &self.cfg);

@@ -2,6 +2,7 @@
 //! data filter), the end-of-message edits, the commit and its answer.
 
 use super::*;
+use crate::queue::spool::MessageFile;
 
 impl Conn {
     /// Writes what is left of the message, has it rewritten when filters edited it,
@@ -18,7 +19,15 @@ impl Conn {
         let junk = self.session.tx().is_some_and(|t| t.junk);
         let edits = std::mem::take(&mut self.pending_edits);
         let masquerade = self.session.masquerade();
-        if !m.failed && (junk || !edits.is_empty() || masquerade.is_some()) {
+        let edit = junk || !edits.is_empty() || masquerade.is_some();
+        if !m.failed && edit {
+            // A sealed message gets its last segment first, so that it can be read back.
+            if let Err(e) = ctx.spool.finish_data(&mut m.file) {
+                m.failed = true;
+                self.session.on_write_error(is_no_space(&e));
+            }
+        }
+        if !m.failed && edit {
             // Filters changed the message (or its From fields show the sender): a
             // lookup thread writes it again with the edits (`queue::rewrite`), and the
             // commit goes on in `on_edited`.
@@ -49,7 +58,7 @@ impl Conn {
         &mut self,
         ctx: &mut Ctx,
         msgid: u32,
-        result: io::Result<File>,
+        result: io::Result<MessageFile>,
         now: Instant,
     ) -> bool {
         if self.editing != Some(msgid) {
@@ -72,7 +81,7 @@ impl Conn {
 
     /// Writes the envelopes after message `id` and hands it to the sync thread;
     /// `None` when writing the message failed.
-    fn submit_commit(&mut self, ctx: &mut Ctx, id: u32, file: Option<File>) {
+    fn submit_commit(&mut self, ctx: &mut Ctx, id: u32, file: Option<MessageFile>) {
         let failed = file.is_none();
         let job = match file {
             None => Err(io::Error::from_raw_os_error(libc::ENOSPC)),
@@ -344,7 +353,7 @@ pub(super) fn storage_reply(spool: &Spool, e: &io::Error) -> Reply {
 }
 
 pub(super) fn write_chunk(spool: &Spool, m: &mut MsgWriter, session: &mut Session) {
-    if let Err(e) = spool.write_data(&mut m.file, m.written, &m.buf) {
+    if let Err(e) = spool.write_data(&mut m.file, &m.buf) {
         m.failed = true;
         session.on_write_error(is_no_space(&e));
     }

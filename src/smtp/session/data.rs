@@ -17,17 +17,19 @@ impl Session {
         let Some(tx) = &self.tx else {
             return String::new();
         };
+        // `mask-src`: the client is not named (OpenSMTPD leaves the `from` part out).
         let from = match self.client.addr {
+            _ if !self.shows_client() => String::new(),
             Some(ip) => format!(
-                "{} ({} [{}])",
+                "from {} ({} [{}])\n\t",
                 self.helo,
                 self.client.hostname.as_deref().unwrap_or("unknown"),
                 ip
             ),
-            None => format!("{} (local)", self.helo),
+            None => format!("from {} (local)\n\t", self.helo),
         };
         let mut h = format!(
-            "Received: from {from}\n\tby {} (smtpd) with {} id {:08x}",
+            "Received: {from}by {} (smtpd) with {} id {:08x}",
             self.client.server_name,
             self.received_protocol(),
             tx.msgid.unwrap_or(0),
