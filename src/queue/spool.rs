@@ -297,8 +297,17 @@ impl Spool {
 
     /// Creates a new message with a fresh random id; returns the id and its data file.
     pub fn create_message(&self) -> io::Result<(u32, File)> {
+        self.create_message_as(None)
+    }
+
+    /// Creates a new message with the id `wanted` when it is free (the id the filters
+    /// were told), else a fresh random one; returns the id and its data file.
+    pub fn create_message_as(&self, wanted: Option<u32>) -> io::Result<(u32, File)> {
+        let mut wanted = wanted;
         loop {
-            let msgid = crate::sys::random_u64() as u32;
+            let msgid = wanted
+                .take()
+                .unwrap_or_else(|| crate::sys::random_u64() as u32);
             if msgid == 0 || self.message_path(msgid).exists() {
                 continue;
             }
