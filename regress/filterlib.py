@@ -449,10 +449,13 @@ class SpecFilter:
         os.write(1, register(self.hooks, self.reports, self.name, v))
         dec = Decoder()
         ready = False
+        pre = b""
         while True:
             data = os.read(0, 65536)
             if not data:
                 return 0
+            if pre is not None:
+                data, pre = skip_config(pre + data)
             dec.feed(data)
             while True:
                 f = dec.next()
@@ -473,6 +476,18 @@ class SpecFilter:
                     return 1
                 self.handle(kind, session, payload)
             self.flush()
+
+
+def skip_config(buf):
+    """Drops the configuration lines of OpenSMTPD's protocol that the daemon sends a filter
+    it heard nothing from for a second (they start with "c", a frame with a zero byte).
+    Returns the bytes to decode and what to keep looking at (None once done)."""
+    while buf[:1] == b"c":
+        nl = buf.find(b"\n")
+        if nl < 0:
+            return b"", buf
+        buf = buf[nl + 1:]
+    return (buf, None) if buf else (b"", b"")
 
 
 def main(argv):

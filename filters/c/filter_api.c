@@ -1784,7 +1784,20 @@ serve(void)
 		return -1;
 	for (;;) {
 		off = 0;
-		while ((r = decode_one(ibuf + off, ilen - off, &f, &flen)) != 0) {
+		/*
+		 * A daemon that heard nothing from us for a second may have taken us for a
+		 * filter of OpenSMTPD's protocol and sent its configuration lines: they come
+		 * before READY and start with 'c', where a frame starts with a zero byte.
+		 */
+		while (!ready && off < ilen && ibuf[off] == 'c') {
+			uint8_t *nl = memchr(ibuf + off, '\n', ilen - off);
+
+			if (nl == NULL)
+				break;
+			off = (size_t)(nl - ibuf) + 1;
+		}
+		while ((ready || off >= ilen || ibuf[off] != 'c') &&
+		    (r = decode_one(ibuf + off, ilen - off, &f, &flen)) != 0) {
 			if (r == DEC_BAD_LENGTH) {
 				log_warnx("filter_api: bad frame length %" PRIu32,
 				    (uint32_t)ibuf[off] << 24 | (uint32_t)ibuf[off + 1] << 16 |

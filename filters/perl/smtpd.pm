@@ -549,6 +549,18 @@ sub dispatch {
     # ignore what is left.
 }
 
+# Drops whole configuration lines at the start of $$buf; true while a partial one is
+# left (more input is needed).
+sub _skip_config {
+    my ($buf) = @_;
+    while (substr($$buf, 0, 1) eq 'c') {
+        my $nl = index($$buf, "\n");
+        return 1 if $nl < 0;
+        substr($$buf, 0, $nl + 1, '');
+    }
+    return 0;
+}
+
 # Serves the daemon on $in/$out until it closes the stream; returns the exit status.
 sub run {
     my ($in, $out, $hooks, $reports) = @_;
@@ -564,6 +576,10 @@ sub run {
             die "filter-perl: read: $!\n";
         }
         return 0 if $n == 0;
+        # A daemon that heard nothing from us for a second may have sent the
+        # configuration lines of OpenSMTPD's protocol: they start with "c" (a frame
+        # with a zero byte) and come before READY.
+        next if !$ready && _skip_config(\$buf);
         $batch = '';
         my $status;
         my $ok = eval {

@@ -759,6 +759,18 @@ def _protect_stdio():
     return in_fd
 
 
+def skip_config(buf):
+    """Drops the configuration lines of OpenSMTPD's protocol that a daemon sends a filter
+    it heard nothing from for a second (they start with "c", a frame with a zero byte).
+    Returns the bytes to decode and what to keep looking at (None once done)."""
+    while buf[:1] == b"c":
+        nl = buf.find(b"\n")
+        if nl < 0:
+            return b"", buf
+        buf = buf[nl + 1:]
+    return (buf, None) if buf else (b"", b"")
+
+
 def run(in_fd=0):
     """Registers and serves the daemon until it closes the stream.  Returns 0, or 1 if
     the daemon refused us or spoke garbage."""
@@ -767,6 +779,7 @@ def run(in_fd=0):
     _write_all(encode(0, REGISTER, VERSION, hooks, reports, name))
     dec = Decoder()
     ready = False
+    pre = b""
     while True:
         try:
             data = os.read(in_fd, 65536)
@@ -774,6 +787,8 @@ def run(in_fd=0):
             data = b""
         if not data:
             return 0
+        if pre is not None:
+            data, pre = skip_config(pre + data)
         dec.feed(data)
         with _lock:
             _batch = bytearray()

@@ -209,7 +209,8 @@ pub struct FilterDef {
 /// The kinds of filter.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FilterKind {
-    /// `proc-exec "COMMAND" [user U] [group G] [chroot DIR] [timeout D]`.
+    /// `proc-exec "COMMAND" [user U] [group G] [chroot DIR] [timeout D]`, or `proc
+    /// PROC` naming a `proc PROC "COMMAND" ...` statement.
     Proc {
         /// The command line.
         command: String,
@@ -221,6 +222,9 @@ pub enum FilterKind {
         chroot: Option<PathBuf>,
         /// How long an answer may take.
         timeout: Duration,
+        /// It speaks OpenSMTPD's protocol whatever it sends first (the `proc` form);
+        /// else the daemon tells by its first bytes.
+        opensmtpd: bool,
     },
     /// `chain { A, B }`: these filters in order.
     Chain(Vec<FilterId>),

@@ -84,6 +84,7 @@ pub const KEYWORDS: &[&str] = &[
     "sub-addr-delim",
     "filter",
     "proc-exec",
+    "proc",
     "group",
     "chroot",
     "chain",
@@ -171,6 +172,8 @@ pub(super) struct Parser {
     table_names: HashMap<String, TableId>,
     action_names: HashMap<String, ActionId>,
     filter_names: HashMap<String, FilterId>,
+    /// `proc` statements, for `filter NAME proc PROC`.
+    procs: HashMap<String, filters::ProcDef>,
     pki_names: HashMap<String, PkiId>,
     ca_names: HashMap<String, CaId>,
     /// The pki and ca names of TLS listeners, resolved after the last statement.
@@ -335,6 +338,7 @@ impl Parser {
             table_names: HashMap::new(),
             action_names: HashMap::new(),
             filter_names: HashMap::new(),
+            procs: HashMap::new(),
             pki_names: HashMap::new(),
             ca_names: HashMap::new(),
             tls_names: Vec::new(),
@@ -419,6 +423,7 @@ impl Parser {
             "control" => self.control(&mut st),
             "mta" => self.mta(&mut st),
             "filter" => self.filter(&mut st),
+            "proc" => self.proc(&mut st),
             "bounce" => self.bounce(&mut st),
             "pki" => self.pki(&mut st),
             "ca" => self.ca(&mut st),

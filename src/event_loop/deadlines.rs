@@ -117,6 +117,9 @@ impl Server {
             return self.timers.add(next, Due::Endpoint { key, gen });
         }
         self.with_conn(key, Some(gen), |conn, ctx| {
+            conn.filters.report(crate::filter::report::Report::Text(
+                crate::filter::report::TextReport::Timeout,
+            ));
             conn.close_with(ctx, Reply::TIMEOUT, Reason::Timeout)
         });
         // A client that does not read its 421 is not waited for.

@@ -5,9 +5,10 @@
 use super::{Endpoint, Server, FIRST_SLOT};
 use crate::config::FilterKind;
 use crate::filter::chain::Step;
+use crate::filter::pipe::TextSetup;
 use crate::filter::pipe::{FilterPipe, PipeState, OUT_MAX};
+use crate::filter::report::Report;
 use mio::{Interest, Token};
-use smtpd_filter::codec::Frame;
 use std::os::fd::OwnedFd;
 use std::time::Instant;
 
@@ -23,8 +24,13 @@ impl Server {
 
     /// Takes a (re)started filter's socket.
     pub(super) fn attach_filter(&mut self, id: usize, fd: OwnedFd) -> std::io::Result<()> {
-        let (name, timeout) = match self.cfg.filters.get(id).map(|f| (&f.name, &f.kind)) {
-            Some((n, FilterKind::Proc { timeout, .. })) => (n.clone(), *timeout),
+        let (name, timeout, only) = match self.cfg.filters.get(id).map(|f| (&f.name, &f.kind)) {
+            Some((
+                n,
+                FilterKind::Proc {
+                    timeout, opensmtpd, ..
+                },
+            )) => (n.clone(), *timeout, *opensmtpd),
             _ => return Ok(()),
         };
         let key = match self.pipes.get(id).copied().flatten() {
@@ -38,7 +44,15 @@ impl Server {
                 key
             }
             None => {
-                let p = FilterPipe::new(id, &name, Some(fd), timeout)?;
+                let mut hello = Vec::new();
+                crate::filter::text::config(
+                    &mut hello,
+                    env!("CARGO_PKG_VERSION"),
+                    self.cfg.smtp.timeout.as_secs(),
+                    &self.cfg.hostname,
+                );
+                let text = TextSetup { hello, only };
+                let p = FilterPipe::new(id, &name, Some(fd), timeout, Some(text))?;
                 let key = self.slab.insert(Endpoint::Filter(Box::new(p)));
                 self.pipes[id] = Some(key);
                 key
@@ -273,6 +287,13 @@ impl Server {
         };
         p.armed = None;
         p.prune_gone(now);
+        if p.decide_due(now) {
+            log::info!(
+                "filter {}: silent at start, taken for a filter of OpenSMTPD's protocol",
+                p.name
+            );
+            return;
+        }
         let why = if p.overdue(now) {
             "did not answer in time".to_string()
         } else if p.write_stalled(now) {
@@ -298,12 +319,13 @@ impl Server {
     }
 
     /// Tells the filters of a session's chain that observe it about an event.
-    pub(super) fn report(&mut self, key: usize, f: &Frame) {
+    pub(super) fn report(&mut self, key: usize, r: &Report) {
         let (sid, chain) = match self.slab.get(key) {
-            Some(Endpoint::Smtp(c)) => (c.id(), c.filters.chain.clone()),
+            Some(Endpoint::Smtp(c)) if !c.filters.chain.is_empty() => {
+                (c.id(), c.filters.chain.clone())
+            }
             _ => return,
         };
-        let ev = smtpd_filter::codec::kind_of(f).1;
         for fid in chain {
             if let Some(Endpoint::Filter(p)) = self
                 .pipes
@@ -312,7 +334,7 @@ impl Server {
                 .flatten()
                 .and_then(|k| self.slab.get_mut(k))
             {
-                p.report(sid, ev, f);
+                p.report(sid, r);
             }
         }
     }

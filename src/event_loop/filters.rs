@@ -9,8 +9,9 @@ use crate::config::FilterKind;
 use crate::filter::chain::{Chains, Decided, Facts, FilterId, ProcState, Step, View};
 use crate::filter::phase::{FilterQuery, FilterVerdict, Phase};
 use crate::filter::pipe::{Answer, Fit, Lines, PipeState, OUT_DATA_MAX};
+use crate::filter::report::{Report, TextReport};
 use crate::mail::reply::Reply;
-use smtpd_filter::codec::{event, Frame};
+use smtpd_filter::codec::event;
 use std::collections::VecDeque;
 use std::time::Instant;
 
@@ -23,6 +24,33 @@ fn proc_state(pipes: &[Option<usize>], slab: &slab::Slab<Endpoint>, fid: FilterI
             PipeState::Dead => ProcState::Down,
         },
         _ => ProcState::Down,
+    }
+}
+
+/// OpenSMTPD's name of a phase in its `filter-response` report.
+fn response_phase(p: Phase) -> &'static str {
+    match p {
+        Phase::Connect => "connected",
+        Phase::Helo => "helo",
+        Phase::Ehlo => "ehlo",
+        Phase::Auth { .. } => "auth",
+        Phase::Mail => "mail-from",
+        Phase::Rcpt => "rcpt-to",
+        Phase::Data => "data",
+        Phase::Eom => "commit",
+    }
+}
+
+/// A verdict as OpenSMTPD's `filter-response` report gives it.
+fn response(v: &FilterVerdict) -> String {
+    match v {
+        FilterVerdict::Proceed {
+            rewrite: Some(r), ..
+        } => format!("rewrite|{r}"),
+        FilterVerdict::Proceed { junk: true, .. } => "junk".into(),
+        FilterVerdict::Proceed { .. } | FilterVerdict::Discard => "proceed".into(),
+        FilterVerdict::Reject(r) => format!("reject|{}", r.summary()),
+        FilterVerdict::Disconnect(r) => format!("disconnect|{}", r.summary()),
     }
 }
 
@@ -83,6 +111,16 @@ impl Server {
         };
         let (sid, chain) = (conn.id(), conn.filters.chain.clone());
         let facts = self.facts(key, q.phase);
+        if q.phase == Phase::Connect {
+            // OpenSMTPD's filters are told of the connection before its question.
+            let r = Report::Text(TextReport::Connect {
+                rdns: facts.hostname.clone(),
+                fcrdns: facts.fcrdns,
+                src: facts.remote.clone(),
+                dest: facts.local.clone(),
+            });
+            self.report(key, &r);
+        }
         self.with_chains(|chains, view| chains.start(sid, chain, q, facts, view, steps));
     }
 
@@ -163,6 +201,17 @@ impl Server {
                 ));
             }
         }
+        let asked = match self.slab.get(key) {
+            Some(Endpoint::Smtp(c)) if c.gen == gen => c.filters.asked,
+            _ => None,
+        };
+        if let Some(phase) = asked {
+            let r = Report::Text(TextReport::FilterResponse(
+                response_phase(phase),
+                response(&verdict),
+            ));
+            self.report(key, &r);
+        }
         if !data_chain.is_empty() {
             for &f in &data_chain {
                 if let Some(p) = self.pipe_mut(f) {
@@ -178,16 +227,11 @@ impl Server {
         });
     }
 
-    /// Whether filter `fid` may observe protocol lines or rollbacks (true while it has
-    /// not registered yet).
+    /// Whether filter `fid` may observe protocol lines or rollbacks, or what OpenSMTPD's
+    /// reports derive from them (true while it has not registered yet).
     pub(super) fn filter_observes(&self, fid: usize) -> bool {
         match self.cfg.filters.get(fid).map(|f| &f.kind) {
-            Some(FilterKind::Proc { .. }) => match self.pipe(fid).map(|p| p.state) {
-                Some(PipeState::Ready { reports, .. }) => {
-                    reports & (event::PROTOCOL | event::ROLLBACK) != 0
-                }
-                _ => true,
-            },
+            Some(FilterKind::Proc { .. }) => self.pipe(fid).is_none_or(|p| p.observes()),
             _ => false,
         }
     }
@@ -224,7 +268,7 @@ impl Server {
             self.held.push((key, gen));
         }
         for r in reports {
-            self.report(key, &r.frame());
+            self.report(key, &r);
         }
         if let (Some((lines, end)), Some(fid)) = (batch, first) {
             self.send_lines(fid, sid, &lines, end, now);
@@ -248,14 +292,14 @@ impl Server {
         let mut bytes = 0;
         for l in lines.iter() {
             if refs.len() == 1024 || bytes + l.len() > 256 * 1024 {
-                p.pass_lines(sid, &Frame::DataLines(std::mem::take(&mut refs)));
+                p.pass_lines(sid, std::mem::take(&mut refs));
                 bytes = 0;
             }
             bytes += l.len() + 2;
             refs.push(l);
         }
         if !refs.is_empty() {
-            p.pass_lines(sid, &Frame::DataLines(refs));
+            p.pass_lines(sid, refs);
         }
         if end {
             p.ask_end(sid, now);

@@ -6,6 +6,7 @@
 //! spurious and stale events; endpoints are removed only between event batches.
 
 use crate::config::Config;
+use crate::filter::report::Report;
 use crate::mail::reply::Reply;
 use crate::mta::conn::MtaConn;
 use crate::queue::io::{IoDone, IoJob};
@@ -634,8 +635,19 @@ impl Server {
             if done.result.is_ok() {
                 self.queue.committed(&done.envs, unix_now());
                 if ours {
-                    let id = format!("{:08x}", done.msgid);
-                    self.report(key, &smtpd_filter::Frame::Commit(id.as_bytes()));
+                    let size = match self.slab.get_mut(key) {
+                        Some(Endpoint::Smtp(c)) => {
+                            c.filters.committed();
+                            c.tx_size()
+                        }
+                        _ => 0,
+                    };
+                    let r = Report::Commit {
+                        msgid: format!("{:08x}", done.msgid),
+                        size,
+                        evpids: done.envs.iter().map(|e| e.evpid).collect(),
+                    };
+                    self.report(key, &r);
                 }
             }
             if !ours {
@@ -676,7 +688,14 @@ impl Server {
                 let id = conn.id();
                 self.chains.end(id);
                 self.session_keys.remove(&id);
-                self.report(key, &smtpd_filter::Frame::Disconnect);
+                let last = match self.slab.get_mut(key) {
+                    Some(Endpoint::Smtp(c)) => c.filters.take_final_reports(),
+                    _ => Vec::new(),
+                };
+                for r in &last {
+                    self.report(key, r);
+                }
+                self.report(key, &Report::Disconnect);
                 self.filters_session_left(key, Instant::now());
             }
             match self.slab.get_mut(key) {

@@ -6,6 +6,12 @@
 //! ```
 //! A dead pipe is replaced when the parent hands over the restarted filter's socket.
 //!
+//! The same pipe serves filters of OpenSMTPD's text protocol (`filter/pipe_text.rs`):
+//! the filter's first byte tells which it speaks (a frame starts with a zero byte, a
+//! line of text never does). A filter that has said nothing after [`DETECT_GRACE`] is
+//! taken for one of OpenSMTPD's, which wait for the daemon's configuration lines; a
+//! `proc` filter of the configuration is one from the start.
+//!
 //! What a filter costs the engine is bounded: a read takes at most [`READ_PER_TURN`]
 //! bytes and [`FRAMES_PER_TURN`] frames, LOG frames are logged at most [`LOG_MAX`] per
 //! [`LOG_WINDOW`], and the pipe knows what it asked the filter
@@ -13,6 +19,9 @@
 
 pub use super::answer::{Answer, Decision, Edit, Lines};
 use super::limit::{Allowance, Early, LogLimit};
+use super::opensmtpd;
+use super::pipe_text::TextSide;
+use super::report::Report;
 use smtpd_filter::codec::{self, event, Decoder, Frame};
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
@@ -49,6 +58,20 @@ pub const GONE_FOR: Duration = Duration::from_secs(60);
 /// Sessions remembered that way, at most (the oldest are forgotten first).
 pub const GONE_MAX: usize = 16384;
 
+/// How long a filter may stay silent before it is taken for one of OpenSMTPD's.
+pub const DETECT_GRACE: Duration = Duration::from_secs(1);
+
+/// Which protocol the filter speaks.
+#[derive(Debug)]
+enum Kind {
+    /// Not known yet: the filter has not spoken.
+    Undecided,
+    /// The binary protocol of smtpd-filters(7).
+    Binary,
+    /// OpenSMTPD's protocol.
+    Text(Box<TextSide>),
+}
+
 /// Where the pipe stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PipeState {
@@ -83,6 +106,15 @@ struct Passing {
     end_sent: bool,
     /// Octets the filter returned, each line counted with CR LF.
     returned: u64,
+}
+
+/// How a filter of OpenSMTPD's protocol is set up.
+#[derive(Debug, Clone, Default)]
+pub struct TextSetup {
+    /// The configuration lines it is sent.
+    pub hello: Vec<u8>,
+    /// It speaks that protocol whatever it sends first (`proc`).
+    pub only: bool,
 }
 
 /// The engine's view of one filter process.
@@ -123,15 +155,29 @@ pub struct FilterPipe {
     stalled: Instant,
     /// The deadline armed for the pipe in the engine's timers, if any.
     pub armed: Option<Instant>,
+    /// The protocol it speaks.
+    kind: Kind,
+    /// It speaks OpenSMTPD's protocol, whatever it sends first (`proc`).
+    text_only: bool,
+    /// OpenSMTPD's configuration lines, sent when the filter turns out to speak it.
+    hello: Vec<u8>,
+    /// When a silent filter is taken for one of OpenSMTPD's.
+    decide_by: Option<Instant>,
+    /// The process sent something: its first byte told which protocol it speaks.
+    heard: bool,
+    /// Reports sent before a filter of OpenSMTPD's registered.
+    early_text: Early,
 }
 
 impl FilterPipe {
-    /// A pipe over the filter's socket, waiting for its REGISTER.
+    /// A pipe over the filter's socket, waiting for its REGISTER (or its registration
+    /// in OpenSMTPD's protocol, whose configuration lines are `hello`).
     pub fn new(
         id: usize,
         name: &str,
         fd: Option<OwnedFd>,
         timeout: Duration,
+        text: Option<TextSetup>,
     ) -> io::Result<FilterPipe> {
         let sock = match fd {
             Some(fd) => {
@@ -165,6 +211,18 @@ impl FilterPipe {
             out: Vec::new(),
             stalled: Instant::now(),
             armed: None,
+            kind: Kind::Undecided,
+            text_only: text.as_ref().is_some_and(|t| t.only),
+            hello: text.map(|t| t.hello).unwrap_or_default(),
+            decide_by: None,
+            heard: false,
+            early_text: Early::default(),
+        })
+        .map(|mut p| {
+            if p.sock.is_some() {
+                p.start();
+            }
+            p
         })
     }
 
@@ -175,10 +233,62 @@ impl FilterPipe {
         self.sock = Some(mio::net::UnixStream::from_std(s));
         self.state = PipeState::Handshake;
         self.early = Early::default();
+        self.early_text = Early::default();
         self.dec = Decoder::new();
         self.eof = false;
         self.forget();
+        self.start();
         Ok(())
+    }
+
+    /// A process starts: a `proc` filter is sent OpenSMTPD's configuration at once,
+    /// another has [`DETECT_GRACE`] to speak first.
+    fn start(&mut self) {
+        self.kind = Kind::Undecided;
+        self.decide_by = None;
+        self.heard = false;
+        if self.text_only {
+            self.speak_text();
+        } else {
+            self.decide_by = Some(Instant::now() + DETECT_GRACE);
+        }
+    }
+
+    /// The filter speaks OpenSMTPD's protocol: it gets the configuration lines.
+    fn speak_text(&mut self) {
+        self.decide_by = None;
+        self.kind = Kind::Text(Box::default());
+        if self.out.is_empty() {
+            self.stalled = Instant::now();
+        }
+        self.out.extend_from_slice(&self.hello);
+    }
+
+    /// A filter silent for [`DETECT_GRACE`] is one of OpenSMTPD's: `true` when it was
+    /// just taken for one (its configuration lines wait to be written).
+    pub fn decide_due(&mut self, now: Instant) -> bool {
+        let due = matches!(self.kind, Kind::Undecided) && self.decide_by.is_some_and(|t| t <= now);
+        if due {
+            self.speak_text();
+        }
+        due
+    }
+
+    /// Whether the filter needs a session's protocol lines, or the events derived
+    /// from them (true while it is not registered: it may register for them).
+    pub fn observes(&self) -> bool {
+        match (&self.kind, self.state) {
+            (Kind::Text(t), PipeState::Ready { .. }) => t.reports != 0,
+            (_, PipeState::Ready { reports, .. }) => {
+                reports & (event::PROTOCOL | event::ROLLBACK) != 0
+            }
+            (_, PipeState::Handshake | PipeState::Dead) => true,
+        }
+    }
+
+    /// Whether the filter speaks OpenSMTPD's protocol.
+    pub fn speaks_text(&self) -> bool {
+        matches!(self.kind, Kind::Text(_))
     }
 
     /// Events the filter answers, when ready.
@@ -194,15 +304,46 @@ impl FilterPipe {
         matches!(self.state, PipeState::Ready { hooks, reports } if (hooks | reports) & ev != 0)
     }
 
-    /// Sends a report of event `ev`: at once when the filter observes it, kept until it
-    /// registers when it has not yet.
-    pub fn report(&mut self, session: u64, ev: u32, f: &Frame) {
-        if matches!(self.state, PipeState::Handshake) {
-            let mut w = Vec::new();
-            codec::encode(session, f, &mut w);
-            self.early.push(ev, w);
-        } else if self.wants(ev) {
-            self.send(session, f);
+    /// Sends a report: at once when the filter observes it, kept until it registers
+    /// when it has not yet (in both protocols while it is not known which it speaks).
+    pub fn report(&mut self, session: u64, r: &Report) {
+        let handshake = matches!(self.state, PipeState::Handshake);
+        // A filter taken for one of OpenSMTPD's for its silence may still turn out to
+        // speak the binary protocol.
+        let known_text = self.text_only || (self.heard && matches!(self.kind, Kind::Text(_)));
+        if handshake && !known_text {
+            if let Some(f) = r.frame() {
+                let mut w = Vec::new();
+                codec::encode(session, &f, &mut w);
+                self.early.push(codec::kind_of(&f).1, w);
+            }
+        }
+        if handshake && !matches!(self.kind, Kind::Binary) {
+            let ev = opensmtpd::report_events(r);
+            if ev != 0 {
+                let mut w = Vec::new();
+                opensmtpd::report(&mut w, super::text::Stamp::now(), session, r, ev);
+                self.early_text.push(ev, w);
+            }
+            return;
+        }
+        if handshake || self.state == PipeState::Dead {
+            return;
+        }
+        let was_empty = self.out.is_empty();
+        match &self.kind {
+            Kind::Text(t) => {
+                t.report(&mut self.out, session, r);
+            }
+            _ => match r.frame() {
+                Some(f) if self.wants(codec::kind_of(&f).1) => {
+                    codec::encode(session, &f, &mut self.out)
+                }
+                _ => {}
+            },
+        }
+        if was_empty && !self.out.is_empty() {
+            self.stalled = Instant::now();
         }
     }
 
@@ -236,30 +377,56 @@ impl FilterPipe {
         !self.out.is_empty()
     }
 
-    /// Queues a frame that waits for an answer from the filter.
+    /// Queues a frame that waits for an answer from the filter (a question, in
+    /// OpenSMTPD's protocol).
     pub fn ask(&mut self, session: u64, f: &Frame, now: Instant) {
         self.waiting.insert(session, now + self.timeout);
-        self.send(session, f);
+        if let Kind::Text(t) = &mut self.kind {
+            if self.out.is_empty() {
+                self.stalled = Instant::now();
+            }
+            t.ask(&mut self.out, session, f);
+        } else {
+            self.send(session, f);
+        }
     }
 
     /// A message of `session` starts through the filter: what it returns is counted
     /// from zero.
     pub fn start_lines(&mut self, session: u64) {
         self.data.insert(session, Passing::default());
+        if let Kind::Text(t) = &mut self.kind {
+            t.start_lines(session);
+        }
     }
 
     /// Queues lines of `session`'s message: the filter owes lines back until its
     /// DATA_END.
-    pub fn pass_lines(&mut self, session: u64, f: &Frame) {
+    pub fn pass_lines(&mut self, session: u64, lines: Vec<&[u8]>) {
         self.data.entry(session).or_default();
-        self.send(session, f);
+        if let Kind::Text(t) = &mut self.kind {
+            if self.out.is_empty() {
+                self.stalled = Instant::now();
+            }
+            t.lines(&mut self.out, session, lines.into_iter().map(Some));
+        } else {
+            self.send(session, &Frame::DataLines(lines));
+        }
     }
 
     /// Queues the end of `session`'s message lines, which the filter answers with its
-    /// own DATA_END.
+    /// own DATA_END (a lone dot in OpenSMTPD's protocol).
     pub fn ask_end(&mut self, session: u64, now: Instant) {
         self.data.entry(session).or_default().end_sent = true;
-        self.ask(session, &Frame::DataEnd, now);
+        if let Kind::Text(t) = &mut self.kind {
+            self.waiting.insert(session, now + self.timeout);
+            if self.out.is_empty() {
+                self.stalled = Instant::now();
+            }
+            t.lines(&mut self.out, session, std::iter::once(None));
+        } else {
+            self.ask(session, &Frame::DataEnd, now);
+        }
     }
 
     /// Octets the filter returned for `session`'s message so far.
@@ -358,6 +525,9 @@ impl FilterPipe {
 
     /// Forgets everything about the sessions of the filter's previous process.
     fn forget(&mut self) {
+        if let Kind::Text(t) = &mut self.kind {
+            t.forget();
+        }
         self.out.clear();
         self.waiting.clear();
         self.data.clear();
@@ -426,7 +596,20 @@ impl FilterPipe {
             match sock.read(&mut self.rbuf[..room]) {
                 Ok(0) => self.eof = true,
                 Ok(n) => {
-                    self.dec.feed(&self.rbuf[..n]);
+                    if !self.heard {
+                        // A frame's length starts with a zero byte; a line never does.
+                        self.heard = true;
+                        self.decide_by = None;
+                        if self.rbuf[0] == 0 && !self.text_only {
+                            self.kind = Kind::Binary;
+                        } else if !matches!(self.kind, Kind::Text(_)) {
+                            self.speak_text();
+                        }
+                    }
+                    match &mut self.kind {
+                        Kind::Text(t) => t.feed(&self.rbuf[..n]),
+                        _ => self.dec.feed(&self.rbuf[..n]),
+                    }
                     read += n;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
@@ -439,13 +622,46 @@ impl FilterPipe {
         }
     }
 
-    /// Takes at most `max` whole frames from the decoder; returns how many.
+    /// Takes at most `max` whole frames (or lines) from the decoder; returns how many.
     fn decode(
         &mut self,
         max: usize,
         now: Instant,
         out: &mut Vec<(u64, Answer)>,
     ) -> Result<usize, String> {
+        if let Kind::Text(t) = &mut self.kind {
+            let r = t.decode(max, &self.name, &mut self.logs, now, out);
+            let d = match r {
+                Ok(d) => d,
+                Err(e) => {
+                    self.state = PipeState::Dead;
+                    return Err(e);
+                }
+            };
+            if d.ready {
+                let (hooks, reports) = (t.hooks, t.reports);
+                log::info!(
+                    "filter {} registered (OpenSMTPD protocol {}) hooks={hooks:#x} reports={reports:#x}",
+                    self.name,
+                    super::text::VERSION
+                );
+                self.state = PipeState::Ready { hooks, reports: 0 };
+                if self.out.is_empty() {
+                    self.stalled = Instant::now();
+                }
+                let dropped = self.early_text.take(reports, &mut self.out);
+                if dropped > 0 {
+                    log::warn!(
+                        "filter {}: {dropped} reports dropped while it registered",
+                        self.name
+                    );
+                }
+            }
+            return Ok(d.lines);
+        }
+        if matches!(self.kind, Kind::Undecided) {
+            return Ok(0);
+        }
         let mut n = 0;
         while n < max {
             let frame = match self.dec.next_frame() {
@@ -558,11 +774,15 @@ impl FilterPipe {
         let answer = self.waiting.values().min().copied();
         let write = (!self.out.is_empty()).then(|| self.stalled + self.timeout);
         let gone = self.gone_order.front().map(|&(_, until)| until);
-        [answer, write, gone].into_iter().flatten().min()
+        let decide = self
+            .decide_by
+            .filter(|_| matches!(self.kind, Kind::Undecided));
+        [answer, write, gone, decide].into_iter().flatten().min()
     }
 
     /// Marks the pipe dead and returns the sessions that were waiting on it.
     pub fn kill(&mut self) -> Vec<u64> {
+        self.decide_by = None;
         self.state = PipeState::Dead;
         self.sock = None;
         let waiting = self.waiting.drain().map(|(s, _)| s).collect();
@@ -572,281 +792,5 @@ impl FilterPipe {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::os::unix::net::UnixStream;
-
-    fn pair() -> (FilterPipe, UnixStream) {
-        let (ours, theirs) = UnixStream::pair().unwrap();
-        let p = FilterPipe::new(0, "t", Some(OwnedFd::from(ours)), Duration::from_secs(30));
-        (p.unwrap(), theirs)
-    }
-
-    fn register() -> Vec<u8> {
-        let mut w = Vec::new();
-        let f = Frame::Register {
-            version: codec::VERSION,
-            hooks: event::ANSWERED | event::DATA_LINES,
-            reports: 0,
-            name: b"t",
-        };
-        codec::encode(0, &f, &mut w);
-        w
-    }
-
-    /// Frames of every size: many small answers and large line batches.
-    fn flood() -> (Vec<u8>, usize) {
-        let line = [b'x'; 998];
-        let mut w = Vec::new();
-        let mut n = 0;
-        while w.len() < 3 << 20 {
-            codec::encode(n as u64, &Frame::Proceed, &mut w);
-            if n % 100 == 0 {
-                codec::encode(n as u64, &Frame::DataLines(vec![&line[..]; 1000]), &mut w);
-                n += 1;
-            }
-            n += 1;
-        }
-        (w, n)
-    }
-
-    fn idle() -> FilterPipe {
-        FilterPipe::new(0, "t", None, Duration::from_secs(30)).unwrap()
-    }
-
-    fn lines(n: usize) -> Answer {
-        let mut l = Lines::default();
-        for _ in 0..n {
-            l.push(b"0123456789");
-        }
-        Answer::DataLines(l)
-    }
-
-    fn edit() -> Answer {
-        Answer::Edit(Edit::AddHeader("X-A".into(), "1".into()))
-    }
-
-    #[test]
-    fn decisions_answer_pending_questions_only() {
-        let now = Instant::now();
-        let mut p = idle();
-        assert_eq!(
-            p.settle(7, &Answer::Decision(Decision::Proceed), now),
-            Fit::Unrequested
-        );
-        p.ask(7, &Frame::Mail(b"a@b"), now);
-        assert_eq!(
-            p.settle(8, &Answer::Decision(Decision::Proceed), now),
-            Fit::Unrequested
-        );
-        assert_eq!(
-            p.settle(7, &Answer::Decision(Decision::Junk), now),
-            Fit::Asked
-        );
-        // A second decision for the same question.
-        assert_eq!(
-            p.settle(7, &Answer::Decision(Decision::Proceed), now),
-            Fit::Unrequested
-        );
-        // Edits come before the decision and start its deadline again.
-        p.ask(7, &Frame::Eom(10), now);
-        let later = now + Duration::from_secs(20);
-        assert_eq!(p.settle(7, &edit(), later), Fit::Asked);
-        assert!(!p.overdue(now + Duration::from_secs(40)));
-        assert!(p.overdue(later + Duration::from_secs(30)));
-        assert_eq!(
-            p.settle(7, &Answer::Decision(Decision::Discard), later),
-            Fit::Asked
-        );
-        assert_eq!(p.settle(7, &edit(), later), Fit::Unrequested);
-        assert!(p.waiting.is_empty());
-    }
-
-    #[test]
-    fn lines_and_their_end_follow_the_message() {
-        let now = Instant::now();
-        let mut p = idle();
-        assert_eq!(p.settle(5, &lines(1), now), Fit::Unrequested);
-        assert_eq!(p.settle(5, &Answer::DataEnd, now), Fit::Unrequested);
-        p.start_lines(5);
-        p.pass_lines(5, &Frame::DataLines(vec![b"x"]));
-        assert_eq!(p.settle(5, &lines(2), now), Fit::Asked);
-        assert_eq!(p.returned(5), 24);
-        // Its DATA_END before the daemon's: nobody asked for it.
-        assert_eq!(p.settle(5, &Answer::DataEnd, now), Fit::Unrequested);
-        p.ask_end(5, now);
-        // While the end is awaited, a decision answers nothing.
-        assert_eq!(
-            p.settle(5, &Answer::Decision(Decision::Proceed), now),
-            Fit::Unrequested
-        );
-        assert_eq!(p.settle(5, &lines(1), now), Fit::Asked);
-        assert_eq!(p.returned(5), 36);
-        assert_eq!(p.settle(5, &Answer::DataEnd, now), Fit::Asked);
-        assert!(p.waiting.is_empty());
-        // Lines after its own end are lost.
-        assert_eq!(p.settle(5, &lines(1), now), Fit::Unrequested);
-        assert_eq!(p.returned(5), 0);
-        // The next message counts from zero.
-        p.pass_lines(5, &Frame::DataLines(vec![b"x"]));
-        assert_eq!(p.settle(5, &lines(1), now), Fit::Asked);
-        p.start_lines(5);
-        assert_eq!(p.returned(5), 0);
-    }
-
-    #[test]
-    fn late_answers_for_sessions_that_left_are_not_counted() {
-        let now = Instant::now();
-        let mut p = idle();
-        // Left while a decision was pending: the wait outlives the session.
-        p.ask(1, &Frame::Rcpt(b"a@b"), now);
-        p.session_left(1, now);
-        assert_eq!(
-            p.settle(1, &Answer::Decision(Decision::Proceed), now),
-            Fit::Asked
-        );
-        // Left in the middle of its lines: they are dropped for a while.
-        p.pass_lines(2, &Frame::DataLines(vec![b"x"]));
-        p.session_left(2, now);
-        assert_eq!(p.settle(2, &lines(1), now), Fit::Gone);
-        assert_eq!(p.settle(2, &Answer::DataEnd, now), Fit::Gone);
-        assert_eq!(
-            p.settle(2, &Answer::Decision(Decision::Proceed), now),
-            Fit::Unrequested
-        );
-        p.prune_gone(now + GONE_FOR - Duration::from_secs(1));
-        assert_eq!(p.settle(2, &lines(1), now), Fit::Gone);
-        p.prune_gone(now + GONE_FOR);
-        assert_eq!(p.settle(2, &lines(1), now), Fit::Unrequested);
-        // Left after the end was sent: the filter's end is still awaited.
-        p.pass_lines(3, &Frame::DataLines(vec![b"x"]));
-        p.ask_end(3, now);
-        p.session_left(3, now);
-        assert_eq!(p.settle(3, &lines(1), now), Fit::Asked);
-        assert_eq!(p.settle(3, &Answer::DataEnd, now), Fit::Asked);
-    }
-
-    #[test]
-    fn sessions_that_left_are_remembered_up_to_a_bound() {
-        let now = Instant::now();
-        let mut p = idle();
-        for s in 0..GONE_MAX as u64 + 10 {
-            p.pass_lines(s, &Frame::DataLines(vec![b"x"]));
-            p.session_left(s, now);
-        }
-        assert_eq!(p.gone.len(), GONE_MAX);
-        assert_eq!(p.settle(0, &lines(1), now), Fit::Unrequested);
-        assert_eq!(p.settle(10, &lines(1), now), Fit::Gone);
-        p.kill();
-        assert!(p.gone.is_empty() && p.gone_order.is_empty() && p.data.is_empty());
-    }
-
-    #[test]
-    fn unrequested_answers_have_an_allowance() {
-        let now = Instant::now();
-        let mut p = idle();
-        for _ in 0..UNREQUESTED_MAX {
-            assert_eq!(p.unrequested(now), None);
-        }
-        assert_eq!(p.unrequested(now), Some(UNREQUESTED_MAX + 1));
-        // A new window.
-        assert_eq!(p.unrequested(now + UNREQUESTED_WINDOW), None);
-    }
-
-    #[test]
-    fn a_filter_that_takes_nothing_for_its_timeout_is_stalled() {
-        let (mut p, mut theirs) = pair();
-        let t = Instant::now();
-        p.send(1, &Frame::Data);
-        assert!(!p.write_stalled(t));
-        assert!(p.write_stalled(t + Duration::from_secs(31)));
-        p.flush().unwrap();
-        assert!(!p.write_stalled(t + Duration::from_secs(31)));
-        // Fill the socket until it takes no more.
-        let line = [b'x'; 998];
-        for _ in 0..1000 {
-            p.send(1, &Frame::DataLines(vec![&line[..]; 100]));
-            p.flush().unwrap();
-            if p.unsent() > 0 {
-                break;
-            }
-        }
-        let stuck = p.unsent();
-        assert!(stuck > 0);
-        p.flush().unwrap();
-        assert_eq!(p.unsent(), stuck);
-        let later = Instant::now() + Duration::from_secs(31);
-        assert!(p.write_stalled(later));
-        // The filter reads: the wait starts again from the last write.
-        let mut buf = vec![0u8; 256 * 1024];
-        let _ = theirs.read(&mut buf).unwrap();
-        p.flush().unwrap();
-        assert!(p.unsent() < stuck);
-        assert!(!p.write_stalled(Instant::now() + Duration::from_secs(29)));
-    }
-
-    #[test]
-    fn a_flood_is_taken_a_bounded_amount_at_a_time() {
-        let (mut p, mut theirs) = pair();
-        let (wire, frames) = flood();
-        let writer = std::thread::spawn(move || {
-            theirs.write_all(&register()).unwrap();
-            theirs.write_all(&wire).unwrap();
-            theirs
-        });
-        let mut got = 0;
-        let mut turns = 0;
-        while got < frames && turns < 100_000 {
-            turns += 1;
-            let mut out = Vec::new();
-            let before = p.dec.pending();
-            let more = p.read(Instant::now(), &mut out).unwrap();
-            assert!(out.len() <= FRAMES_PER_TURN);
-            assert!(p.dec.pending() <= codec::MAX_FRAME + READ_CHUNK);
-            assert!(p.dec.pending() <= before + READ_PER_TURN);
-            got += out.len();
-            if !more {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        }
-        assert_eq!(got, frames);
-        assert!(matches!(p.state, PipeState::Ready { .. }));
-        // Everything was taken: nothing is left, and the next read waits.
-        let theirs = writer.join().unwrap();
-        assert_eq!(p.read(Instant::now(), &mut Vec::new()), Ok(false));
-        drop(theirs);
-        assert_eq!(
-            p.read(Instant::now(), &mut Vec::new()),
-            Err("the filter closed its end".into())
-        );
-        assert_eq!(p.state, PipeState::Dead);
-    }
-
-    #[test]
-    fn frames_before_the_end_are_taken_first() {
-        let (mut p, mut theirs) = pair();
-        let mut wire = register();
-        for s in 0..FRAMES_PER_TURN as u64 + 10 {
-            codec::encode(s + 1, &Frame::Proceed, &mut wire);
-        }
-        theirs.write_all(&wire).unwrap();
-        drop(theirs);
-        let mut out = Vec::new();
-        assert_eq!(p.read(Instant::now(), &mut out), Ok(true));
-        // The REGISTER counts as a frame of the turn.
-        assert_eq!(out.len(), FRAMES_PER_TURN - 1);
-        out.clear();
-        assert_eq!(
-            p.read(Instant::now(), &mut out),
-            Err("the filter closed its end".into())
-        );
-        assert_eq!(out.len(), 11);
-        assert_eq!(
-            out.last(),
-            Some(&(
-                FRAMES_PER_TURN as u64 + 10,
-                Answer::Decision(Decision::Proceed)
-            ))
-        );
-    }
-}
+#[path = "pipe_tests.rs"]
+mod tests;

@@ -1,7 +1,8 @@
 //! What a session tells the filters that observe it (the report events of
 //! smtpd-filters(7)), owned until the loop frames them: protocol lines, with the
 //! credentials of SMTP AUTH hidden, rollbacks, the facts of a TLS handshake and the end
-//! of an AUTH exchange.
+//! of an AUTH exchange, commits and the end of the session; and the events only
+//! OpenSMTPD's protocol reports ([`TextReport`], `filter/opensmtpd.rs` formats them).
 
 use smtpd_filter::codec::Frame;
 
@@ -9,10 +10,11 @@ use smtpd_filter::codec::Frame;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Report {
     /// A command line (`<`), as the session shows it (the credentials of AUTH hidden),
-    /// or a reply (`>`).
+    /// or a reply (`>`, its lines separated by CR LF).
     Protocol(u8, Vec<u8>),
-    /// The transaction was abandoned.
-    Rollback,
+    /// The transaction was abandoned; the id OpenSMTPD's filters know it by, when
+    /// one was given.
+    Rollback(Option<u32>),
     /// The session's TLS handshake completed.
     Tls(TlsFacts),
     /// An AUTH exchange ended.
@@ -24,14 +26,73 @@ pub enum Report {
         /// How it ended.
         result: AuthResult,
     },
+    /// The message was queued: its id, size and envelopes.
+    Commit {
+        /// The message id, as 8 hexadecimal digits.
+        msgid: String,
+        /// Its size in octets.
+        size: u64,
+        /// Its envelopes.
+        evpids: Vec<u64>,
+    },
+    /// The session ended.
+    Disconnect,
+    /// An event only OpenSMTPD's protocol reports.
+    Text(TextReport),
+}
+
+/// Events of OpenSMTPD's protocol that the binary one has no frame for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TextReport {
+    /// The client connected: its reverse DNS name (`None`: unknown), whether it
+    /// resolves back, and both ends (`ADDR:PORT`, `[V6]:PORT`, or `local`).
+    Connect {
+        /// The client's reverse DNS name.
+        rdns: Option<String>,
+        /// It resolves back to the address.
+        fcrdns: bool,
+        /// The client's end.
+        src: String,
+        /// Ours.
+        dest: String,
+    },
+    /// The greeting was sent, with our name.
+    Greeting(String),
+    /// HELO or EHLO was accepted.
+    Identify {
+        /// `HELO` or `EHLO`.
+        method: &'static str,
+        /// The name the client gave.
+        name: String,
+    },
+    /// MAIL FROM opened a transaction.
+    TxBegin(u32),
+    /// The result of a MAIL FROM (`ok`, `permfail`, `tempfail`) and what followed
+    /// `MAIL FROM:`.
+    TxMail(u32, &'static str, String),
+    /// The result of a RCPT TO and what followed `RCPT TO:`.
+    TxRcpt(u32, &'static str, String),
+    /// The result of DATA.
+    TxData(u32, &'static str),
+    /// The transaction was abandoned at the end of the session.
+    TxRollback(u32),
+    /// The client's final dot.
+    DataEnd,
+    /// What the filter chain decided about a phase: OpenSMTPD's phase name and the
+    /// response (`proceed`, `junk`, `rewrite|VALUE`, `reject|REPLY`...).
+    FilterResponse(&'static str, String),
+    /// A report of a filter: its name and text.
+    FilterReport(String, String),
+    /// The session timed out.
+    Timeout,
 }
 
 impl Report {
-    /// The frame filters get.
-    pub fn frame(&self) -> Frame<'_> {
-        match self {
+    /// The frame filters of the binary protocol get, if any.
+    pub fn frame(&self) -> Option<Frame<'_>> {
+        Some(match self {
             Report::Protocol(dir, line) => Frame::Protocol { dir: *dir, line },
-            Report::Rollback => Frame::Rollback,
+            Report::Rollback(_) => Frame::Rollback,
             Report::Tls(t) => Frame::Tls {
                 version: t.version.as_bytes(),
                 cipher: t.cipher.as_bytes(),
@@ -48,7 +109,10 @@ impl Report {
                 user: user.as_bytes(),
                 result: result.as_str().as_bytes(),
             },
-        }
+            Report::Commit { msgid, .. } => Frame::Commit(msgid.as_bytes()),
+            Report::Disconnect => Frame::Disconnect,
+            Report::Text(_) => return None,
+        })
     }
 }
 
@@ -176,7 +240,7 @@ mod tests {
             None,
         ));
         assert_eq!(
-            tls.frame(),
+            tls.frame().unwrap(),
             Frame::Tls {
                 version: b"TLSv1.3",
                 cipher: b"TLS_AES_128_GCM_SHA256",
@@ -192,7 +256,7 @@ mod tests {
         };
         for (code, result) in [(235, &b"ok"[..]), (535, b"permfail"), (454, b"tempfail")] {
             assert_eq!(
-                auth(code).frame(),
+                auth(code).frame().unwrap(),
                 Frame::AuthResult {
                     mechanism: b"LOGIN",
                     user: b"alice",
@@ -200,6 +264,8 @@ mod tests {
                 }
             );
         }
-        assert_eq!(Report::Rollback.frame(), Frame::Rollback);
+        assert_eq!(Report::Rollback(None).frame(), Some(Frame::Rollback));
+        assert_eq!(Report::Disconnect.frame(), Some(Frame::Disconnect));
+        assert_eq!(Report::Text(TextReport::Timeout).frame(), None);
     }
 }

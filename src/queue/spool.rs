@@ -315,7 +315,13 @@ impl Spool {
 
     /// Creates a new message with a fresh random id; returns the id and its data file.
     pub fn create_message(&self) -> io::Result<(u32, MessageFile)> {
-        let (msgid, file) = self.create_file()?;
+        self.create_message_as(None)
+    }
+
+    /// Creates a new message with the id `wanted` when it is free (the id the filters
+    /// were told), else a fresh random one; returns the id and its data file.
+    pub fn create_message_as(&self, wanted: Option<u32>) -> io::Result<(u32, MessageFile)> {
+        let (msgid, file) = self.create_file(wanted)?;
         let (mut m, header) = MessageFile::new(file, self.key())?;
         if let Err(e) = self.write_raw(&mut m, &header) {
             self.discard(msgid);
@@ -324,10 +330,14 @@ impl Spool {
         Ok((msgid, m))
     }
 
-    /// A new message file in `incoming/`, empty or reused from `free/`.
-    fn create_file(&self) -> io::Result<(u32, File)> {
+    /// A new message file in `incoming/` with the id `wanted` when it is free, empty or
+    /// reused from `free/`.
+    fn create_file(&self, wanted: Option<u32>) -> io::Result<(u32, File)> {
+        let mut wanted = wanted;
         loop {
-            let msgid = crate::sys::random_u64() as u32;
+            let msgid = wanted
+                .take()
+                .unwrap_or_else(|| crate::sys::random_u64() as u32);
             if msgid == 0 || self.message_path(msgid).exists() {
                 continue;
             }

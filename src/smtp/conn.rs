@@ -417,10 +417,16 @@ impl Conn {
                         }
                     }
                     DataLine::End if !self.filters.data_chain.is_empty() => {
+                        if self.filters.observe {
+                            self.filters.report_data_end();
+                        }
                         // The chain's own end decides; input waits until then.
                         self.filters.data_end = Some(self.inbuf.pending() > 0);
                     }
                     DataLine::End => {
+                        if self.filters.observe {
+                            self.filters.report_data_end();
+                        }
                         let pipelined = self.inbuf.pending() > 0;
                         self.session.on_data_end(pipelined, &mut self.actions);
                         self.run_actions(ctx, Some(b"."));
@@ -455,7 +461,7 @@ impl Conn {
                             }
                             self.session.on_line(bytes, &mut self.actions);
                             if had_tx && self.session.tx().is_none() && self.filters.observe {
-                                self.filters.report(Report::Rollback);
+                                self.filters.report(Report::Rollback(None));
                             }
                         }
                         // The line is logged with failed replies, which may come with a
@@ -507,8 +513,9 @@ impl Conn {
                     log::trace!(target: "smtpd::smtp", "{:016x} smtp >>> {}", self.session.id, esc(&self.out[start..]));
                 }
                 Action::OpenMessage => {
-                    let r = match ctx.spool.create_message() {
+                    let r = match ctx.spool.create_message_as(self.filters.tx_msgid()) {
                         Ok((id, file)) => {
+                            self.filters.set_tx_msgid(id);
                             self.msg = Some(MsgWriter {
                                 id,
                                 file,
@@ -538,7 +545,7 @@ impl Conn {
                         ctx.spool.discard(m.id);
                     }
                     if self.filters.observe {
-                        self.filters.report(Report::Rollback);
+                        self.filters.report(Report::Rollback(None));
                     }
                 }
                 Action::Filter(q) => self.filters.query = Some(q),
@@ -616,7 +623,16 @@ impl Conn {
         if self.hold {
             return None;
         }
-        self.filters.query.take()
+        let q = self.filters.query.take();
+        if let Some(q) = &q {
+            self.filters.asked = Some(q.phase);
+        }
+        q
+    }
+
+    /// The size of the open transaction's message so far.
+    pub fn tx_size(&self) -> u64 {
+        self.session.tx().map_or(0, |t| t.size)
     }
 
     /// The client's reverse DNS, once looked up.

@@ -5,7 +5,8 @@
 use super::conn::{BATCH_MAX_BYTES, BATCH_MAX_LINES};
 use crate::filter::phase::FilterQuery;
 use crate::filter::pipe::Lines;
-use crate::filter::report::{AuthResult, Report, TlsFacts};
+use crate::filter::report::{AuthResult, Report, TextReport, TlsFacts};
+use crate::filter::track::Tracker;
 
 /// A session's filter state.
 #[derive(Debug, Default)]
@@ -18,6 +19,8 @@ pub struct FilterSide {
     pub observe: bool,
     /// A query the session made, for the loop to run through the chain.
     pub(super) query: Option<FilterQuery>,
+    /// The phase of the last query taken by the loop (for `filter-response`).
+    pub asked: Option<crate::filter::phase::Phase>,
     /// Lines waiting to be sent to the first data filter.
     pub(super) batch: Lines,
     /// Their octets.
@@ -34,6 +37,8 @@ pub struct FilterSide {
     pub(super) resume: bool,
     /// Events for observing filters since the loop last took them.
     reports: Vec<Report>,
+    /// The transaction events of OpenSMTPD's reports, from commands and replies.
+    tracker: Tracker,
 }
 
 impl FilterSide {
@@ -43,21 +48,69 @@ impl FilterSide {
     }
 
     /// An event for the filters of the chain that observe it (none without a chain).
-    pub(super) fn report(&mut self, r: Report) {
-        if !self.chain.is_empty() {
-            self.reports.push(r);
+    /// A rollback ends the transaction OpenSMTPD's reports know.
+    pub fn report(&mut self, r: Report) {
+        if self.chain.is_empty() {
+            return;
         }
+        let r = match r {
+            Report::Rollback(_) => Report::Rollback(self.tracker.end_tx()),
+            r => r,
+        };
+        self.reports.push(r);
     }
 
     /// A command line of the client, for the PROTOCOL report, as the session shows it:
     /// the credentials of SMTP AUTH already hidden ([`crate::smtp::sasl::redact`]).
     pub(super) fn report_client_line(&mut self, shown: &[u8]) {
         self.report(Report::Protocol(b'<', shown.to_vec()));
+        self.tracker.command(shown);
     }
 
-    /// A reply, for the PROTOCOL report.
+    /// A reply, for the PROTOCOL report, and the transaction events it makes.
     pub(super) fn report_reply(&mut self, text: &[u8]) {
-        self.report(Report::Protocol(b'>', text.to_vec()));
+        if self.chain.is_empty() {
+            return;
+        }
+        self.reports.push(Report::Protocol(b'>', text.to_vec()));
+        let new_id = || loop {
+            let id = crate::sys::random_u64() as u32;
+            if id != 0 {
+                break id;
+            }
+        };
+        self.tracker.reply(text, new_id, &mut self.reports);
+    }
+
+    /// The client's final dot (reported by OpenSMTPD's protocol only).
+    pub(super) fn report_data_end(&mut self) {
+        self.report(Report::Text(TextReport::DataEnd));
+        self.tracker.data_end();
+    }
+
+    /// The id OpenSMTPD's reports gave the open transaction, for its message to be
+    /// stored under.
+    pub fn tx_msgid(&self) -> Option<u32> {
+        self.tracker.msgid()
+    }
+
+    /// The open transaction's message was stored under `id`.
+    pub fn set_tx_msgid(&mut self, id: u32) {
+        self.tracker.set_msgid(id);
+    }
+
+    /// The open transaction's message was committed.
+    pub fn committed(&mut self) {
+        self.tracker.end_tx();
+    }
+
+    /// The session ends: what observers are told before it disconnects (the events
+    /// left, and the rollback of a transaction still open).
+    pub fn take_final_reports(&mut self) -> Vec<Report> {
+        if let Some(id) = self.tracker.end_tx() {
+            self.report(Report::Text(TextReport::TxRollback(id)));
+        }
+        self.take_reports()
     }
 
     /// The session's TLS handshake completed: the filters of its chain that registered

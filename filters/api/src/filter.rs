@@ -18,6 +18,7 @@
 //! the daemon gives the filter a deadline.
 
 use crate::codec::{self, event, Decoder, Frame};
+use crate::preamble::Preamble;
 use crate::verdict::{Decision, Edit};
 use std::io::{self, Read, Write};
 
@@ -297,12 +298,13 @@ impl Filter {
         let mut dec = Decoder::new();
         let mut buf = vec![0u8; 64 * 1024];
         let mut ready = false;
+        let mut pre = Preamble::default();
         loop {
             let n = r.read(&mut buf)?;
             if n == 0 {
                 return Ok(());
             }
-            dec.feed(&buf[..n]);
+            dec.feed(pre.filter(&buf[..n]));
             out.clear();
             loop {
                 let (sid, frame) = match dec.next_frame() {

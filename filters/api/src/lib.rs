@@ -5,6 +5,7 @@
 
 pub mod codec;
 pub mod filter;
+pub mod preamble;
 pub mod verdict;
 
 pub use codec::{Decoder, Frame, WireError, VERSION as PROTOCOL_VERSION};

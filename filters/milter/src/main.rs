@@ -442,6 +442,7 @@ fn run(cfg: Config) -> Result<(), String> {
         b.cfg.default.name()
     );
     let mut dec = Decoder::new();
+    let mut pre = smtpd_filter::preamble::Preamble::default();
     let mut events = Events::with_capacity(256);
     let mut buf = vec![0u8; 256 * 1024];
     loop {
@@ -464,7 +465,7 @@ fn run(cfg: Config) -> Result<(), String> {
                             break;
                         }
                         Ok(n) => {
-                            dec.feed(&buf[..n]);
+                            dec.feed(pre.filter(&buf[..n]));
                             loop {
                                 match dec.next_frame() {
                                     Ok(Some((sid, f))) => b.on_frame(sid, f, now)?,

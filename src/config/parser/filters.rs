@@ -1,5 +1,5 @@
 //! The `filter` statements: filter processes, chains and built-in filters, and the
-//! references to them from `listen on`.
+//! references to them from `listen on`; the `proc` statements of OpenSMTPD's filters.
 
 use super::*;
 
@@ -19,6 +19,29 @@ const BUILTIN_WORDS: &[&str] = &[
     "rcpt-to",
     "auth",
 ];
+
+/// A `proc NAME "COMMAND" [user U] [group G] [chroot DIR]` statement, until a `filter
+/// NAME proc PROC` uses it (once).
+#[derive(Debug, Clone)]
+pub(super) struct ProcDef {
+    command: String,
+    user: Option<String>,
+    group: Option<String>,
+    chroot: Option<PathBuf>,
+    /// The filter that uses it.
+    used_by: Option<String>,
+}
+
+/// The options of a process, after its command.
+struct ProcOptions {
+    user: Option<String>,
+    group: Option<String>,
+    chroot: Option<PathBuf>,
+    timeout: Option<Duration>,
+}
+
+/// How long a filter's answer may take by default.
+const FILTER_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Parser {
     /// `filter NAME` or `filter { A, B }` after `listen on`: the chain head.
@@ -53,32 +76,35 @@ impl Parser {
         }
         let kind = if st.eat("proc-exec") {
             let command = st.value("command")?;
-            let (mut user, mut group, mut chroot) = (None, None, None);
-            let mut timeout = Duration::from_secs(30);
-            while !st.at_end() {
-                if st.eat("user") {
-                    user = Some(st.value("user name")?);
-                } else if st.eat("group") {
-                    group = Some(st.value("group name")?);
-                } else if st.eat("chroot") {
-                    let d = st.value("directory")?;
-                    chroot = Some(relative_to(&self.current, &d));
-                } else if st.eat("timeout") {
-                    let v = st.value("duration")?;
-                    timeout = parse_duration(&v)
-                        .filter(|d| !d.is_zero())
-                        .ok_or_else(|| st.err(format!("invalid duration '{v}'")))?;
-                } else {
-                    st.done()?;
-                    break;
-                }
-            }
+            let o = self.proc_options(st)?;
             FilterKind::Proc {
                 command,
-                user,
-                group,
-                chroot,
-                timeout,
+                user: o.user,
+                group: o.group,
+                chroot: o.chroot,
+                timeout: o.timeout.unwrap_or(FILTER_TIMEOUT),
+                opensmtpd: false,
+            }
+        } else if st.eat("proc") {
+            let p = st.value("proc name")?;
+            let o = self.proc_options(st)?;
+            if o.user.is_some() || o.group.is_some() || o.chroot.is_some() {
+                return Err(st.err("user, group and chroot belong to the proc statement"));
+            }
+            let Some(def) = self.procs.get_mut(&p) else {
+                return Err(st.err(format!("undefined proc '{p}'")));
+            };
+            if let Some(other) = &def.used_by {
+                return Err(st.err(format!("proc '{p}' is used by filter '{other}' already")));
+            }
+            def.used_by = Some(name.clone());
+            FilterKind::Proc {
+                command: def.command.clone(),
+                user: def.user.clone(),
+                group: def.group.clone(),
+                chroot: def.chroot.clone(),
+                timeout: o.timeout.unwrap_or(FILTER_TIMEOUT),
+                opensmtpd: true,
             }
         } else if st.eat("chain") {
             st.expect_punct('{')?;
@@ -172,12 +198,68 @@ impl Parser {
                 decision,
             })
         } else {
-            return Err(st.err("filter kind expected: proc-exec, chain or phase"));
+            return Err(st.err("filter kind expected: proc-exec, proc, chain or phase"));
         };
         self.filter_names
             .insert(name.clone(), self.cfg.filters.len());
         self.cfg.filters.push(FilterDef { name, kind });
         Ok(())
+    }
+}
+
+impl Parser {
+    /// `proc NAME "COMMAND" [user U] [group G] [chroot DIR]`: a filter process of
+    /// OpenSMTPD's protocol, for one `filter NAME proc PROC`.
+    pub(super) fn proc(&mut self, st: &mut Stmt) -> Result<(), ConfigError> {
+        let name = st.value("proc name")?;
+        if self.procs.contains_key(&name) {
+            return Err(st.err(format!("proc '{name}' defined twice")));
+        }
+        let command = st.value("command")?;
+        let o = self.proc_options(st)?;
+        if o.timeout.is_some() {
+            return Err(st.err("timeout belongs to the filter statement"));
+        }
+        let def = ProcDef {
+            command,
+            user: o.user,
+            group: o.group,
+            chroot: o.chroot,
+            used_by: None,
+        };
+        self.procs.insert(name, def);
+        Ok(())
+    }
+
+    /// `[user U] [group G] [chroot DIR] [timeout D]` up to the end of the statement.
+    fn proc_options(&self, st: &mut Stmt) -> Result<ProcOptions, ConfigError> {
+        let mut o = ProcOptions {
+            user: None,
+            group: None,
+            chroot: None,
+            timeout: None,
+        };
+        while !st.at_end() {
+            if st.eat("user") {
+                o.user = Some(st.value("user name")?);
+            } else if st.eat("group") {
+                o.group = Some(st.value("group name")?);
+            } else if st.eat("chroot") {
+                let d = st.value("directory")?;
+                o.chroot = Some(relative_to(&self.current, &d));
+            } else if st.eat("timeout") {
+                let v = st.value("duration")?;
+                o.timeout = Some(
+                    parse_duration(&v)
+                        .filter(|d| !d.is_zero())
+                        .ok_or_else(|| st.err(format!("invalid duration '{v}'")))?,
+                );
+            } else {
+                st.done()?;
+                break;
+            }
+        }
+        Ok(o)
     }
 }
 
@@ -194,5 +276,65 @@ pub(super) fn reply_text(st: &Stmt, s: &str) -> Result<String, ConfigError> {
         Err(st.err(format!(
             "invalid reply \"{s}\": expected a 4xx or 5xx code and text"
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{parse, FilterKind};
+    use std::collections::HashMap;
+    use std::path::Path;
+    use std::time::Duration;
+
+    fn conf(text: &str) -> Result<crate::config::Config, String> {
+        let text = format!("{text}\nlisten on 127.0.0.1\n");
+        parse(&text, Path::new("/etc/smtpd.conf"), &HashMap::new()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_proc_form_of_opensmtpd() {
+        let c = conf(
+            "proc p \"/usr/libexec/filter -v\" user nobody group nogroup chroot \"/var/empty\"\n\
+             filter f proc p timeout 5s\n\
+             filter g proc-exec \"/bin/g\"",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            c.filters[0].kind,
+            FilterKind::Proc {
+                command: "/usr/libexec/filter -v".into(),
+                user: Some("nobody".into()),
+                group: Some("nogroup".into()),
+                chroot: Some("/var/empty".into()),
+                timeout: Duration::from_secs(5),
+                opensmtpd: true,
+            }
+        );
+        assert!(matches!(
+            c.filters[1].kind,
+            FilterKind::Proc {
+                opensmtpd: false,
+                timeout,
+                ..
+            } if timeout == Duration::from_secs(30)
+        ));
+        for (text, err) in [
+            ("filter f proc p", "undefined proc 'p'"),
+            ("proc p \"x\"\nproc p \"y\"", "proc 'p' defined twice"),
+            (
+                "proc p \"x\"\nfilter f proc p\nfilter g proc p",
+                "used by filter 'f' already",
+            ),
+            (
+                "proc p \"x\"\nfilter f proc p user nobody",
+                "belong to the proc statement",
+            ),
+            ("proc p \"x\" timeout 1s", "timeout belongs to the filter"),
+            ("proc p", "command"),
+            ("proc p \"x\" color red", "color"),
+        ] {
+            let e = conf(text).err().unwrap_or_default();
+            assert!(e.contains(err), "{text}: {e}");
+        }
     }
 }
