@@ -305,11 +305,6 @@ impl MtaConn {
         self.setup.helo = helo.to_string();
     }
 
-    /// The server name of the current attempt.
-    pub fn host(&self) -> Option<&str> {
-        self.host.as_deref()
-    }
-
     /// Whether the current attempt's server took the session past its greeting and
     /// EHLO, for the hosts' bookkeeping.
     pub fn served(&self) -> bool {

@@ -1,6 +1,7 @@
-//! From a route's destination to the addresses to try, in order: a domain's mail
-//! exchangers (RFC 5321 §5.1, null MX of RFC 7505) or a smarthost's name, then each
-//! host's addresses and, where DANE applies (RFC 7672 §2.2), its TLSA records.
+//! From a domain to the addresses to try, in order: its mail exchangers (RFC 5321
+//! §5.1, null MX of RFC 7505), then each exchanger's addresses and, where DANE applies
+//! (RFC 7672 §2.2), its TLSA records. (A smarthost's name is resolved by
+//! `event_loop/mta.rs`, with the search list of resolv.conf.)
 //!
 //! A pure machine: it asks questions and takes their answers; the loop's resolver
 //! carries them. Every way a lookup fails ends in an outcome with the enhanced status
@@ -109,8 +110,7 @@ pub struct RouteResolver {
     domain: String,
     settings: Settings,
     seed: u64,
-    /// The MX answer was authenticated (a smarthost counts as authenticated: its name
-    /// comes from the configuration).
+    /// The MX answer was authenticated.
     mx_secure: bool,
     hosts: Vec<Host>,
     asked: HashMap<Question, ()>,
@@ -122,16 +122,6 @@ impl RouteResolver {
     pub fn mx(domain: &str, settings: Settings, seed: u64) -> (RouteResolver, Progress) {
         let mut r = RouteResolver::new(domain, settings, seed);
         let q = r.ask(domain, Qtype::Mx);
-        (r, Progress::Ask(q))
-    }
-
-    /// Resolves a smarthost's name.
-    pub fn host(name: &str, settings: Settings, seed: u64) -> (RouteResolver, Progress) {
-        let mut r = RouteResolver::new(name, settings, seed);
-        r.mx_secure = true;
-        r.hosts.push(Host::new(name, 0));
-        let mut q = r.ask(name, Qtype::Aaaa);
-        q.extend(r.ask(name, Qtype::A));
         (r, Progress::Ask(q))
     }
 

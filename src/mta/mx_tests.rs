@@ -359,8 +359,8 @@ fn dane_needs_authenticated_answers_all_the_way() {
 }
 
 #[test]
-fn a_smarthost_name_and_stray_answers() {
-    let (mut r, p) = RouteResolver::host("relay.example.net", settings(), 1);
+fn stray_answers_and_unusable_addresses() {
+    let (mut r, p) = start_mx(&[(10, "relay.example.net")], 1);
     assert_eq!(
         p,
         Progress::Ask(vec![

@@ -440,12 +440,12 @@ impl Manager {
                         req,
                     }));
                 }
-                Plan::Mta(route, _) if self.mta.closed_route(&route, now).is_some() => {
-                    let why = self.mta.closed_route(&route, now).unwrap_or_default();
-                    self.mta.deferred(&route, evpid);
-                    self.finish(evpid, Outcome::TempFail(why), now);
-                }
                 Plan::Mta(route, addr) => {
+                    if let Some(why) = self.mta.closed_route(&route, now) {
+                        self.mta.deferred(&route, evpid);
+                        self.finish(evpid, Outcome::TempFail(why), now);
+                        continue;
+                    }
                     let e = &slot.env;
                     let msgid = e.msgid();
                     let rcpt = Rcpt {
