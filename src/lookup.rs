@@ -193,15 +193,50 @@ impl Job {
     }
 }
 
+/// The deliveries of a recipient of a session: a bounce (null sender) to an SRS
+/// address, when `srs key` is set, goes to the address it stands for, matched as mail
+/// of this host's own; any other recipient as usual.
+fn expand_rcpt(
+    cfg: &Config,
+    ctx: &crate::mail::peer::MatchCtx,
+    rcpt: &crate::mail::address::Mailbox,
+    now: u64,
+) -> Result<Vec<crate::mail::delivery::Delivery>, crate::mail::reply::Reply> {
+    use crate::srs::TakenBack;
+    if !ctx.sender.is_null() {
+        return crate::expand::expand(cfg, ctx, rcpt);
+    }
+    let to = match crate::srs::take_back(&cfg.srs, rcpt, now) {
+        TakenBack::NotSrs => return crate::expand::expand(cfg, ctx, rcpt),
+        TakenBack::Invalid => {
+            log::warn!("srs: cannot take back {rcpt}: bad hash or expired");
+            return crate::expand::expand(cfg, ctx, rcpt);
+        }
+        TakenBack::Unusable => return Err(crate::mail::reply::Reply::NO_RULE),
+        TakenBack::To(to) => to,
+    };
+    log::info!("srs: {rcpt} taken back to {to}");
+    let client = crate::queue::forward::local_client(&ctx.client.server_name);
+    let own = crate::mail::peer::MatchCtx {
+        client: &client,
+        helo: ctx.helo,
+        sender: ctx.sender,
+    };
+    crate::expand::expand(cfg, &own, &to)
+}
+
 /// Serves a job the daemon's way: the ruleset and expansion over `cfg`, the spool.
 pub fn serve(cfg: &Config, spool: &Spool, job: Job) -> Answer {
     match job {
         Job::Session(Lookup::Space(size)) => {
             Answer::Session(LookupAnswer::Space(spool.has_space(size)))
         }
-        Job::Session(Lookup::Rcpt(q)) => Answer::Session(LookupAnswer::Rcpt(
-            crate::srs::expand_rcpt(cfg, &q.ctx(), &q.rcpt, crate::srs::now()),
-        )),
+        Job::Session(Lookup::Rcpt(q)) => Answer::Session(LookupAnswer::Rcpt(expand_rcpt(
+            cfg,
+            &q.ctx(),
+            &q.rcpt,
+            crate::srs::now(),
+        ))),
         Job::Session(Lookup::Sender(q)) => {
             let owned = match cfg.tables.get(q.table) {
                 Some(t) => {

@@ -17,11 +17,8 @@
 //! original sender, when the hash is the key's (or the backup key's) and the day not
 //! older than `srs ttl`.
 
-use crate::config::{Config, SrsConfig};
+use crate::config::SrsConfig;
 use crate::mail::address::Mailbox;
-use crate::mail::delivery::Delivery;
-use crate::mail::peer::MatchCtx;
-use crate::mail::reply::Reply;
 
 /// The base32 alphabet of the time stamp (RFC 4648).
 const BASE32: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
@@ -147,38 +144,36 @@ pub fn decode(cfg: &SrsConfig, addr: &str, now: u64) -> Option<String> {
     }
 }
 
-/// The deliveries of a recipient of a session: a bounce (null sender) to an SRS
-/// address, when `srs key` is set, goes to the address it stands for, matched as mail
-/// of this host's own; any other recipient as usual.
-pub fn expand_rcpt(
-    cfg: &Config,
-    ctx: &MatchCtx,
-    rcpt: &Mailbox,
-    now: u64,
-) -> Result<Vec<Delivery>, Reply> {
+/// What a recipient stands for under SRS.
+#[derive(Debug, PartialEq, Eq)]
+pub enum TakenBack {
+    /// No SRS address (or no `srs key`): the recipient itself.
+    NotSrs,
+    /// An SRS address whose hash does not verify, or that expired.
+    Invalid,
+    /// An SRS address of an address that cannot be a recipient.
+    Unusable,
+    /// The original sender the SRS address stands for.
+    To(Mailbox),
+}
+
+/// The address a bounce to `rcpt` goes back to, when `rcpt` is an SRS address of
+/// this host (`srs key`).
+pub fn take_back(cfg: &SrsConfig, rcpt: &Mailbox, now: u64) -> TakenBack {
     let tagged = strip_tag(&rcpt.local, "SRS0=").or(strip_tag(&rcpt.local, "SRS1="));
-    if cfg.srs.key.is_none() || !ctx.sender.is_null() || tagged.is_none() {
-        return crate::expand::expand(cfg, ctx, rcpt);
+    if cfg.key.is_none() || tagged.is_none() {
+        return TakenBack::NotSrs;
     }
-    let Some(original) = decode(&cfg.srs, &rcpt.to_string(), now) else {
-        log::warn!("srs: cannot take back {rcpt}: bad hash or expired");
-        return crate::expand::expand(cfg, ctx, rcpt);
+    let Some(original) = decode(cfg, &rcpt.to_string(), now) else {
+        return TakenBack::Invalid;
     };
-    let Some((local, domain)) = split(&original) else {
-        return Err(Reply::NO_RULE);
-    };
-    let to = Mailbox {
-        local: local.to_string(),
-        domain: domain.to_ascii_lowercase(),
-    };
-    log::info!("srs: {rcpt} taken back to {to}");
-    let client = crate::queue::forward::local_client(&ctx.client.server_name);
-    let own = MatchCtx {
-        client: &client,
-        helo: ctx.helo,
-        sender: ctx.sender,
-    };
-    crate::expand::expand(cfg, &own, &to)
+    match split(&original) {
+        Some((local, domain)) => TakenBack::To(Mailbox {
+            local: local.to_string(),
+            domain: domain.to_ascii_lowercase(),
+        }),
+        None => TakenBack::Unusable,
+    }
 }
 
 #[cfg(test)]

@@ -56,7 +56,7 @@ pub struct Relay {
     /// turns it off.
     pub mta_sts: bool,
     /// `srs`: the sender of forwarded mail is rewritten with the Sender Rewriting
-    /// Scheme (`crate::srs`).
+    /// Scheme (`srs.rs`).
     pub srs: bool,
 }
 
