@@ -10,7 +10,7 @@ use libfuzzer_sys::fuzz_target;
 use smtpd::mail::TlsFacts;
 use smtpd::mta::client::{Client, ClientOpts, Job, Rcpt, ReplyParser, Step, TlsMode};
 use smtpd::nexthop::Proto;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 fn job(id: u64, n: usize, eight: bool) -> Job {
     Job {
@@ -47,7 +47,8 @@ fuzz_target!(|data: &[u8]| {
         tls_on_connect: flags & 16 != 0,
     };
     let mut c = Client::new(proto, "client.example.org", opts);
-    let mut pending: Vec<Step> = Vec::new();
+    // Steps are carried out in the order the machine gave them, as the glue does.
+    let mut pending: VecDeque<Step> = VecDeque::new();
     let mut open: HashMap<u64, usize> = HashMap::new();
     for id in 1..=((flags >> 5) as u64 % 4 + 1) {
         let n = (id as usize * 3) % 7 + 1;
@@ -60,7 +61,7 @@ fuzz_target!(|data: &[u8]| {
     let mut lines = rest.split(|&b| b == b'\n');
     for round in 0..10_000 {
         // Carry out what the machine asked.
-        while let Some(step) = pending.pop() {
+        while let Some(step) = pending.pop_front() {
             match step {
                 Step::Send(_) | Step::SendSecret { .. } | Step::Log { .. } => {
                     assert!(!closed, "a command after Close");
