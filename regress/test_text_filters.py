@@ -330,7 +330,7 @@ def test_reject_junk_rewrites_and_disconnect(tx):
 def test_filter_speaking_first_and_the_proc_form(tx):
     spec = {"phases": ["rcpt-to"], "speak_first": True,
             "rules": [{"phase": "rcpt-to", "when": "^no@", "answer": "reject|550 No"}]}
-    conf = ('proc tp "%s" user _smtpd\nfilter tf proc tp timeout 5s\n'
+    conf = ('admd "mx.example.org"\nproc tp "%s" user _smtpd\nfilter tf proc tp timeout 5s\n'
             % tx.text("tf", spec))
     d = tx(conf, "tf")
     wait_registered(d, "tf")
@@ -344,6 +344,8 @@ def test_filter_speaking_first_and_the_proc_form(tx):
         c.until_quit()
     lines = tx.trace("tf").read_text().splitlines()
     assert "config|ready" in lines
+    # `admd` names the authserv-id filters put in Authentication-Results.
+    assert "config|admd|mx.example.org" in lines, lines
 
 
 def test_slow_binary_filter_is_still_served_in_binary(tx):

@@ -49,7 +49,7 @@ impl Server {
                     &mut hello,
                     env!("CARGO_PKG_VERSION"),
                     self.cfg.smtp.timeout.as_secs(),
-                    &self.cfg.hostname,
+                    self.cfg.admd.as_deref().unwrap_or(&self.cfg.hostname),
                 );
                 let text = TextSetup { hello, only };
                 let p = FilterPipe::new(id, &name, Some(fd), timeout, Some(text))?;
