@@ -30,6 +30,8 @@ pub enum Command {
     ShowHosts,
     /// `show mta-sts`: the MTA-STS policies of the domains relayed to.
     ShowMtaSts,
+    /// `show metrics`: the counters in Prometheus's text format.
+    ShowMetrics,
     /// `schedule domain DOMAIN`: the envelopes for a domain now, its routes reopened.
     ScheduleDomain(String),
     /// `schedule ID|all`.
@@ -132,7 +134,7 @@ pub fn parse(line: &str) -> Result<Command, String> {
         "show" => match pick(
             arg(1)?,
             &[
-                "queue", "envelope", "message", "stats", "routes", "hosts", "mta-sts",
+                "queue", "envelope", "message", "stats", "routes", "hosts", "mta-sts", "metrics",
             ],
         )? {
             "queue" => Command::ShowQueue,
@@ -148,6 +150,7 @@ pub fn parse(line: &str) -> Result<Command, String> {
             "routes" => Command::ShowRoutes,
             "hosts" => Command::ShowHosts,
             "mta-sts" => Command::ShowMtaSts,
+            "metrics" => Command::ShowMetrics,
             _ => Command::ShowStats,
         },
         "schedule" if words.get(1) == Some(&"domain") => {
@@ -304,8 +307,11 @@ mod tests {
         assert_eq!(parse("sh h"), Ok(Command::ShowHosts));
         assert_eq!(parse("show mta-sts"), Ok(Command::ShowMtaSts));
         assert_eq!(parse("sh mt"), Ok(Command::ShowMtaSts));
+        assert_eq!(parse("show metrics"), Ok(Command::ShowMetrics));
+        assert_eq!(parse("sh met"), Ok(Command::ShowMetrics));
+        assert!(parse("sh me 01234567").is_err());
         assert_eq!(
-            parse("sh me 01234567"),
+            parse("sh mes 01234567"),
             Ok(Command::ShowMessage(0x01234567))
         );
         assert!(parse("sh m 01234567").is_err(), "message or mta-sts");

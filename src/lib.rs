@@ -19,6 +19,7 @@ pub mod logger;
 pub mod lookup;
 pub mod mail;
 pub mod mda;
+pub mod metrics;
 pub mod mta;
 pub mod nexthop;
 pub mod privsep;

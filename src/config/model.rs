@@ -41,10 +41,22 @@ pub struct Config {
     /// `admd NAME`: the authserv-id (RFC 8601) filters are told; the server name when
     /// `None`.
     pub admd: Option<String>,
+    /// `metrics [on ADDRESS] [port PORT]`: where counters are served over HTTP.
+    pub metrics: Option<MetricsConfig>,
     /// `srs key`, `srs key backup`, `srs ttl`.
     pub srs: SrsConfig,
     /// `mda limit`.
     pub mda: MdaConfig,
+}
+
+/// Default port of the metrics listener.
+pub const METRICS_PORT: u16 = 9465;
+
+/// The metrics listener (`metrics`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsConfig {
+    /// The addresses served.
+    pub addrs: Vec<std::net::SocketAddr>,
 }
 
 /// The local socket's options (`listen on socket ...`).

@@ -142,6 +142,7 @@ pub const KEYWORDS: &[&str] = &[
     "encryption",
     "wrapper",
     "admd",
+    "metrics",
     "max-session",
 ];
 
@@ -332,6 +333,7 @@ impl Parser {
                 cas: Vec::new(),
                 socket: SocketListener::default(),
                 admd: None,
+                metrics: None,
                 srs: SrsConfig::default(),
                 mda: MdaConfig::default(),
             },
@@ -429,6 +431,7 @@ impl Parser {
             "ca" => self.ca(&mut st),
             "srs" => self.srs(&mut st),
             "admd" => self.admd(&mut st),
+            "metrics" => self.metrics(&mut st),
             "mda" => self.mda(&mut st),
             other => Err(st.err(compat::unknown_statement(other))),
         }

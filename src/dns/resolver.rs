@@ -111,9 +111,37 @@ struct Question<W> {
     stream: Vec<u8>,
 }
 
+/// Questions answered, by how.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct DnsCounts {
+    /// From the cache.
+    pub cached: u64,
+    /// By a server, with records or none.
+    pub answered: u64,
+    /// By a server: no such name.
+    pub nxdomain: u64,
+    /// Failed for now (SERVFAIL, timeouts, garbage, limits).
+    pub tempfail: u64,
+    /// Failed for good (a name that cannot be asked, NOTIMP).
+    pub permfail: u64,
+}
+
+impl DnsCounts {
+    fn count(&mut self, r: &DnsResult) {
+        match r {
+            Ok(_) => self.answered += 1,
+            Err(DnsError::NxDomain { .. }) => self.nxdomain += 1,
+            Err(DnsError::TempFail(_)) => self.tempfail += 1,
+            Err(DnsError::PermFail(_)) => self.permfail += 1,
+        }
+    }
+}
+
 /// The resolver.
 #[derive(Debug)]
 pub struct Resolver<W> {
+    /// Questions answered so far.
+    pub counts: DnsCounts,
     conf: Arc<ResolvConf>,
     hosts: Hosts,
     cache: Cache,
@@ -130,6 +158,7 @@ impl<W: Clone> Resolver<W> {
     /// A resolver for `conf` and `hosts`; `random` gives query ids.
     pub fn new(conf: ResolvConf, hosts: Hosts, random: fn() -> u64) -> Resolver<W> {
         Resolver {
+            counts: DnsCounts::default(),
             conf: Arc::new(conf),
             hosts,
             cache: Cache::new(CACHE_ENTRIES, CACHE_BYTES),
@@ -178,7 +207,7 @@ impl<W: Clone> Resolver<W> {
     pub fn ask(&mut self, name: &str, qtype: Qtype, waiter: W, now: Instant) {
         let name = normalize(name);
         if let Err(why) = wire::encode_name(&name, &mut Vec::new()) {
-            return self.answer(waiter, name, qtype, Err(DnsError::PermFail(why)));
+            return self.fail(waiter, name, qtype, DnsError::PermFail(why));
         }
         if let Some(result) = self.cache.get(&name, qtype, now) {
             log::debug!(
@@ -186,6 +215,7 @@ impl<W: Clone> Resolver<W> {
                 qtype.as_str(),
                 describe(&result)
             );
+            self.counts.cached += 1;
             return self.answer(waiter, name, qtype, result);
         }
         let key = (name, qtype);
@@ -195,11 +225,11 @@ impl<W: Clone> Resolver<W> {
                 return;
             }
             let why = "too many waiters for one DNS question".to_string();
-            return self.answer(waiter, key.0, qtype, Err(DnsError::TempFail(why)));
+            return self.fail(waiter, key.0, qtype, DnsError::TempFail(why));
         }
         if self.questions.len() >= MAX_QUESTIONS {
             let why = "too many DNS questions in flight".to_string();
-            return self.answer(waiter, key.0, qtype, Err(DnsError::TempFail(why)));
+            return self.fail(waiter, key.0, qtype, DnsError::TempFail(why));
         }
         let conf = self.conf.clone();
         let first = if conf.rotate {
@@ -227,6 +257,13 @@ impl<W: Clone> Resolver<W> {
         };
         self.questions.insert(key.clone(), q);
         self.start_try(key, now);
+    }
+
+    /// A question that fails before it is sent.
+    fn fail(&mut self, waiter: W, name: String, qtype: Qtype, e: DnsError) {
+        let result = Err(e);
+        self.counts.count(&result);
+        self.answer(waiter, name, qtype, result);
     }
 
     fn answer(&mut self, waiter: W, name: String, qtype: Qtype, result: DnsResult) {
@@ -352,6 +389,7 @@ impl<W: Clone> Resolver<W> {
             key.1.as_str(),
             describe(&result)
         );
+        self.counts.count(&result);
         self.cache.put(&key.0, key.1, &result, ttl, now);
         for w in q.waiters {
             self.answer(w, key.0.clone(), key.1, result.clone());

@@ -100,6 +100,11 @@ impl Server {
                 return;
             }
             let (stream, peer, lidx) = match self.slab.get(key) {
+                Some(Endpoint::Listener { idx, .. })
+                    if *idx == super::metrics::METRICS_LISTENER =>
+                {
+                    return self.metrics_accept(key, now);
+                }
                 Some(Endpoint::Listener { sock, idx }) => match sock.accept() {
                     Ok((s, addr)) => (s, addr, *idx),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -127,6 +132,7 @@ impl Server {
                 None
             };
             if let Some((reply, reason)) = refusal {
+                self.counters.refused_connection(reason);
                 refuse(&mut stream, &reply);
                 log::info!("smtp refused address={ip} reason={reason}");
                 continue;
@@ -249,6 +255,7 @@ impl Server {
             }
         }
         self.sessions += 1;
+        self.counters.sessions += 1;
         if ip.is_some() {
             self.tcp_sessions += 1;
         }
@@ -293,6 +300,12 @@ pub fn bind_listeners(
             log::info!("smtpd listening on {addr}");
             out.push((sock, idx));
         }
+    }
+    for addr in cfg.metrics.iter().flat_map(|m| &m.addrs) {
+        let sock = crate::sys::listen_tcp(*addr, 64)
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+        log::info!("smtpd serving metrics on {addr}");
+        out.push((sock, super::metrics::METRICS_LISTENER));
     }
     Ok(out)
 }

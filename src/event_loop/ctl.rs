@@ -290,6 +290,7 @@ impl Server {
                 Err(e) => (format!("error: {m:08x}: {e}\n"), false),
             },
             Ctl::ShowStats => (self.stats_text(), false),
+            Ctl::ShowMetrics => (self.scrape(), false),
             Ctl::ShowRoutes => (self.routes_text(super::unix_now()), false),
             Ctl::ShowHosts => (self.hosts_text(super::unix_now()), false),
             Ctl::ShowMtaSts => (self.sts_text(super::unix_now()), false),

@@ -111,6 +111,7 @@ impl Server {
                 return self.mta_abort(key, &why);
             }
             Some(Endpoint::Sts(_)) => return self.sts_due(key, gen, now),
+            Some(Endpoint::Http(c)) if c.gen == gen => return self.closing.push(key),
             _ => return,
         };
         if let Some(next) = later {

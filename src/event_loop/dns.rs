@@ -104,6 +104,11 @@ pub(super) struct Dns {
 }
 
 impl Dns {
+    /// Questions answered so far, by result.
+    pub(super) fn counts(&self) -> crate::dns::resolver::DnsCounts {
+        self.resolver.counts
+    }
+
     /// The resolver for the files as they are now.
     pub(super) fn new(now: Instant) -> Dns {
         let files = (stamp(RESOLV_CONF), stamp(HOSTS));

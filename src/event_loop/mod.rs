@@ -39,6 +39,7 @@ mod filter_pipes;
 mod filters;
 mod limits;
 mod lookups;
+mod metrics;
 mod mta;
 mod queue;
 mod rdns;
@@ -87,6 +88,8 @@ enum Endpoint {
     Dns(Box<dns::DnsSock>),
     /// The HTTPS fetch of an MTA-STS policy.
     Sts(Box<crate::mta::fetch::PolicyFetch>),
+    /// A client of the metrics listener.
+    Http(Box<metrics::HttpConn>),
 }
 
 /// The daemon's engine.
@@ -176,6 +179,12 @@ pub struct Server {
     sts: sts::Policies,
     /// The TLS configuration of each listener (keys read before the fork).
     tls: crate::tls::TlsSetup,
+    /// What the SMTP side counted.
+    counters: crate::metrics::SmtpCounters,
+    /// Clients of the metrics listener.
+    http_conns: usize,
+    /// When the engine started (seconds since the epoch).
+    started: u64,
 }
 
 impl Server {
@@ -300,6 +309,9 @@ impl Server {
             hosts: crate::mta::hosts::Hosts::default(),
             sts: sts::Policies::default(),
             tls,
+            counters: crate::metrics::SmtpCounters::default(),
+            http_conns: 0,
+            started: unix_now(),
         };
         server.rdns = server.cfg.needs_rdns();
         server.add_filters(filter_fds)?;
@@ -461,6 +473,7 @@ impl Server {
             msg_files,
             timers,
             parent,
+            counters,
             ..
         } = self;
         let Some(Endpoint::Smtp(conn)) = slab.get_mut(key) else {
@@ -476,6 +489,7 @@ impl Server {
             lookups,
             key,
             parent: parent.as_deref(),
+            counters,
         };
         let had_file = conn.holds_file();
         // A bug in the session's handling ends that session, not the daemon.
@@ -525,7 +539,7 @@ impl Server {
                         conn.close_with(ctx, Reply::SHUTDOWN, Reason::Shutdown)
                     });
                 }
-                Some(Endpoint::Control(_)) => self.closing.push(key),
+                Some(Endpoint::Control(_) | Endpoint::Http(_)) => self.closing.push(key),
                 _ => {}
             }
         }
@@ -578,6 +592,10 @@ impl Server {
                 log::error!("mta-sts internal error: the fetch fails");
                 self.sts_fetch_end(key, Err("internal error".into()), now);
             }
+            Some(Endpoint::Http(_)) => {
+                log::error!("metrics internal error: the client is dropped");
+                self.closing.push(key);
+            }
             None => {}
         }
     }
@@ -605,6 +623,7 @@ impl Server {
                 self.sts_io(key, now);
                 self.queue_actions(now);
             }
+            Some(Endpoint::Http(_)) => self.http_io(key, now),
             None => {}
         }
     }
@@ -731,6 +750,11 @@ impl Server {
                     self.ctl_slots.release(uid);
                 }
                 Some(Endpoint::Dns(_)) => self.dns_reap(key),
+                Some(Endpoint::Http(c)) => {
+                    let _ = self.poll.registry().deregister(&mut c.sock);
+                    self.slab.remove(key);
+                    self.http_conns -= 1;
+                }
                 _ => {}
             }
         }

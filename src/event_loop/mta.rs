@@ -646,6 +646,9 @@ impl Server {
             return;
         };
         self.mta_conns -= 1;
+        for (sum, n) in self.counters.tls_out.iter_mut().zip(conn.tls_counts) {
+            *sum += n;
+        }
         self.mta_keys.remove(&conn.session);
         if let Some(sock) = conn.sock.as_mut() {
             let _ = self.poll.registry().deregister(sock);

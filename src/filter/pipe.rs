@@ -133,6 +133,10 @@ pub struct FilterPipe {
     pub timeout: Duration,
     /// The loop turn of the last read (see [`FilterPipe::read`]).
     pub read_turn: u64,
+    /// How long its answers took.
+    pub latency: crate::metrics::Histogram,
+    /// Processes that took over from a dead one.
+    pub restarts: u64,
     /// Sessions whose message lines the filter passes.
     data: HashMap<u64, Passing>,
     /// Sessions that left while the filter still owed them lines, until when their
@@ -199,6 +203,8 @@ impl FilterPipe {
             waiting: HashMap::new(),
             timeout,
             read_turn: 0,
+            latency: crate::metrics::Histogram::default(),
+            restarts: 0,
             data: HashMap::new(),
             gone: HashMap::new(),
             gone_order: VecDeque::new(),
@@ -231,6 +237,7 @@ impl FilterPipe {
         let s = std::os::unix::net::UnixStream::from(fd);
         s.set_nonblocking(true)?;
         self.sock = Some(mio::net::UnixStream::from_std(s));
+        self.restarts += 1;
         self.state = PipeState::Handshake;
         self.early = Early::default();
         self.early_text = Early::default();
@@ -453,7 +460,9 @@ impl FilterPipe {
                 let asked = end_sent;
                 if asked {
                     self.data.remove(&session);
-                    self.waiting.remove(&session);
+                    if let Some(deadline) = self.waiting.remove(&session) {
+                        self.answered(deadline, now);
+                    }
                 }
                 asked
             }
@@ -466,7 +475,13 @@ impl FilterPipe {
                 }
                 None => false,
             },
-            _ => self.waiting.remove(&session).is_some(),
+            _ => match self.waiting.remove(&session) {
+                Some(deadline) => {
+                    self.answered(deadline, now);
+                    true
+                }
+                None => false,
+            },
         };
         if asked {
             Fit::Asked
@@ -477,6 +492,14 @@ impl FilterPipe {
         } else {
             Fit::Unrequested
         }
+    }
+
+    /// Counts the time a question waited for its answer: from when it was asked (or
+    /// its deadline last restarted by an edit) to `now`.
+    fn answered(&mut self, deadline: Instant, now: Instant) {
+        let asked = deadline.checked_sub(self.timeout).unwrap_or(deadline);
+        self.latency
+            .observe(now.saturating_duration_since(asked).as_secs_f64());
     }
 
     /// Counts an answer nobody asked for: `Some(count)` once the allowance is spent.

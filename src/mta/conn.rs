@@ -115,6 +115,8 @@ pub struct MtaConn {
     plan: Option<TlsPlan>,
     /// The handshake was started and its end not yet told to the client.
     handshaking: bool,
+    /// TLS handshakes of this connection's attempts: completed, failed.
+    pub tls_counts: [u64; 2],
     /// The established TLS session's facts.
     tls_facts: Option<TlsClientFacts>,
     /// The attempt was logged as one MTA-STS `testing` would have refused.
@@ -159,6 +161,7 @@ impl MtaConn {
             jobs: Vec::new(),
             plan: None,
             handshaking: false,
+            tls_counts: [0; 2],
             tls_facts: None,
             sts_reported: false,
             host: None,
@@ -327,6 +330,7 @@ impl MtaConn {
         match r {
             Ok(()) => self.handshaking = true,
             Err(e) => {
+                self.tls_counts[1] += 1;
                 let why = format!("TLS: {e}");
                 self.sts_testing(&why);
                 let steps = self.client.tls_done(Err(why));
@@ -360,6 +364,7 @@ impl MtaConn {
         }
         self.handshaking = false;
         let Some(f) = sock.tls_client_facts() else {
+            self.tls_counts[1] += 1;
             let steps = self.client.tls_done(Err("TLS: no session".into()));
             return self.apply(steps);
         };
@@ -371,6 +376,7 @@ impl MtaConn {
             subject: None,
         };
         let verified = f.verified;
+        self.tls_counts[0] += 1;
         self.tls_facts = Some(f);
         if verified != Verified::Pkix {
             let host = self.host.clone().unwrap_or_default();
@@ -391,6 +397,7 @@ impl MtaConn {
     /// them.
     pub fn abort(&mut self, why: &str) {
         if self.handshaking {
+            self.tls_counts[1] += 1;
             self.sts_testing(why);
         }
         if self.may_retry && !self.client.mail_sent() && !self.closed {

@@ -71,6 +71,8 @@ pub struct Ctx<'a> {
     pub key: usize,
     /// The channel to the privileged parent (system account checks).
     pub parent: Option<&'a std::os::fd::OwnedFd>,
+    /// The engine's counters.
+    pub counters: &'a mut crate::metrics::SmtpCounters,
 }
 
 struct MsgWriter {
@@ -127,6 +129,9 @@ pub struct Conn {
     rearm: bool,
     /// The answer to the session's AUTH, held back as the penalty of a failure.
     held_auth: Option<crate::mail::auth::AuthResult>,
+    /// What the next negative reply answers, for the counters: the last command's
+    /// verb, `connect` or `message`.
+    phase: &'static str,
 }
 
 /// Lines gathered before they are sent to a filter.
@@ -187,6 +192,7 @@ impl Conn {
             tls_up: false,
             rearm: false,
             held_auth: None,
+            phase: "connect",
         };
         for a in actions {
             match a {
@@ -284,7 +290,7 @@ impl Conn {
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => progress = true,
                     Err(e) => {
                         if handshaking {
-                            self.tls_failed(&e.to_string());
+                            self.tls_failed(ctx, &e.to_string());
                         } else {
                             log::debug!("{:016x} smtp read error: {e}", self.id());
                         }
@@ -296,7 +302,7 @@ impl Conn {
             }
             if self.eof && (self.session.wants_input() || self.sock.handshaking()) {
                 if self.sock.handshaking() {
-                    self.tls_failed("connection closed during the handshake");
+                    self.tls_failed(ctx, "connection closed during the handshake");
                 }
                 // The client left; a message it did not finish is dropped.
                 self.abort(ctx, Reason::Disconnect);
@@ -346,11 +352,14 @@ impl Conn {
             return;
         }
         if self.sock.handshaking() {
-            self.tls_failed(if reason == Reason::Timeout {
-                "handshake timeout"
-            } else {
-                reason.as_str()
-            });
+            self.tls_failed(
+                ctx,
+                if reason == Reason::Timeout {
+                    "handshake timeout"
+                } else {
+                    reason.as_str()
+                },
+            );
         }
         self.closing = Some(reason);
         self.session.close(reply, &mut self.actions);
@@ -428,6 +437,7 @@ impl Conn {
                             self.filters.report_data_end();
                         }
                         let pipelined = self.inbuf.pending() > 0;
+                        self.phase = "message";
                         self.session.on_data_end(pipelined, &mut self.actions);
                         self.run_actions(ctx, Some(b"."));
                     }
@@ -446,6 +456,9 @@ impl Conn {
                     Line::Complete { bytes, bare } => {
                         // Never an AUTH response, in a log or to a filter.
                         let shown = self.session.loggable(bytes);
+                        if !self.session.in_auth_exchange() {
+                            self.phase = crate::metrics::phase_of(bytes);
+                        }
                         log::trace!(target: "smtpd::smtp", "{:016x} smtp <<< {}", self.session.id, esc(&shown));
                         #[cfg(debug_assertions)]
                         if regress_panic(bytes) {
@@ -468,7 +481,7 @@ impl Conn {
                         // lookup's answer; copy it only then.
                         if self.actions.iter().any(|a| match a {
                             Action::Reply(r) => r.is_error(),
-                            Action::Lookup(_) | Action::Authenticate(_) => true,
+                            Action::Lookup(_) | Action::Authenticate(_) | Action::Filter(_) => true,
                             _ => false,
                         }) {
                             let line = shown.to_vec();
@@ -494,6 +507,9 @@ impl Conn {
             match action {
                 Action::Reply(r) => {
                     last_code = r.code;
+                    if r.is_error() {
+                        ctx.counters.refused(self.phase, r.code);
+                    }
                     if let (true, Some(line)) = (r.is_error(), line) {
                         log::info!(
                             "{:016x} smtp failed-command command=\"{}\" result=\"{}\"",
@@ -548,7 +564,11 @@ impl Conn {
                         self.filters.report(Report::Rollback(None));
                     }
                 }
-                Action::Filter(q) => self.filters.query = Some(q),
+                Action::Filter(q) => {
+                    // The verdict's failed replies are logged with the command.
+                    self.lookup_line = line.map(<[u8]>::to_vec);
+                    self.filters.query = Some(q);
+                }
                 Action::StartTls => self.starttls = true,
                 Action::Lookup(l) => {
                     self.lookup_line = line.map(<[u8]>::to_vec);
@@ -567,7 +587,10 @@ impl Conn {
                     mechanism,
                     user,
                     code,
-                } => self.filters.report_auth(mechanism, &user, code),
+                } => {
+                    ctx.counters.auth[usize::from(code != 235)] += 1;
+                    self.filters.report_auth(mechanism, &user, code);
+                }
                 Action::Close => {
                     let reason = if last_code == 221 {
                         Reason::Quit
@@ -666,7 +689,9 @@ impl Conn {
         now: Instant,
     ) {
         self.session.on_filter_result(v, &mut self.actions);
-        self.run_actions(ctx, Some(b"(filtered command)"));
+        let line = self.lookup_line.take();
+        let shown = line.as_deref().unwrap_or(b"(filtered command)");
+        self.run_actions(ctx, Some(shown));
         self.pump(ctx, now);
     }
 

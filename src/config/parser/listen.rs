@@ -1,6 +1,7 @@
-//! `listen on` with its TLS options, and the `pki` and `ca` statements whose names
-//! listeners use. Certificate and key files are only named here: the daemon reads them
-//! when it starts (`tls/`), so that `smtpd -n` and the parser share one grammar.
+//! `listen on` with its TLS options, the `pki` and `ca` statements whose names
+//! listeners use, and `metrics`, a listener of another kind. Certificate and key files
+//! are only named here: the daemon reads them when it starts (`tls/`), so that
+//! `smtpd -n` and the parser share one grammar.
 
 use super::{Parser, Stmt};
 use crate::config::model::*;
@@ -313,6 +314,35 @@ pub(super) fn check_suites(protocols: &[TlsVersion], ciphers: &[Suite]) -> Resul
         }
     }
     Ok(())
+}
+
+impl Parser {
+    /// `metrics [on ADDRESS|INTERFACE] [port PORT]`: loopback and port
+    /// [`METRICS_PORT`] by default.
+    pub(super) fn metrics(&mut self, st: &mut Stmt) -> Result<(), ConfigError> {
+        if self.cfg.metrics.is_some() {
+            return Err(st.err("metrics: given twice"));
+        }
+        let mut ips = vec![IpAddr::from([127, 0, 0, 1])];
+        let mut port = METRICS_PORT;
+        while !st.at_end() {
+            if st.eat("on") {
+                let what = st.value("address or interface")?;
+                ips = resolve_listen(&what).map_err(|m| st.err(format!("metrics: {m}")))?;
+            } else if st.eat("port") {
+                let p = st.value("port")?;
+                port = parse_port(&p).map_err(|m| st.err(format!("metrics: {m}")))?;
+            } else {
+                return Err(st.err("after 'metrics': on ADDRESS or port PORT"));
+            }
+        }
+        let addrs = ips
+            .into_iter()
+            .map(|ip| std::net::SocketAddr::new(ip, port))
+            .collect();
+        self.cfg.metrics = Some(MetricsConfig { addrs });
+        Ok(())
+    }
 }
 
 /// A port number, or a service name of /etc/services.

@@ -69,6 +69,34 @@ pub struct Stats {
     pub bounces: u64,
     /// Envelopes removed by hand.
     pub removed: u64,
+    /// Delivery outcomes by method (`maildir`, `relay-mx`, ...) and result (`ok`,
+    /// `tempfail`, `permfail`).
+    pub by_method: std::collections::BTreeMap<(&'static str, &'static str), u64>,
+}
+
+/// The method label of an envelope's delivery, for [`Stats::by_method`].
+fn method_label(cfg: &Config, env: &Envelope) -> &'static str {
+    use crate::config::model::Method;
+    use crate::mail::delivery::Dest;
+    match Dest::decode(&env.dest) {
+        Some(Dest::File(_)) => return "file",
+        Some(Dest::Pipe(_)) => return "pipe",
+        _ => {}
+    }
+    match cfg
+        .actions
+        .iter()
+        .find(|a| a.name == env.action)
+        .map(|a| &a.method)
+    {
+        Some(Method::Maildir { .. }) => "maildir",
+        Some(Method::Mbox) => "mbox",
+        Some(Method::Mda(_)) => "mda",
+        Some(Method::Lmtp { .. }) => "lmtp",
+        Some(Method::Relay(r)) if r.host.is_some() => "relay-host",
+        Some(Method::Relay(_)) => "relay-mx",
+        _ => "other",
+    }
 }
 
 /// A local delivery to hand to the parent.
@@ -272,6 +300,15 @@ impl Manager {
             .values()
             .filter(|s| s.state != State::Removing)
             .count()
+    }
+
+    /// The creation time (seconds since the epoch) of the oldest envelope known.
+    pub fn oldest(&self) -> Option<u64> {
+        self.envs
+            .values()
+            .filter(|s| s.state != State::Removing)
+            .map(|s| s.env.ctime)
+            .min()
     }
 
     /// Whether no envelope is known.
@@ -530,6 +567,16 @@ impl Manager {
         slot.state = State::Queued;
         let env = &mut slot.env;
         let (from, to) = (env.sender.clone(), env.rcpt.clone());
+        let result = match outcome {
+            Outcome::Forward(_) => None,
+            Outcome::Ok => Some("ok"),
+            Outcome::TempFail(_) => Some("tempfail"),
+            Outcome::PermFail(_) => Some("permfail"),
+        };
+        if let Some(result) = result {
+            let method = method_label(&self.cfg, env);
+            *self.stats.by_method.entry((method, result)).or_default() += 1;
+        }
         match outcome {
             Outcome::Forward(items) => self.forward(evpid, items, now),
             Outcome::Ok => {

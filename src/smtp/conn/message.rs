@@ -212,6 +212,7 @@ impl Conn {
         self.filters.data_end_sent = false;
         self.filters.data_chain.clear();
         self.filters.filtered_bytes = 0;
+        self.phase = "message";
         self.session.on_data_end(pipelined, &mut self.actions);
         self.run_actions(ctx, Some(b"."));
         self.pump(ctx, now);
@@ -314,6 +315,7 @@ impl Conn {
         }
         let r = match r {
             Ok(()) => {
+                ctx.counters.messages += 1;
                 if let Some(tx) = self.session.tx() {
                     log::info!(
                         "{:016x} smtp message msgid={msgid:08x} size={} nrcpt={} proto={} from=<{}>",

@@ -72,6 +72,7 @@ impl Conn {
             return false;
         };
         self.tls_up = true;
+        ctx.counters.tls[0] += 1;
         log::info!(
             "{:016x} smtp tls version={} cipher={} bits={} sni={} client-cert={}",
             self.id(),
@@ -95,7 +96,8 @@ impl Conn {
     }
 
     /// Logs a handshake that ended before it was done.
-    pub(super) fn tls_failed(&self, reason: &str) {
+    pub(super) fn tls_failed(&self, ctx: &mut Ctx, reason: &str) {
+        ctx.counters.tls[1] += 1;
         log::info!(
             "{:016x} smtp tls-failed reason=\"{}\"",
             self.id(),
