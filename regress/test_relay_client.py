@@ -230,6 +230,30 @@ def test_pipelined_batch_and_a_refused_recipient_among_accepted(make_daemon):
                         % rx.port, end), end
 
 
+def test_limits_of_the_server_split_the_recipients(make_daemon):
+    """RFC 9422: a server that says LIMITS RCPTMAX=2 gets five recipients in three
+    transactions of the same session (2, 2, 1), none refused, the message sent each
+    time; the log says so. Our own EHLO says what we enforce."""
+    rcpts = ["r%d@relay.test" % i for i in range(1, 6)]
+    with Receiver(keywords=ALL + ("LIMITS RCPTMAX=2 MAILMAX=10",)) as rx:
+        d = sender_daemon(make_daemon, rx.port)
+        with d.client() as c:
+            r = c.ehlo()
+            assert "250-LIMITS RCPTMAX=1000 MAILMAX=100" in r.lines, r
+            c.until_quit()
+        send(d, rcpts)
+        msgs = rx.wait_messages(3)
+        assert len(msgs) == 3
+        got = [[re.match(r"RCPT TO:<([^>]*)>", l).group(1) for l in m["rcpts"]] for m in msgs]
+        assert got == [rcpts[0:2], rcpts[2:4], rcpts[4:5]], got
+        assert all(m["data"].endswith(b"hello\r\n") for m in msgs)
+        assert d.wait_queue_empty(10)
+        assert wait_until(lambda: mta_lines(d, "disconnected"), 10), d.log()[-2000:]
+        (end,) = mta_lines(d, "disconnected")
+        assert "transactions=3" in end, end
+        assert d.wait_mailbox("sender", 1, 1) == [], "nothing bounced"
+
+
 def test_lines_fit_in_1000_octets_with_the_stuffed_dot(make_daemon):
     """RFC 5321 4.5.3.1.6: a text line is at most 1000 octets with its CR LF on the
     wire. A line of 998 octets is sent intact; one of 998 that starts with a dot is 999

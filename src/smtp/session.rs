@@ -558,6 +558,13 @@ impl Session {
                 self.limits.max_message_size,
                 if self.offers_dsn() { "\nDSN" } else { "" }
             ));
+            // RFC 9422: the limits enforced below, so that clients split their
+            // recipients and messages instead of meeting 452s.
+            let limit = |n: usize| (1..1_000_000_000).contains(&n).then_some(n);
+            if let (Some(r), Some(m)) = (limit(self.limits.max_rcpt), limit(self.limits.max_mails))
+            {
+                text.push_str(&format!("\nLIMITS RCPTMAX={r} MAILMAX={m}"));
+            }
             if self.offers_starttls() {
                 text.push_str("\nSTARTTLS");
             }

@@ -253,6 +253,7 @@ fn ehlo_advertises_extensions() {
         "DSN",
         "PIPELINING",
         "HELP",
+        "LIMITS RCPTMAX=3 MAILMAX=2",
     ] {
         assert!(
             text.contains(&format!("250-{ext}\r\n")) || text.contains(&format!("250 {ext}\r\n")),

@@ -33,6 +33,51 @@ pub struct Caps {
     pub smtputf8: bool,
     /// ENHANCEDSTATUSCODES (RFC 2034).
     pub enhanced: bool,
+    /// LIMITS (RFC 9422): what the server takes at most.
+    pub limits: Limits,
+}
+
+/// The limits of a LIMITS keyword (RFC 9422 §5); `None` when not given (or not a
+/// number above zero).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// MAILMAX: transactions per session.
+    pub mail: Option<usize>,
+    /// RCPTMAX: recipients per transaction.
+    pub rcpt: Option<usize>,
+    /// RCPTDOMAINMAX: recipient domains per transaction.
+    pub rcpt_domain: Option<usize>,
+}
+
+impl Limits {
+    /// The limits of a LIMITS keyword's parameters: unknown names, bad values and a
+    /// name given twice (its first value counts) are ignored.
+    fn parse<'a>(params: impl Iterator<Item = &'a str>) -> Limits {
+        let mut l = Limits::default();
+        for p in params {
+            let Some((name, v)) = p.split_once('=') else {
+                continue;
+            };
+            let Some(n) = v
+                .parse::<usize>()
+                .ok()
+                .filter(|&n| n > 0 && v.len() <= 9 && v.bytes().all(|b| b.is_ascii_digit()))
+            else {
+                continue;
+            };
+            let slot = if name.eq_ignore_ascii_case("MAILMAX") {
+                &mut l.mail
+            } else if name.eq_ignore_ascii_case("RCPTMAX") {
+                &mut l.rcpt
+            } else if name.eq_ignore_ascii_case("RCPTDOMAINMAX") {
+                &mut l.rcpt_domain
+            } else {
+                continue;
+            };
+            slot.get_or_insert(n);
+        }
+        l
+    }
 }
 
 impl Caps {
@@ -83,6 +128,8 @@ impl Caps {
                 c.smtputf8 = true;
             } else if is("ENHANCEDSTATUSCODES") {
                 c.enhanced = true;
+            } else if is("LIMITS") {
+                c.limits = Limits::parse(words);
             }
         }
         c
@@ -150,6 +197,7 @@ mod tests {
                 auth: vec!["PLAIN".into(), "LOGIN".into(), "CRAM-MD5".into()],
                 smtputf8: true,
                 enhanced: true,
+                limits: Limits::default(),
             }
         );
         assert!(c.offers_auth("PLAIN") && !c.offers_auth("XOAUTH2"));
@@ -166,6 +214,31 @@ mod tests {
         let c = Caps::parse(&reply(&["x", "SIZE 99999999999999999999999"]));
         assert_eq!(c.size, Some(0));
         assert_eq!(Caps::parse(&reply(&["only a name"])), Caps::default());
+    }
+
+    #[test]
+    fn limits_of_rfc_9422() {
+        let c = Caps::parse(&reply(&[
+            "x",
+            "LIMITS RCPTMAX=50 mailmax=3 RCPTDOMAINMAX=2 FOO=1 RCPTMAX=9",
+        ]));
+        assert_eq!(
+            c.limits,
+            Limits {
+                mail: Some(3),
+                rcpt: Some(50),
+                rcpt_domain: Some(2)
+            }
+        );
+        let c = Caps::parse(&reply(&[
+            "x",
+            "LIMITS RCPTMAX=0 MAILMAX=-1 RCPTDOMAINMAX=1x MAILMAX=99999999999",
+        ]));
+        assert_eq!(c.limits, Limits::default());
+        assert_eq!(
+            Caps::parse(&reply(&["x", "LIMITS"])).limits,
+            Limits::default()
+        );
     }
 
     #[test]

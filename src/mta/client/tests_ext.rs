@@ -483,3 +483,38 @@ fn credentials_never_show() {
     let shown = format!("{step:?}");
     assert!(!shown.contains("AGJvYgBzM2NyZXQ"), "{shown}");
 }
+
+#[test]
+fn limits_split_recipients_and_end_the_session_at_mailmax() {
+    let mut d = Dialog::new(Proto::Smtp);
+    d.push(job(
+        1,
+        "s@x",
+        &["a@one", "b@two", "c@one", "d@three", "e@one"],
+    ))
+    .push(job(2, "s@x", &["f@one"]));
+    d.ready(1);
+    d.ready(2);
+    // At most 3 recipients and 2 domains per transaction, 2 transactions a session.
+    d.server(220, &["EHLO me.example"])
+        .ehlo(
+            &["LIMITS RCPTMAX=3 RCPTDOMAINMAX=2 MAILMAX=2"],
+            &["MAIL FROM:<s@x>"],
+        )
+        .server(250, &["RCPT TO:<a@one>"])
+        .server(250, &["RCPT TO:<b@two>"])
+        .server(250, &["RCPT TO:<c@one>"])
+        .server(250, &["DATA"])
+        .server(354, &["<body 1>"])
+        // d@three and e@one follow in a second transaction of the same job.
+        .server(250, &["MAIL FROM:<s@x>"])
+        .server(250, &["RCPT TO:<d@three>"])
+        .server(250, &["RCPT TO:<e@one>"])
+        .server(250, &["DATA"])
+        .server(354, &["<body 1>"])
+        // MAILMAX reached: the second job waits for another session.
+        .server(250, &["QUIT"]);
+    assert_eq!(d.outcome(1), ["ok", "ok", "ok", "ok", "ok"]);
+    assert_eq!(d.outcome(2), ["temp"]);
+    assert!(d.why(2, 0).contains("LIMITS MAILMAX"), "{}", d.why(2, 0));
+}

@@ -37,6 +37,31 @@ pub(super) struct Tx {
     pub(super) dot_replies: usize,
 }
 
+/// The recipients (indices among `rcpts`) of the next transaction: `todo` cut at the
+/// server's RCPTMAX and RCPTDOMAINMAX (RFC 9422 §5.2, §5.3); the rest wait for the
+/// transactions after it.
+fn within_limits(todo: Vec<usize>, rcpts: &[super::Rcpt], l: &super::ehlo::Limits) -> Vec<usize> {
+    let mut domains: Vec<&str> = Vec::new();
+    let mut out = Vec::with_capacity(todo.len());
+    for i in todo {
+        if l.rcpt.is_some_and(|max| out.len() >= max) {
+            break;
+        }
+        let domain = rcpts
+            .get(i)
+            .and_then(|r| r.addr.rsplit_once('@'))
+            .map_or("", |(_, d)| d);
+        if !domains.iter().any(|d| d.eq_ignore_ascii_case(domain)) {
+            if l.rcpt_domain.is_some_and(|max| domains.len() >= max) {
+                continue;
+            }
+            domains.push(domain);
+        }
+        out.push(i);
+    }
+    out
+}
+
 /// Whether an address of `job` is not ASCII (SMTPUTF8 needed, RFC 6531).
 fn utf8(job: &super::Job) -> bool {
     !job.sender.is_ascii() || job.rcpts.iter().any(|r| !r.addr.is_ascii())
@@ -49,6 +74,20 @@ impl Client {
     pub(super) fn next(&mut self, out: &mut Vec<Step>) {
         self.state = State::Ready;
         loop {
+            if let Some(max) = self
+                .caps
+                .limits
+                .mail
+                .filter(|&m| self.transactions >= m && !self.jobs.is_empty())
+            {
+                // RFC 9422 §5.1: no more transactions in this session; the jobs left
+                // go in another.
+                let why = format!(
+                    "451 4.5.3 {} takes {max} transaction(s) per session (LIMITS MAILMAX)",
+                    self.server_or("the server")
+                );
+                return self.end_session(Outcome::TempFail(why), true, out);
+            }
             let Some(at) = self.jobs.iter().position(|j| j.ready) else {
                 if self.closing && self.jobs.is_empty() {
                     out.push(Step::Send("QUIT".into()));
@@ -139,7 +178,7 @@ impl Client {
         out.push(Step::Send(format!("MAIL FROM:<{}>{p}", js.job.sender)));
         self.tx = Tx {
             active: true,
-            todo: js.unsettled(),
+            todo: within_limits(js.unsettled(), &js.job.rcpts, &self.caps.limits),
             ..Tx::default()
         };
         self.tx.pending.push_back(Cmd::Mail);
