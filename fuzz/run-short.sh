@@ -14,6 +14,9 @@
 #                                 runs about 5x more inputs per second (the crate is
 #                                 safe Rust but for FFI in sys.rs, which ASan guards)
 #   FUZZ_JOBS=N                   libFuzzer -fork=N (default: one process per target)
+#   FUZZ_SEED=N                   libFuzzer -seed=N: the same inputs in the same order
+#                                 on every run (CI uses it, so that a red run is
+#                                 reproduced by running it again); random by default
 #
 # Only a stable toolchain is needed: RUSTC_BOOTSTRAP=1 lets it take cargo-fuzz's -Z
 # flags (-Zsanitizer=address).
@@ -96,6 +99,7 @@ for t in "${targets[@]}"; do
 	command | session) args+=(-dict="$fuzz_dir/dict/smtp.dict") ;;
 	esac
 	[ -n "${FUZZ_JOBS:-}" ] && args+=(-fork="$FUZZ_JOBS")
+	[ -n "${FUZZ_SEED:-}" ] && args+=(-seed="$FUZZ_SEED")
 	log="$logs/$t.log"
 	echo "== fuzzing $t for $secs s (log: ${log#"$root"/})"
 	"$bindir/$t" -artifact_prefix="$fuzz_dir/artifacts/$t/" "${args[@]}" "${corpora[@]}" >"$log" 2>&1
