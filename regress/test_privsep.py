@@ -88,6 +88,31 @@ def test_spool_owned_by_smtpd(daemon):
     assert msgs[0].path.stat().st_uid == smtpd.pw_uid
 
 
+def test_userbase_accounts_give_the_ids_of_virtual_users(make_daemon, user1):
+    """A userbase entry UID:GID:HOME (OpenSMTPD's form) runs the delivery of a user
+    that is no system account with those ids in that home; root's ids are refused."""
+    d = make_daemon(start=False, deliver=True, methods=("mda",), mail_owner="*")
+    out = d.dir / "out"
+    out.mkdir()
+    os.chmod(out, 0o1777)
+    d.rules = (
+        'table vids { virt = "%(u)d:%(g)d:%(o)s", rooted = "0:0:/root" }\n'
+        'action "m" mda "id -u > %(o)s/%%{user.username}.uid; id -g >> %(o)s/%%{user.username}.uid; '
+        'pwd >> %(o)s/%%{user.username}.uid" userbase <vids>\n'
+        'match from any for domain "mda.test" action "m"\n'
+        % {"o": out, "u": user1.pw_uid, "g": user1.pw_gid})
+    d.start()
+    send(d, ["virt@mda.test", "rooted@mda.test"])
+    f = out / "virt.uid"
+    assert wait_until(lambda: f.exists() and len(f.read_text().splitlines()) == 3
+                      and d.queue_empty(), 15), d.log()[-3000:]
+    uid, gid, cwd = f.read_text().splitlines()
+    assert (int(uid), int(gid), cwd) == (user1.pw_uid, user1.pw_gid, str(out))
+    assert not (out / "rooted.uid").exists()
+    assert re.search(r"to=<rooted@mda\.test> result=PermFail stat=\"userbase gives rooted the ids "
+                     r"of root: refused\"", d.log()), d.log()[-3000:]
+
+
 def test_deliveries_run_as_the_recipient(make_daemon, user1, user2):
     smtpd = pwd.getpwnam("_smtpd")
     d = make_daemon(start=False, deliver=True, methods=("mda",), mail_owner="*")

@@ -11,7 +11,6 @@ need it with a temporary failure (never an acceptance) until the parent has star
 again.  The table programs run as _smtpd: every file they read is made readable.
 """
 
-import glob
 import grp
 import json
 import os
@@ -22,13 +21,13 @@ import socketserver
 import sqlite3
 import subprocess
 import threading
-import time
 import warnings
 from pathlib import Path
 
 import pytest
 
 import netns
+import pgserver
 from conftest import (REPO, allow_traversal, as_user, descendants, ensure_user, free_port,
                       smtpd_bin, stop_process, wait_until)
 from test_auth import Secure, plain_ir
@@ -267,40 +266,17 @@ def postgres(tmp_path_factory):
     test data in its database `postgres`; stopped at the end."""
     needs_root()
     need_program("postgres")
-    initdb = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    if not initdb:
+    if not pgserver.bindir():
         pytest.skip("PostgreSQL is missing (Debian package postgresql)")
-    bindir = Path(initdb[-1]).parent
-    pw = ensure_user("smtpdtest1")
-    base = tmp_path_factory.mktemp("pg")
-    allow_traversal(base)
-    os.chown(base, pw.pw_uid, pw.pw_gid)
-    data, port = base / "data", free_port()
-    run = lambda argv: subprocess.run(as_user("smtpdtest1") + argv, capture_output=True,  # noqa: E731
-                                      text=True, timeout=120, cwd=base)
-    r = run([str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "smtpdtest1",
-             "-E", "UTF8", "--no-sync"])
-    assert r.returncode == 0, r.stderr
-    opts = "-c listen_addresses=127.0.0.1 -p %d -c unix_socket_directories='' -c fsync=off" % port
-    r = run([str(bindir / "pg_ctl"), "-D", str(data), "-l", str(base / "server.log"), "-w",
-             "-t", "60", "-o", opts, "start"])
-    assert r.returncode == 0, r.stderr + (base / "server.log").read_text(errors="replace")
+    sql = SCHEMA + "".join(
+        "INSERT INTO %s VALUES (%s);\n" % (t, ",".join(
+            str(v) if isinstance(v, int) else "'%s'" % v.replace("'", "''") for v in values))
+        for t, values in rows())
+    pg = pgserver.PgServer(tmp_path_factory.mktemp("pg"), sql)
     try:
-        sql = SCHEMA + "".join(
-            "INSERT INTO %s VALUES (%s);\n" % (t, ",".join(
-                str(v) if isinstance(v, int) else "'%s'" % v.replace("'", "''") for v in values))
-            for t, values in rows())
-        r = subprocess.run([str(bindir / "psql"), "-h", "127.0.0.1", "-p", str(port), "-U",
-                            "smtpdtest1", "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-q"],
-                           input=sql, capture_output=True, text=True, timeout=60)
-        assert r.returncode == 0, r.stderr
-        yield port
+        yield pg.port
     finally:
-        r = run([str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"])
-        if r.returncode != 0:
-            pidfile = data / "postmaster.pid"
-            if pidfile.exists():
-                os.kill(int(pidfile.read_text().split()[0]), signal.SIGKILL)
+        pg.stop()
 
 
 def test_postgres(secure, tmp_path, postgres):

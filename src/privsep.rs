@@ -79,6 +79,12 @@ pub struct DeliverReq {
     /// Length of the message at the start of the passed descriptor (what follows is
     /// the spool's own data).
     pub len: u64,
+    /// The action's `userbase`, whose `userinfo` entry for `user` the spool thread
+    /// looks up before it sends the request (not sent to the parent).
+    pub userbase: Option<crate::config::model::TableId>,
+    /// That entry, `UID:GID:HOME`: the delivery runs with these ids in that
+    /// directory instead of the system account of `user`.
+    pub account: Option<String>,
 }
 
 /// A delivery result from the parent.
@@ -142,6 +148,7 @@ impl DeliverReq {
         }
         put(&mut out, &self.subaddr_delim.to_string());
         put(&mut out, if self.forward { "1" } else { "0" });
+        put(&mut out, self.account.as_deref().unwrap_or(""));
         out
     }
 
@@ -163,6 +170,7 @@ impl DeliverReq {
         let dest = r.string()?;
         let subaddr_delim = r.string()?.chars().next()?;
         let forward = r.string()? == "1";
+        let account = r.string()?;
         if !r.0.is_empty() || user.is_empty() {
             return None;
         }
@@ -188,6 +196,8 @@ impl DeliverReq {
             subaddr_delim,
             forward,
             len,
+            userbase: None,
+            account: (!account.is_empty()).then_some(account),
         })
     }
 }
@@ -553,9 +563,12 @@ fn handle_request(
         return;
     };
     if worker_eligible(&req) {
-        let i = match workers.iter().position(|w| w.user == req.user) {
+        let i = match workers
+            .iter()
+            .position(|w| w.user == req.user && w.account == req.account)
+        {
             Some(i) => Some(i),
-            None => match spawn_worker(&req.user, &{
+            None => match spawn_worker(&req.user, req.account.as_deref(), &{
                 let mut others: Vec<RawFd> = workers.iter().map(|w| w.sock.as_raw_fd()).collect();
                 others.push(chan);
                 others

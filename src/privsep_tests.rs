@@ -49,6 +49,8 @@ fn request_and_result_round_trip() {
             subaddr_delim: '+',
             forward: true,
             len: 12345,
+            userbase: None,
+            account: Some("1000:1000:/home/bob".into()),
         };
         assert_eq!(DeliverReq::decode(&r.encode()), Some(r));
     }
@@ -62,6 +64,8 @@ fn request_and_result_round_trip() {
         subaddr_delim: '+',
         forward: false,
         len: 0,
+        userbase: None,
+        account: None,
     }
     .encode();
     assert_eq!(DeliverReq::decode(&enc[..enc.len() - 1]), None);
@@ -72,5 +76,27 @@ fn request_and_result_round_trip() {
     ] {
         let r = DeliverRes { id: 9, outcome: o };
         assert_eq!(DeliverRes::decode(&r.encode()), Some(r));
+    }
+}
+
+#[test]
+fn userbase_accounts() {
+    use super::deliver::table_account;
+    let pw = table_account("vmail", "2000:2001:/srv/mail").unwrap_or_else(|_| panic!("valid"));
+    assert_eq!((pw.uid, pw.gid, pw.dir.as_str()), (2000, 2001, "/srv/mail"));
+    assert_eq!(pw.name, "vmail");
+    let pw = table_account("v", "5:6:/a:b").unwrap_or_else(|_| panic!("valid"));
+    assert_eq!(pw.dir, "/a:b");
+    for bad in ["", "1:2", "x:2:/h", "1:2:relative", "-1:2:/h"] {
+        assert!(
+            matches!(table_account("v", bad), Err(Outcome::TempFail(_))),
+            "{bad}"
+        );
+    }
+    for root in ["0:5:/root", "5:0:/x"] {
+        assert!(matches!(
+            table_account("v", root),
+            Err(Outcome::PermFail(_))
+        ));
     }
 }

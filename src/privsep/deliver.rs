@@ -5,7 +5,11 @@ use super::*;
 
 /// Runs in the forked child: become the user, deliver, report.
 pub(super) fn deliver_child(req: &DeliverReq, msg: OwnedFd) -> Outcome {
-    match become_user(&req.user, req.kind == LocalKind::Mbox) {
+    match become_user(
+        &req.user,
+        req.account.as_deref(),
+        req.kind == LocalKind::Mbox,
+    ) {
         Ok(pw) => match deliver_as(req, &pw, msg, false) {
             Delivered::Done(o) => o,
             Delivered::Staged(s) => finish_staged(vec![s]).pop().unwrap_or(Outcome::Ok),
@@ -14,11 +18,53 @@ pub(super) fn deliver_child(req: &DeliverReq, msg: OwnedFd) -> Outcome {
     }
 }
 
+/// The account a `userbase` entry gives `user`: `UID:GID:HOME`, as OpenSMTPD's
+/// tables write it. Root's ids are refused: a table never makes a delivery run as
+/// root.
+pub(super) fn table_account(user: &str, entry: &str) -> Result<sys::Passwd, Outcome> {
+    let bad = || Outcome::TempFail(format!("userbase entry of {user} is not UID:GID:HOME"));
+    let mut f = entry.splitn(3, ':');
+    let uid: u32 = f
+        .next()
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(bad)?;
+    let gid: u32 = f
+        .next()
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(bad)?;
+    let dir = f
+        .next()
+        .map(str::trim)
+        .filter(|d| d.starts_with('/'))
+        .ok_or_else(bad)?;
+    if uid == 0 || gid == 0 {
+        return Err(Outcome::PermFail(format!(
+            "userbase gives {user} the ids of root: refused"
+        )));
+    }
+    Ok(sys::Passwd {
+        name: user.to_string(),
+        uid,
+        gid,
+        dir: dir.to_string(),
+        shell: String::new(),
+    })
+}
+
 /// Switches this process to `user` for good (creating the user's mbox first, as root,
-/// when `mbox`), with umask 077 and the home directory as working directory.
-pub(super) fn become_user(user: &str, mbox: bool) -> Result<sys::Passwd, Outcome> {
-    let Some(pw) = sys::getpwnam(user) else {
-        return Err(Outcome::PermFail(format!("unknown user {user}")));
+/// when `mbox`), with umask 077 and the home directory as working directory. The
+/// account is `account` (a `userbase` entry) when given, else the system's.
+pub(super) fn become_user(
+    user: &str,
+    account: Option<&str>,
+    mbox: bool,
+) -> Result<sys::Passwd, Outcome> {
+    let pw = match account {
+        Some(entry) => table_account(user, entry)?,
+        None => match sys::getpwnam(user) {
+            Some(pw) => pw,
+            None => return Err(Outcome::PermFail(format!("unknown user {user}"))),
+        },
     };
     if sys::geteuid() == 0 && mbox {
         // /var/mail is not writable by users: create the mbox as root, owned by the user.
@@ -336,6 +382,8 @@ pub(super) const WORKER_BATCH: usize = 64;
 /// one fork instead of one per message.
 pub(super) struct Worker {
     pub(super) user: String,
+    /// The `userbase` entry it runs under, if any.
+    pub(super) account: Option<String>,
     pub(super) pid: i32,
     pub(super) sock: OwnedFd,
     /// Requests sent and not yet answered.
@@ -352,7 +400,11 @@ pub(super) fn worker_eligible(req: &DeliverReq) -> bool {
 /// Forks a worker for `user`. The child closes `others`: the parent's end of the
 /// engine's channel and of the other workers' channels, so that a channel the parent
 /// closes is seen as end of file by the one process on its other side.
-pub(super) fn spawn_worker(user: &str, others: &[RawFd]) -> io::Result<Worker> {
+pub(super) fn spawn_worker(
+    user: &str,
+    account: Option<&str>,
+    others: &[RawFd],
+) -> io::Result<Worker> {
     let (ours, theirs) = sys::seqpacket_pair()?;
     match sys::fork()? {
         None => {
@@ -360,12 +412,13 @@ pub(super) fn spawn_worker(user: &str, others: &[RawFd]) -> io::Result<Worker> {
             for &fd in others {
                 sys::close(fd);
             }
-            run_worker(user, theirs)
+            run_worker(user, account, theirs)
         }
         Some(pid) => {
             log::info!("parent: delivery worker for {user} started, pid {pid}");
             Ok(Worker {
                 user: user.to_string(),
+                account: account.map(str::to_string),
                 pid,
                 sock: ours,
                 pending: Vec::new(),
@@ -377,14 +430,14 @@ pub(super) fn spawn_worker(user: &str, others: &[RawFd]) -> io::Result<Worker> {
 
 /// The worker's life: become the user, then serve batches until the parent closes the
 /// channel.
-pub(super) fn run_worker(user: &str, sock: OwnedFd) -> ! {
+pub(super) fn run_worker(user: &str, account: Option<&str>, sock: OwnedFd) -> ! {
     sys::reset_signals();
     sys::die_with_parent();
     let fd = sock.as_raw_fd();
     if sys::set_blocking(fd).is_err() {
         sys::exit_now(EXIT_TEMP);
     }
-    let pw = become_user(user, false);
+    let pw = become_user(user, account, false);
     let mut buf = vec![0u8; MAX_MSG];
     loop {
         let mut batch: Vec<(DeliverReq, OwnedFd)> = Vec::new();
@@ -399,7 +452,11 @@ pub(super) fn run_worker(user: &str, sock: OwnedFd) -> ! {
             match got {
                 Ok((0, _)) if wait => sys::exit_now(EXIT_OK),
                 Ok((n, Some(msgfd))) if n > 0 => match DeliverReq::decode(&buf[..n]) {
-                    Some(req) if req.user == user && worker_eligible(&req) => {
+                    Some(req)
+                        if req.user == user
+                            && req.account.as_deref() == account
+                            && worker_eligible(&req) =>
+                    {
                         batch.push((req, msgfd))
                     }
                     Some(req) => bad.push(req.id),

@@ -326,6 +326,16 @@ impl Ctx {
 
     /// Opens the message and sends the request with its descriptor to the parent.
     fn deliver(&self, msgid: u32, mut req: DeliverReq) -> Result<(), String> {
+        if let Some(t) = req.userbase.and_then(|t| self.cfg.tables.get(t)) {
+            // The account of a user of a `userbase` table: its ids and home.
+            match t.lookup(crate::table::Service::UserInfo, &req.user) {
+                // A list names users that keep their system accounts.
+                Ok(Some(v)) if v.trim().is_empty() => {}
+                Ok(Some(v)) => req.account = Some(v),
+                Ok(None) => return Err(format!("user {} is no longer in its userbase", req.user)),
+                Err(e) => return Err(format!("userbase lookup of {}: {e}", req.user)),
+            }
+        }
         let (file, len) = self
             .spool
             .open_message(msgid)
@@ -467,6 +477,8 @@ mod tests {
             subaddr_delim: '+',
             forward: false,
             len: 0,
+            userbase: None,
+            account: None,
         };
         // The notice is written (it reads the message) but waits for the removal.
         let done = c.round(vec![

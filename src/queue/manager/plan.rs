@@ -133,6 +133,8 @@ pub fn plan(cfg: &Config, default_user: &str, env: &Envelope) -> Plan {
         subaddr_delim: cfg.smtp.sub_addr_delim,
         forward: matches!(dest, Dest::User(_)) && !env.no_forward,
         len: 0,
+        userbase: action.userbase.filter(|_| matches!(dest, Dest::User(_))),
+        account: None,
     })
 }
 
