@@ -14,6 +14,8 @@
 #                                 runs about 5x more inputs per second (the crate is
 #                                 safe Rust but for FFI in sys.rs, which ASan guards)
 #   FUZZ_JOBS=N                   libFuzzer -fork=N (default: one process per target)
+#   FUZZ_RUNS=N                   stop each target after N inputs instead of after
+#                                 SECONDS (fuzz/campaign.sh uses it)
 #   FUZZ_SEED=N                   libFuzzer -seed=N: the same inputs in the same order
 #                                 on every run (CI uses it, so that a red run is
 #                                 reproduced by running it again); random by default
@@ -93,7 +95,11 @@ for t in "${targets[@]}"; do
 	mkdir -p "$fuzz_dir/corpus/$t" "$fuzz_dir/artifacts/$t"
 	corpora=("$fuzz_dir/corpus/$t")
 	[ -d "$fuzz_dir/seeds/$t" ] && corpora+=("$fuzz_dir/seeds/$t")
-	args=(-max_total_time="$secs" -timeout=10 -print_final_stats=1)
+	if [ -n "${FUZZ_RUNS:-}" ]; then
+		args=(-runs="$FUZZ_RUNS" -timeout=10 -print_final_stats=1)
+	else
+		args=(-max_total_time="$secs" -timeout=10 -print_final_stats=1)
+	fi
 	case $t in
 	envelope | spoolfile) args+=(-dict="$fuzz_dir/dict/envelope.dict") ;;
 	command | session) args+=(-dict="$fuzz_dir/dict/smtp.dict") ;;
@@ -101,7 +107,11 @@ for t in "${targets[@]}"; do
 	[ -n "${FUZZ_JOBS:-}" ] && args+=(-fork="$FUZZ_JOBS")
 	[ -n "${FUZZ_SEED:-}" ] && args+=(-seed="$FUZZ_SEED")
 	log="$logs/$t.log"
-	echo "== fuzzing $t for $secs s (log: ${log#"$root"/})"
+	if [ -n "${FUZZ_RUNS:-}" ]; then
+		echo "== fuzzing $t for $FUZZ_RUNS inputs (log: ${log#"$root"/})"
+	else
+		echo "== fuzzing $t for $secs s (log: ${log#"$root"/})"
+	fi
 	"$bindir/$t" -artifact_prefix="$fuzz_dir/artifacts/$t/" "${args[@]}" "${corpora[@]}" >"$log" 2>&1
 	rc=$?
 	runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
@@ -123,7 +133,9 @@ for t in "${targets[@]}"; do
 	fi
 done
 
-echo "== summary (${secs} s per target, sanitizer $san)"
+per="$secs s"
+[ -n "${FUZZ_RUNS:-}" ] && per="$FUZZ_RUNS inputs"
+echo "== summary ($per per target, sanitizer $san)"
 printf '%s\n' "${summary[@]}"
 if [ ${#failed[@]} -gt 0 ]; then
 	echo "== FAILED: ${failed[*]}"
