@@ -12,6 +12,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod action;
 mod auth;
 mod compat;
 mod filters;
@@ -144,6 +145,8 @@ pub const KEYWORDS: &[&str] = &[
     "admd",
     "metrics",
     "max-session",
+    "getpwnam",
+    "static",
 ];
 
 /// Phases a built-in filter may decide, with their protocol event bits.
@@ -158,11 +161,6 @@ const PHASES: &[(&str, u32)] = &[
 ];
 
 const MAX_INCLUDE_DEPTH: usize = 8;
-
-/// Words that follow a delivery method as options.
-const ACTION_OPTIONS: &[&str] = &[
-    "junk", "alias", "virtual", "userbase", "user", "ttl", "wrapper",
-];
 
 pub(super) struct Parser {
     path: PathBuf,
@@ -181,6 +179,8 @@ pub(super) struct Parser {
     tls_names: Vec<listen::TlsNames>,
     /// The pki and ca names of relay actions, resolved after the last statement.
     relay_names: Vec<relay::RelayNames>,
+    /// Tables of type `getpwnam`: the system's accounts, for `userbase` only.
+    passwd_tables: Vec<String>,
     /// `mda wrapper NAME "COMMAND"` statements read so far.
     wrappers: HashMap<String, String>,
     /// Relay actions with `srs`, checked for an `srs key` after the last statement.
@@ -281,6 +281,30 @@ impl<'a> Stmt<'a> {
     }
 }
 
+/// The options a statement gave so far, of those it may give once.
+#[derive(Default)]
+struct Given(Vec<&'static str>);
+
+impl Given {
+    /// Notes the next word of `st` when it is one of `once`: an error when the
+    /// statement gave it before. `whose` ends the message (" in one rule").
+    fn note(&mut self, st: &Stmt, once: &[&'static str], whose: &str) -> Result<(), ConfigError> {
+        match st.peek_word().and_then(|w| once.iter().find(|&&o| o == w)) {
+            Some(&w) => self.mark(st, w, whose),
+            None => Ok(()),
+        }
+    }
+
+    /// Notes `word`: an error when the statement gave it before.
+    fn mark(&mut self, st: &Stmt, word: &'static str, whose: &str) -> Result<(), ConfigError> {
+        if self.0.contains(&word) {
+            return Err(st.err(format!("'{word}' given twice{whose}")));
+        }
+        self.0.push(word);
+        Ok(())
+    }
+}
+
 fn parse_size(s: &str) -> Option<u64> {
     let (num, mult) = match s.as_bytes().last()? {
         b'k' | b'K' => (&s[..s.len() - 1], 1u64 << 10),
@@ -291,17 +315,30 @@ fn parse_size(s: &str) -> Option<u64> {
     num.parse::<u64>().ok()?.checked_mul(mult)
 }
 
+/// A number and its unit (`s`, `m`, `h` or `d`), as OpenSMTPD writes durations.
 fn parse_duration(s: &str) -> Option<Duration> {
     let (num, mult) = match s.as_bytes().last()? {
         b's' => (&s[..s.len() - 1], 1),
         b'm' => (&s[..s.len() - 1], 60),
         b'h' => (&s[..s.len() - 1], 3600),
         b'd' => (&s[..s.len() - 1], 86400),
-        _ => (s, 1),
+        _ => return None,
     };
+    if !num.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
     Some(Duration::from_secs(
         num.parse::<u64>().ok()?.checked_mul(mult)?,
     ))
+}
+
+/// The error for a duration [`parse_duration`] refuses.
+fn invalid_duration(v: &str) -> String {
+    if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+        format!("invalid duration '{v}': give its unit, as in {v}s, {v}m, {v}h or {v}d")
+    } else {
+        format!("invalid duration '{v}'")
+    }
 }
 
 impl Parser {
@@ -345,6 +382,7 @@ impl Parser {
             ca_names: HashMap::new(),
             tls_names: Vec::new(),
             relay_names: Vec::new(),
+            passwd_tables: Vec::new(),
             wrappers: HashMap::new(),
             srs_actions: Vec::new(),
             default_cipher_listeners: Vec::new(),
@@ -486,130 +524,16 @@ impl Parser {
         st.expect_punct('<')?;
         let name = st.value("table name")?;
         st.expect_punct('>')?;
-        self.table_names
-            .get(&name)
-            .copied()
-            .ok_or_else(|| st.err(format!("undefined table '{name}'")))
-    }
-
-    fn action(&mut self, st: &mut Stmt) -> Result<(), ConfigError> {
-        let name = st.value("action name")?;
-        if self.action_names.contains_key(&name) {
-            return Err(st.err(format!("action '{name}' defined twice")));
-        }
-        let method = if st.eat("maildir") {
-            // The path is optional: any word that is not an option keyword.
-            let path = match st.peek() {
-                Some(Tok::Word { text, quoted })
-                    if *quoted || !ACTION_OPTIONS.contains(&text.as_str()) =>
-                {
-                    st.pos += 1;
-                    // A relative path is relative to the configuration file, like every
-                    // other path in it; `~` and format specifiers stay as written.
-                    if text.starts_with(['/', '~', '%']) {
-                        Some(text.clone())
-                    } else {
-                        Some(relative_to(&self.current, text).display().to_string())
-                    }
-                }
-                _ => None,
-            };
-            Method::Maildir {
-                path,
-                junk: st.eat("junk"),
-            }
-        } else if st.eat("mbox") {
-            Method::Mbox
-        } else if st.eat("mda") {
-            Method::Mda(st.value("command")?)
-        } else if st.eat("lmtp") {
-            let dest = st.value("LMTP destination")?;
-            Method::Lmtp {
-                dest,
-                rcpt_to: st.eat("rcpt-to"),
-            }
-        } else if st.eat("expand-only") {
-            Method::ExpandOnly
-        } else if st.eat("forward-only") {
-            Method::ForwardOnly
-        } else if st.eat("relay") {
-            Method::Relay(Box::new(crate::config::relay::Relay::new()))
-        } else {
-            return Err(st.err("delivery method expected: maildir, mbox, mda, lmtp, expand-only, forward-only or relay"));
-        };
-        let mut action = ActionDef {
-            name: name.clone(),
-            method,
-            alias: None,
-            virtual_: None,
-            userbase: None,
-            user: None,
-            ttl: None,
-            wrapper: None,
-        };
-        check_method(&action.method).map_err(|m| st.err(format!("action '{name}': {m}")))?;
-        let local = action.method.is_local();
-        let mut relay_names = (None, None);
-        while !st.at_end() {
-            if let Method::Relay(r) = &mut action.method {
-                if self.relay_option(st, r, &mut relay_names)? {
-                    continue;
-                }
-            }
-            if local && st.eat("alias") {
-                action.alias = Some(self.table_ref(st)?);
-            } else if local && st.eat("virtual") {
-                action.virtual_ = Some(self.table_ref(st)?);
-            } else if local && st.eat("userbase") {
-                action.userbase = Some(self.table_ref(st)?);
-            } else if local && st.eat("user") {
-                action.user = Some(st.value("user name")?);
-            } else if local && st.eat("wrapper") {
-                if action.wrapper.is_some() {
-                    return Err(st.err("'wrapper' given twice"));
-                }
-                action.wrapper = Some(st.value("wrapper name")?);
-            } else if st.eat("ttl") {
-                let v = st.value("duration")?;
-                action.ttl = Some(
-                    parse_duration(&v).ok_or_else(|| st.err(format!("invalid duration '{v}'")))?,
-                );
+        self.table_names.get(&name).copied().ok_or_else(|| {
+            if self.passwd_tables.contains(&name) {
+                st.err(format!(
+                    "table '{name}' (getpwnam) holds the system's accounts: it can \
+                     be given to 'userbase' only"
+                ))
             } else {
-                st.done()?;
-                break;
+                st.err(format!("undefined table '{name}'"))
             }
-        }
-        if action.alias.is_some() && action.virtual_.is_some() {
-            return Err(st.err("'alias' and 'virtual' cannot both be used"));
-        }
-        if let Method::Relay(r) = &action.method {
-            self.relay_done(st, self.cfg.actions.len(), r, relay_names)?;
-        }
-        self.apply_wrapper(st, &mut action)?;
-        self.action_names.insert(name, self.cfg.actions.len());
-        self.cfg.actions.push(action);
-        Ok(())
-    }
-}
-
-/// Checks what a delivery method names, so that mistakes show at start, not as failed
-/// deliveries: relay and LMTP destinations, path and command formats.
-fn check_method(m: &Method) -> Result<(), String> {
-    use crate::format::{expand_command, expand_path, FormatCtx};
-    use crate::nexthop::Target;
-    let ctx = FormatCtx {
-        sender: "sender@example.org".into(),
-        rcpt: "rcpt@example.org".into(),
-        dest: "rcpt@example.org".into(),
-        user: "user".into(),
-        home: "/home/user".into(),
-        ..FormatCtx::default()
-    };
-    match m {
-        Method::Lmtp { dest, .. } => Target::parse(dest, 24).map(|_| ()),
-        Method::Mda(cmd) => expand_command(cmd, &ctx).map(|_| ()),
-        Method::Maildir { path: Some(p), .. } => expand_path(p, &ctx).map(|_| ()),
-        _ => Ok(()),
+        })
     }
 }
 

@@ -25,7 +25,7 @@ fn full_example() {
             smtp limit max-sessions-per-address 0 max-connection-rate 600
             control limit max-clients 10 max-clients-per-user 3
             control timeout 1m
-            action "local" maildir "/var/mail/%{user.username}" junk alias <nets> ttl 1h
+            action "local" maildir "/var/mail/%{user.username}" junk alias { postmaster = root } ttl 1h
             action "virt" mbox virtual <users>
             action "out" relay host "smtp://[192.0.2.1]:25"
             match from any for domain "example.org" action "virt"
@@ -159,7 +159,14 @@ fn sizes_and_durations() {
     assert_eq!(parse_size("512"), Some(512));
     assert_eq!(parse_size("x"), None);
     assert_eq!(parse_duration("4d"), Some(Duration::from_secs(345600)));
-    assert_eq!(parse_duration("90"), Some(Duration::from_secs(90)));
+    // A unit is needed, as in OpenSMTPD: a bare number is refused with a hint.
+    assert_eq!(parse_duration("90"), None);
+    assert_eq!(parse_duration("+9s"), None);
+    assert_eq!(parse_duration("d"), None);
+    assert_eq!(
+        invalid_duration("90"),
+        "invalid duration '90': give its unit, as in 90s, 90m, 90h or 90d"
+    );
 }
 
 const PKIS: &str = "pki mx.example.org cert \"/c/mx.crt\"\npki mx.example.org key \"/c/mx.key\"\n\

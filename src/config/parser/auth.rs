@@ -35,15 +35,16 @@ impl Parser {
         } else if st.eat("auth-optional") {
             AuthMode::Optional
         } else if st.eat("senders") {
-            if a.senders.is_some() {
-                return Err(st.err("'senders' given twice"));
-            }
-            a.senders = Some(self.table_ref(st)?);
+            a.senders = Some(self.mapping_table_ref(st, "senders")?);
             a.masquerade = st.eat("masquerade");
             return Ok(true);
         } else if st.eat("received-auth") {
             a.received_auth = true;
             return Ok(true);
+        } else if st.peek_word() == Some("masquerade") {
+            return Err(st.err(
+                "'masquerade' follows 'senders <table>', as in 'senders <users> masquerade'",
+            ));
         } else {
             return Ok(false);
         };

@@ -81,11 +81,14 @@ pub(super) fn limit_refusal(statement: &str, name: &str) -> Option<String> {
             | "conn-delay-relay"
             | "conn-delay-domain"
             | "reconn-delay-route"
-            | "session-transaction-delay"
-            | "session-keepalive",
+            | "session-transaction-delay",
         ) => {
             "connections are not delayed on purpose: failures suspend a destination as \
              smtpd.conf(5) describes under 'Outgoing connections'"
+        }
+        ("mta", "session-keepalive") => {
+            "an outgoing session sends QUIT as soon as no message waits for its destination, \
+             instead of staying open idle"
         }
         ("mta", "max-failures-per-session") => {
             "a session ends at its first failure that is not one recipient's"

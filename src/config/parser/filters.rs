@@ -137,6 +137,9 @@ impl Parser {
             let mut checks = Vec::new();
             let decision = loop {
                 let neg = st.eat_punct('!');
+                if let Some(why) = st.peek_word().and_then(|w| unknown_at(w, &p)) {
+                    return Err(st.err(why));
+                }
                 let check = if st.eat("src") {
                     Check::Src(self.memory_matcher(st, "a built-in filter")?)
                 } else if st.eat("fcrdns") {
@@ -154,9 +157,6 @@ impl Parser {
                 } else if st.eat("rcpt-to") {
                     Check::RcptTo(self.memory_matcher(st, "a built-in filter")?)
                 } else if st.eat("auth") {
-                    if matches!(p.as_str(), "connect" | "helo" | "ehlo") {
-                        return Err(st.err(format!("check 'auth' is not possible in phase '{p}'")));
-                    }
                     let m = self.optional_matcher(st, BUILTIN_WORDS)?;
                     if let Some(Matcher::Table(t)) = &m {
                         self.check_in_memory(st, *t, "a built-in filter")?;
@@ -252,7 +252,7 @@ impl Parser {
                 o.timeout = Some(
                     parse_duration(&v)
                         .filter(|d| !d.is_zero())
-                        .ok_or_else(|| st.err(format!("invalid duration '{v}'")))?,
+                        .ok_or_else(|| st.err(super::invalid_duration(&v)))?,
                 );
             } else {
                 st.done()?;
@@ -261,6 +261,23 @@ impl Parser {
         }
         Ok(o)
     }
+}
+
+/// Why a built-in filter cannot check `check` in `phase`: its value is not known yet
+/// then (or, for a recipient, known in its own phase only). OpenSMTPD's grammar allows
+/// the same checks in each phase.
+fn unknown_at(check: &str, phase: &str) -> Option<String> {
+    let before_mail = matches!(phase, "connect" | "helo" | "ehlo");
+    let why = match check {
+        "helo" if phase == "connect" => "the HELO name is known from phase 'helo' on",
+        "mail-from" if before_mail => "the sender is known from phase 'mail-from' on",
+        "auth" if before_mail => "AUTH comes after EHLO, so check it from phase 'mail-from' on",
+        "rcpt-to" if phase != "rcpt-to" => "a recipient is known in phase 'rcpt-to' only",
+        _ => return None,
+    };
+    Some(format!(
+        "check '{check}' is not possible in phase '{phase}': {why}"
+    ))
 }
 
 /// A reply given in the configuration: `CODE [ESC] text` with a 4xx or 5xx code.

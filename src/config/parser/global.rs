@@ -3,8 +3,9 @@
 //! every statement is read (`smtp ciphers` as the default of listeners and relay
 //! actions, `srs` actions and their key).
 
+use super::action::check_method;
 use super::settings::limits;
-use super::{check_method, parse_duration, Parser, Stmt};
+use super::{parse_duration, Parser, Stmt};
 use crate::config::model::*;
 use crate::config::ConfigError;
 
@@ -52,7 +53,7 @@ impl Parser {
             }
         } else if st.eat("ttl") {
             let v = st.value("duration")?;
-            let d = parse_duration(&v).ok_or_else(|| st.err(format!("invalid duration '{v}'")))?;
+            let d = parse_duration(&v).ok_or_else(|| st.err(super::invalid_duration(&v)))?;
             let days = d.as_secs() / 86400;
             if days == 0 {
                 return Err(st.err(format!("srs ttl '{v}' is too short: at least a day")));

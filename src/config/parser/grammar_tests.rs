@@ -90,7 +90,8 @@ fn listener_options() {
     );
     assert!(err("table n { x = y }\nlisten on 127.0.0.2 hostnames <n>").contains("no IP address"));
     assert!(err("listen on socket hostnames <x>").contains("unexpected 'hostnames'"));
-    assert!(err("listen on socket tag a tag b").contains("tag already given"));
+    assert!(err("listen on socket tag a tag b").contains("'tag' given twice"));
+    assert!(err("listen on socket tag a\nlisten on socket tag b").contains("tag already given"));
 }
 
 #[test]

@@ -3,11 +3,29 @@
 //! are only named here: the daemon reads them when it starts (`tls/`), so that
 //! `smtpd -n` and the parser share one grammar.
 
-use super::{Parser, Stmt};
+use super::{Given, Parser, Stmt};
 use crate::config::model::*;
 use crate::config::tls::{parse_ciphers, parse_protocols, service_port, Suite, TlsVersion};
 use crate::config::ConfigError;
 use std::net::{IpAddr, SocketAddr};
+
+/// The options of `listen on` that may be given once: all but `pki` (one for each
+/// name of SNI), the TLS mode, the address family and AUTH, which have their own
+/// message.
+const ONCE: &[&str] = &[
+    "port",
+    "hostname",
+    "hostnames",
+    "tag",
+    "filter",
+    "mask-src",
+    "no-dsn",
+    "ca",
+    "protocols",
+    "ciphers",
+    "senders",
+    "received-auth",
+];
 
 /// Where port names are looked up.
 const SERVICES: &str = "/etc/services";
@@ -49,14 +67,20 @@ impl Parser {
         let mut needs_tls: Option<&str> = None;
         let mut auth = ListenerAuth::default();
         let mut options = SessionOptions::default();
+        let mut given = Given::default();
         while !st.at_end() {
+            given.note(st, ONCE, "")?;
             if self.listen_auth(st, &mut auth)? || self.session_option(st, &mut options, false)? {
                 continue;
             }
-            if st.eat("inet4") {
-                family = Some(true);
-            } else if st.eat("inet6") {
-                family = Some(false);
+            if let Some(inet4) = [("inet4", true), ("inet6", false)]
+                .into_iter()
+                .find_map(|(w, v)| st.eat(w).then_some(v))
+            {
+                if family.is_some() {
+                    return Err(st.err("only one of inet4 and inet6 may be given"));
+                }
+                family = Some(inet4);
             } else if st.eat("port") {
                 let p = st.value("port number or name")?;
                 port = Some(parse_port(&p).map_err(|m| st.err(m))?);
@@ -85,9 +109,6 @@ impl Parser {
                 names.pkis.push(name);
             } else if st.eat("ca") {
                 needs_tls.get_or_insert("ca");
-                if names.ca.is_some() {
-                    return Err(st.err("ca given twice"));
-                }
                 names.ca = Some(st.value("ca name")?);
             } else if st.eat("protocols") {
                 needs_tls.get_or_insert("protocols");

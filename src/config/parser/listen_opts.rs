@@ -2,9 +2,12 @@
 //! `no-dsn` and `hostnames <t>` (and the refusal of `proxy-v2`), and the options of
 //! `listen on socket`.
 
-use super::{Parser, Stmt};
+use super::{Given, Parser, Stmt};
 use crate::config::model::SessionOptions;
 use crate::config::ConfigError;
+
+/// The options of `listen on socket`, each given once in a statement.
+const SOCKET_OPTIONS: &[&str] = &["filter", "tag", "mask-src", "no-dsn"];
 
 impl Parser {
     /// Reads one session option of `listen on` into `o`; false when the next word is
@@ -23,9 +26,6 @@ impl Parser {
             }
             o.no_dsn = true;
         } else if !socket && st.eat("hostnames") {
-            if o.hostnames.is_some() {
-                return Err(st.err("'hostnames' given twice"));
-            }
             let t = self.table_ref(st)?;
             self.check_in_memory(st, t, "'hostnames'")?;
             let table = &self.cfg.tables[t];
@@ -58,7 +58,9 @@ impl Parser {
     /// `socket`.
     pub(super) fn listen_socket(&mut self, st: &mut Stmt) -> Result<(), ConfigError> {
         let mut options = self.cfg.socket.options;
+        let mut given = Given::default();
         while !st.at_end() {
+            given.note(st, SOCKET_OPTIONS, "")?;
             if self.session_option(st, &mut options, true)? {
                 continue;
             }
@@ -73,7 +75,10 @@ impl Parser {
                 }
                 self.cfg.socket.tag = Some(st.value("tag")?);
             } else {
-                st.done()?;
+                st.done().map_err(|mut e| {
+                    e.msg += ": 'listen on socket' takes only filter, tag, mask-src and no-dsn";
+                    e
+                })?;
                 break;
             }
         }

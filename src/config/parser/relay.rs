@@ -27,9 +27,6 @@ impl Parser {
         names: &mut (Option<String>, Option<String>),
     ) -> Result<bool, ConfigError> {
         if st.eat("host") {
-            if relay.host.is_some() {
-                return Err(st.err("'host' given twice"));
-            }
             if matches!(st.peek(), Some(Tok::Punct('<' | '{'))) {
                 return Err(st.err(super::compat::RELAY_HOST_TABLE));
             }
@@ -37,7 +34,9 @@ impl Parser {
             let url = RelayUrl::parse(&v, 25).map_err(|m| st.err(format!("host: {m}")))?;
             relay.host = Some(url);
         } else if st.eat("domain") {
-            relay.domain = Some(self.memory_table_ref(st, "a relay's 'domain'")?);
+            let t = self.memory_table_ref(st, "a relay's 'domain'")?;
+            self.check_mapping(st, t, "domain")?;
+            relay.domain = Some(t);
         } else if st.eat("backup") {
             let name = if st.eat("mx") {
                 let n = st.value("host name")?;
@@ -56,7 +55,9 @@ impl Parser {
             }
             relay.helo = Some(name);
         } else if st.eat("helo-src") {
-            relay.helo_src = Some(self.memory_table_ref(st, "'helo-src'")?);
+            let t = self.memory_table_ref(st, "'helo-src'")?;
+            self.check_mapping(st, t, "helo-src")?;
+            relay.helo_src = Some(t);
         } else if st.eat("src") {
             let m = self.memory_matcher(st, "a relay's 'src'")?;
             match &m {
@@ -82,7 +83,7 @@ impl Parser {
                 RelayTls::Verify
             };
         } else if st.eat("auth") {
-            relay.auth = Some(self.table_ref(st)?);
+            relay.auth = Some(self.mapping_table_ref(st, "auth")?);
         } else if st.eat("pki") {
             names.0 = Some(st.value("pki name")?);
         } else if st.eat("ca") {
@@ -95,9 +96,6 @@ impl Parser {
             relay.ciphers = parse_ciphers(&v).map_err(|m| st.err(m))?;
             self.relay_ciphers_given = true;
         } else if st.eat("srs") {
-            if relay.srs {
-                return Err(st.err("'srs' given twice"));
-            }
             relay.srs = true;
             self.srs_actions.push(Place {
                 file: st.file().to_string(),

@@ -107,7 +107,10 @@ fn relay_option_errors() {
         ("action \"o\" relay helo -bad-", "invalid host name"),
         ("action \"o\" relay mail-from \"a b\"", "invalid address"),
         ("action \"o\" relay protocols \"tlsv1.0\"", ""),
-        ("action \"o\" relay alias <x>", "unexpected 'alias'"),
+        (
+            "action \"o\" relay alias <x>",
+            "'alias' is an option of local delivery actions, not of relay",
+        ),
         ("action \"o\" relay backup mx \"-x\"", "invalid host name"),
     ];
     for (text, want) in cases {

@@ -3,11 +3,18 @@
 
 use super::super::lexer::Tok;
 use super::auth::RULE_WORDS;
-use super::{valid_net, Parser, Stmt};
+use super::{valid_net, Given, Parser, Stmt};
 use crate::config::model::*;
 use crate::config::ConfigError;
 use crate::sys::regex::Regex;
 use std::sync::Arc;
+
+/// The conditions of a rule besides `from` and `for`, each given once in a rule (as in
+/// OpenSMTPD), `from auth`, `from mail-from` and `for rcpt-to` included.
+const CONDITIONS: &[&str] = &["mail-from", "rcpt-to", "helo", "tag", "tls", "auth"];
+
+/// The end of the message for a condition given twice.
+const IN_ONE_RULE: &str = " in one rule";
 
 impl Parser {
     /// A value, `<table>`, `{ inline }`, or `regex` followed by one of these.
@@ -99,11 +106,30 @@ impl Parser {
         })
     }
 
+    /// A condition of the transaction: one of [`CONDITIONS`].
+    fn condition(&mut self, st: &mut Stmt) -> Result<Cond, ConfigError> {
+        Ok(if st.eat("mail-from") {
+            Cond::MailFrom(self.matcher(st)?)
+        } else if st.eat("rcpt-to") {
+            Cond::RcptTo(self.matcher(st)?)
+        } else if st.eat("helo") {
+            Cond::Helo(self.matcher(st)?)
+        } else if st.eat("tag") {
+            Cond::Tag(self.matcher(st)?)
+        } else if st.eat("tls") {
+            Cond::Tls
+        } else {
+            st.expect("auth")?;
+            Cond::Auth(self.auth_matcher(st)?)
+        })
+    }
+
     /// `match [!]COND ... action NAME|reject`.
     pub(super) fn rule(&mut self, st: &mut Stmt) -> Result<(), ConfigError> {
         let line = st.line();
         let mut conds: Vec<(bool, Cond)> = Vec::new();
         let (mut has_from, mut has_for) = (false, false);
+        let mut given = Given::default();
         let decision = loop {
             if st.at_end() {
                 return Err(st.err("'action NAME' or 'reject' expected"));
@@ -125,25 +151,26 @@ impl Parser {
                     return Err(st.err("'from' given twice"));
                 }
                 has_from = true;
-                self.source_cond(st)?
+                let c = self.source_cond(st)?;
+                match c {
+                    Cond::FromAuth(_) => given.mark(st, "auth", IN_ONE_RULE)?,
+                    Cond::FromMailFrom(_) => given.mark(st, "mail-from", IN_ONE_RULE)?,
+                    _ => {}
+                }
+                c
             } else if st.eat("for") {
                 if has_for {
                     return Err(st.err("'for' given twice"));
                 }
                 has_for = true;
-                self.destination_cond(st)?
-            } else if st.eat("mail-from") {
-                Cond::MailFrom(self.matcher(st)?)
-            } else if st.eat("rcpt-to") {
-                Cond::RcptTo(self.matcher(st)?)
-            } else if st.eat("helo") {
-                Cond::Helo(self.matcher(st)?)
-            } else if st.eat("tag") {
-                Cond::Tag(self.matcher(st)?)
-            } else if st.eat("tls") {
-                Cond::Tls
-            } else if st.eat("auth") {
-                Cond::Auth(self.auth_matcher(st)?)
+                let c = self.destination_cond(st)?;
+                if let Cond::ForRcptTo(_) = c {
+                    given.mark(st, "rcpt-to", IN_ONE_RULE)?;
+                }
+                c
+            } else if CONDITIONS.contains(&st.peek_word().unwrap_or_default()) {
+                given.note(st, CONDITIONS, IN_ONE_RULE)?;
+                self.condition(st)?
             } else {
                 let what = st.value("condition").unwrap_or_default();
                 return Err(st.err(format!("unknown match condition '{what}'")));

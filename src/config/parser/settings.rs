@@ -90,7 +90,7 @@ fn duration(st: &mut Stmt) -> Result<std::time::Duration, ConfigError> {
     let v = st.value("duration")?;
     parse_duration(&v)
         .filter(|d| !d.is_zero())
-        .ok_or_else(|| st.err(format!("invalid duration '{v}'")))
+        .ok_or_else(|| st.err(super::invalid_duration(&v)))
 }
 
 impl Parser {
@@ -123,7 +123,7 @@ impl Parser {
         } else if st.eat("ttl") {
             let v = st.value("duration")?;
             self.cfg.queue.ttl =
-                parse_duration(&v).ok_or_else(|| st.err(format!("invalid duration '{v}'")))?;
+                parse_duration(&v).ok_or_else(|| st.err(super::invalid_duration(&v)))?;
         } else if st.eat("encryption") {
             self.queue_encryption(st)?;
         } else if st.eat("compression") {

@@ -2,6 +2,7 @@
 //! (`TYPE:ARG`) and line-protocol processes (`proc-exec "COMMAND"`); and the tables the
 //! event loop reads, which must be in memory.
 
+use super::super::lexer::Tok;
 use super::{Parser, Stmt};
 use crate::config::model::{Matcher, TableId};
 use crate::config::{relative_to, ConfigError};
@@ -10,8 +11,15 @@ use crate::table::{Proc, Program, Source, Table};
 impl Parser {
     pub(super) fn table(&mut self, st: &mut Stmt) -> Result<(), ConfigError> {
         let name = st.value("table name")?;
-        if self.table_names.contains_key(&name) {
+        if self.table_names.contains_key(&name) || self.passwd_tables.contains(&name) {
             return Err(st.err(format!("table '{name}' defined twice")));
+        }
+        if st.eat("getpwnam") {
+            // OpenSMTPD's table of the system's accounts: what `userbase` reads
+            // without a table.
+            st.done()?;
+            self.passwd_tables.push(name);
+            return Ok(());
         }
         let table = if st.eat_punct('{') {
             Table::new(&name, Self::inline_entries(st)?)
@@ -25,10 +33,16 @@ impl Parser {
                 Some((kind, rest)) if !kind.contains('/') => {
                     let path = relative_to(&self.current, rest);
                     match kind {
-                        "file" | "db" => {
+                        "getpwnam" => {
+                            return Err(st.err(format!(
+                                "table type 'getpwnam' takes no argument: table {name} getpwnam"
+                            )))
+                        }
+                        "proc" => return Err(st.err(proc_table(&name, rest))),
+                        "file" | "static" | "db" => {
                             let source = match kind {
-                                "file" => Source::File(path),
-                                _ => Source::Db(path),
+                                "db" => Source::Db(path),
+                                _ => Source::File(path),
                             };
                             Table::load(&name, source)
                                 .map_err(|e| st.err(format!("table '{name}': {e}")))?
@@ -106,6 +120,55 @@ impl Parser {
         Ok(t)
     }
 
+    /// `<name>` (or an inline table) given to `what`, which looks values up by key:
+    /// every entry of a table in memory must have a value (OpenSMTPD refuses a list
+    /// there; an empty table is a mapping).
+    pub(super) fn mapping_table_ref(
+        &mut self,
+        st: &mut Stmt,
+        what: &str,
+    ) -> Result<TableId, ConfigError> {
+        let t = self.table_ref(st)?;
+        self.check_mapping(st, t, what)?;
+        Ok(t)
+    }
+
+    /// Checks that the table `t` given to `what` is a mapping, as far as its entries
+    /// in memory show (a table process answers for itself).
+    pub(super) fn check_mapping(
+        &self,
+        st: &Stmt,
+        t: TableId,
+        what: &str,
+    ) -> Result<(), ConfigError> {
+        let entries = self.cfg.tables[t].entries();
+        let list = entries
+            .keys()
+            .find(|k| entries.get(k).is_some_and(str::is_empty));
+        if let Some(k) = list {
+            return Err(st.err(format!(
+                "the table given to '{what}' must be a mapping (key => value): '{k}' has no value"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The table after `userbase` (a list of users, or OpenSMTPD's mapping to
+    /// `uid:gid:home`): none for a `getpwnam` table, which is the system's accounts,
+    /// the default.
+    pub(super) fn userbase_ref(&mut self, st: &mut Stmt) -> Result<Option<TableId>, ConfigError> {
+        let tok = |i: usize| st.toks.get(st.pos + i).map(|t| &t.tok);
+        if let (Some(Tok::Punct('<')), Some(Tok::Word { text, .. }), Some(Tok::Punct('>'))) =
+            (tok(0), tok(1), tok(2))
+        {
+            if self.passwd_tables.contains(text) {
+                st.pos += 3;
+                return Ok(None);
+            }
+        }
+        self.table_ref(st).map(Some)
+    }
+
     /// A value or a table that the event loop reads (a relay's `src`, the checks of
     /// built-in filters).
     pub(super) fn memory_matcher(
@@ -135,6 +198,17 @@ impl Parser {
             table.name
         )))
     }
+}
+
+/// Why `table NAME proc:COMMAND` is refused: OpenSMTPD 6 speaks imsg to the command,
+/// 7.6 its line protocol, and the line cannot tell which.
+fn proc_table(name: &str, command: &str) -> String {
+    format!(
+        "table type 'proc' is not supported: a program of OpenSMTPD 7.6's line protocol \
+         is run by 'table {name} proc-exec \"{command}\"'; one of OpenSMTPD 6's imsg \
+         protocol is installed as {}/table-NAME and named NAME:ARG",
+        crate::table::EXTRAS_DIR
+    )
 }
 
 #[cfg(test)]
