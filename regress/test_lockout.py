@@ -33,12 +33,15 @@ for _ in range(n):
     s.settimeout(2)
     try:
         s.connect(path)
-        if first:
-            s.sendall(first.encode() + b"\n")
     except OSError:
         failed += 1
         s.close()
         continue
+    if first:
+        try:
+            s.sendall(first.encode() + b"\n")
+        except OSError:
+            pass  # refused and closed at once: its line is still there to read
     socks.append(s)
 lines, bufs, deadline = [], {}, time.monotonic() + 20
 open_ = {s.fileno(): s for s in socks}
