@@ -444,7 +444,14 @@ impl Session {
 
     /// Counts a failed command; past the limit the session ends with 421.
     fn fail(&mut self, reply: Reply, out: &mut Vec<Action>) {
+        self.fail_then(reply, None, out);
+    }
+
+    /// [`Session::fail`], with `then` carried out right after the reply (before the
+    /// close the error limit may bring).
+    fn fail_then(&mut self, reply: Reply, then: Option<Action>, out: &mut Vec<Action>) {
         out.push(Action::Reply(reply));
+        out.extend(then);
         self.errors += 1;
         if self.errors >= self.limits.max_errors {
             self.close(Reply::TOO_MANY_ERRORS, out);

@@ -148,6 +148,14 @@ impl Dialog {
     }
 
     fn glue(&mut self) {
+        // Nothing follows a Close: the glue stops there.
+        if let Some(c) = self.out.iter().position(|a| matches!(a, Action::Close)) {
+            assert!(
+                self.out[c..].iter().all(|a| matches!(a, Action::Close)),
+                "actions after Close: {:?}",
+                self.out
+            );
+        }
         let mut i = 0;
         while i < self.out.len() {
             let mut more = Vec::new();

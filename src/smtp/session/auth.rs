@@ -293,10 +293,7 @@ impl Session {
                 out.push(Action::Reply(reply));
                 out.push(report(user));
             }
-            AuthResult::TempFail => {
-                self.fail(reply, out);
-                out.push(report(user));
-            }
+            AuthResult::TempFail => self.fail_then(reply, Some(report(user)), out),
             AuthResult::PermFail => {
                 self.auth.failures += 1;
                 if self.auth.failures >= self.limits.max_auth_failures {
@@ -304,8 +301,7 @@ impl Session {
                     out.push(report(user));
                     return self.close(Reply::AUTH_TOO_MANY_FAILURES, out);
                 }
-                self.fail(reply, out);
-                out.push(report(user));
+                self.fail_then(reply, Some(report(user)), out);
             }
         }
     }
@@ -337,17 +333,22 @@ impl Session {
             self.id,
             log_word(&user)
         );
-        let code = r.code;
-        if disconnect || code == 421 {
-            self.close(r, out);
-        } else {
-            self.fail(r, out);
-        }
-        out.push(Action::AuthReport {
+        let report = Action::AuthReport {
             mechanism,
             user,
-            code,
-        });
+            code: r.code,
+        };
+        if disconnect || r.code == 421 {
+            self.close(r, out);
+            // After the reply, before the close.
+            let at = out
+                .iter()
+                .rposition(|a| matches!(a, Action::Close))
+                .unwrap_or(out.len());
+            out.insert(at, report);
+        } else {
+            self.fail_then(r, Some(report), out);
+        }
     }
 
     /// The check of `sender` against the `senders` table, for an authenticated user.

@@ -396,3 +396,19 @@ fn reports_name_what_the_client_gave_only() {
     login(&mut d);
     assert_eq!(d.auth_reports, ["PLAIN bob 454", "PLAIN bob 235"]);
 }
+
+#[test]
+fn the_report_of_a_failure_comes_before_the_close_of_the_error_limit() {
+    let mut d = dialog(AuthMode::Required, true, false);
+    for _ in 0..9 {
+        d.client("BOGUS").expect("500");
+    }
+    // An empty password is refused at once; it is the tenth error.
+    d.client("AUTH LOGIN").expect("334");
+    d.client(&encode(b"bob")).expect("334");
+    d.client("")
+        .expect("535 5.7.8")
+        .expect("421")
+        .expect_close();
+    assert_eq!(d.auth_reports, ["LOGIN bob 535"]);
+}
