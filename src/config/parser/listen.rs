@@ -49,6 +49,7 @@ impl Parser {
         let mut needs_tls: Option<&str> = None;
         let mut auth = ListenerAuth::default();
         let mut options = SessionOptions::default();
+        let mut proxy_v2 = false;
         while !st.at_end() {
             if self.listen_auth(st, &mut auth)? || self.session_option(st, &mut options, false)? {
                 continue;
@@ -68,6 +69,11 @@ impl Parser {
                 hostname = Some(h);
             } else if st.eat("tag") {
                 tag = Some(st.value("tag")?);
+            } else if st.eat("proxy-v2") {
+                if proxy_v2 {
+                    return Err(st.err("'proxy-v2' given twice"));
+                }
+                proxy_v2 = true;
             } else if st.eat("filter") {
                 filter = Some(self.filter_ref(st)?);
             } else if let Some(m) = tls_mode(st) {
@@ -161,6 +167,7 @@ impl Parser {
             tls,
             auth,
             options,
+            proxy_v2,
         });
         Ok(())
     }
