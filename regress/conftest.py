@@ -660,6 +660,9 @@ class Daemon:
             except OSError:
                 time.sleep(0.05)
                 continue
+            if "proxy-v2" in self.listen_opts.split():
+                # The listener waits for a PROXY header: UNKNOWN keeps the probe's address.
+                s.sendall(b"PROXY UNKNOWN\r\n")
             if "smtps" in self.listen_opts.split():
                 # No greeting before a handshake: the port accepting is enough.
                 s.close()

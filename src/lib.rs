@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod mta;
 pub mod nexthop;
 pub mod privsep;
+pub mod proxy;
 pub mod queue;
 pub mod ruleset;
 pub mod smtp;

@@ -453,6 +453,9 @@ pub struct Listener {
     pub auth: ListenerAuth,
     /// `mask-src`, `no-dsn`, `hostnames`.
     pub options: SessionOptions,
+    /// `proxy-v2`: every connection starts with a PROXY protocol header (haproxy's,
+    /// version 1 or 2), whose source becomes the session's client.
+    pub proxy_v2: bool,
 }
 
 /// Whether a listener offers SMTP AUTH (RFC 4954), and whether it requires it.

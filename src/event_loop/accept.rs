@@ -13,12 +13,14 @@ use super::{Endpoint, Server, FIRST_SLOT};
 use crate::config::TlsMode;
 use crate::mail::peer::Peer;
 use crate::mail::reply::Reply;
+use crate::proxy::Endpoints;
 use crate::smtp::conn::Conn;
 use crate::smtp::session::{Limits, Session};
 use crate::stream::Stream;
+use mio::net::TcpStream;
 use mio::{Interest, Token};
 use std::io::{self, Write};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 /// How long accepting stops after accept(2) failed (out of descriptors, most often).
@@ -118,57 +120,92 @@ impl Server {
                 _ => return,
             };
             let mut stream = stream;
-            let ip = canonical(peer.ip());
-            // Every connection counts toward the rate, refused ones included.
-            let rate_ok = self.rates.hit(ip, now);
-            let per_addr = self.cfg.smtp.max_sessions_per_address;
-            let refusal = if self.tcp_sessions >= self.max_sessions {
-                Some((Reply::TOO_MANY_SESSIONS, "max-sessions"))
-            } else if per_addr > 0 && self.per_addr.get(&ip).is_some_and(|&n| n >= per_addr) {
-                Some((Reply::TOO_MANY_FROM_ADDRESS, "max-sessions-per-address"))
-            } else if !rate_ok {
-                Some((Reply::CONNECTION_RATE, "max-connection-rate"))
-            } else {
-                None
-            };
-            if let Some((reply, reason)) = refusal {
-                self.counters.refused_connection(reason);
-                refuse(&mut stream, &reply);
-                log::info!("smtp refused address={ip} reason={reason}");
+            if self.cfg.listeners.get(lidx).is_some_and(|l| l.proxy_v2) {
+                // The client is known once the proxy's header is read.
+                self.proxy_accept(stream, peer, lidx, now);
                 continue;
             }
-            let _ = stream.set_nodelay(true);
-            if let Some(k) = self.new_session(Stream::Tcp(stream), Some(ip), Some(lidx), now) {
-                if let Some(Endpoint::Smtp(c)) = self.slab.get(k) {
-                    log::info!(
-                        "{:016x} smtp connected address={ip} port={}",
-                        c.id(),
-                        peer.port()
-                    );
-                }
+            let client = SocketAddr::new(canonical(peer.ip()), peer.port());
+            if self.admit(&mut stream, client.ip(), now) {
+                self.tcp_session(stream, client, lidx, None, now);
             }
-            // The greeting goes out when the socket reports writable.
         }
+    }
+
+    /// Applies the limits of sessions and new connections to a connection of client
+    /// `ip`, which counts toward its rate, refused or not; false when it was refused
+    /// with a 421.
+    pub(super) fn admit(&mut self, stream: &mut TcpStream, ip: IpAddr, now: Instant) -> bool {
+        let rate_ok = self.rates.hit(ip, now);
+        let per_addr = self.cfg.smtp.max_sessions_per_address;
+        let refusal = if self.tcp_sessions >= self.max_sessions {
+            Some((Reply::TOO_MANY_SESSIONS, "max-sessions"))
+        } else if per_addr > 0 && self.per_addr.get(&ip).is_some_and(|&n| n >= per_addr) {
+            Some((Reply::TOO_MANY_FROM_ADDRESS, "max-sessions-per-address"))
+        } else if !rate_ok {
+            Some((Reply::CONNECTION_RATE, "max-connection-rate"))
+        } else {
+            None
+        };
+        let Some((reply, reason)) = refusal else {
+            return true;
+        };
+        self.counters.refused_connection(reason);
+        refuse(stream, &reply);
+        log::info!("smtp refused address={ip} reason={reason}");
+        false
+    }
+
+    /// Starts the session of an admitted TCP connection from `client` on listener
+    /// `lidx`, and logs it; `via` is the proxy it came through and what its header
+    /// said, on a `proxy-v2` listener.
+    pub(super) fn tcp_session(
+        &mut self,
+        stream: TcpStream,
+        client: SocketAddr,
+        lidx: usize,
+        via: Option<&super::proxy::Via>,
+        now: Instant,
+    ) {
+        let _ = stream.set_nodelay(true);
+        let ends = via.and_then(|v| v.endpoints());
+        let stream = Stream::Tcp(stream);
+        let Some(k) = self.new_session(stream, Some(client.ip()), Some(lidx), ends, now) else {
+            return;
+        };
+        if let Some(Endpoint::Smtp(c)) = self.slab.get(k) {
+            let (ip, port) = (client.ip(), client.port());
+            let proxy = via.map(|v| v.log_words()).unwrap_or_default();
+            log::info!(
+                "{:016x} smtp connected address={ip} port={port}{proxy}",
+                c.id()
+            );
+        }
+        // The greeting goes out when the socket reports writable.
     }
 
     /// A new SMTP session on `stream` (from listener `lidx`, or the local socket when
     /// `None`): its filter chain, limits and TLS, registered; its slab key, or `None`
-    /// when it could not be set up.
+    /// when it could not be set up. `proxied`: both ends as a PROXY header named them
+    /// (canonical), for filters and `hostnames`.
     pub(super) fn new_session(
         &mut self,
         mut stream: Stream,
         ip: Option<IpAddr>,
         lidx: Option<usize>,
+        proxied: Option<Endpoints>,
         now: Instant,
     ) -> Option<usize> {
         let listener = lidx.and_then(|i| self.cfg.listeners.get(i));
         let options = listener.map_or(self.cfg.socket.options, |l| l.options);
-        // `hostnames <t>`: the name for the local address the connection came to.
+        // `hostnames <t>`: the name for the local address the connection came to (the
+        // proxy's, when a PROXY header named it).
         let by_address = options.hostnames.and_then(|t| {
-            let Stream::Tcp(s) = &stream else {
-                return None;
+            let local = match (&stream, proxied) {
+                (_, Some(e)) => e.dst.ip(),
+                (Stream::Tcp(s), None) => canonical(s.local_addr().ok()?.ip()),
+                _ => return None,
             };
-            let local = canonical(s.local_addr().ok()?.ip());
             self.cfg
                 .tables
                 .get(t)?
@@ -232,6 +269,7 @@ impl Server {
         }
         let max_line = self.cfg.smtp.max_command_line;
         let mut conn = Conn::new(stream, gen, ip, session, actions, deadline, max_line);
+        conn.proxied = proxied.map(|e| (e.dst, e.src));
         if let (Some(mode @ (TlsMode::Starttls | TlsMode::Require)), Some(c)) = (tls, tls_cfg) {
             conn.offer_starttls(c, mode == TlsMode::Require);
         }
@@ -281,7 +319,7 @@ pub(super) fn canonical(ip: IpAddr) -> IpAddr {
 }
 
 /// Best-effort 421 on a connection we will not serve.
-fn refuse(stream: &mut mio::net::TcpStream, reply: &Reply) {
+pub(super) fn refuse(stream: &mut TcpStream, reply: &Reply) {
     let mut out = Vec::new();
     reply.render(&mut out);
     let _ = stream.write(&out);

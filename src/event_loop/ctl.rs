@@ -233,7 +233,7 @@ impl Server {
         let mut c = *c;
         let _ = self.poll.registry().deregister(&mut c.sock);
         let early = std::mem::take(&mut c.inbuf);
-        let Some(k) = self.new_session(Stream::Unix(c.sock), None, None, now) else {
+        let Some(k) = self.new_session(Stream::Unix(c.sock), None, None, None, now) else {
             self.ctl_slots.release(c.uid);
             return;
         };

@@ -112,6 +112,7 @@ impl Server {
             }
             Some(Endpoint::Sts(_)) => return self.sts_due(key, gen, now),
             Some(Endpoint::Http(c)) if c.gen == gen => return self.closing.push(key),
+            Some(Endpoint::Proxy(c)) if c.gen == gen => return self.proxy_due(key),
             _ => return,
         };
         if let Some(next) = later {

@@ -250,6 +250,7 @@ impl Server {
             "max-sessions",
             "max-sessions-per-address",
             "max-connection-rate",
+            "proxy-header",
         ] {
             let n = c.refused_connections.get(reason).copied().unwrap_or(0);
             e.sample("smtpd_connections_refused_total", &[("reason", reason)], n);

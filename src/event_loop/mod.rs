@@ -41,6 +41,7 @@ mod limits;
 mod lookups;
 mod metrics;
 mod mta;
+mod proxy;
 mod queue;
 mod rdns;
 mod sts;
@@ -81,6 +82,8 @@ enum Endpoint {
         idx: usize,
     },
     Smtp(Box<Conn>),
+    /// A connection of a `proxy-v2` listener until its PROXY header is read.
+    Proxy(Box<proxy::ProxyConn>),
     Control(Box<ControlConn>),
     Mta(Box<MtaConn>),
     Filter(Box<crate::filter::pipe::FilterPipe>),
@@ -134,6 +137,8 @@ pub struct Server {
     sessions: usize,
     /// SMTP sessions on the listeners (what `max-sessions` limits).
     tcp_sessions: usize,
+    /// Connections of `proxy-v2` listeners waiting for their header.
+    proxy_pending: usize,
     max_sessions: usize,
     /// Control clients by user, local SMTP sessions included.
     ctl_slots: ControlSlots,
@@ -279,6 +284,7 @@ impl Server {
             per_addr: HashMap::new(),
             sessions: 0,
             tcp_sessions: 0,
+            proxy_pending: 0,
             max_sessions,
             mta_conns: 0,
             msg_files: 0,
@@ -539,7 +545,9 @@ impl Server {
                         conn.close_with(ctx, Reply::SHUTDOWN, Reason::Shutdown)
                     });
                 }
-                Some(Endpoint::Control(_) | Endpoint::Http(_)) => self.closing.push(key),
+                Some(Endpoint::Control(_) | Endpoint::Http(_) | Endpoint::Proxy(_)) => {
+                    self.closing.push(key)
+                }
                 _ => {}
             }
         }
@@ -596,6 +604,10 @@ impl Server {
                 log::error!("metrics internal error: the client is dropped");
                 self.closing.push(key);
             }
+            Some(Endpoint::Proxy(_)) => {
+                log::error!("smtp internal error while reading a PROXY header");
+                self.closing.push(key);
+            }
             None => {}
         }
     }
@@ -624,6 +636,7 @@ impl Server {
                 self.queue_actions(now);
             }
             Some(Endpoint::Http(_)) => self.http_io(key, now),
+            Some(Endpoint::Proxy(_)) => self.proxy_io(key, now),
             None => {}
         }
     }
@@ -750,6 +763,7 @@ impl Server {
                     self.ctl_slots.release(uid);
                 }
                 Some(Endpoint::Dns(_)) => self.dns_reap(key),
+                Some(Endpoint::Proxy(_)) => self.proxy_reap(key),
                 Some(Endpoint::Http(c)) => {
                     let _ = self.poll.registry().deregister(&mut c.sock);
                     self.slab.remove(key);

@@ -92,6 +92,9 @@ pub struct Conn {
     pub gen: u64,
     /// The client's address (for per-address limits); `None` on the local socket.
     pub peer: Option<IpAddr>,
+    /// Our end and the client's as a PROXY header named them, which filters are told
+    /// instead of the socket's.
+    pub proxied: Option<(std::net::SocketAddr, std::net::SocketAddr)>,
     /// The user id of a client on the local socket (for the control socket's limits).
     pub uid: Option<u32>,
     /// When the session times out unless input arrives.
@@ -169,6 +172,7 @@ impl Conn {
             sock,
             gen,
             peer,
+            proxied: None,
             uid: None,
             deadline,
             session,
@@ -630,6 +634,9 @@ impl Conn {
 
     /// Local and remote addresses as text (`ip:port`, or `local` for the socket).
     pub fn addresses(&self) -> (String, String) {
+        if let Some((local, remote)) = self.proxied {
+            return (local.to_string(), remote.to_string());
+        }
         match self.sock.tcp() {
             Some(s) => (
                 s.local_addr()

@@ -1,11 +1,6 @@
 //! The refusals of OpenSMTPD statements and options this server does not have: each
 //! says why, and what to write instead (man/smtpd.conf.5, COMPATIBILITY, lists them).
 
-/// `listen on ... proxy-v2`.
-pub(super) const PROXY_V2: &str = "'proxy-v2' is not supported: this server does not read \
-     the PROXY protocol header and would take the proxy's address for the client's; \
-     let clients connect to it directly";
-
 /// `queue compression`.
 pub(super) const QUEUE_COMPRESSION: &str = "'queue compression' is not supported: messages \
      stay in the spool only until they are delivered; remove the line (see 'queue \

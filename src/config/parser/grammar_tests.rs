@@ -83,11 +83,16 @@ fn listener_options() {
     assert_eq!(c.socket.tag.as_deref(), Some("LOCAL"));
     assert!(c.socket.options.mask_src && c.socket.options.no_dsn);
     assert_eq!(c.listeners[0].options, SessionOptions::default());
-    let e = err("listen on 127.0.0.2 proxy-v2");
-    assert!(
-        e.starts_with("/etc/smtpd.conf:2: 'proxy-v2' is not supported"),
-        "{e}"
-    );
+    assert!(!c.listeners[1].proxy_v2);
+    let c = conf(
+        "listen on 127.0.0.2 port 2525 proxy-v2 smtps pki p\n\
+                  pki p cert /c.pem\npki p key /k.pem",
+    )
+    .unwrap();
+    assert!(c.listeners[1].proxy_v2 && !c.listeners[0].proxy_v2);
+    let e = err("listen on 127.0.0.2 proxy-v2 proxy-v2");
+    assert!(e.contains("'proxy-v2' given twice"), "{e}");
+    assert!(err("listen on socket proxy-v2").contains("unexpected 'proxy-v2'"));
     assert!(err("table n { x = y }\nlisten on 127.0.0.2 hostnames <n>").contains("no IP address"));
     assert!(err("listen on socket hostnames <x>").contains("unexpected 'hostnames'"));
     assert!(err("listen on socket tag a tag b").contains("'tag' given twice"));

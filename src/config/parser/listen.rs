@@ -25,6 +25,7 @@ const ONCE: &[&str] = &[
     "ciphers",
     "senders",
     "received-auth",
+    "proxy-v2",
 ];
 
 /// Where port names are looked up.
@@ -68,6 +69,7 @@ impl Parser {
         let mut auth = ListenerAuth::default();
         let mut options = SessionOptions::default();
         let mut given = Given::default();
+        let mut proxy_v2 = false;
         while !st.at_end() {
             given.note(st, ONCE, "")?;
             if self.listen_auth(st, &mut auth)? || self.session_option(st, &mut options, false)? {
@@ -92,6 +94,8 @@ impl Parser {
                 hostname = Some(h);
             } else if st.eat("tag") {
                 tag = Some(st.value("tag")?);
+            } else if st.eat("proxy-v2") {
+                proxy_v2 = true;
             } else if st.eat("filter") {
                 filter = Some(self.filter_ref(st)?);
             } else if let Some(m) = tls_mode(st) {
@@ -182,6 +186,7 @@ impl Parser {
             tls,
             auth,
             options,
+            proxy_v2,
         });
         Ok(())
     }

@@ -1,5 +1,5 @@
 //! The listener options that shape sessions rather than transport: `mask-src`,
-//! `no-dsn` and `hostnames <t>` (and the refusal of `proxy-v2`), and the options of
+//! `no-dsn` and `hostnames <t>`, and the options of
 //! `listen on socket`.
 
 use super::{Given, Parser, Stmt};
@@ -46,8 +46,6 @@ impl Parser {
                 }
             }
             o.hostnames = Some(t);
-        } else if !socket && st.eat("proxy-v2") {
-            return Err(st.err(super::compat::PROXY_V2));
         } else {
             return Ok(false);
         }
