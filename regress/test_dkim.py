@@ -105,10 +105,10 @@ def world(request, base):
     w.close()
 
 
-def records(keys, **more):
+def records(keys, more=None):
     r = {("%s._domainkey.%s" % (sel, DOMAIN), "TXT"): [txt_strings(keys[sel].record)]
          for sel in ("rsa", "ed", "pkcs1")}
-    r.update(more)
+    r.update(more or {})
     return r
 
 
@@ -294,3 +294,102 @@ def test_only_internal_sessions_are_signed(world, base, keys, tmp_path):
     assert len(fields(wire, "DKIM-Signature")) == 1, wire
     assert fields(wire, "Authentication-Results") == [], wire
     assert dkimpy_verdicts(wire, table) == [True]
+
+
+
+# ---------------------------------------------------------------------------
+# Verification: a corpus signed by dkimpy, its verdicts against ours
+# ---------------------------------------------------------------------------
+
+PLAIN = (b"From: Carol <carol@example.test>\r\nTo: dave@example.test\r\n"
+         b"Subject:  Quarterly \r\n\tfigures\r\nDate: Mon, 7 Dec 2026 03:00:00 +0000\r\n"
+         b"Message-ID: <corpus@example.test>\r\n\r\n"
+         b"Dear  Dave,\r\n\r\nthe figures\t are attached. \r\n.\r\n..two dots\r\n\r\n\r\n")
+
+
+def dkimpy_sign(keys, sel, msg, canon=(b"relaxed", b"relaxed"), length=False, key=None):
+    k = keys[key or sel]
+    alg = b"ed25519-sha256" if k.kind == "ed25519" else b"rsa-sha256"
+    return dkim.sign(msg, sel.encode(), DOMAIN.encode(), k.dkimpy, canonicalize=canon,
+                     signature_algorithm=alg, length=length) + msg
+
+
+def corpus(keys):
+    """(name, message, what our results must say of each signature, top first)."""
+    def s(*a, **k):
+        return dkimpy_sign(keys, *a, **k)
+    ss = (b"simple", b"simple")
+    out = [
+        ("rsa relaxed", s("rsa", PLAIN), ["pass"]),
+        ("rsa simple", s("rsa", PLAIN, ss), ["pass"]),
+        ("rsa relaxed/simple", s("rsa", PLAIN, (b"relaxed", b"simple")), ["pass"]),
+        ("ed25519", s("ed", PLAIN), ["pass"]),
+        ("ed25519 simple", s("ed", PLAIN, ss), ["pass"]),
+        ("body changed", s("rsa", PLAIN).replace(b"attached", b"enclosed"), ["fail"]),
+        ("header changed", s("rsa", PLAIN, ss).replace(b"Quarterly", b"Yearly"), ["fail"]),
+        ("relaxed white space", s("rsa", PLAIN).replace(b"Dear  Dave", b"Dear Dave"), ["pass"]),
+        ("simple white space", s("ed", PLAIN, ss).replace(b"Dear  Dave", b"Dear Dave"), ["fail"]),
+        ("l= body appended", s("rsa", PLAIN, length=True) + b"P.S. appended\r\n", ["pass"]),
+        ("l= body changed", s("rsa", PLAIN, length=True).replace(b"figures\t", b"numbers\t"),
+         ["fail"]),
+        ("missing key", s("nokey", PLAIN, key="rsa"), ["permerror"]),
+        ("revoked key", s("gone", PLAIN, key="rsa"), ["permerror"]),
+        ("two signatures", s("ed", s("rsa", PLAIN)), ["pass", "pass"]),
+        ("unsigned", PLAIN, ["none"]),
+    ]
+    # The second of two signatures broken (a character of its b= changed): only its
+    # own verdict changes.
+    both = s("ed", s("rsa", PLAIN))
+    top, sep, rest = both.partition(b"\r\nDKIM-Signature:")
+    i = rest.index(b" b=") + 3
+    flip = b"A" if rest[i:i + 1] != b"A" else b"B"
+    out.append(("second signature broken", top + sep + rest[:i] + flip + rest[i + 1:],
+                ["pass", "fail"]))
+    return out
+
+
+def results_of(value):
+    """The dkim results of an Authentication-Results value, in order."""
+    assert value.startswith(AUTHSERV + ";"), value
+    return [m.group(1) for m in re.finditer(r"dkim=([a-z]+)", value)]
+
+
+def test_verifier_agrees_with_dkimpy(world, base, keys):
+    world.server(records(keys, {("gone._domainkey.%s" % DOMAIN, "TXT"): ['"v=DKIM1; p="']}))
+    table = {"%s._domainkey.%s" % (k, DOMAIN): keys[k].record.encode() for k in ("rsa", "ed")}
+    table["gone._domainkey.%s" % DOMAIN] = b"v=DKIM1; p="
+    d = start(world, base, "-m verify")
+    for n, (name, msg, want) in enumerate(corpus(keys), 1):
+        lines = msg.split(b"\r\n")
+        assert lines[-1] == b"", name
+        wire = stored(d, send(d, lines[:-1], sender="carol@example.test"), n)
+        # The message is stored as it came, the results on top.
+        assert wire.startswith(b"Authentication-Results: ") and wire.endswith(msg), name
+        (ar,) = fields(wire, "Authentication-Results")
+        ours = results_of(ar)
+        assert ours == want, (name, ar)
+        verdicts = [r == "pass" for r in ours if r != "none"]
+        assert verdicts == dkimpy_verdicts(wire, table), (name, ar)
+        if want == ["none"]:
+            assert ar == "%s; dkim=none" % AUTHSERV, ar
+
+
+def test_forged_results_go_and_a_failing_dns_is_a_temporary_error(world, base, keys):
+    """RFC 8601 §5: results that claim our authserv-id are deleted, others kept; a
+    nameserver that fails gives a temperror, not a fail."""
+    server = world.server(records(keys))
+    d = start(world, base, "-m verify")
+    signed = dkimpy_sign(keys, "ed", PLAIN)
+    forged = (b"Authentication-Results: " + AUTHSERV.upper().encode() + b"; dkim=pass\r\n"
+              b"Authentication-Results: other.example; dkim=pass\r\n") + signed
+    wire = stored(d, send(d, forged.split(b"\r\n")[:-1], sender="carol@example.test"))
+    ours, kept = fields(wire, "Authentication-Results")
+    assert re.fullmatch(r"%s;\tdkim=pass header\.d=%s header\.i=@%s header\.s=ed "
+                        r"header\.a=ed25519-sha256 header\.b=\S{8}" % (AUTHSERV, DOMAIN, DOMAIN), ours), ours
+    assert kept == "other.example; dkim=pass", wire
+    server.rcode = "SERVFAIL"
+    other = dkimpy_sign(keys, "rsa", PLAIN.replace(b"corpus@", b"corpus2@"))
+    wire = stored(d, send(d, other.split(b"\r\n")[:-1], sender="carol@example.test"), 2)
+    (ar,) = fields(wire, "Authentication-Results")
+    assert results_of(ar) == ["temperror"], ar
+    assert 'reason="key lookup failed: rcode 2 from ' in ar, ar

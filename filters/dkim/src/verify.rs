@@ -184,8 +184,22 @@ fn token(v: &str) -> bool {
             .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?=".contains(&b))
 }
 
+/// Whether a property value may stand unquoted as `[local-part] "@" domain-name`
+/// (RFC 8601 §2.2, `pvalue`): what `header.i` usually holds.
+fn address(v: &str) -> bool {
+    let Some((local, domain)) = v.split_once('@') else {
+        return false;
+    };
+    let atext = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-/=?^_`{|}~.".contains(&b);
+    local.bytes().all(atext)
+        && !domain.is_empty()
+        && domain
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+}
+
 fn push_value(out: &mut String, v: &str) {
-    if token(v) {
+    if token(v) || address(v) {
         out.push_str(v);
     } else {
         out.push('"');

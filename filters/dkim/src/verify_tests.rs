@@ -282,7 +282,7 @@ fn results_fields() {
         results("mx", &[pass, fail]),
         "mx;\r\n\tdkim=pass header.d=example.org header.s=sel header.a=rsa-sha256 \
          header.b=\"ab/+cdef\";\r\n\tdkim=fail reason=\"body hash did not verify\" \
-         header.d=example.org header.i=\"@example.org\" header.s=sel header.a=rsa-sha256 header.b=xyz"
+         header.d=example.org header.i=@example.org header.s=sel header.a=rsa-sha256 header.b=xyz"
     );
     assert_eq!(
         authserv_id_of(b" (c) mx.example.net 1; dkim=pass"),
