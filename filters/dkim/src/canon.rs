@@ -266,7 +266,7 @@ mod tests {
         assert_eq!(body(Canon::Relaxed, &[b" ", b"\t"], None), (sha(b""), 0));
         assert_eq!(
             sha(b"\r\n"),
-            crate::base64::decode(b"frcCV1k9oG9oKj3dpUqdJg1PxRT2RSN/XKdLCPjaYaY=").unwrap()
+            smtpd::mail::base64::decode(b"frcCV1k9oG9oKj3dpUqdJg1PxRT2RSN/XKdLCPjaYaY=").unwrap()
         );
     }
 

@@ -94,30 +94,41 @@ impl Resolver {
             return Txt::TempFail("no random numbers".into());
         }
         let id = u16::from_be_bytes(id);
-        let opts = QueryOpts {
-            edns: true,
-            dnssec: false,
+        let query = |edns| {
+            let opts = QueryOpts {
+                edns,
+                dnssec: false,
+            };
+            wire::query(id, &name, Qtype::Txt, opts)
         };
-        let Ok(query) = wire::query(id, &name, Qtype::Txt, opts) else {
+        let (Ok(with_edns), Ok(plain)) = (query(true), query(false)) else {
             // A name that cannot be asked has no key.
             return Txt::None;
         };
         let mut last = "no nameserver answered".to_string();
         for _ in 0..self.conf.attempts.max(1) {
             for &server in &self.conf.servers {
-                let now = Instant::now();
-                if now >= deadline {
-                    return Txt::TempFail("timed out".into());
-                }
-                let wait = self.conf.timeout.min(deadline - now);
-                let mut reply = if self.conf.use_vc {
-                    tcp(server, &query, id, &name, wait)
-                } else {
-                    udp(server, &query, id, &name, wait)
-                };
-                if reply == Some(Reply::Truncated) {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    reply = tcp(server, &query, id, &name, self.conf.timeout.min(left));
+                let mut reply = None;
+                // A server that does not know EDNS0 may answer FORMERR (RFC 6891
+                // §7): it is asked again without.
+                for q in [&with_edns, &plain] {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return Txt::TempFail("timed out".into());
+                    }
+                    let wait = self.conf.timeout.min(deadline - now);
+                    reply = if self.conf.use_vc {
+                        tcp(server, q, id, &name, wait)
+                    } else {
+                        udp(server, q, id, &name, wait)
+                    };
+                    if reply == Some(Reply::Truncated) {
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        reply = tcp(server, q, id, &name, self.conf.timeout.min(left));
+                    }
+                    if reply != Some(Reply::Rcode(wire::rcode::FORMERR)) {
+                        break;
+                    }
                 }
                 match reply {
                     Some(Reply::Answer(a)) => {
@@ -260,6 +271,37 @@ mod tests {
         assert_eq!(r.until(deadline).txt("S._DomainKey.Example.ORG."), want);
         // The server is gone: the second answer comes from the cache.
         assert_eq!(r.until(deadline).txt("s._domainkey.example.org"), want);
+    }
+
+    #[test]
+    fn a_server_without_edns_is_asked_again_without() {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = s.local_addr().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        thread::spawn(move || {
+            let mut buf = [0u8; 1500];
+            for _ in 0..2 {
+                let Ok((n, peer)) = s.recv_from(&mut buf) else {
+                    return;
+                };
+                let q = &buf[..n];
+                let answer = if q[11] == 1 {
+                    // An OPT record: FORMERR.
+                    let mut a = q.to_vec();
+                    a[2] = 0x81;
+                    a[3] = 0x81;
+                    a
+                } else {
+                    txt_answer(q, 0)
+                };
+                let _ = s.send_to(&answer, peer);
+            }
+        });
+        let r = resolver(&[addr]);
+        let got = r
+            .until(Instant::now() + Duration::from_secs(5))
+            .txt("a._domainkey.b.example");
+        assert_eq!(got, Txt::Records(vec![b"v=DKIM1; p=x".to_vec()]));
     }
 
     #[test]

@@ -2,12 +2,12 @@
 //! PKCS#8 as `openssl genpkey -algorithm ed25519` writes it), their DNS records, and
 //! the public keys of records checked against signatures (ring does the arithmetic).
 
-use crate::base64;
 use crate::tags::Algorithm;
 use ring::rand::SystemRandom;
 use ring::signature::{self, Ed25519KeyPair, KeyPair, RsaKeyPair, UnparsedPublicKey};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::PrivateKeyDer;
+use smtpd::mail::base64;
 
 /// A private key to sign with.
 pub enum SigningKey {

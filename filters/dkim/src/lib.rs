@@ -6,7 +6,6 @@
 #![deny(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
-pub mod base64;
 pub mod canon;
 pub mod config;
 pub mod dns;

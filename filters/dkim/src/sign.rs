@@ -2,10 +2,10 @@
 //! without its `b=` value and the data its signature covers, folded so that the
 //! daemon writes it as signed.
 
-use crate::base64;
 use crate::canon::{self, Canon};
 use crate::header::Header;
 use crate::keys::SigningKey;
+use smtpd::mail::base64;
 use std::sync::Arc;
 
 /// The field a signature is written in.
@@ -161,7 +161,7 @@ pub fn prepare(
         f.push(&piece, i == 0);
     }
     let mut bh = String::from("bh=");
-    base64::encode_into(body_hash, &mut bh);
+    bh.push_str(&base64::encode(body_hash));
     bh.push(';');
     f.push(&bh, true);
     f.push("b=", true);

@@ -2,8 +2,8 @@
 //! key record, each read into what the verifier needs, with the checks of §6.1.1
 //! that need nothing but the tags.
 
-use crate::base64;
 use crate::canon::{self, Canon};
+use smtpd::mail::base64;
 
 /// A tag list, in order: names as written, values without the white space around
 /// them (white space inside a value is kept).
@@ -45,6 +45,12 @@ fn is_fws(c: char) -> bool {
 
 fn get<'a>(tags: &Tags<'a>, name: &str) -> Option<&'a str> {
     tags.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
+}
+
+/// A base64 value (RFC 4648 §4, padded), with folding white space anywhere in it
+/// (RFC 6376 §3.5).
+pub fn decode64(value: &str) -> Option<Vec<u8>> {
+    base64::decode(strip_fws(value).as_bytes())
 }
 
 /// `value` without any folding white space.
@@ -188,10 +194,8 @@ impl Signature {
             a => return Err(format!("unknown algorithm {a:?}")),
         };
         let b_text = strip_fws(need("b")?);
-        let signature =
-            base64::decode(b_text.as_bytes()).ok_or_else(|| "b= is not base64".to_string())?;
-        let body_hash = base64::decode(need("bh")?.as_bytes())
-            .ok_or_else(|| "bh= is not base64".to_string())?;
+        let signature = decode64(&b_text).ok_or_else(|| "b= is not base64".to_string())?;
+        let body_hash = decode64(need("bh")?).ok_or_else(|| "bh= is not base64".to_string())?;
         let (header_canon, body_canon) =
             canon::parse_pair(&strip_fws(get(tags, "c").unwrap_or("")))
                 .ok_or_else(|| "unknown canonicalization".to_string())?;
@@ -304,8 +308,7 @@ impl KeyRecord {
         }
         let key_type = strip_fws(get(&tags, "k").unwrap_or("rsa")).to_ascii_lowercase();
         let p = get(&tags, "p").ok_or_else(|| "the key record has no p=".to_string())?;
-        let public_key =
-            base64::decode(p.as_bytes()).ok_or_else(|| "p= is not base64".to_string())?;
+        let public_key = decode64(p).ok_or_else(|| "p= is not base64".to_string())?;
         let strict = get(&tags, "t")
             .is_some_and(|t| t.split(':').any(|f| strip_fws(f).eq_ignore_ascii_case("s")));
         Ok(KeyRecord {
