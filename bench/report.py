@@ -33,6 +33,8 @@ NAMES = {
     'pfx-milter': 'Postfix + milter pf_passmilter.py',
     'smtpd-tls': 'smtpd (TLS)', 'osmtpd-tls': 'OpenSMTPD (TLS)', 'pfx-tls': 'Postfix (TLS)',
     'smtpd-relay': 'smtpd (relay)', 'osmtpd-relay': 'OpenSMTPD (relay)', 'pfx-relay': 'Postfix (relay)',
+    'smtpd-dkim': 'smtpd + filter-dkim (RSA)', 'smtpd-dkim-ed': 'smtpd + filter-dkim (Ed25519)',
+    'osmtpd-dkim': 'OpenSMTPD + filter-dkimsign', 'pfx-dkim': 'Postfix + opendkim',
 }
 TLS_SERVERS = ('smtpd-tls', 'osmtpd-tls', 'pfx-tls')
 
@@ -49,6 +51,12 @@ def report_relay():
     """bench/report_relay.py, the relay phase's part (it imports from this module)"""
     import report_relay as rr
     return rr
+
+
+def report_dkim():
+    """bench/report_dkim.py, the dkim phase's part"""
+    import report_dkim as rd
+    return rd
 
 
 def parse_probe_log(path):
@@ -93,6 +101,7 @@ def collect(phase, work, data):
                     k, _, v = ln.rstrip('\n').partition('\t')
                     out.write('%s\t%s\t%s\t%s\t%s\n' % (phase, name, run, k, v))
         report_relay().collect_run(phase, name, run, d, data)
+        report_dkim().collect_run(phase, name, run, d, data)
         plog = os.path.join(d, 'probe.log')
         if not os.path.exists(plog):
             continue
@@ -180,6 +189,7 @@ def fr(x):
 
 class Data:
     def __init__(self, d):
+        self.dir = d
         self.meta = dict(r for r in read_tsv(os.path.join(d, 'meta.tsv')) if len(r) == 2)
         self.blasts = read_tsv(os.path.join(d, 'blasts.tsv'))
         self.verify = read_tsv(os.path.join(d, 'verify.tsv'))
@@ -469,6 +479,7 @@ def build(d):
         del base
     tls_rows(D, rows)
     report_relay().rows(D, rows)
+    report_dkim().rows(D, rows)
     sz = {k: (int(v) if v.isdigit() else None) for k, v in D.sizes.items()}
     row('binary size, KiB (smtpd: stripped copy; OpenSMTPD: smtpd; Postfix: smtpd + libpostfix-*.so)',
         *[None if sz.get(k) is None else sz[k] / 1024 for k in ('size_smtpd', 'size_osmtpd', 'size_postfix')])
@@ -515,6 +526,7 @@ def targets(D, frat):
           None if cost is None else cost <= lim)
     tls_targets(D, t)
     report_relay().targets(D, t)
+    report_dkim().targets(D, t)
     return out
 
 
@@ -680,9 +692,10 @@ def report(d, out):
     tl = tls_sections(D)
     if tl:
         L.append(tl)
-    rl = report_relay().section(D)
-    if rl:
-        L.append(rl)
+    for part in (report_relay(), report_dkim()):
+        sec = part.section(D)
+        if sec:
+            L.append(sec)
     L.append('## Commands\n')
     L.append('`%s` (as root, from the top of the work tree). It ran, through a copy of '
              '`the shared harness peers.sh` with `bench/servers.sh` as `servers.d/bench.sh`, '

@@ -165,3 +165,34 @@ smtp_tls_security_level = none
 smtpd_tls_security_level = none" || return 1
   relay_wrap "$1"
 }
+
+# ---------------------------------------------------------------- DKIM (bench/run, phase dkim)
+# The three servers signing every message with the same RSA 2048 key ($BENCH_DKIM_KEY,
+# made by bench/run, selector "bench", domain bench.test, relaxed/relaxed): smtpd with
+# filters/dkim (-a: every session is internal, -m sign: nothing verified), OpenSMTPD with
+# Debian's filter-dkimsign (proc-exec), Postfix with opendkim as a milter (Mode s, the
+# client 127.0.0.1 is in its default InternalHosts). smtpd-dkim-ed signs with an Ed25519
+# key instead ($BENCH_DKIM_ED_KEY, selector "benched"). Needs FILTER_DKIM, DKIMSIGN and
+# those keys in the environment.
+srv_smtpd_dkim() {
+  bench_smtpd_conf "$1" "filter \"dkim\" proc-exec \"$FILTER_DKIM -a -m sign -c relaxed/relaxed -k $DOMAIN:bench:$BENCH_DKIM_KEY\"" 'filter "dkim"'
+}
+srv_smtpd_dkim_ed() {
+  bench_smtpd_conf "$1" "filter \"dkim\" proc-exec \"$FILTER_DKIM -a -m sign -c relaxed/relaxed -k $DOMAIN:benched:$BENCH_DKIM_ED_KEY\"" 'filter "dkim"'
+}
+srv_osmtpd_dkim() {
+  mk_maildir "$1/Maildir"
+  osmtpd_common "$1" "action \"bench\" maildir \"$1/Maildir\" virtual <vusers>" 'filter "dkim"' \
+    "filter \"dkim\" proc-exec \"$DKIMSIGN -c relaxed/relaxed -d $DOMAIN -s bench -k $BENCH_DKIM_KEY\"" || return 1
+  bench_wrap "$1"
+}
+srv_pfx_dkim() {
+  pf_common "$1" "smtpd_milters = unix:$1/opendkim.sock
+milter_default_action = tempfail" || return 1
+  printf '%s\n' "Syslog no" "Mode s" "Domain $DOMAIN" "Selector bench" "KeyFile $BENCH_DKIM_KEY" \
+    "Socket local:$1/opendkim.sock" "PidFile $1/opendkim.pid" "UserID root" "UMask 000" \
+    "Canonicalization relaxed/relaxed" "InternalHosts 127.0.0.1" "RequireSafeKeys false" > "$1/opendkim.conf"
+  AUX="exec opendkim -f -x $1/opendkim.conf"
+  AUX_READY="test -S $1/opendkim.sock"
+  bench_wrap "$1"
+}
