@@ -37,7 +37,7 @@ fuzz_dir=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$fuzz_dir")
 cd "$root" || exit 2
 
-all_targets=(command session linebuf envelope spoolfile filtercodec milter dnswire mtaclient textfilter proxyhdr)
+all_targets=(command session linebuf envelope spoolfile filtercodec milter dnswire mtaclient textfilter proxyhdr idna)
 targets=("$@")
 [ ${#targets[@]} -eq 0 ] && targets=("${all_targets[@]}")
 

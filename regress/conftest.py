@@ -327,6 +327,9 @@ def _envelope_format():
 
 
 ENVELOPE_HEADER, ENVELOPE_KEYS = _envelope_format()
+# Keys written only when they say something (src/queue/envelope.rs): an envelope
+# without them is what an older daemon wrote.
+ENVELOPE_OPTIONAL = {"smtputf8"}
 
 
 def _unescape(v):
@@ -357,7 +360,7 @@ def parse_envelope(data):
         assert k in ENVELOPE_KEYS, "unknown key %r" % k
         assert k not in env, "repeated key %r" % k
         env[k] = _unescape(v)
-    missing = set(ENVELOPE_KEYS) - set(env)
+    missing = set(ENVELOPE_KEYS) - set(env) - ENVELOPE_OPTIONAL
     assert not missing, "missing keys %s" % sorted(missing)
     assert re.fullmatch(r"[0-9a-f]{16}", env["evpid"]), env["evpid"]
     return env

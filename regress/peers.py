@@ -196,7 +196,8 @@ class Peer:
 class Postfix(Peer):
     """Postfix on ADDR:25: virtual(8) delivery of `domains` into DIR/Maildir, STARTTLS
     (`smtpd_tls_security_level = may`) with `cert` and `key` when given, the TLS of
-    each session in the Received header (`smtpd_tls_received_header`)."""
+    each session in the Received header (`smtpd_tls_received_header`); `settings`, more
+    main.cf lines (`smtputf8_enable = no`)."""
 
     kind = "postfix"
 
@@ -226,10 +227,11 @@ class Postfix(Peer):
         ("postlog", "unix-dgram", "n", "-", "1", "postlogd"),
     ]
 
-    def __init__(self, *a, **kw):
+    def __init__(self, *a, settings=(), **kw):
         super().__init__(*a, **kw)
         self.etc = self.dir / "etc"
         self.maillog = self.dir / "maillog"
+        self.settings = list(settings)  # more main.cf lines, last (they win)
 
     def _configure(self):
         for sub in ("etc", "spool", "data"):
@@ -268,6 +270,7 @@ class Postfix(Peer):
                      "smtpd_tls_security_level = may",
                      "smtpd_tls_received_header = yes",
                      "smtpd_tls_loglevel = 1"]
+        main += self.settings
         (self.etc / "main.cf").write_text("\n".join(main) + "\n")
         lines = ["%s:25 inet n - n - - smtpd" % self.addr]
         for name, kind, private, wakeup, limit, cmd in self.SERVICES:

@@ -38,18 +38,20 @@ class Peers:
         self.resolv = netns.write_resolv(tmp_path, server=net.dns.addr)
         self.started = []
 
-    def _start(self, cls, missing, addr, domains, cert):
+    def _start(self, cls, missing, addr, domains, cert, **kw):
         why = missing()
         if why:
             pytest.skip(why)
         p = cls(self.tmp / ("%s-%s" % (cls.kind, addr)), addr, domains, self.resolv,
-                cert=cert[0] if cert else None, key=cert[1] if cert else None)
+                cert=cert[0] if cert else None, key=cert[1] if cert else None, **kw)
         self.started.append(p)
         return p.start()
 
-    def postfix(self, addr, domains, cert=None):
-        """Postfix on ADDR:25 for `domains`; STARTTLS with `cert` = (cert, key)."""
-        return self._start(peers.Postfix, peers.postfix_missing, addr, domains, cert)
+    def postfix(self, addr, domains, cert=None, settings=()):
+        """Postfix on ADDR:25 for `domains`; STARTTLS with `cert` = (cert, key);
+        `settings`, more main.cf lines."""
+        return self._start(peers.Postfix, peers.postfix_missing, addr, domains, cert,
+                           settings=settings)
 
     def opensmtpd(self, addr, domains, cert=None):
         """OpenSMTPD on ADDR:25 for `domains`; `tls pki` with `cert` = (cert, key)."""

@@ -26,12 +26,12 @@ def test_ehlo_lists_extensions(daemon):
         r = c.ehlo("client.test")
         assert r.lines[0] == "250-%s Hello client.test [127.0.0.1], pleased to meet you" % HOSTNAME
         keywords = [l[4:] for l in r.lines[1:]]
-        for ext in ["8BITMIME", "ENHANCEDSTATUSCODES", "DSN", "PIPELINING", "HELP"]:
+        for ext in ["8BITMIME", "ENHANCEDSTATUSCODES", "DSN", "PIPELINING", "SMTPUTF8", "HELP"]:
             assert ext in keywords, (ext, r)
         sizes = [k for k in keywords if k.startswith("SIZE ")]
         assert sizes == ["SIZE 36700160"], r  # default max-message-size 35M
         # Not offered: so the client must not use them.
-        for ext in ["SMTPUTF8", "CHUNKING", "STARTTLS", "AUTH"]:
+        for ext in ["CHUNKING", "STARTTLS", "AUTH"]:
             assert not any(k.split(" ")[0] == ext for k in keywords), (ext, r)
         # Continuation lines use "-", the last " ".
         assert all(l[3] == "-" for l in r.lines[:-1]) and r.lines[-1][3] == " "
@@ -216,8 +216,9 @@ def test_bad_rcpt_syntax(daemon, addr):
         c.expect("RCPT TO:<bob@example.test>", 250, "2.1.5")
 
 
-@pytest.mark.parametrize("params", ["FOO=bar", "SIZE=abc", "BODY=9BIT", "RET=ALL", "ENVID=a=b", "SMTPUTF8",
-                                    "BODY=BINARYMIME", "SIZE=10 SIZE=10"])
+@pytest.mark.parametrize("params", ["FOO=bar", "SIZE=abc", "BODY=9BIT", "RET=ALL", "ENVID=a=b",
+                                    "SMTPUTF8=yes", "SMTPUTF8 SMTPUTF8", "BODY=BINARYMIME",
+                                    "SIZE=10 SIZE=10"])
 def test_unknown_mail_param(daemon, params):
     with daemon.client() as c:
         c.ehlo()
@@ -233,13 +234,13 @@ def test_unknown_rcpt_param(daemon, params):
         c.expect("RCPT TO:<bob@example.test> " + params, 555, "5.5.4")
 
 
-def test_smtputf8_refused(daemon):
-    """SMTPUTF8 is not offered: the parameter and a UTF-8 address are refused."""
+def test_smtputf8_taken(daemon):
+    """SMTPUTF8 is offered (test_smtputf8.py): the parameter is taken, and a UTF-8
+    address needs it."""
     with daemon.client() as c:
         c.ehlo()
-        c.expect("MAIL FROM:<a@origin.example> SMTPUTF8", 555, "5.5.4")
-        r = c.cmd("MAIL FROM:<j\u00f6rg@origin.example>".encode("utf-8"))
-        assert r.code in (553, 555) and r.code // 100 == 5, r
+        c.expect("MAIL FROM:<j\u00f6rg@origin.example>", 553, "5.6.7")
+        c.expect("MAIL FROM:<j\u00f6rg@origin.example> SMTPUTF8", 250, "2.1.0")
 
 
 def test_parameters_need_ehlo(daemon):

@@ -5,20 +5,22 @@
 
 use crate::config::{Cond, Config, Decision, Matcher};
 use crate::mail::address::Mailbox;
+use crate::mail::idna::{ascii_form, same_domain};
 use crate::mail::peer::MatchCtx;
 use crate::table::{address_matches, domain_matches, ip_matches, Service, TableError};
 
 /// Local names: the server's host names (its own, the listeners' `hostname` and
 /// `hostnames`) and `localhost`.
 pub fn is_local_domain(cfg: &Config, domain: &str) -> bool {
+    let domain = &*crate::mail::idna::ascii_form(domain);
     domain.eq_ignore_ascii_case("localhost")
         || domain.eq_ignore_ascii_case("localhost.localdomain")
-        || domain.eq_ignore_ascii_case(&cfg.hostname)
+        || same_domain(domain, &cfg.hostname)
         || cfg
             .listeners
             .iter()
             .filter_map(|l| l.hostname.as_deref())
-            .any(|h| h.eq_ignore_ascii_case(domain))
+            .any(|h| same_domain(h, domain))
         || cfg
             .listeners
             .iter()
@@ -27,7 +29,7 @@ pub fn is_local_domain(cfg: &Config, domain: &str) -> bool {
                 let e = t.entries();
                 let found = e
                     .keys()
-                    .any(|k| e.get(k).is_some_and(|h| h.eq_ignore_ascii_case(domain)));
+                    .any(|k| e.get(k).is_some_and(|h| same_domain(h, domain)));
                 found
             })
         || domain
@@ -78,18 +80,25 @@ fn cond_holds(cfg: &Config, c: &Cond, ctx: &MatchCtx, rcpt: &Mailbox) -> Result<
                 value_or_table(cfg, m, Service::Domain, h, |p| domain_matches(p, h))?
             }
         },
+        // Domains are matched as A-labels (converted once, not for each key); table
+        // processes and regular expressions see them as given.
         Cond::FromMailFrom(m) | Cond::MailFrom(m) => {
+            let d = ascii_form(&sender.domain);
             value_or_table(cfg, m, Service::MailAddr, &sender.to_string(), |p| {
-                address_matches(p, &sender.local, &sender.domain)
+                address_matches(p, &sender.local, &d)
             })?
         }
         Cond::ForLocal => rcpt.domain.is_empty() || is_local_domain(cfg, &rcpt.domain),
-        Cond::ForDomain(m) => value_or_table(cfg, m, Service::Domain, &rcpt.domain, |p| {
-            domain_matches(p, &rcpt.domain)
-        })?,
+        Cond::ForDomain(m) => {
+            let d = ascii_form(&rcpt.domain);
+            value_or_table(cfg, m, Service::Domain, &rcpt.domain, |p| {
+                domain_matches(p, &d)
+            })?
+        }
         Cond::ForRcptTo(m) | Cond::RcptTo(m) => {
+            let d = ascii_form(&rcpt.domain);
             value_or_table(cfg, m, Service::MailAddr, &rcpt.to_string(), |p| {
-                address_matches(p, &rcpt.local, &rcpt.domain)
+                address_matches(p, &rcpt.local, &d)
             })?
         }
         Cond::Helo(m) => value_or_table(cfg, m, Service::Domain, ctx.helo, |p| {

@@ -124,8 +124,15 @@ pub fn submit(socket: &Path, s: &Submission) -> io::Result<Submitted> {
     command(&mut w, &mut r, "EHLO localhost", 250)?;
     let mut done = Submitted::default();
     let mut rest: &[String] = &s.rcpts;
+    // RFC 6531: a UTF-8 address needs SMTPUTF8.
+    let utf8 = !s.sender.is_ascii() || s.rcpts.iter().any(|r| !r.is_ascii());
+    let mail = format!(
+        "MAIL FROM:<{}>{}",
+        s.sender,
+        if utf8 { " SMTPUTF8" } else { "" }
+    );
     while !rest.is_empty() {
-        command(&mut w, &mut r, &format!("MAIL FROM:<{}>", s.sender), 250)?;
+        command(&mut w, &mut r, &mail, 250)?;
         let mut accepted = 0;
         let mut next = rest.len();
         for (i, rc) in rest.iter().enumerate() {

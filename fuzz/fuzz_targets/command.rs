@@ -1,9 +1,9 @@
 //! `Command::parse` on arbitrary bytes: it must never panic, and every mailbox it
-//! returns must pass the crate's own validators.
+//! returns must pass the crate's own validators (of RFC 6531's UTF-8 addresses).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use smtpd::mail::address::{valid_domain, valid_local};
+use smtpd::mail::address::{valid_utf8_domain as valid_domain, valid_utf8_local as valid_local};
 use smtpd::smtp::command::Command;
 
 fuzz_target!(|data: &[u8]| {

@@ -8,7 +8,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use smtpd::mail::TlsFacts;
-use smtpd::mta::client::{Client, ClientOpts, Job, Rcpt, ReplyParser, Step, TlsMode};
+use smtpd::mta::client::{Client, ClientOpts, Content, Job, Rcpt, ReplyParser, Step, TlsMode};
 use smtpd::nexthop::Proto;
 use std::collections::{HashMap, VecDeque};
 
@@ -26,6 +26,7 @@ fn job(id: u64, n: usize, eight: bool) -> Job {
             })
             .collect(),
         body_8bit: eight,
+        smtputf8: id % 3 == 0,
         ret: String::new(),
         envid: String::new(),
     }
@@ -67,7 +68,13 @@ fuzz_target!(|data: &[u8]| {
                     assert!(!closed, "a command after Close");
                 }
                 Step::SendBody(_) => c.body_sent(),
-                Step::Scan(id) => pending.extend(c.scanned(id, Ok(id % 2 == 0))),
+                Step::Scan(id) => {
+                    let content = Content {
+                        eight_bit: id % 2 == 0,
+                        utf8_header: id % 4 == 0,
+                    };
+                    pending.extend(c.scanned(id, Ok(content)));
+                }
                 Step::StartTls => {
                     let r = if round % 3 == 0 {
                         Err("handshake failed".to_string())

@@ -130,7 +130,7 @@ impl MtaConfig {
             .and_then(|d| {
                 self.domains
                     .iter()
-                    .find(|(n, _)| n.eq_ignore_ascii_case(d))
+                    .find(|(n, _)| crate::mail::idna::same_domain(n, d))
                     .map(|(_, l)| *l)
             })
             .unwrap_or(self.limits)

@@ -1,13 +1,14 @@
 //! Envelope addresses: the mailbox type and the syntax of local parts, domains, paths
-//! and xtext (RFC 5321 §4.1.2, RFC 3461 §4). Everything that checks an address uses
-//! these, from the SMTP parser to the configuration.
+//! and xtext (RFC 5321 §4.1.2, RFC 3461 §4), with the UTF-8 forms of RFC 6531 §3.3
+//! (local parts of UTF-8 characters, U-labels in domains). Everything that checks an
+//! address uses these, from the SMTP parser to the configuration.
 
 /// An envelope address: `local@domain`, or empty for the null reverse-path `<>`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Mailbox {
     /// The local part as sent (quoted strings keep their quotes).
     pub local: String,
-    /// The domain, lower-cased; empty only for the null path.
+    /// The domain, lower-cased (U-labels too); empty only for the null path.
     pub domain: String,
 }
 
@@ -15,6 +16,11 @@ impl Mailbox {
     /// Whether this is the null reverse-path `<>`.
     pub fn is_null(&self) -> bool {
         self.local.is_empty() && self.domain.is_empty()
+    }
+
+    /// Whether the address is ASCII (else it needs SMTPUTF8, RFC 6531).
+    pub fn is_ascii(&self) -> bool {
+        self.local.is_ascii() && self.domain.is_ascii()
     }
 }
 
@@ -57,7 +63,9 @@ pub fn parse_address(addr: &str, null_ok: bool) -> Option<Mailbox> {
 }
 
 /// Parses `<...>`; `null_ok` allows `<>`. Source routes (`<@a,@b:x@y>`) are dropped
-/// as RFC 5321 §C asks. `<postmaster>` alone is accepted for RCPT (§4.5.1).
+/// as RFC 5321 §C asks. `<postmaster>` alone is accepted for RCPT (§4.5.1). The local
+/// part and the domain may be UTF-8 (RFC 6531 §3.3): whether that is allowed in a
+/// transaction is the caller's business ([`Mailbox::is_ascii`]).
 pub fn parse_path(path: &str, null_ok: bool) -> Option<Mailbox> {
     if path.len() > MAX_PATH {
         return None;
@@ -86,13 +94,13 @@ pub fn parse_path(path: &str, null_ok: bool) -> Option<Mailbox> {
         });
     }
     let at = inner.rfind('@')?;
-    let (local, domain) = (&inner[..at], &inner[at + 1..]);
-    if !valid_local(local) || !valid_domain(domain) {
+    let (local, domain) = (&inner[..at], super::idna::lowercase(&inner[at + 1..]));
+    if !valid_utf8_local(local) || !valid_utf8_domain(&domain) {
         return None;
     }
     Some(Mailbox {
         local: local.to_string(),
-        domain: domain.to_ascii_lowercase(),
+        domain,
     })
 }
 
@@ -101,10 +109,25 @@ fn is_atext(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-/=?^_`{|}~".contains(&b)
 }
 
-/// Dot-string or quoted-string, at most 64 octets.
+/// A character of UTF-8 that RFC 6531 §3.3 adds to `atext` and `qtextSMTP`: any above
+/// ASCII but the C1 controls, which no address needs.
+fn utf8_char(c: char) -> bool {
+    !c.is_ascii() && !c.is_control()
+}
+
+/// Dot-string or quoted-string of ASCII, at most 64 octets.
 pub fn valid_local(s: &str) -> bool {
+    s.is_ascii() && valid_utf8_local(s)
+}
+
+/// Dot-string or quoted-string in which UTF-8 characters may also stand (RFC 6531
+/// §3.3), at most 64 octets.
+pub fn valid_utf8_local(s: &str) -> bool {
     if s.is_empty() || s.len() > MAX_LOCAL {
         return false;
+    }
+    if !s.is_ascii() {
+        return valid_local_chars(s);
     }
     let b = s.as_bytes();
     if b[0] == b'"' {
@@ -131,6 +154,52 @@ pub fn valid_local(s: &str) -> bool {
     }
     s.split('.')
         .all(|atom| !atom.is_empty() && atom.bytes().all(is_atext))
+}
+
+/// A local part with UTF-8 characters: each stands where ASCII `atext` or `qtext`
+/// could, and the ASCII rest follows RFC 5321.
+fn valid_local_chars(s: &str) -> bool {
+    // Every UTF-8 character is replaced by an ASCII one of the same role: `a` is atext
+    // and qtext alike.
+    let ascii: String = s
+        .chars()
+        .map(|c| match c {
+            c if c.is_ascii() => Some(c),
+            c if utf8_char(c) => Some('a'),
+            _ => None,
+        })
+        .collect::<Option<String>>()
+        .unwrap_or_default();
+    // The quoted-pair of RFC 6531 stays ASCII: a backslash before a UTF-8 character
+    // is refused.
+    !ascii.is_empty() && !backslash_before_utf8(s) && valid_local(&ascii)
+}
+
+/// Whether a backslash in `s` quotes a UTF-8 character.
+fn backslash_before_utf8(s: &str) -> bool {
+    let mut escaped = false;
+    for c in s.chars() {
+        if escaped && !c.is_ascii() {
+            return true;
+        }
+        escaped = !escaped && c == '\\';
+    }
+    false
+}
+
+/// A domain name whose labels may be U-labels (RFC 6531 §3.3), or an address literal;
+/// at most 255 octets, in either form.
+pub fn valid_utf8_domain(s: &str) -> bool {
+    if s.is_ascii() {
+        return valid_domain(s);
+    }
+    if s.len() > MAX_DOMAIN || super::idna::to_ascii(s).is_none() {
+        return false;
+    }
+    s.split('.').all(|label| match label.is_ascii() {
+        true => valid_domain(label),
+        false => super::idna::valid_u_label(label),
+    })
 }
 
 /// A domain name (letters, digits, hyphens, dots) or an address literal, at most 255.
@@ -180,4 +249,45 @@ pub fn valid_xtext(s: &str) -> bool {
         i += 1;
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utf8_addresses() {
+        let m = parse_path("<jörg@Bücher.example>", false);
+        assert_eq!(
+            m.as_ref().map(|m| (m.local.as_str(), m.domain.as_str())),
+            Some(("jörg", "bücher.example"))
+        );
+        assert!(m.is_some_and(|m| !m.is_ascii()));
+        for ok in [
+            "<θσερ@παράδειγμα.δοκιμή>",
+            "<用户@例子.广告>",
+            "<\"ü b\"@example.org>",
+            "<a.ü.b@xn--bcher-kva.example>",
+            "<user@bücher.example.org>",
+        ] {
+            assert!(parse_path(ok, false).is_some(), "{ok}");
+        }
+        for bad in [
+            "<a\u{85}b@example.org>",
+            "<\"\\ü\"@example.org>",
+            "<ü..b@example.org>",
+            "<a@bü cher.example>",
+            "<a@b\u{3002}example>",
+            "<a@bü_cher.example>",
+            "<a@[1.2.3.ü]>",
+        ] {
+            assert!(parse_path(bad, false).is_none(), "{bad}");
+        }
+        // 64 octets at most, counted in UTF-8.
+        assert!(valid_utf8_local(&"ü".repeat(32)));
+        assert!(!valid_utf8_local(&"ü".repeat(33)));
+        // The ASCII forms stay ASCII.
+        assert!(!valid_local("jörg") && !valid_domain("bücher.example"));
+        assert!(valid_utf8_domain("bücher.example") && valid_utf8_domain("[192.0.2.1]"));
+    }
 }

@@ -7,6 +7,7 @@ pub mod address;
 pub mod auth;
 pub mod base64;
 pub mod delivery;
+pub mod idna;
 pub mod params;
 pub mod peer;
 pub mod reply;

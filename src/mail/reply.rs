@@ -55,6 +55,12 @@ impl Reply {
         BAD_SENDER = 553, "5.1.7", "Sender address syntax error";
         /// The recipient address does not parse.
         BAD_RCPT = 553, "5.1.3", "Recipient address syntax error";
+        /// A non-ASCII address in a transaction without SMTPUTF8 (RFC 6531 §3.5).
+        NEED_SMTPUTF8 = 553, "5.6.7", "Non-ASCII addresses need SMTPUTF8";
+        /// MAIL with octets that are not UTF-8.
+        SENDER_NOT_UTF8 = 553, "5.1.7", "Sender address is not valid UTF-8";
+        /// RCPT with octets that are not UTF-8.
+        RCPT_NOT_UTF8 = 553, "5.1.3", "Recipient address is not valid UTF-8";
         /// Unknown command.
         UNKNOWN_COMMAND = 500, "5.5.2", "Error: command not recognized";
         /// STARTTLS answered: the TLS handshake follows (RFC 3207 §4).

@@ -33,14 +33,20 @@ impl TlsFacts {
 
 /// The `with` protocol of the Received header (RFC 3848): `ESMTP`, then `S` over TLS
 /// and `A` once authenticated. A HELO session is plain `SMTP`: RFC 3848 names no
-/// other kind, and neither STARTTLS nor AUTH is offered without EHLO.
-pub fn received_protocol(esmtp: bool, tls: bool, authenticated: bool) -> &'static str {
-    match (esmtp, tls, authenticated) {
-        (false, _, _) => "SMTP",
-        (true, false, false) => "ESMTP",
-        (true, true, false) => "ESMTPS",
-        (true, false, true) => "ESMTPA",
-        (true, true, true) => "ESMTPSA",
+/// other kind, and neither STARTTLS nor AUTH is offered without EHLO. A transaction
+/// with SMTPUTF8 (`utf8`, which needs EHLO) is `UTF8SMTP` with the same letters, as
+/// RFC 6531 §4.3 registers them.
+pub fn received_protocol(esmtp: bool, tls: bool, authenticated: bool, utf8: bool) -> &'static str {
+    match (esmtp, tls, authenticated, utf8) {
+        (false, _, _, _) => "SMTP",
+        (true, false, false, false) => "ESMTP",
+        (true, true, false, false) => "ESMTPS",
+        (true, false, true, false) => "ESMTPA",
+        (true, true, true, false) => "ESMTPSA",
+        (true, false, false, true) => "UTF8SMTP",
+        (true, true, false, true) => "UTF8SMTPS",
+        (true, false, true, true) => "UTF8SMTPA",
+        (true, true, true, true) => "UTF8SMTPSA",
     }
 }
 
@@ -66,10 +72,13 @@ mod tests {
             ..f
         };
         assert!(f.received_comment().ends_with(":YES)"));
-        assert_eq!(received_protocol(true, false, false), "ESMTP");
-        assert_eq!(received_protocol(true, true, false), "ESMTPS");
-        assert_eq!(received_protocol(true, true, true), "ESMTPSA");
-        assert_eq!(received_protocol(true, false, true), "ESMTPA");
-        assert_eq!(received_protocol(false, true, false), "SMTP");
+        assert_eq!(received_protocol(true, false, false, false), "ESMTP");
+        assert_eq!(received_protocol(true, true, false, false), "ESMTPS");
+        assert_eq!(received_protocol(true, true, true, false), "ESMTPSA");
+        assert_eq!(received_protocol(true, false, true, false), "ESMTPA");
+        assert_eq!(received_protocol(false, true, false, false), "SMTP");
+        assert_eq!(received_protocol(true, false, false, true), "UTF8SMTP");
+        assert_eq!(received_protocol(true, true, false, true), "UTF8SMTPS");
+        assert_eq!(received_protocol(true, true, true, true), "UTF8SMTPSA");
     }
 }

@@ -11,7 +11,7 @@
 //! starts over there with the same jobs. TLS is started as [`TlsPlan`] says: at once
 //! for `smtps`, after STARTTLS otherwise, verified by DANE, PKIX or not at all.
 
-use super::client::{Client, ClientOpts, Job, JobDone, ReplyParser, Step, TlsMode};
+use super::client::{Client, ClientOpts, Content, Job, JobDone, ReplyParser, Step, TlsMode};
 use super::wire::{Encoder, MAX_LINE};
 use crate::linebuf::{Line, LineBuf};
 use crate::nexthop::{Proto, Route, Target};
@@ -87,11 +87,11 @@ pub struct Setup {
 }
 
 /// A job's message, open in the spool: the file, the length of the message in it,
-/// and whether it holds an octet above 127.
+/// and where it holds octets above 127.
 struct Body {
     file: File,
     len: u64,
-    eight_bit: bool,
+    content: Content,
 }
 
 /// One outgoing connection carrying jobs.
@@ -231,16 +231,9 @@ impl MtaConn {
     }
 
     /// The message of job `id`, opened (file and message length), or why it cannot be.
-    pub fn body(&mut self, id: u64, r: Result<(File, u64, bool), String>) {
-        let r = r.map(|(file, len, eight_bit)| {
-            self.bodies.insert(
-                id,
-                Body {
-                    file,
-                    len,
-                    eight_bit,
-                },
-            );
+    pub fn body(&mut self, id: u64, r: Result<(File, u64, Content), String>) {
+        let r = r.map(|(file, len, content)| {
+            self.bodies.insert(id, Body { file, len, content });
             len
         });
         let steps = self.client.ready(id, r);
@@ -572,12 +565,12 @@ impl MtaConn {
         }
     }
 
-    /// Whether job `id`'s message has an octet above 127 (RFC 6152), as the spool
-    /// I/O thread found when it opened it.
-    fn scan(&self, id: u64) -> Result<bool, String> {
+    /// Where job `id`'s message has octets above 127 (RFC 6152, RFC 6532), as the
+    /// spool I/O thread found when it opened it.
+    fn scan(&self, id: u64) -> Result<Content, String> {
         self.bodies
             .get(&id)
-            .map(|b| b.eight_bit)
+            .map(|b| b.content)
             .ok_or_else(|| "the message is not open".into())
     }
 

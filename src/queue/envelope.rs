@@ -10,12 +10,18 @@
 //! `!`..`~` and every `%` is written `%XX`. A value therefore never holds a space, a
 //! line end or anything a client could use to add a line of its own (the CVE-2020-8794
 //! lesson). Reading is strict: an unknown or repeated key, a missing one or a bad escape
-//! makes the whole file corrupt.
+//! makes the whole file corrupt. Keys added since version 1 are optional, and written
+//! only when they say something (`smtputf8 1`): an envelope of an older daemon reads as
+//! it did, and one that needs none of them is what an older daemon wrote.
 
 use std::fmt::Write as _;
 
 /// Version written in the first line.
 pub const VERSION: u32 = 1;
+/// The bits of the keys every envelope has.
+const REQUIRED: u32 = (1 << 21) - 1;
+/// The bit of the first optional key.
+const OPTIONAL: u32 = 21;
 const MAGIC: &str = "smtpd-envelope";
 
 /// One recipient of one message, as stored in the spool.
@@ -43,6 +49,9 @@ pub struct Envelope {
     pub hostname: String,
     /// `BODY=8BITMIME` was given.
     pub body_8bit: bool,
+    /// The message needs SMTPUTF8 (RFC 6531): the client gave it, or an address is
+    /// UTF-8.
+    pub smtputf8: bool,
     /// DSN NOTIFY bits (0 when absent).
     pub dsn_notify: u8,
     /// DSN RET: `FULL`, `HDRS` or empty.
@@ -112,6 +121,9 @@ impl Envelope {
         put("user", &self.user);
         put("no-forward", if self.no_forward { "1" } else { "0" });
         put("held", if self.held { "1" } else { "0" });
+        if self.smtputf8 {
+            put("smtputf8", "1");
+        }
         s
     }
 
@@ -231,6 +243,14 @@ impl Envelope {
                     };
                     20
                 }
+                "smtputf8" => {
+                    e.smtputf8 = match v.as_str() {
+                        "0" => false,
+                        "1" => true,
+                        _ => return Err("bad smtputf8".into()),
+                    };
+                    OPTIONAL
+                }
                 other => return Err(format!("unknown key {other:?}")),
             };
             if seen & (1 << bit) != 0 {
@@ -238,7 +258,7 @@ impl Envelope {
             }
             seen |= 1 << bit;
         }
-        if seen != (1 << 21) - 1 {
+        if seen & REQUIRED != REQUIRED {
             return Err("missing keys".into());
         }
         if e.rcpt.is_empty() || e.evpid == 0 {
@@ -309,6 +329,28 @@ mod tests {
         assert!(text.contains("helo evil%0D%0Aaction:%20|/bin/sh\n"));
         assert_eq!(Envelope::decode(text.as_bytes()), Ok(e));
         assert_eq!(sample().msgid(), 0x1234_5678);
+    }
+
+    #[test]
+    fn smtputf8_is_optional() {
+        let mut e = sample();
+        let old = e.encode();
+        assert!(!old.contains("smtputf8"));
+        assert_eq!(Envelope::decode(old.as_bytes()), Ok(e.clone()));
+        e.smtputf8 = true;
+        e.rcpt = "jörg@bücher.example".into();
+        let text = e.encode();
+        assert!(text.ends_with("held 0\nsmtputf8 1\n"), "{text}");
+        assert!(
+            text.contains("rcpt j%C3%B6rg@b%C3%BCcher.example\n"),
+            "{text}"
+        );
+        assert_eq!(Envelope::decode(text.as_bytes()), Ok(e));
+        for bad in ["smtputf8 2\n", "smtputf8 1\nsmtputf8 1\n"] {
+            let b = format!("{old}{bad}");
+            assert!(Envelope::decode(b.as_bytes()).is_err(), "{b}");
+        }
+        assert!(Envelope::decode(format!("{old}smtputf8 0\n").as_bytes()).is_ok());
     }
 
     #[test]

@@ -20,6 +20,7 @@ use super::forward::{destinations, NewDest};
 use super::manager::{Delivery, EnvWrite, ForwardFile, Notice};
 use super::spool::{fsync_dir, Spool};
 use crate::config::Config;
+use crate::mta::client::Content;
 use crate::mta::sts::{self, CacheEntry};
 use crate::privsep::DeliverReq;
 use crate::worker::Worker;
@@ -76,15 +77,15 @@ pub enum IoDone {
         result: Result<(), String>,
     },
     /// A message opened for a session: the file, the message's length in it, and
-    /// whether it holds an octet above 127 (read here, off the loop, for a server
-    /// without 8BITMIME).
+    /// where it holds octets above 127 (read here, off the loop, for a server without
+    /// 8BITMIME or SMTPUTF8).
     Opened {
         /// The session.
         session: u64,
         /// The job.
         job: u64,
         /// The file, or why not.
-        result: Result<(File, u64, bool), String>,
+        result: Result<(File, u64, Content), String>,
     },
     /// Envelopes written.
     Written {
@@ -241,8 +242,8 @@ impl Ctx {
                         .open_message(msgid)
                         .map_err(|e| format!("cannot open message: {e}"))
                         .and_then(|(f, len)| {
-                            let eight_bit = has_8bit(&f, len)?;
-                            Ok((f, len, eight_bit))
+                            let content = scan(&f, len)?;
+                            Ok((f, len, content))
                         }),
                 }),
                 IoJob::Expand(ForwardFile { env, owner, items }) => done.push(IoDone::Expanded {
@@ -421,21 +422,54 @@ impl Ctx {
 }
 
 /// Whether the first `len` octets of `file` hold one above 127.
-fn has_8bit(file: &File, len: u64) -> Result<bool, String> {
+/// Where the message has octets above 127: anywhere, and in its header section (up
+/// to the first empty line).
+fn scan(file: &File, len: u64) -> Result<Content, String> {
     use std::os::unix::fs::FileExt;
     let mut buf = vec![0u8; 64 * 1024];
     let mut pos = 0u64;
+    let mut found = Content::default();
+    // In the header section, and whether the last octet seen there ended a line.
+    let (mut head, mut at_line_start) = (true, true);
     while pos < len {
         let want = (len - pos).min(buf.len() as u64) as usize;
-        match file.read_at(&mut buf[..want], pos) {
+        let n = match file.read_at(&mut buf[..want], pos) {
             Ok(0) => return Err("reading the message: file shorter than its length".into()),
-            Ok(n) if !buf[..n].is_ascii() => return Ok(true),
-            Ok(n) => pos += n as u64,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(format!("reading the message: {e}")),
+        };
+        let chunk = &buf[..n];
+        let body_at = match head {
+            true => header_end(chunk, &mut at_line_start),
+            false => Some(0),
+        };
+        let (h, b) = chunk.split_at(body_at.unwrap_or(n));
+        found.utf8_header |= !h.is_ascii();
+        found.eight_bit |= found.utf8_header || !b.is_ascii();
+        head &= body_at.is_none();
+        if found.eight_bit && (found.utf8_header || !head) {
+            break;
+        }
+        pos += n as u64;
+    }
+    Ok(found)
+}
+
+/// Where the body starts in `chunk` (after the empty line that ends the header
+/// section), if it does; `at_line_start` carries whether the chunk before ended a line.
+fn header_end(chunk: &[u8], at_line_start: &mut bool) -> Option<usize> {
+    for (i, &b) in chunk.iter().enumerate() {
+        if b == b'\n' {
+            if *at_line_start {
+                return Some(i + 1);
+            }
+            *at_line_start = true;
+        } else {
+            *at_line_start = false;
         }
     }
-    Ok(false)
+    None
 }
 
 #[cfg(test)]
@@ -444,6 +478,36 @@ mod tests {
     use crate::queue::spool::tests::spool_with_message;
     use std::collections::HashMap;
     use std::path::Path;
+
+    #[test]
+    fn scan_tells_header_from_body() {
+        let path = std::env::temp_dir().join(format!("smtpd-scan-{}", std::process::id()));
+        let scan_of = |bytes: &[u8]| {
+            std::fs::write(&path, bytes).unwrap_or_else(|e| panic!("{e}"));
+            let f = File::open(&path).unwrap_or_else(|e| panic!("{e}"));
+            let c = scan(&f, bytes.len() as u64).unwrap_or_else(|e| panic!("{e}"));
+            (c.eight_bit, c.utf8_header)
+        };
+        assert_eq!(scan_of(b"Subject: a\n\nb\n"), (false, false));
+        assert_eq!(scan_of("Subject: a\n\nü\n".as_bytes()), (true, false));
+        assert_eq!(scan_of("Subject: ü\n\nb\n".as_bytes()), (true, true));
+        // No body: all of it is header.
+        assert_eq!(scan_of("Subject: a\nX: ü".as_bytes()), (true, true));
+        // An empty line first: no header at all.
+        assert_eq!(scan_of("\nSubject: ü\n".as_bytes()), (true, false));
+        // The header goes on past the first read (64 KiB).
+        let mut long = b"X: ".to_vec();
+        long.extend(std::iter::repeat_n(b'a', 70_000));
+        long.extend_from_slice("\nY: ü\n\nbody\n".as_bytes());
+        assert_eq!(scan_of(&long), (true, true));
+        // The empty line that ends it straddles two reads.
+        let mut split = vec![b'a'; 65_535];
+        split.extend_from_slice("\n\nü".as_bytes());
+        split[0] = b'X';
+        split[1] = b':';
+        assert_eq!(scan_of(&split), (true, false));
+        let _ = std::fs::remove_file(&path);
+    }
 
     fn ctx(spool: &Spool) -> Ctx {
         let conf = "listen on 127.0.0.1 port 2525\n\
@@ -508,8 +572,8 @@ mod tests {
                 IoDone::Opened { job, result, .. } => {
                     assert_eq!(job, 2);
                     assert_eq!(
-                        result.map(|(_, len, eight)| (len, eight)).ok(),
-                        Some((2, false))
+                        result.map(|(_, len, c)| (len, c)).ok(),
+                        Some((2, Content::default()))
                     );
                 }
                 IoDone::Handed { id, result } => {

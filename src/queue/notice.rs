@@ -84,6 +84,8 @@ pub fn make(cfg: &Config, spool: &Spool, n: &Notice, now: u64) -> Result<CommitJ
             helo: cfg.hostname.clone(),
             client: "local".into(),
             hostname: cfg.hostname.clone(),
+            // Its To: header names a UTF-8 sender as it is.
+            smtputf8: !env.sender.is_ascii(),
             ..Envelope::default()
         });
     }

@@ -1,4 +1,4 @@
-//! SMTP command parsing (RFC 5321 §4.1, RFC 1870, RFC 6152, RFC 3461).
+//! SMTP command parsing (RFC 5321 §4.1, RFC 1870, RFC 6152, RFC 3461, RFC 6531).
 //!
 //! The parser borrows the line and never allocates for a valid command except for the
 //! mailbox it returns. It fails closed: anything that is not a well-formed path is an
@@ -60,6 +60,12 @@ pub enum ParseError {
     BadParam(String),
     /// AUTH without a valid mechanism name, or with more than one response.
     AuthSyntax,
+    /// MAIL (`rcpt` false) or RCPT (`rcpt` true) with octets that are not UTF-8:
+    /// overlong forms, surrogates, truncated sequences, code points past U+10FFFF.
+    NotUtf8 {
+        /// The command is RCPT.
+        rcpt: bool,
+    },
 }
 
 impl ParseError {
@@ -75,6 +81,8 @@ impl ParseError {
             ParseError::NoArgs => Reply::NO_ARGS,
             ParseError::BadParam(p) => Reply::new(555, "5.5.4", format!("Unsupported option: {p}")),
             ParseError::AuthSyntax => Reply::AUTH_SYNTAX,
+            ParseError::NotUtf8 { rcpt: false } => Reply::SENDER_NOT_UTF8,
+            ParseError::NotUtf8 { rcpt: true } => Reply::RCPT_NOT_UTF8,
         }
     }
 }
@@ -82,7 +90,7 @@ impl ParseError {
 impl<'a> Command<'a> {
     /// Parses one command line (CR LF already stripped, no bare CR/LF/NUL).
     pub fn parse(line: &'a [u8]) -> Result<Command<'a>, ParseError> {
-        let line = std::str::from_utf8(line).map_err(|_| ParseError::Unknown)?;
+        let line = std::str::from_utf8(line).map_err(|_| not_utf8(line))?;
         let (verb, rest) = match line.find(' ') {
             Some(i) => (&line[..i], &line[i + 1..]),
             None => (line, ""),
@@ -159,6 +167,19 @@ impl<'a> Command<'a> {
     }
 }
 
+/// The error of a line that is not UTF-8: an address error for MAIL and RCPT (whose
+/// paths may be UTF-8, RFC 6531), an unknown command otherwise.
+fn not_utf8(line: &[u8]) -> ParseError {
+    let verb = |v: &[u8]| line.len() > 4 && line[..4].eq_ignore_ascii_case(v) && line[4] == b' ';
+    if verb(b"MAIL") {
+        ParseError::NotUtf8 { rcpt: false }
+    } else if verb(b"RCPT") {
+        ParseError::NotUtf8 { rcpt: true }
+    } else {
+        ParseError::Unknown
+    }
+}
+
 /// Splits `FROM:<path> params` into the path (with brackets) and the parameter string.
 /// Spaces after the colon are tolerated, as most servers do.
 fn split_path<'a>(rest: &'a str, keyword: &str) -> Option<(&'a str, &'a str)> {
@@ -216,6 +237,8 @@ fn parse_mail_params(s: &str) -> Result<MailParams, ParseError> {
     for (key, val) in params(s) {
         let k = |n: &str| key.eq_ignore_ascii_case(n);
         match val {
+            // RFC 6531 §3.4: no value.
+            None if k("SMTPUTF8") && !p.smtputf8 => p.smtputf8 = true,
             Some(v) if k("SIZE") && !seen_size => {
                 seen_size = true;
                 if v.is_empty() || v.len() > 20 || !v.bytes().all(|b| b.is_ascii_digit()) {
@@ -347,6 +370,56 @@ mod tests {
             assert_eq!(Command::parse(bad), Err(ParseError::AuthSyntax));
         }
         assert_eq!(Command::parse(b"\xff\xfe"), Err(ParseError::Unknown));
+        assert_eq!(Command::parse(b"NOOP \xff"), Err(ParseError::Unknown));
+    }
+
+    #[test]
+    fn utf8_paths() {
+        match Command::parse("MAIL FROM:<jörg@bücher.example> smtputf8".as_bytes()) {
+            Ok(Command::Mail(m, p)) => {
+                assert_eq!(m, mb("jörg", "bücher.example"));
+                assert!(p.smtputf8);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            Command::parse("RCPT TO:<用户@例子.广告>".as_bytes()),
+            Ok(Command::Rcpt(m, _)) if m.local == "用户" && !m.is_ascii()
+        ));
+        // Octets that are not UTF-8: overlong forms (of "/" and of NUL), a surrogate
+        // (U+D800), a truncated sequence, a code point past U+10FFFF, a lone
+        // continuation octet, and octets UTF-8 never uses.
+        for bad in [
+            &b"\xc0\xaf"[..],
+            b"\xe0\x80\x80",
+            b"\xed\xa0\x80",
+            b"\xc3",
+            b"\xe2\x82",
+            b"\xf4\x90\x80\x80",
+            b"\x80",
+            b"\xfe",
+        ] {
+            let mut mail = b"MAIL FROM:<a".to_vec();
+            mail.extend_from_slice(bad);
+            mail.extend_from_slice(b"@b.c> SMTPUTF8");
+            assert_eq!(
+                Command::parse(&mail),
+                Err(ParseError::NotUtf8 { rcpt: false }),
+                "{}",
+                mail.escape_ascii()
+            );
+            let mut rcpt = b"rcpt TO:<a@b".to_vec();
+            rcpt.extend_from_slice(bad);
+            rcpt.push(b'>');
+            assert_eq!(
+                Command::parse(&rcpt),
+                Err(ParseError::NotUtf8 { rcpt: true })
+            );
+        }
+        assert_eq!(
+            ParseError::NotUtf8 { rcpt: true }.reply().code,
+            Reply::RCPT_NOT_UTF8.code
+        );
     }
 
     #[test]
@@ -384,7 +457,11 @@ mod tests {
             (b"MAIL FROM:<a@-b.c>", ParseError::BadSender),
             (b"MAIL FROM:<a b@c.d>", ParseError::BadSender),
             (
-                b"MAIL FROM:<a@b.c> SMTPUTF8",
+                b"MAIL FROM:<a@b.c> SMTPUTF8=yes",
+                ParseError::BadParam("SMTPUTF8".into()),
+            ),
+            (
+                b"MAIL FROM:<a@b.c> SMTPUTF8 SMTPUTF8",
                 ParseError::BadParam("SMTPUTF8".into()),
             ),
             (

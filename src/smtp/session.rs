@@ -561,7 +561,7 @@ impl Session {
         }
         if esmtp {
             text.push_str(&format!(
-                "\n8BITMIME\nENHANCEDSTATUSCODES\nSIZE {}{}\nPIPELINING",
+                "\n8BITMIME\nENHANCEDSTATUSCODES\nSIZE {}{}\nPIPELINING\nSMTPUTF8",
                 self.limits.max_message_size,
                 if self.offers_dsn() { "\nDSN" } else { "" }
             ));
@@ -610,6 +610,10 @@ impl Session {
         }
         if let Some(r) = options::refused_mail_params(&self.options, &params) {
             return self.fail(r, out);
+        }
+        // RFC 6531 §3.5: a UTF-8 address only with SMTPUTF8.
+        if !params.smtputf8 && !sender.is_ascii() {
+            return self.fail(Reply::NEED_SMTPUTF8, out);
         }
         // The answer comes through `on_lookup`, then `mail_checked`.
         self.pending = Some(Pending::Space { sender, params });
@@ -686,6 +690,9 @@ impl Session {
         if let Some(r) = options::refused_rcpt_params(&self.options, &params) {
             return self.fail(r, out);
         }
+        if !tx.params.smtputf8 && !addr.is_ascii() {
+            return self.fail(Reply::NEED_SMTPUTF8, out);
+        }
         if tx.rcpts.len() >= self.limits.max_rcpt {
             // Not counted as an error: clients with long lists retry in a new transaction.
             out.push(Action::Reply(Reply::TOO_MANY_RCPT));
@@ -752,6 +759,12 @@ impl Session {
     /// Whether the client declared 8-bit content.
     pub fn is_8bit(tx: &Tx) -> bool {
         tx.params.body == Body::EightBitMime
+    }
+
+    /// Whether the message needs SMTPUTF8: the client gave the parameter, or an
+    /// address is UTF-8 (a filter's rewrite may make one).
+    pub fn is_smtputf8(tx: &Tx) -> bool {
+        tx.params.smtputf8 || !tx.sender.is_ascii() || tx.rcpts.iter().any(|r| !r.addr.is_ascii())
     }
 }
 

@@ -260,6 +260,7 @@ fn ehlo_advertises_extensions() {
         "SIZE 1000",
         "DSN",
         "PIPELINING",
+        "SMTPUTF8",
         "HELP",
         "LIMITS RCPTMAX=3 MAILMAX=2",
     ] {
@@ -268,6 +269,51 @@ fn ehlo_advertises_extensions() {
             "{ext}: {text}"
         );
     }
+}
+
+#[test]
+fn smtputf8_transactions() {
+    let mut d = Dialog::new();
+    d.client("EHLO c").expect("250");
+    // Without SMTPUTF8 a UTF-8 address is refused (RFC 6531 §3.5).
+    d.client("MAIL FROM:<jörg@bücher.example>")
+        .expect("553 5.6.7 Non-ASCII addresses need SMTPUTF8");
+    d.client("MAIL FROM:<a@b.c>").expect("250");
+    d.client("RCPT TO:<用户@例子.广告>").expect("553 5.6.7");
+    d.client("RSET").expect("250");
+    // Octets that are not UTF-8 (a truncated sequence, an overlong form).
+    d.s.on_line(b"MAIL FROM:<j\xc3@b.c> SMTPUTF8", &mut d.out);
+    d.glue();
+    d.expect("553 5.1.7 Sender address is not valid UTF-8");
+    d.client("MAIL FROM:<jörg@bücher.example> SMTPUTF8")
+        .expect("250 2.1.0");
+    d.s.on_line(b"RCPT TO:<\xc0\xafx@b.c>", &mut d.out);
+    d.glue();
+    d.expect("553 5.1.3 Recipient address is not valid UTF-8");
+    d.client("RCPT TO:<用户@例子.广告>").expect("250 2.1.5");
+    let tx =
+        d.s.tx()
+            .map(|t| (t.params.smtputf8, Session::is_smtputf8(t)));
+    assert_eq!(tx, Some((true, true)));
+    d.client("DATA").expect("354");
+    let h = d.s.received_header("date");
+    assert!(h.contains(" with UTF8SMTP id 0000abcd"), "{h}");
+    assert!(h.contains("for <用户@例子.广告>"), "{h}");
+    d.client("Subject: grüße")
+        .client("")
+        .client("ü")
+        .client(".");
+    d.expect("250 2.0.0");
+    assert_eq!(d.committed, ["用户@例子.广告"]);
+    // The next transaction is plain ESMTP again; SMTPUTF8 needs EHLO.
+    d.client("MAIL FROM:<a@b.c>").expect("250");
+    d.client("RCPT TO:<u@b.c>").expect("250");
+    d.client("DATA").expect("354");
+    assert!(d.s.received_header("d").contains(" with ESMTP id"));
+    d.client(".").expect("250");
+    let mut d = Dialog::new();
+    d.client("HELO c").expect("250");
+    d.client("MAIL FROM:<a@b.c> SMTPUTF8").expect("555 5.5.4");
 }
 
 #[test]

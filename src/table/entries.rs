@@ -1,12 +1,16 @@
 //! The entries of a table held in memory, and the text format of `file:` tables.
 
+use crate::mail::idna::other_form;
 use std::collections::HashMap;
 use std::net::IpAddr;
 
-/// Keys (lower-cased) and values, in order; values are empty in a list.
+/// Keys (lower-cased) and values, in order; values are empty in a list. A key whose
+/// domain (after its last `@`, or all of it) has U-labels or A-labels is also found
+/// by the domain in the other form (`bücher.example`, `xn--bcher-kva.example`).
 #[derive(Debug, Clone, Default)]
 pub struct Entries {
     list: Vec<(String, String)>,
+    /// Each key, and the other form of one with an internationalized domain.
     index: HashMap<String, usize>,
     /// The keys of `list` as written, for regular expressions.
     written: Vec<String>,
@@ -20,6 +24,9 @@ impl Entries {
             let lower = k.to_ascii_lowercase();
             if !e.index.contains_key(&lower) {
                 e.index.insert(lower.clone(), e.list.len());
+                if let Some(other) = other_form(&k) {
+                    e.index.entry(other).or_insert(e.list.len());
+                }
                 e.list.push((lower, v));
                 e.written.push(k);
             }
@@ -80,14 +87,20 @@ impl Entries {
 
     /// Whether `key` is there.
     pub fn contains(&self, key: &str) -> bool {
-        self.index.contains_key(&key.to_ascii_lowercase())
+        self.position(key).is_some()
     }
 
     /// The value of `key`.
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.index
-            .get(&key.to_ascii_lowercase())
-            .map(|&i| self.list[i].1.as_str())
+        self.position(key).map(|i| self.list[i].1.as_str())
+    }
+
+    /// Where `key` is: as it is (case aside), else with its domain in the other form.
+    fn position(&self, key: &str) -> Option<usize> {
+        match self.index.get(&key.to_ascii_lowercase()) {
+            Some(&i) => Some(i),
+            None => other_form(key).and_then(|k| self.index.get(&k).copied()),
+        }
     }
 
     /// The keys, in order.
@@ -125,6 +138,15 @@ mod tests {
         assert!(!t.contains("nobody"));
         assert!(t.contains("::1") && t.contains("2001:db8::/32"));
         assert_eq!(t.len(), 6);
+        // Internationalized domains, either way.
+        let t = Entries::parse("jörg@bücher.example a\n@xn--mnchen-3ya.example b\nä.example\n")
+            .unwrap_or_default();
+        assert_eq!(t.get("jörg@xn--bcher-kva.example"), Some("a"));
+        assert_eq!(t.get("JÖRG@BÜCHER.example"), None);
+        assert_eq!(t.get("jörg@BÜCHER.example"), Some("a"));
+        assert_eq!(t.get("@münchen.example"), Some("b"));
+        assert!(t.contains("xn--4ca.example") && t.contains("Ä.example"));
+        assert_eq!(t.len(), 3);
         assert_eq!(
             Entries::parse("ok\n: x\n").err(),
             Some((2, "empty key".into()))

@@ -256,9 +256,15 @@ impl Table {
     /// process's answer otherwise. `Ok(None)` when there is none; an error when the
     /// process could not answer. May block (a table process): lookup threads only.
     pub fn lookup(&self, service: Service, key: &str) -> Result<Option<String>, TableError> {
-        match &self.backend {
-            None => Ok(self.entries().get(key).map(str::to_string)),
-            Some(b) => b.lookup(service, &backend_key(key)?),
+        let Some(b) = &self.backend else {
+            return Ok(self.entries().get(key).map(str::to_string));
+        };
+        match b.lookup(service, &backend_key(key)?)? {
+            None => match other_key(service, key) {
+                Some(k) => b.lookup(service, &backend_key(&k)?),
+                None => Ok(None),
+            },
+            found => Ok(found),
         }
     }
 
@@ -272,9 +278,15 @@ impl Table {
         key: &str,
         test: impl Fn(&str) -> bool,
     ) -> Result<bool, TableError> {
-        match &self.backend {
-            None => Ok(self.entries().keys().any(test)),
-            Some(b) => b.check(service, &backend_key(key)?),
+        let Some(b) = &self.backend else {
+            return Ok(self.entries().keys().any(test));
+        };
+        if b.check(service, &backend_key(key)?)? {
+            return Ok(true);
+        }
+        match other_key(service, key) {
+            Some(k) => b.check(service, &backend_key(&k)?),
+            None => Ok(false),
         }
     }
 
@@ -295,6 +307,18 @@ impl Table {
                 Ok(format!("table {}: updated, {n} entries", self.name))
             }
         }
+    }
+}
+
+/// For a key of a domain or an address, the key with its domain in the other form
+/// (U-labels or A-labels), which a table process is asked for when it does not know
+/// the first.
+fn other_key(service: Service, key: &str) -> Option<String> {
+    match service {
+        Service::Alias | Service::Domain | Service::MailAddr | Service::RelayHost => {
+            crate::mail::idna::other_form(key)
+        }
+        _ => None,
     }
 }
 
@@ -327,8 +351,19 @@ fn read(source: &Source) -> Result<Entries, String> {
     }
 }
 
-/// `pattern` is a domain or `*.domain`; case-insensitive.
+/// `pattern` is a domain or `*.domain`; case-insensitive, U-labels and A-labels
+/// alike (a caller that matches one domain against many patterns converts it first,
+/// [`crate::mail::idna::ascii_form`]).
 pub fn domain_matches(pattern: &str, domain: &str) -> bool {
+    if !pattern.is_ascii() || !domain.is_ascii() {
+        use crate::mail::idna::ascii_form;
+        let (p, d) = (ascii_form(pattern), ascii_form(domain));
+        return p.is_ascii() && d.is_ascii() && ascii_domain_matches(&p, &d);
+    }
+    ascii_domain_matches(pattern, domain)
+}
+
+fn ascii_domain_matches(pattern: &str, domain: &str) -> bool {
     if let Some(suffix) = pattern.strip_prefix("*.") {
         let d = domain.to_ascii_lowercase();
         return d.len() > suffix.len() + 1
@@ -393,6 +428,27 @@ mod tests {
         assert!(address_matches("Bob@example.org", "bob", "example.org"));
         assert!(address_matches("bob", "bob", "any.where"));
         assert!(!address_matches("bob@a.b", "bob", "c.d"));
+        assert!(domain_matches("bücher.example", "xn--bcher-kva.example"));
+        assert!(domain_matches("xn--bcher-kva.example", "BÜCHER.example"));
+        assert!(domain_matches(
+            "*.bücher.example",
+            "mx.xn--bcher-kva.example"
+        ));
+        assert!(domain_matches(
+            "*.xn--bcher-kva.example",
+            "mx.bücher.example"
+        ));
+        assert!(!domain_matches("bücher.example", "bucher.example"));
+        assert!(address_matches(
+            "@bücher.example",
+            "x",
+            "xn--bcher-kva.example"
+        ));
+        assert!(address_matches(
+            "jörg@xn--bcher-kva.example",
+            "jörg",
+            "bücher.example"
+        ));
         let ip = |s: &str| s.parse::<IpAddr>().unwrap_or(IpAddr::from([0, 0, 0, 0]));
         assert!(ip_matches("127.0.0.0/8", ip("127.1.2.3")));
         assert!(!ip_matches("10.0.0.0/8", ip("11.0.0.1")));

@@ -21,9 +21,11 @@
 //! order; without it, each command waits for the reply to the one before. SIZE,
 //! BODY=8BITMIME, SMTPUTF8 and the DSN parameters go on MAIL and RCPT when offered
 //! (`params.rs`). Before MAIL, a job the server cannot take fails without being tried:
-//! a message over the server's SIZE, 8-bit content for a server without 8BITMIME (the
-//! glue looks for 8-bit octets only then, on [`Step::Scan`]), a non-ASCII address for
-//! a server without SMTPUTF8. STARTTLS and AUTH come between EHLO and the first MAIL
+//! a message over the server's SIZE, 8-bit content for a server without 8BITMIME, a
+//! non-ASCII address for a server without SMTPUTF8, and a message received with
+//! SMTPUTF8 whose header section is UTF-8 for one without it (RFC 6531 §3.2: it is
+//! not downgraded, 553 5.6.7). What the content holds is asked of the glue only then,
+//! on [`Step::Scan`]. STARTTLS and AUTH come between EHLO and the first MAIL
 //! (`setup.rs`).
 //!
 //! Every recipient of a job ends with an [`Outcome`]: the reply to its RCPT when that
@@ -134,10 +136,22 @@ pub struct Job {
     pub rcpts: Vec<Rcpt>,
     /// The client said `BODY=8BITMIME`.
     pub body_8bit: bool,
+    /// The message needs SMTPUTF8 (RFC 6531): it was received with it, or an address
+    /// is UTF-8. SMTPUTF8 goes on MAIL when the server offers it.
+    pub smtputf8: bool,
     /// DSN RET as received (`FULL`, `HDRS`) or empty.
     pub ret: String,
     /// DSN ENVID as received (xtext) or empty.
     pub envid: String,
+}
+
+/// What a job's message holds, as far as the checks before MAIL care.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Content {
+    /// An octet above 127 somewhere (RFC 6152).
+    pub eight_bit: bool,
+    /// An octet above 127 in the header section: UTF-8 headers (RFC 6532).
+    pub utf8_header: bool,
 }
 
 /// What a delivered recipient's NOTIFY=SUCCESS calls for.
@@ -184,8 +198,7 @@ pub enum Step {
     /// Send this job's message content from its start, then the final dot, then call
     /// [`Client::body_sent`].
     SendBody(u64),
-    /// Find whether this job's message has an octet above 127 and tell
-    /// [`Client::scanned`].
+    /// Find what this job's message holds ([`Content`]) and tell [`Client::scanned`].
     Scan(u64),
     /// The server said 220 to STARTTLS: start the TLS handshake (after checking that
     /// the server sent nothing more in plain text) and tell [`Client::tls_done`].
@@ -241,6 +254,8 @@ struct JobState {
     size: u64,
     /// Whether its content has 8-bit octets, when known.
     eight_bit: Option<bool>,
+    /// What its content holds, once the glue said.
+    content: Option<Content>,
 }
 
 impl JobState {
@@ -375,6 +390,7 @@ impl Client {
             ready: false,
             size: 0,
             eight_bit,
+            content: None,
         };
         if let Some(o) = &self.failed {
             js.settle_all(o);
@@ -411,17 +427,19 @@ impl Client {
         out
     }
 
-    /// The answer to [`Step::Scan`]: whether job `id`'s message has 8-bit octets, or
-    /// why it could not be read (the job then fails temporarily).
-    pub fn scanned(&mut self, id: u64, r: Result<bool, String>) -> Vec<Step> {
+    /// The answer to [`Step::Scan`]: what job `id`'s message holds, or why it could
+    /// not be read (the job then fails temporarily).
+    pub fn scanned(&mut self, id: u64, r: Result<Content, String>) -> Vec<Step> {
         let mut out = Vec::new();
         if self.state != State::Scan || self.jobs.front().is_none_or(|j| j.job.id != id) {
             return out;
         }
         match r {
-            Ok(b) => {
+            Ok(c) => {
                 if let Some(js) = self.jobs.front_mut() {
-                    js.eight_bit = Some(b);
+                    // A declared BODY=8BITMIME stays 8-bit.
+                    js.eight_bit = Some(js.eight_bit == Some(true) || c.eight_bit);
+                    js.content = Some(c);
                 }
             }
             Err(why) => {

@@ -37,8 +37,8 @@ fn as_xtext(stored: &str) -> String {
 }
 
 /// The parameters of MAIL FROM for `job`: `size` is the message's, `eight_bit` whether
-/// its content has 8-bit octets as far as is known, `utf8` whether an address is not
-/// ASCII, `dsn` whether DSN parameters are passed on at all.
+/// its content has 8-bit octets as far as is known, `utf8` whether the message needs
+/// SMTPUTF8 (received with it, or an address is not ASCII), `dsn` whether DSN parameters are passed on at all.
 pub fn mail(job: &Job, caps: &Caps, size: u64, eight_bit: bool, utf8: bool, dsn: bool) -> String {
     let mut p = String::new();
     if caps.size.is_some() {
@@ -123,6 +123,7 @@ mod tests {
             sender: "s@x".into(),
             rcpts: Vec::new(),
             body_8bit: false,
+            smtputf8: false,
             ret: "hdrs".into(),
             envid: "QQ+2Bx".into(),
         }

@@ -74,7 +74,7 @@ impl Dialog {
                 Step::Scan(id) => {
                     self.scans.push(id);
                     if self.auto_scan {
-                        let steps = self.c.scanned(id, Ok(false));
+                        let steps = self.c.scanned(id, Ok(Content::default()));
                         sent.extend(self.take(steps));
                     }
                 }

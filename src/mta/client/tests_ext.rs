@@ -167,7 +167,7 @@ fn helo_session_scans_8bit_content_and_bounces_it() {
         .server(502, &["HELO me.example"]);
     d.server(250, &[]);
     assert_eq!(d.scans, [1]);
-    let steps = d.c.scanned(1, Ok(true));
+    let steps = d.c.scanned(1, Ok(eight(true)));
     assert!(d.take(steps).is_empty());
     assert_eq!(d.outcome(1), ["perm"]);
     assert!(d
@@ -175,7 +175,7 @@ fn helo_session_scans_8bit_content_and_bounces_it() {
         .starts_with("554 5.6.3 conversion to 7 bit needed and not done"));
     assert!(d.logs[0].starts_with("not-sent msgid=00000001 from=<s@x> rcpts=1 result="));
     assert_eq!(d.scans, [1, 2]);
-    let steps = d.c.scanned(2, Ok(false));
+    let steps = d.c.scanned(2, Ok(eight(false)));
     assert_eq!(d.take(steps), ["MAIL FROM:<s@x>"]);
     // A scan that fails defers its job only.
     let mut d = Dialog::new(Proto::Smtp);
@@ -324,6 +324,63 @@ fn smtputf8_addresses() {
     d.ready(1);
     d.server(220, &["EHLO me.example"])
         .ehlo(&["8BITMIME", "SMTPUTF8"], &["MAIL FROM:<s@x> SMTPUTF8"]);
+}
+
+fn eight(b: bool) -> Content {
+    Content {
+        eight_bit: b,
+        utf8_header: false,
+    }
+}
+
+fn utf8_job(id: u64) -> Job {
+    let mut j = job(id, "s@x", &["a@y"]);
+    j.smtputf8 = true;
+    j
+}
+
+#[test]
+fn a_message_received_with_smtputf8_is_not_downgraded() {
+    // To a server without SMTPUTF8: UTF-8 headers bounce with 5.6.7, without MAIL;
+    // an ASCII header section goes (as 8-bit content, the body's business).
+    let mut d = Dialog::new(Proto::Smtp);
+    d.auto_scan = false;
+    d.push(utf8_job(1)).push(utf8_job(2));
+    d.ready(1);
+    d.ready(2);
+    d.server(220, &["EHLO me.example"]).ehlo(&["8BITMIME"], &[]);
+    assert_eq!(d.scans, [1]);
+    let head = Content {
+        eight_bit: true,
+        utf8_header: true,
+    };
+    let steps = d.c.scanned(1, Ok(head));
+    assert!(d.take(steps).is_empty());
+    assert_eq!(d.outcome(1), ["perm"]);
+    assert!(
+        d.why(1, 0).starts_with("553 5.6.7 UTF-8 header"),
+        "{}",
+        d.why(1, 0)
+    );
+    assert_eq!(d.scans, [1, 2]);
+    let steps = d.c.scanned(2, Ok(eight(true)));
+    assert_eq!(d.take(steps), ["MAIL FROM:<s@x> BODY=8BITMIME"]);
+    // To a server with it: SMTPUTF8 on MAIL, nothing scanned.
+    let mut d = Dialog::new(Proto::Smtp);
+    d.auto_scan = false;
+    d.push(utf8_job(1));
+    d.ready(1);
+    d.server(220, &["EHLO me.example"])
+        .ehlo(&["8BITMIME", "SMTPUTF8"], &["MAIL FROM:<s@x> SMTPUTF8"]);
+    assert!(d.scans.is_empty());
+    // LMTP delivers the header section intact.
+    let mut d = Dialog::new(Proto::Lmtp);
+    d.auto_scan = false;
+    d.push(utf8_job(1));
+    d.ready(1);
+    d.server(220, &["LHLO me.example"])
+        .ehlo(&["8BITMIME"], &["MAIL FROM:<s@x>"]);
+    assert!(d.scans.is_empty());
 }
 
 fn tls_opts(tls: TlsMode, auth: bool) -> ClientOpts {

@@ -145,6 +145,19 @@ impl Client {
                 "553 5.6.7 non-ASCII address and {name} does not offer SMTPUTF8"
             ))));
         }
+        // RFC 6531 §3.2: a message that needs SMTPUTF8 is not downgraded here. LMTP
+        // delivers locally: intact.
+        if self.proto == Proto::Smtp && !self.caps.smtputf8 && js.job.smtputf8 {
+            match js.content {
+                Some(c) if c.utf8_header => {
+                    return Some(Ok(Outcome::PermFail(format!(
+                        "553 5.6.7 UTF-8 header and {name} does not offer SMTPUTF8"
+                    ))))
+                }
+                None => return Some(Err(js.job.id)),
+                Some(_) => {}
+            }
+        }
         // RFC 6152 §3: 8-bit content goes only to a server that offers 8BITMIME; a
         // relay may bounce what it does not convert. LMTP delivers locally: intact.
         if self.proto == Proto::Smtp && !self.caps.eightbitmime {
@@ -172,7 +185,7 @@ impl Client {
             &self.caps,
             js.size,
             js.eight_bit == Some(true),
-            utf8(&js.job),
+            js.job.smtputf8 || utf8(&js.job),
             dsn,
         );
         out.push(Step::Send(format!("MAIL FROM:<{}>{p}", js.job.sender)));

@@ -502,6 +502,7 @@ impl Manager {
                                 msgid,
                                 sender: e.sender.clone(),
                                 body_8bit: e.body_8bit,
+                                smtputf8: e.smtputf8,
                                 ret: e.dsn_ret.clone(),
                                 envid: e.dsn_envid.clone(),
                                 ..Job::default()

@@ -196,9 +196,17 @@ fn relay(cfg: &Config, action: &str, r: &Relay, rcpt: &str) -> Plan {
                 "550 5.1.2 no domain in {rcpt:?} to relay to"
             )))
         }
+        // The DNS knows a domain by its A-labels (RFC 5891 §5).
         None => Route {
             action: action.to_string(),
-            target: Target::Mx(domain),
+            target: Target::Mx(match crate::mail::idna::to_ascii(&domain) {
+                Some(a) => a,
+                None => {
+                    return Plan::Fail(Outcome::PermFail(format!(
+                        "553 5.1.2 {domain:?} has a label that is not a U-label"
+                    )))
+                }
+            }),
             proto: Proto::Smtp,
             helo: r.helo.clone().unwrap_or_else(|| cfg.hostname.clone()),
             security: demand(Security::Opportunistic),

@@ -164,6 +164,7 @@ impl Conn {
                         .map_or_else(|| "local".into(), |a| a.to_string()),
                     hostname: client.server_name.clone(),
                     body_8bit: Session::is_8bit(tx),
+                    smtputf8: Session::is_smtputf8(tx),
                     dsn_notify: Session::notify_of(r),
                     dsn_ret: match tx.params.ret {
                         Some(crate::mail::params::Ret::Full) => "FULL".into(),

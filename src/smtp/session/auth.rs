@@ -369,10 +369,11 @@ impl Session {
             .then(|| sender.to_string())
     }
 
-    /// The protocol of the Received header (RFC 3848).
+    /// The protocol of the Received header (RFC 3848, RFC 6531 §4.3).
     pub(super) fn received_protocol(&self) -> &'static str {
         let tls = self.tls.is_some();
-        crate::mail::tls::received_protocol(self.esmtp, tls, self.client.auth.is_some())
+        let utf8 = self.tx.as_ref().is_some_and(|t| t.params.smtputf8);
+        crate::mail::tls::received_protocol(self.esmtp, tls, self.client.auth.is_some(), utf8)
     }
 
     /// With `received-auth`, the comment naming the user in the Received header
