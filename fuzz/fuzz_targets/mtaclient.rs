@@ -27,6 +27,7 @@ fn job(id: u64, n: usize, eight: bool) -> Job {
             .collect(),
         body_8bit: eight,
         smtputf8: id % 3 == 0,
+        requiretls: id % 4 == 1,
         ret: String::new(),
         envid: String::new(),
     }

@@ -1,5 +1,6 @@
 //! The ESMTP parameters of MAIL and RCPT kept with a transaction and its envelopes:
-//! SIZE, BODY (RFC 6152), SMTPUTF8 (RFC 6531), RET, ENVID, NOTIFY and ORCPT (RFC 3461).
+//! SIZE, BODY (RFC 6152), SMTPUTF8 (RFC 6531), REQUIRETLS (RFC 8689), RET, ENVID,
+//! NOTIFY and ORCPT (RFC 3461).
 
 /// `BODY=` (RFC 6152).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -33,6 +34,8 @@ pub struct MailParams {
     pub envid: Option<String>,
     /// `SMTPUTF8` (RFC 6531 §3.4): addresses and headers may be UTF-8.
     pub smtputf8: bool,
+    /// `REQUIRETLS` (RFC 8689 §4): the message travels over verified TLS only.
+    pub requiretls: bool,
 }
 
 /// `NOTIFY=` bits (RFC 3461 §4.1).

@@ -57,6 +57,8 @@ impl Reply {
         BAD_RCPT = 553, "5.1.3", "Recipient address syntax error";
         /// A non-ASCII address in a transaction without SMTPUTF8 (RFC 6531 §3.5).
         NEED_SMTPUTF8 = 553, "5.6.7", "Non-ASCII addresses need SMTPUTF8";
+        /// MAIL with REQUIRETLS on a session without TLS, where it is not offered.
+        REQUIRETLS_WITHOUT_TLS = 555, "5.7.10", "REQUIRETLS needs a TLS session";
         /// MAIL with octets that are not UTF-8.
         SENDER_NOT_UTF8 = 553, "5.1.7", "Sender address is not valid UTF-8";
         /// RCPT with octets that are not UTF-8.

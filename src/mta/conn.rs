@@ -370,6 +370,12 @@ impl MtaConn {
         };
         let verified = f.verified;
         self.tls_counts[0] += 1;
+        let policy = self.plan.as_ref().map_or("", |p| p.policy);
+        self.client.tls_verified(match verified {
+            Verified::DaneEe | Verified::DaneTa => true,
+            Verified::Pkix => matches!(policy, "mta-sts" | "pkix"),
+            Verified::No => false,
+        });
         self.tls_facts = Some(f);
         if verified != Verified::Pkix {
             let host = self.host.clone().unwrap_or_default();

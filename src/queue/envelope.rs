@@ -52,6 +52,9 @@ pub struct Envelope {
     /// The message needs SMTPUTF8 (RFC 6531): the client gave it, or an address is
     /// UTF-8.
     pub smtputf8: bool,
+    /// REQUIRETLS (RFC 8689): relayed over verified TLS only, to a server that offers
+    /// REQUIRETLS.
+    pub requiretls: bool,
     /// DSN NOTIFY bits (0 when absent).
     pub dsn_notify: u8,
     /// DSN RET: `FULL`, `HDRS` or empty.
@@ -123,6 +126,9 @@ impl Envelope {
         put("held", if self.held { "1" } else { "0" });
         if self.smtputf8 {
             put("smtputf8", "1");
+        }
+        if self.requiretls {
+            put("requiretls", "1");
         }
         s
     }
@@ -251,6 +257,14 @@ impl Envelope {
                     };
                     OPTIONAL
                 }
+                "requiretls" => {
+                    e.requiretls = match v.as_str() {
+                        "0" => false,
+                        "1" => true,
+                        _ => return Err("bad requiretls".into()),
+                    };
+                    OPTIONAL + 1
+                }
                 other => return Err(format!("unknown key {other:?}")),
             };
             if seen & (1 << bit) != 0 {
@@ -351,6 +365,12 @@ mod tests {
             assert!(Envelope::decode(b.as_bytes()).is_err(), "{b}");
         }
         assert!(Envelope::decode(format!("{old}smtputf8 0\n").as_bytes()).is_ok());
+        let mut r = Envelope::decode(old.as_bytes()).unwrap_or_default();
+        r.requiretls = true;
+        let text = r.encode();
+        assert!(text.ends_with("held 0\nrequiretls 1\n"), "{text}");
+        assert_eq!(Envelope::decode(text.as_bytes()), Ok(r));
+        assert!(Envelope::decode(format!("{old}requiretls 2\n").as_bytes()).is_err());
     }
 
     #[test]

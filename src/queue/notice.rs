@@ -58,7 +58,9 @@ pub fn make(cfg: &Config, spool: &Spool, n: &Notice, now: u64) -> Result<CommitJ
         boundary: &boundary,
         envid: &env.dsn_envid,
         arrival_date: &arrival,
-        ret_full: bounce::return_full(kind, &env.dsn_ret),
+        // RFC 8689 §5: a notice about a REQUIRETLS message does not carry its
+        // content over paths that may not protect it: the header section only.
+        ret_full: bounce::return_full(kind, &env.dsn_ret) && !env.requiretls,
         rcpts: &reports,
     };
     let result = bounce::render(
@@ -86,6 +88,8 @@ pub fn make(cfg: &Config, spool: &Spool, n: &Notice, now: u64) -> Result<CommitJ
             hostname: cfg.hostname.clone(),
             // Its To: header names a UTF-8 sender as it is.
             smtputf8: !env.sender.is_ascii(),
+            // It travels as the message did.
+            requiretls: env.requiretls,
             ..Envelope::default()
         });
     }

@@ -239,6 +239,8 @@ fn parse_mail_params(s: &str) -> Result<MailParams, ParseError> {
         match val {
             // RFC 6531 §3.4: no value.
             None if k("SMTPUTF8") && !p.smtputf8 => p.smtputf8 = true,
+            // RFC 8689 §4: no value.
+            None if k("REQUIRETLS") && !p.requiretls => p.requiretls = true,
             Some(v) if k("SIZE") && !seen_size => {
                 seen_size = true;
                 if v.is_empty() || v.len() > 20 || !v.bytes().all(|b| b.is_ascii_digit()) {

@@ -575,6 +575,10 @@ impl Session {
             if self.offers_starttls() {
                 text.push_str("\nSTARTTLS");
             }
+            // RFC 8689 §4: only on a session TLS protects.
+            if self.tls.is_some() {
+                text.push_str("\nREQUIRETLS");
+            }
             if self.auth_offered() {
                 text.push('\n');
                 text.push_str(super::sasl::EHLO_KEYWORD);
@@ -614,6 +618,10 @@ impl Session {
         // RFC 6531 §3.5: a UTF-8 address only with SMTPUTF8.
         if !params.smtputf8 && !sender.is_ascii() {
             return self.fail(Reply::NEED_SMTPUTF8, out);
+        }
+        // REQUIRETLS is offered on TLS sessions only (RFC 8689 §4).
+        if params.requiretls && self.tls.is_none() {
+            return self.fail(Reply::REQUIRETLS_WITHOUT_TLS, out);
         }
         // The answer comes through `on_lookup`, then `mail_checked`.
         self.pending = Some(Pending::Space { sender, params });

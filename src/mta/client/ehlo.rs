@@ -31,6 +31,8 @@ pub struct Caps {
     pub auth: Vec<String>,
     /// SMTPUTF8 (RFC 6531).
     pub smtputf8: bool,
+    /// REQUIRETLS (RFC 8689).
+    pub requiretls: bool,
     /// ENHANCEDSTATUSCODES (RFC 2034).
     pub enhanced: bool,
     /// LIMITS (RFC 9422): what the server takes at most.
@@ -126,6 +128,8 @@ impl Caps {
                 }
             } else if is("SMTPUTF8") {
                 c.smtputf8 = true;
+            } else if is("REQUIRETLS") {
+                c.requiretls = true;
             } else if is("ENHANCEDSTATUSCODES") {
                 c.enhanced = true;
             } else if is("LIMITS") {
@@ -196,6 +200,7 @@ mod tests {
                 starttls: true,
                 auth: vec!["PLAIN".into(), "LOGIN".into(), "CRAM-MD5".into()],
                 smtputf8: true,
+                requiretls: false,
                 enhanced: true,
                 limits: Limits::default(),
             }

@@ -139,6 +139,9 @@ pub struct Job {
     /// The message needs SMTPUTF8 (RFC 6531): it was received with it, or an address
     /// is UTF-8. SMTPUTF8 goes on MAIL when the server offers it.
     pub smtputf8: bool,
+    /// REQUIRETLS (RFC 8689): sent only over verified TLS, to a server that offers
+    /// REQUIRETLS, with the parameter.
+    pub requiretls: bool,
     /// DSN RET as received (`FULL`, `HDRS`) or empty.
     pub ret: String,
     /// DSN ENVID as received (xtext) or empty.
@@ -288,6 +291,8 @@ pub struct Client {
     /// The server's name, from its greeting or EHLO reply.
     server: String,
     tls: Option<TlsFacts>,
+    /// The TLS of the session passes for REQUIRETLS (see [`Client::tls_verified`]).
+    verified_tls: bool,
     /// End the session once no job is left.
     closing: bool,
     /// Why the session cannot carry jobs any more: the outcome of those pushed later.
@@ -316,6 +321,7 @@ impl Client {
             caps: Caps::default(),
             server: String::new(),
             tls: None,
+            verified_tls: false,
             closing: false,
             failed: None,
             mail_sent: false,
@@ -347,6 +353,13 @@ impl Client {
     /// The server's name as it gave it, or empty.
     pub fn server(&self) -> &str {
         &self.server
+    }
+
+    /// Says whether the TLS about to be reported by [`Client::tls_done`] passes for
+    /// REQUIRETLS (RFC 8689 §4.2.1): its certificate was verified by DANE, or by PKIX
+    /// under an MTA-STS policy or an action that asks for verification.
+    pub fn tls_verified(&mut self, verified: bool) {
+        self.verified_tls = verified;
     }
 
     /// Transactions started (MAIL sent) so far.

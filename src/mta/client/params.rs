@@ -50,6 +50,9 @@ pub fn mail(job: &Job, caps: &Caps, size: u64, eight_bit: bool, utf8: bool, dsn:
     if utf8 && caps.smtputf8 {
         p.push_str(" SMTPUTF8");
     }
+    if job.requiretls && caps.requiretls {
+        p.push_str(" REQUIRETLS");
+    }
     if caps.dsn && dsn {
         if job.ret.eq_ignore_ascii_case("FULL") || job.ret.eq_ignore_ascii_case("HDRS") {
             p.push_str(&format!(" RET={}", job.ret.to_ascii_uppercase()));
@@ -124,6 +127,7 @@ mod tests {
             rcpts: Vec::new(),
             body_8bit: false,
             smtputf8: false,
+            requiretls: false,
             ret: "hdrs".into(),
             envid: "QQ+2Bx".into(),
         }

@@ -575,3 +575,63 @@ fn limits_split_recipients_and_end_the_session_at_mailmax() {
     assert_eq!(d.outcome(2), ["temp"]);
     assert!(d.why(2, 0).contains("LIMITS MAILMAX"), "{}", d.why(2, 0));
 }
+
+#[test]
+fn requiretls_needs_verified_tls_and_the_extension() {
+    let rt = |id| Job {
+        requiretls: true,
+        ..job(id, "s@x", &["a"])
+    };
+    // No TLS at all: nothing is sent, the recipient fails for good.
+    let mut d = Dialog::new(Proto::Smtp);
+    d.push(rt(1)).push(job(2, "s@x", &["b"]));
+    d.ready(1);
+    d.ready(2);
+    d.server(220, &["EHLO me.example"])
+        .ehlo(&["8BITMIME", "REQUIRETLS"], &["MAIL FROM:<s@x>"]);
+    assert_eq!(d.outcome(1), ["perm"]);
+    assert!(d
+        .why(1, 0)
+        .starts_with("550 5.7.30 REQUIRETLS: no verified TLS"));
+    // TLS that was not verified: the same.
+    let mut d = Dialog::with(Proto::Smtp, tls_opts(TlsMode::Opportunistic, false));
+    d.push(rt(1));
+    d.ready(1);
+    d.server(220, &["EHLO me.example"])
+        .ehlo(&["STARTTLS"], &["STARTTLS"])
+        .server(220, &[]);
+    let steps = d.c.tls_done(Ok(tls_facts()));
+    d.take(steps);
+    d.ehlo(&["REQUIRETLS"], &[]);
+    assert!(d
+        .why(1, 0)
+        .starts_with("550 5.7.30 REQUIRETLS: no verified TLS"));
+    // Verified, without the extension: refused; with it: MAIL carries it.
+    for (kw, want) in [
+        ("8BITMIME", None),
+        ("REQUIRETLS", Some("MAIL FROM:<s@x> REQUIRETLS")),
+    ] {
+        let mut d = Dialog::with(Proto::Smtp, tls_opts(TlsMode::Opportunistic, false));
+        d.push(rt(1));
+        d.ready(1);
+        d.server(220, &["EHLO me.example"])
+            .ehlo(&["STARTTLS"], &["STARTTLS"])
+            .server(220, &[]);
+        d.c.tls_verified(true);
+        let steps = d.c.tls_done(Ok(tls_facts()));
+        d.take(steps);
+        match want {
+            Some(mail) => {
+                d.ehlo(&[kw], &[mail]);
+            }
+            None => {
+                d.ehlo(&[kw], &[]);
+                assert!(
+                    d.why(1, 0).contains("does not offer REQUIRETLS"),
+                    "{}",
+                    d.why(1, 0)
+                );
+            }
+        }
+    }
+}

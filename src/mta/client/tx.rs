@@ -140,6 +140,20 @@ impl Client {
                 "552 5.3.4 message too big for {name} (limit {limit})"
             ))));
         }
+        // RFC 8689 §4.2.1: verified TLS and a server that offers REQUIRETLS, or the
+        // message is not sent (and is returned to its sender).
+        if js.job.requiretls && self.proto == Proto::Smtp {
+            if self.tls.is_none() || !self.verified_tls {
+                return Some(Ok(Outcome::PermFail(format!(
+                    "550 5.7.30 REQUIRETLS: no verified TLS with {name}"
+                ))));
+            }
+            if !self.caps.requiretls {
+                return Some(Ok(Outcome::PermFail(format!(
+                    "550 5.7.30 REQUIRETLS: {name} does not offer REQUIRETLS"
+                ))));
+            }
+        }
         if !self.caps.smtputf8 && utf8(&js.job) {
             return Some(Ok(Outcome::PermFail(format!(
                 "553 5.6.7 non-ASCII address and {name} does not offer SMTPUTF8"

@@ -503,6 +503,7 @@ impl Manager {
                                 sender: e.sender.clone(),
                                 body_8bit: e.body_8bit,
                                 smtputf8: e.smtputf8,
+                                requiretls: e.requiretls,
                                 ret: e.dsn_ret.clone(),
                                 envid: e.dsn_envid.clone(),
                                 ..Job::default()

@@ -165,6 +165,7 @@ impl Conn {
                     hostname: client.server_name.clone(),
                     body_8bit: Session::is_8bit(tx),
                     smtputf8: Session::is_smtputf8(tx),
+                    requiretls: tx.params.requiretls,
                     dsn_notify: Session::notify_of(r),
                     dsn_ret: match tx.params.ret {
                         Some(crate::mail::params::Ret::Full) => "FULL".into(),
