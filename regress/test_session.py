@@ -26,12 +26,13 @@ def test_ehlo_lists_extensions(daemon):
         r = c.ehlo("client.test")
         assert r.lines[0] == "250-%s Hello client.test [127.0.0.1], pleased to meet you" % HOSTNAME
         keywords = [l[4:] for l in r.lines[1:]]
-        for ext in ["8BITMIME", "ENHANCEDSTATUSCODES", "DSN", "PIPELINING", "HELP"]:
+        for ext in ["8BITMIME", "ENHANCEDSTATUSCODES", "DSN", "PIPELINING", "CHUNKING",
+                    "BINARYMIME", "HELP"]:
             assert ext in keywords, (ext, r)
         sizes = [k for k in keywords if k.startswith("SIZE ")]
         assert sizes == ["SIZE 36700160"], r  # default max-message-size 35M
         # Not offered: so the client must not use them.
-        for ext in ["SMTPUTF8", "CHUNKING", "STARTTLS", "AUTH"]:
+        for ext in ["SMTPUTF8", "STARTTLS", "AUTH"]:
             assert not any(k.split(" ")[0] == ext for k in keywords), (ext, r)
         # Continuation lines use "-", the last " ".
         assert all(l[3] == "-" for l in r.lines[:-1]) and r.lines[-1][3] == " "

@@ -1,5 +1,5 @@
 //! The ESMTP parameters of MAIL and RCPT kept with a transaction and its envelopes:
-//! SIZE, BODY (RFC 6152), RET, ENVID, NOTIFY and ORCPT (RFC 3461).
+//! SIZE, BODY (RFC 6152, RFC 3030), RET, ENVID, NOTIFY and ORCPT (RFC 3461).
 
 /// `BODY=` (RFC 6152).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -9,6 +9,9 @@ pub enum Body {
     SevenBit,
     /// `BODY=8BITMIME`.
     EightBitMime,
+    /// `BODY=BINARYMIME` (RFC 3030): the content comes in BDAT chunks, and its body is
+    /// binary: any octet, lines of any length or none.
+    BinaryMime,
 }
 
 /// `RET=` (RFC 3461 §4.3).

@@ -43,6 +43,9 @@ pub struct Envelope {
     pub hostname: String,
     /// `BODY=8BITMIME` was given.
     pub body_8bit: bool,
+    /// `BODY=BINARYMIME` was given (RFC 3030): the body is stored as it came and goes
+    /// on only with BDAT.
+    pub body_binary: bool,
     /// DSN NOTIFY bits (0 when absent).
     pub dsn_notify: u8,
     /// DSN RET: `FULL`, `HDRS` or empty.
@@ -101,7 +104,14 @@ impl Envelope {
         put("helo", &self.helo);
         put("client", &self.client);
         put("hostname", &self.hostname);
-        put("body", if self.body_8bit { "8bitmime" } else { "7bit" });
+        put(
+            "body",
+            match (self.body_binary, self.body_8bit) {
+                (true, _) => "binarymime",
+                (false, true) => "8bitmime",
+                (false, false) => "7bit",
+            },
+        );
         put("dsn-notify", &self.dsn_notify.to_string());
         put("dsn-ret", &self.dsn_ret);
         put("dsn-envid", &self.dsn_envid);
@@ -173,9 +183,10 @@ impl Envelope {
                     9
                 }
                 "body" => {
-                    e.body_8bit = match v.as_str() {
-                        "7bit" => false,
-                        "8bitmime" => true,
+                    (e.body_8bit, e.body_binary) = match v.as_str() {
+                        "7bit" => (false, false),
+                        "8bitmime" => (true, false),
+                        "binarymime" => (false, true),
                         _ => return Err("bad body".into()),
                     };
                     10

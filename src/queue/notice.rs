@@ -58,7 +58,8 @@ pub fn make(cfg: &Config, spool: &Spool, n: &Notice, now: u64) -> Result<CommitJ
         boundary: &boundary,
         envid: &env.dsn_envid,
         arrival_date: &arrival,
-        ret_full: bounce::return_full(kind, &env.dsn_ret),
+        // A binary body (RFC 3030) cannot go in a text notice: its header section does.
+        ret_full: bounce::return_full(kind, &env.dsn_ret) && !env.body_binary,
         rcpts: &reports,
     };
     let result = bounce::render(

@@ -106,7 +106,7 @@ impl Dialog {
             };
             if self.s.in_data() {
                 match self.s.on_data(line.as_bytes(), true, true, false) {
-                    DataLine::Store(b) => self.stored.push(b.to_vec()),
+                    DataLine::Store(b) | DataLine::Raw(b, _) => self.stored.push(b.to_vec()),
                     DataLine::Drop => {}
                     DataLine::End => self.s.on_data_end(false, &mut self.out),
                 }

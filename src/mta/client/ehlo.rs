@@ -33,6 +33,10 @@ pub struct Caps {
     pub smtputf8: bool,
     /// ENHANCEDSTATUSCODES (RFC 2034).
     pub enhanced: bool,
+    /// CHUNKING (RFC 3030): BDAT.
+    pub chunking: bool,
+    /// BINARYMIME (RFC 3030).
+    pub binarymime: bool,
 }
 
 impl Caps {
@@ -83,6 +87,10 @@ impl Caps {
                 c.smtputf8 = true;
             } else if is("ENHANCEDSTATUSCODES") {
                 c.enhanced = true;
+            } else if is("CHUNKING") {
+                c.chunking = true;
+            } else if is("BINARYMIME") {
+                c.binarymime = true;
             }
         }
         c
@@ -150,6 +158,8 @@ mod tests {
                 auth: vec!["PLAIN".into(), "LOGIN".into(), "CRAM-MD5".into()],
                 smtputf8: true,
                 enhanced: true,
+                chunking: true,
+                binarymime: false,
             }
         );
         assert!(c.offers_auth("PLAIN") && !c.offers_auth("XOAUTH2"));

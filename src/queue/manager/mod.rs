@@ -465,6 +465,7 @@ impl Manager {
                                 msgid,
                                 sender: e.sender.clone(),
                                 body_8bit: e.body_8bit,
+                                body_binary: e.body_binary,
                                 ret: e.dsn_ret.clone(),
                                 envid: e.dsn_envid.clone(),
                                 ..Job::default()

@@ -164,6 +164,7 @@ impl Conn {
                         .map_or_else(|| "local".into(), |a| a.to_string()),
                     hostname: client.server_name.clone(),
                     body_8bit: Session::is_8bit(tx),
+                    body_binary: Session::is_binary(tx),
                     dsn_notify: Session::notify_of(r),
                     dsn_ret: match tx.params.ret {
                         Some(crate::mail::params::Ret::Full) => "FULL".into(),
@@ -198,7 +199,7 @@ impl Conn {
             m.failed = true;
             return;
         }
-        m.buf.extend_from_slice(lines.text());
+        self.filters.filtered_into(lines, &mut m.buf);
         if m.buf.len() >= MSG_CHUNK {
             write_chunk(spool, m, &mut self.session);
         }
@@ -212,6 +213,11 @@ impl Conn {
         self.filters.data_end_sent = false;
         self.filters.data_chain.clear();
         self.filters.filtered_bytes = 0;
+        if std::mem::take(&mut self.filters.abandoned) {
+            // The message was dropped meanwhile: nothing to end.
+            self.pump(ctx, now);
+            return;
+        }
         self.session.on_data_end(pipelined, &mut self.actions);
         self.run_actions(ctx, Some(b"."));
         self.pump(ctx, now);
