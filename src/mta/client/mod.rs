@@ -56,6 +56,8 @@ mod setup;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_chunks;
+#[cfg(test)]
 mod tests_ext;
 mod tx;
 
