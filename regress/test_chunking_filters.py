@@ -130,3 +130,16 @@ def test_text_filter_sees_chunks_as_dot_stuffed_lines(tx):
     assert [p for p in protocol if p.startswith("BDAT")] == ["BDAT %d" % len(first),
                                                              "BDAT 5 LAST"], protocol
     assert not re.search(r"protocol-client\|\.$", tx.trace("tf").read_text(), re.M)
+
+
+def test_a_replaced_binary_body_is_text(fx):
+    """A filter that replaces the body of a BINARYMIME message gives it a text body:
+    the message is then an 8BITMIME one."""
+    d = fx(fx.py("py", {"edits": [["replace-body", "new\r\nbody\r\n"]]}), "py")
+    with d.client() as c:
+        c.ehlo()
+        msgid = accepted_id(chunked(c, [b"Subject: bin\r\n\r\n\x00\r\x01\n"],
+                                    params=" BODY=BINARYMIME")[0])
+    (m,) = check_spool(d, [msgid])
+    assert m.body() == b"Subject: bin\n\nnew\nbody\n"
+    assert [e["body"] for e in m.envelopes] == ["8bitmime"]

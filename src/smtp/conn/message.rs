@@ -291,6 +291,9 @@ impl Conn {
                 Edit::Quarantine(r) => envelope.push(EnvelopeEdit::Quarantine(r)),
             }
         }
+        if message.iter().any(|e| matches!(e, Edit::ReplaceBody(_))) {
+            self.session.on_body_replaced();
+        }
         self.pending_edits = message;
         self.session.set_envelope_edits(envelope);
         Ok(())

@@ -164,6 +164,18 @@ impl Session {
         }
     }
 
+    /// A filter replaced the body with lines of text (stored with LF line ends): a
+    /// BINARYMIME message becomes an 8BITMIME one, which DATA can carry.
+    pub fn on_body_replaced(&mut self) {
+        if let Some(tx) = self
+            .tx
+            .as_mut()
+            .filter(|t| t.params.body == Body::BinaryMime)
+        {
+            tx.params.body = Body::EightBitMime;
+        }
+    }
+
     /// A binary body cannot be given to the data filters as lines: the message will
     /// be refused (`554 5.6.1`).
     pub fn on_binary_unfiltered(&mut self) {
