@@ -303,3 +303,17 @@ def test_binary_body_byte_for_byte(daemon):
         accepted_id(c.reply())
     (m,) = daemon.messages()
     assert m.body() == head.replace(b"\r\n", b"\n") + body
+
+
+def test_binary_header_end_cut_between_its_cr_and_lf(daemon):
+    """The empty line that ends the header section, cut by a chunk boundary between its
+    CR and its LF, still ends it: the body after it is binary."""
+    msg = b"Subject: cut\r\n\r\n\x00bare\nLF\r"
+    at = msg.index(b"\r\n\r\n") + 3
+    with daemon.client() as c:
+        open_tx(c, " BODY=BINARYMIME")
+        c.send(bdat(msg[:at]) + bdat(msg[at:], True))
+        assert c.reply().is_(250, "2.0.0")
+        accepted_id(c.reply())
+    (m,) = daemon.messages()
+    assert m.body() == b"Subject: cut\n\n\x00bare\nLF\r"

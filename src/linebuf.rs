@@ -306,7 +306,10 @@ impl LineBuf {
         *left -= (next - start) as u64;
         self.start = next;
         self.scanned = next;
-        let first = !std::mem::replace(&mut self.in_line, !last);
+        // An empty piece before a held CR starts nothing: the line's first octets
+        // (or its end, when an LF follows) still say `first`.
+        let first = !self.in_line;
+        self.in_line = !last && (self.in_line || stop > start);
         let bytes = &self.buf[start..stop];
         let bare = memchr::memchr2(b'\r', b'\n', bytes).is_some();
         Text::Piece {

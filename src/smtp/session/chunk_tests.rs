@@ -336,6 +336,19 @@ fn a_binarymime_body_is_stored_as_it_came() {
         want.extend_from_slice(body);
         assert_eq!(w.messages, [want], "cut {cut}");
     }
+    // The empty line that ends the header section cut between its CR and its LF.
+    let msg: &[u8] = b"Subject: b\r\n\r\n\x00\n\r";
+    for cut in 0..=msg.len() {
+        let mut w = Wire::new();
+        w.open(" BODY=BINARYMIME");
+        let r = w.send(&[bdat(&msg[..cut], false), bdat(&msg[cut..], true)].concat());
+        assert!(r[1].starts_with("250 2.0.0 0000abcd"), "cut {cut}: {r:?}");
+        assert_eq!(
+            w.messages,
+            [b"Received: x\nSubject: b\n\n\x00\n\r".to_vec()],
+            "cut {cut}"
+        );
+    }
     // The header section stays text.
     let mut w = Wire::new();
     w.open(" BODY=BINARYMIME");
