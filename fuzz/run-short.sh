@@ -32,7 +32,7 @@ fuzz_dir=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$fuzz_dir")
 cd "$root" || exit 2
 
-all_targets=(command session linebuf envelope spoolfile filtercodec milter dnswire mtaclient textfilter)
+all_targets=(command session linebuf bdat envelope spoolfile filtercodec milter dnswire mtaclient textfilter)
 targets=("$@")
 [ ${#targets[@]} -eq 0 ] && targets=("${all_targets[@]}")
 
@@ -93,7 +93,7 @@ for t in "${targets[@]}"; do
 	args=(-max_total_time="$secs" -timeout=10 -print_final_stats=1)
 	case $t in
 	envelope | spoolfile) args+=(-dict="$fuzz_dir/dict/envelope.dict") ;;
-	command | session) args+=(-dict="$fuzz_dir/dict/smtp.dict") ;;
+	command | session | bdat) args+=(-dict="$fuzz_dir/dict/smtp.dict") ;;
 	esac
 	[ -n "${FUZZ_JOBS:-}" ] && args+=(-fork="$FUZZ_JOBS")
 	log="$logs/$t.log"
