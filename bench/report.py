@@ -33,6 +33,7 @@ NAMES = {
     'pfx-milter': 'Postfix + milter pf_passmilter.py',
     'smtpd-tls': 'smtpd (TLS)', 'osmtpd-tls': 'OpenSMTPD (TLS)', 'pfx-tls': 'Postfix (TLS)',
     'smtpd-relay': 'smtpd (relay)', 'osmtpd-relay': 'OpenSMTPD (relay)', 'pfx-relay': 'Postfix (relay)',
+    'smtpd-bdat': 'smtpd (BDAT)',
 }
 TLS_SERVERS = ('smtpd-tls', 'osmtpd-tls', 'pfx-tls')
 
@@ -49,6 +50,12 @@ def report_relay():
     """bench/report_relay.py, the relay phase's part (it imports from this module)"""
     import report_relay as rr
     return rr
+
+
+def report_bdat():
+    """bench/report_bdat.py, the bdat phase's part (it imports from this module)"""
+    import report_bdat as rb
+    return rb
 
 
 def parse_probe_log(path):
@@ -469,6 +476,7 @@ def build(d):
         del base
     tls_rows(D, rows)
     report_relay().rows(D, rows)
+    report_bdat().rows(D, rows)
     sz = {k: (int(v) if v.isdigit() else None) for k, v in D.sizes.items()}
     row('binary size, KiB (smtpd: stripped copy; OpenSMTPD: smtpd; Postfix: smtpd + libpostfix-*.so)',
         *[None if sz.get(k) is None else sz[k] / 1024 for k in ('size_smtpd', 'size_osmtpd', 'size_postfix')])
@@ -683,6 +691,9 @@ def report(d, out):
     rl = report_relay().section(D)
     if rl:
         L.append(rl)
+    bd = report_bdat().section(D)
+    if bd:
+        L.append(bd)
     L.append('## Commands\n')
     L.append('`%s` (as root, from the top of the work tree). It ran, through a copy of '
              '`the shared harness peers.sh` with `bench/servers.sh` as `servers.d/bench.sh`, '
@@ -698,7 +709,8 @@ def report(d, out):
              'bench/tls_conns.py hold_conns.py\'s (see the TLS phase above). In the relay phase peers.sh runs in '
              'the phase\'s network namespace, bench/relay-aux is the AUX of each server run (the DNS server and '
              'the sinks), and smtp-source-wrap runs one smtp-source per recipient domain (see the Relay phase '
-             'above).\n')
+             'above). In the bdat phase bench/tlsload\'s `chunk-source` takes smtp-source\'s place (see the '
+             'BDAT phase above).\n')
     L.append('## Per-run values\n')
     L.append(raw_section(D) + '\n')
     L.append(mem_raw(D) + '\n')
