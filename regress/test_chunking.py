@@ -317,3 +317,20 @@ def test_binary_header_end_cut_between_its_cr_and_lf(daemon):
         accepted_id(c.reply())
     (m,) = daemon.messages()
     assert m.body() == b"Subject: cut\n\n\x00bare\nLF\r"
+
+
+def test_binary_message_delivered_to_a_maildir_as_stored(make_daemon, user1):
+    """Local deliveries get a BINARYMIME message as the spool keeps it: the header
+    section with LF line ends, the body octet for octet."""
+    from test_delivery import SENDER, mk, trace
+    d = mk(make_daemon)
+    body = b"\x00\x01\r\n.\r\n\n\r\xff" * 100
+    with d.client() as c:
+        c.ehlo()
+        c.expect("MAIL FROM:<%s> BODY=BINARYMIME" % SENDER, 250)
+        c.expect("RCPT TO:<alice@example.test>", 250)
+        c.send(bdat(b"Subject: bin\r\n\r\n" + body, True))
+        accepted_id(c.reply())
+    (path, got) = d.wait_mailbox("alice")[0]
+    assert got.startswith(trace(SENDER, "alice@example.test") + b"Received: ")
+    assert got.endswith(b"\nSubject: bin\n\n" + body)
