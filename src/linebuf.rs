@@ -208,41 +208,9 @@ impl LineBuf {
     /// not fit in the buffer, as much of it as the buffer holds.
     pub fn next_text(&mut self) -> Text<'_> {
         debug_assert!(!self.skipping, "a command line is being skipped");
-        let mut from = self.scanned.max(self.start);
-        let (stop, next, last) = loop {
-            match memchr::memchr(b'\n', &self.buf[from..self.end]) {
-                Some(i) if from + i > self.start && self.buf[from + i - 1] == b'\r' => {
-                    break (from + i - 1, from + i + 1, true);
-                }
-                // A bare LF: part of the line, not its end.
-                Some(i) => from += i + 1,
-                None => {
-                    self.scanned = self.end;
-                    if self.end - self.start < self.capacity {
-                        return Text::Partial;
-                    }
-                    // The buffer is full of one line: hand it out but for a final CR,
-                    // whose LF may come with the next read.
-                    let stop = if self.buf[self.end - 1] == b'\r' {
-                        self.end - 1
-                    } else {
-                        self.end
-                    };
-                    break (stop, stop, false);
-                }
-            }
-        };
-        let start = self.start;
-        self.start = next;
-        self.scanned = next;
-        let first = !std::mem::replace(&mut self.in_line, !last);
-        let bytes = &self.buf[start..stop];
-        let bare = memchr::memchr2(b'\r', b'\n', bytes).is_some();
-        Text::Piece {
-            bytes,
-            first,
-            last,
-            bare,
+        match self.text_end(self.end, false) {
+            Some((stop, next, last)) => self.piece(stop, next, last),
+            None => Text::Partial,
         }
     }
 
@@ -257,7 +225,6 @@ impl LineBuf {
         if avail == 0 {
             return Text::Partial;
         }
-        let window = self.start + avail;
         if std::mem::replace(&mut self.chunk_cr, false) {
             // The CR that ended the chunk before: a line end with this LF, else bare.
             let lf = self.buf[self.start] == b'\n';
@@ -274,40 +241,53 @@ impl LineBuf {
                 bare: !lf,
             };
         }
+        let Some((stop, next, last)) = self.text_end(self.start + avail, avail as u64 == *left)
+        else {
+            return Text::Partial;
+        };
+        *left -= (next - self.start) as u64;
+        self.piece(stop, next, last)
+    }
+
+    /// Where the next piece of content in the buffer up to `window` ends: (its end,
+    /// where the piece after it starts, whether a CR LF ended it), or `None` to read
+    /// more. A piece ends at CR LF, or, when the buffer is full of one line, at the
+    /// buffer's end but for a final CR, whose LF may come with the next read. With
+    /// `chunk_end`, `window` ends a BDAT chunk: the piece ends there, and a final CR is
+    /// held until the next chunk's first octet (`chunk_cr`).
+    fn text_end(&mut self, window: usize, chunk_end: bool) -> Option<(usize, usize, bool)> {
         let mut from = self.scanned.clamp(self.start, window);
-        let (stop, next, last) = loop {
+        loop {
             match memchr::memchr(b'\n', &self.buf[from..window]) {
                 Some(i) if from + i > self.start && self.buf[from + i - 1] == b'\r' => {
-                    break (from + i - 1, from + i + 1, true);
+                    return Some((from + i - 1, from + i + 1, true));
                 }
                 // A bare LF: part of the line, not its end.
                 Some(i) => from += i + 1,
-                None if avail as u64 == *left => {
-                    // The chunk's last octets; a final CR waits for the next chunk.
+                None if chunk_end => {
                     self.chunk_cr = self.buf[window - 1] == b'\r';
-                    break (window - usize::from(self.chunk_cr), window, false);
+                    return Some((window - usize::from(self.chunk_cr), window, false));
                 }
                 None => {
                     self.scanned = window;
                     if self.end - self.start < self.capacity {
-                        return Text::Partial;
+                        return None;
                     }
-                    // The buffer is full of one line, as in `next_text`.
-                    let stop = if self.buf[self.end - 1] == b'\r' {
-                        self.end - 1
-                    } else {
-                        self.end
-                    };
-                    break (stop, stop, false);
+                    let cr = self.buf[self.end - 1] == b'\r';
+                    let stop = self.end - usize::from(cr);
+                    return Some((stop, stop, false));
                 }
             }
-        };
+        }
+    }
+
+    /// Hands out the piece `start..stop` and moves past it to `next`.
+    fn piece(&mut self, stop: usize, next: usize, last: bool) -> Text<'_> {
         let start = self.start;
-        *left -= (next - start) as u64;
         self.start = next;
         self.scanned = next;
-        // An empty piece before a held CR starts nothing: the line's first octets
-        // (or its end, when an LF follows) still say `first`.
+        // An empty piece before a held CR starts nothing: the line's first octets (or
+        // its end, when an LF follows) still say `first`.
         let first = !self.in_line;
         self.in_line = !last && (self.in_line || stop > start);
         let bytes = &self.buf[start..stop];

@@ -21,7 +21,7 @@ use smtpd::lookup::{Lookup, LookupAnswer};
 use smtpd::mail::delivery::{Delivery, Dest};
 use smtpd::mail::peer::Peer;
 use smtpd::mail::reply::Reply;
-use smtpd::smtp::session::{Action, DataLine, Limits, Session};
+use smtpd::smtp::session::{Action, ChunkStep, DataLine, Limits, Session};
 
 const BUF_SIZES: [usize; 4] = [16 * 1024, 1024, 600, 520];
 
@@ -109,39 +109,18 @@ impl Wire {
         while self.s.wants_input() && !self.closed {
             let mut out = Vec::new();
             if self.s.in_chunk() {
-                let before = self.s.chunk_left();
-                let mut left = before;
-                if left > 0 {
-                    if self.s.chunk_refused() {
-                        let more = self.lb.skip(&mut left);
-                        self.s.chunk_read(before - left);
-                        if !more {
-                            break;
+                match self.s.read_chunk(&mut self.lb) {
+                    ChunkStep::Partial => break,
+                    ChunkStep::Skipped => {}
+                    ChunkStep::Piece(v, (_, last, _)) => Wire::store(&mut self.stored, v, last),
+                    ChunkStep::Done => {
+                        if self.s.on_chunk_end(&mut out) {
+                            if let Some((v, _)) = self.s.chunk_tail(&mut self.lb) {
+                                Wire::store(&mut self.stored, v, true);
+                            }
+                            self.s.on_data_end(false, &mut out);
                         }
-                    } else {
-                        let Text::Piece {
-                            bytes,
-                            first,
-                            last,
-                            bare,
-                        } = self.lb.next_chunk(&mut left)
-                        else {
-                            break;
-                        };
-                        self.s.chunk_read(before - left);
-                        let v = self.s.on_chunk_data(bytes, first, last, bare);
-                        Wire::store(&mut self.stored, v, last);
                     }
-                }
-                if self.s.chunk_left() == 0 && self.s.on_chunk_end(&mut out) {
-                    if let Some(Text::Piece {
-                        bytes, first, bare, ..
-                    }) = self.lb.end_content()
-                    {
-                        let v = self.s.on_chunk_tail(bytes, first, bare);
-                        Wire::store(&mut self.stored, v, true);
-                    }
-                    self.s.on_data_end(false, &mut out);
                 }
             } else if self.s.in_data() {
                 let Text::Piece {

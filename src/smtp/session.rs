@@ -43,6 +43,7 @@ mod tls;
 
 use crate::lookup::{AuthCheck, Lookup};
 use chunk::Chunk;
+pub use chunk::ChunkStep;
 pub use lookup::EnvelopeEdit;
 
 /// What the glue must do, in order.

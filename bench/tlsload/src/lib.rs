@@ -20,6 +20,7 @@
 
 pub mod message;
 pub mod smtp;
+pub mod source;
 pub mod tls;
 
 use std::fmt;

@@ -22,6 +22,28 @@ fn send_chunks(d: &mut Dialog, n: usize) -> usize {
     sent
 }
 
+/// A BINARYMIME message to one recipient, over SMTP with PIPELINING, up to the reply
+/// to its MAIL (its RCPT's is next).
+fn pipelined_binary() -> Dialog {
+    let mut d = Dialog::new(Proto::Smtp);
+    d.push(binary(1, &["a"]));
+    d.ready(1);
+    d.server(220, &["EHLO me.example"])
+        .ehlo(
+            &["PIPELINING", "CHUNKING", "BINARYMIME"],
+            &["MAIL FROM:<s@x> BODY=BINARYMIME", "RCPT TO:<a>"],
+        )
+        .server(250, &[]);
+    d
+}
+
+/// The same, up to its chunks.
+fn pipelined_to_chunks() -> Dialog {
+    let mut d = pipelined_binary();
+    d.server(250, &["<chunks 1>"]);
+    d
+}
+
 #[test]
 fn binary_without_chunking_and_binarymime_is_bounced_without_mail() {
     for keywords in [
@@ -151,30 +173,12 @@ fn a_refused_chunk_stops_the_chunks_and_resets() {
     d.server(250, &["MAIL FROM:<s@x> BODY=BINARYMIME"]);
     // Pipelined: the chunks already sent get their replies; the first refusal wins,
     // even when the LAST one is accepted, and RSET follows.
-    let mut d = Dialog::new(Proto::Smtp);
-    d.push(binary(1, &["a"]));
-    d.ready(1);
-    d.server(220, &["EHLO me.example"])
-        .ehlo(
-            &["PIPELINING", "CHUNKING", "BINARYMIME"],
-            &["MAIL FROM:<s@x> BODY=BINARYMIME", "RCPT TO:<a>"],
-        )
-        .server(250, &[])
-        .server(250, &["<chunks 1>"]);
+    let mut d = pipelined_to_chunks();
     assert_eq!(send_chunks(&mut d, 3), 3);
     d.server(451, &[]).server(503, &[]).server(250, &["RSET"]);
     assert_eq!(d.outcome(1), ["temp"]);
     // Refused before LAST went: no more chunks; RSET once the replies are in.
-    let mut d = Dialog::new(Proto::Smtp);
-    d.push(binary(1, &["a"]));
-    d.ready(1);
-    d.server(220, &["EHLO me.example"])
-        .ehlo(
-            &["PIPELINING", "CHUNKING", "BINARYMIME"],
-            &["MAIL FROM:<s@x> BODY=BINARYMIME", "RCPT TO:<a>"],
-        )
-        .server(250, &[])
-        .server(250, &["<chunks 1>"]);
+    let mut d = pipelined_to_chunks();
     d.c.chunk_sent(false);
     d.c.chunk_sent(false);
     d.server(554, &[]);
@@ -196,15 +200,7 @@ fn text_messages_keep_data_even_with_chunking() {
 
 #[test]
 fn no_recipient_accepted_sends_no_chunk() {
-    let mut d = Dialog::new(Proto::Smtp);
-    d.push(binary(1, &["a"]));
-    d.ready(1);
-    d.server(220, &["EHLO me.example"])
-        .ehlo(
-            &["PIPELINING", "CHUNKING", "BINARYMIME"],
-            &["MAIL FROM:<s@x> BODY=BINARYMIME", "RCPT TO:<a>"],
-        )
-        .server(250, &[])
-        .server(550, &["RSET"]);
+    let mut d = pipelined_binary();
+    d.server(550, &["RSET"]);
     assert_eq!(d.outcome(1), ["perm"]);
 }

@@ -27,8 +27,23 @@
 
 use super::{Action, DataLine, Session, State};
 use crate::filter::phase::Phase;
+use crate::linebuf::{LineBuf, Text};
 use crate::mail::params::Body;
 use crate::mail::reply::Reply;
+
+/// What one step of [`Session::read_chunk`] gave.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ChunkStep<'a> {
+    /// More input is needed.
+    Partial,
+    /// Octets of a refused chunk were skipped unseen.
+    Skipped,
+    /// A piece of content, the session's verdict on it, and its flags: it starts its
+    /// line, ends it, holds a bare CR or LF.
+    Piece(DataLine<'a>, (bool, bool, bool)),
+    /// Every octet of the chunk is in: [`Session::on_chunk_end`] comes next.
+    Done,
+}
 
 /// A BDAT chunk being read.
 #[derive(Debug, Clone)]
@@ -128,6 +143,53 @@ impl Session {
             debug_assert!(n <= c.left);
             c.left = c.left.saturating_sub(n);
         }
+    }
+
+    /// Takes what `lb` holds of the chunk being read, a piece at a time: the content of
+    /// an accepted chunk through [`Session::on_chunk_data`], or the octets of a refused
+    /// one skipped.
+    pub fn read_chunk<'a>(&mut self, lb: &'a mut LineBuf) -> ChunkStep<'a> {
+        let before = self.chunk_left();
+        if before == 0 {
+            return ChunkStep::Done;
+        }
+        let mut left = before;
+        if self.chunk_refused() {
+            let more = lb.skip(&mut left);
+            self.chunk_read(before - left);
+            return if more {
+                ChunkStep::Skipped
+            } else {
+                ChunkStep::Partial
+            };
+        }
+        let Text::Piece {
+            bytes,
+            first,
+            last,
+            bare,
+        } = lb.next_chunk(&mut left)
+        else {
+            return ChunkStep::Partial;
+        };
+        self.chunk_read(before - left);
+        let piece = self.on_chunk_data(bytes, first, last, bare);
+        ChunkStep::Piece(piece, (first, last, bare))
+    }
+
+    /// After the LAST chunk: the piece that closes the body, if any
+    /// ([`LineBuf::end_content`], [`Session::on_chunk_tail`]), with its flags.
+    pub fn chunk_tail(
+        &mut self,
+        lb: &mut LineBuf,
+    ) -> Option<(DataLine<'static>, (bool, bool, bool))> {
+        let Some(Text::Piece {
+            bytes, first, bare, ..
+        }) = lb.end_content()
+        else {
+            return None;
+        };
+        Some((self.on_chunk_tail(bytes, first, bare), (first, true, bare)))
     }
 
     /// Feeds a piece of a chunk's content, as [`crate::linebuf::LineBuf::next_chunk`]

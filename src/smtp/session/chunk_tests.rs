@@ -1,8 +1,9 @@
 //! Tests of `chunk.rs`: BDAT dialogs fed as bytes through a line buffer, the way
 //! `smtp::conn` feeds them, with the message stored as the glue stores it.
 
-use super::super::tests::{limits, resolve};
+use super::super::tests::{limits, resolve, test_client};
 use super::super::*;
+use super::ChunkStep;
 use crate::filter::phase::FilterVerdict;
 use crate::linebuf::{Line, LineBuf, Text};
 use crate::lookup::LookupAnswer;
@@ -30,15 +31,7 @@ impl Wire {
     }
 
     fn with(limits: Limits, hooks: u32) -> Wire {
-        let client = Peer {
-            addr: Some(std::net::IpAddr::from([192, 0, 2, 7])),
-            local: false,
-            server_name: "mx.example.org".into(),
-            tag: None,
-            hostname: None,
-            tls: false,
-            auth: None,
-        };
+        let client = test_client();
         let mut out = Vec::new();
         let s = Session::new(7, client, limits, hooks, &mut out);
         let mut w = Wire {
@@ -80,39 +73,18 @@ impl Wire {
         while self.s.wants_input() && !self.closed {
             let mut out = Vec::new();
             if self.s.in_chunk() {
-                let before = self.s.chunk_left();
-                let mut left = before;
-                if left > 0 {
-                    if self.s.chunk_refused() {
-                        let more = self.lb.skip(&mut left);
-                        self.s.chunk_read(before - left);
-                        if !more {
-                            break;
+                match self.s.read_chunk(&mut self.lb) {
+                    ChunkStep::Partial => break,
+                    ChunkStep::Skipped => {}
+                    ChunkStep::Piece(piece, (_, last, _)) => store(&mut self.stored, piece, last),
+                    ChunkStep::Done => {
+                        if self.s.on_chunk_end(&mut out) {
+                            if let Some((piece, _)) = self.s.chunk_tail(&mut self.lb) {
+                                store(&mut self.stored, piece, true);
+                            }
+                            self.s.on_data_end(false, &mut out);
                         }
-                    } else {
-                        let Text::Piece {
-                            bytes,
-                            first,
-                            last,
-                            bare,
-                        } = self.lb.next_chunk(&mut left)
-                        else {
-                            break;
-                        };
-                        self.s.chunk_read(before - left);
-                        let piece = self.s.on_chunk_data(bytes, first, last, bare);
-                        store(&mut self.stored, piece, last);
                     }
-                }
-                if self.s.chunk_left() == 0 && self.s.on_chunk_end(&mut out) {
-                    if let Some(Text::Piece {
-                        bytes, first, bare, ..
-                    }) = self.lb.end_content()
-                    {
-                        let piece = self.s.on_chunk_tail(bytes, first, bare);
-                        store(&mut self.stored, piece, true);
-                    }
-                    self.s.on_data_end(false, &mut out);
                 }
             } else if self.s.in_data() {
                 let Text::Piece {

@@ -17,27 +17,19 @@
 //! failure stops every session, is printed, and the exit status is 1. Nothing is
 //! printed otherwise.
 
-use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::thread;
 
 use tlsload::message::Template;
 use tlsload::smtp::Session;
-use tlsload::{loopback_addr, number, Error};
+use tlsload::source::{self, Options, Source};
+use tlsload::{number, Error};
 
-struct Options {
+struct ChunkSource {
+    o: Arc<Options>,
     /// BDAT: 0 for one chunk a message, else the largest chunk; None for DATA.
     bdat: Option<usize>,
-    reuse: bool,
-    sessions: usize,
-    messages: usize,
-    size: usize,
-    helo: String,
-    from: String,
-    to: String,
-    addr: SocketAddr,
+    t: Template,
 }
 
 /// BENCH_CHUNKS: `data`, `bdat` or `bdat:OCTETS`.
@@ -53,53 +45,6 @@ fn mode(v: &str) -> Result<Option<usize>, Error> {
             "BENCH_CHUNKS={v}: data, bdat or bdat:OCTETS"
         ))),
     }
-}
-
-fn options(args: &[String]) -> Result<Options, Error> {
-    let mut o = Options {
-        bdat: match std::env::var("BENCH_CHUNKS") {
-            Ok(v) => mode(&v)?,
-            Err(_) => None,
-        },
-        reuse: false,
-        sessions: 1,
-        messages: 1,
-        size: 1024,
-        helo: "client.bench.test".into(),
-        from: "a@bench.test".into(),
-        to: "u@bench.test".into(),
-        addr: loopback_addr("127.0.0.1:25")?,
-    };
-    let mut addr = None;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "-B" => o.bdat = Some(o.bdat.unwrap_or(0)),
-            "-C" => o.bdat = Some(number("-C", it.next())?),
-            "-d" => o.reuse = true,
-            "-s" => o.sessions = number("-s", it.next())?,
-            "-m" => o.messages = number("-m", it.next())?,
-            "-l" => o.size = number("-l", it.next())?,
-            "-M" | "-f" | "-t" => {
-                let v = it
-                    .next()
-                    .ok_or_else(|| Error(format!("{a}: a value is needed")))?
-                    .clone();
-                match a.as_str() {
-                    "-M" => o.helo = v,
-                    "-f" => o.from = v,
-                    _ => o.to = v,
-                }
-            }
-            s if !s.starts_with('-') && addr.is_none() => addr = Some(loopback_addr(s)?),
-            s => return Err(Error(format!("unknown argument {s}"))),
-        }
-    }
-    o.addr = addr.ok_or_else(|| Error("no HOST:PORT".into()))?;
-    if o.sessions == 0 || o.sessions > 1000 {
-        return Err(Error("-s: 1 to 1000 sessions".into()));
-    }
-    Ok(o)
 }
 
 /// The BDAT chunks of `content`: the command lines and octets, in one buffer, and how
@@ -120,94 +65,72 @@ fn chunks(content: &[u8], max: usize) -> (Vec<u8>, usize) {
     (wire, n)
 }
 
-/// A new session: the greeting and EHLO; BDAT needs CHUNKING.
-fn open(o: &Options) -> Result<Session, Error> {
-    let mut s = Session::connect(o.addr)?;
-    s.expect(220, "greeting")?;
-    let ehlo = s.command(&format!("EHLO {}", o.helo), 250)?;
-    let chunking = ehlo.lines().any(|l| {
-        l.get(4..)
-            .is_some_and(|k| k.trim_end().eq_ignore_ascii_case("CHUNKING"))
-    });
-    if o.bdat.is_some() && !chunking {
-        return Err(Error(format!("CHUNKING not offered: {}", ehlo.trim_end())));
-    }
-    Ok(s)
-}
+impl Source for ChunkSource {
+    type Session = Session;
 
-/// One message in an open session: MAIL, RCPT, then DATA and the message, or its BDAT
-/// chunks; each reply checked.
-fn send_one(s: &mut Session, o: &Options, t: &Template, i: usize) -> Result<(), Error> {
-    s.command(&format!("MAIL FROM:<{}>", o.from), 250)?;
-    s.command(&format!("RCPT TO:<{}>", o.to), 250)?;
-    match o.bdat {
-        None => {
-            s.command("DATA", 354)?;
-            s.send(&t.message(i))?;
-            s.expect(250, "end of DATA")?;
+    /// The greeting and EHLO; BDAT needs CHUNKING.
+    fn open(&self) -> Result<Session, Error> {
+        let mut s = Session::connect(self.o.addr)?;
+        s.expect(220, "greeting")?;
+        let ehlo = s.command(&format!("EHLO {}", self.o.helo), 250)?;
+        let chunking = ehlo.lines().any(|l| {
+            l.get(4..)
+                .is_some_and(|k| k.trim_end().eq_ignore_ascii_case("CHUNKING"))
+        });
+        if self.bdat.is_some() && !chunking {
+            return Err(Error(format!("CHUNKING not offered: {}", ehlo.trim_end())));
         }
-        Some(max) => {
-            let (wire, n) = chunks(&t.content(i), max);
-            s.send(&wire)?;
-            for k in 1..=n {
-                s.expect(250, &format!("BDAT chunk {k} of {n}"))?;
+        Ok(s)
+    }
+
+    /// MAIL, RCPT, then DATA and the message, or its BDAT chunks; each reply checked.
+    fn send(&self, s: &mut Session, i: usize) -> Result<(), Error> {
+        s.command(&format!("MAIL FROM:<{}>", self.o.from), 250)?;
+        s.command(&format!("RCPT TO:<{}>", self.o.to), 250)?;
+        match self.bdat {
+            None => {
+                s.command("DATA", 354)?;
+                s.send(&self.t.message(i))?;
+                s.expect(250, "end of DATA")?;
+            }
+            Some(max) => {
+                let (wire, n) = chunks(&self.t.content(i), max);
+                s.send(&wire)?;
+                for k in 1..=n {
+                    s.expect(250, &format!("BDAT chunk {k} of {n}"))?;
+                }
             }
         }
+        Ok(())
     }
-    Ok(())
-}
 
-/// A session's share: takes message numbers until none is left or another session failed.
-fn worker(o: &Options, t: &Template, next: &AtomicUsize, failed: &AtomicBool) -> Result<(), Error> {
-    let mut session: Option<Session> = None;
-    while !failed.load(Ordering::Relaxed) {
-        let i = next.fetch_add(1, Ordering::Relaxed);
-        if i >= o.messages {
-            break;
-        }
-        let mut s = match session.take() {
-            Some(s) => s,
-            None => open(o)?,
-        };
-        send_one(&mut s, o, t, i).map_err(|e| Error(format!("message {i}: {e}")))?;
-        if o.reuse {
-            session = Some(s);
-        } else {
-            s.quit()?;
-        }
+    fn quit(&self, s: Session) -> Result<(), Error> {
+        s.quit()
     }
-    if let Some(s) = session {
-        s.quit()?;
-    }
-    Ok(())
 }
 
 fn run(args: &[String]) -> Result<String, Error> {
-    let o = Arc::new(options(args)?);
-    let t = Arc::new(Template::new(o.size, &o.from, &o.to, &o.helo));
-    let next = Arc::new(AtomicUsize::new(0));
-    let failed = Arc::new(AtomicBool::new(false));
-    let mut threads = Vec::with_capacity(o.sessions);
-    for n in 0..o.sessions {
-        let (o, t, next, failed) = (o.clone(), t.clone(), next.clone(), failed.clone());
-        threads.push(thread::spawn(move || {
-            let r = worker(&o, &t, &next, &failed);
-            if let Err(e) = &r {
-                failed.store(true, Ordering::Relaxed);
-                eprintln!("chunk-source: session {n}: {e}");
-            }
-            r.is_ok()
-        }));
-    }
-    let mut ok = true;
-    for th in threads {
-        ok &= th.join().unwrap_or(false);
-    }
-    if ok {
-        Ok(String::new())
-    } else {
-        Err(Error("failed (see above)".into()))
-    }
+    let mut bdat = match std::env::var("BENCH_CHUNKS") {
+        Ok(v) => mode(&v)?,
+        Err(_) => None,
+    };
+    let o = Arc::new(Options::parse(args, |a, it| match a {
+        "-B" => {
+            bdat = Some(bdat.unwrap_or(0));
+            Ok(true)
+        }
+        "-C" => {
+            bdat = Some(number("-C", it.next())?);
+            Ok(true)
+        }
+        _ => Ok(false),
+    })?);
+    let src = ChunkSource {
+        t: Template::new(o.size, &o.from, &o.to, &o.helo),
+        bdat,
+        o: o.clone(),
+    };
+    source::run("chunk-source", o, Arc::new(src))
 }
 
 fn main() -> ExitCode {
