@@ -35,6 +35,7 @@ NAMES = {
     'smtpd-relay': 'smtpd (relay)', 'osmtpd-relay': 'OpenSMTPD (relay)', 'pfx-relay': 'Postfix (relay)',
     'smtpd-dkim': 'smtpd + filter-dkim (RSA)', 'smtpd-dkim-ed': 'smtpd + filter-dkim (Ed25519)',
     'osmtpd-dkim': 'OpenSMTPD + filter-dkimsign', 'pfx-dkim': 'Postfix + opendkim',
+    'smtpd-bdat': 'smtpd (BDAT)',
 }
 TLS_SERVERS = ('smtpd-tls', 'osmtpd-tls', 'pfx-tls')
 
@@ -57,6 +58,10 @@ def report_dkim():
     """bench/report_dkim.py, the dkim phase's part"""
     import report_dkim as rd
     return rd
+def report_bdat():
+    """bench/report_bdat.py, the bdat phase's part (it imports from this module)"""
+    import report_bdat as rb
+    return rb
 
 
 def parse_probe_log(path):
@@ -480,6 +485,7 @@ def build(d):
     tls_rows(D, rows)
     report_relay().rows(D, rows)
     report_dkim().rows(D, rows)
+    report_bdat().rows(D, rows)
     sz = {k: (int(v) if v.isdigit() else None) for k, v in D.sizes.items()}
     row('binary size, KiB (smtpd: stripped copy; OpenSMTPD: smtpd; Postfix: smtpd + libpostfix-*.so)',
         *[None if sz.get(k) is None else sz[k] / 1024 for k in ('size_smtpd', 'size_osmtpd', 'size_postfix')])
@@ -692,7 +698,7 @@ def report(d, out):
     tl = tls_sections(D)
     if tl:
         L.append(tl)
-    for part in (report_relay(), report_dkim()):
+    for part in (report_relay(), report_dkim(), report_bdat()):
         sec = part.section(D)
         if sec:
             L.append(sec)
@@ -711,7 +717,8 @@ def report(d, out):
              'bench/tls_conns.py hold_conns.py\'s (see the TLS phase above). In the relay phase peers.sh runs in '
              'the phase\'s network namespace, bench/relay-aux is the AUX of each server run (the DNS server and '
              'the sinks), and smtp-source-wrap runs one smtp-source per recipient domain (see the Relay phase '
-             'above).\n')
+             'above). In the bdat phase bench/tlsload\'s `chunk-source` takes smtp-source\'s place (see the '
+             'BDAT phase above).\n')
     L.append('## Per-run values\n')
     L.append(raw_section(D) + '\n')
     L.append(mem_raw(D) + '\n')

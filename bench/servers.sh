@@ -45,6 +45,8 @@ srv_smtpd() { bench_smtpd_conf "$1" "" ""; }
 # message file per session), is then 9968.  An idle session holds one descriptor, so for
 # the 10000-session test the limit is set explicitly.
 srv_smtpd_c10k() { bench_smtpd_conf "$1" "smtp limit max-sessions 10500" ""; }
+# The bdat phase: the same server, which smtp-source-wrap drives with BDAT instead of DATA.
+srv_smtpd_bdat() { srv_smtpd "$1"; }
 srv_smtpd_filter_rust() {
   bench_smtpd_conf "$1" "filter \"pass\" proc-exec \"$FILTER_PASS\"" 'filter "pass"'
 }

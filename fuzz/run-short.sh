@@ -37,7 +37,7 @@ fuzz_dir=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$fuzz_dir")
 cd "$root" || exit 2
 
-all_targets=(command session linebuf envelope spoolfile filtercodec milter dnswire mtaclient textfilter proxyhdr idna)
+all_targets=(command session linebuf bdat envelope spoolfile filtercodec milter dnswire mtaclient textfilter proxyhdr idna)
 targets=("$@")
 [ ${#targets[@]} -eq 0 ] && targets=("${all_targets[@]}")
 
@@ -102,7 +102,7 @@ for t in "${targets[@]}"; do
 	fi
 	case $t in
 	envelope | spoolfile) args+=(-dict="$fuzz_dir/dict/envelope.dict") ;;
-	command | session) args+=(-dict="$fuzz_dir/dict/smtp.dict") ;;
+	command | session | bdat) args+=(-dict="$fuzz_dir/dict/smtp.dict") ;;
 	esac
 	[ -n "${FUZZ_JOBS:-}" ] && args+=(-fork="$FUZZ_JOBS")
 	[ -n "${FUZZ_SEED:-}" ] && args+=(-seed="$FUZZ_SEED")

@@ -35,14 +35,17 @@ class Receiver(ThreadedServer):
     waits 0.3 s and a well-behaved client has sent nothing more."""
 
     def __init__(self, keywords=ALL, rcpt=None, greeting="220 rx.test ESMTP ready",
-                 mail_reply="250 2.1.0 ok"):
+                 mail_reply="250 2.1.0 ok", batch_wait=2.0, chunk_replies=None):
         self.keywords = keywords
+        # BDAT (with CHUNKING among the keywords): the reply to the Nth chunk, from 1.
+        self.chunk_replies = chunk_replies or {}
+        self.batch_wait = batch_wait
         self.rcpt = {k.lower(): v for k, v in (rcpt or {}).items()}
         self.greeting = greeting
         self.mail_reply = mail_reply
         self.commands = []   # every command line, in order
         self.batches = []    # at each MAIL: [MAIL line, lines already buffered...]
-        self.messages = []   # dicts: mail, rcpts (accepted RCPT lines), data
+        self.messages = []   # dicts: mail, rcpts (accepted RCPT lines), data, chunks
         super().__init__(max_conns=20)
 
     def _serve(self, c):
@@ -101,7 +104,7 @@ class Receiver(ThreadedServer):
                     say("250 rx.test")
                 elif verb == "MAIL":
                     if pipelining:
-                        deadline = time.monotonic() + 2.0
+                        deadline = time.monotonic() + self.batch_wait
                         while ("DATA" not in buffered() and time.monotonic() < deadline):
                             fill(0.1)
                     else:
@@ -138,6 +141,34 @@ class Receiver(ThreadedServer):
                         self.messages.append(cur)
                     cur = None
                     say("250 2.0.0 Ok: queued as RX1")
+                elif verb == "BDAT":
+                    # RFC 3030: exactly that many octets follow the line.
+                    m = re.fullmatch(r"BDAT (\d+)( LAST)?", cmd)
+                    if not m:
+                        say("501 5.5.4 Syntax: BDAT octets [LAST]")
+                        return
+                    n, last = int(m.group(1)), bool(m.group(2))
+                    deadline = time.monotonic() + 10
+                    while len(buf) < n and time.monotonic() < deadline:
+                        fill(0.2)
+                    chunk = bytes(buf[:n])
+                    del buf[:n]
+                    if cur is None or not cur["rcpts"] or cur.get("failed"):
+                        say("503 5.5.1 Error: no transaction")
+                        continue
+                    cur.setdefault("chunks", []).append(chunk)
+                    reply = self.chunk_replies.get(len(cur["chunks"]))
+                    if reply:
+                        cur["failed"] = True
+                        say(reply)
+                    elif last:
+                        cur["data"] = b"".join(cur["chunks"])
+                        with self.lock:
+                            self.messages.append(cur)
+                        cur = None
+                        say("250 2.0.0 Ok: queued as RX1")
+                    else:
+                        say("250 2.0.0 %d octets received" % n)
                 elif verb == "RSET":
                     cur = None
                     say("250 2.0.0 Ok")

@@ -15,6 +15,13 @@
 //! - [`LineBuf::next_text`]: message content. A line longer than the buffer comes out
 //!   in pieces, so content lines have no length limit of their own while the memory
 //!   stays one buffer per connection.
+//! - [`LineBuf::next_chunk`]: the content of a BDAT chunk (RFC 3030), in byte-count
+//!   mode: it hands out the same pieces as `next_text` would for the chunks' bytes put
+//!   end to end, but never looks past the octets the chunk has left, so the command that
+//!   follows a chunk is never taken as content, nor content as a command. A CR at a
+//!   chunk's end is held until the next chunk's first octet says whether it ends a line
+//!   ([`LineBuf::end_content`] gives what is left when the last chunk is in).
+//!   [`LineBuf::skip`] discards a refused chunk's octets unseen.
 //!
 //! The buffer never grows. A command line longer than the limit is reported once as
 //! [`Line::TooLong`]; its remaining bytes are discarded up to its end, so a client
@@ -75,8 +82,12 @@ pub struct LineBuf {
     skip_lf: bool,
     /// A command line ended at a bare LF: the next one, up to its CR LF, is bad too.
     tainted: bool,
-    /// A piece of a content line was handed out; the rest of the line follows.
+    /// A piece of a content line was handed out; the rest of the line follows (in this
+    /// chunk or the next one of a BDAT body).
     in_line: bool,
+    /// A BDAT chunk ended with a CR, consumed and not yet handed out: whether it ends a
+    /// line depends on the next chunk's first octet.
+    chunk_cr: bool,
 }
 
 impl LineBuf {
@@ -93,6 +104,7 @@ impl LineBuf {
             skip_lf: false,
             tainted: false,
             in_line: false,
+            chunk_cr: false,
         }
     }
 
@@ -111,6 +123,13 @@ impl LineBuf {
         self.skip_cr = false;
         self.tainted = false;
         self.in_line = false;
+        self.chunk_cr = false;
+    }
+
+    /// Starts the content of a new message: no line is in progress.
+    pub fn begin_content(&mut self) {
+        self.in_line = false;
+        self.chunk_cr = false;
     }
 
     /// Gives the memory back when nothing is buffered (an idle connection).
@@ -157,7 +176,6 @@ impl LineBuf {
     }
 
     fn split(&mut self, max: usize, lf_ends: bool) -> Line<'_> {
-        debug_assert!(!self.in_line, "a content line is in progress");
         if self.skipping && !self.skip_tail() {
             return Line::Partial;
         }
@@ -190,34 +208,88 @@ impl LineBuf {
     /// not fit in the buffer, as much of it as the buffer holds.
     pub fn next_text(&mut self) -> Text<'_> {
         debug_assert!(!self.skipping, "a command line is being skipped");
-        let mut from = self.scanned.max(self.start);
-        let (stop, next, last) = loop {
-            match memchr::memchr(b'\n', &self.buf[from..self.end]) {
+        match self.text_end(self.end, false) {
+            Some((stop, next, last)) => self.piece(stop, next, last),
+            None => Text::Partial,
+        }
+    }
+
+    /// Returns the next piece of a BDAT chunk's content, of which `left` octets are still
+    /// to come (decremented by the octets consumed): as [`LineBuf::next_text`] would
+    /// for the chunks put end to end, never looking past the chunk's end. A CR that
+    /// ends the chunk is held back (see [`LineBuf::end_content`]); when the next chunk
+    /// starts with LF, the pair ends the line.
+    pub fn next_chunk(&mut self, left: &mut u64) -> Text<'_> {
+        debug_assert!(!self.skipping, "a command line is being skipped");
+        let avail = (self.end - self.start).min(usize::try_from(*left).unwrap_or(usize::MAX));
+        if avail == 0 {
+            return Text::Partial;
+        }
+        if std::mem::replace(&mut self.chunk_cr, false) {
+            // The CR that ended the chunk before: a line end with this LF, else bare.
+            let lf = self.buf[self.start] == b'\n';
+            if lf {
+                self.start += 1;
+                self.scanned = self.scanned.max(self.start);
+                *left -= 1;
+            }
+            let first = !std::mem::replace(&mut self.in_line, !lf);
+            return Text::Piece {
+                bytes: if lf { b"" } else { b"\r" },
+                first,
+                last: lf,
+                bare: !lf,
+            };
+        }
+        let Some((stop, next, last)) = self.text_end(self.start + avail, avail as u64 == *left)
+        else {
+            return Text::Partial;
+        };
+        *left -= (next - self.start) as u64;
+        self.piece(stop, next, last)
+    }
+
+    /// Where the next piece of content in the buffer up to `window` ends: (its end,
+    /// where the piece after it starts, whether a CR LF ended it), or `None` to read
+    /// more. A piece ends at CR LF, or, when the buffer is full of one line, at the
+    /// buffer's end but for a final CR, whose LF may come with the next read. With
+    /// `chunk_end`, `window` ends a BDAT chunk: the piece ends there, and a final CR is
+    /// held until the next chunk's first octet (`chunk_cr`).
+    fn text_end(&mut self, window: usize, chunk_end: bool) -> Option<(usize, usize, bool)> {
+        let mut from = self.scanned.clamp(self.start, window);
+        loop {
+            match memchr::memchr(b'\n', &self.buf[from..window]) {
                 Some(i) if from + i > self.start && self.buf[from + i - 1] == b'\r' => {
-                    break (from + i - 1, from + i + 1, true);
+                    return Some((from + i - 1, from + i + 1, true));
                 }
                 // A bare LF: part of the line, not its end.
                 Some(i) => from += i + 1,
+                None if chunk_end => {
+                    self.chunk_cr = self.buf[window - 1] == b'\r';
+                    return Some((window - usize::from(self.chunk_cr), window, false));
+                }
                 None => {
-                    self.scanned = self.end;
+                    self.scanned = window;
                     if self.end - self.start < self.capacity {
-                        return Text::Partial;
+                        return None;
                     }
-                    // The buffer is full of one line: hand it out but for a final CR,
-                    // whose LF may come with the next read.
-                    let stop = if self.buf[self.end - 1] == b'\r' {
-                        self.end - 1
-                    } else {
-                        self.end
-                    };
-                    break (stop, stop, false);
+                    let cr = self.buf[self.end - 1] == b'\r';
+                    let stop = self.end - usize::from(cr);
+                    return Some((stop, stop, false));
                 }
             }
-        };
+        }
+    }
+
+    /// Hands out the piece `start..stop` and moves past it to `next`.
+    fn piece(&mut self, stop: usize, next: usize, last: bool) -> Text<'_> {
         let start = self.start;
         self.start = next;
         self.scanned = next;
-        let first = !std::mem::replace(&mut self.in_line, !last);
+        // An empty piece before a held CR starts nothing: the line's first octets (or
+        // its end, when an LF follows) still say `first`.
+        let first = !self.in_line;
+        self.in_line = !last && (self.in_line || stop > start);
         let bytes = &self.buf[start..stop];
         let bare = memchr::memchr2(b'\r', b'\n', bytes).is_some();
         Text::Piece {
@@ -226,6 +298,46 @@ impl LineBuf {
             last,
             bare,
         }
+    }
+
+    /// Ends the content of a chunked body (its last chunk is in): the piece that closes
+    /// it, if any. A CR held back from the last chunk comes out as a bare one; a line
+    /// without its CR LF is closed by an empty piece. Either says `last`: the caller
+    /// knows that no CR LF was there.
+    pub fn end_content(&mut self) -> Option<Text<'static>> {
+        let cr = std::mem::replace(&mut self.chunk_cr, false);
+        let open = std::mem::replace(&mut self.in_line, false);
+        match (cr, open) {
+            (true, _) => Some(Text::Piece {
+                bytes: b"\r",
+                first: !open,
+                last: true,
+                bare: true,
+            }),
+            (false, true) => Some(Text::Piece {
+                bytes: b"",
+                first: false,
+                last: true,
+                bare: false,
+            }),
+            (false, false) => None,
+        }
+    }
+
+    /// Discards up to `left` buffered octets (a refused BDAT chunk's), unseen;
+    /// decrements `left` by the count. False when nothing was buffered.
+    pub fn skip(&mut self, left: &mut u64) -> bool {
+        debug_assert!(!self.skipping, "a command line is being skipped");
+        let n = (self.end - self.start).min(usize::try_from(*left).unwrap_or(usize::MAX));
+        self.start += n;
+        self.scanned = self.scanned.max(self.start);
+        *left -= n as u64;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+            self.scanned = 0;
+        }
+        n > 0
     }
 
     /// Whether the bytes after the last line hold the start of another line.
@@ -460,5 +572,161 @@ mod tests {
                 ["12345678", "ab"]
             );
         }
+    }
+
+    /// A chunked body as the session sees it: each chunk's octets sent after a
+    /// `BDAT n` command line read with `next_command`, the stream fed in reads of
+    /// `read` octets; lines joined from their pieces ("!" for bare), the last one
+    /// closed by `end_content` ("~" when it had no CR LF).
+    fn chunked(payloads: &[&[u8]], cap: usize, read: usize) -> Vec<String> {
+        let mut wire = Vec::new();
+        for p in payloads {
+            wire.extend_from_slice(format!("BDAT {}\r\n", p.len()).as_bytes());
+            wire.extend_from_slice(p);
+        }
+        wire.extend_from_slice(b"QUIT\r\n");
+        let mut lb = LineBuf::new(cap);
+        lb.begin_content();
+        let (mut out, mut line, mut bad) = (Vec::new(), Vec::new(), false);
+        let mut left: Option<u64> = None;
+        let mut commands = Vec::new();
+        let mut push = |line: &mut Vec<u8>, bad: &mut bool, mark: &str| {
+            out.push(format!(
+                "{}{mark}{}",
+                if *bad { "!" } else { "" },
+                String::from_utf8_lossy(line)
+            ));
+            line.clear();
+            *bad = false;
+        };
+        for piece in wire.chunks(read.max(1)) {
+            let mut rest = piece;
+            while !rest.is_empty() {
+                let n = feed(&mut lb, rest);
+                rest = &rest[n..];
+                loop {
+                    match left.as_mut() {
+                        Some(l) if *l > 0 => match lb.next_chunk(l) {
+                            Text::Partial => break,
+                            Text::Piece {
+                                bytes, last, bare, ..
+                            } => {
+                                line.extend_from_slice(bytes);
+                                bad |= bare;
+                                if last {
+                                    push(&mut line, &mut bad, "");
+                                }
+                            }
+                        },
+                        _ => {
+                            left = None;
+                            match lb.next_command(64) {
+                                Line::Complete { bytes, .. } => {
+                                    let c = String::from_utf8_lossy(bytes).into_owned();
+                                    left = c.strip_prefix("BDAT ").and_then(|n| n.parse().ok());
+                                    commands.push(c);
+                                }
+                                Line::TooLong => commands.push("<long>".into()),
+                                Line::Partial => break,
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(commands.len(), payloads.len() + 1, "{commands:?}");
+        assert_eq!(commands.last().map(String::as_str), Some("QUIT"));
+        if let Some(Text::Piece { bytes, bare, .. }) = lb.end_content() {
+            line.extend_from_slice(bytes);
+            bad |= bare;
+            push(&mut line, &mut bad, "~");
+        }
+        assert_eq!(lb.pending(), 0);
+        out
+    }
+
+    #[test]
+    fn chunks_put_end_to_end_split_as_one_stream() {
+        let body: &[u8] =
+            b"Subject: x\r\n\r\nline one\r\n.\r\n..\r\na\rb\nc\r\n\xc3\xa9t\xc3\xa9\r\nend";
+        let want = [
+            "Subject: x",
+            "",
+            "line one",
+            ".",
+            "..",
+            "!a\rb\nc",
+            "\u{e9}t\u{e9}",
+            "~end",
+        ];
+        // Every cut into two or three chunks (inside CR LF, inside a UTF-8 character, at
+        // a lone dot), every read size, buffers small and large.
+        for a in 0..=body.len() {
+            for b in a..=body.len() {
+                if b != a && b != body.len() && (a + b) % 3 != 0 {
+                    continue;
+                }
+                let parts = [&body[..a], &body[a..b], &body[b..]];
+                // Lines longer than a small buffer come in pieces, joined here.
+                for (cap, read) in [(64, 1000), (64, 1), (16, 7), (12, 3)] {
+                    let got = chunked(&parts, cap, read);
+                    assert_eq!(got, want, "cut {a} {b} cap {cap} read {read}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_cr_at_a_chunk_end_waits_for_the_next_chunk() {
+        // CR | LF: a line end.
+        assert_eq!(chunked(&[b"a\r", b"\nb\r\n"], 64, 100), ["a", "b"]);
+        // CR | not LF: a bare CR inside the line.
+        assert_eq!(chunked(&[b"a\r", b"b\r\n"], 64, 100), ["!a\rb"]);
+        // CR | CR LF: a bare CR, then the line end.
+        assert_eq!(chunked(&[b"a\r", b"\r\n"], 64, 100), ["!a\r"]);
+        // CR at the very end: bare, and the body has no final CR LF.
+        assert_eq!(chunked(&[b"a\r\n", b"b\r"], 64, 100), ["a", "!~b\r"]);
+        // A chunk that is only a CR, then only an LF.
+        assert_eq!(chunked(&[b"a", b"\r", b"\n", b""], 64, 1), ["a"]);
+        // Empty chunks change nothing; an empty body has no line.
+        assert_eq!(chunked(&[b"", b"x\r\n", b""], 64, 100), ["x"]);
+        assert!(chunked(&[b""], 64, 100).is_empty());
+    }
+
+    #[test]
+    fn chunk_octets_that_look_like_commands_stay_content() {
+        let smuggled: &[u8] = b"x\r\n.\r\nMAIL FROM:<a@b>\r\nBDAT 3\r\nRCPT TO:<c@d>\r\n";
+        assert_eq!(
+            chunked(&[smuggled, b"\n.\n"], 64, 5),
+            [
+                "x",
+                ".",
+                "MAIL FROM:<a@b>",
+                "BDAT 3",
+                "RCPT TO:<c@d>",
+                "!~\n.\n"
+            ]
+        );
+    }
+
+    #[test]
+    fn skip_discards_only_the_chunk() {
+        let mut lb = LineBuf::new(16);
+        feed(&mut lb, b"0123456789");
+        let mut left = 12;
+        assert!(lb.skip(&mut left));
+        assert_eq!(left, 2);
+        assert!(!lb.skip(&mut left), "nothing buffered");
+        feed(&mut lb, b"abNOOP\r\n");
+        assert!(lb.skip(&mut left));
+        assert_eq!(left, 0);
+        assert!(!lb.skip(&mut left), "the chunk is over");
+        assert_eq!(
+            lb.next_command(64),
+            Line::Complete {
+                bytes: b"NOOP",
+                bare: false
+            }
+        );
     }
 }

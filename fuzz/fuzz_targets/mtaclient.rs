@@ -1,8 +1,8 @@
 //! The outgoing SMTP/LMTP client machine against an arbitrary server: the input's
 //! first bytes choose the protocol and the client's options, the rest is what the
 //! server sends, cut into lines and fed to the reply parser and the machine, with the
-//! glue's answers (messages opened, scans, TLS, the body sent) given as the machine
-//! asks. It never panics, every job it was given ends exactly once with one outcome
+//! glue's answers (messages opened, scans, TLS, the body sent, BDAT chunks sent while
+//! the machine lets them go) given as the machine asks. It never panics, every job it was given ends exactly once with one outcome
 //! per recipient, and nothing is sent after the session closed.
 #![no_main]
 
@@ -12,7 +12,7 @@ use smtpd::mta::client::{Client, ClientOpts, Content, Job, Rcpt, ReplyParser, St
 use smtpd::nexthop::Proto;
 use std::collections::{HashMap, VecDeque};
 
-fn job(id: u64, n: usize, eight: bool) -> Job {
+fn job(id: u64, n: usize, eight: bool, binary: bool) -> Job {
     Job {
         id,
         msgid: id as u32,
@@ -28,6 +28,7 @@ fn job(id: u64, n: usize, eight: bool) -> Job {
         body_8bit: eight,
         smtputf8: id % 3 == 0,
         requiretls: id % 4 == 1,
+        body_binary: binary,
         ret: String::new(),
         envid: String::new(),
     }
@@ -55,11 +56,13 @@ fuzz_target!(|data: &[u8]| {
     for id in 1..=((flags >> 5) as u64 % 4 + 1) {
         let n = (id as usize * 3) % 7 + 1;
         open.insert(id, n);
-        pending.extend(c.push(job(id, n, flags & 0x80 != 0)));
+        pending.extend(c.push(job(id, n, flags & 0x80 != 0, id % 3 == 0)));
         pending.extend(c.ready(id, Ok(1000 * id)));
     }
     let mut parser = ReplyParser::default();
     let mut closed = false;
+    // BDAT chunks of the message being sent still to go.
+    let mut chunks: Option<usize> = None;
     let mut lines = rest.split(|&b| b == b'\n');
     for round in 0..10_000 {
         // Carry out what the machine asked.
@@ -69,6 +72,10 @@ fuzz_target!(|data: &[u8]| {
                     assert!(!closed, "a command after Close");
                 }
                 Step::SendBody(_) => c.body_sent(),
+                Step::SendChunks(_) => {
+                    assert!(c.in_chunks(), "chunks asked outside the chunk state");
+                    chunks = Some(1 + round % 3);
+                }
                 Step::Scan(id) => {
                     let content = Content {
                         eight_bit: id % 2 == 0,
@@ -95,6 +102,18 @@ fuzz_target!(|data: &[u8]| {
                     assert_eq!(d.outcomes.len(), n, "one outcome per recipient");
                 }
                 Step::Close => closed = true,
+            }
+        }
+        // The glue sends chunks while the machine lets it.
+        while let Some(n) = chunks {
+            if !c.in_chunks() {
+                chunks = None;
+            } else if c.may_send_chunk() {
+                assert!(!closed, "a chunk after Close");
+                c.chunk_sent(n == 1);
+                chunks = (n > 1).then(|| n - 1);
+            } else {
+                break;
             }
         }
         if round == 0 && flags & 16 != 0 {

@@ -13,7 +13,7 @@
 //! | 6-7 | seed of the deterministic choices: read sizes, lookup answers, spool results |
 //!
 //! The stream goes through `LineBuf` in chunks, and lines are routed exactly as
-//! `Conn::process` routes them; `Action`s are carried out in order as `Conn::run_actions`
+//! `Conn::process` routes them (BDAT chunks by count, with `next_chunk` or `skip`); `Action`s are carried out in order as `Conn::run_actions`
 //! does, lookups answered at once (the lookup threads' answers, sometimes after the
 //! session was closed meanwhile). The checks: no panic; every reply renders to well-formed lines of at most 512
 //! octets; nothing follows `Close` and no input is taken after it; a commit happens
@@ -164,6 +164,8 @@ struct Model {
     line_len: usize,
     /// The session said Close.
     closed: bool,
+    /// The open message is BINARYMIME: its body (after the header section) is binary.
+    binary: bool,
     /// A Commit is waiting for its answer (asynchronous commits).
     commit_pending: bool,
 }
@@ -258,11 +260,17 @@ impl Harness {
                             Ok(self.next_msgid)
                         }
                     };
-                    if r.is_ok() {
+                    let ok = r.is_ok();
+                    if ok {
                         // Conn writes the Received header right after opening.
                         let _ = self.s.received_header("Thu, 1 Jan 1970 00:00:00 +0000");
                     }
                     self.s.on_opened(r, &mut actions);
+                    if ok && self.s.in_chunk() {
+                        // BDAT: the content starts without a 354.
+                        self.start_content();
+                        self.m.binary = self.s.tx().is_some_and(Session::is_binary);
+                    }
                 }
                 Action::Commit => {
                     self.check_commit();
@@ -391,6 +399,73 @@ impl Harness {
         }
     }
 
+    /// Takes buffered octets of a BDAT chunk as `Conn::read_chunk` does; false when
+    /// more input is needed.
+    fn chunk(&mut self, lb: &mut LineBuf, actions: &mut Vec<Action>) -> bool {
+        let before = self.s.chunk_left();
+        let mut left = before;
+        if left > 0 {
+            if self.s.chunk_refused() {
+                let more = lb.skip(&mut left);
+                self.s.chunk_read(before - left);
+                if !more {
+                    return false;
+                }
+            } else {
+                let Text::Piece {
+                    bytes,
+                    first,
+                    last,
+                    bare,
+                } = lb.next_chunk(&mut left)
+                else {
+                    return false;
+                };
+                assert!(before - left >= bytes.len() as u64, "a piece past its octets");
+                self.s.chunk_read(before - left);
+                if trace() {
+                    eprintln!("C# {}{}", bytes.escape_ascii(), if last { "" } else { " (continued)" });
+                }
+                let binary = self.saw_chunk(bytes, first, last, bare, before - left);
+                let v = self.s.on_chunk_data(bytes, first, last, bare);
+                self.check_stored(&v, binary, bare);
+            }
+            if left > 0 {
+                return true;
+            }
+        }
+        if self.s.on_chunk_end(actions) {
+            if let Some(Text::Piece {
+                bytes, first, bare, ..
+            }) = lb.end_content()
+            {
+                let binary = self.saw_chunk(bytes, first, true, bare, 0);
+                let v = self.s.on_chunk_tail(bytes, first, bare);
+                self.check_stored(&v, binary, bare);
+            }
+            self.s.on_data_end(false, actions);
+        }
+        true
+    }
+
+    /// What the session stores of a chunk's piece is what the model allows.
+    fn check_stored(&self, v: &DataLine, binary: bool, bare: bool) {
+        let m = &self.m;
+        match v {
+            DataLine::Store(b) => {
+                assert!(!binary, "a binary body stored as text");
+                assert!(!bare && !b.contains(&b'\r') && !b.contains(&b'\n') && !b.contains(&0));
+                assert!(
+                    !(m.nul || m.too_long || m.bare || m.write_error),
+                    "stored content of a refused message"
+                );
+            }
+            DataLine::Raw(..) => assert!(binary, "raw octets outside a binary body"),
+            DataLine::End => panic!("a dot ended a chunked message"),
+            DataLine::Drop => {}
+        }
+    }
+
     fn answer_commit(&mut self, actions: &mut Vec<Action>) {
         let r = match self.rng.next() % 8 {
             0 => Err(Reply::NO_STORAGE),
@@ -423,14 +498,12 @@ impl Harness {
                     "354 without an accepted RCPT"
                 );
                 assert!(self.s.in_data(), "354 but not in DATA");
-                self.m.opened = true;
-                self.m.bare = false;
-                self.m.nul = false;
-                self.m.too_long = false;
-                self.m.write_error = false;
-                self.m.in_headers = true;
-                self.m.hops = 0;
-                self.m.size = 0;
+                assert!(
+                    !self.s.tx().is_some_and(Session::is_binary),
+                    "354 to a BINARYMIME transaction"
+                );
+                self.start_content();
+                self.m.binary = false;
             }
             _ => {}
         }
@@ -473,18 +546,47 @@ impl Harness {
         assert_eq!(tx.size, m.size, "session and harness disagree on the size");
     }
 
+    /// A message was opened: its content starts.
+    fn start_content(&mut self) {
+        self.m.opened = true;
+        self.m.bare = false;
+        self.m.nul = false;
+        self.m.too_long = false;
+        self.m.write_error = false;
+        self.m.in_headers = true;
+        self.m.hops = 0;
+        self.m.size = 0;
+    }
+
     /// Tracks a content line the way RFC 5321 sees it (independently of the session).
     fn saw_data(&mut self, piece: &[u8], first: bool, last: bool, bare: bool) {
         let piece = match first {
             true => piece.strip_prefix(b".").unwrap_or(piece),
             false => piece,
         };
+        self.m.size += piece.len() as u64 + if last { 2 } else { 0 };
+        self.saw_text(piece, first, last, bare);
+    }
+
+    /// A piece of a BDAT chunk (`octets` of the chunk consumed for it): text but in
+    /// the body of a BINARYMIME message, which may hold anything. True when it is
+    /// binary.
+    fn saw_chunk(&mut self, piece: &[u8], first: bool, last: bool, bare: bool, octets: u64) -> bool {
+        self.m.size += octets;
+        if self.m.binary && !self.m.in_headers {
+            return true;
+        }
+        self.saw_text(piece, first, last, bare);
+        false
+    }
+
+    /// The rules of text content for a piece, its dot already removed.
+    fn saw_text(&mut self, piece: &[u8], first: bool, last: bool, bare: bool) {
         if first {
             self.m.line_len = 0;
         }
         self.m.line_len += piece.len();
         self.m.too_long |= self.m.line_len + 2 > MAX_TEXT + 2;
-        self.m.size += piece.len() as u64 + if last { 2 } else { 0 };
         self.m.bare |= bare;
         self.m.nul |= piece.contains(&0);
         if self.m.in_headers && !bare && first {
@@ -599,7 +701,11 @@ fuzz_target!(|data: &[u8]| {
         // Conn::process: feed every buffered line while the session wants input.
         while h.s.wants_input() && !h.m.closed {
             let mut actions = Vec::new();
-            if h.s.in_data() {
+            if h.s.in_chunk() {
+                if !h.chunk(&mut lb, &mut actions) {
+                    break;
+                }
+            } else if h.s.in_data() {
                 match lb.next_text() {
                     Text::Partial => break,
                     Text::Piece {
@@ -633,6 +739,7 @@ fuzz_target!(|data: &[u8]| {
                                 );
                             }
                             DataLine::Drop => {}
+                            DataLine::Raw(..) => panic!("raw octets in DATA"),
                             DataLine::End => {
                                 assert!(end, "End for a piece that is not a lone dot");
                                 let pipelined = lb.pending() > 0;
@@ -703,7 +810,7 @@ fuzz_target!(|data: &[u8]| {
             h.s.state()
         );
         if chaos && h.rng.one_in(32) {
-            if h.s.in_data() && h.rng.one_in(2) {
+            if (h.s.in_data() || h.s.in_chunk()) && h.rng.one_in(2) {
                 // A write to the message file failed.
                 h.s.on_write_error(h.rng.one_in(2));
                 h.m.write_error = true;

@@ -1,6 +1,6 @@
 //! The ESMTP parameters of MAIL and RCPT kept with a transaction and its envelopes:
-//! SIZE, BODY (RFC 6152), SMTPUTF8 (RFC 6531), REQUIRETLS (RFC 8689), RET, ENVID,
-//! NOTIFY and ORCPT (RFC 3461).
+//! SIZE, BODY (RFC 6152, RFC 3030), SMTPUTF8 (RFC 6531), REQUIRETLS (RFC 8689), RET,
+//! ENVID, NOTIFY and ORCPT (RFC 3461).
 
 /// `BODY=` (RFC 6152).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -10,6 +10,9 @@ pub enum Body {
     SevenBit,
     /// `BODY=8BITMIME`.
     EightBitMime,
+    /// `BODY=BINARYMIME` (RFC 3030): the content comes in BDAT chunks, and its body is
+    /// binary: any octet, lines of any length or none.
+    BinaryMime,
 }
 
 /// `RET=` (RFC 3461 §4.3).

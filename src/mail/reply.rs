@@ -45,6 +45,19 @@ impl Reply {
         NEED_MAIL = 503, "5.5.1", "Error: need MAIL command";
         /// DATA before any accepted RCPT.
         NEED_RCPT = 503, "5.5.1", "Error: need RCPT command";
+        /// BDAT without a valid size: where its chunk ends is unknown, so the
+        /// connection is closed after this reply.
+        BDAT_SYNTAX = 501, "5.5.4", "Syntax: BDAT octets [LAST], closing connection";
+        /// DATA after BDAT in one transaction, or for a `BODY=BINARYMIME` message
+        /// (RFC 3030 §3).
+        DATA_NOT_BDAT = 503, "5.5.1", "Error: this transaction takes BDAT, not DATA";
+        /// RCPT after the first BDAT chunk of the transaction.
+        RCPT_AFTER_BDAT = 503, "5.5.1", "Error: RCPT after BDAT";
+        /// BDAT in a session that said HELO: CHUNKING was not offered.
+        BDAT_NEEDS_EHLO = 503, "5.5.1", "Error: BDAT needs EHLO";
+        /// A BINARYMIME body that data-line filters cannot be given (not made of CR LF
+        /// lines, or with a NUL or a line too long for their protocol).
+        BINARY_UNFILTERED = 554, "5.6.1", "Binary content cannot be passed to the content filters";
         /// MAIL syntax.
         MAIL_SYNTAX = 501, "5.5.4", "Syntax: MAIL FROM:<address>";
         /// RCPT syntax.

@@ -12,7 +12,7 @@
 //! for `smtps`, after STARTTLS otherwise, verified by DANE, PKIX or not at all.
 
 use super::client::{Client, ClientOpts, Content, Job, JobDone, ReplyParser, Step, TlsMode};
-use super::wire::{Encoder, MAX_LINE};
+use super::wire::{BinaryEncoder, Encoder, MAX_LINE};
 use crate::linebuf::{Line, LineBuf};
 use crate::nexthop::{Proto, Route, Target};
 use crate::stream::Stream;
@@ -138,6 +138,8 @@ pub struct MtaConn {
     /// The job whose message is being sent, and how far.
     sending: Option<(u64, u64)>,
     encoder: Encoder,
+    /// The encoder of a BINARYMIME message's chunks.
+    binary: BinaryEncoder,
     /// Read buffer for message content.
     chunk: Vec<u8>,
     error: Option<String>,
@@ -175,6 +177,7 @@ impl MtaConn {
             bodies: HashMap::new(),
             sending: None,
             encoder: Encoder::new(None),
+            binary: BinaryEncoder::new(),
             chunk: Vec::new(),
             error: None,
             closed: false,
@@ -526,6 +529,10 @@ impl MtaConn {
                     });
                     self.sending = Some((id, 0));
                 }
+                Step::SendChunks(id) => {
+                    self.binary = BinaryEncoder::new();
+                    self.sending = Some((id, 0));
+                }
                 Step::Scan(id) => {
                     let r = self.scan(id);
                     steps.extend(self.client.scanned(id, r));
@@ -611,6 +618,12 @@ impl MtaConn {
             // Body.
             if self.client.in_body() {
                 progress |= self.fill_body();
+                if self.closed {
+                    return;
+                }
+            }
+            if self.client.in_chunks() {
+                progress |= self.fill_chunks();
                 if self.closed {
                     return;
                 }
@@ -729,6 +742,8 @@ impl MtaConn {
         Ok(progress)
     }
 }
+
+mod chunks;
 
 #[cfg(test)]
 mod tests {

@@ -10,6 +10,8 @@
 //! field's continuation then starts with a space). LMTP delivers locally and gets the
 //! lines intact. The encoder takes the message in chunks of any size and holds at
 //! most one line's worth of bytes.
+//!
+//! A BINARYMIME message goes in BDAT chunks instead ([`BinaryEncoder`]).
 
 /// Longest line sent to an SMTP server, without its CR LF (RFC 5321 §4.5.3.1.6).
 pub const MAX_LINE: usize = 998;
@@ -134,6 +136,45 @@ impl Encoder {
     }
 }
 
+/// Turns a spooled BINARYMIME message into the octets of its BDAT chunks (RFC 3030):
+/// the header section's LF line ends become CR LF (the spool keeps it as text), the
+/// body is sent as it is stored, which is as it came. No dot-stuffing, no folding:
+/// BDAT has neither dots nor line limits.
+#[derive(Debug, Default)]
+pub struct BinaryEncoder {
+    /// The header section is over (its empty line was passed).
+    in_body: bool,
+    /// The last octet of the header section seen was an LF (or none was seen).
+    line_start: bool,
+}
+
+impl BinaryEncoder {
+    /// An encoder at the start of a message.
+    pub fn new() -> BinaryEncoder {
+        BinaryEncoder {
+            in_body: false,
+            line_start: true,
+        }
+    }
+
+    /// Encodes the next chunk of the spooled message onto `out`.
+    pub fn push(&mut self, mut chunk: &[u8], out: &mut Vec<u8>) {
+        while !self.in_body && !chunk.is_empty() {
+            let Some(i) = memchr::memchr(b'\n', chunk) else {
+                out.extend_from_slice(chunk);
+                self.line_start = false;
+                return;
+            };
+            out.extend_from_slice(&chunk[..i]);
+            out.extend_from_slice(b"\r\n");
+            self.in_body = self.line_start && i == 0;
+            self.line_start = true;
+            chunk = &chunk[i + 1..];
+        }
+        out.extend_from_slice(chunk);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -232,5 +273,31 @@ mod tests {
         assert!(unfolded.contains(&"a@b.example, ".repeat(200)));
         let body = String::from_utf8_lossy(b).replace("\r\n", "");
         assert!(body.contains(&"z".repeat(3000)), "{body}");
+    }
+
+    #[test]
+    fn binary_header_gets_cr_lf_and_the_body_is_kept() {
+        let msg: &[u8] = b"Received: x\nSubject: s\n\nbin\r\n\n.\r\x00\n\r";
+        let want: &[u8] = b"Received: x\r\nSubject: s\r\n\r\nbin\r\n\n.\r\x00\n\r";
+        for chunk in 1..=msg.len() {
+            let mut e = BinaryEncoder::new();
+            let mut out = Vec::new();
+            for c in msg.chunks(chunk) {
+                e.push(c, &mut out);
+            }
+            assert_eq!(
+                out.escape_ascii().to_string(),
+                want.escape_ascii().to_string(),
+                "chunk {chunk}"
+            );
+        }
+        // No body: the header section alone, its last line as it is.
+        let mut out = Vec::new();
+        BinaryEncoder::new().push(b"A: b\nC: d", &mut out);
+        assert_eq!(out, b"A: b\r\nC: d");
+        // An empty first line: everything after it is body.
+        let mut out = Vec::new();
+        BinaryEncoder::new().push(b"\nx\ny", &mut out);
+        assert_eq!(out, b"\r\nx\ny");
     }
 }

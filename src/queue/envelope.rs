@@ -55,6 +55,9 @@ pub struct Envelope {
     /// REQUIRETLS (RFC 8689): relayed over verified TLS only, to a server that offers
     /// REQUIRETLS.
     pub requiretls: bool,
+    /// `BODY=BINARYMIME` was given (RFC 3030): the body is stored as it came and goes
+    /// on only with BDAT.
+    pub body_binary: bool,
     /// DSN NOTIFY bits (0 when absent).
     pub dsn_notify: u8,
     /// DSN RET: `FULL`, `HDRS` or empty.
@@ -113,7 +116,14 @@ impl Envelope {
         put("helo", &self.helo);
         put("client", &self.client);
         put("hostname", &self.hostname);
-        put("body", if self.body_8bit { "8bitmime" } else { "7bit" });
+        put(
+            "body",
+            match (self.body_binary, self.body_8bit) {
+                (true, _) => "binarymime",
+                (false, true) => "8bitmime",
+                (false, false) => "7bit",
+            },
+        );
         put("dsn-notify", &self.dsn_notify.to_string());
         put("dsn-ret", &self.dsn_ret);
         put("dsn-envid", &self.dsn_envid);
@@ -191,9 +201,10 @@ impl Envelope {
                     9
                 }
                 "body" => {
-                    e.body_8bit = match v.as_str() {
-                        "7bit" => false,
-                        "8bitmime" => true,
+                    (e.body_8bit, e.body_binary) = match v.as_str() {
+                        "7bit" => (false, false),
+                        "8bitmime" => (true, false),
+                        "binarymime" => (false, true),
                         _ => return Err("bad body".into()),
                     };
                     10

@@ -59,8 +59,9 @@ pub fn make(cfg: &Config, spool: &Spool, n: &Notice, now: u64) -> Result<CommitJ
         envid: &env.dsn_envid,
         arrival_date: &arrival,
         // RFC 8689 §5: a notice about a REQUIRETLS message does not carry its
-        // content over paths that may not protect it: the header section only.
-        ret_full: bounce::return_full(kind, &env.dsn_ret) && !env.requiretls,
+        // content over paths that may not protect it; a binary body (RFC 3030) cannot
+        // go in a text notice: the header section only, then.
+        ret_full: bounce::return_full(kind, &env.dsn_ret) && !env.requiretls && !env.body_binary,
         rcpts: &reports,
     };
     let result = bounce::render(

@@ -1,4 +1,5 @@
-//! SMTP command parsing (RFC 5321 §4.1, RFC 1870, RFC 6152, RFC 3461, RFC 6531).
+//! SMTP command parsing (RFC 5321 §4.1, RFC 1870, RFC 6152, RFC 3461, RFC 6531,
+//! RFC 3030).
 //!
 //! The parser borrows the line and never allocates for a valid command except for the
 //! mailbox it returns. It fails closed: anything that is not a well-formed path is an
@@ -37,6 +38,8 @@ pub enum Command<'a> {
     Starttls,
     /// `AUTH mechanism [initial-response]` (RFC 4954).
     Auth(&'a str, Option<&'a str>),
+    /// `BDAT octets [LAST]` (RFC 3030): a chunk of that many octets follows the line.
+    Bdat(u64, bool),
 }
 
 /// Why a line is not a valid command; each maps to one reply.
@@ -66,6 +69,8 @@ pub enum ParseError {
         /// The command is RCPT.
         rcpt: bool,
     },
+    /// BDAT whose arguments are not `octets [LAST]`: where its chunk ends is unknown.
+    BdatSyntax,
 }
 
 impl ParseError {
@@ -83,6 +88,7 @@ impl ParseError {
             ParseError::AuthSyntax => Reply::AUTH_SYNTAX,
             ParseError::NotUtf8 { rcpt: false } => Reply::SENDER_NOT_UTF8,
             ParseError::NotUtf8 { rcpt: true } => Reply::RCPT_NOT_UTF8,
+            ParseError::BdatSyntax => Reply::BDAT_SYNTAX,
         }
     }
 }
@@ -149,6 +155,9 @@ impl<'a> Command<'a> {
         if is("EXPN") {
             return Ok(Command::Expn);
         }
+        if is("BDAT") {
+            return parse_bdat(rest);
+        }
         if is("AUTH") {
             let mut words = rest.split(' ');
             let mech = words.next().unwrap_or("");
@@ -178,6 +187,34 @@ fn not_utf8(line: &[u8]) -> ParseError {
     } else {
         ParseError::Unknown
     }
+}
+
+/// Whether `line` is a BDAT command, whatever its arguments: a line that cannot be
+/// read as a command but names BDAT leaves the server not knowing where its chunk ends.
+pub fn is_bdat(line: &[u8]) -> bool {
+    line.get(..4)
+        .is_some_and(|v| v.eq_ignore_ascii_case(b"BDAT"))
+        && matches!(line.get(4), None | Some(b' '))
+}
+
+/// The arguments of BDAT: the chunk's size in octets (digits, at most 20 of them, as
+/// for SIZE=), then optionally `LAST`.
+fn parse_bdat(rest: &str) -> Result<Command<'_>, ParseError> {
+    let mut words = rest.split(' ').filter(|w| !w.is_empty());
+    let size = words
+        .next()
+        .filter(|n| n.len() <= 20 && n.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|n| n.parse::<u64>().ok())
+        .ok_or(ParseError::BdatSyntax)?;
+    let last = match words.next() {
+        None => false,
+        Some(w) if w.eq_ignore_ascii_case("LAST") => true,
+        Some(_) => return Err(ParseError::BdatSyntax),
+    };
+    if words.next().is_some() {
+        return Err(ParseError::BdatSyntax);
+    }
+    Ok(Command::Bdat(size, last))
 }
 
 /// Splits `FROM:<path> params` into the path (with brackets) and the parameter string.
@@ -254,6 +291,8 @@ fn parse_mail_params(s: &str) -> Result<MailParams, ParseError> {
                     Body::SevenBit
                 } else if v.eq_ignore_ascii_case("8BITMIME") {
                     Body::EightBitMime
+                } else if v.eq_ignore_ascii_case("BINARYMIME") {
+                    Body::BinaryMime
                 } else {
                     return Err(bad(key));
                 };
@@ -440,6 +479,41 @@ mod tests {
         assert_eq!(p.body, Body::EightBitMime);
         assert_eq!(p.ret, Some(Ret::Hdrs));
         assert_eq!(p.envid.as_deref(), Some("x+2By"));
+        assert_eq!(ok(b"MAIL FROM:<> body=binarymime").1.body, Body::BinaryMime);
+    }
+
+    #[test]
+    fn bdat() {
+        for (line, want) in [
+            (&b"BDAT 0 LAST"[..], Command::Bdat(0, true)),
+            (b"bdat 1000", Command::Bdat(1000, false)),
+            (b"BDAT 0010 last", Command::Bdat(10, true)),
+            (b"BDAT  5  LAST ", Command::Bdat(5, true)),
+            (b"BDAT 18446744073709551615", Command::Bdat(u64::MAX, false)),
+        ] {
+            assert_eq!(Command::parse(line), Ok(want));
+            assert!(is_bdat(line));
+        }
+        for line in [
+            &b"BDAT"[..],
+            b"BDAT ",
+            b"BDAT x",
+            b"BDAT -1",
+            b"BDAT +1",
+            b"BDAT 1 LASTX",
+            b"BDAT 1 LAST x",
+            b"BDAT 1x",
+            b"BDAT 18446744073709551616",
+            b"BDAT 000000000000000000001",
+        ] {
+            assert_eq!(
+                Command::parse(line),
+                Err(ParseError::BdatSyntax),
+                "{line:?}"
+            );
+            assert!(is_bdat(line), "{line:?}");
+        }
+        assert!(!is_bdat(b"BDATX 1") && !is_bdat(b"BDA") && is_bdat(b"bdat"));
     }
 
     #[test]
@@ -471,7 +545,7 @@ mod tests {
                 ParseError::BadParam("SIZE".into()),
             ),
             (
-                b"MAIL FROM:<a@b.c> BODY=BINARYMIME",
+                b"MAIL FROM:<a@b.c> BODY=BINARY",
                 ParseError::BadParam("BODY".into()),
             ),
             (

@@ -18,8 +18,6 @@ use std::time::Instant;
 const INBUF: usize = 16 * 1024;
 /// Message bytes gathered before one write(2).
 const MSG_CHUNK: usize = 64 * 1024;
-/// Longest content line a data filter is given (the protocol's string limit).
-const MAX_FILTER_LINE: usize = u16::MAX as usize;
 /// Unsent reply bytes above which no more input is taken.
 const OUT_HIGH: usize = 64 * 1024;
 
@@ -135,6 +133,8 @@ pub struct Conn {
     /// What the next negative reply answers, for the counters: the last command's
     /// verb, `connect` or `message`.
     phase: &'static str,
+    /// The last BDAT command line, for the log of the reply given after its chunk.
+    bdat_line: Vec<u8>,
 }
 
 /// Lines gathered before they are sent to a filter.
@@ -150,6 +150,8 @@ fn esc(b: &[u8]) -> String {
 }
 
 mod auth;
+mod chunk;
+mod content;
 mod message;
 mod tls;
 
@@ -197,6 +199,7 @@ impl Conn {
             rearm: false,
             held_auth: None,
             phase: "connect",
+            bdat_line: Vec::new(),
         };
         for a in actions {
             match a {
@@ -394,41 +397,6 @@ impl Conn {
                     } => (bytes, first, last, bare),
                 };
                 match self.session.on_data(bytes, first, last, bare) {
-                    DataLine::Store(b) if !self.filters.data_chain.is_empty() => {
-                        if first && last {
-                            self.filters.batch_bytes += b.len();
-                            self.filters.batch.push(b);
-                        } else if self.filters.long_line.len() + b.len() > MAX_FILTER_LINE {
-                            // The filter protocol carries lines of up to 64 KiB.
-                            self.filters.long_line = Vec::new();
-                            self.session.on_data_too_long();
-                        } else {
-                            self.filters.long_line.extend_from_slice(b);
-                            if last {
-                                let line = std::mem::take(&mut self.filters.long_line);
-                                self.filters.batch_bytes += line.len();
-                                self.filters.batch.push(&line);
-                            }
-                        }
-                    }
-                    DataLine::Store(b) => {
-                        if let Some(m) = self.msg.as_mut() {
-                            if !m.failed {
-                                m.buf.extend_from_slice(b);
-                                if last {
-                                    m.buf.push(b'\n');
-                                }
-                                if m.buf.len() >= MSG_CHUNK {
-                                    write_chunk(ctx.spool, m, &mut self.session);
-                                }
-                            }
-                        }
-                    }
-                    DataLine::Drop => {
-                        if last {
-                            self.filters.long_line = Vec::new();
-                        }
-                    }
                     DataLine::End if !self.filters.data_chain.is_empty() => {
                         if self.filters.observe {
                             self.filters.report_data_end();
@@ -445,6 +413,18 @@ impl Conn {
                         self.session.on_data_end(pipelined, &mut self.actions);
                         self.run_actions(ctx, Some(b"."));
                     }
+                    piece => content::store(
+                        ctx.spool,
+                        &mut self.filters,
+                        &mut self.msg,
+                        &mut self.session,
+                        piece,
+                        (first, last, bare),
+                    ),
+                }
+            } else if self.session.in_chunk() {
+                if !self.read_chunk(ctx) {
+                    break;
                 }
             } else {
                 let max = self
@@ -468,7 +448,18 @@ impl Conn {
                         if regress_panic(bytes) {
                             panic!("a session panics on request of the regress suite");
                         }
-                        if bare {
+                        if super::command::is_bdat(bytes) {
+                            // Kept for the log of a refusal given after the chunk.
+                            self.bdat_line.clear();
+                            self.bdat_line.extend_from_slice(&shown);
+                        }
+                        if bare
+                            && super::command::is_bdat(bytes)
+                            && !self.session.in_auth_exchange()
+                        {
+                            // Where its chunk ends is unknown.
+                            self.session.close(Reply::BDAT_SYNTAX, &mut self.actions);
+                        } else if bare {
                             self.session
                                 .on_bad_line(Reply::BARE_NEWLINE_COMMAND, &mut self.actions);
                         } else {
@@ -557,12 +548,17 @@ impl Conn {
                         if let Some(m) = self.msg.as_mut() {
                             m.buf.extend_from_slice(header.as_bytes());
                         }
+                        self.content_opened();
                     }
                 }
                 Action::Commit => self.commit(ctx),
                 Action::Discard => {
                     if let Some(m) = self.msg.take() {
                         ctx.spool.discard(m.id);
+                    }
+                    if self.session.state() != State::Quit {
+                        // A chunked message dropped before its LAST chunk.
+                        self.filters.abandon();
                     }
                     if self.filters.observe {
                         self.filters.report(Report::Rollback(None));

@@ -35,6 +35,15 @@ pub struct FilterSide {
     pub(super) filtered_bytes: u64,
     /// Lines were just sent to a filter: input held back may be taken now.
     pub(super) resume: bool,
+    /// The message's body is binary (BINARYMIME): the filters' lines after the header
+    /// section are stored with CR LF, as the body came.
+    binary_body: bool,
+    /// The filters' output passed the end of the header section.
+    filtered_in_body: bool,
+    /// The message was dropped before its end (a chunked message refused or reset
+    /// before its LAST chunk): the chain still gets its end, and its result is
+    /// ignored.
+    pub(super) abandoned: bool,
     /// Events for observing filters since the loop last took them.
     reports: Vec<Report>,
     /// The transaction events of OpenSMTPD's reports, from commands and replies.
@@ -80,6 +89,49 @@ impl FilterSide {
             }
         };
         self.tracker.reply(text, new_id, &mut self.reports);
+    }
+
+    /// A message was opened: `binary`, its body is BINARYMIME; `chunked`, by BDAT,
+    /// whose first chunk is where OpenSMTPD's reports have the transaction's data
+    /// begin (`tx-data`), since it has no 354.
+    pub(super) fn content_opened(&mut self, binary: bool, chunked: bool) {
+        self.binary_body = binary;
+        self.filtered_in_body = false;
+        if chunked && !self.chain.is_empty() {
+            if let Some(id) = self.tracker.msgid() {
+                self.reports
+                    .push(Report::Text(TextReport::TxData(id, "ok")));
+            }
+        }
+    }
+
+    /// The open message was dropped while its lines were going through the data
+    /// filters: the chain gets the end of them, and its output and verdict are
+    /// ignored; input waits for that end.
+    pub(super) fn abandon(&mut self) {
+        if !self.data_chain.is_empty() && self.data_end.is_none() {
+            self.long_line = Vec::new();
+            self.data_end = Some(false);
+            self.abandoned = true;
+        }
+    }
+
+    /// Appends lines the last data filter returned to `buf`, as the spool keeps them:
+    /// LF line ends, but CR LF in the body of a binary message.
+    pub(super) fn filtered_into(&mut self, lines: &Lines, buf: &mut Vec<u8>) {
+        if !self.binary_body {
+            buf.extend_from_slice(lines.text());
+            return;
+        }
+        for l in lines.iter() {
+            buf.extend_from_slice(l);
+            if self.filtered_in_body {
+                buf.extend_from_slice(b"\r\n");
+            } else {
+                buf.push(b'\n');
+                self.filtered_in_body = l.is_empty();
+            }
+        }
     }
 
     /// The client's final dot (reported by OpenSMTPD's protocol only).

@@ -2,11 +2,19 @@
 //!
 //! ```text
 //!  Connected --EHLO/HELO--> Ready --MAIL--> Mail --RCPT*--> Mail --DATA--> Data
-//!      ^                      ^  ^                                           |
-//!      |                      |  '---------- reply to "." (250 or error) ---+-- Commit
+//!      ^                      ^  ^                             |  ^          |
+//!      |                      |  |                        BDAT |  | (250)    |
+//!      |                      |  |                             v  |          |
+//!      |                      |  |                           Chunk --LAST----+
+//!      |                      |  '---------- reply to "." or LAST (250 or error) -- Commit
 //!      '---- (EHLO again) ----'                                              (fsync)
 //!  any --QUIT / limit / timeout--> Quit
 //! ```
+//!
+//! `Chunk` is the byte-count mode of RFC 3030: the octets of a BDAT chunk follow its
+//! command line, their count is the only thing that ends them, and the glue reads
+//! them with [`crate::linebuf::LineBuf::next_chunk`] (or discards those of a refused
+//! chunk with `skip`) until [`Session::chunk_left`] is 0 (`session/chunk.rs`).
 //!
 //! The glue (`smtp::conn`) feeds command lines to [`Session::on_line`], data lines to
 //! [`Session::on_data`], and answers the [`Action`]s it gets: it writes replies,
@@ -27,12 +35,15 @@ use crate::mail::Peer;
 use std::collections::VecDeque;
 
 mod auth;
+mod chunk;
 mod data;
 mod lookup;
 mod options;
 mod tls;
 
 use crate::lookup::{AuthCheck, Lookup};
+use chunk::Chunk;
+pub use chunk::ChunkStep;
 pub use lookup::EnvelopeEdit;
 
 /// What the glue must do, in order.
@@ -149,6 +160,9 @@ pub enum State {
     Mail,
     /// After 354: data lines until ".".
     Data,
+    /// Reading the octets of a BDAT chunk (RFC 3030), by count; after a LAST chunk,
+    /// until the message's end is decided.
+    Chunk,
     /// The message is being made durable; no input is read.
     Commit,
     /// Closing.
@@ -187,6 +201,8 @@ pub struct Tx {
     hops: usize,
     /// Octets of the content line in progress so far (unstuffed, no line end).
     line_len: usize,
+    /// The message was opened by a BDAT chunk: DATA and RCPT are out of sequence.
+    chunked: bool,
     /// A filter marked the transaction as spam.
     pub junk: bool,
     /// A filter quarantined the message: it is held in the queue, with this reason.
@@ -222,6 +238,9 @@ pub enum DataLine<'a> {
     /// Store these bytes (dot-unstuffed), followed by a line end when the piece ends
     /// its line.
     Store(&'a [u8]),
+    /// Store these bytes as they came (the body of a BINARYMIME message), followed by
+    /// CR LF when the flag says that the piece ended with one.
+    Raw(&'a [u8], bool),
     /// Drop the line: the message is already refused.
     Drop,
     /// The lone "."; [`Session::on_data_end`] must be called.
@@ -254,6 +273,8 @@ pub struct Session {
     auth: auth::AuthState,
     /// The listener's `mask-src` and `no-dsn` (`session/options.rs`).
     options: crate::config::SessionOptions,
+    /// The BDAT chunk being read, or waiting for its message to be opened.
+    chunk: Option<Chunk>,
 }
 
 impl Session {
@@ -277,6 +298,7 @@ impl Session {
             tls: None,
             auth: auth::AuthState::default(),
             options: crate::config::SessionOptions::default(),
+            chunk: None,
         };
         if !s.ask(Phase::Connect, String::new(), Pending::Connect, out) {
             s.banner(out);
@@ -348,6 +370,9 @@ impl Session {
                     out.push(Action::Discard);
                     self.tx = None;
                     self.enter(State::Ready);
+                }
+                if matches!(p, Pending::Data) && self.chunk.is_some() {
+                    return self.refuse_chunk(r, out);
                 }
                 return self.fail(r, out);
             }
@@ -482,11 +507,14 @@ impl Session {
 
     /// Feeds one command line (CR LF stripped, checked for bare CR/LF and NUL).
     pub fn on_line(&mut self, line: &[u8], out: &mut Vec<Action>) {
-        debug_assert!(self.wants_input() && !self.in_data());
+        debug_assert!(self.wants_input() && !self.in_data() && !self.in_chunk());
         if self.in_auth_exchange() {
             return self.auth_line(line, out);
         }
         if memchr::memchr(0, line).is_some() {
+            if super::command::is_bdat(line) {
+                return self.close(Reply::BDAT_SYNTAX, out);
+            }
             return self.fail(Reply::NUL_COMMAND, out);
         }
         if self.too_long(line) {
@@ -494,8 +522,14 @@ impl Session {
         }
         let cmd = match Command::parse(line) {
             Ok(c) => c,
+            // The chunk's end is unknown: its octets must never be read as commands.
+            Err(ParseError::BdatSyntax) => return self.close(Reply::BDAT_SYNTAX, out),
             Err(e) => return self.fail(e.reply(), out),
         };
+        // Whatever the verdict on a BDAT, its chunk is read (or skipped) by count.
+        if let Command::Bdat(size, last) = cmd {
+            return self.bdat(size, last, self.needs_tls_first(&cmd), out);
+        }
         // RFC 3207 §4: a listener that requires TLS takes no mail before it.
         if self.needs_tls_first(&cmd) {
             return self.fail(Reply::TLS_REQUIRED, out);
@@ -507,15 +541,12 @@ impl Session {
             Command::Rcpt(addr, params) => self.rcpt(addr, params, out),
             Command::Data => self.data(out),
             Command::Rset => {
-                if self.state == State::Mail {
-                    self.tx = None;
-                    self.enter(State::Ready);
-                }
+                self.drop_tx(out);
                 out.push(Action::Reply(Reply::OK));
             }
             Command::Noop => out.push(Action::Reply(Reply::OK)),
             Command::Quit => {
-                self.tx = None;
+                self.drop_tx(out);
                 out.push(Action::Reply(Reply::BYE));
                 out.push(Action::Close);
                 self.enter(State::Quit);
@@ -528,6 +559,18 @@ impl Session {
             Command::Vrfy | Command::Expn => self.fail(Reply::NOT_IMPLEMENTED, out),
             Command::Starttls => self.starttls(out),
             Command::Auth(mech, initial) => self.auth(mech, initial, out),
+            Command::Bdat(..) => {}
+        }
+    }
+
+    /// Ends the transaction, if any (RSET, HELO/EHLO, QUIT): its message, if one was
+    /// opened (by a BDAT chunk), is removed.
+    fn drop_tx(&mut self, out: &mut Vec<Action>) {
+        if self.tx.take().is_some_and(|t| t.msgid.is_some()) {
+            out.push(Action::Discard);
+        }
+        if self.state == State::Mail {
+            self.enter(State::Ready);
         }
     }
 
@@ -544,7 +587,7 @@ impl Session {
 
     fn greet_proceed(&mut self, name: &str, esmtp: bool, out: &mut Vec<Action>) {
         // RFC 5321 §4.1.4: HELO/EHLO resets any transaction.
-        self.tx = None;
+        self.drop_tx(out);
         self.helo = name.to_string();
         self.esmtp = esmtp;
         let addr = self
@@ -572,6 +615,8 @@ impl Session {
             {
                 text.push_str(&format!("\nLIMITS RCPTMAX={r} MAILMAX={m}"));
             }
+            // RFC 3030: BDAT, and bodies that only BDAT can carry.
+            text.push_str("\nCHUNKING\nBINARYMIME");
             if self.offers_starttls() {
                 text.push_str("\nSTARTTLS");
             }
@@ -689,6 +734,9 @@ impl Session {
             };
             return self.fail(r, out);
         };
+        if tx.chunked {
+            return self.fail(Reply::RCPT_AFTER_BDAT, out);
+        }
         if !self.esmtp && params != RcptParams::default() {
             return self.fail(
                 ParseError::BadParam("parameters need EHLO".into()).reply(),
@@ -731,6 +779,14 @@ impl Session {
             State::Ready => return self.fail(Reply::NEED_MAIL, out),
             _ => {}
         }
+        // RFC 3030 §3: a BINARYMIME message, or one begun with BDAT, takes no DATA.
+        if self
+            .tx
+            .as_ref()
+            .is_some_and(|t| t.chunked || t.params.body == Body::BinaryMime)
+        {
+            return self.fail(Reply::DATA_NOT_BDAT, out);
+        }
         if self.tx.as_ref().is_none_or(|t| t.rcpts.is_empty()) {
             return self.fail(Reply::NEED_RCPT, out);
         }
@@ -748,9 +804,15 @@ impl Session {
         match r {
             Ok(msgid) => {
                 tx.msgid = Some(msgid);
-                out.push(Action::Reply(Reply::START_DATA));
-                self.enter(State::Data);
+                if self.chunk.is_some() {
+                    // BDAT: the chunk's octets follow at once, no 354.
+                    self.enter(State::Chunk);
+                } else {
+                    out.push(Action::Reply(Reply::START_DATA));
+                    self.enter(State::Data);
+                }
             }
+            Err(reply) if self.chunk.is_some() => self.refuse_chunk(reply, out),
             Err(reply) => {
                 self.tx = None;
                 self.enter(State::Ready);
@@ -773,6 +835,11 @@ impl Session {
     /// address is UTF-8 (a filter's rewrite may make one).
     pub fn is_smtputf8(tx: &Tx) -> bool {
         tx.params.smtputf8 || !tx.sender.is_ascii() || tx.rcpts.iter().any(|r| !r.addr.is_ascii())
+    }
+
+    /// Whether the client declared binary content (`BODY=BINARYMIME`).
+    pub fn is_binary(tx: &Tx) -> bool {
+        tx.params.body == Body::BinaryMime
     }
 }
 

@@ -40,6 +40,19 @@ pub(super) struct Dialog {
     pub(super) auth_reports: Vec<String>,
 }
 
+/// The client of the tests: 192.0.2.7, no name, no TLS, to mx.example.org.
+pub(super) fn test_client() -> Peer {
+    Peer {
+        addr: Some(std::net::IpAddr::from([192, 0, 2, 7])),
+        local: false,
+        server_name: "mx.example.org".into(),
+        tag: None,
+        hostname: None,
+        tls: false,
+        auth: None,
+    }
+}
+
 pub(super) fn limits() -> Limits {
     Limits {
         max_message_size: 1000,
@@ -61,16 +74,7 @@ impl Dialog {
     /// A dialog whose filter chain decides the `hooks` events.
     pub(super) fn with_hooks(hooks: u32) -> Self {
         let mut out = Vec::new();
-        let client = Peer {
-            addr: Some(std::net::IpAddr::from([192, 0, 2, 7])),
-            local: false,
-            server_name: "mx.example.org".into(),
-            tag: None,
-            hostname: None,
-            tls: false,
-            auth: None,
-        };
-        let s = Session::new(7, client, limits(), hooks, &mut out);
+        let s = Session::new(7, test_client(), limits(), hooks, &mut out);
         let mut d = Dialog {
             s,
             out,
@@ -106,7 +110,7 @@ impl Dialog {
             };
             if self.s.in_data() {
                 match self.s.on_data(line.as_bytes(), true, true, false) {
-                    DataLine::Store(b) => self.stored.push(b.to_vec()),
+                    DataLine::Store(b) | DataLine::Raw(b, _) => self.stored.push(b.to_vec()),
                     DataLine::Drop => {}
                     DataLine::End => self.s.on_data_end(false, &mut self.out),
                 }

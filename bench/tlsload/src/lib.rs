@@ -1,6 +1,6 @@
-//! TLS load generators for `bench/run` (see bench/README.md): Postfix's smtp-source
-//! speaks no TLS, so the TLS phase drives the servers with these. They are not part of
-//! smtpd.
+//! Load generators for `bench/run` (see bench/README.md): Postfix's smtp-source speaks
+//! neither TLS nor BDAT, so the TLS and BDAT phases drive the servers with these. They
+//! are not part of smtpd.
 //!
 //! - `tls-source`: smtp-source's options (`-d -s -m -l -M -f -t`), every session over
 //!   STARTTLS; each message's 250 checked.
@@ -8,6 +8,8 @@
 //!   connection each, for a bounded time; each ends with the 220 greeting.
 //! - `tls-hold`: opens N sessions that completed STARTTLS and EHLO, and holds them
 //!   (the memory measure).
+//! - `chunk-source`: smtp-source's options in plain text, each message sent with DATA
+//!   or with BDAT (RFC 3030): the `bdat` phase.
 //!
 //! Threads, blocking sockets with time limits, no async runtime. The certificate is not
 //! verified (the benchmark's is self-signed) but the handshake is: the server's
@@ -18,6 +20,7 @@
 
 pub mod message;
 pub mod smtp;
+pub mod source;
 pub mod tls;
 
 use std::fmt;

@@ -37,6 +37,10 @@ pub struct Caps {
     pub enhanced: bool,
     /// LIMITS (RFC 9422): what the server takes at most.
     pub limits: Limits,
+    /// CHUNKING (RFC 3030): BDAT.
+    pub chunking: bool,
+    /// BINARYMIME (RFC 3030).
+    pub binarymime: bool,
 }
 
 /// The limits of a LIMITS keyword (RFC 9422 §5); `None` when not given (or not a
@@ -134,6 +138,10 @@ impl Caps {
                 c.enhanced = true;
             } else if is("LIMITS") {
                 c.limits = Limits::parse(words);
+            } else if is("CHUNKING") {
+                c.chunking = true;
+            } else if is("BINARYMIME") {
+                c.binarymime = true;
             }
         }
         c
@@ -203,6 +211,8 @@ mod tests {
                 requiretls: false,
                 enhanced: true,
                 limits: Limits::default(),
+                chunking: true,
+                binarymime: false,
             }
         );
         assert!(c.offers_auth("PLAIN") && !c.offers_auth("XOAUTH2"));

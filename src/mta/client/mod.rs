@@ -9,6 +9,7 @@
 //! [TlsConnect] -> Greeting -> Ehlo [-> Helo] [-> StartTls -> TlsWait -> Ehlo]
 //!              [-> Auth] -> Ready <-------------------------------------------+
 //! Ready --a ready job--> [Scan] -> Tx (MAIL, RCPT..., DATA) -> Body -> Dot ---+
+//!                                  Tx (MAIL, RCPT...) -> Chunks (BDAT) -> Dot +
 //!                                  Tx: MAIL refused (job done) --------------+
 //!                                  Tx: nothing accepted, DATA refused -> Rset +
 //!                                  Tx: 354 with nothing accepted -> LoneDot -> Rset
@@ -22,11 +23,18 @@
 //! BODY=8BITMIME, SMTPUTF8 and the DSN parameters go on MAIL and RCPT when offered
 //! (`params.rs`). Before MAIL, a job the server cannot take fails without being tried:
 //! a message over the server's SIZE, 8-bit content for a server without 8BITMIME, a
-//! non-ASCII address for a server without SMTPUTF8, and a message received with
-//! SMTPUTF8 whose header section is UTF-8 for one without it (RFC 6531 §3.2: it is
-//! not downgraded, 553 5.6.7). What the content holds is asked of the glue only then,
-//! on [`Step::Scan`]. STARTTLS and AUTH come between EHLO and the first MAIL
-//! (`setup.rs`).
+//! non-ASCII address for a server without SMTPUTF8, a message received with SMTPUTF8
+//! whose header section is UTF-8 for one without it (RFC 6531 §3.2: it is not
+//! downgraded, 553 5.6.7), a BINARYMIME message for a server without CHUNKING and
+//! BINARYMIME. What the content holds is asked of the glue only then, on
+//! [`Step::Scan`]. STARTTLS and AUTH come between EHLO and the first MAIL (`setup.rs`).
+//!
+//! A BINARYMIME message (RFC 3030) never goes with DATA: after the replies to RCPT,
+//! the glue sends it in BDAT chunks (`chunks.rs`), the last one marked LAST, whose
+//! reply counts as the final dot's; with PIPELINING over SMTP the chunks follow each
+//! other without waiting, else each waits for the reply to the one before. A chunk
+//! refused ends the transaction: no chunk follows, and RSET comes once every chunk
+//! sent was answered.
 //!
 //! Every recipient of a job ends with an [`Outcome`]: the reply to its RCPT when that
 //! refused it, else the reply to the final dot (LMTP gives one per accepted recipient,
@@ -42,12 +50,15 @@
 //! [`Client::failed_before_mail`] tells whether that happened before any MAIL (another
 //! server of the destination may do better).
 
+mod chunks;
 mod ehlo;
 pub mod params;
 pub mod reply;
 mod setup;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_chunks;
 #[cfg(test)]
 mod tests_ext;
 mod tx;
@@ -142,6 +153,8 @@ pub struct Job {
     /// REQUIRETLS (RFC 8689): sent only over verified TLS, to a server that offers
     /// REQUIRETLS, with the parameter.
     pub requiretls: bool,
+    /// The client said `BODY=BINARYMIME`: the message goes only in BDAT chunks.
+    pub body_binary: bool,
     /// DSN RET as received (`FULL`, `HDRS`) or empty.
     pub ret: String,
     /// DSN ENVID as received (xtext) or empty.
@@ -201,6 +214,11 @@ pub enum Step {
     /// Send this job's message content from its start, then the final dot, then call
     /// [`Client::body_sent`].
     SendBody(u64),
+    /// Send this job's message in BDAT chunks (RFC 3030), as it is in the spool but
+    /// for the CR LF line ends of its header section: each chunk while
+    /// [`Client::may_send_chunk`] says so, then [`Client::chunk_sent`]; the last one
+    /// with LAST.
+    SendChunks(u64),
     /// Find what this job's message holds ([`Content`]) and tell [`Client::scanned`].
     Scan(u64),
     /// The server said 220 to STARTTLS: start the TLS handshake (after checking that
@@ -237,6 +255,8 @@ enum State {
     /// Commands of a transaction wait for their replies.
     Tx,
     Body,
+    /// BDAT chunks being sent (the glue streams them); their replies come meanwhile.
+    Chunks,
     Dot,
     /// A lone dot after a 354 with no recipient accepted.
     LoneDot,
@@ -519,6 +539,9 @@ impl Client {
             State::StartTls => self.on_starttls(r, &mut out),
             State::Auth(step) => self.on_auth(step, r, &mut out),
             State::Tx => self.on_tx_reply(r, &mut out),
+            State::Chunks | State::Dot if self.tx.chunk_replies > 0 => {
+                self.on_chunk_reply(r, &mut out)
+            }
             State::Dot => self.on_dot(r, &mut out),
             State::LoneDot => self.rset(&mut out),
             State::Rset if r.positive() => self.next(&mut out),
@@ -531,7 +554,12 @@ impl Client {
                 self.state = State::Done;
             }
             State::Done => out.push(Step::Close),
-            State::TlsConnect | State::TlsWait | State::Ready | State::Scan | State::Body => {
+            State::TlsConnect
+            | State::TlsWait
+            | State::Ready
+            | State::Scan
+            | State::Body
+            | State::Chunks => {
                 // Nothing was asked: a server that speaks out of turn cannot be
                 // trusted with what follows.
                 let why = format!("unexpected reply {} from {}", r.line(), self.server);

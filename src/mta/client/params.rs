@@ -1,5 +1,6 @@
 //! The parameters of MAIL FROM and RCPT TO the client gives, each only when the server
-//! announced its extension: SIZE (RFC 1870), BODY=8BITMIME (RFC 6152), SMTPUTF8 (RFC
+//! announced its extension: SIZE (RFC 1870), BODY=8BITMIME (RFC 6152) or BINARYMIME
+//! (RFC 3030), SMTPUTF8 (RFC
 //! 6531), and the DSN parameters RET, ENVID, NOTIFY and ORCPT (RFC 3461), whose values
 //! are xtext (RFC 3461 §4).
 
@@ -44,7 +45,10 @@ pub fn mail(job: &Job, caps: &Caps, size: u64, eight_bit: bool, utf8: bool, dsn:
     if caps.size.is_some() {
         p.push_str(&format!(" SIZE={size}"));
     }
-    if eight_bit && caps.eightbitmime {
+    if job.body_binary {
+        // Only ever sent to a server that offers it (`Client::refusal`).
+        p.push_str(" BODY=BINARYMIME");
+    } else if eight_bit && caps.eightbitmime {
         p.push_str(" BODY=8BITMIME");
     }
     if utf8 && caps.smtputf8 {
@@ -128,6 +132,7 @@ mod tests {
             body_8bit: false,
             smtputf8: false,
             requiretls: false,
+            body_binary: false,
             ret: "hdrs".into(),
             envid: "QQ+2Bx".into(),
         }

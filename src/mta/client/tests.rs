@@ -71,6 +71,8 @@ impl Dialog {
                     sent.push(format!("<body {id}>"));
                     self.c.body_sent();
                 }
+                // The chunks go when the test says (`tests_chunks.rs`).
+                Step::SendChunks(id) => sent.push(format!("<chunks {id}>")),
                 Step::Scan(id) => {
                     self.scans.push(id);
                     if self.auto_scan {

@@ -35,6 +35,10 @@ pub(super) struct Tx {
     full: bool,
     /// Replies to the final dot still expected.
     pub(super) dot_replies: usize,
+    /// Replies to BDAT chunks other than the LAST one still expected.
+    pub(super) chunk_replies: usize,
+    /// A BDAT chunk was refused: the outcome of the accepted recipients, and the reply.
+    pub(super) chunk_failed: Option<(Outcome, String)>,
 }
 
 /// The recipients (indices among `rcpts`) of the next transaction: `todo` cut at the
@@ -172,6 +176,16 @@ impl Client {
                 Some(_) => {}
             }
         }
+        // RFC 3030 §3: binary content goes only in BDAT chunks, to a server that takes
+        // it; none is converted.
+        if js.job.body_binary {
+            if self.caps.chunking && self.caps.binarymime {
+                return None;
+            }
+            return Some(Ok(Outcome::PermFail(format!(
+                "554 5.6.3 conversion of binary content needed and not done: {name} does not offer CHUNKING and BINARYMIME"
+            ))));
+        }
         // RFC 6152 §3: 8-bit content goes only to a server that offers 8BITMIME; a
         // relay may bounce what it does not convert. LMTP delivers locally: intact.
         if self.proto == Proto::Smtp && !self.caps.eightbitmime {
@@ -194,6 +208,7 @@ impl Client {
             return;
         };
         let dsn = self.proto == Proto::Smtp;
+        let binary = js.job.body_binary;
         let p = params::mail(
             &js.job,
             &self.caps,
@@ -216,8 +231,11 @@ impl Client {
             while self.tx.sent < self.tx.todo.len() {
                 self.send_rcpt(out);
             }
-            out.push(Step::Send("DATA".into()));
-            self.tx.pending.push_back(Cmd::Data);
+            // BDAT waits for the replies to RCPT (`step`).
+            if !binary {
+                out.push(Step::Send("DATA".into()));
+                self.tx.pending.push_back(Cmd::Data);
+            }
         }
     }
 
@@ -324,8 +342,16 @@ impl Client {
             self.front_done(out);
             return self.rset(out);
         }
-        out.push(Step::Send("DATA".into()));
-        self.tx.pending.push_back(Cmd::Data);
+        match self.jobs.front() {
+            Some(js) if js.job.body_binary => {
+                out.push(Step::SendChunks(js.job.id));
+                self.state = State::Chunks;
+            }
+            _ => {
+                out.push(Step::Send("DATA".into()));
+                self.tx.pending.push_back(Cmd::Data);
+            }
+        }
     }
 
     fn on_data(&mut self, r: &ServerReply, out: &mut Vec<Step>) {
@@ -368,6 +394,10 @@ impl Client {
     }
 
     pub(super) fn on_dot(&mut self, r: &ServerReply, out: &mut Vec<Step>) {
+        if let Some(failed) = self.tx.chunk_failed.take() {
+            // An earlier chunk was refused: so is the message, whatever LAST got.
+            return self.chunks_refused(failed, out);
+        }
         let Some(js) = self.jobs.front_mut() else {
             return self.next(out);
         };

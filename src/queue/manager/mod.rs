@@ -504,6 +504,7 @@ impl Manager {
                                 body_8bit: e.body_8bit,
                                 smtputf8: e.smtputf8,
                                 requiretls: e.requiretls,
+                                body_binary: e.body_binary,
                                 ret: e.dsn_ret.clone(),
                                 envid: e.dsn_envid.clone(),
                                 ..Job::default()

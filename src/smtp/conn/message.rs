@@ -166,6 +166,7 @@ impl Conn {
                     body_8bit: Session::is_8bit(tx),
                     smtputf8: Session::is_smtputf8(tx),
                     requiretls: tx.params.requiretls,
+                    body_binary: Session::is_binary(tx),
                     dsn_notify: Session::notify_of(r),
                     dsn_ret: match tx.params.ret {
                         Some(crate::mail::params::Ret::Full) => "FULL".into(),
@@ -200,7 +201,7 @@ impl Conn {
             m.failed = true;
             return;
         }
-        m.buf.extend_from_slice(lines.text());
+        self.filters.filtered_into(lines, &mut m.buf);
         if m.buf.len() >= MSG_CHUNK {
             write_chunk(spool, m, &mut self.session);
         }
@@ -214,6 +215,11 @@ impl Conn {
         self.filters.data_end_sent = false;
         self.filters.data_chain.clear();
         self.filters.filtered_bytes = 0;
+        if std::mem::take(&mut self.filters.abandoned) {
+            // The message was dropped meanwhile: nothing to end.
+            self.pump(ctx, now);
+            return;
+        }
         self.phase = "message";
         self.session.on_data_end(pipelined, &mut self.actions);
         self.run_actions(ctx, Some(b"."));
@@ -287,6 +293,9 @@ impl Conn {
                 }
                 Edit::Quarantine(r) => envelope.push(EnvelopeEdit::Quarantine(r)),
             }
+        }
+        if message.iter().any(|e| matches!(e, Edit::ReplaceBody(_))) {
+            self.session.on_body_replaced();
         }
         self.pending_edits = message;
         self.session.set_envelope_edits(envelope);

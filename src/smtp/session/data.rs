@@ -70,6 +70,21 @@ impl Session {
             false => bytes,
         };
         tx.size += bytes.len() as u64 + if last { 2 } else { 0 };
+        self.text_piece(bytes, first, last, bare)
+    }
+
+    /// The checks of a piece of text content (DATA's, or a BDAT chunk's but for the
+    /// body of a BINARYMIME message), already unstuffed and counted in the size.
+    pub(super) fn text_piece<'a>(
+        &mut self,
+        bytes: &'a [u8],
+        first: bool,
+        last: bool,
+        bare: bool,
+    ) -> DataLine<'a> {
+        let Some(tx) = self.tx.as_mut() else {
+            return DataLine::Drop;
+        };
         if first {
             tx.line_len = 0;
         }
@@ -146,8 +161,9 @@ impl Session {
 
     /// The end of data was seen. `pipelined` tells that the client sent more bytes after
     /// the final "." without having been offered PIPELINING.
+    /// The LAST chunk of BDAT ends a message the same way ([`Session::on_chunk_end`]).
     pub fn on_data_end(&mut self, pipelined: bool, out: &mut Vec<Action>) {
-        debug_assert!(self.in_data());
+        debug_assert!(self.in_data() || self.state == State::Chunk);
         let fail = self.tx.as_mut().and_then(|t| t.fail.take());
         if pipelined && !self.esmtp {
             out.push(Action::Discard);

@@ -79,7 +79,7 @@ impl Session {
         match self.state {
             State::Connected => return self.fail(Reply::NEED_HELO, out),
             State::Mail => return self.fail(Reply::TLS_IN_TX, out),
-            State::Ready | State::Data | State::Commit | State::Quit => {}
+            State::Ready | State::Data | State::Chunk | State::Commit | State::Quit => {}
         }
         out.push(Action::Reply(Reply::TLS_READY));
         out.push(Action::StartTls);
