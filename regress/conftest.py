@@ -327,9 +327,19 @@ def _envelope_format():
 
 
 ENVELOPE_HEADER, ENVELOPE_KEYS = _envelope_format()
-# Keys written only when they say something (src/queue/envelope.rs): an envelope
-# without them is what an older daemon wrote.
-ENVELOPE_OPTIONAL = {"smtputf8"}
+
+
+def _optional_keys():
+    """Keys written only when they say something (`if self.x { put("x", ...) }` in
+    src/queue/envelope.rs): an envelope without them is what an older daemon wrote."""
+    try:
+        src = (REPO / "src" / "queue" / "envelope.rs").read_text()
+    except OSError:
+        return {"smtputf8", "requiretls"}
+    return set(re.findall(r'if self\.\w+ \{\s*put\(\s*"([a-z0-9-]+)"', src))
+
+
+ENVELOPE_OPTIONAL = _optional_keys()
 
 
 def _unescape(v):
