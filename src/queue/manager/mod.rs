@@ -29,7 +29,10 @@
 mod health;
 mod mta;
 mod outcomes;
+mod stats;
 pub use health::RouteState;
+use stats::method_label;
+pub use stats::Stats;
 pub mod plan;
 #[cfg(test)]
 mod tests;
@@ -53,51 +56,6 @@ use writes::{Msg, WriteRec};
 
 /// Envelopes given to outgoing sessions (or waiting for one) at most.
 pub const MAX_SESSION_ENVELOPES: usize = 1000;
-
-/// Counters for `smtpctl show stats` and `monitor`.
-#[derive(Debug, Default, Clone)]
-pub struct Stats {
-    /// Envelopes delivered.
-    pub delivered: u64,
-    /// Temporary failures.
-    pub tempfail: u64,
-    /// Permanent failures.
-    pub permfail: u64,
-    /// Envelopes expired.
-    pub expired: u64,
-    /// Bounces generated.
-    pub bounces: u64,
-    /// Envelopes removed by hand.
-    pub removed: u64,
-    /// Delivery outcomes by method (`maildir`, `relay-mx`, ...) and result (`ok`,
-    /// `tempfail`, `permfail`).
-    pub by_method: std::collections::BTreeMap<(&'static str, &'static str), u64>,
-}
-
-/// The method label of an envelope's delivery, for [`Stats::by_method`].
-fn method_label(cfg: &Config, env: &Envelope) -> &'static str {
-    use crate::config::model::Method;
-    use crate::mail::delivery::Dest;
-    match Dest::decode(&env.dest) {
-        Some(Dest::File(_)) => return "file",
-        Some(Dest::Pipe(_)) => return "pipe",
-        _ => {}
-    }
-    match cfg
-        .actions
-        .iter()
-        .find(|a| a.name == env.action)
-        .map(|a| &a.method)
-    {
-        Some(Method::Maildir { .. }) => "maildir",
-        Some(Method::Mbox) => "mbox",
-        Some(Method::Mda(_)) => "mda",
-        Some(Method::Lmtp { .. }) => "lmtp",
-        Some(Method::Relay(r)) if r.host.is_some() => "relay-host",
-        Some(Method::Relay(_)) => "relay-mx",
-        _ => "other",
-    }
-}
 
 /// A local delivery to hand to the parent.
 #[derive(Debug, PartialEq, Eq)]
