@@ -421,7 +421,13 @@ impl Harness {
                 else {
                     return false;
                 };
-                assert!(before - left >= bytes.len() as u64, "a piece past its octets");
+                // A CR that ended the chunk before and meets no LF comes out alone,
+                // taking no octet of this one.
+                let held_cr = bytes == b"\r" && before == left;
+                assert!(
+                    held_cr || before - left >= bytes.len() as u64,
+                    "a piece past its octets"
+                );
                 self.s.chunk_read(before - left);
                 if trace() {
                     eprintln!("C# {}{}", bytes.escape_ascii(), if last { "" } else { " (continued)" });
