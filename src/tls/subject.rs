@@ -5,8 +5,10 @@
 //! public key info for DANE (`spki`). The certificate comes from a peer: a bad
 //! encoding only yields `None`.
 
-/// One DER element: its tag, its contents and what follows it.
-fn element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+/// One DER element at the start of `input`: its tag, its contents and what follows
+/// it; `None` when a length runs past the input or takes more than 4 octets. Also used
+/// by filter-dkim for the keys it reads and publishes.
+pub fn element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     let (&tag, rest) = input.split_first()?;
     let (&first, rest) = rest.split_first()?;
     let (len, rest) = if first < 0x80 {

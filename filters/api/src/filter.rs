@@ -313,24 +313,9 @@ impl Filter {
                     Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
                 };
                 if !ready {
-                    match frame {
-                        Frame::Ready { .. } => {
-                            ready = true;
-                            continue;
-                        }
-                        Frame::Refused(why) => {
-                            return Err(io::Error::other(format!(
-                                "refused by the daemon: {}",
-                                String::from_utf8_lossy(why)
-                            )))
-                        }
-                        _ => {
-                            return Err(io::Error::new(
-                                io::ErrorKind::InvalidData,
-                                "event before READY",
-                            ))
-                        }
-                    }
+                    ready_timeout(&frame)?;
+                    ready = true;
+                    continue;
                 }
                 self.dispatch(sid, frame, &mut out);
             }
@@ -457,6 +442,23 @@ impl Filter {
         }
         let decision = decision.unwrap_or(Decision::Proceed);
         codec::encode(sid, &decision.frame(), out);
+    }
+}
+
+/// The daemon's answer to a filter's REGISTER, the first frame it reads: READY's
+/// answer deadline in milliseconds, or the error that ends the filter (REFUSED, or any
+/// other frame before READY). For filters that read their frames themselves.
+pub fn ready_timeout(frame: &Frame) -> io::Result<u32> {
+    match frame {
+        Frame::Ready { timeout_ms, .. } => Ok(*timeout_ms),
+        Frame::Refused(why) => Err(io::Error::other(format!(
+            "refused by the daemon: {}",
+            String::from_utf8_lossy(why)
+        ))),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "event before READY",
+        )),
     }
 }
 

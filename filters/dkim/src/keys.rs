@@ -8,6 +8,7 @@ use ring::signature::{self, Ed25519KeyPair, KeyPair, RsaKeyPair, UnparsedPublicK
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::PrivateKeyDer;
 use smtpd::mail::base64;
+use smtpd::tls::subject::element;
 
 /// A private key to sign with.
 pub enum SigningKey {
@@ -137,46 +138,24 @@ fn rsa_spki(rsa_public_key: &[u8]) -> Vec<u8> {
     out
 }
 
-/// One DER element at the start of `input`: (tag, content, rest).
-fn der_element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    let (&tag, rest) = input.split_first()?;
-    let (&first, rest) = rest.split_first()?;
-    let (len, rest) = if first < 0x80 {
-        (usize::from(first), rest)
-    } else {
-        let n = usize::from(first & 0x7f);
-        if n == 0 || n > 4 || rest.len() < n {
-            return None;
-        }
-        let len = rest[..n]
-            .iter()
-            .fold(0usize, |a, &b| (a << 8) | usize::from(b));
-        (len, &rest[n..])
-    };
-    if rest.len() < len {
-        return None;
-    }
-    Some((tag, &rest[..len], &rest[len..]))
-}
-
 /// The RSAPublicKey of a `p=` value: inside a SubjectPublicKeyInfo (what everyone
 /// publishes), or given bare (RFC 6376 §3.6.1 says RSAPublicKey; some do that).
 fn rsa_public_key(p: &[u8]) -> Option<&[u8]> {
-    let (tag, seq, rest) = der_element(p)?;
+    let (tag, seq, rest) = element(p)?;
     if tag != 0x30 || !rest.is_empty() {
         return None;
     }
-    let (t1, first, after) = der_element(seq)?;
+    let (t1, first, after) = element(seq)?;
     match t1 {
         // RSAPublicKey: INTEGER modulus, INTEGER exponent.
         0x02 => Some(p),
         // AlgorithmIdentifier, then the BIT STRING.
         0x30 => {
-            let (oid_tag, oid, _) = der_element(first)?;
+            let (oid_tag, oid, _) = element(first)?;
             if oid_tag != 0x06 || oid != RSA_OID {
                 return None;
             }
-            let (bt, bits, end) = der_element(after)?;
+            let (bt, bits, end) = element(after)?;
             if bt != 0x03 || !end.is_empty() {
                 return None;
             }

@@ -87,24 +87,9 @@ fn serve(cfg: Arc<Config>) -> io::Result<()> {
         {
             let raw = &buf[start..start + used];
             if !ready {
-                match frame {
-                    Frame::Ready { timeout_ms, .. } => {
-                        ready = true;
-                        budget = Duration::from_millis(u64::from(timeout_ms) / 2).min(budget);
-                    }
-                    Frame::Refused(why) => {
-                        return Err(io::Error::other(format!(
-                            "refused by the daemon: {}",
-                            String::from_utf8_lossy(why)
-                        )))
-                    }
-                    _ => {
-                        return Err(io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            "event before READY",
-                        ))
-                    }
-                }
+                let timeout_ms = smtpd_filter::filter::ready_timeout(&frame)?;
+                ready = true;
+                budget = Duration::from_millis(u64::from(timeout_ms) / 2).min(budget);
             } else if let Some(job) = machine.frame(sid, &frame, raw, now, &mut out) {
                 jobs.push(job);
             }
