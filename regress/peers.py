@@ -24,10 +24,12 @@ children waited for, SIGKILL by PID for anything that lingers).
 
 import os
 import pwd
+import re
 import shutil
 import socket
 import ssl
 import subprocess
+import time
 from pathlib import Path
 
 from conftest import allow_traversal, ensure_user, stop_process, wait_until
@@ -174,6 +176,15 @@ class Peer:
             return self.outpath.read_text(errors="replace")
         except FileNotFoundError:
             return ""
+
+    def wait_log(self, pattern, timeout=10.0):
+        """The first match of the regex `pattern` in log() (bounded wait), else None."""
+        deadline = time.monotonic() + timeout
+        while True:
+            m = re.search(pattern, self.log())
+            if m or time.monotonic() > deadline:
+                return m
+            time.sleep(0.05)
 
     # ---------------------------------------------------------------- what it received
 

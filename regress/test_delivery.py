@@ -376,7 +376,7 @@ def test_expiry_bounces_with_5_4_7(make_daemon, user1):
     assert r["Action"] == "failed" and r["Status"] == "5.4.7", r
     assert r["Final-Recipient"].replace(" ", "") == "rfc822;late@slow.test"
     assert re.search(r"554 5\.4\.7 expired after \d+ attempts", r["Diagnostic-Code"]), r
-    assert re.search(r"result=Expired", d.log())
+    assert d.wait_log(r"result=Expired", 15)
     stats = dict(l.split("=") for l in d.smtpctl("show", "stats")[1].split())
     assert stats["queue.expired"] == "1", stats
 
@@ -442,7 +442,7 @@ def test_restart_with_full_queue_delivers_each_once(make_daemon, user1):
     files = list(d.maildir.glob("*/new/*"))
     assert len(files) == n, files
     assert set(d.delivered()) == ids
-    assert re.search(r"queue: %d envelope\(s\) read back from the spool" % n, d.log())
+    assert d.wait_log(r"queue: %d envelope\(s\) read back from the spool" % n, 15)
     for f in files:
         body = f.read_bytes()
         i = int(re.search(rb"Subject: queued (\d+)", body).group(1))

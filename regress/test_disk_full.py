@@ -158,7 +158,7 @@ def test_spool_filled_then_drained_accepts_again(make_daemon, tmp_path, user1):
         second = accepted_id(_send(c, body))
     assert d.wait_mailbox("bob", len(ids) + 2, timeout=20)
     assert {first, second} <= set(d.delivered())
-    assert re.search(r"queue: spool short of space: emptied \d+ file\(s\) of free/", d.log()), \
+    assert d.wait_log(r"queue: spool short of space: emptied \d+ file\(s\) of free/", 15), \
         d.log()[-3000:]
     assert d.stop() == 0
 

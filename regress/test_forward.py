@@ -73,7 +73,7 @@ def check_forward(d, out, user2, msgid, n_dest):
     # Both ran as the user of the .forward.
     assert box[0][0].stat().st_uid == user2.pw_uid
     assert f.stat().st_uid == user2.pw_uid
-    assert re.search(r"forward of smtpdtest2 to %d destination\(s\)" % n_dest, d.log())
+    assert d.wait_log(r"forward of smtpdtest2 to %d destination\(s\)" % n_dest, 15)
     time.sleep(0.3)
     assert len(d.mailbox("smtpdtest2")) == 1  # the copy is not forwarded again
     assert d.mailbox("sender") == []
@@ -132,8 +132,8 @@ def test_forward_command_of_account_without_login_shell_is_ignored(make_daemon):
     finally:
         path.unlink()
     assert not (out / "ran").exists()
-    assert re.search(r"\.forward: a command or file for smtpdtest3, whose shell "
-                     r"\"/usr/sbin/nologin\" is not in /etc/shells: ignored", d.log()), d.log()[-2000:]
+    assert d.wait_log(r"\.forward: a command or file for smtpdtest3, whose shell "
+                     r"\"/usr/sbin/nologin\" is not in /etc/shells: ignored", 15), d.log()[-2000:]
 
 
 def test_unsafe_forward_is_ignored(make_daemon, fwd, user2):
@@ -180,4 +180,4 @@ def test_forward_bare_own_name_and_address(make_daemon, fwd, user2):
         d.log()[-2000:]
     time.sleep(0.3)
     assert len(d.mailbox("smtpdtest2")) == 1 and len(d.mailbox("copy")) == 1
-    assert re.search(r"forward of smtpdtest2 to 2 destination\(s\)", d.log())
+    assert d.wait_log(r"forward of smtpdtest2 to 2 destination\(s\)", 15)

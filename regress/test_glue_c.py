@@ -106,7 +106,7 @@ def client_on(port):
 
 def test_c_stub_unchanged_logs_each_session(make_daemon, bindir):
     d, ports = filtered_daemon(make_daemon, [("stub", bindir / "filter-stub")])
-    assert re.search(r"filter stub registered name=filter-stub hooks=0x1 ", d.log()), \
+    assert d.wait_log(r"filter stub registered name=filter-stub hooks=0x1 ", 15), \
         d.log()[-2000:]
     with client_on(ports["stub"]) as c:
         c.ehlo("client.test")

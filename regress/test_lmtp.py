@@ -224,7 +224,7 @@ def test_lmtp_server_down_then_up(make_daemon):
         assert len(got) == 1 and got[0]["rcpts"] == ["dave@lmtp.test"], got
         assert d.wait_queue_empty(10)
     assert d.mailbox("sender") == []
-    assert re.search(r"mda delivery evpid=%s .*result=Ok" % m.group(1), d.log())
+    assert d.wait_log(r"mda delivery evpid=%s .*result=Ok" % m.group(1), 15)
 
 
 def test_lmtp_unix_socket(make_daemon):
@@ -435,7 +435,7 @@ def test_lmtp_delivery_to_aiosmtpd(make_daemon, tmp_path):
         data = out.read_bytes()
         assert b"RCPT Bob+Lists@lmtp.test" in data, data[:300]
         assert ("id %s" % msgid).encode() in data
-        assert re.search(r"mda delivery evpid=%s[0-9a-f]{8} .*result=Ok" % msgid, d.log())
+        assert d.wait_log(r"mda delivery evpid=%s[0-9a-f]{8} .*result=Ok" % msgid, 15)
     finally:
         srv.terminate()
         srv.wait(10)

@@ -159,7 +159,7 @@ def test_kill9_loses_no_acknowledged_message(make_daemon):
     d.start()
     assert d.incoming() == [], "incoming/ not cleaned at start"
     if before:
-        assert re.search(r"removed \d+ incomplete message", d.log()), "no cleanup logged"
+        assert d.wait_log(r"removed \d+ incomplete message", 15), "no cleanup logged"
     after = {m.msgid: m for m in d.messages()}
     delivered = d.delivered()
     lost = sorted(set(msgs) - set(after) - set(delivered))

@@ -136,8 +136,8 @@ def test_enforce_defers_when_no_exchanger_matches(net, pki, web):  # noqa: F811
         assert d.wait_log(r'result=TempFail .*stat="451 4\.7\.5 MTA-STS: no exchanger of '
                           r'enf\.test matches its policy', 20), d.log()[-3000:]
         assert w.requests == ["mta-sts.enf.test"]
-        assert re.search(r"mta-sts policy domain=enf\.test id=1 mode=enforce max_age=86400 "
-                         r"mx=mx\.enf\.test,\*\.enf\.test", d.log()), d.log()[-3000:]
+        assert d.wait_log(r"mta-sts policy domain=enf\.test id=1 mode=enforce max_age=86400 "
+                         r"mx=mx\.enf\.test,\*\.enf\.test", 15), d.log()[-3000:]
         # The exchanger outside the policy was never connected to.
         assert listener.conns == 0
         assert "host=mx.elsewhere.test" not in d.log()
@@ -153,8 +153,8 @@ def test_enforce_delivers_to_a_listed_exchanger_verified_by_pkix(net, pki, web):
     d = sender(net, pki)
     send(d, ["bob@good.test"], "good")
     rx.wait_messages(1, timeout=15)
-    assert re.search(r"mta transaction host=mx\.good\.test address=127\.0\.0\.2:25 "
-                     r"tls=TLSv1\.[23]:\S+:\d+ verified=pkix policy=mta-sts", d.log()), \
+    assert d.wait_log(r"mta transaction host=mx\.good\.test address=127\.0\.0\.2:25 "
+                     r"tls=TLSv1\.[23]:\S+:\d+ verified=pkix policy=mta-sts", 15), \
         d.log()[-3000:]
     out = d.ctl("show mta-sts")
     assert re.search(r"^good\.test mode=enforce id=1 max_age=86400 expires=\d+s mx=mx\.good\.test$",
@@ -168,8 +168,8 @@ def test_enforce_defers_a_certificate_not_valid_for_the_exchanger(net, pki, web)
     d = sender(net, pki)
     send(d, ["bob@badcert.test"], "badcert")
     assert d.wait_log(r"result=TempFail", 20), d.log()[-3000:]
-    assert re.search(r'mta disconnected host=mx\.badcert\.test .*reason="TLS: invalid peer '
-                     r'certificate: .*valid for none of: mx\.badcert\.test', d.log()), d.log()[-3000:]
+    assert d.wait_log(r'mta disconnected host=mx\.badcert\.test .*reason="TLS: invalid peer '
+                     r'certificate: .*valid for none of: mx\.badcert\.test', 15), d.log()[-3000:]
     # Never in plain text instead.
     time.sleep(0.5)
     assert rx.messages() == []
@@ -234,8 +234,7 @@ def test_the_cached_policy_serves_until_the_id_changes(net, pki, web):  # noqa: 
     rx.wait_messages(3, timeout=15)
     assert sessions_ended(d, "mx.cache.test", 3), d.log()[-3000:]
     assert w.requests == ["mta-sts.cache.test"] * 2
-    assert re.search(r"mta-sts policy domain=cache\.test id=2 mode=enforce max_age=600",
-                     d.log()), d.log()[-3000:]
+    assert d.wait_log(r"mta-sts policy domain=cache\.test id=2 mode=enforce max_age=600", 15), d.log()[-3000:]
     assert "id=2 max_age=600" in d.ctl("show mta-sts")
     # After a restart the policy comes from the spool: no fetch.
     d.stop()

@@ -167,7 +167,7 @@ def test_a_silent_exchanger_times_out_and_the_next_takes_the_mail(net):
         send(d, ["bob@slow.test"], "silent")
         rx.wait_messages(1, timeout=20)
         assert time.monotonic() - t0 >= 2
-        assert re.search(r"mta attempt-failed host=mx1\.slow\.test .*reason=\"timeout", d.log()), \
+        assert d.wait_log(r"mta attempt-failed host=mx1\.slow\.test .*reason=\"timeout", 15), \
             d.log()[-3000:]
     finally:
         silent.close()
@@ -253,8 +253,8 @@ def test_opportunistic_starttls_with_any_certificate(net, certs):
     send(d, ["bob@tls.test"], "opp")
     (m,) = rx.wait_messages(1, timeout=15)
     assert re.search(rb"with ESMTPS id \S+ \(TLSv1\.[23]:", m.data), m.data[:400]
-    assert re.search(r"mta transaction host=mx\.tls\.test address=127\.0\.0\.8:25 "
-                     r"tls=TLSv1\.[23]:\S+:\d+ verified=no policy=opportunistic", d.log()), \
+    assert d.wait_log(r"mta transaction host=mx\.tls\.test address=127\.0\.0\.8:25 "
+                     r"tls=TLSv1\.[23]:\S+:\d+ verified=no policy=opportunistic", 15), \
         d.log()[-3000:]
 
 
@@ -265,8 +265,8 @@ def test_tls_verify_defers_a_certificate_not_for_the_exchanger(net, certs):
     d = net.sender(relay="tls")
     send(d, ["bob@strict.test"], "strict")
     assert d.wait_log(r"result=TempFail", 20), d.log()[-3000:]
-    assert re.search(r"mta disconnected host=mx\.strict\.test .*reason=\"TLS: invalid peer "
-                     r"certificate: UnknownIssuer", d.log()), d.log()[-3000:]
+    assert d.wait_log(r"mta disconnected host=mx\.strict\.test .*reason=\"TLS: invalid peer "
+                     r"certificate: UnknownIssuer", 15), d.log()[-3000:]
     assert rx.messages() == []
 
 
@@ -284,8 +284,7 @@ def _dane(net, certs, addr, domain, tlsa, ad=True):
 def test_dane_ee_match_is_delivered_and_verified(net, certs):
     rx, d = _dane(net, certs, "127.0.0.10", "dane.test", "3 1 1 " + spki_sha256(certs.mx[0]))
     rx.wait_messages(1, timeout=15)
-    assert re.search(r"mta transaction host=mx\.dane\.test .* verified=dane-ee policy=dane",
-                     d.log()), d.log()[-3000:]
+    assert d.wait_log(r"mta transaction host=mx\.dane\.test .* verified=dane-ee policy=dane", 15), d.log()[-3000:]
     assert net.dns.asked("_25._tcp.mx.dane.test", "TLSA") >= 1
 
 
@@ -301,8 +300,7 @@ def test_an_unauthenticated_tlsa_answer_is_ignored(net, certs):
     # Without the AD bit the records prove nothing: opportunistic TLS, delivered.
     rx, d = _dane(net, certs, "127.0.0.12", "insecure.test", "3 1 1 " + "00" * 32, ad=False)
     rx.wait_messages(1, timeout=15)
-    assert re.search(r"mta transaction host=mx\.insecure\.test .* policy=opportunistic",
-                     d.log()), d.log()[-3000:]
+    assert d.wait_log(r"mta transaction host=mx\.insecure\.test .* policy=opportunistic", 15), d.log()[-3000:]
 
 
 def test_one_message_from_swaks_through_mx_and_dane_to_the_receiver(net, certs):
@@ -330,7 +328,7 @@ def test_one_message_from_swaks_through_mx_and_dane_to_the_receiver(net, certs):
                     r"mda delivery .* to=<bob@trace\.test> .*result=Ok"]:
         assert re.search(pattern, sender_log), (pattern, sender_log[-3000:])
     assert re.search(r"smtp tls .*version=TLSv1\.3", rx.log()) or "ESMTPS" in received_of(m)
-    assert re.search(r"smtp message msgid=\w+ .*from=<alice@origin\.test>", rx.log())
+    assert rx.wait_log(r"smtp message msgid=\w+ .*from=<alice@origin\.test>", 15)
 
 
 def received_of(m):

@@ -113,15 +113,14 @@ def test_relay_by_mx_to_postfix(net, certs, peer, tls):
     assert "address=127.0.0.60:25" in line and " msgid=%s " % msgid in line, line
     # The message Postfix queued is the one our log names: its queue id in both.
     qid = queued_as(line)
-    assert re.search(r"postfix/virtual\[\d+\]: %s: to=<bob@pf\.test>.* status=sent" % qid,
-                     pf.log()), pf.log()[-3000:]
+    assert pf.wait_log(r"postfix/virtual\[\d+\]: %s: to=<bob@pf\.test>.* status=sent" % qid, 15), pf.log()[-3000:]
     assert "id %s" % qid in rcv, rcv
     if tls:
         assert re.search(r"\(using TLSv1\.3 with cipher \S+ \(\d+/\d+ bits\)", rcv), rcv
         assert "with ESMTPS id" in rcv, rcv
         assert re.search(r" tls=TLSv1\.3:\S+:\d+ verified=no policy=opportunistic ", line), line
-        assert re.search(r"Anonymous TLS connection established from \S+\[127\.0\.0\.1\]: "
-                         r"TLSv1\.3", pf.log()), pf.log()[-3000:]
+        assert pf.wait_log(r"Anonymous TLS connection established from \S+\[127\.0\.0\.1\]: "
+                         r"TLSv1\.3", 15), pf.log()[-3000:]
     else:
         assert "with ESMTP id" in rcv and "using TLS" not in rcv, rcv
         assert " tls=none " in line, line
@@ -198,8 +197,8 @@ def test_relay_by_mx_to_opensmtpd(net, peer):
     # OpenSMTPD's 250 names its message id, the one of its Received header.
     m_id = re.search(r'result="250 2\.0\.0 (\w+) Message accepted for delivery"', line)
     assert m_id and "id %s " % m_id.group(1) in rcv + " ", (line, rcv)
-    assert re.search(r"smtp message msgid=\w+ size=\d+ nrcpt=1 proto=ESMTP", osd.log())
-    assert re.search(r"mda delivery .* to=<bob@os\.test> .* result=Ok", osd.log()), osd.log()
+    assert osd.wait_log(r"smtp message msgid=\w+ size=\d+ nrcpt=1 proto=ESMTP", 15)
+    assert osd.wait_log(r"mda delivery .* to=<bob@os\.test> .* result=Ok", 15), osd.log()
 
 
 def test_opensmtpd_offering_starttls(net, certs, peer):
@@ -221,8 +220,8 @@ def test_opensmtpd_offering_starttls(net, certs, peer):
         assert "with ESMTPS" in received(m), received(m)
         return
     assert "EVP lib" in osd.log(), (why, osd.log()[-2000:])
-    assert re.search(r"mta attempt-failed host=mx\.ost\.test address=127\.0\.0\.64:25 "
-                     r"tls=\S+ reason=\"TLS", d.log()), d.log()[-3000:]
+    assert d.wait_log(r"mta attempt-failed host=mx\.ost\.test address=127\.0\.0\.64:25 "
+                     r"tls=\S+ reason=\"TLS", 15), d.log()[-3000:]
     assert " address=127.0.0.64:25 tls=none " in line, line
     assert "with ESMTP id" in received(m), received(m)
 
@@ -241,8 +240,8 @@ def test_first_exchanger_stopped_the_second_takes_the_mail(net, peer):
     send(d, ["bob@two.test"], "order")
     (m,) = pf.wait_messages(1)
     assert b"Subject: order" in m
-    assert re.search(r"mta attempt-failed host=mx1\.two\.test address=127\.0\.0\.70:25 .*"
-                     r"reason=\"[^\"]*[Rr]efused", d.log()), d.log()[-3000:]
+    assert d.wait_log(r"mta attempt-failed host=mx1\.two\.test address=127\.0\.0\.70:25 .*"
+                     r"reason=\"[^\"]*[Rr]efused", 15), d.log()[-3000:]
     line = transaction(d, "mx2.two.test")
     assert "address=127.0.0.71:25" in line and "Ok: queued as" in line, line
     assert osd.messages() == []

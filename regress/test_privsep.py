@@ -53,7 +53,7 @@ def test_engine_runs_as_smtpd_parent_as_root(daemon):
     assert e["Gid"] == [smtpd.pw_gid] * 4, e
     assert set(e["Groups"]) <= {smtpd.pw_gid}, e
     # The engine holds the listener and the control socket: the parent does not.
-    assert re.search(r"smtpd engine running as _smtpd", daemon.log())
+    assert daemon.wait_log(r"smtpd engine running as _smtpd", 15)
 
 
 def test_spool_owned_by_smtpd(daemon):
@@ -109,8 +109,8 @@ def test_userbase_accounts_give_the_ids_of_virtual_users(make_daemon, user1):
     uid, gid, cwd = f.read_text().splitlines()
     assert (int(uid), int(gid), cwd) == (user1.pw_uid, user1.pw_gid, str(out))
     assert not (out / "rooted.uid").exists()
-    assert re.search(r"to=<rooted@mda\.test> result=PermFail stat=\"userbase gives rooted the ids "
-                     r"of root: refused\"", d.log()), d.log()[-3000:]
+    assert d.wait_log(r"to=<rooted@mda\.test> result=PermFail stat=\"userbase gives rooted the ids "
+                     r"of root: refused\"", 15), d.log()[-3000:]
 
 
 def test_deliveries_run_as_the_recipient(make_daemon, user1, user2):

@@ -190,6 +190,6 @@ def test_postfix_offers_chunking_without_binarymime(net, peer):
     assert body == b".leading dot\n" + "caf\u00e9\n".encode(), body
     assert d.wait_log(r"mta not-sent .*554 5\.6\.3 .*does not offer CHUNKING and BINARYMIME", 15), \
         d.log()[-3000:]
-    assert re.search(r"postfix/smtpd\[\d+\]: \w+: client=", pf.log())
+    assert pf.wait_log(r"postfix/smtpd\[\d+\]: \w+: client=", 15)
     # Postfix saw one MAIL only: the text message's.
     assert len(re.findall(r"postfix/qmgr\[\d+\]: \w+: from=<alice@origin\.test>", pf.log())) == 1

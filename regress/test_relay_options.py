@@ -40,8 +40,8 @@ def test_smtps_to_a_smarthost(net, certs):
     send(d, ["bob@s.test"], "smtps")
     (m,) = rx.wait_messages(1, timeout=15)
     assert "with ESMTPS" in received(m)
-    assert re.search(r"mta transaction host=127\.0\.0\.30 .*tls=TLSv1\.3:\S+:\d+ verified=no "
-                     r"policy=encrypt", d.log()), d.log()[-3000:]
+    assert d.wait_log(r"mta transaction host=127\.0\.0\.30 .*tls=TLSv1\.3:\S+:\d+ verified=no "
+                     r"policy=encrypt", 15), d.log()[-3000:]
 
 
 def auth_receiver(net, certs, addr, domain, password):
@@ -116,7 +116,7 @@ def test_ipv6_exchangers_come_first(net):
     d = net.sender()
     send(d, ["bob@v6.test"], "six")
     rx6.wait_messages(1, timeout=15)
-    assert re.search(r"mta transaction host=mx\.v6\.test address=\[::1\]:25", d.log()), \
+    assert d.wait_log(r"mta transaction host=mx\.v6\.test address=\[::1\]:25", 15), \
         d.log()[-3000:]
 
 
@@ -130,8 +130,7 @@ def test_tls_verified_under_the_actions_ca(net, certs):
     d = net.sender(relay="tls ca testca helo out.example.org", extra=certs.config())
     send(d, ["bob@v.test"], "pkix")
     rx.wait_messages(1, timeout=15)
-    assert re.search(r"mta transaction host=other\.test\.example .* verified=pkix policy=pkix",
-                     d.log()), d.log()[-3000:]
+    assert d.wait_log(r"mta transaction host=other\.test\.example .* verified=pkix policy=pkix", 15), d.log()[-3000:]
 
 
 def test_tls_no_verify_and_notls(net, certs):
@@ -140,13 +139,12 @@ def test_tls_no_verify_and_notls(net, certs):
     d = net.sender(relay='host "smtp://127.0.0.42" tls no-verify')
     send(d, ["bob@n.test"], "noverify")
     rx.wait_messages(1, timeout=15)
-    assert re.search(r"mta transaction host=127\.0\.0\.42 .*tls=TLSv1\.3:\S+ verified=no "
-                     r"policy=encrypt", d.log()), d.log()[-3000:]
+    assert d.wait_log(r"mta transaction host=127\.0\.0\.42 .*tls=TLSv1\.3:\S+ verified=no "
+                     r"policy=encrypt", 15), d.log()[-3000:]
     d2 = net.sender(relay='host "smtp+notls://127.0.0.42"')
     send(d2, ["bob@n.test"], "notls")
     rx.wait_messages(2, timeout=15)
-    assert re.search(r"mta transaction host=127\.0\.0\.42 address=127\.0\.0\.42:25 tls=none",
-                     d2.log()), d2.log()[-3000:]
+    assert d2.wait_log(r"mta transaction host=127\.0\.0\.42 address=127\.0\.0\.42:25 tls=none", 15), d2.log()[-3000:]
 
 
 def test_a_4xx_is_retried_and_a_5xx_bounced_with_the_reply(net):

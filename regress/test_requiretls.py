@@ -64,5 +64,4 @@ def test_relay_without_tls_returns_the_message_unsent(make_daemon, pki, user1):
         assert returned.get_content_type() == "text/rfc822-headers", returned.get_content_type()
         assert b"the secret body" not in bounce[0][1]
         assert not [c for c in rx.commands if c.upper().startswith("MAIL")], rx.commands
-        assert re.search(r"result=PermFail stat=\"550 5\.7\.30 REQUIRETLS: no verified TLS",
-                         d.log()), d.log()[-3000:]
+        assert d.wait_log(r"result=PermFail stat=\"550 5\.7\.30 REQUIRETLS: no verified TLS", 15), d.log()[-3000:]

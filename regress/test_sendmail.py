@@ -65,7 +65,7 @@ def test_sendmail_adds_missing_headers(d):
     assert data.endswith(b"\n\nhello from sendmail\n")
     # From the local socket.
     assert re.search(rb"Received: from localhost \(", data), data[:300]
-    assert re.search(r"smtp connected address=local uid=0", d.log())
+    assert d.wait_log(r"smtp connected address=local uid=0", 15)
 
 
 def test_sendmail_keeps_present_headers_and_full_name(d):
@@ -359,4 +359,4 @@ def test_sendmail_as_plain_user(d, user1):
     m = headers_of(one(d, "alice"))
     assert re.fullmatch(r"<smtpdtest1@[^>]+>", m["Return-Path"]), m["Return-Path"]
     assert re.fullmatch(r"smtpdtest1@[^>]+", m["From"]), m["From"]
-    assert re.search(r"smtp connected address=local uid=%d\b" % user1.pw_uid, d.log())
+    assert d.wait_log(r"smtp connected address=local uid=%d\b" % user1.pw_uid, 15)

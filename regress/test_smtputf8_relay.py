@@ -68,7 +68,7 @@ def test_utf8_message_to_postfix_with_smtputf8_by_a_labels(net, peer):
     assert re.search(r"\(Postfix\) with UTF8SMTP id", head), head
     assert re.search(r"\(smtpd\) with UTF8SMTP id", head), head
     assert "Return-Path: <ünal@origin.test>" in head, head
-    assert re.search(r"to=<jörg@bücher\.test>.* status=sent", pf.log()), pf.log()[-3000:]
+    assert pf.wait_log(r"to=<jörg@bücher\.test>.* status=sent", 15), pf.log()[-3000:]
     line = re.search(r"mta transaction host=mx\.%s .*" % re.escape(a_domain), d.log())
     assert line and "Ok: queued as" in line.group(0), d.log()[-3000:]
     # The DNS was asked by A-labels only.

@@ -240,7 +240,7 @@ def test_starttls_injection_discarded(make_daemon, pki):
         c.until_quit()
     msgs = d.wait_messages(1)
     assert msgs[0].envelopes[0]["sender"] == "a@example.org"
-    assert re.search(r"smtp starttls-injection discarded=\d+ ", d.log())
+    assert d.wait_log(r"smtp starttls-injection discarded=\d+ ", 15)
 
 
 def test_starttls_rset_injection_never_answered(make_daemon, pki):
