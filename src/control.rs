@@ -50,6 +50,8 @@ pub enum Command {
     Smtp,
     /// `update table NAME`: the table read again (a table process told to).
     UpdateTable(String),
+    /// `reload`: smtpd.conf read again and put in force for new sessions.
+    Reload,
 }
 
 /// Envelopes a command applies to.
@@ -111,6 +113,7 @@ pub fn parse(line: &str) -> Result<Command, String> {
         words.first().copied().unwrap_or(""),
         &[
             "show", "schedule", "remove", "pause", "resume", "log", "monitor", "smtp", "update",
+            "reload",
         ],
     )?;
     let arg = |i: usize| {
@@ -166,6 +169,7 @@ pub fn parse(line: &str) -> Result<Command, String> {
         "resume" => Command::Resume(agent(1)?),
         "log" => Command::Log(pick(arg(1)?, &["brief", "verbose"])? == "verbose"),
         "monitor" => Command::Monitor,
+        "reload" => Command::Reload,
         "update" => {
             pick(arg(1)?, &["table"])?;
             Command::UpdateTable(arg(2)?.to_string())
@@ -177,7 +181,7 @@ pub fn parse(line: &str) -> Result<Command, String> {
         | Command::ShowMessage(_)
         | Command::ScheduleDomain(_)
         | Command::UpdateTable(_) => 3,
-        Command::Monitor | Command::Smtp => 1,
+        Command::Monitor | Command::Smtp | Command::Reload => 1,
         _ => 2,
     };
     if words.len() > used {
@@ -323,6 +327,8 @@ mod tests {
         assert_eq!(parse("resume sm"), Ok(Command::Resume(Agent::Smtp)));
         assert_eq!(parse("log verbose"), Ok(Command::Log(true)));
         assert_eq!(parse("monitor"), Ok(Command::Monitor));
+        assert_eq!(parse("reload"), Ok(Command::Reload));
+        assert!(parse("reload now").is_err());
         assert_eq!(
             parse("update table users"),
             Ok(Command::UpdateTable("users".into()))

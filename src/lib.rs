@@ -12,6 +12,7 @@ pub mod credentials;
 pub mod dns;
 pub mod event_loop;
 pub mod expand;
+pub mod files;
 pub mod filter;
 pub mod format;
 pub mod linebuf;

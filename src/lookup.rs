@@ -276,12 +276,14 @@ pub fn serve(cfg: &Config, spool: &Spool, job: Job) -> Answer {
     }
 }
 
-type Queued = (Key, Job);
+type Queued = (Key, Job, Option<Arc<Config>>);
+/// How a job is served: under the configuration it was submitted under, if any.
+type Serve = dyn Fn(Option<&Config>, Job) -> Answer + Send + Sync;
 
 struct Shared {
     rx: Mutex<mpsc::Receiver<Queued>>,
     done: Mutex<Vec<Done>>,
-    serve: Box<dyn Fn(Job) -> Answer + Send + Sync>,
+    serve: Box<Serve>,
     wake: Box<dyn Fn() + Send + Sync>,
     /// Threads running.
     threads: AtomicUsize,
@@ -306,13 +308,18 @@ impl Lookups {
         spool: Spool,
         wake: impl Fn() + Send + Sync + 'static,
     ) -> io::Result<Lookups> {
-        Lookups::with(move |job| serve(&cfg, &spool, job), wake, MAX_THREADS)
+        Lookups::with(
+            move |under, job| serve(under.unwrap_or(&cfg), &spool, job),
+            wake,
+            MAX_THREADS,
+        )
     }
 
-    /// Starts lookup threads that serve jobs with `serve`, at most `max` of them (at
-    /// least one).
+    /// Starts lookup threads that serve jobs with `serve` (told the configuration a
+    /// job was submitted under, if not the default), at most `max` of them (at least
+    /// one).
     pub fn with(
-        serve: impl Fn(Job) -> Answer + Send + Sync + 'static,
+        serve: impl Fn(Option<&Config>, Job) -> Answer + Send + Sync + 'static,
         wake: impl Fn() + Send + Sync + 'static,
         max: usize,
     ) -> io::Result<Lookups> {
@@ -336,9 +343,19 @@ impl Lookups {
     /// thread is busy (a stalled lookup holds its thread only). False when the job
     /// cannot be served.
     pub fn submit(&self, key: Key, job: Job) -> bool {
+        self.queue(key, job, None)
+    }
+
+    /// [`Lookups::submit`], served under `cfg` (the configuration the session that
+    /// asks started under, which a reload may have replaced since).
+    pub fn submit_under(&self, key: Key, job: Job, cfg: &Arc<Config>) -> bool {
+        self.queue(key, job, Some(cfg.clone()))
+    }
+
+    fn queue(&self, key: Key, job: Job, cfg: Option<Arc<Config>>) -> bool {
         let s = &self.shared;
         let queued = s.queued.fetch_add(1, SeqCst) + 1;
-        if self.tx.send((key, job)).is_err() {
+        if self.tx.send((key, job, cfg)).is_err() {
             s.queued.fetch_sub(1, SeqCst);
             return false;
         }
@@ -386,17 +403,18 @@ fn work(s: &Shared) {
         // Busy before the job leaves the count of queued ones: a submit in between
         // starts a thread too many rather than one too few.
         s.idle.fetch_sub(1, SeqCst);
-        let Ok((key, job)) = next else {
+        let Ok((key, job, cfg)) = next else {
             // The loop is gone.
             s.threads.fetch_sub(1, SeqCst);
             return;
         };
         s.queued.fetch_sub(1, SeqCst);
         let fallback = job.failed();
-        let answer = catch_unwind(AssertUnwindSafe(|| (s.serve)(job))).unwrap_or_else(|_| {
-            log::error!("lookup: a job panicked");
-            fallback
-        });
+        let answer = catch_unwind(AssertUnwindSafe(|| (s.serve)(cfg.as_deref(), job)))
+            .unwrap_or_else(|_| {
+                log::error!("lookup: a job panicked");
+                fallback
+            });
         s.done
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -442,7 +460,7 @@ mod tests {
         let (woke, wakes) = mpsc::channel::<()>();
         let woke = Mutex::new(woke);
         let l = Lookups::with(
-            move |job| {
+            move |_, job| {
                 if let Job::Session(Lookup::Rcpt(q)) = &job {
                     if q.rcpt.local == "stall" {
                         let _ = held.lock().map(|h| h.recv_timeout(Duration::from_secs(10)));

@@ -1,17 +1,13 @@
 //! smtpd: flags, start-up and the choice of configuration. No logic lives here.
 
-use smtpd::config::{self, Config};
+use smtpd::config::{self, Config, Origin, BUILT_IN, DEFAULT_CONFIG};
 use smtpd::event_loop::{bind_control, bind_listeners, refuse_if_running, Server};
 use smtpd::queue::spool::Spool;
 use smtpd::tools;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
-
-const DEFAULT_CONFIG: &str = "/etc/smtpd.conf";
-/// The name the built-in configuration goes by in messages.
-const BUILT_IN: &str = "(built-in development configuration)";
 
 /// The programs the binary can be, besides the daemon.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -113,7 +109,8 @@ fn main() -> ExitCode {
         }
     }
     let verbose = m.opt_count("v");
-    let cfg = match load_config(m.opt_str("f"), &macros) {
+    let origin = Origin::new(m.opt_str("f"), macros);
+    let cfg = match origin.load() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{e}");
@@ -149,7 +146,7 @@ fn main() -> ExitCode {
     } else {
         smtpd::logger::init_syslog(verbose);
     }
-    match start(cfg, tls, foreground, &paused) {
+    match start(origin, cfg, tls, foreground, &paused) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("smtpd: {e}");
@@ -161,31 +158,8 @@ fn main() -> ExitCode {
     }
 }
 
-/// `-f FILE`; without it /etc/smtpd.conf, and when that does not exist the built-in
-/// development configuration (loopback port 2525, spool under the current directory).
-fn load_config(
-    file: Option<String>,
-    macros: &HashMap<String, String>,
-) -> Result<Config, config::ConfigError> {
-    let mut cfg = match file {
-        Some(f) => config::load(Path::new(&f), macros)?,
-        None if Path::new(DEFAULT_CONFIG).exists() => {
-            config::load(Path::new(DEFAULT_CONFIG), macros)?
-        }
-        None => {
-            let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
-            config::parse(config::DEVELOPMENT, &cwd.join(BUILT_IN), macros)?
-        }
-    };
-    if cfg.queue.path.is_relative() {
-        if let Ok(cwd) = std::env::current_dir() {
-            cfg.queue.path = cwd.join(&cfg.queue.path);
-        }
-    }
-    Ok(cfg)
-}
-
 fn start(
+    origin: Origin,
     cfg: Config,
     tls: smtpd::tls::TlsSetup,
     foreground: bool,
@@ -250,23 +224,7 @@ fn start(
     let mut filters = Vec::new();
     let mut filter_fds = Vec::new();
     for (id, f) in cfg.filters.iter().enumerate() {
-        if let config::FilterKind::Proc {
-            command,
-            user,
-            group,
-            chroot,
-            ..
-        } = &f.kind
-        {
-            let spec = smtpd::filter::supervisor::ProcSpec {
-                id,
-                name: f.name.clone(),
-                role: smtpd::filter::supervisor::Role::Filter,
-                command: command.clone(),
-                user: user.clone(),
-                group: group.clone(),
-                chroot: chroot.clone(),
-            };
+        if let Some(spec) = smtpd::privsep::filter_spec(id, f) {
             let (pid, engine_fd, err) = smtpd::filter::supervisor::spawn(&spec)?;
             log::info!("filter {} started, pid {pid}", f.name);
             filter_fds.push((id, engine_fd));
@@ -310,6 +268,7 @@ fn start(
                 filter_fds,
             )
             .and_then(|mut s| {
+                s.set_origin(origin);
                 for p in paused {
                     s.pause(p);
                 }
@@ -333,7 +292,8 @@ fn start(
             if n > 0 {
                 log::info!("offline: {n} message(s) submitted");
             }
-            let code = smtpd::privsep::parent_loop(parent_end, engine, filters)?;
+            let reloader = smtpd::privsep::reload::Reloader::new(origin, cfg.clone());
+            let code = smtpd::privsep::parent_loop(parent_end, engine, filters, reloader)?;
             let _ = std::fs::remove_file(smtpd::control::socket_path(&cfg.queue.path));
             if code != 0 {
                 return Err(std::io::Error::other(format!(

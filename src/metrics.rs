@@ -58,6 +58,8 @@ pub struct SmtpCounters {
     pub tls: [u64; 2],
     /// Handshakes of outgoing sessions that ended: completed, failed.
     pub tls_out: [u64; 2],
+    /// Reloads of the configuration: applied, failed.
+    pub reloads: [u64; 2],
 }
 
 impl SmtpCounters {

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 mod auth;
 mod deliver;
+pub mod reload;
 use deliver::*;
 
 /// Largest message on the parent channel.
@@ -258,8 +259,8 @@ pub fn encode_filter_kill(id: usize) -> Vec<u8> {
     id_message(b'K', id)
 }
 
-/// The filter id of an `'F'` or `'K'` message, or the table id of a `'T'` or `'U'`
-/// message.
+/// The filter id of an `'F'`, `'f'` or `'K'` message, or the table id of a `'T'` or
+/// `'t'` message.
 pub fn decode_filter_id(b: &[u8]) -> Option<usize> {
     let id: [u8; 8] = b.get(1..9)?.try_into().ok()?;
     (b.len() == 9).then(|| u64::from_be_bytes(id) as usize)
@@ -270,10 +271,13 @@ pub fn encode_table_fd(id: usize) -> Vec<u8> {
     id_message(b'T', id)
 }
 
-/// Engine -> parent: kill this table process (it hung, died or spoke garbage); it is
-/// restarted. `'U' id`.
-pub fn encode_table_kill(id: usize) -> Vec<u8> {
-    id_message(b'U', id)
+/// Engine -> parent: kill the process of this table (it hung, died or spoke
+/// garbage); it is restarted. `'U' name`: by name, which a reload does not change
+/// for a process it keeps (its index it may).
+pub fn encode_table_kill(name: &str) -> Vec<u8> {
+    let mut v = vec![b'U'];
+    v.extend_from_slice(name.as_bytes());
+    v
 }
 
 /// A message of one kind byte and an id (big-endian u64).
@@ -281,6 +285,29 @@ fn id_message(kind: u8, id: usize) -> Vec<u8> {
     let mut v = vec![kind];
     v.extend_from_slice(&(id as u64).to_be_bytes());
     v
+}
+
+/// How the process of filter `id` is run, if it has one.
+pub fn filter_spec(id: usize, f: &crate::config::FilterDef) -> Option<supervisor::ProcSpec> {
+    let crate::config::FilterKind::Proc {
+        command,
+        user,
+        group,
+        chroot,
+        ..
+    } = &f.kind
+    else {
+        return None;
+    };
+    Some(supervisor::ProcSpec {
+        id,
+        name: f.name.clone(),
+        role: Role::Filter,
+        command: command.clone(),
+        user: user.clone(),
+        group: group.clone(),
+        chroot: chroot.clone(),
+    })
 }
 
 /// How the process of table `id` is run, if it has one.
@@ -318,7 +345,12 @@ fn handover(spec: &supervisor::ProcSpec) -> Vec<u8> {
 
 /// The parent's loop: serves delivery requests and keeps the filter and table processes
 /// running until the engine exits; returns the engine's exit code.
-pub fn parent_loop(chan: OwnedFd, engine: i32, mut filters: Vec<Running>) -> io::Result<i32> {
+pub fn parent_loop(
+    chan: OwnedFd,
+    engine: i32,
+    mut filters: Vec<Running>,
+    mut reloader: reload::Reloader,
+) -> io::Result<i32> {
     let sig = sys::signal_pipe()?;
     let fd = chan.as_raw_fd();
     let mut children: HashMap<i32, (u64, File)> = HashMap::new();
@@ -341,6 +373,7 @@ pub fn parent_loop(chan: OwnedFd, engine: i32, mut filters: Vec<Running>) -> io:
                     sys::kill(pid, libc::SIGTERM);
                 }
             }
+            reloader.stop_all();
             return Ok(code);
         }
         let mut fds = vec![
@@ -372,9 +405,11 @@ pub fn parent_loop(chan: OwnedFd, engine: i32, mut filters: Vec<Running>) -> io:
             });
         }
         let now = Instant::now();
+        let retire = reloader.tick(now);
         let timeout = filters
             .iter()
             .filter_map(|f| f.restart_at)
+            .chain(retire)
             .map(|t| t.saturating_duration_since(now).as_millis().min(60_000) as i32)
             .min()
             .unwrap_or(1000)
@@ -421,7 +456,10 @@ pub fn parent_loop(chan: OwnedFd, engine: i32, mut filters: Vec<Running>) -> io:
             sys::read_signals(sig, &mut signals);
             for s in signals.drain(..) {
                 match s {
-                    libc::SIGTERM | libc::SIGINT | libc::SIGHUP => sys::kill(engine, s),
+                    libc::SIGTERM | libc::SIGINT => sys::kill(engine, s),
+                    libc::SIGHUP if chan_open && engine_status.is_none() => {
+                        reloader.start(fd, &filters)
+                    }
                     _ => {}
                 }
             }
@@ -431,7 +469,7 @@ pub fn parent_loop(chan: OwnedFd, engine: i32, mut filters: Vec<Running>) -> io:
         while let Some((pid, status)) = sys::reap_child() {
             if pid == engine {
                 engine_status = Some(sys::exit_code(status));
-            } else if auth.reaped(pid, status, fd) {
+            } else if auth.reaped(pid, status, fd) || reloader.reaped(pid) {
             } else if let Some((id, pipe)) = children.remove(&pid) {
                 let res = child_result(id, pipe, status);
                 if let Err(e) = sys::send_msg(fd, &res.encode(), None) {
@@ -517,13 +555,21 @@ pub fn parent_loop(chan: OwnedFd, engine: i32, mut filters: Vec<Running>) -> io:
                         // The password does not stay in the parent's memory.
                         sys::crypt::wipe(&mut buf[..n]);
                     }
+                    Ok((_, _)) if buf.first() == Some(&reload::REQUEST) => {
+                        reloader.start(fd, &filters);
+                    }
+                    Ok((n, _)) if buf.first() == Some(&reload::APPLIED) => {
+                        reloader.applied(&buf[..n], &mut filters, fd);
+                    }
                     Ok((n, msgfd)) => {
                         if let Some(&kind @ (b'K' | b'U')) = buf.first() {
-                            let table = kind == b'U';
-                            if let Some(f) = decode_filter_id(&buf[..n]).and_then(|id| {
-                                filters.iter().find(|f| {
-                                    f.spec.id == id && (f.spec.role != Role::Filter) == table
-                                })
+                            let name = std::str::from_utf8(&buf[1..n]).ok();
+                            if let Some(f) = filters.iter().find(|f| match kind {
+                                b'K' => {
+                                    f.spec.role == Role::Filter
+                                        && decode_filter_id(&buf[..n]) == Some(f.spec.id)
+                                }
+                                _ => f.spec.role != Role::Filter && name == Some(&f.spec.name),
                             }) {
                                 if let Some(pid) = f.pid {
                                     log::warn!(

@@ -48,7 +48,7 @@ pub fn smtpctl(prog: &str, args: &[String]) -> i32 {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{prog}: {e}");
-            eprintln!("usage: {prog} [-f file] show queue|envelope ID|message ID|stats|metrics|routes|hosts|mta-sts | schedule ID|all | remove ID|all | pause|resume mda|mta|smtp | log brief|verbose | monitor | update table NAME | encrypt [string]");
+            eprintln!("usage: {prog} [-f file] show queue|envelope ID|message ID|stats|metrics|routes|hosts|mta-sts | schedule ID|all | remove ID|all | pause|resume mda|mta|smtp | log brief|verbose | monitor | update table NAME | reload | encrypt [string]");
             return 1;
         }
     };

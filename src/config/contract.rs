@@ -596,7 +596,7 @@ fn getopts_options(src: &str) -> Vec<String> {
 fn every_option_is_documented() {
     // The daemon's options each have an item; sendmail's ignored ones are only listed.
     for (needle, page, at_least, items_only) in [
-        ("fn load_config(", "man/smtpd.8", 7, true),
+        ("fn usage(prog: &str, opts", "man/smtpd.8", 7, true),
         ("pub fn sendmail(", "man/smtpctl.8", 10, false),
     ] {
         let (source, code) = source_with(needle);

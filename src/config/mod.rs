@@ -6,10 +6,12 @@ mod lexer;
 pub mod model;
 mod parser;
 pub mod relay;
+pub mod reload;
 pub mod tls;
 
 pub use model::*;
 pub use parser::{check_queue_key, KEYWORDS};
+pub use reload::{Origin, BUILT_IN, DEFAULT_CONFIG, METRICS_LISTENER};
 
 use std::collections::HashMap;
 use std::fmt;
@@ -66,7 +68,7 @@ match from local for local action "local"
 
 /// Reads and parses `path`; `-D name=value` macros in `macros` win over the file's.
 pub fn load(path: &Path, macros: &HashMap<String, String>) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path)
+    let text = crate::files::read_to_string(path)
         .map_err(|e| ConfigError::at(&path.display().to_string(), 0, e.to_string()))?;
     parse(&text, path, macros)
 }

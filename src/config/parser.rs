@@ -482,7 +482,7 @@ impl Parser {
             return Err(st.err("includes nested too deeply"));
         }
         let path = relative_to(&self.current, &p);
-        let text = std::fs::read_to_string(&path)
+        let text = crate::files::read_to_string(&path)
             .map_err(|e| st.err(format!("{}: {e}", path.display())))?;
         self.depth += 1;
         let outer = std::mem::replace(&mut self.current, path.clone());

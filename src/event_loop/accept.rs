@@ -269,6 +269,7 @@ impl Server {
         }
         let max_line = self.cfg.smtp.max_command_line;
         let mut conn = Conn::new(stream, gen, ip, session, actions, deadline, max_line);
+        conn.cfg = Some(self.cfg.clone());
         conn.proxied = proxied.map(|e| (e.dst, e.src));
         if let (Some(mode @ (TlsMode::Starttls | TlsMode::Require)), Some(c)) = (tls, tls_cfg) {
             conn.offer_starttls(c, mode == TlsMode::Require);

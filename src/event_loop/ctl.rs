@@ -178,6 +178,7 @@ impl Server {
             match control::parse(&line) {
                 Ok(Ctl::Smtp) => return self.control_to_smtp(key, now),
                 Ok(Ctl::UpdateTable(name)) if privileged => self.update_table(key, &name),
+                Ok(Ctl::Reload) if privileged => self.reload_request(key),
                 Ok(cmd) if privileged => {
                     let (text, monitor) = self.control_command(cmd);
                     self.queue_actions(now);
@@ -337,7 +338,7 @@ impl Server {
             }
             Ctl::Monitor => (self.monitor_line(), true),
             // Answered by a lookup thread (`update_table`), or a connection taken over.
-            Ctl::UpdateTable(_) | Ctl::Smtp => (String::new(), false),
+            Ctl::UpdateTable(_) | Ctl::Reload | Ctl::Smtp => (String::new(), false),
         }
     }
 

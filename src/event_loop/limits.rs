@@ -27,6 +27,12 @@ pub(super) struct ControlSlots {
 }
 
 impl ControlSlots {
+    /// New limits (a reload); the clients connected stay.
+    pub(super) fn set_limits(&mut self, max_total: usize, max_per_user: usize) {
+        self.max_total = max_total;
+        self.max_per_user = max_per_user;
+    }
+
     pub(super) fn new(max_total: usize, max_per_user: usize) -> Self {
         ControlSlots {
             max_total,
@@ -96,6 +102,11 @@ impl RateTable {
             counts: HashMap::new(),
             next_prune: None,
         }
+    }
+
+    /// A new limit (a reload); the counts so far stay.
+    pub(super) fn set_limit(&mut self, limit: usize) {
+        self.limit = limit;
     }
 
     /// Counts a new connection from `ip`; false when it is over the limit. An address

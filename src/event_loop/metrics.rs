@@ -10,7 +10,7 @@ use mio::net::TcpStream;
 use std::io::Read;
 
 /// The `idx` of a listener of metrics among [`Endpoint::Listener`]s.
-pub(super) const METRICS_LISTENER: usize = usize::MAX;
+pub(super) use crate::config::METRICS_LISTENER;
 /// Clients of the metrics listener at once; more are closed at once.
 const MAX_CLIENTS: usize = 8;
 /// The longest request head read.
@@ -234,6 +234,18 @@ impl Server {
             "gauge",
             "SMTP sessions open, local ones included.",
             self.sessions,
+        );
+        e.single(
+            "smtpd_config_reloads_total",
+            "counter",
+            "Reloads of the configuration applied (SIGHUP, smtpctl reload).",
+            c.reloads[0],
+        );
+        e.single(
+            "smtpd_config_reload_failures_total",
+            "counter",
+            "Reloads of the configuration refused; the one in force was kept.",
+            c.reloads[1],
         );
         e.single(
             "smtpd_sessions_total",

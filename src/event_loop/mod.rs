@@ -44,6 +44,7 @@ mod mta;
 mod proxy;
 mod queue;
 mod rdns;
+mod reload;
 mod sts;
 mod tables;
 
@@ -190,6 +191,18 @@ pub struct Server {
     http_conns: usize,
     /// When the engine started (seconds since the epoch).
     started: u64,
+    /// Reloads: the origin of the configuration, what the parent sent for the next.
+    reloading: reload::Reloading,
+}
+
+/// `max-sessions`, or what the descriptor limit allows (a session may hold a socket
+/// and a message file).
+fn max_sessions(cfg: &Config, nofile: usize) -> usize {
+    if cfg.smtp.max_sessions > 0 {
+        cfg.smtp.max_sessions
+    } else {
+        (nofile.saturating_sub(64) / 2).max(16)
+    }
 }
 
 impl Server {
@@ -256,12 +269,7 @@ impl Server {
         };
         let queue = Manager::new(cfg.clone(), default_user);
         let nofile = crate::sys::raise_nofile();
-        let max_sessions = if cfg.smtp.max_sessions > 0 {
-            cfg.smtp.max_sessions
-        } else {
-            // Each session may hold a socket and a message file.
-            (nofile.saturating_sub(64) / 2).max(16) as usize
-        };
+        let max_sessions = max_sessions(&cfg, usize::try_from(nofile).unwrap_or(usize::MAX));
         let mut server = Server {
             rates: RateTable::new(cfg.smtp.max_connection_rate, limits::RATE_TABLE_MAX),
             auth_failures: limits::AuthFailures::new(limits::AUTH_TABLE_MAX),
@@ -318,6 +326,7 @@ impl Server {
             counters: crate::metrics::SmtpCounters::default(),
             http_conns: 0,
             started: unix_now(),
+            reloading: reload::Reloading::default(),
         };
         server.rdns = server.cfg.needs_rdns();
         server.add_filters(filter_fds)?;
@@ -431,6 +440,7 @@ impl Server {
             self.on_commits(now);
             self.on_lookups(now);
             self.on_io(now);
+            self.reload_turn();
             self.expire_timers(now);
             // DNS answers, cached ones included, reach their waiters here.
             self.dns_turn(now);
@@ -454,7 +464,7 @@ impl Server {
                     log::info!("smtpd received signal {sig}, stopping");
                     self.stop();
                 }
-                libc::SIGHUP => log::info!("smtpd SIGHUP: reloading is not supported, ignored"),
+                libc::SIGHUP if self.stopping.is_none() => self.reload_signal(),
                 _ => {}
             }
         }
@@ -488,8 +498,9 @@ impl Server {
         if gen.is_some_and(|g| g != conn.gen) {
             return None;
         }
+        let cfg = conn.cfg.clone().unwrap_or_else(|| cfg.clone());
         let mut ctx = Ctx {
-            cfg,
+            cfg: &cfg,
             spool,
             committer,
             lookups,

@@ -43,6 +43,18 @@ pub(super) struct ProxyConn {
     buf: Vec<u8>,
 }
 
+impl ProxyConn {
+    /// The index of the listener it came to.
+    pub(super) fn listener(&self) -> usize {
+        self.lidx
+    }
+
+    /// Its listener has another index in a reloaded configuration.
+    pub(super) fn set_listener(&mut self, idx: usize) {
+        self.lidx = idx;
+    }
+}
+
 /// The proxy a session came through and what its header said.
 pub(super) struct Via {
     /// The proxy's end of the connection (canonical).

@@ -87,6 +87,7 @@ impl Server {
         let now = unix_now();
         match done {
             IoDone::Handed { id, result } => self.queue.handed(id, result, now),
+            IoDone::Configured => {}
             IoDone::Written { id, result } => self.queue.written(id, result, now),
             IoDone::Expanded { evpid, dests } => self.queue.expanded(evpid, dests, now),
             IoDone::Bounced {
@@ -149,6 +150,9 @@ impl Server {
                         Some(id) => self.table_handed(id, fd),
                         None => log::warn!("queue: malformed table handover ignored"),
                     }
+                }
+                Ok((n, fd)) if matches!(buf.first(), Some(b'L' | b'f' | b't' | b'C' | b'E')) => {
+                    self.reload_message(&buf[..n], fd)
                 }
                 Ok((n, _)) if buf.first() == Some(&b'a') => {
                     match crate::credentials::decode_system_answer(&buf[..n]) {

@@ -20,11 +20,11 @@ use std::time::Instant;
 /// process when it stops answering (the parent then starts it again).
 pub(super) fn watch(cfg: &Config, parent: Option<&Arc<OwnedFd>>) {
     let Some(parent) = parent else { return };
-    for (id, t) in cfg.tables.iter().enumerate() {
+    for t in &cfg.tables {
         if let Some(b) = t.backend() {
             let parent = parent.clone();
+            let msg = crate::privsep::encode_table_kill(&t.name);
             b.on_broken(move || {
-                let msg = crate::privsep::encode_table_kill(id);
                 if let Err(e) = crate::sys::send_msg(parent.as_raw_fd(), &msg, None) {
                     log::warn!("table: cannot reach the parent: {e}");
                 }
@@ -54,7 +54,10 @@ impl Server {
             return;
         };
         let gen = c.gen;
-        if self.lookups.submit((key, gen), Job::Reload(id)) {
+        if self
+            .lookups
+            .submit_under((key, gen), Job::Reload(id), &self.cfg)
+        {
             c.waiting = true;
         } else {
             c.out.extend_from_slice(b"error: no lookup thread\n");
@@ -108,7 +111,10 @@ impl Server {
         else {
             return false;
         };
-        if !self.lookups.submit((key, gen), Job::Secret(t, label)) {
+        if !self
+            .lookups
+            .submit_under((key, gen), Job::Secret(t, label), &self.cfg)
+        {
             if let Some(Endpoint::Mta(conn)) = self.slab.get_mut(key) {
                 conn.fail_all(Outcome::TempFail(
                     "no lookup thread for the relay's secret".into(),

@@ -64,6 +64,8 @@ pub enum IoJob {
         /// The policy, its id and when it was fetched.
         entry: CacheEntry,
     },
+    /// Serve the jobs that follow under this configuration (a reload).
+    Config(Arc<Config>),
 }
 
 /// The completion of an [`IoJob`].
@@ -126,6 +128,8 @@ pub enum IoDone {
         /// What happened.
         result: Result<(), String>,
     },
+    /// The configuration was taken.
+    Configured,
 }
 
 impl IoJob {
@@ -137,6 +141,7 @@ impl IoJob {
                 id: req.id,
                 result: Err(why),
             },
+            IoJob::Config(_) => IoDone::Configured,
             IoJob::Open { session, job, .. } => IoDone::Opened {
                 session,
                 job,
@@ -226,6 +231,10 @@ impl Ctx {
         let mut notices: Vec<Pending> = Vec::new();
         for job in batch {
             match job {
+                IoJob::Config(cfg) => {
+                    self.cfg = cfg;
+                    done.push(IoDone::Configured);
+                }
                 IoJob::Deliver(Delivery { msgid, req }) => done.push(IoDone::Handed {
                     id: req.id,
                     result: self.deliver(msgid, req),

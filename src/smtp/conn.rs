@@ -12,6 +12,7 @@ use crate::queue::envelope::Envelope;
 use crate::queue::spool::{is_no_space, Committer, Spool};
 use std::io::{self, Read, Write};
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Size of each connection's input buffer, unless the line limits need more.
@@ -57,8 +58,8 @@ impl Reason {
 
 /// What the connection needs from the server while it runs.
 pub struct Ctx<'a> {
-    /// The configuration.
-    pub cfg: &'a Config,
+    /// The configuration the session started under.
+    pub cfg: &'a Arc<Config>,
     /// The spool.
     pub spool: &'a Spool,
     /// The sync thread.
@@ -88,6 +89,9 @@ pub struct Conn {
     pub sock: crate::stream::Stream,
     /// Generation, to tell this connection from an earlier one in the same slot.
     pub gen: u64,
+    /// The configuration the session started under (the loop's when `None`): a reload
+    /// does not change the rules of a session in progress.
+    pub cfg: Option<Arc<Config>>,
     /// The client's address (for per-address limits); `None` on the local socket.
     pub peer: Option<IpAddr>,
     /// Our end and the client's as a PROXY header named them, which filters are told
@@ -173,6 +177,7 @@ impl Conn {
         let mut c = Conn {
             sock,
             gen,
+            cfg: None,
             peer,
             proxied: None,
             uid: None,
@@ -574,7 +579,7 @@ impl Conn {
                     self.lookup_line = line.map(<[u8]>::to_vec);
                     let unanswered = l.unanswered();
                     let job = crate::lookup::Job::Session(l);
-                    if !ctx.lookups.submit((ctx.key, self.gen), job) {
+                    if !ctx.lookups.submit_under((ctx.key, self.gen), job, ctx.cfg) {
                         log::warn!("{:016x} smtp no lookup thread", self.session.id);
                         self.session.on_lookup(unanswered, &mut self.actions);
                     }

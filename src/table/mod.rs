@@ -238,6 +238,14 @@ impl Table {
         self.backend.as_ref()
     }
 
+    /// Takes `other`'s process client: one process serves both (a reload that kept
+    /// the table as it was).
+    pub fn share_backend(&mut self, other: &Table) {
+        if let Some(b) = &other.backend {
+            self.backend = Some(b.clone());
+        }
+    }
+
     /// Whether the entries are in memory (inline, file and db tables), so that the
     /// loop may read them without waiting.
     pub fn in_memory(&self) -> bool {
@@ -338,12 +346,12 @@ fn backend_key(key: &str) -> Result<String, TableError> {
 fn read(source: &Source) -> Result<Entries, String> {
     match source {
         Source::File(path) => {
-            let text =
-                std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let text = crate::files::read_to_string(path)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
             Entries::parse(&text).map_err(|(line, msg)| format!("{}:{line}: {msg}", path.display()))
         }
         Source::Db(path) => {
-            let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let bytes = crate::files::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
             let pairs = bdb::read(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
             Ok(Entries::new(pairs))
         }

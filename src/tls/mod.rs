@@ -100,8 +100,8 @@ fn read_certs(
     what: &str,
 ) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
     let fail = |m: String| place.err(format!("{what}: {}: {m}", path.display()));
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| fail(pem_error(e)))?
+    let pem = crate::files::read(path).map_err(|e| fail(e.to_string()))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| fail(pem_error(e)))?;
     if certs.is_empty() {
@@ -125,8 +125,9 @@ fn load_pki(p: &Pki, provider: &CryptoProvider) -> Result<Arc<CertifiedKey>, Con
         return Err(p.place.err(format!("{what}: needs a cert and a key")));
     };
     let chain = read_certs(cert, cert_at, &what)?;
-    let key_der = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| key_at.err(format!("{what}: {}: {}", key.display(), pem_error(e))))?;
+    let key_err = |m: String| key_at.err(format!("{what}: {}: {m}", key.display()));
+    let pem = crate::files::read(key).map_err(|e| key_err(e.to_string()))?;
+    let key_der = PrivateKeyDer::from_pem_slice(&pem).map_err(|e| key_err(pem_error(e)))?;
     CertifiedKey::from_der(chain, key_der, provider)
         .map(Arc::new)
         .map_err(|e| match e {

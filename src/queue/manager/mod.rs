@@ -213,6 +213,13 @@ fn notify_wants(env: &Envelope, bit: u8) -> bool {
 }
 
 impl Manager {
+    /// Plans what comes due from now on with `cfg` (a reload): envelopes name their
+    /// action, which the new configuration may have changed or removed.
+    pub fn set_config(&mut self, cfg: Arc<Config>) {
+        self.mta.config = cfg.mta.clone();
+        self.cfg = cfg;
+    }
+
     /// A manager for the actions of `cfg`; `default_user` runs file and pipe
     /// destinations when nothing else names a user.
     pub fn new(cfg: Arc<Config>, default_user: String) -> Manager {

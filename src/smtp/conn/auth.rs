@@ -13,9 +13,11 @@ impl Conn {
     /// session hears a temporary failure at once.
     pub(super) fn authenticate(&mut self, ctx: &mut Ctx, check: AuthCheck) {
         let asked = match check.table {
-            Some(_) => ctx
-                .lookups
-                .submit((ctx.key, self.gen), crate::lookup::Job::Auth(check)),
+            Some(_) => ctx.lookups.submit_under(
+                (ctx.key, self.gen),
+                crate::lookup::Job::Auth(check),
+                ctx.cfg,
+            ),
             None => match ctx.parent {
                 Some(fd) => {
                     let key = (ctx.key as u64, self.gen);

@@ -38,7 +38,7 @@ impl Conn {
                 junk,
                 masquerade,
             });
-            if ctx.lookups.submit((ctx.key, self.gen), job) {
+            if ctx.lookups.submit_under((ctx.key, self.gen), job, ctx.cfg) {
                 self.editing = Some(m.id);
                 return;
             }
