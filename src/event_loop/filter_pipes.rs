@@ -154,7 +154,12 @@ impl Server {
             .get(fid)
             .map(|f| f.name.clone())
             .unwrap_or_default();
-        log::warn!("filter {name}: {why}; failing its sessions and restarting it");
+        if crate::config::reload::filters_in_use(&self.cfg).contains(&fid) {
+            log::warn!("filter {name}: {why}; failing its sessions and restarting it");
+        } else {
+            // A reload retired it: the parent stopped it after a grace.
+            log::info!("filter {name}: {why}; no longer used, its sessions fail");
+        }
         let waiting = match self
             .pipes
             .get(fid)

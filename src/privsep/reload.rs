@@ -291,10 +291,7 @@ impl Reloader {
                 *procs = kept;
                 self.retire(gone, false);
                 self.cfg = p.cfg;
-                log::info!(
-                    "smtpd: configuration reloaded from {}",
-                    self.cfg.path.display()
-                );
+                log::debug!("parent: reload {gen} committed");
             }
             Err(e) => {
                 log::warn!(
