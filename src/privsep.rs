@@ -259,16 +259,19 @@ pub fn encode_filter_kill(id: usize) -> Vec<u8> {
     id_message(b'K', id)
 }
 
-/// The filter id of an `'F'`, `'f'` or `'K'` message, or the table id of a `'T'` or
-/// `'t'` message.
+/// The filter id of an `'F'`, `'f'` or `'K'` message, or the table id of a `'t'`
+/// message.
 pub fn decode_filter_id(b: &[u8]) -> Option<usize> {
     let id: [u8; 8] = b.get(1..9)?.try_into().ok()?;
     (b.len() == 9).then(|| u64::from_be_bytes(id) as usize)
 }
 
-/// Parent -> engine: a (re)started table process's socket follows. `'T' id`.
-pub fn encode_table_fd(id: usize) -> Vec<u8> {
-    id_message(b'T', id)
+/// Parent -> engine: a restarted table process's socket follows. `'T' name`: by
+/// name, like [`encode_table_kill`].
+pub fn encode_table_fd(name: &str) -> Vec<u8> {
+    let mut v = vec![b'T'];
+    v.extend_from_slice(name.as_bytes());
+    v
 }
 
 /// Engine -> parent: kill the process of this table (it hung, died or spoke
@@ -339,7 +342,7 @@ pub fn table_spec(id: usize, t: &crate::table::Table) -> Option<supervisor::Proc
 fn handover(spec: &supervisor::ProcSpec) -> Vec<u8> {
     match spec.role {
         Role::Filter => encode_filter_fd(spec.id),
-        Role::TableExec | Role::TableProgram(_) => encode_table_fd(spec.id),
+        Role::TableExec | Role::TableProgram(_) => encode_table_fd(&spec.name),
     }
 }
 

@@ -146,9 +146,12 @@ impl Server {
                     }
                 }
                 Ok((n, Some(fd))) if buf.first() == Some(&b'T') => {
-                    match crate::privsep::decode_filter_id(&buf[..n]) {
-                        Some(id) => self.table_handed(id, fd),
-                        None => log::warn!("queue: malformed table handover ignored"),
+                    match std::str::from_utf8(&buf[1..n]) {
+                        Ok(name) => match self.cfg.tables.iter().position(|t| t.name == name) {
+                            Some(id) => self.table_handed(id, fd),
+                            None => log::warn!("table: a socket for {name}, which is no more"),
+                        },
+                        Err(_) => log::warn!("queue: malformed table handover ignored"),
                     }
                 }
                 Ok((n, fd)) if matches!(buf.first(), Some(b'L' | b'f' | b't' | b'C' | b'E')) => {
