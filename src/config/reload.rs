@@ -247,6 +247,39 @@ match from any for any action "l"
     }
 
     #[test]
+    fn a_replay_parses_what_was_read() {
+        let dir = crate::testutil::TempDir::new("origin");
+        let conf = dir.0.join("smtpd.conf");
+        let users = dir.0.join("users");
+        std::fs::write(
+            dir.0.join("rules.conf"),
+            "match from any for domain \"a.test\" action \"l\"\n",
+        )
+        .unwrap();
+        std::fs::write(&users, "@a.test root\n").unwrap();
+        std::fs::write(
+            &conf,
+            format!("queue path \"q\"\nlisten on 127.0.0.1 port 2525\ntable u file:{}\naction \"l\" maildir virtual <u>\ninclude \"rules.conf\"\n", users.display()),
+        )
+        .unwrap();
+        let origin = Origin {
+            file: Some(conf.clone()),
+            macros: HashMap::new(),
+            cwd: dir.0.clone(),
+        };
+        let (cfg, bundle) = crate::files::record(|| origin.load());
+        let cfg = cfg.unwrap();
+        assert_eq!(cfg.queue.path, dir.0.join("q"));
+        assert_eq!(bundle.files.len(), 3, "{bundle:?}");
+        // Gone from the disk: the replay still has them.
+        std::fs::remove_dir_all(&dir.0).unwrap();
+        let again = crate::files::replay(bundle, || origin.load()).unwrap();
+        assert_eq!(again.rules.len(), cfg.rules.len());
+        assert_eq!(again.tables[0].entries().len(), 1);
+        assert!(origin.load().is_err());
+    }
+
+    #[test]
     fn addresses_of_every_listener() {
         let cfg = parse(BASE);
         let a = listen_addrs(&cfg, 99);

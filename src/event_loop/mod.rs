@@ -464,7 +464,8 @@ impl Server {
                     log::info!("smtpd received signal {sig}, stopping");
                     self.stop();
                 }
-                libc::SIGHUP if self.stopping.is_none() => self.reload_signal(),
+                // The parent reloads; a SIGHUP sent to every process (pkill) reloads once.
+                libc::SIGHUP => log::debug!("smtpd SIGHUP: the parent process reloads"),
                 _ => {}
             }
         }

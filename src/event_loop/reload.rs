@@ -75,12 +75,6 @@ impl Server {
         self.ask_parent(&[msg::REQUEST]);
     }
 
-    /// SIGHUP reached the engine: the parent, which reads the configuration, is asked.
-    pub(super) fn reload_signal(&mut self) {
-        log::info!("smtpd SIGHUP: asking the privileged process to reload");
-        self.ask_parent(&[msg::REQUEST]);
-    }
-
     /// A message of a reload from the parent: `'L'`, `'f'`, `'t'`, `'C'` or `'E'`.
     pub(super) fn reload_message(&mut self, m: &[u8], fd: Option<OwnedFd>) {
         let r = &mut self.reloading;
