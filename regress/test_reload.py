@@ -126,8 +126,15 @@ def test_broken_config_keeps_the_old_one(make_daemon):
     rc, out, err = d.smtpctl("reload")
     assert rc == 0 and "configuration reloaded" in out, out + err
     assert rcpt_code(d.port, "x@new.test") == 250
+    # The spool is the daemon's: another one needs a restart.
+    good = d.conf.read_text()
+    d.conf.write_text(good.replace('queue path "%s"' % d.queue, 'queue path "%s.other"' % d.queue))
+    # (smtpctl would look for the control socket in the new spool: the socket itself.)
+    out = d.ctl("reload", timeout=10)
+    assert out.startswith("error: ") and "queue path changed" in out, out
+    d.conf.write_text(good)
     assert metric(d, "smtpd_config_reloads_total") == 1
-    assert metric(d, "smtpd_config_reload_failures_total") == 2
+    assert metric(d, "smtpd_config_reload_failures_total") == 3
     assert d.stop() == 0
 
 
