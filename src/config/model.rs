@@ -32,6 +32,10 @@ pub struct Config {
     pub filters: Vec<FilterDef>,
     /// The filter of local submissions (`listen on socket filter NAME`).
     pub socket_filter: Option<FilterId>,
+    /// Filters of the configurations before a reload that this one no longer has,
+    /// kept in `filters` for the sessions that started under them (see
+    /// [`crate::config::reload::align_filters`]).
+    pub superseded_filters: Vec<FilterId>,
     /// `pki` statements, indexed by [`PkiId`].
     pub pkis: Vec<Pki>,
     /// `ca` statements, indexed by [`CaId`].

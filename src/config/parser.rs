@@ -366,6 +366,7 @@ impl Parser {
                 rules: Vec::new(),
                 filters: Vec::new(),
                 socket_filter: None,
+                superseded_filters: Vec::new(),
                 pkis: Vec::new(),
                 cas: Vec::new(),
                 socket: SocketListener::default(),

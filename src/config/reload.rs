@@ -138,27 +138,21 @@ pub fn align_filters(new: &mut Config, old: &Config) {
         l.filter = l.filter.map(re);
     }
     new.socket_filter = new.socket_filter.map(re);
+    new.superseded_filters = (0..out.len()).filter(|i| !map.contains(i)).collect();
     new.filters = out;
 }
 
-/// The filter processes the configuration's listeners use (directly or in a chain).
+/// The filter processes the configuration defines (not those it keeps for the
+/// sessions of an older one), by id.
 pub fn filters_in_use(cfg: &Config) -> Vec<usize> {
-    let mut used: Vec<usize> = cfg
-        .listeners
+    cfg.filters
         .iter()
-        .filter_map(|l| l.filter)
-        .chain(cfg.socket_filter)
-        .flat_map(|head| cfg.filter_chain(head))
-        .filter(|&id| {
-            matches!(
-                cfg.filters.get(id).map(|f| &f.kind),
-                Some(FilterKind::Proc { .. })
-            )
+        .enumerate()
+        .filter(|(id, f)| {
+            matches!(f.kind, FilterKind::Proc { .. }) && !cfg.superseded_filters.contains(id)
         })
-        .collect();
-    used.sort_unstable();
-    used.dedup();
-    used
+        .map(|(id, _)| id)
+        .collect()
 }
 
 /// Every address the daemon listens on, with the index of its listener

@@ -353,15 +353,16 @@ impl Server {
     }
 
     fn scrape_filters(&self, e: &mut Exposition) {
-        let pipes: Vec<&crate::filter::pipe::FilterPipe> = self
-            .pipes
-            .iter()
-            .flatten()
-            .filter_map(|&k| match self.slab.get(k) {
-                Some(Endpoint::Filter(p)) => Some(&**p),
-                _ => None,
-            })
-            .collect();
+        // The filters in force: one a reload superseded may bear its successor's name.
+        let pipes: Vec<&crate::filter::pipe::FilterPipe> =
+            crate::config::reload::filters_in_use(&self.cfg)
+                .into_iter()
+                .filter_map(|fid| self.pipes.get(fid).copied().flatten())
+                .filter_map(|k| match self.slab.get(k) {
+                    Some(Endpoint::Filter(p)) => Some(&**p),
+                    _ => None,
+                })
+                .collect();
         e.family(
             "smtpd_filter_answer_seconds",
             "histogram",
