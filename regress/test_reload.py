@@ -10,6 +10,8 @@
    restarted, a removed one stops.
 5. Tables are read again.
 6. A renewed certificate whose key only root can read is served after the reload.
+7. A table process kept as it was keeps answering (the same process); one whose
+   command changed is replaced, the old one stops.
 """
 
 import os
@@ -301,4 +303,63 @@ def test_renewed_root_only_certificate(make_daemon, tmp_path):
     wait_reloaded(d, 1)
     second = served_serial(d.port, pki.ca)
     assert first != second
+    assert d.stop() == 0
+
+
+def table_pids(d, marker):
+    out = []
+    for pid in descendants(d.pid):
+        try:
+            cmd = open("/proc/%d/cmdline" % pid, "rb").read().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if "linetable.py" in cmd and marker in cmd:
+            out.append(pid)
+    return out
+
+
+def test_table_process_kept_or_replaced(make_daemon, tmp_path):
+    import json
+
+    from conftest import REPO, allow_traversal
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root (table processes run as _smtpd)")
+    lib = tmp_path / "lt"
+    lib.mkdir()
+    shutil.copy(REPO / "regress" / "linetable.py", lib / "linetable.py")
+    data = lib / "data.json"
+    data.write_text(json.dumps({"domain": {"bench.test": "bench.test"}}))
+    for p in (lib / "linetable.py", data):
+        os.chmod(p, 0o644)
+    os.chmod(lib, 0o755)
+    allow_traversal(lib)
+    cmd = "/usr/bin/python3 %s %s" % (lib / "linetable.py", data)
+    rules = ('table vdom proc-exec "%s one"\n' % cmd
+             + RULES.replace("{ bench.test, example.test }", "<vdom>"))
+    d = make_daemon(rules=rules)
+    assert rcpt_code(d.port, "x@bench.test") == 250
+    assert rcpt_code(d.port, "x@new.test") == 550
+    assert rcpt_code(d.port, "x@example.test") == 550
+    pid = table_pids(d, " one")
+    assert len(pid) == 1
+    # Another rule, the table as it was: the same process answers.
+    d.rules = rules + 'match from any for domain "new.test" action "bench"\n'
+    d.write_config()
+    rc, out, err = d.smtpctl("reload")
+    assert rc == 0, out + err
+    assert rcpt_code(d.port, "x@bench.test") == 250
+    assert rcpt_code(d.port, "x@new.test") == 250
+    assert table_pids(d, " one") == pid
+    # Its command changes: a new process, the old one stops.
+    data.write_text(json.dumps({"domain": {"bench.test": "bench.test",
+                                           "example.test": "example.test"}}))
+    d.rules = d.rules.replace("%s one" % cmd, "%s two" % cmd)
+    d.write_config()
+    rc, out, err = d.smtpctl("reload")
+    assert rc == 0, out + err
+    assert wait_until(lambda: len(table_pids(d, " two")) == 1, 10)
+    assert wait_until(lambda: rcpt_code(d.port, "x@example.test") == 250, 10)
+    assert wait_until(lambda: not table_pids(d, " one"), 15), d.log()[-2000:]
+    assert d.wait_log(r"table vdom stopped", 5)
     assert d.stop() == 0
