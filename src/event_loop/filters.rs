@@ -329,17 +329,19 @@ impl Server {
         let Some(&(key, gen)) = self.session_keys.get(&sid) else {
             return;
         };
-        let next = match self.slab.get(key) {
+        // The limits the session started under (a reload may have changed them since).
+        let (next, cfg) = match self.slab.get(key) {
             Some(Endpoint::Smtp(c)) if c.gen == gen => {
+                let cfg = c.cfg.clone().unwrap_or_else(|| self.cfg.clone());
                 match c.filters.data_chain.iter().position(|&f| f == fid) {
-                    Some(i) => c.filters.data_chain.get(i + 1).copied(),
+                    Some(i) => (c.filters.data_chain.get(i + 1).copied(), cfg),
                     None => return, // the message already failed
                 }
             }
             _ => return,
         };
         // The text line limit, when one is set, holds for what the filters return too.
-        let max_line = match self.cfg.smtp.max_text_line {
+        let max_line = match cfg.smtp.max_text_line {
             0 => usize::MAX,
             n => n - 2,
         };
@@ -370,7 +372,7 @@ impl Server {
             }
             (Some(n), None) => self.send_lines(n, sid, &Lines::default(), true, now),
             (None, lines) => {
-                let max = self.cfg.smtp.max_message_size;
+                let max = cfg.smtp.max_message_size;
                 self.with_conn(key, Some(gen), |conn, ctx| match lines {
                     Some(l) => conn.store_filtered(ctx.spool, &l, max),
                     None => conn.on_filtered_end(ctx, now),

@@ -153,7 +153,10 @@ impl Server {
         if gen != self.reloading.gen {
             return;
         }
-        let r = parsed.and_then(|(cfg, tls)| self.apply(cfg, tls));
+        let r = match self.stopping {
+            Some(_) => Err("smtpd is stopping".into()),
+            None => parsed.and_then(|(cfg, tls)| self.apply(cfg, tls)),
+        };
         self.finish_reload(gen, r);
     }
 
