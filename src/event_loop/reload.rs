@@ -94,14 +94,14 @@ impl Server {
             },
             (Some(msg::FAILED), _) => {
                 let why = String::from_utf8_lossy(&m[1..]).into_owned();
-                self.reload_failed_early(&why);
+                self.reload_failed(&why);
             }
             _ => log::warn!("reload: malformed message from the parent ignored"),
         }
     }
 
-    /// The parent could not reload: the new sockets it sent (if any) go.
-    fn reload_failed_early(&mut self, why: &str) {
+    /// The reload failed (in the parent, or here): the new sockets sent for it go.
+    fn reload_failed(&mut self, why: &str) {
         let r = &mut self.reloading;
         r.listeners.clear();
         r.filters.clear();
@@ -173,7 +173,7 @@ impl Server {
                 self.answer_waiting("configuration reloaded\n");
             }
             Err(e) => {
-                self.reload_failed_early(e);
+                self.reload_failed(e);
                 log::warn!("smtpd: reload failed, the configuration in force is kept: {e}");
             }
         }
