@@ -38,18 +38,25 @@ impl Origin {
     /// built-in development configuration (loopback port 2525, spool under the current
     /// directory).
     pub fn new(file: Option<String>, macros: HashMap<String, String>) -> Origin {
+        let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
         let file = match file {
             Some(f) => Some(PathBuf::from(f)),
             None if Path::new(DEFAULT_CONFIG).exists() => Some(PathBuf::from(DEFAULT_CONFIG)),
             None => None,
         };
-        let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
         Origin { file, macros, cwd }
     }
 
     /// Reads and parses the configuration (through [`crate::files`]).
     pub fn load(&self) -> Result<Config, ConfigError> {
         let mut cfg = match &self.file {
+            // A relative file is the start's directory's (a daemon works from `/`);
+            // named as given while that is the current one.
+            Some(f)
+                if f.is_relative() && std::env::current_dir().ok() != Some(self.cwd.clone()) =>
+            {
+                super::load(&self.cwd.join(f), &self.macros)?
+            }
             Some(f) => super::load(f, &self.macros)?,
             None => super::parse(DEVELOPMENT, &self.cwd.join(BUILT_IN), &self.macros)?,
         };
