@@ -131,6 +131,12 @@ pub fn getpwnam(name: &str) -> Option<Passwd> {
 
 /// The name of the effective user, from the password database.
 pub fn getpwuid_name() -> Option<String> {
+    user_name(geteuid())
+}
+
+/// The login name of `uid`, from the password database (getpwuid_r(3): safe on any
+/// thread, and it may block on NSS: call it off the loop).
+pub fn user_name(uid: u32) -> Option<String> {
     let mut buf = vec![0u8; 4096];
     // SAFETY: passwd is plain data, zero is a valid bit pattern for it.
     let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
@@ -138,7 +144,7 @@ pub fn getpwuid_name() -> Option<String> {
     // SAFETY: every pointer is valid for the call; pw's strings point into buf.
     let r = unsafe {
         libc::getpwuid_r(
-            libc::geteuid(),
+            uid,
             &mut pw,
             buf.as_mut_ptr().cast(),
             buf.len(),
