@@ -266,9 +266,8 @@ pub(super) fn read_forward(pw: &sys::Passwd) -> Result<Option<Vec<String>>, Stri
         Err(e) => return Err(format!("{}: {e}", path.display())),
     };
     let md = f.metadata().map_err(|e| e.to_string())?;
-    let safe = |md: &std::fs::Metadata| {
-        (md.uid() == pw.uid || md.uid() == 0) && md.mode() & 0o022 == 0
-    };
+    let safe =
+        |md: &std::fs::Metadata| (md.uid() == pw.uid || md.uid() == 0) && md.mode() & 0o022 == 0;
     if !md.is_file() || !safe(&md) {
         log::warn!("{}: unsafe owner or mode, ignored", path.display());
         return Ok(None);
