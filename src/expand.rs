@@ -217,8 +217,8 @@ impl Expander<'_> {
     ) -> Result<(), Reply> {
         let item = item.trim_matches('"');
         if self.untrusted && (item.starts_with('|') || item.starts_with('/')) {
-            // As Sendmail does for an unsafe include file: what another user wrote
-            // never runs a command or writes a file as the daemon's user.
+            // What a plain user wrote never runs a command or writes a file as the
+            // action's user or the daemon's.
             log::warn!("expand: a command or file in an :include: file not owned by root: skipped");
             return Ok(());
         }
