@@ -129,26 +129,48 @@ def test_configs_naming_root_only_files_leak_nothing(tmp_path, setgid_copy):
     assert r.returncode != 0 and "ermission denied" in out_of(r), out_of(r)
 
 
-def test_setgid_sendmail_takes_no_configuration_from_the_user(tmp_path, setgid_copy):
-    """The setgid copy named sendmail ignores -C: a configuration of the user's cannot
-    point the offline queue (written with the group's rights) at another directory."""
+def test_setgid_sendmail_writes_only_in_an_offline_queue(tmp_path, setgid_copy):
+    """The setgid copy named sendmail ignores -C, and uses the group's right to write
+    only in an offline queue as the daemon makes it (root:_smtpq, mode 1770): a user who
+    leads it elsewhere (a configuration of its own, a ./spool symbolic link to another
+    directory the group may write) gets the file nowhere."""
     if Path("/etc/smtpd.conf").exists():
         pytest.skip("/etc/smtpd.conf exists: sendmail would use its spool")
     work = tmp_path / "w"
     work.mkdir()
     reachable_dir(work)
     os.chmod(work, 0o777)
-    target = tmp_path / "groupdir"
-    target.mkdir()
-    (target / "offline").mkdir()
-    os.chown(target / "offline", 0, smtpq_gid())
-    os.chmod(target / "offline", 0o1770)
-    reachable_dir(target)
+    targets = []
+    for name, mode in (("queue-like", 0o1770), ("group-dir", 0o770), ("group-dir2", 0o2775)):
+        target = tmp_path / name
+        target.mkdir()
+        (target / "offline").mkdir()
+        os.chown(target / "offline", 0, smtpq_gid())
+        os.chmod(target / "offline", mode)
+        os.chmod(target, 0o755)
+        targets.append(target)
+    reachable_dir(targets[0])
     conf = work / "my.conf"
-    conf.write_text('queue path "%s"\n' % target)
+    conf.write_text('queue path "%s"\n' % targets[0])
     r = run_as("smtpdtest1", ["sendmail", "-C", str(conf), "bob@example.test"], binary=setgid_copy,
                cwd=str(work), input=b"Subject: x\n\ny\n")
-    assert list((target / "offline").iterdir()) == [], out_of(r)
+    assert list((targets[0] / "offline").iterdir()) == [], out_of(r)
+    for target in targets[1:]:
+        link = work / "spool"
+        if link.is_symlink():
+            link.unlink()
+        os.symlink(target, link)
+        r = run_as("smtpdtest1", ["sendmail", "bob@example.test"], binary=setgid_copy,
+                   cwd=str(work), input=b"Subject: x\n\ny\n")
+        assert r.returncode != 0, out_of(r)
+        assert list((target / "offline").iterdir()) == [], (target, out_of(r))
+    # The control case: the same way into an offline queue as the daemon makes it.
+    link = work / "spool"
+    link.unlink()
+    os.symlink(targets[0], link)
+    r = run_as("smtpdtest1", ["sendmail", "bob@example.test"], binary=setgid_copy,
+               cwd=str(work), input=b"Subject: x\n\ny\n")
+    assert r.returncode == 0 and len(list((targets[0] / "offline").iterdir())) == 1, out_of(r)
 
 
 # --- the queue ------------------------------------------------------------------------

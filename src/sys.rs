@@ -4,7 +4,7 @@
 use std::ffi::{CStr, CString};
 use std::io;
 use std::net::IpAddr;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicI32, Ordering};
 
@@ -609,6 +609,16 @@ pub fn suspend_setgid() -> Option<u32> {
 pub fn resume_setgid(gid: u32) {
     // SAFETY: plain id syscall; it only succeeds for the saved group.
     unsafe { libc::setegid(gid) };
+}
+
+/// Makes the directory open as `dir` (an `O_PATH` descriptor will do) the working
+/// directory, so that names opened next are taken in it, whatever its path becomes.
+pub fn fchdir(dir: &impl AsRawFd) -> io::Result<()> {
+    // SAFETY: fchdir takes a descriptor the caller keeps open for the call.
+    if unsafe { libc::fchdir(dir.as_raw_fd()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Gives up the setgid group for good.
