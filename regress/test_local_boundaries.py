@@ -266,16 +266,20 @@ def test_plain_user_sender_is_its_own(make_daemon, user1):
     assert r.returncode == 0, r
     r = sendmail_as(d, "smtpdtest2", ["-f", "smtpdtest2+tag@localhost", "tagged@example.test"])
     assert r.returncode == 0, r
+    r = sendmail_as(d, "smtpdtest2", ["-f", "smtpdtest2", "bare@example.test"])
+    assert r.returncode == 0, r
+    r = sendmail_as(d, "smtpdtest2", ["-f", "root", "bare-root@example.test"])
+    assert r.returncode != 0 and b"553 5.7.1" in r.stderr, r
     got = d.wait_mailbox("own", 1)
     assert got, d.log()[-2000:]
     data = got[0][1]
     assert re.search(rb"^Return-Path: <smtpdtest2@[^>]+>", data, re.M), data[:300]
     assert re.search(rb"^Received: from \S+ \(local uid %d\)" % uid, data, re.M), data[:400]
-    assert d.wait_mailbox("null", 1) and d.wait_mailbox("tagged", 1)
+    assert d.wait_mailbox("null", 1) and d.wait_mailbox("tagged", 1) and d.wait_mailbox("bare", 1)
     assert d.wait_log(r"smtp connected address=local uid=%d" % uid)
     # Nothing of the refused ones was queued or delivered.
     assert d.wait_queue_empty(10)
-    assert d.mailbox("forged") == []
+    assert d.mailbox("forged") == [] and d.mailbox("bare-root") == []
     # Root gives any sender.
     assert d.sendmail(["-f", "ceo@example.test", "byroot@example.test"], b"Subject: r\n\nx\n").returncode == 0
     assert d.wait_mailbox("byroot", 1)
