@@ -4,7 +4,7 @@
 use std::ffi::{CStr, CString};
 use std::io;
 use std::net::IpAddr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicI32, Ordering};
 
@@ -12,9 +12,11 @@ pub mod crypt;
 mod memfd;
 mod net;
 pub mod regex;
+mod setgid;
 mod tty;
 pub use memfd::memfd;
 pub use net::{connect_from, listen_tcp};
+pub use setgid::{drop_setgid, fchdir, is_setgid, resume_setgid, suspend_setgid};
 pub use tty::read_secret;
 
 /// The host name from gethostname(2).
@@ -581,56 +583,6 @@ pub fn wait_pid(pid: i32) -> io::Result<i32> {
             return Err(e);
         }
     }
-}
-
-/// Whether the process runs with a group it was given by a setgid bit.
-pub fn is_setgid() -> bool {
-    // SAFETY: getgid/getegid cannot fail.
-    unsafe { libc::getgid() != libc::getegid() }
-}
-
-/// Sets the effective group back to the real one, keeping the setgid group in the
-/// saved set; returns it when the process was setgid.
-pub fn suspend_setgid() -> Option<u32> {
-    if !is_setgid() {
-        return None;
-    }
-    // SAFETY: plain id syscalls.
-    unsafe {
-        let egid = libc::getegid();
-        if libc::setegid(libc::getgid()) != 0 {
-            return None;
-        }
-        Some(egid)
-    }
-}
-
-/// Takes the setgid group back after [`suspend_setgid`].
-pub fn resume_setgid(gid: u32) {
-    // SAFETY: plain id syscall; it only succeeds for the saved group.
-    unsafe { libc::setegid(gid) };
-}
-
-/// Makes the directory open as `dir` (an `O_PATH` descriptor will do) the working
-/// directory, so that names opened next are taken in it, whatever its path becomes.
-pub fn fchdir(dir: &impl AsRawFd) -> io::Result<()> {
-    // SAFETY: fchdir takes a descriptor the caller keeps open for the call.
-    if unsafe { libc::fchdir(dir.as_raw_fd()) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// Gives up the setgid group for good.
-pub fn drop_setgid() -> io::Result<()> {
-    // SAFETY: plain id-changing syscalls; results are checked.
-    unsafe {
-        let gid = libc::getgid();
-        if libc::setresgid(gid, gid, gid) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
 }
 
 /// Exit code of a wait status, or 128+signal when killed.
