@@ -109,7 +109,7 @@ CASES = [
      "'helo' is an option of relay actions, not of mbox", "error"),
     # The socket's options; masquerade.
     ("socket-port", "listen on socket port 25", 1,
-     "unexpected 'port': 'listen on socket' takes only filter, tag, mask-src and no-dsn", "error"),
+     "unexpected 'port': 'listen on socket' takes only filter, tag, mask-src, no-dsn and senders", "error"),
     ("masquerade-without-senders", "listen on 127.0.0.1 port 2601 mask-src masquerade", 1,
      "'masquerade' follows 'senders <table>', as in 'senders <users> masquerade'", "error"),
     # Table types of OpenSMTPD.

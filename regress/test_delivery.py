@@ -123,6 +123,7 @@ def test_maildir_delivery(make_daemon, user1):
     # The spool is emptied: no envelope, no message, nothing left in incoming/.
     assert d.wait_queue_empty(10), d.messages()
     assert d.incoming() == []
+    assert d.wait_log(r"mda delivery evpid=%s" % msgid, 15), d.log()[-2000:]
     log = d.log()
     assert re.search(r"mda delivery evpid=%s[0-9a-f]{8} from=<%s> to=<alice@example.test> "
                      r"dest=user:alice result=Ok" % (msgid, SENDER), log), log[-2000:]

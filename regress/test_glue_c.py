@@ -234,6 +234,7 @@ def test_c_line_too_long_refuses_message_filter_survives(make_daemon, bindir):
         assert c.cmd("QUIT").code == 221
     msgs = d.wait_messages(1)
     assert len(msgs) == 1 and msgs[0].body().endswith(b"\n\nbaaaanaaaanaaaa\n"), msgs
+    assert d.wait_log(r"a message line longer than 65535 bytes", 15), d.log()[-3000:]
     log = d.log()
     assert "a message line longer than 65535 bytes cannot be passed on" in log, log[-3000:]
     assert "failing its sessions and restarting it" not in log, log[-3000:]

@@ -328,6 +328,7 @@ def test_errors_edits_and_helo(glue, start, lang):
     assert size > 0
     assert body.endswith("\n\nbody\n"), body
     assert msgs[0].envelopes[0]["helo"] == "rewritten.example"
+    assert d.wait_log(r"a bug in", 15), d.log()[-3000:]
     log = d.log()
     assert "a bug in" in log
     assert "restarting" not in log, log[-3000:]

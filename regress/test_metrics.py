@@ -122,6 +122,7 @@ def test_scrapes_during_load_agree_with_the_log_and_the_maildirs(make_daemon, tm
     assert wait_until(lambda: maildir.is_dir() and len(os.listdir(maildir)) == n, 60)
     assert wait_until(lambda: value(samples(scrape(mport)), "smtpd_queue_envelopes") == 0, 30)
     smp = samples(scrape(mport))
+    assert wait_until(lambda: len(re.findall(r"mda delivery .* result=Ok", d.log())) >= n, 30)
     log = d.log()
     accepted = len(re.findall(r"smtp message msgid=", log))
     assert accepted == n

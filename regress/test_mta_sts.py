@@ -194,6 +194,8 @@ def test_testing_mode_delivers_and_reports(net, pki, web):  # noqa: F811
     send(d, ["bob@unlisted.test"], "unlisted")
     rx1.wait_messages(1, timeout=15)
     rx2.wait_messages(1, timeout=15)
+    assert wait_until(lambda: len(re.findall(r"mta transaction ", d.log())) >= 2, 15), \
+        d.log()[-3000:]
     log = d.log()
     assert re.search(r'mta sts-testing host=mx\.testing\.test address=127\.0\.0\.2:25 '
                      r'tls=TLSv1\.[23]:\S+ verified=no policy=opportunistic reason="the '
@@ -252,6 +254,7 @@ def test_a_failed_fetch_means_no_policy(net, pki):  # noqa: F811
     d = sender(net, pki)
     send(d, ["bob@nofetch.test"], "nofetch")
     rx.wait_messages(1, timeout=15)
+    assert d.wait_log(r"mta transaction host=mx\.nofetch\.test", 15), d.log()[-3000:]
     log = d.log()
     assert re.search(r'mta-sts fetch-failed domain=nofetch\.test id=1 policy=none reason="'
                      r'127\.0\.0\.81:443: ', log), log[-3000:]

@@ -305,6 +305,7 @@ def test_offline_queue(make_daemon, user1):
     assert re.fullmatch(r"<root@[^>]+>", by_subject["offline root"]["Return-Path"])
     assert re.fullmatch(r"<smtpdtest1@[^>]+>", by_subject["offline user"]["Return-Path"])
     assert re.fullmatch(r"smtpdtest1@[^>]+", by_subject["offline user"]["From"])
+    assert d.wait_log(r"offline: 2 message\(s\) submitted", 15), d.log()[-2000:]
     log = d.log()
     assert re.search(r"offline: 2 message\(s\) submitted", log), log[-2000:]
     # Each submitted as its owner.

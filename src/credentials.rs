@@ -136,6 +136,23 @@ pub fn check_system(user: &str, password: &Secret) -> AuthResult {
     }
 }
 
+/// Whether `sender` is a local user's own: the null sender, or the login name (a
+/// sub-address after `delim` ignored, letters compared without case) at one of
+/// `domains`. What `sendmail` gives without `-f` is always one.
+pub fn is_own_sender(login: &str, sender: &Mailbox, domains: &[&str], delim: char) -> bool {
+    if sender.is_null() {
+        return true;
+    }
+    let local = match sender.local.find(delim) {
+        Some(i) if i > 0 => &sender.local[..i],
+        _ => sender.local.as_str(),
+    };
+    local.eq_ignore_ascii_case(login)
+        && domains
+            .iter()
+            .any(|d| !d.is_empty() && d.eq_ignore_ascii_case(&sender.domain))
+}
+
 /// Whether `user` may give `sender` in MAIL FROM by the `senders` table: the user's
 /// entry lists addresses (`user@domain`, `@domain`, `user`, or `@` for any, `<>`
 /// included), separated by commas. A sub-address of the sender is ignored unless the
@@ -376,6 +393,24 @@ mod tests {
         assert!(!may("carol", "bob@anywhere.example"));
         assert!(may("admin", "x@y.example") && may("admin", ""));
         assert!(!may("dave", "dave@example.org"));
+    }
+
+    #[test]
+    fn own_senders_of_local_users() {
+        let mb = |l: &str, d: &str| Mailbox {
+            local: l.into(),
+            domain: d.into(),
+        };
+        let own = |s: &Mailbox| is_own_sender("alice", s, &["mx.example.org", "localhost"], '+');
+        assert!(own(&Mailbox::default()));
+        assert!(own(&mb("alice", "mx.example.org")));
+        assert!(own(&mb("Alice+lists", "MX.example.org")));
+        assert!(own(&mb("alice", "localhost")));
+        assert!(!own(&mb("alice", "example.org")));
+        assert!(!own(&mb("bob", "mx.example.org")));
+        assert!(!own(&mb("alicex", "mx.example.org")));
+        assert!(!own(&mb("+alice", "mx.example.org")));
+        assert!(!is_own_sender("alice", &mb("alice", ""), &[""], '+'));
     }
 
     #[test]

@@ -25,6 +25,9 @@ struct Expander<'a> {
     ctx: &'a MatchCtx<'a>,
     out: Vec<Delivery>,
     seen: Vec<String>,
+    /// Inside an `:include:` file that root does not own: its commands and files
+    /// (and those of what it leads to) are refused.
+    untrusted: bool,
 }
 
 fn unknown(rcpt: &Mailbox) -> Reply {
@@ -56,6 +59,28 @@ fn user_exists(cfg: &Config, action: &ActionDef, user: &str) -> Result<bool, Rep
                 .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)));
     }
     Ok(crate::sys::getpwnam(user).is_some())
+}
+
+/// The text of an `:include:` file and its owner's uid. The file is opened without
+/// following a symbolic link or waiting on a FIFO, and must be a regular file no one
+/// but its owner may write (mode without 022), of at most 1 MiB.
+fn read_include(path: &str) -> std::io::Result<(String, u32)> {
+    use std::io::{Error, Read};
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    let md = f.metadata()?;
+    if !md.is_file() {
+        return Err(Error::other("not a regular file"));
+    }
+    if md.mode() & 0o022 != 0 {
+        return Err(Error::other("writable by its group or others"));
+    }
+    let mut text = String::new();
+    f.take(1 << 20).read_to_string(&mut text)?;
+    Ok((text, md.uid()))
 }
 
 fn split_items(value: &str) -> impl Iterator<Item = &str> {
@@ -191,6 +216,12 @@ impl Expander<'_> {
         rcpt: &Mailbox,
     ) -> Result<(), Reply> {
         let item = item.trim_matches('"');
+        if self.untrusted && (item.starts_with('|') || item.starts_with('/')) {
+            // What a plain user wrote never runs a command or writes a file as the
+            // action's user or the daemon's.
+            log::warn!("expand: a command or file in an :include: file not owned by root: skipped");
+            return Ok(());
+        }
         if let Some(cmd) = item.strip_prefix('|') {
             return self.push(id, Dest::Pipe(cmd.trim().to_string()));
         }
@@ -200,17 +231,24 @@ impl Expander<'_> {
                 return Ok(());
             }
             self.seen.push(key);
-            let text = std::fs::read_to_string(path.trim()).map_err(|e| {
+            let (text, owner) = read_include(path.trim()).map_err(|e| {
                 log::warn!("expand: cannot read {path}: {e}");
                 Reply::new(451, "4.3.0", "Temporary failure in alias expansion")
             })?;
-            for line in text.lines() {
+            let outer = self.untrusted;
+            self.untrusted |= owner != 0;
+            let mut r = Ok(());
+            'lines: for line in text.lines() {
                 let line = line.split('#').next().unwrap_or("");
                 for sub in split_items(line) {
-                    self.item(id, sub, depth + 1, rcpt)?;
+                    r = self.item(id, sub, depth + 1, rcpt);
+                    if r.is_err() {
+                        break 'lines;
+                    }
                 }
             }
-            return Ok(());
+            self.untrusted = outer;
+            return r;
         }
         if item.starts_with('/') {
             return self.push(id, Dest::File(item.to_string()));
@@ -249,6 +287,7 @@ pub fn expand(cfg: &Config, ctx: &MatchCtx, rcpt: &Mailbox) -> Result<Vec<Delive
         ctx,
         out: Vec::new(),
         seen: Vec::new(),
+        untrusted: false,
     };
     ex.address(rcpt, 0)?;
     if ex.out.is_empty() {

@@ -42,15 +42,32 @@ pub enum Lookup {
     Sender(Box<SenderQuery>),
 }
 
-/// A sender address to check against a `senders` table.
+/// A sender address to check: an authenticated user's against the listener's
+/// `senders` table, a local user's against its own addresses and the socket's table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SenderQuery {
-    /// The `senders` table.
-    pub table: TableId,
-    /// The authenticated user.
-    pub user: String,
+    /// The `senders` table (always one for an authenticated user; the local socket's
+    /// may be none).
+    pub table: Option<TableId>,
+    /// Who gives the sender.
+    pub user: SenderUser,
     /// MAIL FROM.
     pub sender: Mailbox,
+}
+
+/// The user whose sender is checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SenderUser {
+    /// A user who authenticated (SMTP AUTH) under this name.
+    Auth(String),
+    /// A plain user submitting through the local socket: the name comes from the
+    /// password database on the lookup thread.
+    Local {
+        /// The client's user id, as the kernel told it (SO_PEERCRED).
+        uid: u32,
+        /// The server's name for the session, a domain of the user's own address.
+        server_name: String,
+    },
 }
 
 /// Credentials to check (SMTP AUTH): against a credentials table on a lookup thread,
@@ -238,12 +255,7 @@ pub fn serve(cfg: &Config, spool: &Spool, job: Job) -> Answer {
             crate::srs::now(),
         ))),
         Job::Session(Lookup::Sender(q)) => {
-            let owned = match cfg.tables.get(q.table) {
-                Some(t) => {
-                    crate::credentials::may_send_as(t, &q.user, &q.sender, cfg.smtp.sub_addr_delim)
-                }
-                None => Ok(false),
-            };
+            let owned = sender_owned(cfg, &q);
             Answer::Session(LookupAnswer::Sender(match owned {
                 Ok(true) => Ok(()),
                 Ok(false) => Err(Reply::SENDER_NOT_OWNED),
@@ -420,6 +432,33 @@ fn work(s: &Shared) {
             .unwrap_or_else(PoisonError::into_inner)
             .push(Done { key, answer });
         (s.wake)();
+    }
+}
+
+/// Whether the user of `q` may give its sender: an authenticated user by the
+/// `senders` table; a local user when it is its own address (or `<>`), else by the
+/// socket's `senders` table. A uid the password database does not know owns nothing.
+fn sender_owned(cfg: &Config, q: &SenderQuery) -> Result<bool, crate::table::TableError> {
+    let delim = cfg.smtp.sub_addr_delim;
+    let table = q.table.and_then(|t| cfg.tables.get(t));
+    let user = match &q.user {
+        SenderUser::Auth(name) => name.clone(),
+        SenderUser::Local { uid, server_name } => {
+            let Some(name) = crate::sys::user_name(*uid) else {
+                log::warn!("smtp local sender refused uid={uid}: no such user");
+                return Ok(false);
+            };
+            let host = crate::config::default_hostname();
+            let domains = [server_name.as_str(), host.as_str(), "localhost"];
+            if crate::credentials::is_own_sender(&name, &q.sender, &domains, delim) {
+                return Ok(true);
+            }
+            name
+        }
+    };
+    match table {
+        Some(t) => crate::credentials::may_send_as(t, &user, &q.sender, delim),
+        None => Ok(false),
     }
 }
 

@@ -313,31 +313,50 @@ pub fn decode_offline(data: &[u8]) -> Option<Submission> {
 /// Leaves a submission in `offline/` for the daemon to enqueue at start. The file is
 /// readable by its owner only (the daemon's parent reads it as root). With `setgid`
 /// (the group a setgid binary set aside), the group is taken back only for the
-/// creation of the file and given up for good before anything is written.
+/// creation of the file and given up for good before anything is written, and only
+/// in a directory the daemon made for it (see [`offline_dir_of_the_group`]).
 pub fn write_offline(
     spool_root: &Path,
     s: &Submission,
     setgid: Option<u32>,
 ) -> io::Result<std::path::PathBuf> {
     let dir = spool_root.join("offline");
+    // The group's right to write is used in no other directory than the one checked:
+    // it becomes the working directory (with the group: searching it needs it), and
+    // the file is created by its name alone.
+    let checked = match setgid {
+        Some(g) => Some(offline_dir_of_the_group(&dir, g)?),
+        None => None,
+    };
+    let base = if checked.is_some() {
+        Path::new(".").to_path_buf()
+    } else {
+        dir.clone()
+    };
     let (mut f, path) = loop {
-        let path = dir.join(format!("{:016x}", crate::sys::random_u64()));
+        let name = format!("{:016x}", crate::sys::random_u64());
+        let (path, shown) = (base.join(&name), dir.join(&name));
         let old_mask = crate::sys::set_umask(0o077);
         if let Some(g) = setgid {
             crate::sys::resume_setgid(g);
         }
-        let r = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .mode(0o600)
-            .open(&path);
+        let r = checked
+            .as_ref()
+            .map_or(Ok(()), crate::sys::fchdir)
+            .and_then(|()| {
+                OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .mode(0o600)
+                    .open(&path)
+            });
         if setgid.is_some() {
             crate::sys::drop_setgid()?;
         }
         crate::sys::set_umask(old_mask);
         match r {
-            Ok(f) => break (f, path),
+            Ok(f) => break (f, shown),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists && setgid.is_none() => continue,
             Err(e) => return Err(e),
         }
@@ -345,6 +364,29 @@ pub fn write_offline(
     f.write_all(&encode_offline(s))?;
     f.sync_all()?;
     Ok(path)
+}
+
+/// Opens `dir` (not through a symbolic link) and checks that it is an offline queue
+/// as the daemon makes it for group `gid`: a directory owned by root and that group,
+/// mode 1770. A user who points the setgid `sendmail` at another spool (through its
+/// working directory) thus cannot use the group to write anywhere else.
+fn offline_dir_of_the_group(dir: &Path, gid: u32) -> io::Result<File> {
+    use std::os::unix::fs::MetadataExt;
+    let d = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(dir)?;
+    let md = d.metadata()?;
+    if md.uid() != 0 || md.gid() != gid || md.mode() & 0o7777 != 0o1770 {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{}: not an offline queue of the daemon (owner root, group {gid}, mode 1770)",
+                dir.display()
+            ),
+        ));
+    }
+    Ok(d)
 }
 
 /// Reads standard input up to `MAX_INPUT`; with `dot_ends` a line of a single `.`

@@ -12,9 +12,11 @@ pub mod crypt;
 mod memfd;
 mod net;
 pub mod regex;
+mod setgid;
 mod tty;
 pub use memfd::memfd;
 pub use net::{connect_from, listen_tcp};
+pub use setgid::{drop_setgid, fchdir, is_setgid, resume_setgid, suspend_setgid};
 pub use tty::read_secret;
 
 /// The host name from gethostname(2).
@@ -131,6 +133,12 @@ pub fn getpwnam(name: &str) -> Option<Passwd> {
 
 /// The name of the effective user, from the password database.
 pub fn getpwuid_name() -> Option<String> {
+    user_name(geteuid())
+}
+
+/// The login name of `uid`, from the password database (getpwuid_r(3): safe on any
+/// thread, and it may block on NSS: call it off the loop).
+pub fn user_name(uid: u32) -> Option<String> {
     let mut buf = vec![0u8; 4096];
     // SAFETY: passwd is plain data, zero is a valid bit pattern for it.
     let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
@@ -138,7 +146,7 @@ pub fn getpwuid_name() -> Option<String> {
     // SAFETY: every pointer is valid for the call; pw's strings point into buf.
     let r = unsafe {
         libc::getpwuid_r(
-            libc::geteuid(),
+            uid,
             &mut pw,
             buf.as_mut_ptr().cast(),
             buf.len(),
@@ -575,46 +583,6 @@ pub fn wait_pid(pid: i32) -> io::Result<i32> {
             return Err(e);
         }
     }
-}
-
-/// Whether the process runs with a group it was given by a setgid bit.
-pub fn is_setgid() -> bool {
-    // SAFETY: getgid/getegid cannot fail.
-    unsafe { libc::getgid() != libc::getegid() }
-}
-
-/// Sets the effective group back to the real one, keeping the setgid group in the
-/// saved set; returns it when the process was setgid.
-pub fn suspend_setgid() -> Option<u32> {
-    if !is_setgid() {
-        return None;
-    }
-    // SAFETY: plain id syscalls.
-    unsafe {
-        let egid = libc::getegid();
-        if libc::setegid(libc::getgid()) != 0 {
-            return None;
-        }
-        Some(egid)
-    }
-}
-
-/// Takes the setgid group back after [`suspend_setgid`].
-pub fn resume_setgid(gid: u32) {
-    // SAFETY: plain id syscall; it only succeeds for the saved group.
-    unsafe { libc::setegid(gid) };
-}
-
-/// Gives up the setgid group for good.
-pub fn drop_setgid() -> io::Result<()> {
-    // SAFETY: plain id-changing syscalls; results are checked.
-    unsafe {
-        let gid = libc::getgid();
-        if libc::setresgid(gid, gid, gid) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
 }
 
 /// Exit code of a wait status, or 128+signal when killed.

@@ -200,10 +200,13 @@ pub fn sendmail(prog: &str, args: &[String], offline_gid: Option<u32>) -> i32 {
         .opt_str("f")
         .or_else(|| m.opt_str("r"))
         .unwrap_or_else(|| format!("{user}@{host}"));
-    let sender = sender
-        .trim_start_matches('<')
-        .trim_end_matches('>')
-        .to_string();
+    let sender = sender.trim_start_matches('<').trim_end_matches('>');
+    // A bare name (`-f alice`) is a user of this host, as for recipients.
+    let sender = if sender.is_empty() || sender.contains('@') {
+        sender.to_string()
+    } else {
+        format!("{sender}@{host}")
+    };
     let ignore_dots = m.opt_present("i") || m.opt_strs("o").iter().any(|o| o == "i");
     let message = match submit::read_message(&mut io::stdin().lock(), !ignore_dots) {
         Ok(msg) => msg,

@@ -70,6 +70,8 @@ pub struct SocketListener {
     pub tag: Option<String>,
     /// `mask-src`, `no-dsn`.
     pub options: SessionOptions,
+    /// `senders <t>`: the senders plain local users may give beyond their own.
+    pub senders: Option<TableId>,
 }
 
 /// Listener options that shape its sessions.

@@ -239,8 +239,9 @@ impl Server {
             return;
         };
         if let Some(Endpoint::Smtp(conn)) = self.slab.get_mut(k) {
-            // The session keeps its user's control place until it ends.
-            conn.uid = Some(c.uid);
+            // The session keeps its user's control place until it ends; a plain
+            // user's senders are checked (root and the daemon's user give any).
+            conn.set_local_user(c.uid, !is_privileged(c.uid), self.cfg.socket.senders);
             // Bytes that came with the `smtp` line (a client that did not wait for the
             // greeting, like `sendmail -bs` fed by a pipe) are the session's input.
             conn.prefeed(&early);

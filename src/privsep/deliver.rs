@@ -245,20 +245,43 @@ pub(super) fn finish_staged(mut staged: Vec<mda::maildir::Staged>) -> Vec<Outcom
 }
 
 /// Reads `~/.forward` as the user: `None` when absent or empty. A file that others
-/// could have written is ignored, as mail.local and OpenSMTPD do.
+/// could have written is ignored, as mail.local and OpenSMTPD do: a symbolic link
+/// (not followed), anything but a regular file, a file or home directory owned by
+/// another user than the recipient or root, or writable by its group or others.
 pub(super) fn read_forward(pw: &sys::Passwd) -> Result<Option<Vec<String>>, String> {
-    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
     let path = Path::new(&pw.dir).join(".forward");
-    let f = match File::open(&path) {
+    let f = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(&path)
+    {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) if e.kind() == io::ErrorKind::PermissionDenied => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            log::warn!("{}: a symbolic link, ignored", path.display());
+            return Ok(None);
+        }
         Err(e) => return Err(format!("{}: {e}", path.display())),
     };
     let md = f.metadata().map_err(|e| e.to_string())?;
-    if !md.is_file() || (md.uid() != pw.uid && md.uid() != 0) || md.mode() & 0o022 != 0 {
+    let safe =
+        |md: &std::fs::Metadata| (md.uid() == pw.uid || md.uid() == 0) && md.mode() & 0o022 == 0;
+    if !md.is_file() || !safe(&md) {
         log::warn!("{}: unsafe owner or mode, ignored", path.display());
         return Ok(None);
+    }
+    // Whoever may write the home directory may put a .forward there.
+    match std::fs::metadata(&pw.dir) {
+        Ok(home) if safe(&home) => {}
+        _ => {
+            log::warn!(
+                "{}: the home directory has an unsafe owner or mode, ignored",
+                path.display()
+            );
+            return Ok(None);
+        }
     }
     let mut text = String::new();
     f.take(64 * 1024)

@@ -222,6 +222,17 @@ impl Conn {
         self.session.id
     }
 
+    /// Records the user of a local submission (see [`Session::set_local_user`]).
+    pub fn set_local_user(
+        &mut self,
+        uid: u32,
+        checked: bool,
+        senders: Option<crate::config::TableId>,
+    ) {
+        self.uid = Some(uid);
+        self.session.set_local_user(uid, checked, senders);
+    }
+
     /// Puts bytes already read from the socket into the input buffer.
     pub fn prefeed(&mut self, data: &[u8]) {
         let mut rest = data;

@@ -276,6 +276,8 @@ pub struct Session {
     options: crate::config::SessionOptions,
     /// The BDAT chunk being read, or waiting for its message to be opened.
     chunk: Option<Chunk>,
+    /// The user of a local submission (`session/auth.rs`).
+    local_user: Option<auth::LocalUser>,
 }
 
 impl Session {
@@ -300,6 +302,7 @@ impl Session {
             auth: auth::AuthState::default(),
             options: crate::config::SessionOptions::default(),
             chunk: None,
+            local_user: None,
         };
         if !s.ask(Phase::Connect, String::new(), Pending::Connect, out) {
             s.banner(out);
@@ -627,7 +630,8 @@ impl Session {
     }
 
     /// MAIL, once the filters let it through: an authenticated user's sender is
-    /// checked against the `senders` table first.
+    /// checked against the `senders` table first, a plain local user's against its
+    /// own addresses and the socket's table.
     fn mail_proceed(
         &mut self,
         sender: Mailbox,

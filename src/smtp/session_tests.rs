@@ -175,11 +175,18 @@ impl Dialog {
                     let a = match l {
                         Lookup::Space(_) => LookupAnswer::Space(self.space),
                         Lookup::Rcpt(q) => LookupAnswer::Rcpt(resolve(q)),
-                        // A user may send as its own local part only.
-                        Lookup::Sender(q) => LookupAnswer::Sender(match q.sender.local == q.user {
-                            true => Ok(()),
-                            false => Err(Reply::SENDER_NOT_OWNED),
-                        }),
+                        // A user may send as its own local part only (a local
+                        // user's name is its uid).
+                        Lookup::Sender(q) => {
+                            let user = match &q.user {
+                                crate::lookup::SenderUser::Auth(name) => name.clone(),
+                                crate::lookup::SenderUser::Local { uid, .. } => uid.to_string(),
+                            };
+                            LookupAnswer::Sender(match q.sender.local == user {
+                                true => Ok(()),
+                                false => Err(Reply::SENDER_NOT_OWNED),
+                            })
+                        }
                     };
                     self.s.on_lookup(a, &mut more)
                 }

@@ -223,7 +223,7 @@ fn listener_options_given_once() {
     );
     assert_eq!(
         err("listen on socket port 25"),
-        "unexpected 'port': 'listen on socket' takes only filter, tag, mask-src and no-dsn"
+        "unexpected 'port': 'listen on socket' takes only filter, tag, mask-src, no-dsn and senders"
     );
     assert_eq!(
         err("listen on 127.0.0.2 auth masquerade"),

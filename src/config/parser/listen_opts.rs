@@ -7,7 +7,7 @@ use crate::config::model::SessionOptions;
 use crate::config::ConfigError;
 
 /// The options of `listen on socket`, each given once in a statement.
-const SOCKET_OPTIONS: &[&str] = &["filter", "tag", "mask-src", "no-dsn"];
+const SOCKET_OPTIONS: &[&str] = &["filter", "tag", "mask-src", "no-dsn", "senders"];
 
 impl Parser {
     /// Reads one session option of `listen on` into `o`; false when the next word is
@@ -52,7 +52,8 @@ impl Parser {
         Ok(true)
     }
 
-    /// `listen on socket [filter NAME|{...}] [tag TAG] [mask-src] [no-dsn]`, after
+    /// `listen on socket [filter NAME|{...}] [tag TAG] [mask-src] [no-dsn]
+    /// [senders <t>]`, after
     /// `socket`.
     pub(super) fn listen_socket(&mut self, st: &mut Stmt) -> Result<(), ConfigError> {
         let mut options = self.cfg.socket.options;
@@ -67,6 +68,11 @@ impl Parser {
                     return Err(st.err("filter already given for the socket"));
                 }
                 self.cfg.socket_filter = Some(self.filter_ref(st)?);
+            } else if st.eat("senders") {
+                if self.cfg.socket.senders.is_some() {
+                    return Err(st.err("senders already given for the socket"));
+                }
+                self.cfg.socket.senders = Some(self.table_ref(st)?);
             } else if st.eat("tag") {
                 if self.cfg.socket.tag.is_some() {
                     return Err(st.err("tag already given for the socket"));
@@ -74,7 +80,8 @@ impl Parser {
                 self.cfg.socket.tag = Some(st.value("tag")?);
             } else {
                 st.done().map_err(|mut e| {
-                    e.msg += ": 'listen on socket' takes only filter, tag, mask-src and no-dsn";
+                    e.msg +=
+                        ": 'listen on socket' takes only filter, tag, mask-src, no-dsn and senders";
                     e
                 })?;
                 break;

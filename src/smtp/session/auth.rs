@@ -17,9 +17,9 @@
 //! After `max_auth_failures` wrong credentials the session is closed with 421.
 
 use super::{Action, Pending, Session, State};
-use crate::config::{AuthMode, ListenerAuth};
+use crate::config::{AuthMode, ListenerAuth, TableId};
 use crate::filter::phase::{FilterVerdict, Phase};
-use crate::lookup::{AuthCheck, SenderQuery};
+use crate::lookup::{AuthCheck, SenderQuery, SenderUser};
 use crate::mail::address::Mailbox;
 use crate::mail::auth::{log_word, AuthResult, Credentials, Secret, MAX_CREDENTIAL};
 use crate::mail::reply::Reply;
@@ -56,6 +56,17 @@ impl Exchange {
             Exchange::LoginUser | Exchange::LoginPassword(_) => "LOGIN",
         }
     }
+}
+
+/// The user of a local submission, known by the control socket's peer credentials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalUser {
+    /// The user id.
+    pub uid: u32,
+    /// Whether its senders are checked (not root, not the daemon's user).
+    pub checked: bool,
+    /// The socket's `senders` table.
+    pub senders: Option<TableId>,
 }
 
 impl Session {
@@ -351,11 +362,39 @@ impl Session {
         }
     }
 
-    /// The check of `sender` against the `senders` table, for an authenticated user.
+    /// Records the user of a local submission (the control socket's peer): its uid
+    /// goes in the Received header; with `checked` (a user other than root and the
+    /// daemon's own), its senders are checked, with `senders` (the socket's table)
+    /// adding to the user's own addresses.
+    pub fn set_local_user(&mut self, uid: u32, checked: bool, senders: Option<TableId>) {
+        self.local_user = Some(LocalUser {
+            uid,
+            checked,
+            senders,
+        });
+    }
+
+    /// The uid of a local submission's user, when the session is one.
+    pub fn local_uid(&self) -> Option<u32> {
+        self.local_user.as_ref().map(|l| l.uid)
+    }
+
+    /// The check of `sender`: a plain local user's, or an authenticated user's
+    /// against the `senders` table.
     pub(super) fn sender_query(&self, sender: &Mailbox) -> Option<SenderQuery> {
+        if let Some(l) = self.local_user.as_ref().filter(|l| l.checked) {
+            return Some(SenderQuery {
+                table: l.senders,
+                user: SenderUser::Local {
+                    uid: l.uid,
+                    server_name: self.client.server_name.clone(),
+                },
+                sender: sender.clone(),
+            });
+        }
         Some(SenderQuery {
-            table: self.auth.policy.senders?,
-            user: self.client.auth.clone()?,
+            table: Some(self.auth.policy.senders?),
+            user: SenderUser::Auth(self.client.auth.clone()?),
             sender: sender.clone(),
         })
     }

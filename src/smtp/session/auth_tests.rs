@@ -2,6 +2,7 @@
 
 use super::super::tests::Dialog;
 use super::*;
+use crate::lookup::Lookup;
 use crate::mail::auth::AuthResult::{Ok as Good, PermFail, TempFail};
 use crate::smtp::sasl::encode;
 
@@ -226,6 +227,40 @@ fn senders_of_authenticated_users() {
     assert!(d.s.tx().is_none());
     d.client("MAIL FROM:<bob@b.c>").expect("250 2.1.0");
     assert_eq!(d.s.masquerade().as_deref(), Some("bob@b.c"));
+}
+
+#[test]
+fn senders_of_plain_local_users() {
+    // The dialog's lookups own a local user's sender when its local part is the uid.
+    let mut d = Dialog::new();
+    d.s.set_local_user(1001, true, Some(3));
+    d.client("EHLO c").expect("250");
+    d.client("MAIL FROM:<root@b.c>")
+        .expect("553 5.7.1 Sender address not owned");
+    d.auto = false;
+    d.client("MAIL FROM:<1001@b.c>");
+    assert_eq!(d.asked, [Lookup::Space(0)]);
+    let mut out = Vec::new();
+    d.s.on_lookup(crate::lookup::LookupAnswer::Space(true), &mut out);
+    match out.as_slice() {
+        [Action::Lookup(Lookup::Sender(q))] => {
+            assert_eq!(q.table, Some(3));
+            assert_eq!(
+                q.user,
+                SenderUser::Local {
+                    uid: 1001,
+                    server_name: "mx.example.org".into()
+                }
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // Root and the daemon's user are not checked.
+    let mut d = Dialog::new();
+    d.s.set_local_user(0, false, Some(3));
+    d.client("EHLO c").expect("250");
+    d.client("MAIL FROM:<anyone@b.c>").expect("250 2.1.0");
+    assert_eq!(d.s.local_uid(), Some(0));
 }
 
 #[test]

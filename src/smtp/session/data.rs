@@ -26,7 +26,11 @@ impl Session {
                 self.client.hostname.as_deref().unwrap_or("unknown"),
                 ip
             ),
-            None => format!("from {} (local)\n\t", self.helo),
+            // A local submission names its user's id, as the kernel told it.
+            None => match self.local_uid() {
+                Some(uid) => format!("from {} (local uid {uid})\n\t", self.helo),
+                None => format!("from {} (local)\n\t", self.helo),
+            },
         };
         let mut h = format!(
             "Received: {from}by {} (smtpd) with {} id {:08x}",
