@@ -51,6 +51,8 @@ static int			 sock = -1;
 static struct sockaddr_storage	 server;
 static socklen_t		 server_len;
 static struct query		 queries[MAX_QUERIES];
+static struct query		*by_id[65536];	/* the query in flight of each id */
+static int			 free_hint;	/* where to look for a free slot first */
 static struct lookup		*lookups;
 static uint64_t			 seed;
 static int			 sync_mode;
@@ -84,8 +86,10 @@ lookup_end(uint64_t session)
 		free(l->timer_arg);
 	free(l);
 	for (i = 0; i < MAX_QUERIES; i++)
-		if (queries[i].used && queries[i].session == session)
+		if (queries[i].used && queries[i].session == session) {
 			queries[i].used = 0;
+			by_id[queries[i].id] = NULL;
+		}
 }
 
 static uint16_t
@@ -141,26 +145,26 @@ ask(uint64_t session, int zone, const char *name, uint16_t qtype)
 	int		 i, tries;
 
 	for (i = 0; i < MAX_QUERIES; i++)
-		if (!queries[i].used) {
-			q = &queries[i];
+		if (!queries[(free_hint + i) % MAX_QUERIES].used) {
+			q = &queries[(free_hint + i) % MAX_QUERIES];
+			free_hint = (free_hint + i + 1) % MAX_QUERIES;
 			break;
 		}
 	if (q == NULL || strlen(name) > MAX_NAME)
 		return -1;
-	for (tries = 0;; tries++) {
-		id = next_id();
-		for (i = 0; i < MAX_QUERIES; i++)
-			if (queries[i].used && queries[i].id == id)
-				break;
-		if (i == MAX_QUERIES || tries > 100)
+	/* An id not in flight (at most MAX_QUERIES of 65536 are). */
+	for (tries = 0; tries < 1000; tries++)
+		if (by_id[id = next_id()] == NULL)
 			break;
-	}
+	if (by_id[id] != NULL)
+		return -1;
 	if ((n = make_query(b, sizeof(b), id, name, qtype)) == 0)
 		return -1;
 	if (sendto(sock, b, n, 0, (struct sockaddr *)&server, server_len) != (ssize_t)n)
 		return -1;
 	q->used = 1;
 	q->id = id;
+	by_id[id] = q;
 	q->session = session;
 	q->zone = zone;
 	q->qtype = qtype;
@@ -303,20 +307,17 @@ on_message(const unsigned char *m, size_t len, uint64_t *done, const char **reas
 	struct query	*q = NULL;
 	struct lookup	*l;
 	uint16_t	 id;
-	int		 i, r;
+	int		 r;
 
 	*done = 0;
 	if (len < 2)
 		return;
 	id = (uint16_t)(m[0] << 8 | m[1]);
-	for (i = 0; i < MAX_QUERIES; i++)
-		if (queries[i].used && queries[i].id == id) {
-			q = &queries[i];
-			break;
-		}
+	q = by_id[id];
 	if (q == NULL || (r = parse(m, len, q, text, sizeof(text))) == -1)
 		return;
 	q->used = 0;
+	by_id[id] = NULL;
 	if ((l = lookup_find(q->session, NULL)) == NULL)
 		return;
 	if (q->qtype == T_TXT) {
