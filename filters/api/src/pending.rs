@@ -114,3 +114,71 @@ impl Pending {
         self.timers.remove(&(at, id))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{Decoder, Frame};
+    use std::time::Duration;
+
+    fn frames(out: &[u8]) -> Vec<(u64, String)> {
+        let mut d = Decoder::new();
+        d.feed(out);
+        let mut v = Vec::new();
+        while let Ok(Some((s, f))) = d.next_frame() {
+            v.push((s, format!("{f:?}")));
+        }
+        v
+    }
+
+    #[test]
+    fn answers_go_to_waiting_sessions_only() {
+        let now = Instant::now();
+        let mut p = Pending::default();
+        let mut out = Vec::new();
+        p.defer(1, vec![Edit::AddHeader("X-A".into(), "1".into())]);
+        p.defer(2, Vec::new());
+        p.defer(3, Vec::new());
+        p.ended(3);
+        assert_eq!(p.waiting(), 2);
+        let mut ctx = p.ctx(0);
+        ctx.answer(2, Decision::Proceed);
+        ctx.answer_with_edits(
+            1,
+            Decision::Proceed,
+            vec![Edit::AddHeader("X-B".into(), "2".into())],
+        );
+        ctx.answer(1, Decision::Junk); // answered already: dropped
+        ctx.answer(3, Decision::Proceed); // ended: dropped silently
+        p.apply(ctx, now, &mut out);
+        let got = frames(&out);
+        assert_eq!(got.len(), 4, "{got:?}");
+        assert_eq!(got[0], (2, format!("{:?}", Frame::Proceed)));
+        assert_eq!((got[1].0, got[2].0, got[3].0), (1, 1, 1));
+        let header = |name: &'static [u8], value: &'static [u8]| {
+            format!("{:?}", Frame::AddHeader { name, value })
+        };
+        assert_eq!(got[1].1, header(b"X-A", b"1"));
+        assert_eq!(got[2].1, header(b"X-B", b"2"));
+        assert_eq!(p.waiting(), 0);
+    }
+
+    #[test]
+    fn timers_run_in_order_and_cancelled_ones_never() {
+        let now = Instant::now();
+        let mut p = Pending::default();
+        let mut ctx = p.ctx(0);
+        let late = ctx.timer(Duration::from_millis(20), |_| {});
+        let gone = ctx.timer(Duration::from_millis(5), |_| panic!("cancelled"));
+        ctx.timer(Duration::from_millis(10), |_| {});
+        ctx.cancel_timer(gone);
+        p.apply(ctx, now, &mut Vec::new());
+        assert_eq!(p.next_due(), Some(now + Duration::from_millis(10)));
+        assert!(p.take_due(now + Duration::from_millis(9)).is_none());
+        assert!(p.take_due(now + Duration::from_millis(10)).is_some());
+        assert_eq!(p.next_due(), Some(now + Duration::from_millis(20)));
+        // Ids keep growing across callbacks.
+        let mut ctx = p.ctx(0);
+        assert!(ctx.timer(Duration::ZERO, |_| {}) > late);
+    }
+}
