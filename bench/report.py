@@ -36,6 +36,8 @@ NAMES = {
     'smtpd-dkim': 'smtpd + filter-dkim (RSA)', 'smtpd-dkim-ed': 'smtpd + filter-dkim (Ed25519)',
     'osmtpd-dkim': 'OpenSMTPD + filter-dkimsign', 'pfx-dkim': 'Postfix + opendkim',
     'smtpd-bdat': 'smtpd (BDAT)',
+    'smtpd-dnsbl': 'smtpd + filter-dnsbl', 'smtpd-dnsbl-sync': 'smtpd + filter-dnsbl -s (synchronous)',
+    'pfx-dnsbl': 'Postfix + reject_rbl_client',
 }
 TLS_SERVERS = ('smtpd-tls', 'osmtpd-tls', 'pfx-tls')
 
@@ -62,6 +64,12 @@ def report_bdat():
     """bench/report_bdat.py, the bdat phase's part (it imports from this module)"""
     import report_bdat as rb
     return rb
+
+
+def report_dnsbl():
+    """bench/report_dnsbl.py, the dnsbl phase's part (it imports from this module)"""
+    import report_dnsbl as rn
+    return rn
 
 
 def parse_probe_log(path):
@@ -486,6 +494,7 @@ def build(d):
     report_relay().rows(D, rows)
     report_dkim().rows(D, rows)
     report_bdat().rows(D, rows)
+    report_dnsbl().rows(D, rows)
     sz = {k: (int(v) if v.isdigit() else None) for k, v in D.sizes.items()}
     row('binary size, KiB (smtpd: stripped copy; OpenSMTPD: smtpd; Postfix: smtpd + libpostfix-*.so)',
         *[None if sz.get(k) is None else sz[k] / 1024 for k in ('size_smtpd', 'size_osmtpd', 'size_postfix')])
@@ -533,6 +542,7 @@ def targets(D, frat):
     tls_targets(D, t)
     report_relay().targets(D, t)
     report_dkim().targets(D, t)
+    report_dnsbl().targets(D, t)
     return out
 
 
@@ -698,7 +708,7 @@ def report(d, out):
     tl = tls_sections(D)
     if tl:
         L.append(tl)
-    for part in (report_relay(), report_dkim(), report_bdat()):
+    for part in (report_relay(), report_dkim(), report_bdat(), report_dnsbl()):
         sec = part.section(D)
         if sec:
             L.append(sec)
@@ -718,7 +728,8 @@ def report(d, out):
              'the phase\'s network namespace, bench/relay-aux is the AUX of each server run (the DNS server and '
              'the sinks), and smtp-source-wrap runs one smtp-source per recipient domain (see the Relay phase '
              'above). In the bdat phase bench/tlsload\'s `chunk-source` takes smtp-source\'s place (see the '
-             'BDAT phase above).\n')
+             'BDAT phase above). In the dnsbl phase smtp-source runs without `-d` (a new connection per '
+             'message) and bench/dnsbl-aux is the AUX of each server run (see the DNSBL phase above).\n')
     L.append('## Per-run values\n')
     L.append(raw_section(D) + '\n')
     L.append(mem_raw(D) + '\n')

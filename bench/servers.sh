@@ -198,3 +198,29 @@ milter_default_action = tempfail" || return 1
   AUX_READY="test -S $1/opendkim.sock"
   bench_wrap "$1"
 }
+
+# ---------------------------------------------------------------- DNSBL (bench/run, phase dnsbl)
+# A DNS blocklist lookup per connection: bench/dnsbl-aux (AUX, started before the server;
+# its CPU time is not counted: no aux.pid) answers every question on 127.0.0.1:53, the
+# name server of the harness's private /etc/resolv.conf, with NXDOMAIN after
+# $BENCH_DNSBL_DELAY_MS. smtpd with the Rust filter-dnsbl answering later, and the same
+# filter synchronous (-s), both told that server by $BENCH_DNSBL_RESOLV; Postfix with
+# reject_rbl_client (its resolver reads /etc/resolv.conf). Needs in the environment
+# also FILTER_DNSBL, DNSBL_AUX, BENCH_DNSBL_ZONE, BENCH_DNSBL_DELAY_MS, BENCH_DNSBL_RESOLV.
+dnsbl_aux() {  # DIR
+  AUX="exec /usr/bin/python3 $DNSBL_AUX $1 $BENCH_DNSBL_DELAY_MS"
+  AUX_READY="test -f $1/dns.ready"
+}
+srv_smtpd_dnsbl() {
+  bench_smtpd_conf "$1" "filter \"dnsbl\" proc-exec \"$FILTER_DNSBL -t 5000 -r $BENCH_DNSBL_RESOLV $BENCH_DNSBL_ZONE\"" 'filter "dnsbl"'
+  dnsbl_aux "$1"
+}
+srv_smtpd_dnsbl_sync() {
+  bench_smtpd_conf "$1" "filter \"dnsbl\" proc-exec \"$FILTER_DNSBL -s -t 5000 -r $BENCH_DNSBL_RESOLV $BENCH_DNSBL_ZONE\"" 'filter "dnsbl"'
+  dnsbl_aux "$1"
+}
+srv_pfx_dnsbl() {
+  pf_common "$1" "smtpd_client_restrictions = reject_rbl_client $BENCH_DNSBL_ZONE" || return 1
+  bench_wrap "$1"
+  dnsbl_aux "$1"
+}

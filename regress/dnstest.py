@@ -23,6 +23,10 @@ SOA when it is None). What the server does can change while it runs (attributes)
     wrong_id_first  each UDP answer is preceded by one with another id (and the
                     address 127.0.0.66 for A questions)
     ttl             the TTL of the records (default 60)
+    delay           seconds every UDP answer waits before it is sent (default 0)
+    delays          {(name, type): seconds}: the wait of those answers (over `delay`)
+    hold            {(name, type)}: those UDP answers are kept until `release()`
+Delayed answers wait on their own: one slow answer holds no other back.
 
 `questions` lists what was asked, in order: (name, type, "udp"|"tcp").
 
@@ -32,6 +36,7 @@ the servers made so far, with the `options` given, and /etc/hosts holds only loc
 (or the text given), and it logs the resolver's `dns query` lines (debug level).
 """
 
+import heapq
 import os
 import random
 import shutil
@@ -83,7 +88,8 @@ class TestDNS:
     __test__ = False  # not a test class
 
     def __init__(self, records=None, addr=ADDRESSES[0], taken=(), ad=False, truncate=False,
-                 rcode=None, silent=False, wrong_id_first=False, ttl=60, neg_ttl=300):
+                 rcode=None, silent=False, wrong_id_first=False, ttl=60, neg_ttl=300,
+                 delay=0.0, delays=None, hold=()):
         self.records = {(n.lower().rstrip("."), t.upper()): v for (n, t), v in (records or {}).items()}
         self.ad = ad
         self.truncate = truncate
@@ -92,6 +98,13 @@ class TestDNS:
         self.wrong_id_first = wrong_id_first
         self.ttl = ttl
         self.neg_ttl = neg_ttl
+        self.delay = delay
+        self.delays = {(n.lower().rstrip("."), t.upper()): v for (n, t), v in (delays or {}).items()}
+        self.hold = {(n.lower().rstrip("."), t.upper()) for n, t in hold}
+        self.held = []  # (wire, peer) kept until release()
+        self.later = []  # heap of (when, seq, wire, peer)
+        self.later_cv = threading.Condition()
+        self.seq = 0
         self.questions = []
         self.lock = threading.Lock()
         self.udp, self.addr = _bind(socket.SOCK_DGRAM, addr, taken)
@@ -102,12 +115,15 @@ class TestDNS:
         for s in (self.udp, self.tcp):
             s.settimeout(0.2)
         self.stop = threading.Event()
-        self.threads = [threading.Thread(target=f, daemon=True) for f in (self._udp, self._tcp)]
+        self.threads = [threading.Thread(target=f, daemon=True)
+                        for f in (self._udp, self._tcp, self._sender)]
         for t in self.threads:
             t.start()
 
     def close(self):
         self.stop.set()
+        with self.later_cv:
+            self.later_cv.notify()
         for t in self.threads:
             t.join(5)
         self.udp.close()
@@ -178,7 +194,46 @@ class TestDNS:
                 if q.rdtype == dns.rdatatype.A:
                     fake.answer.append(dns.rrset.from_text(q.name, self.ttl, "IN", "A", POISON))
                 self.udp.sendto(fake.to_wire(), peer)
+            q = query.question[0]
+            key = (q.name.to_text(omit_final_dot=True).lower(), dns.rdatatype.to_text(q.rdtype))
+            if key in self.hold:
+                with self.lock:
+                    self.held.append((r.to_wire(max_size=65535), peer))
+                continue
+            wait = self.delay + self.delays.get(key, 0)
+            if wait > 0:
+                with self.later_cv:
+                    self.seq += 1
+                    heapq.heappush(self.later, (time.monotonic() + wait, self.seq,
+                                                r.to_wire(max_size=65535), peer))
+                    self.later_cv.notify()
+                continue
             self.udp.sendto(r.to_wire(max_size=65535), peer)
+
+    def release(self):
+        """Sends the answers held so far; answers `hold` no more."""
+        with self.lock:
+            held, self.held, self.hold = self.held, [], set()
+        for wire, peer in held:
+            self.udp.sendto(wire, peer)
+
+    def _sender(self):
+        """Sends the delayed UDP answers when their time comes."""
+        while not self.stop.is_set():
+            with self.later_cv:
+                if not self.later:
+                    self.later_cv.wait(0.2)
+                    continue
+                when, _, wire, peer = self.later[0]
+                left = when - time.monotonic()
+                if left > 0:
+                    self.later_cv.wait(left)
+                    continue
+                heapq.heappop(self.later)
+            try:
+                self.udp.sendto(wire, peer)
+            except OSError:
+                return
 
     def _tcp(self):
         deadline = time.monotonic() + RUN_FOR

@@ -14,6 +14,8 @@ Run as root, the filters run as `_smtpd`: the scripts are copied into the test d
 import os
 import re
 import shutil
+import socket
+import struct
 import subprocess
 from pathlib import Path
 
@@ -332,3 +334,56 @@ def test_errors_edits_and_helo(glue, start, lang):
     log = d.log()
     assert "a bug in" in log
     assert "restarting" not in log, log[-3000:]
+
+
+LATER_PL = '''
+use strict;
+use warnings;
+
+# MAIL from slow@ is answered 2.5 s later, from quick@ 0.2 s later: both from timers.
+sub on_mail {
+    my ($id, $mail) = @_;
+    my $after = $mail =~ /^slow@/ ? 2.5 : 0.2;
+    smtpd::timer($after, sub {
+        my $r = smtpd::filter_api_accept($id);
+        print STDERR smtpd::id_hex($id) . " late accept $r\\n";
+    });
+    return smtpd::LATER;
+}
+1;
+'''
+
+
+def test_late_answer_for_an_ended_session(glue, start):
+    """A filter answers later (smtpd::LATER); a session that ends while its answer is
+    pending takes its deadline with it: the filter, which drops that answer, is not
+    taken for hung although its 1 s timeout passes, and nothing is logged against it.
+    Meanwhile another session's deferred answer comes through."""
+    need("perl")
+    script = write_script(glue, "later.pl", LATER_PL)
+    d = start('filter "later" proc-exec "%s" timeout 1s' % command(glue, "perl", script),
+              '"later"')
+    gone = d.client()
+    gone.ehlo("gone.test")
+    gone.send(b"MAIL FROM:<slow@example.org>\r\n")
+    # The filter has the question (its first log line comes only at the answer).
+    assert d.wait_log(r"smtp connected") is not None
+    with d.client() as c:
+        c.ehlo("client.test")
+        c.expect("MAIL FROM:<quick@example.org>", 250)
+        # The client goes away with a reset: the daemon ends its session at once.
+        gone.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        gone.close()
+        assert d.wait_log(r"smtp disconnected reason=disconnect") is not None
+        # The slow answer comes 2.5 s after its question, past the filter's timeout.
+        assert d.wait_log(r"filter later: [0-9a-f]{16} late accept 0") is not None, d.log()[-3000:]
+        c.expect("RCPT TO:<root@example.test>", 250)
+        c.expect("RSET", 250)
+        c.expect("MAIL FROM:<quick@example.org>", 250)
+        c.until_quit()
+    # Both quick answers logged (the filter's standard error comes on its own pipe).
+    assert wait_until(lambda: len(re.findall(r"filter later: [0-9a-f]{16} late accept 1",
+                                             d.log())) == 2), d.log()[-3000:]
+    log = d.log()
+    assert "restarting" not in log and "did not answer" not in log, log[-3000:]
+    assert "nobody asked" not in log, log[-3000:]

@@ -9,9 +9,11 @@
  *	lines  = u16 count | string * count
  *
  * The filter sends REGISTER, the daemon answers READY or REFUSED, then events come
- * and answers go, in order per session.  I/O is blocking: frames are read into a
- * buffer that holds the largest frame; every complete frame is handled; the answers
- * gathered meanwhile are written out before the next read, as the Rust glue does.
+ * and answers go, in order per session.  Frames are read into a buffer that holds
+ * the largest frame; every complete frame is handled; the answers gathered meanwhile
+ * are written out (blocking) before the loop polls again, as the Rust glue does.
+ * The poll also serves the filter's own descriptors and timers
+ * (filter_api_events.c), from which an answer left for later may be given.
  */
 #include "filter_api.h"
 
@@ -270,8 +272,8 @@ filter_api_set_name(const char *name)
 	filter_name[n] = '\0';
 }
 
-/* The event being answered, and the answer given so far (sent after the callback). */
-static struct {
+/* An event waiting for its answer, and the answer given so far. */
+struct answer {
 	int		active;
 	uint64_t	sid;
 	uint8_t		event;		/* K_CONNECT .. K_EOM */
@@ -280,7 +282,13 @@ static struct {
 	uint16_t	code;
 	char		text[MAX_TEXT + 1];
 	const char	*param;		/* the event's parameter, as sent */
-} cur;
+};
+
+/* The event whose callback runs (its answer is sent after the callback). */
+static struct answer	cur;
+
+/* A deferred answer being given (sent at once). */
+static struct answer	later;
 
 /* The commit being told (for filter_api_msgid). */
 static struct {
@@ -295,6 +303,8 @@ struct session {
 	void		*data;
 	int		 in_data;	/* between its first line and our DATA_END */
 	int		 broken;	/* a line we were given could not be sent */
+	uint8_t		 later_event;	/* an event answered later (0: none) */
+	int		 later_broken;	/* that event is an EOM that must fail */
 	struct session	*next;
 };
 
@@ -334,6 +344,34 @@ session_free(uint64_t id)
 			free(s);
 			return;
 		}
+}
+
+/*
+ * Sessions that ended while an answer was pending: an answer for one of them comes
+ * too late and is dropped without a warning.
+ */
+#define GONE_RING	256
+static uint64_t		gone_ids[GONE_RING];
+static unsigned		gone_count, gone_next;
+
+static void
+gone_add(uint64_t id)
+{
+	gone_ids[gone_next] = id;
+	gone_next = (gone_next + 1) % GONE_RING;
+	if (gone_count < GONE_RING)
+		gone_count++;
+}
+
+static int
+gone(uint64_t id)
+{
+	unsigned	i;
+
+	for (i = 0; i < gone_count; i++)
+		if (gone_ids[i] == id)
+			return 1;
+	return 0;
 }
 
 int
@@ -779,33 +817,75 @@ has_ascii_control(const char *s, int allow_fold)
 /* ------------------------------------------------------------------------ */
 /* Answers. */
 
-static int
+static void	begin(struct answer *, uint64_t, uint8_t);
+static void	send_answer(struct answer *, int);
+
+/*
+ * The event of session `id` that an answer may be given to: the one whose callback
+ * runs, or one its callback left for later; NULL (logged) if there is none.
+ */
+static struct answer *
 answering(uint64_t id, const char *what)
 {
-	if (!cur.active || cur.sid != id) {
-		log_warnx("filter_api: %s: session %016" PRIx64
-		    " has no event waiting for an answer", what, id);
-		return 0;
+	struct session	*s;
+
+	if (cur.active && cur.sid == id) {
+		if (cur.answered) {
+			log_warnx("filter_api: %s: session %016" PRIx64
+			    " was already answered", what, id);
+			return NULL;
+		}
+		return &cur;
 	}
-	if (cur.answered) {
-		log_warnx("filter_api: %s: session %016" PRIx64 " was already answered",
-		    what, id);
-		return 0;
+	if ((s = session_find(id, 0)) != NULL && s->later_event != 0) {
+		begin(&later, id, s->later_event);
+		return &later;
 	}
-	return 1;
+	if (gone(id)) {
+		log_debug("filter_api: %s: session %016" PRIx64 " has ended, answer "
+		    "dropped", what, id);
+		return NULL;
+	}
+	log_warnx("filter_api: %s: session %016" PRIx64
+	    " has no event waiting for an answer", what, id);
+	return NULL;
+}
+
+/* The answer `a` is given: a deferred one goes out now. */
+static int
+given(struct answer *a)
+{
+	struct session	*s;
+
+	a->answered = 1;
+	if (a != &later)
+		return 0;
+	if ((s = session_find(a->sid, 0)) != NULL) {
+		if (s->later_broken) {
+			a->kind = K_REJECT;
+			a->code = 451;
+			strcpy(a->text, BROKEN_REJECT);
+		}
+		s->later_event = 0;
+		s->later_broken = 0;
+	}
+	send_answer(a, 1);
+	a->active = 0;
+	return 0;
 }
 
 static int
 set_answer(uint64_t id, const char *what, uint8_t kind, uint16_t code,
     const char *text)
 {
-	if (!answering(id, what))
+	struct answer	*a;
+
+	if ((a = answering(id, what)) == NULL)
 		return -1;
-	cur.kind = kind;
-	cur.code = code;
-	clean_text(cur.text, MAX_TEXT, text);
-	cur.answered = 1;
-	return 0;
+	a->kind = kind;
+	a->code = code;
+	clean_text(a->text, MAX_TEXT, text);
+	return given(a);
 }
 
 int
@@ -865,12 +945,13 @@ filter_api_junk(uint64_t id)
 int
 filter_api_rewrite(uint64_t id, const char *value)
 {
-	size_t	n;
+	struct answer	*a;
+	size_t		 n;
 
-	if (!answering(id, "rewrite"))
+	if ((a = answering(id, "rewrite")) == NULL)
 		return -1;
-	if (cur.event != K_HELO && cur.event != K_EHLO && cur.event != K_MAIL &&
-	    cur.event != K_RCPT) {
+	if (a->event != K_HELO && a->event != K_EHLO && a->event != K_MAIL &&
+	    a->event != K_RCPT) {
 		log_warnx("filter_api: rewrite: only HELO, EHLO, MAIL and RCPT can be "
 		    "rewritten");
 		return -1;
@@ -882,43 +963,78 @@ filter_api_rewrite(uint64_t id, const char *value)
 		    "text wanted)", MAX_REWRITE);
 		return -1;
 	}
-	memcpy(cur.text, value, n + 1);
-	cur.kind = K_REWRITE;
-	cur.answered = 1;
-	return 0;
+	memcpy(a->text, value, n + 1);
+	a->kind = K_REWRITE;
+	return given(a);
 }
 
 int
 filter_api_discard(uint64_t id)
 {
-	if (!answering(id, "discard"))
+	struct answer	*a;
+
+	if ((a = answering(id, "discard")) == NULL)
 		return -1;
-	if (cur.event != K_EOM) {
+	if (a->event != K_EOM) {
 		log_warnx("filter_api: discard: only at end of message");
 		return -1;
 	}
-	return set_answer(id, "discard", K_DISCARD, 0, NULL);
+	a->kind = K_DISCARD;
+	a->code = 0;
+	a->text[0] = '\0';
+	return given(a);
 }
 
-/* Sends the answer to the current event: the one given, else from `ok`. */
+/* Sends the answer to an event: the one given, else from `ok`. */
 static void
-send_answer(int ok)
+send_answer(struct answer *a, int ok)
 {
 	struct frame	f;
 
-	if (!cur.answered) {
-		cur.kind = ok ? K_PROCEED : K_REJECT;
+	if (!a->answered) {
+		a->kind = ok ? K_PROCEED : K_REJECT;
 		/* RFC 4954: 535 for credentials that do not let the client in. */
-		cur.code = cur.event == K_AUTH ? 535 : 550;
-		strcpy(cur.text, cur.event == K_AUTH ? DEFAULT_AUTH_REJECT :
+		a->code = a->event == K_AUTH ? 535 : 550;
+		strcpy(a->text, a->event == K_AUTH ? DEFAULT_AUTH_REJECT :
 		    DEFAULT_REJECT);
 	}
 	memset(&f, 0, sizeof(f));
-	f.kind = cur.kind;
-	f.sid = cur.sid;
-	f.u16 = cur.code;
-	f.s[0] = cstr_of(cur.text);
+	f.kind = a->kind;
+	f.sid = a->sid;
+	f.u16 = a->code;
+	f.s[0] = cstr_of(a->text);
 	encode_frame(&f);
+}
+
+/*
+ * The callback of the current event returned `ok`: its answer goes out, unless the
+ * callback left it for later without answering.
+ */
+static void
+finish_answer(int ok, int broken)
+{
+	struct session	*s;
+
+	if (ok == FILTER_API_LATER && !cur.answered) {
+		if ((s = session_find(cur.sid, 1)) == NULL) {
+			ofailed = 1;
+			cur.active = 0;
+			return;
+		}
+		s->later_event = cur.event;
+		s->later_broken = broken;
+		cur.active = 0;
+		return;
+	}
+	if (broken) {
+		/* A line could not be passed on: this message must not go through. */
+		cur.answered = 1;
+		cur.kind = K_REJECT;
+		cur.code = 451;
+		strcpy(cur.text, BROKEN_REJECT);
+	}
+	send_answer(&cur, ok);
+	cur.active = 0;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -981,12 +1097,16 @@ filter_api_writeln(uint64_t id, const char *text)
 static int
 editing(uint64_t id, const char *what)
 {
-	if (!cur.active || cur.sid != id || cur.event != K_EOM) {
+	struct session	*s;
+
+	if ((!cur.active || cur.sid != id || cur.event != K_EOM) &&
+	    ((s = session_find(id, 0)) == NULL || s->later_event != K_EOM)) {
 		log_warnx("filter_api: %s: only in the eom callback of session %016"
-		    PRIx64, what, id);
+		    PRIx64 " or before its later answer", what, id);
 		return 0;
 	}
-	if (cur.answered && cur.kind != K_PROCEED && cur.kind != K_JUNK) {
+	if (cur.active && cur.sid == id && cur.answered && cur.kind != K_PROCEED &&
+	    cur.kind != K_JUNK) {
 		log_warnx("filter_api: %s: the message is already refused", what);
 		return 0;
 	}
@@ -1499,16 +1619,22 @@ cstr_at(int i, struct str s)
 }
 
 static void
+begin(struct answer *a, uint64_t sid, uint8_t event)
+{
+	a->active = 1;
+	a->sid = sid;
+	a->event = event;
+	a->answered = 0;
+	a->kind = K_PROCEED;
+	a->code = 0;
+	a->text[0] = '\0';
+	a->param = NULL;
+}
+
+static void
 begin_answer(uint64_t sid, uint8_t event)
 {
-	cur.active = 1;
-	cur.sid = sid;
-	cur.event = event;
-	cur.answered = 0;
-	cur.kind = K_PROCEED;
-	cur.code = 0;
-	cur.text[0] = '\0';
-	cur.param = NULL;
+	begin(&cur, sid, event);
 }
 
 static void
@@ -1564,25 +1690,18 @@ dispatch_eom(const struct frame *f)
 {
 	struct session	*s = session_find(f->sid, 0);
 	size_t		 size;
-	int		 ok = 1;
+	int		 ok = 1, broken;
 
 	size = f->u64 > (uint64_t)SIZE_MAX ? SIZE_MAX : (size_t)f->u64;
 	begin_answer(f->sid, K_EOM);
 	if (cb.eom != NULL)
 		ok = cb.eom(f->sid, size);
-	if (s != NULL && s->broken) {
-		/* A line could not be passed on: this message must not go through. */
-		cur.answered = 1;
-		cur.kind = K_REJECT;
-		cur.code = 451;
-		strcpy(cur.text, BROKEN_REJECT);
-	}
+	broken = s != NULL && s->broken;
 	if (s != NULL) {
 		s->broken = 0;
 		s->in_data = 0;
 	}
-	send_answer(ok);
-	cur.active = 0;
+	finish_answer(ok, broken);
 }
 
 /* Handles one decoded event; -1 on a protocol error. */
@@ -1592,6 +1711,7 @@ dispatch(const struct frame *f)
 	struct filter_connect	fc;
 	struct filter_tls	tls;
 	struct mailaddr		ma;
+	struct session		*s;
 	int			ok = 1;
 
 	switch (f->kind) {
@@ -1680,6 +1800,11 @@ dispatch(const struct frame *f)
 			cb.rollback(f->sid);
 		return 0;
 	case K_DISCONNECT:
+		/* An answer still pending is not wanted any more. */
+		if ((s = session_find(f->sid, 0)) != NULL && s->later_event != 0) {
+			s->later_event = 0;
+			gone_add(f->sid);
+		}
 		if (cb.disconnect != NULL)
 			cb.disconnect(f->sid);
 		session_free(f->sid);
@@ -1697,13 +1822,15 @@ dispatch(const struct frame *f)
 		log_debug("filter_api: frame kind 0x%02x ignored", f->kind);
 		return 0;
 	}
-	send_answer(ok);
-	cur.active = 0;
+	finish_answer(ok, 0);
 	return 0;
 }
 
 /* ------------------------------------------------------------------------ */
 /* The loop. */
+
+/* One turn of the loop over the filter's own work (filter_api_events.c). */
+int	filter_api_events_wait(int);
 
 static unsigned char	*ibuf;
 static int		 running;
@@ -1841,6 +1968,12 @@ serve(void)
 			memmove(ibuf, ibuf + off, ilen - off);
 			ilen -= off;
 		}
+		/* The filter's own descriptors and timers, until the daemon writes. */
+		while ((r = filter_api_events_wait(in_fd)) == 0)
+			if (ofailed || out_flush() == -1)
+				return -1;
+		if (r == -1 || ofailed || out_flush() == -1)
+			return -1;
 		do
 			n = read(in_fd, ibuf + ilen, IN_CAP - ilen);
 		while (n < 0 && errno == EINTR);

@@ -90,6 +90,13 @@ struct filter_tls {
 	const char	*subject;	/* the verified client certificate's subject, or "" */
 };
 
+/* Returned by a callback of an answered event: the answer will come later. */
+#define FILTER_API_LATER	2
+
+/* Events of filter_api_fd(). */
+#define FILTER_API_READ		0x1
+#define FILTER_API_WRITE	0x2
+
 /* For filter_api_reject_code(), as in OpenSMTPD. */
 enum filter_status {
 	FILTER_OK,
@@ -102,6 +109,9 @@ enum filter_status {
  * it with "550 5.7.1 Rejected by filter" (at AUTH: "535 5.7.8 Authentication
  * refused by filter") -- unless the callback already answered
  * with one of the answer functions below, in which case the return value is ignored.
+ * FILTER_API_LATER answers nothing now: the filter answers that session's event
+ * later, with an answer function called from another callback (a descriptor, a
+ * timer or another session's event), before the daemon's deadline.
  * Registering a callback again replaces the previous one; NULL removes it.
  */
 void	filter_api_on_connect(int (*)(uint64_t, struct filter_connect *));
@@ -135,9 +145,24 @@ void	filter_api_set_name(const char *);
 int	filter_api_loop(void);
 
 /*
- * Answers, from inside the callback of the event being answered (id = its session).
- * Each returns 0, or -1 (and answers nothing) when called out of place, for another
- * session, a second time, or with an invalid value.  Texts are cut at 400 bytes and
+ * The filter's own work, served by filter_api_loop() beside the daemon's pipe.
+ * filter_api_fd: calls cb(fd, ready events, arg) when `fd` is ready for `events`
+ * (FILTER_API_READ, FILTER_API_WRITE or both; 0 removes the watch, a second call
+ * replaces it); 0, or -1.  filter_api_timer: calls cb(id, arg) once, `ms`
+ * milliseconds from now; returns the timer's id (> 0), or -1.
+ * filter_api_timer_cancel: 0 if the timer was pending, -1 if not (already run).
+ */
+int	filter_api_fd(int, int, void (*)(int, int, void *), void *);
+int	filter_api_timer(unsigned int, void (*)(int, void *), void *);
+int	filter_api_timer_cancel(int);
+
+/*
+ * Answers, from inside the callback of the event being answered (id = its session),
+ * or later for an event whose callback returned FILTER_API_LATER (then the answer is
+ * sent at once).  Each returns 0, or -1 (and answers nothing) when called out of
+ * place, for another session, a second time, or with an invalid value; an answer for
+ * a session that ended while it was pending returns -1 and is dropped without a
+ * warning.  Texts are cut at 400 bytes and
  * control characters become spaces; a text may begin with an enhanced status code.
  */
 int	filter_api_accept(uint64_t);
@@ -152,7 +177,10 @@ int	filter_api_discard(uint64_t);
 /* Message lines: pass a line on (from the dataline or dataend callback). */
 int	filter_api_writeln(uint64_t, const char *);
 
-/* End-of-message edits, from inside the eom callback; applied if the message passes. */
+/*
+ * End-of-message edits, from inside the eom callback or, when it returned
+ * FILTER_API_LATER, before its answer; applied if the message passes.
+ */
 int	filter_api_header_add(uint64_t, const char *, const char *);
 int	filter_api_header_insert(uint64_t, uint32_t, const char *, const char *);
 int	filter_api_header_change(uint64_t, uint32_t, const char *, const char *);

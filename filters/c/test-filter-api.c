@@ -1253,6 +1253,163 @@ scenario_tls_auth(void)
 }
 
 /* ------------------------------------------------------------------------ */
+/* Answers given later, from timers and descriptors. */
+
+static int	later_pipe[2] = { -1, -1 };
+
+static void
+l_reject(int id, void *arg)
+{
+	(void)id;
+	CHECK(filter_api_reject(*(uint64_t *)arg, 550, "5.7.1 listed") == 0);
+	free(arg);
+}
+
+static void
+l_accept(int id, void *arg)
+{
+	int	r;
+
+	(void)id;
+	r = filter_api_accept(*(uint64_t *)arg);
+	log_info("%016" PRIx64 " late accept %d", *(uint64_t *)arg, r);
+	free(arg);
+}
+
+static void
+l_never(int id, void *arg)
+{
+	(void)id;
+	(void)arg;
+	log_info("cancelled timer ran");
+}
+
+static void
+l_readable(int fd, int events, void *arg)
+{
+	char	c;
+
+	CHECK(events == FILTER_API_READ);
+	CHECK(read(fd, &c, 1) == 1);
+	CHECK(filter_api_fd(fd, 0, NULL, NULL) == 0);
+	CHECK(filter_api_header_add(*(uint64_t *)arg, "X-Later", "yes") == 0);
+	CHECK(filter_api_accept(*(uint64_t *)arg) == 0);
+	CHECK(filter_api_accept(*(uint64_t *)arg) == -1);
+	free(arg);
+}
+
+static uint64_t *
+sid_copy(uint64_t id)
+{
+	uint64_t	*p;
+
+	if ((p = malloc(sizeof(*p))) == NULL)
+		abort();
+	*p = id;
+	return p;
+}
+
+static int
+l_mail(uint64_t id, struct mailaddr *a)
+{
+	int	t;
+
+	if (strcmp(a->user, "slow") == 0) {
+		CHECK(filter_api_timer(300, l_accept, sid_copy(id)) > 0);
+		return FILTER_API_LATER;
+	}
+	if (strcmp(a->user, "fast") == 0) {
+		t = filter_api_timer(20, l_never, NULL);
+		CHECK(t > 0);
+		CHECK(filter_api_timer_cancel(t) == 0);
+		CHECK(filter_api_timer_cancel(t) == -1);
+		CHECK(filter_api_timer(40, l_reject, sid_copy(id)) > 0);
+		return FILTER_API_LATER;
+	}
+	if (strcmp(a->user, "now") == 0) {
+		/* Answered in the callback: the answer goes, LATER is moot. */
+		filter_api_tempfail(id, "busy");
+		return FILTER_API_LATER;
+	}
+	return 1;
+}
+
+static int
+l_eom(uint64_t id, size_t size)
+{
+	(void)size;
+	CHECK(filter_api_fd(later_pipe[0], FILTER_API_READ, l_readable,
+	    sid_copy(id)) == 0);
+	CHECK(write(later_pipe[1], "x", 1) == 1);
+	return FILTER_API_LATER;
+}
+
+static void
+setup_later(void)
+{
+	if (pipe(later_pipe) == -1)
+		abort();
+	filter_api_set_name("later");
+	filter_api_on_mail(l_mail);
+	filter_api_on_eom(l_eom);
+	/* Nothing outside a callback or a pending event. */
+	CHECK(filter_api_accept(1) == -1);
+}
+
+static void
+scenario_later(void)
+{
+	struct child	 c;
+	struct enc	 in, out;
+	char		 err[4096];
+	const uint64_t	 a = 0xa, b = 0xb, d = 0xd;
+	const char	*want =
+	    "filter_api: accept: session 0000000000000001 has no event waiting for "
+	    "an answer\n"
+	    "000000000000000a late accept 0\n"
+	    "filter_api: accept: session 000000000000000b has no event waiting for "
+	    "an answer\n"
+	    "000000000000000d late accept -1\n";
+
+	e_init(&in);
+	e_init(&out);
+	start(&c, setup_later, NULL, NULL);
+	handshake(&c, EV_MAIL | EV_EOM, EV_DISCONNECT, "later");
+
+	/* A waits 300 ms, B 40 ms: B's answer comes first. */
+	e_one(&in, K_MAIL, a, "slow@example.org");
+	e_one(&in, K_MAIL, b, "fast@example.org");
+	e_reject(&out, K_REJECT, b, 550, "5.7.1 listed");
+	e_empty(&out, K_PROCEED, a);
+	exchange(&c, &in, &out, 0, "later: B before A");
+
+	/* Answered in the callback although it returned LATER. */
+	e_one(&in, K_MAIL, b, "now@example.org");
+	e_one(&out, K_TEMPFAIL, b, "busy");
+	exchange(&c, &in, &out, 0, "later: answered at once");
+
+	/* End of message answered from a descriptor, with an edit before it. */
+	e_eom(&in, b, 10);
+	e_strs(&out, K_ADD_HEADER, b, "X-Later", "yes", NULL);
+	e_empty(&out, K_PROCEED, b);
+	exchange(&c, &in, &out, 0, "later: eom from a descriptor");
+
+	/* D ends while its answer is pending: nothing is sent for it, nothing warned. */
+	e_one(&in, K_MAIL, d, "slow@example.org");
+	e_empty(&in, K_DISCONNECT, d);
+	send_all(&c, &in);
+	e_reset(&in);
+	CHECK(quiet(&c, 600));
+
+	CHECK(finish(&c, err, sizeof(err)) == 0);
+	CHECK(strcmp(err, want) == 0);
+	if (strcmp(err, want) != 0)
+		fprintf(stderr, "--- later:\n%s---\n", err);
+	free(in.b);
+	free(out.b);
+}
+
+/* ------------------------------------------------------------------------ */
 /* The example programs. */
 
 static void
@@ -1416,6 +1573,7 @@ main(int argc, char **argv)
 	scenario_small_frames();
 	scenario_bad();
 	scenario_tls_auth();
+	scenario_later();
 	test_stub();
 	test_trace();
 	test_reject();

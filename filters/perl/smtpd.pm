@@ -13,6 +13,7 @@ package smtpd;
 
 use strict;
 use warnings;
+use Time::HiRes ();
 
 our $VERSION = '1.0';
 
@@ -258,6 +259,8 @@ my %awaiting;         # session -> event kind waiting for our decision
 my %data;             # session -> 'lines' | 'ended'
 my %lines;            # session -> [output lines of the frame being handled]
 my %failed;           # sessions whose on_dataline died for the current message
+my %gone;             # sessions that ended while their answer was pending
+my @gone;             # the same, oldest first (at most 1024 remembered)
 our $data_session;    # the session whose lines the script is handling
 my $touched;          # the current line was written or dropped
 
@@ -281,6 +284,8 @@ sub _write_all {
 sub _answer {
     my ($id, $kind, @f) = @_;
     my $ev = $awaiting{$id};
+    # A late answer for a session that ended meanwhile: dropped without a word.
+    return 0 if !defined $ev && $gone{$id};
     die sprintf("smtpd: session %s has no event waiting for an answer\n", id_hex($id))
         unless defined $ev;
     die "smtpd: rewrite is only for HELO, EHLO, MAIL and RCPT\n"
@@ -288,10 +293,12 @@ sub _answer {
     die "smtpd: discard is only for the end of message\n" if $kind == DISCARD && $ev != EOM;
     delete $awaiting{$id};
     _emit(encode($id, $kind, @f));
+    return 1;
 }
 
 sub _edit {
     my ($id, $kind, @f) = @_;
+    return 0 if !exists $awaiting{$id} && $gone{$id};
     die "smtpd: message edits are only allowed at the end of message, before its decision\n"
         unless ($awaiting{$id} // -1) == EOM;
     _emit(encode($id, $kind, @f));
@@ -405,6 +412,79 @@ sub filter_api_drop {
     $touched = 1;
 }
 
+# ---------------------------------------------------------------------------
+# Answering later: the script's own descriptors and timers
+# ---------------------------------------------------------------------------
+
+# Returned by an answered hook: "I will answer later" (from a timer, a watched
+# descriptor or another session's hook); the bridge then sends nothing by itself.
+my $LATER = \'smtpd::LATER';
+sub LATER () { $LATER }
+
+my %watch;        # fd -> { r => bool, w => bool, cb => code }
+my %timers;       # id -> [due (seconds), code]
+my $timer_id = 0;
+
+sub _fd { my ($f) = @_; ref $f ? fileno($f) : $f }
+
+# watch($fh_or_fd, $mode, $code): calls $code->($fd, $readable, $writable) whenever the
+# descriptor is ready for $mode ('r', 'w' or 'rw'); a second watch replaces the first.
+sub watch {
+    my ($f, $mode, $code) = @_;
+    my $fd = _fd($f);
+    die "smtpd: watch: not a descriptor
+" unless defined $fd && $fd =~ /\A\d+\z/;
+    die "smtpd: watch: mode is 'r', 'w' or 'rw'
+" unless ($mode // '') =~ /\A(?:r|w|rw)\z/;
+    die "smtpd: watch: no code
+" unless ref $code eq 'CODE';
+    $watch{$fd} = { r => $mode =~ /r/ ? 1 : 0, w => $mode =~ /w/ ? 1 : 0, cb => $code };
+    return 1;
+}
+
+sub unwatch { delete $watch{ _fd($_[0]) // -1 } ? 1 : 0 }
+
+# timer($seconds, $code): calls $code->() once, $seconds (a fraction is fine) from now;
+# returns the timer's id.
+sub timer {
+    my ($secs, $code) = @_;
+    die "smtpd: timer: no code
+" unless ref $code eq 'CODE';
+    $timers{ ++$timer_id } = [Time::HiRes::time() + ($secs > 0 ? $secs : 0), $code];
+    return $timer_id;
+}
+
+sub cancel_timer { delete $timers{ $_[0] // 0 } ? 1 : 0 }
+
+# Seconds until the first timer (0 if one is due), undef without timers.
+sub _timeout {
+    my $first;
+    for (values %timers) { $first = $_->[0] if !defined $first || $_->[0] < $first }
+    return undef unless defined $first;
+    my $left = $first - Time::HiRes::time();
+    return $left > 0 ? $left : 0;
+}
+
+sub _run_timers {
+    my $now = Time::HiRes::time();
+    for my $id (sort { $timers{$a}[0] <=> $timers{$b}[0] || $a <=> $b } keys %timers) {
+        my $t = $timers{$id} or next;   # cancelled by an earlier one
+        next if $t->[0] > $now;
+        delete $timers{$id};
+        _complain('timer', 0, $@) unless eval { $t->[1]->(); 1 };
+    }
+}
+
+sub _run_watches {
+    my ($rout, $wout) = @_;
+    for my $fd (sort { $a <=> $b } keys %watch) {
+        my $w = $watch{$fd} or next;    # unwatched by an earlier one
+        my ($r, $x) = ($w->{r} && vec($rout, $fd, 1), $w->{w} && vec($wout, $fd, 1));
+        next unless $r || $x;
+        _complain('watch', 0, $@) unless eval { $w->{cb}->($fd, $r ? 1 : 0, $x ? 1 : 0); 1 };
+    }
+}
+
 sub log {
     my ($text) = @_;
     _emit(encode(0, LOG, $_)) for split /\n/, _bytes($text), -1;
@@ -445,11 +525,12 @@ sub registration {
     my ($hooks, $reports) = (0, 0);
     for my $k (keys %ANSWERED) { $hooks |= $ANSWERED{$k} if $cb{$k} }
     for my $k (keys %REPORTS) { $reports |= $REPORTS{$k} if $cb{$k} }
+    # DISCONNECT always, to forget sessions that leave mid-message or with an answer
+    # pending.
+    $reports |= EV_DISCONNECT;
     if ($cb{+DATA_LINES} || $cb{+DATA_END}) {
-        # EOM too: a message whose on_dataline died is refused (451) there; and
-        # DISCONNECT, to forget sessions that leave mid-message.
+        # EOM too: a message whose on_dataline died is refused (451) there.
         $hooks |= EV_DATA_LINES | EV_EOM;
-        $reports |= EV_DISCONNECT;
     }
     return ($hooks, $reports);
 }
@@ -527,17 +608,24 @@ sub dispatch {
                 return;
             }
         }
-        if ($cb && !eval { $cb->($id, @$f); 1 }) {
+        my $r;
+        if ($cb && !eval { $r = $cb->($id, @$f); 1 }) {
             _complain($names{$kind}, $id, $@);
             filter_api_tempfail($id, $TEMPFAIL_TEXT) if exists $awaiting{$id};
             return;
         }
+        return if ref $r && $r == LATER;
         # Returning without an answer lets the event through.
         filter_api_accept($id) if exists $awaiting{$id};
         return;
     }
     if ($REPORTS{$kind}) {
         if ($kind == DISCONNECT) {
+            if (exists $awaiting{$id}) {
+                $gone{$id} = 1;
+                push @gone, $id;
+                delete $gone{ shift @gone } while @gone > 1024;
+            }
             delete $_->{$id} for \%data, \%lines, \%awaiting, \%failed;
         }
         if ($cb && !eval { $cb->($id, @$f); 1 }) {
@@ -568,7 +656,24 @@ sub run {
     _write_all(encode(0, REGISTER, PROTOCOL_VERSION, $hooks, $reports, $name));
     my $buf = '';
     my $ready = 0;
+    my $in_fd = fileno($in);
     while (1) {
+        # The daemon's stream, the watched descriptors and the first timer.
+        my ($rin, $win) = ('', '');
+        vec($rin, $in_fd, 1) = 1;
+        for my $fd (keys %watch) {
+            vec($rin, $fd, 1) = 1 if $watch{$fd}{r};
+            vec($win, $fd, 1) = 1 if $watch{$fd}{w};
+        }
+        my ($rout, $wout) = ($rin, $win);
+        my $nready = select($rout, $wout, undef, _timeout());
+        if ($nready < 0) {
+            next if $!{EINTR};
+            die "filter-perl: select: $!\n";
+        }
+        _run_watches($rout, $wout) if $nready > 0;
+        _run_timers();
+        next unless vec($rout, $in_fd, 1);
         my $n = sysread($in, $buf, 65536, length $buf);
         if (!defined $n) {
             next if $!{EINTR};

@@ -15,6 +15,7 @@ Python 3 standard library only.  The wire format is the one of filters/api/src/c
 """
 
 import builtins
+import collections
 import inspect
 import os
 import struct
@@ -339,6 +340,7 @@ _main_thread = threading.get_ident()
 _batch = None          # bytearray while the main loop dispatches a read, else None
 _out_fd = 1
 _awaiting = {}         # session -> event kind waiting for our decision
+_gone = collections.OrderedDict()  # sessions that ended with an answer pending (1024 kept)
 _data = {}             # session -> "lines" | "ended" (state of its message lines)
 _lines = {}            # session -> output lines of the frame being handled
 _touched = set()       # sessions whose current input line was written or dropped
@@ -371,6 +373,8 @@ def _sid(session):
 def _answer(session, kind, *fields):
     with _lock:
         ev = _awaiting.get(_sid(session))
+        if ev is None and _sid(session) in _gone:
+            return  # a late answer for a session that ended: dropped without a word
         if ev is None:
             raise FilterError("session %016x has no event waiting for an answer" % session)
         if kind == REWRITE and ev not in (HELO, EHLO, MAIL, RCPT):
@@ -383,6 +387,8 @@ def _answer(session, kind, *fields):
 
 def _edit(session, kind, *fields):
     with _lock:
+        if _sid(session) not in _awaiting and _sid(session) in _gone:
+            return
         if _awaiting.get(_sid(session)) != EOM:
             raise FilterError("message edits are only allowed at the end of message, "
                               "before its decision")
@@ -609,11 +615,12 @@ def _registration(ns):
     for kind, bit in _REPORTS.items():
         if kind in cb:
             reports |= bit
+    # DISCONNECT always: it forgets sessions that leave mid-message or with an answer
+    # pending (whose late answer is then dropped without an error).
+    reports |= EV_DISCONNECT
     if DATA_LINES in cb or DATA_END in cb:
-        # EOM too: a message whose on_dataline raised is refused (451) there; and
-        # DISCONNECT, to forget the state of sessions that leave mid-message.
+        # EOM too: a message whose on_dataline raised is refused (451) there.
         hooks |= EV_DATA_LINES | EV_EOM
-        reports |= EV_DISCONNECT
     return cb, hooks, reports
 
 
@@ -715,7 +722,10 @@ def _dispatch(session, kind, fields):
                 d.pop(session, None)
             _failed.discard(session)
             with _lock:
-                _awaiting.pop(session, None)
+                if _awaiting.pop(session, None) is not None:
+                    _gone[session] = True
+                    while len(_gone) > 1024:
+                        _gone.popitem(last=False)
         if cb is not None:
             args = [_text(f) if isinstance(f, bytes) else f for f in fields]
             try:

@@ -46,12 +46,12 @@ def on_auth_result(s, mechanism, user, result):
 '''
 
 
-def run_script(frames):
-    """Runs SCRIPT on READY and `frames`; returns (frames it sent, its stderr)."""
+def run_script(frames, text=SCRIPT):
+    """Runs `text` on READY and `frames`; returns (frames it sent, its stderr)."""
     with tempfile.TemporaryDirectory() as d:
         script = os.path.join(d, "ta.py")
         with open(script, "w") as f:
-            f.write(SCRIPT)
+            f.write(text)
         data = F.encode(0, F.READY, 1, F.MAX_FRAME, 30000) + b"".join(frames)
         inp = os.path.join(d, "in")
         with open(inp, "wb") as f:
@@ -77,7 +77,7 @@ def test_tls_auth_and_auth_result_reach_their_callbacks():
         F.encode(9, F.AUTH_RESULT, "LOGIN", "", "tempfail"),
     ])
     assert frames == [
-        (0, F.REGISTER, (1, F.EV_AUTH, F.EV_TLS | F.EV_AUTH_RESULT, b"ta")),
+        (0, F.REGISTER, (1, F.EV_AUTH, F.EV_TLS | F.EV_AUTH_RESULT | F.EV_DISCONNECT, b"ta")),
         (9, F.PROCEED, ()),
         (9, F.REJECT, (535, b"5.7.8 not from here")),
         (9, F.TEMPFAIL, (b"directory down",)),
@@ -93,3 +93,34 @@ def test_tls_auth_and_auth_result_reach_their_callbacks():
         "refused: rewrite is only for HELO, EHLO, MAIL and RCPT",
         "9 auth-result LOGIN  tempfail",
     ]
+
+
+LATER = r'''
+import sys
+import filter
+
+held = []
+
+def on_mail(s, mail):
+    if mail.startswith("later@"):
+        held.append(s)
+        return filter.LATER
+    for h in held:              # answered after its session ended: dropped, no error
+        filter.add_header(h, "X-Late", "yes")
+        filter.accept(h)
+        sys.stderr.write("late answer for %x dropped\n" % h)
+    return None
+'''
+
+
+def test_a_late_answer_for_an_ended_session_is_dropped():
+    frames, err = run_script([
+        F.encode(5, F.MAIL, "later@example.org"),
+        F.encode(5, F.DISCONNECT),
+        F.encode(6, F.MAIL, "now@example.org"),
+    ], LATER)
+    assert frames == [
+        (0, F.REGISTER, (1, F.EV_MAIL, F.EV_DISCONNECT, b"ta")),
+        (6, F.PROCEED, ()),
+    ]
+    assert err == "late answer for 5 dropped\n", err

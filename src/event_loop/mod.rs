@@ -422,12 +422,20 @@ impl Server {
                         }
                     }
                     CONTROL => self.accept_control(now),
-                    Token(t) if t >= FIRST_SLOT => self.dispatch(
-                        t - FIRST_SLOT,
-                        ev.is_readable() || ev.is_read_closed(),
-                        ev.is_writable() || ev.is_write_closed(),
-                        now,
-                    ),
+                    Token(t) if t >= FIRST_SLOT => {
+                        let key = t - FIRST_SLOT;
+                        if ev.is_error() || (ev.is_read_closed() && ev.is_write_closed()) {
+                            if let Some(Endpoint::Smtp(conn)) = self.slab.get_mut(key) {
+                                conn.hung_up();
+                            }
+                        }
+                        self.dispatch(
+                            key,
+                            ev.is_readable() || ev.is_read_closed(),
+                            ev.is_writable() || ev.is_write_closed(),
+                            now,
+                        )
+                    }
                     t => log::warn!("event on unused reserved token {t:?}"),
                 }
             }

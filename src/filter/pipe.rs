@@ -117,6 +117,14 @@ pub struct TextSetup {
     pub only: bool,
 }
 
+/// What a session that left was still owed, and until when that is dropped silently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Left {
+    until: Instant,
+    /// A decision was pending: the filter may answer it late.
+    asked: bool,
+}
+
 /// The engine's view of one filter process.
 pub struct FilterPipe {
     /// Index of the filter in the configuration.
@@ -139,9 +147,10 @@ pub struct FilterPipe {
     pub restarts: u64,
     /// Sessions whose message lines the filter passes.
     data: HashMap<u64, Passing>,
-    /// Sessions that left while the filter still owed them lines, until when their
-    /// lines are dropped without being counted; in the order they left.
-    gone: HashMap<u64, Instant>,
+    /// Sessions that left while the filter still owed them lines or a decision, until
+    /// when what it sends for them is dropped without being counted; in the order they
+    /// left.
+    gone: HashMap<u64, Left>,
     gone_order: VecDeque<(u64, Instant)>,
     /// Answers nobody asked for.
     unrequested: Allowance,
@@ -444,7 +453,8 @@ impl FilterPipe {
     /// Sorts an answer for `session` against what the filter was asked, and settles
     /// the question it answers: a decision or the data end ends the wait, an edit
     /// restarts its deadline. Answers that came late because the session ended
-    /// meanwhile are [`Fit::Asked`] (the wait outlives the session) or [`Fit::Gone`].
+    /// meanwhile are [`Fit::Gone`], but for a data end asked before (the wait for it
+    /// outlives the session: [`Fit::Asked`]).
     pub fn settle(&mut self, session: u64, a: &Answer, now: Instant) -> Fit {
         let passing = self.data.get_mut(&session);
         let end_sent = passing.as_ref().is_some_and(|p| p.end_sent);
@@ -483,10 +493,11 @@ impl FilterPipe {
                 None => false,
             },
         };
+        let left = self.gone.get(&session);
         if asked {
             Fit::Asked
-        } else if self.gone.contains_key(&session)
-            && matches!(a, Answer::DataLines(_) | Answer::DataEnd)
+        } else if left
+            .is_some_and(|l| l.asked || matches!(a, Answer::DataLines(_) | Answer::DataEnd))
         {
             Fit::Gone
         } else {
@@ -516,10 +527,18 @@ impl FilterPipe {
         self.unrequested.window()
     }
 
-    /// `session` ended: lines the filter still owes it are dropped without being
+    /// `session` ended: the decision it waited for is not awaited any more (its
+    /// deadline no longer counts against the filter, which may drop it), and that
+    /// late decision or the lines the filter still owes it are dropped without being
     /// counted for [`GONE_FOR`]. A data end it was asked for is still awaited.
     pub fn session_left(&mut self, session: u64, now: Instant) {
-        if self.data.get(&session).is_none_or(|p| p.end_sent) {
+        let passing = self.data.get(&session);
+        if passing.is_some_and(|p| p.end_sent) {
+            return;
+        }
+        let lines = passing.is_some();
+        let asked = self.waiting.remove(&session).is_some();
+        if !lines && !asked {
             return;
         }
         self.data.remove(&session);
@@ -529,7 +548,7 @@ impl FilterPipe {
             }
         }
         let until = now + GONE_FOR;
-        self.gone.insert(session, until);
+        self.gone.insert(session, Left { until, asked });
         self.gone_order.push_back((session, until));
     }
 
@@ -540,7 +559,7 @@ impl FilterPipe {
                 break;
             }
             self.gone_order.pop_front();
-            if self.gone.get(&s) == Some(&until) {
+            if self.gone.get(&s).is_some_and(|l| l.until == until) {
                 self.gone.remove(&s);
             }
         }

@@ -129,12 +129,16 @@ fn lines_and_their_end_follow_the_message() {
 fn late_answers_for_sessions_that_left_are_not_counted() {
     let now = Instant::now();
     let mut p = idle();
-    // Left while a decision was pending: the wait outlives the session.
+    // Left while a decision was pending: its deadline is gone, and the late
+    // decision (or its edits) is dropped without being counted.
     p.ask(1, &Frame::Rcpt(b"a@b"), now);
     p.session_left(1, now);
+    assert!(p.waiting.is_empty());
+    assert!(!p.overdue(now + p.timeout * 2));
+    assert_eq!(p.settle(1, &edit(), now), Fit::Gone);
     assert_eq!(
         p.settle(1, &Answer::Decision(Decision::Proceed), now),
-        Fit::Asked
+        Fit::Gone
     );
     // Left in the middle of its lines: they are dropped for a while.
     p.pass_lines(2, vec![&b"x"[..]]);

@@ -110,6 +110,8 @@ pub struct Conn {
     readable: bool,
     writable: bool,
     eof: bool,
+    /// The connection is gone both ways (reset, or closed and then written to).
+    hung_up: bool,
     closing: Option<Reason>,
     /// What the session's filters need of it.
     pub filters: FilterSide,
@@ -191,6 +193,7 @@ impl Conn {
             readable: false,
             writable: false,
             eof: false,
+            hung_up: false,
             closing: None,
             filters: FilterSide::default(),
             pending_edits: Vec::new(),
@@ -273,8 +276,18 @@ impl Conn {
         self.writable |= writable;
     }
 
+    /// The client is gone both ways: nothing it sent is unread that matters and no
+    /// reply can reach it, so the session ends even while it waits for a filter.
+    pub fn hung_up(&mut self) {
+        self.hung_up = true;
+    }
+
     /// Moves bytes until nothing more can be done without new readiness.
     pub fn pump(&mut self, ctx: &mut Ctx, now: Instant) {
+        if self.hung_up && self.closing.is_none() && !self.sock.handshaking() {
+            self.abort(ctx, Reason::Disconnect);
+            return;
+        }
         loop {
             let mut progress = self.check_tls(ctx, now);
             progress |= self.process(ctx);

@@ -14,59 +14,34 @@
 //!     .expect("filter protocol");
 //! ```
 //! Callbacks get a [`Ctx`] whose `session` keys the filter's own per-session state.
-//! Answers are given in order, one per event, so a callback must not block for long:
-//! the daemon gives the filter a deadline.
+//! One answer per event; a callback must not block, since the other sessions wait
+//! meanwhile and the daemon gives each answer a deadline. A callback that waits for
+//! something (a DNS answer, a service) returns [`Ctx::later`] and answers with
+//! [`Ctx::answer`] from the callback of a descriptor or a timer it set up:
+//!
+//! ```no_run
+//! use smtpd_filter::{Decision, Filter};
+//! use std::time::Duration;
+//! Filter::new("slow")
+//!     .on_mail(|ctx, _sender| {
+//!         let session = ctx.session;
+//!         ctx.timer(Duration::from_millis(100), move |ctx| {
+//!             ctx.answer(session, Decision::Proceed)
+//!         });
+//!         ctx.later()
+//!     })
+//!     .run()
+//!     .expect("filter protocol");
+//! ```
 
 use crate::codec::{self, event, Decoder, Frame};
+use crate::ctx::{Answer, Ctx, Interest, Ready};
+use crate::pending::{Pending, WatchChange};
 use crate::preamble::Preamble;
-use crate::verdict::{Decision, Edit};
+use crate::verdict::Decision;
 use std::io::{self, Read, Write};
-
-/// The session an event belongs to, and the edits made at end of message.
-#[derive(Debug)]
-pub struct Ctx {
-    /// The daemon's session id.
-    pub session: u64,
-    edits: Vec<Edit>,
-}
-
-impl Ctx {
-    /// At end of message: append a header.
-    pub fn add_header(&mut self, name: &str, value: &str) {
-        self.edits.push(Edit::AddHeader(name.into(), value.into()));
-    }
-    /// At end of message: insert a header at `index` (0 = first).
-    pub fn insert_header(&mut self, index: u32, name: &str, value: &str) {
-        self.edits
-            .push(Edit::InsertHeader(index, name.into(), value.into()));
-    }
-    /// At end of message: change the `index`-th (1-based) header called `name`; an
-    /// empty value deletes it.
-    pub fn change_header(&mut self, index: u32, name: &str, value: &str) {
-        self.edits
-            .push(Edit::ChangeHeader(index, name.into(), value.into()));
-    }
-    /// At end of message: replace the body (lines ending in LF or CR LF).
-    pub fn replace_body(&mut self, body: &[u8]) {
-        self.edits.push(Edit::ReplaceBody(body.to_vec()));
-    }
-    /// At end of message: add a recipient.
-    pub fn add_rcpt(&mut self, addr: &str) {
-        self.edits.push(Edit::AddRcpt(addr.into()));
-    }
-    /// At end of message: remove a recipient.
-    pub fn del_rcpt(&mut self, addr: &str) {
-        self.edits.push(Edit::DelRcpt(addr.into()));
-    }
-    /// At end of message: change the sender.
-    pub fn change_from(&mut self, addr: &str) {
-        self.edits.push(Edit::ChangeFrom(addr.into()));
-    }
-    /// At end of message: hold the message in the queue.
-    pub fn quarantine(&mut self, reason: &str) {
-        self.edits.push(Edit::Quarantine(reason.into()));
-    }
-}
+use std::os::fd::{AsFd, RawFd};
+use std::time::Instant;
 
 /// What a connection event tells.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,15 +78,15 @@ pub struct Auth {
     pub user: String,
 }
 
-type StrAnswer = Box<dyn FnMut(&mut Ctx, &str) -> Decision>;
-type ConnectAnswer = Box<dyn FnMut(&mut Ctx, &Connect) -> Decision>;
-type SizeAnswer = Box<dyn FnMut(&mut Ctx, u64) -> Decision>;
+type StrAnswer = Box<dyn FnMut(&mut Ctx, &str) -> Answer>;
+type ConnectAnswer = Box<dyn FnMut(&mut Ctx, &Connect) -> Answer>;
+type SizeAnswer = Box<dyn FnMut(&mut Ctx, u64) -> Answer>;
 type Notice = Box<dyn FnMut(&mut Ctx, &str)>;
 type TlsNotice = Box<dyn FnMut(&mut Ctx, &Tls)>;
-type AuthAnswer = Box<dyn FnMut(&mut Ctx, &Auth) -> Decision>;
+type AuthAnswer = Box<dyn FnMut(&mut Ctx, &Auth) -> Answer>;
 type AuthNotice = Box<dyn FnMut(&mut Ctx, &Auth, &str)>;
 type Plain = Box<dyn FnMut(&mut Ctx)>;
-type PlainAnswer = Box<dyn FnMut(&mut Ctx) -> Decision>;
+type PlainAnswer = Box<dyn FnMut(&mut Ctx) -> Answer>;
 type LineFn = Box<dyn FnMut(&mut Ctx, &[u8], &mut Vec<Vec<u8>>)>;
 type EndFn = Box<dyn FnMut(&mut Ctx, &mut Vec<Vec<u8>>)>;
 
@@ -134,13 +109,26 @@ pub struct Filter {
     disconnect: Option<Plain>,
     tls: Option<TlsNotice>,
     auth_result: Option<AuthNotice>,
+    pub(crate) pending: Pending,
+    wire: Wire,
+}
+
+/// The reading side of the protocol: frames decoded so far, READY seen.
+#[derive(Default)]
+struct Wire {
+    dec: Decoder,
+    pre: Preamble,
+    ready: bool,
 }
 
 macro_rules! setter {
     ($(#[$doc:meta])* $name:ident, $field:ident, $arg:ty) => {
         $(#[$doc])*
-        pub fn $name(mut self, f: impl FnMut(&mut Ctx, $arg) -> Decision + 'static) -> Self {
-            self.$field = Some(Box::new(f));
+        pub fn $name<A: Into<Answer>>(
+            mut self,
+            mut f: impl FnMut(&mut Ctx, $arg) -> A + 'static,
+        ) -> Self {
+            self.$field = Some(Box::new(move |c: &mut Ctx, a: $arg| -> Answer { f(c, a).into() }));
             self
         }
     };
@@ -156,8 +144,13 @@ impl Filter {
     }
 
     /// Called for each new session, before the greeting.
-    pub fn on_connect(mut self, f: impl FnMut(&mut Ctx, &Connect) -> Decision + 'static) -> Self {
-        self.connect = Some(Box::new(f));
+    pub fn on_connect<A: Into<Answer>>(
+        mut self,
+        mut f: impl FnMut(&mut Ctx, &Connect) -> A + 'static,
+    ) -> Self {
+        self.connect = Some(Box::new(move |c: &mut Ctx, a: &Connect| -> Answer {
+            f(c, a).into()
+        }));
         self
     }
 
@@ -171,8 +164,13 @@ impl Filter {
     );
     /// Called when a client's credentials were accepted, before the 235 reply: a
     /// refusal keeps the session unauthenticated (TEMPFAIL is answered 454).
-    pub fn on_auth(mut self, f: impl FnMut(&mut Ctx, &Auth) -> Decision + 'static) -> Self {
-        self.auth = Some(Box::new(f));
+    pub fn on_auth<A: Into<Answer>>(
+        mut self,
+        mut f: impl FnMut(&mut Ctx, &Auth) -> A + 'static,
+    ) -> Self {
+        self.auth = Some(Box::new(move |c: &mut Ctx, a: &Auth| -> Answer {
+            f(c, a).into()
+        }));
         self
     }
 
@@ -186,8 +184,8 @@ impl Filter {
     );
 
     /// Called for DATA, before the 354.
-    pub fn on_data(mut self, f: impl FnMut(&mut Ctx) -> Decision + 'static) -> Self {
-        self.data = Some(Box::new(f));
+    pub fn on_data<A: Into<Answer>>(mut self, mut f: impl FnMut(&mut Ctx) -> A + 'static) -> Self {
+        self.data = Some(Box::new(move |c: &mut Ctx| -> Answer { f(c).into() }));
         self
     }
 
@@ -209,8 +207,27 @@ impl Filter {
 
     /// Called at the end of the message, with its size; edits made through the
     /// [`Ctx`] apply if the decision lets the message through.
-    pub fn on_eom(mut self, f: impl FnMut(&mut Ctx, u64) -> Decision + 'static) -> Self {
-        self.eom = Some(Box::new(f));
+    pub fn on_eom<A: Into<Answer>>(
+        mut self,
+        mut f: impl FnMut(&mut Ctx, u64) -> A + 'static,
+    ) -> Self {
+        self.eom = Some(Box::new(move |c: &mut Ctx, n: u64| -> Answer {
+            f(c, n).into()
+        }));
+        self
+    }
+
+    /// Watches `fd` from the start (see [`Ctx::watch`]), as a descriptor opened
+    /// before [`Filter::run`] needs.
+    pub fn watch(
+        mut self,
+        fd: RawFd,
+        interest: Interest,
+        f: impl FnMut(&mut Ctx, Ready) + 'static,
+    ) -> Self {
+        self.pending
+            .changes
+            .push(WatchChange::Watch(fd, interest, Box::new(f)));
         self
     }
 
@@ -268,21 +285,44 @@ impl Filter {
         set(self.eom.is_some(), event::EOM, &mut h);
         set(self.commit.is_some(), event::COMMIT, &mut r);
         set(self.rollback.is_some(), event::ROLLBACK, &mut r);
-        set(self.disconnect.is_some(), event::DISCONNECT, &mut r);
+        // DISCONNECT always: it forgets a session whose answer is pending.
+        r |= event::DISCONNECT;
         set(self.tls.is_some(), event::TLS, &mut r);
         set(self.auth_result.is_some(), event::AUTH_RESULT, &mut r);
         (h, r)
     }
 
-    /// Speaks the protocol on standard input and output until the daemon closes it.
+    /// Speaks the protocol on standard input and output until the daemon closes it,
+    /// serving the filter's descriptors and timers meanwhile.
     pub fn run(self) -> io::Result<()> {
-        self.run_on(io::stdin().lock(), io::stdout().lock())
+        let input = io::stdin().as_fd().try_clone_to_owned()?;
+        let output = io::stdout().as_fd().try_clone_to_owned()?;
+        self.run_fd(input, output)
     }
 
-    /// Speaks the protocol on any reader and writer (for tests).
+    /// Speaks the protocol on any reader and writer (for tests). Answers given later
+    /// from other events' callbacks are served; descriptors and timers are not.
     pub fn run_on(mut self, mut r: impl Read, mut w: impl Write) -> io::Result<()> {
-        let (hooks, reports) = self.hooks();
         let mut out = Vec::new();
+        self.start(&mut out);
+        w.write_all(&out)?;
+        w.flush()?;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = r.read(&mut buf)?;
+            if n == 0 {
+                return Ok(());
+            }
+            out.clear();
+            self.feed(&buf[..n], &mut out)?;
+            w.write_all(&out)?;
+            w.flush()?;
+        }
+    }
+
+    /// The REGISTER frame, into `out`.
+    pub(crate) fn start(&mut self, out: &mut Vec<u8>) {
+        let (hooks, reports) = self.hooks();
         codec::encode(
             0,
             &Frame::Register {
@@ -291,46 +331,67 @@ impl Filter {
                 reports,
                 name: self.name.as_bytes(),
             },
-            &mut out,
+            out,
         );
-        w.write_all(&out)?;
-        w.flush()?;
-        let mut dec = Decoder::new();
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut ready = false;
-        let mut pre = Preamble::default();
+    }
+
+    /// Takes bytes from the daemon: every whole frame is handled, answers go to `out`.
+    pub(crate) fn feed(&mut self, bytes: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
+        let mut wire = std::mem::take(&mut self.wire);
+        let r = self.feed_wire(&mut wire, bytes, out);
+        self.wire = wire;
+        r
+    }
+
+    fn feed_wire(&mut self, wire: &mut Wire, bytes: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
+        wire.dec.feed(wire.pre.filter(bytes));
         loop {
-            let n = r.read(&mut buf)?;
-            if n == 0 {
-                return Ok(());
+            let (sid, frame) = match wire.dec.next_frame() {
+                Ok(Some(f)) => f,
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+            };
+            if !wire.ready {
+                ready_timeout(&frame)?;
+                wire.ready = true;
+                continue;
             }
-            dec.feed(pre.filter(&buf[..n]));
-            out.clear();
-            loop {
-                let (sid, frame) = match dec.next_frame() {
-                    Ok(Some(f)) => f,
-                    Ok(None) => break,
-                    Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
-                };
-                if !ready {
-                    ready_timeout(&frame)?;
-                    ready = true;
-                    continue;
-                }
-                self.dispatch(sid, frame, &mut out);
-            }
-            w.write_all(&out)?;
-            w.flush()?;
+            self.dispatch(sid, frame, out);
         }
     }
 
+    /// How many events wait for an answer given later.
+    pub fn waiting(&self) -> usize {
+        self.pending.waiting()
+    }
+
     fn dispatch(&mut self, sid: u64, frame: Frame<'_>, out: &mut Vec<u8>) {
-        let mut ctx = Ctx {
-            session: sid,
-            edits: Vec::new(),
-        };
+        let mut ctx = self.pending.ctx(sid);
+        let answer = self.call(sid, frame, &mut ctx, out);
+        match answer {
+            None => {}
+            Some(Answer::Later) => self.pending.defer(sid, std::mem::take(&mut ctx.edits)),
+            Some(Answer::Now(decision)) => {
+                for e in &ctx.edits {
+                    e.encode(sid, out);
+                }
+                codec::encode(sid, &decision.frame(), out);
+            }
+        }
+        self.pending.apply(ctx, Instant::now(), out);
+    }
+
+    /// Calls the callback of `frame`: the answer of an answered event (Proceed when
+    /// no callback is registered), `None` for the others.
+    fn call(
+        &mut self,
+        sid: u64,
+        frame: Frame<'_>,
+        ctx: &mut Ctx,
+        out: &mut Vec<u8>,
+    ) -> Option<Answer> {
         let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-        let decision = match frame {
+        let answer = match frame {
             Frame::Connect {
                 local,
                 remote,
@@ -341,25 +402,25 @@ impl Filter {
                     remote: text(remote),
                     hostname: text(hostname),
                 };
-                self.connect.as_mut().map(|f| f(&mut ctx, &c))
+                self.connect.as_mut().map(|f| f(ctx, &c))
             }
-            Frame::Helo(s) => self.helo.as_mut().map(|f| f(&mut ctx, &text(s))),
-            Frame::Ehlo(s) => self.ehlo.as_mut().map(|f| f(&mut ctx, &text(s))),
+            Frame::Helo(s) => self.helo.as_mut().map(|f| f(ctx, &text(s))),
+            Frame::Ehlo(s) => self.ehlo.as_mut().map(|f| f(ctx, &text(s))),
             Frame::Auth { mechanism, user } => {
                 let a = Auth {
                     mechanism: text(mechanism),
                     user: text(user),
                 };
-                self.auth.as_mut().map(|f| f(&mut ctx, &a))
+                self.auth.as_mut().map(|f| f(ctx, &a))
             }
-            Frame::Mail(s) => self.mail.as_mut().map(|f| f(&mut ctx, &text(s))),
-            Frame::Rcpt(s) => self.rcpt.as_mut().map(|f| f(&mut ctx, &text(s))),
-            Frame::Data => self.data.as_mut().map(|f| f(&mut ctx)),
+            Frame::Mail(s) => self.mail.as_mut().map(|f| f(ctx, &text(s))),
+            Frame::Rcpt(s) => self.rcpt.as_mut().map(|f| f(ctx, &text(s))),
+            Frame::Data => self.data.as_mut().map(|f| f(ctx)),
             Frame::DataLines(lines) => {
                 let mut kept: Vec<Vec<u8>> = Vec::with_capacity(lines.len());
                 for l in lines {
                     match self.data_line.as_mut() {
-                        Some(f) => f(&mut ctx, l, &mut kept),
+                        Some(f) => f(ctx, l, &mut kept),
                         None => kept.push(l.to_vec()),
                     }
                 }
@@ -369,38 +430,39 @@ impl Filter {
                         codec::encode(sid, &Frame::DataLines(refs), out);
                     }
                 }
-                return;
+                return None;
             }
             Frame::DataEnd => {
                 let mut extra = Vec::new();
                 if let Some(f) = self.data_end.as_mut() {
-                    f(&mut ctx, &mut extra);
+                    f(ctx, &mut extra);
                 }
                 if !extra.is_empty() {
                     let refs: Vec<&[u8]> = extra.iter().map(|v| v.as_slice()).collect();
                     codec::encode(sid, &Frame::DataLines(refs), out);
                 }
                 codec::encode(sid, &Frame::DataEnd, out);
-                return;
+                return None;
             }
-            Frame::Eom(size) => self.eom.as_mut().map(|f| f(&mut ctx, size)),
+            Frame::Eom(size) => self.eom.as_mut().map(|f| f(ctx, size)),
             Frame::Commit(id) => {
                 if let Some(f) = self.commit.as_mut() {
-                    f(&mut ctx, &text(id));
+                    f(ctx, &text(id));
                 }
-                return;
+                return None;
             }
             Frame::Rollback => {
                 if let Some(f) = self.rollback.as_mut() {
-                    f(&mut ctx);
+                    f(ctx);
                 }
-                return;
+                return None;
             }
             Frame::Disconnect => {
+                self.pending.ended(sid);
                 if let Some(f) = self.disconnect.as_mut() {
-                    f(&mut ctx);
+                    f(ctx);
                 }
-                return;
+                return None;
             }
             Frame::Tls {
                 version,
@@ -417,9 +479,9 @@ impl Filter {
                         sni: text(sni),
                         subject: text(subject),
                     };
-                    f(&mut ctx, &t);
+                    f(ctx, &t);
                 }
-                return;
+                return None;
             }
             Frame::AuthResult {
                 mechanism,
@@ -431,17 +493,13 @@ impl Filter {
                         mechanism: text(mechanism),
                         user: text(user),
                     };
-                    f(&mut ctx, &a, &text(result));
+                    f(ctx, &a, &text(result));
                 }
-                return;
+                return None;
             }
-            _ => return,
+            _ => return None,
         };
-        for e in &ctx.edits {
-            e.encode(sid, out);
-        }
-        let decision = decision.unwrap_or(Decision::Proceed);
-        codec::encode(sid, &decision.frame(), out);
+        Some(answer.unwrap_or(Answer::Now(Decision::Proceed)))
     }
 }
 
@@ -545,7 +603,7 @@ mod tests {
         let register = Frame::Register {
             version: codec::VERSION,
             hooks: event::AUTH,
-            reports: event::TLS | event::AUTH_RESULT,
+            reports: event::TLS | event::AUTH_RESULT | event::DISCONNECT,
             name: b"t",
         };
         let reject = Frame::Reject {

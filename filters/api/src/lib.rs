@@ -4,10 +4,15 @@
 #![deny(unsafe_code)]
 
 pub mod codec;
+pub mod ctx;
+mod event_loop;
 pub mod filter;
+mod pending;
 pub mod preamble;
+mod sys;
 pub mod verdict;
 
 pub use codec::{Decoder, Frame, WireError, VERSION as PROTOCOL_VERSION};
-pub use filter::{Auth, Connect, Ctx, Filter, Tls};
+pub use ctx::{Answer, Ctx, Interest, Ready, TimerId};
+pub use filter::{Auth, Connect, Filter, Tls};
 pub use verdict::{Decision, Edit};

@@ -668,7 +668,7 @@ fn the_manual_shows_the_examples() {
         eprintln!("{man:?} not found: not checked");
         return;
     };
-    for name in ["worked-example", "tls-auth-example"] {
+    for name in ["worked-example", "tls-auth-example", "later-example"] {
         let shown = manual_example(&text, name)
             .unwrap_or_else(|| panic!("{name} markers in smtpd-filters.7"));
         let vectors = read_vectors(&vectors_dir().join(format!("{name}.hex"))).unwrap();

@@ -64,7 +64,8 @@ my $out = slurp("$dir/out");
 my @got = map { [smtpd::id_hex($_->[0]), @$_[1, 2]] } smtpd::take_frames(\$out);
 is($out, '', 'nothing but whole frames');
 is_deeply(\@got, [
-    ['0' x 16, smtpd::REGISTER, [1, smtpd::EV_AUTH, smtpd::EV_TLS | smtpd::EV_AUTH_RESULT, 'ta']],
+    ['0' x 16, smtpd::REGISTER, [1, smtpd::EV_AUTH,
+        smtpd::EV_TLS | smtpd::EV_AUTH_RESULT | smtpd::EV_DISCONNECT, 'ta']],
     ['0' x 15 . '9', smtpd::PROCEED, []],
     ['0' x 15 . '9', smtpd::REJECT, [535, '5.7.8 not from here']],
     ['0' x 15 . '9', smtpd::TEMPFAIL, ['directory down']],
