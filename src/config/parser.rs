@@ -430,6 +430,10 @@ impl Parser {
 
     fn statement(&mut self, toks: &[Token]) -> Result<(), ConfigError> {
         let expanded = expand(toks, &self.macros)?;
+        if expanded.is_empty() {
+            // Macros that expand to nothing leave an empty line, as in OpenSMTPD.
+            return Ok(());
+        }
         let toks = &expanded[..];
         let mut st = Stmt { toks, pos: 0 };
         // A macro definition: NAME = VALUE.

@@ -144,6 +144,17 @@ fn command_line_macros_win() {
 }
 
 #[test]
+fn a_macro_expanding_to_nothing_leaves_an_empty_line() {
+    // Found by the config fuzz target: the refusal of what follows named no file.
+    let text = "empty = \"\"\n$empty\nlisten on 127.0.0.1\n&\n";
+    assert_eq!(
+        conf(text).map(|_| ()),
+        Err("/etc/smtpd.conf:4: unknown keyword '&'".to_string())
+    );
+    assert!(conf("empty = \"\"\n$empty\nlisten on 127.0.0.1 $empty port 25\n").is_ok());
+}
+
+#[test]
 fn development_default_parses() {
     let c = parse(
         super::super::DEVELOPMENT,
