@@ -336,7 +336,7 @@ def _optional_keys():
         src = (REPO / "src" / "queue" / "envelope.rs").read_text()
     except OSError:
         return {"smtputf8", "requiretls"}
-    return set(re.findall(r'if self\.\w+ \{\s*put\(\s*"([a-z0-9-]+)"', src))
+    return set(re.findall(r'if self\.\w+[^{\n]*\{\s*put\(\s*"([a-z0-9-]+)"', src))
 
 
 ENVELOPE_OPTIONAL = _optional_keys()

@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod control;
+pub mod crashpoint;
 pub mod credentials;
 pub mod dns;
 pub mod event_loop;

@@ -475,6 +475,7 @@ pub fn parent_loop(
             } else if auth.reaped(pid, status, fd) || reloader.reaped(pid) {
             } else if let Some((id, pipe)) = children.remove(&pid) {
                 let res = child_result(id, pipe, status);
+                crate::crashpoint::hit("deliver-relayed");
                 if let Err(e) = sys::send_msg(fd, &res.encode(), None) {
                     log::warn!("parent: cannot report delivery {id}: {e}");
                 }

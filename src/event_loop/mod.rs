@@ -721,6 +721,9 @@ impl Server {
                 }
                 revoke
             });
+            if revoke == Some(false) {
+                crate::crashpoint::hit("commit-replied");
+            }
             if revoke == Some(true) {
                 let ids: Vec<u64> = done.envs.iter().map(|e| e.evpid).collect();
                 self.queue.remove_by_hand(&ids);

@@ -164,7 +164,10 @@ impl Server {
                     }
                 }
                 Ok((n, _)) => match DeliverRes::decode(&buf[..n]) {
-                    Some(res) => self.queue.local_result(res.id, res.outcome, unix_now()),
+                    Some(res) => {
+                        crate::crashpoint::hit("deliver-reported");
+                        self.queue.local_result(res.id, res.outcome, unix_now())
+                    }
                     None => log::warn!("queue: malformed result from the parent ignored"),
                 },
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,

@@ -358,6 +358,7 @@ pub(super) fn spawn_delivery(req: &DeliverReq, msg: OwnedFd) -> io::Result<(i32,
             drop(rd);
             sys::reset_signals();
             let outcome = deliver_child(req, msg);
+            crate::crashpoint::hit("deliver-done");
             let res = DeliverRes {
                 id: req.id,
                 outcome,
@@ -517,6 +518,7 @@ pub(super) fn run_worker(user: &str, account: Option<&str>, sock: OwnedFd) -> ! 
             }
         }
         let mut finished = finish_staged(staged).into_iter();
+        crate::crashpoint::hit("deliver-done");
         for (_, slot) in results.iter_mut().filter(|(_, o)| o.is_none()) {
             *slot = finished.next();
         }
@@ -545,6 +547,7 @@ pub(super) fn drain_worker(w: &mut Worker, chan: RawFd, buf: &mut [u8]) -> io::R
                 };
                 w.pending.swap_remove(i);
                 w.last = Instant::now();
+                crate::crashpoint::hit("deliver-relayed");
                 if let Err(e) = sys::send_msg(chan, &res.encode(), None) {
                     log::warn!("parent: cannot report delivery {}: {e}", res.id);
                 }

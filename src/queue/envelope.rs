@@ -79,6 +79,8 @@ pub struct Envelope {
     pub no_forward: bool,
     /// Held in the queue (quarantined by a filter) until scheduled by hand.
     pub held: bool,
+    /// Delay notices sent about it (recorded before each is queued).
+    pub warnings: u32,
 }
 
 /// A fresh envelope id for message `msgid`, distinct from those in `taken`.
@@ -139,6 +141,9 @@ impl Envelope {
         }
         if self.requiretls {
             put("requiretls", "1");
+        }
+        if self.warnings != 0 {
+            put("warnings", &self.warnings.to_string());
         }
         s
     }
@@ -275,6 +280,10 @@ impl Envelope {
                         _ => return Err("bad requiretls".into()),
                     };
                     OPTIONAL + 1
+                }
+                "warnings" => {
+                    e.warnings = u32::try_from(num(&v)?).map_err(|_| "bad warnings")?;
+                    OPTIONAL + 2
                 }
                 other => return Err(format!("unknown key {other:?}")),
             };

@@ -7,10 +7,12 @@
 //! envelope writes of the round, staged into temporaries, made durable together
 //! (one syncfs(2) on Linux, as the commit thread does; fdatasync(2) each elsewhere),
 //! renamed into place (and the renames made durable when one of them must be); then the
-//! notifications are committed: a notice of delay at once, a notice of failure or
-//! success with the write that removes its envelope, which may come in a later round.
-//! So such a notification is written before the removal of the envelope it reports on,
-//! and committed after it (see smtpd.8, Crashes and duplicates).
+//! notifications are committed with the message's next write, which may come in a
+//! later round: a notice of failure or success before the write that removes its
+//! envelope (a crash in between delivers it again, never loses it; a notice that
+//! cannot be committed keeps the envelope in the spool), a notice of delay after the
+//! write that records it in the envelope (a crash in between loses it, never repeats
+//! it). See smtpd.8, Crash points.
 //! Each job gets one completion ([`IoDone`]), handed to the loop through the waker.
 
 use super::bounce::DsnKind;
@@ -24,7 +26,6 @@ use crate::mta::client::Content;
 use crate::mta::sts::{self, CacheEntry};
 use crate::privsep::DeliverReq;
 use crate::worker::Worker;
-use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -180,9 +181,8 @@ struct Ctx {
     parent: Option<Arc<OwnedFd>>,
     /// Opened before anything it covers is written (see `super::commit`).
     fs_handle: Option<File>,
-    /// Notices written, waiting for the write that removes their envelope, by
-    /// envelope.
-    held: HashMap<u64, Pending>,
+    /// Notices written, waiting for their message's next write.
+    held: Vec<Pending>,
 }
 
 /// A notice written into `incoming/`, to commit.
@@ -210,7 +210,7 @@ pub fn start(
         cfg,
         parent,
         fs_handle,
-        held: HashMap::new(),
+        held: Vec::new(),
     };
     Worker::start("spool", wake, move |batch| ctx.round(batch))
 }
@@ -227,8 +227,11 @@ struct Staged {
 impl Ctx {
     fn round(&mut self, batch: Vec<IoJob>) -> Vec<IoDone> {
         let mut done = Vec::with_capacity(batch.len());
-        let mut writes = Vec::new();
-        let mut notices: Vec<Pending> = Vec::new();
+        let mut writes: Vec<EnvWrite> = Vec::new();
+        // Committed before the writes (with the index of the write that releases them),
+        // and after them.
+        let mut before: Vec<(usize, Pending)> = Vec::new();
+        let mut after: Vec<Pending> = Vec::new();
         for job in batch {
             match job {
                 IoJob::Config(cfg) => {
@@ -284,9 +287,9 @@ impl Ctx {
                                 job,
                             };
                             if n.hold {
-                                self.held.insert(p.evpid, p);
+                                self.held.push(p);
                             } else {
-                                notices.push(p);
+                                after.push(p);
                             }
                         }
                         Err(e) => done.push(IoDone::Bounced {
@@ -297,41 +300,93 @@ impl Ctx {
                         }),
                     }
                 }
-                IoJob::Write(EnvWrite {
-                    id,
-                    msgid,
-                    envs,
-                    durable,
-                    removed,
-                }) => {
-                    // The notices about the envelopes it removes follow it.
-                    notices.extend(removed.iter().filter_map(|e| self.held.remove(e)));
-                    writes.push(self.stage(id, msgid, &envs, durable));
+                IoJob::Write(w) => {
+                    // The notices of its message: of failure or success before it
+                    // (it removes their envelope), of delay after it (it records them).
+                    let (mine, rest): (Vec<Pending>, Vec<Pending>) = std::mem::take(&mut self.held)
+                        .into_iter()
+                        .partition(|p| (p.evpid >> 32) as u32 == w.msgid);
+                    self.held = rest;
+                    for p in mine {
+                        if p.kind == DsnKind::Delayed {
+                            after.push(p);
+                        } else if w.removed.contains(&p.evpid) {
+                            before.push((writes.len(), p));
+                        } else {
+                            // Its envelope stays: it waits for the write that removes it.
+                            self.held.push(p);
+                        }
+                    }
+                    writes.push(w);
                 }
             }
         }
-        done.extend(self.install(writes));
-        if !notices.is_empty() {
-            let (meta, jobs): (Vec<_>, Vec<_>) = notices
-                .into_iter()
-                .map(|p| ((p.evpid, p.kind, p.to), ((0, 0), p.job)))
-                .unzip();
-            for ((evpid, kind, to), c) in meta
-                .into_iter()
-                .zip(commit_batch(jobs, self.fs_handle.as_ref()))
-            {
-                done.push(IoDone::Bounced {
+        // A write whose notice could not be committed is not made: the envelope it
+        // would remove stays in the spool, to be delivered and reported again.
+        let mut refused: Vec<Option<String>> = vec![None; writes.len()];
+        let notified = !before.is_empty();
+        if notified {
+            let (at, notices): (Vec<usize>, Vec<Pending>) = before.into_iter().unzip();
+            for (i, d) in at.into_iter().zip(self.commit_notices(notices)) {
+                if let IoDone::Bounced {
+                    result: Err(e),
                     evpid,
-                    kind,
-                    to,
-                    result: c
-                        .result
-                        .map(|()| (c.msgid, c.envs))
-                        .map_err(|e| e.to_string()),
-                });
+                    ..
+                } = &d
+                {
+                    refused[i] = Some(format!(
+                        "the notification about {evpid:016x} was not queued ({e}): kept"
+                    ));
+                }
+                done.push(d);
+            }
+            crate::crashpoint::hit("bounce-committed");
+        }
+        let mut staged = Vec::with_capacity(writes.len());
+        for (w, why) in writes.into_iter().zip(refused) {
+            match why {
+                Some(why) => done.push(IoDone::Written {
+                    id: w.id,
+                    result: Err(why),
+                }),
+                None => staged.push(self.stage(w.id, w.msgid, &w.envs, w.durable)),
             }
         }
+        if notified {
+            crate::crashpoint::hit("bounce-removed");
+        }
+        done.extend(self.install(staged));
+        let delays = after.iter().any(|p| p.kind == DsnKind::Delayed);
+        if delays {
+            crate::crashpoint::hit("delay-recorded");
+        }
+        if !after.is_empty() {
+            done.extend(self.commit_notices(after));
+        }
+        if delays {
+            crate::crashpoint::hit("delay-committed");
+        }
         done
+    }
+
+    /// Commits notifications written into `incoming/`: their completions, in order.
+    fn commit_notices(&self, notices: Vec<Pending>) -> Vec<IoDone> {
+        let (meta, jobs): (Vec<_>, Vec<_>) = notices
+            .into_iter()
+            .map(|p| ((p.evpid, p.kind, p.to), ((0, 0), p.job)))
+            .unzip();
+        meta.into_iter()
+            .zip(commit_batch(jobs, self.fs_handle.as_ref(), true))
+            .map(|((evpid, kind, to), c)| IoDone::Bounced {
+                evpid,
+                kind,
+                to,
+                result: c
+                    .result
+                    .map(|()| (c.msgid, c.envs))
+                    .map_err(|e| e.to_string()),
+            })
+            .collect()
     }
 
     /// Opens the message and sends the request with its descriptor to the parent.
@@ -362,7 +417,10 @@ impl Ctx {
     /// to its temporary.
     fn stage(&self, id: u64, msgid: u32, envs: &[Envelope], durable: bool) -> Staged {
         let (file, result) = if envs.is_empty() {
-            (None, self.spool.remove_message(msgid, true))
+            crate::crashpoint::hit("remove-before");
+            let r = self.spool.remove_message(msgid, true);
+            crate::crashpoint::hit("remove-after");
+            (None, r)
         } else {
             match self.spool.stage_envelopes(msgid, envs) {
                 Ok(f) => (Some(f), Ok(())),
@@ -395,6 +453,9 @@ impl Ctx {
                 }
             }
         }
+        if staged {
+            crate::crashpoint::hit("envelope-staged");
+        }
         let mut buckets: Vec<PathBuf> = Vec::new();
         for w in writes.iter_mut().filter(|w| w.file.is_some()) {
             w.result = match std::mem::replace(&mut w.result, Ok(())) {
@@ -408,6 +469,9 @@ impl Ctx {
             if w.durable && w.result.is_ok() && !buckets.contains(&bucket) {
                 buckets.push(bucket);
             }
+        }
+        if staged {
+            crate::crashpoint::hit("envelope-installed");
         }
         if !buckets.is_empty() {
             let r = match self.fs_handle.as_ref() {
@@ -529,12 +593,12 @@ mod tests {
             cfg: Arc::new(cfg),
             parent: None,
             fs_handle: None,
-            held: HashMap::new(),
+            held: Vec::new(),
         }
     }
 
     #[test]
-    fn a_notice_is_committed_after_the_removal_of_its_envelope() {
+    fn a_notice_is_committed_before_the_removal_of_its_envelope() {
         let (_tmp, spool, id) = spool_with_message("io-round");
         let mut c = ctx(&spool);
         let mut env = spool.load_envelopes(id).unwrap_or_default().remove(0);
@@ -593,7 +657,7 @@ mod tests {
             }
         }
         assert_eq!(spool.committed().ok(), Some(vec![id]));
-        // The removal, then the notice.
+        // The notice, then the removal.
         let done = c.round(vec![IoJob::Write(EnvWrite {
             id: 7,
             msgid: id,
@@ -601,18 +665,14 @@ mod tests {
             durable: false,
             removed: vec![env.evpid],
         })]);
-        assert!(matches!(
-            done[0],
-            IoDone::Written {
-                id: 7,
-                result: Ok(())
-            }
-        ));
-        let notice = match &done[1..] {
+        let notice = match &done[..] {
             [IoDone::Bounced {
                 evpid,
                 result: Ok((m, envs)),
                 ..
+            }, IoDone::Written {
+                id: 7,
+                result: Ok(()),
             }] if *evpid == env.evpid && envs[0].rcpt == "s@example.org" => *m,
             other => panic!("unexpected {other:?}"),
         };

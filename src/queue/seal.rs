@@ -439,7 +439,9 @@ mod tests {
         let (id, mut f) = spool.create_message().unwrap();
         spool.write_data(&mut f, body.as_bytes()).unwrap();
         let job = spool.prepare_commit(id, f, &[env(id, 1, "a@b")]).unwrap();
-        assert!(commit_batch(vec![((0, 0), job)], None)[0].result.is_ok());
+        assert!(commit_batch(vec![((0, 0), job)], None, false)[0]
+            .result
+            .is_ok());
         let raw = std::fs::read(spool.message_path(id)).unwrap();
         assert!(!raw.windows(9).any(|w| w == b"plaintext"));
         // The envelopes stay readable; the message comes back whole.

@@ -612,7 +612,7 @@ pub(super) mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         // Committed through syncfs(2) where there is one (the daemon's way).
         let handle = File::open(dir.join("incoming")).ok();
-        let done = commit_batch(vec![((1, 2), job)], handle.as_ref());
+        let done = commit_batch(vec![((1, 2), job)], handle.as_ref(), false);
         assert!(done[0].result.is_ok());
         assert_eq!(spool.committed().ok(), Some(vec![id]));
         // The message reads back without its envelopes, and the envelopes come back.
@@ -660,7 +660,9 @@ pub(super) mod tests {
             let job = spool
                 .prepare_commit(id, f, &[env(id, 1, "a@b")])
                 .unwrap_or_else(|e| panic!("{e}"));
-            assert!(commit_batch(vec![((0, 0), job)], None)[0].result.is_ok());
+            assert!(commit_batch(vec![((0, 0), job)], None, false)[0]
+                .result
+                .is_ok());
             id
         };
         let first = commit(&[b'x'; 3000]);
@@ -694,7 +696,9 @@ pub(super) mod tests {
         let job = spool
             .prepare_commit(id, f, &[env(id, 1, "a@b")])
             .unwrap_or_else(|e| panic!("{e}"));
-        assert!(commit_batch(vec![((0, 0), job)], None)[0].result.is_ok());
+        assert!(commit_batch(vec![((0, 0), job)], None, false)[0]
+            .result
+            .is_ok());
         let size = fs::metadata(spool.message_path(id)).map_or(0, |m| m.len());
         assert!(spool.remove_envelope(env(id, 1, "").evpid).unwrap_or(false));
         // The file waits in free/ with its blocks, until space runs short.
@@ -734,7 +738,9 @@ pub(super) mod tests {
         let job = spool
             .prepare_commit(id, f, &[env(id, 1, "a@b")])
             .unwrap_or_else(|e| panic!("{e}"));
-        assert!(commit_batch(vec![((0, 0), job)], None)[0].result.is_ok());
+        assert!(commit_batch(vec![((0, 0), job)], None, false)[0]
+            .result
+            .is_ok());
         (tmp, spool, id)
     }
 

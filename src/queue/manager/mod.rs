@@ -77,7 +77,7 @@ pub struct EnvWrite {
     pub envs: Vec<Envelope>,
     /// The renaming must reach the disk before the completion.
     pub durable: bool,
-    /// The envelopes it removes (their notices are committed after it).
+    /// The envelopes it removes (their notices are committed before it).
     pub removed: Vec<u64>,
 }
 
@@ -88,8 +88,9 @@ pub struct Notice {
     pub env: Envelope,
     /// Failure, delay or success.
     pub kind: DsnKind,
-    /// Commit it only after the write that removes its envelope, which follows (else
-    /// at once).
+    /// Commit it with the message's next write, which follows (else at once): a
+    /// notice of failure or success before that write removes its envelope, a delay
+    /// notice after that write records it (smtpd.8, Crash points).
     pub hold: bool,
     /// Other envelopes of the same message reported in the same notice (the relayed
     /// recipients of one job), removed by the same write.
@@ -352,7 +353,7 @@ impl Manager {
                 } else {
                     RunState::Pending
                 },
-                warnings: 0,
+                warnings: env.warnings,
             },
         );
     }
@@ -588,7 +589,13 @@ impl Manager {
                             .get(&evpid)
                             .is_some_and(|s| notify_wants(&s.env, notify::DELAY));
                         if self.sched.needs_warning(evpid, now, &intervals) && wants {
+                            // Recorded durably before the notice is queued: a restart
+                            // does not send it again (smtpd.8, Crash points).
                             self.sched.warned(evpid);
+                            if let Some(s) = self.envs.get_mut(&evpid) {
+                                s.env.warnings += 1;
+                            }
+                            self.dirty(msgid, true);
                             self.bounce(evpid, DsnKind::Delayed);
                         }
                     }
@@ -742,12 +749,12 @@ impl Manager {
             return self.log(Level::Info, line);
         }
         // A notice of failure or success reports an envelope whose removal follows: it
-        // is committed after that (smtpd.8, Crashes and duplicates).
-        let hold = !matches!(kind, DsnKind::Delayed);
+        // is committed before that; a delay notice after the write that records it
+        // (smtpd.8, Crash points).
         self.out.push(Effect::Bounce(Notice {
             env,
             kind,
-            hold,
+            hold: true,
             more: Vec::new(),
             remote_mta: String::new(),
         }));
