@@ -11,6 +11,9 @@
       Medians over the repetitions, the table, the targets; writes OUT (markdown) and
       prints the table and the targets.  In an existing OUT, everything after the line
       KEEP_MARK (hand-written analysis) is kept.
+  report.py report DATA_DIR OUT HISTORY
+      The same, then adds the run's row of headline ratios to HISTORY (bench/history.py;
+      bench/run gives bench/HISTORY.md after a full run that wrote bench/RESULTS.md).
 """
 import collections
 import glob
@@ -772,8 +775,11 @@ def report(d, out):
 def main(a):
     if a[:1] == ['collect'] and len(a) == 4:
         collect(*a[1:])
-    elif a[:1] == ['report'] and len(a) == 3:
-        report(*a[1:])
+    elif a[:1] == ['report'] and len(a) in (3, 4):
+        report(*a[1:3])
+        if len(a) == 4:
+            import history
+            history.append(a[2], a[3])
     else:
         sys.stderr.write(__doc__)
         return 2
