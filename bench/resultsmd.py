@@ -50,14 +50,16 @@ class Results:
     """One RESULTS.md: its date, commit, whether it was a quick run, and its main table.
 
     rows maps a row label to its five cells: smtpd, OpenSMTPD, Postfix,
-    smtpd / OpenSMTPD, smtpd / Postfix (strings, as written).
+    smtpd / OpenSMTPD, smtpd / Postfix (strings, as written); names the three servers as
+    the table's header does ('OpenSMTPD 6.8.0p2-4').
     """
 
-    def __init__(self, date, commit, quick, rows):
+    def __init__(self, date, commit, quick, rows, names=SERVERS):
         self.date = date
         self.commit = commit
         self.quick = quick
         self.rows = rows
+        self.names = names
 
     def cell(self, lab, col):
         """The cell of a row (col 0 to 4), None when the row or the cell is absent."""
@@ -105,6 +107,7 @@ def parse(text):
         raise ValueError('no "smtpd at commit" line')
     commit = m.group(1) + ('+' if m.group(2) else '')
     rows = {}
+    names = SERVERS
     start = text.find('\n## Results\n')
     if start < 0:
         raise ValueError('no Results section')
@@ -115,8 +118,10 @@ def parse(text):
             continue
         cells = split_row(line)
         if cells[0].startswith('measure ('):
+            if len(cells) >= 4:
+                names = tuple(cells[1:4])
             continue
         rows[cells[0]] = cells[1:]
     if not rows:
         raise ValueError('empty Results table')
-    return Results(date, commit, quick, rows)
+    return Results(date, commit, quick, rows, names)
