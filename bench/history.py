@@ -29,7 +29,7 @@ HEADER = ['date', 'commit',
 
 INTRO = '''# Benchmark history: smtpd against Postfix and OpenSMTPD
 
-One row per full run of `bench/run` (3 repetitions, medians), taken from the main table
+One row per full run of `bench/run` (medians of 3 repetitions unless `-r`), from the main table
 of `bench/RESULTS.md` as that run wrote it; the latest run's full report is
 `bench/RESULTS.md`, earlier ones are in its git history. `bench/report.py` adds the row
 of a full run when it writes `bench/RESULTS.md` (`bench/history.py`, see `bench/README.md`).
