@@ -1211,7 +1211,12 @@ def test_filter_dying_at_start_is_restarted(fx):
 
 def test_filter_with_unknown_protocol_version(fx):
     d = fx(fx.py("py", {"register_version": 2}), "py")
-    assert d.wait_log(LOGPFX + r"filter py: 0000000000000000 refused ", 20), d.log()[-2000:]
+    # The engine refuses the version and has the filter killed at once: the filter
+    # logs the refusal frame it read only when it reads it before the kill, which a
+    # loaded machine decides; the engine's own line is certain.
+    assert d.wait_log(r"filter py: protocol version 2 refused; failing its sessions", 20), \
+        d.log()[-2000:]
+    assert "registered name=" not in d.log(), d.log()[-2000:]
     with d.client() as c:
         r = c.reply()
         assert r.is_(421, "4.3.0"), r

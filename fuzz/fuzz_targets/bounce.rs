@@ -76,7 +76,7 @@ fuzz_target!(|data: &[u8]| {
     let b = unfolded
         .lines()
         .find_map(|l| l.strip_prefix("Content-Type: multipart/report;"))
-        .and_then(|v| v.split("boundary=\"").nth(1))
+        .and_then(|v| v.split_once("boundary=\"").map(|(_, rest)| rest))
         .and_then(|v| v.split('"').next())
         .map(str::to_string);
     let Some(b) = b else {
