@@ -159,6 +159,7 @@ mod auth;
 mod chunk;
 mod content;
 mod message;
+mod out;
 mod tls;
 
 pub use tls::HANDSHAKE_TIMEOUT;
@@ -784,7 +785,7 @@ impl Conn {
             }
         }
         if self.out_pos >= self.out.len() {
-            self.out.clear();
+            out::reset(&mut self.out);
             self.out_pos = 0;
         }
     }
