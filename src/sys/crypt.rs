@@ -4,6 +4,7 @@
 
 use std::ffi::{CStr, CString};
 use std::os::raw::{c_char, c_int, c_ulong, c_void};
+use std::sync::{Condvar, Mutex};
 
 /// Size of libxcrypt's `struct crypt_data` (crypt.h: `CRYPT_DATA_INTERNAL_SIZE` and the
 /// fields around it add up to 32768 octets).
@@ -29,12 +30,53 @@ extern "C" {
     ) -> *mut c_char;
 }
 
+/// Hashes computed at once in a process, at most. yescrypt, Debian's default method,
+/// works in 16 MiB of memory per hash: AUTH attempts spread over every lookup thread
+/// would take that much per thread, and a few hundred guessing clients would make the
+/// engine grow by a hundred MiB. Two keep both cores of a small host busy; further
+/// checks wait their turn, which costs them no more than the cores would anyway.
+pub const MAX_AT_ONCE: usize = 2;
+
+/// Counts the hashes being computed; see [`MAX_AT_ONCE`].
+struct Gate {
+    busy: Mutex<usize>,
+    freed: Condvar,
+}
+
+static GATE: Gate = Gate {
+    busy: Mutex::new(0),
+    freed: Condvar::new(),
+};
+
+/// A place among the [`MAX_AT_ONCE`] hashes computed at once, given back when dropped.
+struct Turn;
+
+impl Turn {
+    fn wait() -> Turn {
+        let mut busy = GATE.busy.lock().unwrap_or_else(|e| e.into_inner());
+        while *busy >= MAX_AT_ONCE {
+            busy = GATE.freed.wait(busy).unwrap_or_else(|e| e.into_inner());
+        }
+        *busy += 1;
+        Turn
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        let mut busy = GATE.busy.lock().unwrap_or_else(|e| e.into_inner());
+        *busy = busy.saturating_sub(1);
+        GATE.freed.notify_one();
+    }
+}
+
 /// The hash of `phrase` with `setting` (a hash or a setting from [`gensalt`]), or `None`
 /// when the setting is invalid or unsupported, or the phrase holds a NUL. The work
 /// area, which holds the phrase for a while, is zeroed before it is freed.
 pub fn crypt(phrase: &[u8], setting: &str) -> Option<String> {
     let phrase = CString::new(phrase).ok()?;
     let setting = CString::new(setting).ok()?;
+    let turn = Turn::wait();
     let mut data = vec![0u8; CRYPT_DATA_SIZE];
     // SAFETY: both strings are NUL-terminated and live across the call; data is a
     // zeroed buffer of the size given, which crypt_rn uses as its struct crypt_data.
@@ -58,6 +100,7 @@ pub fn crypt(phrase: &[u8], setting: &str) -> Option<String> {
             .filter(|h| !h.starts_with('*'))
             .map(str::to_string)
     };
+    drop(turn);
     wipe(&mut data);
     let mut phrase = phrase.into_bytes();
     wipe(&mut phrase);
@@ -160,6 +203,35 @@ mod tests {
             assert_eq!(crypt(b"secret", &h).as_deref(), Some(h.as_str()));
             assert_ne!(crypt(b"Secret", &h).as_deref(), Some(h.as_str()));
         }
+    }
+
+    #[test]
+    fn hashes_are_computed_two_at_a_time_at_most() {
+        use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+        use std::sync::Arc;
+        let now = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let (now, most) = (now.clone(), most.clone());
+                std::thread::spawn(move || {
+                    let _turn = Turn::wait();
+                    let n = now.fetch_add(1, SeqCst) + 1;
+                    most.fetch_max(n, SeqCst);
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    now.fetch_sub(1, SeqCst);
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        // Other tests of this process may hold a turn meanwhile: never more in all.
+        assert!(most.load(SeqCst) <= MAX_AT_ONCE, "{most:?}");
+        assert!(most.load(SeqCst) >= 1);
+        // Hashing still works with every turn given back.
+        let h = crypt(b"secret", "$6$saltsalt").unwrap();
+        assert!(h.starts_with("$6$saltsalt$"), "{h}");
     }
 
     #[test]
