@@ -9,7 +9,7 @@ mod event_loop;
 pub mod filter;
 mod pending;
 pub mod preamble;
-mod sys;
+pub mod sys;
 pub mod verdict;
 
 pub use codec::{Decoder, Frame, WireError, VERSION as PROTOCOL_VERSION};

@@ -13,8 +13,10 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token};
 use session::{Config, Ctx, DefaultAction, Phase, Session, TlsFacts};
 use smtpd_filter::codec::{self, event, Decoder, Frame};
+use smtpd_filter::sys::set_nonblocking;
 use std::collections::HashMap;
 use std::io;
+use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 const STDIN: Token = Token(0);
@@ -110,19 +112,6 @@ fn parse_args(args: &[String]) -> Result<Config, String> {
         hostname: host_name(),
         verbose: m.opt_present("v"),
     })
-}
-
-fn set_nonblocking(fd: i32) -> io::Result<()> {
-    // SAFETY: fcntl on a descriptor number with integer arguments only.
-    let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-    if fl < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: as above.
-    if unsafe { libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 fn fd_read(fd: i32, buf: &mut [u8]) -> io::Result<usize> {
@@ -392,8 +381,8 @@ fn run(cfg: Config) -> Result<(), String> {
     fn e(what: &'static str) -> impl Fn(io::Error) -> String {
         move |err| format!("{what}: {err}")
     }
-    set_nonblocking(0).map_err(e("standard input"))?;
-    set_nonblocking(1).map_err(e("standard output"))?;
+    set_nonblocking(io::stdin().as_fd()).map_err(e("standard input"))?;
+    set_nonblocking(io::stdout().as_fd()).map_err(e("standard output"))?;
     let mut poll = Poll::new().map_err(e("poll"))?;
     let registry = poll.registry().try_clone().map_err(e("poll"))?;
     registry
