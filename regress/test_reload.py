@@ -194,17 +194,22 @@ def test_listeners_added_removed_changed(make_daemon):
     assert d.stop() == 0
 
 
-def filter_pids(d, marker):
-    """Pids of the daemon's processes whose command line names `marker`."""
+def child_pids(d, program, marker):
+    """Pids of the daemon's processes whose command line names `program` and `marker`."""
     out = []
     for pid in descendants(d.pid):
         try:
             cmd = open("/proc/%d/cmdline" % pid, "rb").read().replace(b"\0", b" ").decode()
         except OSError:
             continue
-        if marker in cmd and "filterlib.py" in cmd:
+        if program in cmd and marker in cmd:
             out.append(pid)
     return out
+
+
+def filter_pids(d, marker):
+    """Pids of the test filters (filterlib.py) whose command line names `marker`."""
+    return child_pids(d, "filterlib.py", marker)
 
 
 def filter_line(tmp_path, where, name, spec):
@@ -307,15 +312,8 @@ def test_renewed_root_only_certificate(make_daemon, tmp_path):
 
 
 def table_pids(d, marker):
-    out = []
-    for pid in descendants(d.pid):
-        try:
-            cmd = open("/proc/%d/cmdline" % pid, "rb").read().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if "linetable.py" in cmd and marker in cmd:
-            out.append(pid)
-    return out
+    """Pids of the table processes (linetable.py) whose command line names `marker`."""
+    return child_pids(d, "linetable.py", marker)
 
 
 def test_table_process_kept_or_replaced(make_daemon, tmp_path):
