@@ -38,7 +38,8 @@ The spec of the filter program (every key optional):
     ANSWER = {"do": "proceed" | "reject" | "tempfail" | "disconnect" | "junk" |
                     "rewrite" | "discard" | "crash" | "garbage" | "hang" |
                     "bad-kind" | "edit" (an edit, then proceed) | "empty-rewrite" |
-                    "flood" (see below),
+                    "flood" (see below) | "oversized" (a frame header that
+                    announces 64 MiB, then bytes without end),
               "code": 550, "text": "5.7.1 ...", "value": "...",
               "when": REGEX,       # only when the parameter (or, at eom, the message's
                                    # text) matches; else proceed
@@ -303,6 +304,12 @@ class SpecFilter:
             os._exit(0)
         elif do == "flood":
             self.flood(session, a)
+        elif do == "oversized":
+            self.flush()
+            self.log(session, "writing an oversized frame")
+            os.write(1, struct.pack(">IBQ", 64 << 20, PROCEED, session))
+            while True:
+                os.write(1, b"\0" * 65536)
         elif do == "hang":
             self.log(session, "hanging")
             time.sleep(120)

@@ -361,9 +361,13 @@ impl LineBuf {
     /// it was found.
     fn skip_tail(&mut self) -> bool {
         let data = &self.buf[self.start..self.end];
-        let mut prev_cr = self.skip_cr;
-        for (i, &b) in data.iter().enumerate() {
-            if b == b'\n' && (prev_cr || self.skip_lf) {
+        for i in memchr::memchr_iter(b'\n', data) {
+            let prev_cr = if i == 0 {
+                self.skip_cr
+            } else {
+                data[i - 1] == b'\r'
+            };
+            if prev_cr || self.skip_lf {
                 self.start += i + 1;
                 self.scanned = self.start;
                 self.skipping = false;
@@ -373,9 +377,10 @@ impl LineBuf {
                 }
                 return true;
             }
-            prev_cr = b == b'\r';
         }
-        self.skip_cr = prev_cr;
+        if let Some(&last) = data.last() {
+            self.skip_cr = last == b'\r';
+        }
         self.start = 0;
         self.end = 0;
         self.scanned = 0;

@@ -168,6 +168,9 @@ pub struct Server {
     /// Filter pipes with input left after their last read (a read takes a bounded
     /// amount): they are read again next turn, with no readiness event to wait for.
     pipe_backlog: Vec<usize>,
+    /// SMTP sessions (slab key, generation) that used up their reads of a turn with
+    /// input maybe left: pumped again next turn (fairness among clients).
+    smtp_backlog: Vec<(usize, u64)>,
     /// SMTP sessions (slab key, generation) whose message lines wait for a backed-up
     /// data filter; they read again once it drained.
     held: Vec<(usize, u64)>,
@@ -315,6 +318,7 @@ impl Server {
             pipes: Vec::new(),
             turn: 0,
             pipe_backlog: Vec::new(),
+            smtp_backlog: Vec::new(),
             held: Vec::new(),
             chains: crate::filter::chain::Chains::new(),
             session_keys: HashMap::new(),
@@ -385,7 +389,8 @@ impl Server {
             self.arm_timers(now);
             // Sleep until the next deadline; filters with input left and DNS answers
             // waiting for their turn go on at once.
-            let timeout = match self.pipe_backlog.is_empty() && !self.dns.has_done() {
+            let idle = self.pipe_backlog.is_empty() && self.smtp_backlog.is_empty();
+            let timeout = match idle && !self.dns.has_done() {
                 true => self.timers.sleep(now, IDLE_SLEEP),
                 false => Duration::ZERO,
             };
@@ -396,6 +401,7 @@ impl Server {
             let now = Instant::now();
             self.turn += 1;
             let backlog = std::mem::take(&mut self.pipe_backlog);
+            let smtp_backlog = std::mem::take(&mut self.smtp_backlog);
             for ev in events.iter() {
                 match ev.token() {
                     SIGNAL => self.on_signal(),
@@ -442,6 +448,15 @@ impl Server {
             // Filters that had more to say than one turn takes, and no new event.
             for key in backlog {
                 self.filter_io(key, now);
+            }
+            // Clients that had more to send than one turn's share.
+            for (key, gen) in smtp_backlog {
+                if let Some(Endpoint::Smtp(c)) = self.slab.get_mut(key) {
+                    if c.gen == gen {
+                        c.unqueue();
+                        self.dispatch(key, false, false, now);
+                    }
+                }
             }
             // Commits and lookups may finish between a wake and the poll; take them
             // every turn.
@@ -642,6 +657,11 @@ impl Server {
                 });
                 self.after_conn(key, now);
                 self.pump_more(key, now);
+                if let Some(Endpoint::Smtp(c)) = self.slab.get_mut(key) {
+                    if c.take_backlog() {
+                        self.smtp_backlog.push((key, c.gen));
+                    }
+                }
             }
             Some(Endpoint::Filter(_)) => self.filter_io(key, now),
             Some(Endpoint::Control(_)) => self.control_io(key, now),

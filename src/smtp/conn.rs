@@ -21,6 +21,13 @@ const INBUF: usize = 16 * 1024;
 const MSG_CHUNK: usize = 64 * 1024;
 /// Unsent reply bytes above which no more input is taken.
 const OUT_HIGH: usize = 64 * 1024;
+/// Reads from one client in one pump: one that writes without pause (an endless
+/// line, a flood of commands) takes its share, then the others take theirs, and the
+/// loop comes back to it next turn.
+const READS_PER_PUMP: u32 = 2;
+/// Lines (commands, or pieces of a message) handled in one pump, for the same reason:
+/// 16 KiB of pipelined NOOPs is 2,700 commands.
+const LINES_PER_PUMP: u32 = 128;
 
 /// Why a session ended, for the `disconnected` log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,6 +117,10 @@ pub struct Conn {
     readable: bool,
     writable: bool,
     eof: bool,
+    /// The last pump used up its reads with input maybe left (see READS_PER_PUMP).
+    backlogged: bool,
+    /// The session is in the loop's list of those to pump again next turn.
+    queued: bool,
     /// The connection is gone both ways (reset, or closed and then written to).
     hung_up: bool,
     closing: Option<Reason>,
@@ -194,6 +205,8 @@ impl Conn {
             readable: false,
             writable: false,
             eof: false,
+            backlogged: false,
+            queued: false,
             hung_up: false,
             closing: None,
             filters: FilterSide::default(),
@@ -289,9 +302,10 @@ impl Conn {
             self.abort(ctx, Reason::Disconnect);
             return;
         }
+        let (mut reads, mut lines) = (0, LINES_PER_PUMP);
         loop {
             let mut progress = self.check_tls(ctx, now);
-            progress |= self.process(ctx);
+            progress |= self.process(ctx, &mut lines);
             self.flush();
             if self.closing.is_some() {
                 return;
@@ -302,6 +316,10 @@ impl Conn {
                 if self.closing.is_some() {
                     return;
                 }
+            }
+            if lines == 0 {
+                self.backlogged = true;
+                return;
             }
             let handshaking = self.sock.handshaking();
             // Lines waiting for a filter hold the input back: once they are sent, the
@@ -314,6 +332,11 @@ impl Conn {
                         && !self.filters.batch_full()))
                 && !self.inbuf.space().is_empty()
             {
+                if reads == READS_PER_PUMP {
+                    self.backlogged = true;
+                    return;
+                }
+                reads += 1;
                 match self.sock.read(self.inbuf.space()) {
                     Ok(0) => {
                         self.eof = true;
@@ -405,7 +428,7 @@ impl Conn {
     }
 
     /// Feeds buffered lines to the session; true if any was consumed.
-    fn process(&mut self, ctx: &mut Ctx) -> bool {
+    fn process(&mut self, ctx: &mut Ctx, budget: &mut u32) -> bool {
         let mut progress = false;
         if self.hold {
             return false;
@@ -415,7 +438,9 @@ impl Conn {
             && !self.filters.batch_full()
             && self.closing.is_none()
             && self.out.len() - self.out_pos < OUT_HIGH
+            && *budget > 0
         {
+            *budget -= 1;
             if self.session.in_data() {
                 let (bytes, first, last, bare) = match self.inbuf.next_text() {
                     Text::Partial => break,
@@ -632,6 +657,21 @@ impl Conn {
             }
         }
         self.actions.clear();
+    }
+
+    /// Whether the last pump stopped at its share of reads with the client maybe still
+    /// writing: the loop pumps it again next turn, as no readiness event will come.
+    /// True once until `unqueue`: the session is listed once.
+    pub fn take_backlog(&mut self) -> bool {
+        let more = std::mem::take(&mut self.backlogged) && self.closing.is_none();
+        let first = more && !self.queued;
+        self.queued |= more;
+        first
+    }
+
+    /// The loop took the session off its list of those to pump again.
+    pub fn unqueue(&mut self) {
+        self.queued = false;
     }
 
     /// Whether input is waiting that a new pump would take: after the lines gathered
