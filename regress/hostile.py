@@ -11,6 +11,7 @@ messages each, the default `max-mails`).
 
 import json
 import os
+import pwd
 import re
 import resource
 import socket
@@ -149,6 +150,7 @@ def daemon_pids(d):
     """The daemon's parent and its engine: the children running the same program
     (delivery workers and filters are other programs or come and go)."""
     exe = os.readlink("/proc/%d/exe" % d.pid)
+    uid = pwd.getpwnam("_smtpd").pw_uid
     pids = [d.pid]
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -157,7 +159,9 @@ def daemon_pids(d):
             with open("/proc/%s/stat" % entry, "rb") as f:
                 st = f.read()
             ppid = int(st[st.rindex(b")") + 2:].split()[1])
-            if ppid == d.pid and os.readlink("/proc/%s/exe" % entry) == exe:
+            # A filter is the daemon's program, as root, for a moment after its fork.
+            if (ppid == d.pid and os.readlink("/proc/%s/exe" % entry) == exe
+                    and os.stat("/proc/%s" % entry).st_uid == uid):
                 pids.append(int(entry))
         except (OSError, ValueError):
             continue

@@ -10,6 +10,7 @@ The flooding filter (regress/filterlib.py, answer "flood") serves a second liste
 """
 
 import os
+import pwd
 import re
 import threading
 import time
@@ -51,15 +52,20 @@ def flood_daemon(fx, spec, options="", extra=""):
 
 
 def engine_pid(d):
-    """The engine: the child of the daemon that runs the daemon's program (the filters
-    are other programs)."""
+    """The engine: the child of the daemon that runs the daemon's program as the daemon's
+    user (a filter runs another program, but is the daemon's program as root for a
+    moment after its fork)."""
     exe = os.readlink("/proc/%d/exe" % d.pid)
-    for pid in descendants(d.pid):
-        try:
-            if ppid_of(pid) == d.pid and os.readlink("/proc/%d/exe" % pid) == exe:
-                return pid
-        except OSError:
-            continue
+    uid = pwd.getpwnam("_smtpd").pw_uid
+    for _ in range(100):
+        for pid in descendants(d.pid):
+            try:
+                if (ppid_of(pid) == d.pid and os.readlink("/proc/%d/exe" % pid) == exe
+                        and os.stat("/proc/%d" % pid).st_uid == uid):
+                    return pid
+            except OSError:
+                continue
+        time.sleep(0.05)
     raise AssertionError("no engine process under %d" % d.pid)
 
 

@@ -55,7 +55,7 @@ from tlscerts import Pki
 
 BASE_S = 2.5
 ATTACK_S = 4.0
-RATIO_MIN = 0.3
+RATIO_MIN = 0.25
 RSS_TOTAL_MIB = 160
 # Per attacking connection: a slow or idle session holds its state, a 16 KiB input
 # buffer and, in DATA, a 64 KiB buffer of message bytes; one that pushes bulk input

@@ -514,6 +514,7 @@ impl Server {
             timers,
             parent,
             counters,
+            smtp_backlog,
             ..
         } = self;
         let Some(Endpoint::Smtp(conn)) = slab.get_mut(key) else {
@@ -553,6 +554,9 @@ impl Server {
         if conn.take_rearm() {
             // A handshake's deadline, earlier than the one armed.
             timers.add(conn.deadline, Due::Endpoint { key, gen: conn.gen });
+        }
+        if conn.take_backlog() {
+            smtp_backlog.push((key, conn.gen));
         }
         if conn.finished().is_some() {
             closing.push(key);
@@ -657,11 +661,6 @@ impl Server {
                 });
                 self.after_conn(key, now);
                 self.pump_more(key, now);
-                if let Some(Endpoint::Smtp(c)) = self.slab.get_mut(key) {
-                    if c.take_backlog() {
-                        self.smtp_backlog.push((key, c.gen));
-                    }
-                }
             }
             Some(Endpoint::Filter(_)) => self.filter_io(key, now),
             Some(Endpoint::Control(_)) => self.control_io(key, now),
