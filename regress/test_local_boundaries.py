@@ -518,3 +518,66 @@ def test_recipient_local_parts_never_become_paths(make_daemon, fmt):
     assert not Path("/etc/x").exists()
     boxes = [p for p in root.iterdir()] if root.exists() else []
     assert len(boxes) >= 1, d.log()[-2000:]
+
+
+STRANGE_LOCAL_PARTS = ['"../../escape"', '"a/b"', '"/etc/x"', '".."', '".hidden"', '"a\\\x01b"',
+                       '"x\\\x7fy"', '"a\\\\b"', 'dots..in..middle']
+
+
+def send_strange(d, domain):
+    """Sends one message to each of STRANGE_LOCAL_PARTS@domain; the addresses taken."""
+    taken = []
+    with d.client() as c:
+        c.ehlo()
+        for lp in STRANGE_LOCAL_PARTS:
+            assert c.cmd("MAIL FROM:<s@example.test>").is_(250)
+            r = c.cmd("RCPT TO:<%s@%s>" % (lp, domain))
+            if not r.is_(250):
+                c.cmd("RSET")
+                continue
+            assert c.cmd("DATA").is_(354)
+            assert c.cmd("Subject: p\r\n\r\nx\r\n.").is_(250)
+            taken.append("%s@%s" % (lp, domain))
+    return taken
+
+
+def test_recipient_local_parts_in_mbox(make_daemon, user1):
+    """A catch-all into mbox: whatever the local part, the mailbox is the user's,
+    /var/mail/smtpdtest1; nothing else appears in /var/mail."""
+    mbox = Path("/var/mail/smtpdtest1")
+    for p in (mbox, Path(str(mbox) + ".lock")):
+        if p.exists():
+            p.unlink()
+    before = set(os.listdir("/var/mail"))
+    d = make_daemon(rules='table catch { "@example.test" = smtpdtest1 }\n'
+                          'table tusers { smtpdtest1 }\n'
+                          'action "mbx" mbox virtual <catch> userbase <tusers>\n'
+                          'match from any for domain "example.test" action "mbx"\n',
+                    deliver=True, methods=("mbox",))
+    taken = send_strange(d, "example.test")
+    assert len(taken) >= 5, d.log()[-2000:]
+    assert d.wait_queue_empty(20), d.log()[-3000:]
+    text = mbox.read_bytes()
+    assert len([l for l in text.split(b"\n") if l.startswith(b"From ")]) == len(taken), text
+    assert set(os.listdir("/var/mail")) - before == {"smtpdtest1"}
+    assert not Path("/etc/x").exists()
+
+
+def test_recipient_local_parts_over_lmtp(make_daemon):
+    """A catch-all over LMTP with rcpt-to: each address reaches the LMTP server as it
+    was written, in one RCPT command of its own; no byte of it makes another command."""
+    from test_lmtp import LMTPServer
+
+    with LMTPServer() as srv:
+        d = make_daemon(rules='table catch { "@example.test" = smtpdtest1 }\n'
+                              'action "l" lmtp "127.0.0.1:%d" rcpt-to virtual <catch>\n'
+                              'match from any for domain "example.test" action "l"\n' % srv.port,
+                        deliver=True, methods=("lmtp",))
+        taken = send_strange(d, "example.test")
+        assert len(taken) >= 5, d.log()[-2000:]
+        got = srv.wait_messages(len(taken))
+        assert d.wait_queue_empty(20), d.log()[-3000:]
+        assert sorted(r for m in got for r in m["rcpts"]) == sorted(taken), (got, taken)
+        verbs = [c.split(" ", 1)[0].upper() for c in srv.commands]
+        assert set(verbs) <= {"LHLO", "MAIL", "RCPT", "DATA", "QUIT", "RSET"}, srv.commands
+        assert verbs.count("RCPT") == len(taken), srv.commands

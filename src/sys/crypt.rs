@@ -1,17 +1,25 @@
 //! The system's crypt(3) (libxcrypt, `-lcrypt`) and shadow password database, behind
 //! safe functions. Every call here is thread-safe: `crypt_rn` and `crypt_gensalt_rn`
 //! work in buffers of the caller, `getspnam_r` too.
+//!
+//! In a static build against musl (target `x86_64-unknown-linux-musl`), crypt is musl's
+//! `crypt_r`: MD5, SHA-256, SHA-512 and bcrypt hashes, not yescrypt; new settings are
+//! SHA-512 ones (`$6$`) made here.
 
 use std::ffi::{CStr, CString};
-use std::os::raw::{c_char, c_int, c_ulong, c_void};
+#[cfg(not(target_env = "musl"))]
+use std::os::raw::c_ulong;
+use std::os::raw::{c_char, c_int, c_void};
 use std::sync::{Condvar, Mutex};
 
 /// Size of libxcrypt's `struct crypt_data` (crypt.h: `CRYPT_DATA_INTERNAL_SIZE` and the
 /// fields around it add up to 32768 octets).
 const CRYPT_DATA_SIZE: usize = 32768;
 /// Longest setting string `crypt_gensalt_rn` writes (crypt.h `CRYPT_GENSALT_OUTPUT_SIZE`).
+#[cfg(not(target_env = "musl"))]
 const GENSALT_OUTPUT_SIZE: usize = 192;
 
+#[cfg(not(target_env = "musl"))]
 #[link(name = "crypt")]
 extern "C" {
     fn crypt_rn(
@@ -28,6 +36,26 @@ extern "C" {
         output: *mut c_char,
         output_size: c_int,
     ) -> *mut c_char;
+}
+
+#[cfg(target_env = "musl")]
+extern "C" {
+    fn crypt_r(phrase: *const c_char, setting: *const c_char, data: *mut c_void) -> *mut c_char;
+}
+
+/// musl's `crypt_r` with a work area larger than its `struct crypt_data` (260 octets).
+///
+/// # Safety
+/// As for `crypt_rn`: NUL-terminated strings and a buffer of `size` octets.
+#[cfg(target_env = "musl")]
+unsafe fn crypt_rn(
+    phrase: *const c_char,
+    setting: *const c_char,
+    data: *mut c_void,
+    _size: c_int,
+) -> *mut c_char {
+    // SAFETY: the caller's buffer is larger than musl's struct crypt_data.
+    unsafe { crypt_r(phrase, setting, data) }
 }
 
 /// Hashes computed at once in a process, at most. yescrypt, Debian's default method,
@@ -107,8 +135,32 @@ pub fn crypt(phrase: &[u8], setting: &str) -> Option<String> {
     hash
 }
 
+/// A new random setting for `prefix` (`"$6$"` or `"$5$"`), or SHA-512's when `None`;
+/// the cost is the method's default (musl's crypt has no yescrypt).
+#[cfg(target_env = "musl")]
+pub fn gensalt(prefix: Option<&str>) -> Option<String> {
+    const ALPHABET: &[u8; 64] = b"./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let prefix = match prefix {
+        None | Some("$6$") => "$6$",
+        Some("$5$") => "$5$",
+        Some(_) => return None,
+    };
+    let mut random = [0u8; 16];
+    // SAFETY: random is a writable buffer of the length given.
+    let n = unsafe { libc::getrandom(random.as_mut_ptr().cast(), random.len(), 0) };
+    if n != random.len() as isize {
+        return None;
+    }
+    let salt: String = random
+        .iter()
+        .map(|b| char::from(ALPHABET[usize::from(b % 64)]))
+        .collect();
+    Some(format!("{prefix}{salt}"))
+}
+
 /// A new random setting for `prefix` (`"$y$"`, `"$6$"`, ...), or for the system's
 /// default method (yescrypt on Debian) when `None`; the cost is the method's default.
+#[cfg(not(target_env = "musl"))]
 pub fn gensalt(prefix: Option<&str>) -> Option<String> {
     let prefix = match prefix {
         Some(p) => Some(CString::new(p).ok()?),
