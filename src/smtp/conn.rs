@@ -25,9 +25,13 @@ const OUT_HIGH: usize = 64 * 1024;
 /// line, a flood of commands) takes its share, then the others take theirs, and the
 /// loop comes back to it next turn.
 const READS_PER_PUMP: u32 = 2;
-/// Lines (commands, or pieces of a message) handled in one pump, for the same reason:
-/// 16 KiB of pipelined NOOPs is 2,700 commands.
-const LINES_PER_PUMP: u32 = 128;
+/// What one pump may handle, for the same reason, in units: a command costs
+/// [`COMMAND_COST`] (16 KiB of pipelined NOOPs is 2,700 commands, each answered), a
+/// line of a message one (the reads bound those already: 32 KiB of ordinary lines
+/// takes one pump). So 128 commands or 1024 message lines.
+const LINES_PER_PUMP: u32 = 1024;
+/// The units of a command; see [`LINES_PER_PUMP`].
+const COMMAND_COST: u32 = 8;
 
 /// Why a session ended, for the `disconnected` log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -440,7 +444,11 @@ impl Conn {
             && self.out.len() - self.out_pos < OUT_HIGH
             && *budget > 0
         {
-            *budget -= 1;
+            *budget = budget.saturating_sub(if self.session.in_data() {
+                1
+            } else {
+                COMMAND_COST
+            });
             if self.session.in_data() {
                 let (bytes, first, last, bare) = match self.inbuf.next_text() {
                     Text::Partial => break,
