@@ -25,12 +25,13 @@ const OUT_HIGH: usize = 64 * 1024;
 /// line, a flood of commands) takes its share, then the others take theirs, and the
 /// loop comes back to it next turn.
 const READS_PER_PUMP: u32 = 2;
-/// What one pump may handle, for the same reason, in units: a command costs
-/// [`COMMAND_COST`] (16 KiB of pipelined NOOPs is 2,700 commands, each answered), a
-/// line of a message one (the reads bound those already: 32 KiB of ordinary lines
-/// takes one pump). So 128 commands or 1024 message lines.
+/// What one pump may handle, for the same reason, in units: a command or a header
+/// field line costs [`COMMAND_COST`] (16 KiB of pipelined NOOPs is 2,700 commands,
+/// each answered; header lines are parsed and kept), a line of a message's body one
+/// (the reads bound those already: 32 KiB of ordinary lines takes one pump). So 128
+/// commands or header lines, or 1024 body lines.
 const LINES_PER_PUMP: u32 = 1024;
-/// The units of a command; see [`LINES_PER_PUMP`].
+/// The units of a command or a header line; see [`LINES_PER_PUMP`].
 const COMMAND_COST: u32 = 8;
 
 /// Why a session ended, for the `disconnected` log line.
@@ -444,11 +445,8 @@ impl Conn {
             && self.out.len() - self.out_pos < OUT_HIGH
             && *budget > 0
         {
-            *budget = budget.saturating_sub(if self.session.in_data() {
-                1
-            } else {
-                COMMAND_COST
-            });
+            let body = self.session.in_data() && !self.session.in_header_section();
+            *budget = budget.saturating_sub(if body { 1 } else { COMMAND_COST });
             if self.session.in_data() {
                 let (bytes, first, last, bare) = match self.inbuf.next_text() {
                     Text::Partial => break,

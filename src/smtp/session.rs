@@ -446,6 +446,11 @@ impl Session {
         self.state == State::Data
     }
 
+    /// Whether the message being received is still in its header section.
+    pub fn in_header_section(&self) -> bool {
+        self.tx().is_some_and(|t| t.in_headers)
+    }
+
     /// Whether the client said EHLO (and so was offered PIPELINING).
     pub fn esmtp(&self) -> bool {
         self.esmtp
