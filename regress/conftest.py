@@ -42,6 +42,15 @@ match from any for local action "local"
 _built = {}
 
 
+def cargo_build(args, what):
+    """Runs `cargo ARGS` at the top of the repository (niced, at most 20 minutes);
+    fails the test with the end of its output when it fails."""
+    r = subprocess.run(["nice", "-n", "10", "cargo"] + args, cwd=REPO, capture_output=True,
+                       text=True, timeout=1200)
+    if r.returncode != 0:
+        pytest.fail("cargo %s failed:\n%s" % (what, r.stderr[-4000:]))
+
+
 def smtpd_bin():
     """The daemon binary: $SMTPD_BIN, else <repo>/target/debug/smtpd (built once)."""
     env = os.environ.get("SMTPD_BIN")

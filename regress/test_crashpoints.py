@@ -16,13 +16,12 @@ without the point on the same spool, and check:
 
 import os
 import re
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, Closed, accepted_id, needs_root, smtpd_bin, wait_until
+from conftest import REPO, Closed, cargo_build, accepted_id, needs_root, smtpd_bin, wait_until
 
 MAILDIR_RULES = """
 action "mb" maildir "{MAILDIR}/%{dest.user:lowercase|strip}" user smtpdtest1
@@ -64,11 +63,8 @@ def crash_bin():
     if env:
         return Path(env)
     target = REPO / "target" / "crash"
-    r = subprocess.run(["nice", "-n", "10", "cargo", "build", "--features", "crashpoints",
-                        "--target-dir", str(target), "--bin", "smtpd"],
-                       cwd=REPO, capture_output=True, text=True, timeout=1200)
-    if r.returncode != 0:
-        pytest.fail("cargo build --features crashpoints failed:\n" + r.stderr[-4000:])
+    cargo_build(["build", "--features", "crashpoints", "--target-dir", str(target), "--bin",
+                 "smtpd"], "build --features crashpoints")
     return target / "debug" / "smtpd"
 
 

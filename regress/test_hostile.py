@@ -45,7 +45,7 @@ import time
 
 import pytest
 
-from conftest import DEFAULT_RULES, REPO, smtpd_bin, wait_until
+from conftest import DEFAULT_RULES, REPO, cargo_build, smtpd_bin, wait_until
 from dnstest import dns_world  # noqa: F401 - the fixture
 from hostile import (Honest, Loop, RssSampler, Slowloris, client_hello, connect, cpu_seconds,
                      daemon_pids, daemon_rss_kb, discard_input, raise_nofile, read_until, report)
@@ -85,10 +85,7 @@ def release_bin():
     env = os.environ.get("SMTPD_RELEASE_BIN")
     if env:
         return env
-    r = subprocess.run(["nice", "-n", "10", "cargo", "build", "--release", "--bin", "smtpd"],
-                       cwd=REPO, capture_output=True, text=True, timeout=1200)
-    if r.returncode != 0:
-        pytest.fail("cargo build --release failed:\n" + r.stderr[-4000:])
+    cargo_build(["build", "--release", "--bin", "smtpd"], "build --release")
     return str(REPO / "target" / "release" / "smtpd")
 
 
