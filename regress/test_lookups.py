@@ -65,19 +65,22 @@ int getpwnam_r(const char *name, struct passwd *pw, char *buf, size_t len,
     return real(name, pw, buf, len, res);
 }
 
-/* A temporary file in incoming/: an incoming message being rewritten. */
-static int stalled_path(const char *path)
+/* An incoming message being rewritten: a temporary file of incoming/ (a large
+   message), or the message itself opened to be written over without following a
+   link (a small one, rewritten in its own file). */
+static int stalled_path(const char *path, int flags)
 {
     size_t n = path ? strlen(path) : 0;
+    int in_place = (flags & O_NOFOLLOW) && (flags & O_ACCMODE) == O_WRONLY && !(flags & O_CREAT);
     return getenv("SMTPD_TEST_STALL_REWRITE") && strstr(path, "/incoming/") &&
-           n > 4 && strcmp(path + n - 4, ".tmp") == 0;
+           ((n > 4 && strcmp(path + n - 4, ".tmp") == 0) || in_place);
 }
 
 static int open_with(const char *sym, const char *path, int flags, va_list ap)
 {
     int (*real)(const char *, int, ...) = (int (*)(const char *, int, ...))dlsym(RTLD_NEXT, sym);
     mode_t mode = (flags & (O_CREAT | O_TMPFILE)) ? (mode_t)va_arg(ap, int) : 0;
-    if (stalled_path(path))
+    if (stalled_path(path, flags))
         stall();
     return real(path, flags, mode);
 }
@@ -186,7 +189,9 @@ def test_stalled_user_lookup_holds_only_its_session(make_daemon, shim, tmp_path)
     assert [e["rcpt"] for e in msgs[fast_id].envelopes] == ["root@mx.test.example"]
 
 
-def test_rewrite_of_an_edited_message_holds_only_its_session(make_daemon, shim, tmp_path):
+# A small message is rewritten in its own file, a large one (over 256 KiB) in a new one.
+@pytest.mark.parametrize("body_lines", [1, 5000], ids=["in-place", "new-file"])
+def test_rewrite_of_an_edited_message_holds_only_its_session(make_daemon, shim, tmp_path, body_lines):
     mark = mark_dir(tmp_path)
     # The junk verdict adds X-Spam: Yes, an end-of-message header edit.
     d = FilterDaemon(make_daemon.tmp / "edits",
@@ -199,7 +204,8 @@ def test_rewrite_of_an_edited_message_holds_only_its_session(make_daemon, shim, 
         slow.expect("MAIL FROM:<slow@example.test>", 250, "2.1.0")
         slow.expect("RCPT TO:<a@example.test>", 250, "2.1.5")
         slow.expect("DATA", 354)
-        slow.send(data_of(["Subject: edited", "", "body"]) + b".\r\n")
+        body = ["body"] if body_lines == 1 else ["%064d" % i for i in range(body_lines)]
+        slow.send(data_of(["Subject: edited", ""] + body) + b".\r\n")
         wait_for(mark, STALL)
         t0 = time.monotonic()
         fast_id = quick_transaction(fast, "fast@example.test", "b@example.test")

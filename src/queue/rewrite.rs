@@ -1,22 +1,31 @@
 //! End-of-message edits applied to an incoming message, on a lookup thread (never on
 //! the loop).
 //!
-//! Only the header section is read and edited (`super::edit`). The new header block
-//! is written to `incoming/MSGID.tmp`, the body is copied after it by the kernel
-//! (`std::io::copy` between files is copy_file_range(2) on Linux: the body never
-//! passes through the daemon's memory), and the file is renamed over the message. A
-//! replaced body is written instead of copied. Nothing is synced here: the commit
-//! syncs the new file with the rest of its round, and only then is the message
-//! acknowledged; what a crash leaves in `incoming/` is removed at start.
+//! Only the header section is read and edited (`super::edit`). A message in clear of
+//! at most [`IN_PLACE_MAX`] octets is rewritten in its own file: its body is read, and
+//! the new header section and the body written over it from the start (no inode made
+//! and renamed per message, which is most of what a new file costs). A larger or
+//! sealed one gets a new file: the new header block is written to
+//! `incoming/MSGID.tmp`, the body is copied after it by the kernel (`std::io::copy`
+//! between files is copy_file_range(2) on Linux: the body never passes through the
+//! daemon's memory), and the file is renamed over the message. A replaced body is
+//! written instead of copied. Nothing is synced here: the commit syncs the file with
+//! the rest of its round, and only then is the message acknowledged; what a crash
+//! leaves in `incoming/` (a message half rewritten included) is removed at start.
 
 use super::edit::{apply, Edit};
 use super::spool::{create_temporary, MessageFile, Spool};
-use std::fs::{self, File};
+use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 
 /// Bytes read at a time while looking for the end of the header section.
 const CHUNK: usize = 16 * 1024;
+
+/// The largest message in clear edited in its own file, its body read into memory on
+/// the way (a lookup thread holds at most this much at a time).
+const IN_PLACE_MAX: u64 = 256 * 1024;
 
 /// Reads the header section of the first `len` bytes of `f`, up to and with the empty
 /// line that ends it; returns it and the offset of the body (`len` when there is no
@@ -93,6 +102,24 @@ impl Spool {
             true => 0,
             false => len - body_at,
         };
+        if self.key().is_none() && len <= IN_PLACE_MAX {
+            let mut rest = vec![0u8; body as usize];
+            old.read_exact_at(&mut rest, body_at)?;
+            drop(old);
+            let file = OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&path)?;
+            let (mut f, _) = MessageFile::new(file, None)?;
+            for part in [&head[..], &rest[..]] {
+                let bytes = f.encode(part)?.into_owned();
+                self.write_raw(&mut f, &bytes)?;
+            }
+            // What the file held past the new end (a shorter header section, a
+            // reused file's older message) is cut off, as a new file would not hold it.
+            f.file.set_len(f.end())?;
+            return Ok(f);
+        }
         let tmp = path.with_extension("tmp");
         let write = || -> io::Result<MessageFile> {
             let mut f = self.create_at(&tmp)?;
@@ -206,6 +233,29 @@ mod tests {
         // A header section longer than what was written ends there.
         let got = edited(&data, 20, &edits(), false);
         assert_eq!(got, apply(&data[..20], &edits(), false));
+    }
+
+    #[test]
+    fn a_small_message_keeps_its_file_and_a_large_one_gets_a_new_one() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = TempDir::new("rewrite-inode");
+        let (spool, _) = Spool::open(&dir.0).unwrap();
+        let fill = IN_PLACE_MAX as usize - HEAD.len() - 1;
+        for (body, same) in [(fill, true), (fill + 1, false)] {
+            let msg = format!("{HEAD}\n{}", "b".repeat(body)).into_bytes();
+            let (id, mut f) = spool.create_message().unwrap();
+            spool.write_data(&mut f, &msg).unwrap();
+            drop(f);
+            let before = fs::metadata(spool.incoming(id)).unwrap().ino();
+            let f = spool
+                .edit_incoming(id, msg.len() as u64, &edits(), false, None)
+                .unwrap();
+            let after = fs::metadata(spool.incoming(id)).unwrap().ino();
+            assert_eq!(before == after, same, "{} octets", msg.len());
+            let out = fs::read(spool.incoming(id)).unwrap();
+            assert_eq!(out, apply(&msg, &edits(), false));
+            assert_eq!(f.end(), out.len() as u64);
+        }
     }
 
     #[test]
