@@ -51,6 +51,23 @@ def cargo_build(args, what):
         pytest.fail("cargo %s failed:\n%s" % (what, r.stderr[-4000:]))
 
 
+def optimized_bin(name, features=()):
+    """An optimized daemon for the tests that need one: `cargo build --profile regress`
+    (release code without LTO, debug assertions on) with `features`, copied to
+    target/regress-bins/NAME/smtpd, since builds with other features replace
+    target/regress/smtpd. Every such build shares the profile's dependencies."""
+    args = ["build", "--profile", "regress", "--bin", "smtpd"]
+    if features:
+        args += ["--features", ",".join(features)]
+    cargo_build(args, " ".join(args[1:]))
+    out = REPO / "target" / "regress-bins" / name
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "smtpd.new"
+    shutil.copy2(REPO / "target" / "regress" / "smtpd", tmp)
+    os.replace(tmp, out / "smtpd")
+    return out / "smtpd"
+
+
 def smtpd_bin():
     """The daemon binary: $SMTPD_BIN, else <repo>/target/debug/smtpd (built once)."""
     env = os.environ.get("SMTPD_BIN")

@@ -1,7 +1,8 @@
 """Crash safety at every named crash point (smtpd.8, Crash points).
 
-The daemon is built with the `crashpoints` cargo feature into target/crash (debug
-profile; $SMTPD_CRASH_BIN names a binary built so instead).  For each point: start
+The daemon is built with the `crashpoints` cargo feature (conftest.optimized_bin:
+profile `regress`, copied to target/regress-bins/crash; $SMTPD_CRASH_BIN names a binary
+built so instead).  For each point: start
 smtpd with SMTPD_CRASHPOINT naming it, send mail, let the process that reaches the
 point (engine, parent or delivery worker) end there, kill what is left, restart
 without the point on the same spool, and check:
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, Closed, cargo_build, accepted_id, needs_root, smtpd_bin, wait_until
+from conftest import REPO, Closed, optimized_bin, accepted_id, needs_root, smtpd_bin, wait_until
 
 MAILDIR_RULES = """
 action "mb" maildir "{MAILDIR}/%{dest.user:lowercase|strip}" user smtpdtest1
@@ -62,10 +63,7 @@ def crash_bin():
     env = os.environ.get("SMTPD_CRASH_BIN")
     if env:
         return Path(env)
-    target = REPO / "target" / "crash"
-    cargo_build(["build", "--features", "crashpoints", "--target-dir", str(target), "--bin",
-                 "smtpd"], "build --features crashpoints")
-    return target / "debug" / "smtpd"
+    return optimized_bin("crash", features=["crashpoints"])
 
 
 @pytest.fixture(scope="module")

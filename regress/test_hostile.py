@@ -28,7 +28,8 @@ frame; a DNS server answering slowly, with wrong ids, with huge answers.  Every 
 runs for the honest measure only (ATTACK_S seconds) plus its ramp-up, and is bounded in
 count.
 
-The daemon is the optimized build (target/release/smtpd): what is measured is how the
+The daemon is an optimized build (profile `regress`: release code without LTO, debug
+assertions on; see conftest.optimized_bin): what is measured is how the
 event loop shares itself among clients, which an unoptimized build would hide behind
 its own slowness.  The attacking threads run at a lower CPU priority than the honest
 clients (regress/hostile.py, attacker_priority), so that on a 2-core machine the test's
@@ -45,7 +46,7 @@ import time
 
 import pytest
 
-from conftest import DEFAULT_RULES, REPO, cargo_build, smtpd_bin, wait_until
+from conftest import DEFAULT_RULES, REPO, optimized_bin, smtpd_bin, wait_until
 from dnstest import dns_world  # noqa: F401 - the fixture
 from hostile import (Honest, Loop, RssSampler, Slowloris, client_hello, connect, cpu_seconds,
                      daemon_pids, daemon_rss_kb, discard_input, raise_nofile, read_until, report)
@@ -79,14 +80,14 @@ def nofile():
 
 
 def release_bin():
-    """The optimized daemon (target/release/smtpd, built if needed; $SMTPD_RELEASE_BIN
-    names one built so instead): the rates measured here are those of the build an
-    administrator runs, not of the unoptimized code the other tests use."""
+    """The optimized daemon (conftest.optimized_bin: release code without LTO, built if
+    needed; $SMTPD_RELEASE_BIN names another, target/release/smtpd for example): the
+    rates measured here are those of optimized code, not of the unoptimized code the
+    other tests use."""
     env = os.environ.get("SMTPD_RELEASE_BIN")
     if env:
         return env
-    cargo_build(["build", "--release", "--bin", "smtpd"], "build --release")
-    return str(REPO / "target" / "release" / "smtpd")
+    return str(optimized_bin("hostile"))
 
 
 @pytest.fixture(scope="module")
