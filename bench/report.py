@@ -38,6 +38,7 @@ NAMES = {
     'smtpd-relay': 'smtpd (relay)', 'osmtpd-relay': 'OpenSMTPD (relay)', 'pfx-relay': 'Postfix (relay)',
     'smtpd-dkim': 'smtpd + filter-dkim (RSA)', 'smtpd-dkim-ed': 'smtpd + filter-dkim (Ed25519)',
     'osmtpd-dkim': 'OpenSMTPD + filter-dkimsign', 'pfx-dkim': 'Postfix + opendkim',
+    'smtpd-dkimsign': 'smtpd + filter-dkimsign', 'smtpd-milter-dkim': 'smtpd + filter-milter + opendkim',
     'smtpd-bdat': 'smtpd (BDAT)',
     'smtpd-dnsbl': 'smtpd + filter-dnsbl', 'smtpd-dnsbl-sync': 'smtpd + filter-dnsbl -s (synchronous)',
     'pfx-dnsbl': 'Postfix + reject_rbl_client',

@@ -182,6 +182,25 @@ srv_smtpd_dkim() {
 srv_smtpd_dkim_ed() {
   bench_smtpd_conf "$1" "filter \"dkim\" proc-exec \"$FILTER_DKIM -a -m sign -c relaxed/relaxed -k $DOMAIN:benched:$BENCH_DKIM_ED_KEY\"" 'filter "dkim"'
 }
+# The same signers behind smtpd: OpenSMTPD's filter-dkimsign unchanged, through smtpd's
+# support of OpenSMTPD's text protocol (smtpd-dkimsign), and opendkim through smtpd's milter
+# bridge, filters/milter (smtpd-milter-dkim; opendkim as for Postfix, its CPU time counted).
+# Needs FILTER_MILTER too.
+srv_smtpd_dkimsign() {
+  bench_smtpd_conf "$1" "filter \"dkim\" proc-exec \"$DKIMSIGN -c relaxed/relaxed -d $DOMAIN -s bench -k $BENCH_DKIM_KEY\"" 'filter "dkim"'
+}
+opendkim_aux() {  # DIR
+  printf '%s\n' "Syslog no" "Mode s" "Domain $DOMAIN" "Selector bench" "KeyFile $BENCH_DKIM_KEY" \
+    "Socket local:$1/opendkim.sock" "PidFile $1/opendkim.pid" "UserID root" "UMask 000" \
+    "Canonicalization relaxed/relaxed" "InternalHosts 127.0.0.1" "RequireSafeKeys false" > "$1/opendkim.conf"
+  AUX="exec opendkim -f -x $1/opendkim.conf"
+  AUX_READY="test -S $1/opendkim.sock"
+}
+srv_smtpd_milter_dkim() {
+  bench_smtpd_conf "$1" "filter \"dkim\" proc-exec \"$FILTER_MILTER unix:$1/opendkim.sock\"" 'filter "dkim"'
+  opendkim_aux "$1"
+  AUX="echo \$\$ > $1/aux.pid; $AUX"
+}
 srv_osmtpd_dkim() {
   mk_maildir "$1/Maildir"
   osmtpd_common "$1" "action \"bench\" maildir \"$1/Maildir\" virtual <vusers>" 'filter "dkim"' \
@@ -191,11 +210,7 @@ srv_osmtpd_dkim() {
 srv_pfx_dkim() {
   pf_common "$1" "smtpd_milters = unix:$1/opendkim.sock
 milter_default_action = tempfail" || return 1
-  printf '%s\n' "Syslog no" "Mode s" "Domain $DOMAIN" "Selector bench" "KeyFile $BENCH_DKIM_KEY" \
-    "Socket local:$1/opendkim.sock" "PidFile $1/opendkim.pid" "UserID root" "UMask 000" \
-    "Canonicalization relaxed/relaxed" "InternalHosts 127.0.0.1" "RequireSafeKeys false" > "$1/opendkim.conf"
-  AUX="exec opendkim -f -x $1/opendkim.conf"
-  AUX_READY="test -S $1/opendkim.sock"
+  opendkim_aux "$1"
   bench_wrap "$1"
 }
 
