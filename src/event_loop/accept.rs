@@ -11,10 +11,11 @@ use super::deadlines::Due;
 use super::limits::{FD_RESERVE, FD_RESERVE_PRIVILEGED};
 use super::{Endpoint, Server, FIRST_SLOT};
 use crate::config::TlsMode;
+use crate::filter::report::Report;
 use crate::mail::peer::Peer;
 use crate::mail::reply::Reply;
 use crate::proxy::Endpoints;
-use crate::smtp::conn::Conn;
+use crate::smtp::conn::{Conn, Reason};
 use crate::smtp::session::{Limits, Session};
 use crate::stream::Stream;
 use mio::net::TcpStream;
@@ -308,6 +309,68 @@ impl Server {
         }
         self.after_conn(key, now);
         Some(key)
+    }
+
+    /// Removes the endpoints closed during the turn, between event batches: a session's
+    /// last reports, its file and its counts per address and per user given back.
+    pub(super) fn reap(&mut self) {
+        for key in std::mem::take(&mut self.closing) {
+            if let Some(Endpoint::Smtp(conn)) = self.slab.get(key) {
+                let id = conn.id();
+                self.chains.end(id);
+                self.session_keys.remove(&id);
+                let last = match self.slab.get_mut(key) {
+                    Some(Endpoint::Smtp(c)) => c.filters.take_final_reports(),
+                    _ => Vec::new(),
+                };
+                for r in &last {
+                    self.report(key, r);
+                }
+                self.report(key, &Report::Disconnect);
+                self.filters_session_left(key, Instant::now());
+            }
+            match self.slab.get_mut(key) {
+                Some(Endpoint::Smtp(conn)) => {
+                    let reason = conn.finished().unwrap_or(Reason::Timeout);
+                    let _ = self.poll.registry().deregister(&mut conn.sock);
+                    if conn.holds_file() {
+                        self.msg_files = self.msg_files.saturating_sub(1);
+                    }
+                    conn.release(&self.spool);
+                    let _ = conn.sock.flush();
+                    let (id, ip, uid) = (conn.id(), conn.peer, conn.uid);
+                    self.slab.remove(key);
+                    self.sessions -= 1;
+                    if let Some(uid) = uid {
+                        self.ctl_slots.release(uid);
+                    }
+                    if let Some(ip) = ip {
+                        self.tcp_sessions -= 1;
+                        if let Some(n) = self.per_addr.get_mut(&ip) {
+                            *n -= 1;
+                            if *n == 0 {
+                                self.per_addr.remove(&ip);
+                            }
+                        }
+                    }
+                    log::info!("{id:016x} smtp disconnected reason={}", reason.as_str());
+                }
+                Some(Endpoint::Control(c)) => {
+                    let _ = self.poll.registry().deregister(&mut c.sock);
+                    let uid = c.uid;
+                    self.slab.remove(key);
+                    self.ctl_slots.release(uid);
+                }
+                Some(Endpoint::Dns(_)) => self.dns_reap(key),
+                Some(Endpoint::Proxy(_)) => self.proxy_reap(key),
+                Some(Endpoint::Http(c)) => {
+                    let _ = self.poll.registry().deregister(&mut c.sock);
+                    self.slab.remove(key);
+                    self.http_conns -= 1;
+                }
+                _ => {}
+            }
+        }
     }
 }
 

@@ -6,7 +6,6 @@
 //! spurious and stale events; endpoints are removed only between event batches.
 
 use crate::config::Config;
-use crate::filter::report::Report;
 use crate::mail::reply::Reply;
 use crate::mta::conn::MtaConn;
 use crate::queue::io::{IoDone, IoJob};
@@ -695,124 +694,6 @@ impl Server {
                 break;
             }
             self.after_conn(key, now);
-        }
-    }
-
-    fn on_commits(&mut self, now: Instant) {
-        let mut pending_after = Vec::new();
-        for done in self.committer.take_done() {
-            let (key, gen) = done.key;
-            let ours = matches!(self.slab.get(key), Some(Endpoint::Smtp(c)) if c.gen == gen);
-            if done.result.is_ok() {
-                self.queue.committed(&done.envs, unix_now());
-                if ours {
-                    let size = match self.slab.get_mut(key) {
-                        Some(Endpoint::Smtp(c)) => {
-                            c.filters.committed();
-                            c.tx_size()
-                        }
-                        _ => 0,
-                    };
-                    let r = Report::Commit {
-                        msgid: format!("{:08x}", done.msgid),
-                        size,
-                        evpids: done.envs.iter().map(|e| e.evpid).collect(),
-                    };
-                    self.report(key, &r);
-                }
-            }
-            if !ours {
-                match done.result {
-                    Ok(()) => log::info!(
-                        "smtp message msgid={:08x} committed after its client left",
-                        done.msgid
-                    ),
-                    Err(e) => log::warn!("queue: commit of {:08x} failed: {e}", done.msgid),
-                }
-                continue;
-            }
-            let stopping = self.stopping.is_some();
-            let (msgid, result) = (done.msgid, done.result);
-            let revoke = self.with_conn(key, Some(gen), |conn, ctx| {
-                let revoke = conn.on_committed(ctx, msgid, result, now);
-                if stopping {
-                    conn.close_with(ctx, Reply::SHUTDOWN, Reason::Shutdown);
-                }
-                revoke
-            });
-            if revoke == Some(false) {
-                crate::crashpoint::hit("commit-replied");
-            }
-            if revoke == Some(true) {
-                let ids: Vec<u64> = done.envs.iter().map(|e| e.evpid).collect();
-                self.queue.remove_by_hand(&ids);
-            }
-            // Pipelined commands after the dot may need the filter chain.
-            pending_after.push(key);
-        }
-        for key in pending_after {
-            self.after_conn(key, now);
-        }
-        self.queue_actions(now);
-    }
-
-    fn reap(&mut self) {
-        for key in std::mem::take(&mut self.closing) {
-            if let Some(Endpoint::Smtp(conn)) = self.slab.get(key) {
-                let id = conn.id();
-                self.chains.end(id);
-                self.session_keys.remove(&id);
-                let last = match self.slab.get_mut(key) {
-                    Some(Endpoint::Smtp(c)) => c.filters.take_final_reports(),
-                    _ => Vec::new(),
-                };
-                for r in &last {
-                    self.report(key, r);
-                }
-                self.report(key, &Report::Disconnect);
-                self.filters_session_left(key, Instant::now());
-            }
-            match self.slab.get_mut(key) {
-                Some(Endpoint::Smtp(conn)) => {
-                    let reason = conn.finished().unwrap_or(Reason::Timeout);
-                    let _ = self.poll.registry().deregister(&mut conn.sock);
-                    if conn.holds_file() {
-                        self.msg_files = self.msg_files.saturating_sub(1);
-                    }
-                    conn.release(&self.spool);
-                    let _ = conn.sock.flush();
-                    let (id, ip, uid) = (conn.id(), conn.peer, conn.uid);
-                    self.slab.remove(key);
-                    self.sessions -= 1;
-                    if let Some(uid) = uid {
-                        self.ctl_slots.release(uid);
-                    }
-                    if let Some(ip) = ip {
-                        self.tcp_sessions -= 1;
-                        if let Some(n) = self.per_addr.get_mut(&ip) {
-                            *n -= 1;
-                            if *n == 0 {
-                                self.per_addr.remove(&ip);
-                            }
-                        }
-                    }
-                    log::info!("{id:016x} smtp disconnected reason={}", reason.as_str());
-                }
-                Some(Endpoint::Control(c)) => {
-                    let _ = self.poll.registry().deregister(&mut c.sock);
-                    let uid = c.uid;
-                    self.slab.remove(key);
-                    self.ctl_slots.release(uid);
-                }
-                Some(Endpoint::Dns(_)) => self.dns_reap(key),
-                Some(Endpoint::Proxy(_)) => self.proxy_reap(key),
-                Some(Endpoint::Http(c)) => {
-                    let _ = self.poll.registry().deregister(&mut c.sock);
-                    self.slab.remove(key);
-                    self.http_conns -= 1;
-                }
-                _ => {}
-            }
         }
     }
 }

@@ -3,9 +3,12 @@
 //! names `mta.rs` resolves), and hands it their completions. Nothing is decided here.
 
 use super::{unix_now, Endpoint, Server};
+use crate::filter::report::Report;
+use crate::mail::reply::Reply;
 use crate::privsep::{DeliverRes, MAX_MSG};
 use crate::queue::io::{IoDone, IoJob};
 use crate::queue::manager::Effect;
+use crate::smtp::conn::Reason;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::Instant;
 
@@ -187,5 +190,65 @@ impl Server {
                 log::warn!("queue: cannot reach the parent: {e}");
             }
         }
+    }
+
+    /// The commit thread's results: the queue takes the envelopes, each session its
+    /// 250 (or failure), and pipelined commands after the dot go on.
+    pub(super) fn on_commits(&mut self, now: Instant) {
+        let mut pending_after = Vec::new();
+        for done in self.committer.take_done() {
+            let (key, gen) = done.key;
+            let ours = matches!(self.slab.get(key), Some(Endpoint::Smtp(c)) if c.gen == gen);
+            if done.result.is_ok() {
+                self.queue.committed(&done.envs, unix_now());
+                if ours {
+                    let size = match self.slab.get_mut(key) {
+                        Some(Endpoint::Smtp(c)) => {
+                            c.filters.committed();
+                            c.tx_size()
+                        }
+                        _ => 0,
+                    };
+                    let r = Report::Commit {
+                        msgid: format!("{:08x}", done.msgid),
+                        size,
+                        evpids: done.envs.iter().map(|e| e.evpid).collect(),
+                    };
+                    self.report(key, &r);
+                }
+            }
+            if !ours {
+                match done.result {
+                    Ok(()) => log::info!(
+                        "smtp message msgid={:08x} committed after its client left",
+                        done.msgid
+                    ),
+                    Err(e) => log::warn!("queue: commit of {:08x} failed: {e}", done.msgid),
+                }
+                continue;
+            }
+            let stopping = self.stopping.is_some();
+            let (msgid, result) = (done.msgid, done.result);
+            let revoke = self.with_conn(key, Some(gen), |conn, ctx| {
+                let revoke = conn.on_committed(ctx, msgid, result, now);
+                if stopping {
+                    conn.close_with(ctx, Reply::SHUTDOWN, Reason::Shutdown);
+                }
+                revoke
+            });
+            if revoke == Some(false) {
+                crate::crashpoint::hit("commit-replied");
+            }
+            if revoke == Some(true) {
+                let ids: Vec<u64> = done.envs.iter().map(|e| e.evpid).collect();
+                self.queue.remove_by_hand(&ids);
+            }
+            // Pipelined commands after the dot may need the filter chain.
+            pending_after.push(key);
+        }
+        for key in pending_after {
+            self.after_conn(key, now);
+        }
+        self.queue_actions(now);
     }
 }

@@ -4,6 +4,7 @@
 use super::*;
 use crate::mail::delivery::Dest;
 use crate::mta::client::{JobDone, SuccessNotice};
+use crate::queue::forward::NewDest;
 use std::collections::HashMap as Map;
 use std::path::Path;
 
