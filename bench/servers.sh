@@ -239,3 +239,22 @@ srv_pfx_dnsbl() {
   bench_wrap "$1"
   dnsbl_aux "$1"
 }
+
+# ---------------------------------------------------------------- PostgreSQL (bench/run, phase pgsql)
+# The recipient table in a PostgreSQL server of the run: smtpd and OpenSMTPD with the same
+# table-postgres program (opensmtpd-extras) and query file ($BENCH_PG_TABLE), Postfix with
+# a pgsql: map ($BENCH_PG_POSTFIX). Needs both files, readable by every server's user.
+pg_table() {  # DIR: the configuration's recipient table, from PostgreSQL
+  sed -i "s|^table vusers .*|table vusers postgres:$BENCH_PG_TABLE|" "$1/smtpd.conf"
+}
+srv_smtpd_pgsql() { bench_smtpd_conf "$1" "" "" && pg_table "$1"; }
+srv_osmtpd_pgsql() {
+  mk_maildir "$1/Maildir"
+  osmtpd_common "$1" "action \"bench\" maildir \"$1/Maildir\" virtual <vusers>" "" "" || return 1
+  pg_table "$1"
+  bench_wrap "$1"
+}
+srv_pfx_pgsql() {
+  pf_common "$1" "virtual_mailbox_maps = pgsql:$BENCH_PG_POSTFIX" || return 1
+  bench_wrap "$1"
+}
