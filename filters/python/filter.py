@@ -519,21 +519,31 @@ def quarantine(session, reason):
 def writeln(session, line):
     """During on_dataline/on_dataend: output a message line (no line end; a string with
     LF in it is several lines).  Lines are dot-unstuffed, at most 65535 bytes."""
-    b = _b(line)
-    parts = b.split(b"\n") if b"\n" in b else [b]
-    out = []
-    for p in parts:
-        if p.endswith(b"\r"):
-            p = p[:-1]
-        if len(p) > MAX_LINE or b"\r" in p or b"\0" in p:
+    if type(line) is str and "\n" not in line and "\r" not in line and "\0" not in line:
+        # The common case, one line of text, without the general path's copies.
+        b = line.encode("utf-8", "surrogateescape")
+        if len(b) > MAX_LINE:
             raise ValueError("message line over %d bytes or with CR or NUL" % MAX_LINE)
-        out.append(p)
-    with _lock:
+        out = (b,)
+    else:
+        b = _b(line)
+        parts = b.split(b"\n") if b"\n" in b else [b]
+        out = []
+        for p in parts:
+            if p.endswith(b"\r"):
+                p = p[:-1]
+            if len(p) > MAX_LINE or b"\r" in p or b"\0" in p:
+                raise ValueError("message line over %d bytes or with CR or NUL" % MAX_LINE)
+            out.append(p)
+    # Only the main thread, during its session's on_dataline or on_dataend, gets past
+    # this; _lines and _touched are the main thread's alone.
+    if (type(session) is not int or session != _data_session
+            or threading.get_ident() != _main_thread):
         if threading.get_ident() != _main_thread or _sid(session) != _data_session:
             raise FilterError("writeln is only allowed in on_dataline and on_dataend, "
                               "for their own session")
-        _lines.setdefault(session, []).extend(out)
-        _touched.add(session)
+    _lines.setdefault(session, []).extend(out)
+    _touched.add(session)
 
 
 def drop(session):
@@ -651,18 +661,19 @@ def _dispatch(session, kind, fields):
             _lines.setdefault(session, []).extend(lines)
         else:
             _data_session = session
+            touched = _touched
             try:
                 for i, line in enumerate(lines):
-                    _touched.discard(session)
+                    touched.discard(session)
                     try:
-                        cb(session, _text(line))
+                        cb(session, line.decode("utf-8", "surrogateescape"))
                     except Exception:  # noqa: BLE001 - a script bug fails the message only
                         _complain("on_dataline", session)
                         _failed.add(session)
                         # The message is refused at EOM; the rest goes through as is.
                         _lines.setdefault(session, []).extend(lines[i + 1:])
                         break
-                    if passthrough and session not in _touched:
+                    if passthrough and session not in touched:
                         _lines.setdefault(session, []).append(line)
             finally:
                 _touched.discard(session)

@@ -124,3 +124,62 @@ def test_a_late_answer_for_an_ended_session_is_dropped():
         (6, F.PROCEED, ()),
     ]
     assert err == "late answer for 5 dropped\n", err
+
+
+LINES = r'''
+import sys
+import threading
+import filter
+
+
+def out(text):
+    sys.stderr.write(text + "\n")
+
+
+def on_mail(s, mail):
+    try:
+        filter.writeln(s, "outside")
+    except filter.FilterError:
+        out("mail: refused")
+
+
+def on_dataline(s, line):
+    if line == "two":
+        filter.writeln(s, "two-a\ntwo-b\r")     # a line with LF is several lines
+    elif line == "bytes":
+        filter.writeln(s, b"as bytes")
+    elif line == "other":
+        for bad in (s + 1, True):
+            try:
+                filter.writeln(bad, "x")
+            except (filter.FilterError, TypeError) as e:
+                out("other: %s" % type(e).__name__)
+        t = threading.Thread(target=lambda: filter.writeln(s, "from a thread"))
+        t.start()
+        t.join()                                  # raised in the thread: nothing written
+        filter.writeln(s, line)
+    elif line == "long":
+        try:
+            filter.writeln(s, "x" * 70000)
+        except ValueError:
+            out("long: refused")
+    else:
+        filter.writeln(s, line)
+'''
+
+
+def test_writeln_lines_and_who_may_write():
+    frames, err = run_script([
+        F.encode(3, F.MAIL, "a@example.org"),
+        F.encode(3, F.DATA_LINES, ["one", "two", "bytes", "other", "long", "caf\u00e9"]),
+        F.encode(3, F.DATA_END),
+    ], LINES)
+    assert frames[1:] == [
+        (3, F.PROCEED, ()),
+        (3, F.DATA_LINES, ([b"one", b"two-a", b"two-b", b"as bytes", b"other",
+                            "caf\u00e9".encode()],)),
+        (3, F.DATA_END, ()),
+    ], frames
+    assert err.count("mail: refused") == 1, err
+    assert err.count("other: FilterError") == 1 and err.count("other: TypeError") == 1, err
+    assert "long: refused" in err, err
