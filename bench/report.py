@@ -55,32 +55,15 @@ def load_probe():
     return m
 
 
-def report_relay():
-    """bench/report_relay.py, the relay phase's part (it imports from this module)"""
-    import report_relay as rr
-    return rr
+# The phases with a module of their own, bench/report_PHASE.py, in the report's order:
+# each has rows(D, rows) and section(D), some targets(D, t) and collect_run(...). They
+# import from this module, so they are imported when first used.
+PARTS = ('relay', 'dkim', 'bdat', 'dnsbl', 'pgsql')
 
 
-def report_dkim():
-    """bench/report_dkim.py, the dkim phase's part"""
-    import report_dkim as rd
-    return rd
-def report_bdat():
-    """bench/report_bdat.py, the bdat phase's part (it imports from this module)"""
-    import report_bdat as rb
-    return rb
-
-
-def report_dnsbl():
-    """bench/report_dnsbl.py, the dnsbl phase's part (it imports from this module)"""
-    import report_dnsbl as rn
-    return rn
-
-
-def report_pgsql():
-    """bench/report_pgsql.py, the pgsql phase's part (it imports from this module)"""
-    import report_pgsql as rp
-    return rp
+def parts(*names):
+    """the phase modules named (all of PARTS when none is), in that order"""
+    return [importlib.import_module('report_' + n) for n in names or PARTS]
 
 
 def parse_probe_log(path):
@@ -124,8 +107,8 @@ def collect(phase, work, data):
                 for ln in f:
                     k, _, v = ln.rstrip('\n').partition('\t')
                     out.write('%s\t%s\t%s\t%s\t%s\n' % (phase, name, run, k, v))
-        report_relay().collect_run(phase, name, run, d, data)
-        report_dkim().collect_run(phase, name, run, d, data)
+        for part in parts('relay', 'dkim'):
+            part.collect_run(phase, name, run, d, data)
         plog = os.path.join(d, 'probe.log')
         if not os.path.exists(plog):
             continue
@@ -508,11 +491,8 @@ def build(d):
                      cell(fv['p'], frat[('p', size)]), fr(ratio(fv['spy'], fv['o'])), fr(ratio(fv['spy'], fv['p']))))
         del base
     tls_rows(D, rows)
-    report_relay().rows(D, rows)
-    report_dkim().rows(D, rows)
-    report_bdat().rows(D, rows)
-    report_dnsbl().rows(D, rows)
-    report_pgsql().rows(D, rows)
+    for part in parts():
+        part.rows(D, rows)
     sz = {k: (int(v) if v.isdigit() else None) for k, v in D.sizes.items()}
     row('binary size, KiB (smtpd: stripped copy; OpenSMTPD: smtpd; Postfix: smtpd + libpostfix-*.so)',
         *[None if sz.get(k) is None else sz[k] / 1024 for k in ('size_smtpd', 'size_osmtpd', 'size_postfix')])
@@ -563,10 +543,8 @@ def targets(D, frat):
         t('Python pass-through filter, accepted msgs/s, %s, vs Postfix + Python milter' % sl, fr(r), '> 1x',
           None if r is None else r > 1)
     tls_targets(D, t)
-    report_relay().targets(D, t)
-    report_dkim().targets(D, t)
-    report_dnsbl().targets(D, t)
-    report_pgsql().targets(D, t)
+    for part in parts('relay', 'dkim', 'dnsbl', 'pgsql'):
+        part.targets(D, t)
     return out
 
 
@@ -732,7 +710,7 @@ def report(d, out):
     tl = tls_sections(D)
     if tl:
         L.append(tl)
-    for part in (report_relay(), report_dkim(), report_bdat(), report_dnsbl(), report_pgsql()):
+    for part in parts():
         sec = part.section(D)
         if sec:
             L.append(sec)
