@@ -103,18 +103,20 @@ impl Spool {
             false => len - body_at,
         };
         if self.key().is_none() && len <= IN_PLACE_MAX {
-            let mut rest = vec![0u8; body as usize];
-            old.read_exact_at(&mut rest, body_at)?;
+            // The edited header section, then the body read after it: one buffer, one
+            // write over the file.
+            let mut whole = head;
+            let at = whole.len();
+            whole.resize(at + body as usize, 0);
+            old.read_exact_at(&mut whole[at..], body_at)?;
             drop(old);
             let file = OpenOptions::new()
                 .write(true)
                 .custom_flags(libc::O_NOFOLLOW)
                 .open(&path)?;
             let (mut f, _) = MessageFile::new(file, None)?;
-            for part in [&head[..], &rest[..]] {
-                let bytes = f.encode(part)?.into_owned();
-                self.write_raw(&mut f, &bytes)?;
-            }
+            let bytes = f.encode(&whole)?.into_owned();
+            self.write_raw(&mut f, &bytes)?;
             // What the file held past the new end (a shorter header section, a
             // reused file's older message) is cut off, as a new file would not hold it.
             f.file.set_len(f.end())?;
