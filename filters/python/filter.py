@@ -661,19 +661,18 @@ def _dispatch(session, kind, fields):
             _lines.setdefault(session, []).extend(lines)
         else:
             _data_session = session
-            touched = _touched
             try:
                 for i, line in enumerate(lines):
-                    touched.discard(session)
+                    _touched.discard(session)
                     try:
-                        cb(session, line.decode("utf-8", "surrogateescape"))
+                        cb(session, _text(line))
                     except Exception:  # noqa: BLE001 - a script bug fails the message only
                         _complain("on_dataline", session)
                         _failed.add(session)
                         # The message is refused at EOM; the rest goes through as is.
                         _lines.setdefault(session, []).extend(lines[i + 1:])
                         break
-                    if passthrough and session not in touched:
+                    if passthrough and session not in _touched:
                         _lines.setdefault(session, []).append(line)
             finally:
                 _touched.discard(session)
