@@ -65,25 +65,12 @@ fn a_reused_file_holds_only_the_new_message() {
     use std::os::unix::fs::MetadataExt;
     let tmp = crate::testutil::TempDir::new("spool-reuse");
     let (spool, _) = Spool::open(&tmp.0).unwrap_or_else(|e| panic!("{e}"));
-    let commit = |body: &[u8]| {
-        let (id, mut f) = spool.create_message().unwrap_or_else(|e| panic!("{e}"));
-        spool
-            .write_data(&mut f, body)
-            .unwrap_or_else(|e| panic!("{e}"));
-        let job = spool
-            .prepare_commit(id, f, &[env(id, 1, "a@b")])
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert!(commit_batch(vec![((0, 0), job)], None, false)[0]
-            .result
-            .is_ok());
-        id
-    };
-    let first = commit(&[b'x'; 3000]);
+    let first = commit_message(&spool, &[b'x'; 3000]);
     let ino = fs::metadata(spool.message_path(first)).map_or(0, |m| m.ino());
     assert!(spool
         .remove_envelope(env(first, 1, "").evpid)
         .unwrap_or(false));
-    let second = commit(b"short\n");
+    let second = commit_message(&spool, b"short\n");
     let path = spool.message_path(second);
     assert_eq!(fs::metadata(&path).map_or(1, |m| m.ino()), ino);
     let (f, len) = spool.open_message(second).unwrap_or_else(|e| panic!("{e}"));
@@ -102,16 +89,7 @@ fn a_reused_file_holds_only_the_new_message() {
 fn kept_blocks_are_given_back_when_space_is_short() {
     let tmp = crate::testutil::TempDir::new("spool-release");
     let (spool, _) = Spool::open(&tmp.0).unwrap_or_else(|e| panic!("{e}"));
-    let (id, mut f) = spool.create_message().unwrap_or_else(|e| panic!("{e}"));
-    spool
-        .write_data(&mut f, &[b'x'; 3000])
-        .unwrap_or_else(|e| panic!("{e}"));
-    let job = spool
-        .prepare_commit(id, f, &[env(id, 1, "a@b")])
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert!(commit_batch(vec![((0, 0), job)], None, false)[0]
-        .result
-        .is_ok());
+    let id = commit_message(&spool, &[b'x'; 3000]);
     let size = fs::metadata(spool.message_path(id)).map_or(0, |m| m.len());
     assert!(spool.remove_envelope(env(id, 1, "").evpid).unwrap_or(false));
     // The file waits in free/ with its blocks, until space runs short.
@@ -142,9 +120,15 @@ fn a_failed_replace_leaves_no_temporary() {
 pub(in crate::queue) fn spool_with_message(tag: &str) -> (crate::testutil::TempDir, Spool, u32) {
     let tmp = crate::testutil::TempDir::new(tag);
     let (spool, _) = Spool::open(&tmp.0.join("spool")).unwrap_or_else(|e| panic!("{e}"));
+    let id = commit_message(&spool, b"x\n");
+    (tmp, spool, id)
+}
+
+/// Writes `body` as a new message with one envelope (to a@b) and commits it; its id.
+fn commit_message(spool: &Spool, body: &[u8]) -> u32 {
     let (id, mut f) = spool.create_message().unwrap_or_else(|e| panic!("{e}"));
     spool
-        .write_data(&mut f, b"x\n")
+        .write_data(&mut f, body)
         .unwrap_or_else(|e| panic!("{e}"));
     let job = spool
         .prepare_commit(id, f, &[env(id, 1, "a@b")])
@@ -152,7 +136,7 @@ pub(in crate::queue) fn spool_with_message(tag: &str) -> (crate::testutil::TempD
     assert!(commit_batch(vec![((0, 0), job)], None, false)[0]
         .result
         .is_ok());
-    (tmp, spool, id)
+    id
 }
 
 /// Plants one of each kind of stray entry; returns their paths in the spool.
